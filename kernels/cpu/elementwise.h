@@ -1,0 +1,26 @@
+// Small element-wise and row-wise kernels.
+#pragma once
+
+#include <cstdint>
+
+namespace spanserve::kernels::cpu {
+
+// out[i] = silu(gate[i]) * up[i]; out may alias gate or up.
+void SiluMul(const float* gate, const float* up, int64_t n, float* out);
+
+// y[i] = a * x[i] + b * y[i]
+void Axpby(float a, const float* x, float b, float* y, int64_t n);
+
+// y[i] += x[i]
+void Add(const float* x, float* y, int64_t n);
+
+// Row-wise softmax in place over x [rows, cols], f32, max-subtracted.
+void Softmax(float* x, int64_t rows, int64_t cols);
+
+// Row-wise log-softmax in place.
+void LogSoftmax(float* x, int64_t rows, int64_t cols);
+
+// Index of the largest element (the first one on ties).
+int64_t ArgMax(const float* x, int64_t n);
+
+}  // namespace spanserve::kernels::cpu

@@ -1,0 +1,21 @@
+// Dense products with weights in nn.Linear layout.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cpu/tensor_ref.h"
+
+namespace spanserve::kernels::cpu {
+
+// y[m, n] = x[m, k] · W[n, k]ᵀ + bias[n]      (n = w.rows, k = w.cols; bias may be null)
+// x, y: f32 row-major, y must not alias x. Parallel over n with OpenMP.
+// Batch invariance (the engine relies on it): every y[i, j] is computed with one fixed
+// reduction order over k that does not depend on m, on i, on tiling or on thread count,
+// so a row's result is bit-identical whatever else is in the batch.
+// Allocates nothing on the heap after the first call of a thread.
+void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias, float* y);
+
+// out[t, :] = row ids[t] of `table` ([vocab, dim]) widened to f32. ids must be in range.
+void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t n, float* out);
+
+}  // namespace spanserve::kernels::cpu

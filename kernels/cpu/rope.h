@@ -1,0 +1,19 @@
+// Rotary position embedding, Hugging Face Llama ("rotate_half") pairing: element i is
+// rotated with element i + head_dim/2.
+#pragma once
+
+#include <cstdint>
+
+namespace spanserve::kernels::cpu {
+
+// Fills cos/sin tables [max_positions, head_dim/2] the way transformers does in f32:
+// inv_freq[i] = 1 / theta^(2i/head_dim) (f32), angle = (pos / linear_factor) * inv_freq[i]
+// rounded to f32, then cos/sin of that angle.
+void RopeTables(int64_t max_positions, int64_t head_dim, double theta, double linear_factor,
+                float* cos_table, float* sin_table);
+
+// Rotates x [tokens, heads, head_dim] in place; token t sits at positions[t].
+void ApplyRope(float* x, int64_t tokens, int64_t heads, int64_t head_dim, const int32_t* positions,
+               const float* cos_table, const float* sin_table);
+
+}  // namespace spanserve::kernels::cpu

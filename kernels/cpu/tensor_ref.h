@@ -1,0 +1,41 @@
+// Borrowed views of weights as the CPU kernels take them. Activations are always f32;
+// weights may be f32, bf16 or f16 and are widened to f32 inside the kernels.
+#pragma once
+
+#include <cstdint>
+
+#include "common/dtype.h"
+
+namespace spanserve::kernels::cpu {
+
+// A row-major matrix in PyTorch nn.Linear layout: [rows = out_features, cols = in_features].
+// `data` is borrowed (usually points into a memory-mapped weight file) and need only be
+// aligned to its element size.
+struct WeightMatrix {
+  const void* data = nullptr;
+  DType dtype = DType::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+// A vector of `size` elements (a norm gain, a bias).
+struct WeightVector {
+  const void* data = nullptr;
+  DType dtype = DType::kF32;
+  int64_t size = 0;
+};
+
+// Element i of a weight vector or matrix, widened to f32 (for scalar code paths).
+inline float WeightAt(const void* data, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::kF32:
+      return static_cast<const float*>(data)[i];
+    case DType::kBF16:
+      return Bf16ToF32(static_cast<const uint16_t*>(data)[i]);
+    case DType::kF16:
+      return F16ToF32(static_cast<const uint16_t*>(data)[i]);
+  }
+  return 0.0f;
+}
+
+}  // namespace spanserve::kernels::cpu

@@ -1,0 +1,88 @@
+// Model configuration, read from a Hugging Face style config.json. Llama, Qwen2 and
+// Mistral configs load unmodified (as PreNorm models); SpanServe's keys add the norm
+// placement and its scalars. See docs/MODEL_FORMAT.md for every key.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace spanserve::model {
+
+// Where the block puts its norms (DESIGN.md §4). A = attention, F = FFN/MoE, N = norm.
+enum class NormPlacement {
+  kPre,       // h = x + A(N1(x)); y = h + F(N2(h))
+  kPost,      // h = N1(x + A(x)); y = N2(h + F(h))
+  kSpan,      // a = A(N1(x)); f = F(N2(x + a)); y = N3(α·x + β·(a + f))
+  kB2t,       // h = N1(x + A(x)); y = N2(x + h + F(h))
+  kDeepNorm,  // h = N1(α·x + A(x)); y = N2(α·h + F(h))
+  kSandwich,  // h = x + N2(A(N1(x))); y = h + N4(F(N3(h)))
+  kMix,       // kPost for the first mix_post_layers layers, kPre after
+};
+
+enum class NormType { kRmsNorm, kLayerNorm };
+enum class RouterScoring { kSoftmax, kSigmoid };
+// Which tensor names an MoE checkpoint uses.
+enum class MoeLayout { kMixtral, kQwen2Moe, kOlmoe };
+
+// "pre", "post", "span", "b2t", "deepnorm", "sandwich", "mix".
+std::string_view NormPlacementName(NormPlacement p);
+
+struct MoeConfig {
+  int num_experts = 0;  // 0: dense model
+  int top_k = 0;
+  bool norm_topk_prob = false;
+  int moe_intermediate_size = 0;
+  int shared_expert_intermediate_size = 0;  // 0: no shared expert
+  RouterScoring scoring = RouterScoring::kSoftmax;
+  MoeLayout layout = MoeLayout::kMixtral;
+  int decoder_sparse_step = 1;     // layer i is MoE iff (i + 1) % step == 0 ...
+  std::vector<int> mlp_only_layers;  // ... and i is not listed here
+  int first_k_dense = 0;           // ... and i >= first_k_dense
+};
+
+struct ModelConfig {
+  std::string model_type;  // "llama", "qwen2", "mistral", "spanserve", "mixtral", ...
+  int hidden_size = 0;
+  int intermediate_size = 0;
+  int num_layers = 0;
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;  // default hidden_size / num_heads
+  float norm_eps = 1e-6f;
+  double rope_theta = 10000.0;
+  double rope_linear_factor = 1.0;  // rope_scaling {"type": "linear", "factor": f}
+  int max_position_embeddings = 2048;
+  int vocab_size = 0;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;  // q/k/v biases (Qwen2 sets this implicitly)
+  bool qk_norm = false;         // RMSNorm over q and k projections (OLMoE)
+
+  NormPlacement norm_placement = NormPlacement::kPre;
+  NormType norm_type = NormType::kRmsNorm;
+  bool norm_bias = false;   // LayerNorm with a bias (default true for layernorm)
+  float skip_scale = 1.0f;    // α
+  float branch_scale = 1.0f;  // β
+  bool final_norm = true;
+  int mix_post_layers = 0;  // Mix-LN: how many leading layers are PostNorm
+
+  std::vector<int> bos_token_ids;
+  std::vector<int> eos_token_ids;
+
+  MoeConfig moe;
+
+  bool is_moe() const { return moe.num_experts > 0; }
+  bool LayerIsMoe(int layer) const;
+  // The placement layer `layer` uses (resolves kMix).
+  NormPlacement LayerPlacement(int layer) const;
+};
+
+// Parses and validates config.json text. Errors are INVALID_ARGUMENT and name the key.
+[[nodiscard]] absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text);
+
+// Reads <dir>/config.json.
+[[nodiscard]] absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir);
+
+}  // namespace spanserve::model

@@ -1,0 +1,67 @@
+// Weights of a model directory: one or more memory-mapped safetensors files. Tensors are
+// used in place (no copy) unless a file stores one unaligned for its dtype.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/dtype.h"
+#include "common/mapped_file.h"
+
+namespace spanserve::model {
+
+struct TensorView {
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;  // borrowed: lives as long as the WeightStore
+  int64_t numel() const;
+};
+
+class WeightStore {
+ public:
+  // Opens <dir>/model.safetensors, or the shards listed in <dir>/model.safetensors.index.json.
+  // Validates every header: JSON, dtypes (F32/BF16/F16), shapes, offsets inside the file,
+  // sizes equal to numel × element size, no overlaps. Errors name the file and tensor.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<WeightStore>> OpenDirectory(
+      const std::string& dir);
+  // Opens a single safetensors file.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<WeightStore>> OpenFile(
+      const std::string& path);
+
+  bool Has(std::string_view name) const;
+
+  // The tensor `name` with exactly `shape`. NOT_FOUND naming a missing tensor;
+  // INVALID_ARGUMENT naming the tensor, the expected and the actual shape. Marks it used.
+  [[nodiscard]] absl::StatusOr<TensorView> Get(std::string_view name,
+                                               std::span<const int64_t> shape);
+
+  // INVALID_ARGUMENT naming an unexpected tensor if any stored tensor was never taken by
+  // Get (a checkpoint that does not match its config).
+  [[nodiscard]] absl::Status CheckAllUsed() const;
+
+  // Bytes of tensor data across all files.
+  int64_t total_bytes() const { return total_bytes_; }
+  std::vector<std::string> Names() const;
+
+ private:
+  struct Entry {
+    TensorView view;
+    std::string file;
+    bool used = false;
+  };
+  WeightStore() = default;
+  absl::Status AddFile(const std::string& path);
+
+  std::vector<std::unique_ptr<MappedFile>> files_;
+  std::vector<std::unique_ptr<uint8_t[]>> realigned_;  // copies of unaligned tensors
+  std::map<std::string, Entry, std::less<>> tensors_;
+  int64_t total_bytes_ = 0;
+};
+
+}  // namespace spanserve::model
