@@ -1,0 +1,124 @@
+// The transformer: weights bound to a config, and a batched forward pass over a paged
+// KV cache. Dense and MoE FFNs, every norm placement of DESIGN.md §4, f32 compute over
+// f32/bf16/f16 weights, on the CPU backend.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "runtime/model/config.h"
+
+namespace spanserve::model {
+
+// KV storage for every layer: K and V of shape [num_blocks, block_size, kv_heads, head_dim]
+// (f32), in one anonymous mapping so untouched blocks cost no resident memory. Storage
+// only: which block belongs to which sequence is the engine's business.
+class KvCache {
+ public:
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<KvCache>> Create(const ModelConfig& config,
+                                                                      int32_t block_size,
+                                                                      int32_t num_blocks);
+  // Bytes one block costs across all layers, K and V.
+  static int64_t BytesPerBlock(const ModelConfig& config, int32_t block_size);
+  ~KvCache();
+  KvCache(const KvCache&) = delete;
+  KvCache& operator=(const KvCache&) = delete;
+
+  int32_t block_size() const { return block_size_; }
+  int32_t num_blocks() const { return num_blocks_; }
+  int64_t bytes() const { return bytes_; }
+  // Layer l's K (or V) array.
+  float* k(int layer) const { return base_ + (2 * static_cast<int64_t>(layer)) * layer_floats_; }
+  float* v(int layer) const { return base_ + (2 * static_cast<int64_t>(layer) + 1) * layer_floats_; }
+
+ private:
+  KvCache() = default;
+  float* base_ = nullptr;
+  int64_t bytes_ = 0;
+  int64_t layer_floats_ = 0;
+  int32_t block_size_ = 0;
+  int32_t num_blocks_ = 0;
+};
+
+// What logits a sequence wants from a step.
+enum class LogitsMode {
+  kNone,  // a prefill chunk that is not the last one
+  kLast,  // the last new token only (decode, end of prefill)
+  kAll,   // every new token (prompt logprobs, scoring)
+};
+
+// One sequence's share of a forward step.
+struct SequenceInput {
+  std::span<const int32_t> tokens;       // new tokens, at positions cached .. cached+n-1
+  int32_t cached = 0;                    // tokens of this sequence already in the KV cache
+  std::span<const int32_t> block_table;  // physical blocks, covering cached + n tokens
+  LogitsMode logits = LogitsMode::kLast;
+};
+
+// Scratch buffers of a forward pass. Grows to the largest batch seen, then is reused,
+// so a steady-state step allocates nothing. One per engine thread; not thread-safe.
+class ForwardWorkspace {
+ public:
+  ForwardWorkspace();
+  ~ForwardWorkspace();
+  ForwardWorkspace(const ForwardWorkspace&) = delete;
+  ForwardWorkspace& operator=(const ForwardWorkspace&) = delete;
+  struct Buffers;
+  Buffers& buffers() { return *buffers_; }
+
+ private:
+  std::unique_ptr<Buffers> buffers_;
+};
+
+// Tokens routed to each expert, per MoE layer (once per top-k slot), accumulated by
+// Forward. Indexed [moe_layer_index][expert]; layer_ids maps to the model's layer index.
+struct ExpertLoad {
+  std::vector<int> layer_ids;
+  std::vector<std::vector<int64_t>> tokens;
+};
+
+class Model {
+ public:
+  struct Options {
+    int num_threads = 0;  // 0: all cores
+  };
+  // Loads <dir>/config.json and its safetensors. Every tensor the config implies must be
+  // present with its exact shape, and no other tensor may be: errors name the tensor.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir,
+                                                                  const Options& options);
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir) {
+    return Load(dir, Options{});
+  }
+  ~Model();
+
+  const ModelConfig& config() const;
+  // Bytes of weights (as stored), and parameter count.
+  int64_t weight_bytes() const;
+  int64_t num_parameters() const;
+
+  // Runs one step over a batch. Writes each new token's K/V into `cache` and, per
+  // sequence in order, 0, 1 or n rows of logits (per its LogitsMode) to `logits`
+  // ([rows, vocab_size], caller-sized: see LogitRows). INVALID_ARGUMENT for token ids out
+  // of range, positions past max_position_embeddings or a block table too short; the cache
+  // is untouched then. The result for a sequence does not depend on the rest of the batch.
+  [[nodiscard]] absl::Status Forward(std::span<const SequenceInput> batch, KvCache& cache,
+                                     ForwardWorkspace& workspace, float* logits);
+
+  static int64_t LogitRows(std::span<const SequenceInput> batch);
+
+  // Accumulated expert load since construction or the last Reset (MoE models only).
+  const ExpertLoad& expert_load() const;
+  void ResetExpertLoad();
+
+  struct Impl;
+
+ private:
+  explicit Model(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace spanserve::model

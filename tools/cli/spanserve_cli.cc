@@ -1,0 +1,212 @@
+// spanserve-cli: the offline front end of the runtime. Loads a model directory and
+//   generate    greedy-generates from a text prompt, streaming the text, and prints tokens/s;
+//   perplexity  scores a text file (non-overlapping windows, as tools/train/eval_perplexity.py);
+//   info        prints the model's configuration and size.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "common/mapped_file.h"
+#include "common/status.h"
+#include "runtime/model/model.h"
+#include "runtime/tokenizer/tokenizer.h"
+
+ABSL_FLAG(std::string, model, "models/spanserve-span-12l", "model directory");
+ABSL_FLAG(std::string, prompt, "In the beginning", "generate: the prompt text");
+ABSL_FLAG(int, max_tokens, 64, "generate: tokens to generate");
+ABSL_FLAG(std::string, text, "", "perplexity: the text file to score");
+ABSL_FLAG(int, window, 256, "perplexity: tokens per scored window");
+ABSL_FLAG(int, threads, 0, "compute threads (0: all cores)");
+
+namespace spanserve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+struct Loaded {
+  std::unique_ptr<model::Model> model;
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer;
+};
+
+absl::StatusOr<Loaded> LoadAll() {
+  const std::string dir = absl::GetFlag(FLAGS_model);
+  Loaded l;
+  const auto t0 = Clock::now();
+  ASSIGN_OR_RETURN(l.model, model::Model::Load(dir, {.num_threads = absl::GetFlag(FLAGS_threads)}));
+  ASSIGN_OR_RETURN(l.tokenizer, tokenizer::Tokenizer::FromFile(dir + "/tokenizer.json"));
+  std::fprintf(stderr, "loaded %s: %s, %d layers, %.2fM parameters, in %.3f s\n", dir.c_str(),
+               std::string(model::NormPlacementName(l.model->config().norm_placement)).c_str(),
+               l.model->config().num_layers, l.model->num_parameters() / 1e6,
+               Seconds(t0, Clock::now()));
+  return l;
+}
+
+// Blocks 0..n-1 for one sequence of up to `tokens` tokens.
+std::vector<int32_t> ContiguousTable(int64_t tokens, int32_t block_size, int32_t first = 0) {
+  std::vector<int32_t> t((tokens + block_size - 1) / block_size);
+  for (size_t i = 0; i < t.size(); ++i) t[i] = first + static_cast<int32_t>(i);
+  return t;
+}
+
+absl::Status Generate() {
+  ASSIGN_OR_RETURN(Loaded l, LoadAll());
+  const model::ModelConfig& c = l.model->config();
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                   l.tokenizer->Encode(absl::GetFlag(FLAGS_prompt), /*add_special_tokens=*/true));
+  if (ids.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
+  const int64_t max_len = std::min<int64_t>(c.max_position_embeddings,
+                                            ids.size() + absl::GetFlag(FLAGS_max_tokens));
+  if (static_cast<int64_t>(ids.size()) >= max_len) {
+    return absl::InvalidArgumentError(absl::StrCat("the prompt has ", ids.size(),
+                                                   " tokens; the context holds ", max_len));
+  }
+  constexpr int32_t kBlock = 16;
+  const std::vector<int32_t> table = ContiguousTable(max_len, kBlock);
+  ASSIGN_OR_RETURN(auto cache,
+                   model::KvCache::Create(c, kBlock, static_cast<int32_t>(table.size())));
+  model::ForwardWorkspace ws;
+  std::vector<float> logits(c.vocab_size);
+  tokenizer::StreamingDetokenizer detok(*l.tokenizer);
+  std::cout << absl::GetFlag(FLAGS_prompt) << std::flush;
+
+  const auto t0 = Clock::now();
+  model::SequenceInput s{ids, 0, table, model::LogitsMode::kLast};
+  RETURN_IF_ERROR(l.model->Forward({&s, 1}, *cache, ws, logits.data()));
+  const auto t1 = Clock::now();
+  const int64_t prompt_tokens = ids.size();
+  int64_t generated = 0;
+  while (static_cast<int64_t>(ids.size()) < max_len) {
+    const int32_t next = static_cast<int32_t>(
+        std::max_element(logits.begin(), logits.end()) - logits.begin());
+    ids.push_back(next);
+    ++generated;
+    std::cout << detok.Add(next) << std::flush;
+    if (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), next) !=
+            c.eos_token_ids.end() ||
+        static_cast<int64_t>(ids.size()) >= max_len) {
+      break;
+    }
+    s = {std::span<const int32_t>(&ids.back(), 1), static_cast<int32_t>(ids.size() - 1), table,
+         model::LogitsMode::kLast};
+    RETURN_IF_ERROR(l.model->Forward({&s, 1}, *cache, ws, logits.data()));
+  }
+  std::cout << detok.Flush() << "\n";
+  const auto t2 = Clock::now();
+  std::fprintf(stderr,
+               "prompt %lld tokens in %.3f s (%.1f tokens/s); generated %lld tokens in %.3f s "
+               "(%.1f tokens/s)\n",
+               static_cast<long long>(prompt_tokens), Seconds(t0, t1),
+               prompt_tokens / Seconds(t0, t1), static_cast<long long>(generated),
+               Seconds(t1, t2), generated / std::max(Seconds(t1, t2), 1e-9));
+  return absl::OkStatus();
+}
+
+absl::Status Perplexity() {
+  ASSIGN_OR_RETURN(Loaded l, LoadAll());
+  const model::ModelConfig& c = l.model->config();
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(absl::GetFlag(FLAGS_text)));
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                   l.tokenizer->Encode(text, /*add_special_tokens=*/false));
+  const int64_t window = absl::GetFlag(FLAGS_window);
+  if (window < 2 || window > c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("--window must be in [2, ",
+                                                   c.max_position_embeddings, "]"));
+  }
+  // Windows of `window` tokens; the last partial one counts if it has two tokens or more.
+  std::vector<std::span<const int32_t>> windows;
+  for (int64_t b = 0; b < static_cast<int64_t>(ids.size()); b += window) {
+    const int64_t n = std::min<int64_t>(window, ids.size() - b);
+    if (n >= 2) windows.emplace_back(ids.data() + b, n);
+  }
+  constexpr int32_t kBlock = 16;
+  constexpr int kWindowsPerStep = 8;
+  const int32_t blocks_per_window = static_cast<int32_t>((window + kBlock - 1) / kBlock);
+  ASSIGN_OR_RETURN(auto cache, model::KvCache::Create(c, kBlock, blocks_per_window * kWindowsPerStep));
+  model::ForwardWorkspace ws;
+  std::vector<std::vector<int32_t>> tables;
+  for (int w = 0; w < kWindowsPerStep; ++w) {
+    tables.push_back(ContiguousTable(window, kBlock, w * blocks_per_window));
+  }
+  std::vector<float> logits(static_cast<size_t>(kWindowsPerStep) * window * c.vocab_size);
+  double nll = 0;
+  int64_t scored = 0;
+  const auto t0 = Clock::now();
+  for (size_t first = 0; first < windows.size(); first += kWindowsPerStep) {
+    std::vector<model::SequenceInput> batch;
+    for (size_t w = first; w < std::min(windows.size(), first + kWindowsPerStep); ++w) {
+      batch.push_back({windows[w], 0, tables[w - first], model::LogitsMode::kAll});
+    }
+    RETURN_IF_ERROR(l.model->Forward(batch, *cache, ws, logits.data()));
+    const float* row = logits.data();
+    for (const model::SequenceInput& s : batch) {
+      for (size_t j = 0; j < s.tokens.size(); ++j, row += c.vocab_size) {
+        if (j + 1 == s.tokens.size()) continue;
+        double max = row[0];
+        for (int v = 1; v < c.vocab_size; ++v) max = std::max<double>(max, row[v]);
+        double sum = 0;
+        for (int v = 0; v < c.vocab_size; ++v) sum += std::exp(row[v] - max);
+        nll += max + std::log(sum) - row[s.tokens[j + 1]];
+        ++scored;
+      }
+    }
+  }
+  const double secs = Seconds(t0, Clock::now());
+  std::printf("{\"tokens_scored\": %lld, \"nll_sum\": %.6f, \"perplexity\": %.6f}\n",
+              static_cast<long long>(scored), nll, std::exp(nll / std::max<int64_t>(scored, 1)));
+  std::fprintf(stderr, "scored %lld tokens in %.3f s (%.0f tokens/s)\n",
+               static_cast<long long>(scored), secs, scored / secs);
+  return absl::OkStatus();
+}
+
+absl::Status Info() {
+  ASSIGN_OR_RETURN(Loaded l, LoadAll());
+  const model::ModelConfig& c = l.model->config();
+  std::printf("model_type %s\nplacement %s\nlayers %d\nhidden %d\nheads %d/%d (head_dim %d)\n"
+              "vocab %d\nexperts %d (top-%d)\nparameters %lld\nweight_bytes %lld\n",
+              c.model_type.c_str(), std::string(model::NormPlacementName(c.norm_placement)).c_str(),
+              c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size,
+              c.moe.num_experts, c.moe.top_k, static_cast<long long>(l.model->num_parameters()),
+              static_cast<long long>(l.model->weight_bytes()));
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace spanserve
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "spanserve-cli generate|perplexity|info --model DIR [--prompt TEXT | --text FILE]");
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() != 2) {
+    std::fprintf(stderr, "usage: %s\n", absl::ProgramUsageMessage().data());
+    return 2;
+  }
+  const std::string command = args[1];
+  absl::Status status;
+  if (command == "generate") {
+    status = spanserve::Generate();
+  } else if (command == "perplexity") {
+    status = spanserve::Perplexity();
+  } else if (command == "info") {
+    status = spanserve::Info();
+  } else {
+    std::fprintf(stderr, "unknown command '%s'; usage: %s\n", command.c_str(),
+                 absl::ProgramUsageMessage().data());
+    return 2;
+  }
+  if (!status.ok()) {
+    std::fprintf(stderr, "error: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
