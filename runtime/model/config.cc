@@ -1,0 +1,452 @@
+#include "runtime/model/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <limits>
+#include <optional>
+#include <system_error>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/mapped_file.h"
+#include "common/status.h"
+#include "nlohmann/json.hpp"
+
+namespace spanserve::model {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr NormPlacement kAllPlacements[] = {
+    NormPlacement::kPre,      NormPlacement::kPost,     NormPlacement::kSpan, NormPlacement::kB2t,
+    NormPlacement::kDeepNorm, NormPlacement::kSandwich, NormPlacement::kMix,
+};
+
+// Reads typed keys of one JSON object; every error is INVALID_ARGUMENT prefixed with the
+// source file and naming the key (with its parent, e.g. "rope_scaling.factor").
+class KeyReader {
+ public:
+  KeyReader(const json& obj, std::string source, std::string prefix = "")
+      : obj_(obj), source_(std::move(source)), prefix_(std::move(prefix)) {}
+
+  const std::string& source() const { return source_; }
+  std::string Name(std::string_view key) const { return prefix_ + std::string(key); }
+
+  absl::Status Error(absl::string_view message) const {
+    return absl::InvalidArgumentError(absl::StrCat(source_, ": ", message));
+  }
+
+  // Absent keys and JSON null both mean "use the default": transformers writes null for
+  // options that are unset (rope_scaling, sliding_window, ...).
+  const json* Find(std::string_view key) const {
+    const auto it = obj_.find(key);
+    if (it == obj_.end() || it->is_null()) return nullptr;
+    return &*it;
+  }
+
+  absl::Status TypeError(std::string_view key, const json& v, absl::string_view want) const {
+    return Error(absl::StrCat("key '", Name(key), "' must be ", want, ", got ", v.type_name(), " ",
+                              v.dump()));
+  }
+
+  absl::StatusOr<int64_t> AsInt(std::string_view key, const json& v) const {
+    if (!v.is_number_integer()) return TypeError(key, v, "an integer");
+    constexpr int64_t kMax = std::numeric_limits<int>::max();
+    constexpr int64_t kMin = std::numeric_limits<int>::min();
+    if (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(kMax)
+                               : (v.get<int64_t>() > kMax || v.get<int64_t>() < kMin)) {
+      return Error(absl::StrCat("key '", Name(key), "' is out of range: ", v.dump()));
+    }
+    return v.get<int64_t>();
+  }
+
+  // An int >= min_value; `fallback` when absent, or an error naming the key if none.
+  absl::StatusOr<int> Int(std::string_view key, std::optional<int> fallback, int min_value) const {
+    const json* v = Find(key);
+    if (v == nullptr) {
+      if (!fallback.has_value()) return Missing(key);
+      return *fallback;
+    }
+    ASSIGN_OR_RETURN(const int64_t value, AsInt(key, *v));
+    if (value < min_value) {
+      return Error(
+          min_value == 1
+              ? absl::StrCat("key '", Name(key), "' must be positive, got ", value)
+              : absl::StrCat("key '", Name(key), "' must be >= ", min_value, ", got ", value));
+    }
+    return static_cast<int>(value);
+  }
+
+  absl::StatusOr<int> PositiveInt(std::string_view key,
+                                  std::optional<int> fallback = std::nullopt) const {
+    return Int(key, fallback, 1);
+  }
+
+  // A finite number (JSON integers accepted: configs write 10000 and 10000.0 alike).
+  absl::StatusOr<std::optional<double>> OptNumber(std::string_view key) const {
+    const json* v = Find(key);
+    if (v == nullptr) return std::nullopt;
+    if (!v->is_number()) return TypeError(key, *v, "a number");
+    const double value = v->get<double>();
+    if (!std::isfinite(value)) return Error(absl::StrCat("key '", Name(key), "' is not finite"));
+    return value;
+  }
+
+  absl::StatusOr<double> PositiveNumber(std::string_view key, double fallback) const {
+    ASSIGN_OR_RETURN(const std::optional<double> v, OptNumber(key));
+    const double value = v.value_or(fallback);
+    // Also rejects values that overflow the float the runtime stores them in.
+    if (!(value > 0) || !std::isfinite(static_cast<float>(value))) {
+      return Error(absl::StrCat("key '", Name(key), "' must be a positive number, got ", value));
+    }
+    return value;
+  }
+
+  absl::StatusOr<std::optional<bool>> OptBool(std::string_view key) const {
+    const json* v = Find(key);
+    if (v == nullptr) return std::nullopt;
+    if (!v->is_boolean()) return TypeError(key, *v, "a boolean");
+    return v->get<bool>();
+  }
+
+  absl::StatusOr<bool> Bool(std::string_view key, bool fallback) const {
+    ASSIGN_OR_RETURN(const std::optional<bool> v, OptBool(key));
+    return v.value_or(fallback);
+  }
+
+  absl::StatusOr<std::optional<std::string>> OptString(std::string_view key) const {
+    const json* v = Find(key);
+    if (v == nullptr) return std::nullopt;
+    if (!v->is_string()) return TypeError(key, *v, "a string");
+    return v->get<std::string>();
+  }
+
+  // An int or a list of ints, each >= 0 (token ids); empty when absent.
+  absl::StatusOr<std::vector<int>> IntList(std::string_view key, bool allow_scalar) const {
+    std::vector<int> out;
+    const json* v = Find(key);
+    if (v == nullptr) return out;
+    const char* const want =
+        allow_scalar ? "an integer or a list of integers" : "a list of integers";
+    if (v->is_array()) {
+      for (const json& item : *v) {
+        if (!item.is_number_integer()) return TypeError(key, *v, want);
+        ASSIGN_OR_RETURN(const int64_t id, AsInt(key, item));
+        out.push_back(static_cast<int>(id));
+      }
+    } else if (allow_scalar && v->is_number_integer()) {
+      ASSIGN_OR_RETURN(const int64_t id, AsInt(key, *v));
+      out.push_back(static_cast<int>(id));
+    } else {
+      return TypeError(key, *v, want);
+    }
+    for (const int id : out) {
+      if (id < 0) return Error(absl::StrCat("key '", Name(key), "' has a negative value ", id));
+    }
+    return out;
+  }
+
+  absl::Status Missing(std::string_view key) const {
+    return Error(absl::StrCat("missing required key '", Name(key), "'"));
+  }
+
+ private:
+  const json& obj_;
+  std::string source_;
+  std::string prefix_;
+};
+
+// Looks `value` up in `options` ({name, enum} pairs); an error lists the allowed names.
+template <typename E, size_t N>
+absl::StatusOr<E> ParseEnum(const KeyReader& r, std::string_view key, const std::string& value,
+                            const std::pair<const char*, E> (&options)[N]) {
+  std::vector<std::string> names;
+  for (const auto& [name, e] : options) {
+    if (name == value) return e;
+    names.push_back(name);
+  }
+  return r.Error(absl::StrCat("unknown ", r.Name(key), " '", value,
+                              "' (allowed: ", absl::StrJoin(names, ", "), ")"));
+}
+
+absl::Status ParseRopeScaling(const KeyReader& r, ModelConfig& c) {
+  const json* v = r.Find("rope_scaling");
+  if (v == nullptr) return absl::OkStatus();
+  if (!v->is_object()) return r.TypeError("rope_scaling", *v, "null or an object");
+  const KeyReader rs(*v, r.source(), "rope_scaling.");
+  // transformers renamed "type" to "rope_type"; checkpoints carry either.
+  ASSIGN_OR_RETURN(std::optional<std::string> type, rs.OptString("type"));
+  if (!type.has_value()) {
+    ASSIGN_OR_RETURN(type, rs.OptString("rope_type"));
+  }
+  if (!type.has_value()) return rs.Missing("type");
+  if (*type == "default") return absl::OkStatus();  // unscaled RoPE, spelled out
+  if (*type != "linear") {
+    return r.Error(
+        absl::StrCat("rope_scaling.type '", *type, "' is not supported (supported: linear)"));
+  }
+  ASSIGN_OR_RETURN(const std::optional<double> factor, rs.OptNumber("factor"));
+  if (!factor.has_value()) return rs.Missing("factor");
+  if (!(*factor > 0)) {
+    return r.Error(absl::StrCat("key 'rope_scaling.factor' must be positive, got ", *factor));
+  }
+  c.rope_linear_factor = *factor;
+  return absl::OkStatus();
+}
+
+absl::Status ParseNorms(const KeyReader& r, ModelConfig& c) {
+  ASSIGN_OR_RETURN(const std::optional<std::string> placement, r.OptString("norm_placement"));
+  if (placement.has_value()) {
+    bool found = false;
+    for (const NormPlacement p : kAllPlacements) {
+      if (NormPlacementName(p) == *placement) {
+        c.norm_placement = p;
+        found = true;
+      }
+    }
+    if (!found) {
+      std::vector<std::string> names;
+      for (const NormPlacement p : kAllPlacements) names.emplace_back(NormPlacementName(p));
+      return r.Error(absl::StrCat("unknown norm_placement '", *placement,
+                                  "' (allowed: ", absl::StrJoin(names, ", "), ")"));
+    }
+  }
+
+  ASSIGN_OR_RETURN(const std::optional<std::string> type, r.OptString("norm_type"));
+  if (type.has_value()) {
+    static constexpr std::pair<const char*, NormType> kTypes[] = {
+        {"rmsnorm", NormType::kRmsNorm}, {"layernorm", NormType::kLayerNorm}};
+    ASSIGN_OR_RETURN(c.norm_type, ParseEnum(r, "norm_type", *type, kTypes));
+  }
+  ASSIGN_OR_RETURN(c.norm_bias, r.Bool("norm_bias", c.norm_type == NormType::kLayerNorm));
+
+  // norm_eps wins; Llama-family configs name it rms_norm_eps.
+  ASSIGN_OR_RETURN(const std::optional<double> rms_eps, r.OptNumber("rms_norm_eps"));
+  ASSIGN_OR_RETURN(const double eps, r.PositiveNumber("norm_eps", rms_eps.value_or(1e-6)));
+  if (!(rms_eps.value_or(1.0) > 0)) {
+    return r.Error(absl::StrCat("key 'rms_norm_eps' must be positive, got ", *rms_eps));
+  }
+  c.norm_eps = static_cast<float>(eps);
+  ASSIGN_OR_RETURN(const double skip, r.PositiveNumber("skip_scale", 1.0));
+  ASSIGN_OR_RETURN(const double branch, r.PositiveNumber("branch_scale", 1.0));
+  c.skip_scale = static_cast<float>(skip);
+  c.branch_scale = static_cast<float>(branch);
+
+  bool final_norm_default = false;
+  switch (c.norm_placement) {
+    case NormPlacement::kPre:
+    case NormPlacement::kSandwich:
+    case NormPlacement::kMix:
+      final_norm_default = true;
+      break;
+    case NormPlacement::kPost:
+    case NormPlacement::kSpan:
+    case NormPlacement::kB2t:
+    case NormPlacement::kDeepNorm:
+      final_norm_default = false;
+      break;
+  }
+  ASSIGN_OR_RETURN(c.final_norm, r.Bool("final_norm", final_norm_default));
+
+  ASSIGN_OR_RETURN(c.mix_post_layers, r.Int("mix_post_layers", 0, 0));
+  if (c.mix_post_layers > c.num_layers) {
+    return r.Error(absl::StrCat("key 'mix_post_layers' (", c.mix_post_layers,
+                                ") exceeds num_hidden_layers (", c.num_layers, ")"));
+  }
+  // A nonzero count would silently do nothing under another placement.
+  if (c.mix_post_layers > 0 && c.norm_placement != NormPlacement::kMix) {
+    return r.Error(absl::StrCat("key 'mix_post_layers' is set but norm_placement is '",
+                                std::string(NormPlacementName(c.norm_placement)), "', not 'mix'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseMoe(const KeyReader& r, ModelConfig& c) {
+  // Mixtral says num_local_experts, Qwen2-MoE and OLMoE say num_experts.
+  ASSIGN_OR_RETURN(const int local_experts, r.Int("num_local_experts", 0, 0));
+  ASSIGN_OR_RETURN(const int experts, r.Int("num_experts", 0, 0));
+  if (local_experts > 0 && experts > 0 && local_experts != experts) {
+    return r.Error(absl::StrCat("keys 'num_local_experts' (", local_experts,
+                                ") and 'num_experts' (", experts, ") disagree"));
+  }
+  const char* const experts_key = local_experts > 0 ? "num_local_experts" : "num_experts";
+  MoeConfig& m = c.moe;
+  m.num_experts = std::max(local_experts, experts);
+
+  const std::string& type = c.model_type;
+  const bool moe_type = type == "mixtral" || type == "qwen2_moe" || type == "olmoe";
+  if (moe_type && m.num_experts == 0) {
+    return r.Error(absl::StrCat("model_type '", type, "' needs a positive num_experts (or ",
+                                "num_local_experts)"));
+  }
+  if (m.num_experts == 0) return absl::OkStatus();
+  if (!moe_type && type != "spanserve") {
+    return r.Error(absl::StrCat("key '", experts_key, "' is set but model_type '", type,
+                                "' is a dense architecture"));
+  }
+  // A SpanServe MoE model uses the Qwen2-MoE tensor names (shared expert included).
+  m.layout = type == "mixtral" ? MoeLayout::kMixtral
+             : type == "olmoe" ? MoeLayout::kOlmoe
+                               : MoeLayout::kQwen2Moe;
+
+  ASSIGN_OR_RETURN(m.top_k, r.PositiveInt("num_experts_per_tok"));
+  if (m.top_k > m.num_experts) {
+    return r.Error(absl::StrCat("key 'num_experts_per_tok' (", m.top_k,
+                                ") exceeds the number of experts (", m.num_experts, ")"));
+  }
+  // Mixtral always renormalises: its softmax runs over the top-k logits only.
+  ASSIGN_OR_RETURN(m.norm_topk_prob, r.Bool("norm_topk_prob", m.layout == MoeLayout::kMixtral));
+  // Mixtral and OLMoE experts are intermediate_size wide; Qwen2-MoE names the width.
+  std::optional<int> expert_width_default;
+  switch (m.layout) {
+    case MoeLayout::kMixtral:
+    case MoeLayout::kOlmoe:
+      expert_width_default = c.intermediate_size;
+      break;
+    case MoeLayout::kQwen2Moe:
+      break;
+  }
+  ASSIGN_OR_RETURN(m.moe_intermediate_size,
+                   r.PositiveInt("moe_intermediate_size", expert_width_default));
+  ASSIGN_OR_RETURN(m.shared_expert_intermediate_size,
+                   r.Int("shared_expert_intermediate_size", 0, 0));
+  ASSIGN_OR_RETURN(m.decoder_sparse_step, r.PositiveInt("decoder_sparse_step", 1));
+  ASSIGN_OR_RETURN(m.mlp_only_layers, r.IntList("mlp_only_layers", /*allow_scalar=*/false));
+  for (const int layer : m.mlp_only_layers) {
+    if (layer >= c.num_layers) {
+      return r.Error(absl::StrCat("key 'mlp_only_layers' lists layer ", layer,
+                                  ", beyond num_hidden_layers (", c.num_layers, ")"));
+    }
+  }
+  ASSIGN_OR_RETURN(m.first_k_dense, r.Int("first_k_dense_replace", 0, 0));
+  if (m.first_k_dense > c.num_layers) {
+    return r.Error(absl::StrCat("key 'first_k_dense_replace' (", m.first_k_dense,
+                                ") exceeds num_hidden_layers (", c.num_layers, ")"));
+  }
+  ASSIGN_OR_RETURN(const std::optional<std::string> scoring, r.OptString("scoring_func"));
+  if (scoring.has_value()) {
+    static constexpr std::pair<const char*, RouterScoring> kScorings[] = {
+        {"softmax", RouterScoring::kSoftmax}, {"sigmoid", RouterScoring::kSigmoid}};
+    ASSIGN_OR_RETURN(m.scoring, ParseEnum(r, "scoring_func", *scoring, kScorings));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::string& source) {
+  const KeyReader r(root, source);
+  if (!root.is_object()) {
+    return r.Error(absl::StrCat("top level must be a JSON object, got ", root.type_name()));
+  }
+  ModelConfig c;
+
+  ASSIGN_OR_RETURN(const std::optional<std::string> model_type, r.OptString("model_type"));
+  if (!model_type.has_value()) return r.Missing("model_type");
+  static constexpr const char* kModelTypes[] = {"llama",   "mistral",   "qwen2", "spanserve",
+                                                "mixtral", "qwen2_moe", "olmoe"};
+  if (std::find(std::begin(kModelTypes), std::end(kModelTypes), *model_type) ==
+      std::end(kModelTypes)) {
+    return r.Error(absl::StrCat("unsupported model_type '", *model_type,
+                                "' (supported: ", absl::StrJoin(kModelTypes, ", "), ")"));
+  }
+  c.model_type = *model_type;
+
+  ASSIGN_OR_RETURN(c.hidden_size, r.PositiveInt("hidden_size"));
+  ASSIGN_OR_RETURN(c.intermediate_size, r.PositiveInt("intermediate_size"));
+  ASSIGN_OR_RETURN(c.num_layers, r.PositiveInt("num_hidden_layers"));
+  ASSIGN_OR_RETURN(c.num_heads, r.PositiveInt("num_attention_heads"));
+  ASSIGN_OR_RETURN(c.num_kv_heads, r.PositiveInt("num_key_value_heads", c.num_heads));
+  if (c.num_heads % c.num_kv_heads != 0) {
+    return r.Error(absl::StrCat("num_attention_heads (", c.num_heads,
+                                ") is not divisible by num_key_value_heads (", c.num_kv_heads,
+                                ")"));
+  }
+  if (r.Find("head_dim") == nullptr && c.hidden_size % c.num_heads != 0) {
+    return r.Error(absl::StrCat("hidden_size (", c.hidden_size,
+                                ") is not divisible by num_attention_heads (", c.num_heads,
+                                ") and head_dim is not given"));
+  }
+  ASSIGN_OR_RETURN(c.head_dim, r.PositiveInt("head_dim", c.hidden_size / c.num_heads));
+  if (c.head_dim % 2 != 0) {
+    // RoPE rotates dimension pairs.
+    return r.Error(absl::StrCat("head_dim (", c.head_dim, ") must be even for RoPE"));
+  }
+  ASSIGN_OR_RETURN(c.rope_theta, r.PositiveNumber("rope_theta", 10000.0));
+  RETURN_IF_ERROR(ParseRopeScaling(r, c));
+  ASSIGN_OR_RETURN(c.max_position_embeddings, r.PositiveInt("max_position_embeddings", 2048));
+  ASSIGN_OR_RETURN(c.vocab_size, r.PositiveInt("vocab_size"));
+  ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool("tie_word_embeddings", false));
+  ASSIGN_OR_RETURN(c.attention_bias, r.Bool("attention_bias", false));
+  // Qwen2 configs have no attention_bias key, yet their q/k/v projections carry biases.
+  if (c.model_type == "qwen2" || c.model_type == "qwen2_moe") c.attention_bias = true;
+  c.qk_norm = c.model_type == "olmoe";
+  ASSIGN_OR_RETURN(c.bos_token_ids, r.IntList("bos_token_id", /*allow_scalar=*/true));
+  ASSIGN_OR_RETURN(c.eos_token_ids, r.IntList("eos_token_id", /*allow_scalar=*/true));
+
+  RETURN_IF_ERROR(ParseNorms(r, c));
+  RETURN_IF_ERROR(ParseMoe(r, c));
+  return c;
+}
+
+absl::StatusOr<ModelConfig> ParseWithSource(std::string_view json_text, const std::string& source) {
+  // Nothing thrown by nlohmann::json may leave this function.
+  try {
+    const json root = json::parse(json_text);
+    return ParseConfigObject(root, source);
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", e.what()));
+  }
+}
+
+}  // namespace
+
+std::string_view NormPlacementName(NormPlacement p) {
+  switch (p) {
+    case NormPlacement::kPre:
+      return "pre";
+    case NormPlacement::kPost:
+      return "post";
+    case NormPlacement::kSpan:
+      return "span";
+    case NormPlacement::kB2t:
+      return "b2t";
+    case NormPlacement::kDeepNorm:
+      return "deepnorm";
+    case NormPlacement::kSandwich:
+      return "sandwich";
+    case NormPlacement::kMix:
+      return "mix";
+  }
+  return "?";
+}
+
+bool ModelConfig::LayerIsMoe(int layer) const {
+  if (!is_moe()) return false;
+  if ((layer + 1) % moe.decoder_sparse_step != 0) return false;
+  if (layer < moe.first_k_dense) return false;
+  return std::find(moe.mlp_only_layers.begin(), moe.mlp_only_layers.end(), layer) ==
+         moe.mlp_only_layers.end();
+}
+
+NormPlacement ModelConfig::LayerPlacement(int layer) const {
+  if (norm_placement != NormPlacement::kMix) return norm_placement;
+  return layer < mix_post_layers ? NormPlacement::kPost : NormPlacement::kPre;
+}
+
+absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
+  return ParseWithSource(json_text, "config.json");
+}
+
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
+  const std::string path = (std::filesystem::path(dir) / "config.json").string();
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    return absl::NotFoundError(absl::StrCat(path, ": not found (a model directory needs one)"));
+  }
+  ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
+  return ParseWithSource(text, path);
+}
+
+}  // namespace spanserve::model

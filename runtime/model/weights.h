@@ -61,6 +61,7 @@ class WeightStore {
   std::vector<std::unique_ptr<MappedFile>> files_;
   std::vector<std::unique_ptr<uint8_t[]>> realigned_;  // copies of unaligned tensors
   std::map<std::string, Entry, std::less<>> tensors_;
+  std::string source_;  // the directory or file opened, for error messages
   int64_t total_bytes_ = 0;
 };
 

@@ -1,0 +1,480 @@
+#include "runtime/model/config.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace spanserve::model {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using json = nlohmann::json;
+
+// meta-llama/Llama-2-7b-hf/config.json as transformers wrote it.
+constexpr char kLlama2Config[] = R"({
+  "architectures": ["LlamaForCausalLM"],
+  "bos_token_id": 1,
+  "eos_token_id": 2,
+  "hidden_act": "silu",
+  "hidden_size": 4096,
+  "initializer_range": 0.02,
+  "intermediate_size": 11008,
+  "max_position_embeddings": 4096,
+  "model_type": "llama",
+  "num_attention_heads": 32,
+  "num_hidden_layers": 32,
+  "num_key_value_heads": 32,
+  "pretraining_tp": 1,
+  "rms_norm_eps": 1e-05,
+  "rope_scaling": null,
+  "tie_word_embeddings": false,
+  "torch_dtype": "float16",
+  "transformers_version": "4.31.0.dev0",
+  "use_cache": true,
+  "vocab_size": 32000
+})";
+
+// Qwen/Qwen2-0.5B/config.json.
+constexpr char kQwen2Config[] = R"({
+  "architectures": ["Qwen2ForCausalLM"],
+  "attention_dropout": 0.0,
+  "bos_token_id": 151643,
+  "eos_token_id": 151643,
+  "hidden_act": "silu",
+  "hidden_size": 896,
+  "initializer_range": 0.02,
+  "intermediate_size": 4864,
+  "max_position_embeddings": 131072,
+  "max_window_layers": 24,
+  "model_type": "qwen2",
+  "num_attention_heads": 14,
+  "num_hidden_layers": 24,
+  "num_key_value_heads": 2,
+  "rms_norm_eps": 1e-06,
+  "rope_theta": 1000000.0,
+  "sliding_window": 131072,
+  "tie_word_embeddings": true,
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.40.1",
+  "use_cache": true,
+  "use_sliding_window": false,
+  "vocab_size": 151936
+})";
+
+// mistralai/Mixtral-8x7B-v0.1/config.json.
+constexpr char kMixtralConfig[] = R"({
+  "architectures": ["MixtralForCausalLM"],
+  "attention_dropout": 0.0,
+  "bos_token_id": 1,
+  "eos_token_id": 2,
+  "hidden_act": "silu",
+  "hidden_size": 4096,
+  "initializer_range": 0.02,
+  "intermediate_size": 14336,
+  "max_position_embeddings": 32768,
+  "model_type": "mixtral",
+  "num_attention_heads": 32,
+  "num_experts_per_tok": 2,
+  "num_hidden_layers": 32,
+  "num_key_value_heads": 8,
+  "num_local_experts": 8,
+  "output_router_logits": false,
+  "rms_norm_eps": 1e-05,
+  "rope_theta": 1e6,
+  "router_aux_loss_coef": 0.02,
+  "sliding_window": null,
+  "tie_word_embeddings": false,
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.36.0.dev0",
+  "use_cache": true,
+  "vocab_size": 32000
+})";
+
+// Qwen/Qwen1.5-MoE-A2.7B/config.json.
+constexpr char kQwen2MoeConfig[] = R"({
+  "architectures": ["Qwen2MoeForCausalLM"],
+  "attention_dropout": 0.0,
+  "bos_token_id": 151643,
+  "eos_token_id": 151643,
+  "hidden_act": "silu",
+  "hidden_size": 2048,
+  "initializer_range": 0.02,
+  "intermediate_size": 5632,
+  "max_position_embeddings": 8192,
+  "max_window_layers": 21,
+  "model_type": "qwen2_moe",
+  "num_attention_heads": 16,
+  "num_hidden_layers": 24,
+  "num_key_value_heads": 16,
+  "rms_norm_eps": 1e-06,
+  "rope_theta": 1000000.0,
+  "sliding_window": 32768,
+  "tie_word_embeddings": false,
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.39.0.dev0",
+  "use_cache": true,
+  "use_sliding_window": false,
+  "vocab_size": 151936,
+  "decoder_sparse_step": 1,
+  "moe_intermediate_size": 1408,
+  "shared_expert_intermediate_size": 5632,
+  "num_experts_per_tok": 4,
+  "num_experts": 60,
+  "norm_topk_prob": false,
+  "output_router_logits": false,
+  "router_aux_loss_coef": 0.001
+})";
+
+// allenai/OLMoE-1B-7B-0924/config.json.
+constexpr char kOlmoeConfig[] = R"({
+  "architectures": ["OlmoeForCausalLM"],
+  "attention_bias": false,
+  "attention_dropout": 0.0,
+  "clip_qkv": null,
+  "eos_token_id": 50279,
+  "hidden_act": "silu",
+  "hidden_size": 2048,
+  "initializer_range": 0.02,
+  "intermediate_size": 1024,
+  "max_position_embeddings": 4096,
+  "model_type": "olmoe",
+  "norm_topk_prob": false,
+  "num_attention_heads": 16,
+  "num_experts": 64,
+  "num_experts_per_tok": 8,
+  "num_hidden_layers": 16,
+  "num_key_value_heads": 16,
+  "output_router_logits": false,
+  "pad_token_id": 1,
+  "rms_norm_eps": 1e-05,
+  "rope_scaling": null,
+  "rope_theta": 10000.0,
+  "router_aux_loss_coef": 0.01,
+  "tie_word_embeddings": false,
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.43.0.dev0",
+  "use_cache": true,
+  "vocab_size": 50304
+})";
+
+// A small SpanServe config; fault cases patch one key of it.
+json SmallConfig() {
+  return json{{"model_type", "spanserve"},      {"hidden_size", 64},
+              {"intermediate_size", 128},       {"num_hidden_layers", 4},
+              {"num_attention_heads", 4},       {"num_key_value_heads", 2},
+              {"max_position_embeddings", 256}, {"vocab_size", 256}};
+}
+
+TEST(ModelConfig, Llama2ParsesAsPreRmsNorm) {
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(kLlama2Config);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->model_type, "llama");
+  EXPECT_EQ(c->hidden_size, 4096);
+  EXPECT_EQ(c->intermediate_size, 11008);
+  EXPECT_EQ(c->num_layers, 32);
+  EXPECT_EQ(c->num_heads, 32);
+  EXPECT_EQ(c->num_kv_heads, 32);
+  EXPECT_EQ(c->head_dim, 128);
+  EXPECT_FLOAT_EQ(c->norm_eps, 1e-5f);
+  EXPECT_DOUBLE_EQ(c->rope_theta, 10000.0);
+  EXPECT_DOUBLE_EQ(c->rope_linear_factor, 1.0);
+  EXPECT_EQ(c->max_position_embeddings, 4096);
+  EXPECT_EQ(c->vocab_size, 32000);
+  EXPECT_FALSE(c->tie_word_embeddings);
+  EXPECT_FALSE(c->attention_bias);
+  EXPECT_FALSE(c->qk_norm);
+  EXPECT_EQ(c->norm_placement, NormPlacement::kPre);
+  EXPECT_EQ(c->norm_type, NormType::kRmsNorm);
+  EXPECT_FALSE(c->norm_bias);
+  EXPECT_TRUE(c->final_norm);
+  EXPECT_THAT(c->bos_token_ids, ElementsAre(1));
+  EXPECT_THAT(c->eos_token_ids, ElementsAre(2));
+  EXPECT_FALSE(c->is_moe());
+  EXPECT_FALSE(c->LayerIsMoe(0));
+  EXPECT_EQ(c->LayerPlacement(31), NormPlacement::kPre);
+}
+
+TEST(ModelConfig, Qwen2ParsesWithGqaTiedEmbeddingsAndImplicitBias) {
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(kQwen2Config);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->model_type, "qwen2");
+  EXPECT_EQ(c->hidden_size, 896);
+  EXPECT_EQ(c->num_heads, 14);
+  EXPECT_EQ(c->num_kv_heads, 2);
+  EXPECT_EQ(c->head_dim, 64);
+  EXPECT_FLOAT_EQ(c->norm_eps, 1e-6f);
+  EXPECT_DOUBLE_EQ(c->rope_theta, 1e6);
+  EXPECT_EQ(c->max_position_embeddings, 131072);
+  EXPECT_EQ(c->vocab_size, 151936);
+  EXPECT_TRUE(c->tie_word_embeddings);
+  EXPECT_TRUE(c->attention_bias);
+  EXPECT_THAT(c->eos_token_ids, ElementsAre(151643));
+}
+
+TEST(ModelConfig, EosListAndLinearRopeScaling) {
+  json j = json::parse(kLlama2Config);
+  j["eos_token_id"] = {128001, 128008, 128009};
+  j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 4.0}};
+  j["head_dim"] = 64;
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_THAT(c->eos_token_ids, ElementsAre(128001, 128008, 128009));
+  EXPECT_DOUBLE_EQ(c->rope_linear_factor, 4.0);
+  EXPECT_EQ(c->head_dim, 64);
+}
+
+TEST(ModelConfig, MixtralParsesAsMoe) {
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(kMixtralConfig);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->is_moe());
+  EXPECT_EQ(c->moe.layout, MoeLayout::kMixtral);
+  EXPECT_EQ(c->moe.num_experts, 8);
+  EXPECT_EQ(c->moe.top_k, 2);
+  EXPECT_TRUE(c->moe.norm_topk_prob);
+  EXPECT_EQ(c->moe.moe_intermediate_size, 14336);  // Mixtral experts are intermediate_size wide
+  EXPECT_EQ(c->moe.shared_expert_intermediate_size, 0);
+  EXPECT_EQ(c->moe.scoring, RouterScoring::kSoftmax);
+  EXPECT_EQ(c->num_kv_heads, 8);
+  EXPECT_FALSE(c->attention_bias);
+  for (int layer = 0; layer < c->num_layers; ++layer) EXPECT_TRUE(c->LayerIsMoe(layer));
+}
+
+TEST(ModelConfig, Qwen2MoeParsesWithSharedExpert) {
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(kQwen2MoeConfig);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->moe.layout, MoeLayout::kQwen2Moe);
+  EXPECT_EQ(c->moe.num_experts, 60);
+  EXPECT_EQ(c->moe.top_k, 4);
+  EXPECT_FALSE(c->moe.norm_topk_prob);
+  EXPECT_EQ(c->moe.moe_intermediate_size, 1408);
+  EXPECT_EQ(c->moe.shared_expert_intermediate_size, 5632);
+  EXPECT_EQ(c->intermediate_size, 5632);
+  EXPECT_TRUE(c->attention_bias);
+  EXPECT_TRUE(c->LayerIsMoe(0));
+  EXPECT_TRUE(c->LayerIsMoe(23));
+}
+
+TEST(ModelConfig, OlmoeParsesWithQkNorm) {
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(kOlmoeConfig);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->moe.layout, MoeLayout::kOlmoe);
+  EXPECT_EQ(c->moe.num_experts, 64);
+  EXPECT_EQ(c->moe.top_k, 8);
+  EXPECT_EQ(c->moe.moe_intermediate_size, 1024);
+  EXPECT_TRUE(c->qk_norm);
+  EXPECT_TRUE(c->bos_token_ids.empty());
+  EXPECT_THAT(c->eos_token_ids, ElementsAre(50279));
+}
+
+TEST(ModelConfig, SpanServeKeys) {
+  json j = SmallConfig();
+  j["norm_placement"] = "span";
+  j["norm_type"] = "layernorm";
+  j["norm_eps"] = 1e-5;
+  j["skip_scale"] = 2.2;
+  j["branch_scale"] = 0.5;
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->norm_placement, NormPlacement::kSpan);
+  EXPECT_EQ(c->norm_type, NormType::kLayerNorm);
+  EXPECT_TRUE(c->norm_bias);    // LayerNorm defaults to a bias
+  EXPECT_FALSE(c->final_norm);  // span defaults to no final norm
+  EXPECT_FLOAT_EQ(c->norm_eps, 1e-5f);
+  EXPECT_FLOAT_EQ(c->skip_scale, 2.2f);
+  EXPECT_FLOAT_EQ(c->branch_scale, 0.5f);
+  EXPECT_EQ(c->head_dim, 16);
+  EXPECT_EQ(NormPlacementName(c->norm_placement), "span");
+
+  j["final_norm"] = true;
+  j["norm_bias"] = false;
+  const absl::StatusOr<ModelConfig> c2 = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c2.ok()) << c2.status();
+  EXPECT_TRUE(c2->final_norm);
+  EXPECT_FALSE(c2->norm_bias);
+}
+
+TEST(ModelConfig, MixResolvesPerLayer) {
+  json j = SmallConfig();
+  j["norm_placement"] = "mix";
+  j["mix_post_layers"] = 1;
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->final_norm);
+  EXPECT_EQ(c->LayerPlacement(0), NormPlacement::kPost);
+  EXPECT_EQ(c->LayerPlacement(1), NormPlacement::kPre);
+  EXPECT_EQ(c->LayerPlacement(3), NormPlacement::kPre);
+}
+
+TEST(ModelConfig, EveryPlacementNameRoundTrips) {
+  for (const char* name : {"pre", "post", "span", "b2t", "deepnorm", "sandwich", "mix"}) {
+    json j = SmallConfig();
+    j["norm_placement"] = name;
+    const absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(NormPlacementName(c->norm_placement), name);
+  }
+}
+
+TEST(ModelConfig, SpanServeMoeUsesQwen2MoeLayoutAndSparseLayers) {
+  json j = SmallConfig();
+  j["num_hidden_layers"] = 8;
+  j["num_experts"] = 4;
+  j["num_experts_per_tok"] = 2;
+  j["moe_intermediate_size"] = 32;
+  j["decoder_sparse_step"] = 2;
+  j["mlp_only_layers"] = json::array({5});
+  j["first_k_dense_replace"] = 2;
+  j["scoring_func"] = "sigmoid";
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->moe.layout, MoeLayout::kQwen2Moe);
+  EXPECT_EQ(c->moe.scoring, RouterScoring::kSigmoid);
+  // MoE iff (i + 1) % 2 == 0, i not in {5}, i >= 2: layers 3 and 7.
+  std::vector<int> moe_layers;
+  for (int i = 0; i < 8; ++i) {
+    if (c->LayerIsMoe(i)) moe_layers.push_back(i);
+  }
+  EXPECT_THAT(moe_layers, ElementsAre(3, 7));
+}
+
+// One fault per case: patch SmallConfig() (null removes the key), expect INVALID_ARGUMENT
+// whose message contains `needle`.
+struct ConfigFault {
+  std::string name;
+  json patch;
+  std::string needle;
+};
+
+class ConfigFaultTest : public ::testing::TestWithParam<ConfigFault> {};
+
+TEST_P(ConfigFaultTest, FailsNamingTheKey) {
+  json j = SmallConfig();
+  j.merge_patch(GetParam().patch);
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("config.json"));
+  EXPECT_THAT(c.status().message(), HasSubstr(GetParam().needle));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Faults, ConfigFaultTest,
+    ::testing::Values(
+        ConfigFault{"MissingHiddenSize", {{"hidden_size", nullptr}}, "'hidden_size'"},
+        ConfigFault{"MissingModelType", {{"model_type", nullptr}}, "'model_type'"},
+        ConfigFault{"UnsupportedModelType", {{"model_type", "gpt2"}}, "model_type 'gpt2'"},
+        ConfigFault{"WrongTypeHiddenSize", {{"hidden_size", "64"}}, "'hidden_size' must be an"},
+        ConfigFault{"WrongTypeTieEmbeddings",
+                    {{"tie_word_embeddings", 1}},
+                    "'tie_word_embeddings' must be a boolean"},
+        ConfigFault{"WrongTypeEos", {{"eos_token_id", "2"}}, "'eos_token_id'"},
+        ConfigFault{"NonPositiveLayers",
+                    {{"num_hidden_layers", 0}},
+                    "'num_hidden_layers' must be positive"},
+        ConfigFault{"NegativeVocab", {{"vocab_size", -5}}, "'vocab_size' must be positive"},
+        ConfigFault{"HeadsNotDivisible", {{"num_key_value_heads", 3}}, "num_key_value_heads"},
+        ConfigFault{"HiddenNotDivisible",
+                    {{"hidden_size", 66}, {"num_attention_heads", 4}},
+                    "not divisible by num_attention_heads"},
+        ConfigFault{"OddHeadDim", {{"head_dim", 15}}, "head_dim"},
+        ConfigFault{"UnknownPlacement",
+                    {{"norm_placement", "middle"}},
+                    "norm_placement 'middle' (allowed: pre, post, span"},
+        ConfigFault{"UnknownNormType",
+                    {{"norm_type", "batchnorm"}},
+                    "norm_type 'batchnorm' (allowed: rmsnorm, layernorm)"},
+        ConfigFault{"MixPostLayersTooMany",
+                    {{"norm_placement", "mix"}, {"mix_post_layers", 5}},
+                    "mix_post_layers"},
+        ConfigFault{"MixPostLayersWithoutMix", {{"mix_post_layers", 2}}, "mix_post_layers"},
+        ConfigFault{"NonPositiveSkipScale", {{"skip_scale", 0}}, "skip_scale"},
+        ConfigFault{"RopeScalingDynamic",
+                    {{"rope_scaling", {{"type", "dynamic"}, {"factor", 2.0}}}},
+                    "rope_scaling.type 'dynamic'"},
+        ConfigFault{"RopeScalingLlama3",
+                    {{"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}}}},
+                    "rope_scaling.type 'llama3'"},
+        ConfigFault{"RopeScalingWrongType", {{"rope_scaling", "linear"}}, "'rope_scaling'"},
+        ConfigFault{
+            "RopeScalingNoFactor", {{"rope_scaling", {{"type", "linear"}}}}, "rope_scaling.factor"},
+        ConfigFault{"TopKAboveExperts",
+                    {{"num_experts", 4}, {"num_experts_per_tok", 5}, {"moe_intermediate_size", 32}},
+                    "num_experts_per_tok"},
+        ConfigFault{"ExpertsWithoutWidth",
+                    {{"num_experts", 4}, {"num_experts_per_tok", 2}},
+                    "moe_intermediate_size"},
+        ConfigFault{"UnknownScoring",
+                    {{"num_experts", 4},
+                     {"num_experts_per_tok", 2},
+                     {"moe_intermediate_size", 32},
+                     {"scoring_func", "relu"}},
+                    "scoring_func 'relu' (allowed: softmax, sigmoid)"},
+        ConfigFault{"MlpOnlyLayerOutOfRange",
+                    {{"num_experts", 4},
+                     {"num_experts_per_tok", 2},
+                     {"moe_intermediate_size", 32},
+                     {"mlp_only_layers", json::array({9})}},
+                    "mlp_only_layers"},
+        ConfigFault{"MixtralWithoutExperts", {{"model_type", "mixtral"}}, "num_experts"}),
+    [](const ::testing::TestParamInfo<ConfigFault>& info) { return info.param.name; });
+
+TEST(ModelConfig, BadJsonFails) {
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(R"({"hidden_size": 64,)");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("config.json"));
+  EXPECT_THAT(c.status().message(), HasSubstr("parse error"));
+}
+
+TEST(ModelConfig, TopLevelNotAnObjectFails) {
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig("[1, 2]");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("object"));
+}
+
+std::string MakeTempDir() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  const std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) /
+      (std::string("config_test_") + info->name() + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+TEST(LoadModelConfig, ReadsConfigJson) {
+  const std::string dir = MakeTempDir();
+  std::ofstream(dir + "/config.json") << kQwen2Config;
+  const absl::StatusOr<ModelConfig> c = LoadModelConfig(dir);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->hidden_size, 896);
+}
+
+TEST(LoadModelConfig, ErrorsNameTheFilePath) {
+  const std::string dir = MakeTempDir();
+  std::ofstream(dir + "/config.json") << R"({"model_type": "llama"})";
+  const absl::StatusOr<ModelConfig> c = LoadModelConfig(dir);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr(dir + "/config.json"));
+  EXPECT_THAT(c.status().message(), HasSubstr("'hidden_size'"));
+}
+
+TEST(LoadModelConfig, MissingConfigIsNotFound) {
+  const std::string dir = MakeTempDir();
+  const absl::StatusOr<ModelConfig> c = LoadModelConfig(dir);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(c.status().message(), HasSubstr(dir + "/config.json"));
+}
+
+}  // namespace
+}  // namespace spanserve::model
