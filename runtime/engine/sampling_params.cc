@@ -1,0 +1,62 @@
+#include "runtime/engine/sampling_params.h"
+
+#include <cmath>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace spanserve::engine {
+namespace {
+
+absl::Status Bad(const std::string& field, const std::string& want, auto got) {
+  return absl::InvalidArgumentError(absl::StrCat(field, " must be ", want, ", got ", got));
+}
+
+}  // namespace
+
+absl::Status ValidateSamplingParams(const SamplingParams& p, int32_t vocab_size) {
+  if (!std::isfinite(p.temperature) || p.temperature < 0.0f) {
+    return Bad("temperature", ">= 0", p.temperature);
+  }
+  if (p.top_k < -1) return Bad("top_k", "-1, 0 (off) or positive", p.top_k);
+  if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) return Bad("top_p", "in (0, 1]", p.top_p);
+  if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) return Bad("min_p", "in [0, 1]", p.min_p);
+  if (!(p.repetition_penalty > 0.0f) || !std::isfinite(p.repetition_penalty)) {
+    return Bad("repetition_penalty", "> 0", p.repetition_penalty);
+  }
+  if (!(p.presence_penalty >= -2.0f && p.presence_penalty <= 2.0f)) {
+    return Bad("presence_penalty", "in [-2, 2]", p.presence_penalty);
+  }
+  if (!(p.frequency_penalty >= -2.0f && p.frequency_penalty <= 2.0f)) {
+    return Bad("frequency_penalty", "in [-2, 2]", p.frequency_penalty);
+  }
+  if (p.max_tokens < 0) return Bad("max_tokens", ">= 0", p.max_tokens);
+  if (p.min_tokens < 0 || p.min_tokens > p.max_tokens) {
+    return Bad("min_tokens", absl::StrCat("in [0, max_tokens = ", p.max_tokens, "]"), p.min_tokens);
+  }
+  if (static_cast<int32_t>(p.stop_token_ids.size()) > kMaxStopTokenIds) {
+    return Bad("stop_token_ids", absl::StrCat("at most ", kMaxStopTokenIds, " ids"),
+               p.stop_token_ids.size());
+  }
+  for (int32_t id : p.stop_token_ids) {
+    if (id < 0 || id >= vocab_size) {
+      return Bad("stop_token_ids", absl::StrCat("token ids in [0, ", vocab_size, ")"), id);
+    }
+  }
+  if (static_cast<int32_t>(p.stop.size()) > kMaxStopStrings) {
+    return Bad("stop", absl::StrCat("at most ", kMaxStopStrings, " strings"), p.stop.size());
+  }
+  for (const std::string& s : p.stop) {
+    if (s.empty()) return absl::InvalidArgumentError("stop strings must not be empty");
+  }
+  if (p.logprobs.has_value() && (*p.logprobs < 0 || *p.logprobs > kMaxLogprobs)) {
+    return Bad("logprobs", absl::StrCat("in [0, ", kMaxLogprobs, "]"), *p.logprobs);
+  }
+  if (p.prompt_logprobs.has_value() &&
+      (*p.prompt_logprobs < 0 || *p.prompt_logprobs > kMaxLogprobs)) {
+    return Bad("prompt_logprobs", absl::StrCat("in [0, ", kMaxLogprobs, "]"), *p.prompt_logprobs);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace spanserve::engine

@@ -1,0 +1,70 @@
+// Per-request sampling parameters (vLLM semantics) and their validation. The gRPC layer
+// converts its proto message into this struct and calls ValidateSamplingParams before
+// Submit, so a bad field is reported as INVALID_ARGUMENT naming the field.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace spanserve::engine {
+
+// The most alternatives a request may ask for per position (logprobs, prompt_logprobs).
+inline constexpr int32_t kMaxLogprobs = 20;
+// The most stop strings and stop token ids per request.
+inline constexpr int32_t kMaxStopStrings = 16;
+inline constexpr int32_t kMaxStopTokenIds = 64;
+
+struct SamplingParams {
+  // 0: greedy (argmax; ties go to the lowest token id). Otherwise logits are divided by it.
+  float temperature = 1.0f;
+  // Keep the k most likely tokens; 0 or -1: off.
+  int32_t top_k = 0;
+  // Keep the smallest set of most likely tokens whose probability reaches top_p; 1: off.
+  float top_p = 1.0f;
+  // Drop tokens whose probability is below min_p × the top token's probability; 0: off.
+  float min_p = 0.0f;
+  // vLLM semantics. repetition_penalty (> 0, 1: off) divides positive / multiplies negative
+  // logits of every token seen in the prompt or output; presence_penalty (in [-2, 2]) is
+  // subtracted once from every token in the output so far, frequency_penalty (in [-2, 2])
+  // once per occurrence in the output so far.
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  // Same seed, same prompt, same params → same output, whatever else is in the batch.
+  // Unset: a seed drawn from the engine's own generator at submit.
+  std::optional<uint64_t> seed;
+
+  // Generated tokens: at most max_tokens (>= 1), and EOS / stop ids / stop strings are
+  // ignored until min_tokens (0 ..= max_tokens) have been generated.
+  int32_t max_tokens = 16;
+  int32_t min_tokens = 0;
+  // The model's EOS ids (config.json eos_token_id) do not stop generation.
+  bool ignore_eos = false;
+  // Generation stops after any of these ids (the id is part of the output tokens).
+  std::vector<int32_t> stop_token_ids;
+  // Generation stops when the output text contains any of these (non-empty) strings; the
+  // match, and anything after it, is excluded from the output text. Needs a detokenizer
+  // (EngineOptions::detokenize); without one, a request with stop strings is rejected.
+  std::vector<std::string> stop;
+  // Whether to detokenize the output (RequestOutput::text). Stop strings force it on.
+  bool detokenize = true;
+
+  // Log-probabilities of each generated token and of its `logprobs` most likely
+  // alternatives (0: the chosen token only); unset: none. Computed from the model's
+  // raw log-softmax (before temperature, penalties and masks), like vLLM's default.
+  std::optional<int32_t> logprobs;
+  // The same for every prompt token after the first (scoring / loglikelihood).
+  std::optional<int32_t> prompt_logprobs;
+
+  bool greedy() const { return temperature == 0.0f; }
+};
+
+// INVALID_ARGUMENT naming the first bad field (e.g. "top_p must be in (0, 1], got 1.5").
+// vocab_size bounds the token ids in stop_token_ids.
+[[nodiscard]] absl::Status ValidateSamplingParams(const SamplingParams& params, int32_t vocab_size);
+
+}  // namespace spanserve::engine
