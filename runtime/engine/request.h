@@ -69,7 +69,7 @@ struct PositionLogprobs {
 
 // Seconds, measured on Clock. Zero where the phase did not happen.
 struct RequestTimings {
-  double queue_s = 0;    // submit → first scheduled (the last time, after a preemption)
+  double queue_s = 0;    // submit → first scheduled
   double ttft_s = 0;     // submit → first generated token
   double prefill_s = 0;  // first scheduled → first generated token
   double decode_s = 0;   // first generated token → finish

@@ -1,0 +1,417 @@
+#include "runtime/engine/engine_core.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/check.h"
+#include "common/status.h"
+
+namespace spanserve::engine {
+namespace {
+
+double Seconds(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+
+bool Contains(std::span<const int32_t> ids, int32_t id) {
+  return std::find(ids.begin(), ids.end(), id) != ids.end();
+}
+
+absl::Status CheckOptions(const EngineOptions& o, int32_t max_model_len) {
+  if (o.block_size <= 0) return absl::InvalidArgumentError("block_size must be positive");
+  if (o.max_batched_tokens <= 0) {
+    return absl::InvalidArgumentError("max_batched_tokens must be positive");
+  }
+  if (o.max_num_seqs <= 0) return absl::InvalidArgumentError("max_num_seqs must be positive");
+  if (o.max_waiting_requests <= 0) {
+    return absl::InvalidArgumentError("max_waiting_requests must be positive");
+  }
+  if (o.priority_aging_s < 0) return absl::InvalidArgumentError("priority_aging_s must be >= 0");
+  if (!o.enable_chunked_prefill && o.max_batched_tokens < max_model_len) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("without chunked prefill max_batched_tokens (", o.max_batched_tokens,
+                     ") must be at least max_model_len (", max_model_len, ")"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(model::Model* model,
+                                                               const EngineOptions& options) {
+  const model::ModelConfig& c = model->config();
+  int32_t max_model_len = c.max_position_embeddings;
+  if (options.max_model_len > 0) {
+    if (options.max_model_len > c.max_position_embeddings) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("max_model_len ", options.max_model_len,
+                       " exceeds the model's max_position_embeddings ", c.max_position_embeddings));
+    }
+    max_model_len = options.max_model_len;
+  }
+  RETURN_IF_ERROR(CheckOptions(options, max_model_len));
+  const int64_t block_bytes = model::KvCache::BytesPerBlock(c, options.block_size);
+  int64_t num_blocks = options.num_kv_blocks;
+  if (num_blocks <= 0) {
+    ASSIGN_OR_RETURN(const int64_t bytes,
+                     KvPoolBytes(options.kv_cache_bytes, options.kv_cache_memory_fraction));
+    num_blocks = std::min<int64_t>(bytes / block_bytes, 1 << 30);
+  }
+  const int64_t min_blocks = (max_model_len + options.block_size - 1) / options.block_size;
+  if (num_blocks < min_blocks) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the KV pool of ", num_blocks, " blocks (", num_blocks * block_bytes,
+                     " bytes) cannot hold one sequence of max_model_len ", max_model_len,
+                     " tokens (", min_blocks, " blocks of ", block_bytes,
+                     " bytes); give it more memory or lower "
+                     "max_model_len"));
+  }
+  ASSIGN_OR_RETURN(auto cache,
+                   model::KvCache::Create(c, options.block_size, static_cast<int32_t>(num_blocks)));
+  EngineInfo info;
+  info.model_type = c.model_type;
+  info.norm_placement = std::string(model::NormPlacementName(c.norm_placement));
+  info.vocab_size = c.vocab_size;
+  info.max_model_len = max_model_len;
+  info.num_layers = c.num_layers;
+  info.hidden_size = c.hidden_size;
+  info.num_experts = c.moe.num_experts;
+  info.experts_per_token = c.moe.top_k;
+  info.num_parameters = model->num_parameters();
+  info.eos_token_ids.assign(c.eos_token_ids.begin(), c.eos_token_ids.end());
+  info.block_size = options.block_size;
+  info.num_kv_blocks = static_cast<int32_t>(num_blocks);
+  info.kv_cache_bytes = cache->bytes();
+  return std::unique_ptr<EngineCore>(
+      new EngineCore(model, options, std::move(info), std::move(cache)));
+}
+
+EngineCore::EngineCore(model::Model* model, const EngineOptions& options, EngineInfo info,
+                       std::unique_ptr<model::KvCache> cache)
+    : model_(model),
+      options_(options),
+      info_(std::move(info)),
+      vocab_(info_.vocab_size),
+      cache_(std::move(cache)),
+      blocks_(info_.num_kv_blocks, options.block_size, options.enable_prefix_caching),
+      scheduler_(
+          SchedulerOptions{
+              .max_batched_tokens = options.max_batched_tokens,
+              .max_num_seqs = options.max_num_seqs,
+              .enable_chunked_prefill = options.enable_chunked_prefill,
+              .priority_aging_s = options.priority_aging_s,
+              .watermark_blocks = info_.num_kv_blocks / 100,
+          },
+          &blocks_),
+      scratch_(info_.vocab_size) {
+  batch_.seqs.reserve(options.max_num_seqs);
+  inputs_.reserve(options.max_num_seqs);
+  finishing_.reserve(options.max_num_seqs);
+  logits_.resize(static_cast<size_t>(options.max_num_seqs) * vocab_);
+  raw_row_.resize(vocab_);
+}
+
+absl::Status EngineCore::ValidateRequest(const Request& request) const {
+  const int32_t n = static_cast<int32_t>(request.prompt.size());
+  if (n == 0) return absl::InvalidArgumentError("prompt must not be empty");
+  for (int32_t i = 0; i < n; ++i) {
+    const int32_t id = request.prompt[i];
+    if (id < 0 || id >= vocab_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prompt token ", i, " (id ", id, ") is outside the vocabulary [0, ", vocab_, ")"));
+    }
+  }
+  const int32_t need = n + (request.sampling.max_tokens > 0 ? 1 : 0);
+  if (need > info_.max_model_len) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt of ", n, " tokens is too long: the context holds ",
+                     info_.max_model_len, " tokens (prompt + at least one generated token)"));
+  }
+  RETURN_IF_ERROR(ValidateSamplingParams(request.sampling, vocab_));
+  if (!request.sampling.stop.empty() && !options_.detokenize) {
+    return absl::InvalidArgumentError("stop strings need a detokenizer, and this engine has none");
+  }
+  return absl::OkStatus();
+}
+
+std::unique_ptr<Sequence> EngineCore::MakeSequence(RequestId id, Request request,
+                                                   std::shared_ptr<RequestStream> stream,
+                                                   uint64_t default_seed) const {
+  auto seq = std::make_unique<Sequence>();
+  seq->id = id;
+  seq->arrival = static_cast<int64_t>(id);
+  seq->arrival_time = Clock::now();
+  seq->prompt_len = static_cast<int32_t>(request.prompt.size());
+  const int64_t max_len = std::min<int64_t>(
+      static_cast<int64_t>(seq->prompt_len) + request.sampling.max_tokens, info_.max_model_len);
+  seq->tokens.reserve(max_len);
+  seq->tokens.assign(request.prompt.begin(), request.prompt.end());
+  seq->block_table.reserve((max_len + options_.block_size - 1) / options_.block_size);
+  seq->rng.Seed(request.sampling.seed.value_or(default_seed));
+  seq->want_text =
+      options_.detokenize && (request.sampling.detokenize || !request.sampling.stop.empty());
+  seq->detok.Reset(seq->prompt_len);
+  if (request.sampling.prompt_logprobs.has_value()) {
+    seq->prompt_logprobs.reserve(seq->prompt_len);
+  }
+  seq->stream = std::move(stream);
+  seq->request = std::move(request);
+  return seq;
+}
+
+void EngineCore::Add(std::unique_ptr<Sequence> seq) { scheduler_.Add(std::move(seq)); }
+
+void EngineCore::HandleCancellations(Clock::time_point now) {
+  finishing_.clear();
+  for (const auto* list : {&scheduler_.running(), &scheduler_.waiting()}) {
+    for (const auto& seq : *list) {
+      if (seq->stream->cancel_requested()) {
+        seq->pending.final.emplace().reason = FinishReason::kCancelled;
+        finishing_.push_back(seq.get());
+      } else if (seq->request.deadline.has_value() && now >= *seq->request.deadline) {
+        seq->pending.final.emplace().reason = FinishReason::kDeadline;
+        finishing_.push_back(seq.get());
+      }
+    }
+  }
+  for (Sequence* seq : finishing_) Finish(seq, seq->pending.final->reason);
+  finishing_.clear();
+}
+
+bool EngineCore::Step() {
+  if (!has_work()) return false;
+  const Clock::time_point t0 = Clock::now();
+  HandleCancellations(t0);
+  scheduler_.Schedule(t0, &batch_);
+  const Clock::time_point t1 = Clock::now();
+  if (batch_.seqs.empty()) return has_work();
+
+  inputs_.clear();
+  for (Sequence* seq : batch_.seqs) {
+    if (!seq->scheduled_once) {
+      seq->scheduled_once = true;
+      seq->first_scheduled_time = t0;
+    }
+    const int32_t end = seq->num_computed + seq->step_tokens;
+    const bool want_prompt_logprobs =
+        seq->request.sampling.prompt_logprobs.has_value() &&
+        static_cast<int32_t>(seq->prompt_logprobs.size()) < seq->prompt_len - 1;
+    model::LogitsMode mode = model::LogitsMode::kNone;
+    if (want_prompt_logprobs) {
+      mode = model::LogitsMode::kAll;
+    } else if (end == static_cast<int32_t>(seq->tokens.size())) {
+      mode = model::LogitsMode::kLast;
+    }
+    inputs_.push_back(model::SequenceInput{
+        std::span<const int32_t>(seq->tokens).subspan(seq->num_computed, seq->step_tokens),
+        seq->num_computed, seq->block_table, mode});
+  }
+  const int64_t rows = model::Model::LogitRows(inputs_);
+  if (static_cast<int64_t>(logits_.size()) < rows * vocab_) logits_.resize(rows * vocab_);
+  const absl::Status status = model_->Forward(inputs_, *cache_, workspace_, logits_.data());
+  const Clock::time_point t2 = Clock::now();
+
+  finishing_.clear();
+  if (!status.ok()) {
+    for (Sequence* seq : batch_.seqs) {
+      seq->pending.final.emplace().reason = FinishReason::kError;
+      seq->pending.final->error = status;
+      finishing_.push_back(seq);
+    }
+  } else {
+    float* row = logits_.data();
+    for (size_t i = 0; i < batch_.seqs.size(); ++i) {
+      Sequence* seq = batch_.seqs[i];
+      scheduler_.OnComputed(seq);
+      ProcessRows(seq, inputs_[i], row);
+      row += model::Model::LogitRows({&inputs_[i], 1}) * vocab_;
+    }
+    for (Sequence* seq : batch_.seqs) {
+      if (seq->pending.final.has_value()) continue;  // pushed by Finish below
+      if (seq->pending.token_ids.empty() && seq->pending.text.empty()) continue;
+      Flush(seq);
+    }
+  }
+  for (Sequence* seq : finishing_) {
+    Finish(seq, seq->pending.final->reason, seq->pending.final->error);
+  }
+  finishing_.clear();
+  const Clock::time_point t3 = Clock::now();
+
+  counters_.num_steps++;
+  counters_.prompt_tokens += batch_.num_prefill_tokens;
+  counters_.last_batch_seqs = static_cast<int32_t>(batch_.seqs.size());
+  counters_.last_batch_tokens = batch_.num_prefill_tokens + batch_.num_decode_tokens;
+  last_step_ = StepStats{
+      .num_seqs = counters_.last_batch_seqs,
+      .num_decode_seqs = batch_.num_decode_seqs,
+      .num_prefill_tokens = batch_.num_prefill_tokens,
+      .num_decode_tokens = batch_.num_decode_tokens,
+      .schedule_s = Seconds(t0, t1),
+      .forward_s = Seconds(t1, t2),
+      .sample_s = Seconds(t2, t3),
+      .step_s = Seconds(t0, t3),
+  };
+  if (options_.step_observer) options_.step_observer(last_step_);
+  return true;
+}
+
+void EngineCore::ProcessRows(Sequence* seq, const model::SequenceInput& input, float* rows) {
+  const int32_t n = static_cast<int32_t>(input.tokens.size());
+  const int32_t num_rows = static_cast<int32_t>(model::Model::LogitRows({&input, 1}));
+  if (num_rows == 0) return;
+  const int32_t first_position =
+      input.logits == model::LogitsMode::kAll ? input.cached : input.cached + n - 1;
+  if (logits_observer_) {
+    for (int32_t r = 0; r < num_rows; ++r) {
+      logits_observer_(seq->id, first_position + r,
+                       {rows + static_cast<int64_t>(r) * vocab_, static_cast<size_t>(vocab_)});
+    }
+  }
+  const std::optional<int32_t>& top_n = seq->request.sampling.prompt_logprobs;
+  if (input.logits == model::LogitsMode::kAll && top_n.has_value()) {
+    for (int32_t r = 0; r < num_rows; ++r) {
+      const int32_t target = first_position + r + 1;  // the prompt token these logits predict
+      if (target >= seq->prompt_len) break;
+      if (target != static_cast<int32_t>(seq->prompt_logprobs.size()) + 1) continue;
+      ComputeLogprobs({rows + static_cast<int64_t>(r) * vocab_, static_cast<size_t>(vocab_)},
+                      seq->tokens[target], *top_n, &seq->prompt_logprobs.emplace_back());
+    }
+  }
+  if (seq->num_computed == static_cast<int32_t>(seq->tokens.size())) {
+    // Sampling overwrites the row: no one reads it after.
+    SampleNext(seq, rows + static_cast<int64_t>(num_rows - 1) * vocab_);
+  }
+}
+
+void EngineCore::SampleNext(Sequence* seq, float* row) {
+  const SamplingParams& params = seq->request.sampling;
+  RequestOutput& out = seq->pending;
+  if (seq->num_generated() >= params.max_tokens) {  // max_tokens 0: prompt scoring only
+    out.final.emplace().reason = FinishReason::kLength;
+    finishing_.push_back(seq);
+    return;
+  }
+  const std::span<float> logits(row, static_cast<size_t>(vocab_));
+  if (params.logprobs.has_value()) std::copy(logits.begin(), logits.end(), raw_row_.begin());
+  const std::span<const int32_t> all(seq->tokens);
+  const SampleContext ctx{
+      .params = &params,
+      .prompt = all.first(seq->prompt_len),
+      .output = all.subspan(seq->prompt_len),
+      .eos_ids = info_.eos_token_ids,
+      .suppress_stop = seq->num_generated() < params.min_tokens,
+  };
+  const int32_t token = SampleToken(ctx, logits, seq->rng, scratch_);
+  seq->tokens.push_back(token);
+  ++counters_.generation_tokens;
+  if (!seq->has_first_token) {
+    seq->has_first_token = true;
+    seq->first_token_time = Clock::now();
+  }
+  out.token_ids.push_back(token);
+  if (params.logprobs.has_value()) {
+    ComputeLogprobs(raw_row_, token, *params.logprobs, &out.logprobs.emplace_back());
+  }
+
+  const bool past_min = seq->num_generated() >= params.min_tokens;
+  const std::span<const int32_t> stops(params.stop_token_ids);
+  if (past_min &&
+      ((!params.ignore_eos && Contains(info_.eos_token_ids, token)) || Contains(stops, token))) {
+    // The stop token's own text is not part of the output.
+    FinalInfo& final = out.final.emplace();
+    final.reason = FinishReason::kStop;
+    final.stop_token = token;
+    FlushText(seq, std::span<const int32_t>(seq->tokens).first(seq->tokens.size() - 1));
+    finishing_.push_back(seq);
+    return;
+  }
+  if (seq->want_text) {
+    text_.clear();
+    seq->detok.Step(options_.detokenize, seq->tokens, &text_);
+    const int hit = seq->stop_matcher.Feed(text_, params.stop, past_min, &out.text);
+    if (hit >= 0) {
+      FinalInfo& final = out.final.emplace();
+      final.reason = FinishReason::kStop;
+      final.stop_string = params.stop[hit];
+      finishing_.push_back(seq);
+      return;
+    }
+  }
+  if (seq->num_generated() >= params.max_tokens ||
+      static_cast<int32_t>(seq->tokens.size()) >= info_.max_model_len) {
+    out.final.emplace().reason = FinishReason::kLength;
+    FlushText(seq, seq->tokens);
+    finishing_.push_back(seq);
+  }
+}
+
+void EngineCore::FlushText(Sequence* seq, std::span<const int32_t> tokens) {
+  if (!seq->want_text) return;
+  RequestOutput& out = seq->pending;
+  const SamplingParams& params = seq->request.sampling;
+  text_.clear();
+  seq->detok.Flush(options_.detokenize, tokens, &text_);
+  const bool past_min = seq->num_generated() >= params.min_tokens;
+  const int hit = seq->stop_matcher.Feed(text_, params.stop, past_min, &out.text);
+  if (hit >= 0) {
+    out.final->reason = FinishReason::kStop;
+    out.final->stop_string = params.stop[hit];
+    return;
+  }
+  seq->stop_matcher.Flush(&out.text);
+}
+
+void EngineCore::Flush(Sequence* seq) {
+  RequestOutput& out = seq->pending;
+  out.id = seq->id;
+  if (!seq->prompt_logprobs_sent && seq->request.sampling.prompt_logprobs.has_value()) {
+    out.prompt_logprobs = std::move(seq->prompt_logprobs);
+    seq->prompt_logprobs_sent = true;
+  }
+  seq->stream->Push(std::move(out), seq->request.on_output);
+  out.token_ids.clear();
+  out.text.clear();
+  out.logprobs.clear();
+  out.prompt_logprobs.clear();
+  out.final.reset();
+}
+
+void EngineCore::Finish(Sequence* seq, FinishReason reason, absl::Status error) {
+  const Clock::time_point now = Clock::now();
+  FinalInfo& f =
+      seq->pending.final.has_value() ? *seq->pending.final : seq->pending.final.emplace();
+  f.reason = reason;
+  f.error = std::move(error);
+  f.prompt_tokens = seq->prompt_len;
+  f.generated_tokens = seq->num_generated();
+  f.cached_prompt_tokens = seq->cached_prompt_tokens;
+  f.num_preemptions = seq->num_preemptions;
+  RequestTimings& t = f.timings;
+  t.e2e_s = Seconds(seq->arrival_time, now);
+  if (seq->scheduled_once) t.queue_s = Seconds(seq->arrival_time, seq->first_scheduled_time);
+  if (seq->has_first_token) {
+    t.ttft_s = Seconds(seq->arrival_time, seq->first_token_time);
+    t.prefill_s = Seconds(seq->first_scheduled_time, seq->first_token_time);
+    t.decode_s = Seconds(seq->first_token_time, now);
+  } else if (seq->scheduled_once) {
+    t.prefill_s = Seconds(seq->first_scheduled_time, now);
+  }
+  const RequestId id = seq->id;
+  Flush(seq);
+  scheduler_.Remove(seq);  // releases the blocks; the sequence is destroyed here
+  ++counters_.requests_finished;
+  if (on_finished_) on_finished_(id);
+}
+
+void EngineCore::FinishAll(FinishReason reason) {
+  std::vector<Sequence*> all;
+  for (const auto* list : {&scheduler_.running(), &scheduler_.waiting()}) {
+    for (const auto& seq : *list) all.push_back(seq.get());
+  }
+  for (Sequence* seq : all) Finish(seq, reason);
+}
+
+}  // namespace spanserve::engine

@@ -1,0 +1,113 @@
+// The engine's step loop without the thread: scheduler, KV pool, model and sampler, run
+// one step at a time by whoever owns it (the Engine's thread, or a test). Not thread-safe
+// apart from ValidateRequest.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "runtime/engine/block_manager.h"
+#include "runtime/engine/engine.h"
+#include "runtime/engine/sampler.h"
+#include "runtime/engine/scheduler.h"
+#include "runtime/engine/sequence.h"
+#include "runtime/model/model.h"
+
+namespace spanserve::engine {
+
+// Sees every row of logits the model produces, before sampling touches it: `position` is
+// the position of the token whose logits these are (the next token is position + 1).
+// A test hook.
+using LogitsObserver =
+    std::function<void(RequestId id, int32_t position, std::span<const float> logits)>;
+
+// Counters of the core, read on the engine thread.
+struct CoreCounters {
+  int64_t num_steps = 0;
+  int64_t prompt_tokens = 0;
+  int64_t generation_tokens = 0;
+  int64_t requests_finished = 0;
+  int32_t last_batch_seqs = 0;
+  int32_t last_batch_tokens = 0;
+};
+
+class EngineCore {
+ public:
+  // Borrows `model`, which must outlive the core. Sizes the pool per `options`.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<EngineCore>> Create(
+      model::Model* model, const EngineOptions& options);
+
+  // Thread-safe: checks a request against the model and options (prompt non-empty, ids in
+  // the vocabulary, fits the context, sampling params valid, stop strings need text).
+  [[nodiscard]] absl::Status ValidateRequest(const Request& request) const;
+  // Wraps a validated request into a sequence (allocates; any thread).
+  std::unique_ptr<Sequence> MakeSequence(RequestId id, Request request,
+                                         std::shared_ptr<RequestStream> stream,
+                                         uint64_t default_seed) const;
+  // Queues a sequence made by MakeSequence.
+  void Add(std::unique_ptr<Sequence> seq);
+
+  // One step: cancellations and deadlines, schedule, forward, sample, push outputs.
+  // Returns false (doing nothing) when there is no request at all.
+  bool Step();
+  bool has_work() const { return !scheduler_.running().empty() || !scheduler_.waiting().empty(); }
+  // Finishes every request with `reason` (shutdown).
+  void FinishAll(FinishReason reason);
+
+  // Called on the engine thread when a request has pushed its final output.
+  void set_on_finished(std::function<void(RequestId)> fn) { on_finished_ = std::move(fn); }
+  void set_logits_observer(LogitsObserver fn) { logits_observer_ = std::move(fn); }
+
+  const EngineInfo& info() const { return info_; }
+  const EngineOptions& options() const { return options_; }
+  const Scheduler& scheduler() const { return scheduler_; }
+  const BlockManager& blocks() const { return blocks_; }
+  const CoreCounters& counters() const { return counters_; }
+  const StepStats& last_step() const { return last_step_; }
+  model::Model& model() { return *model_; }
+
+ private:
+  EngineCore(model::Model* model, const EngineOptions& options, EngineInfo info,
+             std::unique_ptr<model::KvCache> cache);
+  void HandleCancellations(Clock::time_point now);
+  // Consumes the logits rows of one scheduled sequence.
+  void ProcessRows(Sequence* seq, const model::SequenceInput& input, float* rows);
+  // Samples the next token from `row` (overwritten), runs the stop checks, and queues the
+  // sequence on finishing_ when it is done.
+  void SampleNext(Sequence* seq, float* row);
+  // Releases text held back (detokenizer, stop-string matcher) at the end of a request.
+  void FlushText(Sequence* seq, std::span<const int32_t> tokens);
+  // Pushes the pending output.
+  void Flush(Sequence* seq);
+  // Completes the final info, pushes the last output and removes the sequence.
+  void Finish(Sequence* seq, FinishReason reason, absl::Status error = absl::OkStatus());
+
+  model::Model* const model_;
+  const EngineOptions options_;
+  const EngineInfo info_;
+  const int32_t vocab_;
+  std::unique_ptr<model::KvCache> cache_;
+  model::ForwardWorkspace workspace_;
+  BlockManager blocks_;
+  Scheduler scheduler_;
+  SamplerScratch scratch_;
+
+  // Reused every step.
+  ScheduleResult batch_;
+  std::vector<model::SequenceInput> inputs_;
+  std::vector<float> logits_;
+  std::vector<float> raw_row_;  // a copy of a row for logprobs (sampling overwrites it)
+  std::vector<Sequence*> finishing_;
+  std::string text_;
+
+  std::function<void(RequestId)> on_finished_;
+  LogitsObserver logits_observer_;
+  CoreCounters counters_;
+  StepStats last_step_;
+};
+
+}  // namespace spanserve::engine
