@@ -1,0 +1,108 @@
+// StreamingDetokenizer: pieces are always well-formed UTF-8 and concatenate to Decode().
+#include "runtime/tokenizer/streaming.h"
+
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "golden_util.h"
+#include "gtest/gtest.h"
+#include "runtime/tokenizer/tokenizer.h"
+
+namespace spanserve::tokenizer {
+namespace {
+
+using testing::IsWellFormedUtf8;
+using testing::ReadGolden;
+using testing::TokenizerDataPath;
+
+// Streams `ids`; returns the number of failures reported (at most a few).
+int CheckStream(const Tokenizer& tok, const std::vector<int32_t>& ids, bool skip_special,
+                const std::string& what) {
+  StreamingDetokenizer stream(tok, skip_special);
+  std::string all;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const std::string piece = stream.Add(ids[i]);
+    if (!IsWellFormedUtf8(piece)) {
+      ADD_FAILURE() << what << ": Add(" << ids[i] << ") at " << i << " returned ill-formed UTF-8";
+      return 1;
+    }
+    all += piece;
+  }
+  const std::string tail = stream.Flush();
+  if (!IsWellFormedUtf8(tail)) {
+    ADD_FAILURE() << what << ": Flush returned ill-formed UTF-8";
+    return 1;
+  }
+  all += tail;
+  const std::string want = tok.Decode(ids, skip_special);
+  if (all != want) {
+    ADD_FAILURE() << what << ": streamed \"" << all << "\" but Decode gives \"" << want << "\"";
+    return 1;
+  }
+  return 0;
+}
+
+class StreamingTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    auto tok = Tokenizer::FromFile(TokenizerDataPath(GetParam() + "/tokenizer.json"));
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    tok_ = std::move(*tok);
+  }
+  std::unique_ptr<Tokenizer> tok_;
+};
+
+TEST_P(StreamingTest, ConcatenationEqualsDecodeOnGoldens) {
+  const testing::Golden golden = ReadGolden(GetParam());
+  int failures = 0;
+  for (size_t i = 0; i < golden.records.size() && failures < 5; ++i) {
+    const auto& r = golden.records[i];
+    failures += CheckStream(*tok_, r.ids, false, "input " + std::to_string(i));
+    if (r.ids_special) {
+      failures += CheckStream(*tok_, *r.ids_special, true, "special " + std::to_string(i));
+      failures += CheckStream(*tok_, *r.ids_special, false, "special " + std::to_string(i));
+    }
+  }
+  EXPECT_EQ(failures, 0);
+}
+
+TEST_P(StreamingTest, RandomIdsNeverBreakUtf8) {
+  // Random ids split characters anywhere, make invalid byte runs and put special tokens
+  // in the middle: the hardest case for holding text back.
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int32_t> any(-2, tok_->vocab_size() + 2);
+  int failures = 0;
+  for (int seq = 0; seq < 400 && failures < 5; ++seq) {
+    std::vector<int32_t> ids(rng() % 40);
+    for (int32_t& id : ids) {
+      id = any(rng);
+      // Bias towards byte-level pieces of multi-byte characters and byte tokens.
+      if (rng() % 3 == 0) {
+        if (auto t = tok_->TokenToId("<0x" + std::string(1, "89ABCDEF"[rng() % 8]) + "0>")) id = *t;
+      }
+    }
+    failures += CheckStream(*tok_, ids, seq % 2 == 0, "random sequence " + std::to_string(seq));
+  }
+  EXPECT_EQ(failures, 0);
+}
+
+TEST_P(StreamingTest, EmitsTextBeforeTheEnd) {
+  // Streaming must actually stream: most text is returned by Add, not held for Flush.
+  auto ids = tok_->Encode("In the beginning God created the heaven and the earth.", false);
+  ASSERT_TRUE(ids.ok());
+  StreamingDetokenizer stream(*tok_, false);
+  std::string before_flush;
+  for (int32_t id : *ids) before_flush += stream.Add(id);
+  const std::string tail = stream.Flush();
+  EXPECT_GE(before_flush.size(), 40u) << "tail: " << tail;
+}
+
+INSTANTIATE_TEST_SUITE_P(Tokenizers, StreamingTest,
+                         ::testing::Values("smollm2", "bpe_gpt2", "bpe_llama3", "bpe_qwen2",
+                                           "sp_llama2", "sp_metaspace"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace spanserve::tokenizer
