@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "runtime/tokenizer/byte_level.h"
@@ -238,10 +239,12 @@ void BpeModel::Tokenize(std::string_view word, std::vector<int32_t>* ids) const 
   CacheShard* shard = nullptr;
   if (cacheable) {
     shard = &cache_[(StringViewHash()(word) >> 7) % kCacheShards];
-    absl::ReaderMutexLock lock(&shard->mu);
-    if (auto it = shard->words.find(word); it != shard->words.end()) {
-      ids->insert(ids->end(), it->second.begin(), it->second.end());
-      return;
+    std::shared_lock lock(shard->mu, std::try_to_lock);
+    if (lock.owns_lock()) {
+      if (auto it = shard->words.find(word); it != shard->words.end()) {
+        ids->insert(ids->end(), it->second.begin(), it->second.end());
+        return;
+      }
     }
   }
   thread_local std::vector<Symbol> symbols;
@@ -276,8 +279,8 @@ void BpeModel::Tokenize(std::string_view word, std::vector<int32_t>* ids) const 
     if (s.len != 0) ids->push_back(s.id);
   }
   if (cacheable) {
-    absl::MutexLock lock(&shard->mu);
-    if (shard->words.size() < kCacheShardCapacity) {
+    std::unique_lock lock(shard->mu, std::try_to_lock);
+    if (lock.owns_lock() && shard->words.size() < kCacheShardCapacity) {
       shard->words.try_emplace(std::string(word), ids->begin() + static_cast<ptrdiff_t>(first),
                                ids->end());
     }

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -16,7 +17,6 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "runtime/tokenizer/string_map.h"
 
 namespace spanserve::tokenizer {
@@ -61,9 +61,11 @@ class BpeModel {
     int32_t next;
     int32_t len;  // 0: merged away
   };
+  // A shard of the word cache. Lookups and inserts only try the lock: under contention
+  // the word is simply encoded again (the cache never changes results).
   struct CacheShard {
-    absl::Mutex mu;
-    StringMap<std::vector<int32_t>> words ABSL_GUARDED_BY(mu);
+    std::shared_mutex mu;
+    StringMap<std::vector<int32_t>> words;  // guarded by mu
   };
 
   explicit BpeModel(BpeConfig config);

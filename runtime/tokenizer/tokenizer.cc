@@ -89,6 +89,11 @@ std::string Tokenizer::Decode(std::span<const int32_t> ids, bool skip_special_to
 }
 
 std::string Tokenizer::DecodeWindow(std::span<const int32_t> ids, const DecodeContext& ctx) const {
+  if (!byte_level_bytes_.empty()) {
+    std::string bytes;
+    for (int32_t id : ids) bytes.append(byte_level_bytes_[id]);
+    return Utf8Lossy(bytes);
+  }
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
   for (int32_t id : ids) tokens.emplace_back(IdToToken(id));

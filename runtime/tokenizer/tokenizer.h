@@ -95,6 +95,8 @@ class Tokenizer {
   std::unique_ptr<AddedVocabulary> added_;
   std::unique_ptr<StreamTraits> stream_traits_;
   std::vector<bool> byte_fallback_token_;  // by id
+  // When the decoder is exactly ByteLevel: the bytes each id decodes to (fast path).
+  std::vector<std::string> byte_level_bytes_;
   int32_t vocab_size_ = 0;
   std::optional<int32_t> bos_id_;
   std::optional<int32_t> eos_id_;

@@ -8,6 +8,7 @@
 #include "nlohmann/json.hpp"
 #include "runtime/tokenizer/added_vocabulary.h"
 #include "runtime/tokenizer/bpe.h"
+#include "runtime/tokenizer/byte_level.h"
 #include "runtime/tokenizer/decoders.h"
 #include "runtime/tokenizer/normalizers.h"
 #include "runtime/tokenizer/post_processors.h"
@@ -470,6 +471,16 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> TokenizerBuilder::Build(const Json& r
     uint8_t b;
     for (int32_t id = 0; id < tok->vocab_size_; ++id) {
       tok->byte_fallback_token_[id] = ParseByteToken(tok->IdToToken(id), &b);
+    }
+  }
+
+  if (dynamic_cast<const ByteLevelDecoder*>(tok->decoder_.get()) != nullptr) {
+    tok->byte_level_bytes_.resize(static_cast<size_t>(tok->vocab_size_));
+    for (int32_t id = 0; id < tok->vocab_size_; ++id) {
+      const std::string_view token = tok->IdToToken(id);
+      std::string& bytes = tok->byte_level_bytes_[id];
+      // As the decoder does: a token outside the alphabet contributes its own bytes.
+      if (!ByteLevelToBytes(token, &bytes)) bytes.assign(token);
     }
   }
 
