@@ -28,6 +28,9 @@ class Pattern {
  public:
   // A regex in Oniguruma syntax, compiled with PCRE2_UTF | PCRE2_UCP (JIT when available).
   static absl::StatusOr<std::unique_ptr<Pattern>> Regex(std::string_view oniguruma_pattern);
+  // A regex already in PCRE2 syntax (for the patterns `tokenizers` compiles with Rust's
+  // regex crate rather than Oniguruma).
+  static absl::StatusOr<std::unique_ptr<Pattern>> Pcre2(std::string_view pattern);
   // A literal string (may not be empty).
   static absl::StatusOr<std::unique_ptr<Pattern>> Literal(std::string_view literal);
 

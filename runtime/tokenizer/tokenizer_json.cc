@@ -202,7 +202,11 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> ParsePreTokenizer(const Json& j,
   }
   if (type == "WhitespaceSplit") return std::make_unique<WhitespaceSplitPreTokenizer>();
   if (type == "Whitespace") {
-    ASSIGN_OR_RETURN(auto pattern, Pattern::Regex(R"(\w+|[^\w\s]+)"));
+    // `tokenizers` compiles this one with Rust's regex crate: \w and \s are UTS #18's.
+    ASSIGN_OR_RETURN(
+        auto pattern,
+        Pattern::Pcre2(R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}]+|)"
+                       R"([^\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}\p{White_Space}]+)"));
     return std::make_unique<WhitespacePreTokenizer>(std::move(pattern));
   }
   if (type == "Sequence") {
