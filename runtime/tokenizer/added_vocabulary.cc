@@ -94,7 +94,7 @@ AddedVocabulary::AddedVocabulary(std::vector<AddedToken> tokens, const Normalize
       }
       std::string content = t.content;
       uint32_t zero_len = 0;
-      if (normalizer != nullptr) normalizer->Normalize(&content, &zero_len);
+      if (normalizer != nullptr && !normalizer->Normalize(&content, &zero_len)) continue;
       if (!content.empty()) normalized_.Add(content, static_cast<int32_t>(i));
     }
   }

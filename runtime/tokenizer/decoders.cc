@@ -151,7 +151,11 @@ bool StripDecoder::Prepare(bool fused_before, StreamTraits* traits) {
 }
 
 void ReplaceDecoder::DecodeChain(std::vector<std::string>* tokens, const DecodeContext& ctx) const {
-  for (std::string& t : *tokens) t = ReplaceAll(*pattern_, t, content_);
+  std::string out;
+  for (std::string& t : *tokens) {
+    // Decoding cannot fail: a token the regex cannot handle stays as it is.
+    if (ReplaceAll(*pattern_, t, content_, &out)) t.swap(out);
+  }
 }
 
 bool ReplaceDecoder::Prepare(bool fused_before, StreamTraits* traits) {

@@ -12,49 +12,55 @@ void ResetZeroLen(const std::string& text, uint32_t* zero_len) {
 
 }  // namespace
 
-std::string ReplaceAll(const Pattern& pattern, std::string_view text, std::string_view content) {
+bool ReplaceAll(const Pattern& pattern, std::string_view text, std::string_view content,
+                std::string* out) {
   std::vector<Span> matches;
-  pattern.FindAll(text, &matches);
-  if (matches.empty()) return std::string(text);
-  std::string out;
-  out.reserve(text.size() + matches.size() * content.size());
+  if (!pattern.FindAll(text, &matches)) return false;
+  out->clear();
+  out->reserve(text.size() + matches.size() * content.size());
   uint32_t prev = 0;
   for (const Span& m : matches) {
-    out.append(text.substr(prev, m.begin - prev));
-    out.append(content);
+    out->append(text.substr(prev, m.begin - prev));
+    out->append(content);
     prev = m.end;
   }
-  out.append(text.substr(prev));
-  return out;
+  out->append(text.substr(prev));
+  return true;
 }
 
-void UnicodeNormalizer::Normalize(std::string* text, uint32_t* zero_len) const {
+bool UnicodeNormalizer::Normalize(std::string* text, uint32_t* zero_len) const {
   std::string out;
   NormalizeUnicode(form_, *text, &out);
   *text = std::move(out);
   ResetZeroLen(*text, zero_len);
+  return true;
 }
 
-void LowercaseNormalizer::Normalize(std::string* text, uint32_t* zero_len) const {
+bool LowercaseNormalizer::Normalize(std::string* text, uint32_t* zero_len) const {
   std::string out;
   LowercaseChars(*text, &out);
   *text = std::move(out);
   ResetZeroLen(*text, zero_len);
+  return true;
 }
 
-void PrependNormalizer::Normalize(std::string* text, uint32_t* zero_len) const {
-  if (text->empty()) return;
+bool PrependNormalizer::Normalize(std::string* text, uint32_t* zero_len) const {
+  if (text->empty()) return true;
   text->insert(0, prefix_);
   // The prepended characters take the alignment of the first character.
   if (*zero_len > 0) *zero_len += static_cast<uint32_t>(prefix_.size());
+  return true;
 }
 
-void ReplaceNormalizer::Normalize(std::string* text, uint32_t* zero_len) const {
-  *text = ReplaceAll(*pattern_, *text, content_);
+bool ReplaceNormalizer::Normalize(std::string* text, uint32_t* zero_len) const {
+  std::string out;
+  if (!ReplaceAll(*pattern_, *text, content_, &out)) return false;
+  *text = std::move(out);
   ResetZeroLen(*text, zero_len);
+  return true;
 }
 
-void StripNormalizer::Normalize(std::string* text, uint32_t* zero_len) const {
+bool StripNormalizer::Normalize(std::string* text, uint32_t* zero_len) const {
   size_t begin = 0, end = text->size();
   if (left_) {
     while (begin < end) {
@@ -76,10 +82,14 @@ void StripNormalizer::Normalize(std::string* text, uint32_t* zero_len) const {
   // Stripped leading characters leave the piece starting past the original start.
   if (begin > 0) *zero_len = 0;
   if (*zero_len > text->size()) *zero_len = static_cast<uint32_t>(text->size());
+  return true;
 }
 
-void SequenceNormalizer::Normalize(std::string* text, uint32_t* zero_len) const {
-  for (const auto& step : steps_) step->Normalize(text, zero_len);
+bool SequenceNormalizer::Normalize(std::string* text, uint32_t* zero_len) const {
+  for (const auto& step : steps_) {
+    if (!step->Normalize(text, zero_len)) return false;
+  }
+  return true;
 }
 
 }  // namespace spanserve::tokenizer

@@ -16,14 +16,15 @@ class Normalizer {
   virtual ~Normalizer() = default;
   // Rewrites *text (valid UTF-8, stays valid). *zero_len is the piece's count of leading
   // bytes that stand for original offset 0 (see Piece); a normalizer keeps it current.
-  virtual void Normalize(std::string* text, uint32_t* zero_len) const = 0;
+  // Returns false only if a regex ran out of its resource limits.
+  [[nodiscard]] virtual bool Normalize(std::string* text, uint32_t* zero_len) const = 0;
 };
 
 // NFC, NFD, NFKC, NFKD.
 class UnicodeNormalizer final : public Normalizer {
  public:
   explicit UnicodeNormalizer(NormalForm form) : form_(form) {}
-  void Normalize(std::string* text, uint32_t* zero_len) const override;
+  bool Normalize(std::string* text, uint32_t* zero_len) const override;
 
  private:
   NormalForm form_;
@@ -31,14 +32,14 @@ class UnicodeNormalizer final : public Normalizer {
 
 class LowercaseNormalizer final : public Normalizer {
  public:
-  void Normalize(std::string* text, uint32_t* zero_len) const override;
+  bool Normalize(std::string* text, uint32_t* zero_len) const override;
 };
 
 // Prepends `prefix` to a non-empty text.
 class PrependNormalizer final : public Normalizer {
  public:
   explicit PrependNormalizer(std::string prefix) : prefix_(std::move(prefix)) {}
-  void Normalize(std::string* text, uint32_t* zero_len) const override;
+  bool Normalize(std::string* text, uint32_t* zero_len) const override;
 
  private:
   std::string prefix_;
@@ -49,7 +50,7 @@ class ReplaceNormalizer final : public Normalizer {
  public:
   ReplaceNormalizer(std::unique_ptr<Pattern> pattern, std::string content)
       : pattern_(std::move(pattern)), content_(std::move(content)) {}
-  void Normalize(std::string* text, uint32_t* zero_len) const override;
+  bool Normalize(std::string* text, uint32_t* zero_len) const override;
 
  private:
   std::unique_ptr<Pattern> pattern_;
@@ -60,7 +61,7 @@ class ReplaceNormalizer final : public Normalizer {
 class StripNormalizer final : public Normalizer {
  public:
   StripNormalizer(bool left, bool right) : left_(left), right_(right) {}
-  void Normalize(std::string* text, uint32_t* zero_len) const override;
+  bool Normalize(std::string* text, uint32_t* zero_len) const override;
 
  private:
   bool left_, right_;
@@ -70,14 +71,15 @@ class SequenceNormalizer final : public Normalizer {
  public:
   explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> steps)
       : steps_(std::move(steps)) {}
-  void Normalize(std::string* text, uint32_t* zero_len) const override;
+  bool Normalize(std::string* text, uint32_t* zero_len) const override;
 
  private:
   std::vector<std::unique_ptr<Normalizer>> steps_;
 };
 
-// Replaces every match of `pattern` in `text` with `content` (shared with the Replace
-// decoder).
-std::string ReplaceAll(const Pattern& pattern, std::string_view text, std::string_view content);
+// Writes `text` with every match of `pattern` replaced by `content` to *out (shared with
+// the Replace decoder). False if the regex ran out of its resource limits.
+[[nodiscard]] bool ReplaceAll(const Pattern& pattern, std::string_view text,
+                              std::string_view content, std::string* out);
 
 }  // namespace spanserve::tokenizer

@@ -16,7 +16,7 @@ void ByteLevelPreTokenizer::Split(const Piece& piece, PreTokenizeScratch* scratc
     return;
   }
   scratch->matches.clear();
-  regex_->FindAll(p.text, &scratch->matches);
+  if (!regex_->FindAll(p.text, &scratch->matches)) scratch->regex_failed = true;
   CoverMatches(static_cast<uint32_t>(p.text.size()), scratch->matches, &scratch->cover);
   SplitPiece(p, scratch->cover, /*invert=*/false, SplitBehavior::kIsolated, out);
 }
@@ -74,7 +74,7 @@ void MetaspacePreTokenizer::Split(const Piece& piece, PreTokenizeScratch* scratc
 void SplitPreTokenizer::Split(const Piece& piece, PreTokenizeScratch* scratch,
                               std::vector<Piece>* out) const {
   scratch->matches.clear();
-  pattern_->FindAll(piece.text, &scratch->matches);
+  if (!pattern_->FindAll(piece.text, &scratch->matches)) scratch->regex_failed = true;
   CoverMatches(static_cast<uint32_t>(piece.text.size()), scratch->matches, &scratch->cover);
   SplitPiece(piece, scratch->cover, invert_, behavior_, out);
 }
@@ -95,7 +95,7 @@ void WhitespaceSplitPreTokenizer::Split(const Piece& piece, PreTokenizeScratch* 
 void WhitespacePreTokenizer::Split(const Piece& piece, PreTokenizeScratch* scratch,
                                    std::vector<Piece>* out) const {
   scratch->matches.clear();
-  pattern_->FindAll(piece.text, &scratch->matches);
+  if (!pattern_->FindAll(piece.text, &scratch->matches)) scratch->regex_failed = true;
   CoverMatches(static_cast<uint32_t>(piece.text.size()), scratch->matches, &scratch->cover);
   SplitPiece(piece, scratch->cover, /*invert=*/true, SplitBehavior::kRemoved, out);
 }

@@ -16,6 +16,7 @@ struct PreTokenizeScratch {
   Arena* arena = nullptr;
   std::vector<Span> matches;
   std::vector<MatchSpan> cover;
+  bool regex_failed = false;  // a split regex ran out of its resource limits
 };
 
 class PreTokenizer {

@@ -23,7 +23,7 @@ struct MatchScratch {
   MatchScratch() {
     data = pcre2_match_data_create(1, nullptr);
     context = pcre2_match_context_create(nullptr);
-    jit_stack = pcre2_jit_stack_create(64 * 1024, 8 * 1024 * 1024, nullptr);
+    jit_stack = pcre2_jit_stack_create(64 * 1024, 64 * 1024 * 1024, nullptr);
     SPANSERVE_CHECK(data != nullptr && context != nullptr && jit_stack != nullptr);
     pcre2_jit_stack_assign(context, nullptr, jit_stack);
   }
@@ -169,7 +169,7 @@ Pattern::~Pattern() {
   if (code_ != nullptr) pcre2_code_free(static_cast<pcre2_code*>(code_));
 }
 
-void Pattern::FindAll(std::string_view text, std::vector<Span>* matches) const {
+bool Pattern::FindAll(std::string_view text, std::vector<Span>* matches) const {
   if (code_ == nullptr) {
     size_t pos = 0;
     while ((pos = text.find(literal_, pos)) != std::string_view::npos) {
@@ -177,7 +177,7 @@ void Pattern::FindAll(std::string_view text, std::vector<Span>* matches) const {
           {static_cast<uint32_t>(pos), static_cast<uint32_t>(pos + literal_.size())});
       pos += literal_.size();
     }
-    return;
+    return true;
   }
   auto* code = static_cast<pcre2_code*>(code_);
   MatchScratch& scratch = Scratch();
@@ -187,18 +187,20 @@ void Pattern::FindAll(std::string_view text, std::vector<Span>* matches) const {
   bool have_last_end = false;
   size_t last_end = 0;
   while (start <= n) {
-    const int rc = jit_ ? pcre2_jit_match(code, subject, n, start, 0, scratch.data, scratch.context)
-                        : pcre2_match(code, subject, n, start, PCRE2_NO_UTF_CHECK, scratch.data,
-                                      scratch.context);
-    if (rc < 0) {
-      SPANSERVE_CHECK(rc == PCRE2_ERROR_NOMATCH);
-      return;
+    int rc = jit_ ? pcre2_jit_match(code, subject, n, start, 0, scratch.data, scratch.context)
+                  : PCRE2_ERROR_JIT_STACKLIMIT;
+    if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) {
+      // The JIT stack ran out (or there is no JIT): the interpreter keeps its backtracking
+      // state on the heap instead.
+      rc = pcre2_match(code, subject, n, start, PCRE2_NO_UTF_CHECK, scratch.data, nullptr);
     }
+    if (rc == PCRE2_ERROR_NOMATCH) return true;
+    if (rc < 0) return false;
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(scratch.data);
     const size_t b = ov[0], e = ov[1];
     if (b == e && have_last_end && last_end == e) {
       // Skip the empty match that abuts the previous one; retry one character later.
-      if (start >= n) return;
+      if (start >= n) return true;
       start += Utf8LeadLength(static_cast<uint8_t>(text[start]));
       continue;
     }
@@ -211,6 +213,7 @@ void Pattern::FindAll(std::string_view text, std::vector<Span>* matches) const {
       continue;
     }
   }
+  return true;
 }
 
 }  // namespace spanserve::tokenizer

@@ -40,8 +40,9 @@ class Pattern {
 
   // Appends the leftmost-first, non-overlapping matches in `text` (valid UTF-8) to
   // *matches, in order. As Oniguruma's iterator does, an empty match right where the
-  // previous match ended is skipped.
-  void FindAll(std::string_view text, std::vector<Span>* matches) const;
+  // previous match ended is skipped. Returns false if the regex engine ran out of its
+  // resource limits (a pathological run of many megabytes); *matches is then incomplete.
+  [[nodiscard]] bool FindAll(std::string_view text, std::vector<Span>* matches) const;
 
   const std::string& source() const { return source_; }
 

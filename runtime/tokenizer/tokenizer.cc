@@ -18,6 +18,15 @@ namespace spanserve::tokenizer {
 Tokenizer::Tokenizer() : stream_traits_(std::make_unique<StreamTraits>()) {}
 Tokenizer::~Tokenizer() = default;
 
+namespace {
+
+absl::Status RegexLimitError() {
+  return absl::ResourceExhaustedError(
+      "text is too long for the tokenizer's regex (a run of many megabytes without a split)");
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text,
                                                        bool add_special_tokens) const {
   if (const size_t bad = FindInvalidUtf8(text); bad != std::string_view::npos) {
@@ -48,7 +57,7 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text,
     if (normalizer_ != nullptr) {
       buffer.assign(piece.text);
       uint32_t zero_len = piece.zero_len;
-      normalizer_->Normalize(&buffer, &zero_len);
+      if (!normalizer_->Normalize(&buffer, &zero_len)) return RegexLimitError();
       normalized.text = arena.Store(std::move(buffer));
       normalized.zero_len = zero_len;
     }
@@ -69,6 +78,7 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text,
       for (const Piece& word : words) model_->Tokenize(word.text, &ids);
     }
   }
+  if (scratch.regex_failed) return RegexLimitError();
   // 5. Special tokens around the sequence.
   if (add_special_tokens && post_processor_ != nullptr) post_processor_->Process(&ids);
   return ids;

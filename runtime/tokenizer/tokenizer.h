@@ -54,7 +54,9 @@ class Tokenizer {
 
   // The ids of `text`, with the post-processor's special tokens (BOS/EOS...) when
   // add_special_tokens. Added tokens in the text (special or not) are recognised.
-  // INVALID_ARGUMENT if `text` is not valid UTF-8 (the message gives the byte offset).
+  // INVALID_ARGUMENT if `text` is not valid UTF-8 (the message gives the byte offset);
+  // RESOURCE_EXHAUSTED if a split regex runs out of its limits (only seen on runs of tens
+  // of megabytes, far beyond any context window).
   [[nodiscard]] absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text,
                                                             bool add_special_tokens) const;
 

@@ -59,6 +59,18 @@ TEST(Tokenizer, InvalidUtf8IsInvalidArgument) {
   EXPECT_TRUE(ok.ok());
 }
 
+TEST(Tokenizer, HugeInputsNeverCrash) {
+  // A whitespace run of 20 MB exceeds what the Llama-3 split regex can backtrack over:
+  // that is a RESOURCE_EXHAUSTED status, never an abort. Realistic sizes just work.
+  auto tok = Load("bpe_llama3");
+  ASSERT_NE(tok, nullptr);
+  auto huge = tok->Encode(std::string(20 << 20, ' ') + "x", false);
+  if (!huge.ok()) EXPECT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted);
+  auto big = tok->Encode(std::string(1 << 20, ' ') + "x", false);
+  ASSERT_TRUE(big.ok()) << big.status();
+  EXPECT_EQ(tok->Decode(*big, false), std::string(1 << 20, ' ') + "x");
+}
+
 TEST(Tokenizer, UnsupportedComponentsNameThemselves) {
   struct Case {
     std::string field;
