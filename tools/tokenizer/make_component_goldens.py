@@ -244,11 +244,9 @@ def main():
             records.append(rec)
         if panics:
             print(f"{name}: the reference panicked on {panics} decodes")
-    with gzip.open(os.path.join(OUT, "configs.json.gz"), "wt", encoding="utf-8",
-                   compresslevel=9) as f:
+    with goldens.write_gzip(os.path.join(OUT, "configs.json.gz")) as f:
         json.dump({"configs": cfgs, "templates": templates}, f, ensure_ascii=False)
-    with gzip.open(os.path.join(OUT, "golden.jsonl.gz"), "wt", encoding="utf-8",
-                   compresslevel=9) as f:
+    with goldens.write_gzip(os.path.join(OUT, "golden.jsonl.gz")) as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
     with open(os.path.join(OUT, "inputs.json"), "w", encoding="utf-8") as f:

@@ -22,6 +22,9 @@ Tokenizers:
                  Replace/ByteFallback/Fuse/Strip decoder, "<s> $A" template.
   sp_metaspace   Metaspace pre-tokenizer (prepend_scheme "first"), no byte fallback: rare
                  characters become a fused <unk>; "<s> $A </s>" template.
+  spm_llama      a `sentencepiece` BPE model (Llama-2 trainer settings) converted by
+                 transformers' LlamaTokenizerFast (legacy): the real converter's output;
+                 spm_vocab.json holds its pieces/scores/types as a GGUF file would.
 
 Usage: .venv/bin/python tools/tokenizer/make_tokenizer_goldens.py [--only NAME ...]
 Needs: the `bible` program (Debian bible-kjv) or .cache/tokenizer/kjv.txt, and for smollm2
@@ -50,6 +53,13 @@ LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
                   r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def write_gzip(path):
+    """A text file handle writing reproducible gzip (no timestamp in the header)."""
+    import io  # noqa: PLC0415
+    return io.TextIOWrapper(gzip.GzipFile(path, "wb", compresslevel=9, mtime=0),
+                            encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -411,6 +421,45 @@ def sp_metaspace_tokenizer():
     return tok, None, {}
 
 
+def spm_llama_tokenizer():
+    """A SentencePiece BPE model trained with `sentencepiece` (Llama-2's trainer settings),
+    converted by transformers' LlamaConverter (LlamaTokenizerFast, legacy): the exact path
+    by which Llama-2-style checkpoints get their tokenizer.json. Also writes the model's
+    pieces, scores and types (what a GGUF file stores) for the C++ FromVocabulary test."""
+    import sentencepiece as spm  # noqa: PLC0415
+    from transformers import LlamaTokenizerFast  # noqa: PLC0415
+    prefix = os.path.join(CACHE, "spm_llama")
+    if not os.path.exists(prefix + ".model"):
+        os.makedirs(CACHE, exist_ok=True)
+        text_path = os.path.join(CACHE, "kjv_training.txt")
+        with open(text_path, "w", encoding="utf-8") as f:
+            f.write("\n".join(training_text()) + "\n")
+        spm.SentencePieceTrainer.train(
+            input=text_path, model_prefix=prefix, model_type="bpe", vocab_size=2000,
+            byte_fallback=True, split_digits=True, allow_whitespace_only_pieces=True,
+            normalization_rule_name="identity", remove_extra_whitespaces=False,
+            add_dummy_prefix=True, character_coverage=0.9995, num_threads=1,
+            user_defined_symbols=["<|user|>"], minloglevel=2)
+    fast = LlamaTokenizerFast(vocab_file=prefix + ".model", legacy=True, from_slow=True,
+                              add_prefix_space=True)
+    sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
+    types = []
+    for i in range(sp.get_piece_size()):
+        types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else
+                     6 if sp.is_byte(i) else 5 if sp.is_unused(i) else
+                     4 if sp.id_to_piece(i) == "<|user|>" else 1)
+    vocab = {"tokens": [sp.id_to_piece(i) for i in range(sp.get_piece_size())],
+             "scores": [sp.get_score(i) for i in range(sp.get_piece_size())],
+             "token_types": types, "bos_id": sp.bos_id(), "eos_id": sp.eos_id(),
+             "unk_id": sp.unk_id()}
+    out_dir = os.path.join(OUT, "spm_llama")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "spm_vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+        f.write("\n")
+    return fast._tokenizer, None, {"bos_id": sp.bos_id(), "eos_id": sp.eos_id()}
+
+
 TOKENIZERS = {
     "smollm2": smollm2_tokenizer,
     "bpe_gpt2": bpe_gpt2_tokenizer,
@@ -418,6 +467,7 @@ TOKENIZERS = {
     "bpe_qwen2": bpe_qwen2_tokenizer,
     "sp_llama2": sp_llama2_tokenizer,
     "sp_metaspace": sp_metaspace_tokenizer,
+    "spm_llama": spm_llama_tokenizer,
 }
 
 
@@ -452,8 +502,7 @@ def write_goldens(name, tok, json_text, meta, inputs):
             rec["ids_special"] = s.ids
             rec["decoded_skip"] = tok.decode(s.ids, skip_special_tokens=True)
         records.append(rec)
-    with gzip.open(os.path.join(out_dir, "golden.jsonl.gz"), "wt", encoding="utf-8",
-                   compresslevel=9) as f:
+    with write_gzip(os.path.join(out_dir, "golden.jsonl.gz")) as f:
         for rec in records:
             f.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
     meta = dict(meta)
@@ -478,8 +527,7 @@ def main():
     args = parser.parse_args()
     inputs = all_inputs()
     os.makedirs(OUT, exist_ok=True)
-    with gzip.open(os.path.join(OUT, "inputs.jsonl.gz"), "wt", encoding="utf-8",
-                   compresslevel=9) as f:
+    with write_gzip(os.path.join(OUT, "inputs.jsonl.gz")) as f:
         for text in inputs:
             f.write(json.dumps(text, ensure_ascii=False) + "\n")
     print(f"inputs: {len(inputs)} strings, "

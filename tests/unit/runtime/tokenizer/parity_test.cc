@@ -133,7 +133,7 @@ TEST_P(ParityTest, VocabularySizeMatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(Tokenizers, ParityTest,
                          ::testing::Values("smollm2", "bpe_gpt2", "bpe_llama3", "bpe_qwen2",
-                                           "sp_llama2", "sp_metaspace"),
+                                           "sp_llama2", "sp_metaspace", "spm_llama"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

@@ -213,5 +213,37 @@ TEST(Tokenizer, FromVocabularyMatchesSmolLm2TokenizerJson) {
   EXPECT_NE(bad.status().message().find("no-such-pre"), std::string::npos);
 }
 
+TEST(Tokenizer, FromVocabularyMatchesTransformersLlamaConverter) {
+  // A SentencePiece model's pieces, scores and types (as a GGUF "llama" vocabulary holds
+  // them, no merges): FromVocabulary derives the merges as transformers' converter does
+  // and must tokenize exactly like the converter's tokenizer.json.
+  const auto v = nlohmann::json::parse(ReadFile(TokenizerDataPath("spm_llama/spm_vocab.json")));
+  VocabularySpec spec;
+  spec.model = VocabularyModel::kLlama;
+  spec.tokens = v["tokens"].get<std::vector<std::string>>();
+  spec.scores = v["scores"].get<std::vector<float>>();
+  spec.token_types = v["token_types"].get<std::vector<int32_t>>();
+  spec.bos_id = v["bos_id"].get<int32_t>();
+  spec.eos_id = v["eos_id"].get<int32_t>();
+  spec.unk_id = v["unk_id"].get<int32_t>();
+  spec.add_bos = true;
+  auto from_vocab = Tokenizer::FromVocabulary(spec);
+  ASSERT_TRUE(from_vocab.ok()) << from_vocab.status();
+  auto converted = Load("spm_llama");
+  ASSERT_NE(converted, nullptr);
+  EXPECT_EQ((*from_vocab)->bos_id(), converted->bos_id());
+  size_t mismatches = 0;
+  for (const std::string& text : GoldenInputs()) {
+    const auto ids = *converted->Encode(text, true);
+    if (*(*from_vocab)->Encode(text, true) != ids && ++mismatches <= 3) {
+      ADD_FAILURE() << "ids differ on \"" << text << "\"";
+    }
+    if ((*from_vocab)->Decode(ids, true) != converted->Decode(ids, true) && ++mismatches <= 3) {
+      ADD_FAILURE() << "decode differs on \"" << text << "\"";
+    }
+  }
+  EXPECT_EQ(mismatches, 0u);
+}
+
 }  // namespace
 }  // namespace spanserve::tokenizer
