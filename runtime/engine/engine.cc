@@ -61,6 +61,8 @@ void Engine::State::Run() {
       wake.wait(lock, [&] { return stopping || !inbox.empty() || core->has_work(); });
       if (stopping) break;
       draining.swap(inbox);
+      // They wait in the core now; count them until the step's stats replace the figure.
+      core_waiting += static_cast<int32_t>(draining.size());
     }
     for (auto& seq : draining) core->Add(std::move(seq));
     draining.clear();

@@ -1,0 +1,362 @@
+// The engine's invariants on a tiny model, stepping the core by hand: batch invariance,
+// chunked prefill, prefix cache, preemption, stop conditions, logprobs, no leaked blocks.
+#include "runtime/engine/engine_core.h"
+
+#include <cstring>
+#include <map>
+#include <numeric>
+#include <random>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "test_model.h"
+
+namespace spanserve::engine {
+namespace {
+
+using testing::Collected;
+
+class EngineCoreTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto m = model::Model::Load(testing::TinyModelDir(), {.num_threads = 1});
+    ASSERT_TRUE(m.ok()) << m.status();
+    model_ = std::move(*m).release();
+  }
+  static void TearDownTestSuite() {
+    delete model_;
+    model_ = nullptr;
+  }
+
+  static EngineOptions Options() {
+    EngineOptions o;
+    o.num_kv_blocks = 256;
+    o.max_batched_tokens = 64;
+    o.max_num_seqs = 64;
+    o.detokenize = testing::FakeDecode;
+    return o;
+  }
+
+  struct Run {
+    std::vector<Collected> out;
+    std::map<std::pair<RequestId, int32_t>, std::vector<float>> logits;
+    int64_t preemptions = 0;
+    int64_t prefix_hits = 0;
+  };
+
+  // Runs `requests` in waves (each wave is added when the previous one is done; one wave
+  // per request runs each alone). Checks the pool is whole at the end and that every
+  // request got exactly one final output, as its last.
+  static Run RunWaves(const EngineOptions& options, const std::vector<Request>& requests,
+                      const std::vector<std::vector<int>>& waves, bool record_logits = false) {
+    auto core = EngineCore::Create(model_, options);
+    EXPECT_TRUE(core.ok()) << core.status();
+    Run run;
+    if (record_logits) {
+      (*core)->set_logits_observer([&run](RequestId id, int32_t pos, std::span<const float> l) {
+        run.logits[{id, pos}].assign(l.begin(), l.end());
+      });
+    }
+    std::vector<std::shared_ptr<RequestStream>> streams(requests.size());
+    run.out.resize(requests.size());
+    for (const auto& wave : waves) {
+      for (int i : wave) {
+        EXPECT_TRUE((*core)->ValidateRequest(requests[i]).ok());
+        streams[i] = std::make_shared<RequestStream>(i + 1);
+        (*core)->Add((*core)->MakeSequence(i + 1, requests[i], streams[i], /*seed=*/1000 + i));
+      }
+      for (int steps = 0; (*core)->Step(); ++steps) EXPECT_LT(steps, 100000);
+    }
+    for (size_t i = 0; i < requests.size(); ++i) {
+      testing::DrainQueued(*streams[i], &run.out[i]);
+      EXPECT_EQ(run.out[i].num_finals, 1) << "request " << i;
+      EXPECT_TRUE(streams[i]->finished());
+    }
+    (*core)->blocks().CheckConsistency();
+    EXPECT_EQ((*core)->blocks().num_used(), 0);
+    EXPECT_EQ((*core)->blocks().num_free(), (*core)->blocks().num_blocks());
+    run.preemptions = (*core)->scheduler().num_preemptions();
+    run.prefix_hits = (*core)->scheduler().prefix_cache_hits();
+    return run;
+  }
+
+  static std::vector<std::vector<int>> Alone(int n) {
+    std::vector<std::vector<int>> w(n);
+    for (int i = 0; i < n; ++i) w[i] = {i};
+    return w;
+  }
+  static std::vector<std::vector<int>> Together(int n) {
+    std::vector<int> all(n);
+    std::iota(all.begin(), all.end(), 0);
+    return {all};
+  }
+
+  static std::vector<Request> RandomRequests(int n, uint32_t seed, bool greedy) {
+    std::mt19937 rng(seed);
+    std::vector<Request> reqs(n);
+    for (Request& r : reqs) {
+      const int len = std::uniform_int_distribution<int>(1, 40)(rng);
+      for (int i = 0; i < len; ++i) r.prompt.push_back(3 + rng() % 90);
+      r.sampling.max_tokens = std::uniform_int_distribution<int>(1, 24)(rng);
+      if (greedy) {
+        r.sampling.temperature = 0;
+      } else {
+        r.sampling.temperature = 0.8f;
+        r.sampling.top_p = 0.9f;
+        r.sampling.top_k = 40;
+        r.sampling.seed = rng();
+      }
+    }
+    return reqs;
+  }
+
+  static void ExpectSameTokens(const Run& a, const Run& b) {
+    ASSERT_EQ(a.out.size(), b.out.size());
+    for (size_t i = 0; i < a.out.size(); ++i) {
+      EXPECT_EQ(a.out[i].tokens, b.out[i].tokens) << "request " << i;
+      EXPECT_EQ(a.out[i].text, b.out[i].text) << "request " << i;
+      EXPECT_EQ(a.out[i].final.reason, b.out[i].final.reason) << "request " << i;
+    }
+  }
+  // Every logits row both runs computed is bit-identical; returns how many were compared.
+  static int ExpectSameLogits(const Run& a, const Run& b) {
+    int compared = 0;
+    for (const auto& [key, row] : a.logits) {
+      auto it = b.logits.find(key);
+      if (it == b.logits.end()) continue;
+      ++compared;
+      EXPECT_EQ(0, std::memcmp(row.data(), it->second.data(), row.size() * sizeof(float)))
+          << "request " << key.first << " position " << key.second;
+    }
+    return compared;
+  }
+
+  static model::Model* model_;
+};
+
+model::Model* EngineCoreTest::model_ = nullptr;
+
+TEST_F(EngineCoreTest, GreedyOutputIsTheSameAloneAndTogether) {
+  const std::vector<Request> reqs = RandomRequests(32, 1, /*greedy=*/true);
+  const Run alone = RunWaves(Options(), reqs, Alone(32), true);
+  const Run together = RunWaves(Options(), reqs, Together(32), true);
+  ExpectSameTokens(alone, together);
+  EXPECT_GT(ExpectSameLogits(alone, together), 32);
+}
+
+TEST_F(EngineCoreTest, SeededSamplingIsTheSameAloneAndTogether) {
+  const std::vector<Request> reqs = RandomRequests(16, 2, /*greedy=*/false);
+  ExpectSameTokens(RunWaves(Options(), reqs, Alone(16)), RunWaves(Options(), reqs, Together(16)));
+  // And a different seed changes the output.
+  std::vector<Request> other = reqs;
+  for (Request& r : other) {
+    r.sampling.seed = *r.sampling.seed + 1;
+    r.sampling.max_tokens = 24;
+  }
+  std::vector<Request> same = reqs;
+  for (Request& r : same) r.sampling.max_tokens = 24;
+  const Run a = RunWaves(Options(), same, Together(16));
+  const Run b = RunWaves(Options(), other, Together(16));
+  int differ = 0;
+  for (size_t i = 0; i < a.out.size(); ++i) differ += a.out[i].tokens != b.out[i].tokens;
+  EXPECT_GT(differ, 8);
+}
+
+TEST_F(EngineCoreTest, ChunkedAndUnchunkedPrefillGiveTheSameLogits) {
+  std::vector<Request> reqs = RandomRequests(8, 3, true);
+  for (Request& r : reqs) r.sampling.prompt_logprobs = 0;  // logits at every prompt position
+  EngineOptions chunked = Options();
+  chunked.max_batched_tokens = 7;
+  EngineOptions whole = Options();
+  whole.enable_chunked_prefill = false;
+  whole.max_batched_tokens = 128;
+  const Run a = RunWaves(chunked, reqs, Together(8), true);
+  const Run b = RunWaves(whole, reqs, Together(8), true);
+  ExpectSameTokens(a, b);
+  EXPECT_EQ(a.logits.size(), b.logits.size());
+  int prompt_positions = 0;
+  for (const Request& r : reqs) prompt_positions += r.prompt.size();
+  EXPECT_GE(ExpectSameLogits(a, b), prompt_positions);
+}
+
+TEST_F(EngineCoreTest, PrefixCacheOnAndOffGiveTheSameLogits) {
+  std::mt19937 rng(4);
+  std::vector<int32_t> shared(40);
+  for (int32_t& t : shared) t = 3 + rng() % 90;
+  std::vector<Request> reqs(9);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    reqs[i].prompt = shared;
+    for (size_t j = 0; j < i % 4; ++j) reqs[i].prompt.push_back(3 + rng() % 90);
+    reqs[i].sampling.temperature = 0;
+    reqs[i].sampling.max_tokens = 8;
+  }
+  // Request 0 first fills the cache; the others then hit it.
+  std::vector<std::vector<int>> waves = {{0}, {1, 2, 3, 4, 5, 6, 7, 8}};
+  EngineOptions on = Options();
+  EngineOptions off = Options();
+  off.enable_prefix_caching = false;
+  const Run a = RunWaves(on, reqs, waves, true);
+  const Run b = RunWaves(off, reqs, waves, true);
+  EXPECT_GE(a.prefix_hits, 8 * 32);  // two full 16-token blocks each
+  EXPECT_EQ(b.prefix_hits, 0);
+  ExpectSameTokens(a, b);
+  EXPECT_GE(ExpectSameLogits(a, b), 9 * 8);
+  // Request 0's own prompt, repeated: identical, and served from the cache.
+  for (size_t i = 1; i < reqs.size(); ++i) EXPECT_EQ(a.out[i].final.cached_prompt_tokens, 32);
+}
+
+TEST_F(EngineCoreTest, EveryRequestCompletesCorrectlyUnderBlockPressure) {
+  std::vector<Request> reqs = RandomRequests(12, 5, true);
+  std::vector<Request> sampled = RandomRequests(12, 6, false);
+  reqs.insert(reqs.end(), sampled.begin(), sampled.end());
+  for (Request& r : reqs) {
+    r.sampling.max_tokens = 40;
+    r.sampling.ignore_eos = true;
+  }
+  EngineOptions tight = Options();
+  tight.num_kv_blocks = 8;  // one full-length sequence (128 tokens)
+  const Run pressured = RunWaves(tight, reqs, Together(24));
+  const Run roomy = RunWaves(Options(), reqs, Together(24));
+  EXPECT_GT(pressured.preemptions, 0);
+  EXPECT_EQ(roomy.preemptions, 0);
+  ExpectSameTokens(pressured, roomy);
+  int preempted_requests = 0;
+  for (const Collected& c : pressured.out) {
+    EXPECT_EQ(c.final.reason, FinishReason::kLength);
+    EXPECT_EQ(c.final.generated_tokens, 40);
+    preempted_requests += c.final.num_preemptions > 0;
+  }
+  EXPECT_GT(preempted_requests, 0);
+}
+
+TEST_F(EngineCoreTest, StopStringsSpanTokensAndAreExcluded) {
+  Request r;
+  for (int i = 0; i < 10; ++i) r.prompt.push_back(5 + 7 * i);
+  r.sampling.temperature = 0;
+  r.sampling.max_tokens = 12;
+  r.sampling.ignore_eos = true;
+  const Run base = RunWaves(Options(), {r}, Alone(1));
+  const std::string text = base.out[0].text;
+  ASSERT_EQ(text.size(), 24u);  // two letters per token
+  EXPECT_EQ(text, testing::FakeDecode(base.out[0].tokens));
+  // A stop string from the middle of token 2 to the middle of token 4.
+  std::string stop = text.substr(5, 4);
+  ASSERT_EQ(text.find(stop), 5u);
+  r.sampling.stop = {"zzzzzz", stop};
+  const Run cut = RunWaves(Options(), {r}, Alone(1));
+  const Collected& c = cut.out[0];
+  EXPECT_EQ(c.text, text.substr(0, 5));
+  EXPECT_EQ(c.final.reason, FinishReason::kStop);
+  EXPECT_EQ(c.final.stop_string, stop);
+  ASSERT_EQ(c.tokens.size(), 5u);  // the match completes inside token 4
+  EXPECT_TRUE(std::equal(c.tokens.begin(), c.tokens.end(), base.out[0].tokens.begin()));
+  // Below min_tokens stop strings do not fire.
+  r.sampling.min_tokens = 8;
+  const Run late = RunWaves(Options(), {r}, Alone(1));
+  EXPECT_EQ(late.out[0].tokens.size(), 12u);
+  EXPECT_EQ(late.out[0].text, text);
+}
+
+TEST_F(EngineCoreTest, StopTokenIdsAndMinTokens) {
+  Request r;
+  r.prompt = {10, 20, 30, 40};
+  r.sampling.temperature = 0;
+  r.sampling.max_tokens = 10;
+  r.sampling.ignore_eos = true;
+  const Run base = RunWaves(Options(), {r}, Alone(1));
+  const int32_t first = base.out[0].tokens[0];
+  r.sampling.stop_token_ids = {first};
+  const Run stopped = RunWaves(Options(), {r}, Alone(1));
+  EXPECT_EQ(stopped.out[0].tokens, std::vector<int32_t>{first});
+  EXPECT_EQ(stopped.out[0].final.reason, FinishReason::kStop);
+  EXPECT_EQ(stopped.out[0].final.stop_token, first);
+  EXPECT_EQ(stopped.out[0].text, "");  // the stop token's text is not output
+  r.sampling.min_tokens = 3;
+  const Run held = RunWaves(Options(), {r}, Alone(1));
+  const std::vector<int32_t>& t = held.out[0].tokens;
+  ASSERT_GE(t.size(), 3u);
+  EXPECT_EQ(std::count(t.begin(), t.begin() + 3, first), 0);
+}
+
+TEST_F(EngineCoreTest, LengthFinishesAtMaxTokensAndAtTheContext) {
+  Request r;
+  r.prompt.assign(120, 9);
+  r.sampling.temperature = 0;
+  r.sampling.ignore_eos = true;
+  r.sampling.max_tokens = 100;
+  const Run run = RunWaves(Options(), {r}, Alone(1));
+  EXPECT_EQ(run.out[0].final.reason, FinishReason::kLength);
+  EXPECT_EQ(run.out[0].final.generated_tokens, 8);  // 128 positions
+  EXPECT_EQ(run.out[0].tokens.size(), 8u);
+}
+
+TEST_F(EngineCoreTest, LogprobsMatchPromptLogprobsOfTheSameTokens) {
+  Request r;
+  r.prompt = {4, 8, 15, 16, 23, 42};
+  r.sampling.temperature = 0;
+  r.sampling.ignore_eos = true;
+  r.sampling.max_tokens = 6;
+  r.sampling.logprobs = 3;
+  const Run gen = RunWaves(Options(), {r}, Alone(1));
+  const Collected& g = gen.out[0];
+  ASSERT_EQ(g.logprobs.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(g.logprobs[i].token, g.tokens[i]);
+    ASSERT_EQ(g.logprobs[i].top.size(), 3u);
+    EXPECT_EQ(g.logprobs[i].top[0].token, g.tokens[i]);  // greedy: the most likely
+    EXPECT_EQ(g.logprobs[i].top[0].logprob, g.logprobs[i].logprob);
+  }
+  // Scoring prompt + generated (no generation) reports the same numbers.
+  Request score;
+  score.prompt = r.prompt;
+  score.prompt.insert(score.prompt.end(), g.tokens.begin(), g.tokens.end());
+  score.sampling.max_tokens = 0;
+  score.sampling.prompt_logprobs = 2;
+  const Run scored = RunWaves(Options(), {score}, Alone(1));
+  const Collected& s = scored.out[0];
+  EXPECT_EQ(s.final.reason, FinishReason::kLength);
+  EXPECT_TRUE(s.tokens.empty());
+  ASSERT_EQ(s.prompt_logprobs.size(), score.prompt.size() - 1);
+  for (size_t i = 0; i < 6; ++i) {
+    const PositionLogprobs& p = s.prompt_logprobs[r.prompt.size() - 1 + i];
+    EXPECT_EQ(p.token, g.tokens[i]);
+    EXPECT_EQ(p.logprob, g.logprobs[i].logprob) << i;
+    EXPECT_EQ(p.top.size(), 2u);
+  }
+}
+
+TEST_F(EngineCoreTest, CancelAndDeadlineTakeEffectAtTheNextStepAndFreeBlocks) {
+  auto core = *EngineCore::Create(model_, Options());
+  Request r;
+  r.prompt.assign(30, 7);
+  r.sampling.max_tokens = 80;
+  r.sampling.ignore_eos = true;
+  auto cancel_stream = std::make_shared<RequestStream>(1);
+  core->Add(core->MakeSequence(1, r, cancel_stream, 1));
+  Request d = r;
+  d.deadline = Clock::now() + std::chrono::milliseconds(30);
+  auto deadline_stream = std::make_shared<RequestStream>(2);
+  core->Add(core->MakeSequence(2, d, deadline_stream, 2));
+  core->Step();
+  core->Step();
+  EXPECT_GT(core->blocks().num_used(), 0);
+  cancel_stream->Cancel();
+  core->Step();
+  Collected c;
+  testing::DrainQueued(*cancel_stream, &c);
+  EXPECT_EQ(c.num_finals, 1);
+  EXPECT_EQ(c.final.reason, FinishReason::kCancelled);
+  EXPECT_EQ(c.final.generated_tokens, 2);
+  std::this_thread::sleep_for(std::chrono::milliseconds(40));
+  core->Step();
+  Collected dc;
+  testing::DrainQueued(*deadline_stream, &dc);
+  EXPECT_EQ(dc.num_finals, 1);
+  EXPECT_EQ(dc.final.reason, FinishReason::kDeadline);
+  EXPECT_EQ(core->blocks().num_used(), 0);
+  EXPECT_FALSE(core->has_work());
+  core->blocks().CheckConsistency();
+}
+
+}  // namespace
+}  // namespace spanserve::engine
