@@ -1,0 +1,431 @@
+#!/usr/bin/env python3
+"""Writes the golden model directories under tests/data/models/ (run via scripts/regen_goldens).
+
+Each case directory holds config.json, model.safetensors, golden.json
+({"case", "source", "dtype", "tolerance", "sequences"}) and golden_logits.safetensors
+(F32 "logits.i" = [len_i, vocab], the logits of every position of sequence i run alone,
+positions starting at 0).
+
+Two sources:
+  * reference   — random model from tools/reference/spannorm.py, saved with the stored
+                  dtype, reloaded (widened to f32) and run in float32;
+  * transformers — a tiny random Hugging Face model (LlamaForCausalLM, Qwen2ForCausalLM,
+                  MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM) written with
+                  save_pretrained; the logits come from the HF model itself.
+
+Checks (the script fails if one does not hold):
+  * every golden against an independent float64 numpy implementation
+    (tools/reference/numpy_ref.py): max|f32 - f64| / max|f64| <= tolerance / 10;
+  * the reference loads every transformers case and matches HF within 1e-5, and every
+    reference case whose model type HF knows (llama, qwen2_moe, mixtral, olmoe; spanserve
+    `pre` via a LlamaConfig) loads into HF and matches within 1e-5;
+  * the goldens are sensitive: mutating RoPE, the norm names or the scalars of a case moves
+    its logits by far more than its tolerance; MoE top-k choices are not near ties.
+
+Deterministic: fixed seeds, one torch thread; rerunning rewrites identical bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+from reference import numpy_ref  # noqa: E402
+from reference.spannorm import (ModelConfig, SpanModel, build_random, load_model,  # noqa: E402
+                                read_tensors, save_model)
+
+OUT = os.path.join(ROOT, "tests", "data", "models")
+LENGTHS = (7, 19, 13)
+STD = 0.15          # weight std of the golden models: large enough that attention is far
+                    # from uniform and RoPE / routing errors show (0.02 would hide them)
+MAX_DIR_BYTES = 300 * 1024
+HF_MATCH = 1e-5
+TOPK_GAP = 1e-3     # MoE: min distance of the k-th from the (k+1)-th router score
+
+# Tiny, odd-sized, GQA.
+BASE = {
+    "model_type": "spanserve",
+    "architectures": ["SpanServeForCausalLM"],
+    "hidden_size": 40,
+    "intermediate_size": 72,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 10,
+    "vocab_size": 97,
+    "max_position_embeddings": 128,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+
+def cfg(**kw):
+    c = copy.deepcopy(BASE)
+    for k, v in kw.items():
+        if v is None:
+            c.pop(k, None)
+        else:
+            c[k] = v
+    return c
+
+
+L3 = BASE["num_hidden_layers"]
+ALPHA3 = (2 * L3) ** 0.25  # (2L)^(1/4), L = 3
+
+LLAMA_ARCH = ["LlamaForCausalLM"]
+
+# name -> (config, stored dtype, seed). Some cases leave keys out on purpose so that the
+# loader's defaults are exercised: pre_f16 / pre_rope_linear / pre_tied are plain `llama`
+# configs without SpanServe keys; post, span, b2t, deepnorm, sandwich, mix rely on the
+# per-placement default of final_norm; only span_layernorm sets norm_eps.
+REF_CASES = {
+    "pre": (cfg(norm_placement="pre", norm_type="rmsnorm"), "float32", 101),
+    "post": (cfg(norm_placement="post"), "float32", 102),
+    "span": (cfg(norm_placement="span"), "float32", 103),
+    "b2t": (cfg(norm_placement="b2t", rope_theta=50000.0), "float32", 104),
+    "deepnorm": (cfg(norm_placement="deepnorm", skip_scale=ALPHA3), "float32", 105),
+    "sandwich": (cfg(norm_placement="sandwich"), "float32", 106),
+    "mix": (cfg(norm_placement="mix", num_hidden_layers=4, mix_post_layers=2), "float32", 107),
+    "span_layernorm": (cfg(norm_placement="span", norm_type="layernorm", norm_bias=True,
+                           norm_eps=1e-5, skip_scale=ALPHA3), "float32", 108),
+    "span_scaled": (cfg(norm_placement="span", skip_scale=2.21, branch_scale=0.7,
+                        final_norm=True, tie_word_embeddings=False), "float32", 109),
+    "span_bf16": (cfg(norm_placement="span", skip_scale=ALPHA3), "bfloat16", 110),
+    "span_attnbias": (cfg(norm_placement="span", attention_bias=True, skip_scale=ALPHA3),
+                      "float32", 111),
+    "pre_f16": (cfg(model_type="llama", architectures=LLAMA_ARCH), "float16", 112),
+    "pre_rope_linear": (cfg(model_type="llama", architectures=LLAMA_ARCH,
+                            rope_scaling={"type": "linear", "factor": 2.0}), "float32", 113),
+    "pre_tied": (cfg(model_type="llama", architectures=LLAMA_ARCH, tie_word_embeddings=True),
+                 "float32", 114),
+    # MoE (4 experts, top-2, tiny experts).
+    "moe_qwen2_span": (cfg(norm_placement="span", skip_scale=ALPHA3, intermediate_size=48,
+                           num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
+                           moe_intermediate_size=16, shared_expert_intermediate_size=16,
+                           decoder_sparse_step=1, first_k_dense_replace=1),
+                       "float32", 121),
+    "moe_qwen2_pre": (cfg(model_type="qwen2_moe", architectures=["Qwen2MoeForCausalLM"],
+                          head_dim=None, intermediate_size=48, num_experts=4,
+                          num_experts_per_tok=2, norm_topk_prob=False,
+                          moe_intermediate_size=16, shared_expert_intermediate_size=24,
+                          decoder_sparse_step=1, mlp_only_layers=[1], use_sliding_window=False),
+                      "float32", 122),
+    "moe_mixtral_pre": (cfg(model_type="mixtral", architectures=["MixtralForCausalLM"],
+                            head_dim=None, intermediate_size=20, num_local_experts=4,
+                            num_experts_per_tok=2, sliding_window=None), "float32", 123),
+    "moe_olmoe_pre": (cfg(model_type="olmoe", architectures=["OlmoeForCausalLM"],
+                          head_dim=None, intermediate_size=20, num_experts=4,
+                          num_experts_per_tok=2, norm_topk_prob=False, clip_qkv=None),
+                      "float32", 124),
+    "moe_sigmoid_span": (cfg(norm_placement="span", skip_scale=ALPHA3, intermediate_size=48,
+                             num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
+                             scoring_func="sigmoid", moe_intermediate_size=20,
+                             decoder_sparse_step=2), "float32", 125),
+}
+
+HF_CASES = ["hf_llama", "hf_qwen2", "hf_mixtral", "hf_qwen2_moe", "hf_olmoe"]
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def rel_err(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def sequences_for(seed: int, vocab: int, attempt: int = 0):
+    g = torch.Generator().manual_seed(seed * 7919 + 17 + 1000003 * attempt)
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in LENGTHS]
+
+
+def pick_sequences(model: SpanModel, seed: int, vocab: int):
+    """The first deterministic draw of sequences whose MoE top-k choices are all at least
+    TOPK_GAP away from a tie (dense models: the first draw)."""
+    for attempt in range(200):
+        seqs = sequences_for(seed, vocab, attempt)
+        gap = min_topk_gap(model, seqs)
+        if gap >= TOPK_GAP:
+            return seqs, gap
+    raise RuntimeError("no sequences without router near ties")
+
+
+def dir_bytes(d):
+    return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
+
+
+def write_golden(d, case, source, dtype, tol, seqs, logits):
+    from safetensors.torch import save_file
+    tensors = {f"logits.{i}": torch.as_tensor(l, dtype=torch.float32).contiguous()
+               for i, l in enumerate(logits)}
+    save_file(tensors, os.path.join(d, "golden_logits.safetensors"), metadata={"format": "pt"})
+    lines = ",\n".join("    " + json.dumps(s) for s in seqs)
+    text = ("{\n"
+            f'  "case": {json.dumps(case)},\n'
+            f'  "source": {json.dumps(source)},\n'
+            f'  "dtype": {json.dumps(dtype)},\n'
+            f'  "tolerance": {tol!r},\n'
+            f'  "sequences": [\n{lines}\n  ]\n'
+            "}\n")
+    json.loads(text)
+    with open(os.path.join(d, "golden.json"), "w") as f:
+        f.write(text)
+
+
+@torch.no_grad()
+def ref_logits(model: SpanModel, seqs):
+    return [model(torch.tensor(s)).numpy() for s in seqs]
+
+
+@torch.no_grad()
+def min_topk_gap(model: SpanModel, seqs) -> float:
+    """Smallest gap between the k-th and (k+1)-th router score over all tokens and MoE
+    layers (a near tie could pick different experts in another implementation)."""
+    gap = math.inf
+    for s in seqs:
+        model(torch.tensor(s))
+        for m in model.moe_layers():
+            if m.k >= m.E:
+                continue
+            top = torch.sort(m.last_scores, dim=-1, descending=True).values
+            gap = min(gap, float((top[:, m.k - 1] - top[:, m.k]).min()))
+    return gap
+
+
+def check_numpy(d, seqs, logits, tol, case):
+    with open(os.path.join(d, "config.json")) as f:
+        config = json.load(f)
+    tensors = read_tensors(d)
+    err = max(rel_err(l, numpy_ref.forward(tensors, config, s)) for s, l in zip(seqs, logits))
+    assert err <= tol / 10, f"{case}: float32 vs float64 numpy rel err {err:.3g} > tol/10"
+    return err
+
+
+# ---------------------------------------------------------------------------------------
+# Sensitivity: the goldens must move when something plausible is done wrong.
+
+@torch.no_grad()
+def mutations(d):
+    with open(os.path.join(d, "config.json")) as f:
+        config = json.load(f)
+    base = load_model(d)
+    c = base.cfg
+    out = {}
+
+    def run_cfg(name, **kw):
+        m = SpanModel(dict(config, **kw))
+        m.load_state_dict(base.state_dict())
+        out[name] = m.eval()
+
+    run_cfg("rope_theta_x2", rope_theta=c.rope_theta * 2)
+    if c.rope_factor != 1.0:
+        run_cfg("rope_unscaled", rope_scaling=None)
+    if c.skip_scale != 1.0:
+        run_cfg("skip_scale_1", skip_scale=1.0)
+    if c.branch_scale != 1.0:
+        run_cfg("branch_scale_1", branch_scale=1.0)
+    if c.num_experts and c.norm_topk_prob and c.moe_layout != "mixtral":
+        run_cfg("no_renorm", norm_topk_prob=False)
+    # Swap the gains of the first two norms of layer 0 (a naming mix-up).
+    sd = base.state_dict()
+    names = base.model.layers[0].norm_names
+    m = SpanModel(config)
+    a, b = f"model.layers.0.{names[0]}.weight", f"model.layers.0.{names[1]}.weight"
+    sd2 = dict(sd)
+    sd2[a], sd2[b] = sd[b], sd[a]
+    m.load_state_dict(sd2)
+    out["norms_swapped"] = m.eval()
+    return out
+
+
+def check_sensitivity(d, seqs, logits, tol, case):
+    worst = math.inf
+    for name, m in mutations(d).items():
+        diff = max(rel_err(m(torch.tensor(s)).detach().numpy(), l) for s, l in zip(seqs, logits))
+        assert diff > 100 * tol, f"{case}: mutation {name} moves logits only {diff:.3g}"
+        worst = min(worst, diff)
+    return worst
+
+
+# ---------------------------------------------------------------------------------------
+# Hugging Face.
+
+def hf_class(model_type):
+    import transformers as T
+    return {"llama": T.LlamaForCausalLM, "qwen2": T.Qwen2ForCausalLM,
+            "mixtral": T.MixtralForCausalLM, "qwen2_moe": T.Qwen2MoeForCausalLM,
+            "olmoe": T.OlmoeForCausalLM}.get(model_type)
+
+
+@torch.no_grad()
+def hf_logits(model, seqs):
+    return [model(input_ids=torch.tensor([s]), use_cache=False).logits[0].float().numpy()
+            for s in seqs]
+
+
+def hf_load(d):
+    with open(os.path.join(d, "config.json")) as f:
+        config = json.load(f)
+    mt = config.get("model_type")
+    if mt == "spanserve":  # a spanserve `pre` model is a Llama
+        import transformers as T
+        assert ModelConfig(config).norm_placement == "pre"
+        keep = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
+        hc = T.LlamaConfig(**keep)
+        m = T.LlamaForCausalLM(hc)
+        sd = {k: v.float() for k, v in read_tensors(d).items()}
+        missing, unexpected = m.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq")]
+        assert not missing and not unexpected, (missing, unexpected)
+        return m.float().eval()
+    cls = hf_class(mt)
+    if cls is None:
+        return None
+    return cls.from_pretrained(d, torch_dtype=torch.float32).eval()
+
+
+@torch.no_grad()
+def randomize_hf(model, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        if "norm" in name and name.endswith(".weight"):
+            p.copy_(1.0 + 0.5 * (2 * torch.rand(p.shape, generator=gen) - 1))
+        elif name.endswith(".bias"):
+            p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        else:
+            p.copy_(STD * torch.randn(p.shape, generator=gen))
+
+
+def hf_config(case):
+    import transformers as T
+    common = dict(vocab_size=97, hidden_size=40, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5,
+                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    if case == "hf_llama":
+        # head_dim 6, 6 heads over 2 kv heads, odd vocab
+        return T.LlamaConfig(**dict(common, vocab_size=89, hidden_size=36,
+                                    num_attention_heads=6, num_key_value_heads=2,
+                                    intermediate_size=60, rope_theta=10000.0)), 201
+    if case == "hf_qwen2":
+        return T.Qwen2Config(**dict(common, intermediate_size=72, rope_theta=1000000.0,
+                                    use_sliding_window=False)), 202
+    if case == "hf_mixtral":
+        return T.MixtralConfig(**dict(common, intermediate_size=20, num_local_experts=4,
+                                      num_experts_per_tok=2, rope_theta=1000000.0,
+                                      sliding_window=None)), 203
+    if case == "hf_qwen2_moe":
+        return T.Qwen2MoeConfig(**dict(common, intermediate_size=48, moe_intermediate_size=16,
+                                       shared_expert_intermediate_size=24, num_experts=4,
+                                       num_experts_per_tok=2, norm_topk_prob=True,
+                                       decoder_sparse_step=1, mlp_only_layers=[2],
+                                       use_sliding_window=False)), 204
+    if case == "hf_olmoe":
+        return T.OlmoeConfig(**dict(common, intermediate_size=20, num_experts=4,
+                                    num_experts_per_tok=2, norm_topk_prob=False,
+                                    clip_qkv=None, pad_token_id=0)), 205
+    raise KeyError(case)
+
+
+def make_hf_case(case, report):
+    d = os.path.join(OUT, case)
+    shutil.rmtree(d, ignore_errors=True)
+    hc, seed = hf_config(case)
+    torch.manual_seed(seed)
+    cls = hf_class(hc.model_type)
+    model = cls(hc).float().eval()
+    randomize_hf(model, seed)
+    model.save_pretrained(d, safe_serialization=True)
+    for extra in ("generation_config.json",):
+        p = os.path.join(d, extra)
+        if os.path.exists(p):
+            os.remove(p)
+    model = hf_load(d)  # what is on disk
+    ref = load_model(d)
+    seqs, gap = pick_sequences(ref, seed, hc.vocab_size)
+    logits = hf_logits(model, seqs)
+    tol = 1e-4
+    ref_err = max(rel_err(l, r) for l, r in zip(logits, ref_logits(ref, seqs)))
+    assert ref_err <= HF_MATCH, f"{case}: reference vs transformers rel err {ref_err:.3g}"
+    np_err = check_numpy(d, seqs, logits, tol, case)
+    sens = check_sensitivity(d, seqs, logits, tol, case)
+    write_golden(d, case, "transformers", "float32", tol, seqs, logits)
+    report[case] = dict(source="transformers", dtype="float32", tolerance=tol,
+                        ref_vs_hf=ref_err, f32_vs_f64=np_err, min_mutation=sens,
+                        topk_gap=gap, bytes=dir_bytes(d))
+
+
+def make_ref_case(case, report):
+    config, dtype, seed = REF_CASES[case]
+    d = os.path.join(OUT, case)
+    shutil.rmtree(d, ignore_errors=True)
+    model = build_random(config, seed=seed, std=STD)
+    save_model(model, d, dtype=dtype, config=config)
+    model = load_model(d)  # computes from the stored (possibly bf16/f16) weights, in f32
+    seqs, gap = pick_sequences(model, seed, model.cfg.vocab_size)
+    logits = ref_logits(model, seqs)
+    tol = 1e-4
+    np_err = check_numpy(d, seqs, logits, tol, case)
+    sens = check_sensitivity(d, seqs, logits, tol, case)
+    entry = dict(source="reference", dtype=dtype, tolerance=tol, f32_vs_f64=np_err,
+                 min_mutation=sens, topk_gap=gap)
+    hf = hf_load(d) if (config["model_type"] != "spanserve"
+                        or ModelConfig(config).norm_placement == "pre") else None
+    if hf is not None:
+        hf_err = max(rel_err(l, h) for l, h in zip(logits, hf_logits(hf, seqs)))
+        assert hf_err <= HF_MATCH, f"{case}: reference vs transformers rel err {hf_err:.3g}"
+        entry["ref_vs_hf"] = hf_err
+    write_golden(d, case, "reference", dtype, tol, seqs, logits)
+    entry["bytes"] = dir_bytes(d)
+    report[case] = entry
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("cases", nargs="*", help="only these cases (default: all)")
+    ap.add_argument("--report", help="also write the check report as JSON here")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    import warnings
+    warnings.filterwarnings("ignore", message=".*sigmoid is deprecated.*")
+    import transformers
+    transformers.logging.set_verbosity_error()
+    all_cases = list(REF_CASES) + HF_CASES
+    cases = args.cases or all_cases
+    unknown = set(cases) - set(all_cases)
+    if unknown:
+        sys.exit(f"unknown cases {sorted(unknown)}; known: {all_cases}")
+    os.makedirs(OUT, exist_ok=True)
+    report = {}
+    for case in cases:
+        (make_hf_case if case in HF_CASES else make_ref_case)(case, report)
+        e = report[case]
+        assert e["bytes"] < MAX_DIR_BYTES, f"{case}: {e['bytes']} bytes"
+        log(f"{case:18s} {e['source']:12s} {e['dtype']:9s} tol {e['tolerance']:g}  "
+            f"f32-vs-f64 {e['f32_vs_f64']:.2e}  "
+            + (f"ref-vs-HF {e['ref_vs_hf']:.2e}  " if "ref_vs_hf" in e else "")
+            + f"min-mutation {e['min_mutation']:.2e}  "
+            + (f"topk-gap {e['topk_gap']:.2e}  " if e["topk_gap"] != math.inf else "")
+            + f"{e['bytes'] // 1024} KiB")
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    main()
