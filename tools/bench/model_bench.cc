@@ -1,0 +1,173 @@
+// Model benchmark (a program, not a test): load time, RSS after load, prefill time of a
+// 512-token prompt, decode-step time at batch 1 and 16, and the decode step's effective
+// weight bandwidth next to a plain memory-read bandwidth measured in the same run.
+//
+//   spanserve_model_bench --model DIR [--threads N] [--steps 16] [--json out.json]
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "runtime/model/model.h"
+
+ABSL_FLAG(std::string, model, "models/spanserve-span-12l", "model directory");
+ABSL_FLAG(int, threads, 0, "compute threads (0: all cores)");
+ABSL_FLAG(int, steps, 16, "decode steps timed per batch size");
+ABSL_FLAG(int, prompt, 512, "prefill prompt length");
+ABSL_FLAG(std::string, json, "", "also write the figures as JSON to this file");
+
+namespace spanserve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Resident set size in bytes (VmRSS).
+int64_t RssBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string key;
+  while (in >> key) {
+    if (key == "VmRSS:") {
+      int64_t kb = 0;
+      in >> kb;
+      return kb * 1024;
+    }
+    in.ignore(1 << 20, '\n');
+  }
+  return 0;
+}
+
+// Bytes/s of a parallel sum over a 512 MiB buffer (what a decode step at best streams).
+double MemoryReadBandwidth(int threads) {
+  const size_t n = (512u << 20) / sizeof(float);
+  std::vector<float> buf(n, 1.0f);
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto t0 = Clock::now();
+    float total = 0;
+#pragma omp parallel for num_threads(threads) reduction(+ : total) schedule(static)
+    for (size_t i = 0; i < n; ++i) total += buf[i];
+    const double secs = Since(t0);
+    if (total != static_cast<float>(n) && total < 0) std::printf("?");
+    best = std::max(best, n * sizeof(float) / secs);
+  }
+  return best;
+}
+
+int Run() {
+  const std::string dir = absl::GetFlag(FLAGS_model);
+  const int threads = absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads)
+                                                       : omp_get_num_procs();
+  const int64_t rss0 = RssBytes();
+  auto t0 = Clock::now();
+  auto loaded = model::Model::Load(dir, {.num_threads = threads});
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "error: %s\n", loaded.status().ToString().c_str());
+    return 1;
+  }
+  const double load_s = Since(t0);
+  const int64_t rss_load = RssBytes() - rss0;
+  model::Model& m = **loaded;
+  const model::ModelConfig& c = m.config();
+
+  const int prompt = std::min(absl::GetFlag(FLAGS_prompt), c.max_position_embeddings - 64);
+  const int steps = absl::GetFlag(FLAGS_steps);
+  constexpr int32_t kBlock = 16;
+  const int32_t blocks_per_seq = (prompt + steps + kBlock) / kBlock + 1;
+  constexpr int kMaxBatch = 16;
+  auto cache = *model::KvCache::Create(c, kBlock, blocks_per_seq * kMaxBatch);
+  model::ForwardWorkspace ws;
+  std::mt19937 rng(1);
+  std::uniform_int_distribution<int32_t> token(0, c.vocab_size - 1);
+  std::vector<std::vector<int32_t>> tables(kMaxBatch), ids(kMaxBatch);
+  for (int s = 0; s < kMaxBatch; ++s) {
+    tables[s].resize(blocks_per_seq);
+    std::iota(tables[s].begin(), tables[s].end(), s * blocks_per_seq);
+    ids[s].resize(prompt);
+    for (int32_t& id : ids[s]) id = token(rng);
+  }
+  std::vector<float> logits(static_cast<size_t>(kMaxBatch) * c.vocab_size);
+
+  // Prefill of one prompt (the first run warms the pages and the workspace).
+  double prefill_s = 1e30;
+  for (int rep = 0; rep < 2; ++rep) {
+    model::SequenceInput s{ids[0], 0, tables[0], model::LogitsMode::kLast};
+    t0 = Clock::now();
+    if (!m.Forward({&s, 1}, *cache, ws, logits.data()).ok()) return 1;
+    prefill_s = std::min(prefill_s, Since(t0));
+  }
+  // Every sequence prefilled, then decode steps at batch 1 and 16.
+  for (int s = 1; s < kMaxBatch; ++s) {
+    model::SequenceInput in{ids[s], 0, tables[s], model::LogitsMode::kLast};
+    if (!m.Forward({&in, 1}, *cache, ws, logits.data()).ok()) return 1;
+  }
+  double step_s[2] = {0, 0};
+  const int batch_sizes[2] = {1, kMaxBatch};
+  for (int b = 0; b < 2; ++b) {
+    const int batch = batch_sizes[b];
+    std::vector<int32_t> next(batch);
+    std::vector<model::SequenceInput> in(batch);
+    double best = 1e30;
+    for (int step = 0; step < steps; ++step) {
+      for (int s = 0; s < batch; ++s) {
+        next[s] = token(rng);
+        in[s] = {std::span<const int32_t>(&next[s], 1), prompt + step, tables[s],
+                 model::LogitsMode::kLast};
+      }
+      t0 = Clock::now();
+      if (!m.Forward(in, *cache, ws, logits.data()).ok()) return 1;
+      best = std::min(best, Since(t0));
+    }
+    step_s[b] = best;
+  }
+  const double mem_bw = MemoryReadBandwidth(threads);
+  // A decode step streams every weight once (the embedding table only by row).
+  const int64_t embed_bytes =
+      c.tie_word_embeddings ? 0 : m.weight_bytes() / std::max<int64_t>(1, m.num_parameters()) *
+                                      static_cast<int64_t>(c.vocab_size) * c.hidden_size;
+  const double step_bytes = static_cast<double>(m.weight_bytes() - embed_bytes);
+  const double bw1 = step_bytes / step_s[0];
+
+  std::printf("model                 %s\n", dir.c_str());
+  std::printf("parameters            %.1f M (%.1f MiB of weights)\n", m.num_parameters() / 1e6,
+              m.weight_bytes() / 1048576.0);
+  std::printf("threads               %d\n", threads);
+  std::printf("load                  %.3f s\n", load_s);
+  std::printf("RSS after load        %.1f MiB (%.0f%% of the weight bytes)\n", rss_load / 1048576.0,
+              100.0 * rss_load / m.weight_bytes());
+  std::printf("prefill %4d tokens    %.3f s (%.0f tokens/s)\n", prompt, prefill_s,
+              prompt / prefill_s);
+  std::printf("decode step, batch 1  %.2f ms (%.1f tokens/s)\n", step_s[0] * 1e3, 1 / step_s[0]);
+  std::printf("decode step, batch 16 %.2f ms (%.1f tokens/s, %.1fx batch 1)\n", step_s[1] * 1e3,
+              16 / step_s[1], (16 / step_s[1]) / (1 / step_s[0]));
+  std::printf("weight stream         %.2f GB/s at batch 1 = %.0f%% of memory read %.2f GB/s\n",
+              bw1 / 1e9, 100 * bw1 / mem_bw, mem_bw / 1e9);
+  std::printf("RSS at end            %.1f MiB\n", RssBytes() / 1048576.0);
+  if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {
+    std::ofstream out(path);
+    out << "{\"model\": \"" << dir << "\", \"threads\": " << threads << ", \"load_s\": " << load_s
+        << ", \"rss_after_load_bytes\": " << rss_load << ", \"weight_bytes\": " << m.weight_bytes()
+        << ", \"prefill_tokens\": " << prompt << ", \"prefill_s\": " << prefill_s
+        << ", \"decode_step_s_batch1\": " << step_s[0]
+        << ", \"decode_step_s_batch16\": " << step_s[1]
+        << ", \"memory_read_bytes_per_s\": " << mem_bw << "}\n";
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace spanserve
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return spanserve::Run();
+}
