@@ -38,6 +38,10 @@ struct StepStats {
   double forward_s = 0;   // Model::Forward
   double sample_s = 0;    // sampling, stop checks, detokenization, output push
   double step_s = 0;      // the whole step
+  // After the step: tokens whose K/V the running sequences hold, and the blocks in use
+  // (their ratio to blocks × block_size is the paging efficiency).
+  int64_t num_kv_tokens = 0;
+  int32_t num_kv_blocks_used = 0;
 };
 using StepObserver = std::function<void(const StepStats&)>;
 

@@ -234,6 +234,10 @@ bool EngineCore::Step() {
       Flush(seq);
     }
   }
+  // Paging efficiency, measured before finishing sequences give their blocks back.
+  int64_t kv_tokens = 0;
+  for (const auto& seq : scheduler_.running()) kv_tokens += seq->num_computed;
+  const int32_t kv_blocks_used = blocks_.num_used();
   for (Sequence* seq : finishing_) {
     Finish(seq, seq->pending.final->reason, seq->pending.final->error);
   }
@@ -253,6 +257,8 @@ bool EngineCore::Step() {
       .forward_s = Seconds(t1, t2),
       .sample_s = Seconds(t2, t3),
       .step_s = Seconds(t0, t3),
+      .num_kv_tokens = kv_tokens,
+      .num_kv_blocks_used = kv_blocks_used,
   };
   if (options_.step_observer) options_.step_observer(last_step_);
   return true;
