@@ -172,11 +172,16 @@ absl::StatusOr<E> ParseEnum(const KeyReader& r, std::string_view key, const std:
                               "' (allowed: ", absl::StrJoin(names, ", "), ")"));
 }
 
-absl::Status ParseRopeScaling(const KeyReader& r, ModelConfig& c) {
-  const json* v = r.Find("rope_scaling");
+// `key` is "rope_scaling" (transformers 4) or "rope_parameters" (transformers 5, which also
+// moves rope_theta inside it).
+absl::Status ParseRopeScaling(const KeyReader& r, const char* key, ModelConfig& c) {
+  const json* v = r.Find(key);
   if (v == nullptr) return absl::OkStatus();
-  if (!v->is_object()) return r.TypeError("rope_scaling", *v, "null or an object");
-  const KeyReader rs(*v, r.source(), "rope_scaling.");
+  if (!v->is_object()) return r.TypeError(key, *v, "null or an object");
+  const KeyReader rs(*v, r.source(), absl::StrCat(key, "."));
+  if (std::string_view(key) == "rope_parameters") {
+    ASSIGN_OR_RETURN(c.rope_theta, rs.PositiveNumber("rope_theta", c.rope_theta));
+  }
   // transformers renamed "type" to "rope_type"; checkpoints carry either.
   ASSIGN_OR_RETURN(std::optional<std::string> type, rs.OptString("type"));
   if (!type.has_value()) {
@@ -186,12 +191,12 @@ absl::Status ParseRopeScaling(const KeyReader& r, ModelConfig& c) {
   if (*type == "default") return absl::OkStatus();  // unscaled RoPE, spelled out
   if (*type != "linear") {
     return r.Error(
-        absl::StrCat("rope_scaling.type '", *type, "' is not supported (supported: linear)"));
+        absl::StrCat(key, ".type '", *type, "' is not supported (supported: linear)"));
   }
   ASSIGN_OR_RETURN(const std::optional<double> factor, rs.OptNumber("factor"));
   if (!factor.has_value()) return rs.Missing("factor");
   if (!(*factor > 0)) {
-    return r.Error(absl::StrCat("key 'rope_scaling.factor' must be positive, got ", *factor));
+    return r.Error(absl::StrCat("key '", key, ".factor' must be positive, got ", *factor));
   }
   c.rope_linear_factor = *factor;
   return absl::OkStatus();
@@ -374,13 +379,16 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
     return r.Error(absl::StrCat("head_dim (", c.head_dim, ") must be even for RoPE"));
   }
   ASSIGN_OR_RETURN(c.rope_theta, r.PositiveNumber("rope_theta", 10000.0));
-  RETURN_IF_ERROR(ParseRopeScaling(r, c));
+  RETURN_IF_ERROR(ParseRopeScaling(r, "rope_scaling", c));
+  RETURN_IF_ERROR(ParseRopeScaling(r, "rope_parameters", c));
   ASSIGN_OR_RETURN(c.max_position_embeddings, r.PositiveInt("max_position_embeddings", 2048));
   ASSIGN_OR_RETURN(c.vocab_size, r.PositiveInt("vocab_size"));
   ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool("tie_word_embeddings", false));
   ASSIGN_OR_RETURN(c.attention_bias, r.Bool("attention_bias", false));
   // Qwen2 configs have no attention_bias key, yet their q/k/v projections carry biases.
   if (c.model_type == "qwen2" || c.model_type == "qwen2_moe") c.attention_bias = true;
+  // Llama and OLMoE put the bias on o_proj too; Qwen2 and SpanServe on q/k/v only.
+  c.o_proj_bias = c.attention_bias && (c.model_type == "llama" || c.model_type == "olmoe");
   c.qk_norm = c.model_type == "olmoe";
   ASSIGN_OR_RETURN(c.bos_token_ids, r.IntList("bos_token_id", /*allow_scalar=*/true));
   ASSIGN_OR_RETURN(c.eos_token_ids, r.IntList("eos_token_id", /*allow_scalar=*/true));

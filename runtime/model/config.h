@@ -58,6 +58,7 @@ struct ModelConfig {
   int vocab_size = 0;
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v biases (Qwen2 sets this implicitly)
+  bool o_proj_bias = false;     // o_proj bias too (Llama/OLMoE with attention_bias)
   bool qk_norm = false;         // RMSNorm over q and k projections (OLMoE)
 
   NormPlacement norm_placement = NormPlacement::kPre;

@@ -104,8 +104,9 @@ struct LayerWeights {
   NormPlacement placement = NormPlacement::kPre;
   NormWeights norms[4];
   k::WeightMatrix q, k, v, o;
-  k::WeightVector qb, kb, vb;
+  k::WeightVector qb, kb, vb, ob;
   bool has_qkv_bias = false;
+  bool has_o_bias = false;
   bool has_qk_norm = false;
   NormWeights q_norm, k_norm;
   bool is_moe = false;
@@ -248,6 +249,10 @@ absl::Status Model::Impl::Bind() {
       ASSIGN_OR_RETURN(lw.kb, bind.Vector(p + "self_attn.k_proj.bias", kv_dim));
       ASSIGN_OR_RETURN(lw.vb, bind.Vector(p + "self_attn.v_proj.bias", kv_dim));
     }
+    if (c.o_proj_bias) {
+      lw.has_o_bias = true;
+      ASSIGN_OR_RETURN(lw.ob, bind.Vector(p + "self_attn.o_proj.bias", H));
+    }
     if (c.qk_norm) {
       lw.has_qk_norm = true;
       ASSIGN_OR_RETURN(lw.q_norm, bind.Norm(p + "self_attn.q_norm", q_dim, false));
@@ -330,7 +335,7 @@ void Model::Impl::Attention(const LayerWeights& lw, const float* in, int64_t tok
   k::PagedKvWrite(kv, b.seqs.data(), num_seqs, kk, v);
   k::PagedAttention(kv, b.seqs.data(), num_seqs, q, c.num_heads,
                     1.0f / std::sqrt(static_cast<float>(c.head_dim)), b.att.data());
-  k::MatMul(b.att.data(), tokens, lw.o, nullptr, out);
+  k::MatMul(b.att.data(), tokens, lw.o, lw.has_o_bias ? &lw.ob : nullptr, out);
 }
 
 void Model::Impl::DenseFfn(const FfnWeights& w, const float* in, int64_t tokens,
@@ -528,7 +533,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const
   impl->rope_sin.resize(impl->rope_cos.size());
   k::RopeTables(c.max_position_embeddings, c.head_dim, c.rope_theta, c.rope_linear_factor,
                 impl->rope_cos.data(), impl->rope_sin.data());
-  impl->num_threads = options.num_threads > 0 ? options.num_threads : omp_get_num_procs();
+  impl->num_threads = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }
 

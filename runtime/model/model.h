@@ -84,7 +84,7 @@ struct ExpertLoad {
 class Model {
  public:
   struct Options {
-    int num_threads = 0;  // 0: all cores
+    int num_threads = 0;  // 0: OpenMP's default (OMP_NUM_THREADS, else all cores)
   };
   // Loads <dir>/config.json and its safetensors. Every tensor the config implies must be
   // present with its exact shape, and no other tensor may be: errors name the tensor.

@@ -16,6 +16,7 @@
 #include "common/mapped_file.h"
 #include "common/status.h"
 #include "runtime/model/model.h"
+#include "runtime/tokenizer/streaming.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 ABSL_FLAG(std::string, model, "models/spanserve-span-12l", "model directory");
@@ -76,7 +77,7 @@ absl::Status Generate() {
                    model::KvCache::Create(c, kBlock, static_cast<int32_t>(table.size())));
   model::ForwardWorkspace ws;
   std::vector<float> logits(c.vocab_size);
-  tokenizer::StreamingDetokenizer detok(*l.tokenizer);
+  tokenizer::StreamingDetokenizer detok(*l.tokenizer, /*skip_special_tokens=*/true);
   std::cout << absl::GetFlag(FLAGS_prompt) << std::flush;
 
   const auto t0 = Clock::now();

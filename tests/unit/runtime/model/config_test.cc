@@ -230,6 +230,32 @@ TEST(ModelConfig, EosListAndLinearRopeScaling) {
   EXPECT_EQ(c->head_dim, 64);
 }
 
+// transformers 5 writes rope_parameters (with rope_theta inside) instead of rope_theta and
+// rope_scaling.
+TEST(ModelConfig, Transformers5RopeParameters) {
+  json j = json::parse(kLlama2Config);
+  j.erase("rope_theta");
+  j.erase("rope_scaling");
+  j["rope_parameters"] = {{"rope_theta", 500000.0}, {"rope_type", "linear"}, {"factor", 2.0}};
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_DOUBLE_EQ(c->rope_theta, 500000.0);
+  EXPECT_DOUBLE_EQ(c->rope_linear_factor, 2.0);
+  j["rope_parameters"]["rope_type"] = "yarn";
+  EXPECT_THAT(ParseModelConfig(j.dump()).status().message(), HasSubstr("rope_parameters.type"));
+}
+
+TEST(ModelConfig, LlamaAttentionBiasCoversOProj) {
+  json j = json::parse(kLlama2Config);
+  j["attention_bias"] = true;
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->o_proj_bias);
+  const absl::StatusOr<ModelConfig> q = ParseModelConfig(kQwen2Config);
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_FALSE(q->o_proj_bias);
+}
+
 TEST(ModelConfig, MixtralParsesAsMoe) {
   const absl::StatusOr<ModelConfig> c = ParseModelConfig(kMixtralConfig);
   ASSERT_TRUE(c.ok()) << c.status();
