@@ -16,6 +16,7 @@
 #include "common/mapped_file.h"
 #include "common/status.h"
 #include "runtime/model/model.h"
+#include "runtime/model/perplexity.h"
 #include "runtime/tokenizer/streaming.h"
 #include "runtime/tokenizer/tokenizer.h"
 
@@ -114,58 +115,17 @@ absl::Status Generate() {
 
 absl::Status Perplexity() {
   ASSIGN_OR_RETURN(Loaded l, LoadAll());
-  const model::ModelConfig& c = l.model->config();
   ASSIGN_OR_RETURN(std::string text, ReadFileToString(absl::GetFlag(FLAGS_text)));
   ASSIGN_OR_RETURN(std::vector<int32_t> ids,
                    l.tokenizer->Encode(text, /*add_special_tokens=*/false));
-  const int64_t window = absl::GetFlag(FLAGS_window);
-  if (window < 2 || window > c.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat("--window must be in [2, ",
-                                                   c.max_position_embeddings, "]"));
-  }
-  // Windows of `window` tokens; the last partial one counts if it has two tokens or more.
-  std::vector<std::span<const int32_t>> windows;
-  for (int64_t b = 0; b < static_cast<int64_t>(ids.size()); b += window) {
-    const int64_t n = std::min<int64_t>(window, ids.size() - b);
-    if (n >= 2) windows.emplace_back(ids.data() + b, n);
-  }
-  constexpr int32_t kBlock = 16;
-  constexpr int kWindowsPerStep = 8;
-  const int32_t blocks_per_window = static_cast<int32_t>((window + kBlock - 1) / kBlock);
-  ASSIGN_OR_RETURN(auto cache, model::KvCache::Create(c, kBlock, blocks_per_window * kWindowsPerStep));
-  model::ForwardWorkspace ws;
-  std::vector<std::vector<int32_t>> tables;
-  for (int w = 0; w < kWindowsPerStep; ++w) {
-    tables.push_back(ContiguousTable(window, kBlock, w * blocks_per_window));
-  }
-  std::vector<float> logits(static_cast<size_t>(kWindowsPerStep) * window * c.vocab_size);
-  double nll = 0;
-  int64_t scored = 0;
   const auto t0 = Clock::now();
-  for (size_t first = 0; first < windows.size(); first += kWindowsPerStep) {
-    std::vector<model::SequenceInput> batch;
-    for (size_t w = first; w < std::min(windows.size(), first + kWindowsPerStep); ++w) {
-      batch.push_back({windows[w], 0, tables[w - first], model::LogitsMode::kAll});
-    }
-    RETURN_IF_ERROR(l.model->Forward(batch, *cache, ws, logits.data()));
-    const float* row = logits.data();
-    for (const model::SequenceInput& s : batch) {
-      for (size_t j = 0; j < s.tokens.size(); ++j, row += c.vocab_size) {
-        if (j + 1 == s.tokens.size()) continue;
-        double max = row[0];
-        for (int v = 1; v < c.vocab_size; ++v) max = std::max<double>(max, row[v]);
-        double sum = 0;
-        for (int v = 0; v < c.vocab_size; ++v) sum += std::exp(row[v] - max);
-        nll += max + std::log(sum) - row[s.tokens[j + 1]];
-        ++scored;
-      }
-    }
-  }
+  ASSIGN_OR_RETURN(const model::PerplexityResult r,
+                   model::ScorePerplexity(*l.model, ids, absl::GetFlag(FLAGS_window)));
   const double secs = Seconds(t0, Clock::now());
   std::printf("{\"tokens_scored\": %lld, \"nll_sum\": %.6f, \"perplexity\": %.6f}\n",
-              static_cast<long long>(scored), nll, std::exp(nll / std::max<int64_t>(scored, 1)));
+              static_cast<long long>(r.tokens_scored), r.nll_sum, r.perplexity);
   std::fprintf(stderr, "scored %lld tokens in %.3f s (%.0f tokens/s)\n",
-               static_cast<long long>(scored), secs, scored / secs);
+               static_cast<long long>(r.tokens_scored), secs, r.tokens_scored / secs);
   return absl::OkStatus();
 }
 
