@@ -1,0 +1,208 @@
+// Paged causal GQA attention: one-pass online softmax over position tiles aligned to absolute
+// positions [0, kTile), [kTile, 2·kTile), ..., so a row at position p runs the same
+// operations whether its prompt came in one call or in chunks, alone or in a batch.
+#include "kernels/cpu/attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "common/check.h"
+#include "kernels/cpu/simd.h"
+
+namespace spanserve::kernels::cpu {
+namespace {
+
+// Positions per online-softmax step (scores and pointers live on the stack).
+constexpr int64_t kTile = 32;
+// Largest head_dim the stack accumulator holds.
+constexpr int64_t kMaxHeadDim = 512;
+
+// Pointers to the K and V rows of kv head `kvh` for positions [t0, t0 + n) of a sequence.
+void GatherRows(const PagedKvLayer& layer, const int32_t* block_table, int64_t t0, int64_t n,
+                int64_t kvh, const float** k, const float** v) {
+  const int64_t bs = layer.block_size;
+  int64_t logical = t0 / bs;
+  int64_t offset = t0 % bs;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t slot =
+        (static_cast<int64_t>(block_table[logical]) * bs + offset) * layer.kv_heads + kvh;
+    k[i] = layer.k + slot * layer.head_dim;
+    v[i] = layer.v + slot * layer.head_dim;
+    if (++offset == bs) {
+      offset = 0;
+      ++logical;
+    }
+  }
+}
+
+// s[i] = scale · (q · k[i]), four positions interleaved for ILP; each dot product keeps the
+// order of simd::Dot.
+void Scores(const float* q, const float* const* k, int64_t n, int64_t dim, float scale, float* s) {
+  const int64_t d8 = dim & ~int64_t{7};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    for (int64_t d = 0; d < d8; d += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + d);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[i + j] + d), acc[j]);
+      }
+    }
+    for (int j = 0; j < 4; ++j) {
+      float dot = simd::HSum(acc[j]);
+      for (int64_t d = d8; d < dim; ++d) dot = std::fma(q[d], k[i + j][d], dot);
+      s[i + j] = dot * scale;
+    }
+  }
+  for (; i < n; ++i) s[i] = simd::Dot(q, k[i], dim) * scale;
+}
+
+// acc[c..c+8·NV) += Σ_i p[i] · v[i][c..], over i in increasing order per element.
+template <int NV>
+void AccumulateVectors(const float* p, const float* const* v, int64_t n, int64_t c, float* acc) {
+  __m256 a[NV];
+#pragma GCC unroll 8
+  for (int j = 0; j < NV; ++j) a[j] = _mm256_loadu_ps(acc + c + 8 * j);
+  for (int64_t i = 0; i < n; ++i) {
+    const __m256 pi = _mm256_set1_ps(p[i]);
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) {
+      a[j] = _mm256_fmadd_ps(pi, _mm256_loadu_ps(v[i] + c + 8 * j), a[j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < NV; ++j) _mm256_storeu_ps(acc + c + 8 * j, a[j]);
+}
+
+void Accumulate(const float* p, const float* const* v, int64_t n, int64_t dim, float* acc) {
+  const int64_t vectors = dim / 8;
+  int64_t c = 0;
+  for (; c + 64 <= vectors * 8; c += 64) AccumulateVectors<8>(p, v, n, c, acc);
+  switch (vectors - c / 8) {
+    case 0:
+      break;
+    case 1:
+      AccumulateVectors<1>(p, v, n, c, acc);
+      break;
+    case 2:
+      AccumulateVectors<2>(p, v, n, c, acc);
+      break;
+    case 3:
+      AccumulateVectors<3>(p, v, n, c, acc);
+      break;
+    case 4:
+      AccumulateVectors<4>(p, v, n, c, acc);
+      break;
+    case 5:
+      AccumulateVectors<5>(p, v, n, c, acc);
+      break;
+    case 6:
+      AccumulateVectors<6>(p, v, n, c, acc);
+      break;
+    default:
+      AccumulateVectors<7>(p, v, n, c, acc);
+      break;
+  }
+  for (int64_t d = vectors * 8; d < dim; ++d) {
+    float a = acc[d];
+    for (int64_t i = 0; i < n; ++i) a = std::fma(p[i], v[i][d], a);
+    acc[d] = a;
+  }
+}
+
+// out = softmax(scale · q·Kᵀ) · V over positions [0, last] of one sequence and kv head.
+void AttendRow(const PagedKvLayer& layer, const int32_t* block_table, int64_t last, int64_t kvh,
+               const float* q, float scale, float* out) {
+  const int64_t dim = layer.head_dim;
+  alignas(32) float acc[kMaxHeadDim];
+  alignas(32) float s[kTile];
+  const float* k_rows[kTile];
+  const float* v_rows[kTile];
+  std::fill(acc, acc + dim, 0.0f);
+  float running_max = -std::numeric_limits<float>::infinity();
+  float denominator = 0.0f;
+
+  for (int64_t t0 = 0; t0 <= last; t0 += kTile) {
+    const int64_t n = std::min(kTile, last + 1 - t0);
+    GatherRows(layer, block_table, t0, n, kvh, k_rows, v_rows);
+    Scores(q, k_rows, n, dim, scale, s);
+    float tile_max = s[0];
+    for (int64_t i = 1; i < n; ++i) tile_max = std::max(tile_max, s[i]);
+    const float new_max = std::max(running_max, tile_max);
+    // Rescale what was accumulated under the old maximum (exp(-inf) = 0 on the first tile).
+    const float correction = std::exp(running_max - new_max);
+    denominator *= correction;
+    const __m256 cv = _mm256_set1_ps(correction);
+    int64_t d = 0;
+    for (; d + 8 <= dim; d += 8) {
+      _mm256_storeu_ps(acc + d, _mm256_mul_ps(_mm256_loadu_ps(acc + d), cv));
+    }
+    for (; d < dim; ++d) acc[d] *= correction;
+
+    // Padding lanes get exp(0) and are never read.
+    std::fill(s + n, s + kTile, new_max);
+    const __m256 mv = _mm256_set1_ps(new_max);
+    for (int64_t i = 0; i < kTile; i += 8) {
+      _mm256_store_ps(s + i, simd::Exp(_mm256_sub_ps(_mm256_load_ps(s + i), mv)));
+    }
+    for (int64_t i = 0; i < n; ++i) denominator += s[i];
+    Accumulate(s, v_rows, n, dim, acc);
+    running_max = new_max;
+  }
+  for (int64_t d = 0; d < dim; ++d) out[d] = acc[d] / denominator;
+}
+
+}  // namespace
+
+void PagedKvWrite(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t num_seqs,
+                  const float* k, const float* v) {
+  const int64_t bs = layer.block_size;
+  const int64_t row = static_cast<int64_t>(layer.kv_heads) * layer.head_dim;
+  for (int32_t s = 0; s < num_seqs; ++s) {
+    const AttentionSeq& seq = seqs[s];
+    for (int64_t j = 0; j < seq.num_new; ++j) {
+      const int64_t pos = seq.cached + j;
+      const int64_t block = seq.block_table[pos / bs];
+      SPANSERVE_CHECK(block >= 0 && block < layer.num_blocks);
+      const int64_t slot = block * bs + pos % bs;
+      std::memcpy(layer.k + slot * row, k + (seq.row_begin + j) * row, row * sizeof(float));
+      std::memcpy(layer.v + slot * row, v + (seq.row_begin + j) * row, row * sizeof(float));
+    }
+  }
+}
+
+void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t num_seqs,
+                    const float* q, int32_t heads, float scale, float* out) {
+  SPANSERVE_CHECK_LE(layer.head_dim, kMaxHeadDim);
+  SPANSERVE_CHECK(layer.kv_heads > 0 && heads % layer.kv_heads == 0);
+  const int64_t group = heads / layer.kv_heads;
+  const int64_t dim = layer.head_dim;
+
+  // Work items are (sequence, row, head) in that order, dealt round-robin to threads: rows
+  // late in a prompt cost more, and dealing spreads them evenly without a work list.
+#pragma omp parallel
+  {
+    const int64_t threads = omp_get_num_threads();
+    const int64_t self = omp_get_thread_num();
+    int64_t item = 0;
+    for (int32_t s = 0; s < num_seqs; ++s) {
+      const AttentionSeq& seq = seqs[s];
+      for (int64_t j = 0; j < seq.num_new; ++j) {
+        const int64_t r = seq.row_begin + j;
+        for (int64_t h = 0; h < heads; ++h, ++item) {
+          if (item % threads != self) continue;
+          AttendRow(layer, seq.block_table, seq.cached + j, h / group, q + (r * heads + h) * dim,
+                    scale, out + (r * heads + h) * dim);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace spanserve::kernels::cpu

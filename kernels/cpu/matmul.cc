@@ -1,0 +1,222 @@
+// MatMul: y = x·Wᵀ with register-blocked AVX2 micro-kernels.
+//
+// Loop nest, per thread (each thread owns a contiguous range of output features n):
+//   for each x tile of kXTileRows rows (kept in L2)
+//     for each panel of kPanelRows weight rows (widened once per x tile when m > kMaxMr)
+//       for each block of <= kMaxMr x rows
+//         micro-kernel: MR x rows × NR weight rows, full k
+// For decode (m <= kMaxMr) the x tile is the whole batch, so every weight row is read from
+// memory exactly once per call and widened in registers.
+//
+// Batch invariance: each y[i, j] is one 8-lane FMA accumulator over k in order, the fixed
+// simd::HSum, then the k-tail in order with std::fma. MR, NR, tiling and threads only decide
+// which dot products run side by side, never the order inside one.
+#include "kernels/cpu/matmul.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <vector>
+
+#include "common/check.h"
+#include "kernels/cpu/simd.h"
+
+namespace spanserve::kernels::cpu {
+namespace {
+
+// Largest block of x rows one micro-kernel handles.
+constexpr int kMaxMr = 4;
+// Weight rows per panel: divisible by every NR below, small enough that a widened panel
+// (kPanelRows · k floats) stays in L2.
+constexpr int64_t kPanelRows = 24;
+// Bytes of x one tile may hold, so the tile stays in L2 while panels stream past it.
+constexpr int64_t kXTileBytes = 256 << 10;
+
+// Weight rows per micro-kernel for MR x rows, within 16 ymm registers
+// (MR·NR accumulators + NR weights + 1 x): m = 1 gets 8 independent FMA chains.
+template <int MR>
+constexpr int kNr = MR == 1 ? 8 : (MR == 4 ? 3 : 4);
+
+template <DType kW>
+const void* RowPtr(const void* w, int64_t row, int64_t ld) {
+  return static_cast<const char*>(w) + row * ld * static_cast<int64_t>(DTypeSize(kW));
+}
+
+// y[i, r] = x[i, :] · w[r, :] (+ bias[r]) for i < MR, r < NR.
+// x: [MR, k] stride ldx; w: [NR, k] stride ldw (elements); y: [MR, NR] stride ldy.
+// prefetch: when set, the weight rows that follow these NR rows are prefetched at the rate
+// these are consumed. Rows of a bf16 GEMV are short streams (k·2 bytes) that the hardware
+// prefetcher ramps up on too late; this keeps DRAM busy across micro-kernel boundaries.
+template <int MR, int NR, DType kW>
+inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64_t k, bool prefetch,
+                  const float* bias, float* y, int64_t ldy) {
+  constexpr int64_t kStepBytes = NR * 8 * static_cast<int64_t>(DTypeSize(kW));
+  const char* next = static_cast<const char*>(RowPtr<kW>(w, NR, ldw));
+  __m256 acc[MR][NR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) acc[i][r] = _mm256_setzero_ps();
+  }
+  const int64_t k8 = k & ~int64_t{7};
+  for (int64_t p = 0; p < k8; p += 8) {
+    if (prefetch) {
+#pragma GCC unroll 4
+      for (int64_t b = 0; b < kStepBytes; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+      next += kStepBytes;
+    }
+    __m256 wv[NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) wv[r] = simd::Load8<kW>(w, r * ldw + p);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m256 xv = _mm256_loadu_ps(x + i * ldx + p);
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    for (int r = 0; r < NR; ++r) {
+      float s = simd::HSum(acc[i][r]);
+      for (int64_t p = k8; p < k; ++p) {
+        s = std::fma(x[i * ldx + p], simd::Load1<kW>(w, r * ldw + p), s);
+      }
+      y[i * ldy + r] = bias != nullptr ? s + bias[r] : s;
+    }
+  }
+}
+
+// Micro<MR, nr> for a run-time nr in [NR, kNr<MR>).
+template <int MR, DType kW, int NR = 1>
+void MicroTail(int nr, const float* x, int64_t ldx, const void* w, int64_t ldw, int64_t k,
+               bool prefetch, const float* bias, float* y, int64_t ldy) {
+  if constexpr (NR < kNr<MR>) {
+    if (nr == NR) return Micro<MR, NR, kW>(x, ldx, w, ldw, k, prefetch, bias, y, ldy);
+    MicroTail<MR, kW, NR + 1>(nr, x, ldx, w, ldw, k, prefetch, bias, y, ldy);
+  }
+}
+
+// MR rows of x against `rows` weight rows.
+template <int MR, DType kW>
+void RowBlock(const float* x, int64_t ldx, const void* w, int64_t ldw, int64_t rows, int64_t k,
+              bool prefetch, const float* bias, float* y, int64_t ldy) {
+  constexpr int kNR = kNr<MR>;
+  int64_t r = 0;
+  for (; r + kNR <= rows; r += kNR) {
+    Micro<MR, kNR, kW>(x, ldx, RowPtr<kW>(w, r, ldw), ldw, k, prefetch, bias ? bias + r : nullptr,
+                       y + r, ldy);
+  }
+  if (r < rows) {
+    MicroTail<MR, kW>(static_cast<int>(rows - r), x, ldx, RowPtr<kW>(w, r, ldw), ldw, k, prefetch,
+                      bias ? bias + r : nullptr, y + r, ldy);
+  }
+}
+
+// `mt` rows of x against one panel of `rows` weight rows.
+// x: [mt, k] stride k; w: [rows, k] stride ldw; y: [mt, rows] stride ldy.
+// prefetch: w is read from memory (not a widened copy), so the first row block prefetches.
+template <DType kW>
+void Panel(const float* x, int64_t mt, const void* w, int64_t ldw, int64_t rows, int64_t k,
+           bool prefetch, const float* bias, float* y, int64_t ldy) {
+  for (int64_t i = 0; i < mt; i += kMaxMr) {
+    const float* xi = x + i * k;
+    float* yi = y + i * ldy;
+    const bool pf = prefetch && i == 0;
+    switch (std::min<int64_t>(kMaxMr, mt - i)) {
+      case 1:
+        RowBlock<1, kW>(xi, k, w, ldw, rows, k, pf, bias, yi, ldy);
+        break;
+      case 2:
+        RowBlock<2, kW>(xi, k, w, ldw, rows, k, pf, bias, yi, ldy);
+        break;
+      case 3:
+        RowBlock<3, kW>(xi, k, w, ldw, rows, k, pf, bias, yi, ldy);
+        break;
+      default:
+        RowBlock<4, kW>(xi, k, w, ldw, rows, k, pf, bias, yi, ldy);
+        break;
+    }
+  }
+}
+
+// Per-thread scratch for a widened panel; grows to the largest k seen, then never again.
+float* PanelBuffer(int64_t floats) {
+  thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < floats) buffer.resize(floats);
+  return buffer.data();
+}
+
+template <DType kW>
+void MatMulTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
+                 float* y) {
+  const int64_t n = w.rows;
+  const int64_t k = w.cols;
+  const int64_t x_tile =
+      std::max<int64_t>(kMaxMr, kXTileBytes / (std::max<int64_t>(k, 1) * 4) / kMaxMr * kMaxMr);
+  // Widening a panel once pays off when more than one row block reuses it.
+  const bool widen = kW != DType::kF32 && m > kMaxMr;
+
+  // Static split of n into one contiguous, 8-aligned range per thread: each thread streams
+  // its own weight rows once per x tile.
+#pragma omp parallel
+  {
+    const int64_t threads = omp_get_num_threads();
+    const int64_t per_thread = ((n + threads - 1) / threads + 7) & ~int64_t{7};
+    const int64_t n0 = std::min(n, omp_get_thread_num() * per_thread);
+    const int64_t n1 = std::min(n, n0 + per_thread);
+    float* panel = (widen && n0 < n1) ? PanelBuffer(kPanelRows * k) : nullptr;
+    float bias_panel[kPanelRows];
+
+    for (int64_t i0 = 0; i0 < m; i0 += x_tile) {
+      const int64_t mt = std::min(x_tile, m - i0);
+      for (int64_t j0 = n0; j0 < n1; j0 += kPanelRows) {
+        const int64_t rows = std::min(kPanelRows, n1 - j0);
+        const float* b = nullptr;
+        if (bias != nullptr) {
+          for (int64_t r = 0; r < rows; ++r) {
+            bias_panel[r] = WeightAt(bias->data, bias->dtype, j0 + r);
+          }
+          b = bias_panel;
+        }
+        const void* wj = RowPtr<kW>(w.data, j0, k);
+        float* yj = y + i0 * n + j0;
+        if (widen) {
+          simd::Widen<kW>(wj, rows * k, panel);
+          Panel<DType::kF32>(x + i0 * k, mt, panel, k, rows, k, false, b, yj, n);
+        } else {
+          Panel<kW>(x + i0 * k, mt, wj, k, rows, k, i0 == 0, b, yj, n);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias, float* y) {
+  SPANSERVE_CHECK(x != y);
+  if (bias != nullptr) SPANSERVE_CHECK_EQ(bias->size, w.rows);
+  if (m <= 0 || w.rows <= 0) return;
+  switch (w.dtype) {
+    case DType::kF32:
+      return MatMulTyped<DType::kF32>(x, m, w, bias, y);
+    case DType::kBF16:
+      return MatMulTyped<DType::kBF16>(x, m, w, bias, y);
+    case DType::kF16:
+      return MatMulTyped<DType::kF16>(x, m, w, bias, y);
+  }
+}
+
+void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t n, float* out) {
+  const int64_t dim = table.cols;
+  const int64_t row_bytes = dim * static_cast<int64_t>(DTypeSize(table.dtype));
+  for (int64_t t = 0; t < n; ++t) {
+    SPANSERVE_CHECK(ids[t] >= 0 && ids[t] < table.rows);
+    simd::Widen(static_cast<const char*>(table.data) + ids[t] * row_bytes, table.dtype, dim,
+                out + t * dim);
+  }
+}
+
+}  // namespace spanserve::kernels::cpu

@@ -8,7 +8,11 @@ void ByteLevelPreTokenizer::Split(const Piece& piece, PreTokenizeScratch* scratc
                                   std::vector<Piece>* out) const {
   Piece p = piece;
   if (add_prefix_space_ && !p.text.empty() && p.text[0] != ' ') {
-    p.text = scratch->arena->Store(" " + std::string(piece.text));
+    std::string spaced;
+    spaced.reserve(piece.text.size() + 1);
+    spaced.push_back(' ');
+    spaced.append(piece.text);
+    p.text = scratch->arena->Store(std::move(spaced));
     if (p.zero_len > 0) ++p.zero_len;
   }
   if (regex_ == nullptr) {

@@ -3,7 +3,7 @@
 // test; tools/tokenizer/bench_tokenizer.py runs it beside Hugging Face `tokenizers` on the
 // same text and docs/TOKENIZER.md records the figures.
 //
-//   spanserve_tokenizer_bench --tokenizer=tests/data/tokenizers/smollm2/tokenizer.json \
+//   spanserve_tokenizer_bench --tokenizer=tests/data/tokenizers/smollm2/tokenizer.json
 //       [--text=FILE (one input per line) | --inputs=FILE.jsonl.gz] [--passes=5] [--threads=2]
 //
 // Prints one human-readable line per measurement and a final JSON line.

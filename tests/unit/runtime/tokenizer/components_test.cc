@@ -126,7 +126,7 @@ TEST(RegexTranslation, ClassesMatchOnigurumaOverAllCodePoints) {
     }
     std::vector<bool> got(0x110000, false);
     std::vector<Span> matches;
-    (*pattern)->FindAll(text, &matches);
+    ASSERT_TRUE((*pattern)->FindAll(text, &matches));
     size_t k = 0;
     for (const Span& m : matches) {
       while (k < starts.size() && starts[k] < m.begin) ++k;

@@ -123,12 +123,16 @@ TEST_P(ParityTest, DecodeMatchesReference) {
     }
   }
   EXPECT_EQ(mismatches, 0u);
-  if (golden_.decode_roundtrips) EXPECT_EQ(roundtrips, inputs.size());
+  if (golden_.decode_roundtrips) {
+    EXPECT_EQ(roundtrips, inputs.size());
+  }
 }
 
 TEST_P(ParityTest, VocabularySizeMatchesReference) {
   EXPECT_EQ(tok_->vocab_size(), golden_.vocab_size);
-  if (!golden_.special_prefix.empty()) EXPECT_EQ(tok_->bos_id(), golden_.special_prefix[0]);
+  if (!golden_.special_prefix.empty()) {
+    EXPECT_EQ(tok_->bos_id(), golden_.special_prefix[0]);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Tokenizers, ParityTest,
