@@ -135,21 +135,33 @@ std::vector<const char*> NormNames(NormPlacement p) {
   return {};
 }
 
-// Binds tensors from the store with the shapes the config implies.
+// Binds tensors from the store with the shapes the config implies. Without a store it
+// only records the names and shapes (ExpectedTensors).
 class Binder {
  public:
-  explicit Binder(WeightStore& store) : store_(store) {}
+  using Shapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
+  explicit Binder(WeightStore* store, Shapes* record = nullptr) : store_(store), record_(record) {}
+
+  bool Has(const std::string& name) const { return store_ == nullptr || store_->Has(name); }
 
   absl::StatusOr<k::WeightMatrix> Matrix(const std::string& name, int64_t rows, int64_t cols) {
-    const int64_t shape[2] = {rows, cols};
-    ASSIGN_OR_RETURN(TensorView t, store_.Get(name, shape));
     count_ += rows * cols;
+    if (store_ == nullptr) {
+      if (record_ != nullptr) record_->push_back({name, {rows, cols}});
+      return k::WeightMatrix{nullptr, DType::kF32, rows, cols};
+    }
+    const int64_t shape[2] = {rows, cols};
+    ASSIGN_OR_RETURN(TensorView t, store_->Get(name, shape));
     return k::WeightMatrix{t.data, t.dtype, rows, cols};
   }
   absl::StatusOr<k::WeightVector> Vector(const std::string& name, int64_t size) {
-    const int64_t shape[1] = {size};
-    ASSIGN_OR_RETURN(TensorView t, store_.Get(name, shape));
     count_ += size;
+    if (store_ == nullptr) {
+      if (record_ != nullptr) record_->push_back({name, {size}});
+      return k::WeightVector{nullptr, DType::kF32, size};
+    }
+    const int64_t shape[1] = {size};
+    ASSIGN_OR_RETURN(TensorView t, store_->Get(name, shape));
     return k::WeightVector{t.data, t.dtype, size};
   }
   absl::StatusOr<NormWeights> Norm(const std::string& prefix, int64_t size, bool with_bias) {
@@ -172,7 +184,8 @@ class Binder {
   int64_t count() const { return count_; }
 
  private:
-  WeightStore& store_;
+  WeightStore* store_;
+  Shapes* record_;
   int64_t count_ = 0;
 };
 
@@ -193,7 +206,8 @@ struct Model::Impl {
   int num_threads = 0;
   ExpertLoad expert_load;
 
-  absl::Status Bind();
+  // Binds every tensor from `store`; with no store, records names and shapes only.
+  absl::Status Bind(WeightStore* store, Binder::Shapes* record = nullptr);
   void Norm(const NormWeights& w, const float* in, int64_t tokens, int64_t dim, float* out) const;
   void Attention(const LayerWeights& lw, const float* in, int64_t tokens, KvCache& cache,
                  int layer, ForwardWorkspace::Buffers& b, float* out) const;
@@ -212,9 +226,9 @@ struct Model::Impl {
   void Block(int layer, int64_t tokens, KvCache& cache, ForwardWorkspace::Buffers& b);
 };
 
-absl::Status Model::Impl::Bind() {
+absl::Status Model::Impl::Bind(WeightStore* store, Binder::Shapes* record) {
   const ModelConfig& c = config;
-  Binder bind(*store);
+  Binder bind(store, record);
   const int64_t H = c.hidden_size;
   const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
   const int64_t kv_dim = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
@@ -284,7 +298,7 @@ absl::Status Model::Impl::Bind() {
       mw.has_shared = true;
       ASSIGN_OR_RETURN(mw.shared, bind.Ffn(mp + "shared_expert.", "gate_proj", "up_proj",
                                            "down_proj", H, m.shared_expert_intermediate_size));
-      if (store->Has(mp + "shared_expert_gate.weight")) {
+      if (bind.Has(mp + "shared_expert_gate.weight")) {
         mw.has_shared_gate = true;
         ASSIGN_OR_RETURN(mw.shared_gate, bind.Matrix(mp + "shared_expert_gate.weight", 1, H));
       }
@@ -292,7 +306,7 @@ absl::Status Model::Impl::Bind() {
     expert_load.layer_ids.push_back(l);
     expert_load.tokens.emplace_back(m.num_experts, 0);
   }
-  RETURN_IF_ERROR(store->CheckAllUsed());
+  if (store != nullptr) RETURN_IF_ERROR(store->CheckAllUsed());
   num_parameters = bind.count();
   return absl::OkStatus();
 }
@@ -526,7 +540,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const
   auto impl = std::make_unique<Impl>();
   ASSIGN_OR_RETURN(impl->config, LoadModelConfig(dir));
   ASSIGN_OR_RETURN(impl->store, WeightStore::OpenDirectory(dir));
-  RETURN_IF_ERROR(impl->Bind());
+  RETURN_IF_ERROR(impl->Bind(impl->store.get()));
   const ModelConfig& c = impl->config;
   const int64_t half = c.head_dim / 2;
   impl->rope_cos.resize(static_cast<size_t>(c.max_position_embeddings) * half);
@@ -535,6 +549,16 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const
                 impl->rope_cos.data(), impl->rope_sin.data());
   impl->num_threads = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();
   return std::unique_ptr<Model>(new Model(std::move(impl)));
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
+    const ModelConfig& config) {
+  Model::Impl impl;
+  impl.config = config;
+  Binder::Shapes shapes;
+  const absl::Status st = impl.Bind(nullptr, &shapes);
+  SPANSERVE_CHECK(st.ok());
+  return shapes;
 }
 
 const ModelConfig& Model::config() const { return impl_->config; }

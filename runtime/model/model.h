@@ -7,6 +7,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -80,6 +81,11 @@ struct ExpertLoad {
   std::vector<int> layer_ids;
   std::vector<std::vector<int64_t>> tokens;
 };
+
+// Every tensor a checkpoint of `config` must hold, with its shape, in load order (for
+// tools that write checkpoints, e.g. random models for benchmarks).
+std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
+    const ModelConfig& config);
 
 class Model {
  public:

@@ -3,6 +3,9 @@
 // weight bandwidth next to a plain memory-read bandwidth measured in the same run.
 //
 //   spanserve_model_bench --model DIR [--threads N] [--steps 16] [--json out.json]
+//   spanserve_model_bench --random qwen2-0.5b|moe8|moe32|moe64   (a random bf16 checkpoint
+//       written once to the temp directory: Qwen2-0.5B's shapes, or an MoE with 8/32/64
+//       experts of the same size and the same top-2, so the same active parameters)
 #include <omp.h>
 
 #include <algorithm>
@@ -18,12 +21,14 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "runtime/model/model.h"
+#include "tools/bench/random_model.h"
 
 ABSL_FLAG(std::string, model, "models/spanserve-span-12l", "model directory");
 ABSL_FLAG(int, threads, 0, "compute threads (0: all cores)");
 ABSL_FLAG(int, steps, 16, "decode steps timed per batch size");
 ABSL_FLAG(int, prompt, 512, "prefill prompt length");
 ABSL_FLAG(std::string, json, "", "also write the figures as JSON to this file");
+ABSL_FLAG(std::string, random, "", "benchmark a random model: qwen2-0.5b, moe8, moe32, moe64");
 
 namespace spanserve {
 namespace {
@@ -46,25 +51,60 @@ int64_t RssBytes() {
   return 0;
 }
 
-// Bytes/s of a parallel sum over a 512 MiB buffer (what a decode step at best streams).
+// Bytes/s of a parallel integer sum over a 512 MiB buffer (integer adds vectorise without
+// fast-math, so this is bound by memory, as a decode step at best is).
 double MemoryReadBandwidth(int threads) {
-  const size_t n = (512u << 20) / sizeof(float);
-  std::vector<float> buf(n, 1.0f);
+  const size_t n = (512u << 20) / sizeof(uint64_t);
+  std::vector<uint64_t> buf(n, 1);
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
     const auto t0 = Clock::now();
-    float total = 0;
+    uint64_t total = 0;
 #pragma omp parallel for num_threads(threads) reduction(+ : total) schedule(static)
     for (size_t i = 0; i < n; ++i) total += buf[i];
     const double secs = Since(t0);
-    if (total != static_cast<float>(n) && total < 0) std::printf("?");
-    best = std::max(best, n * sizeof(float) / secs);
+    if (total != n) std::fprintf(stderr, "memory read check failed\n");
+    best = std::max(best, n * sizeof(uint64_t) / secs);
   }
   return best;
 }
 
+// An MoE with `experts` experts of 256, top-2 and a shared expert: active size independent
+// of the expert count.
+nlohmann::json MoeConfig(int experts) {
+  return {{"model_type", "spanserve"},       {"norm_placement", "span"},
+          {"hidden_size", 512},              {"intermediate_size", 768},
+          {"num_hidden_layers", 8},          {"num_attention_heads", 8},
+          {"num_key_value_heads", 2},        {"vocab_size", 32000},
+          {"max_position_embeddings", 2048}, {"num_experts", experts},
+          {"num_experts_per_tok", 2},        {"moe_intermediate_size", 256},
+          {"norm_topk_prob", true},          {"shared_expert_intermediate_size", 256}};
+}
+
+std::string ModelDir() {
+  const std::string random = absl::GetFlag(FLAGS_random);
+  if (random.empty()) return absl::GetFlag(FLAGS_model);
+  nlohmann::json config;
+  if (random == "qwen2-0.5b") {
+    config = bench::Qwen2HalfBConfig();
+  } else if (random == "moe8" || random == "moe32" || random == "moe64") {
+    config = MoeConfig(std::stoi(random.substr(3)));
+  } else {
+    std::fprintf(stderr, "unknown --random %s\n", random.c_str());
+    std::exit(2);
+  }
+  const std::string dir = "/tmp/spanserve_bench_" + random;
+  std::fprintf(stderr, "writing a random %s checkpoint to %s (once) ...\n", random.c_str(),
+               dir.c_str());
+  if (absl::Status st = bench::WriteRandomModel(dir, config, DType::kBF16); !st.ok()) {
+    std::fprintf(stderr, "error: %s\n", st.ToString().c_str());
+    std::exit(1);
+  }
+  return dir;
+}
+
 int Run() {
-  const std::string dir = absl::GetFlag(FLAGS_model);
+  const std::string dir = ModelDir();
   const int threads = absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads)
                                                        : omp_get_num_procs();
   const int64_t rss0 = RssBytes();
