@@ -238,7 +238,8 @@ void BpeModel::Tokenize(std::string_view word, std::vector<int32_t>* ids) const 
   const bool cacheable = word.size() < kMaxCachedWordBytes;
   CacheShard* shard = nullptr;
   if (cacheable) {
-    shard = &cache_[(StringViewHash()(word) >> 7) % kCacheShards];
+    // The top bits pick the shard; the map inside uses the low ones.
+    shard = &cache_[(StringViewHash()(word) >> 58) % kCacheShards];
     std::shared_lock lock(shard->mu, std::try_to_lock);
     if (lock.owns_lock()) {
       if (auto it = shard->words.find(word); it != shard->words.end()) {

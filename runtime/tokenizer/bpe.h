@@ -88,9 +88,11 @@ class BpeModel {
   int32_t byte_fallback_ids_[256];
   bool byte_fast_path_ = false;
 
+  // At most 64 x 1024 words of under 64 bytes (a few MB): pre-tokenized words repeat,
+  // whole sentences (a tokenizer without a pre-tokenizer) do not.
   static constexpr size_t kCacheShards = 64;
-  static constexpr size_t kCacheShardCapacity = 4096;
-  static constexpr size_t kMaxCachedWordBytes = 256;
+  static constexpr size_t kCacheShardCapacity = 1024;
+  static constexpr size_t kMaxCachedWordBytes = 64;
   std::unique_ptr<CacheShard[]> cache_;
 };
 

@@ -99,6 +99,68 @@ TEST_P(StreamingTest, EmitsTextBeforeTheEnd) {
   EXPECT_GE(before_flush.size(), 40u) << "tail: " << tail;
 }
 
+TEST(StreamingDetokenizer, HoldsSplitCharactersUntilComplete) {
+  // Byte-level BPE: an emoji the vocabulary lacks is several byte tokens; nothing of it
+  // comes out until its last byte.
+  auto tok = Tokenizer::FromFile(TokenizerDataPath("bpe_llama3/tokenizer.json"));
+  ASSERT_TRUE(tok.ok());
+  auto ids = (*tok)->Encode("a😀", false);
+  ASSERT_TRUE(ids.ok());
+  ASSERT_GE(ids->size(), 3u);
+  StreamingDetokenizer stream(**tok, false);
+  std::vector<std::string> pieces;
+  for (int32_t id : *ids) pieces.push_back(stream.Add(id));
+  EXPECT_EQ(pieces.front(), "a");
+  for (size_t i = 1; i + 1 < pieces.size(); ++i) EXPECT_EQ(pieces[i], "") << i;
+  EXPECT_EQ(pieces.back(), "😀");
+  EXPECT_EQ(stream.Flush(), "");
+}
+
+TEST(StreamingDetokenizer, ByteFallbackRunsDecodeAsAUnit) {
+  // SentencePiece byte fallback: "你" is three <0xXX> tokens, final only once the run ends.
+  auto tok = Tokenizer::FromFile(TokenizerDataPath("sp_llama2/tokenizer.json"));
+  ASSERT_TRUE(tok.ok());
+  auto ids = (*tok)->Encode("I 你 x", false);
+  ASSERT_TRUE(ids.ok());
+  StreamingDetokenizer stream(**tok, false);
+  std::string out;
+  for (int32_t id : *ids) {
+    const std::string piece = stream.Add(id);
+    EXPECT_TRUE(IsWellFormedUtf8(piece));
+    out += piece;
+  }
+  EXPECT_EQ(out + stream.Flush(), "I 你 x");
+  // A run that ends invalid becomes one U+FFFD per byte, as Decode does.
+  const std::vector<int32_t> bad = {*(*tok)->TokenToId("<0xE4>"), *(*tok)->TokenToId("<0x41>")};
+  StreamingDetokenizer s2(**tok, false);
+  std::string got = s2.Add(bad[0]);
+  got += s2.Add(bad[1]);
+  got += s2.Flush();
+  EXPECT_EQ(got, (*tok)->Decode(bad, false));
+  EXPECT_EQ(got, "\xEF\xBF\xBD\xEF\xBF\xBD");
+}
+
+TEST(StreamingDetokenizer, TrailingStripIsResolvedAtFlush) {
+  // A Strip decoder that removes a trailing space of the whole text: the space is held
+  // until more text follows, and dropped by Flush.
+  auto base = Tokenizer::FromFile(TokenizerDataPath("sp_llama2/tokenizer.json"));
+  ASSERT_TRUE(base.ok());
+  std::string json = testing::ReadFile(TokenizerDataPath("sp_llama2/tokenizer.json"));
+  const std::string from = R"({"type":"Strip","content":" ","start":1,"stop":0})";
+  const size_t at = json.find(from);
+  ASSERT_NE(at, std::string::npos);
+  json.replace(at, from.size(), R"({"type":"Strip","content":" ","start":1,"stop":1})");
+  auto tok = Tokenizer::FromJson(json);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto ids = (*tok)->Encode("Amen. ", false);
+  ASSERT_TRUE(ids.ok());
+  StreamingDetokenizer stream(**tok, false);
+  std::string out;
+  for (int32_t id : *ids) out += stream.Add(id);
+  EXPECT_EQ(out, "Amen.");
+  EXPECT_EQ(out + stream.Flush(), (*tok)->Decode(*ids, false));
+}
+
 INSTANTIATE_TEST_SUITE_P(Tokenizers, StreamingTest,
                          ::testing::Values("smollm2", "bpe_gpt2", "bpe_llama3", "bpe_qwen2",
                                            "sp_llama2", "sp_metaspace", "spm_llama"),
