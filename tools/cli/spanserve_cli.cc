@@ -1,9 +1,13 @@
 // spanserve-cli: the offline front end of the runtime. Loads a model directory and
 //   generate    greedy-generates from a text prompt, streaming the text, and prints tokens/s;
 //   perplexity  scores a text file (non-overlapping windows, as tools/train/eval_perplexity.py);
+//   expert-load runs a text through an MoE model and prints the tokens routed to each expert
+//               of each layer, with each layer's balancedness (mean/max) and coefficient
+//               of variation;
 //   info        prints the model's configuration and size.
 #include <chrono>
 #include <cmath>
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -129,6 +133,37 @@ absl::Status Perplexity() {
   return absl::OkStatus();
 }
 
+absl::Status ExpertLoadReport() {
+  ASSIGN_OR_RETURN(Loaded l, LoadAll());
+  if (!l.model->config().is_moe()) {
+    return absl::FailedPreconditionError("expert-load needs an MoE model");
+  }
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(absl::GetFlag(FLAGS_text)));
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                   l.tokenizer->Encode(text, /*add_special_tokens=*/false));
+  l.model->ResetExpertLoad();
+  ASSIGN_OR_RETURN(const model::PerplexityResult r,
+                   model::ScorePerplexity(*l.model, ids, absl::GetFlag(FLAGS_window)));
+  const model::ExpertLoad& load = l.model->expert_load();
+  const int experts = l.model->config().moe.num_experts;
+  std::printf("tokens %lld, top-%d; tokens routed to each expert (once per top-k slot)\nlayer",
+              static_cast<long long>(ids.size()), l.model->config().moe.top_k);
+  for (int e = 0; e < experts; ++e) std::printf(" %8s", absl::StrCat("e", e).c_str());
+  std::printf("  balance     cv\n");
+  for (size_t i = 0; i < load.layer_ids.size(); ++i) {
+    const std::vector<int64_t>& t = load.tokens[i];
+    double sum = 0, max = 0, sq = 0;
+    for (int64_t v : t) sum += v, max = std::max<double>(max, v), sq += double(v) * v;
+    const double mean = sum / experts;
+    const double cv = mean > 0 ? std::sqrt(std::max(0.0, sq / experts - mean * mean)) / mean : 0;
+    std::printf("%5d", load.layer_ids[i]);
+    for (int64_t v : t) std::printf(" %8lld", static_cast<long long>(v));
+    std::printf("  %7.3f %6.3f\n", max > 0 ? mean / max : 0.0, cv);
+  }
+  (void)r;
+  return absl::OkStatus();
+}
+
 absl::Status Info() {
   ASSIGN_OR_RETURN(Loaded l, LoadAll());
   const model::ModelConfig& c = l.model->config();
@@ -146,7 +181,7 @@ absl::Status Info() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "spanserve-cli generate|perplexity|info --model DIR [--prompt TEXT | --text FILE]");
+      "spanserve-cli generate|perplexity|expert-load|info --model DIR [--prompt TEXT | --text FILE]");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
     std::fprintf(stderr, "usage: %s\n", absl::ProgramUsageMessage().data());
@@ -158,6 +193,8 @@ int main(int argc, char** argv) {
     status = spanserve::Generate();
   } else if (command == "perplexity") {
     status = spanserve::Perplexity();
+  } else if (command == "expert-load") {
+    status = spanserve::ExpertLoadReport();
   } else if (command == "info") {
     status = spanserve::Info();
   } else {

@@ -171,6 +171,33 @@ TEST_P(GoldenTest, ChunkedPrefillAndScatteredBlocksAreExact) {
   EXPECT_EQ(0, std::memcmp(whole.data(), scattered.data(), whole.size() * sizeof(float)));
 }
 
+// Every token is counted once per top-k slot in every MoE layer.
+TEST_P(GoldenTest, ExpertLoadCountsEveryTopKSlot) {
+  const std::string dir = CaseDir(GetParam());
+  auto model = Model::Load(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const ModelConfig& c = (*model)->config();
+  if (!c.is_moe()) GTEST_SKIP() << "dense model";
+  const Golden g = ReadGolden(dir, c.vocab_size);
+  Runner run(**model);
+  int64_t tokens = 0;
+  for (const auto& seq : g.sequences) {
+    run.AllLogits(seq, 1 << 30);
+    tokens += seq.size();
+  }
+  const ExpertLoad& load = (*model)->expert_load();
+  ASSERT_FALSE(load.tokens.empty());
+  for (size_t i = 0; i < load.tokens.size(); ++i) {
+    int64_t sum = 0;
+    for (int64_t v : load.tokens[i]) sum += v;
+    EXPECT_EQ(sum, tokens * c.moe.top_k) << "layer " << load.layer_ids[i];
+  }
+  (*model)->ResetExpertLoad();
+  for (const auto& layer : load.tokens) {
+    for (int64_t v : layer) EXPECT_EQ(v, 0);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Cases, GoldenTest, ::testing::ValuesIn(GoldenCases()),
                          [](const auto& info) { return info.param; });
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GoldenTest);
