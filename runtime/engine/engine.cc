@@ -32,6 +32,7 @@ struct Engine::State {
   absl::flat_hash_map<RequestId, std::shared_ptr<RequestStream>> live;
   // Waiting requests as of the last step (inbox excluded), for the admission bound.
   int32_t core_waiting = 0;
+  int64_t submitted = 0;
 
   // Engine thread → readers.
   mutable std::mutex stats_mu;
@@ -85,10 +86,12 @@ void Engine::State::PublishStats() {
   const BlockManager& b = core->blocks();
   const CoreCounters& c = core->counters();
   int32_t waiting = static_cast<int32_t>(s.waiting().size());
+  int64_t num_submitted = 0;
   {
     std::lock_guard lock(mu);
     core_waiting = waiting;
     waiting += static_cast<int32_t>(inbox.size());
+    num_submitted = submitted;
   }
   const model::ExpertLoad& load = core->model().expert_load();
   std::lock_guard lock(stats_mu);
@@ -104,6 +107,7 @@ void Engine::State::PublishStats() {
   stats.num_steps = c.num_steps;
   stats.prompt_tokens = c.prompt_tokens;
   stats.generation_tokens = c.generation_tokens;
+  stats.requests_submitted = num_submitted;
   stats.requests_finished = c.requests_finished;
   stats.last_batch_seqs = c.last_batch_seqs;
   stats.last_batch_tokens = c.last_batch_tokens;
@@ -179,6 +183,7 @@ absl::StatusOr<RequestHandle> Engine::Submit(Request request) {
     if (state_->stopping) return absl::UnavailableError("the engine is shutting down");
     state_->live.emplace(id, stream);
     state_->inbox.push_back(std::move(seq));
+    ++state_->submitted;
   }
   state_->wake.notify_one();
   return RequestHandle{id, std::move(stream)};

@@ -184,6 +184,7 @@ TEST(EngineTest, ConcurrentSubmittersGetBatchInvariantOutputs) {
   EXPECT_EQ(alone, together);
   ExpectIdleAndWhole(*engine);
   const EngineStats s = engine->Stats();
+  EXPECT_EQ(s.requests_submitted, 64);
   EXPECT_EQ(s.requests_finished, 64);
   EXPECT_EQ(s.generation_tokens, 640);
   EXPECT_GT(s.prefix_cache_hits, 0);  // the second round found the first round's prompts
