@@ -4,7 +4,7 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -29,10 +29,12 @@ struct Piece {
 // between threads.
 class Arena {
  public:
-  std::string_view Store(std::string s) { return strings_.emplace_back(std::move(s)); }
+  std::string_view Store(std::string s) {
+    return *strings_.emplace_back(std::make_unique<std::string>(std::move(s)));
+  }
 
  private:
-  std::deque<std::string> strings_;  // a deque never moves its elements
+  std::vector<std::unique_ptr<std::string>> strings_;  // allocates nothing until used
 };
 
 // How a Split-style pre-tokenizer treats the delimiters it finds (`tokenizers`'

@@ -85,14 +85,16 @@ void SplitPreTokenizer::Split(const Piece& piece, PreTokenizeScratch* scratch,
 
 void DigitsPreTokenizer::Split(const Piece& piece, PreTokenizeScratch* scratch,
                                std::vector<Piece>* out) const {
-  CoverCharMatches(piece.text, IsNumeric, &scratch->cover);
+  CoverCharMatches(
+      piece.text, [](char32_t c) { return IsNumeric(c); }, &scratch->cover);
   SplitPiece(piece, scratch->cover, /*invert=*/false,
              individual_ ? SplitBehavior::kIsolated : SplitBehavior::kContiguous, out);
 }
 
 void WhitespaceSplitPreTokenizer::Split(const Piece& piece, PreTokenizeScratch* scratch,
                                         std::vector<Piece>* out) const {
-  CoverCharMatches(piece.text, IsWhitespace, &scratch->cover);
+  CoverCharMatches(
+      piece.text, [](char32_t c) { return IsWhitespace(c); }, &scratch->cover);
   SplitPiece(piece, scratch->cover, /*invert=*/false, SplitBehavior::kRemoved, out);
 }
 

@@ -71,12 +71,12 @@ absl::StatusOr<std::string> GetType(const Json& j, std::string_view where) {
 
 absl::StatusOr<char32_t> GetChar(const Json& j, const char* key, std::string_view where) {
   ASSIGN_OR_RETURN(std::string s, GetString(j, key, where));
+  const std::string error = absl::StrCat("'", key, "' must be a single character");
+  if (s.empty()) return Invalid(where, error);
   size_t pos = 0;
-  if (s.empty() || (DecodeUtf8(s, &pos), pos != s.size())) {
-    return Invalid(where, absl::StrCat("'", key, "' must be a single character"));
-  }
-  pos = 0;
-  return DecodeUtf8(s, &pos);
+  const char32_t c = DecodeUtf8(s, &pos);
+  if (pos != s.size()) return Invalid(where, error);
+  return c;
 }
 
 // {"String": "..."} or {"Regex": "..."}.

@@ -79,19 +79,6 @@ size_t FindInvalidUtf8(std::string_view s) {
   return std::string_view::npos;
 }
 
-char32_t DecodeUtf8(std::string_view s, size_t* pos) {
-  const auto b0 = static_cast<uint8_t>(s[*pos]);
-  if (b0 < 0x80) {
-    ++*pos;
-    return b0;
-  }
-  const size_t len = Utf8LeadLength(b0);
-  char32_t c = b0 & (0x7F >> len);
-  for (size_t k = 1; k < len; ++k) c = (c << 6) | (static_cast<uint8_t>(s[*pos + k]) & 0x3F);
-  *pos += len;
-  return c;
-}
-
 void AppendUtf8(char32_t c, std::string* out) {
   if (c < 0x80) {
     out->push_back(static_cast<char>(c));
@@ -127,10 +114,7 @@ std::string Utf8Lossy(std::string_view bytes) {
   return out;
 }
 
-bool IsWhitespace(char32_t c) {
-  if (c < 0x80) return c == ' ' || (c >= 0x09 && c <= 0x0D);
-  return u_isUWhiteSpace(static_cast<UChar32>(c));
-}
+bool IsWhitespaceSlow(char32_t c) { return u_isUWhiteSpace(static_cast<UChar32>(c)); }
 
 bool IsWordChar(char32_t c) {
   if (c < 0x80) {
@@ -143,8 +127,7 @@ bool IsWordChar(char32_t c) {
   return (U_GET_GC_MASK(uc) & (U_GC_M_MASK | U_GC_ND_MASK | U_GC_PC_MASK)) != 0;
 }
 
-bool IsNumeric(char32_t c) {
-  if (c < 0x80) return c >= '0' && c <= '9';
+bool IsNumericSlow(char32_t c) {
   return (U_GET_GC_MASK(static_cast<UChar32>(c)) & (U_GC_ND_MASK | U_GC_NL_MASK | U_GC_NO_MASK)) !=
          0;
 }

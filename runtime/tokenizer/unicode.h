@@ -28,7 +28,18 @@ inline size_t Utf8LeadLength(uint8_t lead) {
 }
 
 // Decodes the code point at s[*pos] (`s` must be valid UTF-8) and advances *pos past it.
-char32_t DecodeUtf8(std::string_view s, size_t* pos);
+inline char32_t DecodeUtf8(std::string_view s, size_t* pos) {
+  const auto b0 = static_cast<uint8_t>(s[*pos]);
+  if (b0 < 0x80) {
+    ++*pos;
+    return b0;
+  }
+  const size_t len = Utf8LeadLength(b0);
+  char32_t c = b0 & (0x7F >> len);
+  for (size_t k = 1; k < len; ++k) c = (c << 6) | (static_cast<uint8_t>(s[*pos + k]) & 0x3F);
+  *pos += len;
+  return c;
+}
 
 // Appends the UTF-8 encoding of `c`.
 void AppendUtf8(char32_t c, std::string* out);
@@ -36,15 +47,24 @@ void AppendUtf8(char32_t c, std::string* out);
 // Rust's String::from_utf8_lossy: each maximal ill-formed subpart becomes one U+FFFD.
 std::string Utf8Lossy(std::string_view bytes);
 
+bool IsWhitespaceSlow(char32_t c);
+bool IsNumericSlow(char32_t c);
+
 // Rust's char::is_whitespace and regex `\s`: the White_Space property.
-bool IsWhitespace(char32_t c);
+inline bool IsWhitespace(char32_t c) {
+  if (c < 0x80) return c == ' ' || (c >= 0x09 && c <= 0x0D);
+  return IsWhitespaceSlow(c);
+}
 
 // Rust regex `\w`: Alphabetic, Mark, Decimal_Number, Connector_Punctuation, Join_Control.
 bool IsWordChar(char32_t c);
 
 // Rust's char::is_numeric: general category Nd, Nl or No (what the Digits pre-tokenizer
 // splits on: "½", "²", "Ⅻ" and "٣" count, not only 0-9).
-bool IsNumeric(char32_t c);
+inline bool IsNumeric(char32_t c) {
+  if (c < 0x80) return c >= '0' && c <= '9';
+  return IsNumericSlow(c);
+}
 
 enum class NormalForm { kNfc, kNfd, kNfkc, kNfkd };
 
