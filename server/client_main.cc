@@ -1,0 +1,215 @@
+// spanserve-client: a command-line client for spanserve-server.
+//   spanserve-client generate --prompt "And God said" --max_tokens 32
+//   spanserve-client score --context "In the beginning God" --continuation " created"
+//   spanserve-client tokenize --text "..." | detokenize --ids 1,2,3 | info | expert-load
+//   spanserve-client health
+// Streams generated text to stdout; --json prints every response message as JSON instead.
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "spanserve/v1/spanserve.grpc.pb.h"
+
+ABSL_FLAG(std::string, address, "127.0.0.1:50051", "server address host:port");
+ABSL_FLAG(std::string, token, "", "bearer token, if the server wants one");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA certificate: connect with TLS, trusting this CA");
+ABSL_FLAG(std::string, tls_server_name, "", "TLS: expected server name (default: the host)");
+ABSL_FLAG(double, timeout_s, 60, "call deadline in seconds");
+ABSL_FLAG(bool, json, false, "print response messages as JSON");
+ABSL_FLAG(std::string, prompt, "And God said", "generate: prompt text");
+ABSL_FLAG(int, max_tokens, 32, "generate: tokens to generate");
+ABSL_FLAG(double, temperature, 0.0, "generate: sampling temperature (0: greedy)");
+ABSL_FLAG(int, top_k, 0, "generate: top-k (0: off)");
+ABSL_FLAG(double, top_p, 1.0, "generate: top-p");
+ABSL_FLAG(int, logprobs, -1, "generate: alternatives per token (-1: no logprobs)");
+ABSL_FLAG(std::vector<std::string>, stop, {}, "generate: stop strings");
+ABSL_FLAG(std::string, context, "", "score: context text");
+ABSL_FLAG(std::vector<std::string>, continuation, {}, "score: continuations (comma-separated)");
+ABSL_FLAG(std::string, text, "", "tokenize: text");
+ABSL_FLAG(std::vector<std::string>, ids, {}, "detokenize: token ids");
+ABSL_FLAG(uint64_t, request_id, 0, "abort: request id");
+
+namespace {
+
+namespace v1 = spanserve::v1;
+
+std::string ReadFileOrDie(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) {
+    std::fprintf(stderr, "cannot read %s\n", path.c_str());
+    std::exit(2);
+  }
+  std::string s;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) s.append(buf, n);
+  std::fclose(f);
+  return s;
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel() {
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  grpc::ChannelArguments args;
+  if (const std::string ca = absl::GetFlag(FLAGS_tls_ca); !ca.empty()) {
+    grpc::SslCredentialsOptions options;
+    options.pem_root_certs = ReadFileOrDie(ca);
+    creds = grpc::SslCredentials(options);
+    if (const std::string name = absl::GetFlag(FLAGS_tls_server_name); !name.empty()) {
+      args.SetSslTargetNameOverride(name);
+    }
+  }
+  args.SetMaxReceiveMessageSize(64 << 20);
+  return grpc::CreateCustomChannel(absl::GetFlag(FLAGS_address), creds, args);
+}
+
+void Prepare(grpc::ClientContext* context) {
+  context->set_deadline(
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_timeout_s) * 1000)));
+  if (const std::string token = absl::GetFlag(FLAGS_token); !token.empty()) {
+    context->AddMetadata("authorization", "Bearer " + token);
+  }
+}
+
+void PrintJson(const google::protobuf::Message& message) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(message, &json, options);
+  std::printf("%s\n", json.c_str());
+}
+
+int Report(const grpc::Status& status) {
+  if (status.ok()) return 0;
+  std::fprintf(stderr, "error: %d %s\n", static_cast<int>(status.error_code()),
+               status.error_message().c_str());
+  return 1;
+}
+
+int Generate(v1::SpanServe::Stub& stub) {
+  v1::GenerateRequest request;
+  request.mutable_prompt()->set_text(absl::GetFlag(FLAGS_prompt));
+  v1::SamplingParams* s = request.mutable_sampling();
+  s->set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
+  s->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
+  s->set_top_k(absl::GetFlag(FLAGS_top_k));
+  s->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
+  if (absl::GetFlag(FLAGS_logprobs) >= 0) s->set_logprobs(absl::GetFlag(FLAGS_logprobs));
+  for (const std::string& stop : absl::GetFlag(FLAGS_stop)) s->add_stop(stop);
+  grpc::ClientContext context;
+  Prepare(&context);
+  std::unique_ptr<grpc::ClientReader<v1::GenerateChunk>> reader = stub.Generate(&context, request);
+  v1::GenerateChunk chunk;
+  v1::FinalInfo final;
+  while (reader->Read(&chunk)) {
+    if (absl::GetFlag(FLAGS_json)) {
+      PrintJson(chunk);
+    } else {
+      std::fputs(chunk.text().c_str(), stdout);
+      std::fflush(stdout);
+    }
+    if (chunk.has_final()) final = chunk.final();
+  }
+  const grpc::Status status = reader->Finish();
+  if (status.ok() && !absl::GetFlag(FLAGS_json)) {
+    std::printf("\n[%s: %d prompt + %d generated tokens, TTFT %.1f ms, %.1f ms total]\n",
+                v1::FinishReason_Name(final.finish_reason()).c_str(), final.prompt_tokens(),
+                final.generated_tokens(), final.timings().ttft_s() * 1e3,
+                final.timings().e2e_s() * 1e3);
+  }
+  return Report(status);
+}
+
+template <typename Request, typename Response, typename Method>
+int Unary(v1::SpanServe::Stub& stub, const Request& request, Method method) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  Response response;
+  const grpc::Status status = (stub.*method)(&context, request, &response);
+  if (status.ok()) PrintJson(response);
+  return Report(status);
+}
+
+int Health(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = grpc::health::v1::Health::NewStub(channel);
+  grpc::ClientContext context;
+  Prepare(&context);
+  grpc::health::v1::HealthCheckRequest request;
+  grpc::health::v1::HealthCheckResponse response;
+  const grpc::Status status = stub->Check(&context, request, &response);
+  if (!status.ok()) return Report(status);
+  std::printf("%s\n",
+              grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status()).c_str());
+  return response.status() == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "spanserve-client <generate|score|tokenize|detokenize|info|expert-load|abort|health> "
+      "[--address=HOST:PORT] [flags]");
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() != 2) {
+    std::fprintf(stderr, "%s\n", absl::ProgramUsageMessage().data());
+    return 2;
+  }
+  const std::string command = args[1];
+  std::shared_ptr<grpc::Channel> channel = MakeChannel();
+  auto stub = v1::SpanServe::NewStub(channel);
+  if (command == "generate") return Generate(*stub);
+  if (command == "health") return Health(channel);
+  if (command == "score") {
+    v1::ScoreRequest r;
+    r.mutable_context()->set_text(absl::GetFlag(FLAGS_context));
+    for (const std::string& c : absl::GetFlag(FLAGS_continuation)) {
+      r.add_continuations()->set_text(c);
+    }
+    return Unary<v1::ScoreRequest, v1::ScoreResponse>(*stub, r, &v1::SpanServe::Stub::Score);
+  }
+  if (command == "tokenize") {
+    v1::TokenizeRequest r;
+    r.set_text(absl::GetFlag(FLAGS_text));
+    return Unary<v1::TokenizeRequest, v1::TokenizeResponse>(*stub, r,
+                                                            &v1::SpanServe::Stub::Tokenize);
+  }
+  if (command == "detokenize") {
+    v1::DetokenizeRequest r;
+    for (const std::string& s : absl::GetFlag(FLAGS_ids)) {
+      int32_t id = 0;
+      if (!absl::SimpleAtoi(s, &id)) {
+        std::fprintf(stderr, "--ids: '%s' is not an integer\n", s.c_str());
+        return 2;
+      }
+      r.add_token_ids(id);
+    }
+    return Unary<v1::DetokenizeRequest, v1::DetokenizeResponse>(*stub, r,
+                                                                &v1::SpanServe::Stub::Detokenize);
+  }
+  if (command == "info") {
+    return Unary<v1::GetModelInfoRequest, v1::ModelInfo>(*stub, v1::GetModelInfoRequest(),
+                                                         &v1::SpanServe::Stub::GetModelInfo);
+  }
+  if (command == "expert-load") {
+    return Unary<v1::GetExpertLoadRequest, v1::ExpertLoad>(*stub, v1::GetExpertLoadRequest(),
+                                                           &v1::SpanServe::Stub::GetExpertLoad);
+  }
+  if (command == "abort") {
+    v1::AbortRequest r;
+    r.set_request_id(absl::GetFlag(FLAGS_request_id));
+    return Unary<v1::AbortRequest, v1::AbortResponse>(*stub, r, &v1::SpanServe::Stub::Abort);
+  }
+  std::fprintf(stderr, "unknown command '%s'\n%s\n", command.c_str(),
+               absl::ProgramUsageMessage().data());
+  return 2;
+}

@@ -1,0 +1,164 @@
+#include "server/convert.h"
+
+#include <chrono>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace spanserve::server {
+
+absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::Prompt& prompt, absl::string_view field,
+                                               const tokenizer::Tokenizer& tokenizer,
+                                               int32_t vocab_size) {
+  switch (prompt.input_case()) {
+    case v1::Prompt::kText: {
+      if (prompt.text().empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ".text: must not be empty"));
+      }
+      const bool special = !prompt.has_add_special_tokens() || prompt.add_special_tokens();
+      absl::StatusOr<std::vector<int32_t>> ids = tokenizer.Encode(prompt.text(), special);
+      if (!ids.ok()) {
+        return absl::Status(ids.status().code(),
+                            absl::StrCat(field, ".text: ", ids.status().message()));
+      }
+      if (ids->empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ".text: encodes to no tokens"));
+      }
+      return ids;
+    }
+    case v1::Prompt::kTokenIds: {
+      const auto& ids = prompt.token_ids().ids();
+      if (ids.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ".token_ids: must not be empty"));
+      }
+      for (int i = 0; i < ids.size(); ++i) {
+        if (ids[i] < 0 || ids[i] >= vocab_size) {
+          return absl::InvalidArgumentError(absl::StrCat(field, ".token_ids[", i, "]: ", ids[i],
+                                                         " is outside the vocabulary [0, ",
+                                                         vocab_size, ")"));
+        }
+      }
+      return std::vector<int32_t>(ids.begin(), ids.end());
+    }
+    case v1::Prompt::INPUT_NOT_SET:
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": must set text or token_ids (got neither)"));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(field, ": unknown input kind"));
+}
+
+absl::Status CheckPromptLength(int64_t num_tokens, int32_t max_model_len, absl::string_view field) {
+  if (num_tokens + 1 > max_model_len) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": ", num_tokens, " tokens is too long; the context holds ",
+                     max_model_len, " tokens including at least one generated token"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<engine::SamplingParams> ToSamplingParams(const v1::SamplingParams& proto,
+                                                        int32_t vocab_size) {
+  engine::SamplingParams p;
+  if (proto.has_temperature()) p.temperature = proto.temperature();
+  if (proto.has_top_k()) p.top_k = proto.top_k();
+  if (proto.has_top_p()) p.top_p = proto.top_p();
+  if (proto.has_min_p()) p.min_p = proto.min_p();
+  if (proto.has_repetition_penalty()) p.repetition_penalty = proto.repetition_penalty();
+  if (proto.has_presence_penalty()) p.presence_penalty = proto.presence_penalty();
+  if (proto.has_frequency_penalty()) p.frequency_penalty = proto.frequency_penalty();
+  if (proto.has_seed()) p.seed = proto.seed();
+  if (proto.has_max_tokens()) p.max_tokens = proto.max_tokens();
+  if (proto.has_min_tokens()) p.min_tokens = proto.min_tokens();
+  if (proto.has_ignore_eos()) p.ignore_eos = proto.ignore_eos();
+  p.stop_token_ids.assign(proto.stop_token_ids().begin(), proto.stop_token_ids().end());
+  p.stop.assign(proto.stop().begin(), proto.stop().end());
+  if (proto.has_logprobs()) p.logprobs = proto.logprobs();
+  if (absl::Status s = engine::ValidateSamplingParams(p, vocab_size); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("sampling.", s.message()));
+  }
+  return p;
+}
+
+std::optional<engine::Clock::time_point> EngineDeadline(const grpc::ServerContextBase& context) {
+  const auto deadline = context.deadline();
+  // gRPC reports "no deadline" as the far future.
+  if (deadline >= std::chrono::system_clock::time_point::max() - std::chrono::hours(24 * 365)) {
+    return std::nullopt;
+  }
+  const auto remaining = deadline - std::chrono::system_clock::now();
+  return engine::Clock::now() + std::chrono::duration_cast<engine::Clock::duration>(remaining);
+}
+
+namespace {
+
+void ToPositionLogprobs(const engine::PositionLogprobs& in, const tokenizer::Tokenizer& tokenizer,
+                        v1::PositionLogprobs* out) {
+  out->set_token_id(in.token);
+  out->set_logprob(in.logprob);
+  for (const engine::TokenLogprob& alt : in.top) {
+    v1::TokenLogprob* t = out->add_top();
+    t->set_token_id(alt.token);
+    t->set_logprob(alt.logprob);
+    t->set_text(std::string(tokenizer.IdToToken(alt.token)));
+  }
+}
+
+}  // namespace
+
+void AppendOutput(const engine::RequestOutput& output, const tokenizer::Tokenizer& tokenizer,
+                  v1::GenerateChunk* chunk) {
+  chunk->set_request_id(output.id);
+  chunk->mutable_token_ids()->Add(output.token_ids.begin(), output.token_ids.end());
+  chunk->mutable_text()->append(output.text);
+  for (const engine::PositionLogprobs& lp : output.logprobs) {
+    ToPositionLogprobs(lp, tokenizer, chunk->add_logprobs());
+  }
+}
+
+void ToFinalInfo(const engine::FinalInfo& final, v1::FinalInfo* proto) {
+  switch (final.reason) {
+    case engine::FinishReason::kStop:
+      proto->set_finish_reason(v1::FINISH_REASON_STOP);
+      break;
+    case engine::FinishReason::kLength:
+      proto->set_finish_reason(v1::FINISH_REASON_LENGTH);
+      break;
+    case engine::FinishReason::kCancelled:
+    case engine::FinishReason::kDeadline:
+    case engine::FinishReason::kError:
+      // These end the call with a non-OK status instead of a final chunk.
+      proto->set_finish_reason(v1::FINISH_REASON_UNSPECIFIED);
+      break;
+  }
+  if (final.stop_token) proto->set_stop_token_id(*final.stop_token);
+  if (final.stop_string) proto->set_stop_string(*final.stop_string);
+  proto->set_prompt_tokens(final.prompt_tokens);
+  proto->set_generated_tokens(final.generated_tokens);
+  proto->set_cached_prompt_tokens(final.cached_prompt_tokens);
+  proto->set_num_preemptions(final.num_preemptions);
+  v1::Timings* t = proto->mutable_timings();
+  t->set_queue_s(final.timings.queue_s);
+  t->set_ttft_s(final.timings.ttft_s);
+  t->set_prefill_s(final.timings.prefill_s);
+  t->set_decode_s(final.timings.decode_s);
+  t->set_e2e_s(final.timings.e2e_s);
+}
+
+absl::Status FinishStatus(const engine::FinalInfo& final) {
+  switch (final.reason) {
+    case engine::FinishReason::kStop:
+    case engine::FinishReason::kLength:
+      return absl::OkStatus();
+    case engine::FinishReason::kCancelled:
+      return absl::CancelledError(
+          absl::StrCat("request cancelled after ", final.generated_tokens, " tokens"));
+    case engine::FinishReason::kDeadline:
+      return absl::DeadlineExceededError(absl::StrCat("the call's deadline passed after ",
+                                                      final.generated_tokens, " generated tokens"));
+    case engine::FinishReason::kError:
+      return final.error.ok() ? absl::InternalError("the model failed") : final.error;
+  }
+  return absl::InternalError("unknown finish reason");
+}
+
+}  // namespace spanserve::server

@@ -1,0 +1,288 @@
+// spanserve-server: serves one model over gRPC (proto/spanserve/v1) with the standard
+// health and reflection services.
+//
+// Lifecycle: listen at once with health NOT_SERVING; load and warm the model; SERVING.
+// On SIGTERM/SIGINT: NOT_SERVING, new calls get UNAVAILABLE, in-flight calls get
+// --drain_grace_s to finish, the rest are cancelled, exit 0.
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "nlohmann/json.hpp"
+#include "runtime/engine/engine.h"
+#include "runtime/tokenizer/tokenizer.h"
+#include "server/service.h"
+
+ABSL_FLAG(std::string, config, "",
+          "JSON file of flag values ({\"listen\": \"0.0.0.0:50051\", ...}); flags given on "
+          "the command line win");
+ABSL_FLAG(std::string, model, "models/spanserve-span-12l",
+          "model directory (config.json, "
+          "model.safetensors, tokenizer.json)");
+ABSL_FLAG(std::string, device, "cpu", "compute device (only 'cpu' in this build)");
+ABSL_FLAG(int, threads, 0, "model compute threads (0: all cores)");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "gRPC bind address host:port (port 0 picks a free one; see --port_file)");
+ABSL_FLAG(std::string, port_file, "", "write the bound port here once listening");
+ABSL_FLAG(int64_t, kv_cache_bytes, 0,
+          "KV pool size in bytes (0: --kv_cache_memory_fraction of available memory)");
+ABSL_FLAG(double, kv_cache_memory_fraction, 0.1, "KV pool as a fraction of MemAvailable");
+ABSL_FLAG(int, num_kv_blocks, 0, "KV pool size in blocks (wins over the byte sizes if > 0)");
+ABSL_FLAG(int, max_num_seqs, 64, "most sequences in one engine step");
+ABSL_FLAG(int, max_batched_tokens, 1024, "most tokens in one engine step");
+ABSL_FLAG(int, max_model_len, 0, "context length (0: the model's)");
+ABSL_FLAG(int, max_waiting_requests, 1024,
+          "queue limit: requests waiting beyond this get RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain; with --tls_key enables TLS");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key");
+ABSL_FLAG(std::string, auth_token, "",
+          "if set, calls must carry 'authorization: Bearer <token>' (health and reflection "
+          "stay open for probes)");
+ABSL_FLAG(std::string, auth_token_file, "", "read the bearer token from this file");
+ABSL_FLAG(int, max_message_bytes, 16 << 20, "largest gRPC message received or sent");
+ABSL_FLAG(double, drain_grace_s, 30.0,
+          "on SIGTERM/SIGINT: seconds in-flight calls get to finish before being cancelled");
+
+namespace spanserve::server {
+namespace {
+
+constexpr char kServiceName[] = "spanserve.v1.SpanServe";
+
+void Log(const std::string& message) {
+  std::fprintf(stderr, "spanserve-server: %s\n", message.c_str());
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Applies --config before the command line is parsed, so command-line flags override it.
+absl::Status ApplyConfigFile(int argc, char** argv) {
+  std::string path;
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (absl::StartsWith(arg, "--config=")) path = std::string(arg.substr(9));
+    if ((arg == "--config" || arg == "-config") && i + 1 < argc) path = argv[i + 1];
+  }
+  if (path.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!json.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  }
+  for (const auto& [key, value] : json.items()) {
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(key);
+    if (flag == nullptr || key == "config") {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": unknown flag '", key, "'"));
+    }
+    const std::string text_value = value.is_string() ? value.get<std::string>() : value.dump();
+    std::string error;
+    if (!flag->ParseFrom(text_value, &error)) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": ", key, ": ", error));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials() {
+  const std::string cert = absl::GetFlag(FLAGS_tls_cert);
+  const std::string key = absl::GetFlag(FLAGS_tls_key);
+  if (cert.empty() && key.empty()) return grpc::InsecureServerCredentials();
+  if (cert.empty() || key.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  grpc::SslServerCredentialsOptions options;
+  ASSIGN_OR_RETURN(std::string cert_pem, ReadFile(cert));
+  ASSIGN_OR_RETURN(std::string key_pem, ReadFile(key));
+  options.pem_key_cert_pairs.push_back({key_pem, cert_pem});
+  return grpc::SslServerCredentials(options);
+}
+
+engine::EngineOptions EngineOptionsFromFlags(const tokenizer::Tokenizer* tokenizer) {
+  engine::EngineOptions o;
+  o.num_kv_blocks = absl::GetFlag(FLAGS_num_kv_blocks);
+  o.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);
+  o.kv_cache_memory_fraction = absl::GetFlag(FLAGS_kv_cache_memory_fraction);
+  o.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
+  o.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
+  o.max_model_len = absl::GetFlag(FLAGS_max_model_len);
+  o.max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests);
+  o.detokenize = [tokenizer](std::span<const int32_t> ids) {
+    return tokenizer->Decode(ids, /*skip_special_tokens=*/true);
+  };
+  return o;
+}
+
+// One short greedy request, so the first client does not pay for cold caches and pages.
+absl::Status WarmUp(engine::Engine& engine) {
+  engine::Request request;
+  request.prompt = {0, 1, 2, 3};
+  request.sampling.temperature = 0.0f;
+  request.sampling.max_tokens = 2;
+  request.sampling.detokenize = false;
+  ASSIGN_OR_RETURN(engine::RequestHandle handle, engine.Submit(std::move(request)));
+  engine::RequestOutput out;
+  while (handle.stream->Next(&out)) {
+    if (out.final && out.final->reason == engine::FinishReason::kError) return out.final->error;
+  }
+  return absl::OkStatus();
+}
+
+// Blocks SIGTERM/SIGINT in every thread (call before any thread starts) so that only
+// WaitForSignal sees them.
+sigset_t BlockShutdownSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
+int Run(const sigset_t& signals) {
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device != "cpu") {
+    Log(absl::StrCat("--device=", device, ": only 'cpu' is supported by this build"));
+    return 2;
+  }
+  std::string token = absl::GetFlag(FLAGS_auth_token);
+  if (const std::string path = absl::GetFlag(FLAGS_auth_token_file); !path.empty()) {
+    absl::StatusOr<std::string> t = ReadFile(path);
+    if (!t.ok()) {
+      Log(t.status().ToString());
+      return 2;
+    }
+    token = std::string(absl::StripAsciiWhitespace(*t));
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds = ServerCredentials();
+  if (!creds.ok()) {
+    Log(creds.status().ToString());
+    return 2;
+  }
+
+  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  ServiceOptions service_options{
+      .model_path = model_dir,
+      .device = device,
+      .auth_token = token,
+      .max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
+      .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens),
+      .max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests),
+  };
+  SpanServeService service(service_options);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), *creds, &port);
+  builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  builder.SetMaxSendMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    Log(absl::StrCat("cannot listen on ", absl::GetFlag(FLAGS_listen)));
+    return 1;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(false);
+  health->SetServingStatus(kServiceName, false);
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  const std::string address = absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
+  std::printf("spanserve-server: gRPC on %s (%s)\n", address.c_str(),
+              creds.ok() && !absl::GetFlag(FLAGS_tls_cert).empty() ? "TLS" : "plaintext");
+  std::fflush(stdout);
+  if (const std::string path = absl::GetFlag(FLAGS_port_file); !path.empty()) {
+    // Written then renamed, so a reader never sees a partial number.
+    const std::string tmp = path + ".tmp";
+    std::ofstream(tmp) << port << "\n";
+    std::rename(tmp.c_str(), path.c_str());
+  }
+
+  // Load and warm up while health says NOT_SERVING.
+  const auto t0 = std::chrono::steady_clock::now();
+  absl::StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok =
+      tokenizer::Tokenizer::FromFile(model_dir + "/tokenizer.json");
+  if (!tok.ok()) {
+    Log(tok.status().ToString());
+    return 1;
+  }
+  absl::StatusOr<std::unique_ptr<engine::Engine>> engine = engine::Engine::Create(
+      model_dir, EngineOptionsFromFlags(tok->get()), absl::GetFlag(FLAGS_threads));
+  if (!engine.ok()) {
+    Log(engine.status().ToString());
+    return 1;
+  }
+  if (absl::Status s = WarmUp(**engine); !s.ok()) {
+    Log(absl::StrCat("warm-up failed: ", s.ToString()));
+    return 1;
+  }
+  service.SetEngine(engine->get(), tok->get());
+  health->SetServingStatus(true);
+  health->SetServingStatus(kServiceName, true);
+  const engine::EngineInfo& info = (*engine)->info();
+  Log(absl::StrCat(
+      "serving ", model_dir, " (", info.model_type, ", ", info.norm_placement, ", ",
+      info.num_experts > 0 ? "MoE" : "dense", ", ", info.num_kv_blocks, " KV blocks) after ",
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), " s"));
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  Log(absl::StrCat("signal ", signal_number, ": draining (grace ",
+                   absl::GetFlag(FLAGS_drain_grace_s), " s)"));
+  service.StartDraining();
+  health->SetServingStatus(false);
+  health->SetServingStatus(kServiceName, false);
+  const auto grace_end = std::chrono::steady_clock::now() +
+                         std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                             std::chrono::duration<double>(absl::GetFlag(FLAGS_drain_grace_s)));
+  while (service.num_in_flight() > 0 && std::chrono::steady_clock::now() < grace_end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (int n = service.num_in_flight(); n > 0) {
+    Log(absl::StrCat("grace period over: cancelling ", n, " calls"));
+  }
+  // Cancels what is left in the engine; each such call then ends with CANCELLED.
+  (*engine)->Shutdown();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  server.reset();
+  engine->reset();
+  Log("drained; exiting");
+  return 0;
+}
+
+}  // namespace
+}  // namespace spanserve::server
+
+int main(int argc, char** argv) {
+  const sigset_t signals = spanserve::server::BlockShutdownSignals();
+  absl::SetProgramUsageMessage(
+      "Serves a SpanServe model over gRPC (spanserve.v1.SpanServe, grpc.health.v1.Health, "
+      "server reflection).\nUsage: spanserve-server --model=DIR --listen=HOST:PORT [flags]");
+  if (absl::Status s = spanserve::server::ApplyConfigFile(argc, argv); !s.ok()) {
+    std::fprintf(stderr, "spanserve-server: --config: %s\n", s.ToString().c_str());
+    return 2;
+  }
+  absl::ParseCommandLine(argc, argv);
+  return spanserve::server::Run(signals);
+}

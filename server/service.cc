@@ -1,0 +1,171 @@
+#include "server/service.h"
+
+#include <string_view>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "server/calls.h"
+#include "server/convert.h"
+#include "server/grpc_status.h"
+
+namespace spanserve::server {
+namespace {
+
+// Compares without an early exit, so response time does not leak the token's prefix.
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
+                                      const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+}  // namespace
+
+SpanServeService::SpanServeService(ServiceOptions options)
+    : options_(std::move(options)), start_time_(std::chrono::steady_clock::now()) {}
+
+void SpanServeService::SetEngine(engine::Engine* engine, const tokenizer::Tokenizer* tokenizer) {
+  tokenizer_ = tokenizer;
+  engine_.store(engine);  // publishes tokenizer_ too (seq_cst store)
+}
+
+void SpanServeService::StartDraining() { draining_.store(true); }
+
+absl::Status SpanServeService::Admit(const grpc::CallbackServerContext& context) const {
+  if (!options_.auth_token.empty()) {
+    const auto& metadata = context.client_metadata();
+    auto it = metadata.find("authorization");
+    if (it == metadata.end()) {
+      return absl::UnauthenticatedError("missing 'authorization: Bearer <token>' metadata");
+    }
+    const absl::string_view value(it->second.data(), it->second.size());
+    constexpr absl::string_view kBearer = "Bearer ";
+    if (!absl::StartsWith(value, kBearer) ||
+        !ConstantTimeEquals(value.substr(kBearer.size()), options_.auth_token)) {
+      return absl::UnauthenticatedError("invalid bearer token");
+    }
+  }
+  if (draining_.load()) {
+    return absl::UnavailableError("the server is shutting down; retry on another replica");
+  }
+  if (engine_.load() == nullptr) {
+    return absl::UnavailableError("the model is still loading; retry shortly");
+  }
+  return absl::OkStatus();
+}
+
+grpc::ServerWriteReactor<v1::GenerateChunk>* SpanServeService::Generate(
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+  return StartGenerateCall(this, context, *request);
+}
+
+grpc::ServerUnaryReactor* SpanServeService::Score(grpc::CallbackServerContext* context,
+                                                  const v1::ScoreRequest* request,
+                                                  v1::ScoreResponse* response) {
+  return StartScoreCall(this, context, *request, response);
+}
+
+grpc::ServerUnaryReactor* SpanServeService::Tokenize(grpc::CallbackServerContext* context,
+                                                     const v1::TokenizeRequest* request,
+                                                     v1::TokenizeResponse* response) {
+  if (absl::Status s = Admit(*context); !s.ok()) return FinishUnary(context, s);
+  const bool special = !request->has_add_special_tokens() || request->add_special_tokens();
+  absl::StatusOr<std::vector<int32_t>> ids = tokenizer_->Encode(request->text(), special);
+  if (!ids.ok()) {
+    return FinishUnary(
+        context, absl::Status(ids.status().code(), absl::StrCat("text: ", ids.status().message())));
+  }
+  for (int32_t id : *ids) {
+    response->add_token_ids(id);
+    response->add_tokens(std::string(tokenizer_->IdToToken(id)));
+  }
+  return FinishUnary(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* SpanServeService::Detokenize(grpc::CallbackServerContext* context,
+                                                       const v1::DetokenizeRequest* request,
+                                                       v1::DetokenizeResponse* response) {
+  if (absl::Status s = Admit(*context); !s.ok()) return FinishUnary(context, s);
+  const int32_t vocab = engine().info().vocab_size;
+  for (int i = 0; i < request->token_ids_size(); ++i) {
+    const int32_t id = request->token_ids(i);
+    if (id < 0 || id >= vocab) {
+      return FinishUnary(
+          context, absl::InvalidArgumentError(absl::StrCat(
+                       "token_ids[", i, "]: ", id, " is outside the vocabulary [0, ", vocab, ")")));
+    }
+  }
+  const bool skip = !request->has_skip_special_tokens() || request->skip_special_tokens();
+  response->set_text(tokenizer_->Decode(
+      std::span<const int32_t>(request->token_ids().data(), request->token_ids_size()), skip));
+  return FinishUnary(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* SpanServeService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                         const v1::GetModelInfoRequest* request,
+                                                         v1::ModelInfo* response) {
+  if (absl::Status s = Admit(*context); !s.ok()) return FinishUnary(context, s);
+  const engine::EngineInfo& info = engine().info();
+  const engine::EngineStats stats = engine().Stats();
+  response->set_model_path(options_.model_path);
+  response->set_device(options_.device);
+  response->set_architecture(info.model_type);
+  response->set_norm_placement(info.norm_placement);
+  response->set_is_moe(info.num_experts > 0);
+  response->set_num_experts(info.num_experts);
+  response->set_experts_per_token(info.experts_per_token);
+  response->set_num_layers(info.num_layers);
+  response->set_hidden_size(info.hidden_size);
+  response->set_vocab_size(info.vocab_size);
+  response->set_num_parameters(info.num_parameters);
+  response->mutable_eos_token_ids()->Add(info.eos_token_ids.begin(), info.eos_token_ids.end());
+  response->set_max_model_len(info.max_model_len);
+  response->set_max_num_seqs(options_.max_num_seqs);
+  response->set_max_batched_tokens(options_.max_batched_tokens);
+  response->set_max_waiting_requests(options_.max_waiting_requests);
+  response->set_kv_block_size(info.block_size);
+  response->set_kv_blocks_total(stats.kv_blocks_total);
+  response->set_kv_blocks_used(stats.kv_blocks_used);
+  response->set_kv_cache_bytes(info.kv_cache_bytes);
+  response->set_kv_cache_usage_ratio(stats.kv_cache_usage_ratio);
+  response->set_num_requests_running(stats.num_running);
+  response->set_num_requests_waiting(stats.num_waiting);
+  return FinishUnary(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* SpanServeService::GetExpertLoad(grpc::CallbackServerContext* context,
+                                                          const v1::GetExpertLoadRequest* request,
+                                                          v1::ExpertLoad* response) {
+  if (absl::Status s = Admit(*context); !s.ok()) return FinishUnary(context, s);
+  const engine::ExpertLoadSnapshot load = engine().ExpertLoad();
+  for (size_t i = 0; i < load.layer_ids.size() && i < load.tokens.size(); ++i) {
+    v1::LayerExpertLoad* layer = response->add_layers();
+    layer->set_layer(load.layer_ids[i]);
+    layer->mutable_tokens()->Add(load.tokens[i].begin(), load.tokens[i].end());
+  }
+  response->set_window_s(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time_).count());
+  if (engine().info().num_experts == 0) response->set_note("dense model: no experts");
+  return FinishUnary(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* SpanServeService::Abort(grpc::CallbackServerContext* context,
+                                                  const v1::AbortRequest* request,
+                                                  v1::AbortResponse* response) {
+  if (absl::Status s = Admit(*context); !s.ok()) return FinishUnary(context, s);
+  if (request->request_id() == 0) {
+    return FinishUnary(context, absl::InvalidArgumentError("request_id: must be set (non-zero)"));
+  }
+  response->set_aborted(engine().Abort(request->request_id()));
+  return FinishUnary(context, absl::OkStatus());
+}
+
+}  // namespace spanserve::server
