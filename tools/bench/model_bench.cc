@@ -189,8 +189,13 @@ int Run() {
   std::printf("decode step, batch 1  %.2f ms (%.1f tokens/s)\n", step_s[0] * 1e3, 1 / step_s[0]);
   std::printf("decode step, batch 16 %.2f ms (%.1f tokens/s, %.1fx batch 1)\n", step_s[1] * 1e3,
               16 / step_s[1], (16 / step_s[1]) / (1 / step_s[0]));
-  std::printf("weight stream         %.2f GB/s at batch 1 = %.0f%% of memory read %.2f GB/s\n",
-              bw1 / 1e9, 100 * bw1 / mem_bw, mem_bw / 1e9);
+  if (c.is_moe()) {
+    // A step streams only the routed experts: the dense-model roofline does not apply.
+    std::printf("weight stream         n/a for MoE; memory read %.2f GB/s\n", mem_bw / 1e9);
+  } else {
+    std::printf("weight stream         %.2f GB/s at batch 1 = %.0f%% of memory read %.2f GB/s\n",
+                bw1 / 1e9, 100 * bw1 / mem_bw, mem_bw / 1e9);
+  }
   std::printf("RSS at end            %.1f MiB\n", RssBytes() / 1048576.0);
   if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {
     std::ofstream out(path);
