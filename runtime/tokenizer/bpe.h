@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/status/statusor.h"
 #include "runtime/tokenizer/string_map.h"
 
@@ -65,7 +66,8 @@ class BpeModel {
   // the word is simply encoded again (the cache never changes results).
   struct CacheShard {
     std::shared_mutex mu;
-    StringMap<std::vector<int32_t>> words;  // guarded by mu
+    // Most words are a few tokens: no allocation beyond the (short-string) key.
+    StringMap<absl::InlinedVector<int32_t, 4>> words;  // guarded by mu
   };
 
   explicit BpeModel(BpeConfig config);
