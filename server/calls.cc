@@ -19,6 +19,16 @@
 namespace spanserve::server {
 namespace {
 
+// A request the engine cancelled while the server drains (its grace period is over) ends
+// UNAVAILABLE, so the client knows to retry elsewhere.
+absl::Status EndStatus(const engine::FinalInfo& final, const SpanServeService& service) {
+  if (final.reason == engine::FinishReason::kCancelled && service.draining()) {
+    return absl::UnavailableError(
+        "the server shut down before the request finished; retry on another replica");
+  }
+  return FinishStatus(final);
+}
+
 // One structured (JSON) line per finished request on stderr, for log shippers.
 void LogRequestFinished(absl::string_view rpc, const engine::FinalInfo& final, engine::RequestId id,
                         absl::string_view client_request_id, const absl::Status& status) {
@@ -99,7 +109,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
       if (!pending_) pending_.emplace();
       AppendOutput(out, service_->tokenizer(), &*pending_);
       if (is_final) {
-        final_status_ = FinishStatus(*out.final);
+        final_status_ = EndStatus(*out.final, *service_);
         if (final_status_->ok()) ToFinalInfo(*out.final, pending_->mutable_final());
         LogRequestFinished("Generate", *out.final, out.id, client_request_id_,
                            client_gone_ ? absl::CancelledError() : *final_status_);
@@ -294,7 +304,7 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
                  std::make_move_iterator(out.prompt_logprobs.end()));
       if (is_final) {
         --remaining_;
-        const absl::Status s = FinishStatus(*out.final);
+        const absl::Status s = EndStatus(*out.final, *service_);
         if (!s.ok() && error_.ok()) error_ = s;
         LogRequestFinished("Score", *out.final, out.id, "", s);
       }

@@ -73,6 +73,12 @@ absl::StatusOr<engine::SamplingParams> ToSamplingParams(const v1::SamplingParams
   p.stop_token_ids.assign(proto.stop_token_ids().begin(), proto.stop_token_ids().end());
   p.stop.assign(proto.stop().begin(), proto.stop().end());
   if (proto.has_logprobs()) p.logprobs = proto.logprobs();
+  // The engine accepts 0 (prompt scoring only); over this API that is Score's job, and a
+  // Generate that generates nothing is a client bug.
+  if (p.max_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.max_tokens must be >= 1, got ", p.max_tokens));
+  }
   if (absl::Status s = engine::ValidateSamplingParams(p, vocab_size); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("sampling.", s.message()));
   }

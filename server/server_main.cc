@@ -60,6 +60,8 @@ ABSL_FLAG(std::string, auth_token_file, "", "read the bearer token from this fil
 ABSL_FLAG(int, max_message_bytes, 16 << 20, "largest gRPC message received or sent");
 ABSL_FLAG(double, drain_grace_s, 30.0,
           "on SIGTERM/SIGINT: seconds in-flight calls get to finish before being cancelled");
+ABSL_FLAG(double, debug_load_delay_s, 0,
+          "testing aid: wait this long before loading the model (health stays NOT_SERVING)");
 
 namespace spanserve::server {
 namespace {
@@ -221,6 +223,8 @@ int Run(const sigset_t& signals) {
 
   // Load and warm up while health says NOT_SERVING.
   const auto t0 = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(
+      std::chrono::duration<double>(absl::GetFlag(FLAGS_debug_load_delay_s)));
   absl::StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok =
       tokenizer::Tokenizer::FromFile(model_dir + "/tokenizer.json");
   if (!tok.ok()) {

@@ -38,6 +38,7 @@ class SpanServeService final : public v1::SpanServe::CallbackService {
   void SetEngine(engine::Engine* engine, const tokenizer::Tokenizer* tokenizer);
   // From now on new calls answer UNAVAILABLE; calls in flight go on.
   void StartDraining();
+  bool draining() const { return draining_.load(); }
   // Generate and Score calls not yet finished.
   int32_t num_in_flight() const { return in_flight_.load(); }
 

@@ -1,0 +1,496 @@
+// End-to-end tests of spanserve-server: the real binary on a loopback port, a real gRPC
+// client (DESIGN.md §8, issue 6).
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "runtime/engine/engine.h"
+#include "runtime/tokenizer/tokenizer.h"
+#include "server_process.h"
+#include "spanserve/v1/spanserve.grpc.pb.h"
+
+namespace spanserve::testing {
+namespace {
+
+namespace v1 = spanserve::v1;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+struct StreamResult {
+  grpc::Status status;
+  std::vector<v1::GenerateChunk> chunks;
+  std::vector<int32_t> ids() const {
+    std::vector<int32_t> out;
+    for (const auto& c : chunks) out.insert(out.end(), c.token_ids().begin(), c.token_ids().end());
+    return out;
+  }
+  std::string text() const {
+    std::string out;
+    for (const auto& c : chunks) out += c.text();
+    return out;
+  }
+};
+
+v1::GenerateRequest GreedyRequest(const std::string& prompt, int max_tokens) {
+  v1::GenerateRequest r;
+  r.mutable_prompt()->set_text(prompt);
+  r.mutable_sampling()->set_temperature(0.0f);
+  r.mutable_sampling()->set_max_tokens(max_tokens);
+  return r;
+}
+
+StreamResult RunGenerate(v1::SpanServe::Stub& stub, const v1::GenerateRequest& request,
+                         milliseconds timeout = milliseconds(120000),
+                         const std::string& token = "") {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+  if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+  StreamResult result;
+  auto reader = stub.Generate(&context, request);
+  v1::GenerateChunk chunk;
+  while (reader->Read(&chunk)) result.chunks.push_back(chunk);
+  result.status = reader->Finish();
+  return result;
+}
+
+v1::ModelInfo Info(v1::SpanServe::Stub& stub) {
+  grpc::ClientContext context;
+  v1::ModelInfo info;
+  EXPECT_TRUE(stub.GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok());
+  return info;
+}
+
+// True once the engine holds no running request and no KV block: what a cancelled or
+// expired request must leave behind within a step or so.
+bool WaitForIdleEngine(v1::SpanServe::Stub& stub, milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    const v1::ModelInfo info = Info(stub);
+    if (info.num_requests_running() == 0 && info.num_requests_waiting() == 0 &&
+        info.kv_blocks_used() == 0) {
+      return true;
+    }
+    std::this_thread::sleep_for(milliseconds(5));
+  }
+  return false;
+}
+
+TEST(ServerTest, GenerateStreamsTheEnginesGreedyOutputInOrder) {
+  ServerProcess server({});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  const StreamResult result = RunGenerate(*stub, GreedyRequest("And God said", 40));
+  ASSERT_TRUE(result.status.ok()) << result.status.error_message();
+  ASSERT_FALSE(result.chunks.empty());
+  const uint64_t id = result.chunks[0].request_id();
+  EXPECT_NE(id, 0u);
+  for (size_t i = 0; i < result.chunks.size(); ++i) {
+    EXPECT_EQ(result.chunks[i].request_id(), id);
+    EXPECT_EQ(result.chunks[i].has_final(), i + 1 == result.chunks.size()) << "chunk " << i;
+  }
+  const v1::FinalInfo& final = result.chunks.back().final();
+
+  // The same request through the engine in this process.
+  auto tok = tokenizer::Tokenizer::FromFile(DefaultModelDir() + "/tokenizer.json");
+  ASSERT_TRUE(tok.ok());
+  engine::EngineOptions options;
+  options.kv_cache_bytes = 64 << 20;
+  options.detokenize = [t = tok->get()](std::span<const int32_t> ids) {
+    return t->Decode(ids, /*skip_special_tokens=*/true);
+  };
+  auto engine = engine::Engine::Create(DefaultModelDir(), options, /*num_threads=*/1);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  engine::Request request;
+  request.prompt = *(*tok)->Encode("And God said", /*add_special_tokens=*/true);
+  request.sampling.temperature = 0.0f;
+  request.sampling.max_tokens = 40;
+  auto handle = (*engine)->Submit(std::move(request));
+  ASSERT_TRUE(handle.ok());
+  std::vector<int32_t> expected_ids;
+  std::string expected_text;
+  engine::RequestOutput out;
+  std::optional<engine::FinalInfo> expected_final;
+  while (handle->stream->Next(&out)) {
+    expected_ids.insert(expected_ids.end(), out.token_ids.begin(), out.token_ids.end());
+    expected_text += out.text;
+    if (out.final) expected_final = out.final;
+  }
+  EXPECT_EQ(result.ids(), expected_ids);
+  EXPECT_EQ(result.text(), expected_text);
+  ASSERT_TRUE(expected_final.has_value());
+  EXPECT_EQ(final.generated_tokens(), expected_final->generated_tokens);
+  EXPECT_EQ(final.prompt_tokens(), expected_final->prompt_tokens);
+  EXPECT_EQ(final.finish_reason(), expected_final->reason == engine::FinishReason::kStop
+                                       ? v1::FINISH_REASON_STOP
+                                       : v1::FINISH_REASON_LENGTH);
+  EXPECT_GT(final.timings().e2e_s(), 0.0);
+  EXPECT_GE(final.timings().e2e_s(), final.timings().ttft_s());
+  EXPECT_NE(server.log().find("\"event\":\"request_finished\""), std::string::npos);
+}
+
+TEST(ServerTest, TokenizeDetokenizeInfoAndLogprobs) {
+  ServerProcess server({});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  v1::TokenizeResponse tokens;
+  {
+    grpc::ClientContext context;
+    v1::TokenizeRequest request;
+    request.set_text("In the beginning God created the heaven and the earth.");
+    request.set_add_special_tokens(false);
+    ASSERT_TRUE(stub->Tokenize(&context, request, &tokens).ok());
+    EXPECT_GT(tokens.token_ids_size(), 3);
+    EXPECT_EQ(tokens.tokens_size(), tokens.token_ids_size());
+  }
+  {
+    grpc::ClientContext context;
+    v1::DetokenizeRequest request;
+    *request.mutable_token_ids() = tokens.token_ids();
+    v1::DetokenizeResponse response;
+    ASSERT_TRUE(stub->Detokenize(&context, request, &response).ok());
+    EXPECT_EQ(response.text(), "In the beginning God created the heaven and the earth.");
+  }
+  const v1::ModelInfo info = Info(*stub);
+  EXPECT_EQ(info.architecture(), "spanserve");
+  EXPECT_EQ(info.norm_placement(), "span");
+  EXPECT_FALSE(info.is_moe());
+  EXPECT_EQ(info.max_model_len(), 1024);
+  EXPECT_GT(info.kv_blocks_total(), 0);
+  {
+    grpc::ClientContext context;
+    v1::ExpertLoad load;
+    ASSERT_TRUE(stub->GetExpertLoad(&context, v1::GetExpertLoadRequest(), &load).ok());
+    EXPECT_EQ(load.layers_size(), 0);
+    EXPECT_NE(load.note(), "");
+  }
+  v1::GenerateRequest request = GreedyRequest("And God said", 5);
+  request.mutable_sampling()->set_logprobs(3);
+  const StreamResult result = RunGenerate(*stub, request);
+  ASSERT_TRUE(result.status.ok());
+  int n = 0;
+  for (const auto& c : result.chunks) {
+    ASSERT_EQ(c.logprobs_size(), c.token_ids_size());
+    for (int i = 0; i < c.logprobs_size(); ++i) {
+      EXPECT_EQ(c.logprobs(i).token_id(), c.token_ids(i));
+      EXPECT_LE(c.logprobs(i).logprob(), 0.0f);
+      ASSERT_EQ(c.logprobs(i).top_size(), 3);
+      // Greedy: the chosen token is the most likely one.
+      EXPECT_EQ(c.logprobs(i).top(0).token_id(), c.token_ids(i));
+      ++n;
+    }
+  }
+  EXPECT_EQ(n, 5);
+}
+
+TEST(ServerTest, ScoreMatchesGenerateLogprobsAndGreedyness) {
+  ServerProcess server({});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  // The greedy continuation of the context is greedy by definition, and its score is the
+  // sum of the logprobs Generate reports for it.
+  v1::GenerateRequest gen = GreedyRequest("In the beginning God", 4);
+  gen.mutable_sampling()->set_logprobs(0);
+  const StreamResult result = RunGenerate(*stub, gen);
+  ASSERT_TRUE(result.status.ok());
+  double sum = 0;
+  for (const auto& c : result.chunks) {
+    for (const auto& lp : c.logprobs()) sum += lp.logprob();
+  }
+  v1::ScoreRequest request;
+  request.mutable_context()->set_text("In the beginning God");
+  v1::TokenIds* greedy = request.add_continuations()->mutable_token_ids();
+  for (int32_t id : result.ids()) greedy->add_ids(id);
+  request.add_continuations()->set_text(" zebra quantum");
+  v1::ScoreResponse response;
+  grpc::ClientContext context;
+  const grpc::Status status = stub->Score(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(response.scores_size(), 2);
+  EXPECT_TRUE(response.scores(0).is_greedy());
+  EXPECT_EQ(response.scores(0).num_tokens(), 4);
+  EXPECT_NEAR(response.scores(0).logprob(), sum, 1e-3);
+  EXPECT_FALSE(response.scores(1).is_greedy());
+  EXPECT_LT(response.scores(1).logprob(), response.scores(0).logprob());
+}
+
+TEST(ServerTest, SixtyFourConcurrentStreamsAllComplete) {
+  ServerProcess server({});
+  auto channel = server.Channel();
+  std::vector<StreamResult> results(64);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 64; ++i) {
+    threads.emplace_back([&, i] {
+      auto stub = v1::SpanServe::NewStub(channel);
+      v1::GenerateRequest r = GreedyRequest(i % 2 ? "And God said" : "In the beginning", 24);
+      r.mutable_sampling()->set_ignore_eos(true);
+      results[i] = RunGenerate(*stub, r);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < 64; ++i) {
+    ASSERT_TRUE(results[i].status.ok()) << i << ": " << results[i].status.error_message();
+    EXPECT_EQ(results[i].ids().size(), 24u) << i;
+    // Greedy output does not depend on the batch.
+    EXPECT_EQ(results[i].ids(), results[i % 2].ids()) << i;
+  }
+}
+
+TEST(ServerTest, CancellationMidStreamFreesTheRequest) {
+  ServerProcess server({});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  grpc::ClientContext context;
+  v1::GenerateRequest r = GreedyRequest("And God said", 1000);
+  r.mutable_sampling()->set_ignore_eos(true);
+  auto reader = stub->Generate(&context, r);
+  v1::GenerateChunk chunk;
+  int tokens = 0;
+  while (tokens < 3 && reader->Read(&chunk)) tokens += chunk.token_ids_size();
+  ASSERT_GE(tokens, 3);
+  context.TryCancel();
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(WaitForIdleEngine(*stub, milliseconds(2000)));
+  EXPECT_TRUE(RunGenerate(*stub, GreedyRequest("And", 2)).status.ok());
+}
+
+TEST(ServerTest, AbortByRequestId) {
+  ServerProcess server({});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  grpc::ClientContext context;
+  v1::GenerateRequest r = GreedyRequest("And God said", 1000);
+  r.mutable_sampling()->set_ignore_eos(true);
+  auto reader = stub->Generate(&context, r);
+  v1::GenerateChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));
+  grpc::ClientContext abort_context;
+  v1::AbortRequest abort;
+  abort.set_request_id(chunk.request_id());
+  v1::AbortResponse response;
+  ASSERT_TRUE(stub->Abort(&abort_context, abort, &response).ok());
+  EXPECT_TRUE(response.aborted());
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(WaitForIdleEngine(*stub, milliseconds(2000)));
+}
+
+TEST(ServerTest, DeadlineReachesTheEngine) {
+  ServerProcess server({});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  v1::GenerateRequest r = GreedyRequest("And God said", 1000);
+  r.mutable_sampling()->set_ignore_eos(true);
+  const auto start = std::chrono::steady_clock::now();
+  const StreamResult result = RunGenerate(*stub, r, milliseconds(300));
+  EXPECT_EQ(result.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, seconds(5));
+  EXPECT_TRUE(WaitForIdleEngine(*stub, milliseconds(2000)));
+}
+
+TEST(ServerTest, InvalidArgumentsNameTheFieldAndDoNotDisturbOthers) {
+  ServerProcess server({});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  // A good request in flight while bad ones come and go.
+  v1::GenerateRequest good = GreedyRequest("And God said", 64);
+  good.mutable_sampling()->set_ignore_eos(true);
+  StreamResult good_result;
+  std::thread good_thread([&] { good_result = RunGenerate(*stub, good); });
+
+  auto expect_invalid = [&](const v1::GenerateRequest& r, const std::string& field) {
+    const StreamResult res = RunGenerate(*stub, r);
+    EXPECT_EQ(res.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << field;
+    EXPECT_NE(res.status.error_message().find(field), std::string::npos)
+        << field << ": " << res.status.error_message();
+  };
+  v1::GenerateRequest r = GreedyRequest("", 4);
+  expect_invalid(r, "prompt");
+  r = GreedyRequest("x", 4);
+  r.clear_prompt();
+  expect_invalid(r, "prompt");
+  r = GreedyRequest("x", 4);
+  for (int i = 0; i < 1100; ++i) r.mutable_prompt()->mutable_token_ids()->add_ids(5);
+  expect_invalid(r, "prompt");
+  r = GreedyRequest("x", 4);
+  r.mutable_prompt()->mutable_token_ids()->add_ids(999999);
+  expect_invalid(r, "prompt.token_ids[0]");
+  r = GreedyRequest("x", 4);
+  r.mutable_sampling()->set_top_p(1.5f);
+  expect_invalid(r, "top_p");
+  r = GreedyRequest("x", 4);
+  r.mutable_sampling()->set_temperature(-1.0f);
+  expect_invalid(r, "temperature");
+  r = GreedyRequest("x", 0);
+  expect_invalid(r, "max_tokens");
+  r = GreedyRequest("x", 4);
+  r.mutable_sampling()->set_logprobs(1000);
+  expect_invalid(r, "logprobs");
+
+  good_thread.join();
+  ASSERT_TRUE(good_result.status.ok()) << good_result.status.error_message();
+  EXPECT_EQ(good_result.ids().size(), 64u);
+}
+
+TEST(ServerTest, FullQueueAnswersResourceExhaustedAtOnce) {
+  ServerProcess server({"--max_num_seqs=1", "--max_waiting_requests=1"});
+  auto channel = server.Channel();
+  constexpr int kCalls = 6;
+  std::vector<grpc::StatusCode> codes(kCalls);
+  std::vector<double> seconds_taken(kCalls);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kCalls; ++i) {
+    threads.emplace_back([&, i] {
+      auto stub = v1::SpanServe::NewStub(channel);
+      v1::GenerateRequest r = GreedyRequest("And God said", 200);
+      r.mutable_sampling()->set_ignore_eos(true);
+      const auto start = std::chrono::steady_clock::now();
+      codes[i] = RunGenerate(*stub, r).status.error_code();
+      seconds_taken[i] =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    });
+  }
+  for (auto& t : threads) t.join();
+  int ok = 0;
+  int exhausted = 0;
+  double slowest_ok = 0;
+  for (int i = 0; i < kCalls; ++i) {
+    if (codes[i] == grpc::StatusCode::OK) {
+      ++ok;
+      slowest_ok = std::max(slowest_ok, seconds_taken[i]);
+    }
+    if (codes[i] == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      ++exhausted;
+      EXPECT_LT(seconds_taken[i], 1.0);  // rejected at once, not after waiting
+    }
+  }
+  EXPECT_EQ(ok + exhausted, kCalls);
+  EXPECT_GE(ok, 1);
+  EXPECT_GE(exhausted, 1);
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+TEST(ServerTest, TlsWithAGeneratedCertificate) {
+  const std::string dir = MakeTempDir("tls");
+  const std::string cmd =
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " +
+      dir + "/key.pem -out " + dir + "/cert.pem 2>/dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  ServerProcess server({"--tls_cert=" + dir + "/cert.pem", "--tls_key=" + dir + "/key.pem"},
+                       /*wait_serving=*/false);
+  grpc::SslCredentialsOptions options;
+  options.pem_root_certs = ReadAll(dir + "/cert.pem");
+  auto channel = grpc::CreateChannel(server.address(), grpc::SslCredentials(options));
+  auto stub = v1::SpanServe::NewStub(channel);
+  const auto deadline = std::chrono::steady_clock::now() + seconds(60);
+  StreamResult result;
+  do {
+    result = RunGenerate(*stub, GreedyRequest("And God said", 8));
+  } while (result.status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+           std::chrono::steady_clock::now() < deadline);
+  ASSERT_TRUE(result.status.ok()) << result.status.error_message();
+  EXPECT_EQ(result.ids().size(), 8u);
+  // A plaintext client cannot talk to it.
+  auto plain = v1::SpanServe::NewStub(server.Channel());
+  EXPECT_EQ(RunGenerate(*plain, GreedyRequest("And", 2), milliseconds(3000)).status.error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST(ServerTest, BearerTokenAuth) {
+  ServerProcess server({"--auth_token=s3cret"});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  const v1::GenerateRequest r = GreedyRequest("And God said", 4);
+  EXPECT_EQ(RunGenerate(*stub, r).status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(RunGenerate(*stub, r, seconds(60), "wrong").status.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(RunGenerate(*stub, r, seconds(60), "s3cret").status.ok());
+  grpc::ClientContext context;
+  v1::ModelInfo info;
+  EXPECT_EQ(stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  // Health stays open for load balancers and probes.
+  EXPECT_EQ(server.Health(), "SERVING");
+}
+
+TEST(ServerTest, HealthTransitionsAndGracefulDrain) {
+  ServerProcess server({"--debug_load_delay_s=1.5", "--drain_grace_s=30"}, /*wait_serving=*/false);
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  EXPECT_EQ(server.Health(), "NOT_SERVING");
+  EXPECT_EQ(server.Health("spanserve.v1.SpanServe"), "NOT_SERVING");
+  EXPECT_EQ(RunGenerate(*stub, GreedyRequest("And", 2)).status.error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  ASSERT_TRUE(server.WaitForHealth("SERVING", seconds(60))) << server.log();
+  EXPECT_EQ(server.Health("spanserve.v1.SpanServe"), "SERVING");
+
+  // A long request in flight when SIGTERM arrives finishes; new calls are refused.
+  v1::GenerateRequest r = GreedyRequest("And God said", 300);
+  r.mutable_sampling()->set_ignore_eos(true);
+  grpc::ClientContext context;
+  auto reader = stub->Generate(&context, r);
+  v1::GenerateChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));
+  int tokens = chunk.token_ids_size();
+  server.Signal(SIGTERM);
+  ASSERT_TRUE(server.WaitForHealth("NOT_SERVING", seconds(5)));
+  EXPECT_EQ(RunGenerate(*stub, GreedyRequest("And", 2)).status.error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  while (reader->Read(&chunk)) tokens += chunk.token_ids_size();
+  const grpc::Status status = reader->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(tokens, 300);
+  EXPECT_EQ(server.Wait(seconds(30)), std::optional<int>(0)) << server.log();
+}
+
+TEST(ServerTest, DrainCancelsWhatOutlivesTheGracePeriod) {
+  ServerProcess server({"--drain_grace_s=0.3"});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  v1::GenerateRequest r = GreedyRequest("And God said", 1000);
+  r.mutable_sampling()->set_ignore_eos(true);
+  grpc::ClientContext context;
+  auto reader = stub->Generate(&context, r);
+  v1::GenerateChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));
+  server.Signal(SIGINT);
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(server.Wait(seconds(30)), std::optional<int>(0)) << server.log();
+}
+
+TEST(ServerTest, ReflectionListsTheService) {
+  ServerProcess server({});
+  auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(server.Channel());
+  grpc::ClientContext context;
+  auto stream = stub->ServerReflectionInfo(&context);
+  grpc::reflection::v1alpha::ServerReflectionRequest request;
+  request.set_list_services("");
+  ASSERT_TRUE(stream->Write(request));
+  grpc::reflection::v1alpha::ServerReflectionResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  std::set<std::string> names;
+  for (const auto& s : response.list_services_response().service()) names.insert(s.name());
+  EXPECT_TRUE(names.count("spanserve.v1.SpanServe"));
+  EXPECT_TRUE(names.count("grpc.health.v1.Health"));
+  // The service's file descriptor is served too, so tools can call it without the .proto.
+  request.set_file_containing_symbol("spanserve.v1.SpanServe");
+  ASSERT_TRUE(stream->Write(request));
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_GT(response.file_descriptor_response().file_descriptor_proto_size(), 0);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+}  // namespace
+}  // namespace spanserve::testing
