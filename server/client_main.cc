@@ -1,6 +1,6 @@
 // spanserve-client: a command-line client for spanserve-server.
 //   spanserve-client generate --prompt "And God said" --max_tokens 32
-//   spanserve-client score --context "In the beginning God" --continuation " created"
+//   spanserve-client score --context "In the beginning God" --continuations " created| said"
 //   spanserve-client tokenize --text "..." | detokenize --ids 1,2,3 | info | expert-load
 //   spanserve-client health
 // Streams generated text to stdout; --json prints every response message as JSON instead.
@@ -35,7 +35,7 @@ ABSL_FLAG(double, top_p, 1.0, "generate: top-p");
 ABSL_FLAG(int, logprobs, -1, "generate: alternatives per token (-1: no logprobs)");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "generate: stop strings");
 ABSL_FLAG(std::string, context, "", "score: context text");
-ABSL_FLAG(std::vector<std::string>, continuation, {}, "score: continuations (comma-separated)");
+ABSL_FLAG(std::string, continuations, "", "score: continuations, separated by '|'");
 ABSL_FLAG(std::string, text, "", "tokenize: text");
 ABSL_FLAG(std::vector<std::string>, ids, {}, "detokenize: token ids");
 ABSL_FLAG(uint64_t, request_id, 0, "abort: request id");
@@ -172,8 +172,8 @@ int main(int argc, char** argv) {
   if (command == "score") {
     v1::ScoreRequest r;
     r.mutable_context()->set_text(absl::GetFlag(FLAGS_context));
-    for (const std::string& c : absl::GetFlag(FLAGS_continuation)) {
-      r.add_continuations()->set_text(c);
+    for (absl::string_view c : absl::StrSplit(absl::GetFlag(FLAGS_continuations), '|')) {
+      r.add_continuations()->set_text(std::string(c));
     }
     return Unary<v1::ScoreRequest, v1::ScoreResponse>(*stub, r, &v1::SpanServe::Stub::Score);
   }

@@ -105,7 +105,8 @@ void ToPositionLogprobs(const engine::PositionLogprobs& in, const tokenizer::Tok
     v1::TokenLogprob* t = out->add_top();
     t->set_token_id(alt.token);
     t->set_logprob(alt.logprob);
-    t->set_text(std::string(tokenizer.IdToToken(alt.token)));
+    const int32_t id = alt.token;
+    t->set_text(tokenizer.Decode(std::span<const int32_t>(&id, 1), /*skip_special_tokens=*/false));
   }
 }
 
