@@ -249,16 +249,16 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
       const grpc::CallbackServerContext& context, const v1::ScoreRequest& proto) {
     if (absl::Status s = service_->Admit(context); !s.ok()) return s;
     const engine::EngineInfo& info = service_->engine().info();
-    const tokenizer::Tokenizer& tok = service_->tokenizer();
+    const tokenizer::Tokenizer* tok = service_->tokenizer();
     if (proto.continuations().empty()) {
       return absl::InvalidArgumentError("continuations: must hold at least one continuation");
     }
     std::vector<int32_t> context_ids;
     const bool empty_text_context =
         proto.context().input_case() == v1::Prompt::kText && proto.context().text().empty();
-    if (empty_text_context && tok.bos_id()) {
+    if (empty_text_context && tok != nullptr && tok->bos_id()) {
       // lm-eval scores unconditional continuations after the BOS token.
-      context_ids = {*tok.bos_id()};
+      context_ids = {*tok->bos_id()};
     } else {
       absl::StatusOr<std::vector<int32_t>> ids =
           PromptIds(proto.context(), "context", tok, info.vocab_size);

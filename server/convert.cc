@@ -8,15 +8,19 @@
 namespace spanserve::server {
 
 absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::Prompt& prompt, absl::string_view field,
-                                               const tokenizer::Tokenizer& tokenizer,
+                                               const tokenizer::Tokenizer* tokenizer,
                                                int32_t vocab_size) {
   switch (prompt.input_case()) {
     case v1::Prompt::kText: {
       if (prompt.text().empty()) {
         return absl::InvalidArgumentError(absl::StrCat(field, ".text: must not be empty"));
       }
+      if (tokenizer == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".text: the served model has no tokenizer.json; send ", field, ".token_ids"));
+      }
       const bool special = !prompt.has_add_special_tokens() || prompt.add_special_tokens();
-      absl::StatusOr<std::vector<int32_t>> ids = tokenizer.Encode(prompt.text(), special);
+      absl::StatusOr<std::vector<int32_t>> ids = tokenizer->Encode(prompt.text(), special);
       if (!ids.ok()) {
         return absl::Status(ids.status().code(),
                             absl::StrCat(field, ".text: ", ids.status().message()));
@@ -97,7 +101,7 @@ std::optional<engine::Clock::time_point> EngineDeadline(const grpc::ServerContex
 
 namespace {
 
-void ToPositionLogprobs(const engine::PositionLogprobs& in, const tokenizer::Tokenizer& tokenizer,
+void ToPositionLogprobs(const engine::PositionLogprobs& in, const tokenizer::Tokenizer* tokenizer,
                         v1::PositionLogprobs* out) {
   out->set_token_id(in.token);
   out->set_logprob(in.logprob);
@@ -105,14 +109,17 @@ void ToPositionLogprobs(const engine::PositionLogprobs& in, const tokenizer::Tok
     v1::TokenLogprob* t = out->add_top();
     t->set_token_id(alt.token);
     t->set_logprob(alt.logprob);
-    const int32_t id = alt.token;
-    t->set_text(tokenizer.Decode(std::span<const int32_t>(&id, 1), /*skip_special_tokens=*/false));
+    if (tokenizer != nullptr) {
+      const int32_t id = alt.token;
+      t->set_text(
+          tokenizer->Decode(std::span<const int32_t>(&id, 1), /*skip_special_tokens=*/false));
+    }
   }
 }
 
 }  // namespace
 
-void AppendOutput(const engine::RequestOutput& output, const tokenizer::Tokenizer& tokenizer,
+void AppendOutput(const engine::RequestOutput& output, const tokenizer::Tokenizer* tokenizer,
                   v1::GenerateChunk* chunk) {
   chunk->set_request_id(output.id);
   chunk->mutable_token_ids()->Add(output.token_ids.begin(), output.token_ids.end());

@@ -17,9 +17,10 @@
 namespace spanserve::server {
 
 // The prompt's token ids. INVALID_ARGUMENT naming `field` (e.g. "prompt.text") when it is
-// unset, empty, encodes to nothing, or holds an id outside the vocabulary.
+// unset, empty, encodes to nothing, holds an id outside the vocabulary, or is text while
+// the model has no tokenizer (`tokenizer` null).
 absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::Prompt& prompt, absl::string_view field,
-                                               const tokenizer::Tokenizer& tokenizer,
+                                               const tokenizer::Tokenizer* tokenizer,
                                                int32_t vocab_size);
 
 // INVALID_ARGUMENT naming `field` when `num_tokens` + 1 (one generated token) does not fit
@@ -34,8 +35,9 @@ absl::StatusOr<engine::SamplingParams> ToSamplingParams(const v1::SamplingParams
 // The call's deadline on the engine's clock; unset when the client gave none.
 std::optional<engine::Clock::time_point> EngineDeadline(const grpc::ServerContextBase& context);
 
-// Appends one engine output (not its `final`) to `chunk`: ids, text delta, logprobs.
-void AppendOutput(const engine::RequestOutput& output, const tokenizer::Tokenizer& tokenizer,
+// Appends one engine output (not its `final`) to `chunk`: ids, text delta, logprobs (with
+// each alternative's text when `tokenizer` is not null).
+void AppendOutput(const engine::RequestOutput& output, const tokenizer::Tokenizer* tokenizer,
                   v1::GenerateChunk* chunk);
 void ToFinalInfo(const engine::FinalInfo& final, v1::FinalInfo* proto);
 

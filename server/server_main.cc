@@ -129,9 +129,11 @@ engine::EngineOptions EngineOptionsFromFlags(const tokenizer::Tokenizer* tokeniz
   o.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
   o.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   o.max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests);
-  o.detokenize = [tokenizer](std::span<const int32_t> ids) {
-    return tokenizer->Decode(ids, /*skip_special_tokens=*/true);
-  };
+  if (tokenizer != nullptr) {
+    o.detokenize = [tokenizer](std::span<const int32_t> ids) {
+      return tokenizer->Decode(ids, /*skip_special_tokens=*/true);
+    };
+  }
   return o;
 }
 
@@ -227,7 +229,11 @@ int Run(const sigset_t& signals) {
       std::chrono::duration<double>(absl::GetFlag(FLAGS_debug_load_delay_s)));
   absl::StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok =
       tokenizer::Tokenizer::FromFile(model_dir + "/tokenizer.json");
-  if (!tok.ok()) {
+  if (absl::IsNotFound(tok.status())) {
+    // Test and benchmark models ship without one: serve token ids only.
+    Log("no tokenizer.json: serving token-id prompts only, without text");
+    tok = std::unique_ptr<tokenizer::Tokenizer>();
+  } else if (!tok.ok()) {
     Log(tok.status().ToString());
     return 1;
   }

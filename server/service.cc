@@ -27,6 +27,11 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
   return reactor;
 }
 
+absl::Status NoTokenizerError() {
+  return absl::FailedPreconditionError(
+      "the served model has no tokenizer.json: only token ids are accepted");
+}
+
 }  // namespace
 
 SpanServeService::SpanServeService(ServiceOptions options)
@@ -77,6 +82,7 @@ grpc::ServerUnaryReactor* SpanServeService::Tokenize(grpc::CallbackServerContext
                                                      const v1::TokenizeRequest* request,
                                                      v1::TokenizeResponse* response) {
   if (absl::Status s = Admit(*context); !s.ok()) return FinishUnary(context, s);
+  if (tokenizer_ == nullptr) return FinishUnary(context, NoTokenizerError());
   const bool special = !request->has_add_special_tokens() || request->add_special_tokens();
   absl::StatusOr<std::vector<int32_t>> ids = tokenizer_->Encode(request->text(), special);
   if (!ids.ok()) {
@@ -94,6 +100,7 @@ grpc::ServerUnaryReactor* SpanServeService::Detokenize(grpc::CallbackServerConte
                                                        const v1::DetokenizeRequest* request,
                                                        v1::DetokenizeResponse* response) {
   if (absl::Status s = Admit(*context); !s.ok()) return FinishUnary(context, s);
+  if (tokenizer_ == nullptr) return FinishUnary(context, NoTokenizerError());
   const int32_t vocab = engine().info().vocab_size;
   for (int i = 0; i < request->token_ids_size(); ++i) {
     const int32_t id = request->token_ids(i);

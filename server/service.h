@@ -34,7 +34,7 @@ class SpanServeService final : public v1::SpanServe::CallbackService {
   explicit SpanServeService(ServiceOptions options);
 
   // Until this is called every call answers UNAVAILABLE ("loading"). Both must outlive the
-  // service's calls.
+  // service's calls; `tokenizer` may be null (a model without tokenizer.json: token ids only).
   void SetEngine(engine::Engine* engine, const tokenizer::Tokenizer* tokenizer);
   // From now on new calls answer UNAVAILABLE; calls in flight go on.
   void StartDraining();
@@ -46,7 +46,7 @@ class SpanServeService final : public v1::SpanServe::CallbackService {
   absl::Status Admit(const grpc::CallbackServerContext& context) const;
 
   engine::Engine& engine() const { return *engine_.load(); }
-  const tokenizer::Tokenizer& tokenizer() const { return *tokenizer_; }
+  const tokenizer::Tokenizer* tokenizer() const { return tokenizer_; }
   // A call in flight holds one count, so draining knows when the server is idle.
   void CallStarted() { in_flight_.fetch_add(1); }
   void CallFinished() { in_flight_.fetch_sub(1); }

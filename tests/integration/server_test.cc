@@ -469,6 +469,47 @@ TEST(ServerTest, DrainCancelsWhatOutlivesTheGracePeriod) {
   EXPECT_EQ(server.Wait(seconds(30)), std::optional<int>(0)) << server.log();
 }
 
+TEST(ServerTest, ConfigFileSetsFlagsAndTheCommandLineWins) {
+  const std::string dir = MakeTempDir("config");
+  std::ofstream(dir + "/serve.json")
+      << R"({"auth_token": "from-config", "max_waiting_requests": 7, "max_num_seqs": 5})";
+  ServerProcess server({"--config=" + dir + "/serve.json", "--max_num_seqs=3"});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  {
+    grpc::ClientContext context;
+    v1::ModelInfo info;
+    EXPECT_EQ(stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer from-config");
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok());
+  EXPECT_EQ(info.max_waiting_requests(), 7);
+  EXPECT_EQ(info.max_num_seqs(), 3);
+}
+
+TEST(ServerTest, ModelWithoutTokenizerServesTokenIds) {
+  ServerProcess server(
+      {"--model=" + std::string(SPANSERVE_SOURCE_DIR) + "/tests/data/models/span"});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  v1::GenerateRequest r = GreedyRequest("x", 6);
+  for (int id : {1, 5, 9, 13}) r.mutable_prompt()->mutable_token_ids()->add_ids(id);
+  r.mutable_sampling()->set_ignore_eos(true);
+  const StreamResult ok = RunGenerate(*stub, r);
+  ASSERT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(ok.ids().size(), 6u);
+  const StreamResult text = RunGenerate(*stub, GreedyRequest("hello", 2));
+  EXPECT_EQ(text.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(text.status.error_message().find("prompt.text"), std::string::npos);
+  grpc::ClientContext context;
+  v1::TokenizeRequest request;
+  request.set_text("hello");
+  v1::TokenizeResponse response;
+  EXPECT_EQ(stub->Tokenize(&context, request, &response).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
 TEST(ServerTest, ReflectionListsTheService) {
   ServerProcess server({});
   auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(server.Channel());
