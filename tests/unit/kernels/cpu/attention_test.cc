@@ -1,0 +1,225 @@
+#include "kernels/cpu/attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "test_util.h"
+
+namespace spanserve::kernels::cpu {
+namespace {
+
+using testing::BitIdentical;
+using testing::RandomFloats;
+
+struct Shape {
+  int32_t heads;
+  int32_t kv_heads;
+  int32_t head_dim;
+  int32_t block_size;
+};
+
+void PrintTo(const Shape& s, std::ostream* os) {
+  *os << "heads=" << s.heads << " kv_heads=" << s.kv_heads << " head_dim=" << s.head_dim
+      << " block_size=" << s.block_size;
+}
+
+// A paged pool whose unwritten slots are NaN, so reading one poisons the output.
+class Pool {
+ public:
+  Pool(const Shape& s, int32_t num_blocks)
+      : k_(static_cast<size_t>(num_blocks) * s.block_size * s.kv_heads * s.head_dim,
+           std::numeric_limits<float>::quiet_NaN()),
+        v_(k_.size(), std::numeric_limits<float>::quiet_NaN()),
+        free_(num_blocks) {
+    layer_ = {k_.data(), v_.data(), num_blocks, s.block_size, s.kv_heads, s.head_dim};
+    // Shuffled so logical blocks land on scattered, non-monotonic physical blocks.
+    std::iota(free_.begin(), free_.end(), 0);
+    std::shuffle(free_.begin(), free_.end(), std::mt19937(7));
+  }
+  const PagedKvLayer& layer() const { return layer_; }
+
+  std::vector<int32_t> Allocate(int64_t tokens) {
+    std::vector<int32_t> table;
+    for (int64_t t = 0; t < tokens; t += layer_.block_size) {
+      table.push_back(free_.back());
+      free_.pop_back();
+    }
+    return table;
+  }
+
+ private:
+  std::vector<float> k_, v_;
+  std::vector<int32_t> free_;
+  PagedKvLayer layer_;
+};
+
+// Every token of one sequence: q [len, heads, dim], k/v [len, kv_heads, dim].
+struct Sequence {
+  int64_t len;
+  std::vector<float> q, k, v;
+  std::vector<int32_t> table;
+};
+
+Sequence MakeSequence(const Shape& s, Pool& pool, int64_t len, uint32_t seed) {
+  Sequence seq{len, RandomFloats(len * s.heads * s.head_dim, seed, -3.0f, 3.0f),
+               RandomFloats(len * s.kv_heads * s.head_dim, seed + 1),
+               RandomFloats(len * s.kv_heads * s.head_dim, seed + 2), pool.Allocate(len)};
+  return seq;
+}
+
+// One sequence's part of a step: tokens [begin, begin + count) are new.
+struct Part {
+  const Sequence* seq;
+  int64_t begin;
+  int64_t count;
+};
+
+// Writes the new tokens of all parts to the cache and attends them in one batched call;
+// returns out [Σ count, heads, dim].
+std::vector<float> Step(const Shape& s, Pool& pool, const std::vector<Part>& parts, float scale) {
+  const int64_t q_row = int64_t{s.heads} * s.head_dim;
+  const int64_t kv_row = int64_t{s.kv_heads} * s.head_dim;
+  std::vector<float> q, k, v;
+  std::vector<AttentionSeq> seqs;
+  int64_t rows = 0;
+  for (const Part& p : parts) {
+    seqs.push_back(
+        {p.seq->table.data(), static_cast<int32_t>(p.begin), static_cast<int32_t>(p.count), rows});
+    q.insert(q.end(), p.seq->q.begin() + p.begin * q_row,
+             p.seq->q.begin() + (p.begin + p.count) * q_row);
+    k.insert(k.end(), p.seq->k.begin() + p.begin * kv_row,
+             p.seq->k.begin() + (p.begin + p.count) * kv_row);
+    v.insert(v.end(), p.seq->v.begin() + p.begin * kv_row,
+             p.seq->v.begin() + (p.begin + p.count) * kv_row);
+    rows += p.count;
+  }
+  std::vector<float> out(rows * q_row, -1.0f);
+  PagedKvWrite(pool.layer(), seqs.data(), static_cast<int32_t>(seqs.size()), k.data(), v.data());
+  PagedAttention(pool.layer(), seqs.data(), static_cast<int32_t>(seqs.size()), q.data(), s.heads,
+                 scale, out.data());
+  return out;
+}
+
+// Naive causal GQA over the contiguous sequence, in double: out for position `pos`.
+std::vector<double> NaiveAttention(const Shape& s, const Sequence& seq, int64_t pos, float scale) {
+  const int64_t dim = s.head_dim;
+  const int64_t group = s.heads / s.kv_heads;
+  std::vector<double> out(s.heads * dim, 0.0);
+  for (int64_t h = 0; h < s.heads; ++h) {
+    const int64_t kvh = h / group;
+    const float* q = seq.q.data() + (pos * s.heads + h) * dim;
+    std::vector<double> score(pos + 1);
+    for (int64_t t = 0; t <= pos; ++t) {
+      const float* k = seq.k.data() + (t * s.kv_heads + kvh) * dim;
+      double dot = 0;
+      for (int64_t d = 0; d < dim; ++d) dot += static_cast<double>(q[d]) * k[d];
+      score[t] = dot * scale;
+    }
+    const double max = *std::max_element(score.begin(), score.end());
+    double sum = 0;
+    for (double& x : score) sum += (x = std::exp(x - max));
+    for (int64_t t = 0; t <= pos; ++t) {
+      const float* v = seq.v.data() + (t * s.kv_heads + kvh) * dim;
+      for (int64_t d = 0; d < dim; ++d) out[h * dim + d] += score[t] / sum * v[d];
+    }
+  }
+  return out;
+}
+
+class AttentionTest : public ::testing::TestWithParam<Shape> {
+ protected:
+  const Shape& shape() const { return GetParam(); }
+  float scale() const { return 1.0f / std::sqrt(static_cast<float>(shape().head_dim)); }
+  int64_t q_row() const { return int64_t{shape().heads} * shape().head_dim; }
+};
+
+TEST_P(AttentionTest, PagedBatchMatchesNaiveReference) {
+  Pool pool(shape(), 64);
+  const Sequence prompt = MakeSequence(shape(), pool, 37, 100);
+  const Sequence decode = MakeSequence(shape(), pool, 80, 200);
+  const Sequence chunk = MakeSequence(shape(), pool, 21, 300);
+  // Earlier steps filled the cache of `decode` (79 tokens) and `chunk` (12 tokens).
+  Step(shape(), pool, {{&decode, 0, 79}, {&chunk, 0, 12}}, scale());
+  const std::vector<float> out =
+      Step(shape(), pool, {{&prompt, 0, 37}, {&decode, 79, 1}, {&chunk, 12, 9}}, scale());
+
+  int64_t row = 0;
+  for (const Part& p : std::vector<Part>{{&prompt, 0, 37}, {&decode, 79, 1}, {&chunk, 12, 9}}) {
+    for (int64_t j = 0; j < p.count; ++j, ++row) {
+      const std::vector<double> want = NaiveAttention(shape(), *p.seq, p.begin + j, scale());
+      for (int64_t i = 0; i < q_row(); ++i) {
+        ASSERT_NEAR(out[row * q_row() + i], want[i], 1e-5)
+            << "position " << p.begin + j << " element " << i;
+      }
+    }
+  }
+}
+
+TEST_P(AttentionTest, ChunkedPromptIsBitIdenticalToWholePrompt) {
+  Pool pool(shape(), 64);
+  Sequence seq = MakeSequence(shape(), pool, 37, 400);
+  const std::vector<float> whole = Step(shape(), pool, {{&seq, 0, 37}}, scale());
+
+  Pool fresh(shape(), 64);
+  seq.table = fresh.Allocate(37);
+  std::vector<float> chunked;
+  for (int64_t begin = 0; begin < 37; begin += 5) {
+    const std::vector<float> out =
+        Step(shape(), fresh, {{&seq, begin, std::min<int64_t>(5, 37 - begin)}}, scale());
+    chunked.insert(chunked.end(), out.begin(), out.end());
+  }
+  ASSERT_EQ(chunked.size(), whole.size());
+  EXPECT_TRUE(BitIdentical(chunked.data(), whole.data(), static_cast<int64_t>(whole.size())));
+}
+
+TEST_P(AttentionTest, SequenceAloneIsBitIdenticalToSequenceInBatch) {
+  Pool pool(shape(), 64);
+  const Sequence a = MakeSequence(shape(), pool, 50, 500);
+  const Sequence x = MakeSequence(shape(), pool, 45, 600);
+  const Sequence b = MakeSequence(shape(), pool, 9, 700);
+  Step(shape(), pool, {{&a, 0, 44}, {&x, 0, 41}}, scale());
+  const std::vector<float> batch =
+      Step(shape(), pool, {{&a, 44, 6}, {&x, 41, 4}, {&b, 0, 9}}, scale());
+  const std::vector<float> alone = Step(shape(), pool, {{&x, 41, 4}}, scale());
+  EXPECT_TRUE(BitIdentical(batch.data() + 6 * q_row(), alone.data(), 4 * q_row()));
+}
+
+TEST_P(AttentionTest, ResultDoesNotDependOnThreadCount) {
+  Pool pool(shape(), 64);
+  const Sequence a = MakeSequence(shape(), pool, 40, 800);
+  const Sequence b = MakeSequence(shape(), pool, 23, 900);
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const std::vector<float> one = Step(shape(), pool, {{&a, 0, 40}, {&b, 0, 23}}, scale());
+  omp_set_num_threads(3);
+  const std::vector<float> many = Step(shape(), pool, {{&a, 0, 40}, {&b, 0, 23}}, scale());
+  omp_set_num_threads(saved);
+  EXPECT_TRUE(BitIdentical(one.data(), many.data(), static_cast<int64_t>(one.size())));
+}
+
+std::string ShapeName(const ::testing::TestParamInfo<Shape>& info) {
+  const Shape& s = info.param;
+  std::ostringstream name;
+  name << "H" << s.heads << "Kv" << s.kv_heads << "D" << s.head_dim << "B" << s.block_size;
+  return name.str();
+}
+
+// GQA group 3 with a head_dim tail and odd blocks; MHA with 9 vectors per head (8 + 1);
+// Qwen2-0.5B's decode shape.
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
+                         ::testing::Values(Shape{6, 2, 20, 5}, Shape{2, 2, 72, 3},
+                                           Shape{14, 2, 64, 16}),
+                         ShapeName);
+
+}  // namespace
+}  // namespace spanserve::kernels::cpu

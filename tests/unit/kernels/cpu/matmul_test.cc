@@ -1,0 +1,154 @@
+#include "kernels/cpu/matmul.h"
+
+#include <omp.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "test_util.h"
+
+namespace spanserve::kernels::cpu {
+namespace {
+
+using testing::BitIdentical;
+using testing::RandomFloats;
+using testing::StoredWeights;
+using testing::StoreWeights;
+
+struct Reference {
+  std::vector<double> y;        // [m, n]
+  std::vector<double> abs_sum;  // Σ|x·w| + |bias|: the scale f32 rounding errors follow
+};
+
+// y[i, j] = Σ_p x[i, p]·w[j, p] + bias[j] in double over the widened weights.
+Reference NaiveMatMul(const std::vector<float>& x, int64_t m, const std::vector<float>& w,
+                      int64_t n, int64_t k, const std::vector<float>* bias) {
+  Reference ref{std::vector<double>(m * n), std::vector<double>(m * n)};
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double s = bias ? (*bias)[j] : 0.0;
+      double a = bias ? std::fabs((*bias)[j]) : 0.0;
+      for (int64_t p = 0; p < k; ++p) {
+        const double prod = static_cast<double>(x[i * k + p]) * w[j * k + p];
+        s += prod;
+        a += std::fabs(prod);
+      }
+      ref.y[i * n + j] = s;
+      ref.abs_sum[i * n + j] = a;
+    }
+  }
+  return ref;
+}
+
+class MatMulTest : public ::testing::TestWithParam<DType> {
+ protected:
+  // Checks MatMul on [m, k] × [n, k]ᵀ against the double reference.
+  void CheckAgainstReference(int64_t m, int64_t n, int64_t k, bool with_bias) {
+    SCOPED_TRACE(::testing::Message()
+                 << "m=" << m << " n=" << n << " k=" << k << " bias=" << with_bias);
+    const std::vector<float> x = RandomFloats(m * k, 1);
+    const StoredWeights w = StoreWeights(RandomFloats(n * k, 2), GetParam());
+    const StoredWeights b = StoreWeights(RandomFloats(n, 3), GetParam());
+    const WeightVector bias = b.Vector();
+    std::vector<float> y(m * n, -7.0f);
+    MatMul(x.data(), m, w.Matrix(n, k), with_bias ? &bias : nullptr, y.data());
+    const Reference ref = NaiveMatMul(x, m, w.widened, n, k, with_bias ? &b.widened : nullptr);
+    for (int64_t i = 0; i < m * n; ++i) {
+      ASSERT_NEAR(y[i], ref.y[i], 1e-5 * ref.abs_sum[i] + 1e-30) << "at " << i / n << "," << i % n;
+    }
+  }
+};
+
+TEST_P(MatMulTest, MatchesDoubleReferenceOnOddShapes) {
+  for (int64_t m : {1, 3, 17, 64}) {
+    CheckAgainstReference(m, /*n=*/45, /*k=*/67, /*with_bias=*/false);
+    CheckAgainstReference(m, /*n=*/45, /*k=*/67, /*with_bias=*/true);
+  }
+}
+
+TEST_P(MatMulTest, MatchesDoubleReferenceAcrossXTilesAndPanels) {
+  // k = 2051 makes x tiles of 28 rows (two tiles for m = 40) and a 3-element k-tail;
+  // n = 53 leaves partial panels and partial micro-kernels.
+  CheckAgainstReference(/*m=*/40, /*n=*/53, /*k=*/2051, /*with_bias=*/true);
+  CheckAgainstReference(/*m=*/2, /*n=*/131, /*k=*/5, /*with_bias=*/false);
+  CheckAgainstReference(/*m=*/5, /*n=*/7, /*k=*/8, /*with_bias=*/false);
+}
+
+// Each row of a batched product must be bit-identical to that row computed alone.
+void ExpectBatchInvariant(DType dtype, int64_t m, int64_t n, int64_t k) {
+  SCOPED_TRACE(::testing::Message() << "m=" << m << " n=" << n << " k=" << k);
+  const std::vector<float> x = RandomFloats(m * k, 11);
+  const StoredWeights w = StoreWeights(RandomFloats(n * k, 12), dtype);
+  const StoredWeights b = StoreWeights(RandomFloats(n, 13), dtype);
+  const WeightVector bias = b.Vector();
+  std::vector<float> batched(m * n);
+  MatMul(x.data(), m, w.Matrix(n, k), &bias, batched.data());
+  std::vector<float> alone(n);
+  for (int64_t i = 0; i < m; ++i) {
+    MatMul(x.data() + i * k, 1, w.Matrix(n, k), &bias, alone.data());
+    for (int64_t j = 0; j < n; ++j) {
+      EXPECT_EQ(batched[i * n + j], alone[j]) << "row " << i << " col " << j;
+    }
+  }
+  // Row i at a different place in a smaller batch (rows i-2, i-1, i) lands in another
+  // micro-kernel shape.
+  for (int64_t i = 2; i < m; i += 5) {
+    std::vector<float> three(3 * n);
+    MatMul(x.data() + (i - 2) * k, 3, w.Matrix(n, k), &bias, three.data());
+    EXPECT_TRUE(BitIdentical(three.data() + 2 * n, batched.data() + i * n, n)) << "row " << i;
+  }
+}
+
+TEST_P(MatMulTest, RowsAreBitIdenticalWhateverTheBatch) {
+  ExpectBatchInvariant(GetParam(), /*m=*/37, /*n=*/45, /*k=*/67);
+  ExpectBatchInvariant(GetParam(), /*m=*/37, /*n=*/29, /*k=*/2051);
+}
+
+TEST_P(MatMulTest, ResultDoesNotDependOnThreadCount) {
+  const int64_t m = 19, n = 101, k = 203;
+  const std::vector<float> x = RandomFloats(m * k, 21);
+  const StoredWeights w = StoreWeights(RandomFloats(n * k, 22), GetParam());
+  std::vector<float> one(m * n), many(m * n);
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  MatMul(x.data(), m, w.Matrix(n, k), nullptr, one.data());
+  omp_set_num_threads(3);
+  MatMul(x.data(), m, w.Matrix(n, k), nullptr, many.data());
+  omp_set_num_threads(saved);
+  EXPECT_TRUE(BitIdentical(one.data(), many.data(), m * n));
+}
+
+INSTANTIATE_TEST_SUITE_P(AllWeightTypes, MatMulTest,
+                         ::testing::Values(DType::kF32, DType::kBF16, DType::kF16),
+                         testing::DTypeParamName);
+
+TEST(MatMul, BiasOnlyWhenKIsZero) {
+  const float bias_values[3] = {1.5f, -2.0f, 0.25f};
+  const WeightVector bias{bias_values, DType::kF32, 3};
+  const WeightMatrix w{bias_values, DType::kF32, /*rows=*/3, /*cols=*/0};
+  float y[6];
+  MatMul(bias_values, 2, w, &bias, y);
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(y[i], bias_values[i % 3]);
+}
+
+class EmbeddingTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(EmbeddingTest, CopiesWidenedRows) {
+  const int64_t vocab = 11, dim = 19;
+  const StoredWeights table = StoreWeights(RandomFloats(vocab * dim, 31), GetParam());
+  const int32_t ids[4] = {3, 0, 10, 3};
+  std::vector<float> out(4 * dim);
+  EmbeddingLookup(table.Matrix(vocab, dim), ids, 4, out.data());
+  for (int t = 0; t < 4; ++t) {
+    EXPECT_TRUE(BitIdentical(out.data() + t * dim, table.widened.data() + ids[t] * dim, dim));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllWeightTypes, EmbeddingTest,
+                         ::testing::Values(DType::kF32, DType::kBF16, DType::kF16),
+                         testing::DTypeParamName);
+
+}  // namespace
+}  // namespace spanserve::kernels::cpu

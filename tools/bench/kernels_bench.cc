@@ -1,0 +1,201 @@
+// Micro-benchmarks of the CPU kernels, with the counters needed to read decode GEMV as a
+// fraction of memory bandwidth (weight_bytes/s ÷ BM_MemoryRead bytes/s) and prefill GEMM as
+// FLOP/s. Run with OMP_NUM_THREADS set to the cores in use; see docs/KERNELS.md.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "common/dtype.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/matmul.h"
+
+namespace spanserve::kernels::cpu {
+namespace {
+
+constexpr int64_t kMiB = int64_t{1} << 20;
+// Larger than any last-level cache here (35.8 MiB), so a sweep over it comes from DRAM.
+constexpr int64_t kColdBytes = 256 * kMiB;
+
+std::vector<float> RandomFloats(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& f : v) f = dist(rng);
+  return v;
+}
+
+// `copies` independent [n, k] weight matrices in one buffer, stored as `dtype`.
+struct WeightSet {
+  std::vector<uint8_t> bytes;
+  int64_t matrix_bytes = 0;
+  int64_t copies = 0;
+};
+
+WeightSet MakeWeights(int64_t n, int64_t k, DType dtype, int64_t copies) {
+  const std::vector<float> values = RandomFloats(n * k, 1);
+  WeightSet set;
+  set.matrix_bytes = n * k * static_cast<int64_t>(DTypeSize(dtype));
+  set.copies = copies;
+  set.bytes.resize(set.matrix_bytes * copies);
+  std::vector<uint8_t> one(set.matrix_bytes);
+  for (int64_t i = 0; i < n * k; ++i) {
+    if (dtype == DType::kF32) {
+      std::memcpy(one.data() + 4 * i, &values[i], 4);
+    } else {
+      const uint16_t h = dtype == DType::kBF16 ? F32ToBf16(values[i]) : F32ToF16(values[i]);
+      std::memcpy(one.data() + 2 * i, &h, 2);
+    }
+  }
+  for (int64_t c = 0; c < copies; ++c) {
+    std::memcpy(set.bytes.data() + c * set.matrix_bytes, one.data(), set.matrix_bytes);
+  }
+  return set;
+}
+
+// y = x·Wᵀ. cold: each iteration uses the next of enough weight copies to fill kColdBytes,
+// so weights stream from DRAM as they do in a real decode step over all layers; hot: one
+// copy, which for these shapes may sit in the last-level cache.
+void BM_MatMul(benchmark::State& state, int64_t n, int64_t k, int64_t m, DType dtype, bool cold) {
+  const int64_t matrix_bytes = n * k * static_cast<int64_t>(DTypeSize(dtype));
+  const int64_t copies = cold ? (kColdBytes + matrix_bytes - 1) / matrix_bytes : 1;
+  const WeightSet weights = MakeWeights(n, k, dtype, copies);
+  const std::vector<float> x = RandomFloats(m * k, 2);
+  std::vector<float> y(m * n);
+  int64_t c = 0;
+  for (auto _ : state) {
+    const WeightMatrix w{weights.bytes.data() + c * matrix_bytes, dtype, n, k};
+    MatMul(x.data(), m, w, nullptr, y.data());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+    if (++c == copies) c = 0;
+  }
+  state.counters["weight_bytes/s"] = benchmark::Counter(
+      static_cast<double>(matrix_bytes), benchmark::Counter::kIsIterationInvariantRate,
+      benchmark::Counter::kIs1024);
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(m * n * k),
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Sums a 256 MiB buffer with every OpenMP thread: the read bandwidth the GEMV competes for.
+void BM_MemoryRead(benchmark::State& state) {
+  const int64_t floats = kColdBytes / 4;
+  std::vector<float> buffer(floats, 1.0f);
+  for (auto _ : state) {
+    float total = 0.0f;
+#pragma omp parallel reduction(+ : total)
+    {
+      const int64_t threads = omp_get_num_threads();
+      const int64_t per = (floats / threads) & ~int64_t{31};
+      const int64_t begin = omp_get_thread_num() * per;
+      const int64_t end = omp_get_thread_num() == threads - 1 ? floats : begin + per;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      int64_t i = begin;
+      for (; i + 32 <= end; i += 32) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(buffer.data() + i));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(buffer.data() + i + 8));
+        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(buffer.data() + i + 16));
+        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(buffer.data() + i + 24));
+      }
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+      for (float l : lanes) total += l;
+      for (; i < end; ++i) total += buffer[i];
+    }
+    benchmark::DoNotOptimize(total);
+  }
+  state.counters["bytes/s"] = benchmark::Counter(static_cast<double>(kColdBytes),
+                                                 benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1024);
+}
+
+// One decode step of attention (one new token per sequence) over `context` cached tokens,
+// Qwen2-0.5B shape: 14 query heads, 2 kv heads, head_dim 64, blocks of 16.
+void BM_AttentionDecode(benchmark::State& state, int32_t seqs, int32_t context) {
+  const int32_t heads = 14, kv_heads = 2, head_dim = 64, block_size = 16;
+  const int32_t blocks_per_seq = (context + block_size) / block_size;
+  const int32_t num_blocks = blocks_per_seq * seqs;
+  const int64_t pool = int64_t{num_blocks} * block_size * kv_heads * head_dim;
+  std::vector<float> k = RandomFloats(pool, 3), v = RandomFloats(pool, 4);
+  PagedKvLayer layer{k.data(), v.data(), num_blocks, block_size, kv_heads, head_dim};
+  // Interleave sequences' blocks, as a pool that served many requests would.
+  std::vector<int32_t> tables(num_blocks);
+  for (int32_t b = 0; b < num_blocks; ++b) tables[b] = (b % seqs) * blocks_per_seq + b / seqs;
+  std::vector<AttentionSeq> batch(seqs);
+  for (int32_t s = 0; s < seqs; ++s) {
+    batch[s] = {tables.data() + s * blocks_per_seq, context - 1, 1, s};
+  }
+  const std::vector<float> q = RandomFloats(int64_t{seqs} * heads * head_dim, 5);
+  std::vector<float> out(q.size());
+  for (auto _ : state) {
+    PagedAttention(layer, batch.data(), seqs, q.data(), heads, 0.125f, out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  const double kv_bytes = 2.0 * seqs * context * kv_heads * head_dim * sizeof(float);
+  state.counters["kv_bytes/s"] = benchmark::Counter(
+      kv_bytes, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1024);
+}
+
+std::string DTypeLabel(DType t) {
+  switch (t) {
+    case DType::kF32:
+      return "f32";
+    case DType::kBF16:
+      return "bf16";
+    case DType::kF16:
+      return "f16";
+  }
+  return "?";
+}
+
+void RegisterAll() {
+  struct Shape {
+    int64_t n, k;
+  };
+  // Qwen2-0.5B: attention output / q projection, and the MLP gate / up projection.
+  const Shape shapes[] = {{896, 896}, {4864, 896}};
+  for (const Shape& s : shapes) {
+    for (DType dtype : {DType::kBF16, DType::kF32}) {
+      const std::string shape = std::to_string(s.n) + "x" + std::to_string(s.k);
+      for (int64_t m : {1, 16}) {
+        for (bool cold : {true, false}) {
+          const std::string name = std::string(cold ? "MatMulDecodeCold/" : "MatMulDecodeHot/") +
+                                   DTypeLabel(dtype) + "/" + shape + "/m:" + std::to_string(m);
+          benchmark::RegisterBenchmark(name.c_str(), BM_MatMul, s.n, s.k, m, dtype, cold)
+              ->UseRealTime()
+              ->Unit(benchmark::kMicrosecond);
+        }
+      }
+      const std::string name = "MatMulPrefill/" + DTypeLabel(dtype) + "/" + shape + "/m:512";
+      benchmark::RegisterBenchmark(name.c_str(), BM_MatMul, s.n, s.k, 512, dtype, false)
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
+    }
+  }
+  benchmark::RegisterBenchmark("MemoryRead/256MiB", BM_MemoryRead)
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+  for (int32_t seqs : {1, 8}) {
+    const std::string name = "AttentionDecode/context:512/seqs:" + std::to_string(seqs);
+    benchmark::RegisterBenchmark(name.c_str(), BM_AttentionDecode, seqs, 512)
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond);
+  }
+}
+
+}  // namespace
+}  // namespace spanserve::kernels::cpu
+
+int main(int argc, char** argv) {
+  spanserve::kernels::cpu::RegisterAll();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
