@@ -2,6 +2,8 @@
 // sending its next request when the last one ends) or an open Poisson arrival rate.
 // Reports TTFT, TPOT (per-request mean time per output token), ITL (gaps between streamed
 // chunks) and end-to-end latency percentiles, plus token throughput, as JSON on stdout.
+// server_ttft_s is the engine's own TTFT from the final chunk; ttft_overhead_s (client TTFT
+// minus it) is what gRPC, the server and the client add.
 //   grpc_load --address=127.0.0.1:50051 --concurrency=64 --requests=512 --max_tokens=64
 //   grpc_load --rate=20 --requests=200
 #include <algorithm>
@@ -29,6 +31,8 @@ ABSL_FLAG(double, rate, 0, "open loop: Poisson arrivals per second (0: closed lo
 ABSL_FLAG(int, requests, 256, "requests in total");
 ABSL_FLAG(int, max_tokens, 64, "tokens per request (EOS ignored, so exactly this many)");
 ABSL_FLAG(std::string, prompt, "And God said unto Moses,", "prompt text");
+ABSL_FLAG(std::vector<std::string>, prompt_ids, {},
+          "prompt token ids instead of text (for models without tokenizer.json)");
 ABSL_FLAG(int, channels, 4, "gRPC channels (connections) the clients share round-robin");
 
 namespace {
@@ -39,6 +43,7 @@ using Clock = std::chrono::steady_clock;
 struct Sample {
   bool ok = false;
   double ttft_s = 0;
+  double server_ttft_s = 0;
   double e2e_s = 0;
   int tokens = 0;
   std::vector<double> itl_s;
@@ -46,7 +51,13 @@ struct Sample {
 
 Sample RunOne(v1::SpanServe::Stub& stub) {
   v1::GenerateRequest request;
-  request.mutable_prompt()->set_text(absl::GetFlag(FLAGS_prompt));
+  if (const auto ids = absl::GetFlag(FLAGS_prompt_ids); !ids.empty()) {
+    for (const std::string& id : ids) {
+      request.mutable_prompt()->mutable_token_ids()->add_ids(std::stoi(id));
+    }
+  } else {
+    request.mutable_prompt()->set_text(absl::GetFlag(FLAGS_prompt));
+  }
   request.mutable_sampling()->set_temperature(0.0f);
   request.mutable_sampling()->set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
   request.mutable_sampling()->set_ignore_eos(true);
@@ -60,6 +71,7 @@ Sample RunOne(v1::SpanServe::Stub& stub) {
   auto reader = stub.Generate(&context, request);
   v1::GenerateChunk chunk;
   while (reader->Read(&chunk)) {
+    if (chunk.has_final()) s.server_ttft_s = chunk.final().timings().ttft_s();
     if (chunk.token_ids_size() == 0) continue;
     const auto now = Clock::now();
     if (s.tokens == 0) {
@@ -126,7 +138,7 @@ int main(int argc, char** argv) {
   }
   for (auto& t : threads) t.join();
   const double wall_s = std::chrono::duration<double>(Clock::now() - start).count();
-  std::vector<double> ttft, tpot, itl, e2e;
+  std::vector<double> ttft, server_ttft, overhead, tpot, itl, e2e;
   int64_t tokens = 0;
   int failed = 0;
   for (const Sample& s : samples) {
@@ -136,6 +148,8 @@ int main(int argc, char** argv) {
     }
     tokens += s.tokens;
     ttft.push_back(s.ttft_s);
+    server_ttft.push_back(s.server_ttft_s);
+    overhead.push_back(s.ttft_s - s.server_ttft_s);
     e2e.push_back(s.e2e_s);
     if (s.tokens > 1) tpot.push_back((s.e2e_s - s.ttft_s) / (s.tokens - 1));
     itl.insert(itl.end(), s.itl_s.begin(), s.itl_s.end());
@@ -143,10 +157,11 @@ int main(int argc, char** argv) {
   std::printf(
       "{\"mode\":\"%s\",\"concurrency\":%d,\"rate\":%.3f,\"requests\":%d,\"failed\":%d,"
       "\"max_tokens\":%d,\"wall_s\":%.3f,\"output_tokens\":%lld,\"output_tokens_per_s\":%.1f,"
-      "\"requests_per_s\":%.2f,\"ttft_s\":%s,\"tpot_s\":%s,\"itl_s\":%s,\"e2e_s\":%s}\n",
+      "\"requests_per_s\":%.2f,\"ttft_s\":%s,\"server_ttft_s\":%s,\"ttft_overhead_s\":%s,\"tpot_"
+      "s\":%s,\"itl_s\":%s,\"e2e_s\":%s}\n",
       rate > 0 ? "poisson" : "closed", absl::GetFlag(FLAGS_concurrency), rate, total, failed,
       absl::GetFlag(FLAGS_max_tokens), wall_s, static_cast<long long>(tokens), tokens / wall_s,
-      (total - failed) / wall_s, Stats(ttft).c_str(), Stats(tpot).c_str(), Stats(itl).c_str(),
-      Stats(e2e).c_str());
+      (total - failed) / wall_s, Stats(ttft).c_str(), Stats(server_ttft).c_str(),
+      Stats(overhead).c_str(), Stats(tpot).c_str(), Stats(itl).c_str(), Stats(e2e).c_str());
   return failed == 0 ? 0 : 1;
 }
