@@ -22,6 +22,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -286,6 +287,13 @@ int Run(const sigset_t& signals) {
 
 int main(int argc, char** argv) {
   const sigset_t signals = spanserve::server::BlockShutdownSignals();
+  // --help lists this file's flags (absl matches by program name, which has a dash).
+  absl::FlagsUsageConfig usage_config;
+  usage_config.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server_main.cc");
+  };
+  usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage_config);
   absl::SetProgramUsageMessage(
       "Serves a SpanServe model over gRPC (spanserve.v1.SpanServe, grpc.health.v1.Health, "
       "server reflection).\nUsage: spanserve-server --model=DIR --listen=HOST:PORT [flags]");

@@ -21,6 +21,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "spanserve/v1/spanserve.grpc.pb.h"
 
@@ -104,6 +106,13 @@ std::string Stats(const std::vector<double>& v) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --help lists this file's flags (absl matches by program name, which has a dash).
+  absl::FlagsUsageConfig usage_config;
+  usage_config.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "grpc_load.cc");
+  };
+  usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage_config);
   absl::SetProgramUsageMessage("Load generator for spanserve-server; JSON results on stdout.");
   absl::ParseCommandLine(argc, argv);
   const int total = absl::GetFlag(FLAGS_requests);
