@@ -278,5 +278,30 @@ TEST(ModelTest, LoadErrorsNameTheTensor) {
   }
 }
 
+// An MoE config that disagrees with its checkpoint (one more expert: the router is
+// misshapen; a wider expert: the expert's projections are) names the tensor at fault.
+TEST(ModelTest, MoeFaultsNameTheTensor) {
+  const fs::path src = CaseDir("moe_qwen2_span");
+  const fs::path dir = fs::path(::testing::TempDir()) / "moe_missing_expert";
+  fs::create_directories(dir);
+  std::ifstream in(src / "config.json");
+  nlohmann::json cfg = nlohmann::json::parse(in);
+  const int experts = cfg.at("num_experts").get<int>();
+  cfg["num_experts"] = experts + 1;
+  std::ofstream(dir / "config.json") << cfg.dump();
+  fs::copy_file(src / "model.safetensors", dir / "model.safetensors",
+                fs::copy_options::overwrite_existing);
+  auto model = Model::Load(dir.string());
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument) << model.status();
+  EXPECT_THAT(model.status().message(), HasSubstr(".mlp.gate.weight"));
+  cfg["num_experts"] = experts;
+  cfg["moe_intermediate_size"] = cfg.at("moe_intermediate_size").get<int>() + 1;
+  std::ofstream(dir / "config.json") << cfg.dump();
+  model = Model::Load(dir.string());
+  ASSERT_FALSE(model.ok());
+  EXPECT_THAT(model.status().message(), HasSubstr(".mlp.experts.0.gate_proj.weight"));
+}
+
 }  // namespace
 }  // namespace spanserve::model
