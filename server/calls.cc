@@ -29,9 +29,12 @@ absl::Status EndStatus(const engine::FinalInfo& final, const SpanServeService& s
   return FinishStatus(final);
 }
 
-// One structured (JSON) line per finished request on stderr, for log shippers.
-void LogRequestFinished(absl::string_view rpc, const engine::FinalInfo& final, engine::RequestId id,
+// One structured (JSON) line per finished request on stderr, for log shippers; also feeds
+// the metrics.
+void LogRequestFinished(const SpanServeService& service, absl::string_view rpc,
+                        const engine::FinalInfo& final, engine::RequestId id,
                         absl::string_view client_request_id, const absl::Status& status) {
+  if (service.metrics() != nullptr) service.metrics()->RecordFinished(final);
   const std::string line = absl::StrFormat(
       "{\"event\":\"request_finished\",\"rpc\":\"%s\",\"id\":%d,\"client_request_id\":\"%s\","
       "\"prompt_tokens\":%d,\"generated_tokens\":%d,\"cached_prompt_tokens\":%d,"
@@ -111,7 +114,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
       if (is_final) {
         final_status_ = EndStatus(*out.final, *service_);
         if (final_status_->ok()) ToFinalInfo(*out.final, pending_->mutable_final());
-        LogRequestFinished("Generate", *out.final, out.id, client_request_id_,
+        LogRequestFinished(*service_, "Generate", *out.final, out.id, client_request_id_,
                            client_gone_ ? absl::CancelledError() : *final_status_);
       }
     }
@@ -306,7 +309,7 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
         --remaining_;
         const absl::Status s = EndStatus(*out.final, *service_);
         if (!s.ok() && error_.ok()) error_ = s;
-        LogRequestFinished("Score", *out.final, out.id, "", s);
+        LogRequestFinished(*service_, "Score", *out.final, out.id, "", s);
       }
     }
     if (is_final) {

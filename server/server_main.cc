@@ -42,6 +42,8 @@ ABSL_FLAG(std::string, device, "cpu", "compute device (only 'cpu' in this build)
 ABSL_FLAG(int, threads, 0, "model compute threads (0: all cores)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "gRPC bind address host:port (port 0 picks a free one; see --port_file)");
+ABSL_FLAG(std::string, metrics_address, "",
+          "serve Prometheus text on http://<this>/metrics (host:port; empty: off)");
 ABSL_FLAG(std::string, port_file, "", "write the bound port here once listening");
 ABSL_FLAG(int64_t, kv_cache_bytes, 0,
           "KV pool size in bytes (0: --kv_cache_memory_fraction of available memory)");
@@ -194,6 +196,17 @@ int Run(const sigset_t& signals) {
       .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens),
       .max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests),
   };
+  std::unique_ptr<ServerMetrics> metrics;
+  if (const std::string addr = absl::GetFlag(FLAGS_metrics_address); !addr.empty()) {
+    absl::StatusOr<std::unique_ptr<ServerMetrics>> m = ServerMetrics::Start(addr);
+    if (!m.ok()) {
+      Log(m.status().ToString());
+      return 1;
+    }
+    metrics = *std::move(m);
+    std::printf("spanserve-server: metrics on http://%s/metrics\n", addr.c_str());
+    service_options.metrics = metrics.get();
+  }
   SpanServeService service(service_options);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -249,6 +262,7 @@ int Run(const sigset_t& signals) {
     return 1;
   }
   service.SetEngine(engine->get(), tok->get());
+  if (metrics) metrics->WatchEngine(engine->get());
   health->SetServingStatus(true);
   health->SetServingStatus(kServiceName, true);
   const engine::EngineInfo& info = (*engine)->info();
@@ -277,6 +291,7 @@ int Run(const sigset_t& signals) {
   (*engine)->Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   server.reset();
+  if (metrics) metrics->StopPolling();
   engine->reset();
   Log("drained; exiting");
   return 0;

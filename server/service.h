@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "runtime/engine/engine.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "server/metrics.h"
 #include "spanserve/v1/spanserve.grpc.pb.h"
 
 namespace spanserve::server {
@@ -27,6 +28,8 @@ struct ServiceOptions {
   int32_t max_num_seqs = 0;
   int32_t max_batched_tokens = 0;
   int32_t max_waiting_requests = 0;
+  // Optional; must outlive the service.
+  ServerMetrics* metrics = nullptr;
 };
 
 class SpanServeService final : public v1::SpanServe::CallbackService {
@@ -39,6 +42,7 @@ class SpanServeService final : public v1::SpanServe::CallbackService {
   // From now on new calls answer UNAVAILABLE; calls in flight go on.
   void StartDraining();
   bool draining() const { return draining_.load(); }
+  ServerMetrics* metrics() const { return options_.metrics; }
   // Generate and Score calls not yet finished.
   int32_t num_in_flight() const { return in_flight_.load(); }
 

@@ -1,6 +1,10 @@
 // End-to-end tests of spanserve-server: the real binary on a loopback port, a real gRPC
 // client (DESIGN.md §8, issue 6).
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -508,6 +512,49 @@ TEST(ServerTest, ModelWithoutTokenizerServesTokenIds) {
   v1::TokenizeResponse response;
   EXPECT_EQ(stub->Tokenize(&context, request, &response).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+// A loopback port free at the time of asking (the server binds it right after).
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(port);
+  std::string response;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    const std::string request = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    (void)!write(fd, request.data(), request.size());
+    char buf[4096];
+    for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) response.append(buf, n);
+  }
+  close(fd);
+  return response;
+}
+
+TEST(ServerTest, PrometheusMetrics) {
+  const int metrics_port = FreePort();
+  ServerProcess server({"--metrics_address=127.0.0.1:" + std::to_string(metrics_port)});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  ASSERT_TRUE(RunGenerate(*stub, GreedyRequest("And God said", 8)).status.ok());
+  const std::string text = HttpGet(metrics_port, "/metrics");
+  EXPECT_NE(text.find("spanserve_request_success_total{finished_reason=\"length\"} 1"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("spanserve_time_to_first_token_seconds_count 1"), std::string::npos);
+  EXPECT_NE(text.find("spanserve_kv_cache_usage_ratio"), std::string::npos);
 }
 
 TEST(ServerTest, ReflectionListsTheService) {
