@@ -267,6 +267,41 @@ TEST(ServerTest, CancellationMidStreamFreesTheRequest) {
   EXPECT_TRUE(RunGenerate(*stub, GreedyRequest("And", 2)).status.ok());
 }
 
+TEST(ServerTest, ClientsVanishingAtRandomPointsLeaveTheServerHealthy) {
+  ServerProcess server({});
+  auto channel = server.Channel();
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 32; ++i) {
+    threads.emplace_back([&, i] {
+      auto stub = v1::SpanServe::NewStub(channel);
+      for (int round = 0; round < 4; ++round) {
+        grpc::ClientContext context;
+        // Some calls expire, the others are cancelled after 0..7 chunks.
+        if ((i + round) % 3 == 0) {
+          context.set_deadline(std::chrono::system_clock::now() + milliseconds(5 + 7 * i));
+        }
+        v1::GenerateRequest r = GreedyRequest("And God said", 200);
+        r.mutable_sampling()->set_ignore_eos(true);
+        auto reader = stub->Generate(&context, r);
+        v1::GenerateChunk chunk;
+        for (int k = 0; k < (i * 7 + round) % 8 && reader->Read(&chunk); ++k) {
+        }
+        context.TryCancel();
+        while (reader->Read(&chunk)) {
+        }
+        reader->Finish();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  auto stub = v1::SpanServe::NewStub(channel);
+  EXPECT_TRUE(WaitForIdleEngine(*stub, milliseconds(5000)));
+  const StreamResult after = RunGenerate(*stub, GreedyRequest("And God said", 8));
+  EXPECT_TRUE(after.status.ok()) << after.status.error_message();
+  server.Signal(SIGTERM);
+  EXPECT_EQ(server.Wait(seconds(30)), std::optional<int>(0)) << server.log();
+}
+
 TEST(ServerTest, AbortByRequestId) {
   ServerProcess server({});
   auto stub = v1::SpanServe::NewStub(server.Channel());
