@@ -528,6 +528,27 @@ TEST(ServerTest, ConfigFileSetsFlagsAndTheCommandLineWins) {
   EXPECT_EQ(info.max_num_seqs(), 3);
 }
 
+TEST(ServerTest, MoeModelReportsExpertLoad) {
+  ServerProcess server(
+      {"--model=" + std::string(SPANSERVE_SOURCE_DIR) + "/models/spanserve-span-moe-12l"});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  ASSERT_TRUE(RunGenerate(*stub, GreedyRequest("And God said", 8)).status.ok());
+  const v1::ModelInfo info = Info(*stub);
+  EXPECT_TRUE(info.is_moe());
+  grpc::ClientContext context;
+  v1::ExpertLoad load;
+  ASSERT_TRUE(stub->GetExpertLoad(&context, v1::GetExpertLoadRequest(), &load).ok());
+  ASSERT_GT(load.layers_size(), 0);
+  for (const v1::LayerExpertLoad& layer : load.layers()) {
+    ASSERT_EQ(layer.tokens_size(), info.num_experts());
+    int64_t routed = 0;
+    for (int64_t n : layer.tokens()) routed += n;
+    // Each token goes to experts_per_token experts; the warm-up and this request ran.
+    EXPECT_GT(routed, 0);
+    EXPECT_EQ(routed % info.experts_per_token(), 0);
+  }
+}
+
 TEST(ServerTest, ModelWithoutTokenizerServesTokenIds) {
   ServerProcess server(
       {"--model=" + std::string(SPANSERVE_SOURCE_DIR) + "/tests/data/models/span"});
