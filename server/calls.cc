@@ -1,11 +1,14 @@
 #include "server/calls.h"
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -45,6 +48,43 @@ void LogRequestFinished(const SpanServeService& service, absl::string_view rpc,
       std::string(engine::FinishReasonName(final.reason)), absl::StatusCodeToString(status.code()));
   std::fputs(line.c_str(), stderr);
 }
+
+// Runs tasks on one thread of its own. The engine thread hands writes to it rather than
+// starting them itself: gRPC may do transport work inline in StartWrite, and time the
+// engine thread spends there is added to every request's step.
+class Relay {
+ public:
+  static Relay& Get() {
+    static Relay* relay = new Relay();  // lives as long as the process: calls may outlive main
+    return *relay;
+  }
+  void Post(std::function<void()> task) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      tasks_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  Relay() {
+    std::thread([this] {
+      std::vector<std::function<void()>> batch;
+      for (;;) {
+        {
+          std::unique_lock<std::mutex> lock(mu_);
+          cv_.wait(lock, [this] { return !tasks_.empty(); });
+          batch.swap(tasks_);
+        }
+        for (auto& task : batch) task();
+        batch.clear();
+      }
+    }).detach();
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::function<void()>> tasks_;
+};
 
 class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
  public:
@@ -104,11 +144,18 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
   }
 
   // Engine thread: coalesce the output into the pending chunk, so a slow client gets fewer,
-  // larger chunks instead of an unbounded queue.
+  // larger chunks instead of an unbounded queue, and have the relay send it.
   void OnOutput(engine::RequestOutput&& out) {
     const bool is_final = out.final.has_value();
+    bool schedule = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      // A write in flight pumps again when done; a scheduled pump will see this output.
+      schedule = !writing_ && !pump_scheduled_ && !finish_called_;
+      if (schedule) {
+        pump_scheduled_ = true;
+        refs_.fetch_add(1);  // the relay's, until its pump has run
+      }
       if (!pending_) pending_.emplace();
       AppendOutput(out, service_->tokenizer(), &*pending_);
       if (is_final) {
@@ -118,7 +165,16 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
                            client_gone_ ? absl::CancelledError() : *final_status_);
       }
     }
-    Pump();
+    if (schedule) {
+      Relay::Get().Post([this] {
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          pump_scheduled_ = false;
+        }
+        Pump();
+        Unref();
+      });
+    }
     if (is_final) Unref();
   }
 
@@ -194,6 +250,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
   v1::GenerateChunk current_;                 // the chunk being written
   std::optional<absl::Status> final_status_;  // set once the engine delivered the final output
   bool writing_ = false;
+  bool pump_scheduled_ = false;  // a relay task will call Pump
   bool client_gone_ = false;
   bool finish_called_ = false;
 };
