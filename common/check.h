@@ -24,19 +24,18 @@ std::string CheckOpMessage(const char* expr, const A& a, const B& b) {
 
 }  // namespace spanserve::internal
 
-#define SPANSERVE_CHECK(cond)                                             \
-  do {                                                                    \
+#define SPANSERVE_CHECK(cond)                                                 \
+  do {                                                                        \
     if (!(cond)) ::spanserve::internal::CheckFail(__FILE__, __LINE__, #cond); \
   } while (0)
 
-#define SPANSERVE_CHECK_OP(op, a, b)                                                  \
-  do {                                                                                \
-    const auto& _a = (a);                                                             \
-    const auto& _b = (b);                                                             \
-    if (!(_a op _b))                                                                  \
-      ::spanserve::internal::CheckFail(                                               \
-          __FILE__, __LINE__,                                                         \
-          ::spanserve::internal::CheckOpMessage(#a " " #op " " #b, _a, _b));          \
+#define SPANSERVE_CHECK_OP(op, a, b)                                                             \
+  do {                                                                                           \
+    const auto& _a = (a);                                                                        \
+    const auto& _b = (b);                                                                        \
+    if (!(_a op _b))                                                                             \
+      ::spanserve::internal::CheckFail(                                                          \
+          __FILE__, __LINE__, ::spanserve::internal::CheckOpMessage(#a " " #op " " #b, _a, _b)); \
   } while (0)
 
 #define SPANSERVE_CHECK_EQ(a, b) SPANSERVE_CHECK_OP(==, a, b)

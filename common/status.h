@@ -9,11 +9,11 @@
 #define SPANSERVE_CONCAT(a, b) SPANSERVE_CONCAT_INNER(a, b)
 
 // Evaluates `expr` (an absl::Status); returns it from the enclosing function if not OK.
-#define RETURN_IF_ERROR(expr)                         \
-  do {                                                \
-    if (::absl::Status _st = (expr); !_st.ok()) {     \
-      return _st;                                     \
-    }                                                 \
+#define RETURN_IF_ERROR(expr)                     \
+  do {                                            \
+    if (::absl::Status _st = (expr); !_st.ok()) { \
+      return _st;                                 \
+    }                                             \
   } while (0)
 
 // `ASSIGN_OR_RETURN(auto x, MakeX());` evaluates a StatusOr<T>; on error returns its

@@ -190,8 +190,7 @@ absl::Status ParseRopeScaling(const KeyReader& r, const char* key, ModelConfig& 
   if (!type.has_value()) return rs.Missing("type");
   if (*type == "default") return absl::OkStatus();  // unscaled RoPE, spelled out
   if (*type != "linear") {
-    return r.Error(
-        absl::StrCat(key, ".type '", *type, "' is not supported (supported: linear)"));
+    return r.Error(absl::StrCat(key, ".type '", *type, "' is not supported (supported: linear)"));
   }
   ASSIGN_OR_RETURN(const std::optional<double> factor, rs.OptNumber("factor"));
   if (!factor.has_value()) return rs.Missing("factor");

@@ -38,9 +38,9 @@ struct MoeConfig {
   int shared_expert_intermediate_size = 0;  // 0: no shared expert
   RouterScoring scoring = RouterScoring::kSoftmax;
   MoeLayout layout = MoeLayout::kMixtral;
-  int decoder_sparse_step = 1;     // layer i is MoE iff (i + 1) % step == 0 ...
+  int decoder_sparse_step = 1;       // layer i is MoE iff (i + 1) % step == 0 ...
   std::vector<int> mlp_only_layers;  // ... and i is not listed here
-  int first_k_dense = 0;           // ... and i >= first_k_dense
+  int first_k_dense = 0;             // ... and i >= first_k_dense
 };
 
 struct ModelConfig {
@@ -63,7 +63,7 @@ struct ModelConfig {
 
   NormPlacement norm_placement = NormPlacement::kPre;
   NormType norm_type = NormType::kRmsNorm;
-  bool norm_bias = false;   // LayerNorm with a bias (default true for layernorm)
+  bool norm_bias = false;     // LayerNorm with a bias (default true for layernorm)
   float skip_scale = 1.0f;    // α
   float branch_scale = 1.0f;  // β
   bool final_norm = true;

@@ -29,11 +29,11 @@ int64_t KvCache::BytesPerBlock(const ModelConfig& c, int32_t block_size) {
 }
 
 absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& config,
-                                                        int32_t block_size, int32_t num_blocks) {
+                                                         int32_t block_size, int32_t num_blocks) {
   if (block_size <= 0 || num_blocks <= 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("KV cache needs positive block_size and num_blocks, got ", block_size,
-                     " and ", num_blocks));
+        absl::StrCat("KV cache needs positive block_size and num_blocks, got ", block_size, " and ",
+                     num_blocks));
   }
   std::unique_ptr<KvCache> cache(new KvCache());
   cache->block_size_ = block_size;
@@ -41,8 +41,8 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& conf
   cache->layer_floats_ =
       static_cast<int64_t>(num_blocks) * block_size * config.num_kv_heads * config.head_dim;
   cache->bytes_ = BytesPerBlock(config, block_size) * num_blocks;
-  void* p = ::mmap(nullptr, cache->bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
+  void* p =
+      ::mmap(nullptr, cache->bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot map ", cache->bytes_, " bytes for the KV cache"));
@@ -209,10 +209,10 @@ struct Model::Impl {
   // Binds every tensor from `store`; with no store, records names and shapes only.
   absl::Status Bind(WeightStore* store, Binder::Shapes* record = nullptr);
   void Norm(const NormWeights& w, const float* in, int64_t tokens, int64_t dim, float* out) const;
-  void Attention(const LayerWeights& lw, const float* in, int64_t tokens, KvCache& cache,
-                 int layer, ForwardWorkspace::Buffers& b, float* out) const;
-  void DenseFfn(const FfnWeights& w, const float* in, int64_t tokens,
-                ForwardWorkspace::Buffers& b, float* out) const;
+  void Attention(const LayerWeights& lw, const float* in, int64_t tokens, KvCache& cache, int layer,
+                 ForwardWorkspace::Buffers& b, float* out) const;
+  void DenseFfn(const FfnWeights& w, const float* in, int64_t tokens, ForwardWorkspace::Buffers& b,
+                float* out) const;
   void MoeFfn(const MoeWeights& w, const float* in, int64_t tokens, ForwardWorkspace::Buffers& b,
               float* out);
   void Ffn(const LayerWeights& lw, const float* in, int64_t tokens, ForwardWorkspace::Buffers& b,
@@ -323,9 +323,8 @@ void Model::Impl::Norm(const NormWeights& w, const float* in, int64_t tokens, in
   }
 }
 
-void Model::Impl::Attention(const LayerWeights& lw, const float* in, int64_t tokens,
-                            KvCache& cache, int layer, ForwardWorkspace::Buffers& b,
-                            float* out) const {
+void Model::Impl::Attention(const LayerWeights& lw, const float* in, int64_t tokens, KvCache& cache,
+                            int layer, ForwardWorkspace::Buffers& b, float* out) const {
   const ModelConfig& c = config;
   const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
   const int64_t kv_dim = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
@@ -343,8 +342,8 @@ void Model::Impl::Attention(const LayerWeights& lw, const float* in, int64_t tok
                rope_sin.data());
   k::ApplyRope(kk, tokens, c.num_kv_heads, c.head_dim, b.positions.data(), rope_cos.data(),
                rope_sin.data());
-  const k::PagedKvLayer kv{cache.k(layer), cache.v(layer), cache.num_blocks(), cache.block_size(),
-                           c.num_kv_heads, c.head_dim};
+  const k::PagedKvLayer kv{cache.k(layer),     cache.v(layer), cache.num_blocks(),
+                           cache.block_size(), c.num_kv_heads, c.head_dim};
   const int32_t num_seqs = static_cast<int32_t>(b.seqs.size());
   k::PagedKvWrite(kv, b.seqs.data(), num_seqs, kk, v);
   k::PagedAttention(kv, b.seqs.data(), num_seqs, q, c.num_heads,
@@ -437,7 +436,8 @@ void Model::Impl::MoeFfn(const MoeWeights& w, const float* in, int64_t tokens,
     k::SiluMul(g, u, count * inter, g);
     k::MatMul(g, count, ew.down, nullptr, eout);
     for (int64_t r = 0; r < count; ++r) {
-      std::copy(eout + r * H, eout + (r + 1) * H, slot_out + static_cast<int64_t>(rows[begin + r]) * H);
+      std::copy(eout + r * H, eout + (r + 1) * H,
+                slot_out + static_cast<int64_t>(rows[begin + r]) * H);
     }
   }
   for (int64_t t = 0; t < tokens; ++t) {
@@ -495,7 +495,7 @@ void Model::Impl::Block(int layer, int64_t tokens, KvCache& cache, ForwardWorksp
       k::Add(a, t, size);
       Norm(lw.norms[1], t, tokens, H, n);
       Ffn(lw, n, tokens, b, f);
-      k::Add(a, f, size);                // f = a + f
+      k::Add(a, f, size);                 // f = a + f
       k::Axpby(beta, f, alpha, x, size);  // x = α·x + β·(a + f)
       Norm(lw.norms[2], x, tokens, H, x);
       return;

@@ -21,8 +21,8 @@ namespace spanserve::model {
 class KvCache {
  public:
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<KvCache>> Create(const ModelConfig& config,
-                                                                      int32_t block_size,
-                                                                      int32_t num_blocks);
+                                                                       int32_t block_size,
+                                                                       int32_t num_blocks);
   // Bytes one block costs across all layers, K and V.
   static int64_t BytesPerBlock(const ModelConfig& config, int32_t block_size);
   ~KvCache();
@@ -34,7 +34,9 @@ class KvCache {
   int64_t bytes() const { return bytes_; }
   // Layer l's K (or V) array.
   float* k(int layer) const { return base_ + (2 * static_cast<int64_t>(layer)) * layer_floats_; }
-  float* v(int layer) const { return base_ + (2 * static_cast<int64_t>(layer) + 1) * layer_floats_; }
+  float* v(int layer) const {
+    return base_ + (2 * static_cast<int64_t>(layer) + 1) * layer_floats_;
+  }
 
  private:
   KvCache() = default;
@@ -95,7 +97,7 @@ class Model {
   // Loads <dir>/config.json and its safetensors. Every tensor the config implies must be
   // present with its exact shape, and no other tensor may be: errors name the tensor.
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir,
-                                                                  const Options& options);
+                                                                   const Options& options);
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir) {
     return Load(dir, Options{});
   }

@@ -34,7 +34,9 @@ namespace spanserve {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 // Resident set size in bytes (VmRSS).
 int64_t RssBytes() {
@@ -72,13 +74,20 @@ double MemoryReadBandwidth(int threads) {
 // An MoE with `experts` experts of 256, top-2 and a shared expert: active size independent
 // of the expert count.
 nlohmann::json MoeConfig(int experts) {
-  return {{"model_type", "spanserve"},       {"norm_placement", "span"},
-          {"hidden_size", 512},              {"intermediate_size", 768},
-          {"num_hidden_layers", 8},          {"num_attention_heads", 8},
-          {"num_key_value_heads", 2},        {"vocab_size", 32000},
-          {"max_position_embeddings", 2048}, {"num_experts", experts},
-          {"num_experts_per_tok", 2},        {"moe_intermediate_size", 256},
-          {"norm_topk_prob", true},          {"shared_expert_intermediate_size", 256}};
+  return {{"model_type", "spanserve"},
+          {"norm_placement", "span"},
+          {"hidden_size", 512},
+          {"intermediate_size", 768},
+          {"num_hidden_layers", 8},
+          {"num_attention_heads", 8},
+          {"num_key_value_heads", 2},
+          {"vocab_size", 32000},
+          {"max_position_embeddings", 2048},
+          {"num_experts", experts},
+          {"num_experts_per_tok", 2},
+          {"moe_intermediate_size", 256},
+          {"norm_topk_prob", true},
+          {"shared_expert_intermediate_size", 256}};
 }
 
 std::string ModelDir() {
@@ -105,8 +114,8 @@ std::string ModelDir() {
 
 int Run() {
   const std::string dir = ModelDir();
-  const int threads = absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads)
-                                                       : omp_get_num_procs();
+  const int threads =
+      absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads) : omp_get_num_procs();
   const int64_t rss0 = RssBytes();
   auto t0 = Clock::now();
   auto loaded = model::Model::Load(dir, {.num_threads = threads});
@@ -171,9 +180,10 @@ int Run() {
   }
   const double mem_bw = MemoryReadBandwidth(threads);
   // A decode step streams every weight once (the embedding table only by row).
-  const int64_t embed_bytes =
-      c.tie_word_embeddings ? 0 : m.weight_bytes() / std::max<int64_t>(1, m.num_parameters()) *
-                                      static_cast<int64_t>(c.vocab_size) * c.hidden_size;
+  const int64_t embed_bytes = c.tie_word_embeddings
+                                  ? 0
+                                  : m.weight_bytes() / std::max<int64_t>(1, m.num_parameters()) *
+                                        static_cast<int64_t>(c.vocab_size) * c.hidden_size;
   const double step_bytes = static_cast<double>(m.weight_bytes() - embed_bytes);
   const double bw1 = step_bytes / step_s[0];
 

@@ -17,12 +17,11 @@ namespace spanserve::bench {
 namespace fs = std::filesystem;
 
 nlohmann::json Qwen2HalfBConfig() {
-  return {{"model_type", "qwen2"},          {"hidden_size", 896},
-          {"intermediate_size", 4864},      {"num_hidden_layers", 24},
-          {"num_attention_heads", 14},      {"num_key_value_heads", 2},
-          {"rms_norm_eps", 1e-6},           {"rope_theta", 1000000.0},
-          {"max_position_embeddings", 4096}, {"vocab_size", 151936},
-          {"tie_word_embeddings", true},    {"eos_token_id", 151643}};
+  return {
+      {"model_type", "qwen2"},   {"hidden_size", 896},          {"intermediate_size", 4864},
+      {"num_hidden_layers", 24}, {"num_attention_heads", 14},   {"num_key_value_heads", 2},
+      {"rms_norm_eps", 1e-6},    {"rope_theta", 1000000.0},     {"max_position_embeddings", 4096},
+      {"vocab_size", 151936},    {"tie_word_embeddings", true}, {"eos_token_id", 151643}};
 }
 
 absl::Status WriteRandomModel(const std::string& dir, const nlohmann::json& config, DType dtype,

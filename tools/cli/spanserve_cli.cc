@@ -5,9 +5,9 @@
 //               of each layer, with each layer's balancedness (mean/max) and coefficient
 //               of variation;
 //   info        prints the model's configuration and size.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -70,11 +70,11 @@ absl::Status Generate() {
   ASSIGN_OR_RETURN(std::vector<int32_t> ids,
                    l.tokenizer->Encode(absl::GetFlag(FLAGS_prompt), /*add_special_tokens=*/true));
   if (ids.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
-  const int64_t max_len = std::min<int64_t>(c.max_position_embeddings,
-                                            ids.size() + absl::GetFlag(FLAGS_max_tokens));
+  const int64_t max_len =
+      std::min<int64_t>(c.max_position_embeddings, ids.size() + absl::GetFlag(FLAGS_max_tokens));
   if (static_cast<int64_t>(ids.size()) >= max_len) {
-    return absl::InvalidArgumentError(absl::StrCat("the prompt has ", ids.size(),
-                                                   " tokens; the context holds ", max_len));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the prompt has ", ids.size(), " tokens; the context holds ", max_len));
   }
   constexpr int32_t kBlock = 16;
   const std::vector<int32_t> table = ContiguousTable(max_len, kBlock);
@@ -92,13 +92,12 @@ absl::Status Generate() {
   const int64_t prompt_tokens = ids.size();
   int64_t generated = 0;
   while (static_cast<int64_t>(ids.size()) < max_len) {
-    const int32_t next = static_cast<int32_t>(
-        std::max_element(logits.begin(), logits.end()) - logits.begin());
+    const int32_t next =
+        static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     ids.push_back(next);
     ++generated;
     std::cout << detok.Add(next) << std::flush;
-    if (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), next) !=
-            c.eos_token_ids.end() ||
+    if (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), next) != c.eos_token_ids.end() ||
         static_cast<int64_t>(ids.size()) >= max_len) {
       break;
     }
@@ -112,8 +111,8 @@ absl::Status Generate() {
                "prompt %lld tokens in %.3f s (%.1f tokens/s); generated %lld tokens in %.3f s "
                "(%.1f tokens/s)\n",
                static_cast<long long>(prompt_tokens), Seconds(t0, t1),
-               prompt_tokens / Seconds(t0, t1), static_cast<long long>(generated),
-               Seconds(t1, t2), generated / std::max(Seconds(t1, t2), 1e-9));
+               prompt_tokens / Seconds(t0, t1), static_cast<long long>(generated), Seconds(t1, t2),
+               generated / std::max(Seconds(t1, t2), 1e-9));
   return absl::OkStatus();
 }
 
@@ -167,12 +166,13 @@ absl::Status ExpertLoadReport() {
 absl::Status Info() {
   ASSIGN_OR_RETURN(Loaded l, LoadAll());
   const model::ModelConfig& c = l.model->config();
-  std::printf("model_type %s\nplacement %s\nlayers %d\nhidden %d\nheads %d/%d (head_dim %d)\n"
-              "vocab %d\nexperts %d (top-%d)\nparameters %lld\nweight_bytes %lld\n",
-              c.model_type.c_str(), std::string(model::NormPlacementName(c.norm_placement)).c_str(),
-              c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size,
-              c.moe.num_experts, c.moe.top_k, static_cast<long long>(l.model->num_parameters()),
-              static_cast<long long>(l.model->weight_bytes()));
+  std::printf(
+      "model_type %s\nplacement %s\nlayers %d\nhidden %d\nheads %d/%d (head_dim %d)\n"
+      "vocab %d\nexperts %d (top-%d)\nparameters %lld\nweight_bytes %lld\n",
+      c.model_type.c_str(), std::string(model::NormPlacementName(c.norm_placement)).c_str(),
+      c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size,
+      c.moe.num_experts, c.moe.top_k, static_cast<long long>(l.model->num_parameters()),
+      static_cast<long long>(l.model->weight_bytes()));
   return absl::OkStatus();
 }
 
@@ -181,7 +181,8 @@ absl::Status Info() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "spanserve-cli generate|perplexity|expert-load|info --model DIR [--prompt TEXT | --text FILE]");
+      "spanserve-cli generate|perplexity|expert-load|info --model DIR [--prompt TEXT | --text "
+      "FILE]");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
     std::fprintf(stderr, "usage: %s\n", absl::ProgramUsageMessage().data());

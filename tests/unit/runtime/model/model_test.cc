@@ -83,8 +83,8 @@ struct Runner {
     std::vector<float> out(ids.size() * vocab);
     for (int64_t begin = 0; begin < static_cast<int64_t>(ids.size()); begin += chunk) {
       const int64_t n = std::min<int64_t>(chunk, ids.size() - begin);
-      SequenceInput s{std::span<const int32_t>(ids.data() + begin, n),
-                      static_cast<int32_t>(begin), table, LogitsMode::kAll};
+      SequenceInput s{std::span<const int32_t>(ids.data() + begin, n), static_cast<int32_t>(begin),
+                      table, LogitsMode::kAll};
       const absl::Status st = model.Forward({&s, 1}, *cache, ws, out.data() + begin * vocab);
       EXPECT_TRUE(st.ok()) << st;
     }
@@ -217,8 +217,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, MoeGoldenTest, ::testing::ValuesIn(MoeCases()),
 
 TEST(ModelTest, GoldenCasesCoverEveryPlacementAndTransformers) {
   const std::vector<std::string> cases = GoldenCases();
-  for (const char* want : {"pre", "post", "span", "b2t", "deepnorm", "sandwich", "mix",
-                           "span_bf16", "hf_llama", "hf_qwen2"}) {
+  for (const char* want : {"pre", "post", "span", "b2t", "deepnorm", "sandwich", "mix", "span_bf16",
+                           "hf_llama", "hf_qwen2"}) {
     EXPECT_NE(std::find(cases.begin(), cases.end(), want), cases.end()) << want;
   }
 }
@@ -262,7 +262,8 @@ TEST(ModelTest, RejectsBadBatchesWithoutTouchingTheCache) {
 TEST(ModelTest, LoadErrorsNameTheTensor) {
   const fs::path src = CaseDir("span");
   for (int delta : {+1, -1}) {
-    const fs::path dir = fs::path(::testing::TempDir()) / ("model_delta" + std::to_string(delta + 1));
+    const fs::path dir =
+        fs::path(::testing::TempDir()) / ("model_delta" + std::to_string(delta + 1));
     fs::create_directories(dir);
     std::ifstream in(src / "config.json");
     nlohmann::json cfg = nlohmann::json::parse(in);
