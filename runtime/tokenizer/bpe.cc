@@ -15,17 +15,20 @@ uint64_t PairKey(int32_t a, int32_t b) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
 }
 
-// An entry of the merge queue; the queue pops the lowest rank, then the lowest position.
+// An entry of the merge queue. The queue pops the lowest rank, then the lowest position:
+// both packed into one key so that a sift step is a single integer comparison.
 struct QueuedMerge {
-  int32_t rank;
-  int32_t pos;
+  uint64_t key;  // rank << 32 | position
   int32_t new_id;
 };
 struct QueueOrder {
-  bool operator()(const QueuedMerge& a, const QueuedMerge& b) const {
-    return a.rank != b.rank ? a.rank > b.rank : a.pos > b.pos;
-  }
+  bool operator()(const QueuedMerge& a, const QueuedMerge& b) const { return a.key > b.key; }
 };
+
+QueuedMerge MakeEntry(int32_t rank, int32_t pos, int32_t new_id) {
+  return {(static_cast<uint64_t>(static_cast<uint32_t>(rank)) << 32) | static_cast<uint32_t>(pos),
+          new_id};
+}
 
 struct Scratch {
   std::vector<QueuedMerge> queue;
@@ -191,7 +194,7 @@ void BpeModel::MergeAll(std::vector<Symbol>* symbols_ptr) const {
   queue.clear();
   for (int32_t i = 0; i + 1 < n; ++i) {
     if (const Merge* m = FindMerge(symbols[i].id, symbols[i + 1].id)) {
-      queue.push_back({m->rank, i, m->new_id});
+      queue.push_back(MakeEntry(m->rank, i, m->new_id));
     }
   }
   std::make_heap(queue.begin(), queue.end(), QueueOrder());
@@ -199,7 +202,8 @@ void BpeModel::MergeAll(std::vector<Symbol>* symbols_ptr) const {
     std::pop_heap(queue.begin(), queue.end(), QueueOrder());
     const QueuedMerge top = queue.back();
     queue.pop_back();
-    Symbol& cur = symbols[top.pos];
+    const auto pos = static_cast<int32_t>(top.key & 0xFFFFFFFFu);
+    Symbol& cur = symbols[pos];
     if (cur.len == 0 || cur.next == -1) continue;
     const int32_t next_pos = cur.next;
     const Symbol right = symbols[next_pos];
@@ -210,16 +214,16 @@ void BpeModel::MergeAll(std::vector<Symbol>* symbols_ptr) const {
     cur.len += right.len;
     cur.next = right.next;
     symbols[next_pos].len = 0;
-    if (right.next > -1 && right.next < n) symbols[right.next].prev = top.pos;
+    if (right.next > -1 && right.next < n) symbols[right.next].prev = pos;
     if (cur.prev >= 0) {
       if (const Merge* m = FindMerge(symbols[cur.prev].id, cur.id)) {
-        queue.push_back({m->rank, cur.prev, m->new_id});
+        queue.push_back(MakeEntry(m->rank, cur.prev, m->new_id));
         std::push_heap(queue.begin(), queue.end(), QueueOrder());
       }
     }
     if (cur.next > -1 && cur.next < n) {
       if (const Merge* m = FindMerge(cur.id, symbols[cur.next].id)) {
-        queue.push_back({m->rank, top.pos, m->new_id});
+        queue.push_back(MakeEntry(m->rank, pos, m->new_id));
         std::push_heap(queue.begin(), queue.end(), QueueOrder());
       }
     }
