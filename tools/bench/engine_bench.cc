@@ -25,6 +25,7 @@
 #include "common/status.h"
 #include "nlohmann/json.hpp"
 #include "runtime/engine/engine.h"
+#include "tools/bench/random_model.h"
 
 ABSL_FLAG(std::string, model, "",
           "model directory (empty: a generated random Qwen2-0.5B-shaped model)");
@@ -42,97 +43,16 @@ namespace {
 namespace fs = std::filesystem;
 using BenchClock = std::chrono::steady_clock;
 
-uint16_t ToBf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-}
-
-// Qwen2-0.5B shapes: hidden 896, 24 layers, 14 heads, 2 KV heads, intermediate 4864,
-// vocab 151936, tied embeddings, q/k/v biases; bf16 weights ~ N(0, 0.02), norms 1.
+// The random Qwen2-0.5B-shaped bf16 checkpoint, written once to the temp directory.
 std::string GenerateQwen2Model() {
-  const fs::path dir = fs::temp_directory_path() / "spanserve_bench_qwen2_0.5b_random";
-  if (fs::exists(dir / "model.safetensors") && fs::exists(dir / "config.json")) {
-    return dir.string();
+  const std::string dir = (fs::temp_directory_path() / "spanserve_bench_qwen2-0.5b").string();
+  std::fprintf(stderr, "random Qwen2-0.5B-shaped model in %s (written once) ...\n", dir.c_str());
+  if (absl::Status st = bench::WriteRandomModel(dir, bench::Qwen2HalfBConfig(), DType::kBF16);
+      !st.ok()) {
+    std::fprintf(stderr, "error: %s\n", st.ToString().c_str());
+    std::exit(1);
   }
-  constexpr int64_t kHidden = 896, kLayers = 24, kHeads = 14, kKvHeads = 2, kInter = 4864,
-                    kVocab = 151936, kHeadDim = kHidden / kHeads;
-  std::fprintf(stderr, "generating a random Qwen2-0.5B-shaped model in %s ...\n", dir.c_str());
-  fs::create_directories(dir);
-  const nlohmann::json config = {{"model_type", "qwen2"},
-                                 {"architectures", {"Qwen2ForCausalLM"}},
-                                 {"hidden_size", kHidden},
-                                 {"intermediate_size", kInter},
-                                 {"num_hidden_layers", kLayers},
-                                 {"num_attention_heads", kHeads},
-                                 {"num_key_value_heads", kKvHeads},
-                                 {"vocab_size", kVocab},
-                                 {"max_position_embeddings", 32768},
-                                 {"rope_theta", 1000000.0},
-                                 {"rms_norm_eps", 1e-6},
-                                 {"tie_word_embeddings", true},
-                                 {"bos_token_id", 151643},
-                                 {"eos_token_id", 151643},
-                                 {"torch_dtype", "bfloat16"}};
-  std::ofstream(dir / "config.json") << config.dump(2);
-  struct T {
-    std::string name;
-    std::vector<int64_t> shape;
-  };
-  std::vector<T> tensors = {{"model.embed_tokens.weight", {kVocab, kHidden}},
-                            {"model.norm.weight", {kHidden}}};
-  for (int64_t l = 0; l < kLayers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    tensors.push_back({p + "self_attn.q_proj.weight", {kHeads * kHeadDim, kHidden}});
-    tensors.push_back({p + "self_attn.q_proj.bias", {kHeads * kHeadDim}});
-    tensors.push_back({p + "self_attn.k_proj.weight", {kKvHeads * kHeadDim, kHidden}});
-    tensors.push_back({p + "self_attn.k_proj.bias", {kKvHeads * kHeadDim}});
-    tensors.push_back({p + "self_attn.v_proj.weight", {kKvHeads * kHeadDim, kHidden}});
-    tensors.push_back({p + "self_attn.v_proj.bias", {kKvHeads * kHeadDim}});
-    tensors.push_back({p + "self_attn.o_proj.weight", {kHidden, kHeads * kHeadDim}});
-    tensors.push_back({p + "mlp.gate_proj.weight", {kInter, kHidden}});
-    tensors.push_back({p + "mlp.up_proj.weight", {kInter, kHidden}});
-    tensors.push_back({p + "mlp.down_proj.weight", {kHidden, kInter}});
-    tensors.push_back({p + "input_layernorm.weight", {kHidden}});
-    tensors.push_back({p + "post_attention_layernorm.weight", {kHidden}});
-  }
-  nlohmann::json header = nlohmann::json::object();
-  int64_t offset = 0;
-  for (const T& t : tensors) {
-    int64_t n = 1;
-    for (int64_t d : t.shape) n *= d;
-    header[t.name] = {
-        {"dtype", "BF16"}, {"shape", t.shape}, {"data_offsets", {offset, offset + 2 * n}}};
-    offset += 2 * n;
-  }
-  std::string text = header.dump();
-  while (text.size() % 8 != 0) text.push_back(' ');
-  const fs::path tmp = dir / "model.safetensors.partial";
-  std::ofstream out(tmp, std::ios::binary);
-  const uint64_t len = text.size();
-  out.write(reinterpret_cast<const char*>(&len), 8);
-  out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  uint64_t state = 0x853c49e6748fea9bULL;
-  std::vector<uint16_t> buf;
-  for (const T& t : tensors) {
-    int64_t n = 1;
-    for (int64_t d : t.shape) n *= d;
-    buf.resize(n);
-    const bool norm = t.name.find("norm") != std::string::npos;
-    for (int64_t i = 0; i < n; ++i) {
-      state ^= state << 13;
-      state ^= state >> 7;
-      state ^= state << 17;
-      // Sum of two uniforms: a cheap bell shape with standard deviation 0.02.
-      const float u = static_cast<float>(state & 0xffff) / 65536.0f +
-                      static_cast<float>((state >> 16) & 0xffff) / 65536.0f - 1.0f;
-      buf[i] = ToBf16(norm ? 1.0f : u * 0.049f);
-    }
-    out.write(reinterpret_cast<const char*>(buf.data()), static_cast<std::streamsize>(2 * n));
-  }
-  out.close();
-  fs::rename(tmp, dir / "model.safetensors");
-  return dir.string();
+  return dir;
 }
 
 struct LevelResult {
