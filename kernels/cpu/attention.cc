@@ -39,28 +39,33 @@ void GatherRows(const PagedKvLayer& layer, const int32_t* block_table, int64_t t
   }
 }
 
-// s[i] = scale · (q · k[i]), four positions interleaved for ILP; each dot product keeps the
-// order of simd::Dot.
-void Scores(const float* q, const float* const* k, int64_t n, int64_t dim, float scale, float* s) {
+// s[j] = scale · (q · k[j]) for G positions side by side (G independent FMA chains hide the
+// FMA latency); each dot product keeps the order of simd::Dot.
+template <int G>
+inline void ScoreGroup(const float* q, const float* const* k, int64_t dim, float scale, float* s) {
   const int64_t d8 = dim & ~int64_t{7};
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                     _mm256_setzero_ps()};
-    for (int64_t d = 0; d < d8; d += 8) {
-      const __m256 qv = _mm256_loadu_ps(q + d);
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[i + j] + d), acc[j]);
-      }
-    }
-    for (int j = 0; j < 4; ++j) {
-      float dot = simd::HSum(acc[j]);
-      for (int64_t d = d8; d < dim; ++d) dot = std::fma(q[d], k[i + j][d], dot);
-      s[i + j] = dot * scale;
-    }
+  __m256 acc[G];
+#pragma GCC unroll 8
+  for (int j = 0; j < G; ++j) acc[j] = _mm256_setzero_ps();
+  for (int64_t d = 0; d < d8; d += 8) {
+    const __m256 qv = _mm256_loadu_ps(q + d);
+#pragma GCC unroll 8
+    for (int j = 0; j < G; ++j) acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[j] + d), acc[j]);
   }
-  for (; i < n; ++i) s[i] = simd::Dot(q, k[i], dim) * scale;
+  for (int j = 0; j < G; ++j) {
+    float dot = simd::HSum(acc[j]);
+    for (int64_t d = d8; d < dim; ++d) dot = std::fma(q[d], k[j][d], dot);
+    s[j] = dot * scale;
+  }
+}
+
+// s[i] = scale · (q · k[i]) for i < n. A position's score does not depend on which group
+// computes it, so tiles cut short at a row's own position agree with full ones.
+void Scores(const float* q, const float* const* k, int64_t n, int64_t dim, float scale, float* s) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) ScoreGroup<8>(q, k + i, dim, scale, s + i);
+  for (; i + 4 <= n; i += 4) ScoreGroup<4>(q, k + i, dim, scale, s + i);
+  for (; i < n; ++i) ScoreGroup<1>(q, k + i, dim, scale, s + i);
 }
 
 // acc[c..c+8·NV) += Σ_i p[i] · v[i][c..], over i in increasing order per element.
