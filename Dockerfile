@@ -1,13 +1,13 @@
-# CPU image: builds with the same scripts CI runs, then ships the binaries and models.
+# CPU image: built with the same scripts CI runs (scripts/test: setup, build, every test),
+# then serves the bundled default model. A slimmer runtime stage and a CUDA target come
+# with the deployment work (issue 8); there is no CUDA backend yet.
 FROM debian:12 AS build
 WORKDIR /src
 COPY . .
 RUN scripts/test release
 
-FROM debian:12-slim AS cpu
-RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends \
-      libgomp1 libabsl20220623 libpcre2-8-0 && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/build/release/tools/spanserve-cli /usr/local/bin/spanserve-cli
-COPY --from=build /src/models /models
-ENTRYPOINT ["spanserve-cli"]
-CMD ["generate", "--model", "/models/spanserve-span-12l"]
+FROM build AS cpu
+EXPOSE 50051 9464
+ENV OMP_WAIT_POLICY=passive
+ENTRYPOINT ["/src/build/release/server/spanserve-server", "--model", "/src/models/spanserve-span-12l", \
+            "--listen", "0.0.0.0:50051", "--metrics_address", "0.0.0.0:9464"]
