@@ -58,9 +58,9 @@ absl::StatusOr<Loaded> LoadAll() {
 }
 
 // Blocks 0..n-1 for one sequence of up to `tokens` tokens.
-std::vector<int32_t> ContiguousTable(int64_t tokens, int32_t block_size, int32_t first = 0) {
+std::vector<int32_t> ContiguousTable(int64_t tokens, int32_t block_size) {
   std::vector<int32_t> t((tokens + block_size - 1) / block_size);
-  for (size_t i = 0; i < t.size(); ++i) t[i] = first + static_cast<int32_t>(i);
+  for (size_t i = 0; i < t.size(); ++i) t[i] = static_cast<int32_t>(i);
   return t;
 }
 
