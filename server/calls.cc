@@ -37,7 +37,7 @@ absl::Status EndStatus(const engine::FinalInfo& final, const SpanServeService& s
 void LogRequestFinished(const SpanServeService& service, absl::string_view rpc,
                         const engine::FinalInfo& final, engine::RequestId id,
                         absl::string_view client_request_id, const absl::Status& status) {
-  if (service.metrics() != nullptr) service.metrics()->RecordFinished(final);
+  if (service.metrics() != nullptr) service.metrics()->RecordFinished(service.model_name(), final);
   const std::string line = absl::StrFormat(
       "{\"event\":\"request_finished\",\"rpc\":\"%s\",\"id\":%d,\"client_request_id\":\"%s\","
       "\"prompt_tokens\":%d,\"generated_tokens\":%d,\"cached_prompt_tokens\":%d,"

@@ -21,15 +21,21 @@ const prometheus::Histogram::BucketBoundaries& LatencyBuckets() {
   return *buckets;
 }
 
-prometheus::Histogram* AddHistogram(prometheus::Registry& registry, const std::string& name,
-                                    const std::string& help) {
-  return &prometheus::BuildHistogram().Name(name).Help(help).Register(registry).Add(
-      {}, LatencyBuckets());
+prometheus::Family<prometheus::Histogram>* AddHistogram(prometheus::Registry& registry,
+                                                        const std::string& name,
+                                                        const std::string& help) {
+  return &prometheus::BuildHistogram().Name(name).Help(help).Register(registry);
 }
 
-prometheus::Gauge* AddGauge(prometheus::Registry& registry, const std::string& name,
-                            const std::string& help) {
-  return &prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add({});
+prometheus::Family<prometheus::Gauge>* AddGauge(prometheus::Registry& registry,
+                                                const std::string& name, const std::string& help) {
+  return &prometheus::BuildGauge().Name(name).Help(help).Register(registry);
+}
+
+prometheus::Family<prometheus::Counter>* AddCounter(prometheus::Registry& registry,
+                                                    const std::string& name,
+                                                    const std::string& help) {
+  return &prometheus::BuildCounter().Name(name).Help(help).Register(registry);
 }
 
 }  // namespace
@@ -52,20 +58,12 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Start(const std::s
   m->queue_ = AddHistogram(r, "spanserve_request_queue_time_seconds", "Waiting in the queue");
   m->prefill_ = AddHistogram(r, "spanserve_request_prefill_time_seconds", "Prefill phase");
   m->decode_ = AddHistogram(r, "spanserve_request_decode_time_seconds", "Decode phase");
-  m->prompt_tokens_ = &prometheus::BuildCounter()
-                           .Name("spanserve_prompt_tokens_total")
-                           .Help("Prompt tokens of finished requests")
-                           .Register(r)
-                           .Add({});
-  m->generation_tokens_ = &prometheus::BuildCounter()
-                               .Name("spanserve_generation_tokens_total")
-                               .Help("Generated tokens of finished requests")
-                               .Register(r)
-                               .Add({});
-  m->success_ = &prometheus::BuildCounter()
-                     .Name("spanserve_request_success_total")
-                     .Help("Finished requests by finish reason")
-                     .Register(r);
+  m->prompt_tokens_ =
+      AddCounter(r, "spanserve_prompt_tokens_total", "Prompt tokens of finished requests");
+  m->generation_tokens_ =
+      AddCounter(r, "spanserve_generation_tokens_total", "Generated tokens of finished requests");
+  m->success_ =
+      AddCounter(r, "spanserve_request_success_total", "Finished requests by finish reason");
   m->running_ = AddGauge(r, "spanserve_num_requests_running", "Requests holding KV blocks");
   m->waiting_ = AddGauge(r, "spanserve_num_requests_waiting", "Requests waiting to run");
   m->kv_usage_ = AddGauge(r, "spanserve_kv_cache_usage_ratio", "KV blocks used / total");
@@ -80,43 +78,78 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Start(const std::s
 
 ServerMetrics::~ServerMetrics() { StopPolling(); }
 
-void ServerMetrics::WatchEngine(const engine::Engine* engine) {
-  engine_.store(engine);
+ServerMetrics::PerModel& ServerMetrics::ModelLocked(const std::string& model_name) {
+  auto [it, inserted] = models_.try_emplace(model_name);
+  PerModel& p = it->second;
+  if (inserted) {
+    const prometheus::Labels labels = {{"model_name", model_name}};
+    p.ttft = &ttft_->Add(labels, LatencyBuckets());
+    p.tpot = &tpot_->Add(labels, LatencyBuckets());
+    p.e2e = &e2e_->Add(labels, LatencyBuckets());
+    p.queue = &queue_->Add(labels, LatencyBuckets());
+    p.prefill = &prefill_->Add(labels, LatencyBuckets());
+    p.decode = &decode_->Add(labels, LatencyBuckets());
+    p.prompt_tokens = &prompt_tokens_->Add(labels);
+    p.generation_tokens = &generation_tokens_->Add(labels);
+    p.running = &running_->Add(labels);
+    p.waiting = &waiting_->Add(labels);
+    p.kv_usage = &kv_usage_->Add(labels);
+    p.preemptions = &preemptions_->Add(labels);
+    p.prefix_queries = &prefix_queries_->Add(labels);
+    p.prefix_hits = &prefix_hits_->Add(labels);
+  }
+  return p;
+}
+
+void ServerMetrics::WatchEngine(const std::string& model_name, const engine::Engine* engine) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ModelLocked(model_name);
+  engines_.emplace_back(model_name, engine);
   if (!poller_.joinable()) poller_ = std::thread([this] { Poll(); });
 }
 
 void ServerMetrics::StopPolling() {
   stop_.store(true);
   if (poller_.joinable()) poller_.join();
-  engine_.store(nullptr);
+  std::lock_guard<std::mutex> lock(mu_);
+  engines_.clear();
 }
 
 void ServerMetrics::Poll() {
   while (!stop_.load()) {
-    if (const engine::Engine* engine = engine_.load(); engine != nullptr) {
-      const engine::EngineStats s = engine->Stats();
-      running_->Set(s.num_running);
-      waiting_->Set(s.num_waiting);
-      kv_usage_->Set(s.kv_cache_usage_ratio);
-      preemptions_->Set(static_cast<double>(s.num_preemptions));
-      prefix_queries_->Set(static_cast<double>(s.prefix_cache_queries));
-      prefix_hits_->Set(static_cast<double>(s.prefix_cache_hits));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& [name, engine] : engines_) {
+        const engine::EngineStats s = engine->Stats();
+        PerModel& p = ModelLocked(name);
+        p.running->Set(s.num_running);
+        p.waiting->Set(s.num_waiting);
+        p.kv_usage->Set(s.kv_cache_usage_ratio);
+        p.preemptions->Set(static_cast<double>(s.num_preemptions));
+        p.prefix_queries->Set(static_cast<double>(s.prefix_cache_queries));
+        p.prefix_hits->Set(static_cast<double>(s.prefix_cache_hits));
+      }
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
   }
 }
 
-void ServerMetrics::RecordFinished(const engine::FinalInfo& final) {
+void ServerMetrics::RecordFinished(const std::string& model_name,
+                                   const engine::FinalInfo& final) {
   const engine::RequestTimings& t = final.timings;
-  if (final.generated_tokens > 0) ttft_->Observe(t.ttft_s);
-  if (final.generated_tokens > 1) tpot_->Observe(t.decode_s / (final.generated_tokens - 1));
-  e2e_->Observe(t.e2e_s);
-  queue_->Observe(t.queue_s);
-  prefill_->Observe(t.prefill_s);
-  decode_->Observe(t.decode_s);
-  prompt_tokens_->Increment(final.prompt_tokens);
-  generation_tokens_->Increment(final.generated_tokens);
-  success_->Add({{"finished_reason", std::string(engine::FinishReasonName(final.reason))}})
+  std::lock_guard<std::mutex> lock(mu_);
+  PerModel& p = ModelLocked(model_name);
+  if (final.generated_tokens > 0) p.ttft->Observe(t.ttft_s);
+  if (final.generated_tokens > 1) p.tpot->Observe(t.decode_s / (final.generated_tokens - 1));
+  p.e2e->Observe(t.e2e_s);
+  p.queue->Observe(t.queue_s);
+  p.prefill->Observe(t.prefill_s);
+  p.decode->Observe(t.decode_s);
+  p.prompt_tokens->Increment(final.prompt_tokens);
+  p.generation_tokens->Increment(final.generated_tokens);
+  success_
+      ->Add({{"model_name", model_name},
+             {"finished_reason", std::string(engine::FinishReasonName(final.reason))}})
       .Increment();
 }
 

@@ -29,6 +29,7 @@
 #include "common/status.h"
 #include "nlohmann/json.hpp"
 #include "runtime/engine/engine.h"
+#include "runtime/loader/model_source.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "server/service.h"
 
@@ -190,6 +191,7 @@ int Run(const sigset_t& signals) {
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   ServiceOptions service_options{
       .model_path = model_dir,
+      .model_name = loader::DefaultModelName(model_dir),
       .device = device,
       .auth_token = token,
       .max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
@@ -262,7 +264,7 @@ int Run(const sigset_t& signals) {
     return 1;
   }
   service.SetEngine(engine->get(), tok->get());
-  if (metrics) metrics->WatchEngine(engine->get());
+  if (metrics) metrics->WatchEngine(service.model_name(), engine->get());
   health->SetServingStatus(true);
   health->SetServingStatus(kServiceName, true);
   const engine::EngineInfo& info = (*engine)->info();

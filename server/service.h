@@ -21,6 +21,7 @@ namespace spanserve::server {
 
 struct ServiceOptions {
   std::string model_path;  // reported by GetModelInfo
+  std::string model_name;  // the name requests use and metrics label the model with
   std::string device;
   // Non-empty: every call must carry `authorization: Bearer <auth_token>`.
   std::string auth_token;
@@ -43,6 +44,7 @@ class SpanServeService final : public v1::SpanServe::CallbackService {
   void StartDraining();
   bool draining() const { return draining_.load(); }
   ServerMetrics* metrics() const { return options_.metrics; }
+  const std::string& model_name() const { return options_.model_name; }
   // Generate and Score calls not yet finished.
   int32_t num_in_flight() const { return in_flight_.load(); }
 

@@ -606,10 +606,13 @@ TEST(ServerTest, PrometheusMetrics) {
   auto stub = v1::SpanServe::NewStub(server.Channel());
   ASSERT_TRUE(RunGenerate(*stub, GreedyRequest("And God said", 8)).status.ok());
   const std::string text = HttpGet(metrics_port, "/metrics");
-  EXPECT_NE(text.find("spanserve_request_success_total{finished_reason=\"length\"} 1"),
+  EXPECT_NE(text.find("spanserve_request_success_total{finished_reason=\"length\","
+                      "model_name=\"spanserve-span-12l\"} 1"),
             std::string::npos)
       << text;
-  EXPECT_NE(text.find("spanserve_time_to_first_token_seconds_count 1"), std::string::npos);
+  EXPECT_NE(text.find("spanserve_time_to_first_token_seconds_count{model_name=\"spanserve-span-12l\"} 1"),
+            std::string::npos)
+      << text;
   EXPECT_NE(text.find("spanserve_kv_cache_usage_ratio"), std::string::npos);
 }
 
