@@ -10,6 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "nlohmann/json.hpp"
+#include "runtime/gguf/gguf_file.h"
+#include "runtime/loader/gguf_tokenizer.h"
 
 namespace spanserve::loader {
 namespace {
@@ -31,8 +33,8 @@ absl::StatusOr<std::string> ReadChatTemplate(const std::string& dir) {
   if (it->is_string()) return it->get<std::string>();
   if (it->is_array()) {
     for (const nlohmann::json& entry : *it) {
-      if (entry.is_object() && entry.value("name", "") == "default" &&
-          entry.contains("template") && entry["template"].is_string()) {
+      if (entry.is_object() && entry.value("name", "") == "default" && entry.contains("template") &&
+          entry["template"].is_string()) {
         return entry["template"].get<std::string>();
       }
     }
@@ -58,7 +60,27 @@ absl::StatusOr<ModelSource> LoadModelSource(const std::string& path,
   ModelSource source;
   source.path = path;
   if (absl::EndsWith(path, ".gguf")) {
-    return absl::UnimplementedError(absl::StrCat(path, ": GGUF files are not supported yet"));
+    source.format = "gguf";
+    ASSIGN_OR_RETURN(std::shared_ptr<const gguf::GgufFile> file, gguf::GgufFile::Open(path));
+    // The tokenizer first: it is cheap, and a bad one should not cost a weight conversion.
+    absl::StatusOr<tokenizer::VocabularySpec> vocab = GgufVocabulary(*file);
+    if (vocab.ok()) {
+      absl::StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok =
+          tokenizer::Tokenizer::FromVocabulary(*vocab);
+      if (!tok.ok()) {
+        return absl::Status(tok.status().code(),
+                            absl::StrCat(path, ": tokenizer.ggml.*: ", tok.status().message()));
+      }
+      source.tokenizer = *std::move(tok);
+    } else if (!absl::IsNotFound(vocab.status())) {
+      return vocab.status();
+    }
+    if (file->Has("tokenizer.chat_template")) {
+      ASSIGN_OR_RETURN(const std::string_view chat, file->GetString("tokenizer.chat_template"));
+      source.chat_template = std::string(chat);
+    }
+    ASSIGN_OR_RETURN(source.model, model::Model::LoadGguf(std::move(file), options));
+    return source;
   }
   source.format = "safetensors";
   ASSIGN_OR_RETURN(source.model, model::Model::Load(path, options));

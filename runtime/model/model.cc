@@ -7,6 +7,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "common/status.h"
@@ -15,6 +16,8 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/norm.h"
 #include "kernels/cpu/rope.h"
+#include "runtime/gguf/gguf_file.h"
+#include "runtime/model/gguf_model.h"
 #include "runtime/model/weights.h"
 
 namespace spanserve::model {
@@ -536,10 +539,14 @@ void Model::Impl::Block(int layer, int64_t tokens, KvCache& cache, ForwardWorksp
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;
 
-absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const Options& options) {
-  auto impl = std::make_unique<Impl>();
-  ASSIGN_OR_RETURN(impl->config, LoadModelConfig(dir));
-  ASSIGN_OR_RETURN(impl->store, WeightStore::OpenDirectory(dir));
+namespace {
+
+absl::StatusOr<std::unique_ptr<Model::Impl>> BindModel(ModelConfig config,
+                                                       std::unique_ptr<WeightStore> store,
+                                                       const Model::Options& options) {
+  auto impl = std::make_unique<Model::Impl>();
+  impl->config = std::move(config);
+  impl->store = std::move(store);
   RETURN_IF_ERROR(impl->Bind(impl->store.get()));
   const ModelConfig& c = impl->config;
   const int64_t half = c.head_dim / 2;
@@ -548,6 +555,30 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const
   k::RopeTables(c.max_position_embeddings, c.head_dim, c.rope_theta, c.rope_linear_factor,
                 impl->rope_cos.data(), impl->rope_sin.data());
   impl->num_threads = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();
+  return impl;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
+                                                   const Options& options) {
+  if (absl::EndsWith(path, ".gguf")) {
+    ASSIGN_OR_RETURN(std::unique_ptr<gguf::GgufFile> file, gguf::GgufFile::Open(path));
+    return LoadGguf(std::move(file), options);
+  }
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(path));
+  ASSIGN_OR_RETURN(std::unique_ptr<WeightStore> store, WeightStore::OpenDirectory(path));
+  ASSIGN_OR_RETURN(std::unique_ptr<Impl> impl,
+                   BindModel(std::move(config), std::move(store), options));
+  return std::unique_ptr<Model>(new Model(std::move(impl)));
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::LoadGguf(std::shared_ptr<const gguf::GgufFile> file,
+                                                       const Options& options) {
+  ASSIGN_OR_RETURN(ModelConfig config, GgufModelConfig(*file));
+  ASSIGN_OR_RETURN(std::unique_ptr<WeightStore> store, GgufWeights(std::move(file), config));
+  ASSIGN_OR_RETURN(std::unique_ptr<Impl> impl,
+                   BindModel(std::move(config), std::move(store), options));
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }
 

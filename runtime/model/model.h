@@ -13,6 +13,10 @@
 #include "absl/status/statusor.h"
 #include "runtime/model/config.h"
 
+namespace spanserve::gguf {
+class GgufFile;
+}  // namespace spanserve::gguf
+
 namespace spanserve::model {
 
 // KV storage for every layer: K and V of shape [num_blocks, block_size, kv_heads, head_dim]
@@ -94,10 +98,14 @@ class Model {
   struct Options {
     int num_threads = 0;  // 0: OpenMP's default (OMP_NUM_THREADS, else all cores)
   };
-  // Loads <dir>/config.json and its safetensors. Every tensor the config implies must be
-  // present with its exact shape, and no other tensor may be: errors name the tensor.
-  [[nodiscard]] static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir,
+  // Loads <dir>/config.json and its safetensors, or a .gguf file (gguf_model.h). Every
+  // tensor the config implies must be present with its exact shape, and no other tensor
+  // may be: errors name the tensor.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& path,
                                                                    const Options& options);
+  // Loads a GGUF file already opened (the caller may read its tokenizer from it too).
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<Model>> LoadGguf(
+      std::shared_ptr<const gguf::GgufFile> file, const Options& options);
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir) {
     return Load(dir, Options{});
   }

@@ -279,6 +279,31 @@ absl::Status WeightStore::AddFile(const std::string& path) {
   return absl::OkStatus();
 }
 
+std::unique_ptr<WeightStore> WeightStore::CreateEmpty(std::string source) {
+  std::unique_ptr<WeightStore> store(new WeightStore());
+  store->source_ = std::move(source);
+  return store;
+}
+
+absl::Status WeightStore::AddTensor(std::string name, TensorView view, std::string origin) {
+  if (tensors_.contains(name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin, ": tensor '", name, "' is given twice in ", source_));
+  }
+  total_bytes_ += view.numel() * static_cast<int64_t>(DTypeSize(view.dtype));
+  Entry entry;
+  entry.view = std::move(view);
+  entry.file = std::move(origin);
+  tensors_.emplace(std::move(name), std::move(entry));
+  return absl::OkStatus();
+}
+
+void WeightStore::Own(std::unique_ptr<float[]> buffer) { owned_.push_back(std::move(buffer)); }
+
+void WeightStore::KeepAlive(std::shared_ptr<const void> owner) {
+  keep_alive_.push_back(std::move(owner));
+}
+
 bool WeightStore::Has(std::string_view name) const { return tensors_.contains(name); }
 
 absl::StatusOr<TensorView> WeightStore::Get(std::string_view name, std::span<const int64_t> shape) {

@@ -34,6 +34,18 @@ class WeightStore {
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<WeightStore>> OpenFile(
       const std::string& path);
 
+  // An empty store, filled by AddTensor with weights converted from another format (GGUF).
+  // `source` names the origin in messages.
+  static std::unique_ptr<WeightStore> CreateEmpty(std::string source);
+  // Adds `name` with `view`, whose data must stay valid as long as the store (own it with
+  // Own or KeepAlive). `origin` says where it came from in messages (e.g. the GGUF tensor).
+  // INVALID_ARGUMENT naming the tensor if the name is taken.
+  [[nodiscard]] absl::Status AddTensor(std::string name, TensorView view, std::string origin);
+  // Owns a buffer that added views point into.
+  void Own(std::unique_ptr<float[]> buffer);
+  // Keeps `owner` (e.g. a mapped file whose bytes views borrow) alive with the store.
+  void KeepAlive(std::shared_ptr<const void> owner);
+
   bool Has(std::string_view name) const;
 
   // The tensor `name` with exactly `shape`. NOT_FOUND naming a missing tensor;
@@ -45,7 +57,7 @@ class WeightStore {
   // Get (a checkpoint that does not match its config).
   [[nodiscard]] absl::Status CheckAllUsed() const;
 
-  // Bytes of tensor data across all files.
+  // Bytes of tensor data across all files (as held in memory for added tensors).
   int64_t total_bytes() const { return total_bytes_; }
   std::vector<std::string> Names() const;
 
@@ -60,6 +72,8 @@ class WeightStore {
 
   std::vector<std::unique_ptr<MappedFile>> files_;
   std::vector<std::unique_ptr<uint8_t[]>> realigned_;  // copies of unaligned tensors
+  std::vector<std::unique_ptr<float[]>> owned_;        // converted tensors (AddTensor)
+  std::vector<std::shared_ptr<const void>> keep_alive_;
   std::map<std::string, Entry, std::less<>> tensors_;
   std::string source_;  // the directory or file opened, for error messages
   int64_t total_bytes_ = 0;

@@ -1,0 +1,21 @@
+// GGUF tensor data to f32: F32, F16, BF16, Q8_0, Q4_0 and Q4_1 (kernels/cpu/dequant.h).
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "absl/status/status.h"
+#include "runtime/gguf/gguf_file.h"
+
+namespace spanserve::gguf {
+
+// Whether DequantizeToF32 handles `type`.
+bool CanDequantize(TensorType type);
+
+// Writes the tensor's numel() values to `out` in storage order (ne[0] fastest).
+// UNIMPLEMENTED naming the file, the tensor and its type for any other type;
+// INVALID_ARGUMENT if `out` is not numel() long. Multi-threaded (OpenMP).
+[[nodiscard]] absl::Status DequantizeToF32(const GgufFile& file, const TensorInfo& tensor,
+                                           std::span<float> out);
+
+}  // namespace spanserve::gguf

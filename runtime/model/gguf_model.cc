@@ -1,0 +1,282 @@
+#include "runtime/model/gguf_model.h"
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/status.h"
+#include "nlohmann/json.hpp"
+#include "runtime/gguf/dequantize.h"
+
+namespace spanserve::model {
+namespace {
+
+using json = nlohmann::json;
+using gguf::GgufFile;
+using gguf::TensorInfo;
+using gguf::TensorType;
+
+constexpr char kArch[] = "llama";
+
+// A bad file is INVALID_ARGUMENT, whatever the accessor's code for a missing key.
+absl::Status AsInvalid(const absl::Status& s) {
+  if (s.ok() || absl::IsInvalidArgument(s)) return s;
+  if (absl::IsNotFound(s)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(s.message(), " (required for a ", kArch, " model)"));
+  }
+  return s;
+}
+
+absl::StatusOr<int64_t> RequiredPositive(const GgufFile& f, const std::string& key) {
+  absl::StatusOr<int64_t> v = f.GetInt(key);
+  if (!v.ok()) return AsInvalid(v.status());
+  if (*v <= 0 || *v > (1 << 30)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(f.path(), ": metadata key '", key, "' = ", *v, ", expected a positive size"));
+  }
+  return *v;
+}
+
+absl::StatusOr<std::optional<int64_t>> OptionalPositive(const GgufFile& f, const std::string& key) {
+  if (!f.Has(key)) return std::optional<int64_t>();
+  ASSIGN_OR_RETURN(const int64_t v, RequiredPositive(f, key));
+  return std::optional<int64_t>(v);
+}
+
+absl::StatusOr<std::optional<int64_t>> OptionalTokenId(const GgufFile& f, const std::string& key) {
+  if (!f.Has(key)) return std::optional<int64_t>();
+  ASSIGN_OR_RETURN(const int64_t v, f.GetInt(key));
+  return std::optional<int64_t>(v);
+}
+
+// GGUF tensor name -> the runtime's name; empty if the architecture has no such tensor.
+std::string RuntimeName(const std::string& name) {
+  if (name == "token_embd.weight") return "model.embed_tokens.weight";
+  if (name == "output_norm.weight") return "model.norm.weight";
+  if (name == "output.weight") return "lm_head.weight";
+  if (!absl::StartsWith(name, "blk.")) return "";
+  const size_t dot = name.find('.', 4);
+  int layer = 0;
+  if (dot == std::string::npos || !absl::SimpleAtoi(name.substr(4, dot - 4), &layer) || layer < 0) {
+    return "";
+  }
+  std::string rest = name.substr(dot + 1);
+  std::string suffix;
+  for (const char* s : {".weight", ".bias"}) {
+    if (absl::EndsWith(rest, s)) suffix = s;
+  }
+  if (suffix.empty()) return "";
+  rest.resize(rest.size() - suffix.size());
+  static constexpr std::pair<const char*, const char*> kBlock[] = {
+      {"attn_norm", "input_layernorm"}, {"ffn_norm", "post_attention_layernorm"},
+      {"attn_q", "self_attn.q_proj"},   {"attn_k", "self_attn.k_proj"},
+      {"attn_v", "self_attn.v_proj"},   {"attn_output", "self_attn.o_proj"},
+      {"ffn_gate", "mlp.gate_proj"},    {"ffn_up", "mlp.up_proj"},
+      {"ffn_down", "mlp.down_proj"},
+  };
+  for (const auto& [from, to] : kBlock) {
+    if (rest == from) return absl::StrCat("model.layers.", layer, ".", to, suffix);
+  }
+  return "";
+}
+
+// Undoes llama.cpp's rotary permutation of Q/K rows in place: within each head of `dim`
+// rows, GGUF row 2i + j holds Hugging Face row j·dim/2 + i (j ∈ {0, 1}).
+void UnpermuteRows(float* data, int64_t rows, int64_t cols, int64_t heads) {
+  const int64_t dim = rows / heads;
+  const int64_t half = dim / 2;
+  std::vector<float> head(static_cast<size_t>(dim * cols));
+  for (int64_t h = 0; h < heads; ++h) {
+    float* base = data + h * dim * cols;
+    std::memcpy(head.data(), base, head.size() * sizeof(float));
+    for (int64_t i = 0; i < half; ++i) {
+      for (int64_t j = 0; j < 2; ++j) {
+        std::memcpy(base + (j * half + i) * cols, head.data() + (2 * i + j) * cols,
+                    cols * sizeof(float));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
+  absl::StatusOr<std::string_view> arch = f.GetString("general.architecture");
+  if (!arch.ok()) return AsInvalid(arch.status());
+  if (*arch != kArch) {
+    return absl::UnimplementedError(absl::StrCat(f.path(), ": general.architecture '",
+                                                 std::string(*arch),
+                                                 "' is not supported (supported: llama)"));
+  }
+  const std::string a = kArch;
+  if (f.Has(a + ".expert_count")) {
+    ASSIGN_OR_RETURN(const int64_t experts, f.GetInt(a + ".expert_count"));
+    if (experts > 0) {
+      return absl::UnimplementedError(absl::StrCat(f.path(), ": ", a, ".expert_count = ", experts,
+                                                   ": MoE GGUF models are not supported yet"));
+    }
+  }
+  ASSIGN_OR_RETURN(const int64_t hidden, RequiredPositive(f, a + ".embedding_length"));
+  ASSIGN_OR_RETURN(const int64_t ffn, RequiredPositive(f, a + ".feed_forward_length"));
+  ASSIGN_OR_RETURN(const int64_t layers, RequiredPositive(f, a + ".block_count"));
+  ASSIGN_OR_RETURN(const int64_t context, RequiredPositive(f, a + ".context_length"));
+  ASSIGN_OR_RETURN(const int64_t heads, RequiredPositive(f, a + ".attention.head_count"));
+  ASSIGN_OR_RETURN(const std::optional<int64_t> kv_heads,
+                   OptionalPositive(f, a + ".attention.head_count_kv"));
+  if (kv_heads.has_value() && heads % *kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(f.path(), ": ", a, ".attention.head_count (",
+                                                   heads, ") is not divisible by ", a,
+                                                   ".attention.head_count_kv (", *kv_heads, ")"));
+  }
+  ASSIGN_OR_RETURN(const std::optional<int64_t> key_length,
+                   OptionalPositive(f, a + ".attention.key_length"));
+  ASSIGN_OR_RETURN(const std::optional<int64_t> value_length,
+                   OptionalPositive(f, a + ".attention.value_length"));
+  if (!key_length.has_value() && hidden % heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(f.path(), ": ", a, ".embedding_length (", hidden,
+                                                   ") is not divisible by ", a,
+                                                   ".attention.head_count (", heads, ")"));
+  }
+  const int64_t head_dim = key_length.value_or(hidden / heads);
+  if (value_length.has_value() && *value_length != head_dim) {
+    return absl::UnimplementedError(absl::StrCat(
+        f.path(), ": ", a, ".attention.value_length (", *value_length,
+        ") differs from the key length (", head_dim, "), which the runtime does not support"));
+  }
+  absl::StatusOr<double> eps = f.GetFloat(a + ".attention.layer_norm_rms_epsilon");
+  if (!eps.ok()) return AsInvalid(eps.status());
+  if (!(*eps > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        f.path(), ": ", a, ".attention.layer_norm_rms_epsilon = ", *eps, ", expected > 0"));
+  }
+  double theta = 10000.0;
+  if (f.Has(a + ".rope.freq_base")) {
+    ASSIGN_OR_RETURN(theta, f.GetFloat(a + ".rope.freq_base"));
+  }
+  if (f.Has(a + ".rope.dimension_count")) {
+    ASSIGN_OR_RETURN(const int64_t rot, f.GetInt(a + ".rope.dimension_count"));
+    if (rot != head_dim) {
+      return absl::UnimplementedError(
+          absl::StrCat(f.path(), ": ", a, ".rope.dimension_count = ", rot, " but the head size is ",
+                       head_dim, ": partial rotary embeddings are not supported"));
+    }
+  }
+  double linear_factor = 1.0;
+  if (f.Has(a + ".rope.scaling.type")) {
+    ASSIGN_OR_RETURN(const std::string_view type, f.GetString(a + ".rope.scaling.type"));
+    if (type == "linear") {
+      absl::StatusOr<double> factor = f.GetFloat(a + ".rope.scaling.factor");
+      if (!factor.ok()) return AsInvalid(factor.status());
+      linear_factor = *factor;
+    } else if (type != "none") {
+      return absl::UnimplementedError(absl::StrCat(f.path(), ": ", a, ".rope.scaling.type '",
+                                                   std::string(type),
+                                                   "' is not supported (supported: none, linear)"));
+    }
+  } else if (f.Has(a + ".rope.scale_linear")) {  // the older spelling
+    ASSIGN_OR_RETURN(linear_factor, f.GetFloat(a + ".rope.scale_linear"));
+  }
+  if (!(linear_factor > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        f.path(), ": ", a, ".rope.scaling.factor = ", linear_factor, ", expected > 0"));
+  }
+
+  int64_t vocab = 0;
+  if (const gguf::Value* tokens = f.Find("tokenizer.ggml.tokens"); tokens != nullptr) {
+    vocab = static_cast<int64_t>(tokens->count);
+  } else if (f.Has(a + ".vocab_size")) {
+    ASSIGN_OR_RETURN(vocab, RequiredPositive(f, a + ".vocab_size"));
+  } else if (const TensorInfo* embd = f.FindTensor("token_embd.weight");
+             embd != nullptr && embd->ne.size() == 2) {
+    vocab = embd->ne[1];
+  }
+  if (vocab <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(f.path(), ": no vocabulary size: tokenizer.ggml.tokens, ", a,
+                     ".vocab_size and tensor 'token_embd.weight' are all missing"));
+  }
+
+  json j = {{"model_type", "llama"},
+            {"hidden_size", hidden},
+            {"intermediate_size", ffn},
+            {"num_hidden_layers", layers},
+            {"num_attention_heads", heads},
+            {"num_key_value_heads", kv_heads.value_or(heads)},
+            {"head_dim", head_dim},
+            {"rms_norm_eps", *eps},
+            {"rope_theta", theta},
+            {"max_position_embeddings", context},
+            {"vocab_size", vocab},
+            {"tie_word_embeddings", f.FindTensor("output.weight") == nullptr}};
+  if (linear_factor != 1.0) j["rope_scaling"] = {{"type", "linear"}, {"factor", linear_factor}};
+  ASSIGN_OR_RETURN(const std::optional<int64_t> bos,
+                   OptionalTokenId(f, "tokenizer.ggml.bos_token_id"));
+  ASSIGN_OR_RETURN(const std::optional<int64_t> eos,
+                   OptionalTokenId(f, "tokenizer.ggml.eos_token_id"));
+  if (bos.has_value()) j["bos_token_id"] = *bos;
+  if (eos.has_value()) j["eos_token_id"] = *eos;
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(j.dump());
+  if (!config.ok()) {
+    return absl::Status(config.status().code(),
+                        absl::StrCat(f.path(), ": the metadata makes an invalid config: ",
+                                     config.status().message()));
+  }
+  // The norm eps is f32 in the file: keep it bit-exact.
+  config->norm_eps = static_cast<float>(*eps);
+  return config;
+}
+
+absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const GgufFile> file,
+                                                         const ModelConfig& config) {
+  const GgufFile& f = *file;
+  std::unique_ptr<WeightStore> store = WeightStore::CreateEmpty(f.path());
+  for (const TensorInfo& t : f.tensors()) {
+    const std::string name = RuntimeName(t.name);
+    if (name.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(f.path(), ": tensor '", t.name,
+                                                     "' is not a tensor of a ", kArch,
+                                                     " model this runtime knows"));
+    }
+    const std::string origin = absl::StrCat(f.path(), " as '", t.name, "'");
+    TensorView view;
+    view.shape = t.TorchShape();
+    const bool is_q = absl::StrContains(t.name, ".attn_q.");
+    const bool is_k = absl::StrContains(t.name, ".attn_k.");
+    const int64_t heads = is_q ? config.num_heads : config.num_kv_heads;
+    // Permute only what has the expected row count; a misshapen tensor is reported by Model.
+    const bool permute = (is_q || is_k) && view.shape[0] == heads * config.head_dim;
+    const bool in_place = !permute && (t.type == TensorType::kF32 || t.type == TensorType::kF16 ||
+                                       t.type == TensorType::kBF16);
+    if (in_place) {
+      view.dtype = t.type == TensorType::kF32   ? DType::kF32
+                   : t.type == TensorType::kF16 ? DType::kF16
+                                                : DType::kBF16;
+      view.data = t.data;
+      RETURN_IF_ERROR(store->AddTensor(name, std::move(view), origin));
+      continue;
+    }
+    const int64_t n = t.numel();
+    std::unique_ptr<float[]> buffer(new float[n]);
+    RETURN_IF_ERROR(gguf::DequantizeToF32(f, t, std::span<float>(buffer.get(), n)));
+    if (permute) {
+      const int64_t cols = view.shape.size() == 2 ? view.shape[1] : 1;
+      UnpermuteRows(buffer.get(), view.shape[0], cols, heads);
+    }
+    view.dtype = DType::kF32;
+    view.data = buffer.get();
+    store->Own(std::move(buffer));
+    RETURN_IF_ERROR(store->AddTensor(name, std::move(view), origin));
+  }
+  store->KeepAlive(std::move(file));
+  return store;
+}
+
+}  // namespace spanserve::model

@@ -1,0 +1,41 @@
+// A GGUF file as a model: its metadata as a ModelConfig, its tensors as a WeightStore under
+// the runtime's (Hugging Face) names. Only general.architecture = "llama" is supported.
+//
+// Metadata keys (A = the architecture prefix, "llama"):
+//   A.embedding_length → hidden_size        A.feed_forward_length → intermediate_size
+//   A.block_count → num_hidden_layers       A.context_length → max_position_embeddings
+//   A.attention.head_count(_kv)             A.attention.key_length → head_dim (optional)
+//   A.attention.layer_norm_rms_epsilon      A.rope.freq_base → rope_theta (default 1e4)
+//   A.rope.dimension_count (must be head_dim)   A.rope.scaling.type/.factor (none, linear)
+//   vocab size: the length of tokenizer.ggml.tokens (else A.vocab_size, else token_embd)
+//   tied embeddings iff output.weight is absent; BOS/EOS from tokenizer.ggml.*_token_id.
+// Tensors: token_embd, output_norm, output, blk.N.{attn_norm, attn_q, attn_k, attn_v,
+// attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down}. GGUF dims are innermost-first, so a
+// [ne0, ne1] matrix is the runtime's [ne1 rows, ne0 cols]. llama.cpp's converter interleaves
+// the rows of each Q and K head for its rotary layout; they are put back in the Hugging Face
+// order here, so the runtime's rotary embedding gives the same result. Quantized (and
+// permuted) tensors are dequantized to f32 at load; F32/F16/BF16 ones are used in place.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "runtime/gguf/gguf_file.h"
+#include "runtime/model/config.h"
+#include "runtime/model/weights.h"
+
+namespace spanserve::model {
+
+// INVALID_ARGUMENT naming the key for a missing or ill-typed key or inconsistent values;
+// UNIMPLEMENTED naming general.architecture for another architecture, or the key of a
+// feature the runtime lacks (partial rotary, other RoPE scaling, experts).
+[[nodiscard]] absl::StatusOr<ModelConfig> GgufModelConfig(const gguf::GgufFile& file);
+
+// The tensors of `file` for `config`, renamed, reshaped, un-permuted and dequantized. The
+// store keeps `file` alive. UNIMPLEMENTED naming the tensor and its type for a type with no
+// dequantizer; INVALID_ARGUMENT naming a tensor the architecture does not have. Shapes are
+// checked later, against the config, by Model (the message then names the GGUF tensor).
+[[nodiscard]] absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(
+    std::shared_ptr<const gguf::GgufFile> file, const ModelConfig& config);
+
+}  // namespace spanserve::model
