@@ -243,9 +243,9 @@ class GgufFile::Reader {
   absl::StatusOr<std::string_view> ReadString(const std::string& what) {
     ASSIGN_OR_RETURN(const uint64_t len, Read<uint64_t>(what));
     if (len > remaining()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path_, ": ", what, ": string length ", len, " at offset ", pos_ - 8,
-                       " runs past the end", " of the file (", remaining(), " bytes left)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          path_, ": ", what, ": string length ", len, " at offset ", pos_ - 8, " runs past the end",
+          " of the file (", remaining(), " bytes left; truncated file?)"));
     }
     ASSIGN_OR_RETURN(const uint8_t* p, Take(what, len));
     return std::string_view(reinterpret_cast<const char*>(p), len);
@@ -331,10 +331,10 @@ class GgufFile::Reader {
     // would make us reserve absurd amounts of memory).
     const uint64_t min_bytes = MinElementBytes(out->elem_type);
     if (out->count > remaining() / min_bytes) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path_, ": ", what, ": array of ", out->count, " ",
-                       ValueTypeName(out->elem_type), " elements needs at least ", min_bytes,
-                       " bytes each but only ", remaining(), " bytes remain in the file"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          path_, ": ", what, ": array of ", out->count, " ", ValueTypeName(out->elem_type),
+          " elements needs at least ", min_bytes, " bytes each but only ", remaining(),
+          " bytes remain in the file (truncated file?)"));
     }
     switch (out->elem_type) {
       case ValueType::kString:
@@ -547,8 +547,9 @@ absl::Status GgufFile::ParseAll() {
   }
   std::vector<const Pending*> by_offset;
   for (const Pending& p : pending) by_offset.push_back(&p);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const Pending* a, const Pending* b) { return a->info.offset < b->info.offset; });
+  std::stable_sort(by_offset.begin(), by_offset.end(), [](const Pending* a, const Pending* b) {
+    return a->info.offset < b->info.offset;
+  });
   for (size_t i = 1; i < by_offset.size(); ++i) {
     const Pending& prev = *by_offset[i - 1];
     const Pending& cur = *by_offset[i];
