@@ -1,0 +1,267 @@
+// Models from GGUF files: a GGUF written from the tiny Llama test checkpoint
+// (tests/data/models/hf_llama) the way llama.cpp's converter writes one (renamed tensors,
+// innermost-first dims, Q/K rows permuted for its rotary layout) gives bit-identical logits
+// to the safetensors original; broken or unsupported files fail naming the culprit.
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gguf_writer.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "runtime/loader/model_source.h"
+#include "runtime/model/model.h"
+#include "runtime/model/weights.h"
+
+namespace spanserve::loader {
+namespace {
+
+using gguf::testing::GgufWriter;
+using ::testing::HasSubstr;
+
+const std::string kLlamaDir = std::string(SPANSERVE_TEST_DATA) + "/models/hf_llama";
+
+// What to break in the written file.
+struct Variant {
+  uint32_t version = 3;
+  std::string arch = "llama";
+  std::string drop_key;         // metadata key left out
+  std::string drop_tensor;      // GGUF tensor left out
+  int64_t v_rows = 0;           // blk.0.attn_v rows, if not the config's
+  uint32_t attn_norm_type = 0;  // blk.0.attn_norm written as this ggml type
+  bool extra_tensor = false;    // adds blk.0.attn_qkv.weight
+  std::string tokenizer_model;  // tokenizer.ggml.model, if any
+};
+
+std::vector<float> Floats(const model::TensorView& t) {
+  std::vector<float> v(t.numel());
+  std::memcpy(v.data(), t.data, v.size() * sizeof(float));
+  return v;
+}
+
+// llama.cpp's permutation: HF row h·D + j·D/2 + i goes to GGUF row h·D + 2i + j.
+std::vector<float> Permute(const std::vector<float>& w, int64_t rows, int64_t cols, int64_t heads) {
+  std::vector<float> out(w.size());
+  const int64_t d = rows / heads;
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t i = 0; i < d / 2; ++i) {
+      for (int64_t j = 0; j < 2; ++j) {
+        std::memcpy(&out[(h * d + 2 * i + j) * cols], &w[(h * d + j * (d / 2) + i) * cols],
+                    cols * sizeof(float));
+      }
+    }
+  }
+  return out;
+}
+
+std::string WriteLlamaGguf(const Variant& v, const std::string& file_name) {
+  auto store = model::WeightStore::OpenDirectory(kLlamaDir);
+  EXPECT_TRUE(store.ok()) << store.status();
+  GgufWriter w(v.version);
+  const auto put_u32 = [&](const std::string& key, uint32_t value) {
+    if (key != v.drop_key) w.U32(key, value);
+  };
+  if (v.drop_key != "general.architecture") w.Str("general.architecture", v.arch);
+  put_u32(v.arch + ".context_length", 128);
+  put_u32(v.arch + ".embedding_length", 36);
+  put_u32(v.arch + ".block_count", 3);
+  put_u32(v.arch + ".feed_forward_length", 60);
+  put_u32(v.arch + ".attention.head_count", 6);
+  put_u32(v.arch + ".attention.head_count_kv", 2);
+  put_u32(v.arch + ".rope.dimension_count", 6);
+  w.F32(v.arch + ".rope.freq_base", 10000.0f);
+  if (v.drop_key != "llama.attention.layer_norm_rms_epsilon") {
+    w.F32(v.arch + ".attention.layer_norm_rms_epsilon", 1e-5f);
+  }
+  put_u32(v.arch + ".vocab_size", 89);
+  put_u32("tokenizer.ggml.bos_token_id", 1);
+  put_u32("tokenizer.ggml.eos_token_id", 2);
+  if (!v.tokenizer_model.empty()) {
+    w.Str("tokenizer.ggml.model", v.tokenizer_model);
+    std::vector<std::string> tokens;
+    for (int i = 0; i < 89; ++i) tokens.push_back(absl::StrCat("t", i));
+    w.StrArray("tokenizer.ggml.tokens", tokens);
+  }
+  const auto tensor =
+      [&](const std::string& hf_name) -> std::pair<std::vector<int64_t>, std::vector<float>> {
+    for (const int64_t rows : {89, 36, 60, 12, 0}) {
+      for (const int64_t cols : {36, 60, 0}) {
+        std::vector<int64_t> shape =
+            cols == 0 ? std::vector<int64_t>{rows} : std::vector<int64_t>{rows, cols};
+        if (rows == 0) continue;
+        auto t = (*store)->Get(hf_name, shape);
+        if (t.ok()) return {shape, Floats(*t)};
+      }
+    }
+    ADD_FAILURE() << "no tensor " << hf_name;
+    return {};
+  };
+  const auto put = [&](const std::string& gguf_name, const std::string& hf_name,
+                       int64_t permute_heads) {
+    if (gguf_name == v.drop_tensor) return;
+    auto [shape, values] = tensor(hf_name);
+    if (permute_heads > 0) values = Permute(values, shape[0], shape[1], permute_heads);
+    std::vector<uint64_t> ne(shape.rbegin(), shape.rend());
+    if (gguf_name == "blk.0.attn_v.weight" && v.v_rows > 0) {
+      ne[1] = v.v_rows;
+      values.resize(ne[0] * ne[1]);
+    }
+    if (gguf_name == "blk.0.attn_norm.weight" && v.attn_norm_type != 0) {
+      w.AddTensor(
+          {gguf_name, ne, v.attn_norm_type, std::vector<uint8_t>(values.size() * 4), std::nullopt});
+      return;
+    }
+    w.AddF32(gguf_name, ne, values);
+  };
+  put("token_embd.weight", "model.embed_tokens.weight", 0);
+  put("output_norm.weight", "model.norm.weight", 0);
+  put("output.weight", "lm_head.weight", 0);
+  for (int l = 0; l < 3; ++l) {
+    const std::string b = absl::StrCat("blk.", l, ".");
+    const std::string m = absl::StrCat("model.layers.", l, ".");
+    put(b + "attn_norm.weight", m + "input_layernorm.weight", 0);
+    put(b + "ffn_norm.weight", m + "post_attention_layernorm.weight", 0);
+    put(b + "attn_q.weight", m + "self_attn.q_proj.weight", 6);
+    put(b + "attn_k.weight", m + "self_attn.k_proj.weight", 2);
+    put(b + "attn_v.weight", m + "self_attn.v_proj.weight", 0);
+    put(b + "attn_output.weight", m + "self_attn.o_proj.weight", 0);
+    put(b + "ffn_gate.weight", m + "mlp.gate_proj.weight", 0);
+    put(b + "ffn_up.weight", m + "mlp.up_proj.weight", 0);
+    put(b + "ffn_down.weight", m + "mlp.down_proj.weight", 0);
+  }
+  if (v.extra_tensor) w.AddF32("blk.0.attn_qkv.weight", {36, 1}, std::vector<float>(36));
+  const std::vector<uint8_t> bytes = w.Build();
+  const std::string path = ::testing::TempDir() + file_name;
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+  return path;
+}
+
+std::vector<float> Logits(model::Model& m, const std::vector<int32_t>& tokens) {
+  auto cache = model::KvCache::Create(m.config(), 16, 4);
+  EXPECT_TRUE(cache.ok());
+  model::ForwardWorkspace ws;
+  const std::vector<int32_t> table = {0, 1, 2, 3};
+  const model::SequenceInput seq{
+      .tokens = tokens, .cached = 0, .block_table = table, .logits = model::LogitsMode::kAll};
+  std::vector<float> logits(tokens.size() * m.config().vocab_size);
+  EXPECT_TRUE(m.Forward({&seq, 1}, **cache, ws, logits.data()).ok());
+  return logits;
+}
+
+absl::Status LoadStatus(const Variant& v, const std::string& name) {
+  auto m = model::Model::Load(WriteLlamaGguf(v, name));
+  return m.status();
+}
+
+TEST(GgufModel, MatchesTheSafetensorsCheckpointBitForBit) {
+  const std::vector<int32_t> tokens = {1, 5, 17, 42, 3, 88, 60, 7, 9, 23, 31, 2};
+  auto original = model::Model::Load(kLlamaDir);
+  ASSERT_TRUE(original.ok()) << original.status();
+  const std::vector<float> want = Logits(**original, tokens);
+  for (const uint32_t version : {2u, 3u}) {
+    Variant v;
+    v.version = version;
+    auto m = model::Model::Load(WriteLlamaGguf(v, absl::StrCat("llama_v", version, ".gguf")));
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ((*m)->config().num_kv_heads, 2);
+    EXPECT_FALSE((*m)->config().tie_word_embeddings);
+    EXPECT_EQ(Logits(**m, tokens), want) << "GGUF v" << version;
+  }
+}
+
+TEST(GgufModel, TiesEmbeddingsWhenOutputIsAbsent) {
+  Variant v;
+  v.drop_tensor = "output.weight";
+  auto m = model::Model::Load(WriteLlamaGguf(v, "tied.gguf"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_TRUE((*m)->config().tie_word_embeddings);
+}
+
+TEST(GgufModel, UnsupportedArchitectureIsNamed) {
+  Variant v;
+  v.arch = "qwen3";
+  const absl::Status s = LoadStatus(v, "qwen3.gguf");
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("general.architecture 'qwen3'"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("qwen3.gguf"));
+}
+
+TEST(GgufModel, MissingRequiredKeyIsNamed) {
+  for (const std::string key : {"llama.block_count", "llama.embedding_length",
+                                "llama.attention.layer_norm_rms_epsilon", "general.architecture"}) {
+    Variant v;
+    v.drop_key = key;
+    const absl::Status s = LoadStatus(v, "missing_key.gguf");
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(absl::StrCat("'", key, "'")));
+  }
+}
+
+TEST(GgufModel, ShapeNotMatchingTheConfigNamesBothTensorNames) {
+  Variant v;
+  v.v_rows = 6;  // the config implies 2 kv heads × 6 = 12
+  const absl::Status s = LoadStatus(v, "bad_shape.gguf");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("model.layers.0.self_attn.v_proj.weight"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("'blk.0.attn_v.weight'"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("expected [12, 36]"));
+}
+
+TEST(GgufModel, MissingTensorIsNamed) {
+  Variant v;
+  v.drop_tensor = "blk.2.ffn_down.weight";
+  const absl::Status s = LoadStatus(v, "missing_tensor.gguf");
+  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()), HasSubstr("model.layers.2.mlp.down_proj.weight"));
+}
+
+TEST(GgufModel, UnsupportedTensorTypeIsNamed) {
+  Variant v;
+  v.attn_norm_type = 26;  // I32
+  const absl::Status s = LoadStatus(v, "i32.gguf");
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("tensor 'blk.0.attn_norm.weight' has type I32"));
+}
+
+TEST(GgufModel, UnknownTensorIsNamed) {
+  Variant v;
+  v.extra_tensor = true;
+  const absl::Status s = LoadStatus(v, "extra.gguf");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("'blk.0.attn_qkv.weight'"));
+}
+
+TEST(GgufModel, TruncatedFileFailsThroughLoadModelSource) {
+  const std::string path = WriteLlamaGguf(Variant{}, "truncated.gguf");
+  std::filesystem::resize_file(path, std::filesystem::file_size(path) / 2);
+  auto source = LoadModelSource(path, {});
+  ASSERT_FALSE(source.ok());
+  EXPECT_EQ(source.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(source.status().message()), HasSubstr("truncated.gguf"));
+  EXPECT_THAT(std::string(source.status().message()), HasSubstr("truncated file"));
+}
+
+TEST(GgufModel, LoadModelSourceWithoutTokenizerAndWithAnUnsupportedOne) {
+  auto source = LoadModelSource(WriteLlamaGguf(Variant{}, "no_tok.gguf"), {});
+  ASSERT_TRUE(source.ok()) << source.status();
+  EXPECT_EQ(source->format, "gguf");
+  EXPECT_EQ(source->tokenizer, nullptr);  // weights only: token-id prompts
+  EXPECT_TRUE(source->chat_template.empty());
+
+  Variant v;
+  v.tokenizer_model = "bert";
+  auto bert = LoadModelSource(WriteLlamaGguf(v, "bert.gguf"), {});
+  ASSERT_FALSE(bert.ok());
+  EXPECT_EQ(bert.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(bert.status().message()), HasSubstr("tokenizer.ggml.model 'bert'"));
+}
+
+}  // namespace
+}  // namespace spanserve::loader
