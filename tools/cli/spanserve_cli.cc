@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -19,12 +20,13 @@
 #include "absl/strings/str_cat.h"
 #include "common/mapped_file.h"
 #include "common/status.h"
+#include "runtime/loader/model_source.h"
 #include "runtime/model/model.h"
 #include "runtime/model/perplexity.h"
 #include "runtime/tokenizer/streaming.h"
 #include "runtime/tokenizer/tokenizer.h"
 
-ABSL_FLAG(std::string, model, "models/spanserve-span-12l", "model directory");
+ABSL_FLAG(std::string, model, "models/spanserve-span-12l", "model directory or .gguf file");
 ABSL_FLAG(std::string, prompt, "In the beginning", "generate: the prompt text");
 ABSL_FLAG(int, max_tokens, 64, "generate: tokens to generate");
 ABSL_FLAG(std::string, text, "", "perplexity: the text file to score");
@@ -39,21 +41,36 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
+// Resident set size of this process in MiB (Linux), or -1.
+double RssMiB() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  }
+  return -1;
+}
+
 struct Loaded {
   std::unique_ptr<model::Model> model;
   std::unique_ptr<tokenizer::Tokenizer> tokenizer;
 };
 
-absl::StatusOr<Loaded> LoadAll() {
-  const std::string dir = absl::GetFlag(FLAGS_model);
-  Loaded l;
+// The model and its tokenizer (through LoadModelSource: a directory or a .gguf file).
+absl::StatusOr<Loaded> LoadAll(bool need_tokenizer = true) {
+  const std::string path = absl::GetFlag(FLAGS_model);
   const auto t0 = Clock::now();
-  ASSIGN_OR_RETURN(l.model, model::Model::Load(dir, {.num_threads = absl::GetFlag(FLAGS_threads)}));
-  ASSIGN_OR_RETURN(l.tokenizer, tokenizer::Tokenizer::FromFile(dir + "/tokenizer.json"));
-  std::fprintf(stderr, "loaded %s: %s, %d layers, %.2fM parameters, in %.3f s\n", dir.c_str(),
+  ASSIGN_OR_RETURN(loader::ModelSource source,
+                   loader::LoadModelSource(path, {.num_threads = absl::GetFlag(FLAGS_threads)}));
+  if (need_tokenizer && source.tokenizer == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(path, " has no tokenizer"));
+  }
+  Loaded l{std::move(source.model), std::move(source.tokenizer)};
+  std::fprintf(stderr, "loaded %s (%s): %s, %d layers, %.2fM parameters, in %.3f s; RSS %.0f MiB\n",
+               path.c_str(), source.format.c_str(),
                std::string(model::NormPlacementName(l.model->config().norm_placement)).c_str(),
                l.model->config().num_layers, l.model->num_parameters() / 1e6,
-               Seconds(t0, Clock::now()));
+               Seconds(t0, Clock::now()), RssMiB());
   return l;
 }
 
@@ -164,7 +181,7 @@ absl::Status ExpertLoadReport() {
 }
 
 absl::Status Info() {
-  ASSIGN_OR_RETURN(Loaded l, LoadAll());
+  ASSIGN_OR_RETURN(Loaded l, LoadAll(/*need_tokenizer=*/false));
   const model::ModelConfig& c = l.model->config();
   std::printf(
       "model_type %s\nplacement %s\nlayers %d\nhidden %d\nheads %d/%d (head_dim %d)\n"
@@ -181,7 +198,8 @@ absl::Status Info() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "spanserve-cli generate|perplexity|expert-load|info --model DIR [--prompt TEXT | --text "
+      "spanserve-cli generate|perplexity|expert-load|info --model DIR|FILE.gguf [--prompt TEXT | "
+      "--text "
       "FILE]");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
