@@ -166,6 +166,11 @@ class GgufFile {
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   const TensorInfo* FindTensor(std::string_view name) const;
 
+  // Drops this process's resident pages of a tensor's data once it has been converted
+  // (the kernel re-reads them from the file if touched again), so a dequantized model does
+  // not also keep the quantized bytes resident. No-op for in-memory images (Parse).
+  void ReleasePages(const TensorInfo& tensor) const;
+
  private:
   GgufFile() = default;
   class Reader;

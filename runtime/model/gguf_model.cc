@@ -266,6 +266,7 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
     const int64_t n = t.numel();
     std::unique_ptr<float[]> buffer(new float[n]);
     RETURN_IF_ERROR(gguf::DequantizeToF32(f, t, std::span<float>(buffer.get(), n)));
+    f.ReleasePages(t);
     if (permute) {
       const int64_t cols = view.shape.size() == 2 ? view.shape[1] : 1;
       UnpermuteRows(buffer.get(), view.shape[0], cols, heads);

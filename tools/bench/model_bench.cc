@@ -2,7 +2,7 @@
 // 512-token prompt, decode-step time at batch 1 and 16, and the decode step's effective
 // weight bandwidth next to a plain memory-read bandwidth measured in the same run.
 //
-//   spanserve_model_bench --model DIR [--threads N] [--steps 16] [--json out.json]
+//   spanserve_model_bench --model DIR|FILE.gguf [--threads N] [--steps 16] [--json out.json]
 //   spanserve_model_bench --random qwen2-0.5b|moe8|moe32|moe64   (a random bf16 checkpoint
 //       written once to the temp directory: Qwen2-0.5B's shapes, or an MoE with 8/32/64
 //       experts of the same size and the same top-2, so the same active parameters)
@@ -23,7 +23,7 @@
 #include "runtime/model/model.h"
 #include "tools/bench/random_model.h"
 
-ABSL_FLAG(std::string, model, "models/spanserve-span-12l", "model directory");
+ABSL_FLAG(std::string, model, "models/spanserve-span-12l", "model directory or .gguf file");
 ABSL_FLAG(int, threads, 0, "compute threads (0: all cores)");
 ABSL_FLAG(int, steps, 16, "decode steps timed per batch size");
 ABSL_FLAG(int, prompt, 512, "prefill prompt length");
