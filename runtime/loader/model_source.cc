@@ -12,6 +12,7 @@
 #include "nlohmann/json.hpp"
 #include "runtime/gguf/gguf_file.h"
 #include "runtime/loader/gguf_tokenizer.h"
+#include "runtime/model/gguf_model.h"
 
 namespace spanserve::loader {
 namespace {
@@ -59,7 +60,7 @@ absl::StatusOr<ModelSource> LoadModelSource(const std::string& path,
                                             const model::Model::Options& options) {
   ModelSource source;
   source.path = path;
-  if (absl::EndsWith(path, ".gguf")) {
+  if (model::IsGgufPath(path)) {
     source.format = "gguf";
     ASSIGN_OR_RETURN(std::shared_ptr<const gguf::GgufFile> file, gguf::GgufFile::Open(path));
     // The tokenizer first: it is cheap, and a bad one should not cost a weight conversion.

@@ -26,8 +26,8 @@ struct ModelSource {
   std::string path;
 };
 
-// Loads `path` (a directory or a .gguf file). Errors name the file and the key or tensor
-// at fault (see Model::Load and Tokenizer::FromFile).
+// Loads `path` (a directory, or a GGUF file: a path ending in .gguf or any regular file). Errors
+// name the file and the key or tensor at fault (see Model::Load and Tokenizer::FromFile).
 [[nodiscard]] absl::StatusOr<ModelSource> LoadModelSource(const std::string& path,
                                                           const model::Model::Options& options);
 

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -107,6 +109,11 @@ void UnpermuteRows(float* data, int64_t rows, int64_t cols, int64_t heads) {
 }
 
 }  // namespace
+
+bool IsGgufPath(const std::string& path) {
+  std::error_code ec;
+  return absl::EndsWith(path, ".gguf") || std::filesystem::is_regular_file(path, ec);
+}
 
 absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
   absl::StatusOr<std::string_view> arch = f.GetString("general.architecture");

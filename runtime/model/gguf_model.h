@@ -18,6 +18,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "runtime/gguf/gguf_file.h"
@@ -25,6 +26,10 @@
 #include "runtime/model/weights.h"
 
 namespace spanserve::model {
+
+// Whether `path` names a GGUF file rather than a model directory: it ends in ".gguf" or is a
+// regular file (whose magic the reader then checks).
+bool IsGgufPath(const std::string& path);
 
 // INVALID_ARGUMENT naming the key for a missing or ill-typed key or inconsistent values;
 // UNIMPLEMENTED naming general.architecture for another architecture, or the key of a

@@ -7,7 +7,6 @@
 #include <cmath>
 #include <numeric>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "common/status.h"
@@ -562,7 +561,7 @@ absl::StatusOr<std::unique_ptr<Model::Impl>> BindModel(ModelConfig config,
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
                                                    const Options& options) {
-  if (absl::EndsWith(path, ".gguf")) {
+  if (IsGgufPath(path)) {
     ASSIGN_OR_RETURN(std::unique_ptr<gguf::GgufFile> file, gguf::GgufFile::Open(path));
     return LoadGguf(std::move(file), options);
   }

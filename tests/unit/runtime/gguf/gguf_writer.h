@@ -106,12 +106,16 @@ class GgufWriter {
     return b;
   }
   static std::vector<uint8_t> String(const std::string& s) {
-    std::vector<uint8_t> b = Le(static_cast<uint64_t>(s.size()));
-    b.insert(b.end(), s.begin(), s.end());
+    std::vector<uint8_t> b(8 + s.size());
+    const uint64_t n = s.size();
+    std::memcpy(b.data(), &n, 8);
+    if (n > 0) std::memcpy(b.data() + 8, s.data(), n);
     return b;
   }
   static void Append(std::vector<uint8_t>& to, const std::vector<uint8_t>& from) {
-    to.insert(to.end(), from.begin(), from.end());
+    const size_t at = to.size();
+    to.resize(at + from.size());
+    if (!from.empty()) std::memcpy(to.data() + at, from.data(), from.size());
   }
 
  private:

@@ -238,6 +238,19 @@ TEST(GgufModel, UnknownTensorIsNamed) {
   EXPECT_THAT(std::string(s.message()), HasSubstr("'blk.0.attn_qkv.weight'"));
 }
 
+TEST(GgufModel, AnyRegularFileIsReadAsGguf) {
+  // A GGUF under another name loads; a file that is not GGUF fails on its magic.
+  const std::string path = WriteLlamaGguf(Variant{}, "renamed.gguf");
+  const std::string renamed = ::testing::TempDir() + "model.bin";
+  std::filesystem::copy_file(path, renamed, std::filesystem::copy_options::overwrite_existing);
+  auto m = model::Model::Load(renamed);
+  EXPECT_TRUE(m.ok()) << m.status();
+  auto bad = LoadModelSource(kLlamaDir + "/config.json", {});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("config.json: bad magic"));
+}
+
 TEST(GgufModel, TruncatedFileFailsThroughLoadModelSource) {
   const std::string path = WriteLlamaGguf(Variant{}, "truncated.gguf");
   std::filesystem::resize_file(path, std::filesystem::file_size(path) / 2);
