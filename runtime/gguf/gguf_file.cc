@@ -258,46 +258,26 @@ class GgufFile::Reader {
   absl::Status ReadValue(ValueType type, const std::string& what, int depth, Value* out) {
     out->type = type;
     switch (type) {
-      case ValueType::kUint8: {
-        ASSIGN_OR_RETURN(out->u, Read<uint8_t>(what));
-        return absl::OkStatus();
-      }
-      case ValueType::kInt8: {
-        ASSIGN_OR_RETURN(out->i, Read<int8_t>(what));
-        return absl::OkStatus();
-      }
-      case ValueType::kUint16: {
-        ASSIGN_OR_RETURN(out->u, Read<uint16_t>(what));
-        return absl::OkStatus();
-      }
-      case ValueType::kInt16: {
-        ASSIGN_OR_RETURN(out->i, Read<int16_t>(what));
-        return absl::OkStatus();
-      }
-      case ValueType::kUint32: {
-        ASSIGN_OR_RETURN(out->u, Read<uint32_t>(what));
-        return absl::OkStatus();
-      }
-      case ValueType::kInt32: {
-        ASSIGN_OR_RETURN(out->i, Read<int32_t>(what));
-        return absl::OkStatus();
-      }
-      case ValueType::kUint64: {
-        ASSIGN_OR_RETURN(out->u, Read<uint64_t>(what));
-        return absl::OkStatus();
-      }
-      case ValueType::kInt64: {
-        ASSIGN_OR_RETURN(out->i, Read<int64_t>(what));
-        return absl::OkStatus();
-      }
-      case ValueType::kFloat32: {
-        ASSIGN_OR_RETURN(out->f, Read<float>(what));
-        return absl::OkStatus();
-      }
-      case ValueType::kFloat64: {
-        ASSIGN_OR_RETURN(out->f, Read<double>(what));
-        return absl::OkStatus();
-      }
+      case ValueType::kUint8:
+        return ReadScalar<uint8_t>(what, &out->u);
+      case ValueType::kInt8:
+        return ReadScalar<int8_t>(what, &out->i);
+      case ValueType::kUint16:
+        return ReadScalar<uint16_t>(what, &out->u);
+      case ValueType::kInt16:
+        return ReadScalar<int16_t>(what, &out->i);
+      case ValueType::kUint32:
+        return ReadScalar<uint32_t>(what, &out->u);
+      case ValueType::kInt32:
+        return ReadScalar<int32_t>(what, &out->i);
+      case ValueType::kUint64:
+        return ReadScalar<uint64_t>(what, &out->u);
+      case ValueType::kInt64:
+        return ReadScalar<int64_t>(what, &out->i);
+      case ValueType::kFloat32:
+        return ReadScalar<float>(what, &out->f);
+      case ValueType::kFloat64:
+        return ReadScalar<double>(what, &out->f);
       case ValueType::kBool: {
         ASSIGN_OR_RETURN(const uint8_t b, Read<uint8_t>(what));
         if (b > 1) {
@@ -318,6 +298,14 @@ class GgufFile::Reader {
   }
 
  private:
+  // Reads a T and widens it into `field`.
+  template <typename T, typename F>
+  absl::Status ReadScalar(const std::string& what, F* field) {
+    ASSIGN_OR_RETURN(const T v, Read<T>(what));
+    *field = static_cast<F>(v);
+    return absl::OkStatus();
+  }
+
   absl::Status ReadArray(const std::string& what, int depth, Value* out) {
     if (depth >= kMaxArrayDepth) {
       return absl::InvalidArgumentError(absl::StrCat(path_, ": ", what, ": arrays nested deeper ",
