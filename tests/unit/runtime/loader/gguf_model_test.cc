@@ -14,6 +14,9 @@
 #include "gguf_writer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "runtime/gguf/gguf_file.h"
+#include "runtime/loader/gguf_tokenizer.h"
 #include "runtime/loader/model_source.h"
 #include "runtime/model/model.h"
 #include "runtime/model/weights.h"
@@ -274,6 +277,58 @@ TEST(GgufModel, LoadModelSourceWithoutTokenizerAndWithAnUnsupportedOne) {
   ASSERT_FALSE(bert.ok());
   EXPECT_EQ(bert.status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(std::string(bert.status().message()), HasSubstr("tokenizer.ggml.model 'bert'"));
+}
+
+// The tokenizer.ggml.* keys of a SentencePiece ("llama") vocabulary, as llama.cpp writes
+// them, give the same ids as the transformers-converted tokenizer.json of that vocabulary.
+TEST(GgufTokenizer, LlamaVocabularyMatchesConvertedTokenizer) {
+  const std::string dir = std::string(SPANSERVE_TEST_DATA) + "/tokenizers/spm_llama/";
+  std::ifstream in(dir + "spm_vocab.json");
+  ASSERT_TRUE(in);
+  const nlohmann::json v = nlohmann::json::parse(in);
+  GgufWriter w;
+  w.Str("general.architecture", "llama");
+  w.Str("tokenizer.ggml.model", "llama");
+  w.StrArray("tokenizer.ggml.tokens", v["tokens"].get<std::vector<std::string>>());
+  w.F32Array("tokenizer.ggml.scores", v["scores"].get<std::vector<float>>());
+  w.I32Array("tokenizer.ggml.token_type", v["token_types"].get<std::vector<int32_t>>());
+  w.U32("tokenizer.ggml.bos_token_id", v["bos_id"].get<uint32_t>());
+  w.U32("tokenizer.ggml.eos_token_id", v["eos_id"].get<uint32_t>());
+  w.U32("tokenizer.ggml.unknown_token_id", v["unk_id"].get<uint32_t>());
+  // No add_bos_token key: llama.cpp's default for SentencePiece vocabularies adds BOS.
+  const std::vector<uint8_t> bytes = w.Build();
+  auto file = gguf::GgufFile::Parse(bytes, "spm.gguf");
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto spec = GgufVocabulary(**file);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_TRUE(spec->add_bos);
+  auto ours = tokenizer::Tokenizer::FromVocabulary(*spec);
+  ASSERT_TRUE(ours.ok()) << ours.status();
+  auto want = tokenizer::Tokenizer::FromFile(dir + "tokenizer.json");
+  ASSERT_TRUE(want.ok()) << want.status();
+  int mismatches = 0;
+  for (const char* text : {"Hello world", "  leading spaces", "naïve café 東京", "x=1; y=2\n",
+                           "The quick brown fox jumps over the lazy dog."}) {
+    if (*(*ours)->Encode(text, true) != *(*want)->Encode(text, true)) {
+      ++mismatches;
+      ADD_FAILURE() << "ids differ on \"" << text << "\"";
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
+
+  // Inconsistent metadata names the key.
+  GgufWriter bad;
+  bad.Str("tokenizer.ggml.model", "gpt2");
+  bad.StrArray("tokenizer.ggml.tokens", {"a", "b"});
+  bad.StrArray("tokenizer.ggml.merges", {"a b"});
+  bad.U32("tokenizer.ggml.eos_token_id", 7);
+  const std::vector<uint8_t> bad_bytes = bad.Build();
+  auto bad_file = gguf::GgufFile::Parse(bad_bytes, "bad.gguf");
+  ASSERT_TRUE(bad_file.ok());
+  auto bad_spec = GgufVocabulary(**bad_file);
+  ASSERT_FALSE(bad_spec.ok());
+  EXPECT_THAT(std::string(bad_spec.status().message()),
+              HasSubstr("tokenizer.ggml.eos_token_id' = 7 is not a token id"));
 }
 
 }  // namespace
