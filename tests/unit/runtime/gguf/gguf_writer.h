@@ -92,6 +92,7 @@ class GgufWriter {
     for (size_t i = 0; i < tensors_.size(); ++i) {
       const size_t end = data_start + offsets[i] + tensors_[i].data.size();
       if (out.size() < end) out.resize(end, 0);
+      if (tensors_[i].data.empty()) continue;
       std::memcpy(out.data() + data_start + offsets[i], tensors_[i].data.data(),
                   tensors_[i].data.size());
     }
