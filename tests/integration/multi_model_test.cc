@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -12,6 +13,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "nlohmann/json.hpp"
 #include "server_process.h"
 #include "spanserve/v1/spanserve.grpc.pb.h"
 
@@ -279,6 +281,11 @@ TEST(MultiModelTest, ConfigFileListsTheModels) {
   EXPECT_TRUE(info.models(1).is_moe());
 }
 
+TEST(MultiModelTest, DuplicateNamesAreRefusedAtStartUp) {
+  EXPECT_THROW(ServerProcess({"--model=a=" + kDense + ",a=" + kMoe}), std::runtime_error);
+  EXPECT_THROW(ServerProcess({"--model=" + kDense + "," + kDense}), std::runtime_error);
+}
+
 TEST(ChatTest, ChatMlPromptIsFormattedWithTheTemplate) {
   const std::string dir = ModelWithChatTemplate("chatml", kChatMlTemplateJson);
   ServerProcess server({"--model=chat=" + dir + ",plain=" + kDense});
@@ -324,6 +331,19 @@ TEST(ChatTest, ChatMlPromptIsFormattedWithTheTemplate) {
   ASSERT_TRUE(Tokenize(*stub, text_request, &system_golden_ids).ok());
   EXPECT_EQ(system_ids, system_golden_ids);
 
+  // Score's context may be a conversation too; its continuation follows the assistant header.
+  {
+    grpc::ClientContext context;
+    v1::ScoreRequest score;
+    score.set_model("chat");
+    AddMessage(score.mutable_context()->mutable_chat(), "user", "And God said");
+    score.add_continuations()->set_text("Let there be light");
+    v1::ScoreResponse response;
+    const grpc::Status status = stub->Score(&context, score, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(response.context_tokens(), static_cast<int32_t>(golden_ids.size()));
+  }
+
   // Bad messages name the field.
   v1::GenerateRequest bad_role = Greedy("chat", "", 4);
   AddMessage(bad_role.mutable_prompt()->mutable_chat(), "tool", "x");
@@ -352,6 +372,52 @@ TEST(ChatTest, ChatMlPromptIsFormattedWithTheTemplate) {
       << no_template.status.error_message();
   EXPECT_NE(no_template.status.error_message().find("chatml, llama3"), std::string::npos)
       << no_template.status.error_message();
+}
+
+// The bundled tokenizer has no <|im_end|>. Here it becomes an added special token sharing
+// id 296 with a vocabulary token: the id the bundled dense model emits first, greedily, for
+// the chat prompt below (found by trying ids; the model files are committed, so it holds).
+TEST(ChatTest, TheEndOfTurnTokenStopsGenerationAndIsNotStreamed) {
+  constexpr int32_t kEndOfTurnId = 296;
+  const std::string dir = ModelWithChatTemplate("eot", kChatMlTemplateJson);
+  std::ifstream in(kDense + "/tokenizer.json");
+  nlohmann::json tokenizer = nlohmann::json::parse(in);
+  tokenizer["added_tokens"].push_back({{"id", kEndOfTurnId},
+                                       {"content", "<|im_end|>"},
+                                       {"single_word", false},
+                                       {"lstrip", false},
+                                       {"rstrip", false},
+                                       {"normalized", false},
+                                       {"special", true}});
+  ASSERT_EQ(unlink((dir + "/tokenizer.json").c_str()), 0);
+  std::ofstream(dir + "/tokenizer.json") << tokenizer.dump();
+  ServerProcess server({"--model=eot=" + dir});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+
+  // The template's special tokens are encoded as special tokens.
+  v1::TokenizeRequest request;
+  request.set_text("<|im_end|>");
+  request.set_add_special_tokens(false);
+  std::vector<int32_t> ids;
+  ASSERT_TRUE(Tokenize(*stub, request, &ids).ok());
+  EXPECT_EQ(ids, std::vector<int32_t>{kEndOfTurnId});
+
+  v1::GenerateRequest chat = Greedy("", "", 8);
+  AddMessage(chat.mutable_prompt()->mutable_chat(), "user", "And God said");
+  const StreamResult stopped = RunGenerate(*stub, chat);
+  ASSERT_TRUE(stopped.status.ok()) << stopped.status.error_message();
+  EXPECT_EQ(stopped.final.finish_reason(), v1::FINISH_REASON_STOP);
+  EXPECT_EQ(stopped.final.stop_token_id(), kEndOfTurnId);
+  EXPECT_EQ(stopped.ids, std::vector<int32_t>{kEndOfTurnId});
+  EXPECT_EQ(stopped.text, "");
+
+  // ignore_eos lifts the end-of-turn stop too.
+  chat.mutable_sampling()->set_ignore_eos(true);
+  const StreamResult unstopped = RunGenerate(*stub, chat);
+  ASSERT_TRUE(unstopped.status.ok()) << unstopped.status.error_message();
+  EXPECT_EQ(unstopped.final.finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(unstopped.ids.size(), 8u);
+  EXPECT_EQ(unstopped.ids[0], kEndOfTurnId);
 }
 
 TEST(ChatTest, UnsupportedTemplateIsInvalidArgument) {
