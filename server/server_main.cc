@@ -45,8 +45,9 @@
 #include "server/service.h"
 
 ABSL_FLAG(std::string, config, "",
-          "JSON file of flag values ({\"listen\": \"0.0.0.0:50051\", ...}); flags given on "
-          "the command line win");
+          "JSON file of flag values ({\"listen\": \"0.0.0.0:50051\", ...}); \"model\" may also "
+          "be a list of \"[NAME=]PATH\" strings or {\"name\": ..., \"path\": ...} objects; flags "
+          "given on the command line win");
 ABSL_FLAG(std::string, model, "models/spanserve-span-12l",
           "the served models: a comma-separated list of [NAME=]PATH, each PATH a model "
           "directory (config.json, model.safetensors, tokenizer.json) or a .gguf file; NAME "
