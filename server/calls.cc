@@ -16,6 +16,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/status.h"
 #include "server/convert.h"
 #include "server/grpc_status.h"
 
@@ -34,16 +35,18 @@ absl::Status EndStatus(const engine::FinalInfo& final, const SpanServeService& s
 
 // One structured (JSON) line per finished request on stderr, for log shippers; also feeds
 // the metrics.
-void LogRequestFinished(const SpanServeService& service, absl::string_view rpc,
-                        const engine::FinalInfo& final, engine::RequestId id,
+void LogRequestFinished(const SpanServeService& service, const ServedModel& model,
+                        absl::string_view rpc, const engine::FinalInfo& final, engine::RequestId id,
                         absl::string_view client_request_id, const absl::Status& status) {
-  if (service.metrics() != nullptr) service.metrics()->RecordFinished(service.model_name(), final);
+  if (service.metrics() != nullptr) service.metrics()->RecordFinished(model.name(), final);
   const std::string line = absl::StrFormat(
-      "{\"event\":\"request_finished\",\"rpc\":\"%s\",\"id\":%d,\"client_request_id\":\"%s\","
+      "{\"event\":\"request_finished\",\"rpc\":\"%s\",\"model\":\"%s\",\"id\":%d,"
+      "\"client_request_id\":\"%s\","
       "\"prompt_tokens\":%d,\"generated_tokens\":%d,\"cached_prompt_tokens\":%d,"
       "\"queue_s\":%.6f,\"ttft_s\":%.6f,\"e2e_s\":%.6f,\"finish_reason\":\"%s\","
       "\"status\":\"%s\"}\n",
-      rpc, id, absl::CEscape(client_request_id), final.prompt_tokens, final.generated_tokens,
+      rpc, absl::CEscape(model.name()), service.PublicRequestId(model, id),
+      absl::CEscape(client_request_id), final.prompt_tokens, final.generated_tokens,
       final.cached_prompt_tokens, final.timings.queue_s, final.timings.ttft_s, final.timings.e2e_s,
       std::string(engine::FinishReasonName(final.reason)), absl::StatusCodeToString(status.code()));
   std::fputs(line.c_str(), stderr);
@@ -101,7 +104,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
     // The engine holds a reference from Submit until it delivers the final output, which
     // may happen on the engine thread before Submit even returns.
     refs_.fetch_add(1);
-    absl::StatusOr<engine::RequestHandle> handle = service_->engine().Submit(*std::move(request));
+    absl::StatusOr<engine::RequestHandle> handle = model_->engine().Submit(*std::move(request));
     if (!handle.ok()) {
       refs_.fetch_sub(1);
       FinishEarly(handle.status());
@@ -115,10 +118,10 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
   absl::StatusOr<engine::Request> BuildRequest(const grpc::CallbackServerContext& context,
                                                const v1::GenerateRequest& proto) {
     if (absl::Status s = service_->Admit(context); !s.ok()) return s;
-    const engine::EngineInfo& info = service_->engine().info();
+    ASSIGN_OR_RETURN(model_, service_->ReadyModel(proto.model()));
+    const engine::EngineInfo& info = model_->engine().info();
     engine::Request request;
-    absl::StatusOr<std::vector<int32_t>> ids =
-        PromptIds(proto.prompt(), "prompt", service_->tokenizer(), info.vocab_size);
+    absl::StatusOr<std::vector<int32_t>> ids = PromptIds(proto.prompt(), "prompt", *model_);
     if (!ids.ok()) return ids.status();
     request.prompt = *std::move(ids);
     if (absl::Status s = CheckPromptLength(request.prompt.size(), info.max_model_len, "prompt");
@@ -129,6 +132,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
         ToSamplingParams(proto.sampling(), info.vocab_size);
     if (!sampling.ok()) return sampling.status();
     request.sampling = *std::move(sampling);
+    AddChatStop(proto.prompt(), *model_, &request.sampling);
     request.priority = proto.priority();
     request.deadline = EngineDeadline(context);
     return request;
@@ -157,11 +161,12 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
         refs_.fetch_add(1);  // the relay's, until its pump has run
       }
       if (!pending_) pending_.emplace();
-      AppendOutput(out, service_->tokenizer(), &*pending_);
+      AppendOutput(out, model_->tokenizer(), &*pending_);
+      pending_->set_request_id(service_->PublicRequestId(*model_, out.id));
       if (is_final) {
         final_status_ = EndStatus(*out.final, *service_);
         if (final_status_->ok()) ToFinalInfo(*out.final, pending_->mutable_final());
-        LogRequestFinished(*service_, "Generate", *out.final, out.id, client_request_id_,
+        LogRequestFinished(*service_, *model_, "Generate", *out.final, out.id, client_request_id_,
                            client_gone_ ? absl::CancelledError() : *final_status_);
       }
     }
@@ -240,6 +245,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
   }
 
   SpanServeService* const service_;
+  ServedModel* model_ = nullptr;  // set once the request names a ready model
   const std::string client_request_id_;
   // gRPC's reference (released in OnDone), plus the engine's while it holds the request.
   std::atomic<int> refs_{1};
@@ -277,7 +283,7 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
       engine::Request& r = (*requests)[i];
       r.on_output = [this, i](engine::RequestOutput&& out) { OnOutput(i, std::move(out)); };
       refs_.fetch_add(1);
-      absl::StatusOr<engine::RequestHandle> handle = service_->engine().Submit(std::move(r));
+      absl::StatusOr<engine::RequestHandle> handle = model_->engine().Submit(std::move(r));
       lock.lock();
       if (!handle.ok()) {
         refs_.fetch_sub(1);
@@ -308,8 +314,8 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
   absl::StatusOr<std::vector<engine::Request>> BuildRequests(
       const grpc::CallbackServerContext& context, const v1::ScoreRequest& proto) {
     if (absl::Status s = service_->Admit(context); !s.ok()) return s;
-    const engine::EngineInfo& info = service_->engine().info();
-    const tokenizer::Tokenizer* tok = service_->tokenizer();
+    ASSIGN_OR_RETURN(model_, service_->ReadyModel(proto.model()));
+    const tokenizer::Tokenizer* tok = model_->tokenizer();
     if (proto.continuations().empty()) {
       return absl::InvalidArgumentError("continuations: must hold at least one continuation");
     }
@@ -320,8 +326,7 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
       // lm-eval scores unconditional continuations after the BOS token.
       context_ids = {*tok->bos_id()};
     } else {
-      absl::StatusOr<std::vector<int32_t>> ids =
-          PromptIds(proto.context(), "context", tok, info.vocab_size);
+      absl::StatusOr<std::vector<int32_t>> ids = PromptIds(proto.context(), "context", *model_);
       if (!ids.ok()) return ids.status();
       context_ids = *std::move(ids);
     }
@@ -334,12 +339,16 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
         cont.set_add_special_tokens(false);
       }
       const std::string field = absl::StrCat("continuations[", i, "]");
-      absl::StatusOr<std::vector<int32_t>> ids = PromptIds(cont, field, tok, info.vocab_size);
+      if (cont.input_case() == v1::Prompt::kChat) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ": must be text or token_ids (chat is for the context only)"));
+      }
+      absl::StatusOr<std::vector<int32_t>> ids = PromptIds(cont, field, *model_);
       if (!ids.ok()) return ids.status();
       engine::Request r;
       r.prompt = context_ids;
       r.prompt.insert(r.prompt.end(), ids->begin(), ids->end());
-      if (absl::Status s = CheckPromptLength(r.prompt.size(), info.max_model_len,
+      if (absl::Status s = CheckPromptLength(r.prompt.size(), model_->engine().info().max_model_len,
                                              absl::StrCat("context + ", field));
           !s.ok()) {
         return s;
@@ -366,7 +375,7 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
         --remaining_;
         const absl::Status s = EndStatus(*out.final, *service_);
         if (!s.ok() && error_.ok()) error_ = s;
-        LogRequestFinished(*service_, "Score", *out.final, out.id, "", s);
+        LogRequestFinished(*service_, *model_, "Score", *out.final, out.id, "", s);
       }
     }
     if (is_final) {
@@ -433,6 +442,7 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
   }
 
   SpanServeService* const service_;
+  ServedModel* model_ = nullptr;  // set once the request names a ready model
   v1::ScoreResponse* const response_;
   std::atomic<int> refs_{1};
   int32_t context_tokens_ = 0;

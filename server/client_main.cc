@@ -1,8 +1,11 @@
 // spanserve-client: a command-line client for spanserve-server.
 //   spanserve-client generate --prompt "And God said" --max_tokens 32
+//   spanserve-client chat --system "Be brief." --user "What is the capital of France?"
+//   spanserve-client chat "user:Hi" "assistant:Hello! How can I help?" "user:Tell me a joke"
 //   spanserve-client score --context "In the beginning God" --continuations " created| said"
 //   spanserve-client tokenize --text "..." | detokenize --ids 1,2,3 | info | expert-load
-//   spanserve-client health
+//   spanserve-client models | health
+// --model NAME picks one of the server's models (default: the server's default model).
 // Streams generated text to stdout; --json prints every response message as JSON instead.
 #include <cstdio>
 #include <memory>
@@ -20,6 +23,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "spanserve/v1/spanserve.grpc.pb.h"
 
@@ -29,6 +33,10 @@ ABSL_FLAG(std::string, tls_ca, "", "PEM CA certificate: connect with TLS, trusti
 ABSL_FLAG(std::string, tls_server_name, "", "TLS: expected server name (default: the host)");
 ABSL_FLAG(double, timeout_s, 60, "call deadline in seconds");
 ABSL_FLAG(bool, json, false, "print response messages as JSON");
+ABSL_FLAG(std::string, model, "", "the model to use (see `models`); empty: the server's default");
+ABSL_FLAG(std::string, system, "", "chat: system message (empty: the template's default, if any)");
+ABSL_FLAG(std::string, user, "",
+          "chat: the last user message (after any ROLE:TEXT turns given as arguments)");
 ABSL_FLAG(std::string, prompt, "And God said", "generate: prompt text");
 ABSL_FLAG(int, max_tokens, 32, "generate: tokens to generate");
 ABSL_FLAG(double, temperature, 0.0, "generate: sampling temperature (0: greedy)");
@@ -98,9 +106,8 @@ int Report(const grpc::Status& status) {
   return 1;
 }
 
-int Generate(v1::SpanServe::Stub& stub) {
-  v1::GenerateRequest request;
-  request.mutable_prompt()->set_text(absl::GetFlag(FLAGS_prompt));
+int Generate(v1::SpanServe::Stub& stub, v1::GenerateRequest request) {
+  request.set_model(absl::GetFlag(FLAGS_model));
   v1::SamplingParams* s = request.mutable_sampling();
   s->set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
   s->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
@@ -142,6 +149,61 @@ int Unary(v1::SpanServe::Stub& stub, const Request& request, Method method) {
   return Report(status);
 }
 
+// chat [ROLE:TEXT ...]: --system first, then the turns given as arguments, then --user.
+int Chat(v1::SpanServe::Stub& stub, const std::vector<char*>& turns) {
+  v1::GenerateRequest request;
+  v1::Chat* chat = request.mutable_prompt()->mutable_chat();
+  auto add = [chat](absl::string_view role, absl::string_view content) {
+    v1::ChatMessage* m = chat->add_messages();
+    m->set_role(std::string(role));
+    m->set_content(std::string(content));
+  };
+  if (const std::string system = absl::GetFlag(FLAGS_system); !system.empty())
+    add("system", system);
+  for (absl::string_view turn : turns) {
+    const size_t colon = turn.find(':');
+    if (colon == absl::string_view::npos) {
+      std::fprintf(stderr, "chat: '%s' is not ROLE:TEXT (e.g. user:Hi)\n",
+                   std::string(turn).c_str());
+      return 2;
+    }
+    add(turn.substr(0, colon), turn.substr(colon + 1));
+  }
+  if (const std::string user = absl::GetFlag(FLAGS_user); !user.empty()) add("user", user);
+  return Generate(stub, std::move(request));
+}
+
+// One line per served model.
+int Models(v1::SpanServe::Stub& stub) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::GetModelInfoRequest request;
+  v1::ModelInfo info;
+  const grpc::Status status = stub.GetModelInfo(&context, request, &info);
+  if (!status.ok()) return Report(status);
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(info);
+    return 0;
+  }
+  for (const v1::ModelInfo& m : info.models()) {
+    const std::string state_name = v1::ModelState_Name(m.state());
+    absl::string_view state = state_name;
+    absl::ConsumePrefix(&state, "MODEL_STATE_");
+    std::string line = absl::StrCat(m.name(), m.is_default() ? " (default)" : "", "  ", state);
+    if (m.state() == v1::MODEL_STATE_READY) {
+      absl::StrAppend(
+          &line, "  ", m.architecture(), " ", m.norm_placement(), " ", m.is_moe() ? "MoE" : "dense",
+          ", ", m.num_parameters(), " parameters, ", m.format(),
+          ", chat: ", m.chat_template_family().empty() ? "none" : m.chat_template_family());
+    } else if (m.state() == v1::MODEL_STATE_FAILED) {
+      absl::StrAppend(&line, "  ", m.error());
+    }
+    absl::StrAppend(&line, "  ", m.model_path());
+    std::printf("%s\n", line.c_str());
+  }
+  return 0;
+}
+
 int Health(const std::shared_ptr<grpc::Channel>& channel) {
   auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext context;
@@ -166,20 +228,30 @@ int main(int argc, char** argv) {
   usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
   absl::SetFlagsUsageConfig(usage_config);
   absl::SetProgramUsageMessage(
-      "spanserve-client <generate|score|tokenize|detokenize|info|expert-load|abort|health> "
-      "[--address=HOST:PORT] [flags]");
+      "spanserve-client <generate|chat|score|tokenize|detokenize|info|models|expert-load|abort|"
+      "health> [--address=HOST:PORT] [--model=NAME] [flags]\n"
+      "  chat [ROLE:TEXT ...] [--system=TEXT] [--user=TEXT]: a conversation (roles system, user, "
+      "assistant), formatted with the model's chat template; the answer streams");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  if (args.size() != 2) {
+  if (args.size() < 2 || (args.size() > 2 && std::string(args[1]) != "chat")) {
     std::fprintf(stderr, "%s\n", absl::ProgramUsageMessage().data());
     return 2;
   }
   const std::string command = args[1];
   std::shared_ptr<grpc::Channel> channel = MakeChannel();
   auto stub = v1::SpanServe::NewStub(channel);
-  if (command == "generate") return Generate(*stub);
+  const std::string model = absl::GetFlag(FLAGS_model);
+  if (command == "generate") {
+    v1::GenerateRequest r;
+    r.mutable_prompt()->set_text(absl::GetFlag(FLAGS_prompt));
+    return Generate(*stub, std::move(r));
+  }
+  if (command == "chat") return Chat(*stub, std::vector<char*>(args.begin() + 2, args.end()));
+  if (command == "models") return Models(*stub);
   if (command == "health") return Health(channel);
   if (command == "score") {
     v1::ScoreRequest r;
+    r.set_model(model);
     r.mutable_context()->set_text(absl::GetFlag(FLAGS_context));
     for (absl::string_view c : absl::StrSplit(absl::GetFlag(FLAGS_continuations), '|')) {
       r.add_continuations()->set_text(std::string(c));
@@ -188,12 +260,14 @@ int main(int argc, char** argv) {
   }
   if (command == "tokenize") {
     v1::TokenizeRequest r;
+    r.set_model(model);
     r.set_text(absl::GetFlag(FLAGS_text));
     return Unary<v1::TokenizeRequest, v1::TokenizeResponse>(*stub, r,
                                                             &v1::SpanServe::Stub::Tokenize);
   }
   if (command == "detokenize") {
     v1::DetokenizeRequest r;
+    r.set_model(model);
     for (const std::string& s : absl::GetFlag(FLAGS_ids)) {
       int32_t id = 0;
       if (!absl::SimpleAtoi(s, &id)) {
@@ -206,11 +280,15 @@ int main(int argc, char** argv) {
                                                                 &v1::SpanServe::Stub::Detokenize);
   }
   if (command == "info") {
-    return Unary<v1::GetModelInfoRequest, v1::ModelInfo>(*stub, v1::GetModelInfoRequest(),
+    v1::GetModelInfoRequest r;
+    r.set_model(model);
+    return Unary<v1::GetModelInfoRequest, v1::ModelInfo>(*stub, r,
                                                          &v1::SpanServe::Stub::GetModelInfo);
   }
   if (command == "expert-load") {
-    return Unary<v1::GetExpertLoadRequest, v1::ExpertLoad>(*stub, v1::GetExpertLoadRequest(),
+    v1::GetExpertLoadRequest r;
+    r.set_model(model);
+    return Unary<v1::GetExpertLoadRequest, v1::ExpertLoad>(*stub, r,
                                                            &v1::SpanServe::Stub::GetExpertLoad);
   }
   if (command == "abort") {

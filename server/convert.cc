@@ -4,12 +4,50 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
 
 namespace spanserve::server {
 
+namespace {
+
+std::string FieldName(absl::string_view prefix, absl::string_view name) {
+  return prefix.empty() ? std::string(name) : absl::StrCat(prefix, ".", name);
+}
+
+absl::StatusOr<std::vector<int32_t>> ChatPromptIds(const v1::Chat& chat, absl::string_view field,
+                                                   const ServedModel& model) {
+  const std::string messages_field = FieldName(field, "chat.messages");
+  if (!model.chat_template().ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(FieldName(field, "chat"), ": model '", model.name(),
+                     "': ", model.chat_template().status().message()));
+  }
+  const tokenizer::Tokenizer* tokenizer = model.tokenizer();
+  if (tokenizer == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(FieldName(field, "chat"), ": model '", model.name(), "' has no tokenizer"));
+  }
+  std::vector<chat::ChatMessage> messages;
+  messages.reserve(chat.messages_size());
+  for (const v1::ChatMessage& m : chat.messages()) messages.push_back({m.role(), m.content()});
+  const bool generation_prompt = !chat.has_add_generation_prompt() || chat.add_generation_prompt();
+  ASSIGN_OR_RETURN(std::string text,
+                   model.chat_template()->Apply(messages, generation_prompt, messages_field));
+  // The template writes BOS and the turn markers itself; the tokenizer recognises them.
+  absl::StatusOr<std::vector<int32_t>> ids = tokenizer->Encode(text, /*add_special_tokens=*/false);
+  if (!ids.ok()) {
+    return absl::Status(ids.status().code(),
+                        absl::StrCat(messages_field, ": ", ids.status().message()));
+  }
+  return ids;
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::Prompt& prompt, absl::string_view field,
-                                               const tokenizer::Tokenizer* tokenizer,
-                                               int32_t vocab_size) {
+                                               const ServedModel& model) {
+  const tokenizer::Tokenizer* tokenizer = model.tokenizer();
+  const int32_t vocab_size = model.engine().info().vocab_size;
   switch (prompt.input_case()) {
     case v1::Prompt::kText: {
       if (prompt.text().empty()) {
@@ -44,11 +82,27 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::Prompt& prompt, absl::s
       }
       return std::vector<int32_t>(ids.begin(), ids.end());
     }
+    case v1::Prompt::kChat:
+      return ChatPromptIds(prompt.chat(), field, model);
     case v1::Prompt::INPUT_NOT_SET:
       return absl::InvalidArgumentError(
-          absl::StrCat(field, ": must set text or token_ids (got neither)"));
+          absl::StrCat(field, ": must set text, token_ids or chat (got none)"));
   }
   return absl::InvalidArgumentError(absl::StrCat(field, ": unknown input kind"));
+}
+
+void AddChatStop(const v1::Prompt& prompt, const ServedModel& model,
+                 engine::SamplingParams* sampling) {
+  if (prompt.input_case() != v1::Prompt::kChat || sampling->ignore_eos ||
+      !model.chat_template().ok() || model.tokenizer() == nullptr) {
+    return;
+  }
+  const std::string end_of_turn(model.chat_template()->end_of_turn());
+  if (std::optional<int32_t> id = model.tokenizer()->TokenToId(end_of_turn)) {
+    sampling->stop_token_ids.push_back(*id);
+  } else {
+    sampling->stop.push_back(end_of_turn);
+  }
 }
 
 absl::Status CheckPromptLength(int64_t num_tokens, int32_t max_model_len, absl::string_view field) {

@@ -12,16 +12,23 @@
 #include "absl/strings/string_view.h"
 #include "runtime/engine/engine.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "server/served_model.h"
 #include "spanserve/v1/spanserve.pb.h"
 
 namespace spanserve::server {
 
-// The prompt's token ids. INVALID_ARGUMENT naming `field` (e.g. "prompt.text") when it is
-// unset, empty, encodes to nothing, holds an id outside the vocabulary, or is text while
-// the model has no tokenizer (`tokenizer` null).
+// The prompt's token ids for `model` (which must be ready). INVALID_ARGUMENT naming `field`
+// (e.g. "prompt.text") when it is unset, empty, encodes to nothing, holds an id outside the
+// vocabulary, is text while the model has no tokenizer, or is chat while the model's chat
+// template is missing or unsupported (the message then names the model and the families).
+// Chat: the template's text, encoded recognising special tokens and adding none.
 absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::Prompt& prompt, absl::string_view field,
-                                               const tokenizer::Tokenizer* tokenizer,
-                                               int32_t vocab_size);
+                                               const ServedModel& model);
+
+// For a chat prompt: the template family's end-of-turn token stops generation (as a stop
+// token id when the tokenizer has it, else as a stop string), unless ignore_eos is set.
+void AddChatStop(const v1::Prompt& prompt, const ServedModel& model,
+                 engine::SamplingParams* sampling);
 
 // INVALID_ARGUMENT naming `field` when `num_tokens` + 1 (one generated token) does not fit
 // the context.

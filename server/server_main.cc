@@ -1,7 +1,12 @@
-// spanserve-server: serves one model over gRPC (proto/spanserve/v1) with the standard
-// health and reflection services.
+// spanserve-server: serves one or more models over gRPC (proto/spanserve/v1) with the
+// standard health and reflection services.
 //
-// Lifecycle: listen at once with health NOT_SERVING; load and warm the model; SERVING.
+// Lifecycle: listen at once with health NOT_SERVING; load and warm the models one after
+// another (each with its own engine and KV pool); health turns SERVING once the default
+// model (the first listed) is ready — the others may still be loading, and calls naming
+// them answer UNAVAILABLE until they are. A model that fails to load is logged, reported
+// by GetModelInfo, and calls naming it answer FAILED_PRECONDITION with its error; the other
+// models keep serving (if the default model fails, health stays NOT_SERVING).
 // On SIGTERM/SIGINT: NOT_SERVING, new calls get UNAVAILABLE, in-flight calls get
 // --drain_grace_s to finish, the rest are cancelled, exit 0.
 #include <signal.h>
@@ -10,6 +15,7 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -18,6 +24,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
@@ -26,19 +33,25 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/status.h"
 #include "nlohmann/json.hpp"
+#include "runtime/chat/chat_template.h"
+#include "runtime/engine/block_manager.h"
 #include "runtime/engine/engine.h"
 #include "runtime/loader/model_source.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "server/service.h"
 
 ABSL_FLAG(std::string, config, "",
-          "JSON file of flag values ({\"listen\": \"0.0.0.0:50051\", ...}); flags given on "
-          "the command line win");
+          "JSON file of flag values ({\"listen\": \"0.0.0.0:50051\", ...}); \"model\" may also "
+          "be a list of \"[NAME=]PATH\" strings or {\"name\": ..., \"path\": ...} objects; flags "
+          "given on the command line win");
 ABSL_FLAG(std::string, model, "models/spanserve-span-12l",
-          "model directory (config.json, "
-          "model.safetensors, tokenizer.json)");
+          "the served models: a comma-separated list of [NAME=]PATH, each PATH a model "
+          "directory (config.json, model.safetensors, tokenizer.json) or a .gguf file; NAME "
+          "defaults to the directory / file name. The first is the default model");
 ABSL_FLAG(std::string, device, "cpu", "compute device (only 'cpu' in this build)");
 ABSL_FLAG(int, threads, 0, "model compute threads (0: all cores)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -47,9 +60,13 @@ ABSL_FLAG(std::string, metrics_address, "",
           "serve Prometheus text on http://<this>/metrics (host:port; empty: off)");
 ABSL_FLAG(std::string, port_file, "", "write the bound port here once listening");
 ABSL_FLAG(int64_t, kv_cache_bytes, 0,
-          "KV pool size in bytes (0: --kv_cache_memory_fraction of available memory)");
-ABSL_FLAG(double, kv_cache_memory_fraction, 0.1, "KV pool as a fraction of MemAvailable");
-ABSL_FLAG(int, num_kv_blocks, 0, "KV pool size in blocks (wins over the byte sizes if > 0)");
+          "KV memory of all models together in bytes, split evenly between them (0: "
+          "--kv_cache_memory_fraction of available memory)");
+ABSL_FLAG(double, kv_cache_memory_fraction, 0.1,
+          "KV memory of all models together as a fraction of MemAvailable at start-up, split "
+          "evenly between them");
+ABSL_FLAG(int, num_kv_blocks, 0,
+          "KV pool size in blocks of each model (wins over the byte sizes if > 0)");
 ABSL_FLAG(int, max_num_seqs, 64, "most sequences in one engine step");
 ABSL_FLAG(int, max_batched_tokens, 1024, "most tokens in one engine step");
 ABSL_FLAG(int, max_model_len, 0, "context length (0: the model's)");
@@ -65,7 +82,7 @@ ABSL_FLAG(int, max_message_bytes, 16 << 20, "largest gRPC message received or se
 ABSL_FLAG(double, drain_grace_s, 30.0,
           "on SIGTERM/SIGINT: seconds in-flight calls get to finish before being cancelled");
 ABSL_FLAG(double, debug_load_delay_s, 0,
-          "testing aid: wait this long before loading the model (health stays NOT_SERVING)");
+          "testing aid: wait this long before loading the models (health stays NOT_SERVING)");
 
 namespace spanserve::server {
 namespace {
@@ -80,6 +97,54 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// The config file's "model" may be a list of "[name=]path" strings or {"name", "path"}
+// objects; this turns it into --model's comma-separated form.
+absl::StatusOr<std::string> ModelListFromJson(const nlohmann::json& list) {
+  std::vector<std::string> entries;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const nlohmann::json& entry = list[i];
+    if (entry.is_string()) {
+      entries.push_back(entry.get<std::string>());
+    } else if (entry.is_object() && entry.contains("path") && entry["path"].is_string()) {
+      const std::string name = entry.value("name", std::string());
+      entries.push_back(name.empty() ? entry["path"].get<std::string>()
+                                     : absl::StrCat(name, "=", entry["path"].get<std::string>()));
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("[", i, "]: expected \"[name=]path\" or {\"name\": ..., \"path\": ...}"));
+    }
+  }
+  return absl::StrJoin(entries, ",");
+}
+
+// --model: "[name=]path,[name=]path,...". Names must be unique and non-empty.
+absl::StatusOr<std::vector<ModelSpec>> ParseModelList(const std::string& flag) {
+  std::vector<ModelSpec> specs;
+  absl::flat_hash_set<std::string> names;
+  for (absl::string_view entry : absl::StrSplit(flag, ',', absl::SkipWhitespace())) {
+    entry = absl::StripAsciiWhitespace(entry);
+    ModelSpec spec;
+    if (const size_t eq = entry.find('='); eq != absl::string_view::npos) {
+      spec.name = std::string(absl::StripAsciiWhitespace(entry.substr(0, eq)));
+      spec.path = std::string(absl::StripAsciiWhitespace(entry.substr(eq + 1)));
+    } else {
+      spec.path = std::string(entry);
+      spec.name = loader::DefaultModelName(spec.path);
+    }
+    if (spec.path.empty() || spec.name.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--model: '", entry, "': expected [NAME=]PATH with both non-empty"));
+    }
+    if (!names.insert(spec.name).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--model: the name '", spec.name, "' is given twice; name the models: NAME=PATH"));
+    }
+    specs.push_back(std::move(spec));
+  }
+  if (specs.empty()) return absl::InvalidArgumentError("--model: no model given");
+  return specs;
 }
 
 // Applies --config before the command line is parsed, so command-line flags override it.
@@ -101,7 +166,14 @@ absl::Status ApplyConfigFile(int argc, char** argv) {
     if (flag == nullptr || key == "config") {
       return absl::InvalidArgumentError(absl::StrCat(path, ": unknown flag '", key, "'"));
     }
-    const std::string text_value = value.is_string() ? value.get<std::string>() : value.dump();
+    std::string text_value = value.is_string() ? value.get<std::string>() : value.dump();
+    if (key == "model" && value.is_array()) {
+      absl::StatusOr<std::string> list = ModelListFromJson(value);
+      if (!list.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": model: ", list.status().message()));
+      }
+      text_value = *std::move(list);
+    }
     std::string error;
     if (!flag->ParseFrom(text_value, &error)) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": ", key, ": ", error));
@@ -124,20 +196,22 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials() {
   return grpc::SslServerCredentials(options);
 }
 
-engine::EngineOptions EngineOptionsFromFlags(const tokenizer::Tokenizer* tokenizer) {
+// The engine options every model shares. The KV memory budget (bytes, or a fraction of
+// MemAvailable read once, before any model loads) is split evenly between the models;
+// --num_kv_blocks, when given, is each model's own block count.
+absl::StatusOr<engine::EngineOptions> EngineOptionsFromFlags(int num_models) {
   engine::EngineOptions o;
   o.num_kv_blocks = absl::GetFlag(FLAGS_num_kv_blocks);
-  o.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);
-  o.kv_cache_memory_fraction = absl::GetFlag(FLAGS_kv_cache_memory_fraction);
+  if (o.num_kv_blocks <= 0) {
+    ASSIGN_OR_RETURN(const int64_t total,
+                     engine::KvPoolBytes(absl::GetFlag(FLAGS_kv_cache_bytes),
+                                         absl::GetFlag(FLAGS_kv_cache_memory_fraction)));
+    o.kv_cache_bytes = total / num_models;
+  }
   o.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
   o.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
   o.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   o.max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests);
-  if (tokenizer != nullptr) {
-    o.detokenize = [tokenizer](std::span<const int32_t> ids) {
-      return tokenizer->Decode(ids, /*skip_special_tokens=*/true);
-    };
-  }
   return o;
 }
 
@@ -154,6 +228,31 @@ absl::Status WarmUp(engine::Engine& engine) {
     if (out.final && out.final->reason == engine::FinishReason::kError) return out.final->error;
   }
   return absl::OkStatus();
+}
+
+// Loads one model (LoadModelSource), recognises its chat template, starts its engine and
+// warms it up.
+absl::StatusOr<LoadedModel> LoadModel(const ModelSpec& spec, engine::EngineOptions options) {
+  ASSIGN_OR_RETURN(
+      loader::ModelSource source,
+      loader::LoadModelSource(spec.path, {.num_threads = absl::GetFlag(FLAGS_threads)}));
+  LoadedModel loaded;
+  loaded.format = source.format;
+  loaded.tokenizer = std::move(source.tokenizer);
+  const tokenizer::Tokenizer* tok = loaded.tokenizer.get();
+  std::string bos;
+  if (tok != nullptr && tok->bos_id()) bos = std::string(tok->IdToToken(*tok->bos_id()));
+  loaded.chat_template = chat::ChatTemplate::Parse(source.chat_template, bos);
+  if (tok != nullptr) {
+    options.detokenize = [tok](std::span<const int32_t> ids) {
+      return tok->Decode(ids, /*skip_special_tokens=*/true);
+    };
+  }
+  ASSIGN_OR_RETURN(loaded.engine, engine::Engine::Create(std::move(source.model), options));
+  if (absl::Status s = WarmUp(*loaded.engine); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("warm-up failed: ", s.message()));
+  }
+  return loaded;
 }
 
 // Blocks SIGTERM/SIGINT in every thread (call before any thread starts) so that only
@@ -188,10 +287,19 @@ int Run(const sigset_t& signals) {
     return 2;
   }
 
-  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  absl::StatusOr<std::vector<ModelSpec>> specs = ParseModelList(absl::GetFlag(FLAGS_model));
+  if (!specs.ok()) {
+    Log(std::string(specs.status().message()));
+    return 2;
+  }
+  absl::StatusOr<engine::EngineOptions> engine_options =
+      EngineOptionsFromFlags(static_cast<int>(specs->size()));
+  if (!engine_options.ok()) {
+    Log(engine_options.status().ToString());
+    return 2;
+  }
   ServiceOptions service_options{
-      .model_path = model_dir,
-      .model_name = loader::DefaultModelName(model_dir),
+      .models = *specs,
       .device = device,
       .auth_token = token,
       .max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
@@ -239,47 +347,62 @@ int Run(const sigset_t& signals) {
     std::rename(tmp.c_str(), path.c_str());
   }
 
-  // Load and warm up while health says NOT_SERVING.
-  const auto t0 = std::chrono::steady_clock::now();
-  std::this_thread::sleep_for(
-      std::chrono::duration<double>(absl::GetFlag(FLAGS_debug_load_delay_s)));
-  absl::StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok =
-      tokenizer::Tokenizer::FromFile(model_dir + "/tokenizer.json");
-  if (absl::IsNotFound(tok.status())) {
-    // Test and benchmark models ship without one: serve token ids only.
-    Log("no tokenizer.json: serving token-id prompts only, without text");
-    tok = std::unique_ptr<tokenizer::Tokenizer>();
-  } else if (!tok.ok()) {
-    Log(tok.status().ToString());
-    return 1;
-  }
-  absl::StatusOr<std::unique_ptr<engine::Engine>> engine = engine::Engine::Create(
-      model_dir, EngineOptionsFromFlags(tok->get()), absl::GetFlag(FLAGS_threads));
-  if (!engine.ok()) {
-    Log(engine.status().ToString());
-    return 1;
-  }
-  if (absl::Status s = WarmUp(**engine); !s.ok()) {
-    Log(absl::StrCat("warm-up failed: ", s.ToString()));
-    return 1;
-  }
-  service.SetEngine(engine->get(), tok->get());
-  if (metrics) metrics->WatchEngine(service.model_name(), engine->get());
-  health->SetServingStatus(true);
-  health->SetServingStatus(kServiceName, true);
-  const engine::EngineInfo& info = (*engine)->info();
-  Log(absl::StrCat(
-      "serving ", model_dir, " (", info.model_type, ", ", info.norm_placement, ", ",
-      info.num_experts > 0 ? "MoE" : "dense", ", ", info.num_kv_blocks, " KV blocks) after ",
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), " s"));
+  // Load and warm up the models in turn, while health says NOT_SERVING (until the default
+  // model is ready). health_mu orders the loader's SERVING against the drain's NOT_SERVING.
+  std::mutex health_mu;
+  std::atomic<bool> stop_loading{false};
+  std::thread loading([&] {
+    std::this_thread::sleep_for(
+        std::chrono::duration<double>(absl::GetFlag(FLAGS_debug_load_delay_s)));
+    for (const std::unique_ptr<ServedModel>& model : service.models()) {
+      if (stop_loading.load()) {
+        model->SetFailed(absl::UnavailableError("the server shut down before loading it"));
+        continue;
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      absl::StatusOr<LoadedModel> loaded =
+          LoadModel({model->name(), model->path()}, *engine_options);
+      if (!loaded.ok()) {
+        Log(absl::StrCat("model '", model->name(), "' (", model->path(),
+                         ") failed to load: ", loaded.status().ToString(),
+                         model->index() == 0 ? "; it is the default model: health stays "
+                                               "NOT_SERVING"
+                                             : "; serving the other models"));
+        model->SetFailed(loaded.status());
+        continue;
+      }
+      model->SetReady(*std::move(loaded));
+      if (metrics) metrics->WatchEngine(model->name(), &model->engine());
+      const engine::EngineInfo& info = model->engine().info();
+      Log(absl::StrCat(
+          "serving model '", model->name(), "' from ", model->path(), " (", info.model_type, ", ",
+          info.norm_placement, ", ", info.num_experts > 0 ? "MoE" : "dense", ", ",
+          info.num_kv_blocks, " KV blocks, chat: ",
+          model->chat_template().ok() ? chat::FamilyName(model->chat_template()->family())
+                                      : model->chat_template().status().message(),
+          ") after ", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+          " s"));
+      if (model->index() == 0) {
+        std::lock_guard<std::mutex> lock(health_mu);
+        if (!service.draining()) {
+          health->SetServingStatus(true);
+          health->SetServingStatus(kServiceName, true);
+        }
+      }
+    }
+  });
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   Log(absl::StrCat("signal ", signal_number, ": draining (grace ",
                    absl::GetFlag(FLAGS_drain_grace_s), " s)"));
-  service.StartDraining();
-  health->SetServingStatus(false);
-  health->SetServingStatus(kServiceName, false);
+  stop_loading.store(true);
+  {
+    std::lock_guard<std::mutex> lock(health_mu);
+    service.StartDraining();
+    health->SetServingStatus(false);
+    health->SetServingStatus(kServiceName, false);
+  }
   const auto grace_end = std::chrono::steady_clock::now() +
                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                              std::chrono::duration<double>(absl::GetFlag(FLAGS_drain_grace_s)));
@@ -289,12 +412,14 @@ int Run(const sigset_t& signals) {
   if (int n = service.num_in_flight(); n > 0) {
     Log(absl::StrCat("grace period over: cancelling ", n, " calls"));
   }
-  // Cancels what is left in the engine; each such call then ends with CANCELLED.
-  (*engine)->Shutdown();
+  // A model being loaded finishes loading first; no other one starts.
+  loading.join();
+  // Cancels what is left in the engines; each such call then ends with CANCELLED.
+  service.ShutdownEngines();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   server.reset();
+  // The poller reads the engines, which the service owns: stop it before they go.
   if (metrics) metrics->StopPolling();
-  engine->reset();
   Log("drained; exiting");
   return 0;
 }
@@ -313,7 +438,8 @@ int main(int argc, char** argv) {
   absl::SetFlagsUsageConfig(usage_config);
   absl::SetProgramUsageMessage(
       "Serves a SpanServe model over gRPC (spanserve.v1.SpanServe, grpc.health.v1.Health, "
-      "server reflection).\nUsage: spanserve-server --model=DIR --listen=HOST:PORT [flags]");
+      "server reflection).\nUsage: spanserve-server --model=[NAME=]PATH[,...] --listen=HOST:PORT "
+      "[flags]");
   if (absl::Status s = spanserve::server::ApplyConfigFile(argc, argv); !s.ok()) {
     std::fprintf(stderr, "spanserve-server: --config: %s\n", s.ToString().c_str());
     return 2;

@@ -3,8 +3,11 @@
 #include <string_view>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status.h"
 #include "server/calls.h"
 #include "server/convert.h"
 #include "server/grpc_status.h"
@@ -27,22 +30,25 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
   return reactor;
 }
 
-absl::Status NoTokenizerError() {
-  return absl::FailedPreconditionError(
-      "the served model has no tokenizer.json: only token ids are accepted");
+absl::Status NoTokenizerError(const ServedModel& model) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "model '", model.name(), "' has no tokenizer.json: only token ids are accepted"));
 }
 
 }  // namespace
 
-SpanServeService::SpanServeService(ServiceOptions options)
-    : options_(std::move(options)), start_time_(std::chrono::steady_clock::now()) {}
-
-void SpanServeService::SetEngine(engine::Engine* engine, const tokenizer::Tokenizer* tokenizer) {
-  tokenizer_ = tokenizer;
-  engine_.store(engine);  // publishes tokenizer_ too (seq_cst store)
+SpanServeService::SpanServeService(ServiceOptions options) : options_(std::move(options)) {
+  for (size_t i = 0; i < options_.models.size(); ++i) {
+    models_.push_back(std::make_unique<ServedModel>(
+        options_.models[i].name, options_.models[i].path, static_cast<int32_t>(i)));
+  }
 }
 
 void SpanServeService::StartDraining() { draining_.store(true); }
+
+void SpanServeService::ShutdownEngines() {
+  for (const auto& model : models_) model->ShutdownEngine();
+}
 
 absl::Status SpanServeService::Admit(const grpc::CallbackServerContext& context) const {
   if (!options_.auth_token.empty()) {
@@ -61,10 +67,30 @@ absl::Status SpanServeService::Admit(const grpc::CallbackServerContext& context)
   if (draining_.load()) {
     return absl::UnavailableError("the server is shutting down; retry on another replica");
   }
-  if (engine_.load() == nullptr) {
-    return absl::UnavailableError("the model is still loading; retry shortly");
-  }
   return absl::OkStatus();
+}
+
+absl::StatusOr<ServedModel*> SpanServeService::FindModel(absl::string_view name) const {
+  if (name.empty()) return models_.front().get();
+  for (const auto& model : models_) {
+    if (model->name() == name) return model.get();
+  }
+  std::vector<std::string> names;
+  for (const auto& model : models_) names.push_back(model->name());
+  return absl::NotFoundError(
+      absl::StrCat("model: '", absl::CEscape(name),
+                   "' is not served here; served models: ", absl::StrJoin(names, ", ")));
+}
+
+absl::StatusOr<ServedModel*> SpanServeService::ReadyModel(absl::string_view name) const {
+  ASSIGN_OR_RETURN(ServedModel * model, FindModel(name));
+  RETURN_IF_ERROR(model->CheckReady());
+  return model;
+}
+
+uint64_t SpanServeService::PublicRequestId(const ServedModel& model, engine::RequestId id) const {
+  return (static_cast<uint64_t>(id) - 1) * models_.size() + static_cast<uint64_t>(model.index()) +
+         1;
 }
 
 grpc::ServerWriteReactor<v1::GenerateChunk>* SpanServeService::Generate(
@@ -82,16 +108,30 @@ grpc::ServerUnaryReactor* SpanServeService::Tokenize(grpc::CallbackServerContext
                                                      const v1::TokenizeRequest* request,
                                                      v1::TokenizeResponse* response) {
   if (absl::Status s = Admit(*context); !s.ok()) return FinishUnary(context, s);
-  if (tokenizer_ == nullptr) return FinishUnary(context, NoTokenizerError());
-  const bool special = !request->has_add_special_tokens() || request->add_special_tokens();
-  absl::StatusOr<std::vector<int32_t>> ids = tokenizer_->Encode(request->text(), special);
-  if (!ids.ok()) {
-    return FinishUnary(
-        context, absl::Status(ids.status().code(), absl::StrCat("text: ", ids.status().message())));
+  absl::StatusOr<ServedModel*> model = ReadyModel(request->model());
+  if (!model.ok()) return FinishUnary(context, model.status());
+  const tokenizer::Tokenizer* tok = (*model)->tokenizer();
+  if (tok == nullptr) return FinishUnary(context, NoTokenizerError(**model));
+  absl::StatusOr<std::vector<int32_t>> ids;
+  if (request->has_chat()) {
+    if (!request->text().empty()) {
+      return FinishUnary(context,
+                         absl::InvalidArgumentError("text: must be empty when chat is set"));
+    }
+    v1::Prompt prompt;
+    *prompt.mutable_chat() = request->chat();
+    ids = PromptIds(prompt, "", **model);
+  } else {
+    const bool special = !request->has_add_special_tokens() || request->add_special_tokens();
+    ids = tok->Encode(request->text(), special);
+    if (!ids.ok()) {
+      ids = absl::Status(ids.status().code(), absl::StrCat("text: ", ids.status().message()));
+    }
   }
+  if (!ids.ok()) return FinishUnary(context, ids.status());
   for (int32_t id : *ids) {
     response->add_token_ids(id);
-    response->add_tokens(std::string(tokenizer_->IdToToken(id)));
+    response->add_tokens(std::string(tok->IdToToken(id)));
   }
   return FinishUnary(context, absl::OkStatus());
 }
@@ -100,8 +140,11 @@ grpc::ServerUnaryReactor* SpanServeService::Detokenize(grpc::CallbackServerConte
                                                        const v1::DetokenizeRequest* request,
                                                        v1::DetokenizeResponse* response) {
   if (absl::Status s = Admit(*context); !s.ok()) return FinishUnary(context, s);
-  if (tokenizer_ == nullptr) return FinishUnary(context, NoTokenizerError());
-  const int32_t vocab = engine().info().vocab_size;
+  absl::StatusOr<ServedModel*> model = ReadyModel(request->model());
+  if (!model.ok()) return FinishUnary(context, model.status());
+  const tokenizer::Tokenizer* tok = (*model)->tokenizer();
+  if (tok == nullptr) return FinishUnary(context, NoTokenizerError(**model));
+  const int32_t vocab = (*model)->engine().info().vocab_size;
   for (int i = 0; i < request->token_ids_size(); ++i) {
     const int32_t id = request->token_ids(i);
     if (id < 0 || id >= vocab) {
@@ -111,19 +154,40 @@ grpc::ServerUnaryReactor* SpanServeService::Detokenize(grpc::CallbackServerConte
     }
   }
   const bool skip = !request->has_skip_special_tokens() || request->skip_special_tokens();
-  response->set_text(tokenizer_->Decode(
+  response->set_text(tok->Decode(
       std::span<const int32_t>(request->token_ids().data(), request->token_ids_size()), skip));
   return FinishUnary(context, absl::OkStatus());
 }
 
-grpc::ServerUnaryReactor* SpanServeService::GetModelInfo(grpc::CallbackServerContext* context,
-                                                         const v1::GetModelInfoRequest* request,
-                                                         v1::ModelInfo* response) {
-  if (absl::Status s = Admit(*context); !s.ok()) return FinishUnary(context, s);
-  const engine::EngineInfo& info = engine().info();
-  const engine::EngineStats stats = engine().Stats();
-  response->set_model_path(options_.model_path);
+void SpanServeService::FillModelInfo(const ServedModel& model, v1::ModelInfo* response) const {
+  response->set_name(model.name());
+  response->set_model_path(model.path());
+  response->set_is_default(model.index() == 0);
   response->set_device(options_.device);
+  response->set_max_num_seqs(options_.max_num_seqs);
+  response->set_max_batched_tokens(options_.max_batched_tokens);
+  response->set_max_waiting_requests(options_.max_waiting_requests);
+  switch (model.state()) {
+    case ModelState::kLoading:
+      response->set_state(v1::MODEL_STATE_LOADING);
+      return;
+    case ModelState::kFailed:
+      response->set_state(v1::MODEL_STATE_FAILED);
+      response->set_error(std::string(model.error().message()));
+      return;
+    case ModelState::kReady:
+      response->set_state(v1::MODEL_STATE_READY);
+      break;
+  }
+  const engine::EngineInfo& info = model.engine().info();
+  const engine::EngineStats stats = model.engine().Stats();
+  response->set_format(model.format());
+  if (model.chat_template().ok()) {
+    response->set_chat_template_family(
+        std::string(chat::FamilyName(model.chat_template()->family())));
+  } else {
+    response->set_chat_template_error(std::string(model.chat_template().status().message()));
+  }
   response->set_architecture(info.model_type);
   response->set_norm_placement(info.norm_placement);
   response->set_is_moe(info.num_experts > 0);
@@ -135,9 +199,6 @@ grpc::ServerUnaryReactor* SpanServeService::GetModelInfo(grpc::CallbackServerCon
   response->set_num_parameters(info.num_parameters);
   response->mutable_eos_token_ids()->Add(info.eos_token_ids.begin(), info.eos_token_ids.end());
   response->set_max_model_len(info.max_model_len);
-  response->set_max_num_seqs(options_.max_num_seqs);
-  response->set_max_batched_tokens(options_.max_batched_tokens);
-  response->set_max_waiting_requests(options_.max_waiting_requests);
   response->set_kv_block_size(info.block_size);
   response->set_kv_blocks_total(stats.kv_blocks_total);
   response->set_kv_blocks_used(stats.kv_blocks_used);
@@ -145,6 +206,17 @@ grpc::ServerUnaryReactor* SpanServeService::GetModelInfo(grpc::CallbackServerCon
   response->set_kv_cache_usage_ratio(stats.kv_cache_usage_ratio);
   response->set_num_requests_running(stats.num_running);
   response->set_num_requests_waiting(stats.num_waiting);
+}
+
+grpc::ServerUnaryReactor* SpanServeService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                         const v1::GetModelInfoRequest* request,
+                                                         v1::ModelInfo* response) {
+  if (absl::Status s = Admit(*context); !s.ok()) return FinishUnary(context, s);
+  // Answers in every model state: loading and failed models are what it reports on.
+  absl::StatusOr<ServedModel*> model = FindModel(request->model());
+  if (!model.ok()) return FinishUnary(context, model.status());
+  FillModelInfo(**model, response);
+  for (const auto& m : models_) FillModelInfo(*m, response->add_models());
   return FinishUnary(context, absl::OkStatus());
 }
 
@@ -152,15 +224,18 @@ grpc::ServerUnaryReactor* SpanServeService::GetExpertLoad(grpc::CallbackServerCo
                                                           const v1::GetExpertLoadRequest* request,
                                                           v1::ExpertLoad* response) {
   if (absl::Status s = Admit(*context); !s.ok()) return FinishUnary(context, s);
-  const engine::ExpertLoadSnapshot load = engine().ExpertLoad();
+  absl::StatusOr<ServedModel*> model = ReadyModel(request->model());
+  if (!model.ok()) return FinishUnary(context, model.status());
+  const engine::ExpertLoadSnapshot load = (*model)->engine().ExpertLoad();
   for (size_t i = 0; i < load.layer_ids.size() && i < load.tokens.size(); ++i) {
     v1::LayerExpertLoad* layer = response->add_layers();
     layer->set_layer(load.layer_ids[i]);
     layer->mutable_tokens()->Add(load.tokens[i].begin(), load.tokens[i].end());
   }
   response->set_window_s(
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time_).count());
-  if (engine().info().num_experts == 0) response->set_note("dense model: no experts");
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - (*model)->ready_time())
+          .count());
+  if ((*model)->engine().info().num_experts == 0) response->set_note("dense model: no experts");
   return FinishUnary(context, absl::OkStatus());
 }
 
@@ -168,10 +243,14 @@ grpc::ServerUnaryReactor* SpanServeService::Abort(grpc::CallbackServerContext* c
                                                   const v1::AbortRequest* request,
                                                   v1::AbortResponse* response) {
   if (absl::Status s = Admit(*context); !s.ok()) return FinishUnary(context, s);
-  if (request->request_id() == 0) {
+  const uint64_t id = request->request_id();
+  if (id == 0) {
     return FinishUnary(context, absl::InvalidArgumentError("request_id: must be set (non-zero)"));
   }
-  response->set_aborted(engine().Abort(request->request_id()));
+  // Inverts PublicRequestId.
+  const ServedModel& model = *models_[(id - 1) % models_.size()];
+  const engine::RequestId engine_id = (id - 1) / models_.size() + 1;
+  response->set_aborted(model.state() == ModelState::kReady && model.engine().Abort(engine_id));
   return FinishUnary(context, absl::OkStatus());
 }
 

@@ -30,12 +30,13 @@ std::string MakeTempDir(const std::string& name) {
   return dir;
 }
 
-ServerProcess::ServerProcess(std::vector<std::string> args, bool wait_serving) {
+ServerProcess::ServerProcess(std::vector<std::string> args, bool wait_serving, bool default_model) {
   dir_ = MakeTempDir("server");
   const std::string port_file = dir_ + "/port";
-  std::vector<std::string> argv = {SPANSERVE_SERVER_BIN,   "--model=" + DefaultModelDir(),
-                                   "--listen=127.0.0.1:0", "--port_file=" + port_file,
-                                   "--threads=1",          "--kv_cache_bytes=67108864"};
+  std::vector<std::string> argv = {SPANSERVE_SERVER_BIN, "--listen=127.0.0.1:0",
+                                   "--port_file=" + port_file, "--threads=1",
+                                   "--kv_cache_bytes=67108864"};
+  if (default_model) argv.push_back("--model=" + DefaultModelDir());
   argv.insert(argv.end(), args.begin(), args.end());
   pid_ = fork();
   if (pid_ == 0) {

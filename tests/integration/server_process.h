@@ -22,8 +22,10 @@ std::string MakeTempDir(const std::string& name);
 class ServerProcess {
  public:
   // Starts spanserve-server with --listen=127.0.0.1:0 plus `args`, waits until it has bound
-  // its port and, if `wait_serving`, until health says SERVING.
-  explicit ServerProcess(std::vector<std::string> args, bool wait_serving = true);
+  // its port and, if `wait_serving`, until health says SERVING. With `default_model` the
+  // command line starts with --model=DefaultModelDir() (a later --model wins).
+  explicit ServerProcess(std::vector<std::string> args, bool wait_serving = true,
+                         bool default_model = true);
   // Kills the server if it still runs.
   ~ServerProcess();
 

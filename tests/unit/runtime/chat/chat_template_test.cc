@@ -1,0 +1,157 @@
+// The chat formatter against prompts rendered by transformers' own Jinja machinery: a few
+// cases written here, and tests/data/chat/goldens.json when present.
+#include "runtime/chat/chat_template.h"
+
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "nlohmann/json.hpp"
+
+namespace spanserve::chat {
+namespace {
+
+// SmolLM2-135M-Instruct's template (GGUF tokenizer.chat_template).
+constexpr char kSmolLm2[] =
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ "
+    "'<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ "
+    "'<|im_start|>assistant\n' }}{% endif %}";
+// Meta-Llama-3-8B-Instruct's template (tokenizer_config.json), escapes as in the JSON.
+constexpr char kLlama3[] =
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | "
+    "trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% "
+    "endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ "
+    "'<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
+constexpr char kSmolSystem[] =
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n";
+
+std::string Format(const char* source, const std::vector<ChatMessage>& messages, bool gen) {
+  absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(source, "<|begin_of_text|>");
+  EXPECT_TRUE(t.ok()) << t.status();
+  if (!t.ok()) return "";
+  absl::StatusOr<std::string> text = t->Apply(messages, gen);
+  EXPECT_TRUE(text.ok()) << text.status();
+  return text.ok() ? *text : "";
+}
+
+TEST(ChatTemplateTest, ChatMlInjectsTheTemplatesDefaultSystemTurn) {
+  absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(kSmolLm2, "");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->family(), TemplateFamily::kChatMl);
+  EXPECT_EQ(t->end_of_turn(), "<|im_end|>");
+  EXPECT_EQ(t->default_system(),
+            "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+  EXPECT_EQ(Format(kSmolLm2, {{"user", "Hi"}}, true),
+            std::string(kSmolSystem) + "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(Format(kSmolLm2, {{"user", "Hi"}, {"assistant", "Hello!"}}, false),
+            std::string(kSmolSystem) +
+                "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n");
+}
+
+TEST(ChatTemplateTest, ChatMlWithASystemMessageHasNoDefault) {
+  EXPECT_EQ(Format(kSmolLm2,
+                   {{"system", "Be brief."},
+                    {"user", "What is 2+2?"},
+                    {"assistant", "4"},
+                    {"user", "And 3+3?"}},
+                   true),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is "
+            "2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n<|im_start|>user\nAnd "
+            "3+3?<|im_end|>\n<|im_start|>assistant\n");
+}
+
+TEST(ChatTemplateTest, Llama3TrimsContentAndStartsWithBos) {
+  absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(kLlama3, "<|begin_of_text|>");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->family(), TemplateFamily::kLlama3);
+  EXPECT_EQ(t->end_of_turn(), "<|eot_id|>");
+  EXPECT_EQ(Format(kLlama3, {{"system", " Be brief. "}, {"user", "Hi\n"}}, true),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe "
+            "brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_"
+            "header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_EQ(Format(kLlama3, {{"user", "Hi"}, {"assistant", "Hello!"}}, false),
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_"
+            "header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>");
+}
+
+TEST(ChatTemplateTest, UnsupportedTemplatesAreRejectedNamingTheFamilies) {
+  const std::vector<std::string> sources = {
+      "",
+      // Llama-2 / Mistral [INST].
+      "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' "
+      "+ message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}{% endif "
+      "%}{% endfor %}",
+      // Gemma.
+      "{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + message['role'] + '\n' "
+      "+ message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}",
+      // Llama 3.1: a dated system prompt this formatter does not write.
+      "{{- bos_token }}{%- if not date_string is defined %}{%- set date_string = \"26 Jul 2024\" "
+      "%}{%- endif %}{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}{{- \"Cutting "
+      "Knowledge Date: December 2023\\n\" }}{{- \"<|eot_id|>\" }}{{- "
+      "'<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}",
+      // ChatML ending assistant turns with eos_token.
+      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+      "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{{ eos_token }}{% if "
+      "add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+  };
+  for (const std::string& source : sources) {
+    absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(source, "<s>");
+    ASSERT_FALSE(t.ok()) << source;
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(t.status().message().find("chatml, llama3"), std::string::npos) << t.status();
+  }
+}
+
+TEST(ChatTemplateTest, BadMessagesNameTheField) {
+  absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(kSmolLm2, "");
+  ASSERT_TRUE(t.ok());
+  absl::StatusOr<std::string> empty = t->Apply({}, true, "prompt.chat.messages");
+  EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(empty.status().message().find("prompt.chat.messages"), std::string::npos);
+  const std::vector<ChatMessage> bad = {{"user", "Hi"}, {"tool", "42"}};
+  absl::StatusOr<std::string> role = t->Apply(bad, true, "messages");
+  EXPECT_EQ(role.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(role.status().message().find("messages[1].role"), std::string::npos) << role.status();
+}
+
+// tests/data/chat/goldens.json: templates and prompts rendered by transformers.
+TEST(ChatTemplateTest, MatchesTransformersGoldens) {
+  std::ifstream in(std::string(SPANSERVE_TEST_DATA) + "/chat/goldens.json");
+  if (!in) GTEST_SKIP() << "tests/data/chat/goldens.json is absent";
+  std::stringstream text;
+  text << in.rdbuf();
+  const nlohmann::json goldens = nlohmann::json::parse(text.str());
+  int checked = 0;
+  for (const nlohmann::json& family : goldens.at("families")) {
+    const std::string name = family.at("family").get<std::string>();
+    absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(family.at("template").get<std::string>(),
+                                                         family.value("bos_token", std::string()));
+    ASSERT_TRUE(t.ok()) << name << ": " << t.status();
+    EXPECT_EQ(FamilyName(t->family()), name);
+    for (const nlohmann::json& c : family.at("cases")) {
+      std::vector<ChatMessage> messages;
+      for (const nlohmann::json& m : c.at("messages")) {
+        messages.push_back({m.at("role").get<std::string>(), m.at("content").get<std::string>()});
+      }
+      absl::StatusOr<std::string> out = t->Apply(messages, c.value("add_generation_prompt", true));
+      ASSERT_TRUE(out.ok()) << out.status();
+      EXPECT_EQ(*out, c.at("text").get<std::string>()) << name << " case " << c.dump();
+      ++checked;
+    }
+  }
+  for (const nlohmann::json& source : goldens.value("unsupported", nlohmann::json::array())) {
+    absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(source.get<std::string>(), "<s>");
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument) << source.dump();
+  }
+  EXPECT_GT(checked, 0);
+}
+
+}  // namespace
+}  // namespace spanserve::chat
