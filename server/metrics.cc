@@ -275,8 +275,9 @@ void ServerMetrics::WatchEngine(const std::string& model_name, const engine::Eng
       w->last_expert_tokens.insert(w->last_expert_tokens.end(), load.tokens[i].begin(),
                                    load.tokens[i].end());
     }
+    // About 256 snapshots per window at most, however often polls and scrapes come.
     w->window = std::make_unique<ExpertLoadWindow>(options_.expert_window_s,
-                                                   options_.poll_interval_ms / 1000.0);
+                                                   options_.expert_window_s / 256);
     w->window->Add(Now(), w->last_expert_tokens);
   }
   PollLocked(*w);

@@ -379,6 +379,45 @@ TEST(MetricsTest, CappedExpertSeriesFallBackToPerLayerCounters) {
   EXPECT_EQ(log.find(said, at + 1), std::string::npos);
 }
 
+// The balance gauges cover the last --metrics_expert_window_s only: once the window has slid
+// past the traffic they read "balanced" again, while the counters keep every token.
+TEST(MetricsTest, ExpertBalanceWindowForgetsOldTraffic) {
+  const int port = FreePort();
+  ServerProcess server({"--model=" + MoeModelDir(),
+                        "--metrics_address=127.0.0.1:" + std::to_string(port), "--threads=1",
+                        "--metrics_expert_window_s=0.5", "--metrics_poll_interval_ms=20"});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  const auto sent = std::chrono::steady_clock::now();
+  ASSERT_TRUE(Generate(*stub, IdsRequest(10, 20, 8)).status.ok());
+  const Scrape busy = ScrapeWhenIdle(port, kMoe);
+  const Labels layer0 = {{"model_name", kMoe}, {"layer", "0"}};
+  double counted = 0;
+  for (const Sample& x : busy.Find("spanserve_moe_expert_tokens_total", layer0)) {
+    counted += x.value;
+  }
+  EXPECT_EQ(counted, (20 + 8 - 1) * 2);
+  // 27 tokens x 2 slots over 8 experts cannot be perfectly even.
+  EXPECT_LT(busy.Value("spanserve_moe_layer_balancedness", layer0), 1);
+  EXPECT_GT(busy.Value("spanserve_moe_layer_load_cv", layer0), 0);
+  // Wait (bounded) for the window to slide past the request.
+  for (;;) {
+    const Scrape s(ParseMetrics(HttpGet(port, "/metrics")));
+    if (s.Value("spanserve_moe_layer_balancedness", layer0) == 1.0) {
+      EXPECT_EQ(s.Value("spanserve_moe_layer_load_cv", layer0), 0);
+      double still = 0;
+      for (const Sample& x : s.Find("spanserve_moe_expert_tokens_total", layer0)) {
+        still += x.value;
+      }
+      EXPECT_EQ(still, counted);
+      break;
+    }
+    ASSERT_LT(std::chrono::steady_clock::now() - sent, std::chrono::seconds(20));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  // Not long before the window (0.5 s) had passed since the request (polls are 20 ms apart).
+  EXPECT_GE(std::chrono::steady_clock::now() - sent, std::chrono::milliseconds(300));
+}
+
 // Counters only grow, and a second scrape of an idle server reads the same values: the
 // refresh on scrape adds deltas, never totals twice.
 TEST(MetricsTest, RepeatedScrapesDoNotDoubleCount) {
