@@ -58,6 +58,17 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "gRPC bind address host:port (port 0 picks a free one; see --port_file)");
 ABSL_FLAG(std::string, metrics_address, "",
           "serve Prometheus text on http://<this>/metrics (host:port; empty: off)");
+ABSL_FLAG(double, metrics_expert_window_s, 60,
+          "MoE balance gauges (spanserve_moe_layer_balancedness / _load_cv) cover this many "
+          "seconds");
+ABSL_FLAG(int, metrics_max_expert_series, 4096,
+          "above this many MoE layers x experts, export spanserve_moe_layer_tokens_total per "
+          "layer instead of spanserve_moe_expert_tokens_total per expert");
+ABSL_FLAG(int, metrics_poll_interval_ms, 1000,
+          "refresh engine metrics this often (a scrape refreshes them too)");
+ABSL_FLAG(int, residual_rms_every_n_steps, 0,
+          "every N engine steps record each block's output RMS as spanserve_residual_rms "
+          "(0: off)");
 ABSL_FLAG(std::string, port_file, "", "write the bound port here once listening");
 ABSL_FLAG(int64_t, kv_cache_bytes, 0,
           "KV memory of all models together in bytes, split evenly between them (0: "
@@ -212,6 +223,7 @@ absl::StatusOr<engine::EngineOptions> EngineOptionsFromFlags(int num_models) {
   o.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
   o.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   o.max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests);
+  o.residual_rms_every_n_steps = absl::GetFlag(FLAGS_residual_rms_every_n_steps);
   return o;
 }
 
@@ -308,7 +320,12 @@ int Run(const sigset_t& signals) {
   };
   std::unique_ptr<ServerMetrics> metrics;
   if (const std::string addr = absl::GetFlag(FLAGS_metrics_address); !addr.empty()) {
-    absl::StatusOr<std::unique_ptr<ServerMetrics>> m = ServerMetrics::Start(addr);
+    absl::StatusOr<std::unique_ptr<ServerMetrics>> m = ServerMetrics::Start(
+        addr, MetricsOptions{
+                  .expert_window_s = absl::GetFlag(FLAGS_metrics_expert_window_s),
+                  .max_expert_series = absl::GetFlag(FLAGS_metrics_max_expert_series),
+                  .poll_interval_ms = absl::GetFlag(FLAGS_metrics_poll_interval_ms),
+              });
     if (!m.ok()) {
       Log(m.status().ToString());
       return 1;

@@ -111,6 +111,13 @@ void Engine::State::PublishStats() {
   stats.requests_finished = c.requests_finished;
   stats.last_batch_seqs = c.last_batch_seqs;
   stats.last_batch_tokens = c.last_batch_tokens;
+  stats.batch_seqs = c.batch_seqs;
+  stats.batch_tokens = c.batch_tokens;
+  // Same size every time: assign reuses the storage after the first copy.
+  if (c.residual_rms_samples > 0) {
+    stats.residual_rms.assign(c.residual_rms.begin(), c.residual_rms.end());
+  }
+  stats.residual_rms_samples = c.residual_rms_samples;
   // Same shape every time after the first copy: assign reuses the storage.
   expert_load.layer_ids.assign(load.layer_ids.begin(), load.layer_ids.end());
   expert_load.tokens.resize(load.tokens.size());

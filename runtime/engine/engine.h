@@ -6,6 +6,7 @@
 // RequestStream. Greedy output of a request does not depend on what else is in the batch.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -73,6 +74,32 @@ struct EngineOptions {
   // Seeds the generator that draws a seed for requests without one.
   uint64_t seed = 0;
   StepObserver step_observer;
+  // Residual-stream health: every this many steps (0: never) the model records, per layer,
+  // the RMS of the block's output over the step's tokens (EngineStats::residual_rms). Costs
+  // one pass over the hidden states per layer on sampled steps; results are unchanged.
+  int32_t residual_rms_every_n_steps = 0;
+};
+
+// Per-step values (sequences or tokens in a batch) counted into power-of-two buckets by the
+// engine thread with no lock and no allocation; readers turn deltas of these cumulative
+// counts into histogram observations. Bucket i counts values v with 2^(i-1) < v <= 2^i
+// (bucket 0: v <= 1), so a histogram with upper bounds 1, 2, 4, ... gets them exactly.
+struct StepHistogram {
+  static constexpr int kBuckets = 32;
+  std::array<int64_t, kBuckets> counts{};
+  int64_t count = 0;  // values added
+  int64_t sum = 0;    // their sum
+
+  static int BucketOf(int64_t v) {
+    int i = 0;
+    while (i + 1 < kBuckets && (int64_t{1} << i) < v) ++i;
+    return i;
+  }
+  void Add(int64_t v) {
+    ++counts[BucketOf(v)];
+    ++count;
+    sum += v;
+  }
 };
 
 // What the engine serves, for GetModelInfo and metrics.
@@ -110,6 +137,14 @@ struct EngineStats {
   int64_t requests_finished = 0;
   int32_t last_batch_seqs = 0;
   int32_t last_batch_tokens = 0;
+  // Every step that ran the model since start-up: its sequences and its tokens.
+  StepHistogram batch_seqs;
+  StepHistogram batch_tokens;
+  // The latest residual-stream sample (EngineOptions::residual_rms_every_n_steps): per
+  // layer, the RMS of the block's output over that step's tokens. Empty when sampling is
+  // off or before the first sample; residual_rms_samples counts the sampled steps.
+  std::vector<double> residual_rms;
+  int64_t residual_rms_samples = 0;
 };
 
 // Tokens routed to each expert since start-up, per MoE layer (empty for dense models).

@@ -29,6 +29,9 @@ absl::Status CheckOptions(const EngineOptions& o, int32_t max_model_len) {
     return absl::InvalidArgumentError("max_waiting_requests must be positive");
   }
   if (o.priority_aging_s < 0) return absl::InvalidArgumentError("priority_aging_s must be >= 0");
+  if (o.residual_rms_every_n_steps < 0) {
+    return absl::InvalidArgumentError("residual_rms_every_n_steps must be >= 0");
+  }
   if (!o.enable_chunked_prefill && o.max_batched_tokens < max_model_len) {
     return absl::InvalidArgumentError(
         absl::StrCat("without chunked prefill max_batched_tokens (", o.max_batched_tokens,
@@ -111,6 +114,7 @@ EngineCore::EngineCore(model::Model* model, const EngineOptions& options, Engine
   finishing_.reserve(options.max_num_seqs);
   logits_.resize(static_cast<size_t>(options.max_num_seqs) * vocab_);
   raw_row_.resize(vocab_);
+  if (options.residual_rms_every_n_steps > 0) counters_.residual_rms.resize(info_.num_layers);
 }
 
 absl::Status EngineCore::ValidateRequest(const Request& request) const {
@@ -210,8 +214,16 @@ bool EngineCore::Step() {
   }
   const int64_t rows = model::Model::LogitRows(inputs_);
   if (static_cast<int64_t>(logits_.size()) < rows * vocab_) logits_.resize(rows * vocab_);
+  const int32_t rms_every = options_.residual_rms_every_n_steps;
+  const bool sample_rms = rms_every > 0 && counters_.num_steps % rms_every == 0;
+  workspace_.set_record_residual_rms(sample_rms);
   const absl::Status status = model_->Forward(inputs_, *cache_, workspace_, logits_.data());
   const Clock::time_point t2 = Clock::now();
+  if (sample_rms && status.ok()) {
+    const std::span<const double> rms = workspace_.residual_rms();
+    std::copy(rms.begin(), rms.end(), counters_.residual_rms.begin());
+    ++counters_.residual_rms_samples;
+  }
 
   finishing_.clear();
   if (!status.ok()) {
@@ -248,6 +260,8 @@ bool EngineCore::Step() {
   counters_.prompt_tokens += batch_.num_prefill_tokens;
   counters_.last_batch_seqs = static_cast<int32_t>(batch_.seqs.size());
   counters_.last_batch_tokens = batch_.num_prefill_tokens + batch_.num_decode_tokens;
+  counters_.batch_seqs.Add(counters_.last_batch_seqs);
+  counters_.batch_tokens.Add(counters_.last_batch_tokens);
   last_step_ = StepStats{
       .num_seqs = counters_.last_batch_seqs,
       .num_decode_seqs = batch_.num_decode_seqs,

@@ -33,6 +33,10 @@ struct CoreCounters {
   int64_t requests_finished = 0;
   int32_t last_batch_seqs = 0;
   int32_t last_batch_tokens = 0;
+  StepHistogram batch_seqs;
+  StepHistogram batch_tokens;
+  std::vector<double> residual_rms;  // [num_layers] when sampling is on, sized at creation
+  int64_t residual_rms_samples = 0;
 };
 
 class EngineCore {

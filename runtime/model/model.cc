@@ -686,7 +686,22 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache
     row += n;
   }
   omp_set_num_threads(m.num_threads);
-  for (int l = 0; l < c.num_layers; ++l) m.Block(l, tokens, cache, b);
+  double* rms = nullptr;
+  if (workspace.record_residual_rms()) {
+    std::vector<double>& out = workspace.mutable_residual_rms();
+    if (static_cast<int>(out.size()) != c.num_layers) out.resize(c.num_layers);
+    rms = out.data();
+  }
+  for (int l = 0; l < c.num_layers; ++l) {
+    m.Block(l, tokens, cache, b);
+    if (rms != nullptr) {
+      // Block l's output, the residual stream leaving the block (read only).
+      double sum = 0;
+      const float* x = b.x.data();
+      for (int64_t i = 0; i < tokens * H; ++i) sum += static_cast<double>(x[i]) * x[i];
+      rms[l] = std::sqrt(sum / static_cast<double>(tokens * H));
+    }
+  }
 
   const int64_t rows = static_cast<int64_t>(b.logit_rows.size());
   if (rows == 0) return absl::OkStatus();

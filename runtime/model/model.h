@@ -77,8 +77,20 @@ class ForwardWorkspace {
   struct Buffers;
   Buffers& buffers() { return *buffers_; }
 
+  // Residual-stream health (opt-in, for sampled steps only): while set, Forward records per
+  // layer l the RMS of block l's output over every token of the step,
+  // sqrt(Σ y² / (tokens · hidden)), in residual_rms()[l]. Reads the hidden states only, so
+  // the logits are bit-identical with it on or off; the storage is sized once.
+  void set_record_residual_rms(bool on) { record_residual_rms_ = on; }
+  bool record_residual_rms() const { return record_residual_rms_; }
+  // [num_layers], from the last Forward that recorded; empty before one.
+  std::span<const double> residual_rms() const { return residual_rms_; }
+  std::vector<double>& mutable_residual_rms() { return residual_rms_; }
+
  private:
   std::unique_ptr<Buffers> buffers_;
+  bool record_residual_rms_ = false;
+  std::vector<double> residual_rms_;
 };
 
 // Tokens routed to each expert, per MoE layer (once per top-k slot), accumulated by

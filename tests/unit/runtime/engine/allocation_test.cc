@@ -25,13 +25,15 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 namespace spanserve::engine {
 namespace {
 
-TEST(AllocationTest, SteadyStateDecodeStepAllocatesOnlyTheOutputs) {
+// `residual_rms_every_n_steps`: residual-stream sampling (0: off) must not allocate either.
+void ExpectSteadyStateAllocatesOnlyTheOutputs(int32_t residual_rms_every_n_steps) {
   auto model = model::Model::Load(testing::TinyModelDir(), {.num_threads = 1});
   ASSERT_TRUE(model.ok()) << model.status();
   EngineOptions o;
   o.num_kv_blocks = 64;
   o.max_batched_tokens = 64;
   o.max_num_seqs = 8;
+  o.residual_rms_every_n_steps = residual_rms_every_n_steps;
   auto core = EngineCore::Create(model->get(), o);
   ASSERT_TRUE(core.ok()) << core.status();
   constexpr int kSeqs = 8;
@@ -67,6 +69,18 @@ TEST(AllocationTest, SteadyStateDecodeStepAllocatesOnlyTheOutputs) {
   for (int i = 0; i < kSteps; ++i) (*core)->Step();
   g_counting = false;
   EXPECT_EQ(g_allocations.load(), kSteps * kSeqs);
+  if (residual_rms_every_n_steps > 0) {
+    EXPECT_EQ((*core)->counters().residual_rms_samples,
+              (3 + 2 * kSteps + 1 + residual_rms_every_n_steps - 1) / residual_rms_every_n_steps);
+  }
+}
+
+TEST(AllocationTest, SteadyStateDecodeStepAllocatesOnlyTheOutputs) {
+  ExpectSteadyStateAllocatesOnlyTheOutputs(0);
+}
+
+TEST(AllocationTest, ResidualRmsSamplingAllocatesNothingMore) {
+  ExpectSteadyStateAllocatesOnlyTheOutputs(2);
 }
 
 }  // namespace

@@ -310,5 +310,53 @@ TEST(EngineTest, StepObserverSeesEveryStep) {
   EXPECT_EQ(tokens.load(), 4 + 4);
 }
 
+TEST(EngineTest, StepHistogramsCountEveryStepExactly) {
+  EXPECT_EQ(StepHistogram::BucketOf(0), 0);
+  EXPECT_EQ(StepHistogram::BucketOf(1), 0);
+  EXPECT_EQ(StepHistogram::BucketOf(2), 1);
+  EXPECT_EQ(StepHistogram::BucketOf(3), 2);
+  EXPECT_EQ(StepHistogram::BucketOf(4), 2);
+  EXPECT_EQ(StepHistogram::BucketOf(5), 3);
+  EXPECT_EQ(StepHistogram::BucketOf(int64_t{1} << 40), StepHistogram::kBuckets - 1);
+  auto engine = MakeEngine();
+  auto h = engine->Submit(Greedy({1, 2, 3, 4, 5, 6}, 4));
+  ASSERT_TRUE(h.ok());
+  testing::Drain(*h->stream);
+  ExpectIdleAndWhole(*engine);
+  const EngineStats s = engine->Stats();
+  EXPECT_EQ(s.batch_seqs.count, s.num_steps);
+  EXPECT_EQ(s.batch_seqs.sum, s.num_steps);  // one sequence per step
+  EXPECT_EQ(s.batch_seqs.counts[0], s.num_steps);
+  EXPECT_EQ(s.batch_tokens.count, 4);  // prefill (6 tokens) + 3 decodes
+  EXPECT_EQ(s.batch_tokens.sum, 6 + 3);
+  EXPECT_EQ(s.batch_tokens.counts[0], 3);  // the decodes: 1 token each
+  EXPECT_EQ(s.batch_tokens.counts[3], 1);  // 4 < 6 <= 8
+  EXPECT_TRUE(s.residual_rms.empty());     // sampling is off by default
+  EXPECT_EQ(s.residual_rms_samples, 0);
+}
+
+TEST(EngineTest, ResidualRmsIsSampledEveryNSteps) {
+  EngineOptions o = Options();
+  o.residual_rms_every_n_steps = -1;
+  EXPECT_THAT(Engine::Create(testing::TinyModelDir(), o, 1).status().message(),
+              HasSubstr("residual_rms_every_n_steps"));
+  o.residual_rms_every_n_steps = 2;
+  auto engine = MakeEngine(o);
+  auto h = engine->Submit(Greedy({1, 2, 3, 4}, 5));
+  ASSERT_TRUE(h.ok());
+  const std::vector<int32_t> sampled = testing::Drain(*h->stream).tokens;
+  ExpectIdleAndWhole(*engine);
+  const EngineStats s = engine->Stats();
+  EXPECT_EQ(s.num_steps, 5);
+  EXPECT_EQ(s.residual_rms_samples, 3);  // steps 0, 2 and 4
+  ASSERT_EQ(static_cast<int>(s.residual_rms.size()), engine->info().num_layers);
+  for (double v : s.residual_rms) EXPECT_GT(v, 0);
+  // The output is the same as without sampling.
+  auto plain = MakeEngine();
+  auto p = plain->Submit(Greedy({1, 2, 3, 4}, 5));
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(testing::Drain(*p->stream).tokens, sampled);
+}
+
 }  // namespace
 }  // namespace spanserve::engine
