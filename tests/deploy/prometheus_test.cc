@@ -225,6 +225,26 @@ TEST(PrometheusTest, RealPrometheusScrapesTheServerAndSeesTheWorkload) {
         << promql << ": Prometheus says " << (got ? std::to_string(*got) : "nothing")
         << ", the workload says " << value;
   }
+  // Every query of the Grafana dashboard is valid PromQL for this Prometheus (with its
+  // variables as Grafana fills them), and the latency panels show the workload.
+  const Json dashboard = Json::parse(
+      ReadFile(std::string(SPANSERVE_SOURCE_DIR) + "/deploy/grafana/dashboards/spanserve.json"));
+  int queries = 0;
+  for (const Json& panel : dashboard["panels"]) {
+    for (const Json& target : panel.value("targets", Json::array())) {
+      std::string expr = target.value("expr", "");
+      for (const auto& [var, value] : std::vector<std::pair<std::string, std::string>>{
+               {"$model_name", ".*"}, {"$__rate_interval", "1m"}}) {
+        for (size_t at; (at = expr.find(var)) != std::string::npos;) {
+          expr.replace(at, var.size(), value);
+        }
+      }
+      const Json json = prometheus.Api("/api/v1/query?query=" + UrlEncode(expr));
+      EXPECT_FALSE(json.is_null()) << panel.value("title", "") << ": Prometheus rejects " << expr;
+      ++queries;
+    }
+  }
+  EXPECT_GT(queries, 20);
   // The dashboard's TTFT panel query yields a finite latency.
   const std::optional<double> p99 = prometheus.Query(
       "histogram_quantile(0.99, sum by (le) (increase("
