@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Checks that every metric the Grafana dashboard and the alert rules query is one the
-server exports: each name found in their PromQL must be listed in deploy/metrics.txt.
+server exports: each name found in their PromQL must be listed in deploy/metrics.txt. Also
+checks that the dashboard is templated by model_name: every selector of a panel's query
+filters on model_name=~"$model_name", and panel ids are unique.
 
 Usage: check_metric_names.py <metrics.txt> <dashboard.json> <alerts.yml>
            exit 1 listing the unknown names
@@ -74,6 +76,30 @@ def alert_exprs(path):
             for g in rules["groups"] for r in g["rules"]]
 
 
+def dashboard_problems(path):
+    """Panels that ignore the model_name variable, and duplicate panel ids."""
+    with open(path) as f:
+        dash = json.load(f)
+    problems, ids = [], set()
+
+    def walk(panels):
+        for p in panels:
+            if p.get("id") is None or p.get("id") in ids:
+                problems.append(f"panel '{p.get('title')}': missing or duplicate id {p.get('id')}")
+            ids.add(p.get("id"))
+            for t in p.get("targets", []):
+                for m in re.finditer(r"\b(spanserve_\w+)(\{[^}]*\})?", t.get("expr", "")):
+                    if '$model_name' not in (m.group(2) or "") or "model_name=~" not in m.group(2):
+                        problems.append(f"panel '{p.get('title')}': {m.group(1)} is not "
+                                        'filtered by model_name=~"$model_name"')
+            walk(p.get("panels", []))
+
+    walk(dash.get("panels", []))
+    if "model_name" not in [v.get("name") for v in dash.get("templating", {}).get("list", [])]:
+        problems.append("no model_name variable")
+    return problems
+
+
 def load_metrics(path):
     types = {}
     with open(path) as f:
@@ -119,10 +145,14 @@ def main():
             used.add(base)
             if base not in types or (base != name and types[base] != "histogram"):
                 unknown.setdefault(name, []).append(where)
+    problems = dashboard_problems(dashboard)
     if unknown:
         print("metrics used in deploy/ but not listed in deploy/metrics.txt:")
         for name, where in sorted(unknown.items()):
             print(f"  {name}: {', '.join(sorted(set(where)))}")
+    if problems:
+        print("dashboard problems:\n  " + "\n  ".join(problems))
+    if unknown or problems:
         return 1
     print(f"{len(exprs)} expressions use {len(used)} metrics, all in deploy/metrics.txt")
     return 0
