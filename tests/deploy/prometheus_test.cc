@@ -93,8 +93,11 @@ class PrometheusProcess {
         seconds(60));
     if (pid_ < 0 || !ready) {
       const std::string why = pid_ < 0 ? "exited" : "was not ready within 60 s";
+      const std::string message = "prometheus " + why + ":\n" + log();
       Stop();
-      throw std::runtime_error("prometheus " + why + ":\n" + log());
+      std::error_code ignored;
+      std::filesystem::remove_all(dir_, ignored);
+      throw std::runtime_error(message);
     }
   }
   ~PrometheusProcess() {
