@@ -74,7 +74,15 @@ ServerProcess::~ServerProcess() {
 }
 
 std::shared_ptr<grpc::Channel> ServerProcess::Channel() const {
-  return grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
+  // gRPC shares connections between channels to one address through a process-wide pool,
+  // with exponential reconnect backoff up to 120 s: one refused attempt could then hide a
+  // server that came up a moment later from every later channel. Each channel here keeps
+  // its own connection and retries quickly.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  return grpc::CreateCustomChannel(address(), grpc::InsecureChannelCredentials(), args);
 }
 
 std::string ServerProcess::Health(const std::string& service) const {

@@ -610,8 +610,9 @@ TEST(ServerTest, PrometheusMetrics) {
                       "model_name=\"spanserve-span-12l\"} 1"),
             std::string::npos)
       << text;
-  EXPECT_NE(text.find("spanserve_time_to_first_token_seconds_count{model_name=\"spanserve-span-12l\"} 1"),
-            std::string::npos)
+  EXPECT_NE(
+      text.find("spanserve_time_to_first_token_seconds_count{model_name=\"spanserve-span-12l\"} 1"),
+      std::string::npos)
       << text;
   EXPECT_NE(text.find("spanserve_kv_cache_usage_ratio"), std::string::npos);
 }
