@@ -16,11 +16,15 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "common/check.h"
+#include "kernels/cpu/matmul_avx512.h"
 #include "kernels/cpu/simd.h"
 
 namespace spanserve::kernels::cpu {
@@ -148,6 +152,49 @@ float* PanelBuffer(int64_t floats) {
   return buffer.data();
 }
 
+// The AVX2 path for the output features [n0, n1) (one OpenMP thread's range).
+template <DType kW>
+void MatMulRowsAvx2(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
+                    float* y, int64_t n0, int64_t n1, int64_t x_tile, bool widen) {
+  const int64_t n = w.rows;
+  const int64_t k = w.cols;
+  float* panel = (widen && n0 < n1) ? PanelBuffer(kPanelRows * k) : nullptr;
+  float bias_panel[kPanelRows];
+
+  for (int64_t i0 = 0; i0 < m; i0 += x_tile) {
+    const int64_t mt = std::min(x_tile, m - i0);
+    for (int64_t j0 = n0; j0 < n1; j0 += kPanelRows) {
+      const int64_t rows = std::min(kPanelRows, n1 - j0);
+      const float* b = nullptr;
+      if (bias != nullptr) {
+        for (int64_t r = 0; r < rows; ++r) {
+          bias_panel[r] = WeightAt(bias->data, bias->dtype, j0 + r);
+        }
+        b = bias_panel;
+      }
+      const void* wj = RowPtr<kW>(w.data, j0, k);
+      float* yj = y + i0 * n + j0;
+      if (widen) {
+        simd::Widen<kW>(wj, rows * k, panel);
+        Panel<DType::kF32>(x + i0 * k, mt, panel, k, rows, k, false, b, yj, n);
+      } else {
+        Panel<kW>(x + i0 * k, mt, wj, k, rows, k, i0 == 0, b, yj, n);
+      }
+    }
+  }
+}
+
+Isa BestIsa() {
+  if (!internal::CpuHasAvx512()) return Isa::kAvx2;
+  const char* cap = std::getenv("SPANSERVE_MAX_ISA");
+  return cap != nullptr && std::strcmp(cap, "avx2") == 0 ? Isa::kAvx2 : Isa::kAvx512;
+}
+
+std::atomic<Isa>& MaxIsa() {
+  static std::atomic<Isa> isa{BestIsa()};
+  return isa;
+}
+
 template <DType kW>
 void MatMulTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
                  float* y) {
@@ -157,6 +204,7 @@ void MatMulTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightV
       std::max<int64_t>(kMaxMr, kXTileBytes / (std::max<int64_t>(k, 1) * 4) / kMaxMr * kMaxMr);
   // Widening a panel once pays off when more than one row block reuses it.
   const bool widen = kW != DType::kF32 && m > kMaxMr;
+  const bool avx512 = m > kMaxMr && MaxIsa().load(std::memory_order_relaxed) == Isa::kAvx512;
 
   // Static split of n into one contiguous, 8-aligned range per thread: each thread streams
   // its own weight rows once per x tile.
@@ -166,34 +214,24 @@ void MatMulTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightV
     const int64_t per_thread = ((n + threads - 1) / threads + 7) & ~int64_t{7};
     const int64_t n0 = std::min(n, omp_get_thread_num() * per_thread);
     const int64_t n1 = std::min(n, n0 + per_thread);
-    float* panel = (widen && n0 < n1) ? PanelBuffer(kPanelRows * k) : nullptr;
-    float bias_panel[kPanelRows];
-
-    for (int64_t i0 = 0; i0 < m; i0 += x_tile) {
-      const int64_t mt = std::min(x_tile, m - i0);
-      for (int64_t j0 = n0; j0 < n1; j0 += kPanelRows) {
-        const int64_t rows = std::min(kPanelRows, n1 - j0);
-        const float* b = nullptr;
-        if (bias != nullptr) {
-          for (int64_t r = 0; r < rows; ++r) {
-            bias_panel[r] = WeightAt(bias->data, bias->dtype, j0 + r);
-          }
-          b = bias_panel;
-        }
-        const void* wj = RowPtr<kW>(w.data, j0, k);
-        float* yj = y + i0 * n + j0;
-        if (widen) {
-          simd::Widen<kW>(wj, rows * k, panel);
-          Panel<DType::kF32>(x + i0 * k, mt, panel, k, rows, k, false, b, yj, n);
-        } else {
-          Panel<kW>(x + i0 * k, mt, wj, k, rows, k, i0 == 0, b, yj, n);
-        }
-      }
+    if (avx512) {
+      internal::MatMulRowsAvx512(x, m, w, bias, y, n0, n1);
+    } else {
+      MatMulRowsAvx2<kW>(x, m, w, bias, y, n0, n1, x_tile, widen);
     }
   }
 }
 
 }  // namespace
+
+Isa ActiveIsa() { return MaxIsa().load(); }
+
+Isa SetMaxIsa(Isa isa) {
+  if (isa == Isa::kAvx512 && !internal::CpuHasAvx512()) isa = Isa::kAvx2;
+  return MaxIsa().exchange(isa);
+}
+
+const char* IsaName(Isa isa) { return isa == Isa::kAvx512 ? "avx512" : "avx2"; }
 
 void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias, float* y) {
   SPANSERVE_CHECK(x != y);

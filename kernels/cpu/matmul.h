@@ -13,7 +13,20 @@ namespace spanserve::kernels::cpu {
 // reduction order over k that does not depend on m, on i, on tiling or on thread count,
 // so a row's result is bit-identical whatever else is in the batch.
 // Allocates nothing on the heap after the first call of a thread.
+// Batches (m > 4) run AVX-512 micro-kernels where the CPU has them, with results
+// bit-identical to the AVX2 kernels (see matmul_avx512.h).
 void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias, float* y);
+
+// The instruction sets MatMul can use.
+enum class Isa { kAvx2, kAvx512 };
+
+// The widest instruction set MatMul may use: the best this CPU has, unless the environment
+// variable SPANSERVE_MAX_ISA=avx2 says otherwise. Results are the same bits on either; tests
+// and benchmarks switch with SetMaxIsa, which returns the setting it replaced (a request for
+// AVX-512 on a CPU without it gets AVX2).
+Isa ActiveIsa();
+Isa SetMaxIsa(Isa isa);
+const char* IsaName(Isa isa);
 
 // out[t, :] = row ids[t] of `table` ([vocab, dim]) widened to f32. ids must be in range.
 void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t n, float* out);

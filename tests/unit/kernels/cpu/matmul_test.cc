@@ -4,6 +4,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -42,15 +45,42 @@ Reference NaiveMatMul(const std::vector<float>& x, int64_t m, const std::vector<
   return ref;
 }
 
-class MatMulTest : public ::testing::TestWithParam<DType> {
+// Runs a test body with MatMul capped at one instruction set, restoring the setting after.
+class ScopedIsa {
+ public:
+  explicit ScopedIsa(Isa isa) : saved_(SetMaxIsa(isa)) {}
+  ~ScopedIsa() { SetMaxIsa(saved_); }
+
+ private:
+  Isa saved_;
+};
+
+// Every MatMul test runs for each weight type on each instruction set this CPU has.
+class MatMulTest : public ::testing::TestWithParam<std::tuple<DType, Isa>> {
  protected:
+  void SetUp() override {
+    if (std::get<1>(GetParam()) == Isa::kAvx512 && !CpuHasAvx512ForTest()) {
+      GTEST_SKIP() << "this CPU has no AVX-512";
+    }
+    isa_.emplace(std::get<1>(GetParam()));
+  }
+  void TearDown() override { isa_.reset(); }
+  DType dtype() const { return std::get<0>(GetParam()); }
+
+  static bool CpuHasAvx512ForTest() {
+    const Isa saved = SetMaxIsa(Isa::kAvx512);
+    const bool has = ActiveIsa() == Isa::kAvx512;
+    SetMaxIsa(saved);
+    return has;
+  }
+
   // Checks MatMul on [m, k] × [n, k]ᵀ against the double reference.
   void CheckAgainstReference(int64_t m, int64_t n, int64_t k, bool with_bias) {
     SCOPED_TRACE(::testing::Message()
                  << "m=" << m << " n=" << n << " k=" << k << " bias=" << with_bias);
     const std::vector<float> x = RandomFloats(m * k, 1);
-    const StoredWeights w = StoreWeights(RandomFloats(n * k, 2), GetParam());
-    const StoredWeights b = StoreWeights(RandomFloats(n, 3), GetParam());
+    const StoredWeights w = StoreWeights(RandomFloats(n * k, 2), dtype());
+    const StoredWeights b = StoreWeights(RandomFloats(n, 3), dtype());
     const WeightVector bias = b.Vector();
     std::vector<float> y(m * n, -7.0f);
     MatMul(x.data(), m, w.Matrix(n, k), with_bias ? &bias : nullptr, y.data());
@@ -59,6 +89,9 @@ class MatMulTest : public ::testing::TestWithParam<DType> {
       ASSERT_NEAR(y[i], ref.y[i], 1e-5 * ref.abs_sum[i] + 1e-30) << "at " << i / n << "," << i % n;
     }
   }
+
+ private:
+  std::optional<ScopedIsa> isa_;
 };
 
 TEST_P(MatMulTest, MatchesDoubleReferenceOnOddShapes) {
@@ -102,14 +135,15 @@ void ExpectBatchInvariant(DType dtype, int64_t m, int64_t n, int64_t k) {
 }
 
 TEST_P(MatMulTest, RowsAreBitIdenticalWhateverTheBatch) {
-  ExpectBatchInvariant(GetParam(), /*m=*/37, /*n=*/45, /*k=*/67);
-  ExpectBatchInvariant(GetParam(), /*m=*/37, /*n=*/29, /*k=*/2051);
+  ExpectBatchInvariant(dtype(), /*m=*/37, /*n=*/45, /*k=*/67);
+  ExpectBatchInvariant(dtype(), /*m=*/37, /*n=*/29, /*k=*/2051);
+  ExpectBatchInvariant(dtype(), /*m=*/20, /*n=*/61, /*k=*/16);
 }
 
 TEST_P(MatMulTest, ResultDoesNotDependOnThreadCount) {
   const int64_t m = 19, n = 101, k = 203;
   const std::vector<float> x = RandomFloats(m * k, 21);
-  const StoredWeights w = StoreWeights(RandomFloats(n * k, 22), GetParam());
+  const StoredWeights w = StoreWeights(RandomFloats(n * k, 22), dtype());
   std::vector<float> one(m * n), many(m * n);
   const int saved = omp_get_max_threads();
   omp_set_num_threads(1);
@@ -120,9 +154,45 @@ TEST_P(MatMulTest, ResultDoesNotDependOnThreadCount) {
   EXPECT_TRUE(BitIdentical(one.data(), many.data(), m * n));
 }
 
-INSTANTIATE_TEST_SUITE_P(AllWeightTypes, MatMulTest,
-                         ::testing::Values(DType::kF32, DType::kBF16, DType::kF16),
-                         testing::DTypeParamName);
+INSTANTIATE_TEST_SUITE_P(AllWeightTypesAndIsas, MatMulTest,
+                         ::testing::Combine(::testing::Values(DType::kF32, DType::kBF16,
+                                                              DType::kF16),
+                                            ::testing::Values(Isa::kAvx2, Isa::kAvx512)),
+                         [](const ::testing::TestParamInfo<std::tuple<DType, Isa>>& info) {
+                           return std::string(DTypeName(std::get<0>(info.param))) + "_" +
+                                  IsaName(std::get<1>(info.param));
+                         });
+
+// The AVX-512 kernels promise the AVX2 kernels' bits, so a process's output does not depend
+// on which of them ran (and batch invariance holds across the m > 4 switch between them).
+TEST(MatMul, Avx512IsBitIdenticalToAvx2) {
+  const Isa saved = SetMaxIsa(Isa::kAvx512);
+  if (ActiveIsa() != Isa::kAvx512) {
+    SetMaxIsa(saved);
+    GTEST_SKIP() << "this CPU has no AVX-512";
+  }
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+    for (int64_t m : {5, 8, 9, 16, 23, 64, 100}) {
+      for (int64_t n : {1, 7, 24, 25, 53, 130}) {
+        for (int64_t k : {0, 3, 8, 67, 896, 2051}) {
+          SCOPED_TRACE(::testing::Message() << "dtype=" << static_cast<int>(dtype) << " m=" << m
+                                            << " n=" << n << " k=" << k);
+          const std::vector<float> x = RandomFloats(m * k, 41);
+          const StoredWeights w = StoreWeights(RandomFloats(n * k, 42), dtype);
+          const StoredWeights b = StoreWeights(RandomFloats(n, 43), dtype);
+          const WeightVector bias = b.Vector();
+          std::vector<float> wide(m * n, -1.0f), narrow(m * n, -2.0f);
+          SetMaxIsa(Isa::kAvx512);
+          MatMul(x.data(), m, w.Matrix(n, k), &bias, wide.data());
+          SetMaxIsa(Isa::kAvx2);
+          MatMul(x.data(), m, w.Matrix(n, k), &bias, narrow.data());
+          ASSERT_TRUE(BitIdentical(wide.data(), narrow.data(), m * n));
+        }
+      }
+    }
+  }
+  SetMaxIsa(saved);
+}
 
 TEST(MatMul, BiasOnlyWhenKIsZero) {
   const float bias_values[3] = {1.5f, -2.0f, 0.25f};
