@@ -1,14 +1,15 @@
 // AVX-512 batched MatMul (see matmul_avx512.h for why its output equals the AVX2 path's).
 //
 // Loop nest, per thread over its own weight rows [n0, n1):
-//   for each x tile of rows (kept in L2)
-//     for each panel of kPanelRows weight rows: widen once into pairs interleaved by 8
+//   for each x tile of rows (kept in L2): pack rows in pairs interleaved by 8
+//     for each panel of kPanelRows weight rows: widen once to f32
 //       (prefetching the next panel from memory while the micro-kernels run)
-//       for each block of <= kMaxMr x rows
-//         for each group of <= kPairs row pairs: micro-kernel over the full k
-// A micro-kernel holds kMaxMr × kPairs = 24 zmm accumulators (48 dot products), loads
-// kPairs weight vectors and kMaxMr broadcast x chunks per 8 elements of k, and so runs 24
-// FMAs for 11 loads: bound by the FMA ports, not by the loads.
+//       for each block of kKc elements of k
+//         for each block of <= kMaxPairs x pairs (its x block stays in L1)
+//           for each group of <= kMaxNr weight rows: micro-kernel
+// A micro-kernel holds kMaxPairs × kMaxNr = 24 zmm accumulators (48 dot products) and per
+// 8 elements of k loads kMaxPairs x pairs and broadcasts kMaxNr weight chunks: 24 FMAs for
+// 10 loads.
 #include "kernels/cpu/matmul_avx512.h"
 
 // GCC 12's _mm512_undefined_ps (inside _mm512_broadcast_f32x8) reads itself to make an
@@ -30,31 +31,28 @@
 namespace spanserve::kernels::cpu::internal {
 namespace {
 
-constexpr int kMaxMr = 8;
-constexpr int kPairs = 3;
-constexpr int64_t kPanelRows = 24;  // 12 pairs: four micro-kernel groups
+constexpr int kMaxPairs = 4;  // x row pairs per micro-kernel (8 rows)
+constexpr int kMaxNr = 6;     // weight rows per micro-kernel
+constexpr int64_t kBlockRows = 2 * kMaxPairs;
+constexpr int64_t kPanelRows = 24;  // four micro-kernel groups
+constexpr int64_t kKc = 512;        // k per block
 constexpr int64_t kXTileBytes = 256 << 10;
 // Lines of the next panel prefetched per 8 elements of k in the micro-kernels.
-constexpr int kPrefetchLinesPerStep = 2;
+constexpr int kPrefetchLinesPerStep = 1;
 
 template <DType kW>
 const void* RowPtr(const void* w, int64_t row, int64_t ld) {
   return static_cast<const char*>(w) + row * ld * static_cast<int64_t>(DTypeSize(kW));
 }
 
-// Elements [p, p + 8) of rows a and b, widened, in the low and high halves of one register.
+// Sixteen weights starting at element i, widened to f32 (exact, as simd::Load8).
 template <DType kW>
-inline __m512 LoadPair(const void* a, const void* b, int64_t p) {
+inline __m512 Load16(const void* base, int64_t i) {
   if constexpr (kW == DType::kF32) {
-    const __m256 lo = _mm256_loadu_ps(static_cast<const float*>(a) + p);
-    const __m256 hi = _mm256_loadu_ps(static_cast<const float*>(b) + p);
-    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+    return _mm512_loadu_ps(static_cast<const float*>(base) + i);
   } else {
-    const __m128i lo =
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(a) + p));
-    const __m128i hi =
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(b) + p));
-    const __m256i h = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+    const __m256i h = _mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + i));
     if constexpr (kW == DType::kBF16) {
       return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     } else {
@@ -63,15 +61,30 @@ inline __m512 LoadPair(const void* a, const void* b, int64_t p) {
   }
 }
 
-// Widens `rows` weight rows (stride ldw elements) into ceil(rows / 2) pairs of 2·k8 floats:
-// pair q holds rows 2q and 2q + 1 interleaved by 8 (an odd last row is paired with itself).
+// Widens `rows` weight rows (stride ldw elements) to f32 rows of k8 floats, stride ldp.
 template <DType kW>
-void WidenPairs(const void* w, int64_t ldw, int64_t rows, int64_t k8, float* panel) {
+void WidenRows(const void* w, int64_t ldw, int64_t rows, int64_t k8, float* panel, int64_t ldp) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const void* src = RowPtr<kW>(w, r, ldw);
+    float* dst = panel + r * ldp;
+    int64_t p = 0;
+    for (; p + 16 <= k8; p += 16) _mm512_store_ps(dst + p, Load16<kW>(src, p));
+    if (p < k8) _mm256_store_ps(dst + p, simd::Load8<kW>(src, p));
+  }
+}
+
+// Packs x rows [0, rows) (stride ldx) into ceil(rows / 2) pairs of 2·k8 floats: pair t holds
+// rows 2t and 2t + 1 interleaved by 8 (an odd last row is paired with itself).
+void PackXPairs(const float* x, int64_t ldx, int64_t rows, int64_t k8, float* packed) {
   for (int64_t r = 0; r < rows; r += 2) {
-    const void* a = RowPtr<kW>(w, r, ldw);
-    const void* b = r + 1 < rows ? RowPtr<kW>(w, r + 1, ldw) : a;
-    float* dst = panel + r * k8;
-    for (int64_t p = 0; p < k8; p += 8) _mm512_store_ps(dst + 2 * p, LoadPair<kW>(a, b, p));
+    const float* a = x + r * ldx;
+    const float* b = r + 1 < rows ? a + ldx : a;
+    float* dst = packed + r * k8;
+    for (int64_t p = 0; p < k8; p += 8) {
+      _mm512_store_ps(dst + 2 * p,
+                      _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(a + p)),
+                                         _mm256_loadu_ps(b + p), 1));
+    }
   }
 }
 
@@ -81,102 +94,144 @@ struct Prefetch {
 };
 
 struct MicroArgs {
-  const float* x;  // [MR, k], stride ldx
-  int64_t ldx;
-  const float* pairs;  // [NP, 2·k8] interleaved widened weights
-  int64_t k8, k;
-  const void* w;  // the same rows as stored (for the k-tail), stride k
+  const float* xpairs;  // [NP pairs, 2·k8] packed x
+  const float* w;       // [NR, k8] widened weight rows, stride ldp (a multiple of 16)
+  int64_t ldp;
+  int64_t k8;
+  int64_t p0, p1;    // the k block [p0, p1) this call adds
+  float* acc;        // [NP, NR, 16] accumulators carried between k blocks
+  bool first, last;  // first: start from zero; last: finish into y
+  // For `last` only:
+  const float* x;     // the x rows as given (k-tail), stride k
+  int64_t m_rows;     // valid x rows in this block (<= 2·NP)
+  const void* w_raw;  // the weight rows as stored (k-tail), stride k
   DType dtype;
-  int64_t rows;       // valid weight rows in this group (<= 2·NP)
-  const float* bias;  // [rows] or null
-  float* y;           // [MR, rows], stride ldy
+  int64_t k;
+  const float* bias;  // [NR] or null
+  float* y;           // [m_rows, NR], stride ldy
   int64_t ldy;
   Prefetch* prefetch;
 };
 
-// Output (i, r) of a group from the 8-lane half of its accumulator: HSum, k-tail, bias;
-// exactly the AVX2 micro-kernel's epilogue.
-inline void Finish(const MicroArgs& a, int i, int64_t r, __m256 half) {
-  float s = simd::HSum(half);
-  const char* row =
-      static_cast<const char*>(a.w) + r * a.k * static_cast<int64_t>(DTypeSize(a.dtype));
-  for (int64_t p = a.k8; p < a.k; ++p)
-    s = std::fma(a.x[i * a.ldx + p], WeightAt(row, a.dtype, p), s);
+// y for x row i and weight row r from the reduced 8-lane sum: k-tail, bias; exactly the
+// AVX2 micro-kernel's epilogue.
+inline void Finish(const MicroArgs& a, int64_t i, int64_t r, float s) {
+  if (a.k8 < a.k) {
+    const char* row =
+        static_cast<const char*>(a.w_raw) + r * a.k * static_cast<int64_t>(DTypeSize(a.dtype));
+    for (int64_t p = a.k8; p < a.k; ++p) {
+      s = std::fma(a.x[i * a.k + p], WeightAt(row, a.dtype, p), s);
+    }
+  }
   a.y[i * a.ldy + r] = a.bias != nullptr ? s + a.bias[r] : s;
 }
 
-template <int MR, int NP>
+// acc[t][r] (lanes 0-7: x row 2t, lanes 8-15: x row 2t + 1) += x pair t · weight row r,
+// over the k block, 8 elements at a time with the weights broadcast to both halves.
+template <int NP, int NR>
 void Micro(const MicroArgs& a) {
-  __m512 acc[MR][NP];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) {
+  __m512 acc[NP][NR];
 #pragma GCC unroll 4
-    for (int q = 0; q < NP; ++q) acc[i][q] = _mm512_setzero_ps();
+  for (int t = 0; t < NP; ++t) {
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) {
+      acc[t][r] = a.first ? _mm512_setzero_ps() : _mm512_load_ps(a.acc + (t * NR + r) * 16);
+    }
   }
-  const int64_t stride = 2 * a.k8;
+  const float* xp[NP];
+  const float* wp[NR];
+#pragma GCC unroll 4
+  for (int t = 0; t < NP; ++t) xp[t] = a.xpairs + t * 2 * a.k8 + 2 * a.p0;
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) wp[r] = a.w + r * a.ldp + a.p0;
+  const auto step = [&](int64_t p) __attribute__((always_inline)) {
+    __m512 xv[NP];
+#pragma GCC unroll 4
+    for (int t = 0; t < NP; ++t) xv[t] = _mm512_load_ps(xp[t] + 2 * p);
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) {
+      const __m512 wv = _mm512_broadcast_f32x8(_mm256_load_ps(wp[r] + p));
+#pragma GCC unroll 4
+      for (int t = 0; t < NP; ++t) acc[t][r] = _mm512_fmadd_ps(xv[t], wv, acc[t][r]);
+    }
+  };
+  // The first steps also prefetch the next panel, kPrefetchLinesPerStep lines each.
+  const int64_t len = a.p1 - a.p0;
   const char* pf = a.prefetch->next;
-  const char* const pf_end = a.prefetch->end;
-  for (int64_t p = 0; p < a.k8; p += 8) {
-    if (pf < pf_end) {
+  const int64_t pf_lines = a.prefetch->end > pf ? (a.prefetch->end - pf + 63) / 64 : 0;
+  const int64_t pf_len =
+      std::min(len, (pf_lines + kPrefetchLinesPerStep - 1) / kPrefetchLinesPerStep * 8);
+  int64_t p = 0;
+  for (; p < pf_len; p += 8) {
 #pragma GCC unroll 4
-      for (int l = 0; l < kPrefetchLinesPerStep; ++l) _mm_prefetch(pf + 64 * l, _MM_HINT_T1);
-      pf += 64 * kPrefetchLinesPerStep;
+    for (int l = 0; l < kPrefetchLinesPerStep; ++l) _mm_prefetch(pf + 64 * l, _MM_HINT_T1);
+    pf += 64 * kPrefetchLinesPerStep;
+    step(p);
+  }
+  for (; p < len; p += 8) step(p);
+  a.prefetch->next = pf;
+  if (!a.last) {
+    for (int t = 0; t < NP; ++t) {
+      for (int r = 0; r < NR; ++r) _mm512_store_ps(a.acc + (t * NR + r) * 16, acc[t][r]);
     }
-    __m512 wv[NP];
+    return;
+  }
+  // Both 8-lane halves of every accumulator reduced at once, in simd::HSum's order:
+  // ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)); lane 0 and lane 8 hold the sums.
+  alignas(64) float sums[NP][NR][16];
 #pragma GCC unroll 4
-    for (int q = 0; q < NP; ++q) wv[q] = _mm512_load_ps(a.pairs + q * stride + 2 * p);
+  for (int t = 0; t < NP; ++t) {
 #pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
-      const __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(a.x + i * a.ldx + p));
-#pragma GCC unroll 4
-      for (int q = 0; q < NP; ++q) acc[i][q] = _mm512_fmadd_ps(xv, wv[q], acc[i][q]);
+    for (int r = 0; r < NR; ++r) {
+      __m512 v = acc[t][r];
+      v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));  // + the other 128-bit block
+      v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));        // + the other 64-bit pair
+      v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));        // + the neighbour
+      _mm512_store_ps(sums[t][r], v);
     }
   }
-  a.prefetch->next = pf;
-  for (int i = 0; i < MR; ++i) {
-    for (int q = 0; q < NP; ++q) {
-      Finish(a, i, 2 * q, _mm512_castps512_ps256(acc[i][q]));
-      if (2 * q + 1 < a.rows) Finish(a, i, 2 * q + 1, _mm512_extractf32x8_ps(acc[i][q], 1));
+  for (int t = 0; t < NP; ++t) {
+    for (int half = 0; half < 2; ++half) {
+      const int64_t i = 2 * t + half;
+      if (i >= a.m_rows) break;
+      for (int r = 0; r < NR; ++r) Finish(a, i, r, sums[t][r][8 * half]);
     }
   }
 }
 
-template <int MR>
-void MicroNp(int np, const MicroArgs& a) {
+template <int NP>
+void MicroNr(int nr, const MicroArgs& a) {
+  switch (nr) {
+    case 1:
+      return Micro<NP, 1>(a);
+    case 2:
+      return Micro<NP, 2>(a);
+    case 3:
+      return Micro<NP, 3>(a);
+    case 4:
+      return Micro<NP, 4>(a);
+    case 5:
+      return Micro<NP, 5>(a);
+    default:
+      return Micro<NP, 6>(a);
+  }
+}
+
+void RunMicro(int np, int nr, const MicroArgs& a) {
   switch (np) {
     case 1:
-      return Micro<MR, 1>(a);
+      return MicroNr<1>(nr, a);
     case 2:
-      return Micro<MR, 2>(a);
-    default:
-      return Micro<MR, 3>(a);
-  }
-}
-
-void RunMicro(int mr, int np, const MicroArgs& a) {
-  switch (mr) {
-    case 1:
-      return MicroNp<1>(np, a);
-    case 2:
-      return MicroNp<2>(np, a);
+      return MicroNr<2>(nr, a);
     case 3:
-      return MicroNp<3>(np, a);
-    case 4:
-      return MicroNp<4>(np, a);
-    case 5:
-      return MicroNp<5>(np, a);
-    case 6:
-      return MicroNp<6>(np, a);
-    case 7:
-      return MicroNp<7>(np, a);
+      return MicroNr<3>(nr, a);
     default:
-      return MicroNp<8>(np, a);
+      return MicroNr<4>(nr, a);
   }
 }
 
-// Per-thread 64-byte-aligned scratch for a widened panel; grows to the largest k seen.
-float* PanelBuffer(int64_t floats) {
-  thread_local std::vector<float> buffer;
+// Per-thread 64-byte-aligned scratch; grows to the largest size seen, then never again.
+float* Scratch(std::vector<float>& buffer, int64_t floats) {
   if (static_cast<int64_t>(buffer.size()) < floats + 16) buffer.resize(floats + 16);
   const auto address = reinterpret_cast<uintptr_t>(buffer.data());
   return reinterpret_cast<float*>((address + 63) & ~uintptr_t{63});
@@ -189,13 +244,21 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
   const int64_t k = w.cols;
   const int64_t k8 = k & ~int64_t{7};
   const int64_t row_bytes = k * static_cast<int64_t>(DTypeSize(kW));
-  const int64_t x_tile =
-      std::max<int64_t>(kMaxMr, kXTileBytes / (std::max<int64_t>(k, 1) * 4) / kMaxMr * kMaxMr);
-  float* panel = PanelBuffer(kPanelRows * std::max<int64_t>(k8, 8));
+  const int64_t x_tile = std::max<int64_t>(
+      kBlockRows, kXTileBytes / (std::max<int64_t>(k, 1) * 4) / kBlockRows * kBlockRows);
+  const int64_t ldp = std::max<int64_t>(16, (k8 + 15) & ~int64_t{15});  // 64-byte rows
+  const int64_t row_blocks = (std::min(x_tile, m) + kBlockRows - 1) / kBlockRows;
+  constexpr int64_t kGroups = (kPanelRows + kMaxNr - 1) / kMaxNr;
+  constexpr int64_t kAccFloats = kMaxPairs * kMaxNr * 16;  // one micro-kernel's accumulators
+  thread_local std::vector<float> panel_buffer, x_buffer, acc_buffer;
+  float* panel = Scratch(panel_buffer, kPanelRows * ldp);
+  float* xpairs = Scratch(x_buffer, (std::min(x_tile, m) + 1) * std::max<int64_t>(k8, 8));
+  float* acc = Scratch(acc_buffer, row_blocks * kGroups * kAccFloats);
   float bias_panel[kPanelRows];
 
   for (int64_t i0 = 0; i0 < m; i0 += x_tile) {
     const int64_t mt = std::min(x_tile, m - i0);
+    PackXPairs(x + i0 * k, k, mt, k8, xpairs);
     for (int64_t j0 = n0; j0 < n1; j0 += kPanelRows) {
       const int64_t rows = std::min(kPanelRows, n1 - j0);
       const float* b = nullptr;
@@ -205,32 +268,46 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
         b = bias_panel;
       }
       const void* wj = RowPtr<kW>(w.data, j0, k);
-      WidenPairs<kW>(wj, k, rows, k8, panel);
+      WidenRows<kW>(wj, k, rows, k8, panel, ldp);
       // The next panel streams in while this one is multiplied.
       Prefetch prefetch;
       if (j0 + rows < n1) {
         prefetch.next = static_cast<const char*>(wj) + rows * row_bytes;
         prefetch.end = prefetch.next + std::min(kPanelRows, n1 - j0 - rows) * row_bytes;
       }
-      const int64_t pairs = (rows + 1) / 2;
-      for (int64_t i = 0; i < mt; i += kMaxMr) {
-        const int mr = static_cast<int>(std::min<int64_t>(kMaxMr, mt - i));
-        for (int64_t g = 0; g < pairs; g += kPairs) {
-          const int np = static_cast<int>(std::min<int64_t>(kPairs, pairs - g));
-          const MicroArgs args{x + (i0 + i) * k,
-                               k,
-                               panel + g * 2 * k8,
-                               k8,
-                               k,
-                               RowPtr<kW>(wj, 2 * g, k),
-                               kW,
-                               std::min<int64_t>(2 * np, rows - 2 * g),
-                               b != nullptr ? b + 2 * g : nullptr,
-                               y + (i0 + i) * n + j0 + 2 * g,
-                               n,
-                               &prefetch};
-          RunMicro(mr, np, args);
+      // k blocks outermost: a block of the panel is widened data every row block reuses
+      // from L1/L2; the accumulators wait in `acc` between blocks.
+      for (int64_t p0 = 0;; p0 += kKc) {
+        const int64_t p1 = std::min(k8, p0 + kKc);
+        const bool first = p0 == 0;
+        const bool last = p1 == k8;
+        for (int64_t i = 0, block = 0; i < mt; i += kBlockRows, ++block) {
+          const int64_t m_rows = std::min<int64_t>(kBlockRows, mt - i);
+          const int np = static_cast<int>((m_rows + 1) / 2);
+          for (int64_t g = 0; g < rows; g += kMaxNr) {
+            const int nr = static_cast<int>(std::min<int64_t>(kMaxNr, rows - g));
+            const MicroArgs args{xpairs + i * k8,
+                                 panel + g * ldp,
+                                 ldp,
+                                 k8,
+                                 p0,
+                                 p1,
+                                 acc + (block * kGroups + g / kMaxNr) * kAccFloats,
+                                 first,
+                                 last,
+                                 x + (i0 + i) * k,
+                                 m_rows,
+                                 RowPtr<kW>(wj, g, k),
+                                 kW,
+                                 k,
+                                 b != nullptr ? b + g : nullptr,
+                                 y + (i0 + i) * n + j0 + g,
+                                 n,
+                                 &prefetch};
+            RunMicro(np, nr, args);
+          }
         }
+        if (last) break;
       }
     }
   }
