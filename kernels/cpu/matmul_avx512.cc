@@ -2,7 +2,7 @@
 //
 // Loop nest, per thread over its own weight rows [n0, n1):
 //   for each x tile of rows (kept in L2): pack rows in pairs interleaved by 8
-//     for each panel of kPanelRows weight rows: widen once to f32
+//     for each panel of <= kPanelRows weight rows: widen once to f32
 //       (prefetching the next panel from memory while the micro-kernels run)
 //       for each block of kKc elements of k
 //         for each block of <= kMaxPairs x pairs (its x block stays in L1)
@@ -34,9 +34,11 @@ namespace {
 constexpr int kMaxPairs = 4;  // x row pairs per micro-kernel (8 rows)
 constexpr int kMaxNr = 6;     // weight rows per micro-kernel
 constexpr int64_t kBlockRows = 2 * kMaxPairs;
-constexpr int64_t kPanelRows = 24;  // four micro-kernel groups
-constexpr int64_t kKc = 512;        // k per block
-constexpr int64_t kXTileBytes = 256 << 10;
+constexpr int64_t kPanelRows = 24;  // at most four micro-kernel groups
+// A widened panel and an x tile share the 1 MiB L2 of a core.
+constexpr int64_t kPanelBytes = 256 << 10;
+constexpr int64_t kKc = 512;  // k per block
+constexpr int64_t kXTileBytes = 512 << 10;
 // Lines of the next panel prefetched per 8 elements of k in the micro-kernels.
 constexpr int kPrefetchLinesPerStep = 1;
 
@@ -244,8 +246,12 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
   const int64_t k = w.cols;
   const int64_t k8 = k & ~int64_t{7};
   const int64_t row_bytes = k * static_cast<int64_t>(DTypeSize(kW));
+  // Two row blocks at least, so a decode batch of 16 widens every panel once.
   const int64_t x_tile = std::max<int64_t>(
-      kBlockRows, kXTileBytes / (std::max<int64_t>(k, 1) * 4) / kBlockRows * kBlockRows);
+      2 * kBlockRows, kXTileBytes / (std::max<int64_t>(k, 1) * 4) / kBlockRows * kBlockRows);
+  // Fewer rows per panel for long rows (the down projection), a multiple of kMaxNr.
+  const int64_t panel_rows = std::clamp<int64_t>(
+      kPanelBytes / (std::max<int64_t>(k, 1) * 4) / kMaxNr * kMaxNr, kMaxNr, kPanelRows);
   const int64_t ldp = std::max<int64_t>(16, (k8 + 15) & ~int64_t{15});  // 64-byte rows
   const int64_t row_blocks = (std::min(x_tile, m) + kBlockRows - 1) / kBlockRows;
   constexpr int64_t kGroups = (kPanelRows + kMaxNr - 1) / kMaxNr;
@@ -259,8 +265,8 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
   for (int64_t i0 = 0; i0 < m; i0 += x_tile) {
     const int64_t mt = std::min(x_tile, m - i0);
     PackXPairs(x + i0 * k, k, mt, k8, xpairs);
-    for (int64_t j0 = n0; j0 < n1; j0 += kPanelRows) {
-      const int64_t rows = std::min(kPanelRows, n1 - j0);
+    for (int64_t j0 = n0; j0 < n1; j0 += panel_rows) {
+      const int64_t rows = std::min(panel_rows, n1 - j0);
       const float* b = nullptr;
       if (bias != nullptr) {
         for (int64_t r = 0; r < rows; ++r)
@@ -273,7 +279,7 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
       Prefetch prefetch;
       if (j0 + rows < n1) {
         prefetch.next = static_cast<const char*>(wj) + rows * row_bytes;
-        prefetch.end = prefetch.next + std::min(kPanelRows, n1 - j0 - rows) * row_bytes;
+        prefetch.end = prefetch.next + std::min(panel_rows, n1 - j0 - rows) * row_bytes;
       }
       // k blocks outermost: a block of the panel is widened data every row block reuses
       // from L1/L2; the accumulators wait in `acc` between blocks.
