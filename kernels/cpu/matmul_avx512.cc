@@ -2,10 +2,10 @@
 //
 // Loop nest, per thread over its own weight rows [n0, n1):
 //   for each x tile of rows (kept in L2): pack rows in pairs interleaved by 8
-//     for each panel of <= kPanelRows weight rows: widen once to f32
+//     for each panel of <= kPanelRows weight rows
 //       (prefetching the next panel from memory while the micro-kernels run)
-//       for each block of kKc elements of k
-//         for each block of <= kMaxPairs x pairs (its x block stays in L1)
+//       for each block of kKc elements of k: widen the panel's block to f32 (stays in L1)
+//         for each block of <= kMaxPairs x pairs
 //           for each group of <= kMaxNr weight rows: micro-kernel
 // A micro-kernel holds kMaxPairs × kMaxNr = 24 zmm accumulators (48 dot products) and per
 // 8 elements of k loads kMaxPairs x pairs and broadcasts kMaxNr weight chunks: 24 FMAs for
@@ -34,10 +34,9 @@ namespace {
 constexpr int kMaxPairs = 4;  // x row pairs per micro-kernel (8 rows)
 constexpr int kMaxNr = 6;     // weight rows per micro-kernel
 constexpr int64_t kBlockRows = 2 * kMaxPairs;
-constexpr int64_t kPanelRows = 24;  // at most four micro-kernel groups
-// A widened panel and an x tile share the 1 MiB L2 of a core.
-constexpr int64_t kPanelBytes = 256 << 10;
-constexpr int64_t kKc = 512;  // k per block
+constexpr int64_t kPanelRows = 24;  // four micro-kernel groups
+constexpr int64_t kKc =
+    256;  // k per block: an 8-row x block (8 KiB) and a widened panel block (24 KiB)
 constexpr int64_t kXTileBytes = 512 << 10;
 // Lines of the next panel prefetched per 8 elements of k in the micro-kernels.
 constexpr int kPrefetchLinesPerStep = 1;
@@ -63,15 +62,17 @@ inline __m512 Load16(const void* base, int64_t i) {
   }
 }
 
-// Widens `rows` weight rows (stride ldw elements) to f32 rows of k8 floats, stride ldp.
+// Widens elements [p0, p1) of `rows` weight rows (stride ldw elements) to f32 rows of
+// p1 - p0 floats (a multiple of 8), stride ldp.
 template <DType kW>
-void WidenRows(const void* w, int64_t ldw, int64_t rows, int64_t k8, float* panel, int64_t ldp) {
+void WidenRows(const void* w, int64_t ldw, int64_t rows, int64_t p0, int64_t p1, float* panel,
+               int64_t ldp) {
   for (int64_t r = 0; r < rows; ++r) {
     const void* src = RowPtr<kW>(w, r, ldw);
-    float* dst = panel + r * ldp;
-    int64_t p = 0;
-    for (; p + 16 <= k8; p += 16) _mm512_store_ps(dst + p, Load16<kW>(src, p));
-    if (p < k8) _mm256_store_ps(dst + p, simd::Load8<kW>(src, p));
+    float* dst = panel + r * ldp - p0;
+    int64_t p = p0;
+    for (; p + 16 <= p1; p += 16) _mm512_store_ps(dst + p, Load16<kW>(src, p));
+    if (p < p1) _mm256_store_ps(dst + p, simd::Load8<kW>(src, p));
   }
 }
 
@@ -97,7 +98,7 @@ struct Prefetch {
 
 struct MicroArgs {
   const float* xpairs;  // [NP pairs, 2·k8] packed x
-  const float* w;       // [NR, k8] widened weight rows, stride ldp (a multiple of 16)
+  const float* w;       // [NR, p1 - p0] widened weight rows, stride ldp (a multiple of 16)
   int64_t ldp;
   int64_t k8;
   int64_t p0, p1;    // the k block [p0, p1) this call adds
@@ -145,7 +146,7 @@ void Micro(const MicroArgs& a) {
 #pragma GCC unroll 4
   for (int t = 0; t < NP; ++t) xp[t] = a.xpairs + t * 2 * a.k8 + 2 * a.p0;
 #pragma GCC unroll 8
-  for (int r = 0; r < NR; ++r) wp[r] = a.w + r * a.ldp + a.p0;
+  for (int r = 0; r < NR; ++r) wp[r] = a.w + r * a.ldp;
   const auto step = [&](int64_t p) __attribute__((always_inline)) {
     __m512 xv[NP];
 #pragma GCC unroll 4
@@ -249,10 +250,8 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
   // Two row blocks at least, so a decode batch of 16 widens every panel once.
   const int64_t x_tile = std::max<int64_t>(
       2 * kBlockRows, kXTileBytes / (std::max<int64_t>(k, 1) * 4) / kBlockRows * kBlockRows);
-  // Fewer rows per panel for long rows (the down projection), a multiple of kMaxNr.
-  const int64_t panel_rows = std::clamp<int64_t>(
-      kPanelBytes / (std::max<int64_t>(k, 1) * 4) / kMaxNr * kMaxNr, kMaxNr, kPanelRows);
-  const int64_t ldp = std::max<int64_t>(16, (k8 + 15) & ~int64_t{15});  // 64-byte rows
+  const int64_t panel_rows = kPanelRows;
+  const int64_t ldp = kKc;  // widened panel rows hold one k block
   const int64_t row_blocks = (std::min(x_tile, m) + kBlockRows - 1) / kBlockRows;
   constexpr int64_t kGroups = (kPanelRows + kMaxNr - 1) / kMaxNr;
   constexpr int64_t kAccFloats = kMaxPairs * kMaxNr * 16;  // one micro-kernel's accumulators
@@ -274,19 +273,19 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
         b = bias_panel;
       }
       const void* wj = RowPtr<kW>(w.data, j0, k);
-      WidenRows<kW>(wj, k, rows, k8, panel, ldp);
       // The next panel streams in while this one is multiplied.
       Prefetch prefetch;
       if (j0 + rows < n1) {
         prefetch.next = static_cast<const char*>(wj) + rows * row_bytes;
         prefetch.end = prefetch.next + std::min(panel_rows, n1 - j0 - rows) * row_bytes;
       }
-      // k blocks outermost: a block of the panel is widened data every row block reuses
-      // from L1/L2; the accumulators wait in `acc` between blocks.
+      // k blocks outermost: every row block reuses the widened block from L1; the
+      // accumulators wait in `acc` between blocks.
       for (int64_t p0 = 0;; p0 += kKc) {
         const int64_t p1 = std::min(k8, p0 + kKc);
         const bool first = p0 == 0;
         const bool last = p1 == k8;
+        WidenRows<kW>(wj, k, rows, p0, p1, panel, ldp);
         for (int64_t i = 0, block = 0; i < mt; i += kBlockRows, ++block) {
           const int64_t m_rows = std::min<int64_t>(kBlockRows, mt - i);
           const int np = static_cast<int>((m_rows + 1) / 2);
