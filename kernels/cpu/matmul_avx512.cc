@@ -202,35 +202,21 @@ void Micro(const MicroArgs& a) {
   }
 }
 
-template <int NP>
+// Micro<np, nr> for run-time np <= kMaxPairs and nr <= kMaxNr.
+template <int NP, int NR = 1>
 void MicroNr(int nr, const MicroArgs& a) {
-  switch (nr) {
-    case 1:
-      return Micro<NP, 1>(a);
-    case 2:
-      return Micro<NP, 2>(a);
-    case 3:
-      return Micro<NP, 3>(a);
-    case 4:
-      return Micro<NP, 4>(a);
-    case 5:
-      return Micro<NP, 5>(a);
-    default:
-      return Micro<NP, 6>(a);
+  if constexpr (NR < kMaxNr) {
+    if (nr != NR) return MicroNr<NP, NR + 1>(nr, a);
   }
+  Micro<NP, NR>(a);
 }
 
+template <int NP = 1>
 void RunMicro(int np, int nr, const MicroArgs& a) {
-  switch (np) {
-    case 1:
-      return MicroNr<1>(nr, a);
-    case 2:
-      return MicroNr<2>(nr, a);
-    case 3:
-      return MicroNr<3>(nr, a);
-    default:
-      return MicroNr<4>(nr, a);
+  if constexpr (NP < kMaxPairs) {
+    if (np != NP) return RunMicro<NP + 1>(np, nr, a);
   }
+  MicroNr<NP>(nr, a);
 }
 
 // Per-thread 64-byte-aligned scratch; grows to the largest size seen, then never again.
