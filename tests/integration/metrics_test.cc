@@ -21,6 +21,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "http_client.h"
 #include "server_process.h"
 #include "spanserve/v1/spanserve.grpc.pb.h"
 
@@ -34,38 +35,6 @@ constexpr char kDense[] = "spanserve-span-12l";
 constexpr char kMoe[] = "spanserve-span-moe-12l";
 
 std::string MoeModelDir() { return std::string(SPANSERVE_SOURCE_DIR) + "/models/" + kMoe; }
-
-// A loopback port free at the time of asking (the server binds it right after).
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-// The body of GET http://127.0.0.1:<port><path> ("" if the server does not answer).
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(port);
-  std::string response;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-    const std::string request = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    (void)!write(fd, request.data(), request.size());
-    char buf[4096];
-    for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) response.append(buf, n);
-  }
-  close(fd);
-  const size_t body = response.find("\r\n\r\n");
-  return body == std::string::npos ? "" : response.substr(body + 4);
-}
 
 struct Sample {
   std::string name;
@@ -137,7 +106,7 @@ class Scrape {
 Scrape ScrapeWhenIdle(int port, const std::string& model) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   for (;;) {
-    Scrape s(ParseMetrics(HttpGet(port, "/metrics")));
+    Scrape s(ParseMetrics(HttpGet(port, "/metrics").body));
     const auto running = s.Find("spanserve_num_requests_running", {{"model_name", model}});
     const auto waiting = s.Find("spanserve_num_requests_waiting", {{"model_name", model}});
     if ((running.size() == 1 && running[0].value == 0 && waiting.size() == 1 &&
@@ -401,7 +370,7 @@ TEST(MetricsTest, ExpertBalanceWindowForgetsOldTraffic) {
   EXPECT_GT(busy.Value("spanserve_moe_layer_load_cv", layer0), 0);
   // Wait (bounded) for the window to slide past the request.
   for (;;) {
-    const Scrape s(ParseMetrics(HttpGet(port, "/metrics")));
+    const Scrape s(ParseMetrics(HttpGet(port, "/metrics").body));
     if (s.Value("spanserve_moe_layer_balancedness", layer0) == 1.0) {
       EXPECT_EQ(s.Value("spanserve_moe_layer_load_cv", layer0), 0);
       double still = 0;

@@ -8,10 +8,16 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
+#include <string>
+#include <system_error>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -21,12 +27,44 @@ std::string DefaultModelDir() {
   return std::string(SPANSERVE_SOURCE_DIR) + "/models/spanserve-span-12l";
 }
 
+namespace {
+
+// Every directory MakeTempDir made, removed when the test binary exits (kept when
+// SPANSERVE_KEEP_TEST_DIRS is set, to read a server's log after a failure).
+class TempDirs {
+ public:
+  ~TempDirs() {
+    if (std::getenv("SPANSERVE_KEEP_TEST_DIRS") != nullptr) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const std::string& dir : dirs_) {
+      std::error_code ignored;
+      std::filesystem::remove_all(dir, ignored);
+    }
+  }
+  void Add(std::string dir) {
+    std::lock_guard<std::mutex> lock(mu_);
+    dirs_.push_back(std::move(dir));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> dirs_;
+};
+
+TempDirs& AllTempDirs() {
+  static TempDirs dirs;
+  return dirs;
+}
+
+}  // namespace
+
 std::string MakeTempDir(const std::string& name) {
   static std::atomic<int> counter{0};
   const char* base = std::getenv("TEST_TMPDIR");
   std::string dir = std::string(base ? base : "/tmp") + "/spanserve_it_" +
                     std::to_string(getpid()) + "_" + std::to_string(counter++) + "_" + name;
   mkdir(dir.c_str(), 0700);
+  AllTempDirs().Add(dir);
   return dir;
 }
 

@@ -20,6 +20,7 @@
 #include <gtest/gtest.h>
 
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "http_client.h"
 #include "runtime/engine/engine.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "server_process.h"
@@ -570,42 +571,12 @@ TEST(ServerTest, ModelWithoutTokenizerServesTokenIds) {
             grpc::StatusCode::FAILED_PRECONDITION);
 }
 
-// A loopback port free at the time of asking (the server binds it right after).
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(port);
-  std::string response;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-    const std::string request = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    (void)!write(fd, request.data(), request.size());
-    char buf[4096];
-    for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) response.append(buf, n);
-  }
-  close(fd);
-  return response;
-}
-
 TEST(ServerTest, PrometheusMetrics) {
   const int metrics_port = FreePort();
   ServerProcess server({"--metrics_address=127.0.0.1:" + std::to_string(metrics_port)});
   auto stub = v1::SpanServe::NewStub(server.Channel());
   ASSERT_TRUE(RunGenerate(*stub, GreedyRequest("And God said", 8)).status.ok());
-  const std::string text = HttpGet(metrics_port, "/metrics");
+  const std::string text = HttpGet(metrics_port, "/metrics").body;
   EXPECT_NE(text.find("spanserve_request_success_total{finished_reason=\"length\","
                       "model_name=\"spanserve-span-12l\"} 1"),
             std::string::npos)
