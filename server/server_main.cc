@@ -71,11 +71,11 @@ ABSL_FLAG(int, residual_rms_every_n_steps, 0,
           "(0: off)");
 ABSL_FLAG(std::string, port_file, "", "write the bound port here once listening");
 ABSL_FLAG(int64_t, kv_cache_bytes, 0,
-          "KV memory of all models together in bytes, split evenly between them (0: "
-          "--kv_cache_memory_fraction of available memory)");
+          "KV memory of all models together in bytes, split evenly between the models that "
+          "load (0: --kv_cache_memory_fraction of available memory)");
 ABSL_FLAG(double, kv_cache_memory_fraction, 0.1,
           "KV memory of all models together as a fraction of MemAvailable at start-up, split "
-          "evenly between them");
+          "evenly between the models that load");
 ABSL_FLAG(int, num_kv_blocks, 0,
           "KV pool size in blocks of each model (wins over the byte sizes if > 0)");
 ABSL_FLAG(int, max_num_seqs, 64, "most sequences in one engine step");
@@ -207,17 +207,18 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials() {
   return grpc::SslServerCredentials(options);
 }
 
-// The engine options every model shares. The KV memory budget (bytes, or a fraction of
-// MemAvailable read once, before any model loads) is split evenly between the models;
-// --num_kv_blocks, when given, is each model's own block count.
-absl::StatusOr<engine::EngineOptions> EngineOptionsFromFlags(int num_models) {
+// The engine options every model shares. kv_cache_bytes is the KV memory budget of all
+// models together (bytes, or a fraction of MemAvailable read once, before any model
+// loads), which the loader splits; --num_kv_blocks, when given, is each model's own block
+// count.
+absl::StatusOr<engine::EngineOptions> EngineOptionsFromFlags() {
   engine::EngineOptions o;
   o.num_kv_blocks = absl::GetFlag(FLAGS_num_kv_blocks);
   if (o.num_kv_blocks <= 0) {
     ASSIGN_OR_RETURN(const int64_t total,
                      engine::KvPoolBytes(absl::GetFlag(FLAGS_kv_cache_bytes),
                                          absl::GetFlag(FLAGS_kv_cache_memory_fraction)));
-    o.kv_cache_bytes = total / num_models;
+    o.kv_cache_bytes = total;
   }
   o.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
   o.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
@@ -304,8 +305,7 @@ int Run(const sigset_t& signals) {
     Log(std::string(specs.status().message()));
     return 2;
   }
-  absl::StatusOr<engine::EngineOptions> engine_options =
-      EngineOptionsFromFlags(static_cast<int>(specs->size()));
+  absl::StatusOr<engine::EngineOptions> engine_options = EngineOptionsFromFlags();
   if (!engine_options.ok()) {
     Log(engine_options.status().ToString());
     return 2;
@@ -371,14 +371,20 @@ int Run(const sigset_t& signals) {
   std::thread loading([&] {
     std::this_thread::sleep_for(
         std::chrono::duration<double>(absl::GetFlag(FLAGS_debug_load_delay_s)));
+    // Each model gets an even share of what the models loaded before it left: a model that
+    // fails to load leaves its share to the ones after it.
+    int64_t kv_bytes_left = engine_options->kv_cache_bytes;
+    int64_t models_left = static_cast<int64_t>(service.models().size());
     for (const std::unique_ptr<ServedModel>& model : service.models()) {
+      engine::EngineOptions options = *engine_options;
+      if (options.num_kv_blocks <= 0) options.kv_cache_bytes = kv_bytes_left / models_left;
+      --models_left;
       if (stop_loading.load()) {
         model->SetFailed(absl::UnavailableError("the server shut down before loading it"));
         continue;
       }
       const auto t0 = std::chrono::steady_clock::now();
-      absl::StatusOr<LoadedModel> loaded =
-          LoadModel({model->name(), model->path()}, *engine_options);
+      absl::StatusOr<LoadedModel> loaded = LoadModel({model->name(), model->path()}, options);
       if (!loaded.ok()) {
         Log(absl::StrCat("model '", model->name(), "' (", model->path(),
                          ") failed to load: ", loaded.status().ToString(),
@@ -388,6 +394,7 @@ int Run(const sigset_t& signals) {
         model->SetFailed(loaded.status());
         continue;
       }
+      kv_bytes_left -= options.kv_cache_bytes;
       model->SetReady(*std::move(loaded));
       if (metrics) metrics->WatchEngine(model->name(), &model->engine());
       const engine::EngineInfo& info = model->engine().info();

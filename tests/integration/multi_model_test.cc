@@ -259,6 +259,11 @@ TEST(MultiModelTest, ABrokenGgufFailsAloneWhileTheOtherModelsServe) {
   }
   EXPECT_EQ(info.models(0).state(), v1::MODEL_STATE_READY);
   EXPECT_EQ(info.models(2).state(), v1::MODEL_STATE_READY);
+  // The KV budget (64 MiB) is split as the models load: dense gets a quarter, garbage
+  // fails and leaves its share, so moe gets half of the remaining three quarters.
+  EXPECT_NEAR(
+      static_cast<double>(info.models(2).kv_blocks_total()) / info.models(0).kv_blocks_total(), 1.5,
+      0.01);
   for (const std::string good : {"dense", "moe", ""}) {
     const StreamResult r = RunGenerate(*stub, Greedy(good, "And God said", 6));
     EXPECT_TRUE(r.status.ok()) << good << ": " << r.status.error_message();
