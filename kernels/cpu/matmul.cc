@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "kernels/cpu/dequant.h"
 #include "kernels/cpu/matmul_avx512.h"
 #include "kernels/cpu/simd.h"
 
@@ -43,9 +44,67 @@ constexpr int64_t kXTileBytes = 256 << 10;
 template <int MR>
 constexpr int kNr = MR == 1 ? 8 : (MR == 4 ? 3 : 4);
 
-template <DType kW>
-const void* RowPtr(const void* w, int64_t row, int64_t ld) {
-  return static_cast<const char*>(w) + row * ld * static_cast<int64_t>(DTypeSize(kW));
+using internal::IsQuant;
+using internal::QuantOf;
+using internal::RowAt;
+using internal::WFmt;
+
+inline float HalfAt(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+// Eight bytes of a quantized block's quants at `q` as f32 q values of elements j..j+7 of the
+// block (Q4: low nibbles for j < 16, high ones after; Q4_0 centred on 8), exactly as
+// kernels/cpu/dequant.cc computes them.
+template <WFmt F>
+inline __m256i QuantInts(const uint8_t* qs, int64_t j) {
+  if constexpr (F == WFmt::kQ8_0) {
+    return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs + j)));
+  } else {
+    __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs + (j & 15)));
+    if (j >= 16) v = _mm_srli_epi16(v, 4);
+    v = _mm_and_si128(v, _mm_set1_epi8(0x0f));
+    if constexpr (F == WFmt::kQ4_0) {
+      return _mm256_cvtepi8_epi32(_mm_sub_epi8(v, _mm_set1_epi8(8)));
+    } else {
+      return _mm256_cvtepu8_epi32(v);
+    }
+  }
+}
+
+// Weights [p, p + 8) of one row (p a multiple of 8), as f32: widened, or dequantized with
+// dequant.cc's arithmetic (d·q, then + m for Q4_1), so bit-identical to a dequantized copy.
+template <WFmt F>
+inline __m256 Load8F(const void* row, int64_t p) {
+  if constexpr (!IsQuant(F)) {
+    return simd::Load8<internal::FloatType(F)>(row, p);
+  } else {
+    const uint8_t* b = static_cast<const uint8_t*>(row) + p / 32 * QuantBlockBytes(QuantOf(F));
+    const int64_t j = p % 32;
+    const __m256 d = _mm256_set1_ps(HalfAt(b));
+    if constexpr (F == WFmt::kQ8_0) {
+      return _mm256_mul_ps(_mm256_cvtepi32_ps(QuantInts<F>(b + 2, j)), d);
+    } else if constexpr (F == WFmt::kQ4_0) {
+      return _mm256_mul_ps(_mm256_cvtepi32_ps(QuantInts<F>(b + 2, j)), d);
+    } else {
+      const __m256 m = _mm256_set1_ps(HalfAt(b + 2));
+      return _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(QuantInts<F>(b + 4, j))), m);
+    }
+  }
+}
+
+// One weight of a row, as Load8F computes it (for k-tails; quantized rows have none).
+template <WFmt F>
+inline float Load1F(const void* row, int64_t p) {
+  if constexpr (!IsQuant(F)) {
+    return simd::Load1<internal::FloatType(F)>(row, p);
+  } else {
+    alignas(32) float v[8];
+    _mm256_store_ps(v, Load8F<F>(row, p & ~int64_t{7}));
+    return v[p & 7];
+  }
 }
 
 // y[i, r] = x[i, :] · w[r, :] (+ bias[r]) for i < MR, r < NR.
@@ -53,11 +112,17 @@ const void* RowPtr(const void* w, int64_t row, int64_t ld) {
 // prefetch: when set, the weight rows that follow these NR rows are prefetched at the rate
 // these are consumed. Rows of a bf16 GEMV are short streams (k·2 bytes) that the hardware
 // prefetcher ramps up on too late; this keeps DRAM busy across micro-kernel boundaries.
-template <int MR, int NR, DType kW>
+template <int MR, int NR, WFmt kW>
 inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64_t k, bool prefetch,
                   const float* bias, float* y, int64_t ldy) {
-  constexpr int64_t kStepBytes = NR * 8 * static_cast<int64_t>(DTypeSize(kW));
-  const char* next = static_cast<const char*>(RowPtr<kW>(w, NR, ldw));
+  // Bytes of the NR rows per 8 elements of k (a quarter block each for quantized rows).
+  constexpr int64_t kStepBytes =
+      IsQuant(kW) ? (NR * QuantBlockBytes(QuantOf(kW)) + 3) / 4
+                  : NR * 8 * static_cast<int64_t>(DTypeSize(internal::FloatType(kW)));
+  const char* next = static_cast<const char*>(RowAt<kW>(w, NR, ldw));
+  const void* rows[NR];
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) rows[r] = RowAt<kW>(w, r, ldw);
   __m256 acc[MR][NR];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
@@ -73,7 +138,7 @@ inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64
     }
     __m256 wv[NR];
 #pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r) wv[r] = simd::Load8<kW>(w, r * ldw + p);
+    for (int r = 0; r < NR; ++r) wv[r] = Load8F<kW>(rows[r], p);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const __m256 xv = _mm256_loadu_ps(x + i * ldx + p);
@@ -85,7 +150,7 @@ inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64
     for (int r = 0; r < NR; ++r) {
       float s = simd::HSum(acc[i][r]);
       for (int64_t p = k8; p < k; ++p) {
-        s = std::fma(x[i * ldx + p], simd::Load1<kW>(w, r * ldw + p), s);
+        s = std::fma(x[i * ldx + p], Load1F<kW>(rows[r], p), s);
       }
       y[i * ldy + r] = bias != nullptr ? s + bias[r] : s;
     }
@@ -93,7 +158,7 @@ inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64
 }
 
 // Micro<MR, nr> for a run-time nr in [NR, kNr<MR>).
-template <int MR, DType kW, int NR = 1>
+template <int MR, WFmt kW, int NR = 1>
 void MicroTail(int nr, const float* x, int64_t ldx, const void* w, int64_t ldw, int64_t k,
                bool prefetch, const float* bias, float* y, int64_t ldy) {
   if constexpr (NR < kNr<MR>) {
@@ -103,17 +168,17 @@ void MicroTail(int nr, const float* x, int64_t ldx, const void* w, int64_t ldw, 
 }
 
 // MR rows of x against `rows` weight rows.
-template <int MR, DType kW>
+template <int MR, WFmt kW>
 void RowBlock(const float* x, int64_t ldx, const void* w, int64_t ldw, int64_t rows, int64_t k,
               bool prefetch, const float* bias, float* y, int64_t ldy) {
   constexpr int kNR = kNr<MR>;
   int64_t r = 0;
   for (; r + kNR <= rows; r += kNR) {
-    Micro<MR, kNR, kW>(x, ldx, RowPtr<kW>(w, r, ldw), ldw, k, prefetch, bias ? bias + r : nullptr,
+    Micro<MR, kNR, kW>(x, ldx, RowAt<kW>(w, r, ldw), ldw, k, prefetch, bias ? bias + r : nullptr,
                        y + r, ldy);
   }
   if (r < rows) {
-    MicroTail<MR, kW>(static_cast<int>(rows - r), x, ldx, RowPtr<kW>(w, r, ldw), ldw, k, prefetch,
+    MicroTail<MR, kW>(static_cast<int>(rows - r), x, ldx, RowAt<kW>(w, r, ldw), ldw, k, prefetch,
                       bias ? bias + r : nullptr, y + r, ldy);
   }
 }
@@ -121,7 +186,7 @@ void RowBlock(const float* x, int64_t ldx, const void* w, int64_t ldw, int64_t r
 // `mt` rows of x against one panel of `rows` weight rows.
 // x: [mt, k] stride k; w: [rows, k] stride ldw; y: [mt, rows] stride ldy.
 // prefetch: w is read from memory (not a widened copy), so the first row block prefetches.
-template <DType kW>
+template <WFmt kW>
 void Panel(const float* x, int64_t mt, const void* w, int64_t ldw, int64_t rows, int64_t k,
            bool prefetch, const float* bias, float* y, int64_t ldy) {
   for (int64_t i = 0; i < mt; i += kMaxMr) {
@@ -153,7 +218,7 @@ float* PanelBuffer(int64_t floats) {
 }
 
 // The AVX2 path for the output features [n0, n1) (one OpenMP thread's range).
-template <DType kW>
+template <WFmt kW>
 void MatMulRowsAvx2(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
                     float* y, int64_t n0, int64_t n1, int64_t x_tile, bool widen) {
   const int64_t n = w.rows;
@@ -172,11 +237,11 @@ void MatMulRowsAvx2(const float* x, int64_t m, const WeightMatrix& w, const Weig
         }
         b = bias_panel;
       }
-      const void* wj = RowPtr<kW>(w.data, j0, k);
+      const void* wj = RowAt<kW>(w.data, j0, k);
       float* yj = y + i0 * n + j0;
       if (widen) {
-        simd::Widen<kW>(wj, rows * k, panel);
-        Panel<DType::kF32>(x + i0 * k, mt, panel, k, rows, k, false, b, yj, n);
+        internal::RowToF32<kW>(wj, 0, rows * k, panel);
+        Panel<WFmt::kF32>(x + i0 * k, mt, panel, k, rows, k, false, b, yj, n);
       } else {
         Panel<kW>(x + i0 * k, mt, wj, k, rows, k, i0 == 0, b, yj, n);
       }
@@ -195,7 +260,7 @@ std::atomic<Isa>& MaxIsa() {
   return isa;
 }
 
-template <DType kW>
+template <WFmt kW>
 void MatMulTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
                  float* y) {
   const int64_t n = w.rows;
@@ -203,7 +268,7 @@ void MatMulTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightV
   const int64_t x_tile =
       std::max<int64_t>(kMaxMr, kXTileBytes / (std::max<int64_t>(k, 1) * 4) / kMaxMr * kMaxMr);
   // Widening a panel once pays off when more than one row block reuses it.
-  const bool widen = kW != DType::kF32 && m > kMaxMr;
+  const bool widen = kW != WFmt::kF32 && m > kMaxMr;
   const bool avx512 = m > kMaxMr && MaxIsa().load(std::memory_order_relaxed) == Isa::kAvx512;
 
   // Static split of n into one contiguous, 8-aligned range per thread: each thread streams
@@ -237,18 +302,45 @@ void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector
   SPANSERVE_CHECK(x != y);
   if (bias != nullptr) SPANSERVE_CHECK_EQ(bias->size, w.rows);
   if (m <= 0 || w.rows <= 0) return;
-  switch (w.dtype) {
-    case DType::kF32:
-      return MatMulTyped<DType::kF32>(x, m, w, bias, y);
-    case DType::kBF16:
-      return MatMulTyped<DType::kBF16>(x, m, w, bias, y);
-    case DType::kF16:
-      return MatMulTyped<DType::kF16>(x, m, w, bias, y);
+  if (w.quant != QuantType::kNone) SPANSERVE_CHECK_EQ(w.cols % 32, 0);
+  switch (internal::FormatOf(w)) {
+    case WFmt::kF32:
+      return MatMulTyped<WFmt::kF32>(x, m, w, bias, y);
+    case WFmt::kBF16:
+      return MatMulTyped<WFmt::kBF16>(x, m, w, bias, y);
+    case WFmt::kF16:
+      return MatMulTyped<WFmt::kF16>(x, m, w, bias, y);
+    case WFmt::kQ8_0:
+      return MatMulTyped<WFmt::kQ8_0>(x, m, w, bias, y);
+    case WFmt::kQ4_0:
+      return MatMulTyped<WFmt::kQ4_0>(x, m, w, bias, y);
+    case WFmt::kQ4_1:
+      return MatMulTyped<WFmt::kQ4_1>(x, m, w, bias, y);
   }
 }
 
 void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t n, float* out) {
   const int64_t dim = table.cols;
+  if (table.quant != QuantType::kNone) {
+    SPANSERVE_CHECK_EQ(dim % 32, 0);
+    const int64_t row_bytes = dim / 32 * QuantBlockBytes(table.quant);
+    for (int64_t t = 0; t < n; ++t) {
+      SPANSERVE_CHECK(ids[t] >= 0 && ids[t] < table.rows);
+      const char* row = static_cast<const char*>(table.data) + ids[t] * row_bytes;
+      switch (table.quant) {
+        case QuantType::kQ8_0:
+          DequantizeQ8_0(row, dim, out + t * dim);
+          break;
+        case QuantType::kQ4_0:
+          DequantizeQ4_0(row, dim, out + t * dim);
+          break;
+        default:
+          DequantizeQ4_1(row, dim, out + t * dim);
+          break;
+      }
+    }
+    return;
+  }
   const int64_t row_bytes = dim * static_cast<int64_t>(DTypeSize(table.dtype));
   for (int64_t t = 0; t < n; ++t) {
     SPANSERVE_CHECK(ids[t] >= 0 && ids[t] < table.rows);
@@ -256,5 +348,43 @@ void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t n, f
                 out + t * dim);
   }
 }
+
+namespace internal {
+
+template <WFmt F>
+void RowToF32(const void* row, int64_t p0, int64_t p1, float* out) {
+  if constexpr (!IsQuant(F)) {
+    constexpr DType kT = FloatType(F);
+    simd::Widen<kT>(static_cast<const char*>(row) + p0 * static_cast<int64_t>(DTypeSize(kT)),
+                    p1 - p0, out);
+  } else {
+    const void* blocks = static_cast<const char*>(row) + p0 / 32 * QuantBlockBytes(QuantOf(F));
+    if constexpr (F == WFmt::kQ8_0) DequantizeQ8_0(blocks, p1 - p0, out);
+    if constexpr (F == WFmt::kQ4_0) DequantizeQ4_0(blocks, p1 - p0, out);
+    if constexpr (F == WFmt::kQ4_1) DequantizeQ4_1(blocks, p1 - p0, out);
+  }
+}
+template void RowToF32<WFmt::kF32>(const void*, int64_t, int64_t, float*);
+template void RowToF32<WFmt::kBF16>(const void*, int64_t, int64_t, float*);
+template void RowToF32<WFmt::kF16>(const void*, int64_t, int64_t, float*);
+template void RowToF32<WFmt::kQ8_0>(const void*, int64_t, int64_t, float*);
+template void RowToF32<WFmt::kQ4_0>(const void*, int64_t, int64_t, float*);
+template void RowToF32<WFmt::kQ4_1>(const void*, int64_t, int64_t, float*);
+
+WFmt FormatOf(const WeightMatrix& w) {
+  switch (w.quant) {
+    case QuantType::kQ8_0:
+      return WFmt::kQ8_0;
+    case QuantType::kQ4_0:
+      return WFmt::kQ4_0;
+    case QuantType::kQ4_1:
+      return WFmt::kQ4_1;
+    case QuantType::kNone:
+      break;
+  }
+  return w.dtype == DType::kBF16 ? WFmt::kBF16 : w.dtype == DType::kF16 ? WFmt::kF16 : WFmt::kF32;
+}
+
+}  // namespace internal
 
 }  // namespace spanserve::kernels::cpu

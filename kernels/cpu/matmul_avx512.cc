@@ -41,11 +41,6 @@ constexpr int64_t kXTileBytes = 512 << 10;
 // Lines of the next panel prefetched per 8 elements of k in the micro-kernels.
 constexpr int kPrefetchLinesPerStep = 1;
 
-template <DType kW>
-const void* RowPtr(const void* w, int64_t row, int64_t ld) {
-  return static_cast<const char*>(w) + row * ld * static_cast<int64_t>(DTypeSize(kW));
-}
-
 // Sixteen weights starting at element i, widened to f32 (exact, as simd::Load8).
 template <DType kW>
 inline __m512 Load16(const void* base, int64_t i) {
@@ -64,15 +59,22 @@ inline __m512 Load16(const void* base, int64_t i) {
 
 // Widens elements [p0, p1) of `rows` weight rows (stride ldw elements) to f32 rows of
 // p1 - p0 floats (a multiple of 8), stride ldp.
-template <DType kW>
+// Quantized rows are dequantized (dequant.cc's arithmetic; p0 and p1 are then multiples of
+// 32, since their k is).
+template <WFmt F>
 void WidenRows(const void* w, int64_t ldw, int64_t rows, int64_t p0, int64_t p1, float* panel,
                int64_t ldp) {
   for (int64_t r = 0; r < rows; ++r) {
-    const void* src = RowPtr<kW>(w, r, ldw);
-    float* dst = panel + r * ldp - p0;
-    int64_t p = p0;
-    for (; p + 16 <= p1; p += 16) _mm512_store_ps(dst + p, Load16<kW>(src, p));
-    if (p < p1) _mm256_store_ps(dst + p, simd::Load8<kW>(src, p));
+    const void* src = RowAt<F>(w, r, ldw);
+    if constexpr (IsQuant(F)) {
+      RowToF32<F>(src, p0, p1, panel + r * ldp);
+    } else {
+      constexpr DType kW = FloatType(F);
+      float* dst = panel + r * ldp - p0;
+      int64_t p = p0;
+      for (; p + 16 <= p1; p += 16) _mm512_store_ps(dst + p, Load16<kW>(src, p));
+      if (p < p1) _mm256_store_ps(dst + p, simd::Load8<kW>(src, p));
+    }
   }
 }
 
@@ -226,13 +228,13 @@ float* Scratch(std::vector<float>& buffer, int64_t floats) {
   return reinterpret_cast<float*>((address + 63) & ~uintptr_t{63});
 }
 
-template <DType kW>
+template <WFmt kW>
 void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias, float* y,
                int64_t n0, int64_t n1) {
   const int64_t n = w.rows;
   const int64_t k = w.cols;
   const int64_t k8 = k & ~int64_t{7};
-  const int64_t row_bytes = k * static_cast<int64_t>(DTypeSize(kW));
+  const int64_t row_bytes = RowBytes<kW>(k);
   // Two row blocks at least, so a decode batch of 16 widens every panel once.
   const int64_t x_tile = std::max<int64_t>(
       2 * kBlockRows, kXTileBytes / (std::max<int64_t>(k, 1) * 4) / kBlockRows * kBlockRows);
@@ -258,7 +260,7 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
           bias_panel[r] = WeightAt(bias->data, bias->dtype, j0 + r);
         b = bias_panel;
       }
-      const void* wj = RowPtr<kW>(w.data, j0, k);
+      const void* wj = RowAt<kW>(w.data, j0, k);
       // The next panel streams in while this one is multiplied.
       Prefetch prefetch;
       if (j0 + rows < n1) {
@@ -288,8 +290,8 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
                                  last,
                                  x + (i0 + i) * k,
                                  m_rows,
-                                 RowPtr<kW>(wj, g, k),
-                                 kW,
+                                 RowAt<kW>(wj, g, k),
+                                 FloatType(kW),  // k-tails exist for float rows only
                                  k,
                                  b != nullptr ? b + g : nullptr,
                                  y + (i0 + i) * n + j0 + g,
@@ -315,13 +317,19 @@ bool CpuHasAvx512() {
 void MatMulRowsAvx512(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
                       float* y, int64_t n0, int64_t n1) {
   if (n0 >= n1) return;
-  switch (w.dtype) {
-    case DType::kF32:
-      return RowsTyped<DType::kF32>(x, m, w, bias, y, n0, n1);
-    case DType::kBF16:
-      return RowsTyped<DType::kBF16>(x, m, w, bias, y, n0, n1);
-    case DType::kF16:
-      return RowsTyped<DType::kF16>(x, m, w, bias, y, n0, n1);
+  switch (FormatOf(w)) {
+    case WFmt::kF32:
+      return RowsTyped<WFmt::kF32>(x, m, w, bias, y, n0, n1);
+    case WFmt::kBF16:
+      return RowsTyped<WFmt::kBF16>(x, m, w, bias, y, n0, n1);
+    case WFmt::kF16:
+      return RowsTyped<WFmt::kF16>(x, m, w, bias, y, n0, n1);
+    case WFmt::kQ8_0:
+      return RowsTyped<WFmt::kQ8_0>(x, m, w, bias, y, n0, n1);
+    case WFmt::kQ4_0:
+      return RowsTyped<WFmt::kQ4_0>(x, m, w, bias, y, n0, n1);
+    case WFmt::kQ4_1:
+      return RowsTyped<WFmt::kQ4_1>(x, m, w, bias, y, n0, n1);
   }
 }
 

@@ -14,6 +14,45 @@
 
 namespace spanserve::kernels::cpu::internal {
 
+// A weight storage format: the three float types and the three block-quantized ones.
+enum class WFmt { kF32, kBF16, kF16, kQ8_0, kQ4_0, kQ4_1 };
+
+constexpr bool IsQuant(WFmt f) { return f == WFmt::kQ8_0 || f == WFmt::kQ4_0 || f == WFmt::kQ4_1; }
+
+// The DType of a float format.
+constexpr DType FloatType(WFmt f) {
+  return f == WFmt::kBF16 ? DType::kBF16 : f == WFmt::kF16 ? DType::kF16 : DType::kF32;
+}
+
+constexpr QuantType QuantOf(WFmt f) {
+  return f == WFmt::kQ8_0   ? QuantType::kQ8_0
+         : f == WFmt::kQ4_0 ? QuantType::kQ4_0
+         : f == WFmt::kQ4_1 ? QuantType::kQ4_1
+                            : QuantType::kNone;
+}
+
+// Bytes of one row of `cols` elements.
+template <WFmt F>
+constexpr int64_t RowBytes(int64_t cols) {
+  if constexpr (IsQuant(F)) {
+    return cols / 32 * QuantBlockBytes(QuantOf(F));
+  } else {
+    return cols * static_cast<int64_t>(DTypeSize(FloatType(F)));
+  }
+}
+
+template <WFmt F>
+inline const void* RowAt(const void* base, int64_t row, int64_t cols) {
+  return static_cast<const char*>(base) + row * RowBytes<F>(cols);
+}
+
+// Elements [p0, p1) of one row (p0, p1 multiples of 8; of 32 for quantized formats),
+// widened or dequantized to f32 at out[0, p1 - p0).
+template <WFmt F>
+void RowToF32(const void* row, int64_t p0, int64_t p1, float* out);
+
+WFmt FormatOf(const WeightMatrix& w);
+
 // Whether this CPU runs the AVX-512 path (AVX-512 F/DQ/BW/VL), before SetMaxIsa.
 bool CpuHasAvx512();
 

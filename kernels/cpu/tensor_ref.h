@@ -8,14 +8,36 @@
 
 namespace spanserve::kernels::cpu {
 
+// Block-quantized weight formats (ggml's, as GGUF files store them; kernels/cpu/dequant.h).
+enum class QuantType : uint8_t { kNone, kQ8_0, kQ4_0, kQ4_1 };
+
+// Bytes of one 32-element block of a quantized format (0 for kNone).
+constexpr int64_t QuantBlockBytes(QuantType q) {
+  switch (q) {
+    case QuantType::kNone:
+      return 0;
+    case QuantType::kQ8_0:
+      return 34;
+    case QuantType::kQ4_0:
+      return 18;
+    case QuantType::kQ4_1:
+      return 20;
+  }
+  return 0;
+}
+
 // A row-major matrix in PyTorch nn.Linear layout: [rows = out_features, cols = in_features].
 // `data` is borrowed (usually points into a memory-mapped weight file) and need only be
-// aligned to its element size.
+// aligned to its element size. With `quant` set, each row is cols / 32 blocks of that format
+// (cols must be a multiple of 32; `dtype` is then ignored) and the kernels compute with
+// exactly the f32 values dequantization gives, so the results equal those on a dequantized
+// copy bit for bit.
 struct WeightMatrix {
   const void* data = nullptr;
   DType dtype = DType::kF32;
   int64_t rows = 0;
   int64_t cols = 0;
+  QuantType quant = QuantType::kNone;
 };
 
 // A vector of `size` elements (a norm gain, a bias).

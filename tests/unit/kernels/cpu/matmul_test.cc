@@ -1,9 +1,12 @@
 #include "kernels/cpu/matmul.h"
 
+#include "kernels/cpu/dequant.h"
+
 #include <omp.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -55,6 +58,13 @@ class ScopedIsa {
   Isa saved_;
 };
 
+bool CpuHasAvx512ForTest() {
+  const Isa saved = SetMaxIsa(Isa::kAvx512);
+  const bool has = ActiveIsa() == Isa::kAvx512;
+  SetMaxIsa(saved);
+  return has;
+}
+
 // Every MatMul test runs for each weight type on each instruction set this CPU has.
 class MatMulTest : public ::testing::TestWithParam<std::tuple<DType, Isa>> {
  protected:
@@ -66,13 +76,6 @@ class MatMulTest : public ::testing::TestWithParam<std::tuple<DType, Isa>> {
   }
   void TearDown() override { isa_.reset(); }
   DType dtype() const { return std::get<0>(GetParam()); }
-
-  static bool CpuHasAvx512ForTest() {
-    const Isa saved = SetMaxIsa(Isa::kAvx512);
-    const bool has = ActiveIsa() == Isa::kAvx512;
-    SetMaxIsa(saved);
-    return has;
-  }
 
   // Checks MatMul on [m, k] × [n, k]ᵀ against the double reference.
   void CheckAgainstReference(int64_t m, int64_t n, int64_t k, bool with_bias) {
@@ -202,6 +205,83 @@ TEST(MatMul, BiasOnlyWhenKIsZero) {
   MatMul(bias_values, 2, w, &bias, y);
   for (int i = 0; i < 6; ++i) EXPECT_EQ(y[i], bias_values[i % 3]);
 }
+
+// n rows of k / 32 random blocks of a quantized format (scales in ±0.05, valid f16).
+std::vector<uint8_t> RandomQuantRows(QuantType q, int64_t n, int64_t k, uint32_t seed) {
+  const int64_t block_bytes = QuantBlockBytes(q);
+  std::vector<uint8_t> bytes(n * k / 32 * block_bytes);
+  const std::vector<float> scales = RandomFloats(2 * n * k / 32, seed);
+  const std::vector<float> noise = RandomFloats(bytes.size(), seed + 1);
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    bytes[i] = static_cast<uint8_t>(static_cast<int>(std::fabs(noise[i]) * 4096.0f) & 0xff);
+  }
+  for (int64_t b = 0; b < n * k / 32; ++b) {
+    const uint16_t d = F32ToF16(0.05f * scales[2 * b]);
+    std::memcpy(&bytes[b * block_bytes], &d, 2);
+    if (q == QuantType::kQ4_1) {
+      const uint16_t m = F32ToF16(0.05f * scales[2 * b + 1]);
+      std::memcpy(&bytes[b * block_bytes + 2], &m, 2);
+    }
+  }
+  return bytes;
+}
+
+std::vector<float> Dequantized(QuantType q, const std::vector<uint8_t>& bytes, int64_t numel) {
+  std::vector<float> out(numel);
+  if (q == QuantType::kQ8_0) DequantizeQ8_0(bytes.data(), numel, out.data());
+  if (q == QuantType::kQ4_0) DequantizeQ4_0(bytes.data(), numel, out.data());
+  if (q == QuantType::kQ4_1) DequantizeQ4_1(bytes.data(), numel, out.data());
+  return out;
+}
+
+// Quantized weights stay in their blocks; every product equals, bit for bit, MatMul on the
+// dequantized f32 copy (which the GGUF loader used to make), on either instruction set.
+class QuantMatMulTest : public ::testing::TestWithParam<std::tuple<QuantType, Isa>> {};
+
+TEST_P(QuantMatMulTest, EqualsMatMulOnTheDequantizedCopyBitForBit) {
+  const auto [q, isa] = GetParam();
+  if (isa == Isa::kAvx512 && !CpuHasAvx512ForTest()) {
+    GTEST_SKIP() << "this CPU has no AVX-512";
+  }
+  ScopedIsa scoped(isa);
+  for (int64_t k : {32, 96, 576, 2048}) {
+    for (int64_t n : {1, 7, 29, 50}) {
+      const std::vector<uint8_t> blocks = RandomQuantRows(q, n, k, static_cast<uint32_t>(n + k));
+      const std::vector<float> wf = Dequantized(q, blocks, n * k);
+      const std::vector<float> bias = RandomFloats(n, 7);
+      const WeightVector bv{bias.data(), DType::kF32, n};
+      WeightMatrix wq{blocks.data(), DType::kF32, n, k, q};
+      const WeightMatrix wd{wf.data(), DType::kF32, n, k};
+      for (int64_t m : {1, 2, 3, 4, 5, 8, 16, 37}) {
+        SCOPED_TRACE(::testing::Message() << "k=" << k << " n=" << n << " m=" << m);
+        const std::vector<float> x = RandomFloats(m * k, 9);
+        std::vector<float> yq(m * n, -1.0f), yd(m * n, -2.0f);
+        MatMul(x.data(), m, wq, &bv, yq.data());
+        MatMul(x.data(), m, wd, &bv, yd.data());
+        ASSERT_TRUE(BitIdentical(yq.data(), yd.data(), m * n));
+      }
+      // Embedding rows are the dequantized rows.
+      const int32_t ids[3] = {0, static_cast<int32_t>(n - 1), static_cast<int32_t>(n / 2)};
+      std::vector<float> rows(3 * k);
+      EmbeddingLookup(wq, ids, 3, rows.data());
+      for (int t = 0; t < 3; ++t) {
+        ASSERT_TRUE(BitIdentical(rows.data() + t * k, wf.data() + ids[t] * k, k));
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllQuantTypesAndIsas, QuantMatMulTest,
+                         ::testing::Combine(::testing::Values(QuantType::kQ8_0, QuantType::kQ4_0,
+                                                              QuantType::kQ4_1),
+                                            ::testing::Values(Isa::kAvx2, Isa::kAvx512)),
+                         [](const ::testing::TestParamInfo<std::tuple<QuantType, Isa>>& info) {
+                           const QuantType q = std::get<0>(info.param);
+                           return std::string(q == QuantType::kQ8_0   ? "Q8_0"
+                                              : q == QuantType::kQ4_0 ? "Q4_0"
+                                                                      : "Q4_1") +
+                                  "_" + IsaName(std::get<1>(info.param));
+                         });
 
 class EmbeddingTest : public ::testing::TestWithParam<DType> {};
 
