@@ -92,19 +92,34 @@ std::string RuntimeName(const std::string& name) {
 
 // Undoes llama.cpp's rotary permutation of Q/K rows in place: within each head of `dim`
 // rows, GGUF row 2i + j holds Hugging Face row j·dim/2 + i (j ∈ {0, 1}).
-void UnpermuteRows(float* data, int64_t rows, int64_t cols, int64_t heads) {
+void UnpermuteRows(void* data, int64_t rows, int64_t row_bytes, int64_t heads) {
   const int64_t dim = rows / heads;
   const int64_t half = dim / 2;
-  std::vector<float> head(static_cast<size_t>(dim * cols));
+  auto* bytes = static_cast<uint8_t*>(data);
+  std::vector<uint8_t> head(static_cast<size_t>(dim * row_bytes));
   for (int64_t h = 0; h < heads; ++h) {
-    float* base = data + h * dim * cols;
-    std::memcpy(head.data(), base, head.size() * sizeof(float));
+    uint8_t* base = bytes + h * dim * row_bytes;
+    std::memcpy(head.data(), base, head.size());
     for (int64_t i = 0; i < half; ++i) {
       for (int64_t j = 0; j < 2; ++j) {
-        std::memcpy(base + (j * half + i) * cols, head.data() + (2 * i + j) * cols,
-                    cols * sizeof(float));
+        std::memcpy(base + (j * half + i) * row_bytes, head.data() + (2 * i + j) * row_bytes,
+                    row_bytes);
       }
     }
+  }
+}
+
+// The block format a GGUF tensor type keeps in memory, or kNone.
+kernels::cpu::QuantType KeptQuant(TensorType type) {
+  switch (type) {
+    case TensorType::kQ8_0:
+      return kernels::cpu::QuantType::kQ8_0;
+    case TensorType::kQ4_0:
+      return kernels::cpu::QuantType::kQ4_0;
+    case TensorType::kQ4_1:
+      return kernels::cpu::QuantType::kQ4_1;
+    default:
+      return kernels::cpu::QuantType::kNone;
   }
 }
 
@@ -260,6 +275,25 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
     const int64_t heads = is_q ? config.num_heads : config.num_kv_heads;
     // Permute only what has the expected row count; a misshapen tensor is reported by Model.
     const bool permute = (is_q || is_k) && view.shape[0] == heads * config.head_dim;
+    // Matrices in Q8_0 / Q4_0 / Q4_1 stay in their blocks (the kernels compute with exactly
+    // the dequantized values); Q and K rows are reordered as whole rows of blocks.
+    const kernels::cpu::QuantType quant = KeptQuant(t.type);
+    if (quant != kernels::cpu::QuantType::kNone && view.shape.size() == 2 &&
+        view.shape[1] % 32 == 0) {
+      view.quant = quant;
+      view.data = t.data;
+      if (permute) {
+        const int64_t row_bytes = view.shape[1] / 32 * kernels::cpu::QuantBlockBytes(quant);
+        std::unique_ptr<uint8_t[]> copy(new uint8_t[view.shape[0] * row_bytes]);
+        std::memcpy(copy.get(), t.data, view.shape[0] * row_bytes);
+        UnpermuteRows(copy.get(), view.shape[0], row_bytes, heads);
+        f.ReleasePages(t);
+        view.data = copy.get();
+        store->Own(std::move(copy));
+      }
+      RETURN_IF_ERROR(store->AddTensor(name, std::move(view), origin));
+      continue;
+    }
     const bool in_place = !permute && (t.type == TensorType::kF32 || t.type == TensorType::kF16 ||
                                        t.type == TensorType::kBF16);
     if (in_place) {
@@ -276,7 +310,7 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
     f.ReleasePages(t);
     if (permute) {
       const int64_t cols = view.shape.size() == 2 ? view.shape[1] : 1;
-      UnpermuteRows(buffer.get(), view.shape[0], cols, heads);
+      UnpermuteRows(buffer.get(), view.shape[0], cols * static_cast<int64_t>(sizeof(float)), heads);
     }
     view.dtype = DType::kF32;
     view.data = buffer.get();

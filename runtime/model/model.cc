@@ -154,7 +154,12 @@ class Binder {
     }
     const int64_t shape[2] = {rows, cols};
     ASSIGN_OR_RETURN(TensorView t, store_->Get(name, shape));
-    return k::WeightMatrix{t.data, t.dtype, rows, cols};
+    if (t.quant != k::QuantType::kNone && cols % 32 != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name,
+                                                     "' is block-quantized but its rows (", cols,
+                                                     " elements) are not whole blocks of 32"));
+    }
+    return k::WeightMatrix{t.data, t.dtype, rows, cols, t.quant};
   }
   absl::StatusOr<k::WeightVector> Vector(const std::string& name, int64_t size) {
     count_ += size;
@@ -164,6 +169,10 @@ class Binder {
     }
     const int64_t shape[1] = {size};
     ASSIGN_OR_RETURN(TensorView t, store_->Get(name, shape));
+    if (t.quant != k::QuantType::kNone) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' is a vector stored block-quantized"));
+    }
     return k::WeightVector{t.data, t.dtype, size};
   }
   absl::StatusOr<NormWeights> Norm(const std::string& prefix, int64_t size, bool with_bias) {

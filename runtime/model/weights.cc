@@ -127,6 +127,13 @@ int64_t TensorView::numel() const {
   return n;
 }
 
+int64_t TensorView::bytes() const {
+  if (quant != kernels::cpu::QuantType::kNone) {
+    return numel() / 32 * kernels::cpu::QuantBlockBytes(quant);
+  }
+  return numel() * static_cast<int64_t>(DTypeSize(dtype));
+}
+
 absl::StatusOr<std::unique_ptr<WeightStore>> WeightStore::OpenFile(const std::string& path) {
   std::unique_ptr<WeightStore> store(new WeightStore());
   store->source_ = path;
@@ -290,7 +297,7 @@ absl::Status WeightStore::AddTensor(std::string name, TensorView view, std::stri
     return absl::InvalidArgumentError(
         absl::StrCat(origin, ": tensor '", name, "' is given twice in ", source_));
   }
-  total_bytes_ += view.numel() * static_cast<int64_t>(DTypeSize(view.dtype));
+  total_bytes_ += view.bytes();
   Entry entry;
   entry.view = std::move(view);
   entry.file = std::move(origin);
@@ -299,6 +306,10 @@ absl::Status WeightStore::AddTensor(std::string name, TensorView view, std::stri
 }
 
 void WeightStore::Own(std::unique_ptr<float[]> buffer) { owned_.push_back(std::move(buffer)); }
+
+void WeightStore::Own(std::unique_ptr<uint8_t[]> buffer) {
+  owned_bytes_.push_back(std::move(buffer));
+}
 
 void WeightStore::KeepAlive(std::shared_ptr<const void> owner) {
   keep_alive_.push_back(std::move(owner));

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "common/dtype.h"
 #include "common/mapped_file.h"
+#include "kernels/cpu/tensor_ref.h"
 
 namespace spanserve::model {
 
@@ -20,7 +21,10 @@ struct TensorView {
   DType dtype = DType::kF32;
   std::vector<int64_t> shape;
   const void* data = nullptr;  // borrowed: lives as long as the WeightStore
+  // A GGUF matrix kept in its ggml blocks (rows of shape[1] / 32 blocks; dtype unused).
+  kernels::cpu::QuantType quant = kernels::cpu::QuantType::kNone;
   int64_t numel() const;
+  int64_t bytes() const;
 };
 
 class WeightStore {
@@ -43,6 +47,7 @@ class WeightStore {
   [[nodiscard]] absl::Status AddTensor(std::string name, TensorView view, std::string origin);
   // Owns a buffer that added views point into.
   void Own(std::unique_ptr<float[]> buffer);
+  void Own(std::unique_ptr<uint8_t[]> buffer);
   // Keeps `owner` (e.g. a mapped file whose bytes views borrow) alive with the store.
   void KeepAlive(std::shared_ptr<const void> owner);
 
@@ -71,8 +76,9 @@ class WeightStore {
   absl::Status AddFile(const std::string& path);
 
   std::vector<std::unique_ptr<MappedFile>> files_;
-  std::vector<std::unique_ptr<uint8_t[]>> realigned_;  // copies of unaligned tensors
-  std::vector<std::unique_ptr<float[]>> owned_;        // converted tensors (AddTensor)
+  std::vector<std::unique_ptr<uint8_t[]>> realigned_;    // copies of unaligned tensors
+  std::vector<std::unique_ptr<float[]>> owned_;          // converted tensors (AddTensor)
+  std::vector<std::unique_ptr<uint8_t[]>> owned_bytes_;  // reordered quantized tensors
   std::vector<std::shared_ptr<const void>> keep_alive_;
   std::map<std::string, Entry, std::less<>> tensors_;
   std::string source_;  // the directory or file opened, for error messages
