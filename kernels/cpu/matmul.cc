@@ -43,6 +43,9 @@ constexpr int64_t kXTileBytes = 256 << 10;
 // (MR·NR accumulators + NR weights + 1 x): m = 1 gets 8 independent FMA chains.
 template <int MR>
 constexpr int kNr = MR == 1 ? 8 : (MR == 4 ? 3 : 4);
+// Quantized rows need registers for each row's scale and min while a block is decoded.
+template <int MR, bool kQuant>
+constexpr int kNrFor = kQuant ? (MR == 1 ? 4 : 2) : kNr<MR>;
 
 using internal::IsQuant;
 using internal::QuantOf;
@@ -130,20 +133,52 @@ inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64
     for (int r = 0; r < NR; ++r) acc[i][r] = _mm256_setzero_ps();
   }
   const int64_t k8 = k & ~int64_t{7};
-  for (int64_t p = 0; p < k8; p += 8) {
-    if (prefetch) {
+  if constexpr (IsQuant(kW)) {
+    // Block by block, row by row: a row's scale (and min) is decoded once per block, then
+    // its four chunks of 8 go in order into the row's accumulators (the same order as the
+    // float path: each accumulator still sees k ascending).
+    constexpr int64_t kBlockBytes = QuantBlockBytes(QuantOf(kW));
+    for (int64_t p = 0; p < k8; p += 32) {
+      if (prefetch) {
 #pragma GCC unroll 4
-      for (int64_t b = 0; b < kStepBytes; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
-      next += kStepBytes;
+        for (int64_t b = 0; b < 4 * kStepBytes; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+        next += 4 * kStepBytes;
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) {
+        const uint8_t* b = static_cast<const uint8_t*>(rows[r]) + p / 32 * kBlockBytes;
+        const __m256 d = _mm256_set1_ps(HalfAt(b));
+        __m256 mn = _mm256_setzero_ps();
+        if constexpr (kW == WFmt::kQ4_1) mn = _mm256_set1_ps(HalfAt(b + 2));
+        const uint8_t* qs = b + (kW == WFmt::kQ4_1 ? 4 : 2);
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+          const __m256 q = _mm256_cvtepi32_ps(QuantInts<kW>(qs, 8 * c));
+          const __m256 wv =
+              kW == WFmt::kQ4_1 ? _mm256_add_ps(_mm256_mul_ps(d, q), mn) : _mm256_mul_ps(q, d);
+#pragma GCC unroll 8
+          for (int i = 0; i < MR; ++i) {
+            acc[i][r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i * ldx + p + 8 * c), wv, acc[i][r]);
+          }
+        }
+      }
     }
-    __m256 wv[NR];
+  } else {
+    for (int64_t p = 0; p < k8; p += 8) {
+      if (prefetch) {
+#pragma GCC unroll 4
+        for (int64_t b = 0; b < kStepBytes; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+        next += kStepBytes;
+      }
+      __m256 wv[NR];
 #pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r) wv[r] = Load8F<kW>(rows[r], p);
+      for (int r = 0; r < NR; ++r) wv[r] = Load8F<kW>(rows[r], p);
 #pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
-      const __m256 xv = _mm256_loadu_ps(x + i * ldx + p);
+      for (int i = 0; i < MR; ++i) {
+        const __m256 xv = _mm256_loadu_ps(x + i * ldx + p);
 #pragma GCC unroll 8
-      for (int r = 0; r < NR; ++r) acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
+        for (int r = 0; r < NR; ++r) acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
+      }
     }
   }
   for (int i = 0; i < MR; ++i) {
@@ -157,11 +192,11 @@ inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64
   }
 }
 
-// Micro<MR, nr> for a run-time nr in [NR, kNr<MR>).
+// Micro<MR, nr> for a run-time nr in [NR, kNrFor<MR, ...>).
 template <int MR, WFmt kW, int NR = 1>
 void MicroTail(int nr, const float* x, int64_t ldx, const void* w, int64_t ldw, int64_t k,
                bool prefetch, const float* bias, float* y, int64_t ldy) {
-  if constexpr (NR < kNr<MR>) {
+  if constexpr (NR < kNrFor<MR, IsQuant(kW)>) {
     if (nr == NR) return Micro<MR, NR, kW>(x, ldx, w, ldw, k, prefetch, bias, y, ldy);
     MicroTail<MR, kW, NR + 1>(nr, x, ldx, w, ldw, k, prefetch, bias, y, ldy);
   }
@@ -171,7 +206,7 @@ void MicroTail(int nr, const float* x, int64_t ldx, const void* w, int64_t ldw, 
 template <int MR, WFmt kW>
 void RowBlock(const float* x, int64_t ldx, const void* w, int64_t ldw, int64_t rows, int64_t k,
               bool prefetch, const float* bias, float* y, int64_t ldy) {
-  constexpr int kNR = kNr<MR>;
+  constexpr int kNR = kNrFor<MR, IsQuant(kW)>;
   int64_t r = 0;
   for (; r + kNR <= rows; r += kNR) {
     Micro<MR, kNR, kW>(x, ldx, RowAt<kW>(w, r, ldw), ldw, k, prefetch, bias ? bias + r : nullptr,
