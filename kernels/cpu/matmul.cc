@@ -151,9 +151,29 @@ inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64
         __m256 mn = _mm256_setzero_ps();
         if constexpr (kW == WFmt::kQ4_1) mn = _mm256_set1_ps(HalfAt(b + 2));
         const uint8_t* qs = b + (kW == WFmt::kQ4_1 ? 4 : 2);
+        // The block's quants as 32 bytes: elements 0..15 in `lo`, 16..31 in `hi`.
+        __m128i lo, hi;
+        if constexpr (kW == WFmt::kQ8_0) {
+          lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+          hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + 16));
+        } else {
+          const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+          const __m128i mask = _mm_set1_epi8(0x0f);
+          lo = _mm_and_si128(packed, mask);
+          hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+          if constexpr (kW == WFmt::kQ4_0) {
+            lo = _mm_sub_epi8(lo, _mm_set1_epi8(8));
+            hi = _mm_sub_epi8(hi, _mm_set1_epi8(8));
+          }
+        }
 #pragma GCC unroll 4
         for (int c = 0; c < 4; ++c) {
-          const __m256 q = _mm256_cvtepi32_ps(QuantInts<kW>(qs, 8 * c));
+          const __m128i bytes8 = c == 0   ? lo
+                                 : c == 1 ? _mm_srli_si128(lo, 8)
+                                 : c == 2 ? hi
+                                          : _mm_srli_si128(hi, 8);
+          const __m256 q = _mm256_cvtepi32_ps(kW == WFmt::kQ4_1 ? _mm256_cvtepu8_epi32(bytes8)
+                                                                : _mm256_cvtepi8_epi32(bytes8));
           const __m256 wv =
               kW == WFmt::kQ4_1 ? _mm256_add_ps(_mm256_mul_ps(d, q), mn) : _mm256_mul_ps(q, d);
 #pragma GCC unroll 8
