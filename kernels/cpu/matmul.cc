@@ -358,20 +358,8 @@ void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector
   if (bias != nullptr) SPANSERVE_CHECK_EQ(bias->size, w.rows);
   if (m <= 0 || w.rows <= 0) return;
   if (w.quant != QuantType::kNone) SPANSERVE_CHECK_EQ(w.cols % 32, 0);
-  switch (internal::FormatOf(w)) {
-    case WFmt::kF32:
-      return MatMulTyped<WFmt::kF32>(x, m, w, bias, y);
-    case WFmt::kBF16:
-      return MatMulTyped<WFmt::kBF16>(x, m, w, bias, y);
-    case WFmt::kF16:
-      return MatMulTyped<WFmt::kF16>(x, m, w, bias, y);
-    case WFmt::kQ8_0:
-      return MatMulTyped<WFmt::kQ8_0>(x, m, w, bias, y);
-    case WFmt::kQ4_0:
-      return MatMulTyped<WFmt::kQ4_0>(x, m, w, bias, y);
-    case WFmt::kQ4_1:
-      return MatMulTyped<WFmt::kQ4_1>(x, m, w, bias, y);
-  }
+  internal::WithFormat(internal::FormatOf(w),
+                       [&](auto f) { MatMulTyped<decltype(f)::value>(x, m, w, bias, y); });
 }
 
 void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t n, float* out) {

@@ -317,20 +317,7 @@ bool CpuHasAvx512() {
 void MatMulRowsAvx512(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
                       float* y, int64_t n0, int64_t n1) {
   if (n0 >= n1) return;
-  switch (FormatOf(w)) {
-    case WFmt::kF32:
-      return RowsTyped<WFmt::kF32>(x, m, w, bias, y, n0, n1);
-    case WFmt::kBF16:
-      return RowsTyped<WFmt::kBF16>(x, m, w, bias, y, n0, n1);
-    case WFmt::kF16:
-      return RowsTyped<WFmt::kF16>(x, m, w, bias, y, n0, n1);
-    case WFmt::kQ8_0:
-      return RowsTyped<WFmt::kQ8_0>(x, m, w, bias, y, n0, n1);
-    case WFmt::kQ4_0:
-      return RowsTyped<WFmt::kQ4_0>(x, m, w, bias, y, n0, n1);
-    case WFmt::kQ4_1:
-      return RowsTyped<WFmt::kQ4_1>(x, m, w, bias, y, n0, n1);
-  }
+  WithFormat(FormatOf(w), [&](auto f) { RowsTyped<decltype(f)::value>(x, m, w, bias, y, n0, n1); });
 }
 
 }  // namespace spanserve::kernels::cpu::internal

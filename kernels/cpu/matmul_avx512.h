@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cpu/tensor_ref.h"
 
@@ -52,6 +53,26 @@ template <WFmt F>
 void RowToF32(const void* row, int64_t p0, int64_t p1, float* out);
 
 WFmt FormatOf(const WeightMatrix& w);
+
+// fn(std::integral_constant<WFmt, f>{}): runs a format-templated function for a run-time f.
+template <typename Fn>
+decltype(auto) WithFormat(WFmt f, Fn&& fn) {
+  switch (f) {
+    case WFmt::kBF16:
+      return fn(std::integral_constant<WFmt, WFmt::kBF16>{});
+    case WFmt::kF16:
+      return fn(std::integral_constant<WFmt, WFmt::kF16>{});
+    case WFmt::kQ8_0:
+      return fn(std::integral_constant<WFmt, WFmt::kQ8_0>{});
+    case WFmt::kQ4_0:
+      return fn(std::integral_constant<WFmt, WFmt::kQ4_0>{});
+    case WFmt::kQ4_1:
+      return fn(std::integral_constant<WFmt, WFmt::kQ4_1>{});
+    case WFmt::kF32:
+      break;
+  }
+  return fn(std::integral_constant<WFmt, WFmt::kF32>{});
+}
 
 // Whether this CPU runs the AVX-512 path (AVX-512 F/DQ/BW/VL), before SetMaxIsa.
 bool CpuHasAvx512();
