@@ -1,4 +1,6 @@
-// MatMul: y = x·Wᵀ with register-blocked AVX2 micro-kernels.
+// MatMul: y = x·Wᵀ with register-blocked AVX2 micro-kernels (batches of more than 4 rows go
+// to matmul_avx512.cc where the CPU has AVX-512, with the same results). Weights are f32,
+// bf16, f16, or Q8_0/Q4_0/Q4_1 blocks decoded with dequant.cc's arithmetic.
 //
 // Loop nest, per thread (each thread owns a contiguous range of output features n):
 //   for each x tile of kXTileRows rows (kept in L2)

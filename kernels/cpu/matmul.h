@@ -14,7 +14,8 @@ namespace spanserve::kernels::cpu {
 // so a row's result is bit-identical whatever else is in the batch.
 // Allocates nothing on the heap after the first call of a thread.
 // Batches (m > 4) run AVX-512 micro-kernels where the CPU has them, with results
-// bit-identical to the AVX2 kernels (see matmul_avx512.h).
+// bit-identical to the AVX2 kernels (see matmul_avx512.h). Block-quantized weights
+// (w.quant) give exactly the results of their dequantized f32 copy.
 void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias, float* y);
 
 // The instruction sets MatMul can use.

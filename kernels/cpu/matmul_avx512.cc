@@ -35,8 +35,8 @@ constexpr int kMaxPairs = 4;  // x row pairs per micro-kernel (8 rows)
 constexpr int kMaxNr = 6;     // weight rows per micro-kernel
 constexpr int64_t kBlockRows = 2 * kMaxPairs;
 constexpr int64_t kPanelRows = 24;  // four micro-kernel groups
-constexpr int64_t kKc =
-    256;  // k per block: an 8-row x block (8 KiB) and a widened panel block (24 KiB)
+// k per block: an 8-row x block (8 KiB) and a widened panel block (24 KiB) stay in L1.
+constexpr int64_t kKc = 256;
 constexpr int64_t kXTileBytes = 512 << 10;
 // Lines of the next panel prefetched per 8 elements of k in the micro-kernels.
 constexpr int kPrefetchLinesPerStep = 1;

@@ -1,11 +1,12 @@
-// AVX-512 path of MatMul for batches (m > 4), internal to kernels/cpu.
+// AVX-512 path of MatMul for batches (m > 4), internal to kernels/cpu, and the weight
+// formats both paths share.
 //
 // The results are bit-identical to the AVX2 kernels in matmul.cc: every y[i, j] is still
 // one 8-lane accumulator over k in order, simd::HSum, then the k-tail in order. A 16-lane
-// register carries the 8-lane accumulators of two weight rows side by side (rows 2q and
-// 2q+1 of a panel, interleaved by 8 elements when the panel is widened), and the x chunk is
-// broadcast to both halves. So the instruction set changes the speed, never a bit of the
-// output, and batch invariance holds across the two paths.
+// register carries the 8-lane accumulators of two x rows side by side (the rows packed in
+// pairs, interleaved by 8 elements), and each chunk of 8 weights is broadcast to both
+// halves; the epilogue reduces both halves in HSum's order. So the instruction set changes
+// the speed, never a bit of the output, and batch invariance holds across the two paths.
 #pragma once
 
 #include <cstdint>
