@@ -121,46 +121,61 @@ void Accumulate(const float* p, const float* const* v, int64_t n, int64_t dim, f
   }
 }
 
-// out = softmax(scale · q·Kᵀ) · V over positions [0, last] of one sequence and kv head.
-void AttendRow(const PagedKvLayer& layer, const int32_t* block_table, int64_t last, int64_t kvh,
-               const float* q, float scale, float* out) {
+// Most query heads one pass over K/V serves (their accumulators live on the stack).
+constexpr int64_t kMaxHeadsPerPass = 8;
+
+// out_h = softmax(scale · q_h·Kᵀ) · V over positions [0, last] of one sequence and kv head,
+// for the `nh` query heads of that kv head whose q rows (and out rows) are consecutive at
+// q (out), each head_dim long. Each tile of K/V rows is gathered once and used by every head
+// while it is in L1; each head runs exactly the operations it would alone.
+void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t last, int64_t kvh,
+                 const float* q, int64_t nh, float scale, float* out) {
   const int64_t dim = layer.head_dim;
-  alignas(32) float acc[kMaxHeadDim];
+  alignas(32) float acc[kMaxHeadsPerPass][kMaxHeadDim];
   alignas(32) float s[kTile];
   const float* k_rows[kTile];
   const float* v_rows[kTile];
-  std::fill(acc, acc + dim, 0.0f);
-  float running_max = -std::numeric_limits<float>::infinity();
-  float denominator = 0.0f;
+  float running_max[kMaxHeadsPerPass];
+  float denominator[kMaxHeadsPerPass];
+  for (int64_t h = 0; h < nh; ++h) {
+    std::fill(acc[h], acc[h] + dim, 0.0f);
+    running_max[h] = -std::numeric_limits<float>::infinity();
+    denominator[h] = 0.0f;
+  }
 
   for (int64_t t0 = 0; t0 <= last; t0 += kTile) {
     const int64_t n = std::min(kTile, last + 1 - t0);
     GatherRows(layer, block_table, t0, n, kvh, k_rows, v_rows);
-    Scores(q, k_rows, n, dim, scale, s);
-    float tile_max = s[0];
-    for (int64_t i = 1; i < n; ++i) tile_max = std::max(tile_max, s[i]);
-    const float new_max = std::max(running_max, tile_max);
-    // Rescale what was accumulated under the old maximum (exp(-inf) = 0 on the first tile).
-    const float correction = std::exp(running_max - new_max);
-    denominator *= correction;
-    const __m256 cv = _mm256_set1_ps(correction);
-    int64_t d = 0;
-    for (; d + 8 <= dim; d += 8) {
-      _mm256_storeu_ps(acc + d, _mm256_mul_ps(_mm256_loadu_ps(acc + d), cv));
-    }
-    for (; d < dim; ++d) acc[d] *= correction;
+    for (int64_t h = 0; h < nh; ++h) {
+      Scores(q + h * dim, k_rows, n, dim, scale, s);
+      float tile_max = s[0];
+      for (int64_t i = 1; i < n; ++i) tile_max = std::max(tile_max, s[i]);
+      const float new_max = std::max(running_max[h], tile_max);
+      // Rescale what was accumulated under the old maximum (exp(-inf) = 0 on the first tile).
+      const float correction = std::exp(running_max[h] - new_max);
+      denominator[h] *= correction;
+      const __m256 cv = _mm256_set1_ps(correction);
+      float* a = acc[h];
+      int64_t d = 0;
+      for (; d + 8 <= dim; d += 8) {
+        _mm256_storeu_ps(a + d, _mm256_mul_ps(_mm256_loadu_ps(a + d), cv));
+      }
+      for (; d < dim; ++d) a[d] *= correction;
 
-    // Padding lanes get exp(0) and are never read.
-    std::fill(s + n, s + kTile, new_max);
-    const __m256 mv = _mm256_set1_ps(new_max);
-    for (int64_t i = 0; i < kTile; i += 8) {
-      _mm256_store_ps(s + i, simd::Exp(_mm256_sub_ps(_mm256_load_ps(s + i), mv)));
+      // Padding lanes get exp(0) and are never read.
+      std::fill(s + n, s + kTile, new_max);
+      const __m256 mv = _mm256_set1_ps(new_max);
+      for (int64_t i = 0; i < kTile; i += 8) {
+        _mm256_store_ps(s + i, simd::Exp(_mm256_sub_ps(_mm256_load_ps(s + i), mv)));
+      }
+      for (int64_t i = 0; i < n; ++i) denominator[h] += s[i];
+      Accumulate(s, v_rows, n, dim, a);
+      running_max[h] = new_max;
     }
-    for (int64_t i = 0; i < n; ++i) denominator += s[i];
-    Accumulate(s, v_rows, n, dim, acc);
-    running_max = new_max;
   }
-  for (int64_t d = 0; d < dim; ++d) out[d] = acc[d] / denominator;
+  for (int64_t h = 0; h < nh; ++h) {
+    for (int64_t d = 0; d < dim; ++d) out[h * dim + d] = acc[h][d] / denominator[h];
+  }
 }
 
 }  // namespace
@@ -189,8 +204,23 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
   const int64_t group = heads / layer.kv_heads;
   const int64_t dim = layer.head_dim;
 
-  // Work items are (sequence, row, head) in that order, dealt round-robin to threads: rows
-  // late in a prompt cost more, and dealing spreads them evenly without a work list.
+  // Query heads of one kv head share a pass over its K/V: the largest pass of at most
+  // kMaxHeadsPerPass heads that divides the group evenly and still deals the work items
+  // (sequence, row, kv head, pass) evenly to the threads, or at least four to each.
+  int64_t rows = 0;
+  for (int32_t s = 0; s < num_seqs; ++s) rows += seqs[s].num_new;
+  const int64_t threads_max = omp_get_max_threads();
+  int64_t per_pass = std::min(group, kMaxHeadsPerPass);
+  for (; per_pass > 1; --per_pass) {
+    if (group % per_pass != 0) continue;
+    const int64_t items = rows * layer.kv_heads * (group / per_pass);
+    if (items % threads_max == 0 || items >= 4 * threads_max) break;
+  }
+  const int64_t passes = (group + per_pass - 1) / per_pass;
+
+  // Work items are (sequence, row, kv head, pass) in that order, dealt round-robin to
+  // threads: rows late in a prompt cost more, and dealing spreads them evenly without a work
+  // list.
 #pragma omp parallel
   {
     const int64_t threads = omp_get_num_threads();
@@ -200,10 +230,14 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
       const AttentionSeq& seq = seqs[s];
       for (int64_t j = 0; j < seq.num_new; ++j) {
         const int64_t r = seq.row_begin + j;
-        for (int64_t h = 0; h < heads; ++h, ++item) {
-          if (item % threads != self) continue;
-          AttendRow(layer, seq.block_table, seq.cached + j, h / group, q + (r * heads + h) * dim,
-                    scale, out + (r * heads + h) * dim);
+        for (int64_t kvh = 0; kvh < layer.kv_heads; ++kvh) {
+          for (int64_t pass = 0; pass < passes; ++pass, ++item) {
+            if (item % threads != self) continue;
+            const int64_t h0 = kvh * group + pass * per_pass;
+            const int64_t nh = std::min(per_pass, (kvh + 1) * group - h0);
+            AttendHeads(layer, seq.block_table, seq.cached + j, kvh, q + (r * heads + h0) * dim, nh,
+                        scale, out + (r * heads + h0) * dim);
+          }
         }
       }
     }

@@ -215,10 +215,10 @@ std::string ShapeName(const ::testing::TestParamInfo<Shape>& info) {
 }
 
 // GQA group 3 with a head_dim tail and odd blocks; MHA with 9 vectors per head (8 + 1);
-// Qwen2-0.5B's decode shape.
+// Qwen2-0.5B's decode shape; a group of 10 heads, more than one pass over K/V serves.
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
                          ::testing::Values(Shape{6, 2, 20, 5}, Shape{2, 2, 72, 3},
-                                           Shape{14, 2, 64, 16}),
+                                           Shape{14, 2, 64, 16}, Shape{20, 2, 16, 4}),
                          ShapeName);
 
 }  // namespace
