@@ -23,6 +23,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "common/status.h"
+#include "kernels/cpu/matmul.h"
 #include "nlohmann/json.hpp"
 #include "runtime/engine/engine.h"
 #include "tools/bench/random_model.h"
@@ -186,9 +187,11 @@ int Main() {
     }
     levels.push_back(c);
   }
-  std::printf("model %s, prompt %d tokens, %d generated per request, block %d\n\n",
-              model_dir.c_str(), absl::GetFlag(FLAGS_prompt_len), absl::GetFlag(FLAGS_gen_len),
-              absl::GetFlag(FLAGS_block_size));
+  std::printf(
+      "model %s, prompt %d tokens, %d generated per request, block %d, batched "
+      "MatMul on %s\n\n",
+      model_dir.c_str(), absl::GetFlag(FLAGS_prompt_len), absl::GetFlag(FLAGS_gen_len),
+      absl::GetFlag(FLAGS_block_size), kernels::cpu::IsaName(kernels::cpu::ActiveIsa()));
   std::printf(
       "| conc | gen tok/s | decode tok/s | decode step ms (median) | sched ms/step | sched share "
       "(decode / all) | forward share | prefill tok/s | mean TTFT s | KV live/alloc |\n");

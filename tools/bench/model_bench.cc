@@ -20,6 +20,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "kernels/cpu/matmul.h"
 #include "runtime/model/model.h"
 #include "tools/bench/random_model.h"
 
@@ -191,6 +192,7 @@ int Run() {
   std::printf("parameters            %.1f M (%.1f MiB of weights)\n", m.num_parameters() / 1e6,
               m.weight_bytes() / 1048576.0);
   std::printf("threads               %d\n", threads);
+  std::printf("batched MatMul on     %s\n", kernels::cpu::IsaName(kernels::cpu::ActiveIsa()));
   std::printf("load                  %.3f s\n", load_s);
   std::printf("RSS after load        %.1f MiB (%.0f%% of the weight bytes)\n", rss_load / 1048576.0,
               100.0 * rss_load / m.weight_bytes());
