@@ -216,7 +216,7 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
     const int64_t items = rows * layer.kv_heads * (group / per_pass);
     if (items % threads_max == 0 || items >= 4 * threads_max) break;
   }
-  const int64_t passes = (group + per_pass - 1) / per_pass;
+  const int64_t passes = group / per_pass;
 
   // Work items are (sequence, row, kv head, pass) in that order, dealt round-robin to
   // threads: rows late in a prompt cost more, and dealing spreads them evenly without a work
@@ -234,9 +234,8 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
           for (int64_t pass = 0; pass < passes; ++pass, ++item) {
             if (item % threads != self) continue;
             const int64_t h0 = kvh * group + pass * per_pass;
-            const int64_t nh = std::min(per_pass, (kvh + 1) * group - h0);
-            AttendHeads(layer, seq.block_table, seq.cached + j, kvh, q + (r * heads + h0) * dim, nh,
-                        scale, out + (r * heads + h0) * dim);
+            AttendHeads(layer, seq.block_table, seq.cached + j, kvh, q + (r * heads + h0) * dim,
+                        per_pass, scale, out + (r * heads + h0) * dim);
           }
         }
       }

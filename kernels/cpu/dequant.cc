@@ -2,32 +2,13 @@
 
 #include <immintrin.h>
 
-#include <cstring>
-
 #include "kernels/cpu/simd.h"
 
 namespace spanserve::kernels::cpu {
-namespace {
-
-float HalfAt(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
-
-// Eight bytes zero- or sign-extended to eight f32.
-inline __m256 U8x8ToF32(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)); }
-inline __m256 I8x8ToF32(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)); }
-
-// The 32 nibbles of a Q4 block as bytes: elements 0..15 (low nibbles) then 16..31 (high).
-inline void Nibbles(const uint8_t* qs, __m128i* lo, __m128i* hi) {
-  const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  const __m128i mask = _mm_set1_epi8(0x0f);
-  *lo = _mm_and_si128(q, mask);
-  *hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-}
-
-}  // namespace
+using simd::HalfAt;
+using simd::I8x8ToF32;
+using simd::Nibbles;
+using simd::U8x8ToF32;
 
 void DequantizeQ8_0(const void* blocks, int64_t n, float* out) {
   const uint8_t* b = static_cast<const uint8_t*>(blocks);

@@ -54,64 +54,6 @@ using internal::QuantOf;
 using internal::RowAt;
 using internal::WFmt;
 
-inline float HalfAt(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
-
-// Eight bytes of a quantized block's quants at `q` as f32 q values of elements j..j+7 of the
-// block (Q4: low nibbles for j < 16, high ones after; Q4_0 centred on 8), exactly as
-// kernels/cpu/dequant.cc computes them.
-template <WFmt F>
-inline __m256i QuantInts(const uint8_t* qs, int64_t j) {
-  if constexpr (F == WFmt::kQ8_0) {
-    return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs + j)));
-  } else {
-    __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs + (j & 15)));
-    if (j >= 16) v = _mm_srli_epi16(v, 4);
-    v = _mm_and_si128(v, _mm_set1_epi8(0x0f));
-    if constexpr (F == WFmt::kQ4_0) {
-      return _mm256_cvtepi8_epi32(_mm_sub_epi8(v, _mm_set1_epi8(8)));
-    } else {
-      return _mm256_cvtepu8_epi32(v);
-    }
-  }
-}
-
-// Weights [p, p + 8) of one row (p a multiple of 8), as f32: widened, or dequantized with
-// dequant.cc's arithmetic (d·q, then + m for Q4_1), so bit-identical to a dequantized copy.
-template <WFmt F>
-inline __m256 Load8F(const void* row, int64_t p) {
-  if constexpr (!IsQuant(F)) {
-    return simd::Load8<internal::FloatType(F)>(row, p);
-  } else {
-    const uint8_t* b = static_cast<const uint8_t*>(row) + p / 32 * QuantBlockBytes(QuantOf(F));
-    const int64_t j = p % 32;
-    const __m256 d = _mm256_set1_ps(HalfAt(b));
-    if constexpr (F == WFmt::kQ8_0) {
-      return _mm256_mul_ps(_mm256_cvtepi32_ps(QuantInts<F>(b + 2, j)), d);
-    } else if constexpr (F == WFmt::kQ4_0) {
-      return _mm256_mul_ps(_mm256_cvtepi32_ps(QuantInts<F>(b + 2, j)), d);
-    } else {
-      const __m256 m = _mm256_set1_ps(HalfAt(b + 2));
-      return _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(QuantInts<F>(b + 4, j))), m);
-    }
-  }
-}
-
-// One weight of a row, as Load8F computes it (for k-tails; quantized rows have none).
-template <WFmt F>
-inline float Load1F(const void* row, int64_t p) {
-  if constexpr (!IsQuant(F)) {
-    return simd::Load1<internal::FloatType(F)>(row, p);
-  } else {
-    alignas(32) float v[8];
-    _mm256_store_ps(v, Load8F<F>(row, p & ~int64_t{7}));
-    return v[p & 7];
-  }
-}
-
 // y[i, r] = x[i, :] · w[r, :] (+ bias[r]) for i < MR, r < NR.
 // x: [MR, k] stride ldx; w: [NR, k] stride ldw (elements); y: [MR, NR] stride ldy.
 // prefetch: when set, the weight rows that follow these NR rows are prefetched at the rate
@@ -149,9 +91,9 @@ inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64
 #pragma GCC unroll 8
       for (int r = 0; r < NR; ++r) {
         const uint8_t* b = static_cast<const uint8_t*>(rows[r]) + p / 32 * kBlockBytes;
-        const __m256 d = _mm256_set1_ps(HalfAt(b));
+        const __m256 d = _mm256_set1_ps(simd::HalfAt(b));
         __m256 mn = _mm256_setzero_ps();
-        if constexpr (kW == WFmt::kQ4_1) mn = _mm256_set1_ps(HalfAt(b + 2));
+        if constexpr (kW == WFmt::kQ4_1) mn = _mm256_set1_ps(simd::HalfAt(b + 2));
         const uint8_t* qs = b + (kW == WFmt::kQ4_1 ? 4 : 2);
         // The block's quants as 32 bytes: elements 0..15 in `lo`, 16..31 in `hi`.
         __m128i lo, hi;
@@ -159,10 +101,7 @@ inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64
           lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
           hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + 16));
         } else {
-          const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-          const __m128i mask = _mm_set1_epi8(0x0f);
-          lo = _mm_and_si128(packed, mask);
-          hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+          simd::Nibbles(qs, &lo, &hi);
           if constexpr (kW == WFmt::kQ4_0) {
             lo = _mm_sub_epi8(lo, _mm_set1_epi8(8));
             hi = _mm_sub_epi8(hi, _mm_set1_epi8(8));
@@ -174,8 +113,7 @@ inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64
                                  : c == 1 ? _mm_srli_si128(lo, 8)
                                  : c == 2 ? hi
                                           : _mm_srli_si128(hi, 8);
-          const __m256 q = _mm256_cvtepi32_ps(kW == WFmt::kQ4_1 ? _mm256_cvtepu8_epi32(bytes8)
-                                                                : _mm256_cvtepi8_epi32(bytes8));
+          const __m256 q = kW == WFmt::kQ4_1 ? simd::U8x8ToF32(bytes8) : simd::I8x8ToF32(bytes8);
           const __m256 wv =
               kW == WFmt::kQ4_1 ? _mm256_add_ps(_mm256_mul_ps(d, q), mn) : _mm256_mul_ps(q, d);
 #pragma GCC unroll 8
@@ -194,7 +132,7 @@ inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64
       }
       __m256 wv[NR];
 #pragma GCC unroll 8
-      for (int r = 0; r < NR; ++r) wv[r] = Load8F<kW>(rows[r], p);
+      for (int r = 0; r < NR; ++r) wv[r] = simd::Load8<internal::FloatType(kW)>(rows[r], p);
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
         const __m256 xv = _mm256_loadu_ps(x + i * ldx + p);
@@ -206,8 +144,10 @@ inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64
   for (int i = 0; i < MR; ++i) {
     for (int r = 0; r < NR; ++r) {
       float s = simd::HSum(acc[i][r]);
-      for (int64_t p = k8; p < k; ++p) {
-        s = std::fma(x[i * ldx + p], Load1F<kW>(rows[r], p), s);
+      if constexpr (!IsQuant(kW)) {  // quantized rows are whole blocks: no k-tail
+        for (int64_t p = k8; p < k; ++p) {
+          s = std::fma(x[i * ldx + p], simd::Load1<internal::FloatType(kW)>(rows[r], p), s);
+        }
       }
       y[i * ldy + r] = bias != nullptr ? s + bias[r] : s;
     }
@@ -366,32 +306,14 @@ void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector
 
 void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t n, float* out) {
   const int64_t dim = table.cols;
-  if (table.quant != QuantType::kNone) {
-    SPANSERVE_CHECK_EQ(dim % 32, 0);
-    const int64_t row_bytes = dim / 32 * QuantBlockBytes(table.quant);
+  if (table.quant != QuantType::kNone) SPANSERVE_CHECK_EQ(dim % 32, 0);
+  internal::WithFormat(internal::FormatOf(table), [&](auto f) {
+    constexpr WFmt kF = decltype(f)::value;
     for (int64_t t = 0; t < n; ++t) {
       SPANSERVE_CHECK(ids[t] >= 0 && ids[t] < table.rows);
-      const char* row = static_cast<const char*>(table.data) + ids[t] * row_bytes;
-      switch (table.quant) {
-        case QuantType::kQ8_0:
-          DequantizeQ8_0(row, dim, out + t * dim);
-          break;
-        case QuantType::kQ4_0:
-          DequantizeQ4_0(row, dim, out + t * dim);
-          break;
-        default:
-          DequantizeQ4_1(row, dim, out + t * dim);
-          break;
-      }
+      internal::RowToF32<kF>(RowAt<kF>(table.data, ids[t], dim), 0, dim, out + t * dim);
     }
-    return;
-  }
-  const int64_t row_bytes = dim * static_cast<int64_t>(DTypeSize(table.dtype));
-  for (int64_t t = 0; t < n; ++t) {
-    SPANSERVE_CHECK(ids[t] >= 0 && ids[t] < table.rows);
-    simd::Widen(static_cast<const char*>(table.data) + ids[t] * row_bytes, table.dtype, dim,
-                out + t * dim);
-  }
+  });
 }
 
 namespace internal {

@@ -238,7 +238,6 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
   // Two row blocks at least, so a decode batch of 16 widens every panel once.
   const int64_t x_tile = std::max<int64_t>(
       2 * kBlockRows, kXTileBytes / (std::max<int64_t>(k, 1) * 4) / kBlockRows * kBlockRows);
-  const int64_t panel_rows = kPanelRows;
   const int64_t ldp = kKc;  // widened panel rows hold one k block
   const int64_t row_blocks = (std::min(x_tile, m) + kBlockRows - 1) / kBlockRows;
   constexpr int64_t kGroups = (kPanelRows + kMaxNr - 1) / kMaxNr;
@@ -252,8 +251,8 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
   for (int64_t i0 = 0; i0 < m; i0 += x_tile) {
     const int64_t mt = std::min(x_tile, m - i0);
     PackXPairs(x + i0 * k, k, mt, k8, xpairs);
-    for (int64_t j0 = n0; j0 < n1; j0 += panel_rows) {
-      const int64_t rows = std::min(panel_rows, n1 - j0);
+    for (int64_t j0 = n0; j0 < n1; j0 += kPanelRows) {
+      const int64_t rows = std::min(kPanelRows, n1 - j0);
       const float* b = nullptr;
       if (bias != nullptr) {
         for (int64_t r = 0; r < rows; ++r)
@@ -265,7 +264,7 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
       Prefetch prefetch;
       if (j0 + rows < n1) {
         prefetch.next = static_cast<const char*>(wj) + rows * row_bytes;
-        prefetch.end = prefetch.next + std::min(panel_rows, n1 - j0 - rows) * row_bytes;
+        prefetch.end = prefetch.next + std::min(kPanelRows, n1 - j0 - rows) * row_bytes;
       }
       // k blocks outermost: every row block reuses the widened block from L1; the
       // accumulators wait in `acc` between blocks.

@@ -283,10 +283,10 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
       view.quant = quant;
       view.data = t.data;
       if (permute) {
-        const int64_t row_bytes = view.shape[1] / 32 * kernels::cpu::QuantBlockBytes(quant);
-        std::unique_ptr<uint8_t[]> copy(new uint8_t[view.shape[0] * row_bytes]);
-        std::memcpy(copy.get(), t.data, view.shape[0] * row_bytes);
-        UnpermuteRows(copy.get(), view.shape[0], row_bytes, heads);
+        const int64_t bytes = view.bytes();
+        std::unique_ptr<uint8_t[]> copy(new uint8_t[bytes]);
+        std::memcpy(copy.get(), t.data, bytes);
+        UnpermuteRows(copy.get(), view.shape[0], bytes / view.shape[0], heads);
         f.ReleasePages(t);
         view.data = copy.get();
         store->Own(std::move(copy));
