@@ -76,6 +76,9 @@ ABSL_FLAG(int64_t, kv_cache_bytes, 0,
 ABSL_FLAG(double, kv_cache_memory_fraction, 0.1,
           "KV memory of all models together as a fraction of MemAvailable at start-up, split "
           "evenly between the models that load");
+ABSL_FLAG(std::string, kv_cache_dtype, "auto",
+          "element type of the cached K and V: auto or f32 (exact), or bf16 (half the memory "
+          "per token and half the attention reads; each cached value rounded to bf16)");
 ABSL_FLAG(int, num_kv_blocks, 0,
           "KV pool size in blocks of each model (wins over the byte sizes if > 0)");
 ABSL_FLAG(int, max_num_seqs, 64, "most sequences in one engine step");
@@ -213,6 +216,8 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials() {
 // count.
 absl::StatusOr<engine::EngineOptions> EngineOptionsFromFlags() {
   engine::EngineOptions o;
+  ASSIGN_OR_RETURN(o.kv_cache_dtype,
+                   engine::ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype)));
   o.num_kv_blocks = absl::GetFlag(FLAGS_num_kv_blocks);
   if (o.num_kv_blocks <= 0) {
     ASSIGN_OR_RETURN(const int64_t total,

@@ -203,6 +203,7 @@ void SpanServeService::FillModelInfo(const ServedModel& model, v1::ModelInfo* re
   response->set_kv_blocks_total(stats.kv_blocks_total);
   response->set_kv_blocks_used(stats.kv_blocks_used);
   response->set_kv_cache_bytes(info.kv_cache_bytes);
+  response->set_kv_cache_dtype(info.kv_cache_dtype == DType::kBF16 ? "bf16" : "f32");
   response->set_kv_cache_usage_ratio(stats.kv_cache_usage_ratio);
   response->set_num_requests_running(stats.num_running);
   response->set_num_requests_waiting(stats.num_waiting);

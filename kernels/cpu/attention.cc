@@ -22,16 +22,18 @@ constexpr int64_t kTile = 32;
 constexpr int64_t kMaxHeadDim = 512;
 
 // Pointers to the K and V rows of kv head `kvh` for positions [t0, t0 + n) of a sequence.
+template <DType kT>
 void GatherRows(const PagedKvLayer& layer, const int32_t* block_table, int64_t t0, int64_t n,
-                int64_t kvh, const float** k, const float** v) {
+                int64_t kvh, const void** k, const void** v) {
+  const int64_t row_bytes = layer.head_dim * static_cast<int64_t>(DTypeSize(kT));
   const int64_t bs = layer.block_size;
   int64_t logical = t0 / bs;
   int64_t offset = t0 % bs;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t slot =
         (static_cast<int64_t>(block_table[logical]) * bs + offset) * layer.kv_heads + kvh;
-    k[i] = layer.k + slot * layer.head_dim;
-    v[i] = layer.v + slot * layer.head_dim;
+    k[i] = static_cast<const char*>(layer.k) + slot * row_bytes;
+    v[i] = static_cast<const char*>(layer.v) + slot * row_bytes;
     if (++offset == bs) {
       offset = 0;
       ++logical;
@@ -41,8 +43,8 @@ void GatherRows(const PagedKvLayer& layer, const int32_t* block_table, int64_t t
 
 // s[j] = scale · (q · k[j]) for G positions side by side (G independent FMA chains hide the
 // FMA latency); each dot product keeps the order of simd::Dot.
-template <int G>
-inline void ScoreGroup(const float* q, const float* const* k, int64_t dim, float scale, float* s) {
+template <DType kT, int G>
+inline void ScoreGroup(const float* q, const void* const* k, int64_t dim, float scale, float* s) {
   const int64_t d8 = dim & ~int64_t{7};
   __m256 acc[G];
 #pragma GCC unroll 8
@@ -50,27 +52,28 @@ inline void ScoreGroup(const float* q, const float* const* k, int64_t dim, float
   for (int64_t d = 0; d < d8; d += 8) {
     const __m256 qv = _mm256_loadu_ps(q + d);
 #pragma GCC unroll 8
-    for (int j = 0; j < G; ++j) acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[j] + d), acc[j]);
+    for (int j = 0; j < G; ++j) acc[j] = _mm256_fmadd_ps(qv, simd::Load8<kT>(k[j], d), acc[j]);
   }
   for (int j = 0; j < G; ++j) {
     float dot = simd::HSum(acc[j]);
-    for (int64_t d = d8; d < dim; ++d) dot = std::fma(q[d], k[j][d], dot);
+    for (int64_t d = d8; d < dim; ++d) dot = std::fma(q[d], simd::Load1<kT>(k[j], d), dot);
     s[j] = dot * scale;
   }
 }
 
 // s[i] = scale · (q · k[i]) for i < n. A position's score does not depend on which group
 // computes it, so tiles cut short at a row's own position agree with full ones.
-void Scores(const float* q, const float* const* k, int64_t n, int64_t dim, float scale, float* s) {
+template <DType kT>
+void Scores(const float* q, const void* const* k, int64_t n, int64_t dim, float scale, float* s) {
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) ScoreGroup<8>(q, k + i, dim, scale, s + i);
-  for (; i + 4 <= n; i += 4) ScoreGroup<4>(q, k + i, dim, scale, s + i);
-  for (; i < n; ++i) ScoreGroup<1>(q, k + i, dim, scale, s + i);
+  for (; i + 8 <= n; i += 8) ScoreGroup<kT, 8>(q, k + i, dim, scale, s + i);
+  for (; i + 4 <= n; i += 4) ScoreGroup<kT, 4>(q, k + i, dim, scale, s + i);
+  for (; i < n; ++i) ScoreGroup<kT, 1>(q, k + i, dim, scale, s + i);
 }
 
 // acc[c..c+8·NV) += Σ_i p[i] · v[i][c..], over i in increasing order per element.
-template <int NV>
-void AccumulateVectors(const float* p, const float* const* v, int64_t n, int64_t c, float* acc) {
+template <DType kT, int NV>
+void AccumulateVectors(const float* p, const void* const* v, int64_t n, int64_t c, float* acc) {
   __m256 a[NV];
 #pragma GCC unroll 8
   for (int j = 0; j < NV; ++j) a[j] = _mm256_loadu_ps(acc + c + 8 * j);
@@ -78,45 +81,46 @@ void AccumulateVectors(const float* p, const float* const* v, int64_t n, int64_t
     const __m256 pi = _mm256_set1_ps(p[i]);
 #pragma GCC unroll 8
     for (int j = 0; j < NV; ++j) {
-      a[j] = _mm256_fmadd_ps(pi, _mm256_loadu_ps(v[i] + c + 8 * j), a[j]);
+      a[j] = _mm256_fmadd_ps(pi, simd::Load8<kT>(v[i], c + 8 * j), a[j]);
     }
   }
 #pragma GCC unroll 8
   for (int j = 0; j < NV; ++j) _mm256_storeu_ps(acc + c + 8 * j, a[j]);
 }
 
-void Accumulate(const float* p, const float* const* v, int64_t n, int64_t dim, float* acc) {
+template <DType kT>
+void Accumulate(const float* p, const void* const* v, int64_t n, int64_t dim, float* acc) {
   const int64_t vectors = dim / 8;
   int64_t c = 0;
-  for (; c + 64 <= vectors * 8; c += 64) AccumulateVectors<8>(p, v, n, c, acc);
+  for (; c + 64 <= vectors * 8; c += 64) AccumulateVectors<kT, 8>(p, v, n, c, acc);
   switch (vectors - c / 8) {
     case 0:
       break;
     case 1:
-      AccumulateVectors<1>(p, v, n, c, acc);
+      AccumulateVectors<kT, 1>(p, v, n, c, acc);
       break;
     case 2:
-      AccumulateVectors<2>(p, v, n, c, acc);
+      AccumulateVectors<kT, 2>(p, v, n, c, acc);
       break;
     case 3:
-      AccumulateVectors<3>(p, v, n, c, acc);
+      AccumulateVectors<kT, 3>(p, v, n, c, acc);
       break;
     case 4:
-      AccumulateVectors<4>(p, v, n, c, acc);
+      AccumulateVectors<kT, 4>(p, v, n, c, acc);
       break;
     case 5:
-      AccumulateVectors<5>(p, v, n, c, acc);
+      AccumulateVectors<kT, 5>(p, v, n, c, acc);
       break;
     case 6:
-      AccumulateVectors<6>(p, v, n, c, acc);
+      AccumulateVectors<kT, 6>(p, v, n, c, acc);
       break;
     default:
-      AccumulateVectors<7>(p, v, n, c, acc);
+      AccumulateVectors<kT, 7>(p, v, n, c, acc);
       break;
   }
   for (int64_t d = vectors * 8; d < dim; ++d) {
     float a = acc[d];
-    for (int64_t i = 0; i < n; ++i) a = std::fma(p[i], v[i][d], a);
+    for (int64_t i = 0; i < n; ++i) a = std::fma(p[i], simd::Load1<kT>(v[i], d), a);
     acc[d] = a;
   }
 }
@@ -128,13 +132,14 @@ constexpr int64_t kMaxHeadsPerPass = 8;
 // for the `nh` query heads of that kv head whose q rows (and out rows) are consecutive at
 // q (out), each head_dim long. Each tile of K/V rows is gathered once and used by every head
 // while it is in L1; each head runs exactly the operations it would alone.
+template <DType kT>
 void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t last, int64_t kvh,
                  const float* q, int64_t nh, float scale, float* out) {
   const int64_t dim = layer.head_dim;
   alignas(32) float acc[kMaxHeadsPerPass][kMaxHeadDim];
   alignas(32) float s[kTile];
-  const float* k_rows[kTile];
-  const float* v_rows[kTile];
+  const void* k_rows[kTile];
+  const void* v_rows[kTile];
   float running_max[kMaxHeadsPerPass];
   float denominator[kMaxHeadsPerPass];
   for (int64_t h = 0; h < nh; ++h) {
@@ -145,9 +150,9 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
 
   for (int64_t t0 = 0; t0 <= last; t0 += kTile) {
     const int64_t n = std::min(kTile, last + 1 - t0);
-    GatherRows(layer, block_table, t0, n, kvh, k_rows, v_rows);
+    GatherRows<kT>(layer, block_table, t0, n, kvh, k_rows, v_rows);
     for (int64_t h = 0; h < nh; ++h) {
-      Scores(q + h * dim, k_rows, n, dim, scale, s);
+      Scores<kT>(q + h * dim, k_rows, n, dim, scale, s);
       float tile_max = s[0];
       for (int64_t i = 1; i < n; ++i) tile_max = std::max(tile_max, s[i]);
       const float new_max = std::max(running_max[h], tile_max);
@@ -169,7 +174,7 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
         _mm256_store_ps(s + i, simd::Exp(_mm256_sub_ps(_mm256_load_ps(s + i), mv)));
       }
       for (int64_t i = 0; i < n; ++i) denominator[h] += s[i];
-      Accumulate(s, v_rows, n, dim, a);
+      Accumulate<kT>(s, v_rows, n, dim, a);
       running_max[h] = new_max;
     }
   }
@@ -182,8 +187,19 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
 
 void PagedKvWrite(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t num_seqs,
                   const float* k, const float* v) {
+  SPANSERVE_CHECK(layer.dtype == DType::kF32 || layer.dtype == DType::kBF16);
   const int64_t bs = layer.block_size;
   const int64_t row = static_cast<int64_t>(layer.kv_heads) * layer.head_dim;
+  const int64_t row_bytes = row * static_cast<int64_t>(DTypeSize(layer.dtype));
+  const auto store = [&](void* base, int64_t slot, const float* src) {
+    char* dst = static_cast<char*>(base) + slot * row_bytes;
+    if (layer.dtype == DType::kF32) {
+      std::memcpy(dst, src, row * sizeof(float));
+    } else {
+      auto* out = reinterpret_cast<uint16_t*>(dst);
+      for (int64_t e = 0; e < row; ++e) out[e] = F32ToBf16(src[e]);
+    }
+  };
   for (int32_t s = 0; s < num_seqs; ++s) {
     const AttentionSeq& seq = seqs[s];
     for (int64_t j = 0; j < seq.num_new; ++j) {
@@ -191,8 +207,8 @@ void PagedKvWrite(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t n
       const int64_t block = seq.block_table[pos / bs];
       SPANSERVE_CHECK(block >= 0 && block < layer.num_blocks);
       const int64_t slot = block * bs + pos % bs;
-      std::memcpy(layer.k + slot * row, k + (seq.row_begin + j) * row, row * sizeof(float));
-      std::memcpy(layer.v + slot * row, v + (seq.row_begin + j) * row, row * sizeof(float));
+      store(layer.k, slot, k + (seq.row_begin + j) * row);
+      store(layer.v, slot, v + (seq.row_begin + j) * row);
     }
   }
 }
@@ -201,6 +217,9 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
                     const float* q, int32_t heads, float scale, float* out) {
   SPANSERVE_CHECK_LE(layer.head_dim, kMaxHeadDim);
   SPANSERVE_CHECK(layer.kv_heads > 0 && heads % layer.kv_heads == 0);
+  SPANSERVE_CHECK(layer.dtype == DType::kF32 || layer.dtype == DType::kBF16);
+  const auto attend =
+      layer.dtype == DType::kBF16 ? AttendHeads<DType::kBF16> : AttendHeads<DType::kF32>;
   const int64_t group = heads / layer.kv_heads;
   const int64_t dim = layer.head_dim;
 
@@ -234,8 +253,8 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
           for (int64_t pass = 0; pass < passes; ++pass, ++item) {
             if (item % threads != self) continue;
             const int64_t h0 = kvh * group + pass * per_pass;
-            AttendHeads(layer, seq.block_table, seq.cached + j, kvh, q + (r * heads + h0) * dim,
-                        per_pass, scale, out + (r * heads + h0) * dim);
+            attend(layer, seq.block_table, seq.cached + j, kvh, q + (r * heads + h0) * dim,
+                   per_pass, scale, out + (r * heads + h0) * dim);
           }
         }
       }

@@ -3,17 +3,22 @@
 
 #include <cstdint>
 
+#include "common/dtype.h"
+
 namespace spanserve::kernels::cpu {
 
 // One layer's slice of the paged KV pool. Block b holds tokens [b*block_size, ...) of
-// whatever sequence owns it; layout of k and v: [num_blocks, block_size, kv_heads, head_dim].
+// whatever sequence owns it; layout of k and v: [num_blocks, block_size, kv_heads, head_dim],
+// elements of `dtype`: f32 (exact), or bf16 (half the bytes; PagedKvWrite rounds each value
+// to nearest-even and attention widens it back exactly).
 struct PagedKvLayer {
-  float* k = nullptr;
-  float* v = nullptr;
+  void* k = nullptr;
+  void* v = nullptr;
   int32_t num_blocks = 0;
   int32_t block_size = 0;
   int32_t kv_heads = 0;
   int32_t head_dim = 0;
+  DType dtype = DType::kF32;  // kF32 or kBF16
 };
 
 // One sequence's share of a batch. Its new tokens are rows [row_begin, row_begin +

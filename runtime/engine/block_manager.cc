@@ -27,6 +27,13 @@ absl::StatusOr<int64_t> KvPoolBytes(int64_t bytes, double fraction) {
       "cannot read MemAvailable from /proc/meminfo; give the KV cache size in bytes");
 }
 
+absl::StatusOr<DType> ParseKvCacheDtype(std::string_view name) {
+  if (name == "auto" || name == "f32" || name == "float32") return DType::kF32;
+  if (name == "bf16" || name == "bfloat16") return DType::kBF16;
+  return absl::InvalidArgumentError(
+      absl::StrCat("kv_cache_dtype must be auto, f32 or bf16, got \"", std::string(name), "\""));
+}
+
 namespace {
 
 inline uint64_t Mix(uint64_t x) {  // splitmix64's finaliser

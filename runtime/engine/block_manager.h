@@ -13,16 +13,22 @@
 
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "common/dtype.h"
 
 namespace spanserve::engine {
 
 // Bytes to give the KV pool: `bytes` if > 0, else `fraction` of MemAvailable from
 // /proc/meminfo. FAILED_PRECONDITION when /proc/meminfo cannot be read.
 [[nodiscard]] absl::StatusOr<int64_t> KvPoolBytes(int64_t bytes, double fraction);
+
+// The KV element type a flag names: "f32" (or "auto", the default: exact) or "bf16".
+// INVALID_ARGUMENT names the value and the choices otherwise.
+[[nodiscard]] absl::StatusOr<DType> ParseKvCacheDtype(std::string_view name);
 
 // The prefix-cache key of a block: a hash of the parent's key (0 for the first block)
 // and the block's tokens.

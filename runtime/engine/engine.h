@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/dtype.h"
 #include "runtime/engine/request.h"
 #include "runtime/engine/sampling_params.h"
 
@@ -54,6 +55,11 @@ struct EngineOptions {
   int64_t kv_cache_bytes = 0;
   double kv_cache_memory_fraction = 0.5;
   bool enable_prefix_caching = true;
+  // Element type of the cached K and V: kF32 keeps them exact (outputs match the reference
+  // model); kBF16 halves their bytes, so the same pool holds twice the tokens and attention
+  // reads half as much, at the cost of rounding each cached value to bf16 (8 significant
+  // bits). Batch, chunking and prefix-cache invariance hold for either.
+  DType kv_cache_dtype = DType::kF32;
 
   // Scheduler. Each step decodes the running sequences, then fills what is left of
   // max_batched_tokens with prefill chunks, up to max_num_seqs sequences in the batch.
@@ -117,6 +123,7 @@ struct EngineInfo {
   int32_t block_size = 0;
   int32_t num_kv_blocks = 0;
   int64_t kv_cache_bytes = 0;
+  DType kv_cache_dtype = DType::kF32;
 };
 
 // A snapshot, refreshed after every step; reading it never blocks the step for long.

@@ -55,7 +55,8 @@ absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(model::Model* mod
     max_model_len = options.max_model_len;
   }
   RETURN_IF_ERROR(CheckOptions(options, max_model_len));
-  const int64_t block_bytes = model::KvCache::BytesPerBlock(c, options.block_size);
+  const int64_t block_bytes =
+      model::KvCache::BytesPerBlock(c, options.block_size, options.kv_cache_dtype);
   int64_t num_blocks = options.num_kv_blocks;
   if (num_blocks <= 0) {
     ASSIGN_OR_RETURN(const int64_t bytes,
@@ -72,7 +73,8 @@ absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(model::Model* mod
                      "max_model_len"));
   }
   ASSIGN_OR_RETURN(auto cache,
-                   model::KvCache::Create(c, options.block_size, static_cast<int32_t>(num_blocks)));
+                   model::KvCache::Create(c, options.block_size, static_cast<int32_t>(num_blocks),
+                                          options.kv_cache_dtype));
   EngineInfo info;
   info.model_type = c.model_type;
   info.norm_placement = std::string(model::NormPlacementName(c.norm_placement));
@@ -87,6 +89,7 @@ absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(model::Model* mod
   info.block_size = options.block_size;
   info.num_kv_blocks = static_cast<int32_t>(num_blocks);
   info.kv_cache_bytes = cache->bytes();
+  info.kv_cache_dtype = cache->dtype();
   return std::unique_ptr<EngineCore>(
       new EngineCore(model, options, std::move(info), std::move(cache)));
 }

@@ -26,30 +26,37 @@ namespace k = kernels::cpu;
 // ---------------------------------------------------------------------------------------
 // KvCache
 
-int64_t KvCache::BytesPerBlock(const ModelConfig& c, int32_t block_size) {
-  return 2LL * c.num_layers * block_size * c.num_kv_heads * c.head_dim * sizeof(float);
+int64_t KvCache::BytesPerBlock(const ModelConfig& c, int32_t block_size, DType dtype) {
+  return 2LL * c.num_layers * block_size * c.num_kv_heads * c.head_dim *
+         static_cast<int64_t>(DTypeSize(dtype));
 }
 
 absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& config,
-                                                         int32_t block_size, int32_t num_blocks) {
+                                                         int32_t block_size, int32_t num_blocks,
+                                                         DType dtype) {
   if (block_size <= 0 || num_blocks <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("KV cache needs positive block_size and num_blocks, got ", block_size, " and ",
                      num_blocks));
   }
+  if (dtype != DType::kF32 && dtype != DType::kBF16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV cache dtype must be f32 or bf16, got ", std::string(DTypeName(dtype))));
+  }
   std::unique_ptr<KvCache> cache(new KvCache());
   cache->block_size_ = block_size;
   cache->num_blocks_ = num_blocks;
-  cache->layer_floats_ =
-      static_cast<int64_t>(num_blocks) * block_size * config.num_kv_heads * config.head_dim;
-  cache->bytes_ = BytesPerBlock(config, block_size) * num_blocks;
+  cache->dtype_ = dtype;
+  cache->layer_bytes_ = static_cast<int64_t>(num_blocks) * block_size * config.num_kv_heads *
+                        config.head_dim * static_cast<int64_t>(DTypeSize(dtype));
+  cache->bytes_ = BytesPerBlock(config, block_size, dtype) * num_blocks;
   void* p =
       ::mmap(nullptr, cache->bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot map ", cache->bytes_, " bytes for the KV cache"));
   }
-  cache->base_ = static_cast<float*>(p);
+  cache->base_ = static_cast<char*>(p);
   return cache;
 }
 
@@ -353,8 +360,8 @@ void Model::Impl::Attention(const LayerWeights& lw, const float* in, int64_t tok
                rope_sin.data());
   k::ApplyRope(kk, tokens, c.num_kv_heads, c.head_dim, b.positions.data(), rope_cos.data(),
                rope_sin.data());
-  const k::PagedKvLayer kv{cache.k(layer),     cache.v(layer), cache.num_blocks(),
-                           cache.block_size(), c.num_kv_heads, c.head_dim};
+  const k::PagedKvLayer kv{cache.k(layer), cache.v(layer), cache.num_blocks(), cache.block_size(),
+                           c.num_kv_heads, c.head_dim,     cache.dtype()};
   const int32_t num_seqs = static_cast<int32_t>(b.seqs.size());
   k::PagedKvWrite(kv, b.seqs.data(), num_seqs, kk, v);
   k::PagedAttention(kv, b.seqs.data(), num_seqs, q, c.num_heads,

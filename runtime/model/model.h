@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/dtype.h"
 #include "runtime/model/config.h"
 
 namespace spanserve::gguf {
@@ -24,11 +25,15 @@ namespace spanserve::model {
 // only: which block belongs to which sequence is the engine's business.
 class KvCache {
  public:
+  // dtype: the element type of K and V, kF32 (exact) or kBF16 (half the bytes; each value
+  // rounded to nearest-even as it is stored).
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<KvCache>> Create(const ModelConfig& config,
                                                                        int32_t block_size,
-                                                                       int32_t num_blocks);
+                                                                       int32_t num_blocks,
+                                                                       DType dtype = DType::kF32);
   // Bytes one block costs across all layers, K and V.
-  static int64_t BytesPerBlock(const ModelConfig& config, int32_t block_size);
+  static int64_t BytesPerBlock(const ModelConfig& config, int32_t block_size,
+                               DType dtype = DType::kF32);
   ~KvCache();
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;
@@ -36,17 +41,17 @@ class KvCache {
   int32_t block_size() const { return block_size_; }
   int32_t num_blocks() const { return num_blocks_; }
   int64_t bytes() const { return bytes_; }
+  DType dtype() const { return dtype_; }
   // Layer l's K (or V) array.
-  float* k(int layer) const { return base_ + (2 * static_cast<int64_t>(layer)) * layer_floats_; }
-  float* v(int layer) const {
-    return base_ + (2 * static_cast<int64_t>(layer) + 1) * layer_floats_;
-  }
+  void* k(int layer) const { return base_ + (2 * static_cast<int64_t>(layer)) * layer_bytes_; }
+  void* v(int layer) const { return base_ + (2 * static_cast<int64_t>(layer) + 1) * layer_bytes_; }
 
  private:
   KvCache() = default;
-  float* base_ = nullptr;
+  char* base_ = nullptr;
   int64_t bytes_ = 0;
-  int64_t layer_floats_ = 0;
+  int64_t layer_bytes_ = 0;
+  DType dtype_ = DType::kF32;
   int32_t block_size_ = 0;
   int32_t num_blocks_ = 0;
 };

@@ -588,6 +588,46 @@ TEST(ServerTest, PrometheusMetrics) {
   EXPECT_NE(text.find("spanserve_kv_cache_usage_ratio"), std::string::npos);
 }
 
+TEST(ServerTest, Bf16KvCacheHoldsTwiceTheBlocksAndServes) {
+  int32_t f32_blocks = 0;
+  std::vector<int32_t> f32_tokens;
+  {
+    ServerProcess server({});
+    auto stub = v1::SpanServe::NewStub(server.Channel());
+    const v1::ModelInfo info = Info(*stub);
+    EXPECT_EQ(info.kv_cache_dtype(), "f32");
+    f32_blocks = info.kv_blocks_total();
+    const StreamResult r = RunGenerate(*stub, GreedyRequest("And God said", 8));
+    ASSERT_TRUE(r.status.ok());
+    for (const auto& c : r.chunks)
+      f32_tokens.insert(f32_tokens.end(), c.token_ids().begin(), c.token_ids().end());
+  }
+  ServerProcess server({"--kv_cache_dtype=bf16"});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  const v1::ModelInfo info = Info(*stub);
+  EXPECT_EQ(info.kv_cache_dtype(), "bf16");
+  // The same --kv_cache_bytes buys twice the blocks (the pool is whole blocks, rounded down).
+  EXPECT_GE(info.kv_blocks_total(), 2 * f32_blocks);
+  EXPECT_LE(info.kv_blocks_total(), 2 * f32_blocks + 1);
+  const StreamResult r = RunGenerate(*stub, GreedyRequest("And God said", 8));
+  ASSERT_TRUE(r.status.ok());
+  std::vector<int32_t> tokens;
+  for (const auto& c : r.chunks)
+    tokens.insert(tokens.end(), c.token_ids().begin(), c.token_ids().end());
+  EXPECT_EQ(tokens.size(), 8u);
+  // On the bundled model, 8 greedy tokens do not change with the cache's rounding.
+  EXPECT_EQ(tokens, f32_tokens);
+
+  try {
+    ServerProcess bad({"--kv_cache_dtype=fp8"});
+    ADD_FAILURE() << "a server with --kv_cache_dtype=fp8 started";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("kv_cache_dtype must be auto, f32 or bf16, got \"fp8\""),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(ServerTest, ReflectionListsTheService) {
   ServerProcess server({});
   auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(server.Channel());

@@ -25,6 +25,7 @@
 #include "common/status.h"
 #include "kernels/cpu/matmul.h"
 #include "nlohmann/json.hpp"
+#include "runtime/engine/block_manager.h"
 #include "runtime/engine/engine.h"
 #include "tools/bench/random_model.h"
 
@@ -36,6 +37,7 @@ ABSL_FLAG(int, gen_len, 32, "generated tokens per request");
 ABSL_FLAG(int, threads, 0, "compute threads (0: all cores)");
 ABSL_FLAG(int, block_size, 16, "KV block size in tokens");
 ABSL_FLAG(int, max_batched_tokens, 2048, "token budget per step");
+ABSL_FLAG(std::string, kv_cache_dtype, "auto", "KV element type: auto/f32 or bf16");
 ABSL_FLAG(std::string, json, "", "also write the results as JSON to this file");
 
 namespace spanserve::engine {
@@ -85,6 +87,7 @@ absl::StatusOr<LevelResult> RunLevel(const std::string& model_dir, int concurren
   o.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
   o.max_model_len = prompt_len + gen_len;
   o.enable_prefix_caching = true;
+  ASSIGN_OR_RETURN(o.kv_cache_dtype, ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype)));
   // Room for every sequence at once (and for the warm-up request).
   const int64_t per_seq = (prompt_len + gen_len + o.block_size - 1) / o.block_size;
   o.num_kv_blocks = static_cast<int32_t>(per_seq * (concurrency + 1));
@@ -188,10 +191,11 @@ int Main() {
     levels.push_back(c);
   }
   std::printf(
-      "model %s, prompt %d tokens, %d generated per request, block %d, batched "
+      "model %s, prompt %d tokens, %d generated per request, block %d, KV %s, batched "
       "MatMul on %s\n\n",
       model_dir.c_str(), absl::GetFlag(FLAGS_prompt_len), absl::GetFlag(FLAGS_gen_len),
-      absl::GetFlag(FLAGS_block_size), kernels::cpu::IsaName(kernels::cpu::ActiveIsa()));
+      absl::GetFlag(FLAGS_block_size), absl::GetFlag(FLAGS_kv_cache_dtype).c_str(),
+      kernels::cpu::IsaName(kernels::cpu::ActiveIsa()));
   std::printf(
       "| conc | gen tok/s | decode tok/s | decode step ms (median) | sched ms/step | sched share "
       "(decode / all) | forward share | prefill tok/s | mean TTFT s | KV live/alloc |\n");

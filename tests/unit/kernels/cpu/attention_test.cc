@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "common/dtype.h"
 #include "gtest/gtest.h"
 #include "test_util.h"
 
@@ -26,22 +28,36 @@ struct Shape {
   int32_t kv_heads;
   int32_t head_dim;
   int32_t block_size;
+  DType kv = DType::kF32;  // the cache's element type
 };
 
 void PrintTo(const Shape& s, std::ostream* os) {
   *os << "heads=" << s.heads << " kv_heads=" << s.kv_heads << " head_dim=" << s.head_dim
-      << " block_size=" << s.block_size;
+      << " block_size=" << s.block_size << " kv=" << DTypeName(s.kv);
 }
+
+// What the cache gives back for a value it stored.
+float Cached(float x, DType kv) { return kv == DType::kBF16 ? Bf16ToF32(F32ToBf16(x)) : x; }
 
 // A paged pool whose unwritten slots are NaN, so reading one poisons the output.
 class Pool {
  public:
-  Pool(const Shape& s, int32_t num_blocks)
-      : k_(static_cast<size_t>(num_blocks) * s.block_size * s.kv_heads * s.head_dim,
-           std::numeric_limits<float>::quiet_NaN()),
-        v_(k_.size(), std::numeric_limits<float>::quiet_NaN()),
-        free_(num_blocks) {
-    layer_ = {k_.data(), v_.data(), num_blocks, s.block_size, s.kv_heads, s.head_dim};
+  Pool(const Shape& s, int32_t num_blocks) : free_(num_blocks) {
+    const size_t elements =
+        static_cast<size_t>(num_blocks) * s.block_size * s.kv_heads * s.head_dim;
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    if (s.kv == DType::kBF16) {
+      k_.resize(elements * 2);
+      for (size_t i = 0; i < elements; ++i) {
+        const uint16_t h = F32ToBf16(nan);
+        std::memcpy(k_.data() + 2 * i, &h, 2);
+      }
+    } else {
+      k_.resize(elements * 4);
+      for (size_t i = 0; i < elements; ++i) std::memcpy(k_.data() + 4 * i, &nan, 4);
+    }
+    v_ = k_;
+    layer_ = {k_.data(), v_.data(), num_blocks, s.block_size, s.kv_heads, s.head_dim, s.kv};
     // Shuffled so logical blocks land on scattered, non-monotonic physical blocks.
     std::iota(free_.begin(), free_.end(), 0);
     std::shuffle(free_.begin(), free_.end(), std::mt19937(7));
@@ -58,7 +74,7 @@ class Pool {
   }
 
  private:
-  std::vector<float> k_, v_;
+  std::vector<uint8_t> k_, v_;
   std::vector<int32_t> free_;
   PagedKvLayer layer_;
 };
@@ -122,7 +138,7 @@ std::vector<double> NaiveAttention(const Shape& s, const Sequence& seq, int64_t 
     for (int64_t t = 0; t <= pos; ++t) {
       const float* k = seq.k.data() + (t * s.kv_heads + kvh) * dim;
       double dot = 0;
-      for (int64_t d = 0; d < dim; ++d) dot += static_cast<double>(q[d]) * k[d];
+      for (int64_t d = 0; d < dim; ++d) dot += static_cast<double>(q[d]) * Cached(k[d], s.kv);
       score[t] = dot * scale;
     }
     const double max = *std::max_element(score.begin(), score.end());
@@ -130,7 +146,7 @@ std::vector<double> NaiveAttention(const Shape& s, const Sequence& seq, int64_t 
     for (double& x : score) sum += (x = std::exp(x - max));
     for (int64_t t = 0; t <= pos; ++t) {
       const float* v = seq.v.data() + (t * s.kv_heads + kvh) * dim;
-      for (int64_t d = 0; d < dim; ++d) out[h * dim + d] += score[t] / sum * v[d];
+      for (int64_t d = 0; d < dim; ++d) out[h * dim + d] += score[t] / sum * Cached(v[d], s.kv);
     }
   }
   return out;
@@ -211,15 +227,50 @@ std::string ShapeName(const ::testing::TestParamInfo<Shape>& info) {
   const Shape& s = info.param;
   std::ostringstream name;
   name << "H" << s.heads << "Kv" << s.kv_heads << "D" << s.head_dim << "B" << s.block_size;
+  if (s.kv == DType::kBF16) name << "Bf16";
   return name.str();
 }
 
 // GQA group 3 with a head_dim tail and odd blocks; MHA with 9 vectors per head (8 + 1);
-// Qwen2-0.5B's decode shape; a group of 10 heads, more than one pass over K/V serves.
+// Qwen2-0.5B's decode shape; a group of 10 heads, more than one pass over K/V serves. The
+// bf16 cache on the shapes with a head_dim tail and with several passes, and Qwen2's.
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
                          ::testing::Values(Shape{6, 2, 20, 5}, Shape{2, 2, 72, 3},
-                                           Shape{14, 2, 64, 16}, Shape{20, 2, 16, 4}),
+                                           Shape{14, 2, 64, 16}, Shape{20, 2, 16, 4},
+                                           Shape{6, 2, 20, 5, DType::kBF16},
+                                           Shape{14, 2, 64, 16, DType::kBF16},
+                                           Shape{20, 2, 16, 4, DType::kBF16}),
                          ShapeName);
+
+// The bf16 cache holds each value rounded to nearest-even (ties to even, NaN kept).
+TEST(PagedKvWrite, Bf16CacheRoundsToNearestEven) {
+  const Shape s{1, 1, 8, 2, DType::kBF16};
+  Pool pool(s, 2);
+  // 1 + 2^-8 is a tie between 1 and 1 + 2^-7 (goes to 1, the even one); 1 + 3·2^-8 a tie
+  // between 1 + 2^-7 and 1 + 2^-6 (goes to 1 + 2^-6); 1 + 2^-8 + 2^-20 rounds up.
+  const std::vector<float> k = {1.0f + 0x1p-8f,
+                                1.0f + 0x3p-8f,
+                                1.0f + 0x1p-8f + 0x1p-20f,
+                                -2.5f,
+                                0.0f,
+                                std::numeric_limits<float>::infinity(),
+                                3.0e38f,
+                                std::numeric_limits<float>::quiet_NaN()};
+  const std::vector<float> v(8, 0.5f);
+  const std::vector<int32_t> table = pool.Allocate(1);
+  const AttentionSeq seq{table.data(), 0, 1, 0};
+  PagedKvWrite(pool.layer(), &seq, 1, k.data(), v.data());
+  const auto* stored = static_cast<const uint16_t*>(pool.layer().k) +
+                       static_cast<int64_t>(table[0]) * s.block_size * s.head_dim;
+  EXPECT_EQ(Bf16ToF32(stored[0]), 1.0f);
+  EXPECT_EQ(Bf16ToF32(stored[1]), 1.0f + 0x1p-6f);
+  EXPECT_EQ(Bf16ToF32(stored[2]), 1.0f + 0x1p-7f);
+  EXPECT_EQ(Bf16ToF32(stored[3]), -2.5f);
+  EXPECT_EQ(Bf16ToF32(stored[4]), 0.0f);
+  EXPECT_EQ(Bf16ToF32(stored[5]), std::numeric_limits<float>::infinity());
+  EXPECT_EQ(Bf16ToF32(stored[6]), Bf16ToF32(F32ToBf16(3.0e38f)));
+  EXPECT_TRUE(std::isnan(Bf16ToF32(stored[7])));
+}
 
 }  // namespace
 }  // namespace spanserve::kernels::cpu

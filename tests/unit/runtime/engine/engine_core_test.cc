@@ -2,6 +2,8 @@
 // chunked prefill, prefix cache, preemption, stop conditions, logprobs, no leaked blocks.
 #include "runtime/engine/engine_core.h"
 
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <numeric>
@@ -203,6 +205,54 @@ TEST_F(EngineCoreTest, PrefixCacheOnAndOffGiveTheSameLogits) {
   EXPECT_GE(ExpectSameLogits(a, b), 9 * 8);
   // Request 0's own prompt, repeated: identical, and served from the cache.
   for (size_t i = 1; i < reqs.size(); ++i) EXPECT_EQ(a.out[i].final.cached_prompt_tokens, 32);
+}
+
+// A bf16 KV cache: half the bytes per block; alone/together, chunked/whole and prefix cache
+// on/off stay bit-identical; and the logits stay close to the exact f32 cache's.
+TEST_F(EngineCoreTest, Bf16KvCacheKeepsTheInvariancesAndStaysCloseToF32) {
+  std::vector<Request> reqs = RandomRequests(16, 7, /*greedy=*/true);
+  for (Request& r : reqs) r.sampling.prompt_logprobs = 0;
+  EngineOptions bf16 = Options();
+  bf16.kv_cache_dtype = DType::kBF16;
+  {
+    auto f = EngineCore::Create(model_, Options());
+    auto b = EngineCore::Create(model_, bf16);
+    ASSERT_TRUE(f.ok() && b.ok());
+    EXPECT_EQ((*b)->info().kv_cache_dtype, DType::kBF16);
+    EXPECT_EQ((*f)->info().kv_cache_dtype, DType::kF32);
+    EXPECT_EQ(2 * (*b)->info().kv_cache_bytes, (*f)->info().kv_cache_bytes);
+  }
+  const Run alone = RunWaves(bf16, reqs, Alone(16), true);
+  const Run together = RunWaves(bf16, reqs, Together(16), true);
+  ExpectSameTokens(alone, together);
+  EXPECT_GT(ExpectSameLogits(alone, together), 16 * 2);
+
+  EngineOptions chunked = bf16;
+  chunked.max_batched_tokens = 7;
+  chunked.enable_prefix_caching = false;
+  const Run c = RunWaves(chunked, reqs, Together(16), true);
+  ExpectSameTokens(c, together);
+  EXPECT_EQ(c.logits.size(), together.logits.size());
+  EXPECT_EQ(ExpectSameLogits(c, together), static_cast<int>(together.logits.size()));
+
+  // Against the exact cache: every logit within 2 % of the row's largest magnitude.
+  const Run exact = RunWaves(Options(), reqs, Together(16), true);
+  int compared = 0;
+  double worst = 0;
+  for (const auto& [key, row] : exact.logits) {
+    auto it = together.logits.find(key);
+    if (it == together.logits.end()) continue;
+    ++compared;
+    float scale = 0;
+    for (float x : row) scale = std::max(scale, std::fabs(x));
+    for (size_t i = 0; i < row.size(); ++i) {
+      worst = std::max(worst, std::fabs(static_cast<double>(row[i]) - it->second[i]) / scale);
+    }
+  }
+  EXPECT_GT(compared, 16 * 2);
+  EXPECT_LT(worst, 0.02);
+  EXPECT_GT(worst, 0.0);  // it is a different cache, not the f32 one
+  std::printf("bf16 vs f32 KV: largest logit difference %.3g of the row's largest logit\n", worst);
 }
 
 TEST_F(EngineCoreTest, EveryRequestCompletesCorrectlyUnderBlockPressure) {
