@@ -201,6 +201,10 @@ int Main() {
       "(decode / all) | forward share | prefill tok/s | mean TTFT s | KV live/alloc |\n");
   std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   nlohmann::json json = nlohmann::json::array();
+  // Decode tokens/s of each level over that of the latest single-sequence level before it
+  // (the batching target: 16 sequences >= 8x one), printed after the table.
+  std::vector<std::string> ratios;
+  double single = 0;
   for (int c : levels) {
     auto r = RunLevel(model_dir, c);
     if (!r.ok()) {
@@ -213,6 +217,15 @@ int Main() {
         100 * r->decode_schedule_share, 100 * r->schedule_share, 100 * r->decode_forward_share,
         r->prefill_tokens_per_s, r->mean_ttft_s, 100 * r->kv_efficiency);
     std::fflush(stdout);
+    if (c == 1) {
+      single = r->decode_tokens_per_s;
+    } else if (single > 0) {
+      char line[128];
+      std::snprintf(line, sizeof(line),
+                    "decode at %d sequences: %.2fx one sequence (%.1f / %.1f tok/s)", c,
+                    r->decode_tokens_per_s / single, r->decode_tokens_per_s, single);
+      ratios.emplace_back(line);
+    }
     json.push_back({{"concurrency", c},
                     {"wall_s", r->wall_s},
                     {"generated_tokens", r->generated},
@@ -228,6 +241,8 @@ int Main() {
                     {"kv_live_over_allocated", r->kv_efficiency},
                     {"steps", r->steps}});
   }
+  if (!ratios.empty()) std::printf("\n");
+  for (const std::string& line : ratios) std::printf("%s\n", line.c_str());
   if (!absl::GetFlag(FLAGS_json).empty()) {
     std::ofstream(absl::GetFlag(FLAGS_json)) << json.dump(2) << "\n";
   }
