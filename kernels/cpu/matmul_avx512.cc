@@ -2,9 +2,9 @@
 //
 // Loop nest, per thread over its own weight rows [n0, n1):
 //   for each x tile of rows (kept in L2): pack rows in pairs interleaved by 8
-//     for each panel of <= panel_rows weight rows
+//     for each panel of <= kPanelRows weight rows
 //       (prefetching the next panel from memory while the micro-kernels run)
-//       for each block of kc elements of k: widen the panel's block to f32 (stays in L1)
+//       for each block of kKc elements of k: widen the panel's block to f32 (stays in L1)
 //         for each block of <= kMaxPairs x pairs
 //           for each group of <= kMaxNr weight rows: micro-kernel
 // A micro-kernel holds kMaxPairs × kMaxNr = 24 zmm accumulators (48 dot products) and per
@@ -34,20 +34,13 @@ namespace {
 constexpr int kMaxPairs = 4;  // x row pairs per micro-kernel (8 rows)
 constexpr int kMaxNr = 6;     // weight rows per micro-kernel
 constexpr int64_t kBlockRows = 2 * kMaxPairs;
-// Panel rows and k block: an x tile of up to 16 rows (decode batches) is read by every
-// panel block, so its k block (16 KiB at kc 256) must share L1 with the widened panel: 12
-// rows by 128 (6 KiB) leave room for it and measured 6-12 % faster at m <= 16 than 24 by
-// 256, which is faster for larger tiles (8-row blocks stream from L2 there; the micro-kernel
-// calls, twice as long, win). Neither choice changes a bit of the output.
-struct Blocking {
-  int64_t panel_rows;
-  int64_t kc;
-};
-constexpr Blocking kSmallTile{12, 128};
-constexpr Blocking kLargeTile{24, 256};
-constexpr int64_t kSmallTileRows = 16;
-constexpr int64_t kMaxPanelRows = kLargeTile.panel_rows;
-constexpr int64_t kMaxKc = kLargeTile.kc;
+// One micro-kernel group per panel and 512 elements of k per block: the widened panel block
+// (12 KiB) and an 8-row x block (16 KiB) share L1, and each micro-kernel call runs 64 steps
+// between loading and storing its accumulators. Measured against 24 rows × 256 and 12 × 128
+// (single thread, bf16, min of 150-400 interleaved calls, 2026-11-29): faster at every m
+// from 5 to 512 (docs/KERNELS.md). The blocking never changes a bit of the output.
+constexpr int64_t kPanelRows = kMaxNr;
+constexpr int64_t kKc = 512;
 constexpr int64_t kXTileBytes = 512 << 10;
 // Lines of the next panel prefetched per 8 elements of k in the micro-kernels.
 constexpr int kPrefetchLinesPerStep = 1;
@@ -249,22 +242,21 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
   // Two row blocks at least, so a decode batch of 16 widens every panel once.
   const int64_t x_tile = std::max<int64_t>(
       2 * kBlockRows, kXTileBytes / (std::max<int64_t>(k, 1) * 4) / kBlockRows * kBlockRows);
+  const int64_t ldp = kKc;  // widened panel rows hold one k block
   const int64_t row_blocks = (std::min(x_tile, m) + kBlockRows - 1) / kBlockRows;
-  constexpr int64_t kGroups = (kMaxPanelRows + kMaxNr - 1) / kMaxNr;
+  constexpr int64_t kGroups = (kPanelRows + kMaxNr - 1) / kMaxNr;
   constexpr int64_t kAccFloats = kMaxPairs * kMaxNr * 16;  // one micro-kernel's accumulators
   thread_local std::vector<float> panel_buffer, x_buffer, acc_buffer;
-  float* panel = Scratch(panel_buffer, kMaxPanelRows * kMaxKc);
+  float* panel = Scratch(panel_buffer, kPanelRows * kKc);
   float* xpairs = Scratch(x_buffer, (std::min(x_tile, m) + 1) * std::max<int64_t>(k8, 8));
   float* acc = Scratch(acc_buffer, row_blocks * kGroups * kAccFloats);
-  float bias_panel[kMaxPanelRows];
+  float bias_panel[kPanelRows];
 
   for (int64_t i0 = 0; i0 < m; i0 += x_tile) {
     const int64_t mt = std::min(x_tile, m - i0);
-    const auto [panel_rows, kc] = mt <= kSmallTileRows ? kSmallTile : kLargeTile;
-    const int64_t ldp = kc;  // widened panel rows hold one k block
     PackXPairs(x + i0 * k, k, mt, k8, xpairs);
-    for (int64_t j0 = n0; j0 < n1; j0 += panel_rows) {
-      const int64_t rows = std::min(panel_rows, n1 - j0);
+    for (int64_t j0 = n0; j0 < n1; j0 += kPanelRows) {
+      const int64_t rows = std::min(kPanelRows, n1 - j0);
       const float* b = nullptr;
       if (bias != nullptr) {
         for (int64_t r = 0; r < rows; ++r)
@@ -276,12 +268,12 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
       Prefetch prefetch;
       if (j0 + rows < n1) {
         prefetch.next = static_cast<const char*>(wj) + rows * row_bytes;
-        prefetch.end = prefetch.next + std::min(panel_rows, n1 - j0 - rows) * row_bytes;
+        prefetch.end = prefetch.next + std::min(kPanelRows, n1 - j0 - rows) * row_bytes;
       }
       // k blocks outermost: every row block reuses the widened block from L1; the
       // accumulators wait in `acc` between blocks.
-      for (int64_t p0 = 0;; p0 += kc) {
-        const int64_t p1 = std::min(k8, p0 + kc);
+      for (int64_t p0 = 0;; p0 += kKc) {
+        const int64_t p1 = std::min(k8, p0 + kKc);
         const bool first = p0 == 0;
         const bool last = p1 == k8;
         WidenRows<kW>(wj, k, rows, p0, p1, panel, ldp);
