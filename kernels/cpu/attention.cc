@@ -54,6 +54,12 @@ inline void ScoreGroup(const float* q, const void* const* k, int64_t dim, float 
 #pragma GCC unroll 8
     for (int j = 0; j < G; ++j) acc[j] = _mm256_fmadd_ps(qv, simd::Load8<kT>(k[j], d), acc[j]);
   }
+  if constexpr (G == 8) {
+    if (d8 == dim) {  // no tail: all eight sums reduced and scaled together
+      _mm256_storeu_ps(s, _mm256_mul_ps(simd::HSum8(acc), _mm256_set1_ps(scale)));
+      return;
+    }
+  }
   for (int j = 0; j < G; ++j) {
     float dot = simd::HSum(acc[j]);
     for (int64_t d = d8; d < dim; ++d) dot = std::fma(q[d], simd::Load1<kT>(k[j], d), dot);

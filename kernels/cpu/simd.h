@@ -20,6 +20,26 @@ inline float HSum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// HSum of eight vectors at once: lane j of the result is HSum(v[j]), bit for bit (the same
+// additions in the same association; only their operands' order within an addition, which
+// IEEE addition does not see, differs).
+inline __m256 HSum8(const __m256* v) {
+  __m256 t[4];
+  for (int p = 0; p < 4; ++p) {  // [v[2p] lo + hi | v[2p+1] lo + hi]: l_j + l_(j+4)
+    t[p] = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * p], v[2 * p + 1], 0x20),
+                         _mm256_permute2f128_ps(v[2 * p], v[2 * p + 1], 0x31));
+  }
+  __m256 u[2];
+  for (int p = 0; p < 2; ++p) {  // (l0+l4)+(l2+l6) and (l1+l5)+(l3+l7) of four vectors
+    u[p] = _mm256_add_ps(_mm256_shuffle_ps(t[2 * p], t[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm256_shuffle_ps(t[2 * p], t[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  // The two halves added: lanes hold vectors 0, 2, 4, 6 | 1, 3, 5, 7.
+  const __m256 r = _mm256_add_ps(_mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
 inline float HMax(__m256 v) {
   __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_max_ps(s, _mm_movehl_ps(s, s));

@@ -15,6 +15,7 @@
 
 #include "common/dtype.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/simd.h"
 #include "test_util.h"
 
 namespace spanserve::kernels::cpu {
@@ -241,6 +242,28 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
                                            Shape{14, 2, 64, 16, DType::kBF16},
                                            Shape{20, 2, 16, 4, DType::kBF16}),
                          ShapeName);
+
+// The scores of eight positions are reduced together; each must be exactly simd::HSum of
+// its accumulator (values spread over many magnitudes, so another association would show).
+TEST(Simd, HSum8IsEightHSumsBitForBit) {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> mantissa(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> exponent(-30, 30);
+  for (int trial = 0; trial < 1000; ++trial) {
+    alignas(32) float lanes[8][8];
+    __m256 v[8];
+    for (int j = 0; j < 8; ++j) {
+      for (float& x : lanes[j]) x = std::ldexp(mantissa(rng), exponent(rng));
+      v[j] = _mm256_load_ps(lanes[j]);
+    }
+    alignas(32) float got[8];
+    _mm256_store_ps(got, simd::HSum8(v));
+    for (int j = 0; j < 8; ++j) {
+      const float want = simd::HSum(v[j]);
+      ASSERT_EQ(std::memcmp(&got[j], &want, 4), 0) << "trial " << trial << " vector " << j;
+    }
+  }
+}
 
 // The bf16 cache holds each value rounded to nearest-even (ties to even, NaN kept).
 TEST(PagedKvWrite, Bf16CacheRoundsToNearestEven) {
