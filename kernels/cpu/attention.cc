@@ -94,10 +94,12 @@ void AccumulateVectors(const float* p, const void* const* v, int64_t n, int64_t 
   for (int j = 0; j < NV; ++j) _mm256_storeu_ps(acc + c + 8 * j, a[j]);
 }
 
+// From column `from` (a multiple of 8) on.
 template <DType kT>
-void Accumulate(const float* p, const void* const* v, int64_t n, int64_t dim, float* acc) {
+void Accumulate(const float* p, const void* const* v, int64_t n, int64_t dim, float* acc,
+                int64_t from = 0) {
   const int64_t vectors = dim / 8;
-  int64_t c = 0;
+  int64_t c = from;
   for (; c + 64 <= vectors * 8; c += 64) AccumulateVectors<kT, 8>(p, v, n, c, acc);
   switch (vectors - c / 8) {
     case 0:
@@ -131,6 +133,48 @@ void Accumulate(const float* p, const void* const* v, int64_t n, int64_t dim, fl
   }
 }
 
+// Accumulate for two heads at once over the same V rows: acc_a/acc_b[c..c+32) += Σ_i
+// pa[i] (pb[i]) · v[i][c..], each element in increasing i as Accumulate does; the two heads'
+// eight independent FMA chains hide the latency one head's four leave exposed.
+template <DType kT>
+void AccumulatePairChunk(const float* pa, const float* pb, const void* const* v, int64_t n,
+                         int64_t c, float* acc_a, float* acc_b) {
+  __m256 a[4], b[4];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    a[j] = _mm256_loadu_ps(acc_a + c + 8 * j);
+    b[j] = _mm256_loadu_ps(acc_b + c + 8 * j);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const __m256 wa = _mm256_set1_ps(pa[i]);
+    const __m256 wb = _mm256_set1_ps(pb[i]);
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      const __m256 vv = simd::Load8<kT>(v[i], c + 8 * j);
+      a[j] = _mm256_fmadd_ps(wa, vv, a[j]);
+      b[j] = _mm256_fmadd_ps(wb, vv, b[j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    _mm256_storeu_ps(acc_a + c + 8 * j, a[j]);
+    _mm256_storeu_ps(acc_b + c + 8 * j, b[j]);
+  }
+}
+
+// Accumulate for heads a and b: whole 32-float chunks in pairs, the rest per head.
+template <DType kT>
+void AccumulatePair(const float* pa, const float* pb, const void* const* v, int64_t n, int64_t dim,
+                    float* acc_a, float* acc_b) {
+  const int64_t paired = dim / 32 * 32;
+  for (int64_t c = 0; c < paired; c += 32) AccumulatePairChunk<kT>(pa, pb, v, n, c, acc_a, acc_b);
+  if (paired < dim) {
+    // The remaining columns, per head, exactly as Accumulate would treat them.
+    Accumulate<kT>(pa, v, n, dim, acc_a, paired);
+    Accumulate<kT>(pb, v, n, dim, acc_b, paired);
+  }
+}
+
 // Most query heads one pass over K/V serves (their accumulators live on the stack).
 constexpr int64_t kMaxHeadsPerPass = 8;
 
@@ -143,7 +187,7 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
                  const float* q, int64_t nh, float scale, float* out) {
   const int64_t dim = layer.head_dim;
   alignas(32) float acc[kMaxHeadsPerPass][kMaxHeadDim];
-  alignas(32) float s[kTile];
+  alignas(32) float probs[kMaxHeadsPerPass][kTile];
   const void* k_rows[kTile];
   const void* v_rows[kTile];
   float running_max[kMaxHeadsPerPass];
@@ -158,6 +202,7 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
     const int64_t n = std::min(kTile, last + 1 - t0);
     GatherRows<kT>(layer, block_table, t0, n, kvh, k_rows, v_rows);
     for (int64_t h = 0; h < nh; ++h) {
+      float* s = probs[h];
       Scores<kT>(q + h * dim, k_rows, n, dim, scale, s);
       float tile_max = s[0];
       for (int64_t i = 1; i < n; ++i) tile_max = std::max(tile_max, s[i]);
@@ -180,9 +225,14 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
         _mm256_store_ps(s + i, simd::Exp(_mm256_sub_ps(_mm256_load_ps(s + i), mv)));
       }
       for (int64_t i = 0; i < n; ++i) denominator[h] += s[i];
-      Accumulate<kT>(s, v_rows, n, dim, a);
       running_max[h] = new_max;
     }
+    // Each head's acc += its probabilities · V; heads in pairs share the V loads.
+    int64_t h = 0;
+    for (; h + 2 <= nh; h += 2) {
+      AccumulatePair<kT>(probs[h], probs[h + 1], v_rows, n, dim, acc[h], acc[h + 1]);
+    }
+    if (h < nh) Accumulate<kT>(probs[h], v_rows, n, dim, acc[h]);
   }
   for (int64_t h = 0; h < nh; ++h) {
     for (int64_t d = 0; d < dim; ++d) out[h * dim + d] = acc[h][d] / denominator[h];
