@@ -77,6 +77,44 @@ void Scores(const float* q, const void* const* k, int64_t n, int64_t dim, float 
   for (; i < n; ++i) ScoreGroup<kT, 1>(q, k + i, dim, scale, s + i);
 }
 
+// Scores of two heads over the same K rows: sa/sb[i] = scale · (qa/qb · k[i]), each exactly
+// as Scores computes it; the heads share every K load (and, for a bf16 cache, its widening).
+template <DType kT>
+void ScoresPair(const float* qa, const float* qb, const void* const* k, int64_t n, int64_t dim,
+                float scale, float* sa, float* sb) {
+  const int64_t d8 = dim & ~int64_t{7};
+  if (d8 != dim) {  // a head_dim tail: per head
+    Scores<kT>(qa, k, n, dim, scale, sa);
+    Scores<kT>(qb, k, n, dim, scale, sb);
+    return;
+  }
+  const __m256 sv = _mm256_set1_ps(scale);
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    __m256 acc[8];  // head a's four positions, then head b's
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < d8; d += 8) {
+      const __m256 qav = _mm256_loadu_ps(qa + d);
+      const __m256 qbv = _mm256_loadu_ps(qb + d);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        const __m256 kv = simd::Load8<kT>(k[i + j], d);
+        acc[j] = _mm256_fmadd_ps(qav, kv, acc[j]);
+        acc[4 + j] = _mm256_fmadd_ps(qbv, kv, acc[4 + j]);
+      }
+    }
+    alignas(32) float sums[8];
+    _mm256_store_ps(sums, _mm256_mul_ps(simd::HSum8(acc), sv));
+    std::memcpy(sa + i, sums, 4 * sizeof(float));
+    std::memcpy(sb + i, sums + 4, 4 * sizeof(float));
+  }
+  for (; i < n; ++i) {
+    ScoreGroup<kT, 1>(qa, k + i, dim, scale, sa + i);
+    ScoreGroup<kT, 1>(qb, k + i, dim, scale, sb + i);
+  }
+}
+
 // acc[c..c+8·NV) += Σ_i p[i] · v[i][c..], over i in increasing order per element.
 template <DType kT, int NV>
 void AccumulateVectors(const float* p, const void* const* v, int64_t n, int64_t c, float* acc) {
@@ -201,9 +239,15 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
   for (int64_t t0 = 0; t0 <= last; t0 += kTile) {
     const int64_t n = std::min(kTile, last + 1 - t0);
     GatherRows<kT>(layer, block_table, t0, n, kvh, k_rows, v_rows);
+    // Every head's scores first, heads in pairs sharing the K loads.
+    int64_t hs = 0;
+    for (; hs + 2 <= nh; hs += 2) {
+      ScoresPair<kT>(q + hs * dim, q + (hs + 1) * dim, k_rows, n, dim, scale, probs[hs],
+                     probs[hs + 1]);
+    }
+    if (hs < nh) Scores<kT>(q + hs * dim, k_rows, n, dim, scale, probs[hs]);
     for (int64_t h = 0; h < nh; ++h) {
       float* s = probs[h];
-      Scores<kT>(q + h * dim, k_rows, n, dim, scale, s);
       float tile_max = s[0];
       for (int64_t i = 1; i < n; ++i) tile_max = std::max(tile_max, s[i]);
       const float new_max = std::max(running_max[h], tile_max);
