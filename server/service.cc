@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
+#include "runtime/engine/block_manager.h"
 #include "server/calls.h"
 #include "server/convert.h"
 #include "server/grpc_status.h"
@@ -203,7 +204,7 @@ void SpanServeService::FillModelInfo(const ServedModel& model, v1::ModelInfo* re
   response->set_kv_blocks_total(stats.kv_blocks_total);
   response->set_kv_blocks_used(stats.kv_blocks_used);
   response->set_kv_cache_bytes(info.kv_cache_bytes);
-  response->set_kv_cache_dtype(info.kv_cache_dtype == DType::kBF16 ? "bf16" : "f32");
+  response->set_kv_cache_dtype(std::string(engine::KvCacheDtypeName(info.kv_cache_dtype)));
   response->set_kv_cache_usage_ratio(stats.kv_cache_usage_ratio);
   response->set_num_requests_running(stats.num_running);
   response->set_num_requests_waiting(stats.num_waiting);

@@ -2,11 +2,10 @@
 //
 // Loop nest, per thread over its own weight rows [n0, n1):
 //   for each x tile of rows (kept in L2): pack rows in pairs interleaved by 8
-//     for each panel of <= kPanelRows weight rows
+//     for each panel of <= kPanelRows weight rows (one micro-kernel's)
 //       (prefetching the next panel from memory while the micro-kernels run)
 //       for each block of kKc elements of k: widen the panel's block to f32 (stays in L1)
-//         for each block of <= kMaxPairs x pairs
-//           for each group of <= kMaxNr weight rows: micro-kernel
+//         for each block of <= kMaxPairs x pairs: micro-kernel
 // A micro-kernel holds kMaxPairs × kMaxNr = 24 zmm accumulators (48 dot products) and per
 // 8 elements of k loads kMaxPairs x pairs and broadcasts kMaxNr weight chunks: 24 FMAs for
 // 10 loads.
@@ -37,9 +36,9 @@ constexpr int64_t kBlockRows = 2 * kMaxPairs;
 // One micro-kernel group per panel and 512 elements of k per block: the widened panel block
 // (12 KiB) and an 8-row x block (16 KiB) share L1, and each micro-kernel call runs 64 steps
 // between loading and storing its accumulators. Measured against 24 rows × 256 and 12 × 128
-// (single thread, bf16, min of 150-400 interleaved calls, 2026-11-29): faster at every m
+// (bf16, min of 5-400 interleaved calls per shape, 2026-11-29): faster at every m
 // from 5 to 512 (docs/KERNELS.md). The blocking never changes a bit of the output.
-constexpr int64_t kPanelRows = kMaxNr;
+constexpr int64_t kPanelRows = kMaxNr;  // one micro-kernel's weight rows
 constexpr int64_t kKc = 512;
 constexpr int64_t kXTileBytes = 512 << 10;
 // Lines of the next panel prefetched per 8 elements of k in the micro-kernels.
@@ -244,12 +243,11 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
       2 * kBlockRows, kXTileBytes / (std::max<int64_t>(k, 1) * 4) / kBlockRows * kBlockRows);
   const int64_t ldp = kKc;  // widened panel rows hold one k block
   const int64_t row_blocks = (std::min(x_tile, m) + kBlockRows - 1) / kBlockRows;
-  constexpr int64_t kGroups = (kPanelRows + kMaxNr - 1) / kMaxNr;
   constexpr int64_t kAccFloats = kMaxPairs * kMaxNr * 16;  // one micro-kernel's accumulators
   thread_local std::vector<float> panel_buffer, x_buffer, acc_buffer;
   float* panel = Scratch(panel_buffer, kPanelRows * kKc);
   float* xpairs = Scratch(x_buffer, (std::min(x_tile, m) + 1) * std::max<int64_t>(k8, 8));
-  float* acc = Scratch(acc_buffer, row_blocks * kGroups * kAccFloats);
+  float* acc = Scratch(acc_buffer, row_blocks * kAccFloats);
   float bias_panel[kPanelRows];
 
   for (int64_t i0 = 0; i0 < m; i0 += x_tile) {
@@ -280,28 +278,25 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
         for (int64_t i = 0, block = 0; i < mt; i += kBlockRows, ++block) {
           const int64_t m_rows = std::min<int64_t>(kBlockRows, mt - i);
           const int np = static_cast<int>((m_rows + 1) / 2);
-          for (int64_t g = 0; g < rows; g += kMaxNr) {
-            const int nr = static_cast<int>(std::min<int64_t>(kMaxNr, rows - g));
-            const MicroArgs args{xpairs + i * k8,
-                                 panel + g * ldp,
-                                 ldp,
-                                 k8,
-                                 p0,
-                                 p1,
-                                 acc + (block * kGroups + g / kMaxNr) * kAccFloats,
-                                 first,
-                                 last,
-                                 x + (i0 + i) * k,
-                                 m_rows,
-                                 RowAt<kW>(wj, g, k),
-                                 FloatType(kW),  // k-tails exist for float rows only
-                                 k,
-                                 b != nullptr ? b + g : nullptr,
-                                 y + (i0 + i) * n + j0 + g,
-                                 n,
-                                 &prefetch};
-            RunMicro(np, nr, args);
-          }
+          const MicroArgs args{xpairs + i * k8,
+                               panel,
+                               ldp,
+                               k8,
+                               p0,
+                               p1,
+                               acc + block * kAccFloats,
+                               first,
+                               last,
+                               x + (i0 + i) * k,
+                               m_rows,
+                               wj,
+                               FloatType(kW),  // k-tails exist for float rows only
+                               k,
+                               b,
+                               y + (i0 + i) * n + j0,
+                               n,
+                               &prefetch};
+          RunMicro(np, static_cast<int>(rows), args);
         }
         if (last) break;
       }

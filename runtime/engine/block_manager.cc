@@ -34,6 +34,8 @@ absl::StatusOr<DType> ParseKvCacheDtype(std::string_view name) {
       absl::StrCat("kv_cache_dtype must be auto, f32 or bf16, got \"", std::string(name), "\""));
 }
 
+std::string_view KvCacheDtypeName(DType dtype) { return dtype == DType::kBF16 ? "bf16" : "f32"; }
+
 namespace {
 
 inline uint64_t Mix(uint64_t x) {  // splitmix64's finaliser

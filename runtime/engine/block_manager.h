@@ -29,6 +29,8 @@ namespace spanserve::engine {
 // The KV element type a flag names: "f32" (or "auto", the default: exact) or "bf16".
 // INVALID_ARGUMENT names the value and the choices otherwise.
 [[nodiscard]] absl::StatusOr<DType> ParseKvCacheDtype(std::string_view name);
+// The name ParseKvCacheDtype reads back: "f32" or "bf16".
+std::string_view KvCacheDtypeName(DType dtype);
 
 // The prefix-cache key of a block: a hash of the parent's key (0 for the first block)
 // and the block's tokens.

@@ -47,9 +47,8 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& conf
   cache->block_size_ = block_size;
   cache->num_blocks_ = num_blocks;
   cache->dtype_ = dtype;
-  cache->layer_bytes_ = static_cast<int64_t>(num_blocks) * block_size * config.num_kv_heads *
-                        config.head_dim * static_cast<int64_t>(DTypeSize(dtype));
   cache->bytes_ = BytesPerBlock(config, block_size, dtype) * num_blocks;
+  cache->layer_bytes_ = cache->bytes_ / (2 * config.num_layers);  // one layer's K (or V)
   void* p =
       ::mmap(nullptr, cache->bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {

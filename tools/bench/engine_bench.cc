@@ -75,7 +75,8 @@ struct LevelResult {
   int64_t steps = 0;
 };
 
-absl::StatusOr<LevelResult> RunLevel(const std::string& model_dir, int concurrency) {
+absl::StatusOr<LevelResult> RunLevel(const std::string& model_dir, int concurrency,
+                                     DType kv_cache_dtype) {
   const int prompt_len = absl::GetFlag(FLAGS_prompt_len);
   const int gen_len = absl::GetFlag(FLAGS_gen_len);
   std::mutex mu;
@@ -87,7 +88,7 @@ absl::StatusOr<LevelResult> RunLevel(const std::string& model_dir, int concurren
   o.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
   o.max_model_len = prompt_len + gen_len;
   o.enable_prefix_caching = true;
-  ASSIGN_OR_RETURN(o.kv_cache_dtype, ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype)));
+  o.kv_cache_dtype = kv_cache_dtype;
   // Room for every sequence at once (and for the warm-up request).
   const int64_t per_seq = (prompt_len + gen_len + o.block_size - 1) / o.block_size;
   o.num_kv_blocks = static_cast<int32_t>(per_seq * (concurrency + 1));
@@ -179,6 +180,11 @@ absl::StatusOr<LevelResult> RunLevel(const std::string& model_dir, int concurren
 }
 
 int Main() {
+  const absl::StatusOr<DType> kv_dtype = ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype));
+  if (!kv_dtype.ok()) {
+    std::fprintf(stderr, "%s\n", kv_dtype.status().ToString().c_str());
+    return 2;
+  }
   std::string model_dir = absl::GetFlag(FLAGS_model);
   if (model_dir.empty()) model_dir = GenerateQwen2Model();
   std::vector<int> levels;
@@ -194,7 +200,7 @@ int Main() {
       "model %s, prompt %d tokens, %d generated per request, block %d, KV %s, batched "
       "MatMul on %s\n\n",
       model_dir.c_str(), absl::GetFlag(FLAGS_prompt_len), absl::GetFlag(FLAGS_gen_len),
-      absl::GetFlag(FLAGS_block_size), absl::GetFlag(FLAGS_kv_cache_dtype).c_str(),
+      absl::GetFlag(FLAGS_block_size), std::string(KvCacheDtypeName(*kv_dtype)).c_str(),
       kernels::cpu::IsaName(kernels::cpu::ActiveIsa()));
   std::printf(
       "| conc | gen tok/s | decode tok/s | decode step ms (median) | sched ms/step | sched share "
@@ -206,7 +212,7 @@ int Main() {
   std::vector<std::string> ratios;
   double single = 0;
   for (int c : levels) {
-    auto r = RunLevel(model_dir, c);
+    auto r = RunLevel(model_dir, c, *kv_dtype);
     if (!r.ok()) {
       std::fprintf(stderr, "concurrency %d: %s\n", c, r.status().ToString().c_str());
       return 1;
