@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include <omp.h>
+
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -27,7 +29,9 @@
 #include "nlohmann/json.hpp"
 #include "runtime/engine/block_manager.h"
 #include "runtime/engine/engine.h"
+#include "runtime/model/config.h"
 #include "tools/bench/random_model.h"
+#include "tools/bench/roofline.h"
 
 ABSL_FLAG(std::string, model, "",
           "model directory (empty: a generated random Qwen2-0.5B-shaped model)");
@@ -56,6 +60,29 @@ std::string GenerateQwen2Model() {
     std::exit(1);
   }
   return dir;
+}
+
+// FLOPs (a multiply-add counts 2) of decoding one token at `context` cached positions: every
+// weight matrix the token passes through (the routed experts' top_k of them, the router,
+// the shared expert) plus attention's scores and weighted sum. Norms, RoPE and sampling are
+// left out (under 1 %).
+double DecodeFlopsPerToken(const model::ModelConfig& c, double context) {
+  const auto d = [](int v) { return static_cast<double>(v); };
+  const double h = d(c.hidden_size), q = d(c.num_heads) * c.head_dim,
+               kv = d(c.num_kv_heads) * c.head_dim;
+  double macs = d(c.vocab_size) * h;  // lm_head
+  for (int layer = 0; layer < c.num_layers; ++layer) {
+    macs += h * (q + 2 * kv) + q * h + 2 * q * context;
+    if (c.LayerIsMoe(layer)) {
+      macs += h * c.moe.num_experts + d(c.moe.top_k) * 3 * h * c.moe.moe_intermediate_size;
+      if (c.moe.shared_expert_intermediate_size > 0) {
+        macs += 3 * h * c.moe.shared_expert_intermediate_size + h;
+      }
+    } else {
+      macs += 3 * h * c.intermediate_size;
+    }
+  }
+  return 2 * macs;
 }
 
 struct LevelResult {
@@ -179,6 +206,50 @@ absl::StatusOr<LevelResult> RunLevel(const std::string& model_dir, int concurren
   return res;
 }
 
+// Decode at one concurrency level against the single-sequence level before it.
+struct Ratio {
+  int concurrency;
+  double ratio, tokens_per_s, single_tokens_per_s, step_s, single_step_s;
+};
+
+// The batching ratios, each with the compute ceiling measured on the spot: N sequences
+// cost N × the FLOPs of one token per step, so at the FMA peak a step takes at least
+// N·F/peak, and the ratio can reach at most N · (one sequence's step) / that.
+void PrintRatios(const std::string& model_dir, const std::vector<Ratio>& ratios) {
+  if (ratios.empty()) return;
+  std::printf("\n");
+  const absl::StatusOr<model::ModelConfig> config = model::LoadModelConfig(model_dir);
+  double peak = 0, flops = 0;
+  if (config.ok()) {
+    if (absl::GetFlag(FLAGS_threads) > 0) omp_set_num_threads(absl::GetFlag(FLAGS_threads));
+    const bool avx512 = kernels::cpu::ActiveIsa() == kernels::cpu::Isa::kAvx512;
+    peak = bench::MeasureFmaPeakFlops(avx512);
+    const double read = bench::MeasureMemoryReadBytesPerSecond();
+    // The median full-batch decode step sees about half the generated tokens cached.
+    flops = DecodeFlopsPerToken(
+        *config, absl::GetFlag(FLAGS_prompt_len) + absl::GetFlag(FLAGS_gen_len) / 2.0);
+    std::printf(
+        "roofline, measured now with %d threads: FMA peak %.1f GFLOP/s (%s), memory read "
+        "%.1f GB/s; one decoded token = %.4g GFLOP\n",
+        omp_get_max_threads(), peak / 1e9, avx512 ? "zmm" : "ymm", read / 1e9, flops / 1e9);
+  }
+  for (const Ratio& r : ratios) {
+    std::printf("decode at %d sequences: %.2fx one sequence (%.1f / %.1f tok/s)", r.concurrency,
+                r.ratio, r.tokens_per_s, r.single_tokens_per_s);
+    if (peak > 0) {
+      const double work = r.concurrency * flops;
+      const double floor_s = std::max(work / peak, r.single_step_s);
+      std::printf(
+          "; its step runs at %.1f GFLOP/s = %.0f%% of the FMA peak, which caps the ratio at "
+          "%.2fx (%d x %.3g ms / %.3g ms)",
+          work / r.step_s / 1e9, 100 * work / r.step_s / peak,
+          r.concurrency * r.single_step_s / floor_s, r.concurrency, 1e3 * r.single_step_s,
+          1e3 * floor_s);
+    }
+    std::printf("\n");
+  }
+}
+
 int Main() {
   const absl::StatusOr<DType> kv_dtype = ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype));
   if (!kv_dtype.ok()) {
@@ -209,8 +280,8 @@ int Main() {
   nlohmann::json json = nlohmann::json::array();
   // Decode tokens/s of each level over that of the latest single-sequence level before it
   // (the batching target: 16 sequences >= 8x one), printed after the table.
-  std::vector<std::string> ratios;
-  double single = 0;
+  std::vector<Ratio> ratios;
+  double single = 0, single_step_s = 0;
   for (int c : levels) {
     auto r = RunLevel(model_dir, c, *kv_dtype);
     if (!r.ok()) {
@@ -225,12 +296,10 @@ int Main() {
     std::fflush(stdout);
     if (c == 1) {
       single = r->decode_tokens_per_s;
+      single_step_s = r->decode_step_ms / 1e3;
     } else if (single > 0) {
-      char line[128];
-      std::snprintf(line, sizeof(line),
-                    "decode at %d sequences: %.2fx one sequence (%.1f / %.1f tok/s)", c,
-                    r->decode_tokens_per_s / single, r->decode_tokens_per_s, single);
-      ratios.emplace_back(line);
+      ratios.push_back({c, r->decode_tokens_per_s / single, r->decode_tokens_per_s, single,
+                        r->decode_step_ms / 1e3, single_step_s});
     }
     json.push_back({{"concurrency", c},
                     {"wall_s", r->wall_s},
@@ -247,8 +316,7 @@ int Main() {
                     {"kv_live_over_allocated", r->kv_efficiency},
                     {"steps", r->steps}});
   }
-  if (!ratios.empty()) std::printf("\n");
-  for (const std::string& line : ratios) std::printf("%s\n", line.c_str());
+  PrintRatios(model_dir, ratios);
   if (!absl::GetFlag(FLAGS_json).empty()) {
     std::ofstream(absl::GetFlag(FLAGS_json)) << json.dump(2) << "\n";
   }

@@ -1,8 +1,6 @@
 // Micro-benchmarks of the CPU kernels, with the counters needed to read decode GEMV as a
 // fraction of memory bandwidth (weight_bytes/s ÷ BM_MemoryRead bytes/s) and prefill GEMM as
 // FLOP/s. Run with OMP_NUM_THREADS set to the cores in use; see docs/KERNELS.md.
-#include <immintrin.h>
-#include <omp.h>
 
 #include <cstdint>
 #include <cstring>
@@ -14,6 +12,7 @@
 #include "common/dtype.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"
+#include "tools/bench/roofline.h"
 
 namespace spanserve::kernels::cpu {
 namespace {
@@ -86,29 +85,7 @@ void BM_MatMul(benchmark::State& state, int64_t n, int64_t k, int64_t m, DType d
 void BM_MemoryRead(benchmark::State& state) {
   const int64_t floats = kColdBytes / 4;
   std::vector<float> buffer(floats, 1.0f);
-  for (auto _ : state) {
-    float total = 0.0f;
-#pragma omp parallel reduction(+ : total)
-    {
-      const int64_t threads = omp_get_num_threads();
-      const int64_t per = (floats / threads) & ~int64_t{31};
-      const int64_t begin = omp_get_thread_num() * per;
-      const int64_t end = omp_get_thread_num() == threads - 1 ? floats : begin + per;
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      int64_t i = begin;
-      for (; i + 32 <= end; i += 32) {
-        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(buffer.data() + i));
-        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(buffer.data() + i + 8));
-        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(buffer.data() + i + 16));
-        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(buffer.data() + i + 24));
-      }
-      alignas(32) float lanes[8];
-      _mm256_store_ps(lanes, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-      for (float l : lanes) total += l;
-      for (; i < end; ++i) total += buffer[i];
-    }
-    benchmark::DoNotOptimize(total);
-  }
+  for (auto _ : state) benchmark::DoNotOptimize(bench::ParallelSum(buffer.data(), floats));
   state.counters["bytes/s"] = benchmark::Counter(static_cast<double>(kColdBytes),
                                                  benchmark::Counter::kIsIterationInvariantRate,
                                                  benchmark::Counter::kIs1024);

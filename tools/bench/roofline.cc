@@ -1,0 +1,113 @@
+#include "tools/bench/roofline.h"
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+namespace spanserve::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr int kChains = 24;  // enough independent FMAs to cover the latency on both ports
+constexpr int64_t kFmaSteps = 2'000'000;
+
+// Returns the sum of the chains so that the loop cannot be dropped.
+__attribute__((target("avx512f"))) float FmaChainsZmm(int64_t steps) {
+  __m512 a[kChains];
+  for (int i = 0; i < kChains; ++i) a[i] = _mm512_set1_ps(1e-3f * static_cast<float>(i));
+  const __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(1e-4f);
+  for (int64_t s = 0; s < steps; ++s) {
+#pragma GCC unroll 24
+    for (int i = 0; i < kChains; ++i) a[i] = _mm512_fmadd_ps(a[i], x, y);
+  }
+  alignas(64) float lanes[16];
+  for (int i = 1; i < kChains; ++i) a[0] = _mm512_add_ps(a[0], a[i]);
+  _mm512_store_ps(lanes, a[0]);
+  float s = 0;
+  for (float l : lanes) s += l;
+  return s;
+}
+
+float FmaChainsYmm(int64_t steps) {
+  __m256 a[kChains];
+  for (int i = 0; i < kChains; ++i) a[i] = _mm256_set1_ps(1e-3f * static_cast<float>(i));
+  const __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(1e-4f);
+  for (int64_t s = 0; s < steps; ++s) {
+#pragma GCC unroll 24
+    for (int i = 0; i < kChains; ++i) a[i] = _mm256_fmadd_ps(a[i], x, y);
+  }
+  alignas(32) float lanes[8];
+  for (int i = 1; i < kChains; ++i) a[0] = _mm256_add_ps(a[0], a[i]);
+  _mm256_store_ps(lanes, a[0]);
+  float s = 0;
+  for (float l : lanes) s += l;
+  return s;
+}
+
+volatile float g_sink;
+
+}  // namespace
+
+float ParallelSum(const float* data, int64_t n) {
+  float total = 0.0f;
+#pragma omp parallel reduction(+ : total)
+  {
+    const int64_t threads = omp_get_num_threads();
+    const int64_t per = (n / threads) & ~int64_t{31};
+    const int64_t begin = omp_get_thread_num() * per;
+    const int64_t end = omp_get_thread_num() == threads - 1 ? n : begin + per;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = begin;
+    for (; i + 32 <= end; i += 32) {
+      a0 = _mm256_add_ps(a0, _mm256_loadu_ps(data + i));
+      a1 = _mm256_add_ps(a1, _mm256_loadu_ps(data + i + 8));
+      a2 = _mm256_add_ps(a2, _mm256_loadu_ps(data + i + 16));
+      a3 = _mm256_add_ps(a3, _mm256_loadu_ps(data + i + 24));
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (float l : lanes) total += l;
+    for (; i < end; ++i) total += data[i];
+  }
+  return total;
+}
+
+double MeasureMemoryReadBytesPerSecond(int reps) {
+  const int64_t floats = (int64_t{256} << 20) / 4;
+  const std::vector<float> buffer(floats, 1.0f);
+  g_sink = ParallelSum(buffer.data(), floats);  // pages the buffer in
+  double best = 0;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+    g_sink = ParallelSum(buffer.data(), floats);
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    best = std::max(best, 4.0 * static_cast<double>(floats) / s);
+  }
+  return best;
+}
+
+double MeasureFmaPeakFlops(bool avx512, int reps) {
+  const double lanes = avx512 ? 16 : 8;
+  double best = 0;
+  for (int r = 0; r < reps; ++r) {
+    int threads = 1;
+    float sum = 0;
+    const auto t0 = Clock::now();
+#pragma omp parallel reduction(+ : sum)
+    {
+#pragma omp single
+      threads = omp_get_num_threads();
+      sum += avx512 ? FmaChainsZmm(kFmaSteps) : FmaChainsYmm(kFmaSteps);
+    }
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    g_sink = sum;
+    best = std::max(best, threads * 2.0 * lanes * kChains * static_cast<double>(kFmaSteps) / s);
+  }
+  return best;
+}
+
+}  // namespace spanserve::bench
