@@ -23,7 +23,7 @@ RUN apt-get update -qq \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --no-create-home spanserve
 USER 10001:10001
-ENV OMP_WAIT_POLICY=passive PATH=/opt/spanserve/bin:$PATH
+ENV PATH=/opt/spanserve/bin:$PATH
 EXPOSE 50051 9464
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s \
   CMD ["spanserve-client", "health", "--address", "127.0.0.1:50051"]
@@ -49,7 +49,7 @@ RUN apt-get update -qq \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --no-create-home spanserve
 USER 10001:10001
-ENV OMP_WAIT_POLICY=passive PATH=/opt/spanserve/bin:$PATH
+ENV PATH=/opt/spanserve/bin:$PATH
 EXPOSE 50051 9464
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s \
   CMD ["spanserve-client", "health", "--address", "127.0.0.1:50051"]

@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <mutex>
@@ -289,6 +290,15 @@ int Run(const sigset_t& signals) {
   if (device != "cpu") {
     Log(absl::StrCat("--device=", device, ": only 'cpu' is supported by this build"));
     return 2;
+  }
+  // A forward pass runs ~10 OpenMP parallel regions per layer, each ending at a barrier;
+  // passive waiting puts every thread to sleep at each one (a futex wake-up apiece), which
+  // made the decode step of a 135M model 2.3x slower (docs/DEPLOY.md).
+  if (const char* policy = std::getenv("OMP_WAIT_POLICY");
+      policy != nullptr && absl::EqualsIgnoreCase(policy, "passive")) {
+    Log("warning: OMP_WAIT_POLICY=passive makes the compute threads sleep at every barrier of "
+        "a step; decode runs up to 2x slower (unset it unless other programs need these cores; "
+        "docs/DEPLOY.md)");
   }
   std::string token = absl::GetFlag(FLAGS_auth_token);
   if (const std::string path = absl::GetFlag(FLAGS_auth_token_file); !path.empty()) {

@@ -509,6 +509,27 @@ TEST(ServerTest, DrainCancelsWhatOutlivesTheGracePeriod) {
   EXPECT_EQ(server.Wait(seconds(30)), std::optional<int>(0)) << server.log();
 }
 
+// Passive OpenMP waiting slows every step; the server says so once at start-up, and only then.
+TEST(ServerTest, WarnsAboutPassiveOpenMpWaiting) {
+  const char* before = std::getenv("OMP_WAIT_POLICY");
+  const std::string saved = before != nullptr ? before : "";
+  const std::string warning = "OMP_WAIT_POLICY=passive";
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);  // the server inherits it; case does not matter
+  {
+    ServerProcess server({}, /*wait_serving=*/false);
+    const std::string log = server.log();
+    const size_t at = log.find(warning);
+    ASSERT_NE(at, std::string::npos) << log;
+    EXPECT_EQ(log.find(warning, at + 1), std::string::npos) << log;
+  }
+  unsetenv("OMP_WAIT_POLICY");
+  {
+    ServerProcess server({}, /*wait_serving=*/false);
+    EXPECT_EQ(server.log().find(warning), std::string::npos) << server.log();
+  }
+  if (before != nullptr) setenv("OMP_WAIT_POLICY", saved.c_str(), 1);
+}
+
 TEST(ServerTest, ConfigFileSetsFlagsAndTheCommandLineWins) {
   const std::string dir = MakeTempDir("config");
   std::ofstream(dir + "/serve.json")
