@@ -28,6 +28,7 @@
 #include "common/check.h"
 #include "kernels/cpu/dequant.h"
 #include "kernels/cpu/matmul_avx512.h"
+#include "kernels/cpu/matmul_bf16dot.h"
 #include "kernels/cpu/simd.h"
 
 namespace spanserve::kernels::cpu {
@@ -293,6 +294,8 @@ Isa SetMaxIsa(Isa isa) {
   return MaxIsa().exchange(isa);
 }
 
+bool CpuHasBf16Dot() { return internal::CpuHasAvx512Bf16(); }
+
 const char* IsaName(Isa isa) { return isa == Isa::kAvx512 ? "avx512" : "avx2"; }
 
 void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias, float* y) {
@@ -300,6 +303,11 @@ void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector
   if (bias != nullptr) SPANSERVE_CHECK_EQ(bias->size, w.rows);
   if (m <= 0 || w.rows <= 0) return;
   if (w.quant != QuantType::kNone) SPANSERVE_CHECK_EQ(w.cols % 32, 0);
+  if (w.precision == MatMulPrecision::kBf16Dot) {
+    SPANSERVE_CHECK(internal::CpuHasAvx512Bf16());
+    internal::MatMulBf16Dot(x, m, w, bias, y);
+    return;
+  }
   internal::WithFormat(internal::FormatOf(w),
                        [&](auto f) { MatMulTyped<decltype(f)::value>(x, m, w, bias, y); });
 }

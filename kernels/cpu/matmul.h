@@ -15,7 +15,9 @@ namespace spanserve::kernels::cpu {
 // Allocates nothing on the heap after the first call of a thread.
 // Batches (m > 4) run AVX-512 micro-kernels where the CPU has them, with results
 // bit-identical to the AVX2 kernels (see matmul_avx512.h). Block-quantized weights
-// (w.quant) give exactly the results of their dequantized f32 copy.
+// (w.quant) give exactly the results of their dequantized f32 copy. A bf16 matrix with
+// w.precision == kBf16Dot takes the bf16 dot-product path for every m (matmul_bf16dot.h;
+// the CPU must have it: CpuHasBf16Dot()).
 void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias, float* y);
 
 // The instruction sets MatMul can use.
@@ -28,6 +30,9 @@ enum class Isa { kAvx2, kAvx512 };
 Isa ActiveIsa();
 Isa SetMaxIsa(Isa isa);
 const char* IsaName(Isa isa);
+
+// Whether MatMulPrecision::kBf16Dot can run here (AVX512_BF16).
+bool CpuHasBf16Dot();
 
 // out[t, :] = row ids[t] of `table` ([vocab, dim]) widened to f32. ids must be in range.
 void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t n, float* out);

@@ -26,6 +26,13 @@ constexpr int64_t QuantBlockBytes(QuantType q) {
   return 0;
 }
 
+// How MatMul multiplies a matrix. kExact: f32 activations times the weights widened to f32,
+// every product exact. kBf16Dot (bf16 weights only, CPUs with AVX512_BF16): the activations
+// are rounded to bf16 and multiplied with the CPU's bf16 dot products, accumulating in f32:
+// about twice the arithmetic rate, at a relative error of up to 2^-9 per activation
+// (kernels/cpu/matmul_bf16dot.h). Either way a row's result never depends on the batch.
+enum class MatMulPrecision : uint8_t { kExact, kBf16Dot };
+
 // A row-major matrix in PyTorch nn.Linear layout: [rows = out_features, cols = in_features].
 // `data` is borrowed (usually points into a memory-mapped weight file) and need only be
 // aligned to its element size. With `quant` set, each row is cols / 32 blocks of that format
@@ -38,6 +45,7 @@ struct WeightMatrix {
   int64_t rows = 0;
   int64_t cols = 0;
   QuantType quant = QuantType::kNone;
+  MatMulPrecision precision = MatMulPrecision::kExact;
 };
 
 // A vector of `size` elements (a norm gain, a bias).

@@ -283,6 +283,70 @@ INSTANTIATE_TEST_SUITE_P(AllQuantTypesAndIsas, QuantMatMulTest,
                                   "_" + IsaName(std::get<1>(info.param));
                          });
 
+// The bf16 dot-product path (MatMulPrecision::kBf16Dot): against a reference in double on
+// the bf16-rounded activations, close to the exact path, and batch-invariant.
+class MatMulBf16DotTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!CpuHasBf16Dot()) GTEST_SKIP() << "this CPU has no AVX512_BF16";
+  }
+};
+
+TEST_F(MatMulBf16DotTest, MatchesTheProductOfTheBf16RoundedActivations) {
+  for (int64_t k : {32, 40, 100, 896}) {
+    for (int64_t n : {1, 5, 7, 13, 50}) {
+      const StoredWeights w =
+          StoreWeights(RandomFloats(n * k, static_cast<uint32_t>(n * k)), DType::kBF16);
+      const StoredWeights bias = StoreWeights(RandomFloats(n, 5), DType::kBF16);
+      WeightMatrix dot = w.Matrix(n, k);
+      dot.precision = MatMulPrecision::kBf16Dot;
+      const WeightVector bv = bias.Vector();
+      for (int64_t m : {1, 3, 4, 5, 16, 37}) {
+        SCOPED_TRACE(::testing::Message() << "k=" << k << " n=" << n << " m=" << m);
+        const std::vector<float> x = RandomFloats(m * k, 11);
+        std::vector<float> y(m * n), exact(m * n);
+        MatMul(x.data(), m, dot, &bv, y.data());
+        MatMul(x.data(), m, w.Matrix(n, k), &bv, exact.data());
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            double ref = bias.widened[j], magnitude = std::abs(bias.widened[j]);
+            double exact_magnitude = magnitude;
+            for (int64_t p = 0; p < k; ++p) {
+              const double xr = Bf16ToF32(F32ToBf16(x[i * k + p]));
+              ref += xr * w.widened[j * k + p];
+              magnitude += std::abs(xr * w.widened[j * k + p]);
+              exact_magnitude += std::abs(x[i * k + p] * w.widened[j * k + p]);
+            }
+            // f32 accumulation over k / 32 chunks and a 16-lane reduction ...
+            ASSERT_NEAR(y[i * n + j], ref, 1e-6 * magnitude + 1e-30);
+            // ... and the bf16 rounding of x (relative 2^-9 at most) against the exact path.
+            ASSERT_NEAR(y[i * n + j], exact[i * n + j], 0x1p-8 * exact_magnitude);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_F(MatMulBf16DotTest, RowsDoNotDependOnTheBatchOrTheThreads) {
+  const int64_t m = 37, n = 29, k = 200;
+  const StoredWeights w = StoreWeights(RandomFloats(n * k, 3), DType::kBF16);
+  WeightMatrix dot = w.Matrix(n, k);
+  dot.precision = MatMulPrecision::kBf16Dot;
+  const std::vector<float> x = RandomFloats(m * k, 4);
+  std::vector<float> batch(m * n), alone(n), three(m * n);
+  MatMul(x.data(), m, dot, nullptr, batch.data());
+  for (int64_t i = 0; i < m; ++i) {
+    MatMul(x.data() + i * k, 1, dot, nullptr, alone.data());
+    ASSERT_TRUE(BitIdentical(alone.data(), batch.data() + i * n, n)) << "row " << i;
+  }
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(3);
+  MatMul(x.data(), m, dot, nullptr, three.data());
+  omp_set_num_threads(saved);
+  EXPECT_TRUE(BitIdentical(three.data(), batch.data(), m * n));
+}
+
 class EmbeddingTest : public ::testing::TestWithParam<DType> {};
 
 TEST_P(EmbeddingTest, CopiesWidenedRows) {
