@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "common/status.h"
 #include "runtime/engine/block_manager.h"
+#include "runtime/model/model.h"
 #include "server/calls.h"
 #include "server/convert.h"
 #include "server/grpc_status.h"
@@ -205,6 +206,7 @@ void SpanServeService::FillModelInfo(const ServedModel& model, v1::ModelInfo* re
   response->set_kv_blocks_used(stats.kv_blocks_used);
   response->set_kv_cache_bytes(info.kv_cache_bytes);
   response->set_kv_cache_dtype(std::string(engine::KvCacheDtypeName(info.kv_cache_dtype)));
+  response->set_compute_dtype(std::string(model::F32OrBf16Name(info.compute_dtype)));
   response->set_kv_cache_usage_ratio(stats.kv_cache_usage_ratio);
   response->set_num_requests_running(stats.num_running);
   response->set_num_requests_waiting(stats.num_waiting);

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
+#include "runtime/model/model.h"
 
 namespace spanserve::engine {
 
@@ -28,13 +29,10 @@ absl::StatusOr<int64_t> KvPoolBytes(int64_t bytes, double fraction) {
 }
 
 absl::StatusOr<DType> ParseKvCacheDtype(std::string_view name) {
-  if (name == "auto" || name == "f32" || name == "float32") return DType::kF32;
-  if (name == "bf16" || name == "bfloat16") return DType::kBF16;
-  return absl::InvalidArgumentError(
-      absl::StrCat("kv_cache_dtype must be auto, f32 or bf16, got \"", std::string(name), "\""));
+  return model::ParseF32OrBf16(name, "kv_cache_dtype");
 }
 
-std::string_view KvCacheDtypeName(DType dtype) { return dtype == DType::kBF16 ? "bf16" : "f32"; }
+std::string_view KvCacheDtypeName(DType dtype) { return model::F32OrBf16Name(dtype); }
 
 namespace {
 

@@ -124,6 +124,7 @@ struct EngineInfo {
   int32_t num_kv_blocks = 0;
   int64_t kv_cache_bytes = 0;
   DType kv_cache_dtype = DType::kF32;
+  DType compute_dtype = DType::kF32;  // model::Model::Options::compute_dtype
 };
 
 // A snapshot, refreshed after every step; reading it never blocks the step for long.

@@ -90,6 +90,7 @@ absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(model::Model* mod
   info.num_kv_blocks = static_cast<int32_t>(num_blocks);
   info.kv_cache_bytes = cache->bytes();
   info.kv_cache_dtype = cache->dtype();
+  info.compute_dtype = model->compute_dtype();
   return std::unique_ptr<EngineCore>(
       new EngineCore(model, options, std::move(info), std::move(cache)));
 }

@@ -148,7 +148,9 @@ std::vector<const char*> NormNames(NormPlacement p) {
 class Binder {
  public:
   using Shapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
-  explicit Binder(WeightStore* store, Shapes* record = nullptr) : store_(store), record_(record) {}
+  explicit Binder(WeightStore* store, Shapes* record = nullptr,
+                  k::MatMulPrecision bf16_precision = k::MatMulPrecision::kExact)
+      : store_(store), record_(record), bf16_precision_(bf16_precision) {}
 
   bool Has(const std::string& name) const { return store_ == nullptr || store_->Has(name); }
 
@@ -165,7 +167,9 @@ class Binder {
                                                      "' is block-quantized but its rows (", cols,
                                                      " elements) are not whole blocks of 32"));
     }
-    return k::WeightMatrix{t.data, t.dtype, rows, cols, t.quant};
+    k::WeightMatrix w{t.data, t.dtype, rows, cols, t.quant};
+    if (t.dtype == DType::kBF16 && t.quant == k::QuantType::kNone) w.precision = bf16_precision_;
+    return w;
   }
   absl::StatusOr<k::WeightVector> Vector(const std::string& name, int64_t size) {
     count_ += size;
@@ -203,6 +207,7 @@ class Binder {
  private:
   WeightStore* store_;
   Shapes* record_;
+  k::MatMulPrecision bf16_precision_;
   int64_t count_ = 0;
 };
 
@@ -221,6 +226,7 @@ struct Model::Impl {
   std::vector<float> rope_cos, rope_sin;
   int64_t num_parameters = 0;
   int num_threads = 0;
+  DType compute_dtype = DType::kF32;
   ExpertLoad expert_load;
 
   // Binds every tensor from `store`; with no store, records names and shapes only.
@@ -245,7 +251,9 @@ struct Model::Impl {
 
 absl::Status Model::Impl::Bind(WeightStore* store, Binder::Shapes* record) {
   const ModelConfig& c = config;
-  Binder bind(store, record);
+  Binder bind(
+      store, record,
+      compute_dtype == DType::kBF16 ? k::MatMulPrecision::kBf16Dot : k::MatMulPrecision::kExact);
   const int64_t H = c.hidden_size;
   const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
   const int64_t kv_dim = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
@@ -558,9 +566,18 @@ namespace {
 absl::StatusOr<std::unique_ptr<Model::Impl>> BindModel(ModelConfig config,
                                                        std::unique_ptr<WeightStore> store,
                                                        const Model::Options& options) {
+  if (options.compute_dtype == DType::kF16) {
+    return absl::InvalidArgumentError("compute_dtype must be f32 or bf16, got f16");
+  }
+  if (options.compute_dtype == DType::kBF16 && !k::CpuHasBf16Dot()) {
+    return absl::FailedPreconditionError(
+        "compute_dtype bf16 needs a CPU with AVX512_BF16 bf16 dot products, and this one has "
+        "none; use f32");
+  }
   auto impl = std::make_unique<Model::Impl>();
   impl->config = std::move(config);
   impl->store = std::move(store);
+  impl->compute_dtype = options.compute_dtype;
   RETURN_IF_ERROR(impl->Bind(impl->store.get()));
   const ModelConfig& c = impl->config;
   const int64_t half = c.head_dim / 2;
@@ -607,6 +624,16 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
 }
 
 const ModelConfig& Model::config() const { return impl_->config; }
+DType Model::compute_dtype() const { return impl_->compute_dtype; }
+
+absl::StatusOr<DType> ParseF32OrBf16(std::string_view name, std::string_view setting) {
+  if (name == "auto" || name == "f32" || name == "float32") return DType::kF32;
+  if (name == "bf16" || name == "bfloat16") return DType::kBF16;
+  return absl::InvalidArgumentError(absl::StrCat(
+      std::string(setting), " must be auto, f32 or bf16, got \"", std::string(name), "\""));
+}
+
+std::string_view F32OrBf16Name(DType dtype) { return dtype == DType::kBF16 ? "bf16" : "f32"; }
 int64_t Model::weight_bytes() const { return impl_->store->total_bytes(); }
 int64_t Model::num_parameters() const { return impl_->num_parameters; }
 const ExpertLoad& Model::expert_load() const { return impl_->expert_load; }

@@ -7,6 +7,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -105,6 +106,12 @@ struct ExpertLoad {
   std::vector<std::vector<int64_t>> tokens;
 };
 
+// The spelling of a setting that is f32 or bf16 (Model::Options::compute_dtype, the KV cache's
+// element type): "auto", "f32", "float32" -> kF32; "bf16", "bfloat16" -> kBF16; anything else
+// is INVALID_ARGUMENT "<setting> must be auto, f32 or bf16, got ...".
+[[nodiscard]] absl::StatusOr<DType> ParseF32OrBf16(std::string_view name, std::string_view setting);
+std::string_view F32OrBf16Name(DType dtype);  // "bf16" or "f32"
+
 // Every tensor a checkpoint of `config` must hold, with its shape, in load order (for
 // tools that write checkpoints, e.g. random models for benchmarks).
 std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
@@ -114,6 +121,12 @@ class Model {
  public:
   struct Options {
     int num_threads = 0;  // 0: OpenMP's default (OMP_NUM_THREADS, else all cores)
+    // The activations' type in products with bf16 weight matrices. kF32 (default): every
+    // product exact, the PyTorch f32 reference's results. kBF16: activations rounded to bf16
+    // and multiplied with the CPU's bf16 dot products (AVX512_BF16; loading fails on a CPU
+    // without them), about twice the arithmetic rate for batched decode and prefill. Other
+    // weight types, norms, attention and the KV cache are unaffected.
+    DType compute_dtype = DType::kF32;
   };
   // Loads <dir>/config.json and its safetensors, or a .gguf file (gguf_model.h). Every
   // tensor the config implies must be present with its exact shape, and no other tensor
@@ -129,6 +142,7 @@ class Model {
   ~Model();
 
   const ModelConfig& config() const;
+  DType compute_dtype() const;
   // Bytes of weights (as stored), and parameter count.
   int64_t weight_bytes() const;
   int64_t num_parameters() const;

@@ -617,6 +617,7 @@ TEST(ServerTest, Bf16KvCacheHoldsTwiceTheBlocksAndServes) {
     auto stub = v1::SpanServe::NewStub(server.Channel());
     const v1::ModelInfo info = Info(*stub);
     EXPECT_EQ(info.kv_cache_dtype(), "f32");
+    EXPECT_EQ(info.compute_dtype(), "f32");
     f32_blocks = info.kv_blocks_total();
     const StreamResult r = RunGenerate(*stub, GreedyRequest("And God said", 8));
     ASSERT_TRUE(r.status.ok());
@@ -647,6 +648,28 @@ TEST(ServerTest, Bf16KvCacheHoldsTwiceTheBlocksAndServes) {
               std::string::npos)
         << e.what();
   }
+}
+
+TEST(ServerTest, Bf16ComputeServesAndSaysSo) {
+  try {
+    ServerProcess bad({"--compute_dtype=fp8"});
+    ADD_FAILURE() << "a server with --compute_dtype=fp8 started";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("compute_dtype must be auto, f32 or bf16, got \"fp8\""),
+              std::string::npos)
+        << e.what();
+  }
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx512bf16")) GTEST_SKIP() << "this CPU has no AVX512_BF16";
+  ServerProcess server({"--compute_dtype=bf16"});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  const v1::ModelInfo info = Info(*stub);
+  EXPECT_EQ(info.compute_dtype(), "bf16");
+  const StreamResult r = RunGenerate(*stub, GreedyRequest("And God said", 8));
+  ASSERT_TRUE(r.status.ok());
+  int tokens = 0;
+  for (const auto& c : r.chunks) tokens += c.token_ids_size();
+  EXPECT_EQ(tokens, 8);
 }
 
 TEST(ServerTest, ReflectionListsTheService) {

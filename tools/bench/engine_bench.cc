@@ -30,6 +30,7 @@
 #include "runtime/engine/block_manager.h"
 #include "runtime/engine/engine.h"
 #include "runtime/model/config.h"
+#include "runtime/model/model.h"
 #include "tools/bench/random_model.h"
 #include "tools/bench/roofline.h"
 
@@ -42,6 +43,8 @@ ABSL_FLAG(int, threads, 0, "compute threads (0: all cores)");
 ABSL_FLAG(int, block_size, 16, "KV block size in tokens");
 ABSL_FLAG(int, max_batched_tokens, 2048, "token budget per step");
 ABSL_FLAG(std::string, kv_cache_dtype, "auto", "KV element type: auto/f32 or bf16");
+ABSL_FLAG(std::string, compute_dtype, "auto",
+          "activations in products with bf16 weights: auto/f32 (exact) or bf16 (AVX512_BF16)");
 ABSL_FLAG(std::string, json, "", "also write the results as JSON to this file");
 
 namespace spanserve::engine {
@@ -103,7 +106,7 @@ struct LevelResult {
 };
 
 absl::StatusOr<LevelResult> RunLevel(const std::string& model_dir, int concurrency,
-                                     DType kv_cache_dtype) {
+                                     DType kv_cache_dtype, DType compute_dtype) {
   const int prompt_len = absl::GetFlag(FLAGS_prompt_len);
   const int gen_len = absl::GetFlag(FLAGS_gen_len);
   std::mutex mu;
@@ -123,7 +126,10 @@ absl::StatusOr<LevelResult> RunLevel(const std::string& model_dir, int concurren
     std::lock_guard lock(mu);
     steps.push_back(s);
   };
-  ASSIGN_OR_RETURN(auto engine, Engine::Create(model_dir, o, absl::GetFlag(FLAGS_threads)));
+  ASSIGN_OR_RETURN(auto model,
+                   model::Model::Load(model_dir, {.num_threads = absl::GetFlag(FLAGS_threads),
+                                                  .compute_dtype = compute_dtype}));
+  ASSIGN_OR_RETURN(auto engine, Engine::Create(std::move(model), o));
   const int32_t vocab = engine->info().vocab_size;
 
   // Warm-up: page the weights in.
@@ -215,23 +221,31 @@ struct Ratio {
 // The batching ratios, each with the compute ceiling measured on the spot: N sequences
 // cost N × the FLOPs of one token per step, so at the FMA peak a step takes at least
 // N·F/peak, and the ratio can reach at most N · (one sequence's step) / that.
-void PrintRatios(const std::string& model_dir, const std::vector<Ratio>& ratios) {
+void PrintRatios(const std::string& model_dir, DType compute_dtype,
+                 const std::vector<Ratio>& ratios) {
   if (ratios.empty()) return;
   std::printf("\n");
   const absl::StatusOr<model::ModelConfig> config = model::LoadModelConfig(model_dir);
   double peak = 0, flops = 0;
+  const char* peak_name = "";
   if (config.ok()) {
     if (absl::GetFlag(FLAGS_threads) > 0) omp_set_num_threads(absl::GetFlag(FLAGS_threads));
     const bool avx512 = kernels::cpu::ActiveIsa() == kernels::cpu::Isa::kAvx512;
-    peak = bench::MeasureFmaPeakFlops(avx512);
+    const bool bf16 = compute_dtype == DType::kBF16;
+    peak_name = bf16 ? "bf16 dot peak" : "FMA peak";
+    peak = bf16 ? bench::MeasureBf16DotPeakFlops() : bench::MeasureFmaPeakFlops(avx512);
     const double read = bench::MeasureMemoryReadBytesPerSecond();
     // The median full-batch decode step sees about half the generated tokens cached.
     flops = DecodeFlopsPerToken(
         *config, absl::GetFlag(FLAGS_prompt_len) + absl::GetFlag(FLAGS_gen_len) / 2.0);
     std::printf(
-        "roofline, measured now with %d threads: FMA peak %.1f GFLOP/s (%s), memory read "
+        "roofline, measured now with %d threads: %s %.1f GFLOP/s (%s), memory read "
         "%.1f GB/s; one decoded token = %.4g GFLOP\n",
-        omp_get_max_threads(), peak / 1e9, avx512 ? "zmm" : "ymm", read / 1e9, flops / 1e9);
+        omp_get_max_threads(), peak_name, peak / 1e9,
+        bf16     ? "zmm VDPBF16PS"
+        : avx512 ? "zmm"
+                 : "ymm",
+        read / 1e9, flops / 1e9);
   }
   for (const Ratio& r : ratios) {
     std::printf("decode at %d sequences: %.2fx one sequence (%.1f / %.1f tok/s)", r.concurrency,
@@ -240,9 +254,9 @@ void PrintRatios(const std::string& model_dir, const std::vector<Ratio>& ratios)
       const double work = r.concurrency * flops;
       const double floor_s = std::max(work / peak, r.single_step_s);
       std::printf(
-          "; its step runs at %.1f GFLOP/s = %.0f%% of the FMA peak, which caps the ratio at "
+          "; its step runs at %.1f GFLOP/s = %.0f%% of the %s, which caps the ratio at "
           "%.2fx (%d x %.3g ms / %.3g ms)",
-          work / r.step_s / 1e9, 100 * work / r.step_s / peak,
+          work / r.step_s / 1e9, 100 * work / r.step_s / peak, peak_name,
           r.concurrency * r.single_step_s / floor_s, r.concurrency, 1e3 * r.single_step_s,
           1e3 * floor_s);
     }
@@ -252,9 +266,13 @@ void PrintRatios(const std::string& model_dir, const std::vector<Ratio>& ratios)
 
 int Main() {
   const absl::StatusOr<DType> kv_dtype = ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype));
-  if (!kv_dtype.ok()) {
-    std::fprintf(stderr, "%s\n", kv_dtype.status().ToString().c_str());
-    return 2;
+  const absl::StatusOr<DType> compute_dtype =
+      model::ParseF32OrBf16(absl::GetFlag(FLAGS_compute_dtype), "compute_dtype");
+  for (const absl::Status& st : {kv_dtype.status(), compute_dtype.status()}) {
+    if (!st.ok()) {
+      std::fprintf(stderr, "%s\n", st.ToString().c_str());
+      return 2;
+    }
   }
   std::string model_dir = absl::GetFlag(FLAGS_model);
   if (model_dir.empty()) model_dir = GenerateQwen2Model();
@@ -268,10 +286,11 @@ int Main() {
     levels.push_back(c);
   }
   std::printf(
-      "model %s, prompt %d tokens, %d generated per request, block %d, KV %s, batched "
-      "MatMul on %s\n\n",
+      "model %s, prompt %d tokens, %d generated per request, block %d, KV %s, compute %s, "
+      "batched MatMul on %s\n\n",
       model_dir.c_str(), absl::GetFlag(FLAGS_prompt_len), absl::GetFlag(FLAGS_gen_len),
       absl::GetFlag(FLAGS_block_size), std::string(KvCacheDtypeName(*kv_dtype)).c_str(),
+      std::string(model::F32OrBf16Name(*compute_dtype)).c_str(),
       kernels::cpu::IsaName(kernels::cpu::ActiveIsa()));
   std::printf(
       "| conc | gen tok/s | decode tok/s | decode step ms (median) | sched ms/step | sched share "
@@ -283,7 +302,7 @@ int Main() {
   std::vector<Ratio> ratios;
   double single = 0, single_step_s = 0;
   for (int c : levels) {
-    auto r = RunLevel(model_dir, c, *kv_dtype);
+    auto r = RunLevel(model_dir, c, *kv_dtype, *compute_dtype);
     if (!r.ok()) {
       std::fprintf(stderr, "concurrency %d: %s\n", c, r.status().ToString().c_str());
       return 1;
@@ -316,7 +335,7 @@ int Main() {
                     {"kv_live_over_allocated", r->kv_efficiency},
                     {"steps", r->steps}});
   }
-  PrintRatios(model_dir, ratios);
+  PrintRatios(model_dir, *compute_dtype, ratios);
   if (!absl::GetFlag(FLAGS_json).empty()) {
     std::ofstream(absl::GetFlag(FLAGS_json)) << json.dump(2) << "\n";
   }

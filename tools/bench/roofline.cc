@@ -15,7 +15,17 @@ using Clock = std::chrono::steady_clock;
 constexpr int kChains = 24;  // enough independent FMAs to cover the latency on both ports
 constexpr int64_t kFmaSteps = 2'000'000;
 
-// Returns the sum of the chains so that the loop cannot be dropped.
+// The sum of every lane of the chains: the loops return it so that they cannot be dropped.
+__attribute__((target("avx512f"))) float SumChains(const __m512* a) {
+  __m512 sum = a[0];
+  for (int i = 1; i < kChains; ++i) sum = _mm512_add_ps(sum, a[i]);
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, sum);
+  float s = 0;
+  for (float l : lanes) s += l;
+  return s;
+}
+
 __attribute__((target("avx512f"))) float FmaChainsZmm(int64_t steps) {
   __m512 a[kChains];
   for (int i = 0; i < kChains; ++i) a[i] = _mm512_set1_ps(1e-3f * static_cast<float>(i));
@@ -24,12 +34,19 @@ __attribute__((target("avx512f"))) float FmaChainsZmm(int64_t steps) {
 #pragma GCC unroll 24
     for (int i = 0; i < kChains; ++i) a[i] = _mm512_fmadd_ps(a[i], x, y);
   }
-  alignas(64) float lanes[16];
-  for (int i = 1; i < kChains; ++i) a[0] = _mm512_add_ps(a[0], a[i]);
-  _mm512_store_ps(lanes, a[0]);
-  float s = 0;
-  for (float l : lanes) s += l;
-  return s;
+  return SumChains(a);
+}
+
+__attribute__((target("avx512f,avx512bf16"))) float Bf16DotChains(int64_t steps) {
+  __m512 a[kChains];
+  for (int i = 0; i < kChains; ++i) a[i] = _mm512_set1_ps(1e-3f * static_cast<float>(i));
+  const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.999f), _mm512_set1_ps(0.5f));
+  const __m512bh y = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-4f), _mm512_set1_ps(2e-4f));
+  for (int64_t s = 0; s < steps; ++s) {
+#pragma GCC unroll 24
+    for (int i = 0; i < kChains; ++i) a[i] = _mm512_dpbf16_ps(a[i], x, y);
+  }
+  return SumChains(a);
 }
 
 float FmaChainsYmm(int64_t steps) {
@@ -90,8 +107,9 @@ double MeasureMemoryReadBytesPerSecond(int reps) {
   return best;
 }
 
-double MeasureFmaPeakFlops(bool avx512, int reps) {
-  const double lanes = avx512 ? 16 : 8;
+// Best of `reps` runs of `chains` on every OpenMP thread, at `flops_per_step` per thread.
+template <typename Chains>
+double PeakFlops(Chains chains, double flops_per_step, int reps) {
   double best = 0;
   for (int r = 0; r < reps; ++r) {
     int threads = 1;
@@ -101,13 +119,22 @@ double MeasureFmaPeakFlops(bool avx512, int reps) {
     {
 #pragma omp single
       threads = omp_get_num_threads();
-      sum += avx512 ? FmaChainsZmm(kFmaSteps) : FmaChainsYmm(kFmaSteps);
+      sum += chains(kFmaSteps);
     }
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
     g_sink = sum;
-    best = std::max(best, threads * 2.0 * lanes * kChains * static_cast<double>(kFmaSteps) / s);
+    best = std::max(best, threads * flops_per_step * static_cast<double>(kFmaSteps) / s);
   }
   return best;
+}
+
+double MeasureFmaPeakFlops(bool avx512, int reps) {
+  const double lanes = avx512 ? 16 : 8;
+  return PeakFlops(avx512 ? FmaChainsZmm : FmaChainsYmm, 2.0 * lanes * kChains, reps);
+}
+
+double MeasureBf16DotPeakFlops(int reps) {
+  return PeakFlops(Bf16DotChains, 4.0 * 16 * kChains, reps);
 }
 
 }  // namespace spanserve::bench

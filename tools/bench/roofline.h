@@ -18,4 +18,8 @@ double MeasureMemoryReadBytesPerSecond(int reps = 5);
 // if `avx512` (the CPU must have AVX-512F) else ymm; best of `reps` runs of ~0.1 s.
 double MeasureFmaPeakFlops(bool avx512, int reps = 5);
 
+// The same with VDPBF16PS (bf16 pairs into f32, 4 FLOP per lane); the CPU must have
+// AVX512_BF16.
+double MeasureBf16DotPeakFlops(int reps = 5);
+
 }  // namespace spanserve::bench

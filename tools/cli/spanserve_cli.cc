@@ -32,6 +32,9 @@ ABSL_FLAG(int, max_tokens, 64, "generate: tokens to generate");
 ABSL_FLAG(std::string, text, "", "perplexity: the text file to score");
 ABSL_FLAG(int, window, 256, "perplexity: tokens per scored window");
 ABSL_FLAG(int, threads, 0, "compute threads (0: all cores)");
+ABSL_FLAG(std::string, compute_dtype, "auto",
+          "activations in products with bf16 weights: auto or f32 (exact), or bf16 (AVX512_BF16 "
+          "dot products)");
 
 namespace spanserve {
 namespace {
@@ -60,8 +63,11 @@ struct Loaded {
 absl::StatusOr<Loaded> LoadAll(bool need_tokenizer = true) {
   const std::string path = absl::GetFlag(FLAGS_model);
   const auto t0 = Clock::now();
+  ASSIGN_OR_RETURN(const DType compute_dtype,
+                   model::ParseF32OrBf16(absl::GetFlag(FLAGS_compute_dtype), "compute_dtype"));
   ASSIGN_OR_RETURN(loader::ModelSource source,
-                   loader::LoadModelSource(path, {.num_threads = absl::GetFlag(FLAGS_threads)}));
+                   loader::LoadModelSource(path, {.num_threads = absl::GetFlag(FLAGS_threads),
+                                                  .compute_dtype = compute_dtype}));
   if (need_tokenizer && source.tokenizer == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(path, " has no tokenizer"));
   }

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/matmul.h"
 #include "test_model.h"
 
 namespace spanserve::engine {
@@ -50,8 +51,9 @@ class EngineCoreTest : public ::testing::Test {
   // per request runs each alone). Checks the pool is whole at the end and that every
   // request got exactly one final output, as its last.
   static Run RunWaves(const EngineOptions& options, const std::vector<Request>& requests,
-                      const std::vector<std::vector<int>>& waves, bool record_logits = false) {
-    auto core = EngineCore::Create(model_, options);
+                      const std::vector<std::vector<int>>& waves, bool record_logits = false,
+                      model::Model* model = nullptr) {
+    auto core = EngineCore::Create(model != nullptr ? model : model_, options);
     EXPECT_TRUE(core.ok()) << core.status();
     Run run;
     if (record_logits) {
@@ -80,6 +82,30 @@ class EngineCoreTest : public ::testing::Test {
     run.preemptions = (*core)->scheduler().num_preemptions();
     run.prefix_hits = (*core)->scheduler().prefix_cache_hits();
     return run;
+  }
+
+  // The largest |logit difference| over the row's largest |logit|, between the rows both
+  // runs recorded (with `prompts`: only positions inside request id's prompt); *compared
+  // counts the rows.
+  static double WorstLogitDifference(const Run& exact, const Run& other,
+                                     const std::vector<Request>* prompts, int* compared) {
+    double worst = 0;
+    *compared = 0;
+    for (const auto& [key, row] : exact.logits) {
+      auto it = other.logits.find(key);
+      const auto& [id, pos] = key;
+      if (it == other.logits.end() ||
+          (prompts != nullptr && pos >= static_cast<int32_t>((*prompts)[id - 1].prompt.size()))) {
+        continue;
+      }
+      ++*compared;
+      float scale = 0;
+      for (float x : row) scale = std::max(scale, std::fabs(x));
+      for (size_t i = 0; i < row.size(); ++i) {
+        worst = std::max(worst, std::fabs(static_cast<double>(row[i]) - it->second[i]) / scale);
+      }
+    }
+    return worst;
   }
 
   static std::vector<std::vector<int>> Alone(int n) {
@@ -238,21 +264,49 @@ TEST_F(EngineCoreTest, Bf16KvCacheKeepsTheInvariancesAndStaysCloseToF32) {
   // Against the exact cache: every logit within 2 % of the row's largest magnitude.
   const Run exact = RunWaves(Options(), reqs, Together(16), true);
   int compared = 0;
-  double worst = 0;
-  for (const auto& [key, row] : exact.logits) {
-    auto it = together.logits.find(key);
-    if (it == together.logits.end()) continue;
-    ++compared;
-    float scale = 0;
-    for (float x : row) scale = std::max(scale, std::fabs(x));
-    for (size_t i = 0; i < row.size(); ++i) {
-      worst = std::max(worst, std::fabs(static_cast<double>(row[i]) - it->second[i]) / scale);
-    }
-  }
+  const double worst = WorstLogitDifference(exact, together, nullptr, &compared);
   EXPECT_GT(compared, 16 * 2);
   EXPECT_LT(worst, 0.02);
   EXPECT_GT(worst, 0.0);  // it is a different cache, not the f32 one
   std::printf("bf16 vs f32 KV: largest logit difference %.3g of the row's largest logit\n", worst);
+}
+
+// bf16 compute (Model::Options::compute_dtype) on a bf16 checkpoint: the same invariances
+// as exact compute (alone = together, chunked = whole), and logits close to exact ones.
+TEST_F(EngineCoreTest, Bf16ComputeKeepsTheInvariancesAndStaysCloseToF32) {
+  if (!kernels::cpu::CpuHasBf16Dot()) GTEST_SKIP() << "this CPU has no AVX512_BF16";
+  auto bf16 = model::Model::Load(testing::TinyModelDir("span_bf16"),
+                                 {.num_threads = 1, .compute_dtype = DType::kBF16});
+  auto f32 = model::Model::Load(testing::TinyModelDir("span_bf16"), {.num_threads = 1});
+  ASSERT_TRUE(bf16.ok() && f32.ok()) << bf16.status() << f32.status();
+  {
+    auto core = EngineCore::Create(bf16->get(), Options());
+    ASSERT_TRUE(core.ok());
+    EXPECT_EQ((*core)->info().compute_dtype, DType::kBF16);
+  }
+  std::vector<Request> reqs = RandomRequests(16, 9, /*greedy=*/true);
+  for (Request& r : reqs) r.sampling.prompt_logprobs = 0;
+  const Run alone = RunWaves(Options(), reqs, Alone(16), true, bf16->get());
+  const Run together = RunWaves(Options(), reqs, Together(16), true, bf16->get());
+  ExpectSameTokens(alone, together);
+  EXPECT_GT(ExpectSameLogits(alone, together), 16 * 2);
+  EngineOptions chunked = Options();
+  chunked.max_batched_tokens = 7;
+  chunked.enable_prefix_caching = false;
+  const Run c = RunWaves(chunked, reqs, Together(16), true, bf16->get());
+  ExpectSameTokens(c, together);
+  EXPECT_EQ(ExpectSameLogits(c, together), static_cast<int>(together.logits.size()));
+
+  // Against exact compute, over the prompts (greedy continuations may part ways at a near
+  // tie): every logit within 5 % of the row's largest magnitude.
+  const Run exact = RunWaves(Options(), reqs, Together(16), true, f32->get());
+  int compared = 0;
+  const double worst = WorstLogitDifference(exact, together, &reqs, &compared);
+  EXPECT_GT(compared, 16 * 2);
+  EXPECT_LT(worst, 0.05);  // 3 random layers; measured 0.021
+  EXPECT_GT(worst, 0.0);   // the bf16 path did run
+  std::printf("bf16 vs f32 compute: largest logit difference %.3g of the row's largest logit\n",
+              worst);
 }
 
 TEST_F(EngineCoreTest, EveryRequestCompletesCorrectlyUnderBlockPressure) {

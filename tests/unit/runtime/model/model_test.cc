@@ -223,6 +223,48 @@ TEST(ModelTest, GoldenCasesCoverEveryPlacementAndTransformers) {
   }
 }
 
+TEST(ModelTest, ComputeDtypeSpellings) {
+  EXPECT_EQ(*ParseF32OrBf16("auto", "compute_dtype"), DType::kF32);
+  EXPECT_EQ(*ParseF32OrBf16("float32", "compute_dtype"), DType::kF32);
+  EXPECT_EQ(*ParseF32OrBf16("bfloat16", "compute_dtype"), DType::kBF16);
+  const absl::StatusOr<DType> bad = ParseF32OrBf16("fp8", "compute_dtype");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("compute_dtype must be auto, f32 or bf16"));
+  EXPECT_EQ(F32OrBf16Name(DType::kBF16), "bf16");
+  const auto f16 = Model::Load(CaseDir("span"), {.compute_dtype = DType::kF16});
+  ASSERT_FALSE(f16.ok());
+  EXPECT_EQ(f16.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// compute_dtype bf16 changes only products with bf16 weights: an f32 checkpoint gives the
+// same bits, a bf16 one stays close to the reference's logits.
+TEST(ModelTest, Bf16ComputeTouchesOnlyBf16Weights) {
+  const auto f32_model = Model::Load(CaseDir("span"), {.compute_dtype = DType::kBF16});
+  if (!f32_model.ok()) {
+    EXPECT_EQ(f32_model.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(f32_model.status().message(), HasSubstr("AVX512_BF16"));
+    GTEST_SKIP() << "this CPU has no AVX512_BF16";
+  }
+  EXPECT_EQ((*f32_model)->compute_dtype(), DType::kBF16);
+  const std::vector<int32_t> ids = {1, 5, 9, 13, 17, 21, 25, 29, 33, 37, 41};
+  auto exact_f32 = Model::Load(CaseDir("span"));
+  ASSERT_TRUE(exact_f32.ok());
+  const std::vector<float> a = Runner(**f32_model).AllLogits(ids, 4);
+  const std::vector<float> b = Runner(**exact_f32).AllLogits(ids, 4);
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+
+  auto bf16 = Model::Load(CaseDir("span_bf16"), {.compute_dtype = DType::kBF16});
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  const Golden g = ReadGolden(CaseDir("span_bf16"), (*bf16)->config().vocab_size);
+  for (size_t i = 0; i < g.sequences.size(); ++i) {
+    Runner r(**bf16);
+    const double err = RelError(r.AllLogits(g.sequences[i], 5), g.logits[i]);
+    EXPECT_GT(err, g.tolerance) << "sequence " << i << ": the bf16 products did not run";
+    EXPECT_LT(err, 0.05) << "sequence " << i;
+  }
+}
+
 TEST(ModelTest, RejectsBadBatchesWithoutTouchingTheCache) {
   auto model = Model::Load(CaseDir("span"));
   ASSERT_TRUE(model.ok()) << model.status();
