@@ -128,7 +128,7 @@ inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64
     for (int64_t p = 0; p < k8; p += 8) {
       if (prefetch) {
 #pragma GCC unroll 4
-        for (int64_t b = 0; b < kStepBytes; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+        for (int64_t b = 0; b < kStepBytes; b += 64) _mm_prefetch(next + b, _MM_HINT_T1);
         next += kStepBytes;
       }
       __m256 wv[NR];

@@ -97,7 +97,7 @@ void Micro(const MicroArgs& a) {
     Prefetch& pf = *a.prefetch;
     for (; p < k32; p += 32) {
       for (int64_t l = 0; l < pf.lines_per_step && pf.next < pf.end; ++l, pf.next += 64) {
-        _mm_prefetch(pf.next, _MM_HINT_T0);
+        _mm_prefetch(pf.next, _MM_HINT_T1);
       }
       step(p, ~__mmask32{0});
     }
