@@ -293,7 +293,7 @@ class MatMulBf16DotTest : public ::testing::Test {
 };
 
 TEST_F(MatMulBf16DotTest, MatchesTheProductOfTheBf16RoundedActivations) {
-  for (int64_t k : {32, 40, 100, 896}) {
+  for (int64_t k : {0, 3, 32, 40, 100, 896}) {
     for (int64_t n : {1, 5, 7, 13, 50}) {
       const StoredWeights w =
           StoreWeights(RandomFloats(n * k, static_cast<uint32_t>(n * k)), DType::kBF16);
