@@ -294,7 +294,7 @@ Isa SetMaxIsa(Isa isa) {
   return MaxIsa().exchange(isa);
 }
 
-bool CpuHasBf16Dot() { return internal::CpuHasAvx512Bf16(); }
+bool CpuHasBf16Dot() { return internal::CpuHasAvx512Bf16() && BestIsa() == Isa::kAvx512; }
 
 const char* IsaName(Isa isa) { return isa == Isa::kAvx512 ? "avx512" : "avx2"; }
 

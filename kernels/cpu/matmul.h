@@ -31,7 +31,8 @@ Isa ActiveIsa();
 Isa SetMaxIsa(Isa isa);
 const char* IsaName(Isa isa);
 
-// Whether MatMulPrecision::kBf16Dot can run here (AVX512_BF16).
+// Whether MatMulPrecision::kBf16Dot may run here: the CPU has AVX512_BF16 and the
+// environment does not cap the process at AVX2 (SPANSERVE_MAX_ISA=avx2).
 bool CpuHasBf16Dot();
 
 // out[t, :] = row ids[t] of `table` ([vocab, dim]) widened to f32. ids must be in range.

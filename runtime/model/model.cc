@@ -571,8 +571,8 @@ absl::StatusOr<std::unique_ptr<Model::Impl>> BindModel(ModelConfig config,
   }
   if (options.compute_dtype == DType::kBF16 && !k::CpuHasBf16Dot()) {
     return absl::FailedPreconditionError(
-        "compute_dtype bf16 needs a CPU with AVX512_BF16 bf16 dot products, and this one has "
-        "none; use f32");
+        "compute_dtype bf16 needs the AVX512_BF16 dot products, which this CPU lacks (or "
+        "SPANSERVE_MAX_ISA=avx2 forbids); use f32");
   }
   auto impl = std::make_unique<Model::Impl>();
   impl->config = std::move(config);
