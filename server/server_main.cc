@@ -426,7 +426,9 @@ int Run(const sigset_t& signals) {
       Log(absl::StrCat(
           "serving model '", model->name(), "' from ", model->path(), " (", info.model_type, ", ",
           info.norm_placement, ", ", info.num_experts > 0 ? "MoE" : "dense", ", ",
-          info.num_kv_blocks, " KV blocks, chat: ",
+          info.num_kv_blocks, " KV blocks of ",
+          std::string(engine::KvCacheDtypeName(info.kv_cache_dtype)), ", compute ",
+          std::string(model::F32OrBf16Name(info.compute_dtype)), ", chat: ",
           model->chat_template().ok() ? chat::FamilyName(model->chat_template()->family())
                                       : model->chat_template().status().message(),
           ") after ", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
