@@ -85,6 +85,8 @@ inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64
     constexpr int64_t kBlockBytes = QuantBlockBytes(QuantOf(kW));
     for (int64_t p = 0; p < k8; p += 32) {
       if (prefetch) {
+        // Into L1: measured faster than L2 for quantized rows (Q8_0 49152 × 576 GEMV 0.9-1.2
+        // vs 1.7 ms), whose few bytes per step leave L1 room; float rows go to L2 (below).
 #pragma GCC unroll 4
         for (int64_t b = 0; b < 4 * kStepBytes; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
         next += 4 * kStepBytes;
@@ -128,6 +130,8 @@ inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64
     for (int64_t p = 0; p < k8; p += 8) {
       if (prefetch) {
 #pragma GCC unroll 4
+        // Into L2: into L1 the next rows evicted the x rows and the rows in use (all
+        // matmuls of a Qwen2-0.5B-shaped step at m = 1: 45-53 ms with L1, 30-33 ms with L2).
         for (int64_t b = 0; b < kStepBytes; b += 64) _mm_prefetch(next + b, _MM_HINT_T1);
         next += kStepBytes;
       }
