@@ -307,8 +307,8 @@ int Run(const sigset_t& signals) {
   if (const char* policy = std::getenv("OMP_WAIT_POLICY");
       policy != nullptr && absl::EqualsIgnoreCase(policy, "passive")) {
     Log("warning: OMP_WAIT_POLICY=passive makes the compute threads sleep at every barrier of "
-        "a step; decode runs up to 2x slower (unset it unless other programs need these cores; "
-        "docs/DEPLOY.md)");
+        "a step; decode of a small model runs 2-3x slower (unset it unless other programs need "
+        "these cores; docs/DEPLOY.md)");
   }
   std::string token = absl::GetFlag(FLAGS_auth_token);
   if (const std::string path = absl::GetFlag(FLAGS_auth_token_file); !path.empty()) {
