@@ -14,6 +14,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
+#include "runtime/engine/block_manager.h"
+#include "runtime/model/model.h"
 
 namespace spanserve::server {
 namespace {
@@ -132,6 +134,8 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Start(const std::s
   m->running_ = AddGauge(r, "spanserve_num_requests_running", "Requests holding KV blocks");
   m->waiting_ = AddGauge(r, "spanserve_num_requests_waiting", "Requests waiting to run");
   m->kv_usage_ = AddGauge(r, "spanserve_kv_cache_usage_ratio", "KV blocks used / total");
+  m->model_info_ = AddGauge(r, "spanserve_model_info",
+                            "1 for each served model; its configuration in the labels");
   m->refresh_ = std::make_shared<ScrapeRefresh>(m.get());
   try {
     // prometheus-cpp (civetweb) reports a failed bind by throwing; keep it inside.
@@ -232,6 +236,16 @@ void ServerMetrics::WatchEngine(const std::string& model_name, const engine::Eng
   w->running = &running_->Add(labels);
   w->waiting = &waiting_->Add(labels);
   w->kv_usage = &kv_usage_->Add(labels);
+  const engine::EngineInfo& info = engine->info();
+  model_info_
+      ->Add({{"model_name", model_name},
+             {"architecture", info.model_type},
+             {"norm_placement", info.norm_placement},
+             {"kv_cache_dtype", std::string(engine::KvCacheDtypeName(info.kv_cache_dtype))},
+             {"compute_dtype", std::string(model::F32OrBf16Name(info.compute_dtype))},
+             {"kv_block_size", std::to_string(info.block_size)},
+             {"kv_blocks", std::to_string(info.num_kv_blocks)}})
+      .Set(1);
   w->preemptions = &preemptions_->Add(labels);
   w->prefix_queries = &prefix_queries_->Add(labels);
   w->prefix_hits = &prefix_hits_->Add(labels);

@@ -145,6 +145,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Gauge>* running_ = nullptr;
   prometheus::Family<prometheus::Gauge>* waiting_ = nullptr;
   prometheus::Family<prometheus::Gauge>* kv_usage_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* model_info_ = nullptr;
   prometheus::Family<prometheus::Counter>* expert_tokens_ = nullptr;  // guarded by poll_mu_
   prometheus::Family<prometheus::Counter>* layer_tokens_ = nullptr;   // guarded by poll_mu_
   prometheus::Family<prometheus::Gauge>* balancedness_ = nullptr;     // guarded by poll_mu_

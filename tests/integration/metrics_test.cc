@@ -245,6 +245,15 @@ void ExpectCommonMetrics(const Scrape& s, const std::string& model, const Expect
             e.generated_tokens - 1);
   EXPECT_EQ(s.Value("spanserve_num_requests_running", m), 0);
   EXPECT_EQ(s.Value("spanserve_num_requests_waiting", m), 0);
+  const auto info = s.Find("spanserve_model_info", m);
+  ASSERT_EQ(info.size(), 1u);
+  EXPECT_EQ(info[0].value, 1);
+  EXPECT_EQ(info[0].labels.at("architecture"), "spanserve");
+  EXPECT_EQ(info[0].labels.at("norm_placement"), "span");
+  EXPECT_EQ(info[0].labels.at("kv_cache_dtype"), "f32");
+  EXPECT_EQ(info[0].labels.at("compute_dtype"), "f32");
+  EXPECT_EQ(info[0].labels.at("kv_block_size"), "16");
+  EXPECT_GT(std::stoi(info[0].labels.at("kv_blocks")), 0);
   const double kv = s.Value("spanserve_kv_cache_usage_ratio", m);
   EXPECT_GE(kv, 0);
   EXPECT_LE(kv, 1);
