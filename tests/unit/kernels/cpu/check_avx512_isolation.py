@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Fails if a binary runs AVX-512 code outside the AVX-512 MatMul kernels.
 
-kernels/cpu/matmul_avx512.cc is the only file compiled with AVX-512 and is entered only
-when the CPU has it. An inline function or template that it instantiates out of line could
-be the copy the linker keeps for every caller, and then an AVX2-only CPU would fault
-(SIGILL) in unrelated code. This scans the disassembly for zmm registers, mask registers
+kernels/cpu/matmul_avx512.cc and matmul_bf16dot.cc are the only files compiled with
+AVX-512, and each is entered only when the CPU has what it was compiled for. An inline
+function or template that one of them instantiates out of line could be the copy the
+linker keeps for every caller, and then an AVX2-only CPU would fault (SIGILL) in unrelated
+code. This scans the disassembly for zmm registers, mask registers
 and xmm/ymm 16-31 (EVEX-only) and names every function outside the allowed ones that
 uses them.
 
