@@ -9,15 +9,7 @@
 // A micro-kernel holds kMaxPairs × kMaxNr = 24 zmm accumulators (48 dot products) and per
 // 8 elements of k loads kMaxPairs x pairs and broadcasts kMaxNr weight chunks: 24 FMAs for
 // 10 loads.
-#include "kernels/cpu/matmul_avx512.h"
-
-// GCC 12's _mm512_undefined_ps (inside _mm512_broadcast_f32x8) reads itself to make an
-// undefined value, which -Wuninitialized reports at every use; nothing here is uninitialized.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "kernels/cpu/matmul_avx512.h"  // first: it includes <immintrin.h> (see there)
 
 #include <algorithm>
 #include <cmath>
@@ -207,23 +199,6 @@ void Micro(const MicroArgs& a) {
   }
 }
 
-// Micro<np, nr> for run-time np <= kMaxPairs and nr <= kMaxNr.
-template <int NP, int NR = 1>
-void MicroNr(int nr, const MicroArgs& a) {
-  if constexpr (NR < kMaxNr) {
-    if (nr != NR) return MicroNr<NP, NR + 1>(nr, a);
-  }
-  Micro<NP, NR>(a);
-}
-
-template <int NP = 1>
-void RunMicro(int np, int nr, const MicroArgs& a) {
-  if constexpr (NP < kMaxPairs) {
-    if (np != NP) return RunMicro<NP + 1>(np, nr, a);
-  }
-  MicroNr<NP>(nr, a);
-}
-
 // Per-thread 64-byte-aligned scratch; grows to the largest size seen, then never again.
 float* Scratch(std::vector<float>& buffer, int64_t floats) {
   if (static_cast<int64_t>(buffer.size()) < floats + 16) buffer.resize(floats + 16);
@@ -296,7 +271,9 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
                                y + (i0 + i) * n + j0,
                                n,
                                &prefetch};
-          RunMicro(np, static_cast<int>(rows), args);
+          WithShape<kMaxPairs, kMaxNr>(np, static_cast<int>(rows), [&](auto p, auto r) {
+            Micro<decltype(p)::value, decltype(r)::value>(args);
+          });
         }
         if (last) break;
       }

@@ -9,6 +9,15 @@
 // the speed, never a bit of the output, and batch invariance holds across the two paths.
 #pragma once
 
+// GCC 12's _mm512_undefined_ps (inside _mm512_broadcast_f32x8, the AVX-512 reductions, ...)
+// reads itself to make an undefined value, which -Wuninitialized reports at every use in the
+// AVX-512 kernels; nothing there is uninitialized. The kernels include this header first.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
 #include <cstdint>
 #include <type_traits>
 
@@ -73,6 +82,20 @@ decltype(auto) WithFormat(WFmt f, Fn&& fn) {
       break;
   }
   return fn(std::integral_constant<WFmt, WFmt::kF32>{});
+}
+
+// fn(std::integral_constant<int, A>{}, std::integral_constant<int, B>{}) for run-time
+// 1 <= a <= kMaxA and 1 <= b <= kMaxB: runs a micro-kernel templated on its shape (x rows or
+// pairs × weight rows) for the shape of a block at the edge of the matrix.
+template <int kMaxA, int kMaxB, int A = 1, int B = 1, typename Fn>
+void WithShape(int a, int b, Fn&& fn) {
+  if constexpr (A < kMaxA) {
+    if (a != A) return WithShape<kMaxA, kMaxB, A + 1, B>(a, b, fn);
+  }
+  if constexpr (B < kMaxB) {
+    if (b != B) return WithShape<kMaxA, kMaxB, A, B + 1>(a, b, fn);
+  }
+  fn(std::integral_constant<int, A>{}, std::integral_constant<int, B>{});
 }
 
 // Whether this CPU runs the AVX-512 path (AVX-512 F/DQ/BW/VL), before SetMaxIsa.

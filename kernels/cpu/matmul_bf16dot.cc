@@ -11,13 +11,8 @@
 // ahead of the dot products when the weights come from memory. (Into L1 it evicted the x
 // rows in use and cost a third more time per step.)
 #include "kernels/cpu/matmul_bf16dot.h"
+#include "kernels/cpu/matmul_avx512.h"  // first: it includes <immintrin.h> (see there)
 
-// GCC 12's AVX-512 reductions read an undefined value on purpose (see matmul_avx512.cc).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
 #include <omp.h>
 
 #include <algorithm>
@@ -116,23 +111,6 @@ void Micro(const MicroArgs& a) {
   }
 }
 
-// Micro<mr, nr> for run-time mr <= kMr and nr <= kNr.
-template <int MR, int NR = 1>
-void MicroNr(int nr, const MicroArgs& a) {
-  if constexpr (NR < kNr) {
-    if (nr != NR) return MicroNr<MR, NR + 1>(nr, a);
-  }
-  Micro<MR, NR>(a);
-}
-
-template <int MR = 1>
-void RunMicro(int mr, int nr, const MicroArgs& a) {
-  if constexpr (MR < kMr) {
-    if (mr != MR) return RunMicro<MR + 1>(mr, nr, a);
-  }
-  MicroNr<MR>(nr, a);
-}
-
 }  // namespace
 
 bool CpuHasAvx512Bf16() {
@@ -197,7 +175,9 @@ void MatMulBf16Dot(const float* x, int64_t m, const WeightMatrix& w, const Weigh
         for (int64_t i = 0; i < mt; i += kMr) {
           const MicroArgs args{xb + (i0 + i) * kp, kp, wd + j0 * k,           k,
                                &prefetch,          b,  y + (i0 + i) * n + j0, n};
-          RunMicro(static_cast<int>(std::min<int64_t>(kMr, mt - i)), static_cast<int>(rows), args);
+          WithShape<kMr, kNr>(
+              static_cast<int>(std::min<int64_t>(kMr, mt - i)), static_cast<int>(rows),
+              [&](auto mr, auto nr) { Micro<decltype(mr)::value, decltype(nr)::value>(args); });
         }
       }
     }
