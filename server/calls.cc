@@ -13,15 +13,19 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status.h"
+#include "common/text.h"
 #include "server/convert.h"
 #include "server/grpc_status.h"
 
 namespace spanserve::server {
 namespace {
+
+// The most continuations one Score call may carry (lm-evaluation-harness sends a handful
+// per context); each is one engine request.
+constexpr int kMaxScoreContinuations = 256;
 
 // A request the engine cancelled while the server drains (its grace period is over) ends
 // UNAVAILABLE, so the client knows to retry elsewhere.
@@ -35,18 +39,18 @@ absl::Status EndStatus(const engine::FinalInfo& final, const SpanServeService& s
 
 // One structured (JSON) line per finished request on stderr, for log shippers; also feeds
 // the metrics.
+// Client strings are JSON-escaped and bounded (common/text.h).
 void LogRequestFinished(const SpanServeService& service, const ServedModel& model,
-                        absl::string_view rpc, const engine::FinalInfo& final, engine::RequestId id,
+                        absl::string_view rpc, const engine::FinalInfo& final, uint64_t public_id,
                         absl::string_view client_request_id, const absl::Status& status) {
   if (service.metrics() != nullptr) service.metrics()->RecordFinished(model.name(), final);
   const std::string line = absl::StrFormat(
-      "{\"event\":\"request_finished\",\"rpc\":\"%s\",\"model\":\"%s\",\"id\":%d,"
-      "\"client_request_id\":\"%s\","
+      "{\"event\":\"request_finished\",\"rpc\":\"%s\",\"model\":%s,\"id\":%d,"
+      "\"client_request_id\":%s,"
       "\"prompt_tokens\":%d,\"generated_tokens\":%d,\"cached_prompt_tokens\":%d,"
       "\"queue_s\":%.6f,\"ttft_s\":%.6f,\"e2e_s\":%.6f,\"finish_reason\":\"%s\","
       "\"status\":\"%s\"}\n",
-      rpc, absl::CEscape(model.name()), service.PublicRequestId(model, id),
-      absl::CEscape(client_request_id), final.prompt_tokens, final.generated_tokens,
+      rpc, JsonString(model.name()), public_id, JsonString(client_request_id), final.prompt_tokens, final.generated_tokens,
       final.cached_prompt_tokens, final.timings.queue_s, final.timings.ttft_s, final.timings.e2e_s,
       std::string(engine::FinishReasonName(final.reason)), absl::StatusCodeToString(status.code()));
   std::fputs(line.c_str(), stderr);
@@ -93,7 +97,9 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
  public:
   GenerateCall(SpanServeService* service, grpc::CallbackServerContext* context,
                const v1::GenerateRequest& proto)
-      : service_(service), client_request_id_(proto.client_request_id()) {
+      : service_(service),
+        client_request_id_(proto.client_request_id()),
+        public_id_(service->NewPublicRequestId()) {
     service_->CallStarted();
     absl::StatusOr<engine::Request> request = BuildRequest(*context, proto);
     if (!request.ok()) {
@@ -112,6 +118,11 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
     }
     std::lock_guard<std::mutex> lock(mu_);
     stream_ = handle->stream;
+    // Abort finds it from now until its final output, unless that came already.
+    if (!final_seen_) {
+      service_->RegisterRequest(public_id_, model_, handle->id);
+      registered_ = true;
+    }
   }
 
  private:
@@ -162,11 +173,15 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
       }
       if (!pending_) pending_.emplace();
       AppendOutput(out, model_->tokenizer(), &*pending_);
-      pending_->set_request_id(service_->PublicRequestId(*model_, out.id));
+      pending_->set_request_id(public_id_);
       if (is_final) {
+        // The id leaves Abort's map before the client can see the end (the engine dropped
+        // it from its own live set before this output).
+        final_seen_ = true;
+        if (registered_) service_->UnregisterRequest(public_id_);
         final_status_ = EndStatus(*out.final, *service_);
         if (final_status_->ok()) ToFinalInfo(*out.final, pending_->mutable_final());
-        LogRequestFinished(*service_, *model_, "Generate", *out.final, out.id, client_request_id_,
+        LogRequestFinished(*service_, *model_, "Generate", *out.final, public_id_, client_request_id_,
                            client_gone_ ? absl::CancelledError() : *final_status_);
       }
     }
@@ -247,6 +262,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
   SpanServeService* const service_;
   ServedModel* model_ = nullptr;  // set once the request names a ready model
   const std::string client_request_id_;
+  const uint64_t public_id_;  // what the client sees as request_id
   // gRPC's reference (released in OnDone), plus the engine's while it holds the request.
   std::atomic<int> refs_{1};
 
@@ -259,28 +275,45 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
   bool pump_scheduled_ = false;  // a relay task will call Pump
   bool client_gone_ = false;
   bool finish_called_ = false;
+  bool final_seen_ = false;  // the engine delivered the final output
+  bool registered_ = false;  // public_id_ is in the service's map
 };
 
 class ScoreCall final : public grpc::ServerUnaryReactor {
  public:
   ScoreCall(SpanServeService* service, grpc::CallbackServerContext* context,
             const v1::ScoreRequest& proto, v1::ScoreResponse* response)
-      : service_(service), response_(response) {
+      : service_(service), response_(response), public_id_(service->NewPublicRequestId()) {
     service_->CallStarted();
-    absl::StatusOr<std::vector<engine::Request>> requests = BuildRequests(*context, proto);
-    if (!requests.ok()) {
+    // Everything is checked and tokenized before any engine request is built: a refused
+    // call costs no more memory than its own message.
+    if (absl::Status s = Prepare(*context, proto); !s.ok()) {
       finish_called_ = true;
-      Finish(ToGrpcStatus(requests.status()));
+      Finish(ToGrpcStatus(s));
       return;
     }
-    const size_t n = requests->size();
+    const size_t n = continuations_.size();
     results_.resize(n);
     streams_.resize(n);
     std::unique_lock<std::mutex> lock(mu_);
     remaining_ = static_cast<int>(n);
     lock.unlock();
+    const std::optional<Clock::time_point> deadline = EngineDeadline(*context);
     for (size_t i = 0; i < n; ++i) {
-      engine::Request& r = (*requests)[i];
+      // One request per continuation, built just before it is submitted. Each computes
+      // only its own continuation's positions: the context's blocks come from the prefix
+      // cache once the first request has computed them.
+      engine::Request r;
+      r.prompt.reserve(context_ids_.size() + continuations_[i].size());
+      r.prompt = context_ids_;
+      r.prompt.insert(r.prompt.end(), continuations_[i].begin(), continuations_[i].end());
+      std::vector<int32_t>().swap(continuations_[i]);
+      r.sampling.temperature = 0.0f;
+      r.sampling.max_tokens = 1;
+      r.sampling.detokenize = false;
+      r.sampling.prompt_logprobs = 1;  // the argmax alternative decides is_greedy
+      r.sampling.prompt_logprobs_from = context_tokens_;
+      r.deadline = deadline;
       r.on_output = [this, i](engine::RequestOutput&& out) { OnOutput(i, std::move(out)); };
       refs_.fetch_add(1);
       absl::StatusOr<engine::RequestHandle> handle = model_->engine().Submit(std::move(r));
@@ -300,6 +333,7 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
       if (client_gone_) handle->stream->Cancel();
       lock.unlock();
     }
+    std::vector<int32_t>().swap(context_ids_);
     lock.lock();
     submitting_ = false;
     lock.unlock();
@@ -307,60 +341,72 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
   }
 
  private:
+  using Clock = engine::Clock;
   struct Result {
     std::vector<engine::PositionLogprobs> prompt_logprobs;
   };
 
-  absl::StatusOr<std::vector<engine::Request>> BuildRequests(
-      const grpc::CallbackServerContext& context, const v1::ScoreRequest& proto) {
-    if (absl::Status s = service_->Admit(context); !s.ok()) return s;
+  absl::Status Prepare(const grpc::CallbackServerContext& context, const v1::ScoreRequest& proto) {
+    RETURN_IF_ERROR(service_->Admit(context));
     ASSIGN_OR_RETURN(model_, service_->ReadyModel(proto.model()));
     const tokenizer::Tokenizer* tok = model_->tokenizer();
-    if (proto.continuations().empty()) {
+    const int num = proto.continuations().size();
+    if (num == 0) {
       return absl::InvalidArgumentError("continuations: must hold at least one continuation");
     }
-    std::vector<int32_t> context_ids;
+    if (num > kMaxScoreContinuations) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("continuations: at most ", kMaxScoreContinuations, " per call, got ", num,
+                       "; split them over several calls"));
+    }
+    // Each continuation is one engine request: more than the waiting queue holds could
+    // never be admitted, and more than it has room for now would be refused half-way.
+    const int32_t max_waiting = service_->options().max_waiting_requests;
+    if (num > max_waiting) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("continuations: ", num, " exceed the waiting queue's ", max_waiting,
+                       " requests (--max_waiting_requests); split them over several calls"));
+    }
+    if (const int32_t waiting = model_->engine().Stats().num_waiting; waiting + num > max_waiting) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the waiting queue has room for ", std::max(0, max_waiting - waiting), " of the ", num,
+          " continuations; retry later"));
+    }
     const bool empty_text_context =
         proto.context().input_case() == v1::Prompt::kText && proto.context().text().empty();
     if (empty_text_context && tok != nullptr && tok->bos_id()) {
       // lm-eval scores unconditional continuations after the BOS token.
-      context_ids = {*tok->bos_id()};
+      context_ids_ = {*tok->bos_id()};
     } else {
-      absl::StatusOr<std::vector<int32_t>> ids = PromptIds(proto.context(), "context", *model_);
-      if (!ids.ok()) return ids.status();
-      context_ids = *std::move(ids);
+      ASSIGN_OR_RETURN(context_ids_, PromptIds(proto.context(), "context", *model_));
     }
-    context_tokens_ = static_cast<int32_t>(context_ids.size());
-    std::vector<engine::Request> requests;
-    for (int i = 0; i < proto.continuations().size(); ++i) {
-      v1::Prompt cont = proto.continuations(i);
-      // Continuations are tokenized on their own, without BOS/EOS.
-      if (cont.input_case() == v1::Prompt::kText && !cont.has_add_special_tokens()) {
-        cont.set_add_special_tokens(false);
-      }
+    context_tokens_ = static_cast<int32_t>(context_ids_.size());
+    const int32_t max_model_len = model_->engine().info().max_model_len;
+    RETURN_IF_ERROR(CheckPromptLength(context_ids_.size(), max_model_len, "context"));
+    continuations_.reserve(num);
+    for (int i = 0; i < num; ++i) {
+      const v1::Prompt& cont = proto.continuations(i);
       const std::string field = absl::StrCat("continuations[", i, "]");
       if (cont.input_case() == v1::Prompt::kChat) {
         return absl::InvalidArgumentError(
             absl::StrCat(field, ": must be text or token_ids (chat is for the context only)"));
       }
-      absl::StatusOr<std::vector<int32_t>> ids = PromptIds(cont, field, *model_);
-      if (!ids.ok()) return ids.status();
-      engine::Request r;
-      r.prompt = context_ids;
-      r.prompt.insert(r.prompt.end(), ids->begin(), ids->end());
-      if (absl::Status s = CheckPromptLength(r.prompt.size(), model_->engine().info().max_model_len,
-                                             absl::StrCat("context + ", field));
-          !s.ok()) {
-        return s;
+      absl::StatusOr<std::vector<int32_t>> ids;
+      if (cont.input_case() == v1::Prompt::kText && !cont.has_add_special_tokens()) {
+        // Continuations are tokenized on their own, without BOS/EOS.
+        v1::Prompt plain;
+        plain.set_text(cont.text());
+        plain.set_add_special_tokens(false);
+        ids = PromptIds(plain, field, *model_);
+      } else {
+        ids = PromptIds(cont, field, *model_);
       }
-      r.sampling.temperature = 0.0f;
-      r.sampling.max_tokens = 1;
-      r.sampling.detokenize = false;
-      r.sampling.prompt_logprobs = 1;  // the argmax alternative decides is_greedy
-      r.deadline = EngineDeadline(context);
-      requests.push_back(std::move(r));
+      if (!ids.ok()) return ids.status();
+      RETURN_IF_ERROR(CheckPromptLength(context_ids_.size() + ids->size(), max_model_len,
+                                        absl::StrCat("context + ", field)));
+      continuations_.push_back(*std::move(ids));
     }
-    return requests;
+    return absl::OkStatus();
   }
 
   // Engine thread: collect the prompt logprobs; the last final output finishes the call.
@@ -375,7 +421,7 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
         --remaining_;
         const absl::Status s = EndStatus(*out.final, *service_);
         if (!s.ok() && error_.ok()) error_ = s;
-        LogRequestFinished(*service_, *model_, "Score", *out.final, out.id, "", s);
+        LogRequestFinished(*service_, *model_, "Score", *out.final, public_id_, "", s);
       }
     }
     if (is_final) {
@@ -400,16 +446,15 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
     for (size_t i = 0; i < results_.size(); ++i) {
       const auto& lps = results_[i].prompt_logprobs;
       v1::ContinuationScore* score = response_->add_scores();
-      // prompt_logprobs[j] is prompt position j + 1: the continuation starts at the context
-      // length, so its logprobs start at index context_tokens_ - 1.
-      const size_t first = static_cast<size_t>(context_tokens_ - 1);
-      if (lps.size() < first + 1) {
-        return absl::InternalError(absl::StrCat("continuations[", i, "]: the engine returned ",
-                                                lps.size(), " prompt logprobs"));
+      // Logprobs start at prompt_logprobs_from, the context's length: one per continuation
+      // token.
+      if (lps.empty()) {
+        return absl::InternalError(
+            absl::StrCat("continuations[", i, "]: the engine returned no prompt logprobs"));
       }
       double sum = 0;
       bool greedy = true;
-      for (size_t j = first; j < lps.size(); ++j) {
+      for (size_t j = 0; j < lps.size(); ++j) {
         sum += lps[j].logprob;
         score->add_token_logprobs(lps[j].logprob);
         if (!lps[j].top.empty() && lps[j].top[0].token != lps[j].token &&
@@ -419,7 +464,7 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
       }
       score->set_logprob(sum);
       score->set_is_greedy(greedy);
-      score->set_num_tokens(static_cast<int32_t>(lps.size() - first));
+      score->set_num_tokens(static_cast<int32_t>(lps.size()));
     }
     return absl::OkStatus();
   }
@@ -444,8 +489,12 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
   SpanServeService* const service_;
   ServedModel* model_ = nullptr;  // set once the request names a ready model
   v1::ScoreResponse* const response_;
+  const uint64_t public_id_;  // names the call's requests in the log
   std::atomic<int> refs_{1};
   int32_t context_tokens_ = 0;
+  // The tokenized call, until submitted.
+  std::vector<int32_t> context_ids_;
+  std::vector<std::vector<int32_t>> continuations_;
 
   std::mutex mu_;
   std::vector<Result> results_;

@@ -1,5 +1,6 @@
 #include "server/convert.h"
 
+#include <algorithm>
 #include <chrono>
 #include <string>
 
@@ -9,6 +10,12 @@
 namespace spanserve::server {
 
 namespace {
+
+// A prompt's text longer than max_model_len × this many bytes cannot fit the context (real
+// text averages 3-5 bytes a token; no tokenizer's tokens average 64). Texts up to the
+// floor below are always tokenized, whatever the context.
+constexpr int64_t kMaxPromptBytesPerToken = 64;
+constexpr int64_t kMinPromptTextBytes = 64 << 10;
 
 std::string FieldName(absl::string_view prefix, absl::string_view name) {
   return prefix.empty() ? std::string(name) : absl::StrCat(prefix, ".", name);
@@ -56,6 +63,16 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::Prompt& prompt, absl::s
       if (tokenizer == nullptr) {
         return absl::InvalidArgumentError(absl::StrCat(
             field, ".text: the served model has no tokenizer.json; send ", field, ".token_ids"));
+      }
+      // Text that cannot fit the context is refused before it is tokenized: tokenizing
+      // megabytes only to refuse the count would hold a gRPC thread for a second.
+      const int64_t max_bytes = std::max<int64_t>(
+          kMinPromptTextBytes,
+          static_cast<int64_t>(model.engine().info().max_model_len) * kMaxPromptBytesPerToken);
+      if (static_cast<int64_t>(prompt.text().size()) > max_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".text: ", prompt.text().size(), " bytes cannot fit the context of ",
+            model.engine().info().max_model_len, " tokens (at most ", max_bytes, " bytes)"));
       }
       const bool special = !prompt.has_add_special_tokens() || prompt.add_special_tokens();
       absl::StatusOr<std::vector<int32_t>> ids = tokenizer->Encode(prompt.text(), special);

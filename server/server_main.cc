@@ -99,6 +99,10 @@ ABSL_FLAG(std::string, auth_token, "",
           "stay open for probes)");
 ABSL_FLAG(std::string, auth_token_file, "", "read the bearer token from this file");
 ABSL_FLAG(int, max_message_bytes, 16 << 20, "largest gRPC message received or sent");
+ABSL_FLAG(int, max_metadata_bytes, 8 << 10,
+          "largest metadata (headers) of a call, keys + values + 32 bytes an entry; a call "
+          "over it answers RESOURCE_EXHAUSTED alone (the transport takes up to 9 MiB, so an "
+          "oversized call never ends the other calls on its connection)");
 ABSL_FLAG(double, drain_grace_s, 30.0,
           "on SIGTERM/SIGINT: seconds in-flight calls get to finish before being cancelled");
 ABSL_FLAG(double, debug_load_delay_s, 0,
@@ -108,6 +112,8 @@ namespace spanserve::server {
 namespace {
 
 constexpr char kServiceName[] = "spanserve.v1.SpanServe";
+// The transport's metadata limit (GRPC_ARG_MAX_METADATA_SIZE): see where it is set.
+constexpr int kTransportMetadataBytes = 9 << 20;
 
 void Log(const std::string& message) {
   std::fprintf(stderr, "spanserve-server: %s\n", message.c_str());
@@ -342,6 +348,8 @@ int Run(const sigset_t& signals) {
       .max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
       .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens),
       .max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests),
+      .max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes),
+      .max_metadata_bytes = absl::GetFlag(FLAGS_max_metadata_bytes),
   };
   std::unique_ptr<ServerMetrics> metrics;
   if (const std::string addr = absl::GetFlag(FLAGS_metrics_address); !addr.empty()) {
@@ -368,6 +376,12 @@ int Run(const sigset_t& signals) {
   builder.AddListeningPort(absl::GetFlag(FLAGS_listen), *creds, &port);
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.SetMaxSendMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  // gRPC before 1.53 (Debian 12 ships 1.51) ends the whole HTTP/2 connection, every call
+  // on it, when one call's metadata passes this transport limit. So it is set far above
+  // --max_metadata_bytes, which the service checks per call, and above the 8 MiB that
+  // Envoy (the usual pooling proxy) can forward at most: only a client that sends more
+  // than 9 MiB of headers on its own connection can end that connection.
+  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, kTransportMetadataBytes);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {

@@ -1,18 +1,22 @@
 #include "server/service.h"
 
+#include <sys/random.h>
+
+#include <random>
 #include <string_view>
 #include <utility>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
+#include "common/text.h"
 #include "runtime/engine/block_manager.h"
 #include "runtime/model/model.h"
 #include "server/calls.h"
 #include "server/convert.h"
 #include "server/grpc_status.h"
+#include "server/raw_request.h"
 
 namespace spanserve::server {
 namespace {
@@ -32,6 +36,28 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
   return reactor;
 }
 
+// A Generate call refused before it started: finishes at once with `status`.
+class RefusedStream final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
+ public:
+  explicit RefusedStream(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
+  void OnDone() override { delete this; }
+};
+
+// Wraps a unary handler so that gRPC hands it bytes: `typed` gets the request parsed by
+// ParseRequest, after the call was admitted (auth before anything about the bytes).
+template <typename Request, typename Response, typename Typed>
+grpc::internal::MethodHandler* RawUnary(const SpanServeService* service, Typed typed) {
+  return new grpc::internal::CallbackUnaryHandler<grpc::ByteBuffer, Response>(
+      [service, typed](grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw,
+                       Response* response) -> grpc::ServerUnaryReactor* {
+        if (absl::Status s = service->Admit(*context); !s.ok()) return FinishUnary(context, s);
+        Request request;
+        if (absl::Status s = ParseRequest(*raw, &request); !s.ok()) return FinishUnary(context, s);
+        // Handlers read the request before they return: it may die with this frame.
+        return typed(context, &request, response);
+      });
+}
+
 absl::Status NoTokenizerError(const ServedModel& model) {
   return absl::FailedPreconditionError(absl::StrCat(
       "model '", model.name(), "' has no tokenizer.json: only token ids are accepted"));
@@ -39,11 +65,49 @@ absl::Status NoTokenizerError(const ServedModel& model) {
 
 }  // namespace
 
-SpanServeService::SpanServeService(ServiceOptions options) : options_(std::move(options)) {
+SpanServeService::SpanServeService(ServiceOptions options)
+    : options_(std::move(options)),
+      work_pool_(std::make_unique<WorkPool>(/*threads=*/1, /*max_queued=*/32)) {
   for (size_t i = 0; i < options_.models.size(); ++i) {
     models_.push_back(std::make_unique<ServedModel>(
         options_.models[i].name, options_.models[i].path, static_cast<int32_t>(i)));
   }
+  ParseRequestsOurselves();
+}
+
+SpanServeService::~SpanServeService() = default;
+
+void SpanServeService::ParseRequestsOurselves() {
+  // The methods' indices, in the order of the service in spanserve.proto.
+  enum : int { kGenerate, kScore, kTokenize, kDetokenize, kGetModelInfo, kGetExpertLoad, kAbort };
+  MarkMethodRawCallback(
+      kGenerate,
+      new grpc::internal::CallbackServerStreamingHandler<grpc::ByteBuffer, v1::GenerateChunk>(
+          [this](grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw)
+              -> grpc::ServerWriteReactor<v1::GenerateChunk>* {
+            if (absl::Status s = Admit(*context); !s.ok()) return new RefusedStream(s);
+            v1::GenerateRequest request;
+            if (absl::Status s = ParseRequest(*raw, &request); !s.ok()) {
+              return new RefusedStream(s);
+            }
+            return Generate(context, &request);
+          }));
+  MarkMethodRawCallback(kScore, RawUnary<v1::ScoreRequest, v1::ScoreResponse>(
+                                    this, [this](auto* c, auto* q, auto* r) { return Score(c, q, r); }));
+  MarkMethodRawCallback(kTokenize,
+                        RawUnary<v1::TokenizeRequest, v1::TokenizeResponse>(
+                            this, [this](auto* c, auto* q, auto* r) { return Tokenize(c, q, r); }));
+  MarkMethodRawCallback(kDetokenize,
+                        RawUnary<v1::DetokenizeRequest, v1::DetokenizeResponse>(
+                            this, [this](auto* c, auto* q, auto* r) { return Detokenize(c, q, r); }));
+  MarkMethodRawCallback(kGetModelInfo,
+                        RawUnary<v1::GetModelInfoRequest, v1::ModelInfo>(
+                            this, [this](auto* c, auto* q, auto* r) { return GetModelInfo(c, q, r); }));
+  MarkMethodRawCallback(
+      kGetExpertLoad, RawUnary<v1::GetExpertLoadRequest, v1::ExpertLoad>(
+                          this, [this](auto* c, auto* q, auto* r) { return GetExpertLoad(c, q, r); }));
+  MarkMethodRawCallback(kAbort, RawUnary<v1::AbortRequest, v1::AbortResponse>(
+                                    this, [this](auto* c, auto* q, auto* r) { return Abort(c, q, r); }));
 }
 
 void SpanServeService::StartDraining() { draining_.store(true); }
@@ -53,8 +117,17 @@ void SpanServeService::ShutdownEngines() {
 }
 
 absl::Status SpanServeService::Admit(const grpc::CallbackServerContext& context) const {
+  const auto& metadata = context.client_metadata();
+  // gRPC takes metadata up to the transport's limit (server_main sets it far above this
+  // one: past it gRPC 1.51 ends the whole connection); a call over ours fails alone.
+  int64_t metadata_bytes = 0;
+  for (const auto& [key, value] : metadata) metadata_bytes += key.size() + value.size() + 32;
+  if (metadata_bytes > options_.max_metadata_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("request metadata of ", metadata_bytes, " bytes exceeds the limit of ",
+                     options_.max_metadata_bytes, " bytes (--max_metadata_bytes)"));
+  }
   if (!options_.auth_token.empty()) {
-    const auto& metadata = context.client_metadata();
     auto it = metadata.find("authorization");
     if (it == metadata.end()) {
       return absl::UnauthenticatedError("missing 'authorization: Bearer <token>' metadata");
@@ -80,7 +153,7 @@ absl::StatusOr<ServedModel*> SpanServeService::FindModel(absl::string_view name)
   std::vector<std::string> names;
   for (const auto& model : models_) names.push_back(model->name());
   return absl::NotFoundError(
-      absl::StrCat("model: '", absl::CEscape(name),
+      absl::StrCat("model: '", EchoValue(name),
                    "' is not served here; served models: ", absl::StrJoin(names, ", ")));
 }
 
@@ -90,9 +163,29 @@ absl::StatusOr<ServedModel*> SpanServeService::ReadyModel(absl::string_view name
   return model;
 }
 
-uint64_t SpanServeService::PublicRequestId(const ServedModel& model, engine::RequestId id) const {
-  return (static_cast<uint64_t>(id) - 1) * models_.size() + static_cast<uint64_t>(model.index()) +
-         1;
+uint64_t SpanServeService::NewPublicRequestId() {
+  for (;;) {
+    uint64_t id = 0;
+    // getrandom(2) on the urandom pool: never blocks once the kernel's pool is seeded, and
+    // 8 bytes never come back short.
+    if (getrandom(&id, sizeof(id), 0) != static_cast<ssize_t>(sizeof(id))) {
+      std::random_device device;  // the same pool through libstdc++, should the call fail
+      id = (static_cast<uint64_t>(device()) << 32) ^ device();
+    }
+    std::lock_guard<std::mutex> lock(ids_mu_);
+    if (id != 0 && !live_ids_.contains(id)) return id;
+  }
+}
+
+void SpanServeService::RegisterRequest(uint64_t public_id, ServedModel* model,
+                                       engine::RequestId engine_id) {
+  std::lock_guard<std::mutex> lock(ids_mu_);
+  live_ids_[public_id] = LiveRequest{model, engine_id};
+}
+
+void SpanServeService::UnregisterRequest(uint64_t public_id) {
+  std::lock_guard<std::mutex> lock(ids_mu_);
+  live_ids_.erase(public_id);
 }
 
 grpc::ServerWriteReactor<v1::GenerateChunk>* SpanServeService::Generate(
@@ -106,36 +199,79 @@ grpc::ServerUnaryReactor* SpanServeService::Score(grpc::CallbackServerContext* c
   return StartScoreCall(this, context, *request, response);
 }
 
+absl::Status SpanServeService::DoTokenize(const v1::TokenizeRequest& request,
+                                          const ServedModel& model,
+                                          v1::TokenizeResponse* response) const {
+  const tokenizer::Tokenizer* tok = model.tokenizer();
+  absl::StatusOr<std::vector<int32_t>> ids;
+  if (request.has_chat()) {
+    v1::Prompt prompt;
+    *prompt.mutable_chat() = request.chat();
+    ids = PromptIds(prompt, "", model);
+  } else {
+    const bool special = !request.has_add_special_tokens() || request.add_special_tokens();
+    ids = tok->Encode(request.text(), special);
+    if (!ids.ok()) {
+      ids = absl::Status(ids.status().code(), absl::StrCat("text: ", ids.status().message()));
+    }
+  }
+  if (!ids.ok()) return ids.status();
+  response->mutable_token_ids()->Reserve(static_cast<int>(ids->size()));
+  response->mutable_tokens()->Reserve(static_cast<int>(ids->size()));
+  for (int32_t id : *ids) {
+    response->add_token_ids(id);
+    response->add_tokens(std::string(tok->IdToToken(id)));
+  }
+  // The input bound keeps the answer under the limit; should a tokenizer ever break it,
+  // the call says so rather than failing in gRPC's send.
+  if (const int64_t bytes = static_cast<int64_t>(response->ByteSizeLong());
+      bytes > options_.max_message_bytes) {
+    response->Clear();
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the answer would be ", bytes, " bytes, over --max_message_bytes (",
+                     options_.max_message_bytes, "); send less text"));
+  }
+  return absl::OkStatus();
+}
+
 grpc::ServerUnaryReactor* SpanServeService::Tokenize(grpc::CallbackServerContext* context,
                                                      const v1::TokenizeRequest* request,
                                                      v1::TokenizeResponse* response) {
   if (absl::Status s = Admit(*context); !s.ok()) return FinishUnary(context, s);
   absl::StatusOr<ServedModel*> model = ReadyModel(request->model());
   if (!model.ok()) return FinishUnary(context, model.status());
-  const tokenizer::Tokenizer* tok = (*model)->tokenizer();
-  if (tok == nullptr) return FinishUnary(context, NoTokenizerError(**model));
-  absl::StatusOr<std::vector<int32_t>> ids;
-  if (request->has_chat()) {
-    if (!request->text().empty()) {
-      return FinishUnary(context,
-                         absl::InvalidArgumentError("text: must be empty when chat is set"));
-    }
-    v1::Prompt prompt;
-    *prompt.mutable_chat() = request->chat();
-    ids = PromptIds(prompt, "", **model);
-  } else {
-    const bool special = !request->has_add_special_tokens() || request->add_special_tokens();
-    ids = tok->Encode(request->text(), special);
-    if (!ids.ok()) {
-      ids = absl::Status(ids.status().code(), absl::StrCat("text: ", ids.status().message()));
-    }
+  if ((*model)->tokenizer() == nullptr) return FinishUnary(context, NoTokenizerError(**model));
+  if (request->has_chat() && !request->text().empty()) {
+    return FinishUnary(context, absl::InvalidArgumentError("text: must be empty when chat is set"));
   }
-  if (!ids.ok()) return FinishUnary(context, ids.status());
-  for (int32_t id : *ids) {
-    response->add_token_ids(id);
-    response->add_tokens(std::string(tok->IdToToken(id)));
+  // Bounded so that the answer fits in one message.
+  const int64_t max_bytes = options_.max_message_bytes / kTokenizeAnswerBytesPerByte;
+  const int64_t bytes = static_cast<int64_t>(request->ByteSizeLong());
+  if (bytes > max_bytes) {
+    return FinishUnary(context, absl::InvalidArgumentError(absl::StrCat(
+                                    request->has_chat() ? "chat" : "text", ": ", bytes,
+                                    " bytes; Tokenize takes at most ", max_bytes,
+                                    " bytes a call (1/", kTokenizeAnswerBytesPerByte,
+                                    " of --max_message_bytes, so the answer fits); split it")));
   }
-  return FinishUnary(context, absl::OkStatus());
+  if (bytes <= kInlineTokenizeBytes) {
+    return FinishUnary(context, DoTokenize(*request, **model, response));
+  }
+  // Long: off gRPC's threads, onto the work pool (the request is copied: it dies when this
+  // handler returns).
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto owned = std::make_shared<v1::TokenizeRequest>(*request);
+  const bool posted = work_pool_->TryPost([this, context, reactor, owned, response,
+                                           m = *model] {
+    reactor->Finish(ToGrpcStatus(context->IsCancelled()
+                                     ? absl::CancelledError("the client cancelled the call")
+                                     : DoTokenize(*owned, *m, response)));
+  });
+  if (!posted) {
+    reactor->Finish(ToGrpcStatus(absl::ResourceExhaustedError(
+        "too many long Tokenize calls are waiting; retry later")));
+  }
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* SpanServeService::Detokenize(grpc::CallbackServerContext* context,
@@ -251,10 +387,15 @@ grpc::ServerUnaryReactor* SpanServeService::Abort(grpc::CallbackServerContext* c
   if (id == 0) {
     return FinishUnary(context, absl::InvalidArgumentError("request_id: must be set (non-zero)"));
   }
-  // Inverts PublicRequestId.
-  const ServedModel& model = *models_[(id - 1) % models_.size()];
-  const engine::RequestId engine_id = (id - 1) / models_.size() + 1;
-  response->set_aborted(model.state() == ModelState::kReady && model.engine().Abort(engine_id));
+  LiveRequest live;
+  {
+    std::lock_guard<std::mutex> lock(ids_mu_);
+    auto it = live_ids_.find(id);
+    if (it != live_ids_.end()) live = it->second;
+  }
+  // Unknown, or already finished: the id left the map before the client could see the end.
+  response->set_aborted(live.model != nullptr && live.model->state() == ModelState::kReady &&
+                        live.model->engine().Abort(live.engine_id));
   return FinishUnary(context, absl::OkStatus());
 }
 

@@ -10,15 +10,18 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "runtime/engine/engine.h"
 #include "server/metrics.h"
 #include "server/served_model.h"
+#include "server/work_pool.h"
 #include "spanserve/v1/spanserve.grpc.pb.h"
 
 namespace spanserve::server {
@@ -38,13 +41,28 @@ struct ServiceOptions {
   int32_t max_num_seqs = 0;
   int32_t max_batched_tokens = 0;
   int32_t max_waiting_requests = 0;
+  // The largest message received or sent (--max_message_bytes): Tokenize takes at most
+  // max_message_bytes / kTokenizeAnswerBytesPerByte bytes of text, so its answer fits.
+  int64_t max_message_bytes = 16 << 20;
+  // A call whose metadata (keys + values + 32 bytes an entry, as HTTP/2 counts it) is
+  // larger answers RESOURCE_EXHAUSTED, alone (--max_metadata_bytes).
+  int64_t max_metadata_bytes = 8 << 10;
   // Optional; must outlive the service.
   ServerMetrics* metrics = nullptr;
 };
 
+// A Tokenize answer (ids and token strings) is at most this many bytes per byte of text:
+// <= 1 token a byte, <= 5 bytes of varint id and 3 of string framing a token, and token
+// strings <= 3 bytes a text byte (byte-level BPE maps a byte to <= 2, SentencePiece a
+// space to 3).
+inline constexpr int64_t kTokenizeAnswerBytesPerByte = 12;
+// Texts longer than this are tokenized on the service's work pool, not on gRPC's threads.
+inline constexpr int64_t kInlineTokenizeBytes = 64 << 10;
+
 class SpanServeService final : public v1::SpanServe::CallbackService {
  public:
   explicit SpanServeService(ServiceOptions options);
+  ~SpanServeService() override;
 
   // The served models in the order given; the loading thread calls SetReady / SetFailed
   // on them. Each starts kLoading: calls naming it answer UNAVAILABLE until it is ready.
@@ -54,6 +72,7 @@ class SpanServeService final : public v1::SpanServe::CallbackService {
   // Stops every ready model's engine (what is still in flight ends CANCELLED).
   void ShutdownEngines();
   bool draining() const { return draining_.load(); }
+  const ServiceOptions& options() const { return options_; }
   ServerMetrics* metrics() const { return options_.metrics; }
   // Generate and Score calls not yet finished.
   int32_t num_in_flight() const { return in_flight_.load(); }
@@ -66,9 +85,13 @@ class SpanServeService final : public v1::SpanServe::CallbackService {
   // FindModel, then the model must be ready (see ServedModel::CheckReady).
   absl::StatusOr<ServedModel*> ReadyModel(absl::string_view name) const;
 
-  // Engine request ids restart at 1 in every engine; clients see ids unique across models:
-  // (engine id - 1) * number of models + model index + 1.
-  uint64_t PublicRequestId(const ServedModel& model, engine::RequestId id) const;
+  // The request ids clients see (GenerateChunk.request_id, Abort) are drawn at random from
+  // the kernel's CSPRNG, never 0, unique among the live ones: holding the shared token does
+  // not let one client guess another's request and abort it. Engine ids stay internal.
+  uint64_t NewPublicRequestId();
+  // Abort finds the request under `public_id` from Register until Unregister.
+  void RegisterRequest(uint64_t public_id, ServedModel* model, engine::RequestId engine_id);
+  void UnregisterRequest(uint64_t public_id);
   // A call in flight holds one count, so draining knows when the server is idle.
   void CallStarted() { in_flight_.fetch_add(1); }
   void CallFinished() { in_flight_.fetch_sub(1); }
@@ -96,11 +119,24 @@ class SpanServeService final : public v1::SpanServe::CallbackService {
 
  private:
   void FillModelInfo(const ServedModel& model, v1::ModelInfo* response) const;
+  // Tokenize's work, on whichever thread runs it.
+  absl::Status DoTokenize(const v1::TokenizeRequest& request, const ServedModel& model,
+                          v1::TokenizeResponse* response) const;
+  // Has gRPC hand each method its request as bytes, parsed by ParseRequest.
+  void ParseRequestsOurselves();
 
   const ServiceOptions options_;
   std::vector<std::unique_ptr<ServedModel>> models_;
   std::atomic<bool> draining_{false};
   std::atomic<int32_t> in_flight_{0};
+
+  struct LiveRequest {
+    ServedModel* model = nullptr;
+    engine::RequestId engine_id = 0;
+  };
+  std::unique_ptr<WorkPool> work_pool_;  // long tokenization
+  mutable std::mutex ids_mu_;
+  absl::flat_hash_map<uint64_t, LiveRequest> live_ids_;  // guarded by ids_mu_
 };
 
 }  // namespace spanserve::server

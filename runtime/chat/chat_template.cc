@@ -6,9 +6,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/text.h"
 #include "absl/strings/strip.h"
 
 namespace spanserve::chat {
@@ -218,7 +218,7 @@ absl::StatusOr<std::string> ChatTemplate::Apply(std::span<const ChatMessage> mes
   for (size_t i = 0; i < messages.size(); ++i) {
     if (!ValidRole(messages[i].role)) {
       return absl::InvalidArgumentError(absl::StrCat(field, "[", i, "].role: '",
-                                                     absl::CEscape(messages[i].role),
+                                                     EchoValue(messages[i].role),
                                                      "' is not one of system, user, assistant"));
     }
   }

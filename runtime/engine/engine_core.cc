@@ -154,15 +154,17 @@ std::unique_ptr<Sequence> EngineCore::MakeSequence(RequestId id, Request request
   seq->prompt_len = static_cast<int32_t>(request.prompt.size());
   const int64_t max_len = std::min<int64_t>(
       static_cast<int64_t>(seq->prompt_len) + request.sampling.max_tokens, info_.max_model_len);
+  // The prompt moves into the token list (no second copy is kept for the request's life).
+  seq->tokens = std::move(request.prompt);
   seq->tokens.reserve(max_len);
-  seq->tokens.assign(request.prompt.begin(), request.prompt.end());
   seq->block_table.reserve((max_len + options_.block_size - 1) / options_.block_size);
   seq->rng.Seed(request.sampling.seed.value_or(default_seed));
   seq->want_text =
       options_.detokenize && (request.sampling.detokenize || !request.sampling.stop.empty());
   seq->detok.Reset(seq->prompt_len);
   if (request.sampling.prompt_logprobs.has_value()) {
-    seq->prompt_logprobs.reserve(seq->prompt_len);
+    seq->prompt_logprobs.reserve(
+        std::max(0, seq->prompt_len - request.sampling.prompt_logprobs_from));
   }
   seq->stream = std::move(stream);
   seq->request = std::move(request);
@@ -203,9 +205,10 @@ bool EngineCore::Step() {
       seq->first_scheduled_time = t0;
     }
     const int32_t end = seq->num_computed + seq->step_tokens;
+    // Prompt logprobs from position `from` need the logits of positions from - 1 on: a
+    // chunk that ends before them computes none.
     const bool want_prompt_logprobs =
-        seq->request.sampling.prompt_logprobs.has_value() &&
-        static_cast<int32_t>(seq->prompt_logprobs.size()) < seq->prompt_len - 1;
+        seq->wants_prompt_logprobs() && end >= seq->prompt_logprobs_from();
     model::LogitsMode mode = model::LogitsMode::kNone;
     if (want_prompt_logprobs) {
       mode = model::LogitsMode::kAll;
@@ -299,7 +302,8 @@ void EngineCore::ProcessRows(Sequence* seq, const model::SequenceInput& input, f
     for (int32_t r = 0; r < num_rows; ++r) {
       const int32_t target = first_position + r + 1;  // the prompt token these logits predict
       if (target >= seq->prompt_len) break;
-      if (target != static_cast<int32_t>(seq->prompt_logprobs.size()) + 1) continue;
+      const int32_t next = seq->prompt_logprobs_from() + static_cast<int32_t>(seq->prompt_logprobs.size());
+      if (target != next) continue;  // before `from`, or given before a preemption
       ComputeLogprobs({rows + static_cast<int64_t>(r) * vocab_, static_cast<size_t>(vocab_)},
                       seq->tokens[target], *top_n, &seq->prompt_logprobs.emplace_back());
     }
@@ -423,11 +427,12 @@ void EngineCore::Finish(Sequence* seq, FinishReason reason, absl::Status error) 
   } else if (seq->scheduled_once) {
     t.prefill_s = Seconds(seq->first_scheduled_time, now);
   }
-  const RequestId id = seq->id;
+  // The request stops being live (Abort answers false) before its final output is pushed:
+  // a client that has seen the end can never be told its abort took effect.
+  if (on_finished_) on_finished_(seq->id);
   Flush(seq);
   scheduler_.Remove(seq);  // releases the blocks; the sequence is destroyed here
   ++counters_.requests_finished;
-  if (on_finished_) on_finished_(id);
 }
 
 void EngineCore::FinishAll(FinishReason reason) {

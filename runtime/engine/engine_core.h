@@ -62,7 +62,8 @@ class EngineCore {
   // Finishes every request with `reason` (shutdown).
   void FinishAll(FinishReason reason);
 
-  // Called on the engine thread when a request has pushed its final output.
+  // Called on the engine thread as a request finishes, just before its final output is
+  // pushed (so the live set never holds a request whose end a client has seen).
   void set_on_finished(std::function<void(RequestId)> fn) { on_finished_ = std::move(fn); }
   void set_logits_observer(LogitsObserver fn) { logits_observer_ = std::move(fn); }
 

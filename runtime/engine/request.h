@@ -96,7 +96,8 @@ struct RequestOutput {
   std::string text;                               // their text (if detokenized); may lag tokens
                                                   // while it could still be part of a stop string
   std::vector<PositionLogprobs> logprobs;         // one per token in token_ids, if requested
-  std::vector<PositionLogprobs> prompt_logprobs;  // prompt positions 1..n-1, first output only
+  // Prompt positions sampling.prompt_logprobs_from (default 1) .. n-1, first output only.
+  std::vector<PositionLogprobs> prompt_logprobs;
   std::optional<FinalInfo> final;
 };
 

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <limits>
 
-#include "common/check.h"
 
 namespace spanserve::engine {
 namespace {
@@ -22,10 +21,11 @@ uint64_t SplitMix(uint64_t& x) {
 
 inline uint64_t Rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
+// The largest entry, ties to the lowest id; NaN entries lose to every number (all NaN: 0).
 int32_t ArgMax(std::span<const float> v) {
   int32_t best = 0;
   for (int32_t i = 1; i < static_cast<int32_t>(v.size()); ++i) {
-    if (v[i] > v[best]) best = i;
+    if (v[i] > v[best] || (std::isnan(v[best]) && !std::isnan(v[i]))) best = i;
   }
   return best;
 }
@@ -138,12 +138,23 @@ int32_t SampleToken(const SampleContext& ctx, std::span<float> logits, Rng& rng,
   ApplyPenalties(ctx, logits, scratch);
   if (p.temperature < kMinTemperature) return ArgMax(logits);
 
-  const float max = logits[ArgMax(logits)];
-  const float inv_t = 1.0f / p.temperature;
+  // Total over every input validation accepts: a tiny repetition_penalty divides a positive
+  // logit past FLT_MAX (+inf), suppression and masks give -inf, and a model may emit NaN.
+  // NaN weighs nothing; +inf logits share the draw equally; all -inf / NaN: the argmax.
+  const int32_t top = ArgMax(logits);
+  const float max = logits[top];
+  if (!(max > kNegInf)) return top;
   float* w = scratch.weights.data();
-  for (int32_t i = 0; i < vocab; ++i) w[i] = std::exp((logits[i] - max) * inv_t);
+  if (std::isinf(max)) {
+    for (int32_t i = 0; i < vocab; ++i) w[i] = logits[i] == max ? 1.0f : 0.0f;
+  } else {
+    const float inv_t = 1.0f / p.temperature;
+    for (int32_t i = 0; i < vocab; ++i) w[i] = std::exp((logits[i] - max) * inv_t);
+  }
+  // The top token weighs exactly 1 and passes every mask, so n >= 1; should it ever not,
+  // the argmax answers rather than a failed check.
   const int32_t n = ApplyMasks(p, {w, static_cast<size_t>(vocab)}, scratch);
-  SPANSERVE_CHECK_GT(n, 0);
+  if (n <= 0) return top;
   double total = 0;
   for (int32_t i = 0; i < n; ++i) total += w[scratch.cand[i]];
   const double u = rng.Uniform() * total;

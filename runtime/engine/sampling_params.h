@@ -59,6 +59,10 @@ struct SamplingParams {
   std::optional<int32_t> logprobs;
   // The same for every prompt token after the first (scoring / loglikelihood).
   std::optional<int32_t> prompt_logprobs;
+  // With prompt_logprobs: only prompt positions >= this (>= 1) get them. The positions
+  // before it need no logits, so they may come from the prefix cache: scoring K
+  // continuations of one context computes the context once, not K times.
+  int32_t prompt_logprobs_from = 1;
 
   bool greedy() const { return temperature == 0.0f; }
 };

@@ -130,11 +130,12 @@ bool Scheduler::Admit(ScheduleResult* out) {
   Sequence* seq = waiting_.front().get();
   SPANSERVE_CHECK(seq->block_table.empty());
   const int32_t total = static_cast<int32_t>(seq->tokens.size());
-  const bool want_prompt_logprobs =
-      seq->request.sampling.prompt_logprobs.has_value() &&
-      static_cast<int32_t>(seq->prompt_logprobs.size()) < seq->prompt_len - 1;
-  // Keep at least the last token to compute: its logits choose the next token.
-  const int32_t max_blocks = want_prompt_logprobs ? 0 : (total - 1) / blocks_->block_size();
+  // Keep at least the last token to compute: its logits choose the next token; with prompt
+  // logprobs still to give, position prompt_logprobs_from - 1 and on (its logits give the
+  // first of them).
+  const int32_t keep_from =
+      seq->wants_prompt_logprobs() ? seq->prompt_logprobs_from() - 1 : total - 1;
+  const int32_t max_blocks = keep_from / blocks_->block_size();
   uint64_t key = 0;
   const int32_t matched = blocks_->MatchPrefix(seq->tokens, max_blocks, &seq->block_table, &key);
   const int32_t cached = matched * blocks_->block_size();

@@ -54,9 +54,16 @@ struct Sequence {
   IncrementalDetokenizer detok;
   StopStringMatcher stop_matcher;
   bool want_text = false;
-  // Prompt logprobs collected so far (positions 1..), emitted with the first output.
+  // Prompt logprobs collected so far (positions prompt_logprobs_from..), emitted with the
+  // first output.
   std::vector<PositionLogprobs> prompt_logprobs;
   bool prompt_logprobs_sent = false;
+  // The first prompt position that gets logprobs, and whether some are still missing.
+  int32_t prompt_logprobs_from() const { return request.sampling.prompt_logprobs_from; }
+  bool wants_prompt_logprobs() const {
+    return request.sampling.prompt_logprobs.has_value() && !prompt_logprobs_sent &&
+           prompt_logprobs_from() + static_cast<int32_t>(prompt_logprobs.size()) < prompt_len;
+  }
   // Pending output of the current step.
   RequestOutput pending;
 

@@ -31,6 +31,7 @@ class ServerProcess {
 
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   int port() const { return port_; }
+  pid_t pid() const { return pid_; }
   std::shared_ptr<grpc::Channel> Channel() const;
   // SERVING, NOT_SERVING, ... or the RPC's error; `service` "" is the whole server.
   std::string Health(const std::string& service = "") const;

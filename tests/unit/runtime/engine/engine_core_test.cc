@@ -429,6 +429,45 @@ TEST_F(EngineCoreTest, LogprobsMatchPromptLogprobsOfTheSameTokens) {
   }
 }
 
+// Scoring continuations of one context (the Score RPC): logprobs from the context's end
+// only, the context's blocks shared through the prefix cache, the numbers the same as a
+// request that asks for every prompt position.
+TEST_F(EngineCoreTest, PromptLogprobsFromAPositionShareTheContext) {
+  std::vector<int32_t> context;
+  for (int i = 0; i < 53; ++i) context.push_back((i * 7 + 3) % 90 + 1);
+  const std::vector<std::vector<int32_t>> conts = {{5}, {6, 7, 8}, {9, 10}, {11}};
+  std::vector<Request> full, from;
+  for (const auto& c : conts) {
+    Request r;
+    r.prompt = context;
+    r.prompt.insert(r.prompt.end(), c.begin(), c.end());
+    r.sampling.temperature = 0;
+    r.sampling.max_tokens = 1;
+    r.sampling.prompt_logprobs = 1;
+    full.push_back(r);
+    r.sampling.prompt_logprobs_from = static_cast<int32_t>(context.size());
+    from.push_back(r);
+  }
+  const Run a = RunWaves(Options(), full, Alone(4));
+  // The first computes the context; the others find its full blocks in the prefix cache.
+  const Run b = RunWaves(Options(), from, {{0}, {1, 2, 3}});
+  EXPECT_EQ(a.prefix_hits, 0);  // every position's logprobs: nothing may be skipped
+  EXPECT_EQ(b.prefix_hits, 3 * 48);
+  for (size_t i = 0; i < conts.size(); ++i) {
+    const auto& want = a.out[i].prompt_logprobs;
+    const auto& got = b.out[i].prompt_logprobs;
+    ASSERT_EQ(want.size(), context.size() + conts[i].size() - 1);
+    ASSERT_EQ(got.size(), conts[i].size()) << i;
+    for (size_t j = 0; j < got.size(); ++j) {
+      const PositionLogprobs& w = want[context.size() - 1 + j];
+      EXPECT_EQ(got[j].token, w.token);
+      EXPECT_EQ(got[j].logprob, w.logprob) << i << " " << j;
+      ASSERT_EQ(got[j].top.size(), 1u);
+      EXPECT_EQ(got[j].top[0].token, w.top[0].token);
+    }
+  }
+}
+
 TEST_F(EngineCoreTest, CancelAndDeadlineTakeEffectAtTheNextStepAndFreeBlocks) {
   auto core = *EngineCore::Create(model_, Options());
   Request r;

@@ -231,6 +231,28 @@ TEST(EngineTest, AbortFinishesWithCancelledAndFreesBlocks) {
   ExpectIdleAndWhole(*engine);
 }
 
+// A request whose final output was delivered is no longer live: Abort answers false from
+// the moment the consumer can see the end (it once answered true for a moment after).
+TEST(EngineTest, AbortAfterTheFinalOutputIsFalse) {
+  auto engine = MakeEngine();
+  for (int i = 0; i < 20; ++i) {
+    std::promise<bool> abort_result;
+    Request r = Greedy({3, 1, 4}, 2);
+    RequestId id = 0;
+    std::promise<RequestId> id_promise;
+    std::shared_future<RequestId> id_f = id_promise.get_future().share();
+    r.on_output = [&](RequestOutput&& out) {
+      if (out.final.has_value()) abort_result.set_value(engine->Abort(id_f.get()));
+    };
+    auto h = engine->Submit(r);
+    ASSERT_TRUE(h.ok());
+    id = h->id;
+    id_promise.set_value(id);
+    EXPECT_FALSE(abort_result.get_future().get()) << "request " << id << " had finished";
+  }
+  ExpectIdleAndWhole(*engine);
+}
+
 TEST(EngineTest, PassedDeadlineFinishesWithDeadline) {
   auto engine = MakeEngine();
   Request r = Greedy({5, 6, 7}, 50);

@@ -2,6 +2,7 @@
 #include "runtime/engine/sampler.h"
 
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <set>
@@ -161,6 +162,57 @@ TEST(SamplerTest, PenaltiesFollowVllm) {
   // The scratch is clean again.
   for (int32_t c : scratch.counts) EXPECT_EQ(c, 0);
   for (char c : scratch.seen) EXPECT_EQ(c, 0);
+}
+
+// A repetition penalty near 0 divides positive logits past FLT_MAX: the draw must still
+// be total (it once failed a check and took the server down), whatever the masks.
+TEST(SamplerTest, ExtremePenaltiesAndNonFiniteLogitsStillDraw) {
+  SamplerScratch scratch(kVocab);
+  Rng rng(7);
+  const std::vector<int32_t> prompt = {0, 1, 5};
+  for (float rp : {1e-38f, 1e-45f, 3e38f}) {
+    for (float temperature : {1e-5f, 1.0f, 100.0f}) {
+      for (float top_p : {1.0f, 0.5f}) {
+        for (float min_p : {0.0f, 1.0f}) {
+          SamplingParams p;
+          p.temperature = temperature;
+          p.repetition_penalty = rp;
+          p.top_p = top_p;
+          p.min_p = min_p;
+          p.frequency_penalty = 2.0f;
+          p.presence_penalty = -2.0f;
+          SampleContext ctx;
+          ctx.params = &p;
+          ctx.prompt = prompt;
+          std::vector<float> l = {3, 2, -1, 0.5f, -7, 1, 0, 0};
+          const int32_t t = SampleToken(ctx, l, rng, scratch);
+          if (rp < 1.0f) {
+            // Tokens 0, 1 and 5 are at +inf: one of them is drawn.
+            EXPECT_TRUE(t == 0 || t == 1 || t == 5) << rp << " " << temperature << " " << t;
+          } else {
+            EXPECT_TRUE(t >= 0 && t < kVocab);
+          }
+        }
+      }
+    }
+  }
+  SamplingParams p;
+  SampleContext ctx;
+  ctx.params = &p;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> l = {nan, -inf, 2, nan, 2, -inf, nan, nan};
+  for (int i = 0; i < 64; ++i) {
+    std::vector<float> row = l;
+    const int32_t t = SampleToken(ctx, row, rng, scratch);
+    EXPECT_TRUE(t == 2 || t == 4) << t;  // NaN weighs nothing
+  }
+  std::vector<float> none(kVocab, -inf);
+  none[3] = nan;
+  EXPECT_EQ(SampleToken(ctx, none, rng, scratch), 0);  // nothing to weigh: the lowest id
+  p.temperature = 0;
+  std::vector<float> g = {nan, 1, 4, nan, 4, 0, 0, 0};
+  EXPECT_EQ(SampleToken(ctx, g, rng, scratch), 2);  // greedy skips NaN
 }
 
 TEST(SamplerTest, MinTokensSuppressesEosAndStopIds) {
