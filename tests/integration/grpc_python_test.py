@@ -126,6 +126,46 @@ class PythonClientTest(unittest.TestCase):
             self.assertEqual(len(s.token_logprobs), s.num_tokens)
         self.assertGreater(response.scores[0].logprob, response.scores[1].logprob)
 
+    def test_oversized_metadata_fails_alone_on_the_connection(self):
+        # grpcio (a newer gRPC core than the server's 1.51) sends metadata past the limit
+        # the server advertises; gRPC 1.51 ended every call on the connection for it.
+        request_cls = self.message("spanserve.v1.GenerateRequest")
+        chunk_cls = self.message("spanserve.v1.GenerateChunk")
+        generate = self.channel.unary_stream(
+            f"/{SERVICE}/Generate", request_serializer=request_cls.SerializeToString,
+            response_deserializer=chunk_cls.FromString)
+        long_request = request_cls()
+        long_request.prompt.text = "And God said"
+        long_request.sampling.temperature = 0.0
+        long_request.sampling.max_tokens = 96
+        long_request.sampling.ignore_eos = True
+        bystander = generate(long_request, timeout=120)
+        first = next(bystander)  # streaming on the shared connection
+        short = request_cls()
+        short.prompt.text = "And God said"
+        short.sampling.max_tokens = 2
+        for size in (9000, 64 << 10, 1 << 20):
+            with self.assertRaises(grpc.RpcError) as caught:
+                list(generate(short, timeout=60, metadata=[("x-big", "a" * size)]))
+            self.assertEqual(caught.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED, size)
+            self.assertIn("--max_metadata_bytes", caught.exception.details())
+        rest = list(bystander)
+        self.assertEqual(sum(len(c.token_ids) for c in [first] + rest), 96)
+        self.assertTrue(rest[-1].HasField("final"))
+        # And the connection still carries new calls.
+        self.assertEqual(sum(len(c.token_ids) for c in generate(short, timeout=60)), 2)
+
+    def test_invalid_utf8_is_invalid_argument(self):
+        # A client that sends bytes the proto3 parser refuses (a string that is not UTF-8).
+        tokenize = self.channel.unary_unary(f"/{SERVICE}/Tokenize",
+                                            request_serializer=lambda b: b,
+                                            response_deserializer=lambda b: b)
+        with self.assertRaises(grpc.RpcError) as caught:
+            tokenize(b"\x0a\x03ab\xff", timeout=30)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("text", caught.exception.details())
+        self.assertIn("UTF-8", caught.exception.details())
+
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
