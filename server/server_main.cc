@@ -10,6 +10,7 @@
 // On SIGTERM/SIGINT: NOT_SERVING, new calls get UNAVAILABLE, in-flight calls get
 // --drain_grace_s to finish, the rest are cancelled, exit 0.
 #include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -407,6 +408,9 @@ int Run(const sigset_t& signals) {
   // model is ready). health_mu orders the loader's SERVING against the drain's NOT_SERVING.
   std::mutex health_mu;
   std::atomic<bool> stop_loading{false};
+  // The default model failed to load: the server can never be ready, so it exits non-zero
+  // (a supervisor restarts it and shows why) instead of staying NOT_SERVING for ever.
+  std::atomic<bool> default_failed{false};
   std::thread loading([&] {
     std::this_thread::sleep_for(
         std::chrono::duration<double>(absl::GetFlag(FLAGS_debug_load_delay_s)));
@@ -427,10 +431,14 @@ int Run(const sigset_t& signals) {
       if (!loaded.ok()) {
         Log(absl::StrCat("model '", model->name(), "' (", model->path(),
                          ") failed to load: ", loaded.status().ToString(),
-                         model->index() == 0 ? "; it is the default model: health stays "
-                                               "NOT_SERVING"
+                         model->index() == 0 ? "; it is the default model: exiting"
                                              : "; serving the other models"));
         model->SetFailed(loaded.status());
+        if (model->index() == 0) {
+          default_failed.store(true);
+          stop_loading.store(true);
+          kill(getpid(), SIGTERM);  // wakes the sigwait below: drain (nothing runs) and exit
+        }
         continue;
       }
       kv_bytes_left -= options.kv_cache_bytes;
@@ -459,8 +467,10 @@ int Run(const sigset_t& signals) {
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
-  Log(absl::StrCat("signal ", signal_number, ": draining (grace ",
-                   absl::GetFlag(FLAGS_drain_grace_s), " s)"));
+  if (!default_failed.load()) {
+    Log(absl::StrCat("signal ", signal_number, ": draining (grace ",
+                     absl::GetFlag(FLAGS_drain_grace_s), " s)"));
+  }
   stop_loading.store(true);
   {
     std::lock_guard<std::mutex> lock(health_mu);
@@ -485,6 +495,10 @@ int Run(const sigset_t& signals) {
   server.reset();
   // The poller reads the engines, which the service owns: stop it before they go.
   if (metrics) metrics->StopPolling();
+  if (default_failed.load()) {
+    Log("exiting with status 1: the default model failed to load");
+    return 1;
+  }
   Log("drained; exiting");
   return 0;
 }
