@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -106,8 +107,23 @@ ServerProcess::ServerProcess(std::vector<std::string> args, bool wait_serving, b
 
 ServerProcess::~ServerProcess() {
   if (pid_ > 0) {
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
+    // SIGTERM first: the server drains and exits, so a sanitizer build gets to run its
+    // exit-time checks (LeakSanitizer); SIGKILL if it does not go within 10 s.
+    kill(pid_, SIGTERM);
+    if (!Wait(std::chrono::seconds(10)).has_value() && pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  // A sanitizer's report in the server's log fails the test that ran it, whatever the
+  // test itself saw.
+  const std::string text = log();
+  for (const char* marker : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                             "WARNING: ThreadSanitizer", "runtime error:"}) {
+    if (text.find(marker) != std::string::npos) {
+      std::fprintf(stderr, "spanserve-server reported '%s':\n%s\n", marker, text.c_str());
+      std::abort();
+    }
   }
 }
 
