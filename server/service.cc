@@ -282,6 +282,15 @@ grpc::ServerUnaryReactor* SpanServeService::Detokenize(grpc::CallbackServerConte
   if (!model.ok()) return FinishUnary(context, model.status());
   const tokenizer::Tokenizer* tok = (*model)->tokenizer();
   if (tok == nullptr) return FinishUnary(context, NoTokenizerError(**model));
+  // Bounded so that decoding stays short and the text fits in one answer.
+  const int64_t max_ids = options_.max_message_bytes / kDetokenizeAnswerBytesPerId;
+  if (request->token_ids_size() > max_ids) {
+    return FinishUnary(context, absl::InvalidArgumentError(absl::StrCat(
+                                    "token_ids: ", request->token_ids_size(),
+                                    " ids; Detokenize takes at most ", max_ids,
+                                    " a call (1/", kDetokenizeAnswerBytesPerId,
+                                    " of --max_message_bytes); split them")));
+  }
   const int32_t vocab = (*model)->engine().info().vocab_size;
   for (int i = 0; i < request->token_ids_size(); ++i) {
     const int32_t id = request->token_ids(i);
@@ -294,6 +303,11 @@ grpc::ServerUnaryReactor* SpanServeService::Detokenize(grpc::CallbackServerConte
   const bool skip = !request->has_skip_special_tokens() || request->skip_special_tokens();
   response->set_text(tok->Decode(
       std::span<const int32_t>(request->token_ids().data(), request->token_ids_size()), skip));
+  if (static_cast<int64_t>(response->ByteSizeLong()) > options_.max_message_bytes) {
+    response->Clear();
+    return FinishUnary(context, absl::ResourceExhaustedError(
+                                    "the text would be over --max_message_bytes; send fewer ids"));
+  }
   return FinishUnary(context, absl::OkStatus());
 }
 

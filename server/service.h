@@ -56,6 +56,9 @@ struct ServiceOptions {
 // strings <= 3 bytes a text byte (byte-level BPE maps a byte to <= 2, SentencePiece a
 // space to 3).
 inline constexpr int64_t kTokenizeAnswerBytesPerByte = 12;
+// Detokenize takes at most max_message_bytes / this many ids (a token's text is rarely over
+// 16 bytes; the answer's size is checked too).
+inline constexpr int64_t kDetokenizeAnswerBytesPerId = 32;
 // Texts longer than this are tokenized on the service's work pool, not on gRPC's threads.
 inline constexpr int64_t kInlineTokenizeBytes = 64 << 10;
 

@@ -320,6 +320,24 @@ TEST(ReliabilityTest, HugeTokenizeIsRefusedAndHealthStaysPrompt) {
   EXPECT_LT(worst, 0.5) << "seconds for a health check during tokenization";
 }
 
+TEST(ReliabilityTest, HugeDetokenizeIsRefusedAtOnce) {
+  ServerProcess server({"--max_message_bytes=16777216"});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  v1::DetokenizeRequest r;
+  for (int i = 0; i < 600000; ++i) r.add_token_ids(100 + i % 50);
+  grpc::ClientContext context;
+  v1::DetokenizeResponse response;
+  const grpc::Status s = stub->Detokenize(&context, r, &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("token_ids"), std::string::npos) << s.error_message();
+  // Within the bound: answered.
+  v1::DetokenizeRequest ok;
+  for (int i = 0; i < 100000; ++i) ok.add_token_ids(100 + i % 50);
+  grpc::ClientContext c;
+  EXPECT_TRUE(stub->Detokenize(&c, ok, &response).ok());
+  EXPECT_GT(response.text().size(), 100000u);
+}
+
 TEST(ReliabilityTest, InvalidUtf8AnswersInvalidArgumentNamingTheField) {
   ServerProcess server({});
   auto channel = server.Channel();
