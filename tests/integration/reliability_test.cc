@@ -163,7 +163,8 @@ TEST(ReliabilityTest, RequestIdsAreUnguessableAndAbortAfterTheEndIsFalse) {
 TEST(ReliabilityTest, RequestLogStaysJsonAndEchoesAreBounded) {
   ServerProcess server({});
   auto stub = v1::SpanServe::NewStub(server.Channel());
-  const std::string nasty = std::string("it's \"x\" \\ \x01\x02\n\x7f", 16);
+  constexpr char kNasty[] = "it's \"x\" \\ \x01\x02\n\x7f\0.";
+  const std::string nasty(kNasty, sizeof(kNasty) - 1);  // the NUL byte included
   const std::string huge(100000, 'q');
   for (const std::string& id : {nasty, huge}) {
     v1::GenerateRequest r = Request("And God said", 2);

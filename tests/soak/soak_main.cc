@@ -40,6 +40,12 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+
 struct Options {
   int requests = 2000;
   double max_seconds = 300;
@@ -395,7 +401,10 @@ int Run(const Options& o) {
               first / 1024, last / 1024, growth * 100, rss.size());
   std::printf("SIGTERM: exit %s\n", exit_code ? std::to_string(*exit_code).c_str() : "none");
   for (const std::string& e : tally.examples) std::printf("  failure: %s\n", e.c_str());
-  const bool ok = failed == 0 && idle && health == "SERVING" && growth < 0.05 &&
+  // Under a sanitizer RSS is mostly its shadow memory and quarantine, not the server's:
+  // reported, not asserted (LeakSanitizer checks the server at its exit instead).
+  if (kSanitized) std::printf("(RSS growth not asserted: sanitizer build)\n");
+  const bool ok = failed == 0 && idle && health == "SERVING" && (kSanitized || growth < 0.05) &&
                   exit_code == std::optional<int>(0) && total > 0;
   std::printf("\nspanserve_soak: %s\n", ok ? "PASS" : "FAIL");
   if (!ok && exit_code != std::optional<int>(0)) std::printf("%s\n", server.log().c_str());

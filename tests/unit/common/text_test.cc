@@ -14,7 +14,8 @@ std::string ParsedBack(const std::string& literal) {
 }
 
 TEST(JsonString, EscapesQuotesBackslashesAndControlBytes) {
-  const std::string nasty = std::string("it's \"q\" \\ \x01\x1f\n\t\x7f end", 22);
+  constexpr char kNasty[] = "it's \"q\" \\ \x01\x1f\n\t\x7f end\0.";
+  const std::string nasty(kNasty, sizeof(kNasty) - 1);  // the NUL byte included
   const std::string lit = JsonString(nasty);
   EXPECT_EQ(ParsedBack(lit), nasty);
   EXPECT_EQ(lit.find('\x01'), std::string::npos);
