@@ -137,7 +137,8 @@ absl::Status EngineCore::ValidateRequest(const Request& request) const {
         absl::StrCat("prompt of ", n, " tokens is too long: the context holds ",
                      info_.max_model_len, " tokens (prompt + at least one generated token)"));
   }
-  RETURN_IF_ERROR(ValidateSamplingParams(request.sampling, vocab_));
+  // The server may have added its own stop (a chat's end of turn) to a client's maximum.
+  RETURN_IF_ERROR(ValidateSamplingParams(request.sampling, vocab_, StopLimits::kEngine));
   if (!request.sampling.stop.empty() && !options_.detokenize) {
     return absl::InvalidArgumentError("stop strings need a detokenizer, and this engine has none");
   }

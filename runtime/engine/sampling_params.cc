@@ -14,7 +14,9 @@ absl::Status Bad(const std::string& field, const std::string& want, auto got) {
 
 }  // namespace
 
-absl::Status ValidateSamplingParams(const SamplingParams& p, int32_t vocab_size) {
+absl::Status ValidateSamplingParams(const SamplingParams& p, int32_t vocab_size,
+                                    StopLimits limits) {
+  const int32_t extra = limits == StopLimits::kEngine ? kServerAddedStops : 0;
   if (!std::isfinite(p.temperature) || p.temperature < 0.0f) {
     return Bad("temperature", ">= 0", p.temperature);
   }
@@ -34,8 +36,8 @@ absl::Status ValidateSamplingParams(const SamplingParams& p, int32_t vocab_size)
   if (p.min_tokens < 0 || p.min_tokens > p.max_tokens) {
     return Bad("min_tokens", absl::StrCat("in [0, max_tokens = ", p.max_tokens, "]"), p.min_tokens);
   }
-  if (static_cast<int32_t>(p.stop_token_ids.size()) > kMaxStopTokenIds) {
-    return Bad("stop_token_ids", absl::StrCat("at most ", kMaxStopTokenIds, " ids"),
+  if (static_cast<int32_t>(p.stop_token_ids.size()) > kMaxStopTokenIds + extra) {
+    return Bad("stop_token_ids", absl::StrCat("at most ", kMaxStopTokenIds + extra, " ids"),
                p.stop_token_ids.size());
   }
   for (int32_t id : p.stop_token_ids) {
@@ -43,8 +45,9 @@ absl::Status ValidateSamplingParams(const SamplingParams& p, int32_t vocab_size)
       return Bad("stop_token_ids", absl::StrCat("token ids in [0, ", vocab_size, ")"), id);
     }
   }
-  if (static_cast<int32_t>(p.stop.size()) > kMaxStopStrings) {
-    return Bad("stop", absl::StrCat("at most ", kMaxStopStrings, " strings"), p.stop.size());
+  if (static_cast<int32_t>(p.stop.size()) > kMaxStopStrings + extra) {
+    return Bad("stop", absl::StrCat("at most ", kMaxStopStrings + extra, " strings"),
+               p.stop.size());
   }
   for (const std::string& s : p.stop) {
     if (s.empty()) return absl::InvalidArgumentError("stop strings must not be empty");

@@ -67,8 +67,17 @@ struct SamplingParams {
   bool greedy() const { return temperature == 0.0f; }
 };
 
+// The server adds at most this many stops of its own to a client's validated ones (the
+// chat template's end-of-turn token or string), so the engine admits that many more.
+inline constexpr int32_t kServerAddedStops = 1;
+enum class StopLimits {
+  kClient,  // kMaxStopStrings / kMaxStopTokenIds: what a request may carry
+  kEngine,  // those plus kServerAddedStops
+};
+
 // INVALID_ARGUMENT naming the first bad field (e.g. "top_p must be in (0, 1], got 1.5").
 // vocab_size bounds the token ids in stop_token_ids.
-[[nodiscard]] absl::Status ValidateSamplingParams(const SamplingParams& params, int32_t vocab_size);
+[[nodiscard]] absl::Status ValidateSamplingParams(const SamplingParams& params, int32_t vocab_size,
+                                                  StopLimits limits = StopLimits::kClient);
 
 }  // namespace spanserve::engine

@@ -98,8 +98,10 @@ class KeyReader {
   absl::StatusOr<double> PositiveNumber(std::string_view key, double fallback) const {
     ASSIGN_OR_RETURN(const std::optional<double> v, OptNumber(key));
     const double value = v.value_or(fallback);
-    // Also rejects values that overflow the float the runtime stores them in.
-    if (!(value > 0) || !std::isfinite(static_cast<float>(value))) {
+    // Also rejects values that overflow the float the runtime stores them in, or underflow
+    // it to 0 (a norm eps of 1e-50 would be stored as 0).
+    const float stored = static_cast<float>(value);
+    if (!(value > 0) || !std::isfinite(stored) || !(stored > 0)) {
       return Error(absl::StrCat("key '", Name(key), "' must be a positive number, got ", value));
     }
     return value;

@@ -1,6 +1,7 @@
 #include "runtime/model/gguf_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <optional>
@@ -175,13 +176,20 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
   }
   absl::StatusOr<double> eps = f.GetFloat(a + ".attention.layer_norm_rms_epsilon");
   if (!eps.ok()) return AsInvalid(eps.status());
-  if (!(*eps > 0)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        f.path(), ": ", a, ".attention.layer_norm_rms_epsilon = ", *eps, ", expected > 0"));
+  // Finite too: the config below is JSON, where inf and NaN become null, i.e. "use the
+  // default", and the eps is then taken from here as it is.
+  if (!(*eps > 0) || !std::isfinite(*eps)) {
+    return absl::InvalidArgumentError(absl::StrCat(f.path(), ": ", a,
+                                                   ".attention.layer_norm_rms_epsilon = ", *eps,
+                                                   ", expected a positive finite number"));
   }
   double theta = 10000.0;
   if (f.Has(a + ".rope.freq_base")) {
     ASSIGN_OR_RETURN(theta, f.GetFloat(a + ".rope.freq_base"));
+    if (!(theta > 0) || !std::isfinite(theta)) {
+      return absl::InvalidArgumentError(absl::StrCat(f.path(), ": ", a, ".rope.freq_base = ", theta,
+                                                     ", expected a positive finite number"));
+    }
   }
   if (f.Has(a + ".rope.dimension_count")) {
     ASSIGN_OR_RETURN(const int64_t rot, f.GetInt(a + ".rope.dimension_count"));
@@ -206,9 +214,10 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
   } else if (f.Has(a + ".rope.scale_linear")) {  // the older spelling
     ASSIGN_OR_RETURN(linear_factor, f.GetFloat(a + ".rope.scale_linear"));
   }
-  if (!(linear_factor > 0)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        f.path(), ": ", a, ".rope.scaling.factor = ", linear_factor, ", expected > 0"));
+  if (!(linear_factor > 0) || !std::isfinite(linear_factor)) {
+    return absl::InvalidArgumentError(absl::StrCat(f.path(), ": ", a, ".rope.scaling.factor = ",
+                                                   linear_factor,
+                                                   ", expected a positive finite number"));
   }
 
   int64_t vocab = 0;

@@ -65,7 +65,9 @@ std::string StreamingDetokenizer::Add(int32_t id) {
 
 std::string StreamingDetokenizer::Flush() {
   std::string out;
-  if (!window_.empty()) {
+  // A sequence with no kept id still decodes to what the decoder makes of no tokens (a
+  // Fuse then a Replace whose regex matches the empty string writes its content).
+  if (!window_.empty() || at_start_) {
     const std::string text = tokenizer_.DecodeWindow(window_, DecodeContext{at_start_, true});
     if (text.size() > emitted_) out = text.substr(emitted_);
   }

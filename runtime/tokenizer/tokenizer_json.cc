@@ -56,6 +56,22 @@ absl::StatusOr<int64_t> GetInt(const Json& j, const char* key, std::string_view 
   return it->get<int64_t>();
 }
 
+// Token ids index dense tables (id -> token, the embedding's rows), so an id far beyond any
+// vocabulary (the largest are under 2^20) is a corrupt file; a JSON integer outside int32
+// must not wrap into one either.
+constexpr int64_t kMaxTokenId = (int64_t{1} << 22) - 1;
+
+// A token id: an integer in [0, kMaxTokenId].
+absl::StatusOr<int32_t> TokenId(const Json& j, std::string_view where) {
+  if (!j.is_number_integer()) return Invalid(where, "token ids must be integers");
+  if (j.is_number_unsigned() ? j.get<uint64_t>() > static_cast<uint64_t>(kMaxTokenId)
+                             : (j.get<int64_t>() < 0 || j.get<int64_t>() > kMaxTokenId)) {
+    return Invalid(where, absl::StrCat("token id ", j.dump(), " is out of range [0, ",
+                                       kMaxTokenId, "]"));
+  }
+  return static_cast<int32_t>(j.get<int64_t>());
+}
+
 absl::StatusOr<const Json*> GetArray(const Json& j, const char* key, std::string_view where) {
   auto it = j.find(key);
   if (it == j.end() || !it->is_array()) {
@@ -236,7 +252,9 @@ absl::StatusOr<std::unique_ptr<Decoder>> ParseDecoder(const Json& j) {
     ASSIGN_OR_RETURN(const char32_t content, GetChar(j, "content", "Strip decoder"));
     ASSIGN_OR_RETURN(const int64_t start, GetInt(j, "start", "Strip decoder"));
     ASSIGN_OR_RETURN(const int64_t stop, GetInt(j, "stop", "Strip decoder"));
-    if (start < 0 || stop < 0) return Invalid("Strip decoder", "start/stop must be >= 0");
+    if (start < 0 || stop < 0 || start > INT32_MAX || stop > INT32_MAX) {
+      return Invalid("Strip decoder", "start/stop must be in [0, 2^31)");
+    }
     return std::make_unique<StripDecoder>(content, static_cast<int>(start), static_cast<int>(stop));
   }
   if (type == "Replace") {
@@ -270,8 +288,8 @@ absl::StatusOr<std::vector<int32_t>> TemplateSpecialIds(const Json& special_toke
   ASSIGN_OR_RETURN(const Json* ids, GetArray(*it, "ids", "TemplateProcessing special token"));
   std::vector<int32_t> out;
   for (const Json& id : *ids) {
-    if (!id.is_number_integer()) return Invalid("TemplateProcessing", "ids must be integers");
-    out.push_back(id.get<int32_t>());
+    ASSIGN_OR_RETURN(const int32_t v, TokenId(id, "TemplateProcessing"));
+    out.push_back(v);
   }
   return out;
 }
@@ -316,7 +334,8 @@ absl::StatusOr<std::unique_ptr<PostProcessor>> ParsePostProcessor(const Json& j)
       if (it == j.end() || !it->is_array() || it->size() != 2 || !(*it)[1].is_number_integer()) {
         return Invalid(type, absl::StrCat("'", keys[k], "' must be [token, id]"));
       }
-      ids[k].push_back((*it)[1].get<int32_t>());
+      ASSIGN_OR_RETURN(const int32_t id, TokenId((*it)[1], type));
+      ids[k].push_back(id);
     }
     return std::make_unique<TemplatePostProcessor>(ids[0], ids[1]);
   }
@@ -353,8 +372,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> ParseModel(const Json& j, bool byte_le
     return Invalid("BPE model", "'vocab' must be an object");
   config.vocab.reserve(vocab->size());
   for (auto it = vocab->begin(); it != vocab->end(); ++it) {
-    if (!it.value().is_number_integer()) return Invalid("BPE model", "vocab ids must be integers");
-    config.vocab.emplace_back(it.key(), it.value().get<int32_t>());
+    ASSIGN_OR_RETURN(const int32_t id, TokenId(it.value(), "BPE model vocab"));
+    config.vocab.emplace_back(it.key(), id);
   }
   ASSIGN_OR_RETURN(const Json* merges, GetArray(j, "merges", "BPE model"));
   config.merges.reserve(merges->size());
@@ -400,9 +419,9 @@ absl::StatusOr<std::vector<AddedToken>> ParseAddedTokens(const Json& root) {
     constexpr std::string_view kWhere = "added_tokens";
     if (!t.is_object()) return Invalid(kWhere, "each entry must be an object");
     AddedToken token;
-    ASSIGN_OR_RETURN(const int64_t id, GetInt(t, "id", kWhere));
-    if (id < 0 || id > INT32_MAX) return Invalid(kWhere, "id out of range");
-    token.id = static_cast<int32_t>(id);
+    auto id = t.find("id");
+    if (id == t.end()) return Invalid(kWhere, "'id' must be an integer");
+    ASSIGN_OR_RETURN(token.id, TokenId(*id, kWhere));
     ASSIGN_OR_RETURN(token.content, GetString(t, "content", kWhere));
     ASSIGN_OR_RETURN(token.special, GetBool(t, "special", false, kWhere));
     ASSIGN_OR_RETURN(token.single_word, GetBool(t, "single_word", false, kWhere));

@@ -124,6 +124,18 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromVocabulary(const Vocab
   RETURN_IF_ERROR(check_id(spec.bos_id, "bos"));
   RETURN_IF_ERROR(check_id(spec.eos_id, "eos"));
   RETURN_IF_ERROR(check_id(spec.unk_id, "unk"));
+  // The tokenizer.json written below holds them as JSON strings, which must be UTF-8 (a
+  // GGUF string is any bytes; nlohmann's dump would throw).
+  for (size_t i = 0; i < n; ++i) {
+    if (!IsValidUtf8(spec.tokens[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("vocabulary: token ", i, " is not valid UTF-8"));
+    }
+  }
+  for (size_t i = 0; i < spec.merges.size(); ++i) {
+    if (!IsValidUtf8(spec.merges[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("vocabulary: merge ", i, " is not valid UTF-8"));
+    }
+  }
 
   Json root = {{"version", "1.0"},      {"truncation", nullptr},    {"padding", nullptr},
                {"normalizer", nullptr}, {"pre_tokenizer", nullptr}, {"post_processor", nullptr},

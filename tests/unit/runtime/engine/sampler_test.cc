@@ -250,6 +250,21 @@ TEST(SamplerTest, LogprobsAreTheLogSoftmaxWithTopAlternatives) {
   EXPECT_TRUE(lp.top.empty());
 }
 
+// A chat request may carry the most stops a client may send; the server then adds the
+// template's end of turn, and the engine must still take it (it once refused it).
+TEST(SamplingParamsTest, TheEngineTakesTheServersEndOfTurnStopBeyondTheClientsMaximum) {
+  SamplingParams p;
+  for (int i = 0; i < kMaxStopStrings; ++i) p.stop.push_back("s" + std::to_string(i));
+  for (int i = 0; i < kMaxStopTokenIds; ++i) p.stop_token_ids.push_back(i);
+  EXPECT_TRUE(ValidateSamplingParams(p, 100).ok());
+  p.stop.push_back("<|im_end|>");
+  p.stop_token_ids.push_back(99);
+  EXPECT_FALSE(ValidateSamplingParams(p, 100).ok());  // from a client: one too many
+  EXPECT_TRUE(ValidateSamplingParams(p, 100, StopLimits::kEngine).ok());
+  p.stop.push_back("x");
+  EXPECT_FALSE(ValidateSamplingParams(p, 100, StopLimits::kEngine).ok());
+}
+
 TEST(SamplingParamsTest, ValidationNamesTheField) {
   auto bad = [](auto mutate) {
     SamplingParams p;

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,8 @@ struct Variant {
   uint32_t attn_norm_type = 0;  // blk.0.attn_norm written as this ggml type
   bool extra_tensor = false;    // adds blk.0.attn_qkv.weight
   std::string tokenizer_model;  // tokenizer.ggml.model, if any
+  float eps = 1e-5f;            // llama.attention.layer_norm_rms_epsilon
+  float freq_base = 10000.0f;   // llama.rope.freq_base
 };
 
 std::vector<float> Floats(const model::TensorView& t) {
@@ -77,9 +80,9 @@ std::string WriteLlamaGguf(const Variant& v, const std::string& file_name) {
   put_u32(v.arch + ".attention.head_count", 6);
   put_u32(v.arch + ".attention.head_count_kv", 2);
   put_u32(v.arch + ".rope.dimension_count", 6);
-  w.F32(v.arch + ".rope.freq_base", 10000.0f);
+  w.F32(v.arch + ".rope.freq_base", v.freq_base);
   if (v.drop_key != "llama.attention.layer_norm_rms_epsilon") {
-    w.F32(v.arch + ".attention.layer_norm_rms_epsilon", 1e-5f);
+    w.F32(v.arch + ".attention.layer_norm_rms_epsilon", v.eps);
   }
   put_u32(v.arch + ".vocab_size", 89);
   put_u32("tokenizer.ggml.bos_token_id", 1);
@@ -204,6 +207,27 @@ TEST(GgufModel, MissingRequiredKeyIsNamed) {
     const absl::Status s = LoadStatus(v, "missing_key.gguf");
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
     EXPECT_THAT(std::string(s.message()), HasSubstr(absl::StrCat("'", key, "'")));
+  }
+}
+
+TEST(GgufModel, NonFiniteScalarsAreNamed) {
+  // Found by tests/fuzz (fuzz_gguf): an infinite eps loaded as inf; a NaN or infinite
+  // freq_base became JSON null in the config, i.e. silently the default 10000.
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const float eps : {inf, nan}) {
+    Variant v;
+    v.eps = eps;
+    const absl::Status s = LoadStatus(v, "eps.gguf");
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("layer_norm_rms_epsilon")) << s;
+  }
+  for (const float theta : {inf, nan, -1.0f}) {
+    Variant v;
+    v.freq_base = theta;
+    const absl::Status s = LoadStatus(v, "theta.gguf");
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("rope.freq_base")) << s;
   }
 }
 

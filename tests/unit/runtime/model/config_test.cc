@@ -421,6 +421,11 @@ INSTANTIATE_TEST_SUITE_P(
                     "mix_post_layers"},
         ConfigFault{"MixPostLayersWithoutMix", {{"mix_post_layers", 2}}, "mix_post_layers"},
         ConfigFault{"NonPositiveSkipScale", {{"skip_scale", 0}}, "skip_scale"},
+        // Found by tests/fuzz (fuzz_safetensors_config): positive doubles that the float
+        // fields store as 0.
+        ConfigFault{"EpsUnderflowsFloat", {{"rms_norm_eps", 1e-50}}, "'norm_eps'"},
+        ConfigFault{"SkipScaleUnderflowsFloat", {{"skip_scale", 1e-46}}, "'skip_scale'"},
+        ConfigFault{"BranchScaleUnderflowsFloat", {{"branch_scale", 1e-300}}, "'branch_scale'"},
         ConfigFault{"RopeScalingDynamic",
                     {{"rope_scaling", {{"type", "dynamic"}, {"factor", 2.0}}}},
                     "rope_scaling.type 'dynamic'"},

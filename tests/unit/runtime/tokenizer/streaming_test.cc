@@ -161,6 +161,31 @@ TEST(StreamingDetokenizer, TrailingStripIsResolvedAtFlush) {
   EXPECT_EQ(out + stream.Flush(), (*tok)->Decode(*ids, false));
 }
 
+TEST(StreamingDetokenizer, SequenceWithNoKeptIdsFlushesWhatDecodeGives) {
+  // Found by tests/fuzz (fuzz_tokenizer_json): Fuse then a Replace whose regex matches the
+  // empty string decodes no tokens to the replacement (as `tokenizers` does); Flush
+  // returned "" for a sequence with no kept ids (none, or only skipped special ones).
+  std::string json = testing::ReadFile(TokenizerDataPath("sp_llama2/tokenizer.json"));
+  const std::string from = R"({"type":"Strip","content":" ","start":1,"stop":0})";
+  const size_t at = json.find(from);
+  ASSERT_NE(at, std::string::npos);
+  json.replace(at, from.size(),
+               R"({"type":"Replace","pattern":{"Regex":"\u2581*+"},"content":" "})");
+  auto tok = Tokenizer::FromJson(json);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const int32_t bos = *(*tok)->TokenToId("<s>");
+  for (const std::vector<int32_t>& ids : {std::vector<int32_t>{}, std::vector<int32_t>{bos}}) {
+    const std::string want = (*tok)->Decode(ids, /*skip_special_tokens=*/true);
+    ASSERT_EQ(want, " ");
+    StreamingDetokenizer stream(**tok, /*skip_special_tokens=*/true);
+    std::string got;
+    for (int32_t id : ids) got += stream.Add(id);
+    EXPECT_EQ(got + stream.Flush(), want) << ids.size() << " ids";
+  }
+  EXPECT_EQ(CheckStream(**tok, {bos, bos}, true, "two skipped"), 0);
+  EXPECT_EQ(CheckStream(**tok, {bos}, false, "kept"), 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Tokenizers, StreamingTest,
                          ::testing::Values("smollm2", "bpe_gpt2", "bpe_llama3", "bpe_qwen2",
                                            "sp_llama2", "sp_metaspace", "spm_llama"),

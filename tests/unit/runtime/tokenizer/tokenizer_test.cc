@@ -116,6 +116,43 @@ TEST(Tokenizer, MalformedFilesAreErrors) {
   EXPECT_FALSE(Tokenizer::FromJson(j.dump()).ok());
 }
 
+TEST(Tokenizer, TokenIdsOutOfRangeAreErrors) {
+  // Found by tests/fuzz (fuzz_tokenizer_json): a vocab id of 9999999928 wrapped to int32
+  // 1410065336 and sized the id -> token table (45 GB); ids index dense tables, so they are
+  // bounded, and never wrap.
+  const nlohmann::json base = nlohmann::json::parse(TinyJson("padding", nullptr));
+  const auto expect_rejected = [](const nlohmann::json& j, const std::string& what) {
+    auto tok = Tokenizer::FromJson(j.dump());
+    ASSERT_FALSE(tok.ok()) << what;
+    EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument) << what;
+    EXPECT_NE(tok.status().message().find("out of range"), std::string::npos) << tok.status();
+  };
+  for (const nlohmann::json& id : {nlohmann::json(9999999928LL), nlohmann::json(-1),
+                                   nlohmann::json(2147483647), nlohmann::json(1u << 22),
+                                   nlohmann::json(18446744073709551615ULL)}) {
+    nlohmann::json j = base;
+    j["model"]["vocab"]["c"] = id;
+    expect_rejected(j, "vocab id " + id.dump());
+    j = base;
+    j["added_tokens"] = {{{"id", id}, {"content", "<x>"}, {"special", true}}};
+    expect_rejected(j, "added token id " + id.dump());
+    j = base;
+    j["post_processor"] = {{"type", "TemplateProcessing"},
+                           {"single", {{{"SpecialToken", {{"id", "<x>"}}}}, {{"Sequence", {}}}}},
+                           {"special_tokens", {{"<x>", {{"ids", {id}}}}}}};
+    expect_rejected(j, "post-processor id " + id.dump());
+  }
+  nlohmann::json j = base;
+  j["added_tokens"] = {{{"id", 4000}, {"content", "<x>"}, {"special", true}}};
+  auto ok = Tokenizer::FromJson(j.dump());
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ((*ok)->vocab_size(), 4001);
+  // Strip counts beyond int32 no longer wrap (4294967297 was a Strip of 1).
+  j = base;
+  j["decoder"] = {{"type", "Strip"}, {"content", " "}, {"start", 4294967297LL}, {"stop", 0}};
+  EXPECT_FALSE(Tokenizer::FromJson(j.dump()).ok());
+}
+
 TEST(Tokenizer, AccessorsAndSpecialTokens) {
   auto tok = Load("bpe_llama3");
   ASSERT_NE(tok, nullptr);
@@ -213,6 +250,31 @@ TEST(Tokenizer, FromVocabularyMatchesSmolLm2TokenizerJson) {
   auto bad = Tokenizer::FromVocabulary(spec);
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("no-such-pre"), std::string::npos);
+}
+
+TEST(Tokenizer, FromVocabularyRejectsTokensThatAreNotUtf8) {
+  // Found by tests/fuzz (fuzz_gguf): a GGUF token that is not UTF-8 made the tokenizer.json
+  // that FromVocabulary writes throw (nlohmann type_error 316) out of the loader.
+  VocabularySpec spec;
+  spec.model = VocabularyModel::kGpt2;
+  spec.tokens = {"<s>", "</s>", "a", "b", "ab", "ab\x94"};
+  spec.merges = {"a b"};
+  auto bad_token = Tokenizer::FromVocabulary(spec);
+  ASSERT_FALSE(bad_token.ok());
+  EXPECT_EQ(bad_token.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad_token.status().message().find("token 5"), std::string::npos)
+      << bad_token.status();
+
+  spec.tokens.pop_back();
+  spec.merges.push_back("a \xff");
+  auto bad_merge = Tokenizer::FromVocabulary(spec);
+  ASSERT_FALSE(bad_merge.ok());
+  EXPECT_EQ(bad_merge.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad_merge.status().message().find("merge 1"), std::string::npos)
+      << bad_merge.status();
+
+  spec.merges.pop_back();
+  EXPECT_TRUE(Tokenizer::FromVocabulary(spec).ok());
 }
 
 TEST(Tokenizer, FromVocabularyMatchesTransformersLlamaConverter) {

@@ -1,0 +1,135 @@
+// Fuzzes chat prompts (runtime/chat): messages rendered through each supported family's
+// real template (ChatML as SmolLM2 ships it, Llama-3 as Meta ships it), and template
+// recognition itself (ChatTemplate::Parse of arbitrary source).
+//
+// Input: byte 0 holds flags: bit 0 add_generation_prompt; bit 1: the rest is a template
+// source (parsed, and if recognised applied to a fixed conversation); otherwise the rest is
+// a conversation: records separated by 0x1E, each record's first byte picking the role
+// (0 system, 1 user, 2 assistant, 3: the role is the record's text up to 0x1F) and the
+// remaining bytes its content.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "fuzz_util.h"
+#include "runtime/chat/chat_template.h"
+
+namespace {
+
+using spanserve::chat::ChatMessage;
+using spanserve::chat::ChatTemplate;
+using spanserve::chat::TemplateFamily;
+
+// tests/data/chat/goldens.json's templates (SmolLM2-135M-Instruct; Llama-3-8B-Instruct).
+constexpr absl::string_view kChatMl =
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}";
+constexpr absl::string_view kLlama3 =
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | "
+    "trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
+    "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+bool ValidRole(absl::string_view role) {
+  return role == "system" || role == "user" || role == "assistant";
+}
+
+// Checks what holds for every rendering, whatever the template's details.
+void Render(const ChatTemplate& t, const std::vector<ChatMessage>& messages, bool gen_prompt) {
+  absl::StatusOr<std::string> text = t.Apply(messages, gen_prompt);
+  bool should_work = !messages.empty();
+  for (const ChatMessage& m : messages) should_work = should_work && ValidRole(m.role);
+  SPANSERVE_CHECK_EQ(text.ok(), should_work);
+  if (!text.ok()) {
+    SPANSERVE_CHECK(text.status().code() == absl::StatusCode::kInvalidArgument);
+    return;
+  }
+  size_t pos = 0;
+  for (const ChatMessage& m : messages) {
+    // In order, each turn's role and content (trimmed where the template trims).
+    const absl::string_view content = t.family() == TemplateFamily::kLlama3
+                                         ? absl::StripAsciiWhitespace(m.content)
+                                         : absl::string_view(m.content);
+    const size_t role_at = text->find(m.role, pos);
+    SPANSERVE_CHECK(role_at != std::string::npos);
+    const size_t content_at = text->find(content.data(), role_at + m.role.size(), content.size());
+    SPANSERVE_CHECK(content_at != std::string::npos);
+    pos = content_at + content.size();
+  }
+  if (gen_prompt) {
+    SPANSERVE_CHECK(absl::EndsWith(*text, t.family() == TemplateFamily::kChatMl
+                                              ? "<|im_start|>assistant\n"
+                                              : "<|start_header_id|>assistant<|end_header_id|>\n\n"));
+  } else {
+    // The last turn's end: "<|im_end|>\n" or "<|eot_id|>".
+    SPANSERVE_CHECK(absl::EndsWith(*text, t.family() == TemplateFamily::kChatMl
+                                              ? "<|im_end|>\n"
+                                              : "<|eot_id|>"));
+  }
+}
+
+std::vector<ChatMessage> SplitMessages(absl::string_view rest) {
+  std::vector<ChatMessage> messages;
+  if (rest.empty()) return messages;
+  size_t start = 0;
+  while (true) {
+    size_t end = rest.find('\x1e', start);
+    if (end == absl::string_view::npos) end = rest.size();
+    absl::string_view record = rest.substr(start, end - start);
+    ChatMessage m;
+    const uint8_t kind = record.empty() ? 1 : static_cast<uint8_t>(record[0]) % 4;
+    if (!record.empty()) record.remove_prefix(1);
+    static constexpr const char* kRoles[] = {"system", "user", "assistant"};
+    if (kind < 3) {
+      m.role = kRoles[kind];
+    } else {
+      const size_t sep = record.find('\x1f');
+      m.role = std::string(record.substr(0, sep));
+      record = sep == absl::string_view::npos ? absl::string_view() : record.substr(sep + 1);
+    }
+    m.content = std::string(record);
+    messages.push_back(std::move(m));
+    if (end == rest.size()) break;
+    start = end + 1;
+  }
+  return messages;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static const ChatTemplate* const chatml =
+      new ChatTemplate(*ChatTemplate::Parse(kChatMl, "<|im_start|>"));
+  static const ChatTemplate* const llama3 =
+      new ChatTemplate(*ChatTemplate::Parse(kLlama3, "<|begin_of_text|>"));
+  if (size < 1) return 0;
+  const bool gen_prompt = (data[0] & 1) != 0;
+  const absl::string_view rest(reinterpret_cast<const char*>(data + 1), size - 1);
+
+  if (data[0] & 2) {
+    absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(rest, "<s>");
+    if (!t.ok()) {
+      SPANSERVE_CHECK(t.status().code() == absl::StatusCode::kInvalidArgument);
+      return 0;
+    }
+    const std::vector<ChatMessage> conversation = {
+        {"system", "Be brief."}, {"user", " Hi there \n"}, {"assistant", "Hello."}, {"user", "?"}};
+    Render(*t, conversation, gen_prompt);
+    Render(*t, {conversation.begin() + 1, conversation.end()}, gen_prompt);
+    return 0;
+  }
+  const std::vector<ChatMessage> messages = SplitMessages(rest);
+  Render(*chatml, messages, gen_prompt);
+  Render(*llama3, messages, gen_prompt);
+  return 0;
+}

@@ -1,0 +1,198 @@
+// Fuzzes request validation, as the gRPC handlers do it (server/calls.cc), on a serialized
+// spanserve.v1.GenerateRequest or ScoreRequest: proto parsing, then the server's
+// conversion (PromptIds: text / token ids / chat through the model's chat template;
+// CheckPromptLength; ToSamplingParams with engine::ValidateSamplingParams; AddChatStop),
+// then the engine's own check of the resulting request (EngineCore::ValidateRequest, what
+// Engine::Submit runs). Whatever the server accepts, the engine must accept too.
+//
+// The bundled model (models/spanserve-span-12l, 5.8 MB) is loaded once, twice served:
+// with the ChatML and with the Llama-3 chat template; nothing is ever generated.
+//
+// Input: byte 0: bit 0 picks the message (0 GenerateRequest, 1 ScoreRequest), bit 1 the
+// chat template (0 ChatML, 1 Llama-3); the rest is the serialized message.
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "fuzz_util.h"
+#include "runtime/chat/chat_template.h"
+#include "runtime/engine/engine.h"
+#include "runtime/engine/engine_core.h"
+#include "runtime/loader/model_source.h"
+#include "runtime/model/model.h"
+#include "server/convert.h"
+#include "server/served_model.h"
+#include "spanserve/v1/spanserve.pb.h"
+
+namespace {
+
+namespace engine = spanserve::engine;
+namespace server = spanserve::server;
+namespace v1 = spanserve::v1;
+
+constexpr char kModelDir[] = "models/spanserve-span-12l";
+
+// The templates of tests/data/chat/goldens.json (as in chat_template_fuzz.cc).
+constexpr absl::string_view kChatMl =
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}";
+constexpr absl::string_view kLlama3 =
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | "
+    "trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
+    "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+template <typename T>
+T OrDie(absl::StatusOr<T> v, const char* what) {
+  if (!v.ok()) {
+    std::fprintf(stderr, "%s: %s\n", what, v.status().ToString().c_str());
+    std::abort();
+  }
+  return *std::move(v);
+}
+
+engine::EngineOptions Options(const spanserve::tokenizer::Tokenizer* tok) {
+  engine::EngineOptions options;
+  options.num_kv_blocks = 80;  // one full 1024-token sequence in 16-token blocks, and spare
+  options.max_num_seqs = 4;
+  options.detokenize = [tok](std::span<const int32_t> ids) { return tok->Decode(ids, true); };
+  return options;
+}
+
+// A ready ServedModel, as server_main.cc's LoadModel builds it.
+server::ServedModel* Serve(absl::string_view chat_template) {
+  spanserve::loader::ModelSource source = OrDie(
+      spanserve::loader::LoadModelSource(spanserve::fuzz::SourcePath(kModelDir), {.num_threads = 1}),
+      "load model");
+  server::LoadedModel loaded;
+  loaded.format = source.format;
+  loaded.tokenizer = std::move(source.tokenizer);
+  SPANSERVE_CHECK(loaded.tokenizer != nullptr);
+  const spanserve::tokenizer::Tokenizer* tok = loaded.tokenizer.get();
+  std::string bos;
+  if (tok->bos_id()) bos = std::string(tok->IdToToken(*tok->bos_id()));
+  loaded.chat_template = spanserve::chat::ChatTemplate::Parse(chat_template, bos);
+  SPANSERVE_CHECK(loaded.chat_template.ok());
+  loaded.engine = OrDie(engine::Engine::Create(std::move(source.model), Options(tok)), "engine");
+  auto* model = new server::ServedModel("spanserve-span-12l", kModelDir, 0);
+  model->SetReady(std::move(loaded));
+  return model;
+}
+
+struct World {
+  server::ServedModel* served[2];
+  std::unique_ptr<spanserve::model::Model> model;  // the core's (it borrows it)
+  std::unique_ptr<engine::EngineCore> core;        // for ValidateRequest: Submit's check
+};
+
+World* MakeWorld() {
+  auto* w = new World();
+  w->served[0] = Serve(kChatMl);
+  w->served[1] = Serve(kLlama3);
+  w->model = OrDie(spanserve::model::Model::Load(spanserve::fuzz::SourcePath(kModelDir),
+                                                 {.num_threads = 1}),
+                   "load model");
+  w->core = OrDie(engine::EngineCore::Create(w->model.get(), Options(w->served[0]->tokenizer())),
+                  "engine core");
+  return w;
+}
+
+// The server's checks and the engine's must agree: whatever the server accepts (after
+// AddChatStop has added the template's end-of-turn stop to a client's maximum of stops,
+// corpus/request/seed_generate_many_stops) the engine accepts.
+void CheckEngineAccepts(const World& w, const engine::Request& request) {
+  const absl::Status s = w.core->ValidateRequest(request);
+  if (!s.ok()) {
+    std::fprintf(stderr, "the server accepted a request the engine rejects: %s\n",
+                 s.ToString().c_str());
+    std::abort();
+  }
+}
+
+void FuzzGenerate(const World& w, const server::ServedModel& model, std::string_view bytes) {
+  v1::GenerateRequest proto;
+  if (!proto.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) return;
+  const engine::EngineInfo& info = model.engine().info();
+  engine::Request request;
+  absl::StatusOr<std::vector<int32_t>> ids = server::PromptIds(proto.prompt(), "prompt", model);
+  if (!ids.ok()) {
+    SPANSERVE_CHECK(ids.status().code() == absl::StatusCode::kInvalidArgument);
+    return;
+  }
+  SPANSERVE_CHECK(!ids->empty());
+  request.prompt = *std::move(ids);
+  if (!server::CheckPromptLength(request.prompt.size(), info.max_model_len, "prompt").ok()) return;
+  absl::StatusOr<engine::SamplingParams> sampling =
+      server::ToSamplingParams(proto.sampling(), info.vocab_size);
+  if (!sampling.ok()) {
+    SPANSERVE_CHECK(sampling.status().code() == absl::StatusCode::kInvalidArgument);
+    return;
+  }
+  request.sampling = *std::move(sampling);
+  server::AddChatStop(proto.prompt(), model, &request.sampling);
+  request.priority = proto.priority();
+  CheckEngineAccepts(w, request);
+}
+
+void FuzzScore(const World& w, const server::ServedModel& model, std::string_view bytes) {
+  v1::ScoreRequest proto;
+  if (!proto.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) return;
+  if (proto.continuations().empty()) return;
+  const spanserve::tokenizer::Tokenizer* tok = model.tokenizer();
+  std::vector<int32_t> context_ids;
+  const bool empty_text_context =
+      proto.context().input_case() == v1::Prompt::kText && proto.context().text().empty();
+  if (empty_text_context && tok->bos_id()) {
+    context_ids = {*tok->bos_id()};
+  } else {
+    absl::StatusOr<std::vector<int32_t>> ids = server::PromptIds(proto.context(), "context", model);
+    if (!ids.ok()) return;
+    context_ids = *std::move(ids);
+  }
+  for (int i = 0; i < proto.continuations().size(); ++i) {
+    v1::Prompt cont = proto.continuations(i);
+    if (cont.input_case() == v1::Prompt::kText && !cont.has_add_special_tokens()) {
+      cont.set_add_special_tokens(false);
+    }
+    if (cont.input_case() == v1::Prompt::kChat) return;
+    const std::string field = absl::StrCat("continuations[", i, "]");
+    absl::StatusOr<std::vector<int32_t>> ids = server::PromptIds(cont, field, model);
+    if (!ids.ok()) return;
+    engine::Request r;
+    r.prompt = context_ids;
+    r.prompt.insert(r.prompt.end(), ids->begin(), ids->end());
+    if (!server::CheckPromptLength(r.prompt.size(), model.engine().info().max_model_len, field)
+             .ok()) {
+      return;
+    }
+    r.sampling.temperature = 0.0f;
+    r.sampling.max_tokens = 1;
+    r.sampling.detokenize = false;
+    r.sampling.prompt_logprobs = 1;
+    CheckEngineAccepts(w, r);
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static const World* const world = MakeWorld();
+  if (size < 1) return 0;
+  const server::ServedModel& model = *world->served[(data[0] >> 1) & 1];
+  const std::string_view bytes(reinterpret_cast<const char*>(data + 1), size - 1);
+  if (data[0] & 1) {
+    FuzzScore(*world, model, bytes);
+  } else {
+    FuzzGenerate(*world, model, bytes);
+  }
+  return 0;
+}
