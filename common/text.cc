@@ -51,8 +51,7 @@ bool IsValidUtf8(absl::string_view value) {
 
 std::string EchoValue(absl::string_view value, size_t max_bytes) {
   if (value.size() <= max_bytes) return absl::CEscape(value);
-  return absl::StrCat(absl::CEscape(value.substr(0, max_bytes)), "... (", value.size(),
-                      " bytes)");
+  return absl::StrCat(absl::CEscape(value.substr(0, max_bytes)), "... (", value.size(), " bytes)");
 }
 
 std::string JsonString(absl::string_view value, size_t max_bytes) {

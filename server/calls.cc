@@ -50,8 +50,9 @@ void LogRequestFinished(const SpanServeService& service, const ServedModel& mode
       "\"prompt_tokens\":%d,\"generated_tokens\":%d,\"cached_prompt_tokens\":%d,"
       "\"queue_s\":%.6f,\"ttft_s\":%.6f,\"e2e_s\":%.6f,\"finish_reason\":\"%s\","
       "\"status\":\"%s\"}\n",
-      rpc, JsonString(model.name()), public_id, JsonString(client_request_id), final.prompt_tokens, final.generated_tokens,
-      final.cached_prompt_tokens, final.timings.queue_s, final.timings.ttft_s, final.timings.e2e_s,
+      rpc, JsonString(model.name()), public_id, JsonString(client_request_id), final.prompt_tokens,
+      final.generated_tokens, final.cached_prompt_tokens, final.timings.queue_s,
+      final.timings.ttft_s, final.timings.e2e_s,
       std::string(engine::FinishReasonName(final.reason)), absl::StatusCodeToString(status.code()));
   std::fputs(line.c_str(), stderr);
 }
@@ -181,7 +182,8 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
         if (registered_) service_->UnregisterRequest(public_id_);
         final_status_ = EndStatus(*out.final, *service_);
         if (final_status_->ok()) ToFinalInfo(*out.final, pending_->mutable_final());
-        LogRequestFinished(*service_, *model_, "Generate", *out.final, public_id_, client_request_id_,
+        LogRequestFinished(*service_, *model_, "Generate", *out.final, public_id_,
+                           client_request_id_,
                            client_gone_ ? absl::CancelledError() : *final_status_);
       }
     }
@@ -355,9 +357,9 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
       return absl::InvalidArgumentError("continuations: must hold at least one continuation");
     }
     if (num > kMaxScoreContinuations) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("continuations: at most ", kMaxScoreContinuations, " per call, got ", num,
-                       "; split them over several calls"));
+      return absl::InvalidArgumentError(absl::StrCat("continuations: at most ",
+                                                     kMaxScoreContinuations, " per call, got ", num,
+                                                     "; split them over several calls"));
     }
     // Each continuation is one engine request: more than the waiting queue holds could
     // never be admitted, and more than it has room for now would be refused half-way.
@@ -368,9 +370,9 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
                        " requests (--max_waiting_requests); split them over several calls"));
     }
     if (const int32_t waiting = model_->engine().Stats().num_waiting; waiting + num > max_waiting) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "the waiting queue has room for ", std::max(0, max_waiting - waiting), " of the ", num,
-          " continuations; retry later"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the waiting queue has room for ", std::max(0, max_waiting - waiting),
+                       " of the ", num, " continuations; retry later"));
     }
     const bool empty_text_context =
         proto.context().input_case() == v1::Prompt::kText && proto.context().text().empty();

@@ -31,10 +31,11 @@ std::optional<std::string> FindInvalidUtf8(const Descriptor& type, const std::st
     const uint32_t tag = in.ReadTag();
     if (tag == 0) return std::nullopt;
     const FieldDescriptor* field = type.FindFieldByNumber(WireFormatLite::GetTagFieldNumber(tag));
-    const bool nested = field != nullptr &&
-                        (field->type() == FieldDescriptor::TYPE_STRING ||
-                         field->type() == FieldDescriptor::TYPE_MESSAGE) &&
-                        WireFormatLite::GetTagWireType(tag) == WireFormatLite::WIRETYPE_LENGTH_DELIMITED;
+    const bool nested =
+        field != nullptr &&
+        (field->type() == FieldDescriptor::TYPE_STRING ||
+         field->type() == FieldDescriptor::TYPE_MESSAGE) &&
+        WireFormatLite::GetTagWireType(tag) == WireFormatLite::WIRETYPE_LENGTH_DELIMITED;
     if (!nested) {
       if (!WireFormatLite::SkipField(&in, tag)) return std::nullopt;
       continue;

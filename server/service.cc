@@ -83,8 +83,8 @@ void SpanServeService::ParseRequestsOurselves() {
   MarkMethodRawCallback(
       kGenerate,
       new grpc::internal::CallbackServerStreamingHandler<grpc::ByteBuffer, v1::GenerateChunk>(
-          [this](grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw)
-              -> grpc::ServerWriteReactor<v1::GenerateChunk>* {
+          [this](grpc::CallbackServerContext* context,
+                 const grpc::ByteBuffer* raw) -> grpc::ServerWriteReactor<v1::GenerateChunk>* {
             if (absl::Status s = Admit(*context); !s.ok()) return new RefusedStream(s);
             v1::GenerateRequest request;
             if (absl::Status s = ParseRequest(*raw, &request); !s.ok()) {
@@ -92,22 +92,26 @@ void SpanServeService::ParseRequestsOurselves() {
             }
             return Generate(context, &request);
           }));
-  MarkMethodRawCallback(kScore, RawUnary<v1::ScoreRequest, v1::ScoreResponse>(
-                                    this, [this](auto* c, auto* q, auto* r) { return Score(c, q, r); }));
+  MarkMethodRawCallback(kScore,
+                        RawUnary<v1::ScoreRequest, v1::ScoreResponse>(
+                            this, [this](auto* c, auto* q, auto* r) { return Score(c, q, r); }));
   MarkMethodRawCallback(kTokenize,
                         RawUnary<v1::TokenizeRequest, v1::TokenizeResponse>(
                             this, [this](auto* c, auto* q, auto* r) { return Tokenize(c, q, r); }));
-  MarkMethodRawCallback(kDetokenize,
-                        RawUnary<v1::DetokenizeRequest, v1::DetokenizeResponse>(
-                            this, [this](auto* c, auto* q, auto* r) { return Detokenize(c, q, r); }));
-  MarkMethodRawCallback(kGetModelInfo,
-                        RawUnary<v1::GetModelInfoRequest, v1::ModelInfo>(
-                            this, [this](auto* c, auto* q, auto* r) { return GetModelInfo(c, q, r); }));
   MarkMethodRawCallback(
-      kGetExpertLoad, RawUnary<v1::GetExpertLoadRequest, v1::ExpertLoad>(
-                          this, [this](auto* c, auto* q, auto* r) { return GetExpertLoad(c, q, r); }));
-  MarkMethodRawCallback(kAbort, RawUnary<v1::AbortRequest, v1::AbortResponse>(
-                                    this, [this](auto* c, auto* q, auto* r) { return Abort(c, q, r); }));
+      kDetokenize, RawUnary<v1::DetokenizeRequest, v1::DetokenizeResponse>(
+                       this, [this](auto* c, auto* q, auto* r) { return Detokenize(c, q, r); }));
+  MarkMethodRawCallback(kGetModelInfo, RawUnary<v1::GetModelInfoRequest, v1::ModelInfo>(
+                                           this, [this](auto* c, auto* q, auto* r) {
+                                             return GetModelInfo(c, q, r);
+                                           }));
+  MarkMethodRawCallback(kGetExpertLoad, RawUnary<v1::GetExpertLoadRequest, v1::ExpertLoad>(
+                                            this, [this](auto* c, auto* q, auto* r) {
+                                              return GetExpertLoad(c, q, r);
+                                            }));
+  MarkMethodRawCallback(kAbort,
+                        RawUnary<v1::AbortRequest, v1::AbortResponse>(
+                            this, [this](auto* c, auto* q, auto* r) { return Abort(c, q, r); }));
 }
 
 void SpanServeService::StartDraining() { draining_.store(true); }
@@ -261,15 +265,14 @@ grpc::ServerUnaryReactor* SpanServeService::Tokenize(grpc::CallbackServerContext
   // handler returns).
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto owned = std::make_shared<v1::TokenizeRequest>(*request);
-  const bool posted = work_pool_->TryPost([this, context, reactor, owned, response,
-                                           m = *model] {
+  const bool posted = work_pool_->TryPost([this, context, reactor, owned, response, m = *model] {
     reactor->Finish(ToGrpcStatus(context->IsCancelled()
                                      ? absl::CancelledError("the client cancelled the call")
                                      : DoTokenize(*owned, *m, response)));
   });
   if (!posted) {
-    reactor->Finish(ToGrpcStatus(absl::ResourceExhaustedError(
-        "too many long Tokenize calls are waiting; retry later")));
+    reactor->Finish(ToGrpcStatus(
+        absl::ResourceExhaustedError("too many long Tokenize calls are waiting; retry later")));
   }
   return reactor;
 }
@@ -285,11 +288,11 @@ grpc::ServerUnaryReactor* SpanServeService::Detokenize(grpc::CallbackServerConte
   // Bounded so that decoding stays short and the text fits in one answer.
   const int64_t max_ids = options_.max_message_bytes / kDetokenizeAnswerBytesPerId;
   if (request->token_ids_size() > max_ids) {
-    return FinishUnary(context, absl::InvalidArgumentError(absl::StrCat(
-                                    "token_ids: ", request->token_ids_size(),
-                                    " ids; Detokenize takes at most ", max_ids,
-                                    " a call (1/", kDetokenizeAnswerBytesPerId,
-                                    " of --max_message_bytes); split them")));
+    return FinishUnary(
+        context,
+        absl::InvalidArgumentError(absl::StrCat(
+            "token_ids: ", request->token_ids_size(), " ids; Detokenize takes at most ", max_ids,
+            " a call (1/", kDetokenizeAnswerBytesPerId, " of --max_message_bytes); split them")));
   }
   const int32_t vocab = (*model)->engine().info().vocab_size;
   for (int i = 0; i < request->token_ids_size(); ++i) {

@@ -8,8 +8,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/text.h"
 #include "absl/strings/strip.h"
+#include "common/text.h"
 
 namespace spanserve::chat {
 namespace {

@@ -303,7 +303,8 @@ void EngineCore::ProcessRows(Sequence* seq, const model::SequenceInput& input, f
     for (int32_t r = 0; r < num_rows; ++r) {
       const int32_t target = first_position + r + 1;  // the prompt token these logits predict
       if (target >= seq->prompt_len) break;
-      const int32_t next = seq->prompt_logprobs_from() + static_cast<int32_t>(seq->prompt_logprobs.size());
+      const int32_t next =
+          seq->prompt_logprobs_from() + static_cast<int32_t>(seq->prompt_logprobs.size());
       if (target != next) continue;  // before `from`, or given before a preemption
       ComputeLogprobs({rows + static_cast<int64_t>(r) * vocab_, static_cast<size_t>(vocab_)},
                       seq->tokens[target], *top_n, &seq->prompt_logprobs.emplace_back());

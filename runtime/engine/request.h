@@ -92,10 +92,10 @@ struct FinalInfo {
 // One delta of a request's output. Outputs arrive in order; the last has `final`.
 struct RequestOutput {
   RequestId id = 0;
-  std::vector<int32_t> token_ids;                 // tokens generated since the last output
-  std::string text;                               // their text (if detokenized); may lag tokens
-                                                  // while it could still be part of a stop string
-  std::vector<PositionLogprobs> logprobs;         // one per token in token_ids, if requested
+  std::vector<int32_t> token_ids;          // tokens generated since the last output
+  std::string text;                        // their text (if detokenized); may lag tokens
+                                           // while it could still be part of a stop string
+  std::vector<PositionLogprobs> logprobs;  // one per token in token_ids, if requested
   // Prompt positions sampling.prompt_logprobs_from (default 1) .. n-1, first output only.
   std::vector<PositionLogprobs> prompt_logprobs;
   std::optional<FinalInfo> final;

@@ -59,7 +59,8 @@ absl::Status ValidateSamplingParams(const SamplingParams& p, int32_t vocab_size,
       (*p.prompt_logprobs < 0 || *p.prompt_logprobs > kMaxLogprobs)) {
     return Bad("prompt_logprobs", absl::StrCat("in [0, ", kMaxLogprobs, "]"), *p.prompt_logprobs);
   }
-  if (p.prompt_logprobs_from < 1) return Bad("prompt_logprobs_from", ">= 1", p.prompt_logprobs_from);
+  if (p.prompt_logprobs_from < 1)
+    return Bad("prompt_logprobs_from", ">= 1", p.prompt_logprobs_from);
   return absl::OkStatus();
 }
 

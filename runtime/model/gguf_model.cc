@@ -215,8 +215,8 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
     ASSIGN_OR_RETURN(linear_factor, f.GetFloat(a + ".rope.scale_linear"));
   }
   if (!(linear_factor > 0) || !std::isfinite(linear_factor)) {
-    return absl::InvalidArgumentError(absl::StrCat(f.path(), ": ", a, ".rope.scaling.factor = ",
-                                                   linear_factor,
+    return absl::InvalidArgumentError(absl::StrCat(f.path(), ": ", a,
+                                                   ".rope.scaling.factor = ", linear_factor,
                                                    ", expected a positive finite number"));
   }
 

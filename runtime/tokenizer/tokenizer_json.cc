@@ -66,8 +66,8 @@ absl::StatusOr<int32_t> TokenId(const Json& j, std::string_view where) {
   if (!j.is_number_integer()) return Invalid(where, "token ids must be integers");
   if (j.is_number_unsigned() ? j.get<uint64_t>() > static_cast<uint64_t>(kMaxTokenId)
                              : (j.get<int64_t>() < 0 || j.get<int64_t>() > kMaxTokenId)) {
-    return Invalid(where, absl::StrCat("token id ", j.dump(), " is out of range [0, ",
-                                       kMaxTokenId, "]"));
+    return Invalid(where,
+                   absl::StrCat("token id ", j.dump(), " is out of range [0, ", kMaxTokenId, "]"));
   }
   return static_cast<int32_t>(j.get<int64_t>());
 }

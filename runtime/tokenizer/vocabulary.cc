@@ -128,12 +128,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromVocabulary(const Vocab
   // GGUF string is any bytes; nlohmann's dump would throw).
   for (size_t i = 0; i < n; ++i) {
     if (!IsValidUtf8(spec.tokens[i])) {
-      return absl::InvalidArgumentError(absl::StrCat("vocabulary: token ", i, " is not valid UTF-8"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("vocabulary: token ", i, " is not valid UTF-8"));
     }
   }
   for (size_t i = 0; i < spec.merges.size(); ++i) {
     if (!IsValidUtf8(spec.merges[i])) {
-      return absl::InvalidArgumentError(absl::StrCat("vocabulary: merge ", i, " is not valid UTF-8"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("vocabulary: merge ", i, " is not valid UTF-8"));
     }
   }
 

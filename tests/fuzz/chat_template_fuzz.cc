@@ -12,8 +12,8 @@
 #include <string>
 #include <string_view>
 
-#include "absl/strings/string_view.h"
 #include <vector>
+#include "absl/strings/string_view.h"
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -58,8 +58,8 @@ void Render(const ChatTemplate& t, const std::vector<ChatMessage>& messages, boo
   for (const ChatMessage& m : messages) {
     // In order, each turn's role and content (trimmed where the template trims).
     const absl::string_view content = t.family() == TemplateFamily::kLlama3
-                                         ? absl::StripAsciiWhitespace(m.content)
-                                         : absl::string_view(m.content);
+                                          ? absl::StripAsciiWhitespace(m.content)
+                                          : absl::string_view(m.content);
     const size_t role_at = text->find(m.role, pos);
     SPANSERVE_CHECK(role_at != std::string::npos);
     const size_t content_at = text->find(content.data(), role_at + m.role.size(), content.size());
@@ -67,14 +67,14 @@ void Render(const ChatTemplate& t, const std::vector<ChatMessage>& messages, boo
     pos = content_at + content.size();
   }
   if (gen_prompt) {
-    SPANSERVE_CHECK(absl::EndsWith(*text, t.family() == TemplateFamily::kChatMl
-                                              ? "<|im_start|>assistant\n"
-                                              : "<|start_header_id|>assistant<|end_header_id|>\n\n"));
+    SPANSERVE_CHECK(
+        absl::EndsWith(*text, t.family() == TemplateFamily::kChatMl
+                                  ? "<|im_start|>assistant\n"
+                                  : "<|start_header_id|>assistant<|end_header_id|>\n\n"));
   } else {
     // The last turn's end: "<|im_end|>\n" or "<|eot_id|>".
-    SPANSERVE_CHECK(absl::EndsWith(*text, t.family() == TemplateFamily::kChatMl
-                                              ? "<|im_end|>\n"
-                                              : "<|eot_id|>"));
+    SPANSERVE_CHECK(absl::EndsWith(
+        *text, t.family() == TemplateFamily::kChatMl ? "<|im_end|>\n" : "<|eot_id|>"));
   }
 }
 

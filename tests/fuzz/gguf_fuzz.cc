@@ -62,7 +62,8 @@ void ReadTensors(const GgufFile& file) {
 }
 
 void ReadTokenizer(const GgufFile& file) {
-  absl::StatusOr<spanserve::tokenizer::VocabularySpec> spec = spanserve::loader::GgufVocabulary(file);
+  absl::StatusOr<spanserve::tokenizer::VocabularySpec> spec =
+      spanserve::loader::GgufVocabulary(file);
   if (!spec.ok() || spec->tokens.size() > kMaxTokens || spec->merges.size() > kMaxTokens) return;
   absl::StatusOr<std::unique_ptr<spanserve::tokenizer::Tokenizer>> tok =
       spanserve::tokenizer::Tokenizer::FromVocabulary(*spec);

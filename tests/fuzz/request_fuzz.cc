@@ -70,9 +70,10 @@ engine::EngineOptions Options(const spanserve::tokenizer::Tokenizer* tok) {
 
 // A ready ServedModel, as server_main.cc's LoadModel builds it.
 server::ServedModel* Serve(absl::string_view chat_template) {
-  spanserve::loader::ModelSource source = OrDie(
-      spanserve::loader::LoadModelSource(spanserve::fuzz::SourcePath(kModelDir), {.num_threads = 1}),
-      "load model");
+  spanserve::loader::ModelSource source =
+      OrDie(spanserve::loader::LoadModelSource(spanserve::fuzz::SourcePath(kModelDir),
+                                               {.num_threads = 1}),
+            "load model");
   server::LoadedModel loaded;
   loaded.format = source.format;
   loaded.tokenizer = std::move(source.tokenizer);
@@ -98,9 +99,9 @@ World* MakeWorld() {
   auto* w = new World();
   w->served[0] = Serve(kChatMl);
   w->served[1] = Serve(kLlama3);
-  w->model = OrDie(spanserve::model::Model::Load(spanserve::fuzz::SourcePath(kModelDir),
-                                                 {.num_threads = 1}),
-                   "load model");
+  w->model = OrDie(
+      spanserve::model::Model::Load(spanserve::fuzz::SourcePath(kModelDir), {.num_threads = 1}),
+      "load model");
   w->core = OrDie(engine::EngineCore::Create(w->model.get(), Options(w->served[0]->tokenizer())),
                   "engine core");
   return w;

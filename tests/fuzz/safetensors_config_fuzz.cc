@@ -11,9 +11,9 @@
 #include <string_view>
 #include <vector>
 
+#include "fuzz_util.h"
 #include "runtime/model/config.h"
 #include "runtime/model/weights.h"
-#include "fuzz_util.h"
 
 namespace {
 

@@ -6,10 +6,10 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <optional>
-#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -181,8 +181,8 @@ TEST(FaultsTest, AThousandVanishingClientsLeaveItServing) {
         // before the first token, after it, or mid-stream.
         grpc::ChannelArguments args;
         args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-        auto own = v1::SpanServe::NewStub(grpc::CreateCustomChannel(
-            server.address(), grpc::InsecureChannelCredentials(), args));
+        auto own = v1::SpanServe::NewStub(
+            grpc::CreateCustomChannel(server.address(), grpc::InsecureChannelCredentials(), args));
         grpc::ClientContext context;
         auto reader = own->Generate(&context, Request(200));
         v1::GenerateChunk chunk;

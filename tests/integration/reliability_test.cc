@@ -63,7 +63,8 @@ Streamed Generate(v1::SpanServe::Stub& stub, const v1::GenerateRequest& r,
 class Bystander {
  public:
   Bystander(v1::SpanServe::Stub& stub, int tokens)
-      : thread_([this, &stub, tokens] { result_ = Generate(stub, Request("And God said", tokens)); }) {}
+      : thread_(
+            [this, &stub, tokens] { result_ = Generate(stub, Request("And God said", tokens)); }) {}
   Streamed Join() {
     thread_.join();
     return result_;
@@ -107,7 +108,8 @@ TEST(ReliabilityTest, ExtremeSamplingValuesFailAloneOrServe) {
       r.mutable_sampling()->set_frequency_penalty(2.0f);
       r.mutable_sampling()->set_presence_penalty(-2.0f);
       const Streamed res = Generate(*stub, r);
-      ASSERT_TRUE(res.status.ok()) << rp << " " << temperature << ": " << res.status.error_message();
+      ASSERT_TRUE(res.status.ok())
+          << rp << " " << temperature << ": " << res.status.error_message();
       EXPECT_EQ(res.tokens(), 6);
     }
   }
@@ -235,8 +237,8 @@ TEST(ReliabilityTest, ScoreChecksItsLimitsBeforeExpanding) {
   many.mutable_context()->set_text(
       "In the beginning God created the heaven and the earth. And the earth was without form, "
       "and void; and darkness was upon the face of the deep.");
-  const std::vector<std::string> words = {" And", " the", " Spirit", " zebra", " of God",
-                                          " moved", " upon", " the face of the waters"};
+  const std::vector<std::string> words = {
+      " And", " the", " Spirit", " zebra", " of God", " moved", " upon", " the face of the waters"};
   for (const auto& w : words) many.add_continuations()->set_text(w);
   grpc::ClientContext context;
   v1::ScoreResponse together;
@@ -351,7 +353,10 @@ TEST(ReliabilityTest, InvalidUtf8AnswersInvalidArgumentNamingTheField) {
   auto channel = server.Channel();
   grpc::GenericStub generic(channel);
   // TokenizeRequest{text = "ab\xff"} and GenerateRequest{prompt{text = "\xc0\x80"}}, by hand.
-  const std::string tokenize = std::string("\x0a\x03" "ab\xff", 5);
+  const std::string tokenize = std::string(
+      "\x0a\x03"
+      "ab\xff",
+      5);
   const std::string generate = std::string("\x0a\x04\x0a\x02\xc0\x80", 6);
   for (const auto& [method, bytes, field] :
        std::vector<std::tuple<std::string, std::string, std::string>>{

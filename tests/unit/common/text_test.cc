@@ -24,8 +24,12 @@ TEST(JsonString, EscapesQuotesBackslashesAndControlBytes) {
 }
 
 TEST(JsonString, ReplacesInvalidUtf8AndBoundsTheLength) {
-  EXPECT_EQ(ParsedBack(JsonString("a\xFF" "b\xC0\xAF" "c\xED\xA0\x80")),
-            "a\xEF\xBF\xBD" "b\xEF\xBF\xBD\xEF\xBF\xBD" "c\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(ParsedBack(JsonString("a\xFF"
+                                  "b\xC0\xAF"
+                                  "c\xED\xA0\x80")),
+            "a\xEF\xBF\xBD"
+            "b\xEF\xBF\xBD\xEF\xBF\xBD"
+            "c\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
   const std::string big(100000, 'x');
   const std::string lit = JsonString(big);
   EXPECT_LE(lit.size(), kMaxEchoBytes + 8);

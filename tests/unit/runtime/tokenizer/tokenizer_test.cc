@@ -127,9 +127,9 @@ TEST(Tokenizer, TokenIdsOutOfRangeAreErrors) {
     EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument) << what;
     EXPECT_NE(tok.status().message().find("out of range"), std::string::npos) << tok.status();
   };
-  for (const nlohmann::json& id : {nlohmann::json(9999999928LL), nlohmann::json(-1),
-                                   nlohmann::json(2147483647), nlohmann::json(1u << 22),
-                                   nlohmann::json(18446744073709551615ULL)}) {
+  for (const nlohmann::json& id :
+       {nlohmann::json(9999999928LL), nlohmann::json(-1), nlohmann::json(2147483647),
+        nlohmann::json(1u << 22), nlohmann::json(18446744073709551615ULL)}) {
     nlohmann::json j = base;
     j["model"]["vocab"]["c"] = id;
     expect_rejected(j, "vocab id " + id.dump());
@@ -262,16 +262,14 @@ TEST(Tokenizer, FromVocabularyRejectsTokensThatAreNotUtf8) {
   auto bad_token = Tokenizer::FromVocabulary(spec);
   ASSERT_FALSE(bad_token.ok());
   EXPECT_EQ(bad_token.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(bad_token.status().message().find("token 5"), std::string::npos)
-      << bad_token.status();
+  EXPECT_NE(bad_token.status().message().find("token 5"), std::string::npos) << bad_token.status();
 
   spec.tokens.pop_back();
   spec.merges.push_back("a \xff");
   auto bad_merge = Tokenizer::FromVocabulary(spec);
   ASSERT_FALSE(bad_merge.ok());
   EXPECT_EQ(bad_merge.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(bad_merge.status().message().find("merge 1"), std::string::npos)
-      << bad_merge.status();
+  EXPECT_NE(bad_merge.status().message().find("merge 1"), std::string::npos) << bad_merge.status();
 
   spec.merges.pop_back();
   EXPECT_TRUE(Tokenizer::FromVocabulary(spec).ok());
