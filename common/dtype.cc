@@ -1,5 +1,9 @@
 #include "common/dtype.h"
 
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
 #include <cmath>
 
 namespace spanserve {
@@ -57,5 +61,14 @@ uint16_t F32ToF16(float f) {
   x -= 112u << 23;
   return static_cast<uint16_t>(sign | (x >> 13));
 }
+
+absl::StatusOr<DType> ParseF32OrBf16(std::string_view name, std::string_view setting) {
+  if (name == "auto" || name == "f32" || name == "float32") return DType::kF32;
+  if (name == "bf16" || name == "bfloat16") return DType::kBF16;
+  return absl::InvalidArgumentError(absl::StrCat(
+      std::string(setting), " must be auto, f32 or bf16, got \"", std::string(name), "\""));
+}
+
+std::string_view F32OrBf16Name(DType dtype) { return dtype == DType::kBF16 ? "bf16" : "f32"; }
 
 }  // namespace spanserve

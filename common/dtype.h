@@ -6,6 +6,8 @@
 #include <cstring>
 #include <string_view>
 
+#include "absl/status/statusor.h"
+
 namespace spanserve {
 
 enum class DType : uint8_t { kF32, kBF16, kF16 };
@@ -46,5 +48,11 @@ inline uint16_t F32ToBf16(float f) {
 float F16ToF32(uint16_t h);
 // Round-to-nearest-even.
 uint16_t F32ToF16(float f);
+
+// The spelling of a setting that is f32 or bf16 (a model's compute dtype, the KV cache's
+// element type): "auto", "f32", "float32" -> kF32; "bf16", "bfloat16" -> kBF16; anything
+// else is INVALID_ARGUMENT "<setting> must be auto, f32 or bf16, got ...".
+[[nodiscard]] absl::StatusOr<DType> ParseF32OrBf16(std::string_view name, std::string_view setting);
+std::string_view F32OrBf16Name(DType dtype);  // "bf16" or "f32"
 
 }  // namespace spanserve

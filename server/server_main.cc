@@ -6,7 +6,8 @@
 // model (the first listed) is ready — the others may still be loading, and calls naming
 // them answer UNAVAILABLE until they are. A model that fails to load is logged, reported
 // by GetModelInfo, and calls naming it answer FAILED_PRECONDITION with its error; the other
-// models keep serving (if the default model fails, health stays NOT_SERVING).
+// models keep serving (if the default model fails, the server exits with status 1).
+// Loading itself is model_loading.h; this file reads the flags and runs the server.
 // On SIGTERM/SIGINT: NOT_SERVING, new calls get UNAVAILABLE, in-flight calls get
 // --drain_grace_s to finish, the rest are cancelled, exit 0.
 #include <signal.h>
@@ -39,12 +40,11 @@
 #include "absl/strings/str_split.h"
 #include "common/status.h"
 #include "nlohmann/json.hpp"
-#include "runtime/chat/chat_template.h"
 #include "runtime/engine/block_manager.h"
 #include "runtime/engine/engine.h"
 #include "runtime/loader/model_source.h"
 #include "runtime/model/model.h"
-#include "runtime/tokenizer/tokenizer.h"
+#include "server/model_loading.h"
 #include "server/service.h"
 
 ABSL_FLAG(std::string, config, "",
@@ -223,17 +223,19 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials() {
   return grpc::SslServerCredentials(options);
 }
 
-// The engine options every model shares. kv_cache_bytes is the KV memory budget of all
+// What every model loads with. engine.kv_cache_bytes is the KV memory budget of all
 // models together (bytes, or a fraction of MemAvailable read once, before any model
 // loads), which the loader splits; --num_kv_blocks, when given, is each model's own block
 // count.
-absl::StatusOr<engine::EngineOptions> EngineOptionsFromFlags() {
-  engine::EngineOptions o;
+absl::StatusOr<ModelLoadOptions> LoadOptionsFromFlags() {
+  ModelLoadOptions options;
+  engine::EngineOptions& o = options.engine;
   ASSIGN_OR_RETURN(o.kv_cache_dtype,
                    engine::ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype)));
-  // Checked here so that a misspelling stops the server at start-up (LoadModel uses it).
-  RETURN_IF_ERROR(
-      model::ParseF32OrBf16(absl::GetFlag(FLAGS_compute_dtype), "compute_dtype").status());
+  // Parsed here so that a misspelling stops the server at start-up, not each model's load.
+  ASSIGN_OR_RETURN(options.compute_dtype,
+                   model::ParseF32OrBf16(absl::GetFlag(FLAGS_compute_dtype), "compute_dtype"));
+  options.num_threads = absl::GetFlag(FLAGS_threads);
   o.num_kv_blocks = absl::GetFlag(FLAGS_num_kv_blocks);
   if (o.num_kv_blocks <= 0) {
     ASSIGN_OR_RETURN(const int64_t total,
@@ -246,49 +248,7 @@ absl::StatusOr<engine::EngineOptions> EngineOptionsFromFlags() {
   o.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   o.max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests);
   o.residual_rms_every_n_steps = absl::GetFlag(FLAGS_residual_rms_every_n_steps);
-  return o;
-}
-
-// One short greedy request, so the first client does not pay for cold caches and pages.
-absl::Status WarmUp(engine::Engine& engine) {
-  engine::Request request;
-  request.prompt = {0, 1, 2, 3};
-  request.sampling.temperature = 0.0f;
-  request.sampling.max_tokens = 2;
-  request.sampling.detokenize = false;
-  ASSIGN_OR_RETURN(engine::RequestHandle handle, engine.Submit(std::move(request)));
-  engine::RequestOutput out;
-  while (handle.stream->Next(&out)) {
-    if (out.final && out.final->reason == engine::FinishReason::kError) return out.final->error;
-  }
-  return absl::OkStatus();
-}
-
-// Loads one model (LoadModelSource), recognises its chat template, starts its engine and
-// warms it up.
-absl::StatusOr<LoadedModel> LoadModel(const ModelSpec& spec, engine::EngineOptions options) {
-  ASSIGN_OR_RETURN(const DType compute_dtype,
-                   model::ParseF32OrBf16(absl::GetFlag(FLAGS_compute_dtype), "compute_dtype"));
-  ASSIGN_OR_RETURN(loader::ModelSource source,
-                   loader::LoadModelSource(spec.path, {.num_threads = absl::GetFlag(FLAGS_threads),
-                                                       .compute_dtype = compute_dtype}));
-  LoadedModel loaded;
-  loaded.format = source.format;
-  loaded.tokenizer = std::move(source.tokenizer);
-  const tokenizer::Tokenizer* tok = loaded.tokenizer.get();
-  std::string bos;
-  if (tok != nullptr && tok->bos_id()) bos = std::string(tok->IdToToken(*tok->bos_id()));
-  loaded.chat_template = chat::ChatTemplate::Parse(source.chat_template, bos);
-  if (tok != nullptr) {
-    options.detokenize = [tok](std::span<const int32_t> ids) {
-      return tok->Decode(ids, /*skip_special_tokens=*/true);
-    };
-  }
-  ASSIGN_OR_RETURN(loaded.engine, engine::Engine::Create(std::move(source.model), options));
-  if (absl::Status s = WarmUp(*loaded.engine); !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("warm-up failed: ", s.message()));
-  }
-  return loaded;
+  return options;
 }
 
 // Blocks SIGTERM/SIGINT in every thread (call before any thread starts) so that only
@@ -337,9 +297,9 @@ int Run(const sigset_t& signals) {
     Log(std::string(specs.status().message()));
     return 2;
   }
-  absl::StatusOr<engine::EngineOptions> engine_options = EngineOptionsFromFlags();
-  if (!engine_options.ok()) {
-    Log(engine_options.status().ToString());
+  absl::StatusOr<ModelLoadOptions> load_options = LoadOptionsFromFlags();
+  if (!load_options.ok()) {
+    Log(load_options.status().ToString());
     return 2;
   }
   ServiceOptions service_options{
@@ -411,58 +371,29 @@ int Run(const sigset_t& signals) {
   // The default model failed to load: the server can never be ready, so it exits non-zero
   // (a supervisor restarts it and shows why) instead of staying NOT_SERVING for ever.
   std::atomic<bool> default_failed{false};
+  const ModelLoadHooks hooks{
+      .on_model_ready =
+          [&](ServedModel& model) {
+            if (metrics) metrics->WatchEngine(model.name(), &model.engine());
+          },
+      .on_default_ready =
+          [&] {
+            std::lock_guard<std::mutex> lock(health_mu);
+            if (!service.draining()) {
+              health->SetServingStatus(true);
+              health->SetServingStatus(kServiceName, true);
+            }
+          },
+      .on_default_failed =
+          [&] {
+            default_failed.store(true);
+            kill(getpid(), SIGTERM);  // wakes the sigwait below: drain (nothing runs) and exit
+          },
+  };
   std::thread loading([&] {
     std::this_thread::sleep_for(
         std::chrono::duration<double>(absl::GetFlag(FLAGS_debug_load_delay_s)));
-    // Each model gets an even share of what the models loaded before it left: a model that
-    // fails to load leaves its share to the ones after it.
-    int64_t kv_bytes_left = engine_options->kv_cache_bytes;
-    int64_t models_left = static_cast<int64_t>(service.models().size());
-    for (const std::unique_ptr<ServedModel>& model : service.models()) {
-      engine::EngineOptions options = *engine_options;
-      if (options.num_kv_blocks <= 0) options.kv_cache_bytes = kv_bytes_left / models_left;
-      --models_left;
-      if (stop_loading.load()) {
-        model->SetFailed(absl::UnavailableError("the server shut down before loading it"));
-        continue;
-      }
-      const auto t0 = std::chrono::steady_clock::now();
-      absl::StatusOr<LoadedModel> loaded = LoadModel({model->name(), model->path()}, options);
-      if (!loaded.ok()) {
-        Log(absl::StrCat("model '", model->name(), "' (", model->path(),
-                         ") failed to load: ", loaded.status().ToString(),
-                         model->index() == 0 ? "; it is the default model: exiting"
-                                             : "; serving the other models"));
-        model->SetFailed(loaded.status());
-        if (model->index() == 0) {
-          default_failed.store(true);
-          stop_loading.store(true);
-          kill(getpid(), SIGTERM);  // wakes the sigwait below: drain (nothing runs) and exit
-        }
-        continue;
-      }
-      kv_bytes_left -= options.kv_cache_bytes;
-      model->SetReady(*std::move(loaded));
-      if (metrics) metrics->WatchEngine(model->name(), &model->engine());
-      const engine::EngineInfo& info = model->engine().info();
-      Log(absl::StrCat(
-          "serving model '", model->name(), "' from ", model->path(), " (", info.model_type, ", ",
-          info.norm_placement, ", ", info.num_experts > 0 ? "MoE" : "dense", ", ",
-          info.num_kv_blocks, " KV blocks of ",
-          std::string(engine::KvCacheDtypeName(info.kv_cache_dtype)), ", compute ",
-          std::string(model::F32OrBf16Name(info.compute_dtype)), ", chat: ",
-          model->chat_template().ok() ? chat::FamilyName(model->chat_template()->family())
-                                      : model->chat_template().status().message(),
-          ") after ", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-          " s"));
-      if (model->index() == 0) {
-        std::lock_guard<std::mutex> lock(health_mu);
-        if (!service.draining()) {
-          health->SetServingStatus(true);
-          health->SetServingStatus(kServiceName, true);
-        }
-      }
-    }
+    LoadServedModels(service.models(), *load_options, stop_loading, hooks);
   });
 
   int signal_number = 0;

@@ -4,11 +4,11 @@
 
 #include "kernels/cpu/simd.h"
 
-namespace spanserve::kernels::cpu {
-using simd::HalfAt;
-using simd::I8x8ToF32;
-using simd::Nibbles;
-using simd::U8x8ToF32;
+namespace spanserve::kernels {
+using cpu::simd::HalfAt;
+using cpu::simd::I8x8ToF32;
+using cpu::simd::Nibbles;
+using cpu::simd::U8x8ToF32;
 
 void DequantizeQ8_0(const void* blocks, int64_t n, float* out) {
   const uint8_t* b = static_cast<const uint8_t*>(blocks);
@@ -55,7 +55,7 @@ void DequantizeQ4_1(const void* blocks, int64_t n, float* out) {
 }
 
 void WidenToF32(const void* src, DType dtype, int64_t n, float* out) {
-  simd::Widen(src, dtype, n, out);
+  cpu::simd::Widen(src, dtype, n, out);
 }
 
-}  // namespace spanserve::kernels::cpu
+}  // namespace spanserve::kernels

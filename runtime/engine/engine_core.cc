@@ -72,9 +72,9 @@ absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(model::Model* mod
                      " bytes); give it more memory or lower "
                      "max_model_len"));
   }
-  ASSIGN_OR_RETURN(auto cache,
-                   model::KvCache::Create(c, options.block_size, static_cast<int32_t>(num_blocks),
-                                          options.kv_cache_dtype));
+  ASSIGN_OR_RETURN(
+      auto cache, model::KvCache::Create(model->backend(), c, options.block_size,
+                                         static_cast<int32_t>(num_blocks), options.kv_cache_dtype));
   EngineInfo info;
   info.model_type = c.model_type;
   info.norm_placement = std::string(model::NormPlacementName(c.norm_placement));
@@ -102,6 +102,7 @@ EngineCore::EngineCore(model::Model* model, const EngineOptions& options, Engine
       info_(std::move(info)),
       vocab_(info_.vocab_size),
       cache_(std::move(cache)),
+      workspace_(model->backend()),
       blocks_(info_.num_kv_blocks, options.block_size, options.enable_prefix_caching),
       scheduler_(
           SchedulerOptions{

@@ -3,12 +3,12 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/dequant.h"
+#include "kernels/quant.h"
 
 namespace spanserve::gguf {
 namespace {
 
-namespace k = kernels::cpu;
+namespace k = kernels;
 
 // Elements per parallel chunk: a multiple of every block size, big enough to amortise a task.
 constexpr int64_t kChunk = 1 << 16;

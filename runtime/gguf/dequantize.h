@@ -1,4 +1,4 @@
-// GGUF tensor data to f32: F32, F16, BF16, Q8_0, Q4_0 and Q4_1 (kernels/cpu/dequant.h).
+// GGUF tensor data to f32: F32, F16, BF16, Q8_0, Q4_0 and Q4_1 (kernels/quant.h).
 #pragma once
 
 #include <cstdint>

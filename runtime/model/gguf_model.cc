@@ -111,16 +111,16 @@ void UnpermuteRows(void* data, int64_t rows, int64_t row_bytes, int64_t heads) {
 }
 
 // The block format a GGUF tensor type keeps in memory, or kNone.
-kernels::cpu::QuantType KeptQuant(TensorType type) {
+kernels::QuantType KeptQuant(TensorType type) {
   switch (type) {
     case TensorType::kQ8_0:
-      return kernels::cpu::QuantType::kQ8_0;
+      return kernels::QuantType::kQ8_0;
     case TensorType::kQ4_0:
-      return kernels::cpu::QuantType::kQ4_0;
+      return kernels::QuantType::kQ4_0;
     case TensorType::kQ4_1:
-      return kernels::cpu::QuantType::kQ4_1;
+      return kernels::QuantType::kQ4_1;
     default:
-      return kernels::cpu::QuantType::kNone;
+      return kernels::QuantType::kNone;
   }
 }
 
@@ -286,9 +286,8 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
     const bool permute = (is_q || is_k) && view.shape[0] == heads * config.head_dim;
     // Matrices in Q8_0 / Q4_0 / Q4_1 stay in their blocks (the kernels compute with exactly
     // the dequantized values); Q and K rows are reordered as whole rows of blocks.
-    const kernels::cpu::QuantType quant = KeptQuant(t.type);
-    if (quant != kernels::cpu::QuantType::kNone && view.shape.size() == 2 &&
-        view.shape[1] % 32 == 0) {
+    const kernels::QuantType quant = KeptQuant(t.type);
+    if (quant != kernels::QuantType::kNone && view.shape.size() == 2 && view.shape[1] % 32 == 0) {
       view.quant = quant;
       view.data = t.data;
       if (permute) {

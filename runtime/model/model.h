@@ -1,6 +1,6 @@
 // The transformer: weights bound to a config, and a batched forward pass over a paged
 // KV cache. Dense and MoE FFNs, every norm placement of DESIGN.md §4, f32 compute over
-// f32/bf16/f16 weights, on the CPU backend.
+// f32/bf16/f16/quantized weights, on a compute backend (kernels/backend.h) it never names.
 #pragma once
 
 #include <cstdint>
@@ -19,16 +19,23 @@ namespace spanserve::gguf {
 class GgufFile;
 }  // namespace spanserve::gguf
 
+namespace spanserve::kernels {
+class Backend;
+}  // namespace spanserve::kernels
+
 namespace spanserve::model {
 
-// KV storage for every layer: K and V of shape [num_blocks, block_size, kv_heads, head_dim]
-// (f32), in one anonymous mapping so untouched blocks cost no resident memory. Storage
-// only: which block belongs to which sequence is the engine's business.
+// KV storage for every layer: K and V of shape [num_blocks, block_size, kv_heads, head_dim],
+// in one allocation of the backend's memory (on the CPU an anonymous mapping, so untouched
+// blocks cost no resident memory). Storage only: which block belongs to which sequence is
+// the engine's business.
 class KvCache {
  public:
   // dtype: the element type of K and V, kF32 (exact) or kBF16 (half the bytes; each value
   // rounded to nearest-even as it is stored).
-  [[nodiscard]] static absl::StatusOr<std::unique_ptr<KvCache>> Create(const ModelConfig& config,
+  // `backend` must outlive the cache (the model's: Model::backend()).
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<KvCache>> Create(kernels::Backend& backend,
+                                                                       const ModelConfig& config,
                                                                        int32_t block_size,
                                                                        int32_t num_blocks,
                                                                        DType dtype = DType::kF32);
@@ -49,6 +56,7 @@ class KvCache {
 
  private:
   KvCache() = default;
+  kernels::Backend* backend_ = nullptr;
   char* base_ = nullptr;
   int64_t bytes_ = 0;
   int64_t layer_bytes_ = 0;
@@ -72,16 +80,19 @@ struct SequenceInput {
   LogitsMode logits = LogitsMode::kLast;
 };
 
-// Scratch buffers of a forward pass. Grows to the largest batch seen, then is reused,
-// so a steady-state step allocates nothing. One per engine thread; not thread-safe.
+// Scratch buffers of a forward pass, in the backend's memory. Grows to the largest batch
+// seen, then is reused, so a steady-state step allocates nothing. One per engine thread;
+// not thread-safe.
 class ForwardWorkspace {
  public:
-  ForwardWorkspace();
+  // `backend` must outlive the workspace (the model's: Model::backend()).
+  explicit ForwardWorkspace(kernels::Backend& backend);
   ~ForwardWorkspace();
   ForwardWorkspace(const ForwardWorkspace&) = delete;
   ForwardWorkspace& operator=(const ForwardWorkspace&) = delete;
   struct Buffers;
   Buffers& buffers() { return *buffers_; }
+  kernels::Backend& backend() const { return *backend_; }
 
   // Residual-stream health (opt-in, for sampled steps only): while set, Forward records per
   // layer l the RMS of block l's output over every token of the step,
@@ -94,6 +105,7 @@ class ForwardWorkspace {
   std::vector<double>& mutable_residual_rms() { return residual_rms_; }
 
  private:
+  kernels::Backend* backend_;
   std::unique_ptr<Buffers> buffers_;
   bool record_residual_rms_ = false;
   std::vector<double> residual_rms_;
@@ -106,11 +118,9 @@ struct ExpertLoad {
   std::vector<std::vector<int64_t>> tokens;
 };
 
-// The spelling of a setting that is f32 or bf16 (Model::Options::compute_dtype, the KV cache's
-// element type): "auto", "f32", "float32" -> kF32; "bf16", "bfloat16" -> kBF16; anything else
-// is INVALID_ARGUMENT "<setting> must be auto, f32 or bf16, got ...".
-[[nodiscard]] absl::StatusOr<DType> ParseF32OrBf16(std::string_view name, std::string_view setting);
-std::string_view F32OrBf16Name(DType dtype);  // "bf16" or "f32"
+// Parsed in common/dtype.h; named here for the model's and the KV cache's settings.
+using ::spanserve::F32OrBf16Name;
+using ::spanserve::ParseF32OrBf16;
 
 // Every tensor a checkpoint of `config` must hold, with its shape, in load order (for
 // tools that write checkpoints, e.g. random models for benchmarks).
@@ -120,7 +130,10 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
 class Model {
  public:
   struct Options {
-    int num_threads = 0;  // 0: OpenMP's default (OMP_NUM_THREADS, else all cores)
+    // The backend to compute on; not owned, must outlive the model. Null: a CPU backend
+    // with num_threads compute threads, owned by the model.
+    kernels::Backend* backend = nullptr;
+    int num_threads = 0;  // the CPU backend's; 0: OMP_NUM_THREADS, else all cores
     // The activations' type in products with bf16 weight matrices. kF32 (default): every
     // product exact, the PyTorch f32 reference's results. kBF16: activations rounded to bf16
     // and multiplied with the CPU's bf16 dot products (AVX512_BF16; loading fails on a CPU
@@ -143,6 +156,8 @@ class Model {
 
   const ModelConfig& config() const;
   DType compute_dtype() const;
+  // What the model computes on: its KV caches and workspaces take it too.
+  kernels::Backend& backend() const;
   // Bytes of weights (as stored), and parameter count.
   int64_t weight_bytes() const;
   int64_t num_parameters() const;
@@ -152,6 +167,7 @@ class Model {
   // ([rows, vocab_size], caller-sized: see LogitRows). INVALID_ARGUMENT for token ids out
   // of range, positions past max_position_embeddings or a block table too short; the cache
   // is untouched then. The result for a sequence does not depend on the rest of the batch.
+  // `logits` is host memory; `cache` and `workspace` must be on this model's backend.
   [[nodiscard]] absl::Status Forward(std::span<const SequenceInput> batch, KvCache& cache,
                                      ForwardWorkspace& workspace, float* logits);
 

@@ -24,12 +24,13 @@ absl::StatusOr<PerplexityResult> ScorePerplexity(Model& model, std::span<const i
   constexpr int32_t kBlock = 16;
   constexpr int kWindowsPerStep = 8;
   const int32_t blocks_per_window = (window + kBlock - 1) / kBlock;
-  ASSIGN_OR_RETURN(auto cache, KvCache::Create(c, kBlock, blocks_per_window * kWindowsPerStep));
+  ASSIGN_OR_RETURN(
+      auto cache, KvCache::Create(model.backend(), c, kBlock, blocks_per_window * kWindowsPerStep));
   std::vector<std::vector<int32_t>> tables(kWindowsPerStep);
   for (int w = 0; w < kWindowsPerStep; ++w) {
     for (int32_t b = 0; b < blocks_per_window; ++b) tables[w].push_back(w * blocks_per_window + b);
   }
-  ForwardWorkspace ws;
+  ForwardWorkspace ws(model.backend());
   std::vector<float> logits(static_cast<size_t>(kWindowsPerStep) * window * c.vocab_size);
   PerplexityResult r;
   std::vector<SequenceInput> batch;

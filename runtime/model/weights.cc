@@ -128,8 +128,8 @@ int64_t TensorView::numel() const {
 }
 
 int64_t TensorView::bytes() const {
-  if (quant != kernels::cpu::QuantType::kNone) {
-    return numel() / 32 * kernels::cpu::QuantBlockBytes(quant);
+  if (quant != kernels::QuantType::kNone) {
+    return numel() / 32 * kernels::QuantBlockBytes(quant);
   }
   return numel() * static_cast<int64_t>(DTypeSize(dtype));
 }

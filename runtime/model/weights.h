@@ -13,7 +13,7 @@
 #include "absl/status/statusor.h"
 #include "common/dtype.h"
 #include "common/mapped_file.h"
-#include "kernels/cpu/tensor_ref.h"
+#include "kernels/types.h"
 
 namespace spanserve::model {
 
@@ -22,7 +22,7 @@ struct TensorView {
   std::vector<int64_t> shape;
   const void* data = nullptr;  // borrowed: lives as long as the WeightStore
   // A GGUF matrix kept in its ggml blocks (rows of shape[1] / 32 blocks; dtype unused).
-  kernels::cpu::QuantType quant = kernels::cpu::QuantType::kNone;
+  kernels::QuantType quant = kernels::QuantType::kNone;
   int64_t numel() const;
   int64_t bytes() const;
 };

@@ -134,8 +134,8 @@ int Run() {
   constexpr int32_t kBlock = 16;
   const int32_t blocks_per_seq = (prompt + steps + kBlock) / kBlock + 1;
   constexpr int kMaxBatch = 16;
-  auto cache = *model::KvCache::Create(c, kBlock, blocks_per_seq * kMaxBatch);
-  model::ForwardWorkspace ws;
+  auto cache = *model::KvCache::Create(m.backend(), c, kBlock, blocks_per_seq * kMaxBatch);
+  model::ForwardWorkspace ws(m.backend());
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> token(0, c.vocab_size - 1);
   std::vector<std::vector<int32_t>> tables(kMaxBatch), ids(kMaxBatch);

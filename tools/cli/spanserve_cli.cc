@@ -101,9 +101,9 @@ absl::Status Generate() {
   }
   constexpr int32_t kBlock = 16;
   const std::vector<int32_t> table = ContiguousTable(max_len, kBlock);
-  ASSIGN_OR_RETURN(auto cache,
-                   model::KvCache::Create(c, kBlock, static_cast<int32_t>(table.size())));
-  model::ForwardWorkspace ws;
+  ASSIGN_OR_RETURN(auto cache, model::KvCache::Create(l.model->backend(), c, kBlock,
+                                                      static_cast<int32_t>(table.size())));
+  model::ForwardWorkspace ws(l.model->backend());
   std::vector<float> logits(c.vocab_size);
   tokenizer::StreamingDetokenizer detok(*l.tokenizer, /*skip_special_tokens=*/true);
   std::cout << absl::GetFlag(FLAGS_prompt) << std::flush;

@@ -150,9 +150,9 @@ std::string WriteLlamaGguf(const Variant& v, const std::string& file_name) {
 }
 
 std::vector<float> Logits(model::Model& m, const std::vector<int32_t>& tokens) {
-  auto cache = model::KvCache::Create(m.config(), 16, 4);
+  auto cache = model::KvCache::Create(m.backend(), m.config(), 16, 4);
   EXPECT_TRUE(cache.ok());
-  model::ForwardWorkspace ws;
+  model::ForwardWorkspace ws(m.backend());
   const std::vector<int32_t> table = {0, 1, 2, 3};
   const model::SequenceInput seq{
       .tokens = tokens, .cached = 0, .block_table = table, .logits = model::LogitsMode::kAll};

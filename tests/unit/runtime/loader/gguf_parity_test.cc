@@ -184,9 +184,9 @@ TEST_F(SmolLm2Test, LogitsAndGreedyContinuationsMatchTransformers) {
     const int64_t total = static_cast<int64_t>(prompt[i].size() + greedy_ref[i].size());
     for (int64_t b = 0; b < (total + kBlock - 1) / kBlock; ++b) tables[i].push_back(blocks++);
   }
-  auto cache = KvCache::Create(m.config(), kBlock, blocks);
+  auto cache = KvCache::Create(m.backend(), m.config(), kBlock, blocks);
   ASSERT_TRUE(cache.ok()) << cache.status();
-  ForwardWorkspace ws;
+  ForwardWorkspace ws(m.backend());
 
   std::vector<SequenceInput> batch(n);
   for (size_t i = 0; i < n; ++i) {

@@ -41,9 +41,9 @@ TEST_P(ForwardGoldenTest, LogitsAreBitForBitThoseRecorded) {
       Model::Load(std::string(SPANSERVE_SOURCE_DIR) + "/models/" + g.model, {.num_threads = 1});
   ASSERT_TRUE(model.ok()) << model.status();
   const ModelConfig& c = (*model)->config();
-  auto cache = KvCache::Create(c, /*block_size=*/16, /*num_blocks=*/8);
+  auto cache = KvCache::Create((*model)->backend(), c, /*block_size=*/16, /*num_blocks=*/8);
   ASSERT_TRUE(cache.ok());
-  ForwardWorkspace ws;
+  ForwardWorkspace ws((*model)->backend());
   // Step 1: a prefill with every row's logits beside one with the last row's only.
   const std::vector<int32_t> a = {1, 17, 42, 99, 250, 7, 3, 64, 128, 5, 77};
   const std::vector<int32_t> b = {9, 8, 7, 6, 5, 4, 300};

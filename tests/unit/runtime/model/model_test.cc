@@ -64,8 +64,9 @@ Golden ReadGolden(const std::string& dir, int vocab) {
 
 // A KV pool and a runner that gives each sequence its own blocks.
 struct Runner {
-  explicit Runner(Model& m, int32_t block_size = 16, int32_t num_blocks = 256) : model(m) {
-    cache = *KvCache::Create(m.config(), block_size, num_blocks);
+  explicit Runner(Model& m, int32_t block_size = 16, int32_t num_blocks = 256)
+      : model(m), ws(m.backend()) {
+    cache = *KvCache::Create(m.backend(), m.config(), block_size, num_blocks);
   }
   // Blocks for `tokens` tokens, taken from `next` (scattered if shuffle).
   std::vector<int32_t> Blocks(int64_t tokens) {
@@ -269,8 +270,8 @@ TEST(ModelTest, RejectsBadBatchesWithoutTouchingTheCache) {
   auto model = Model::Load(CaseDir("span"));
   ASSERT_TRUE(model.ok()) << model.status();
   const ModelConfig& c = (*model)->config();
-  auto cache = *KvCache::Create(c, 16, 4);
-  ForwardWorkspace ws;
+  auto cache = *KvCache::Create((*model)->backend(), c, 16, 4);
+  ForwardWorkspace ws((*model)->backend());
   std::vector<float> logits(c.vocab_size);
   const std::vector<int32_t> table = {0};
 
@@ -289,7 +290,7 @@ TEST(ModelTest, RejectsBadBatchesWithoutTouchingTheCache) {
   const std::vector<int32_t> one = {1};
   const std::vector<int32_t> many_blocks(64, 0);
   s = {one, c.max_position_embeddings, many_blocks, LogitsMode::kLast};
-  auto big = *KvCache::Create(c, 16, 4);
+  auto big = *KvCache::Create((*model)->backend(), c, 16, 4);
   st = (*model)->Forward({&s, 1}, *big, ws, logits.data());
   EXPECT_THAT(st.message(), HasSubstr("max_position_embeddings"));
 

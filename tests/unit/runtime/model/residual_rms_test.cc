@@ -31,7 +31,8 @@ std::string CaseDir(const std::string& name) {
 // Runs `batch` (each sequence on its own fresh blocks) and returns every row of logits.
 std::vector<float> RunBatch(Model& model, const std::vector<std::vector<int32_t>>& seqs,
                             ForwardWorkspace& ws) {
-  auto cache = KvCache::Create(model.config(), /*block_size=*/16, /*num_blocks=*/64);
+  auto cache =
+      KvCache::Create(model.backend(), model.config(), /*block_size=*/16, /*num_blocks=*/64);
   EXPECT_TRUE(cache.ok());
   std::vector<std::vector<int32_t>> tables;
   std::vector<SequenceInput> batch;
@@ -62,7 +63,7 @@ TEST_P(ResidualRmsTest, LogitsAreBitIdenticalWithSamplingOnAndOff) {
   auto model = Model::Load(CaseDir(GetParam()), {.num_threads = 1});
   ASSERT_TRUE(model.ok()) << model.status();
   const std::vector<std::vector<int32_t>> seqs = {Ids(1, 11), Ids(5, 3)};
-  ForwardWorkspace off, on;
+  ForwardWorkspace off((*model)->backend()), on((*model)->backend());
   on.set_record_residual_rms(true);
   const std::vector<float> a = RunBatch(**model, seqs, off);
   const std::vector<float> b = RunBatch(**model, seqs, on);
@@ -85,7 +86,7 @@ TEST_P(ResidualRmsTest, PoolsEveryTokenOfTheStep) {
   auto model = Model::Load(CaseDir(GetParam()), {.num_threads = 1});
   ASSERT_TRUE(model.ok()) << model.status();
   const std::vector<int32_t> a = Ids(2, 13), b = Ids(9, 4);
-  ForwardWorkspace ws;
+  ForwardWorkspace ws((*model)->backend());
   ws.set_record_residual_rms(true);
   RunBatch(**model, {a}, ws);
   const std::vector<double> ra(ws.residual_rms().begin(), ws.residual_rms().end());
@@ -150,7 +151,7 @@ TEST_P(ResidualRmsTest, EqualsTheRmsOfEachBlocksOutput) {
   const ModelConfig& c = (*model)->config();
   ASSERT_GE(c.vocab_size, c.hidden_size);  // room for the identity lm_head
   const std::vector<std::vector<int32_t>> seqs = {Ids(4, 9), Ids(11, 6)};
-  ForwardWorkspace ws;
+  ForwardWorkspace ws((*model)->backend());
   ws.set_record_residual_rms(true);
   RunBatch(**model, seqs, ws);
   const std::vector<double> sampled(ws.residual_rms().begin(), ws.residual_rms().end());
@@ -164,7 +165,7 @@ TEST_P(ResidualRmsTest, EqualsTheRmsOfEachBlocksOutput) {
     WriteTruncated(source, l, dir);
     auto cut = Model::Load(dir, {.num_threads = 1});
     ASSERT_TRUE(cut.ok()) << cut.status();
-    ForwardWorkspace cut_ws;
+    ForwardWorkspace cut_ws((*cut)->backend());
     const std::vector<float> hidden = RunBatch(**cut, seqs, cut_ws);  // [tokens, vocab]
     const int64_t V = c.vocab_size, H = c.hidden_size;
     const int64_t tokens = static_cast<int64_t>(hidden.size()) / V;

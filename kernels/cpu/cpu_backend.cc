@@ -1,0 +1,194 @@
+#include "kernels/cpu/cpu_backend.h"
+
+#include <omp.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/norm.h"
+#include "kernels/cpu/rope.h"
+
+namespace spanserve::kernels::cpu {
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(const BackendOptions& options)
+      : num_threads_(options.num_threads > 0 ? options.num_threads : omp_get_max_threads()) {}
+
+  Device device() const override { return Device::kCpu; }
+  std::string description() const override {
+    return absl::StrCat("cpu (", IsaName(ActiveIsa()), ", ", num_threads_, " threads)");
+  }
+  bool host_memory() const override { return true; }
+  bool SupportsBf16Dot() const override { return CpuHasBf16Dot(); }
+
+  // Anonymous mappings: zeroed, and a page costs resident memory only once touched (the
+  // KV pool is mostly untouched blocks).
+  absl::StatusOr<void*> Allocate(int64_t bytes) override {
+    if (bytes <= 0) return nullptr;
+    void* p = ::mmap(nullptr, static_cast<size_t>(bytes), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      return absl::ResourceExhaustedError(absl::StrCat("cannot map ", bytes, " bytes"));
+    }
+    return p;
+  }
+  void Free(void* p, int64_t bytes) override {
+    if (p != nullptr) ::munmap(p, static_cast<size_t>(bytes));
+  }
+  absl::StatusOr<WeightMatrix> UploadMatrix(const WeightMatrix& host) override { return host; }
+  absl::StatusOr<WeightVector> UploadVector(const WeightVector& host) override { return host; }
+  void CopyToDevice(const void* src, int64_t bytes, void* dst) override {
+    if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));
+  }
+  void CopyToHost(const void* src, int64_t bytes, void* dst) override {
+    if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));
+  }
+
+  void BeginStep() override { omp_set_num_threads(num_threads_); }
+  absl::Status Synchronize() override { return absl::OkStatus(); }
+
+  void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
+              float* y) override {
+    cpu::MatMul(x, m, w, bias, y);
+  }
+  void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t n,
+                       float* out) override {
+    cpu::EmbeddingLookup(table, ids, n, out);
+  }
+  void RmsNorm(const float* x, int64_t tokens, int64_t dim, const WeightVector& gain, float eps,
+               float* out) override {
+    cpu::RmsNorm(x, tokens, dim, gain, eps, out);
+  }
+  void LayerNorm(const float* x, int64_t tokens, int64_t dim, const WeightVector& gain,
+                 const WeightVector* bias, float eps, float* out) override {
+    cpu::LayerNorm(x, tokens, dim, gain, bias, eps, out);
+  }
+  void RopeTables(int64_t max_positions, int64_t head_dim, double theta, double linear_factor,
+                  float* cos_table, float* sin_table) override {
+    cpu::RopeTables(max_positions, head_dim, theta, linear_factor, cos_table, sin_table);
+  }
+  void ApplyRope(float* x, int64_t tokens, int64_t heads, int64_t head_dim,
+                 const int32_t* positions, const float* cos_table,
+                 const float* sin_table) override {
+    cpu::ApplyRope(x, tokens, heads, head_dim, positions, cos_table, sin_table);
+  }
+  void SiluMul(const float* gate, const float* up, int64_t n, float* out) override {
+    cpu::SiluMul(gate, up, n, out);
+  }
+  void Add(const float* x, float* y, int64_t n) override { cpu::Add(x, y, n); }
+  void Axpby(float a, const float* x, float b, float* y, int64_t n) override {
+    cpu::Axpby(a, x, b, y, n);
+  }
+  void Copy(const float* src, int64_t n, float* dst) override { std::copy(src, src + n, dst); }
+  double SumOfSquares(const float* x, int64_t n) override {
+    double sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
+    return sum;
+  }
+
+  void PagedKvWrite(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t num_seqs,
+                    const float* k, const float* v) override {
+    cpu::PagedKvWrite(layer, seqs, num_seqs, k, v);
+  }
+  void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t num_seqs,
+                      const float* q, int32_t heads, float scale, float* out) override {
+    cpu::PagedAttention(layer, seqs, num_seqs, q, heads, scale, out);
+  }
+
+  void GatherRows(const float* src, int64_t width, const int32_t* rows, int64_t count,
+                  int32_t divisor, float* dst) override {
+    for (int64_t r = 0; r < count; ++r) {
+      const float* from = src + static_cast<int64_t>(rows[r] / divisor) * width;
+      std::copy(from, from + width, dst + r * width);
+    }
+  }
+  void ScatterRows(const float* src, int64_t width, const int32_t* rows, int64_t count,
+                   float* dst) override {
+    for (int64_t r = 0; r < count; ++r) {
+      std::copy(src + r * width, src + (r + 1) * width,
+                dst + static_cast<int64_t>(rows[r]) * width);
+    }
+  }
+
+  void MoeRoute(float* logits, int64_t tokens, int32_t experts, RouterScoring scoring,
+                int32_t top_k, bool normalize, int32_t* top_e, float* top_w) override {
+    const int E = experts;
+    const int K = top_k;
+    for (int64_t t = 0; t < tokens; ++t) {
+      float* s = logits + t * E;
+      switch (scoring) {
+        case RouterScoring::kSoftmax:
+          cpu::Softmax(s, 1, E);
+          break;
+        case RouterScoring::kSigmoid:
+          for (int e = 0; e < E; ++e) s[e] = 1.0f / (1.0f + std::exp(-s[e]));
+          break;
+      }
+      // Top-k by score, lower expert id first on ties (as torch.topk on CPU in practice).
+      for (int j = 0; j < K; ++j) {
+        int best = -1;
+        for (int e = 0; e < E; ++e) {
+          bool taken = false;
+          for (int i = 0; i < j; ++i) taken |= top_e[t * K + i] == e;
+          if (taken) continue;
+          if (best < 0 || s[e] > s[best]) best = e;
+        }
+        top_e[t * K + j] = best;
+        top_w[t * K + j] = s[best];
+      }
+      if (normalize) {
+        float sum = 0.0f;
+        for (int j = 0; j < K; ++j) sum += top_w[t * K + j];
+        for (int j = 0; j < K; ++j) top_w[t * K + j] /= sum;
+      }
+    }
+  }
+  void MoeGroup(const int32_t* top_e, int64_t slots, int32_t experts, int32_t* offset,
+                int32_t* rows) override {
+    const int E = experts;
+    std::fill(offset, offset + E + 1, 0);
+    for (int64_t i = 0; i < slots; ++i) offset[top_e[i] + 1]++;
+    for (int e = 0; e < E; ++e) offset[e + 1] += offset[e];
+    // Fill in a stable order: slot index i increasing.
+    fill_.assign(offset, offset + E);
+    for (int64_t i = 0; i < slots; ++i) rows[fill_[top_e[i]]++] = static_cast<int32_t>(i);
+  }
+  void MoeCombine(const float* slot_out, const float* top_w, int64_t tokens, int32_t top_k,
+                  int64_t width, float* out) override {
+    for (int64_t t = 0; t < tokens; ++t) {
+      float* o = out + t * width;
+      std::fill(o, o + width, 0.0f);
+      for (int j = 0; j < top_k; ++j) {
+        cpu::Axpby(top_w[t * top_k + j], slot_out + (t * top_k + j) * width, 1.0f, o, width);
+      }
+    }
+  }
+  void GatedAdd(const float* gate, const float* x, int64_t tokens, int64_t width,
+                float* y) override {
+    for (int64_t t = 0; t < tokens; ++t) {
+      const float s = gate != nullptr ? 1.0f / (1.0f + std::exp(-gate[t])) : 1.0f;
+      cpu::Axpby(s, x + t * width, 1.0f, y + t * width, width);
+    }
+  }
+
+ private:
+  const int num_threads_;
+  std::vector<int32_t> fill_;  // MoeGroup's cursors; grows once
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> CreateCpuBackend(const BackendOptions& options) {
+  return std::make_unique<CpuBackend>(options);
+}
+
+}  // namespace spanserve::kernels::cpu

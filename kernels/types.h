@@ -1,0 +1,104 @@
+// The types every compute backend's ops take (kernels/backend.h): borrowed views of
+// weights, their quantization and precision, one layer's paged KV pool, the attention
+// descriptors of a batch, and the MoE router's scoring. Activations are always f32; weights
+// may be f32, bf16, f16 or ggml block-quantized. Names no device.
+#pragma once
+
+#include <cstdint>
+
+#include "common/dtype.h"
+
+namespace spanserve::kernels {
+
+// Block-quantized weight formats (ggml's, as GGUF files store them; kernels/quant.h).
+enum class QuantType : uint8_t { kNone, kQ8_0, kQ4_0, kQ4_1 };
+
+// Bytes of one 32-element block of a quantized format (0 for kNone).
+constexpr int64_t QuantBlockBytes(QuantType q) {
+  switch (q) {
+    case QuantType::kNone:
+      return 0;
+    case QuantType::kQ8_0:
+      return 34;
+    case QuantType::kQ4_0:
+      return 18;
+    case QuantType::kQ4_1:
+      return 20;
+  }
+  return 0;
+}
+
+// How MatMul multiplies a matrix. kExact: f32 activations times the weights widened to f32,
+// every product exact. kBf16Dot (bf16 weights only, CPUs with AVX512_BF16): the activations
+// are rounded to bf16 and multiplied with the CPU's bf16 dot products, accumulating in f32:
+// about twice the arithmetic rate, at a relative error of up to 2^-9 per activation
+// (kernels/cpu/matmul_bf16dot.h). Either way a row's result never depends on the batch.
+enum class MatMulPrecision : uint8_t { kExact, kBf16Dot };
+
+// A row-major matrix in PyTorch nn.Linear layout: [rows = out_features, cols = in_features].
+// `data` is borrowed (usually points into a memory-mapped weight file) and need only be
+// aligned to its element size. With `quant` set, each row is cols / 32 blocks of that format
+// (cols must be a multiple of 32; `dtype` is then ignored) and the kernels compute with
+// exactly the f32 values dequantization gives, so the results equal those on a dequantized
+// copy bit for bit.
+struct WeightMatrix {
+  const void* data = nullptr;
+  DType dtype = DType::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  QuantType quant = QuantType::kNone;
+  MatMulPrecision precision = MatMulPrecision::kExact;
+};
+
+// A vector of `size` elements (a norm gain, a bias).
+struct WeightVector {
+  const void* data = nullptr;
+  DType dtype = DType::kF32;
+  int64_t size = 0;
+};
+
+// Element i of a weight vector or matrix, widened to f32 (for scalar code paths).
+inline float WeightAt(const void* data, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::kF32:
+      return static_cast<const float*>(data)[i];
+    case DType::kBF16:
+      return Bf16ToF32(static_cast<const uint16_t*>(data)[i]);
+    case DType::kF16:
+      return F16ToF32(static_cast<const uint16_t*>(data)[i]);
+  }
+  return 0.0f;
+}
+
+// One layer's slice of the paged KV pool. Block b holds tokens [b*block_size, ...) of
+// whatever sequence owns it; layout of k and v: [num_blocks, block_size, kv_heads, head_dim],
+// elements of `dtype`: f32 (exact), or bf16 (half the bytes; PagedKvWrite rounds each value
+// to nearest-even and attention widens it back exactly).
+struct PagedKvLayer {
+  void* k = nullptr;
+  void* v = nullptr;
+  int32_t num_blocks = 0;
+  int32_t block_size = 0;
+  int32_t kv_heads = 0;
+  int32_t head_dim = 0;
+  DType dtype = DType::kF32;  // kF32 or kBF16
+};
+
+// One sequence's share of a batch. Its new tokens are rows [row_begin, row_begin +
+// num_new) of q/k/v/out and sit at positions [cached, cached + num_new); the cache already
+// holds its first `cached` tokens. block_table[i] is the physical block of logical block i
+// and must cover cached + num_new tokens.
+struct AttentionSeq {
+  const int32_t* block_table = nullptr;
+  int32_t cached = 0;
+  int32_t num_new = 0;
+  int64_t row_begin = 0;
+};
+
+// How an MoE router turns its logits into expert scores.
+enum class RouterScoring : uint8_t {
+  kSoftmax,  // softmax over the experts (Mixtral, Qwen2-MoE)
+  kSigmoid,  // an independent sigmoid per expert
+};
+
+}  // namespace spanserve::kernels

@@ -1,0 +1,197 @@
+// Weight naming and binding: which tensors a config implies, with which shapes, bound
+// from a WeightStore and uploaded to the backend (docs/MODEL_FORMAT.md).
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/check.h"
+#include "common/status.h"
+#include "runtime/model/model_impl.h"
+
+namespace spanserve::model {
+namespace {
+
+// The block norms' tensor names by role N1..N4 (docs/MODEL_FORMAT.md).
+std::vector<const char*> NormNames(NormPlacement p) {
+  switch (p) {
+    case NormPlacement::kPre:
+      return {"input_layernorm", "post_attention_layernorm"};
+    case NormPlacement::kPost:
+    case NormPlacement::kB2t:
+    case NormPlacement::kDeepNorm:
+      return {"post_attention_layernorm", "output_layernorm"};
+    case NormPlacement::kSpan:
+      return {"input_layernorm", "post_attention_layernorm", "output_layernorm"};
+    case NormPlacement::kSandwich:
+      return {"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+              "post_feedforward_layernorm"};
+    case NormPlacement::kMix:
+      break;  // resolved per layer by ModelConfig::LayerPlacement
+  }
+  SPANSERVE_CHECK(false);
+  return {};
+}
+
+// Binds tensors from the store with the shapes the config implies. Without a store it
+// only records the names and shapes (ExpectedTensors).
+class Binder {
+ public:
+  Binder(WeightStore* store, kernels::Backend* backend, TensorShapes* record,
+         kernels::MatMulPrecision bf16_precision)
+      : store_(store), backend_(backend), record_(record), bf16_precision_(bf16_precision) {}
+
+  bool Has(const std::string& name) const { return store_ == nullptr || store_->Has(name); }
+
+  absl::StatusOr<kernels::WeightMatrix> Matrix(const std::string& name, int64_t rows,
+                                               int64_t cols) {
+    count_ += rows * cols;
+    if (store_ == nullptr) {
+      if (record_ != nullptr) record_->push_back({name, {rows, cols}});
+      return kernels::WeightMatrix{nullptr, DType::kF32, rows, cols};
+    }
+    const int64_t shape[2] = {rows, cols};
+    ASSIGN_OR_RETURN(TensorView t, store_->Get(name, shape));
+    if (t.quant != kernels::QuantType::kNone && cols % 32 != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name,
+                                                     "' is block-quantized but its rows (", cols,
+                                                     " elements) are not whole blocks of 32"));
+    }
+    kernels::WeightMatrix w{t.data, t.dtype, rows, cols, t.quant};
+    if (t.dtype == DType::kBF16 && t.quant == kernels::QuantType::kNone)
+      w.precision = bf16_precision_;
+    return backend_->UploadMatrix(w);
+  }
+  absl::StatusOr<kernels::WeightVector> Vector(const std::string& name, int64_t size) {
+    count_ += size;
+    if (store_ == nullptr) {
+      if (record_ != nullptr) record_->push_back({name, {size}});
+      return kernels::WeightVector{nullptr, DType::kF32, size};
+    }
+    const int64_t shape[1] = {size};
+    ASSIGN_OR_RETURN(TensorView t, store_->Get(name, shape));
+    if (t.quant != kernels::QuantType::kNone) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' is a vector stored block-quantized"));
+    }
+    return backend_->UploadVector(kernels::WeightVector{t.data, t.dtype, size});
+  }
+  absl::StatusOr<NormWeights> Norm(const std::string& prefix, int64_t size, bool with_bias) {
+    NormWeights w;
+    ASSIGN_OR_RETURN(w.gain, Vector(prefix + ".weight", size));
+    if (with_bias) {
+      ASSIGN_OR_RETURN(w.bias, Vector(prefix + ".bias", size));
+      w.has_bias = true;
+    }
+    return w;
+  }
+  absl::StatusOr<FfnWeights> Ffn(const std::string& prefix, const char* gate, const char* up,
+                                 const char* down, int64_t hidden, int64_t inter) {
+    FfnWeights w;
+    ASSIGN_OR_RETURN(w.gate, Matrix(absl::StrCat(prefix, gate, ".weight"), inter, hidden));
+    ASSIGN_OR_RETURN(w.up, Matrix(absl::StrCat(prefix, up, ".weight"), inter, hidden));
+    ASSIGN_OR_RETURN(w.down, Matrix(absl::StrCat(prefix, down, ".weight"), hidden, inter));
+    return w;
+  }
+  int64_t count() const { return count_; }
+
+ private:
+  WeightStore* store_;
+  kernels::Backend* backend_;
+  TensorShapes* record_;
+  kernels::MatMulPrecision bf16_precision_;
+  int64_t count_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<int64_t> BindWeights(const ModelConfig& c, WeightStore* store,
+                                    kernels::Backend* backend,
+                                    kernels::MatMulPrecision bf16_precision, ModelWeights* weights,
+                                    ExpertLoad* expert_load, TensorShapes* record) {
+  Binder bind(store, backend, record, bf16_precision);
+  kernels::WeightMatrix& embed = weights->embed;
+  kernels::WeightMatrix& lm_head = weights->lm_head;
+  NormWeights& final_norm = weights->final_norm;
+  std::vector<LayerWeights>& layers = weights->layers;
+  const int64_t H = c.hidden_size;
+  const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
+  const int64_t kv_dim = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+  const bool norm_bias = c.norm_type == NormType::kLayerNorm && c.norm_bias;
+
+  ASSIGN_OR_RETURN(embed, bind.Matrix("model.embed_tokens.weight", c.vocab_size, H));
+  if (c.tie_word_embeddings) {
+    lm_head = embed;
+  } else {
+    ASSIGN_OR_RETURN(lm_head, bind.Matrix("lm_head.weight", c.vocab_size, H));
+  }
+  if (c.final_norm) {
+    ASSIGN_OR_RETURN(final_norm, bind.Norm("model.norm", H, norm_bias));
+  }
+  int moe_index = 0;
+  layers.resize(c.num_layers);
+  for (int l = 0; l < c.num_layers; ++l) {
+    LayerWeights& lw = layers[l];
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    lw.placement = c.LayerPlacement(l);
+    const std::vector<const char*> names = NormNames(lw.placement);
+    for (size_t i = 0; i < names.size(); ++i) {
+      ASSIGN_OR_RETURN(lw.norms[i], bind.Norm(p + names[i], H, norm_bias));
+    }
+    ASSIGN_OR_RETURN(lw.q, bind.Matrix(p + "self_attn.q_proj.weight", q_dim, H));
+    ASSIGN_OR_RETURN(lw.k, bind.Matrix(p + "self_attn.k_proj.weight", kv_dim, H));
+    ASSIGN_OR_RETURN(lw.v, bind.Matrix(p + "self_attn.v_proj.weight", kv_dim, H));
+    ASSIGN_OR_RETURN(lw.o, bind.Matrix(p + "self_attn.o_proj.weight", H, q_dim));
+    if (c.attention_bias) {
+      lw.has_qkv_bias = true;
+      ASSIGN_OR_RETURN(lw.qb, bind.Vector(p + "self_attn.q_proj.bias", q_dim));
+      ASSIGN_OR_RETURN(lw.kb, bind.Vector(p + "self_attn.k_proj.bias", kv_dim));
+      ASSIGN_OR_RETURN(lw.vb, bind.Vector(p + "self_attn.v_proj.bias", kv_dim));
+    }
+    if (c.o_proj_bias) {
+      lw.has_o_bias = true;
+      ASSIGN_OR_RETURN(lw.ob, bind.Vector(p + "self_attn.o_proj.bias", H));
+    }
+    if (c.qk_norm) {
+      lw.has_qk_norm = true;
+      ASSIGN_OR_RETURN(lw.q_norm, bind.Norm(p + "self_attn.q_norm", q_dim, false));
+      ASSIGN_OR_RETURN(lw.k_norm, bind.Norm(p + "self_attn.k_norm", kv_dim, false));
+    }
+    lw.is_moe = c.LayerIsMoe(l);
+    if (!lw.is_moe) {
+      ASSIGN_OR_RETURN(lw.mlp, bind.Ffn(p + "mlp.", "gate_proj", "up_proj", "down_proj", H,
+                                        c.intermediate_size));
+      continue;
+    }
+    const MoeConfig& m = c.moe;
+    MoeWeights& mw = lw.moe;
+    mw.moe_index = moe_index++;
+    const bool mixtral = m.layout == MoeLayout::kMixtral;
+    const std::string mp = p + (mixtral ? "block_sparse_moe." : "mlp.");
+    ASSIGN_OR_RETURN(mw.router, bind.Matrix(mp + "gate.weight", m.num_experts, H));
+    mw.experts.resize(m.num_experts);
+    for (int e = 0; e < m.num_experts; ++e) {
+      const std::string ep = absl::StrCat(mp, "experts.", e, ".");
+      if (mixtral) {
+        ASSIGN_OR_RETURN(mw.experts[e], bind.Ffn(ep, "w1", "w3", "w2", H, m.moe_intermediate_size));
+      } else {
+        ASSIGN_OR_RETURN(mw.experts[e], bind.Ffn(ep, "gate_proj", "up_proj", "down_proj", H,
+                                                 m.moe_intermediate_size));
+      }
+    }
+    if (m.shared_expert_intermediate_size > 0) {
+      mw.has_shared = true;
+      ASSIGN_OR_RETURN(mw.shared, bind.Ffn(mp + "shared_expert.", "gate_proj", "up_proj",
+                                           "down_proj", H, m.shared_expert_intermediate_size));
+      if (bind.Has(mp + "shared_expert_gate.weight")) {
+        mw.has_shared_gate = true;
+        ASSIGN_OR_RETURN(mw.shared_gate, bind.Matrix(mp + "shared_expert_gate.weight", 1, H));
+      }
+    }
+    expert_load->layer_ids.push_back(l);
+    expert_load->tokens.emplace_back(m.num_experts, 0);
+  }
+  if (store != nullptr) RETURN_IF_ERROR(store->CheckAllUsed());
+  return bind.count();
+}
+
+}  // namespace spanserve::model
