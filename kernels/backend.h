@@ -49,12 +49,12 @@ class Backend {
   // ---- Memory
   // `bytes` of zeroed device memory, aligned to at least 64 bytes; pages never touched cost
   // no resident memory where the device allows it (the KV pool). RESOURCE_EXHAUSTED naming
-  // the size when it cannot.
+  // the size when it cannot; nullptr for 0 bytes.
   virtual absl::StatusOr<void*> Allocate(int64_t bytes) = 0;
   virtual void Free(void* p, int64_t bytes) = 0;
   // A weight the ops can read, from its host view (usually a memory-mapped file). The CPU
   // backend reads it in place; a device backend copies it. The host view must outlive the
-  // returned one when the backend reads in place.
+  // returned one when the backend reads in place. A device copy lives as long as the backend.
   virtual absl::StatusOr<WeightMatrix> UploadMatrix(const WeightMatrix& host) = 0;
   virtual absl::StatusOr<WeightVector> UploadVector(const WeightVector& host) = 0;
   virtual void CopyToDevice(const void* host_src, int64_t bytes, void* dst) = 0;
@@ -94,10 +94,12 @@ class Backend {
   virtual void Axpby(float a, const float* x, float b, float* y, int64_t n) = 0;
   // dst[0, n) = src[0, n)
   virtual void Copy(const float* src, int64_t n, float* dst) = 0;
-  // Σ x[i]² over [0, n), summed in double in index order (the residual-RMS metric).
+  // Σ x[i]² over [0, n) in double (the residual-RMS metric). The CPU backend sums in index
+  // order; another backend may order the sum its own way (within 1e-12 relative).
   virtual double SumOfSquares(const float* x, int64_t n) = 0;
 
-  // ---- Attention over the paged KV pool (kernels/types.h). seqs: host.
+  // ---- Attention over the paged KV pool (kernels/types.h). seqs, and the block tables they
+  // point to: host (a device backend uploads them).
   // Stores rows of k and v ([rows, kv_heads, head_dim]) into their sequences' blocks.
   virtual void PagedKvWrite(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t num_seqs,
                             const float* k, const float* v) = 0;
@@ -121,7 +123,8 @@ class Backend {
   virtual void MoeRoute(float* logits, int64_t tokens, int32_t experts, RouterScoring scoring,
                         int32_t top_k, bool normalize, int32_t* top_expert, float* top_weight) = 0;
   // Groups the slots i = t·top_k + j by expert, stably: expert e's slots are
-  // rows[offsets[e], offsets[e+1]) in increasing i. offsets [experts + 1]: host.
+  // rows[offsets[e], offsets[e+1]) in increasing i. offsets [experts + 1]: host, complete
+  // when the call returns (the host sizes each expert's GEMM from them).
   virtual void MoeGroup(const int32_t* top_expert, int64_t slots, int32_t experts, int32_t* offsets,
                         int32_t* rows) = 0;
   // out[t, :] = Σ_j top_weight[t, j] · slot_out[t·top_k + j, :], j in order from 0.
