@@ -67,21 +67,6 @@ bool WaitIdle(v1::SpanServe::Stub& stub) {
   return false;
 }
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-
-int64_t RssKb(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
-  }
-  return -1;
-}
-
 // A copy of the bundled model whose `file` is replaced by what `corrupt` makes of it.
 std::string BrokenModel(const std::string& name, const std::string& file,
                         const std::function<std::string(const std::string&)>& corrupt) {
@@ -214,7 +199,7 @@ TEST(FaultsTest, ClientsThatNeverReadCannotGrowServerMemory) {
   // sanitizer, which runs the model 5-10x slower) with 20 logprobs a token, which the
   // server must hold (coalesced into one pending chunk) or drop.
   constexpr int kSlow = 16;
-  constexpr int kTokens = kSanitized ? 100 : 400;
+  constexpr int kTokens = kSanitizedBuild ? 100 : 400;
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
   std::vector<std::unique_ptr<grpc::ClientReader<v1::GenerateChunk>>> readers;
   for (int i = 0; i < kSlow; ++i) {
@@ -236,7 +221,7 @@ TEST(FaultsTest, ClientsThatNeverReadCannotGrowServerMemory) {
   // 16 x 400 tokens x 21 logprobs is ~2 MB of protos; bounded well under 64 MB. Under a
   // sanitizer RSS is mostly its shadow memory and quarantine, not the server's: there
   // LeakSanitizer (at the server's exit) checks instead.
-  if (!kSanitized) EXPECT_LT(growth_kb, 64 * 1024) << "kB";
+  if (!kSanitizedBuild) EXPECT_LT(growth_kb, 64 * 1024) << "kB";
   for (int i = 0; i < kSlow; ++i) contexts[i]->TryCancel();
   for (auto& r : readers) {
     v1::GenerateChunk chunk;

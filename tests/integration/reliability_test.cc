@@ -77,21 +77,6 @@ class Bystander {
 
 bool Healthy(const ServerProcess& server) { return server.Health() == "SERVING"; }
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;  // RSS is then mostly the sanitizer's shadow memory
-#else
-constexpr bool kSanitized = false;
-#endif
-
-int64_t RssKb(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
-  }
-  return -1;
-}
-
 TEST(ReliabilityTest, ExtremeSamplingValuesFailAloneOrServe) {
   ServerProcess server({});
   auto stub = v1::SpanServe::NewStub(server.Channel());
@@ -230,7 +215,8 @@ TEST(ReliabilityTest, ScoreChecksItsLimitsBeforeExpanding) {
     EXPECT_EQ(stub->Score(&context, over, &response).error_code(),
               grpc::StatusCode::RESOURCE_EXHAUSTED);
   }
-  if (!kSanitized) EXPECT_LT(RssKb(server.pid()) - rss_before, 64 * 1024) << "kB of RSS growth";
+  if (!kSanitizedBuild)
+    EXPECT_LT(RssKb(server.pid()) - rss_before, 64 * 1024) << "kB of RSS growth";
 
   // Scores of many continuations of one context equal the scores of each alone.
   v1::ScoreRequest many;

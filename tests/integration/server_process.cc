@@ -59,6 +59,15 @@ TempDirs& AllTempDirs() {
 
 }  // namespace
 
+int64_t RssKb(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
+  }
+  return -1;
+}
+
 std::string MakeTempDir(const std::string& name) {
   static std::atomic<int> counter{0};
   const char* base = std::getenv("TEST_TMPDIR");

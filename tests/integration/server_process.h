@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -13,6 +14,18 @@
 #include <grpcpp/grpcpp.h>
 
 namespace spanserve::testing {
+
+// Whether this build runs under ASan or TSan: a process's RSS is then mostly the sanitizer's
+// shadow memory and quarantine, so RSS bounds are asserted only without one (LeakSanitizer
+// checks the server at its exit instead).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr bool kSanitizedBuild = true;
+#else
+inline constexpr bool kSanitizedBuild = false;
+#endif
+
+// The resident set of process `pid` in kB (VmRSS); -1 if it cannot be read.
+int64_t RssKb(pid_t pid);
 
 // The bundled model with a tokenizer: what the server serves in these tests.
 std::string DefaultModelDir();

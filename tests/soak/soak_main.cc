@@ -40,12 +40,6 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-
 struct Options {
   int requests = 2000;
   double max_seconds = 300;
@@ -76,15 +70,6 @@ Options ParseArgs(int argc, char** argv) {
     }
   }
   return o;
-}
-
-int64_t RssKb(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
-  }
-  return -1;
 }
 
 struct Generated {
@@ -415,9 +400,10 @@ int Run(const Options& o) {
   for (const std::string& e : tally.examples) std::printf("  failure: %s\n", e.c_str());
   // Under a sanitizer RSS is mostly its shadow memory and quarantine, not the server's:
   // reported, not asserted (LeakSanitizer checks the server at its exit instead).
-  if (kSanitized) std::printf("(RSS growth not asserted: sanitizer build)\n");
-  const bool ok = failed == 0 && idle && health == "SERVING" && (kSanitized || growth < 0.05) &&
-                  exit_code == std::optional<int>(0) && total > 0;
+  if (kSanitizedBuild) std::printf("(RSS growth not asserted: sanitizer build)\n");
+  const bool ok = failed == 0 && idle && health == "SERVING" &&
+                  (kSanitizedBuild || growth < 0.05) && exit_code == std::optional<int>(0) &&
+                  total > 0;
   std::printf("\nspanserve_soak: %s\n", ok ? "PASS" : "FAIL");
   if (!ok && exit_code != std::optional<int>(0)) std::printf("%s\n", server.log().c_str());
   return ok ? 0 : 1;
