@@ -37,19 +37,8 @@ namespace v1 = spanserve::v1;
 
 constexpr char kModelDir[] = "models/spanserve-span-12l";
 
-// The templates of tests/data/chat/goldens.json (as in chat_template_fuzz.cc).
-constexpr absl::string_view kChatMl =
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
-    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
-    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\n' }}{% endif %}";
-constexpr absl::string_view kLlama3 =
-    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
-    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | "
-    "trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
-    "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+using spanserve::fuzz::kChatMl;
+using spanserve::fuzz::kLlama3;
 
 template <typename T>
 T OrDie(absl::StatusOr<T> v, const char* what) {
