@@ -37,26 +37,6 @@ absl::Status EndStatus(const engine::FinalInfo& final, const SpanServeService& s
   return FinishStatus(final);
 }
 
-// One structured (JSON) line per finished request on stderr, for log shippers; also feeds
-// the metrics.
-// Client strings are JSON-escaped and bounded (common/text.h).
-void LogRequestFinished(const SpanServeService& service, const ServedModel& model,
-                        absl::string_view rpc, const engine::FinalInfo& final, uint64_t public_id,
-                        absl::string_view client_request_id, const absl::Status& status) {
-  if (service.metrics() != nullptr) service.metrics()->RecordFinished(model.name(), final);
-  const std::string line = absl::StrFormat(
-      "{\"event\":\"request_finished\",\"rpc\":\"%s\",\"model\":%s,\"id\":%d,"
-      "\"client_request_id\":%s,"
-      "\"prompt_tokens\":%d,\"generated_tokens\":%d,\"cached_prompt_tokens\":%d,"
-      "\"queue_s\":%.6f,\"ttft_s\":%.6f,\"e2e_s\":%.6f,\"finish_reason\":\"%s\","
-      "\"status\":\"%s\"}\n",
-      rpc, JsonString(model.name()), public_id, JsonString(client_request_id), final.prompt_tokens,
-      final.generated_tokens, final.cached_prompt_tokens, final.timings.queue_s,
-      final.timings.ttft_s, final.timings.e2e_s,
-      std::string(engine::FinishReasonName(final.reason)), absl::StatusCodeToString(status.code()));
-  std::fputs(line.c_str(), stderr);
-}
-
 // Runs tasks on one thread of its own. The engine thread hands writes to it rather than
 // starting them itself: gRPC may do transport work inline in StartWrite, and time the
 // engine thread spends there is added to every request's step.
@@ -131,21 +111,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateChunk> {
                                                const v1::GenerateRequest& proto) {
     if (absl::Status s = service_->Admit(context); !s.ok()) return s;
     ASSIGN_OR_RETURN(model_, service_->ReadyModel(proto.model()));
-    const engine::EngineInfo& info = model_->engine().info();
-    engine::Request request;
-    absl::StatusOr<std::vector<int32_t>> ids = PromptIds(proto.prompt(), "prompt", *model_);
-    if (!ids.ok()) return ids.status();
-    request.prompt = *std::move(ids);
-    if (absl::Status s = CheckPromptLength(request.prompt.size(), info.max_model_len, "prompt");
-        !s.ok()) {
-      return s;
-    }
-    absl::StatusOr<engine::SamplingParams> sampling =
-        ToSamplingParams(proto.sampling(), info.vocab_size);
-    if (!sampling.ok()) return sampling.status();
-    request.sampling = *std::move(sampling);
-    AddChatStop(proto.prompt(), *model_, &request.sampling);
-    request.priority = proto.priority();
+    ASSIGN_OR_RETURN(engine::Request request, ToEngineRequest(proto, *model_));
     request.deadline = EngineDeadline(context);
     return request;
   }
@@ -305,16 +271,17 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
       // One request per continuation, built just before it is submitted. Each computes
       // only its own continuation's positions: the context's blocks come from the prefix
       // cache once the first request has computed them.
+      const std::vector<int32_t>& context_ids = contexts_[context_of_[i]];
       engine::Request r;
-      r.prompt.reserve(context_ids_.size() + continuations_[i].size());
-      r.prompt = context_ids_;
+      r.prompt.reserve(context_ids.size() + continuations_[i].size());
+      r.prompt = context_ids;
       r.prompt.insert(r.prompt.end(), continuations_[i].begin(), continuations_[i].end());
       std::vector<int32_t>().swap(continuations_[i]);
       r.sampling.temperature = 0.0f;
       r.sampling.max_tokens = 1;
       r.sampling.detokenize = false;
       r.sampling.prompt_logprobs = 1;  // the argmax alternative decides is_greedy
-      r.sampling.prompt_logprobs_from = context_tokens_;
+      r.sampling.prompt_logprobs_from = static_cast<int32_t>(context_ids.size());
       r.deadline = deadline;
       r.on_output = [this, i](engine::RequestOutput&& out) { OnOutput(i, std::move(out)); };
       refs_.fetch_add(1);
@@ -335,7 +302,7 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
       if (client_gone_) handle->stream->Cancel();
       lock.unlock();
     }
-    std::vector<int32_t>().swap(context_ids_);
+    std::vector<std::vector<int32_t>>().swap(contexts_);
     lock.lock();
     submitting_ = false;
     lock.unlock();
@@ -351,7 +318,6 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
   absl::Status Prepare(const grpc::CallbackServerContext& context, const v1::ScoreRequest& proto) {
     RETURN_IF_ERROR(service_->Admit(context));
     ASSIGN_OR_RETURN(model_, service_->ReadyModel(proto.model()));
-    const tokenizer::Tokenizer* tok = model_->tokenizer();
     const int num = proto.continuations().size();
     if (num == 0) {
       return absl::InvalidArgumentError("continuations: must hold at least one continuation");
@@ -374,40 +340,11 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
           absl::StrCat("the waiting queue has room for ", std::max(0, max_waiting - waiting),
                        " of the ", num, " continuations; retry later"));
     }
-    const bool empty_text_context =
-        proto.context().input_case() == v1::Prompt::kText && proto.context().text().empty();
-    if (empty_text_context && tok != nullptr && tok->bos_id()) {
-      // lm-eval scores unconditional continuations after the BOS token.
-      context_ids_ = {*tok->bos_id()};
-    } else {
-      ASSIGN_OR_RETURN(context_ids_, PromptIds(proto.context(), "context", *model_));
-    }
-    context_tokens_ = static_cast<int32_t>(context_ids_.size());
-    const int32_t max_model_len = model_->engine().info().max_model_len;
-    RETURN_IF_ERROR(CheckPromptLength(context_ids_.size(), max_model_len, "context"));
-    continuations_.reserve(num);
-    for (int i = 0; i < num; ++i) {
-      const v1::Prompt& cont = proto.continuations(i);
-      const std::string field = absl::StrCat("continuations[", i, "]");
-      if (cont.input_case() == v1::Prompt::kChat) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(field, ": must be text or token_ids (chat is for the context only)"));
-      }
-      absl::StatusOr<std::vector<int32_t>> ids;
-      if (cont.input_case() == v1::Prompt::kText && !cont.has_add_special_tokens()) {
-        // Continuations are tokenized on their own, without BOS/EOS.
-        v1::Prompt plain;
-        plain.set_text(cont.text());
-        plain.set_add_special_tokens(false);
-        ids = PromptIds(plain, field, *model_);
-      } else {
-        ids = PromptIds(cont, field, *model_);
-      }
-      if (!ids.ok()) return ids.status();
-      RETURN_IF_ERROR(CheckPromptLength(context_ids_.size() + ids->size(), max_model_len,
-                                        absl::StrCat("context + ", field)));
-      continuations_.push_back(*std::move(ids));
-    }
+    ASSIGN_OR_RETURN(ScoreIds ids, ScoreTokenIds(proto, *model_));
+    contexts_ = std::move(ids.contexts);
+    context_of_ = std::move(ids.context_of);
+    continuations_ = std::move(ids.continuations);
+    context_tokens_ = ids.context_tokens;
     return absl::OkStatus();
   }
 
@@ -494,8 +431,10 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
   const uint64_t public_id_;  // names the call's requests in the log
   std::atomic<int> refs_{1};
   int32_t context_tokens_ = 0;
-  // The tokenized call, until submitted.
-  std::vector<int32_t> context_ids_;
+  // The tokenized call (ScoreTokenIds), until submitted: continuation i is scored after
+  // contexts_[context_of_[i]].
+  std::vector<std::vector<int32_t>> contexts_;
+  std::vector<uint8_t> context_of_;
   std::vector<std::vector<int32_t>> continuations_;
 
   std::mutex mu_;
@@ -509,6 +448,23 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
 };
 
 }  // namespace
+
+void LogRequestFinished(const SpanServeService& service, const ServedModel& model,
+                        absl::string_view rpc, const engine::FinalInfo& final, uint64_t public_id,
+                        absl::string_view client_request_id, const absl::Status& status) {
+  if (service.metrics() != nullptr) service.metrics()->RecordFinished(model.name(), final);
+  const std::string line = absl::StrFormat(
+      "{\"event\":\"request_finished\",\"rpc\":\"%s\",\"model\":%s,\"id\":%d,"
+      "\"client_request_id\":%s,"
+      "\"prompt_tokens\":%d,\"generated_tokens\":%d,\"cached_prompt_tokens\":%d,"
+      "\"queue_s\":%.6f,\"ttft_s\":%.6f,\"e2e_s\":%.6f,\"finish_reason\":\"%s\","
+      "\"status\":\"%s\"}\n",
+      rpc, JsonString(model.name()), public_id, JsonString(client_request_id), final.prompt_tokens,
+      final.generated_tokens, final.cached_prompt_tokens, final.timings.queue_s,
+      final.timings.ttft_s, final.timings.e2e_s,
+      std::string(engine::FinishReasonName(final.reason)), absl::StatusCodeToString(status.code()));
+  std::fputs(line.c_str(), stderr);
+}
 
 grpc::ServerWriteReactor<v1::GenerateChunk>* StartGenerateCall(SpanServeService* service,
                                                                grpc::CallbackServerContext* context,

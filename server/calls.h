@@ -14,6 +14,13 @@ namespace spanserve::server {
 grpc::ServerWriteReactor<v1::GenerateChunk>* StartGenerateCall(SpanServeService* service,
                                                                grpc::CallbackServerContext* context,
                                                                const v1::GenerateRequest& request);
+// One structured (JSON) line per finished engine request on stderr, for log shippers; also
+// feeds the metrics. `rpc` names the call ("Generate", "Score", "OpenAI.Completions", ...).
+// Client strings are JSON-escaped and bounded (common/text.h).
+void LogRequestFinished(const SpanServeService& service, const ServedModel& model,
+                        absl::string_view rpc, const engine::FinalInfo& final, uint64_t public_id,
+                        absl::string_view client_request_id, const absl::Status& status);
+
 grpc::ServerUnaryReactor* StartScoreCall(SpanServeService* service,
                                          grpc::CallbackServerContext* context,
                                          const v1::ScoreRequest& request,

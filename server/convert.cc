@@ -2,8 +2,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
+#include <span>
 #include <string>
+#include <string_view>
+#include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 
@@ -23,14 +28,28 @@ std::string FieldName(absl::string_view prefix, absl::string_view name) {
 
 absl::StatusOr<std::vector<int32_t>> ChatPromptIds(const v1::Chat& chat, absl::string_view field,
                                                    const ServedModel& model) {
+  ASSIGN_OR_RETURN(const std::string text, ChatPromptText(chat, field, model));
+  // The template writes BOS and the turn markers itself; the tokenizer recognises them.
+  absl::StatusOr<std::vector<int32_t>> ids =
+      model.tokenizer()->Encode(text, /*add_special_tokens=*/false);
+  if (!ids.ok()) {
+    return absl::Status(ids.status().code(), absl::StrCat(FieldName(field, "chat.messages"), ": ",
+                                                          ids.status().message()));
+  }
+  return ids;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ChatPromptText(const v1::Chat& chat, absl::string_view field,
+                                           const ServedModel& model) {
   const std::string messages_field = FieldName(field, "chat.messages");
   if (!model.chat_template().ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat(FieldName(field, "chat"), ": model '", model.name(),
                      "': ", model.chat_template().status().message()));
   }
-  const tokenizer::Tokenizer* tokenizer = model.tokenizer();
-  if (tokenizer == nullptr) {
+  if (model.tokenizer() == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat(FieldName(field, "chat"), ": model '", model.name(), "' has no tokenizer"));
   }
@@ -38,48 +57,80 @@ absl::StatusOr<std::vector<int32_t>> ChatPromptIds(const v1::Chat& chat, absl::s
   messages.reserve(chat.messages_size());
   for (const v1::ChatMessage& m : chat.messages()) messages.push_back({m.role(), m.content()});
   const bool generation_prompt = !chat.has_add_generation_prompt() || chat.add_generation_prompt();
-  ASSIGN_OR_RETURN(std::string text,
-                   model.chat_template()->Apply(messages, generation_prompt, messages_field));
-  // The template writes BOS and the turn markers itself; the tokenizer recognises them.
-  absl::StatusOr<std::vector<int32_t>> ids = tokenizer->Encode(text, /*add_special_tokens=*/false);
+  return model.chat_template()->Apply(messages, generation_prompt, messages_field);
+}
+
+absl::StatusOr<std::vector<int32_t>> EncodeText(std::string_view text, bool add_special_tokens,
+                                                absl::string_view field, const ServedModel& model) {
+  const tokenizer::Tokenizer* tokenizer = model.tokenizer();
+  if (tokenizer == nullptr) {
+    const absl::string_view prompt_field =
+        absl::EndsWith(field, ".text") ? field.substr(0, field.size() - 5) : field;
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": the served model has no tokenizer.json; send ", prompt_field, ".token_ids"));
+  }
+  // Text that cannot fit the context is refused before it is tokenized: tokenizing
+  // megabytes only to refuse the count would hold a gRPC thread for a second.
+  const int32_t max_model_len = model.engine().info().max_model_len;
+  const int64_t max_bytes = std::max<int64_t>(
+      kMinPromptTextBytes, static_cast<int64_t>(max_model_len) * kMaxPromptBytesPerToken);
+  if (static_cast<int64_t>(text.size()) > max_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": ", text.size(), " bytes cannot fit the context of ", max_model_len,
+                     " tokens (at most ", max_bytes, " bytes)"));
+  }
+  absl::StatusOr<std::vector<int32_t>> ids = tokenizer->Encode(text, add_special_tokens);
   if (!ids.ok()) {
-    return absl::Status(ids.status().code(),
-                        absl::StrCat(messages_field, ": ", ids.status().message()));
+    return absl::Status(ids.status().code(), absl::StrCat(field, ": ", ids.status().message()));
   }
   return ids;
 }
 
-}  // namespace
+size_t PythonRstripLength(std::string_view text) {
+  size_t end = text.size();
+  while (end > 0) {
+    // The last code point of text[0, end): its lead byte is the last byte that is not a
+    // continuation byte (10xxxxxx).
+    size_t start = end - 1;
+    while (start > 0 && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) --start;
+    const auto b = [&](size_t i) {
+      return static_cast<uint32_t>(static_cast<unsigned char>(text[i]));
+    };
+    uint32_t cp = 0;
+    switch (end - start) {
+      case 1:
+        cp = b(start);
+        break;
+      case 2:
+        cp = ((b(start) & 0x1F) << 6) | (b(start + 1) & 0x3F);
+        break;
+      case 3:
+        cp = ((b(start) & 0x0F) << 12) | ((b(start + 1) & 0x3F) << 6) | (b(start + 2) & 0x3F);
+        break;
+      default:
+        return end;  // 4-byte code points (and anything else) are never whitespace
+    }
+    const bool space = (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 ||
+                       cp == 0xA0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) ||
+                       cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+    if (!space) return end;
+    end = start;
+  }
+  return 0;
+}
 
 absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::Prompt& prompt, absl::string_view field,
                                                const ServedModel& model) {
-  const tokenizer::Tokenizer* tokenizer = model.tokenizer();
   const int32_t vocab_size = model.engine().info().vocab_size;
   switch (prompt.input_case()) {
     case v1::Prompt::kText: {
       if (prompt.text().empty()) {
         return absl::InvalidArgumentError(absl::StrCat(field, ".text: must not be empty"));
       }
-      if (tokenizer == nullptr) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            field, ".text: the served model has no tokenizer.json; send ", field, ".token_ids"));
-      }
-      // Text that cannot fit the context is refused before it is tokenized: tokenizing
-      // megabytes only to refuse the count would hold a gRPC thread for a second.
-      const int64_t max_bytes = std::max<int64_t>(
-          kMinPromptTextBytes,
-          static_cast<int64_t>(model.engine().info().max_model_len) * kMaxPromptBytesPerToken);
-      if (static_cast<int64_t>(prompt.text().size()) > max_bytes) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            field, ".text: ", prompt.text().size(), " bytes cannot fit the context of ",
-            model.engine().info().max_model_len, " tokens (at most ", max_bytes, " bytes)"));
-      }
       const bool special = !prompt.has_add_special_tokens() || prompt.add_special_tokens();
-      absl::StatusOr<std::vector<int32_t>> ids = tokenizer->Encode(prompt.text(), special);
-      if (!ids.ok()) {
-        return absl::Status(ids.status().code(),
-                            absl::StrCat(field, ".text: ", ids.status().message()));
-      }
+      absl::StatusOr<std::vector<int32_t>> ids =
+          EncodeText(prompt.text(), special, absl::StrCat(field, ".text"), model);
+      if (!ids.ok()) return ids.status();
       if (ids->empty()) {
         return absl::InvalidArgumentError(absl::StrCat(field, ".text: encodes to no tokens"));
       }
@@ -108,6 +159,169 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::Prompt& prompt, absl::s
   return absl::InvalidArgumentError(absl::StrCat(field, ": unknown input kind"));
 }
 
+absl::StatusOr<int32_t> PrefixTokenId(const ServedModel& model) {
+  if (const tokenizer::Tokenizer* tok = model.tokenizer(); tok != nullptr) {
+    if (tok->bos_id()) return *tok->bos_id();
+    if (tok->eos_id()) return *tok->eos_id();
+  }
+  const std::vector<int32_t>& eos = model.engine().info().eos_token_ids;
+  if (!eos.empty()) return eos.front();
+  return absl::InvalidArgumentError(
+      absl::StrCat("context: empty, and model '", model.name(),
+                   "' has no BOS or EOS token to score the continuations after; send a context"));
+}
+
+// Case by case as the proto's ScoreRequest comment lists them.
+absl::StatusOr<ScoreIds> ScoreTokenIds(const v1::ScoreRequest& proto, const ServedModel& model) {
+  ScoreIds out;
+  const v1::Prompt& context = proto.context();
+  const int num = proto.continuations().size();
+  const int32_t max_model_len = model.engine().info().max_model_len;
+  // The context's text (text and chat contexts; empty for an empty or unset context), or
+  // its ids (a token-id context).
+  std::optional<std::string> context_text;
+  std::vector<int32_t> context_ids;
+  switch (context.input_case()) {
+    case v1::Prompt::kText:
+      context_text = context.text();
+      break;
+    case v1::Prompt::kChat: {
+      ASSIGN_OR_RETURN(context_text, ChatPromptText(context.chat(), "context", model));
+      break;
+    }
+    case v1::Prompt::kTokenIds:
+      if (context.token_ids().ids().empty()) {
+        context_text.emplace();
+      } else {
+        ASSIGN_OR_RETURN(context_ids, PromptIds(context, "context", model));
+      }
+      break;
+    case v1::Prompt::INPUT_NOT_SET:
+      context_text.emplace();
+      break;
+  }
+  const std::string context_field =
+      context.input_case() == v1::Prompt::kChat ? "context.chat.messages" : "context.text";
+  // HFLM's tok_encode: add_special_tokens=False unless add_bos_token (here: the text
+  // context's add_special_tokens). Chat templates write their special tokens themselves.
+  bool special = context.input_case() == v1::Prompt::kText && context.has_add_special_tokens() &&
+                 context.add_special_tokens();
+  if (const absl::StatusOr<int32_t> prefix = PrefixTokenId(model);
+      special && prefix.ok() && model.tokenizer() != nullptr) {
+    // ... and none for a text that already starts with the prefix token's text (rather
+    // than a second BOS; 0.4.13's has_bos_prefix).
+    const std::string prefix_text = model.tokenizer()->Decode(std::span<const int32_t>(&*prefix, 1),
+                                                              /*skip_special_tokens=*/false);
+    if (!prefix_text.empty() && absl::StartsWith(*context_text, prefix_text)) special = false;
+  }
+  // out.contexts[0] precedes the text continuations, out.contexts[1] (when it differs) the
+  // token-id ones.
+  bool any_text = false;
+  bool any_ids = false;
+  for (const v1::Prompt& cont : proto.continuations()) {
+    (cont.input_case() == v1::Prompt::kText ? any_text : any_ids) = true;
+  }
+  // How many of a text continuation's joint ids belong to the context: they are dropped.
+  size_t joint_context_len = 0;
+  bool joint = false;  // text continuations are encoded together with the context's text
+  if (!context_text.has_value()) {
+    out.contexts.push_back(std::move(context_ids));
+  } else if (context_text->empty()) {
+    // An empty context: [prefix_token_id], the continuation encoded alone.
+    ASSIGN_OR_RETURN(const int32_t prefix, PrefixTokenId(model));
+    out.contexts.push_back({prefix});
+  } else {
+    // `_encode_pair`: trailing whitespace moves from the context to the continuation;
+    // context_enc = tok_encode(context), continuation_enc =
+    // tok_encode(context + continuation)[len(context_enc):].
+    const size_t stripped = PythonRstripLength(*context_text);
+    ASSIGN_OR_RETURN(std::vector<int32_t> pair_context,
+                     EncodeText(std::string_view(*context_text).substr(0, stripped), special,
+                                context_field, model));
+    joint = true;
+    joint_context_len = pair_context.size();
+    std::vector<int32_t> plain_context;  // for token-id continuations: the text as given
+    if (any_ids && stripped < context_text->size()) {
+      ASSIGN_OR_RETURN(plain_context, EncodeText(*context_text, special, context_field, model));
+    } else {
+      plain_context = pair_context;
+    }
+    // A context that encodes to nothing is scored after the prefix token (the harness
+    // would pass it on empty).
+    for (std::vector<int32_t>* ids : {&pair_context, &plain_context}) {
+      if (ids->empty()) {
+        ASSIGN_OR_RETURN(const int32_t prefix, PrefixTokenId(model));
+        *ids = {prefix};
+      }
+    }
+    const bool differ = pair_context != plain_context;
+    out.contexts.push_back(std::move(pair_context));
+    if (differ) out.contexts.push_back(std::move(plain_context));
+  }
+  for (const std::vector<int32_t>& ids : out.contexts) {
+    RETURN_IF_ERROR(CheckPromptLength(ids.size(), max_model_len, "context"));
+  }
+  out.context_tokens = static_cast<int32_t>(
+      (any_text || out.contexts.size() == 1 ? out.contexts.front() : out.contexts.back()).size());
+  out.continuations.reserve(num);
+  out.context_of.reserve(num);
+  for (int i = 0; i < num; ++i) {
+    const v1::Prompt& cont = proto.continuations(i);
+    const std::string field = absl::StrCat("continuations[", i, "]");
+    std::vector<int32_t> ids;
+    uint8_t which = 0;
+    switch (cont.input_case()) {
+      case v1::Prompt::kChat:
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ": must be text or token_ids (chat is for the context only)"));
+      case v1::Prompt::kText: {
+        if (cont.text().empty()) {
+          return absl::InvalidArgumentError(absl::StrCat(field, ".text: must not be empty"));
+        }
+        if (joint) {
+          ASSIGN_OR_RETURN(std::vector<int32_t> whole,
+                           EncodeText(absl::StrCat(*context_text, cont.text()), special,
+                                      absl::StrCat(field, ".text (after the context)"), model));
+          if (whole.size() <= joint_context_len) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(field, ".text: context + continuation encode to ", whole.size(),
+                             " tokens, no more than the context's ", joint_context_len,
+                             ": the continuation has no tokens of its own"));
+          }
+          ids.assign(whole.begin() + static_cast<std::ptrdiff_t>(joint_context_len), whole.end());
+        } else {
+          // Encoded alone: after an empty context without special tokens, after token ids
+          // with its own add_special_tokens (default false).
+          const bool cont_special = !context_text.has_value() && cont.has_add_special_tokens() &&
+                                    cont.add_special_tokens();
+          ASSIGN_OR_RETURN(
+              ids, EncodeText(cont.text(), cont_special, absl::StrCat(field, ".text"), model));
+          if (context_text.has_value() && !ids.empty() && ids.front() == out.contexts[0].front()) {
+            // A continuation that starts with the prefix token has it as its context.
+            ids.erase(ids.begin());
+          }
+          if (ids.empty()) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(field, ".text: encodes to no tokens",
+                             context_text.has_value() ? " after the prefix token" : ""));
+          }
+        }
+        break;
+      }
+      default: {
+        ASSIGN_OR_RETURN(ids, PromptIds(cont, field, model));
+        which = static_cast<uint8_t>(out.contexts.size() - 1);
+        break;
+      }
+    }
+    RETURN_IF_ERROR(CheckPromptLength(out.contexts[which].size() + ids.size(), max_model_len,
+                                      absl::StrCat("context + ", field)));
+    out.continuations.push_back(std::move(ids));
+    out.context_of.push_back(which);
+  }
+  return out;
+}
+
 void AddChatStop(const v1::Prompt& prompt, const ServedModel& model,
                  engine::SamplingParams* sampling) {
   if (prompt.input_case() != v1::Prompt::kChat || sampling->ignore_eos ||
@@ -132,7 +346,8 @@ absl::Status CheckPromptLength(int64_t num_tokens, int32_t max_model_len, absl::
 }
 
 absl::StatusOr<engine::SamplingParams> ToSamplingParams(const v1::SamplingParams& proto,
-                                                        int32_t vocab_size) {
+                                                        int32_t vocab_size,
+                                                        int32_t min_max_tokens) {
   engine::SamplingParams p;
   if (proto.has_temperature()) p.temperature = proto.temperature();
   if (proto.has_top_k()) p.top_k = proto.top_k();
@@ -148,16 +363,29 @@ absl::StatusOr<engine::SamplingParams> ToSamplingParams(const v1::SamplingParams
   p.stop_token_ids.assign(proto.stop_token_ids().begin(), proto.stop_token_ids().end());
   p.stop.assign(proto.stop().begin(), proto.stop().end());
   if (proto.has_logprobs()) p.logprobs = proto.logprobs();
-  // The engine accepts 0 (prompt scoring only); over this API that is Score's job, and a
+  // The engine accepts 0 (prompt scoring only); over gRPC that is Score's job, and a
   // Generate that generates nothing is a client bug.
-  if (p.max_tokens < 1) {
+  if (p.max_tokens < min_max_tokens) {
     return absl::InvalidArgumentError(
-        absl::StrCat("sampling.max_tokens must be >= 1, got ", p.max_tokens));
+        absl::StrCat("sampling.max_tokens must be >= ", min_max_tokens, ", got ", p.max_tokens));
   }
   if (absl::Status s = engine::ValidateSamplingParams(p, vocab_size); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("sampling.", s.message()));
   }
   return p;
+}
+
+absl::StatusOr<engine::Request> ToEngineRequest(const v1::GenerateRequest& proto,
+                                                const ServedModel& model, int32_t min_max_tokens) {
+  const engine::EngineInfo& info = model.engine().info();
+  engine::Request request;
+  ASSIGN_OR_RETURN(request.prompt, PromptIds(proto.prompt(), "prompt", model));
+  RETURN_IF_ERROR(CheckPromptLength(request.prompt.size(), info.max_model_len, "prompt"));
+  ASSIGN_OR_RETURN(request.sampling,
+                   ToSamplingParams(proto.sampling(), info.vocab_size, min_max_tokens));
+  AddChatStop(proto.prompt(), model, &request.sampling);
+  request.priority = proto.priority();
+  return request;
 }
 
 std::optional<engine::Clock::time_point> EngineDeadline(const grpc::ServerContextBase& context) {

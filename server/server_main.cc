@@ -44,6 +44,7 @@
 #include "runtime/engine/engine.h"
 #include "runtime/loader/model_source.h"
 #include "runtime/model/model.h"
+#include "server/http_front.h"
 #include "server/model_loading.h"
 #include "server/service.h"
 
@@ -73,6 +74,15 @@ ABSL_FLAG(int, residual_rms_every_n_steps, 0,
           "every N engine steps record each block's output RMS as spanserve_residual_rms "
           "(0: off)");
 ABSL_FLAG(std::string, port_file, "", "write the bound port here once listening");
+ABSL_FLAG(std::string, http_address, "",
+          "serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, "
+          "/v1/models, /tokenize, /detokenize, /health) on host:port, beside gRPC and with "
+          "its auth, TLS, limits and drain (empty: off; port 0 picks a free one, see "
+          "--http_port_file)");
+ABSL_FLAG(int, http_threads, 256,
+          "HTTP connections served at once (each open connection, streaming or idle "
+          "keep-alive, holds one thread)");
+ABSL_FLAG(std::string, http_port_file, "", "write the bound HTTP port here once listening");
 ABSL_FLAG(int64_t, kv_cache_bytes, 0,
           "KV memory of all models together in bytes, split evenly between the models that "
           "load (0: --kv_cache_memory_fraction of available memory)");
@@ -251,6 +261,15 @@ absl::StatusOr<ModelLoadOptions> LoadOptionsFromFlags() {
   return options;
 }
 
+// Writes `port` to `path` (if not empty), then renames, so a reader never sees a partial
+// number.
+void WritePortFile(const std::string& path, int port) {
+  if (path.empty()) return;
+  const std::string tmp = path + ".tmp";
+  std::ofstream(tmp) << port << "\n";
+  std::rename(tmp.c_str(), path.c_str());
+}
+
 // Blocks SIGTERM/SIGINT in every thread (call before any thread starts) so that only
 // WaitForSignal sees them.
 sigset_t BlockShutdownSignals() {
@@ -357,12 +376,30 @@ int Run(const sigset_t& signals) {
   std::printf("spanserve-server: gRPC on %s (%s)\n", address.c_str(),
               creds.ok() && !absl::GetFlag(FLAGS_tls_cert).empty() ? "TLS" : "plaintext");
   std::fflush(stdout);
-  if (const std::string path = absl::GetFlag(FLAGS_port_file); !path.empty()) {
-    // Written then renamed, so a reader never sees a partial number.
-    const std::string tmp = path + ".tmp";
-    std::ofstream(tmp) << port << "\n";
-    std::rename(tmp.c_str(), path.c_str());
+  // The HTTP front: the same service, so the same models, auth, limits and drain.
+  std::unique_ptr<HttpFront> http;
+  if (const std::string addr = absl::GetFlag(FLAGS_http_address); !addr.empty()) {
+    absl::StatusOr<std::unique_ptr<HttpFront>> h =
+        HttpFront::Start(&service, HttpFrontOptions{
+                                       .address = addr,
+                                       .tls_cert = absl::GetFlag(FLAGS_tls_cert),
+                                       .tls_key = absl::GetFlag(FLAGS_tls_key),
+                                       .threads = absl::GetFlag(FLAGS_http_threads),
+                                       .max_body_bytes = absl::GetFlag(FLAGS_max_message_bytes),
+                                   });
+    if (!h.ok()) {
+      Log(h.status().ToString());
+      server->Shutdown();
+      return 1;
+    }
+    http = *std::move(h);
+    std::printf("spanserve-server: HTTP (OpenAI API) on %s:%d (%s)\n",
+                addr.substr(0, addr.rfind(':')).c_str(), http->port(),
+                absl::GetFlag(FLAGS_tls_cert).empty() ? "plaintext" : "TLS");
+    std::fflush(stdout);
   }
+  WritePortFile(absl::GetFlag(FLAGS_port_file), port);
+  if (http) WritePortFile(absl::GetFlag(FLAGS_http_port_file), http->port());
 
   // Load and warm up the models in turn, while health says NOT_SERVING (until the default
   // model is ready). health_mu orders the loader's SERVING against the drain's NOT_SERVING.
@@ -424,6 +461,7 @@ int Run(const sigset_t& signals) {
   service.ShutdownEngines();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   server.reset();
+  if (http) http->Stop();
   // The poller reads the engines, which the service owns: stop it before they go.
   if (metrics) metrics->StopPolling();
   if (default_failed.load()) {

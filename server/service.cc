@@ -126,17 +126,24 @@ absl::Status SpanServeService::Admit(const grpc::CallbackServerContext& context)
   // one: past it gRPC 1.51 ends the whole connection); a call over ours fails alone.
   int64_t metadata_bytes = 0;
   for (const auto& [key, value] : metadata) metadata_bytes += key.size() + value.size() + 32;
+  std::string authorization;
+  auto it = metadata.find("authorization");
+  if (it != metadata.end()) authorization.assign(it->second.data(), it->second.size());
+  return Admit(it == metadata.end() ? nullptr : &authorization, metadata_bytes);
+}
+
+absl::Status SpanServeService::Admit(const std::string* authorization,
+                                     int64_t metadata_bytes) const {
   if (metadata_bytes > options_.max_metadata_bytes) {
     return absl::ResourceExhaustedError(
         absl::StrCat("request metadata of ", metadata_bytes, " bytes exceeds the limit of ",
                      options_.max_metadata_bytes, " bytes (--max_metadata_bytes)"));
   }
   if (!options_.auth_token.empty()) {
-    auto it = metadata.find("authorization");
-    if (it == metadata.end()) {
+    if (authorization == nullptr) {
       return absl::UnauthenticatedError("missing 'authorization: Bearer <token>' metadata");
     }
-    const absl::string_view value(it->second.data(), it->second.size());
+    const absl::string_view value(*authorization);
     constexpr absl::string_view kBearer = "Bearer ";
     if (!absl::StartsWith(value, kBearer) ||
         !ConstantTimeEquals(value.substr(kBearer.size()), options_.auth_token)) {
@@ -238,27 +245,34 @@ absl::Status SpanServeService::DoTokenize(const v1::TokenizeRequest& request,
   return absl::OkStatus();
 }
 
+absl::Status SpanServeService::CheckTokenize(const v1::TokenizeRequest& request,
+                                             const ServedModel& model) const {
+  if (model.tokenizer() == nullptr) return NoTokenizerError(model);
+  if (request.has_chat() && !request.text().empty()) {
+    return absl::InvalidArgumentError("text: must be empty when chat is set");
+  }
+  // Bounded so that the answer fits in one message.
+  const int64_t max_bytes = options_.max_message_bytes / kTokenizeAnswerBytesPerByte;
+  const int64_t bytes = static_cast<int64_t>(request.ByteSizeLong());
+  if (bytes > max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        request.has_chat() ? "chat" : "text", ": ", bytes, " bytes; Tokenize takes at most ",
+        max_bytes, " bytes a call (1/", kTokenizeAnswerBytesPerByte,
+        " of --max_message_bytes, so the answer fits); split it"));
+  }
+  return absl::OkStatus();
+}
+
 grpc::ServerUnaryReactor* SpanServeService::Tokenize(grpc::CallbackServerContext* context,
                                                      const v1::TokenizeRequest* request,
                                                      v1::TokenizeResponse* response) {
   if (absl::Status s = Admit(*context); !s.ok()) return FinishUnary(context, s);
   absl::StatusOr<ServedModel*> model = ReadyModel(request->model());
   if (!model.ok()) return FinishUnary(context, model.status());
-  if ((*model)->tokenizer() == nullptr) return FinishUnary(context, NoTokenizerError(**model));
-  if (request->has_chat() && !request->text().empty()) {
-    return FinishUnary(context, absl::InvalidArgumentError("text: must be empty when chat is set"));
+  if (absl::Status s = CheckTokenize(*request, **model); !s.ok()) {
+    return FinishUnary(context, s);
   }
-  // Bounded so that the answer fits in one message.
-  const int64_t max_bytes = options_.max_message_bytes / kTokenizeAnswerBytesPerByte;
-  const int64_t bytes = static_cast<int64_t>(request->ByteSizeLong());
-  if (bytes > max_bytes) {
-    return FinishUnary(context, absl::InvalidArgumentError(absl::StrCat(
-                                    request->has_chat() ? "chat" : "text", ": ", bytes,
-                                    " bytes; Tokenize takes at most ", max_bytes,
-                                    " bytes a call (1/", kTokenizeAnswerBytesPerByte,
-                                    " of --max_message_bytes, so the answer fits); split it")));
-  }
-  if (bytes <= kInlineTokenizeBytes) {
+  if (static_cast<int64_t>(request->ByteSizeLong()) <= kInlineTokenizeBytes) {
     return FinishUnary(context, DoTokenize(*request, **model, response));
   }
   // Long: off gRPC's threads, onto the work pool (the request is copied: it dies when this
@@ -277,41 +291,44 @@ grpc::ServerUnaryReactor* SpanServeService::Tokenize(grpc::CallbackServerContext
   return reactor;
 }
 
+absl::Status SpanServeService::DoDetokenize(const v1::DetokenizeRequest& request,
+                                            const ServedModel& model,
+                                            v1::DetokenizeResponse* response) const {
+  const tokenizer::Tokenizer* tok = model.tokenizer();
+  if (tok == nullptr) return NoTokenizerError(model);
+  // Bounded so that decoding stays short and the text fits in one answer.
+  const int64_t max_ids = options_.max_message_bytes / kDetokenizeAnswerBytesPerId;
+  if (request.token_ids_size() > max_ids) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "token_ids: ", request.token_ids_size(), " ids; Detokenize takes at most ", max_ids,
+        " a call (1/", kDetokenizeAnswerBytesPerId, " of --max_message_bytes); split them"));
+  }
+  const int32_t vocab = model.engine().info().vocab_size;
+  for (int i = 0; i < request.token_ids_size(); ++i) {
+    const int32_t id = request.token_ids(i);
+    if (id < 0 || id >= vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token_ids[", i, "]: ", id, " is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
+  const bool skip = !request.has_skip_special_tokens() || request.skip_special_tokens();
+  response->set_text(tok->Decode(
+      std::span<const int32_t>(request.token_ids().data(), request.token_ids_size()), skip));
+  if (static_cast<int64_t>(response->ByteSizeLong()) > options_.max_message_bytes) {
+    response->Clear();
+    return absl::ResourceExhaustedError(
+        "the text would be over --max_message_bytes; send fewer ids");
+  }
+  return absl::OkStatus();
+}
+
 grpc::ServerUnaryReactor* SpanServeService::Detokenize(grpc::CallbackServerContext* context,
                                                        const v1::DetokenizeRequest* request,
                                                        v1::DetokenizeResponse* response) {
   if (absl::Status s = Admit(*context); !s.ok()) return FinishUnary(context, s);
   absl::StatusOr<ServedModel*> model = ReadyModel(request->model());
   if (!model.ok()) return FinishUnary(context, model.status());
-  const tokenizer::Tokenizer* tok = (*model)->tokenizer();
-  if (tok == nullptr) return FinishUnary(context, NoTokenizerError(**model));
-  // Bounded so that decoding stays short and the text fits in one answer.
-  const int64_t max_ids = options_.max_message_bytes / kDetokenizeAnswerBytesPerId;
-  if (request->token_ids_size() > max_ids) {
-    return FinishUnary(
-        context,
-        absl::InvalidArgumentError(absl::StrCat(
-            "token_ids: ", request->token_ids_size(), " ids; Detokenize takes at most ", max_ids,
-            " a call (1/", kDetokenizeAnswerBytesPerId, " of --max_message_bytes); split them")));
-  }
-  const int32_t vocab = (*model)->engine().info().vocab_size;
-  for (int i = 0; i < request->token_ids_size(); ++i) {
-    const int32_t id = request->token_ids(i);
-    if (id < 0 || id >= vocab) {
-      return FinishUnary(
-          context, absl::InvalidArgumentError(absl::StrCat(
-                       "token_ids[", i, "]: ", id, " is outside the vocabulary [0, ", vocab, ")")));
-    }
-  }
-  const bool skip = !request->has_skip_special_tokens() || request->skip_special_tokens();
-  response->set_text(tok->Decode(
-      std::span<const int32_t>(request->token_ids().data(), request->token_ids_size()), skip));
-  if (static_cast<int64_t>(response->ByteSizeLong()) > options_.max_message_bytes) {
-    response->Clear();
-    return FinishUnary(context, absl::ResourceExhaustedError(
-                                    "the text would be over --max_message_bytes; send fewer ids"));
-  }
-  return FinishUnary(context, absl::OkStatus());
+  return FinishUnary(context, DoDetokenize(*request, **model, response));
 }
 
 void SpanServeService::FillModelInfo(const ServedModel& model, v1::ModelInfo* response) const {

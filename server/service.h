@@ -80,8 +80,11 @@ class SpanServeService final : public v1::SpanServe::CallbackService {
   // Generate and Score calls not yet finished.
   int32_t num_in_flight() const { return in_flight_.load(); }
 
-  // The checks every call passes before it does anything: auth, then draining.
+  // The checks every call passes before it does anything: the size of its metadata, auth,
+  // then draining. gRPC calls pass their context; the HTTP front its headers' value of
+  // `authorization` (null when absent) and their size.
   absl::Status Admit(const grpc::CallbackServerContext& context) const;
+  absl::Status Admit(const std::string* authorization, int64_t metadata_bytes) const;
   // The model a request names (empty: the default). NOT_FOUND naming it and listing the
   // served names when unknown; nullptr-free: the pointer lives as long as the service.
   absl::StatusOr<ServedModel*> FindModel(absl::string_view name) const;
@@ -98,6 +101,16 @@ class SpanServeService final : public v1::SpanServe::CallbackService {
   // A call in flight holds one count, so draining knows when the server is idle.
   void CallStarted() { in_flight_.fetch_add(1); }
   void CallFinished() { in_flight_.fetch_sub(1); }
+
+  // Tokenize and Detokenize, whichever front calls them: the checks (tokenizer present,
+  // input within the bounds that keep the answer under --max_message_bytes) and the work.
+  absl::Status CheckTokenize(const v1::TokenizeRequest& request, const ServedModel& model) const;
+  absl::Status DoTokenize(const v1::TokenizeRequest& request, const ServedModel& model,
+                          v1::TokenizeResponse* response) const;
+  absl::Status DoDetokenize(const v1::DetokenizeRequest& request, const ServedModel& model,
+                            v1::DetokenizeResponse* response) const;
+  // GetModelInfo's answer for one model.
+  void FillModelInfo(const ServedModel& model, v1::ModelInfo* response) const;
 
   grpc::ServerWriteReactor<v1::GenerateChunk>* Generate(
       grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
@@ -121,10 +134,6 @@ class SpanServeService final : public v1::SpanServe::CallbackService {
                                   v1::AbortResponse* response) override;
 
  private:
-  void FillModelInfo(const ServedModel& model, v1::ModelInfo* response) const;
-  // Tokenize's work, on whichever thread runs it.
-  absl::Status DoTokenize(const v1::TokenizeRequest& request, const ServedModel& model,
-                          v1::TokenizeResponse* response) const;
   // Has gRPC hand each method its request as bytes, parsed by ParseRequest.
   void ParseRequestsOurselves();
 

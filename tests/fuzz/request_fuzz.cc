@@ -1,7 +1,8 @@
 // Fuzzes request validation, as the gRPC handlers do it (server/calls.cc), on a serialized
 // spanserve.v1.GenerateRequest or ScoreRequest: proto parsing, then the server's
 // conversion (PromptIds: text / token ids / chat through the model's chat template;
-// CheckPromptLength; ToSamplingParams with engine::ValidateSamplingParams; AddChatStop),
+// CheckPromptLength; ToSamplingParams with engine::ValidateSamplingParams; AddChatStop;
+// Score's ScoreTokenIds, lm-evaluation-harness's pair encoding),
 // then the engine's own check of the resulting request (EngineCore::ValidateRequest, what
 // Engine::Submit runs). Whatever the server accepts, the engine must accept too.
 //
@@ -13,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -136,38 +138,32 @@ void FuzzGenerate(const World& w, const server::ServedModel& model, std::string_
 void FuzzScore(const World& w, const server::ServedModel& model, std::string_view bytes) {
   v1::ScoreRequest proto;
   if (!proto.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) return;
-  if (proto.continuations().empty()) return;
-  const spanserve::tokenizer::Tokenizer* tok = model.tokenizer();
-  std::vector<int32_t> context_ids;
-  const bool empty_text_context =
-      proto.context().input_case() == v1::Prompt::kText && proto.context().text().empty();
-  if (empty_text_context && tok->bos_id()) {
-    context_ids = {*tok->bos_id()};
-  } else {
-    absl::StatusOr<std::vector<int32_t>> ids = server::PromptIds(proto.context(), "context", model);
-    if (!ids.ok()) return;
-    context_ids = *std::move(ids);
+  // The server refuses an empty call and more than 256 continuations before tokenizing.
+  if (proto.continuations().empty() || proto.continuations().size() > 256) return;
+  absl::StatusOr<server::ScoreIds> ids = server::ScoreTokenIds(proto, model);
+  if (!ids.ok()) return;
+  // What the server accepts: a context and a non-empty continuation for each, whose prompt
+  // the engine accepts with the logprobs starting after the context.
+  if (ids->continuations.size() != static_cast<size_t>(proto.continuations().size()) ||
+      ids->context_of.size() != ids->continuations.size() || ids->contexts.empty() ||
+      ids->contexts.size() > 2) {
+    std::fprintf(stderr, "ScoreTokenIds: inconsistent shape\n");
+    std::abort();
   }
-  for (int i = 0; i < proto.continuations().size(); ++i) {
-    v1::Prompt cont = proto.continuations(i);
-    if (cont.input_case() == v1::Prompt::kText && !cont.has_add_special_tokens()) {
-      cont.set_add_special_tokens(false);
+  for (size_t i = 0; i < ids->continuations.size(); ++i) {
+    const std::vector<int32_t>& context = ids->contexts.at(ids->context_of[i]);
+    if (context.empty() || ids->continuations[i].empty()) {
+      std::fprintf(stderr, "ScoreTokenIds: an empty context or continuation %zu\n", i);
+      std::abort();
     }
-    if (cont.input_case() == v1::Prompt::kChat) return;
-    const std::string field = absl::StrCat("continuations[", i, "]");
-    absl::StatusOr<std::vector<int32_t>> ids = server::PromptIds(cont, field, model);
-    if (!ids.ok()) return;
     engine::Request r;
-    r.prompt = context_ids;
-    r.prompt.insert(r.prompt.end(), ids->begin(), ids->end());
-    if (!server::CheckPromptLength(r.prompt.size(), model.engine().info().max_model_len, field)
-             .ok()) {
-      return;
-    }
+    r.prompt = context;
+    r.prompt.insert(r.prompt.end(), ids->continuations[i].begin(), ids->continuations[i].end());
     r.sampling.temperature = 0.0f;
     r.sampling.max_tokens = 1;
     r.sampling.detokenize = false;
     r.sampling.prompt_logprobs = 1;
+    r.sampling.prompt_logprobs_from = static_cast<int32_t>(context.size());
     CheckEngineAccepts(w, r);
   }
 }

@@ -336,7 +336,9 @@ TEST(ChatTest, ChatMlPromptIsFormattedWithTheTemplate) {
   ASSERT_TRUE(Tokenize(*stub, text_request, &system_golden_ids).ok());
   EXPECT_EQ(system_ids, system_golden_ids);
 
-  // Score's context may be a conversation too; its continuation follows the assistant header.
+  // Score's context may be a conversation too; its continuation follows the assistant
+  // header. The template's text is the context text, so (as lm-evaluation-harness does with
+  // --apply_chat_template) the header's trailing "\n" moves into the continuation.
   {
     grpc::ClientContext context;
     v1::ScoreRequest score;
@@ -346,7 +348,20 @@ TEST(ChatTest, ChatMlPromptIsFormattedWithTheTemplate) {
     v1::ScoreResponse response;
     const grpc::Status status = stub->Score(&context, score, &response);
     ASSERT_TRUE(status.ok()) << status.error_message();
-    EXPECT_EQ(response.context_tokens(), static_cast<int32_t>(golden_ids.size()));
+    text_request.set_text(golden.substr(0, golden.size() - 1));
+    std::vector<int32_t> header_ids;
+    ASSERT_TRUE(Tokenize(*stub, text_request, &header_ids).ok());
+    EXPECT_EQ(response.context_tokens(), static_cast<int32_t>(header_ids.size()));
+    grpc::ClientContext text_context;
+    v1::ScoreRequest as_text;
+    as_text.set_model("chat");
+    as_text.mutable_context()->set_text(golden);
+    as_text.add_continuations()->set_text("Let there be light");
+    v1::ScoreResponse text_response;
+    ASSERT_TRUE(stub->Score(&text_context, as_text, &text_response).ok());
+    ASSERT_EQ(response.scores_size(), 1);
+    EXPECT_EQ(response.scores(0).num_tokens(), text_response.scores(0).num_tokens());
+    EXPECT_NEAR(response.scores(0).logprob(), text_response.scores(0).logprob(), 1e-5);
   }
 
   // Bad messages name the field.

@@ -6,6 +6,9 @@
 // minus it) is what gRPC, the server and the client add.
 //   grpc_load --address=127.0.0.1:50051 --concurrency=64 --requests=512 --max_tokens=64
 //   grpc_load --rate=20 --requests=200
+//   grpc_load --protocol=http --address=127.0.0.1:8000   (the OpenAI front: streamed
+//                                                         /v1/completions, SSE)
+// Over HTTP the server's own TTFT is not reported (server_ttft_s and ttft_overhead_s are 0).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -17,6 +20,7 @@
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
+#include <httplib.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -24,6 +28,7 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
+#include "nlohmann/json.hpp"
 #include "spanserve/v1/spanserve.grpc.pb.h"
 
 ABSL_FLAG(std::string, address, "127.0.0.1:50051", "server address");
@@ -36,6 +41,8 @@ ABSL_FLAG(std::string, prompt, "And God said unto Moses,", "prompt text");
 ABSL_FLAG(std::vector<std::string>, prompt_ids, {},
           "prompt token ids instead of text (for models without tokenizer.json)");
 ABSL_FLAG(int, channels, 4, "gRPC channels (connections) the clients share round-robin");
+ABSL_FLAG(std::string, protocol, "grpc",
+          "grpc (Generate) or http (the OpenAI front's streamed /v1/completions at --address)");
 
 namespace {
 
@@ -89,6 +96,74 @@ Sample RunOne(v1::SpanServe::Stub& stub) {
   return s;
 }
 
+// One streamed /v1/completions call; each SSE event with text is a token arrival (the
+// server sends one event per engine output), and usage gives the token count.
+Sample RunOneHttp(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  httplib::Client client(address.substr(0, colon), std::stoi(address.substr(colon + 1)));
+  client.set_read_timeout(600, 0);
+  nlohmann::json body = {{"max_tokens", absl::GetFlag(FLAGS_max_tokens)},
+                         {"temperature", 0},
+                         {"ignore_eos", true},
+                         {"stream", true},
+                         {"stream_options", {{"include_usage", true}}}};
+  if (const auto ids = absl::GetFlag(FLAGS_prompt_ids); !ids.empty()) {
+    body["prompt"] = nlohmann::json::array();
+    for (const std::string& id : ids) body["prompt"].push_back(std::stoi(id));
+  } else {
+    body["prompt"] = absl::GetFlag(FLAGS_prompt);
+  }
+  httplib::Headers headers;
+  if (const std::string t = absl::GetFlag(FLAGS_token); !t.empty()) {
+    headers.emplace("Authorization", "Bearer " + t);
+  }
+  Sample s;
+  const auto start = Clock::now();
+  auto last = start;
+  int events = 0;
+  std::string buffer;
+  bool done = false;
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.headers = headers;
+  req.headers.emplace("Content-Type", "application/json");
+  req.body = body.dump();
+  req.content_receiver = [&](const char* data, size_t size, uint64_t, uint64_t) {
+    buffer.append(data, size);
+    size_t end;
+    while ((end = buffer.find("\n\n")) != std::string::npos) {
+      const std::string event = buffer.substr(0, end);
+      buffer.erase(0, end + 2);
+      if (event.rfind("data: ", 0) != 0) continue;
+      const std::string payload = event.substr(6);
+      if (payload == "[DONE]") {
+        done = true;
+        continue;
+      }
+      const nlohmann::json chunk = nlohmann::json::parse(payload, nullptr, false);
+      if (chunk.is_discarded()) continue;
+      if (chunk.contains("usage") && chunk["usage"].is_object()) {
+        s.tokens = chunk["usage"].value("completion_tokens", 0);
+      }
+      if (!chunk.contains("choices") || chunk["choices"].empty()) continue;
+      const auto now = Clock::now();
+      if (events == 0) {
+        s.ttft_s = std::chrono::duration<double>(now - start).count();
+      } else {
+        s.itl_s.push_back(std::chrono::duration<double>(now - last).count());
+      }
+      last = now;
+      ++events;
+    }
+    return true;
+  };
+  auto res = client.send(req);
+  s.ok = res && res->status == 200 && done;
+  s.e2e_s = std::chrono::duration<double>(Clock::now() - start).count();
+  return s;
+}
+
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -124,6 +199,15 @@ int main(int argc, char** argv) {
     stubs.push_back(v1::SpanServe::NewStub(grpc::CreateCustomChannel(
         absl::GetFlag(FLAGS_address), grpc::InsecureChannelCredentials(), args)));
   }
+  const bool http = absl::GetFlag(FLAGS_protocol) == "http";
+  if (!http && absl::GetFlag(FLAGS_protocol) != "grpc") {
+    std::fprintf(stderr, "grpc_load: --protocol must be grpc or http\n");
+    return 2;
+  }
+  const std::string address = absl::GetFlag(FLAGS_address);
+  auto run_one = [&](int i) {
+    return http ? RunOneHttp(address) : RunOne(*stubs[i % stubs.size()]);
+  };
   std::vector<Sample> samples(total);
   std::atomic<int> next{0};
   const auto start = Clock::now();
@@ -135,13 +219,13 @@ int main(int argc, char** argv) {
     auto at = start;
     for (int i = 0; i < total; ++i) {
       std::this_thread::sleep_until(at);
-      threads.emplace_back([&, i] { samples[i] = RunOne(*stubs[i % stubs.size()]); });
+      threads.emplace_back([&, i] { samples[i] = run_one(i); });
       at += std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(gap(rng)));
     }
   } else {
     for (int c = 0; c < absl::GetFlag(FLAGS_concurrency); ++c) {
       threads.emplace_back([&, c] {
-        for (int i; (i = next.fetch_add(1)) < total;) samples[i] = RunOne(*stubs[c % stubs.size()]);
+        for (int i; (i = next.fetch_add(1)) < total;) samples[i] = run_one(c);
       });
     }
   }
@@ -164,13 +248,14 @@ int main(int argc, char** argv) {
     itl.insert(itl.end(), s.itl_s.begin(), s.itl_s.end());
   }
   std::printf(
-      "{\"mode\":\"%s\",\"concurrency\":%d,\"rate\":%.3f,\"requests\":%d,\"failed\":%d,"
+      "{\"protocol\":\"%s\",\"mode\":\"%s\",\"concurrency\":%d,\"rate\":%.3f,\"requests\":%d,"
+      "\"failed\":%d,"
       "\"max_tokens\":%d,\"wall_s\":%.3f,\"output_tokens\":%lld,\"output_tokens_per_s\":%.1f,"
       "\"requests_per_s\":%.2f,\"ttft_s\":%s,\"server_ttft_s\":%s,\"ttft_overhead_s\":%s,\"tpot_"
       "s\":%s,\"itl_s\":%s,\"e2e_s\":%s}\n",
-      rate > 0 ? "poisson" : "closed", absl::GetFlag(FLAGS_concurrency), rate, total, failed,
-      absl::GetFlag(FLAGS_max_tokens), wall_s, static_cast<long long>(tokens), tokens / wall_s,
-      (total - failed) / wall_s, Stats(ttft).c_str(), Stats(server_ttft).c_str(),
+      http ? "http" : "grpc", rate > 0 ? "poisson" : "closed", absl::GetFlag(FLAGS_concurrency),
+      rate, total, failed, absl::GetFlag(FLAGS_max_tokens), wall_s, static_cast<long long>(tokens),
+      tokens / wall_s, (total - failed) / wall_s, Stats(ttft).c_str(), Stats(server_ttft).c_str(),
       Stats(overhead).c_str(), Stats(tpot).c_str(), Stats(itl).c_str(), Stats(e2e).c_str());
   return failed == 0 ? 0 : 1;
 }

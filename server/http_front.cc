@@ -1,0 +1,824 @@
+#include "server/http_front.h"
+
+#include <dirent.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <httplib.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <deque>
+#include <functional>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status.h"
+#include "common/text.h"
+#include "nlohmann/json.hpp"
+#include "server/calls.h"
+#include "server/convert.h"
+#include "server/openai_api.h"
+
+namespace spanserve::server {
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+// How often a handler waiting on the engine looks whether its client is still there.
+constexpr std::chrono::milliseconds kPollInterval(100);
+
+std::string Dump(const json& j) {
+  // Token strings may hold part of a UTF-8 sequence: replaced (U+FFFD), never a throw.
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+void SendJson(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(Dump(body), "application/json");
+}
+
+void SendError(httplib::Response& res, const absl::Status& status) {
+  SendJson(res, HttpStatusFor(status.code()), OpenAIError(status));
+}
+
+int64_t UnixNow() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// ---- the connection's socket, to see a client leave while its request waits ----
+
+// cpp-httplib hands handlers no socket; the connection is found by its two ports (and the
+// peer's address) among the process's sockets. TLS connections name theirs.
+int ConnectionFd(const httplib::Request& req) {
+  if (req.ssl != nullptr) return SSL_get_fd(req.ssl);
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return -1;
+  int found = -1;
+  while (dirent* entry = readdir(dir)) {
+    int fd = 0;
+    if (!absl::SimpleAtoi(entry->d_name, &fd)) continue;
+    sockaddr_storage local{};
+    socklen_t len = sizeof(local);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0) continue;
+    if (local.ss_family != AF_INET && local.ss_family != AF_INET6) continue;
+    char host[NI_MAXHOST];
+    char port[NI_MAXSERV];
+    if (getnameinfo(reinterpret_cast<sockaddr*>(&local), len, nullptr, 0, port, sizeof(port),
+                    NI_NUMERICSERV) != 0 ||
+        std::atoi(port) != req.local_port) {
+      continue;
+    }
+    sockaddr_storage peer{};
+    len = sizeof(peer);
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) continue;
+    if (getnameinfo(reinterpret_cast<sockaddr*>(&peer), len, host, sizeof(host), port, sizeof(port),
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+      continue;
+    }
+    if (std::atoi(port) == req.remote_port && req.remote_addr == host) {
+      found = fd;
+      break;
+    }
+  }
+  closedir(dir);
+  return found;
+}
+
+constexpr int kFdUnknown = -2;  // not looked up yet: only a request that waits needs it
+
+// The peer closed the connection (or it broke). Data the client pipelined is not a close.
+bool ClientGone(int fd) {
+  if (fd < 0) return false;
+  pollfd p{.fd = fd, .events = POLLRDHUP, .revents = 0};
+  return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+// ---- engine outputs of every choice of one HTTP request, in arrival order ----
+
+struct Event {
+  int choice = 0;
+  engine::RequestOutput output;
+};
+
+class Fanout {
+ public:
+  // Engine thread.
+  using Orphan = std::function<void(const engine::FinalInfo&)>;
+
+  // Engine thread.
+  void Push(int choice, engine::RequestOutput&& output) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (orphan_) {
+        if (output.final) orphan_(*output.final);
+        return;
+      }
+      events_.push_back({choice, std::move(output)});
+    }
+    cv_.notify_one();
+  }
+  // The handler is done with the outputs: finals still to come (and queued ones) go to
+  // `orphan` (the request log and metrics count every engine request once).
+  void Close(Orphan orphan) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const Event& e : events_) {
+      if (e.output.final) orphan(*e.output.final);
+    }
+    events_.clear();
+    orphan_ = std::move(orphan);
+  }
+  std::vector<Event> Wait(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, timeout, [this] { return !events_.empty(); });
+    std::vector<Event> out(std::make_move_iterator(events_.begin()),
+                           std::make_move_iterator(events_.end()));
+    events_.clear();
+    return out;
+  }
+  void AddStream(std::shared_ptr<engine::RequestStream> stream) {
+    std::lock_guard<std::mutex> lock(mu_);
+    streams_.push_back(std::move(stream));
+  }
+  void CancelAll() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& s : streams_) s->Cancel();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Event> events_;
+  std::vector<std::shared_ptr<engine::RequestStream>> streams_;
+  Orphan orphan_;
+};
+
+// One call counted in flight (the drain waits for it) for as long as this lives.
+class InFlight {
+ public:
+  explicit InFlight(SpanServeService* service) : service_(service) { service_->CallStarted(); }
+  ~InFlight() { service_->CallFinished(); }
+  InFlight(const InFlight&) = delete;
+  InFlight& operator=(const InFlight&) = delete;
+
+ private:
+  SpanServeService* const service_;
+};
+
+// ---- one request's choices and their JSON ----
+
+struct LogprobEntry {
+  int32_t token = 0;
+  std::optional<float> logprob;  // unset: the prompt's first token (no context)
+  std::vector<engine::TokenLogprob> top;
+};
+
+struct Choice {
+  int index = 0;
+  int prompt_index = 0;
+  std::vector<int32_t> prompt_ids;  // echo only
+  std::string prompt_text;          // echo only
+  std::string text;                 // non-streaming: all of it
+  std::vector<LogprobEntry> logprobs;
+  int64_t text_offset = 0;  // bytes of text so far (logprobs' text_offset)
+  bool started = false;     // its first output was seen
+  std::optional<engine::FinalInfo> final;
+};
+
+class Exchange {
+ public:
+  Exchange(SpanServeService* service, ServedModel* model, OpenAIRequest request,
+           std::string client_request_id)
+      : service_(service),
+        model_(model),
+        request_(std::move(request)),
+        chat_(request_.endpoint == OpenAIEndpoint::kChatCompletions),
+        client_request_id_(std::move(client_request_id)),
+        public_id_(service->NewPublicRequestId()),
+        id_(absl::StrFormat("%s-%016x", chat_ ? "chatcmpl" : "cmpl", public_id_)),
+        created_(UnixNow()),
+        fanout_(std::make_shared<Fanout>()) {}
+
+  ~Exchange() {
+    fanout_->CancelAll();
+    fanout_->Close([service = service_, model = model_, rpc = Rpc(), public_id = public_id_,
+                    client_id = client_request_id_](const engine::FinalInfo& final) {
+      LogRequestFinished(*service, *model, rpc, final, public_id, client_id,
+                         absl::CancelledError("the client went away"));
+    });
+  }
+
+  // Builds every choice's engine request and submits them; on an error nothing stays in
+  // the engine.
+  absl::Status Submit() {
+    const int n = request_.n;
+    std::vector<engine::Request> built;
+    for (size_t p = 0; p < request_.prompts.size(); ++p) {
+      const v1::GenerateRequest& proto = request_.prompts[p];
+      ASSIGN_OR_RETURN(engine::Request base,
+                       ToEngineRequest(proto, *model_, /*min_max_tokens=*/request_.echo ? 0 : 1));
+      if (request_.echo && request_.logprobs) base.sampling.prompt_logprobs = *request_.logprobs;
+      for (int j = 0; j < n; ++j) {
+        Choice& c = choices_.emplace_back();
+        c.index = static_cast<int>(p) * n + j;
+        c.prompt_index = static_cast<int>(p);
+        if (request_.echo) {
+          c.prompt_ids = base.prompt;
+          c.prompt_text =
+              proto.prompt().has_text() ? proto.prompt().text() : DecodeIds(base.prompt);
+        }
+        engine::Request r = j + 1 < n ? base : std::move(base);
+        // n samples of one prompt with one seed would be n copies.
+        if (j > 0 && r.sampling.seed) r.sampling.seed = *r.sampling.seed + j;
+        built.push_back(std::move(r));
+      }
+    }
+    for (size_t i = 0; i < built.size(); ++i) {
+      built[i].on_output = [fanout = fanout_, i](engine::RequestOutput&& out) {
+        fanout->Push(static_cast<int>(i), std::move(out));
+      };
+      absl::StatusOr<engine::RequestHandle> handle = model_->engine().Submit(std::move(built[i]));
+      if (!handle.ok()) {
+        fanout_->CancelAll();
+        return handle.status();
+      }
+      fanout_->AddStream(handle->stream);
+      ++submitted_;
+    }
+    return absl::OkStatus();
+  }
+
+  int remaining() const { return submitted_ - finished_; }
+  const absl::Status& error() const { return error_; }
+  Fanout& fanout() { return *fanout_; }
+
+  // Folds engine outputs into the choices; with `stream`, returns them as SSE events.
+  std::string Apply(std::vector<Event>& events, bool stream) {
+    std::string sse;
+    for (Event& e : events) {
+      Choice& c = choices_[e.choice];
+      json delta_logprobs;
+      std::string delta_text;
+      const bool first = !c.started;
+      c.started = true;
+      if (first && request_.echo) {
+        delta_text = c.prompt_text;
+        if (request_.logprobs && !c.prompt_ids.empty()) {
+          std::vector<LogprobEntry> entries;
+          entries.push_back({c.prompt_ids[0], std::nullopt, {}});
+          for (const engine::PositionLogprobs& lp : e.output.prompt_logprobs) {
+            entries.push_back({lp.token, lp.logprob, lp.top});
+          }
+          AddLogprobs(c, entries, stream ? &delta_logprobs : nullptr, /*prompt=*/true);
+        }
+      }
+      delta_text += e.output.text;
+      if (request_.logprobs) {
+        std::vector<LogprobEntry> entries;
+        for (const engine::PositionLogprobs& lp : e.output.logprobs) {
+          entries.push_back({lp.token, lp.logprob, lp.top});
+        }
+        AddLogprobs(c, entries, stream ? &delta_logprobs : nullptr, /*prompt=*/false);
+      }
+      if (!stream) c.text += delta_text;
+      std::optional<std::string> finish;
+      if (e.output.final) {
+        Finish(c, *e.output.final);
+        if (error_.ok()) finish = FinishReason(*c.final);
+      }
+      if (stream && error_.ok()) {
+        if (first && chat_)
+          sse += SseEvent(ChunkChoice(c, json{{"role", "assistant"}, {"content", ""}},
+                                      json(nullptr), std::nullopt));
+        if (!delta_text.empty() || !delta_logprobs.is_null() || finish) {
+          json delta = chat_ ? (delta_text.empty() ? json::object() : json{{"content", delta_text}})
+                             : json(delta_text);
+          sse += SseEvent(ChunkChoice(c, std::move(delta), std::move(delta_logprobs), finish));
+        }
+      }
+    }
+    return sse;
+  }
+
+  // The last events of a stream: an error, or usage when asked for; then [DONE].
+  std::string StreamEnd() const {
+    std::string sse;
+    if (!error_.ok()) {
+      sse += absl::StrCat("data: ", Dump(OpenAIError(error_)), "\n\n");
+    } else if (request_.include_usage) {
+      json chunk = ChunkHeader();
+      chunk["choices"] = json::array();
+      chunk["usage"] = Usage();
+      sse += absl::StrCat("data: ", Dump(chunk), "\n\n");
+    }
+    sse += "data: [DONE]\n\n";
+    return sse;
+  }
+
+  json Response() const {
+    json choices = json::array();
+    for (const Choice& c : choices_) {
+      json choice = {{"index", c.index},
+                     {"finish_reason", FinishReason(*c.final)},
+                     {"stop_reason", StopReason(*c.final)}};
+      if (chat_) {
+        choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+        choice["logprobs"] =
+            request_.logprobs ? json{{"content", ChatLogprobs(c.logprobs)}} : json(nullptr);
+      } else {
+        choice["text"] = c.text;
+        json lp = nullptr;
+        if (request_.logprobs) {
+          lp = CompletionLogprobsInit();
+          int64_t offset = 0;
+          AppendCompletionLogprobs(c.logprobs, &offset, &lp);
+        }
+        choice["logprobs"] = std::move(lp);
+      }
+      choices.push_back(std::move(choice));
+    }
+    return {{"id", id_},
+            {"object", chat_ ? "chat.completion" : "text_completion"},
+            {"created", created_},
+            {"model", model_->name()},
+            {"choices", std::move(choices)},
+            {"usage", Usage()}};
+  }
+
+ private:
+  std::string DecodeIds(const std::vector<int32_t>& ids) const {
+    const tokenizer::Tokenizer* tok = model_->tokenizer();
+    return tok == nullptr ? std::string() : tok->Decode(ids, /*skip_special_tokens=*/false);
+  }
+  std::string TokenText(int32_t id) const {
+    const tokenizer::Tokenizer* tok = model_->tokenizer();
+    if (tok == nullptr) return absl::StrCat("token_id:", id);
+    return tok->Decode(std::span<const int32_t>(&id, 1), /*skip_special_tokens=*/false);
+  }
+
+  void Finish(Choice& c, const engine::FinalInfo& final) {
+    c.final = final;
+    ++finished_;
+    absl::Status status = FinishStatus(final);
+    if (!status.ok() && final.reason == engine::FinishReason::kCancelled && service_->draining()) {
+      status = absl::UnavailableError(
+          "the server shut down before the request finished; retry on another replica");
+    }
+    if (!status.ok() && error_.ok()) {
+      error_ = status;
+      fanout_->CancelAll();  // the others would be answered in vain
+    }
+    LogRequestFinished(*service_, *model_, Rpc(), final, public_id_, client_request_id_, status);
+  }
+
+  const char* Rpc() const { return chat_ ? "OpenAI.ChatCompletions" : "OpenAI.Completions"; }
+
+  static std::string FinishReason(const engine::FinalInfo& final) {
+    return final.reason == engine::FinishReason::kLength ? "length" : "stop";
+  }
+  static json StopReason(const engine::FinalInfo& final) {
+    if (final.stop_string) return *final.stop_string;
+    if (final.stop_token) return *final.stop_token;
+    return nullptr;
+  }
+
+  json Usage() const {
+    int64_t prompt = 0;
+    int64_t completion = 0;
+    int last_prompt = -1;
+    for (const Choice& c : choices_) {
+      if (!c.final) continue;
+      if (c.prompt_index != last_prompt) prompt += c.final->prompt_tokens;  // once a prompt
+      last_prompt = c.prompt_index;
+      completion += c.final->generated_tokens;
+    }
+    return {{"prompt_tokens", prompt},
+            {"completion_tokens", completion},
+            {"total_tokens", prompt + completion}};
+  }
+
+  static json CompletionLogprobsInit() {
+    return {{"tokens", json::array()},
+            {"token_logprobs", json::array()},
+            {"top_logprobs", json::array()},
+            {"text_offset", json::array()}};
+  }
+  void AppendCompletionLogprobs(const std::vector<LogprobEntry>& entries, int64_t* offset,
+                                json* out) const {
+    for (const LogprobEntry& e : entries) {
+      const std::string text = TokenText(e.token);
+      (*out)["tokens"].push_back(text);
+      (*out)["token_logprobs"].push_back(e.logprob ? json(*e.logprob) : json(nullptr));
+      if (!e.logprob) {
+        (*out)["top_logprobs"].push_back(nullptr);
+      } else {
+        // The alternatives, then the token itself unless one of them has its text.
+        json top = json::object();
+        for (const engine::TokenLogprob& t : e.top) {
+          const std::string key = TokenText(t.token);
+          if (!top.contains(key)) top[key] = t.logprob;
+        }
+        if (!top.contains(text)) top[text] = *e.logprob;
+        (*out)["top_logprobs"].push_back(std::move(top));
+      }
+      (*out)["text_offset"].push_back(*offset);
+      *offset += static_cast<int64_t>(text.size());
+    }
+  }
+  json ChatLogprobs(const std::vector<LogprobEntry>& entries) const {
+    json content = json::array();
+    auto bytes = [](const std::string& s) {
+      json b = json::array();
+      for (unsigned char ch : s) b.push_back(static_cast<int>(ch));
+      return b;
+    };
+    for (const LogprobEntry& e : entries) {
+      const std::string text = TokenText(e.token);
+      json top = json::array();
+      for (const engine::TokenLogprob& t : e.top) {
+        const std::string alt = TokenText(t.token);
+        top.push_back({{"token", alt}, {"logprob", t.logprob}, {"bytes", bytes(alt)}});
+      }
+      content.push_back({{"token", text},
+                         {"logprob", e.logprob.value_or(0.0f)},
+                         {"bytes", bytes(text)},
+                         {"top_logprobs", std::move(top)}});
+    }
+    return content;
+  }
+
+  // Non-streaming: kept on the choice. Streaming: written into *delta as well.
+  void AddLogprobs(Choice& c, const std::vector<LogprobEntry>& entries, json* delta, bool prompt) {
+    if (delta == nullptr) {
+      c.logprobs.insert(c.logprobs.end(), entries.begin(), entries.end());
+      return;
+    }
+    (void)prompt;
+    if (chat_) {
+      json content = ChatLogprobs(entries);
+      if (delta->is_null()) *delta = {{"content", json::array()}};
+      for (json& e : content) (*delta)["content"].push_back(std::move(e));
+    } else {
+      if (delta->is_null()) *delta = CompletionLogprobsInit();
+      AppendCompletionLogprobs(entries, &c.text_offset, delta);
+    }
+  }
+
+  json ChunkHeader() const {
+    return {{"id", id_},
+            {"object", chat_ ? "chat.completion.chunk" : "text_completion"},
+            {"created", created_},
+            {"model", model_->name()}};
+  }
+  json ChunkChoice(const Choice& c, json delta, json logprobs,
+                   const std::optional<std::string>& finish) const {
+    json choice = {{"index", c.index}};
+    choice[chat_ ? "delta" : "text"] = std::move(delta);
+    choice["logprobs"] = std::move(logprobs);
+    choice["finish_reason"] = finish ? json(*finish) : json(nullptr);
+    if (finish) choice["stop_reason"] = StopReason(*c.final);
+    json chunk = ChunkHeader();
+    chunk["choices"] = json::array({std::move(choice)});
+    return chunk;
+  }
+  static std::string SseEvent(const json& chunk) {
+    return absl::StrCat("data: ", Dump(chunk), "\n\n");
+  }
+
+  SpanServeService* const service_;
+  ServedModel* const model_;
+  const OpenAIRequest request_;
+  const bool chat_;
+  const std::string client_request_id_;
+  const uint64_t public_id_;
+  const std::string id_;
+  const int64_t created_;
+  // Shared with the engine's callbacks, which may outlive the exchange.
+  std::shared_ptr<Fanout> fanout_;
+  std::vector<Choice> choices_;
+  int submitted_ = 0;
+  int finished_ = 0;
+  absl::Status error_;
+};
+
+int64_t HeaderBytes(const httplib::Request& req) {
+  int64_t bytes = 0;
+  for (const auto& [key, value] : req.headers) bytes += key.size() + value.size() + 32;
+  return bytes;
+}
+
+absl::Status AdmitHttp(const SpanServeService& service, const httplib::Request& req) {
+  std::optional<std::string> authorization;
+  if (req.has_header("Authorization")) authorization = req.get_header_value("Authorization");
+  return service.Admit(authorization ? &*authorization : nullptr, HeaderBytes(req));
+}
+
+absl::StatusOr<json> ParseBody(const httplib::Request& req) {
+  if (JsonDepth(req.body, kMaxJsonDepth) > kMaxJsonDepth) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request body nests deeper than ", kMaxJsonDepth, " levels"));
+  }
+  json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) {
+    return absl::InvalidArgumentError("the request body is not valid JSON (UTF-8)");
+  }
+  if (!body.is_object())
+    return absl::InvalidArgumentError("the request body must be a JSON object");
+  return body;
+}
+
+// Shared by the streaming provider and its releaser: the exchange, the in-flight count.
+struct StreamState {
+  StreamState(SpanServeService* service, std::unique_ptr<Exchange> exchange,
+              const httplib::Request& req)
+      : in_flight(service), exchange(std::move(exchange)), req(req) {}
+  bool ClientLeft() {
+    if (fd == kFdUnknown) fd = ConnectionFd(req);
+    return ClientGone(fd);
+  }
+  InFlight in_flight;
+  std::unique_ptr<Exchange> exchange;
+  const httplib::Request& req;  // lives until the response is written
+  int fd = kFdUnknown;
+  bool ended = false;
+};
+
+void Completions(SpanServeService* service, OpenAIEndpoint endpoint, const httplib::Request& req,
+                 httplib::Response& res) {
+  if (absl::Status s = AdmitHttp(*service, req); !s.ok()) return SendError(res, s);
+  absl::StatusOr<json> body = ParseBody(req);
+  if (!body.ok()) return SendError(res, body.status());
+  absl::StatusOr<OpenAIRequest> request = ParseOpenAIRequest(*body, endpoint);
+  if (!request.ok()) return SendError(res, request.status());
+  absl::StatusOr<ServedModel*> model = service->ReadyModel(request->model);
+  if (!model.ok()) return SendError(res, model.status());
+  const bool stream = request->stream;
+  auto in_flight = std::make_unique<InFlight>(service);
+  auto exchange = std::make_unique<Exchange>(service, *model, *std::move(request),
+                                             req.get_header_value("X-Request-Id"));
+  if (absl::Status s = exchange->Submit(); !s.ok()) return SendError(res, s);
+  if (!stream) {
+    int fd = kFdUnknown;
+    while (exchange->remaining() > 0) {
+      std::vector<Event> events = exchange->fanout().Wait(kPollInterval);
+      if (events.empty()) {
+        if (fd == kFdUnknown) fd = ConnectionFd(req);
+        if (ClientGone(fd)) {
+          exchange->fanout().CancelAll();  // the engine frees their blocks at its next step
+          res.status = 499;
+          return;
+        }
+        continue;
+      }
+      exchange->Apply(events, /*stream=*/false);
+    }
+    if (!exchange->error().ok()) return SendError(res, exchange->error());
+    return SendJson(res, 200, exchange->Response());
+  }
+
+  auto state = std::make_shared<StreamState>(service, std::move(exchange), req);
+  in_flight.reset();  // the stream's state counts it from here
+  res.status = 200;
+  res.set_header("Cache-Control", "no-cache");
+  res.set_header("X-Accel-Buffering", "no");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [state](size_t, httplib::DataSink& sink) {
+        Exchange& x = *state->exchange;
+        if (state->ended) return false;
+        std::vector<Event> events = x.fanout().Wait(kPollInterval);
+        if (events.empty()) {
+          if (state->ClientLeft()) {
+            x.fanout().CancelAll();
+            return false;
+          }
+          return true;  // called again: waits again
+        }
+        std::string sse = x.Apply(events, /*stream=*/true);
+        if (x.remaining() == 0 || !x.error().ok()) {
+          sse += x.StreamEnd();
+          state->ended = true;
+        }
+        if (!sse.empty() && !sink.write(sse.data(), sse.size())) {
+          x.fanout().CancelAll();  // the client went away
+          return false;
+        }
+        if (state->ended) sink.done();
+        return true;
+      },
+      [state](bool) { state->exchange->fanout().CancelAll(); });
+}
+
+int32_t MaxModelLen(const ServedModel& model) { return model.engine().info().max_model_len; }
+
+}  // namespace
+
+HttpFront::HttpFront(SpanServeService* service, std::unique_ptr<httplib::Server> server)
+    : service_(service), server_(std::move(server)) {}
+
+HttpFront::~HttpFront() { Stop(); }
+
+void HttpFront::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  server_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(SpanServeService* service,
+                                                            const HttpFrontOptions& options) {
+  const size_t colon = options.address.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(options.address.substr(colon + 1), &port) ||
+      port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--http_address: '", options.address, "': expected HOST:PORT"));
+  }
+  std::string host = options.address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  std::unique_ptr<httplib::Server> server;
+  if (!options.tls_cert.empty() || !options.tls_key.empty()) {
+    auto tls =
+        std::make_unique<httplib::SSLServer>(options.tls_cert.c_str(), options.tls_key.c_str());
+    if (!tls->is_valid()) {
+      return absl::InvalidArgumentError(absl::StrCat("--http_address: cannot use --tls_cert ",
+                                                     options.tls_cert, " / --tls_key ",
+                                                     options.tls_key, " for HTTPS"));
+    }
+    server = std::move(tls);
+  } else {
+    server = std::make_unique<httplib::Server>();
+  }
+  const int threads = std::max(2, options.threads);
+  server->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  server->set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
+  server->set_read_timeout(options.read_timeout_s, 0);
+  server->set_write_timeout(options.read_timeout_s, 0);
+  server->set_keep_alive_timeout(options.keep_alive_timeout_s);
+  server->set_keep_alive_max_count(1000);
+  std::unique_ptr<HttpFront> front(new HttpFront(service, std::move(server)));
+  front->Routes();
+  if (port == 0) {
+    port = front->server_->bind_to_any_port(host);
+    if (port <= 0)
+      return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address));
+  } else if (!front->server_->bind_to_port(host, port)) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address));
+  }
+  front->port_ = port;
+  httplib::Server* s = front->server_.get();
+  front->thread_ = std::thread([s] { s->listen_after_bind(); });
+  return front;
+}
+
+void HttpFront::Routes() {
+  SpanServeService* service = service_;
+  httplib::Server& s = *server_;
+  s.Post("/v1/completions", [service](const httplib::Request& req, httplib::Response& res) {
+    Completions(service, OpenAIEndpoint::kCompletions, req, res);
+  });
+  s.Post("/v1/chat/completions", [service](const httplib::Request& req, httplib::Response& res) {
+    Completions(service, OpenAIEndpoint::kChatCompletions, req, res);
+  });
+  s.Get("/v1/models", [service](const httplib::Request& req, httplib::Response& res) {
+    if (absl::Status st = AdmitHttp(*service, req); !st.ok()) return SendError(res, st);
+    json data = json::array();
+    for (const auto& model : service->models()) {
+      if (model->state() != ModelState::kReady) continue;
+      const auto ready = std::chrono::duration_cast<std::chrono::seconds>(
+          (model->ready_time() - std::chrono::steady_clock::now()) +
+          std::chrono::system_clock::now().time_since_epoch());
+      data.push_back({{"id", model->name()},
+                      {"object", "model"},
+                      {"created", ready.count()},
+                      {"owned_by", "spanserve"},
+                      {"root", model->path()},
+                      {"max_model_len", MaxModelLen(*model)}});
+    }
+    SendJson(res, 200, {{"object", "list"}, {"data", std::move(data)}});
+  });
+  s.Get("/health", [service](const httplib::Request&, httplib::Response& res) {
+    const ServedModel& default_model = *service->models().front();
+    if (service->draining()) {
+      return SendError(res, absl::UnavailableError("the server is shutting down"));
+    }
+    if (absl::Status ready = default_model.CheckReady(); !ready.ok()) {
+      return SendError(res, absl::UnavailableError(ready.message()));
+    }
+    res.status = 200;
+    res.set_content("", "text/plain");
+  });
+  s.Post("/tokenize", [service](const httplib::Request& req, httplib::Response& res) {
+    if (absl::Status st = AdmitHttp(*service, req); !st.ok()) return SendError(res, st);
+    absl::StatusOr<json> body = ParseBody(req);
+    if (!body.ok()) return SendError(res, body.status());
+    v1::TokenizeRequest request;
+    const json& b = *body;
+    if (b.contains("model") && !b["model"].is_null()) {
+      if (!b["model"].is_string()) return SendError(res, ParamError("model", "must be a string"));
+      request.set_model(b["model"].get<std::string>());
+    }
+    if (b.contains("messages")) {
+      json chat_body = b;
+      chat_body.erase("prompt");
+      absl::StatusOr<OpenAIRequest> parsed =
+          ParseOpenAIRequest(chat_body, OpenAIEndpoint::kChatCompletions);
+      if (!parsed.ok()) return SendError(res, parsed.status());
+      *request.mutable_chat() = parsed->prompts.front().prompt().chat();
+    } else {
+      if (!b.contains("prompt") || !b["prompt"].is_string()) {
+        return SendError(res, ParamError("prompt", "must be a string (or send messages)"));
+      }
+      request.set_text(b["prompt"].get<std::string>());
+      if (b.contains("add_special_tokens")) {
+        if (!b["add_special_tokens"].is_boolean()) {
+          return SendError(res, ParamError("add_special_tokens", "must be true or false"));
+        }
+        request.set_add_special_tokens(b["add_special_tokens"].get<bool>());
+      }
+    }
+    absl::StatusOr<ServedModel*> model = service->ReadyModel(request.model());
+    if (!model.ok()) return SendError(res, model.status());
+    if (absl::Status st = service->CheckTokenize(request, **model); !st.ok()) {
+      return SendError(res, st);
+    }
+    v1::TokenizeResponse response;
+    if (absl::Status st = service->DoTokenize(request, **model, &response); !st.ok()) {
+      return SendError(res, st);
+    }
+    SendJson(res, 200,
+             {{"tokens", json(std::vector<int32_t>(response.token_ids().begin(),
+                                                   response.token_ids().end()))},
+              {"count", response.token_ids_size()},
+              {"max_model_len", MaxModelLen(**model)}});
+  });
+  s.Post("/detokenize", [service](const httplib::Request& req, httplib::Response& res) {
+    if (absl::Status st = AdmitHttp(*service, req); !st.ok()) return SendError(res, st);
+    absl::StatusOr<json> body = ParseBody(req);
+    if (!body.ok()) return SendError(res, body.status());
+    const json& b = *body;
+    v1::DetokenizeRequest request;
+    if (b.contains("model") && !b["model"].is_null()) {
+      if (!b["model"].is_string()) return SendError(res, ParamError("model", "must be a string"));
+      request.set_model(b["model"].get<std::string>());
+    }
+    if (!b.contains("tokens") || !b["tokens"].is_array()) {
+      return SendError(res, ParamError("tokens", "must be a list of token ids"));
+    }
+    for (const json& t : b["tokens"]) {
+      if (!t.is_number_integer() || t.get<int64_t>() < std::numeric_limits<int32_t>::min() ||
+          t.get<int64_t>() > std::numeric_limits<int32_t>::max()) {
+        return SendError(res, ParamError("tokens", "must be a list of token ids"));
+      }
+      request.add_token_ids(static_cast<int32_t>(t.get<int64_t>()));
+    }
+    absl::StatusOr<ServedModel*> model = service->ReadyModel(request.model());
+    if (!model.ok()) return SendError(res, model.status());
+    v1::DetokenizeResponse response;
+    if (absl::Status st = service->DoDetokenize(request, **model, &response); !st.ok()) {
+      return SendError(res, st);
+    }
+    SendJson(res, 200, {{"prompt", response.text()}});
+  });
+  // What cpp-httplib answers itself (no route, body too large, a malformed request) in
+  // OpenAI's error shape too.
+  s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    absl::Status status;
+    switch (res.status) {
+      case 404:
+        status = absl::NotFoundError(
+            absl::StrCat("no route ", EchoValue(req.method), " ", EchoValue(req.path)));
+        break;
+      case 413:
+        status =
+            absl::InvalidArgumentError("the request body is over the limit (--max_message_bytes)");
+        break;
+      default:
+        status =
+            absl::InvalidArgumentError(absl::StrCat("malformed request (HTTP ", res.status, ")"));
+    }
+    json body = OpenAIError(status);
+    body["error"]["code"] = res.status;
+    res.set_content(Dump(body), "application/json");
+  });
+  s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+    SendError(res, absl::InternalError("the request failed inside the server"));
+  });
+}
+
+}  // namespace spanserve::server

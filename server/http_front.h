@@ -1,0 +1,70 @@
+// The OpenAI-compatible HTTP front (--http_address), in the gRPC server's process and on the
+// same service: the same models and engines, the same admission (auth as
+// `Authorization: Bearer`, draining, header size), validation (bodies become the service's
+// own requests at the edge, server/openai_api.h, and take gRPC's path to the engine), the
+// same request log, metrics and drain accounting. On cpp-httplib (Debian's
+// libcpp-httplib-dev), with TLS from the same --tls_cert / --tls_key as gRPC.
+//
+//   POST /v1/completions        prompt(s) as text or token ids; stream (SSE), echo, logprobs
+//   POST /v1/chat/completions   messages through the model's chat template; stream (SSE)
+//   GET  /v1/models             the ready models
+//   POST /tokenize, /detokenize as vLLM's server
+//   GET  /health                200 once the default model serves, 503 before and while draining
+//
+// Errors answer {"error": {"message", "type", "param", "code"}} with the HTTP status of the
+// gRPC code (openai_api.h). A client that disconnects cancels its requests (the engine frees
+// their KV blocks at its next step). Each connection holds one of --http_threads threads
+// while it is open; bodies over --max_message_bytes answer 413.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "server/service.h"
+
+namespace httplib {
+class Server;
+}  // namespace httplib
+
+namespace spanserve::server {
+
+struct HttpFrontOptions {
+  std::string address;  // host:port; port 0 picks a free one
+  // Both set: HTTPS with this PEM certificate chain and key.
+  std::string tls_cert;
+  std::string tls_key;
+  int threads = 256;  // connections served at once
+  int64_t max_body_bytes = 16 << 20;
+  int read_timeout_s = 30;       // a client silent this long mid-request is dropped
+  int keep_alive_timeout_s = 5;  // an idle kept-alive connection is closed after this
+};
+
+class HttpFront {
+ public:
+  // Binds and starts serving on its own threads. The service must outlive the front.
+  static absl::StatusOr<std::unique_ptr<HttpFront>> Start(SpanServeService* service,
+                                                          const HttpFrontOptions& options);
+  ~HttpFront();  // Stop()
+  HttpFront(const HttpFront&) = delete;
+  HttpFront& operator=(const HttpFront&) = delete;
+
+  int port() const { return port_; }
+  // Stops accepting and waits for the connections' threads (requests in flight have been
+  // drained or cancelled by then: the service's drain runs first).
+  void Stop();
+
+ private:
+  HttpFront(SpanServeService* service, std::unique_ptr<httplib::Server> server);
+  void Routes();
+
+  SpanServeService* const service_;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread thread_;
+  int port_ = 0;
+  bool stopped_ = false;
+};
+
+}  // namespace spanserve::server

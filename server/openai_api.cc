@@ -1,0 +1,462 @@
+#include "server/openai_api.h"
+
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "common/status.h"
+#include "common/text.h"
+
+namespace spanserve::server {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr char kParamPayload[] = "spanserve.dev/openai-param";
+
+// Reads body[key] when present and not null.
+const json* Field(const json& body, absl::string_view key) {
+  auto it = body.find(std::string(key));
+  if (it == body.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+absl::StatusOr<std::optional<double>> Number(const json& body, absl::string_view key) {
+  const json* v = Field(body, key);
+  if (v == nullptr) return std::optional<double>();
+  if (!v->is_number()) return ParamError(key, "must be a number");
+  return std::optional<double>(v->get<double>());
+}
+
+absl::StatusOr<std::optional<int64_t>> Integer(const json& body, absl::string_view key) {
+  const json* v = Field(body, key);
+  if (v == nullptr) return std::optional<int64_t>();
+  if (v->is_number_unsigned()) {
+    if (v->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      return ParamError(key, "is too large");
+    }
+    return std::optional<int64_t>(static_cast<int64_t>(v->get<uint64_t>()));
+  }
+  if (v->is_number_integer()) return std::optional<int64_t>(v->get<int64_t>());
+  // 16.0 is an integer too (some clients send every number as a float).
+  if (v->is_number_float()) {
+    const double d = v->get<double>();
+    if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.0e15) {
+      return std::optional<int64_t>(static_cast<int64_t>(d));
+    }
+  }
+  return ParamError(key, "must be an integer");
+}
+
+// An integer that must fit int32 and lie in [lo, hi].
+absl::StatusOr<std::optional<int32_t>> Int32In(const json& body, absl::string_view key, int64_t lo,
+                                               int64_t hi) {
+  ASSIGN_OR_RETURN(std::optional<int64_t> v, Integer(body, key));
+  if (!v) return std::optional<int32_t>();
+  if (*v < lo || *v > hi) {
+    return ParamError(key, absl::StrCat("must be in [", lo, ", ", hi, "], got ", *v));
+  }
+  return std::optional<int32_t>(static_cast<int32_t>(*v));
+}
+
+absl::StatusOr<std::optional<bool>> Bool(const json& body, absl::string_view key) {
+  const json* v = Field(body, key);
+  if (v == nullptr) return std::optional<bool>();
+  if (!v->is_boolean()) return ParamError(key, "must be true or false");
+  return std::optional<bool>(v->get<bool>());
+}
+
+absl::StatusOr<std::string> String(const json& body, absl::string_view key) {
+  const json* v = Field(body, key);
+  if (v == nullptr) return std::string();
+  if (!v->is_string()) return ParamError(key, "must be a string");
+  return v->get<std::string>();
+}
+
+// A float sampling field: finite and representable as float (the engine checks ranges).
+absl::Status SetFloat(const json& body, absl::string_view key,
+                      void (v1::SamplingParams::*setter)(float), v1::SamplingParams* s) {
+  ASSIGN_OR_RETURN(std::optional<double> v, Number(body, key));
+  if (!v) return absl::OkStatus();
+  if (!std::isfinite(*v) || std::fabs(*v) > std::numeric_limits<float>::max()) {
+    return ParamError(key, "must be a finite number");
+  }
+  (s->*setter)(static_cast<float>(*v));
+  return absl::OkStatus();
+}
+
+// `stop`: a string or a list of strings; empty strings are dropped as OpenAI does.
+absl::Status SetStop(const json& body, v1::SamplingParams* s) {
+  const json* v = Field(body, "stop");
+  if (v == nullptr) return absl::OkStatus();
+  if (v->is_string()) {
+    if (!v->get<std::string>().empty()) s->add_stop(v->get<std::string>());
+    return absl::OkStatus();
+  }
+  if (!v->is_array()) return ParamError("stop", "must be a string or a list of strings");
+  for (const json& e : *v) {
+    if (!e.is_string()) return ParamError("stop", "must be a string or a list of strings");
+    if (!e.get<std::string>().empty()) s->add_stop(e.get<std::string>());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SetStopTokenIds(const json& body, v1::SamplingParams* s) {
+  const json* v = Field(body, "stop_token_ids");
+  if (v == nullptr) return absl::OkStatus();
+  if (!v->is_array()) return ParamError("stop_token_ids", "must be a list of token ids");
+  for (const json& e : *v) {
+    if (!e.is_number_integer() || e.get<int64_t>() < 0 ||
+        e.get<int64_t>() > std::numeric_limits<int32_t>::max()) {
+      return ParamError("stop_token_ids", "must be a list of token ids");
+    }
+    s->add_stop_token_ids(static_cast<int32_t>(e.get<int64_t>()));
+  }
+  return absl::OkStatus();
+}
+
+// What both endpoints share: the sampling fields, OpenAI's and vLLM's extra ones.
+absl::StatusOr<v1::SamplingParams> ParseSampling(const json& body, OpenAIEndpoint endpoint) {
+  v1::SamplingParams s;
+  RETURN_IF_ERROR(SetFloat(body, "temperature", &v1::SamplingParams::set_temperature, &s));
+  RETURN_IF_ERROR(SetFloat(body, "top_p", &v1::SamplingParams::set_top_p, &s));
+  RETURN_IF_ERROR(SetFloat(body, "min_p", &v1::SamplingParams::set_min_p, &s));
+  RETURN_IF_ERROR(
+      SetFloat(body, "repetition_penalty", &v1::SamplingParams::set_repetition_penalty, &s));
+  RETURN_IF_ERROR(
+      SetFloat(body, "presence_penalty", &v1::SamplingParams::set_presence_penalty, &s));
+  RETURN_IF_ERROR(
+      SetFloat(body, "frequency_penalty", &v1::SamplingParams::set_frequency_penalty, &s));
+  constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+  // top_k: -1 means off, as in vLLM.
+  ASSIGN_OR_RETURN(std::optional<int32_t> top_k, Int32In(body, "top_k", -1, kInt32Max));
+  if (top_k) s.set_top_k(*top_k < 0 ? 0 : *top_k);
+  ASSIGN_OR_RETURN(std::optional<int64_t> seed, Integer(body, "seed"));
+  if (seed) s.set_seed(static_cast<uint64_t>(*seed));
+  // Chat's newer name wins over max_tokens.
+  std::optional<int32_t> max_tokens;
+  if (endpoint == OpenAIEndpoint::kChatCompletions) {
+    ASSIGN_OR_RETURN(max_tokens, Int32In(body, "max_completion_tokens", 0, kInt32Max));
+  }
+  if (!max_tokens) {
+    ASSIGN_OR_RETURN(max_tokens, Int32In(body, "max_tokens", 0, kInt32Max));
+  }
+  if (max_tokens) s.set_max_tokens(*max_tokens);
+  ASSIGN_OR_RETURN(std::optional<int32_t> min_tokens, Int32In(body, "min_tokens", 0, kInt32Max));
+  if (min_tokens) s.set_min_tokens(*min_tokens);
+  ASSIGN_OR_RETURN(std::optional<bool> ignore_eos, Bool(body, "ignore_eos"));
+  if (ignore_eos) s.set_ignore_eos(*ignore_eos);
+  RETURN_IF_ERROR(SetStop(body, &s));
+  RETURN_IF_ERROR(SetStopTokenIds(body, &s));
+  return s;
+}
+
+absl::Status Unsupported(const json& body, absl::string_view key, absl::string_view why) {
+  const json* v = Field(body, key);
+  if (v == nullptr) return absl::OkStatus();
+  // Empty lists / objects / strings ask for nothing.
+  if ((v->is_array() || v->is_object() || v->is_string()) && v->empty()) return absl::OkStatus();
+  if (v->is_string() && v->get<std::string>().empty()) return absl::OkStatus();
+  return ParamError(key, why);
+}
+
+// One completions prompt: a string, or a list of token ids.
+absl::StatusOr<v1::Prompt> ToPrompt(const json& v, absl::string_view param) {
+  v1::Prompt prompt;
+  if (v.is_string()) {
+    prompt.set_text(v.get<std::string>());
+    return prompt;
+  }
+  if (v.is_array()) {
+    for (const json& e : v) {
+      if (!e.is_number_integer() || e.get<int64_t>() < 0 ||
+          e.get<int64_t>() > std::numeric_limits<int32_t>::max()) {
+        return ParamError(param, "a token-id prompt must be a list of non-negative integers");
+      }
+      prompt.mutable_token_ids()->add_ids(static_cast<int32_t>(e.get<int64_t>()));
+    }
+    return prompt;
+  }
+  return ParamError(param, "must be a string, a list of strings, or token ids");
+}
+
+absl::StatusOr<std::vector<v1::Prompt>> CompletionPrompts(const json& body) {
+  const json* v = Field(body, "prompt");
+  if (v == nullptr) return ParamError("prompt", "is required");
+  std::vector<v1::Prompt> prompts;
+  if (v->is_string()) {
+    ASSIGN_OR_RETURN(prompts.emplace_back(), ToPrompt(*v, "prompt"));
+    return prompts;
+  }
+  if (!v->is_array())
+    return ParamError("prompt", "must be a string, a list of strings, or token ids");
+  if (v->empty()) return ParamError("prompt", "must not be empty");
+  // A list of integers is one prompt; a list of strings or of lists is a batch.
+  if (v->front().is_number()) {
+    ASSIGN_OR_RETURN(prompts.emplace_back(), ToPrompt(*v, "prompt"));
+    return prompts;
+  }
+  if (v->size() > static_cast<size_t>(kMaxOpenAIChoices)) {
+    return ParamError("prompt", absl::StrCat("at most ", kMaxOpenAIChoices, " prompts a request"));
+  }
+  for (const json& e : *v) {
+    if (!e.is_string() && !e.is_array()) {
+      return ParamError("prompt", "must be a string, a list of strings, or token ids");
+    }
+    ASSIGN_OR_RETURN(prompts.emplace_back(), ToPrompt(e, "prompt"));
+  }
+  return prompts;
+}
+
+// Chat content: a string, or a list of parts of which only {"type": "text"} is served.
+absl::StatusOr<std::string> MessageContent(const json& message, size_t index) {
+  const std::string param = absl::StrCat("messages[", index, "].content");
+  const json* content = Field(message, "content");
+  if (content == nullptr) return std::string();
+  if (content->is_string()) return content->get<std::string>();
+  if (!content->is_array()) return ParamError(param, "must be a string or a list of parts");
+  std::string text;
+  for (const json& part : *content) {
+    if (!part.is_object()) return ParamError(param, "each part must be an object");
+    ASSIGN_OR_RETURN(std::string type, String(part, "type"));
+    if (type != "text") {
+      return ParamError(
+          param, absl::StrCat("part type '", EchoValue(type), "' is not served (only \"text\")"));
+    }
+    ASSIGN_OR_RETURN(std::string part_text, String(part, "text"));
+    text += part_text;
+  }
+  return text;
+}
+
+absl::StatusOr<v1::Prompt> ChatPrompt(const json& body) {
+  const json* messages = Field(body, "messages");
+  if (messages == nullptr) return ParamError("messages", "is required");
+  if (!messages->is_array() || messages->empty()) {
+    return ParamError("messages", "must be a non-empty list of messages");
+  }
+  v1::Prompt prompt;
+  v1::Chat* chat = prompt.mutable_chat();
+  for (size_t i = 0; i < messages->size(); ++i) {
+    const json& m = (*messages)[i];
+    if (!m.is_object()) return ParamError(absl::StrCat("messages[", i, "]"), "must be an object");
+    const json* role = Field(m, "role");
+    if (role == nullptr || !role->is_string()) {
+      return ParamError(absl::StrCat("messages[", i, "].role"), "must be a string");
+    }
+    ASSIGN_OR_RETURN(std::string content, MessageContent(m, i));
+    v1::ChatMessage* out = chat->add_messages();
+    // OpenAI's newer name for the system role.
+    out->set_role(role->get<std::string>() == "developer" ? "system" : role->get<std::string>());
+    out->set_content(std::move(content));
+  }
+  ASSIGN_OR_RETURN(std::optional<bool> add_generation_prompt, Bool(body, "add_generation_prompt"));
+  chat->set_add_generation_prompt(add_generation_prompt.value_or(true));
+  return prompt;
+}
+
+std::string_view ErrorType(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kUnauthenticated:
+      return "authentication_error";
+    case absl::StatusCode::kPermissionDenied:
+      return "permission_error";
+    case absl::StatusCode::kNotFound:
+      return "not_found_error";
+    case absl::StatusCode::kResourceExhausted:
+      return "rate_limit_error";
+    case absl::StatusCode::kUnavailable:
+      return "service_unavailable_error";
+    case absl::StatusCode::kDeadlineExceeded:
+      return "timeout_error";
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kUnknown:
+    case absl::StatusCode::kDataLoss:
+      return "server_error";
+    default:
+      return "invalid_request_error";
+  }
+}
+
+}  // namespace
+
+absl::Status ParamError(absl::string_view param, absl::string_view message) {
+  absl::Status status = absl::InvalidArgumentError(absl::StrCat(param, ": ", message));
+  status.SetPayload(kParamPayload, absl::Cord(param));
+  return status;
+}
+
+std::string OpenAIParam(const absl::Status& status) {
+  if (auto p = status.GetPayload(kParamPayload); p.has_value()) return std::string(*p);
+  if (status.code() != absl::StatusCode::kInvalidArgument &&
+      status.code() != absl::StatusCode::kNotFound) {
+    return "";
+  }
+  absl::string_view m = status.message();
+  // A chat prompt is the request's messages.
+  if (absl::StartsWith(m, "prompt.chat")) return "messages";
+  if (absl::ConsumePrefix(&m, "sampling.")) {
+    size_t end = 0;
+    while (end < m.size() && (absl::ascii_isalnum(m[end]) || m[end] == '_')) ++end;
+    return std::string(m.substr(0, end));
+  }
+  for (absl::string_view field : {"prompt", "messages", "model"}) {
+    if (absl::StartsWith(m, field)) return std::string(field);
+  }
+  return "";
+}
+
+int HttpStatusFor(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kOk:
+      return 200;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange:
+      return 400;
+    case absl::StatusCode::kUnauthenticated:
+      return 401;
+    case absl::StatusCode::kPermissionDenied:
+      return 403;
+    case absl::StatusCode::kNotFound:
+      return 404;
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kAlreadyExists:
+      return 409;
+    case absl::StatusCode::kResourceExhausted:
+      return 429;
+    case absl::StatusCode::kCancelled:
+      return 499;
+    case absl::StatusCode::kUnimplemented:
+      return 501;
+    case absl::StatusCode::kUnavailable:
+      return 503;
+    case absl::StatusCode::kDeadlineExceeded:
+      return 504;
+    default:
+      return 500;
+  }
+}
+
+json OpenAIError(const absl::Status& status) {
+  const std::string param = OpenAIParam(status);
+  json error = {
+      {"message", std::string(status.message())},
+      {"type", std::string(ErrorType(status.code()))},
+      {"param", param.empty() ? json(nullptr) : json(param)},
+      {"code", status.code() == absl::StatusCode::kNotFound ? json("model_not_found")
+                                                            : json(HttpStatusFor(status.code()))},
+  };
+  return json{{"error", std::move(error)}};
+}
+
+int JsonDepth(absl::string_view text, int limit) {
+  int depth = 0;
+  int deepest = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > deepest) deepest = depth;
+      if (deepest > limit) return deepest;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoint endpoint) {
+  if (!body.is_object()) {
+    return absl::InvalidArgumentError("the request body must be a JSON object");
+  }
+  const bool chat = endpoint == OpenAIEndpoint::kChatCompletions;
+  OpenAIRequest request;
+  request.endpoint = endpoint;
+  ASSIGN_OR_RETURN(request.model, String(body, "model"));
+  RETURN_IF_ERROR(Unsupported(body, "logit_bias", "is not supported"));
+  RETURN_IF_ERROR(Unsupported(body, "suffix", "is not supported"));
+  RETURN_IF_ERROR(Unsupported(body, "tools", "tool calling is not supported"));
+  RETURN_IF_ERROR(Unsupported(body, "functions", "function calling is not supported"));
+  if (const json* format = Field(body, "response_format"); format != nullptr) {
+    if (!format->is_object() || format->value("type", std::string()) != "text") {
+      return ParamError("response_format", "only {\"type\": \"text\"} is supported");
+    }
+  }
+  ASSIGN_OR_RETURN(std::optional<int32_t> n, Int32In(body, "n", 1, kMaxOpenAIChoices));
+  request.n = n.value_or(1);
+  ASSIGN_OR_RETURN(std::optional<int32_t> best_of, Int32In(body, "best_of", 1, kMaxOpenAIChoices));
+  if (best_of && *best_of != request.n) {
+    return ParamError("best_of", "is not supported (other than best_of = n)");
+  }
+  ASSIGN_OR_RETURN(std::optional<bool> stream, Bool(body, "stream"));
+  request.stream = stream.value_or(false);
+  if (const json* options = Field(body, "stream_options"); options != nullptr) {
+    if (!options->is_object()) return ParamError("stream_options", "must be an object");
+    if (!request.stream) return ParamError("stream_options", "is only allowed with stream: true");
+    ASSIGN_OR_RETURN(std::optional<bool> usage, Bool(*options, "include_usage"));
+    request.include_usage = usage.value_or(false);
+  }
+  if (chat) {
+    ASSIGN_OR_RETURN(std::optional<bool> logprobs, Bool(body, "logprobs"));
+    ASSIGN_OR_RETURN(std::optional<int32_t> top, Int32In(body, "top_logprobs", 0, 20));
+    if (top && !logprobs.value_or(false)) {
+      return ParamError("top_logprobs", "requires logprobs: true");
+    }
+    if (logprobs.value_or(false)) request.logprobs = top.value_or(0);
+  } else {
+    // Completions' logprobs is a count (OpenAI allows 5; as vLLM, up to 20).
+    ASSIGN_OR_RETURN(request.logprobs, Int32In(body, "logprobs", 0, 20));
+    ASSIGN_OR_RETURN(std::optional<bool> echo, Bool(body, "echo"));
+    request.echo = echo.value_or(false);
+  }
+  ASSIGN_OR_RETURN(v1::SamplingParams sampling, ParseSampling(body, endpoint));
+  if (!sampling.has_max_tokens()) {
+    // OpenAI's defaults: 16 for completions; chat runs to the end of the turn or the
+    // context (ToEngineRequest's length check leaves room for one token; the engine stops
+    // a request whose context is full with finish_reason "length").
+    sampling.set_max_tokens(chat ? std::numeric_limits<int32_t>::max() : 16);
+  }
+  if (sampling.max_tokens() == 0 && !request.echo) {
+    return ParamError("max_tokens", "must be >= 1 (0 only with echo, to score the prompt)");
+  }
+  if (request.logprobs) sampling.set_logprobs(*request.logprobs);
+  ASSIGN_OR_RETURN(std::optional<int32_t> priority,
+                   Int32In(body, "priority", std::numeric_limits<int32_t>::min(),
+                           std::numeric_limits<int32_t>::max()));
+  std::vector<v1::Prompt> prompts;
+  if (chat) {
+    ASSIGN_OR_RETURN(prompts.emplace_back(), ChatPrompt(body));
+  } else {
+    ASSIGN_OR_RETURN(prompts, CompletionPrompts(body));
+  }
+  ASSIGN_OR_RETURN(std::optional<bool> add_special, Bool(body, "add_special_tokens"));
+  if (static_cast<int64_t>(prompts.size()) * request.n > kMaxOpenAIChoices) {
+    return ParamError("n", absl::StrCat("prompts x n is ", prompts.size() * request.n, "; at most ",
+                                        kMaxOpenAIChoices, " a request"));
+  }
+  for (v1::Prompt& prompt : prompts) {
+    v1::GenerateRequest& g = request.prompts.emplace_back();
+    g.set_model(request.model);
+    if (add_special && !prompt.has_chat()) prompt.set_add_special_tokens(*add_special);
+    *g.mutable_prompt() = std::move(prompt);
+    *g.mutable_sampling() = sampling;
+    g.set_priority(priority.value_or(0));
+  }
+  return request;
+}
+
+}  // namespace spanserve::server

@@ -1,0 +1,74 @@
+// OpenAI-compatible request bodies (POST /v1/completions, /v1/chat/completions) turned into
+// the service's own requests at the edge, as server/convert does for proto: each prompt
+// becomes a v1::GenerateRequest, which then takes the one path to the engine that gRPC's
+// Generate takes (ToEngineRequest). Nothing here touches the engine or the network.
+//
+// Fields follow OpenAI's API with vLLM's extensions (extra body fields top_k, min_p,
+// repetition_penalty, min_tokens, ignore_eos, stop_token_ids, priority,
+// add_special_tokens, add_generation_prompt); docs/API.md maps every field. Unknown fields
+// are ignored, as OpenAI's and vLLM's servers do; a known field of the wrong type, or a
+// feature that is not served (tools, logit_bias, suffix, best_of > n), is INVALID_ARGUMENT
+// naming it (OpenAIParam below).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "nlohmann/json.hpp"
+#include "spanserve/v1/spanserve.pb.h"
+
+namespace spanserve::server {
+
+// The most prompts × n one request may ask for (each is one engine request).
+inline constexpr int32_t kMaxOpenAIChoices = 256;
+// Bodies nested deeper than this are refused before they are parsed.
+inline constexpr int kMaxJsonDepth = 64;
+
+enum class OpenAIEndpoint { kCompletions, kChatCompletions };
+
+struct OpenAIRequest {
+  OpenAIEndpoint endpoint = OpenAIEndpoint::kCompletions;
+  std::string model;  // empty: the default model
+  // One per prompt (completions may carry several; chat has one), with model, prompt,
+  // sampling and priority set. max_tokens is set: completions default to 16 as OpenAI's;
+  // chat to the whole context (generation then stops at EOS, end of turn or a full context).
+  std::vector<v1::GenerateRequest> prompts;
+  int32_t n = 1;  // choices per prompt
+  // Completions: the prompt's text (and, with logprobs, its tokens' logprobs) come first in
+  // each choice; max_tokens may then be 0.
+  bool echo = false;
+  // Completions `logprobs` (alternatives per position, 0..20); chat `top_logprobs` when
+  // `logprobs` is true. Unset: none.
+  std::optional<int32_t> logprobs;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+  // Chat: the generation prompt (vLLM's add_generation_prompt, default true).
+};
+
+// INVALID_ARGUMENT naming the field; the body must be a JSON object.
+absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const nlohmann::json& body,
+                                                 OpenAIEndpoint endpoint);
+
+// The deepest nesting of arrays and objects in `text` (JSON strings skipped), counted up to
+// `limit` + 1: a cheap check before parsing untrusted bodies.
+int JsonDepth(absl::string_view text, int limit);
+
+// An INVALID_ARGUMENT error about `param`, which OpenAIParam reads back.
+absl::Status ParamError(absl::string_view param, absl::string_view message);
+// The request field an error is about: the one ParamError recorded, else the field the
+// message starts with ("sampling.top_p must ..." → "top_p", "prompt.text: ..." → "prompt");
+// empty when none.
+std::string OpenAIParam(const absl::Status& status);
+
+// The HTTP status for a status code: INVALID_ARGUMENT 400, UNAUTHENTICATED 401, NOT_FOUND
+// 404, RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, DEADLINE_EXCEEDED 504, ...
+int HttpStatusFor(absl::StatusCode code);
+// {"error": {"message", "type", "param", "code"}} as OpenAI answers errors.
+nlohmann::json OpenAIError(const absl::Status& status);
+
+}  // namespace spanserve::server

@@ -1,0 +1,578 @@
+// The OpenAI-compatible HTTP front (server/http_front.h) through a real HTTP client
+// (cpp-httplib's) against the real binary: the same answers as gRPC, SSE streaming, prompt
+// logprobs equal to Score, OpenAI-shaped errors with the right statuses, clients that
+// disconnect or misbehave, drain and TLS.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "http_client.h"
+#include "nlohmann/json.hpp"
+#include "server_process.h"
+#include "spanserve/v1/spanserve.grpc.pb.h"
+
+namespace spanserve::testing {
+namespace {
+
+namespace v1 = spanserve::v1;
+using json = nlohmann::json;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+// A server with the HTTP front on a free port.
+struct HttpServer {
+  explicit HttpServer(std::vector<std::string> args = {}, bool wait_serving = true)
+      : http_port(FreePort()), server(WithHttp(std::move(args), http_port), wait_serving) {}
+  static std::vector<std::string> WithHttp(std::vector<std::string> args, int port) {
+    args.push_back("--http_address=127.0.0.1:" + std::to_string(port));
+    return args;
+  }
+  httplib::Client Client() const {
+    httplib::Client c("127.0.0.1", http_port);
+    c.set_read_timeout(120, 0);
+    return c;
+  }
+  std::unique_ptr<v1::SpanServe::Stub> Stub() const {
+    return v1::SpanServe::NewStub(server.Channel());
+  }
+  int http_port;
+  ServerProcess server;
+};
+
+struct Answer {
+  int status = 0;
+  json body;
+  std::string raw;
+};
+
+Answer Post(httplib::Client& client, const std::string& path, const json& body,
+            const httplib::Headers& headers = {}) {
+  Answer a;
+  auto res = client.Post(path, headers, body.dump(), "application/json");
+  if (!res) return a;
+  a.status = res->status;
+  a.raw = res->body;
+  a.body = json::parse(res->body, nullptr, false);
+  return a;
+}
+
+Answer PostRaw(httplib::Client& client, const std::string& path, const std::string& body) {
+  Answer a;
+  auto res = client.Post(path, body, "application/json");
+  if (!res) return a;
+  a.status = res->status;
+  a.raw = res->body;
+  a.body = json::parse(res->body, nullptr, false);
+  return a;
+}
+
+// The events of an SSE body ("data: ..." lines), [DONE] included as the string.
+std::vector<std::string> SseData(const std::string& body) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while ((pos = body.find("data: ", pos)) != std::string::npos) {
+    const size_t end = body.find("\n\n", pos);
+    out.push_back(body.substr(pos + 6, end - pos - 6));
+    pos = end;
+  }
+  return out;
+}
+
+std::string GrpcGreedyText(v1::SpanServe::Stub& stub, const std::string& prompt, int max_tokens) {
+  v1::GenerateRequest r;
+  r.mutable_prompt()->set_text(prompt);
+  r.mutable_sampling()->set_temperature(0);
+  r.mutable_sampling()->set_max_tokens(max_tokens);
+  grpc::ClientContext context;
+  auto reader = stub.Generate(&context, r);
+  std::string text;
+  v1::GenerateChunk chunk;
+  while (reader->Read(&chunk)) text += chunk.text();
+  EXPECT_TRUE(reader->Finish().ok());
+  return text;
+}
+
+v1::ModelInfo Info(v1::SpanServe::Stub& stub) {
+  grpc::ClientContext context;
+  v1::ModelInfo info;
+  EXPECT_TRUE(stub.GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok());
+  return info;
+}
+
+bool WaitIdle(v1::SpanServe::Stub& stub, seconds timeout = seconds(10)) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < end) {
+    const v1::ModelInfo info = Info(stub);
+    if (info.num_requests_running() == 0 && info.num_requests_waiting() == 0 &&
+        info.kv_blocks_used() == 0) {
+      return true;
+    }
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  return false;
+}
+
+// A raw TCP connection to the HTTP port, for clients no library would be.
+int Connect(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+void SendAll(int fd, const std::string& data) {
+  size_t sent = 0;
+  while (sent < data.size()) {
+    const ssize_t n = send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) return;
+    sent += static_cast<size_t>(n);
+  }
+}
+
+std::string HttpRequestText(int port, const std::string& body) {
+  return "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port) +
+         "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+         "\r\n\r\n" + body;
+}
+
+TEST(HttpTest, CompletionsAnswerAsGrpcGenerateDoes) {
+  HttpServer s;
+  auto client = s.Client();
+  auto stub = s.Stub();
+  const Answer a = Post(client, "/v1/completions",
+                        {{"prompt", "And God said"}, {"max_tokens", 12}, {"temperature", 0}});
+  ASSERT_EQ(a.status, 200) << a.raw;
+  EXPECT_EQ(a.body["object"], "text_completion");
+  EXPECT_EQ(a.body["model"], "spanserve-span-12l");
+  ASSERT_EQ(a.body["choices"].size(), 1u);
+  EXPECT_EQ(a.body["choices"][0]["text"], GrpcGreedyText(*stub, "And God said", 12));
+  EXPECT_EQ(a.body["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(a.body["usage"]["completion_tokens"], 12);
+  EXPECT_EQ(a.body["usage"]["total_tokens"].get<int>(),
+            a.body["usage"]["prompt_tokens"].get<int>() + 12);
+
+  // A batch of prompts (text and token ids) with n choices each: index = prompt * n + j.
+  const Answer b = Post(client, "/v1/completions",
+                        {{"prompt", json::array({"And God said", "In the beginning"})},
+                         {"n", 2},
+                         {"max_tokens", 4},
+                         {"temperature", 0.8},
+                         {"seed", 7}});
+  ASSERT_EQ(b.status, 200) << b.raw;
+  ASSERT_EQ(b.body["choices"].size(), 4u);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(b.body["choices"][i]["index"], i);
+  const Answer again = Post(client, "/v1/completions",
+                            {{"prompt", json::array({"And God said", "In the beginning"})},
+                             {"n", 2},
+                             {"max_tokens", 4},
+                             {"temperature", 0.8},
+                             {"seed", 7}});
+  EXPECT_EQ(again.body["choices"], b.body["choices"]);  // seeded: reproducible
+
+  const Answer ids =
+      Post(client, "/v1/completions",
+           {{"prompt", json::array({10, 20, 30})}, {"max_tokens", 2}, {"temperature", 0}});
+  ASSERT_EQ(ids.status, 200) << ids.raw;
+  EXPECT_EQ(ids.body["usage"]["prompt_tokens"], 3);
+
+  // Stop strings end the text before the match; stop_reason says which.
+  const std::string full = a.body["choices"][0]["text"];
+  const std::string stop = full.substr(full.size() / 2, 3);
+  const Answer stopped =
+      Post(client, "/v1/completions",
+           {{"prompt", "And God said"}, {"max_tokens", 12}, {"temperature", 0}, {"stop", stop}});
+  ASSERT_EQ(stopped.status, 200);
+  EXPECT_EQ(stopped.body["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(stopped.body["choices"][0]["stop_reason"], stop);
+  EXPECT_EQ(stopped.body["choices"][0]["text"], full.substr(0, full.find(stop)));
+}
+
+TEST(HttpTest, StreamingIsServerSentEventsEndingInDoneWithUsage) {
+  HttpServer s;
+  auto client = s.Client();
+  const json request = {{"prompt", "And God said"},
+                        {"max_tokens", 10},
+                        {"temperature", 0},
+                        {"stream", true},
+                        {"stream_options", {{"include_usage", true}}}};
+  auto res = client.Post("/v1/completions", request.dump(), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_NE(res->get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
+  const std::vector<std::string> events = SseData(res->body);
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::string text;
+  std::string finish;
+  for (size_t i = 0; i + 2 < events.size(); ++i) {
+    const json e = json::parse(events[i]);
+    ASSERT_EQ(e["object"], "text_completion");
+    text += e["choices"][0]["text"].get<std::string>();
+    if (!e["choices"][0]["finish_reason"].is_null()) finish = e["choices"][0]["finish_reason"];
+  }
+  EXPECT_EQ(finish, "length");
+  const json usage = json::parse(events[events.size() - 2]);
+  EXPECT_TRUE(usage["choices"].empty());
+  EXPECT_EQ(usage["usage"]["completion_tokens"], 10);
+  json plain = request;
+  plain.erase("stream");
+  plain.erase("stream_options");
+  EXPECT_EQ(Post(client, "/v1/completions", plain).body["choices"][0]["text"], text);
+}
+
+// lm-evaluation-harness's local-completions loglikelihood: echo + logprobs over
+// context + continuation; the continuation's logprobs must be what Score gives.
+TEST(HttpTest, EchoLogprobsEqualScore) {
+  HttpServer s;
+  auto client = s.Client();
+  auto stub = s.Stub();
+  auto ids_of = [&](const std::string& text) {
+    v1::TokenizeRequest r;
+    r.set_text(text);
+    v1::TokenizeResponse out;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(stub->Tokenize(&ctx, r, &out).ok());
+    return std::vector<int32_t>(out.token_ids().begin(), out.token_ids().end());
+  };
+  const std::vector<int32_t> context = ids_of("In the beginning God created");
+  const std::vector<int32_t> continuation = ids_of(" the heaven and the earth");
+  ASSERT_FALSE(context.empty());
+  ASSERT_FALSE(continuation.empty());
+  v1::ScoreRequest score;
+  for (int32_t id : context) score.mutable_context()->mutable_token_ids()->add_ids(id);
+  auto* cont = score.add_continuations()->mutable_token_ids();
+  for (int32_t id : continuation) cont->add_ids(id);
+  v1::ScoreResponse scored;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->Score(&ctx, score, &scored).ok());
+  }
+  json prompt = json::array();
+  for (int32_t id : context) prompt.push_back(id);
+  for (int32_t id : continuation) prompt.push_back(id);
+  for (int max_tokens : {0, 1}) {
+    const Answer a = Post(client, "/v1/completions",
+                          {{"prompt", prompt},
+                           {"max_tokens", max_tokens},
+                           {"echo", true},
+                           {"logprobs", 1},
+                           {"temperature", 0}});
+    ASSERT_EQ(a.status, 200) << a.raw;
+    const json& lp = a.body["choices"][0]["logprobs"];
+    ASSERT_EQ(lp["token_logprobs"].size(), prompt.size() + max_tokens);
+    EXPECT_TRUE(lp["token_logprobs"][0].is_null());
+    EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+    double sum = 0;
+    bool greedy = true;
+    for (size_t i = context.size(); i < prompt.size(); ++i) {
+      const double v = lp["token_logprobs"][i];
+      sum += v;
+      EXPECT_FLOAT_EQ(v, scored.scores(0).token_logprobs(i - context.size()));
+      double best = -1e30;
+      for (const auto& [k, alt] : lp["top_logprobs"][i].items())
+        best = std::max(best, alt.get<double>());
+      greedy = greedy && v == best;
+    }
+    EXPECT_NEAR(sum, scored.scores(0).logprob(), 1e-5);
+    EXPECT_EQ(greedy, scored.scores(0).is_greedy());
+    EXPECT_EQ(a.body["usage"]["completion_tokens"], max_tokens);
+  }
+  // max_tokens 0 is for scoring only.
+  EXPECT_EQ(Post(client, "/v1/completions", {{"prompt", "x"}, {"max_tokens", 0}}).status, 400);
+}
+
+TEST(HttpTest, ErrorsHaveOpenAIsShapeAndTheRightStatus) {
+  HttpServer s({"--auth_token=sesame", "--max_message_bytes=65536"});
+  auto client = s.Client();
+  const httplib::Headers auth = {{"Authorization", "Bearer sesame"}};
+  auto expect_error = [](const Answer& a, int status, const std::string& param) {
+    EXPECT_EQ(a.status, status) << a.raw;
+    ASSERT_TRUE(a.body.is_object()) << a.raw;
+    ASSERT_TRUE(a.body.contains("error")) << a.raw;
+    const json& e = a.body["error"];
+    EXPECT_TRUE(e["message"].is_string());
+    EXPECT_TRUE(e["type"].is_string());
+    EXPECT_TRUE(e.contains("code"));
+    if (param.empty()) {
+      EXPECT_TRUE(e["param"].is_null()) << a.raw;
+    } else {
+      EXPECT_EQ(e["param"], param) << a.raw;
+    }
+  };
+  const json good = {{"prompt", "And God said"}, {"max_tokens", 2}};
+  expect_error(Post(client, "/v1/completions", good), 401, "");
+  expect_error(Post(client, "/v1/completions", good, {{"Authorization", "Bearer nope"}}), 401, "");
+  ASSERT_EQ(Post(client, "/v1/completions", good, auth).status, 200);
+  json bad = good;
+  bad["temperature"] = -1;
+  expect_error(Post(client, "/v1/completions", bad, auth), 400, "temperature");
+  bad = good;
+  bad["max_tokens"] = "many";
+  expect_error(Post(client, "/v1/completions", bad, auth), 400, "max_tokens");
+  bad = good;
+  bad["stop"] = json::array({1, 2});
+  expect_error(Post(client, "/v1/completions", bad, auth), 400, "stop");
+  bad = good;
+  bad["prompt"] = json::array({json::array({1, 2}), 3});
+  expect_error(Post(client, "/v1/completions", bad, auth), 400, "prompt");
+  bad = good;
+  bad["prompt"] = json::array({999999999});
+  expect_error(Post(client, "/v1/completions", bad, auth), 400, "prompt");
+  bad = good;
+  bad.erase("prompt");
+  expect_error(Post(client, "/v1/completions", bad, auth), 400, "prompt");
+  bad = good;
+  bad["model"] = "gpt-4";
+  const Answer not_found = Post(client, "/v1/completions", bad, auth);
+  expect_error(not_found, 404, "model");
+  EXPECT_EQ(not_found.body["error"]["code"], "model_not_found");
+  // Chat on a model without a chat template names the model.
+  const Answer chat = Post(client, "/v1/chat/completions",
+                           {{"messages", {{{"role", "user"}, {"content", "hi"}}}}}, auth);
+  expect_error(chat, 400, "messages");
+  EXPECT_NE(chat.raw.find("spanserve-span-12l"), std::string::npos);
+  // Bodies: not JSON, too deep, too large.
+  httplib::Client raw_client = s.Client();
+  raw_client.set_default_headers(auth);
+  expect_error(PostRaw(raw_client, "/v1/completions", "{\"prompt\": "), 400, "");
+  expect_error(
+      PostRaw(raw_client, "/v1/completions", std::string(5000, '[') + std::string(5000, ']')), 400,
+      "");
+  expect_error(PostRaw(raw_client, "/v1/completions", std::string(100000, ' ')), 413, "");
+  expect_error(Post(client, "/v1/nothing", good, auth), 404, "");
+  // Still serving.
+  EXPECT_EQ(Post(client, "/v1/completions", good, auth).status, 200);
+}
+
+TEST(HttpTest, AFullQueueAnswers429) {
+  HttpServer s({"--max_num_seqs=1", "--max_waiting_requests=1"});
+  constexpr int kCalls = 6;
+  std::vector<Answer> answers(kCalls);
+  std::vector<double> seconds_taken(kCalls);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kCalls; ++i) {
+    threads.emplace_back([&, i] {
+      auto c = s.Client();
+      const auto start = std::chrono::steady_clock::now();
+      answers[i] = Post(c, "/v1/completions",
+                        {{"prompt", "And God said"}, {"max_tokens", 200}, {"ignore_eos", true}});
+      seconds_taken[i] =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    });
+  }
+  for (auto& t : threads) t.join();
+  int ok = 0;
+  int refused = 0;
+  for (int i = 0; i < kCalls; ++i) {
+    if (answers[i].status == 200) ++ok;
+    if (answers[i].status == 429) {
+      ++refused;
+      EXPECT_EQ(answers[i].body["error"]["type"], "rate_limit_error");
+      EXPECT_LT(seconds_taken[i], 1.0);  // refused at once, not after waiting
+    }
+  }
+  EXPECT_EQ(ok + refused, kCalls);
+  EXPECT_GE(ok, 1);
+  EXPECT_GE(refused, 1);
+}
+
+TEST(HttpTest, AClientThatDisconnectsCancelsItsRequestAndFreesItsBlocks) {
+  HttpServer s;
+  auto stub = s.Stub();
+  for (bool stream : {true, false}) {
+    const int fd = Connect(s.http_port);
+    ASSERT_GE(fd, 0);
+    const json body = {{"prompt", "And God said"},
+                       {"max_tokens", 100000},
+                       {"ignore_eos", true},
+                       {"stream", stream}};
+    SendAll(fd, HttpRequestText(s.http_port, body.dump()));
+    // Running, then the client goes.
+    bool running = false;
+    for (int i = 0; i < 500 && !running; ++i) {
+      running = Info(*stub).num_requests_running() == 1;
+      if (!running) std::this_thread::sleep_for(milliseconds(10));
+    }
+    ASSERT_TRUE(running) << "stream=" << stream;
+    close(fd);
+    EXPECT_TRUE(WaitIdle(*stub)) << "stream=" << stream;
+  }
+  // And it still answers.
+  auto c = s.Client();
+  EXPECT_EQ(Post(c, "/v1/completions", {{"prompt", "And God said"}, {"max_tokens", 2}}).status,
+            200);
+}
+
+TEST(HttpTest, MisbehavingClientsHarmNoOtherRequest) {
+  HttpServer s({"--max_message_bytes=1048576"});
+  // A bystander streams the whole time.
+  std::string bystander_body;
+  int bystander_status = 0;
+  std::thread bystander([&] {
+    auto c = s.Client();
+    auto res = c.Post("/v1/completions",
+                      json({{"prompt", "And God said"},
+                            {"max_tokens", 200},
+                            {"ignore_eos", true},
+                            {"temperature", 0},
+                            {"stream", true}})
+                          .dump(),
+                      "application/json");
+    if (res) {
+      bystander_status = res->status;
+      bystander_body = res->body;
+    }
+  });
+  // Slow-loris clients: half a request, then silence.
+  std::vector<int> loris;
+  for (int i = 0; i < 8; ++i) {
+    const int fd = Connect(s.http_port);
+    SendAll(fd, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"pro");
+    loris.push_back(fd);
+  }
+  // Garbage, a lying Content-Length, a huge body, wrong types, a connection cut mid-body.
+  for (const std::string& junk :
+       {std::string("GARBAGE\r\n\r\n"),
+        std::string("POST /v1/completions HTTP/1.1\r\nContent-Length: -5\r\n\r\n"),
+        HttpRequestText(s.http_port, std::string(2 << 20, 'x')),
+        HttpRequestText(s.http_port, "{\"prompt\": {\"a\": 1}}"),
+        std::string("POST /v1/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"pr")}) {
+    const int fd = Connect(s.http_port);
+    SendAll(fd, junk);
+    shutdown(fd, SHUT_WR);
+    char buf[4096];
+    while (recv(fd, buf, sizeof(buf), 0) > 0) {
+    }
+    close(fd);
+  }
+  // Others are served meanwhile, promptly.
+  auto c = s.Client();
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(Post(c, "/v1/completions", {{"prompt", "In the beginning"}, {"max_tokens", 2}}).status,
+            200);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, seconds(10));
+  auto health = c.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  bystander.join();
+  for (int fd : loris) close(fd);
+  EXPECT_EQ(bystander_status, 200);
+  const std::vector<std::string> events = SseData(bystander_body);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back(), "[DONE]");
+  int tokens_events = 0;
+  for (const std::string& e : events) {
+    if (e != "[DONE]" && json::parse(e)["choices"][0]["finish_reason"] == "length") ++tokens_events;
+  }
+  EXPECT_EQ(tokens_events, 1);
+}
+
+TEST(HttpTest, ModelsTokenizeDetokenizeAndHealth) {
+  HttpServer s({"--model=spanserve-span-12l=" + DefaultModelDir() + ",moe=" + DefaultModelDir() +
+                "/../spanserve-span-moe-12l"});
+  auto c = s.Client();
+  auto models = c.Get("/v1/models");
+  ASSERT_TRUE(models);
+  const json m = json::parse(models->body);
+  EXPECT_EQ(m["object"], "list");
+  // The second model may still be loading; the default one is listed.
+  ASSERT_GE(m["data"].size(), 1u);
+  EXPECT_EQ(m["data"][0]["id"], "spanserve-span-12l");
+  const Answer tok = Post(c, "/tokenize", {{"prompt", "And God said"}});
+  ASSERT_EQ(tok.status, 200) << tok.raw;
+  EXPECT_EQ(tok.body["count"], tok.body["tokens"].size());
+  const Answer detok = Post(c, "/detokenize", {{"tokens", tok.body["tokens"]}});
+  ASSERT_EQ(detok.status, 200) << detok.raw;
+  EXPECT_EQ(detok.body["prompt"], "And God said");
+  EXPECT_EQ(Post(c, "/detokenize", {{"tokens", json::array({-1})}}).status, 400);
+  auto health = c.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+}
+
+TEST(HttpTest, DrainFinishesWhatRunsAndRefusesWhatComes) {
+  HttpServer s({"--drain_grace_s=30"});
+  auto stub = s.Stub();
+  int status = 0;
+  json body;
+  std::thread running([&] {
+    auto c = s.Client();
+    const Answer a = Post(c, "/v1/completions",
+                          {{"prompt", "And God said"}, {"max_tokens", 300}, {"ignore_eos", true}});
+    status = a.status;
+    body = a.body;
+  });
+  for (int i = 0; i < 500 && Info(*stub).num_requests_running() == 0; ++i) {
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  s.server.Signal(SIGTERM);
+  // New requests are refused (503) until the front closes.
+  bool refused = false;
+  for (int i = 0; i < 200 && !refused; ++i) {
+    auto c = s.Client();
+    const Answer a = Post(c, "/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}});
+    refused = a.status == 503;
+    if (a.status == 0) break;  // already closed
+    std::this_thread::sleep_for(milliseconds(5));
+  }
+  EXPECT_TRUE(refused);
+  running.join();
+  EXPECT_EQ(status, 200);
+  EXPECT_EQ(body["usage"]["completion_tokens"], 300);
+  EXPECT_EQ(s.server.Wait(seconds(60)), std::optional<int>(0));
+}
+
+TEST(HttpTest, HttpsWithTheServersCertificate) {
+  const std::string dir = MakeTempDir("https");
+  const std::string cmd =
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " +
+      dir + "/key.pem -out " + dir + "/cert.pem 2>/dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  HttpServer s({"--tls_cert=" + dir + "/cert.pem", "--tls_key=" + dir + "/key.pem"},
+               /*wait_serving=*/false);
+  httplib::SSLClient c("127.0.0.1", s.http_port);
+  c.set_ca_cert_path((dir + "/cert.pem").c_str());
+  c.enable_server_certificate_verification(true);
+  c.set_read_timeout(60, 0);
+  std::shared_ptr<httplib::Response> res;
+  const auto end = std::chrono::steady_clock::now() + seconds(60);
+  do {
+    auto r = c.Post("/v1/completions", json({{"prompt", "And God said"}, {"max_tokens", 3}}).dump(),
+                    "application/json");
+    if (r) res = std::make_shared<httplib::Response>(r.value());
+    if (res && res->status == 200) break;
+    std::this_thread::sleep_for(milliseconds(100));
+  } while (std::chrono::steady_clock::now() < end);
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200) << res->body;
+  // Plain HTTP is not answered.
+  httplib::Client plain("127.0.0.1", s.http_port);
+  plain.set_read_timeout(5, 0);
+  auto r = plain.Get("/health");
+  EXPECT_TRUE(!r || r->status != 200);
+}
+
+}  // namespace
+}  // namespace spanserve::testing

