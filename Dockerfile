@@ -59,10 +59,10 @@ RUN apt-get update -qq \
 COPY --from=build /opt/spanserve /opt/spanserve
 USER 10001:10001
 ENV PATH=/opt/spanserve/bin:$PATH
-EXPOSE 50051 9464
+EXPOSE 50051 8000 9464
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s \
   CMD ["spanserve-client", "health", "--address", "127.0.0.1:50051"]
-ENTRYPOINT ["spanserve-server", "--listen=0.0.0.0:50051", "--metrics_address=0.0.0.0:9464"]
+ENTRYPOINT ["spanserve-server", "--listen=0.0.0.0:50051", "--http_address=0.0.0.0:8000", "--metrics_address=0.0.0.0:9464"]
 CMD ["--model=/opt/spanserve/models/spanserve-span-12l"]
 
 # ---- cuda: a CUDA devel image to build, its runtime image to run -------------------------
@@ -96,10 +96,10 @@ RUN apt-get update -qq \
 COPY --from=build-cuda /opt/spanserve /opt/spanserve
 USER 10001:10001
 ENV PATH=/opt/spanserve/bin:$PATH
-EXPOSE 50051 9464
+EXPOSE 50051 8000 9464
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s \
   CMD ["spanserve-client", "health", "--address", "127.0.0.1:50051"]
-ENTRYPOINT ["spanserve-server", "--listen=0.0.0.0:50051", "--metrics_address=0.0.0.0:9464"]
+ENTRYPOINT ["spanserve-server", "--listen=0.0.0.0:50051", "--http_address=0.0.0.0:8000", "--metrics_address=0.0.0.0:9464"]
 CMD ["--model=/opt/spanserve/models/spanserve-span-12l"]
 
 # ---- CUDA bases from debian:12 (Debian's own CUDA 11.8 toolkit, non-free) ----------------
