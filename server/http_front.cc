@@ -60,10 +60,10 @@ int64_t UnixNow() {
 
 // ---- the connection's socket, to see a client leave while its request waits ----
 
-// cpp-httplib hands handlers no socket; the connection is found by its two ports (and the
-// peer's address) among the process's sockets. TLS connections name theirs.
-int ConnectionFd(const httplib::Request& req) {
-  if (req.ssl != nullptr) return SSL_get_fd(req.ssl);
+// The first of this process's TCP sockets whose local port is `local_port` and for which
+// pred(fd) holds; -1 when none.
+template <typename Pred>
+int FindSocket(int local_port, Pred pred) {
   DIR* dir = opendir("/proc/self/fd");
   if (dir == nullptr) return -1;
   int found = -1;
@@ -74,27 +74,32 @@ int ConnectionFd(const httplib::Request& req) {
     socklen_t len = sizeof(local);
     if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0) continue;
     if (local.ss_family != AF_INET && local.ss_family != AF_INET6) continue;
-    char host[NI_MAXHOST];
     char port[NI_MAXSERV];
     if (getnameinfo(reinterpret_cast<sockaddr*>(&local), len, nullptr, 0, port, sizeof(port),
-                    NI_NUMERICSERV) != 0 ||
-        std::atoi(port) != req.local_port) {
-      continue;
-    }
-    sockaddr_storage peer{};
-    len = sizeof(peer);
-    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) continue;
-    if (getnameinfo(reinterpret_cast<sockaddr*>(&peer), len, host, sizeof(host), port, sizeof(port),
-                    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
-      continue;
-    }
-    if (std::atoi(port) == req.remote_port && req.remote_addr == host) {
+                    NI_NUMERICSERV) == 0 &&
+        std::atoi(port) == local_port && pred(fd)) {
       found = fd;
       break;
     }
   }
   closedir(dir);
   return found;
+}
+
+// cpp-httplib hands handlers no socket; the connection is found by its two ports (and the
+// peer's address) among the process's sockets. TLS connections name theirs.
+int ConnectionFd(const httplib::Request& req) {
+  if (req.ssl != nullptr) return SSL_get_fd(req.ssl);
+  return FindSocket(req.local_port, [&req](int fd) {
+    sockaddr_storage peer{};
+    socklen_t len = sizeof(peer);
+    char host[NI_MAXHOST];
+    char port[NI_MAXSERV];
+    return getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) == 0 &&
+           getnameinfo(reinterpret_cast<sockaddr*>(&peer), len, host, sizeof(host), port,
+                       sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) == 0 &&
+           std::atoi(port) == req.remote_port && req.remote_addr == host;
+  });
 }
 
 constexpr int kFdUnknown = -2;  // not looked up yet: only a request that waits needs it
@@ -623,6 +628,20 @@ void Completions(SpanServeService* service, OpenAIEndpoint endpoint, const httpl
 
 int32_t MaxModelLen(const ServedModel& model) { return model.engine().info().max_model_len; }
 
+// Debian's cpp-httplib (a compiled library: its CPPHTTPLIB_LISTEN_BACKLOG is fixed at 5)
+// listens with a backlog of 5: a burst of new connections (64 clients at once) overflows
+// it, the kernel drops SYNs and clients retry a second later. Listening again on the bound
+// socket widens the queue (Linux allows it); the socket is the one of this process that
+// listens on `port`.
+void WidenListenBacklog(int port) {
+  const int fd = FindSocket(port, [](int fd) {
+    int listening = 0;
+    socklen_t len = sizeof(listening);
+    return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening;
+  });
+  if (fd >= 0) listen(fd, SOMAXCONN);
+}
+
 }  // namespace
 
 HttpFront::HttpFront(SpanServeService* service, std::unique_ptr<httplib::Server> server)
@@ -670,6 +689,9 @@ absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(SpanServeService* se
   server->set_write_timeout(options.read_timeout_s, 0);
   server->set_keep_alive_timeout(options.keep_alive_timeout_s);
   server->set_keep_alive_max_count(1000);
+  // Each SSE event is a small write: with Nagle's algorithm on, a kept-alive connection
+  // (an SDK's pooled one) waits for the client's delayed ACK before each event.
+  server->set_tcp_nodelay(true);
   std::unique_ptr<HttpFront> front(new HttpFront(service, std::move(server)));
   front->Routes();
   if (port == 0) {
@@ -680,6 +702,7 @@ absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(SpanServeService* se
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address));
   }
   front->port_ = port;
+  WidenListenBacklog(port);
   httplib::Server* s = front->server_.get();
   front->thread_ = std::thread([s] { s->listen_after_bind(); });
   return front;

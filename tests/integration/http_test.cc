@@ -10,6 +10,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -239,6 +240,89 @@ TEST(HttpTest, StreamingIsServerSentEventsEndingInDoneWithUsage) {
   plain.erase("stream");
   plain.erase("stream_options");
   EXPECT_EQ(Post(client, "/v1/completions", plain).body["choices"][0]["text"], text);
+}
+
+// A pooled, kept-alive connection (what the SDKs hold) streams as fast as gRPC: SSE events
+// are small writes, and with Nagle's algorithm on the server a response waits for the
+// client's delayed ACK (40 ms) of what went before.
+TEST(HttpTest, AKeptAliveConnectionStreamsWithoutAckStalls) {
+  HttpServer s;
+  auto stub = s.Stub();
+  constexpr int kTokens = 32;
+  // The fastest of several: noise only slows a run, the stall is in every one.
+  auto best = [](const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); };
+  std::vector<double> grpc_s;
+  for (int i = 0; i < 5; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    v1::GenerateRequest r;
+    r.mutable_prompt()->set_text("And God said");
+    r.mutable_sampling()->set_temperature(0);
+    r.mutable_sampling()->set_max_tokens(kTokens);
+    r.mutable_sampling()->set_ignore_eos(true);
+    grpc::ClientContext context;
+    auto reader = stub->Generate(&context, r);
+    v1::GenerateChunk chunk;
+    while (reader->Read(&chunk)) {
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+    grpc_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  auto client = s.Client();
+  client.set_keep_alive(true);
+  client.set_tcp_nodelay(true);
+  const json request = {{"prompt", "And God said"},
+                        {"max_tokens", kTokens},
+                        {"temperature", 0},
+                        {"ignore_eos", true},
+                        {"stream", true}};
+  std::vector<double> http_s;
+  for (int i = 0; i < 6; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto res =
+        client.Post("/v1/completions", httplib::Headers{}, request.dump(), "application/json");
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 200);
+    EXPECT_GE(SseData(res->body).size(), kTokens / 2u);
+    // The first request opens the connection; the others reuse it.
+    if (i > 0) {
+      http_s.push_back(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  }
+  EXPECT_LT(best(http_s), best(grpc_s) + 0.03)
+      << "kept-alive HTTP " << best(http_s) << " s, gRPC " << best(grpc_s) << " s";
+}
+
+// A burst of new connections (64 clients starting at once) is accepted at once: a short
+// listen queue drops SYNs that the clients resend only a second later.
+TEST(HttpTest, ABurstOfNewConnectionsIsAcceptedAtOnce) {
+  HttpServer s;
+  constexpr int kClients = 128;
+  std::atomic<bool> go{false};
+  std::vector<double> connect_s(kClients, -1);
+  std::vector<int> fds(kClients, -1);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      while (!go.load()) std::this_thread::yield();
+      const auto t0 = std::chrono::steady_clock::now();
+      fds[i] = Connect(s.http_port);
+      connect_s[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    });
+  }
+  go = true;
+  for (auto& t : threads) t.join();
+  double slowest = 0;
+  for (int i = 0; i < kClients; ++i) {
+    EXPECT_GE(fds[i], 0);
+    slowest = std::max(slowest, connect_s[i]);
+    if (fds[i] >= 0) close(fds[i]);
+  }
+  EXPECT_LT(slowest, 0.9) << "a SYN was dropped and resent";
+  auto client = s.Client();
+  auto res = client.Get("/health");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
 }
 
 // lm-evaluation-harness's local-completions loglikelihood: echo + logprobs over

@@ -99,9 +99,13 @@ Sample RunOne(v1::SpanServe::Stub& stub) {
 // One streamed /v1/completions call; each SSE event with text is a token arrival (the
 // server sends one event per engine output), and usage gives the token count.
 Sample RunOneHttp(const std::string& address) {
+  // One kept-alive connection per client thread, as an SDK's connection pool keeps.
   const size_t colon = address.rfind(':');
-  httplib::Client client(address.substr(0, colon), std::stoi(address.substr(colon + 1)));
+  thread_local httplib::Client client(address.substr(0, colon),
+                                      std::stoi(address.substr(colon + 1)));
   client.set_read_timeout(600, 0);
+  client.set_keep_alive(true);
+  client.set_tcp_nodelay(true);  // as the SDKs' clients behave: no Nagle wait on the body
   nlohmann::json body = {{"max_tokens", absl::GetFlag(FLAGS_max_tokens)},
                          {"temperature", 0},
                          {"ignore_eos", true},
