@@ -30,7 +30,7 @@ enum class Device : uint8_t { kCpu, kCuda };
 std::string_view DeviceName(Device device);  // "cpu", "cuda"
 
 struct BackendOptions {
-  // CPU: compute threads (0: OMP_NUM_THREADS, else every core).
+  // CPU: compute threads, at most the CPUs the process may use (0: all of those).
   int num_threads = 0;
 };
 

@@ -49,7 +49,7 @@ std::string ServingLine(const ServedModel& model, double load_seconds) {
       std::string(model::F32OrBf16Name(info.compute_dtype)), ", chat: ",
       model.chat_template().ok() ? chat::FamilyName(model.chat_template()->family())
                                  : model.chat_template().status().message(),
-      ") after ", load_seconds, " s");
+      ", on ", info.backend, ") after ", load_seconds, " s");
 }
 
 }  // namespace

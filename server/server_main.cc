@@ -57,7 +57,9 @@ ABSL_FLAG(std::string, model, "models/spanserve-span-12l",
           "directory (config.json, model.safetensors, tokenizer.json) or a .gguf file; NAME "
           "defaults to the directory / file name. The first is the default model");
 ABSL_FLAG(std::string, device, "cpu", "compute device (only 'cpu' in this build)");
-ABSL_FLAG(int, threads, 0, "model compute threads (0: all cores)");
+ABSL_FLAG(int, threads, 0,
+          "model compute threads, the calling thread included; at most the CPUs this process "
+          "may use (affinity, cgroup CPU limit); 0: all of those");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "gRPC bind address host:port (port 0 picks a free one; see --port_file)");
 ABSL_FLAG(std::string, metrics_address, "",
@@ -286,15 +288,6 @@ int Run(const sigset_t& signals) {
   if (device != "cpu") {
     Log(absl::StrCat("--device=", device, ": only 'cpu' is supported by this build"));
     return 2;
-  }
-  // A forward pass runs ~10 OpenMP parallel regions per layer, each ending at a barrier;
-  // passive waiting puts every thread to sleep at each one (a futex wake-up apiece), which
-  // made the decode step of a 135M model 2.3x slower (docs/DEPLOY.md).
-  if (const char* policy = std::getenv("OMP_WAIT_POLICY");
-      policy != nullptr && absl::EqualsIgnoreCase(policy, "passive")) {
-    Log("warning: OMP_WAIT_POLICY=passive makes the compute threads sleep at every barrier of "
-        "a step; decode of a small model runs 2-3x slower (unset it unless other programs need "
-        "these cores; docs/DEPLOY.md)");
   }
   std::string token = absl::GetFlag(FLAGS_auth_token);
   if (const std::string path = absl::GetFlag(FLAGS_auth_token_file); !path.empty()) {

@@ -3,14 +3,13 @@
 // operations whether its prompt came in one call or in chunks, alone or in a batch.
 #include "kernels/cpu/attention.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
 #include "common/check.h"
+#include "common/thread_pool.h"
 #include "kernels/cpu/simd.h"
 
 namespace spanserve::kernels::cpu {
@@ -328,7 +327,7 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
   // (sequence, row, kv head, pass) evenly to the threads, or at least four to each.
   int64_t rows = 0;
   for (int32_t s = 0; s < num_seqs; ++s) rows += seqs[s].num_new;
-  const int64_t threads_max = omp_get_max_threads();
+  const int64_t threads_max = ParallelThreads();
   int64_t per_pass = std::min(group, kMaxHeadsPerPass);
   for (; per_pass > 1; --per_pass) {
     if (group % per_pass != 0) continue;
@@ -340,10 +339,7 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
   // Work items are (sequence, row, kv head, pass) in that order, dealt round-robin to
   // threads: rows late in a prompt cost more, and dealing spreads them evenly without a work
   // list.
-#pragma omp parallel
-  {
-    const int64_t threads = omp_get_num_threads();
-    const int64_t self = omp_get_thread_num();
+  Parallel([&](int64_t self, int64_t threads) {
     int64_t item = 0;
     for (int32_t s = 0; s < num_seqs; ++s) {
       const AttentionSeq& seq = seqs[s];
@@ -359,7 +355,7 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
         }
       }
     }
-  }
+  });
 }
 
 }  // namespace spanserve::kernels::cpu

@@ -1,6 +1,5 @@
 #include "kernels/cpu/cpu_backend.h"
 
-#include <omp.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -9,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/thread_pool.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/matmul.h"
@@ -20,12 +20,22 @@ namespace {
 
 class CpuBackend final : public Backend {
  public:
+  // --threads beyond the cores the process may use would only make threads wait for each
+  // other: the pool is never larger than AvailableCpus().
   explicit CpuBackend(const BackendOptions& options)
-      : num_threads_(options.num_threads > 0 ? options.num_threads : omp_get_max_threads()) {}
+      : requested_threads_(options.num_threads),
+        pool_(SharedThreadPool(options.num_threads > 0
+                                   ? std::min(options.num_threads, AvailableCpus())
+                                   : AvailableCpus())) {}
 
   Device device() const override { return Device::kCpu; }
   std::string description() const override {
-    return absl::StrCat("cpu (", IsaName(ActiveIsa()), ", ", num_threads_, " threads)");
+    std::string threads = absl::StrCat(pool_->threads(), " threads");
+    if (requested_threads_ > pool_->threads()) {
+      absl::StrAppend(&threads, ": ", requested_threads_, " asked, ", AvailableCpus(),
+                      " CPUs available");
+    }
+    return absl::StrCat("cpu (", IsaName(ActiveIsa()), ", ", threads, ")");
   }
   bool host_memory() const override { return true; }
   bool SupportsBf16Dot() const override { return CpuHasBf16Dot(); }
@@ -53,11 +63,12 @@ class CpuBackend final : public Backend {
     if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));
   }
 
-  void BeginStep() override { omp_set_num_threads(num_threads_); }
+  void BeginStep() override {}
   absl::Status Synchronize() override { return absl::OkStatus(); }
 
   void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
               float* y) override {
+    UsePool use(pool_.get());
     cpu::MatMul(x, m, w, bias, y);
   }
   void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t n,
@@ -66,10 +77,12 @@ class CpuBackend final : public Backend {
   }
   void RmsNorm(const float* x, int64_t tokens, int64_t dim, const WeightVector& gain, float eps,
                float* out) override {
+    UsePool use(pool_.get());
     cpu::RmsNorm(x, tokens, dim, gain, eps, out);
   }
   void LayerNorm(const float* x, int64_t tokens, int64_t dim, const WeightVector& gain,
                  const WeightVector* bias, float eps, float* out) override {
+    UsePool use(pool_.get());
     cpu::LayerNorm(x, tokens, dim, gain, bias, eps, out);
   }
   void RopeTables(int64_t max_positions, int64_t head_dim, double theta, double linear_factor,
@@ -101,6 +114,7 @@ class CpuBackend final : public Backend {
   }
   void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t num_seqs,
                       const float* q, int32_t heads, float scale, float* out) override {
+    UsePool use(pool_.get());
     cpu::PagedAttention(layer, seqs, num_seqs, q, heads, scale, out);
   }
 
@@ -181,7 +195,10 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  const int num_threads_;
+  const int requested_threads_;
+  // The process's pool of this size, shared with every other CPU backend that asks it; the
+  // parallel ops install it on the calling thread.
+  const std::shared_ptr<ThreadPool> pool_;
   std::vector<int32_t> fill_;  // MoeGroup's cursors; grows once
 };
 

@@ -1,6 +1,7 @@
 // The CPU backend: kernels::Backend over the CPU kernels of this folder. Device memory is
-// host memory; weights are read in place from their (memory-mapped) files. It owns the
-// compute threads (OpenMP): their count is set at each step's start.
+// host memory; weights are read in place from their (memory-mapped) files. It holds the
+// compute threads (common/thread_pool.h: the process's pool of that size, which the calling
+// thread joins), never more than the CPUs the process may use.
 #pragma once
 
 #include <memory>

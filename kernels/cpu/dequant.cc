@@ -2,6 +2,8 @@
 
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "kernels/cpu/simd.h"
 
 namespace spanserve::kernels {
@@ -51,6 +53,184 @@ void DequantizeQ4_1(const void* blocks, int64_t n, float* out) {
     _mm256_storeu_ps(out + 16, _mm256_add_ps(_mm256_mul_ps(d, U8x8ToF32(hi)), m));
     _mm256_storeu_ps(out + 24,
                      _mm256_add_ps(_mm256_mul_ps(d, U8x8ToF32(_mm_srli_si128(hi, 8))), m));
+  }
+}
+
+void DequantizeQ5_0(const void* blocks, int64_t n, float* out) {
+  const uint8_t* b = static_cast<const uint8_t*>(blocks);
+  for (int64_t i = 0; i < n; i += kQuantBlock, b += 22, out += kQuantBlock) {
+    const float d = HalfAt(b);
+    uint32_t qh;
+    std::memcpy(&qh, b + 2, 4);
+    const uint8_t* qs = b + 6;
+    for (int j = 0; j < 16; ++j) {
+      const int lo = (qs[j] & 0x0f) | static_cast<int>((qh >> j) & 1) << 4;
+      const int hi = (qs[j] >> 4) | static_cast<int>((qh >> (j + 16)) & 1) << 4;
+      out[j] = d * static_cast<float>(lo - 16);
+      out[j + 16] = d * static_cast<float>(hi - 16);
+    }
+  }
+}
+
+void DequantizeQ5_1(const void* blocks, int64_t n, float* out) {
+  const uint8_t* b = static_cast<const uint8_t*>(blocks);
+  for (int64_t i = 0; i < n; i += kQuantBlock, b += 24, out += kQuantBlock) {
+    const float d = HalfAt(b);
+    const float m = HalfAt(b + 2);
+    uint32_t qh;
+    std::memcpy(&qh, b + 4, 4);
+    const uint8_t* qs = b + 8;
+    for (int j = 0; j < 16; ++j) {
+      const int lo = (qs[j] & 0x0f) | static_cast<int>((qh >> j) & 1) << 4;
+      const int hi = (qs[j] >> 4) | static_cast<int>((qh >> (j + 16)) & 1) << 4;
+      out[j] = d * static_cast<float>(lo) + m;  // (d·q) + m, two roundings
+      out[j + 16] = d * static_cast<float>(hi) + m;
+    }
+  }
+}
+
+// The K-quants, as the reference computes them: a sub-block's scale d·sc (and min dmin·m) is
+// rounded to f32 first, then x = scale·q (− min), each operation rounded.
+
+void DequantizeQ2_K(const void* blocks, int64_t n, float* out) {
+  const uint8_t* b = static_cast<const uint8_t*>(blocks);
+  for (int64_t i = 0; i < n; i += kQuantSuperBlock, b += 84, out += kQuantSuperBlock) {
+    const uint8_t* scales = b;
+    const uint8_t* qs = b + 16;
+    const float d = HalfAt(b + 80);
+    const float dmin = HalfAt(b + 82);
+    for (int s = 0; s < 16; ++s) {  // sub-blocks of 16
+      const float dl = d * static_cast<float>(scales[s] & 0x0f);
+      const float ml = dmin * static_cast<float>(scales[s] >> 4);
+      const int e0 = 16 * s;  // the sub-block's first element
+      const uint8_t* q = qs + 32 * (e0 / 128) + e0 % 32;
+      const int shift = 2 * ((e0 % 128) / 32);
+      for (int t = 0; t < 16; ++t) {
+        out[e0 + t] = dl * static_cast<float>((q[t] >> shift) & 3) - ml;
+      }
+    }
+  }
+}
+
+void DequantizeQ3_K(const void* blocks, int64_t n, float* out) {
+  const uint8_t* b = static_cast<const uint8_t*>(blocks);
+  for (int64_t i = 0; i < n; i += kQuantSuperBlock, b += 110, out += kQuantSuperBlock) {
+    const uint8_t* hmask = b;
+    const uint8_t* qs = b + 32;
+    const uint8_t* scales = b + 96;
+    const float d = HalfAt(b + 108);
+    for (int s = 0; s < 16; ++s) {
+      const int sc = (((scales[s % 8] >> (4 * (s / 8))) & 0x0f) |
+                      ((scales[8 + s % 4] >> (2 * (s / 4))) & 3) << 4) -
+                     32;
+      const float dl = d * static_cast<float>(sc);
+      const int e0 = 16 * s;
+      const uint8_t* q = qs + 32 * (e0 / 128) + e0 % 32;
+      const uint8_t* hm = hmask + e0 % 32;
+      const int shift = 2 * ((e0 % 128) / 32);
+      const int bit = e0 / 32;
+      for (int t = 0; t < 16; ++t) {
+        const int v = ((q[t] >> shift) & 3) - (((hm[t] >> bit) & 1) != 0 ? 0 : 4);
+        out[e0 + t] = dl * static_cast<float>(v);
+      }
+    }
+  }
+}
+
+namespace {
+
+// Q4_K / Q5_K's 6-bit scale and min of sub-block s (0..7), packed in 12 bytes (ggml's
+// get_scale_min_k4).
+inline void ScaleMinK4(const uint8_t* q, int s, int* sc, int* m) {
+  if (s < 4) {
+    *sc = q[s] & 63;
+    *m = q[s + 4] & 63;
+  } else {
+    *sc = (q[s + 4] & 0x0f) | ((q[s - 4] >> 6) << 4);
+    *m = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
+  }
+}
+
+}  // namespace
+
+void DequantizeQ4_K(const void* blocks, int64_t n, float* out) {
+  const uint8_t* b = static_cast<const uint8_t*>(blocks);
+  for (int64_t i = 0; i < n; i += kQuantSuperBlock, b += 144, out += kQuantSuperBlock) {
+    const float d = HalfAt(b);
+    const float dmin = HalfAt(b + 2);
+    const uint8_t* scales = b + 4;
+    const uint8_t* qs = b + 16;
+    for (int s = 0; s < 8; ++s) {  // sub-blocks of 32
+      int sc, m;
+      ScaleMinK4(scales, s, &sc, &m);
+      const float dl = d * static_cast<float>(sc);
+      const float ml = dmin * static_cast<float>(m);
+      const uint8_t* q = qs + 32 * (s / 2);
+      const int shift = 4 * (s % 2);
+      for (int j = 0; j < 32; ++j) {
+        out[32 * s + j] = dl * static_cast<float>((q[j] >> shift) & 0x0f) - ml;
+      }
+    }
+  }
+}
+
+void DequantizeQ5_K(const void* blocks, int64_t n, float* out) {
+  const uint8_t* b = static_cast<const uint8_t*>(blocks);
+  for (int64_t i = 0; i < n; i += kQuantSuperBlock, b += 176, out += kQuantSuperBlock) {
+    const float d = HalfAt(b);
+    const float dmin = HalfAt(b + 2);
+    const uint8_t* scales = b + 4;
+    const uint8_t* qh = b + 16;
+    const uint8_t* qs = b + 48;
+    for (int s = 0; s < 8; ++s) {
+      int sc, m;
+      ScaleMinK4(scales, s, &sc, &m);
+      const float dl = d * static_cast<float>(sc);
+      const float ml = dmin * static_cast<float>(m);
+      const uint8_t* q = qs + 32 * (s / 2);
+      const int shift = 4 * (s % 2);
+      for (int j = 0; j < 32; ++j) {
+        const int v = ((q[j] >> shift) & 0x0f) | ((qh[j] >> s) & 1) << 4;
+        out[32 * s + j] = dl * static_cast<float>(v) - ml;
+      }
+    }
+  }
+}
+
+void DequantizeQ6_K(const void* blocks, int64_t n, float* out) {
+  const uint8_t* b = static_cast<const uint8_t*>(blocks);
+  for (int64_t i = 0; i < n; i += kQuantSuperBlock, b += 210, out += kQuantSuperBlock) {
+    const uint8_t* ql = b;
+    const uint8_t* qh = b + 128;
+    const int8_t* scales = reinterpret_cast<const int8_t*>(b + 192);
+    const float d = HalfAt(b + 208);
+    for (int s = 0; s < 16; ++s) {
+      const float dl = d * static_cast<float>(scales[s]);
+      const int e0 = 16 * s;
+      const int h = e0 / 128, r = e0 % 128;
+      const uint8_t* lo = ql + 64 * h + r % 64;
+      const uint8_t* hi = qh + 32 * h + r % 32;
+      const int lo_shift = 4 * (r / 64);
+      const int hi_shift = 2 * (r / 32);
+      for (int t = 0; t < 16; ++t) {
+        const int v = (((lo[t] >> lo_shift) & 0x0f) | ((hi[t] >> hi_shift) & 3) << 4) - 32;
+        out[e0 + t] = dl * static_cast<float>(v);
+      }
+    }
+  }
+}
+
+void DequantizeQ8_K(const void* blocks, int64_t n, float* out) {
+  const uint8_t* b = static_cast<const uint8_t*>(blocks);
+  for (int64_t i = 0; i < n; i += kQuantSuperBlock, b += 292, out += kQuantSuperBlock) {
+    float d;
+    std::memcpy(&d, b, 4);
+    const __m256 vd = _mm256_set1_ps(d);
+    const uint8_t* q = b + 4;
+    for (int j = 0; j < 256; j += 8) {
+      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + j));
+      _mm256_storeu_ps(out + j, _mm256_mul_ps(I8x8ToF32(bytes), vd));
+    }
   }
 }
 

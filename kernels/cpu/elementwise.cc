@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "common/thread_pool.h"
 #include "kernels/cpu/simd.h"
 
 namespace spanserve::kernels::cpu {
@@ -86,35 +87,37 @@ void Add(const float* x, float* y, int64_t n) {
 }
 
 void Softmax(float* x, int64_t rows, int64_t cols) {
-#pragma omp parallel for schedule(static) if (rows * cols >= kParallelElements)
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = x + r * cols;
-    const float sum = ExpShifted(row, cols, RowMax(row, cols), row);
-    for (int64_t i = 0; i < cols; ++i) row[i] /= sum;
-  }
+  ParallelRows(rows, cols, kParallelElements, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float* row = x + r * cols;
+      const float sum = ExpShifted(row, cols, RowMax(row, cols), row);
+      for (int64_t i = 0; i < cols; ++i) row[i] /= sum;
+    }
+  });
 }
 
 void LogSoftmax(float* x, int64_t rows, int64_t cols) {
   // The exponentials are summed, not stored: x must survive until the shift is known.
-#pragma omp parallel for schedule(static) if (rows * cols >= kParallelElements)
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = x + r * cols;
-    const float max = RowMax(row, cols);
-    const __m256 mv = _mm256_set1_ps(max);
-    __m256 acc = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= cols; i += 8) {
-      acc = _mm256_add_ps(acc, simd::Exp(_mm256_sub_ps(_mm256_loadu_ps(row + i), mv)));
+  ParallelRows(rows, cols, kParallelElements, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float* row = x + r * cols;
+      const float max = RowMax(row, cols);
+      const __m256 mv = _mm256_set1_ps(max);
+      __m256 acc = _mm256_setzero_ps();
+      int64_t i = 0;
+      for (; i + 8 <= cols; i += 8) {
+        acc = _mm256_add_ps(acc, simd::Exp(_mm256_sub_ps(_mm256_loadu_ps(row + i), mv)));
+      }
+      float sum = simd::HSum(acc);
+      if (i < cols) {
+        alignas(32) float tail[8] = {};
+        Map(row + i, cols - i, tail, [mv](__m256 v) { return simd::Exp(_mm256_sub_ps(v, mv)); });
+        for (int64_t j = 0; j < cols - i; ++j) sum += tail[j];
+      }
+      const float shift = max + std::log(sum);
+      for (int64_t j = 0; j < cols; ++j) row[j] -= shift;
     }
-    float sum = simd::HSum(acc);
-    if (i < cols) {
-      alignas(32) float tail[8] = {};
-      Map(row + i, cols - i, tail, [mv](__m256 v) { return simd::Exp(_mm256_sub_ps(v, mv)); });
-      for (int64_t j = 0; j < cols - i; ++j) sum += tail[j];
-    }
-    const float shift = max + std::log(sum);
-    for (int64_t j = 0; j < cols; ++j) row[j] -= shift;
-  }
+  });
 }
 
 int64_t ArgMax(const float* x, int64_t n) {

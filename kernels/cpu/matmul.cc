@@ -15,8 +15,6 @@
 // which dot products run side by side, never the order inside one.
 #include "kernels/cpu/matmul.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -26,6 +24,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "common/thread_pool.h"
 #include "kernels/cpu/dequant.h"
 #include "kernels/cpu/matmul_avx512.h"
 #include "kernels/cpu/matmul_bf16dot.h"
@@ -275,18 +274,16 @@ void MatMulTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightV
 
   // Static split of n into one contiguous, 8-aligned range per thread: each thread streams
   // its own weight rows once per x tile.
-#pragma omp parallel
-  {
-    const int64_t threads = omp_get_num_threads();
+  Parallel([&](int64_t t, int64_t threads) {
     const int64_t per_thread = ((n + threads - 1) / threads + 7) & ~int64_t{7};
-    const int64_t n0 = std::min(n, omp_get_thread_num() * per_thread);
+    const int64_t n0 = std::min(n, t * per_thread);
     const int64_t n1 = std::min(n, n0 + per_thread);
     if (avx512) {
       internal::MatMulRowsAvx512(x, m, w, bias, y, n0, n1);
     } else {
       MatMulRowsAvx2<kW>(x, m, w, bias, y, n0, n1, x_tile, widen);
     }
-  }
+  });
 }
 
 }  // namespace

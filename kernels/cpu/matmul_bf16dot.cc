@@ -11,9 +11,8 @@
 // ahead of the dot products when the weights come from memory. (Into L1 it evicted the x
 // rows in use and cost a third more time per step.)
 #include "kernels/cpu/matmul_bf16dot.h"
+#include "common/thread_pool.h"
 #include "kernels/cpu/matmul_avx512.h"  // first: it includes <immintrin.h> (see there)
-
-#include <omp.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -143,13 +142,12 @@ void MatMulBf16Dot(const float* x, int64_t m, const WeightMatrix& w, const Weigh
       std::max<int64_t>(kMr, kXTileBytes / (2 * std::max<int64_t>(kp, 32)) / kMr * kMr);
   const int64_t panels = (n + kNr - 1) / kNr;
 
-#pragma omp parallel
-  {
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < m; ++i) RowToBf16(x + i * k, k, xb + i * kp, kp);
-    // (the loop's barrier: every row is converted before any panel starts)
-    const int64_t threads = omp_get_num_threads();
-    const int64_t t = omp_get_thread_num();
+  // Every row is converted before any panel starts (two jobs: the first one's end is the
+  // barrier).
+  ParallelFor(m, 2, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) RowToBf16(x + i * k, k, xb + i * kp, kp);
+  });
+  Parallel([&](int64_t t, int64_t threads) {
     const int64_t j_begin = panels * t / threads * kNr;
     const int64_t j_end = std::min(n, panels * (t + 1) / threads * kNr);
     float bias_panel[kNr];
@@ -181,7 +179,7 @@ void MatMulBf16Dot(const float* x, int64_t m, const WeightMatrix& w, const Weigh
         }
       }
     }
-  }
+  });
 }
 
 }  // namespace spanserve::kernels::cpu::internal

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "common/check.h"
+#include "common/thread_pool.h"
 #include "kernels/cpu/simd.h"
 
 namespace spanserve::kernels::cpu {
@@ -90,13 +91,14 @@ void RmsNorm(const float* x, int64_t tokens, int64_t dim, const WeightVector& ga
              float* out) {
   SPANSERVE_CHECK_EQ(gain.size, dim);
   const NormalizeFn normalize = PickNormalize(gain.dtype, DType::kF32);
-#pragma omp parallel for schedule(static) if (tokens * dim >= kParallelElements)
-  for (int64_t t = 0; t < tokens; ++t) {
-    const float* xt = x + t * dim;
-    const float mean_square = SumSquaredDeviation(xt, dim, 0.0f) / static_cast<float>(dim);
-    const float inv_rms = 1.0f / std::sqrt(mean_square + eps);
-    normalize(xt, dim, 0.0f, inv_rms, gain.data, nullptr, out + t * dim);
-  }
+  ParallelRows(tokens, dim, kParallelElements, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* xt = x + t * dim;
+      const float mean_square = SumSquaredDeviation(xt, dim, 0.0f) / static_cast<float>(dim);
+      const float inv_rms = 1.0f / std::sqrt(mean_square + eps);
+      normalize(xt, dim, 0.0f, inv_rms, gain.data, nullptr, out + t * dim);
+    }
+  });
 }
 
 void LayerNorm(const float* x, int64_t tokens, int64_t dim, const WeightVector& gain,
@@ -106,14 +108,15 @@ void LayerNorm(const float* x, int64_t tokens, int64_t dim, const WeightVector& 
   const NormalizeFn normalize =
       PickNormalize(gain.dtype, bias != nullptr ? bias->dtype : DType::kF32);
   const void* bias_data = bias != nullptr ? bias->data : nullptr;
-#pragma omp parallel for schedule(static) if (tokens * dim >= kParallelElements)
-  for (int64_t t = 0; t < tokens; ++t) {
-    const float* xt = x + t * dim;
-    const float mean = Sum(xt, dim) / static_cast<float>(dim);
-    const float var = SumSquaredDeviation(xt, dim, mean) / static_cast<float>(dim);
-    const float inv_std = 1.0f / std::sqrt(var + eps);
-    normalize(xt, dim, mean, inv_std, gain.data, bias_data, out + t * dim);
-  }
+  ParallelRows(tokens, dim, kParallelElements, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* xt = x + t * dim;
+      const float mean = Sum(xt, dim) / static_cast<float>(dim);
+      const float var = SumSquaredDeviation(xt, dim, mean) / static_cast<float>(dim);
+      const float inv_std = 1.0f / std::sqrt(var + eps);
+      normalize(xt, dim, mean, inv_std, gain.data, bias_data, out + t * dim);
+    }
+  });
 }
 
 }  // namespace spanserve::kernels::cpu

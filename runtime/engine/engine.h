@@ -125,6 +125,7 @@ struct EngineInfo {
   int64_t kv_cache_bytes = 0;
   DType kv_cache_dtype = DType::kF32;
   DType compute_dtype = DType::kF32;  // model::Model::Options::compute_dtype
+  std::string backend;                // kernels::Backend::description(): device, threads
 };
 
 // A snapshot, refreshed after every step; reading it never blocks the step for long.

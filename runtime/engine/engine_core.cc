@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "common/status.h"
+#include "kernels/backend.h"
 
 namespace spanserve::engine {
 namespace {
@@ -91,6 +92,7 @@ absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(model::Model* mod
   info.kv_cache_bytes = cache->bytes();
   info.kv_cache_dtype = cache->dtype();
   info.compute_dtype = model->compute_dtype();
+  info.backend = model->backend().description();
   return std::unique_ptr<EngineCore>(
       new EngineCore(model, options, std::move(info), std::move(cache)));
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/thread_pool.h"
 #include "kernels/quant.h"
 
 namespace spanserve::gguf {
@@ -10,8 +11,10 @@ namespace {
 
 namespace k = kernels;
 
-// Elements per parallel chunk: a multiple of every block size, big enough to amortise a task.
+// Elements per parallel chunk: a multiple of every block size (so no block, K-quant
+// super-blocks included, straddles two chunks), big enough to amortise a task.
 constexpr int64_t kChunk = 1 << 16;
+static_assert(kChunk % k::kQuantBlock == 0 && kChunk % k::kQuantSuperBlock == 0);
 
 }  // namespace
 
@@ -23,6 +26,14 @@ bool CanDequantize(TensorType type) {
     case TensorType::kQ8_0:
     case TensorType::kQ4_0:
     case TensorType::kQ4_1:
+    case TensorType::kQ5_0:
+    case TensorType::kQ5_1:
+    case TensorType::kQ2_K:
+    case TensorType::kQ3_K:
+    case TensorType::kQ4_K:
+    case TensorType::kQ5_K:
+    case TensorType::kQ6_K:
+    case TensorType::kQ8_K:
       return true;
     default:
       return false;
@@ -33,7 +44,8 @@ absl::Status DequantizeToF32(const GgufFile& file, const TensorInfo& tensor, std
   if (!CanDequantize(tensor.type)) {
     return absl::UnimplementedError(absl::StrCat(
         file.path(), ": tensor '", tensor.name, "' has type ", TensorTypeName(tensor.type),
-        ", which this runtime cannot load yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)"));
+        ", which this runtime cannot load yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, "
+        "Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K)"));
   }
   const int64_t n = tensor.numel();
   if (static_cast<int64_t>(out.size()) != n) {
@@ -45,33 +57,63 @@ absl::Status DequantizeToF32(const GgufFile& file, const TensorInfo& tensor, std
   const TensorType type = tensor.type;
   const uint8_t* src = tensor.data;
   float* dst = out.data();
-#pragma omp parallel for schedule(static)
-  for (int64_t begin = 0; begin < n; begin += kChunk) {
-    const int64_t len = std::min(kChunk, n - begin);
-    const uint8_t* in = src + begin / traits.block_size * traits.block_bytes;
-    switch (type) {
-      case TensorType::kF32:
-        k::WidenToF32(in, DType::kF32, len, dst + begin);
-        break;
-      case TensorType::kF16:
-        k::WidenToF32(in, DType::kF16, len, dst + begin);
-        break;
-      case TensorType::kBF16:
-        k::WidenToF32(in, DType::kBF16, len, dst + begin);
-        break;
-      case TensorType::kQ8_0:
-        k::DequantizeQ8_0(in, len, dst + begin);
-        break;
-      case TensorType::kQ4_0:
-        k::DequantizeQ4_0(in, len, dst + begin);
-        break;
-      case TensorType::kQ4_1:
-        k::DequantizeQ4_1(in, len, dst + begin);
-        break;
-      default:
-        break;  // excluded by CanDequantize above
+  // On the process's compute threads (a load runs before any step).
+  const std::shared_ptr<ThreadPool> pool = SharedThreadPool(AvailableCpus());
+  UsePool use(pool.get());
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  ParallelFor(chunks, 2, [&](int64_t chunk_begin, int64_t chunk_end) {
+    for (int64_t begin = chunk_begin * kChunk; begin < std::min(n, chunk_end * kChunk);
+         begin += kChunk) {
+      const int64_t len = std::min(kChunk, n - begin);
+      const uint8_t* in = src + begin / traits.block_size * traits.block_bytes;
+      switch (type) {
+        case TensorType::kF32:
+          k::WidenToF32(in, DType::kF32, len, dst + begin);
+          break;
+        case TensorType::kF16:
+          k::WidenToF32(in, DType::kF16, len, dst + begin);
+          break;
+        case TensorType::kBF16:
+          k::WidenToF32(in, DType::kBF16, len, dst + begin);
+          break;
+        case TensorType::kQ8_0:
+          k::DequantizeQ8_0(in, len, dst + begin);
+          break;
+        case TensorType::kQ4_0:
+          k::DequantizeQ4_0(in, len, dst + begin);
+          break;
+        case TensorType::kQ4_1:
+          k::DequantizeQ4_1(in, len, dst + begin);
+          break;
+        case TensorType::kQ5_0:
+          k::DequantizeQ5_0(in, len, dst + begin);
+          break;
+        case TensorType::kQ5_1:
+          k::DequantizeQ5_1(in, len, dst + begin);
+          break;
+        case TensorType::kQ2_K:
+          k::DequantizeQ2_K(in, len, dst + begin);
+          break;
+        case TensorType::kQ3_K:
+          k::DequantizeQ3_K(in, len, dst + begin);
+          break;
+        case TensorType::kQ4_K:
+          k::DequantizeQ4_K(in, len, dst + begin);
+          break;
+        case TensorType::kQ5_K:
+          k::DequantizeQ5_K(in, len, dst + begin);
+          break;
+        case TensorType::kQ6_K:
+          k::DequantizeQ6_K(in, len, dst + begin);
+          break;
+        case TensorType::kQ8_K:
+          k::DequantizeQ8_K(in, len, dst + begin);
+          break;
+        default:
+          break;  // excluded by CanDequantize above
+      }
     }
-  }
+  });
   return absl::OkStatus();
 }
 

@@ -133,7 +133,7 @@ class Model {
     // The backend to compute on; not owned, must outlive the model. Null: a CPU backend
     // with num_threads compute threads, owned by the model.
     kernels::Backend* backend = nullptr;
-    int num_threads = 0;  // the CPU backend's; 0: OMP_NUM_THREADS, else all cores
+    int num_threads = 0;  // the CPU backend's; 0: every CPU the process may use
     // The activations' type in products with bf16 weight matrices. kF32 (default): every
     // product exact, the PyTorch f32 reference's results. kBF16: activations rounded to bf16
     // and multiplied with the CPU's bf16 dot products (AVX512_BF16; loading fails on a CPU

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <memory>
+#include <regex>
 #include <set>
 #include <string>
 #include <thread>
@@ -509,25 +510,18 @@ TEST(ServerTest, DrainCancelsWhatOutlivesTheGracePeriod) {
   EXPECT_EQ(server.Wait(seconds(30)), std::optional<int>(0)) << server.log();
 }
 
-// Passive OpenMP waiting slows every step; the server says so once at start-up, and only then.
-TEST(ServerTest, WarnsAboutPassiveOpenMpWaiting) {
-  const char* before = std::getenv("OMP_WAIT_POLICY");
-  const std::string saved = before != nullptr ? before : "";
-  const std::string warning = "OMP_WAIT_POLICY=passive";
-  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);  // the server inherits it; case does not matter
-  {
-    ServerProcess server({}, /*wait_serving=*/false);
-    const std::string log = server.log();
-    const size_t at = log.find(warning);
-    ASSERT_NE(at, std::string::npos) << log;
-    EXPECT_EQ(log.find(warning, at + 1), std::string::npos) << log;
-  }
-  unsetenv("OMP_WAIT_POLICY");
-  {
-    ServerProcess server({}, /*wait_serving=*/false);
-    EXPECT_EQ(server.log().find(warning), std::string::npos) << server.log();
-  }
-  if (before != nullptr) setenv("OMP_WAIT_POLICY", saved.c_str(), 1);
+// --threads beyond the CPUs the process may use would only make compute threads wait for
+// each other: the server uses as many as there are, and says so.
+TEST(ServerTest, ComputeThreadsAreNeverMoreThanTheCpus) {
+  ServerProcess server({"--threads=1000"});
+  const std::string log = server.log();
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(log, m,
+                                std::regex(R"(on cpu \([a-z0-9]+, ([0-9]+) threads: 1000 asked, )"
+                                           R"(([0-9]+) CPUs available\))")))
+      << log;
+  EXPECT_EQ(m[1], m[2]);
+  EXPECT_LE(std::stoi(m[1]), static_cast<int>(std::thread::hardware_concurrency()));
 }
 
 TEST(ServerTest, ConfigFileSetsFlagsAndTheCommandLineWins) {

@@ -17,7 +17,6 @@
 #include <string>
 #include <vector>
 
-#include <omp.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -25,6 +24,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "common/status.h"
+#include "common/thread_pool.h"
 #include "kernels/cpu/matmul.h"
 #include "nlohmann/json.hpp"
 #include "runtime/engine/block_manager.h"
@@ -229,7 +229,12 @@ void PrintRatios(const std::string& model_dir, DType compute_dtype,
   double peak = 0, flops = 0;
   const char* peak_name = "";
   if (config.ok()) {
-    if (absl::GetFlag(FLAGS_threads) > 0) omp_set_num_threads(absl::GetFlag(FLAGS_threads));
+    // The pool the engines' backends share (the same size: the same pool).
+    const int threads = absl::GetFlag(FLAGS_threads) > 0
+                            ? std::min(absl::GetFlag(FLAGS_threads), AvailableCpus())
+                            : AvailableCpus();
+    const std::shared_ptr<ThreadPool> pool = SharedThreadPool(threads);
+    UsePool use(pool.get());
     const bool avx512 = kernels::cpu::ActiveIsa() == kernels::cpu::Isa::kAvx512;
     const bool bf16 = compute_dtype == DType::kBF16;
     peak_name = bf16 ? "bf16 dot peak" : "FMA peak";
@@ -241,7 +246,7 @@ void PrintRatios(const std::string& model_dir, DType compute_dtype,
     std::printf(
         "roofline, measured now with %d threads: %s %.1f GFLOP/s (%s), memory read "
         "%.1f GB/s; one decoded token = %.4g GFLOP\n",
-        omp_get_max_threads(), peak_name, peak / 1e9,
+        threads, peak_name, peak / 1e9,
         bf16     ? "zmm VDPBF16PS"
         : avx512 ? "zmm"
                  : "ymm",

@@ -10,6 +10,7 @@
 
 #include "benchmark/benchmark.h"
 #include "common/dtype.h"
+#include "common/thread_pool.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"
 #include "tools/bench/roofline.h"
@@ -170,6 +171,9 @@ void RegisterAll() {
 
 int main(int argc, char** argv) {
   spanserve::kernels::cpu::RegisterAll();
+  // Every kernel on all the CPUs this process may use, as the server runs them.
+  const auto pool = spanserve::SharedThreadPool(spanserve::AvailableCpus());
+  spanserve::UsePool use(pool.get());
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

@@ -6,7 +6,6 @@
 //   spanserve_model_bench --random qwen2-0.5b|moe8|moe32|moe64   (a random bf16 checkpoint
 //       written once to the temp directory: Qwen2-0.5B's shapes, or an MoE with 8/32/64
 //       experts of the same size and the same top-2, so the same active parameters)
-#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
@@ -20,6 +19,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "common/thread_pool.h"
 #include "kernels/cpu/matmul.h"
 #include "runtime/model/model.h"
 #include "tools/bench/random_model.h"
@@ -56,15 +56,18 @@ int64_t RssBytes() {
 
 // Bytes/s of a parallel integer sum over a 512 MiB buffer (integer adds vectorise without
 // fast-math, so this is bound by memory, as a decode step at best is).
-double MemoryReadBandwidth(int threads) {
+double MemoryReadBandwidth() {
   const size_t n = (512u << 20) / sizeof(uint64_t);
   std::vector<uint64_t> buf(n, 1);
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
     const auto t0 = Clock::now();
     uint64_t total = 0;
-#pragma omp parallel for num_threads(threads) reduction(+ : total) schedule(static)
-    for (size_t i = 0; i < n; ++i) total += buf[i];
+    std::vector<uint64_t> partial(ParallelThreads(), 0);
+    Parallel([&](int64_t t, int64_t threads) {
+      for (size_t i = n * t / threads; i < n * (t + 1) / threads; ++i) partial[t] += buf[i];
+    });
+    for (uint64_t p : partial) total += p;
     const double secs = Since(t0);
     if (total != n) std::fprintf(stderr, "memory read check failed\n");
     best = std::max(best, n * sizeof(uint64_t) / secs);
@@ -116,7 +119,11 @@ std::string ModelDir() {
 int Run() {
   const std::string dir = ModelDir();
   const int threads =
-      absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads) : omp_get_num_procs();
+      absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads) : AvailableCpus();
+  // The model's backend shares this pool (SharedThreadPool of the same size); the bandwidth
+  // figure is read with it too.
+  const std::shared_ptr<ThreadPool> pool = SharedThreadPool(threads);
+  UsePool use(pool.get());
   const int64_t rss0 = RssBytes();
   auto t0 = Clock::now();
   auto loaded = model::Model::Load(dir, {.num_threads = threads});
@@ -179,7 +186,7 @@ int Run() {
     }
     step_s[b] = best;
   }
-  const double mem_bw = MemoryReadBandwidth(threads);
+  const double mem_bw = MemoryReadBandwidth();
   // A decode step streams every weight once (the embedding table only by row).
   const int64_t embed_bytes = c.tie_word_embeddings
                                   ? 0

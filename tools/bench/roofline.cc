@@ -1,11 +1,12 @@
 #include "tools/bench/roofline.h"
 
 #include <immintrin.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
 #include <vector>
+
+#include "common/thread_pool.h"
 
 namespace spanserve::bench {
 namespace {
@@ -70,13 +71,12 @@ volatile float g_sink;
 }  // namespace
 
 float ParallelSum(const float* data, int64_t n) {
-  float total = 0.0f;
-#pragma omp parallel reduction(+ : total)
-  {
-    const int64_t threads = omp_get_num_threads();
+  std::vector<float> partial(ParallelThreads(), 0.0f);
+  Parallel([&](int64_t t, int64_t threads) {
     const int64_t per = (n / threads) & ~int64_t{31};
-    const int64_t begin = omp_get_thread_num() * per;
-    const int64_t end = omp_get_thread_num() == threads - 1 ? n : begin + per;
+    const int64_t begin = t * per;
+    const int64_t end = t == threads - 1 ? n : begin + per;
+    float total = 0.0f;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t i = begin;
     for (; i + 32 <= end; i += 32) {
@@ -89,7 +89,10 @@ float ParallelSum(const float* data, int64_t n) {
     _mm256_store_ps(lanes, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
     for (float l : lanes) total += l;
     for (; i < end; ++i) total += data[i];
-  }
+    partial[t] = total;
+  });
+  float total = 0.0f;
+  for (float p : partial) total += p;
   return total;
 }
 
@@ -112,16 +115,13 @@ template <typename Chains>
 double PeakFlops(Chains chains, double flops_per_step, int reps) {
   double best = 0;
   for (int r = 0; r < reps; ++r) {
-    int threads = 1;
-    float sum = 0;
+    const int64_t threads = ParallelThreads();
+    std::vector<float> sums(threads, 0.0f);
     const auto t0 = Clock::now();
-#pragma omp parallel reduction(+ : sum)
-    {
-#pragma omp single
-      threads = omp_get_num_threads();
-      sum += chains(kFmaSteps);
-    }
+    Parallel([&](int64_t t, int64_t) { sums[t] = chains(kFmaSteps); });
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    float sum = 0;
+    for (float v : sums) sum += v;
     g_sink = sum;
     best = std::max(best, threads * flops_per_step * static_cast<double>(kFmaSteps) / s);
   }

@@ -1,7 +1,5 @@
 #include "kernels/cpu/attention.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -14,6 +12,7 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "common/thread_pool.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/simd.h"
 #include "test_util.h"
@@ -215,12 +214,14 @@ TEST_P(AttentionTest, ResultDoesNotDependOnThreadCount) {
   Pool pool(shape(), 64);
   const Sequence a = MakeSequence(shape(), pool, 40, 800);
   const Sequence b = MakeSequence(shape(), pool, 23, 900);
-  const int saved = omp_get_max_threads();
-  omp_set_num_threads(1);
-  const std::vector<float> one = Step(shape(), pool, {{&a, 0, 40}, {&b, 0, 23}}, scale());
-  omp_set_num_threads(3);
+  std::vector<float> one;
+  {
+    UsePool alone(nullptr);
+    one = Step(shape(), pool, {{&a, 0, 40}, {&b, 0, 23}}, scale());
+  }
+  ThreadPool five(5);
+  UsePool use(&five);
   const std::vector<float> many = Step(shape(), pool, {{&a, 0, 40}, {&b, 0, 23}}, scale());
-  omp_set_num_threads(saved);
   EXPECT_TRUE(BitIdentical(one.data(), many.data(), static_cast<int64_t>(one.size())));
 }
 

@@ -1,8 +1,7 @@
 #include "kernels/cpu/matmul.h"
 
+#include "common/thread_pool.h"
 #include "kernels/cpu/dequant.h"
-
-#include <omp.h>
 
 #include <cmath>
 #include <cstdint>
@@ -148,12 +147,13 @@ TEST_P(MatMulTest, ResultDoesNotDependOnThreadCount) {
   const std::vector<float> x = RandomFloats(m * k, 21);
   const StoredWeights w = StoreWeights(RandomFloats(n * k, 22), dtype());
   std::vector<float> one(m * n), many(m * n);
-  const int saved = omp_get_max_threads();
-  omp_set_num_threads(1);
-  MatMul(x.data(), m, w.Matrix(n, k), nullptr, one.data());
-  omp_set_num_threads(3);
+  {
+    UsePool alone(nullptr);
+    MatMul(x.data(), m, w.Matrix(n, k), nullptr, one.data());
+  }
+  ThreadPool five(5);
+  UsePool use(&five);
   MatMul(x.data(), m, w.Matrix(n, k), nullptr, many.data());
-  omp_set_num_threads(saved);
   EXPECT_TRUE(BitIdentical(one.data(), many.data(), m * n));
 }
 
@@ -341,10 +341,11 @@ TEST_F(MatMulBf16DotTest, RowsDoNotDependOnTheBatchOrTheThreads) {
     MatMul(x.data() + i * k, 1, dot, nullptr, alone.data());
     ASSERT_TRUE(BitIdentical(alone.data(), batch.data() + i * n, n)) << "row " << i;
   }
-  const int saved = omp_get_max_threads();
-  omp_set_num_threads(3);
-  MatMul(x.data(), m, dot, nullptr, three.data());
-  omp_set_num_threads(saved);
+  {
+    ThreadPool five(5);
+    UsePool use(&five);
+    MatMul(x.data(), m, dot, nullptr, three.data());
+  }
   EXPECT_TRUE(BitIdentical(three.data(), batch.data(), m * n));
 }
 

@@ -281,7 +281,8 @@ TEST(GgufFile, HonoursAndValidatesGeneralAlignment) {
 
 TEST(GgufFile, UnsupportedTypeIsUnimplementedAtDequantization) {
   GgufWriter w = Valid();
-  w.AddTensor({"blk.0.ffn_up.weight", {256}, 12, std::vector<uint8_t>(144), std::nullopt});  // Q4_K
+  w.AddTensor(
+      {"blk.0.ffn_up.weight", {256}, 16, std::vector<uint8_t>(66), std::nullopt});  // IQ2_XXS
   const std::vector<uint8_t> bytes = w.Build();
   auto f = ParseBytes(bytes);
   ASSERT_TRUE(f.ok()) << f.status();  // a known type: the file itself is fine
@@ -289,7 +290,7 @@ TEST(GgufFile, UnsupportedTypeIsUnimplementedAtDequantization) {
   const absl::Status s = DequantizeToF32(**f, *(*f)->FindTensor("blk.0.ffn_up.weight"), out);
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(std::string(s.message()), HasSubstr("tensor 'blk.0.ffn_up.weight'"));
-  EXPECT_THAT(std::string(s.message()), HasSubstr("Q4_K"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("IQ2_XXS"));
 }
 
 TEST(GgufFile, SurvivesRandomCorruption) {

@@ -1,0 +1,215 @@
+#include "common/thread_pool.h"
+
+#include <immintrin.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <fstream>
+#include <map>
+#include <string>
+
+#include "common/check.h"
+
+namespace spanserve {
+namespace {
+
+thread_local ThreadPool* current_pool = nullptr;
+thread_local bool in_job = false;  // this thread is running a part of some pool's job
+
+// std::atomic<uint32_t> is a plain 32-bit word: the futex is its address.
+uint32_t* Word(std::atomic<uint32_t>* a) { return reinterpret_cast<uint32_t*>(a); }
+void FutexWait(std::atomic<uint32_t>* a, uint32_t expected) {
+  syscall(SYS_futex, Word(a), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+}
+void FutexWake(std::atomic<uint32_t>* a, int count) {
+  syscall(SYS_futex, Word(a), FUTEX_WAKE_PRIVATE, count, nullptr, nullptr, 0);
+}
+
+// Spins until pred() holds or ThreadPool::kSpinMicros pass; returns whether it holds.
+template <typename Pred>
+bool SpinFor(Pred pred) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::microseconds(ThreadPool::kSpinMicros);
+  for (int spins = 1;; ++spins) {
+    if (pred()) return true;
+    _mm_pause();
+    if (spins % 32 == 0 && std::chrono::steady_clock::now() > deadline) return pred();
+  }
+}
+
+// The tightest CPU quota of this process's cgroup and its ancestors (cgroup v2 cpu.max, or
+// v1 cpu.cfs_quota_us / cpu.cfs_period_us), in whole cores rounded up; 0 without one.
+int CgroupCpuLimit() {
+  std::ifstream self("/proc/self/cgroup");
+  std::string line;
+  int limit = 0;
+  auto take = [&limit](double quota, double period) {
+    if (quota <= 0 || period <= 0) return;
+    const int cores = std::max(1, static_cast<int>((quota + period - 1) / period));
+    limit = limit == 0 ? cores : std::min(limit, cores);
+  };
+  while (std::getline(self, line)) {
+    if (line.rfind("0::", 0) == 0) {  // v2: walk from the process's group up to the root
+      std::string path = line.substr(3);
+      while (true) {
+        std::ifstream max("/sys/fs/cgroup" + (path == "/" ? std::string() : path) + "/cpu.max");
+        std::string quota;
+        double period = 0;
+        if (max >> quota >> period && quota != "max") take(std::stod(quota), period);
+        if (path.empty() || path == "/") break;
+        path = path.substr(0, path.rfind('/'));
+      }
+    } else if (line.find(":cpu,") != std::string::npos || line.find(":cpu:") != std::string::npos ||
+               line.find(",cpu,") != std::string::npos ||
+               line.find(",cpu:") != std::string::npos) {  // v1: the mounted group
+      double quota = 0;
+      double period = 0;
+      for (const char* dir : {"/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu"}) {
+        std::ifstream q(std::string(dir) + "/cpu.cfs_quota_us");
+        std::ifstream p(std::string(dir) + "/cpu.cfs_period_us");
+        if (q >> quota && p >> period) {
+          take(quota, period);
+          break;
+        }
+      }
+    }
+  }
+  return limit;
+}
+
+}  // namespace
+
+ThreadPool::ThreadPool(int threads) : threads_(threads) {
+  SPANSERVE_CHECK_GE(threads, 1);
+  workers_.reserve(threads - 1);
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { Work(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(run_mutex_);
+    stop_ = true;
+    generation_.fetch_add(1, std::memory_order_seq_cst);
+    FutexWake(&generation_, INT_MAX);
+  }
+  for (std::thread& w : workers_) w.join();
+}
+
+void ThreadPool::Work(int index) {
+  in_job = true;  // a worker only ever runs jobs: Run from inside one runs serially
+  uint32_t seen = 0;
+  while (true) {
+    uint32_t gen = generation_.load(std::memory_order_acquire);
+    if (gen == seen) {
+      SpinFor([&] { return (gen = generation_.load(std::memory_order_acquire)) != seen; });
+      while (gen == seen) {
+        // Announce the sleep, then look again: a Run that bumped the generation before the
+        // announcement is seen here; one after it sees the sleeper and wakes it.
+        sleepers_.fetch_add(1, std::memory_order_seq_cst);
+        if (generation_.load(std::memory_order_seq_cst) == seen) FutexWait(&generation_, seen);
+        sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+        gen = generation_.load(std::memory_order_acquire);
+      }
+    }
+    seen = gen;
+    if (stop_) return;
+    (*job_)(index, threads_);
+    if (pending_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+        caller_asleep_.load(std::memory_order_seq_cst) != 0) {
+      FutexWake(&pending_, 1);
+    }
+  }
+}
+
+void ThreadPool::Run(absl::FunctionRef<void(int64_t, int64_t)> fn) {
+  if (threads_ == 1 || in_job) {
+    fn(0, 1);
+    return;
+  }
+  std::lock_guard<std::mutex> lock(run_mutex_);
+  job_ = &fn;
+  pending_.store(static_cast<uint32_t>(threads_ - 1), std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_seq_cst);
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) FutexWake(&generation_, INT_MAX);
+
+  in_job = true;
+  fn(0, threads_);
+  in_job = false;
+
+  if (!SpinFor([&] { return pending_.load(std::memory_order_acquire) == 0; })) {
+    uint32_t left;
+    while ((left = pending_.load(std::memory_order_acquire)) != 0) {
+      caller_asleep_.store(1, std::memory_order_seq_cst);
+      left = pending_.load(std::memory_order_seq_cst);
+      if (left != 0) FutexWait(&pending_, left);
+      caller_asleep_.store(0, std::memory_order_relaxed);
+    }
+  }
+  job_ = nullptr;
+}
+
+ThreadPool* CurrentPool() { return current_pool; }
+
+UsePool::UsePool(ThreadPool* pool) : previous_(current_pool) { current_pool = pool; }
+UsePool::~UsePool() { current_pool = previous_; }
+
+void Parallel(absl::FunctionRef<void(int64_t, int64_t)> fn) {
+  if (current_pool == nullptr) {
+    fn(0, 1);
+  } else {
+    current_pool->Run(fn);
+  }
+}
+
+int64_t ParallelThreads() {
+  return current_pool == nullptr || in_job ? 1 : current_pool->threads();
+}
+
+void ParallelFor(int64_t n, int64_t min_parallel, absl::FunctionRef<void(int64_t, int64_t)> fn) {
+  if (n <= 0) return;
+  if (n < min_parallel || ParallelThreads() == 1) {
+    fn(0, n);
+    return;
+  }
+  Parallel([&](int64_t t, int64_t threads) {
+    const int64_t begin = n * t / threads;
+    const int64_t end = n * (t + 1) / threads;
+    if (begin < end) fn(begin, end);
+  });
+}
+
+void ParallelRows(int64_t rows, int64_t cols, int64_t min_elements,
+                  absl::FunctionRef<void(int64_t, int64_t)> fn) {
+  ParallelFor(rows, rows * cols >= min_elements ? 2 : rows + 1, fn);
+}
+
+int AvailableCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  int cpus = sched_getaffinity(0, sizeof(set), &set) == 0
+                 ? CPU_COUNT(&set)
+                 : static_cast<int>(std::thread::hardware_concurrency());
+  cpus = std::max(cpus, 1);
+  if (const int limit = CgroupCpuLimit(); limit > 0) cpus = std::min(cpus, limit);
+  return cpus;
+}
+
+std::shared_ptr<ThreadPool> SharedThreadPool(int threads) {
+  static std::mutex mutex;
+  static auto* pools = new std::map<int, std::weak_ptr<ThreadPool>>();
+  std::lock_guard<std::mutex> lock(mutex);
+  std::weak_ptr<ThreadPool>& slot = (*pools)[threads];
+  std::shared_ptr<ThreadPool> pool = slot.lock();
+  if (pool == nullptr) {
+    pool = std::make_shared<ThreadPool>(threads);
+    slot = pool;
+  }
+  return pool;
+}
+
+}  // namespace spanserve
