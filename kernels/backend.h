@@ -79,9 +79,10 @@ class Backend {
   // out[t, :] = (x - mean) / sqrt(var + eps) * gain + bias (bias may be null); may alias.
   virtual void LayerNorm(const float* x, int64_t tokens, int64_t dim, const WeightVector& gain,
                          const WeightVector* bias, float eps, float* out) = 0;
-  // cos/sin tables [max_positions, head_dim / 2] as transformers computes them in f32.
+  // cos/sin tables [max_positions, head_dim / 2] as transformers computes them in f32,
+  // frequencies scaled as `scaling` says (types.h). Host memory for the divisors.
   virtual void RopeTables(int64_t max_positions, int64_t head_dim, double theta,
-                          double linear_factor, float* cos_table, float* sin_table) = 0;
+                          const RopeScaling& scaling, float* cos_table, float* sin_table) = 0;
   // Rotates x [tokens, heads, head_dim] in place ("rotate_half"); token t at positions[t].
   virtual void ApplyRope(float* x, int64_t tokens, int64_t heads, int64_t head_dim,
                          const int32_t* positions, const float* cos_table,

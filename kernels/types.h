@@ -101,4 +101,32 @@ enum class RouterScoring : uint8_t {
   kSigmoid,  // an independent sigmoid per expert
 };
 
+// How RopeTables scales the rotary frequencies; the arithmetic of transformers 4.46.3's
+// ROPE_INIT_FUNCTIONS, described without any model knowledge (the model layer maps its
+// config onto it). inv_freq[i] = 1 / theta^(2i/head_dim) in f32 before scaling.
+enum class RopeScalingType : uint8_t {
+  kNone,          // angle = pos * inv_freq
+  kLinear,        // angle = (pos / factor) * inv_freq
+  kLlama3,        // inv_freq divided by factor below a band of wavelengths, smoothly
+                  // interpolated inside it (transformers' _compute_llama3_parameters)
+  kYarn,          // NTK-by-parts ramp between inv_freq and inv_freq / factor, cos and sin
+                  // times attention_factor (transformers' _compute_yarn_parameters)
+  kFreqDivisors,  // inv_freq[i] / freq_divisors[i] (ggml's rope freq_factors)
+};
+
+struct RopeScaling {
+  RopeScalingType type = RopeScalingType::kNone;
+  double factor = 1.0;  // kLinear, kLlama3, kYarn
+  // kLlama3: the low/high frequency factors and the original context length.
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  // kLlama3: original_max_position_embeddings. kYarn: the length find_correction_range
+  // uses (transformers 4.46.3 passes max_position_embeddings).
+  double context_length = 8192.0;
+  double beta_fast = 32.0;               // kYarn
+  double beta_slow = 1.0;                // kYarn
+  double attention_factor = 1.0;         // kYarn: multiplies cos and sin (rounded to f32)
+  const float* freq_divisors = nullptr;  // kFreqDivisors: head_dim / 2 values, borrowed
+};
+
 }  // namespace spanserve::kernels

@@ -85,9 +85,9 @@ class CpuBackend final : public Backend {
     UsePool use(pool_.get());
     cpu::LayerNorm(x, tokens, dim, gain, bias, eps, out);
   }
-  void RopeTables(int64_t max_positions, int64_t head_dim, double theta, double linear_factor,
+  void RopeTables(int64_t max_positions, int64_t head_dim, double theta, const RopeScaling& scaling,
                   float* cos_table, float* sin_table) override {
-    cpu::RopeTables(max_positions, head_dim, theta, linear_factor, cos_table, sin_table);
+    cpu::RopeTables(max_positions, head_dim, theta, scaling, cos_table, sin_table);
   }
   void ApplyRope(float* x, int64_t tokens, int64_t heads, int64_t head_dim,
                  const int32_t* positions, const float* cos_table,

@@ -1,28 +1,121 @@
 // RoPE tables and rotation with the roundings of transformers' LlamaRotaryEmbedding in f32.
 #include "kernels/cpu/rope.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "common/check.h"
 
 namespace spanserve::kernels::cpu {
 
-void RopeTables(int64_t max_positions, int64_t head_dim, double theta, double linear_factor,
-                float* cos_table, float* sin_table) {
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+
+// transformers' _compute_yarn_parameters: find_correction_range(beta_fast, beta_slow, ...)
+// in Python doubles, then the ramp's offset and (f32) denominator.
+struct YarnRamp {
+  float low = 0.0f;
+  float denom = 1.0f;
+};
+
+YarnRamp YarnCorrectionRamp(int64_t head_dim, double theta, const RopeScaling& s) {
+  const double dim = static_cast<double>(head_dim);
+  auto correction_dim = [&](double rotations) {
+    return (dim * std::log(s.context_length / (rotations * 2 * kPi))) / (2 * std::log(theta));
+  };
+  const double low = std::max(std::floor(correction_dim(s.beta_fast)), 0.0);
+  const double high = std::min(std::ceil(correction_dim(s.beta_slow)), dim - 1);
+  // linear_ramp_factor: "if min == max: max += 0.001", then (max - min) as a Python float.
+  const double high_used = low == high ? high + 0.001 : high;
+  return {static_cast<float>(low), static_cast<float>(high_used - low)};
+}
+
+}  // namespace
+
+void RopeInvFreq(int64_t head_dim, double theta, const RopeScaling& s, float* inv_freq) {
   SPANSERVE_CHECK(head_dim > 0 && head_dim % 2 == 0);
-  SPANSERVE_CHECK(linear_factor > 0.0);
   const int64_t half = head_dim / 2;
-  const float factor = static_cast<float>(linear_factor);
+  const float factor = static_cast<float>(s.factor);
+  YarnRamp ramp;
+  if (s.type == RopeScalingType::kYarn) {
+    SPANSERVE_CHECK(s.factor > 0 && s.context_length > 0 && s.beta_fast > 0 && s.beta_slow > 0);
+    ramp = YarnCorrectionRamp(head_dim, theta, s);
+  }
+  if (s.type == RopeScalingType::kLlama3) {
+    SPANSERVE_CHECK(s.factor > 0 && s.context_length > 0 && s.low_freq_factor > 0 &&
+                    s.high_freq_factor != s.low_freq_factor);
+  }
+  if (s.type == RopeScalingType::kFreqDivisors) SPANSERVE_CHECK(s.freq_divisors != nullptr);
   for (int64_t i = 0; i < half; ++i) {
     // transformers: arange(0, d, 2).float() / d in f32, base ** that (f32), 1.0 / that (f32).
     const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
     const float power = static_cast<float>(std::pow(theta, static_cast<double>(exponent)));
-    const float inv_freq = 1.0f / power;
+    const float base = 1.0f / power;
+    float out = base;
+    switch (s.type) {
+      case RopeScalingType::kNone:
+      case RopeScalingType::kLinear:  // scales the position instead
+        break;
+      case RopeScalingType::kLlama3: {
+        // _compute_llama3_parameters on f32 tensors: a Python scalar is rounded to f32 before
+        // each op (comparisons too), and `scalar / tensor` is tensor.reciprocal() * scalar.
+        const float two_pi = static_cast<float>(2 * kPi);
+        const float wavelen = (1.0f / base) * two_pi;
+        const float low_wavelen = static_cast<float>(s.context_length / s.low_freq_factor);
+        const float high_wavelen = static_cast<float>(s.context_length / s.high_freq_factor);
+        const float llama = wavelen > low_wavelen ? base / factor : base;
+        const float smooth = ((1.0f / wavelen) * static_cast<float>(s.context_length) -
+                              static_cast<float>(s.low_freq_factor)) /
+                             static_cast<float>(s.high_freq_factor - s.low_freq_factor);
+        const float smoothed = ((1.0f - smooth) * llama) / factor + smooth * llama;
+        const bool medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+        out = medium ? smoothed : llama;
+        break;
+      }
+      case RopeScalingType::kYarn: {
+        // _compute_yarn_parameters: 1.0 / (factor * pos_freqs), the ramp over arange(d / 2).
+        const float interpolation = 1.0f / (factor * power);
+        float r = (static_cast<float>(i) - ramp.low) / ramp.denom;
+        r = std::min(std::max(r, 0.0f), 1.0f);
+        const float extrapolation_factor = 1.0f - r;
+        out = interpolation * (1.0f - extrapolation_factor) + base * extrapolation_factor;
+        break;
+      }
+      case RopeScalingType::kFreqDivisors:
+        out = base / s.freq_divisors[i];
+        break;
+    }
+    inv_freq[i] = out;
+  }
+}
+
+void RopeTables(int64_t max_positions, int64_t head_dim, double theta, const RopeScaling& s,
+                float* cos_table, float* sin_table) {
+  SPANSERVE_CHECK(head_dim > 0 && head_dim % 2 == 0);
+  const int64_t half = head_dim / 2;
+  std::vector<float> inv_freq(static_cast<size_t>(half));
+  RopeInvFreq(head_dim, theta, s, inv_freq.data());
+  const bool linear = s.type == RopeScalingType::kLinear;
+  if (linear) SPANSERVE_CHECK(s.factor > 0.0);
+  const float factor = static_cast<float>(s.factor);
+  // LlamaRotaryEmbedding.forward: cos * attention_scaling (a Python float) in f32.
+  const float attention = static_cast<float>(s.attention_factor);
+  const bool scaled = attention != 1.0f;
+  for (int64_t i = 0; i < half; ++i) {
     for (int64_t pos = 0; pos < max_positions; ++pos) {
-      const float angle = (static_cast<float>(pos) / factor) * inv_freq;
+      const float p = static_cast<float>(pos);
+      const float angle = (linear ? p / factor : p) * inv_freq[i];
       // cos/sin of the f32 angle, correctly rounded to f32 (torch's f32 cos is within 1 ulp).
-      cos_table[pos * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
-      sin_table[pos * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+      float c = static_cast<float>(std::cos(static_cast<double>(angle)));
+      float sn = static_cast<float>(std::sin(static_cast<double>(angle)));
+      if (scaled) {
+        c *= attention;
+        sn *= attention;
+      }
+      cos_table[pos * half + i] = c;
+      sin_table[pos * half + i] = sn;
     }
   }
 }

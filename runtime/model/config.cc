@@ -190,16 +190,87 @@ absl::Status ParseRopeScaling(const KeyReader& r, const char* key, ModelConfig& 
     ASSIGN_OR_RETURN(type, rs.OptString("rope_type"));
   }
   if (!type.has_value()) return rs.Missing("type");
+  RopeScalingConfig& out = c.rope_scaling;
+  out = RopeScalingConfig();
   if (*type == "default") return absl::OkStatus();  // unscaled RoPE, spelled out
-  if (*type != "linear") {
-    return r.Error(absl::StrCat(key, ".type '", *type, "' is not supported (supported: linear)"));
+  const std::string type_key = absl::StrCat(key, ".type");
+  if (*type == "dynamic") {
+    return r.Error(
+        absl::StrCat(type_key,
+                     " 'dynamic' is not supported: dynamic NTK scaling recomputes the frequencies "
+                     "from the current sequence length, so keys already in the KV cache would keep "
+                     "rotations that transformers recomputes differently at every length"));
   }
-  ASSIGN_OR_RETURN(const std::optional<double> factor, rs.OptNumber("factor"));
-  if (!factor.has_value()) return rs.Missing("factor");
-  if (!(*factor > 0)) {
-    return r.Error(absl::StrCat("key '", key, ".factor' must be positive, got ", *factor));
+  if (*type == "longrope") {
+    return r.Error(
+        absl::StrCat(type_key,
+                     " 'longrope' is not supported: it switches between short_factor and "
+                     "long_factor with the sequence length, which keys already in the KV cache "
+                     "cannot follow"));
   }
-  c.rope_linear_factor = *factor;
+  if (*type != "linear" && *type != "llama3" && *type != "yarn") {
+    return r.Error(absl::StrCat(type_key, " '", *type,
+                                "' is not supported (supported: default, linear, llama3, yarn)"));
+  }
+  // A positive number that the f32 RoPE arithmetic can hold (the kernels round it to f32).
+  auto check_positive = [&](const char* name, double v) -> absl::Status {
+    if (!(v > 0)) {
+      return r.Error(absl::StrCat("key '", rs.Name(name), "' must be positive, got ", v));
+    }
+    const float stored = static_cast<float>(v);
+    if (!std::isfinite(stored) || !(stored > 0)) {
+      return r.Error(absl::StrCat("key '", rs.Name(name), "' is out of the float range, got ", v));
+    }
+    return absl::OkStatus();
+  };
+  auto positive = [&](const char* name) -> absl::StatusOr<double> {
+    ASSIGN_OR_RETURN(const std::optional<double> v, rs.OptNumber(name));
+    if (!v.has_value()) return rs.Missing(name);
+    RETURN_IF_ERROR(check_positive(name, *v));
+    return *v;
+  };
+  ASSIGN_OR_RETURN(out.factor, positive("factor"));
+  if (*type == "linear") {
+    out.type = RopeScalingType::kLinear;
+    return absl::OkStatus();
+  }
+  if (*type == "llama3") {
+    out.type = RopeScalingType::kLlama3;
+    ASSIGN_OR_RETURN(out.low_freq_factor, positive("low_freq_factor"));
+    ASSIGN_OR_RETURN(out.high_freq_factor, positive("high_freq_factor"));
+    if (!(out.high_freq_factor > out.low_freq_factor)) {
+      return r.Error(absl::StrCat("key '", rs.Name("high_freq_factor"), "' must be greater than '",
+                                  rs.Name("low_freq_factor"), "' (", out.low_freq_factor, "), got ",
+                                  out.high_freq_factor));
+    }
+    ASSIGN_OR_RETURN(out.original_max_position_embeddings,
+                     rs.PositiveInt("original_max_position_embeddings"));
+    return absl::OkStatus();
+  }
+  out.type = RopeScalingType::kYarn;
+  // transformers 4.46.3 reads neither; later versions derive the attention factor from them.
+  for (const char* unread : {"mscale", "mscale_all_dim"}) {
+    if (rs.Find(unread) != nullptr) {
+      return r.Error(absl::StrCat("key '", rs.Name(unread),
+                                  "' is not supported: transformers 4.46.3 ignores it and later "
+                                  "versions change the attention factor with it"));
+    }
+  }
+  ASSIGN_OR_RETURN(out.original_max_position_embeddings,
+                   rs.Int("original_max_position_embeddings", 0, 1));
+  ASSIGN_OR_RETURN(const std::optional<double> attention, rs.OptNumber("attention_factor"));
+  if (attention.has_value()) {
+    RETURN_IF_ERROR(check_positive("attention_factor", *attention));
+    out.attention_factor = *attention;
+  }
+  // transformers: rope_scaling.get("beta_fast") or 32 (so 0 also means the default).
+  for (const auto& [name, field] : {std::pair<const char*, double*>{"beta_fast", &out.beta_fast},
+                                    std::pair<const char*, double*>{"beta_slow", &out.beta_slow}}) {
+    ASSIGN_OR_RETURN(const std::optional<double> v, rs.OptNumber(name));
+    if (!v.has_value() || *v == 0) continue;
+    RETURN_IF_ERROR(check_positive(name, *v));
+    *field = *v;
+  }
   return absl::OkStatus();
 }
 
@@ -382,6 +453,10 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
   ASSIGN_OR_RETURN(c.rope_theta, r.PositiveNumber("rope_theta", 10000.0));
   RETURN_IF_ERROR(ParseRopeScaling(r, "rope_scaling", c));
   RETURN_IF_ERROR(ParseRopeScaling(r, "rope_parameters", c));
+  if (c.rope_scaling.type == RopeScalingType::kYarn && c.rope_theta == 1.0) {
+    // find_correction_range divides by ln(rope_theta) (transformers fails on it too).
+    return r.Error("key 'rope_theta' must not be 1 with rope_scaling type yarn");
+  }
   ASSIGN_OR_RETURN(c.max_position_embeddings, r.PositiveInt("max_position_embeddings", 2048));
   ASSIGN_OR_RETURN(c.vocab_size, r.PositiveInt("vocab_size"));
   ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool("tie_word_embeddings", false));

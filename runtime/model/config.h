@@ -3,6 +3,7 @@
 // placement and its scalars. See docs/MODEL_FORMAT.md for every key.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -43,6 +44,30 @@ struct MoeConfig {
   int first_k_dense = 0;             // ... and i >= first_k_dense
 };
 
+// rope_scaling (or rope_parameters), as transformers 4.46.3 reads it.
+enum class RopeScalingType {
+  kNone,          // absent, null or "default"
+  kLinear,        // positions divided by factor
+  kLlama3,        // Llama 3.1+: factor, low/high_freq_factor, original_max_position_embeddings
+  kYarn,          // factor; optional attention_factor, beta_fast, beta_slow
+  kFreqDivisors,  // GGUF only: the per-frequency divisors of tensor rope_freqs.weight
+};
+
+struct RopeScalingConfig {
+  RopeScalingType type = RopeScalingType::kNone;
+  double factor = 1.0;
+  double low_freq_factor = 1.0;   // llama3
+  double high_freq_factor = 4.0;  // llama3
+  // llama3: required. yarn: optional and, as in transformers 4.46.3, not used: its
+  // correction range uses max_position_embeddings. 0 when absent.
+  int original_max_position_embeddings = 0;
+  double beta_fast = 32.0;  // yarn (absent or 0: 32, as transformers' `or 32`)
+  double beta_slow = 1.0;   // yarn (absent or 0: 1)
+  // yarn: multiplies cos and sin; absent: 0.1 * ln(factor) + 1.
+  std::optional<double> attention_factor;
+  std::vector<float> freq_divisors;  // kFreqDivisors: head_dim / 2 values, each > 0
+};
+
 struct ModelConfig {
   std::string model_type;  // "llama", "qwen2", "mistral", "spanserve", "mixtral", ...
   int hidden_size = 0;
@@ -53,7 +78,7 @@ struct ModelConfig {
   int head_dim = 0;  // default hidden_size / num_heads
   float norm_eps = 1e-6f;
   double rope_theta = 10000.0;
-  double rope_linear_factor = 1.0;  // rope_scaling {"type": "linear", "factor": f}
+  RopeScalingConfig rope_scaling;
   int max_position_embeddings = 2048;
   int vocab_size = 0;
   bool tie_word_embeddings = false;

@@ -27,6 +27,8 @@ using gguf::TensorInfo;
 using gguf::TensorType;
 
 constexpr char kArch[] = "llama";
+// The llama3 RoPE divisors (in the config, not a weight).
+constexpr char kRopeFreqs[] = "rope_freqs.weight";
 
 // A bad file is INVALID_ARGUMENT, whatever the accessor's code for a missing key.
 absl::Status AsInvalid(const absl::Status& s) {
@@ -199,25 +201,96 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
                        head_dim, ": partial rotary embeddings are not supported"));
     }
   }
-  double linear_factor = 1.0;
+  // rope.scaling.*: none, linear or yarn, mapped onto config.json's rope_scaling.
+  json rope_scaling;  // null: unscaled
+  auto scaling_factor = [&]() -> absl::StatusOr<double> {
+    absl::StatusOr<double> factor = f.GetFloat(a + ".rope.scaling.factor");
+    if (!factor.ok()) return AsInvalid(factor.status());
+    if (!(*factor > 0) || !std::isfinite(*factor)) {
+      return absl::InvalidArgumentError(absl::StrCat(f.path(), ": ", a,
+                                                     ".rope.scaling.factor = ", *factor,
+                                                     ", expected a positive finite number"));
+    }
+    return *factor;
+  };
   if (f.Has(a + ".rope.scaling.type")) {
     ASSIGN_OR_RETURN(const std::string_view type, f.GetString(a + ".rope.scaling.type"));
     if (type == "linear") {
-      absl::StatusOr<double> factor = f.GetFloat(a + ".rope.scaling.factor");
-      if (!factor.ok()) return AsInvalid(factor.status());
-      linear_factor = *factor;
+      ASSIGN_OR_RETURN(const double factor, scaling_factor());
+      if (factor != 1.0) rope_scaling = {{"type", "linear"}, {"factor", factor}};
+    } else if (type == "yarn") {
+      ASSIGN_OR_RETURN(const double factor, scaling_factor());
+      rope_scaling = {{"type", "yarn"}, {"factor", factor}};
+      if (f.Has(a + ".rope.scaling.original_context_length")) {
+        ASSIGN_OR_RETURN(rope_scaling["original_max_position_embeddings"],
+                         RequiredPositive(f, a + ".rope.scaling.original_context_length"));
+      }
+      for (const auto& [gguf_key, config_key] :
+           {std::pair<const char*, const char*>{".rope.scaling.yarn_beta_fast", "beta_fast"},
+            std::pair<const char*, const char*>{".rope.scaling.yarn_beta_slow", "beta_slow"}}) {
+        if (!f.Has(a + gguf_key)) continue;
+        absl::StatusOr<double> v = f.GetFloat(a + gguf_key);
+        if (!v.ok()) return AsInvalid(v.status());
+        if (!(*v > 0) || !std::isfinite(*v)) {
+          return absl::InvalidArgumentError(absl::StrCat(f.path(), ": ", a, gguf_key, " = ", *v,
+                                                         ", expected a positive finite number"));
+        }
+        rope_scaling[config_key] = *v;
+      }
+      // llama.cpp's other YaRN knobs have no transformers counterpart: only their neutral
+      // values are accepted.
+      for (const auto& [gguf_key, neutral] :
+           {std::pair<const char*, double>{".rope.scaling.attn_factor", 1.0},
+            std::pair<const char*, double>{".rope.scaling.yarn_attn_factor", 1.0},
+            std::pair<const char*, double>{".rope.scaling.yarn_ext_factor", 1.0},
+            std::pair<const char*, double>{".rope.scaling.yarn_log_multiplier", 0.0}}) {
+        if (!f.Has(a + gguf_key)) continue;
+        absl::StatusOr<double> v = f.GetFloat(a + gguf_key);
+        if (!v.ok()) return AsInvalid(v.status());
+        if (*v != neutral) {
+          return absl::UnimplementedError(
+              absl::StrCat(f.path(), ": ", a, gguf_key, " = ", *v, " is not supported (only ",
+                           neutral, "): transformers' YaRN has no such parameter"));
+        }
+      }
     } else if (type != "none") {
-      return absl::UnimplementedError(absl::StrCat(f.path(), ": ", a, ".rope.scaling.type '",
-                                                   std::string(type),
-                                                   "' is not supported (supported: none, linear)"));
+      return absl::UnimplementedError(
+          absl::StrCat(f.path(), ": ", a, ".rope.scaling.type '", std::string(type),
+                       "' is not supported (supported: none, linear, yarn)"));
     }
   } else if (f.Has(a + ".rope.scale_linear")) {  // the older spelling
-    ASSIGN_OR_RETURN(linear_factor, f.GetFloat(a + ".rope.scale_linear"));
+    ASSIGN_OR_RETURN(const double factor, f.GetFloat(a + ".rope.scale_linear"));
+    if (!(factor > 0) || !std::isfinite(factor)) {
+      return absl::InvalidArgumentError(absl::StrCat(f.path(), ": ", a,
+                                                     ".rope.scale_linear = ", factor,
+                                                     ", expected a positive finite number"));
+    }
+    if (factor != 1.0) rope_scaling = {{"type", "linear"}, {"factor", factor}};
   }
-  if (!(linear_factor > 0) || !std::isfinite(linear_factor)) {
-    return absl::InvalidArgumentError(absl::StrCat(f.path(), ": ", a,
-                                                   ".rope.scaling.factor = ", linear_factor,
-                                                   ", expected a positive finite number"));
+
+  // Llama 3.1+: llama.cpp's converter stores the llama3 scheme's per-frequency divisors as
+  // tensor rope_freqs.weight (ggml divides each frequency by its value).
+  std::vector<float> freq_divisors;
+  if (const TensorInfo* t = f.FindTensor(kRopeFreqs); t != nullptr) {
+    if (t->type != TensorType::kF32 || t->numel() != head_dim / 2 || t->data == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          f.path(), ": tensor '", kRopeFreqs, "' must be F32 with head_dim / 2 = ", head_dim / 2,
+          " values, got type ", static_cast<int>(t->type), " and ", t->numel(), " values"));
+    }
+    if (!rope_scaling.is_null()) {
+      return absl::UnimplementedError(absl::StrCat(
+          f.path(), ": tensor '", kRopeFreqs, "' together with ", a, ".rope.scaling.type '",
+          rope_scaling["type"].get<std::string>(), "' is not supported"));
+    }
+    freq_divisors.resize(static_cast<size_t>(head_dim / 2));
+    std::memcpy(freq_divisors.data(), t->data, freq_divisors.size() * sizeof(float));
+    for (size_t i = 0; i < freq_divisors.size(); ++i) {
+      if (!(freq_divisors[i] > 0) || !std::isfinite(freq_divisors[i])) {
+        return absl::InvalidArgumentError(absl::StrCat(f.path(), ": tensor '", kRopeFreqs,
+                                                       "' value ", i, " is ", freq_divisors[i],
+                                                       ", expected a positive finite number"));
+      }
+    }
   }
 
   int64_t vocab = 0;
@@ -247,7 +320,7 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
             {"max_position_embeddings", context},
             {"vocab_size", vocab},
             {"tie_word_embeddings", f.FindTensor("output.weight") == nullptr}};
-  if (linear_factor != 1.0) j["rope_scaling"] = {{"type", "linear"}, {"factor", linear_factor}};
+  if (!rope_scaling.is_null()) j["rope_scaling"] = rope_scaling;
   ASSIGN_OR_RETURN(const std::optional<int64_t> bos,
                    OptionalTokenId(f, "tokenizer.ggml.bos_token_id"));
   ASSIGN_OR_RETURN(const std::optional<int64_t> eos,
@@ -262,6 +335,10 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
   }
   // The norm eps is f32 in the file: keep it bit-exact.
   config->norm_eps = static_cast<float>(*eps);
+  if (!freq_divisors.empty()) {
+    config->rope_scaling.type = RopeScalingType::kFreqDivisors;
+    config->rope_scaling.freq_divisors = std::move(freq_divisors);
+  }
   return config;
 }
 
@@ -270,6 +347,7 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
   const GgufFile& f = *file;
   std::unique_ptr<WeightStore> store = WeightStore::CreateEmpty(f.path());
   for (const TensorInfo& t : f.tensors()) {
+    if (t.name == kRopeFreqs) continue;  // read by GgufModelConfig
     const std::string name = RuntimeName(t.name);
     if (name.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(f.path(), ": tensor '", t.name,

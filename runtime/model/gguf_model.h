@@ -6,7 +6,11 @@
 //   A.block_count → num_hidden_layers       A.context_length → max_position_embeddings
 //   A.attention.head_count(_kv)             A.attention.key_length → head_dim (optional)
 //   A.attention.layer_norm_rms_epsilon      A.rope.freq_base → rope_theta (default 1e4)
-//   A.rope.dimension_count (must be head_dim)   A.rope.scaling.type/.factor (none, linear)
+//   A.rope.dimension_count (must be head_dim)
+//   A.rope.scaling.type (none, linear, yarn), .factor, .original_context_length,
+//   .yarn_beta_fast/.yarn_beta_slow → rope_scaling; tensor rope_freqs.weight (F32,
+//   head_dim/2: llama3's per-frequency divisors, as llama.cpp's converter writes for
+//   Llama 3.1+) → rope_scaling type kFreqDivisors: inv_freq[i] / rope_freqs[i].
 //   vocab size: the length of tokenizer.ggml.tokens (else A.vocab_size, else token_embd)
 //   tied embeddings iff output.weight is absent; BOS/EOS from tokenizer.ggml.*_token_id.
 // Tensors: token_embd, output_norm, output, blk.N.{attn_norm, attn_q, attn_k, attn_v,

@@ -219,11 +219,45 @@ absl::StatusOr<std::unique_ptr<Model::Impl>> BindModel(ModelConfig config,
   ASSIGN_OR_RETURN(float* cos, impl->rope_cos.Grow(*impl->backend, table));
   ASSIGN_OR_RETURN(float* sin, impl->rope_sin.Grow(*impl->backend, table));
   impl->backend->RopeTables(c.max_position_embeddings, c.head_dim, c.rope_theta,
-                            c.rope_linear_factor, cos, sin);
+                            KernelRopeScaling(c), cos, sin);
   return impl;
 }
 
 }  // namespace
+
+kernels::RopeScaling KernelRopeScaling(const ModelConfig& config) {
+  const RopeScalingConfig& rs = config.rope_scaling;
+  kernels::RopeScaling k;
+  k.factor = rs.factor;
+  switch (rs.type) {
+    case RopeScalingType::kNone:
+      k.type = kernels::RopeScalingType::kNone;
+      k.factor = 1.0;
+      break;
+    case RopeScalingType::kLinear:
+      k.type = kernels::RopeScalingType::kLinear;
+      break;
+    case RopeScalingType::kLlama3:
+      k.type = kernels::RopeScalingType::kLlama3;
+      k.low_freq_factor = rs.low_freq_factor;
+      k.high_freq_factor = rs.high_freq_factor;
+      k.context_length = rs.original_max_position_embeddings;
+      break;
+    case RopeScalingType::kYarn:
+      k.type = kernels::RopeScalingType::kYarn;
+      k.context_length = config.max_position_embeddings;
+      k.beta_fast = rs.beta_fast;
+      k.beta_slow = rs.beta_slow;
+      k.attention_factor = rs.attention_factor.value_or(0.1 * std::log(rs.factor) + 1.0);
+      break;
+    case RopeScalingType::kFreqDivisors:
+      SPANSERVE_CHECK(static_cast<int64_t>(rs.freq_divisors.size()) == config.head_dim / 2);
+      k.type = kernels::RopeScalingType::kFreqDivisors;
+      k.freq_divisors = rs.freq_divisors.data();
+      break;
+  }
+  return k;
+}
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
                                                    const Options& options) {

@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/dtype.h"
+#include "kernels/types.h"
 #include "runtime/model/config.h"
 
 namespace spanserve::gguf {
@@ -126,6 +127,11 @@ using ::spanserve::ParseF32OrBf16;
 // tools that write checkpoints, e.g. random models for benchmarks).
 std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
     const ModelConfig& config);
+
+// The RoPE scaling the kernels get for `config` (transformers 4.46.3's rope init functions:
+// yarn's correction range uses max_position_embeddings, its attention factor defaults to
+// 0.1 * ln(factor) + 1). Borrows config.rope_scaling.freq_divisors.
+kernels::RopeScaling KernelRopeScaling(const ModelConfig& config);
 
 class Model {
  public:

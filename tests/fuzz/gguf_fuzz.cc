@@ -95,7 +95,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // What the model builds from: every scalar usable (finite, positive).
     SPANSERVE_CHECK(std::isfinite(config->norm_eps) && config->norm_eps > 0);
     SPANSERVE_CHECK(std::isfinite(config->rope_theta) && config->rope_theta > 0);
-    SPANSERVE_CHECK(std::isfinite(config->rope_linear_factor) && config->rope_linear_factor > 0);
+    SPANSERVE_CHECK(std::isfinite(config->rope_scaling.factor) && config->rope_scaling.factor > 0);
     SPANSERVE_CHECK(config->hidden_size > 0 && config->num_layers > 0 && config->vocab_size > 0);
     SPANSERVE_CHECK(config->num_heads > 0 && config->num_heads % config->num_kv_heads == 0);
   }

@@ -137,7 +137,11 @@ REF_CASES = {
                              decoder_sparse_step=2), "float32", 125),
 }
 
-HF_CASES = ["hf_llama", "hf_qwen2", "hf_mixtral", "hf_qwen2_moe", "hf_olmoe"]
+HF_CASES = ["hf_llama", "hf_qwen2", "hf_mixtral", "hf_qwen2_moe", "hf_olmoe",
+            "hf_llama3_rope", "hf_qwen2_yarn"]
+# Sequence lengths per case (default LENGTHS): the RoPE scaling cases go well past their
+# original_max_position_embeddings (16 / 32).
+CASE_LENGTHS = {"hf_llama3_rope": (40, 96, 70), "hf_qwen2_yarn": (50, 96, 80)}
 
 
 def log(*a):
@@ -150,16 +154,16 @@ def rel_err(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
-def sequences_for(seed: int, vocab: int, attempt: int = 0):
+def sequences_for(seed: int, vocab: int, attempt: int = 0, lengths=LENGTHS):
     g = torch.Generator().manual_seed(seed * 7919 + 17 + 1000003 * attempt)
-    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in LENGTHS]
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
-def pick_sequences(model: SpanModel, seed: int, vocab: int):
+def pick_sequences(model: SpanModel, seed: int, vocab: int, lengths=LENGTHS):
     """The first deterministic draw of sequences whose MoE top-k choices are all at least
     TOPK_GAP away from a tie (dense models: the first draw)."""
     for attempt in range(200):
-        seqs = sequences_for(seed, vocab, attempt)
+        seqs = sequences_for(seed, vocab, attempt, lengths)
         gap = min_topk_gap(model, seqs)
         if gap >= TOPK_GAP:
             return seqs, gap
@@ -234,8 +238,15 @@ def mutations(d):
         out[name] = m.eval()
 
     run_cfg("rope_theta_x2", rope_theta=c.rope_theta * 2)
-    if c.rope_factor != 1.0:
+    if c.rope_type != "default":
         run_cfg("rope_unscaled", rope_scaling=None)
+    if c.rope_type in ("llama3", "yarn"):
+        # The same factor applied to every frequency: the bands / ramp must matter.
+        run_cfg("rope_linear_instead",
+                rope_scaling={"type": "linear", "factor": c.rope_params["factor"]})
+    if c.rope_type == "yarn":
+        rs = {k: v for k, v in c.rope_params.items() if k != "attention_factor"}
+        run_cfg("yarn_attention_factor_1", rope_scaling=dict(rs, attention_factor=1.0))
     if c.skip_scale != 1.0:
         run_cfg("skip_scale_1", skip_scale=1.0)
     if c.branch_scale != 1.0:
@@ -335,6 +346,25 @@ def hf_config(case):
                                        num_experts_per_tok=2, norm_topk_prob=True,
                                        decoder_sparse_step=1, mlp_only_layers=[2],
                                        use_sliding_window=False)), 204
+    if case == "hf_llama3_rope":
+        # Llama 3.1's rope_scaling with an original context of 32 (sequences up to 96):
+        # head_dim 16's wavelengths 6.3, 19.9, 62.8, ... fall in all three bands (kept below
+        # 32/4, interpolated up to 32/1, divided by 8 above).
+        return T.LlamaConfig(**dict(common, intermediate_size=60, head_dim=16,
+                                    rope_theta=10000.0,
+                                    rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                  "low_freq_factor": 1.0,
+                                                  "high_freq_factor": 4.0,
+                                                  "original_max_position_embeddings": 32})), 206
+    if case == "hf_qwen2_yarn":
+        # Qwen2.5's long-context spelling. transformers 4.46.3 reads only factor (and the
+        # optional attention_factor / beta_fast / beta_slow) and measures the correction
+        # range on max_position_embeddings (128): original_max_position_embeddings is kept
+        # in the config as the Qwen2.5 README writes it but does not change the logits.
+        return T.Qwen2Config(**dict(common, intermediate_size=72, rope_theta=10000.0,
+                                    use_sliding_window=False,
+                                    rope_scaling={"type": "yarn", "factor": 4.0,
+                                                  "original_max_position_embeddings": 32})), 207
     if case == "hf_olmoe":
         return T.OlmoeConfig(**dict(common, intermediate_size=20, num_experts=4,
                                     num_experts_per_tok=2, norm_topk_prob=False,
@@ -357,7 +387,7 @@ def make_hf_case(case, report):
             os.remove(p)
     model = hf_load(d)  # what is on disk
     ref = load_model(d)
-    seqs, gap = pick_sequences(ref, seed, hc.vocab_size)
+    seqs, gap = pick_sequences(ref, seed, hc.vocab_size, CASE_LENGTHS.get(case, LENGTHS))
     logits = hf_logits(model, seqs)
     tol = 1e-4
     ref_err = max(rel_err(l, r) for l, r in zip(logits, ref_logits(ref, seqs)))

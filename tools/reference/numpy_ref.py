@@ -42,13 +42,48 @@ def _swiglu(x, W, p, mixtral=False):
     return _lin(_silu(_lin(x, W, p + ".gate_proj")) * _lin(x, W, p + ".up_proj"), W, p + ".down_proj")
 
 
+def _inv_freq(cfg: ModelConfig, D):
+    """theta^(-2i/D), scaled by rope_scaling (llama3: kept above, divided by factor below,
+    interpolated in between the wavelength band; yarn: a linear ramp over the dimensions
+    between the correction range, on max_position_embeddings as transformers 4.46.3), and
+    the factor yarn multiplies cos and sin with."""
+    i = np.arange(D // 2, dtype=np.float64)
+    inv = cfg.rope_theta ** (-2.0 * i / D)
+    p = cfg.rope_params
+    if cfg.rope_type == "llama3":
+        f, lo, hi = p["factor"], p["low_freq_factor"], p["high_freq_factor"]
+        L = p["original_max_position_embeddings"]
+        wavelen = 2 * np.pi / inv
+        smooth = (L / wavelen - lo) / (hi - lo)
+        mid = (1 - smooth) * inv / f + smooth * inv
+        return np.where(wavelen < L / hi, inv, np.where(wavelen > L / lo, inv / f, mid)), 1.0
+    if cfg.rope_type == "yarn":
+        f = p["factor"]
+        L = cfg.max_position_embeddings
+        rot_fast, rot_slow = p.get("beta_fast") or 32, p.get("beta_slow") or 1
+
+        def dim(rot):
+            return D * np.log(L / (rot * 2 * np.pi)) / (2 * np.log(cfg.rope_theta))
+
+        low = max(np.floor(dim(rot_fast)), 0.0)
+        high = min(np.ceil(dim(rot_slow)), D - 1.0)
+        if high == low:
+            high += 0.001
+        ramp = np.clip((i - low) / (high - low), 0.0, 1.0)
+        att = p.get("attention_factor")
+        att = 0.1 * np.log(f) + 1.0 if att is None else att
+        return inv / f * ramp + inv * (1 - ramp), att
+    return inv, 1.0
+
+
 def _rope(v, pos, cfg: ModelConfig):
-    """v [D] at position pos: pairs (i, i + D/2) rotated by pos/factor * theta^(-2i/D)."""
+    """v [D] at position pos: pairs (i, i + D/2) rotated by pos/factor * inv_freq[i]
+    (scaled as rope_scaling says), times yarn's attention factor."""
     D = v.shape[-1]
     h = D // 2
-    i = np.arange(h, dtype=np.float64)
-    ang = (pos / cfg.rope_factor) * cfg.rope_theta ** (-2.0 * i / D)
-    c, s = np.cos(ang), np.sin(ang)
+    inv, att = _inv_freq(cfg, D)
+    ang = (pos / cfg.rope_factor) * inv
+    c, s = att * np.cos(ang), att * np.sin(ang)
     out = np.empty_like(v)
     out[:h] = v[:h] * c - v[h:] * s
     out[h:] = v[h:] * c + v[:h] * s

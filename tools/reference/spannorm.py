@@ -82,12 +82,20 @@ class ModelConfig:
         # instead of rope_theta / rope_scaling; accept both spellings.
         rp = g("rope_parameters") or {}
         self.rope_theta = float(g("rope_theta", rp.get("rope_theta", 10000.0)))
+        # rope_type: default, linear (positions / rope_factor), llama3 or yarn (the scaled
+        # inverse frequencies of transformers 4.46.3, rope_params = the rope_scaling dict).
         self.rope_factor = 1.0
+        self.rope_type = "default"
+        self.rope_params = {}
         rs = g("rope_scaling") or (rp if rp.get("rope_type", "default") != "default" else None)
         if rs is not None:
             kind = rs.get("rope_type", rs.get("type"))
             if kind == "linear":
                 self.rope_factor = float(rs["factor"])
+                self.rope_type = kind
+            elif kind in ("llama3", "yarn"):
+                self.rope_type = kind
+                self.rope_params = dict(rs)
             elif kind != "default":
                 raise ConfigError(f"config.json: rope_scaling type '{kind}' is not supported")
         self.tie_word_embeddings = bool(g("tie_word_embeddings", False))
@@ -174,13 +182,57 @@ def rotate_half(x):
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
-def rope_cos_sin(cfg: ModelConfig, T: int, device, dtype=torch.float32):
+def rope_inv_freq(cfg: ModelConfig, device):
+    """(inv_freq [head_dim/2] f32, attention scale): the f32 tensor steps of transformers
+    4.46.3's rope init functions (default, llama3, yarn)."""
     d = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, device=device).float() / d))
+    base = cfg.rope_theta
+    pos_freqs = base ** (torch.arange(0, d, 2, device=device).float() / d)
+    inv_freq = 1.0 / pos_freqs
+    p = cfg.rope_params
+    if cfg.rope_type == "llama3":
+        factor, lo, hi = p["factor"], p["low_freq_factor"], p["high_freq_factor"]
+        old = p["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old / lo, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old / hi) * ~(wavelen > old / lo)
+        return torch.where(medium, smoothed, scaled), 1.0
+    if cfg.rope_type == "yarn":
+        factor = p["factor"]
+        attention = p.get("attention_factor")
+        if attention is None:
+            attention = 0.1 * math.log(factor) + 1.0
+        beta_fast, beta_slow = p.get("beta_fast") or 32, p.get("beta_slow") or 1
+        # transformers 4.46.3 measures the correction range on max_position_embeddings.
+        L = cfg.max_position_embeddings
+
+        def corr_dim(rot):
+            return (d * math.log(L / (rot * 2 * math.pi))) / (2 * math.log(base))
+
+        low = max(math.floor(corr_dim(beta_fast)), 0)
+        high = min(math.ceil(corr_dim(beta_slow)), d - 1)
+        if low == high:
+            high += 0.001
+        ramp = torch.clamp((torch.arange(d // 2, dtype=torch.float32, device=device) - low)
+                           / (high - low), 0, 1)
+        extrapolation = 1 - ramp
+        interpolation_freq = 1.0 / (factor * pos_freqs)
+        return (interpolation_freq * (1 - extrapolation) + inv_freq * extrapolation,
+                float(attention))
+    return inv_freq, 1.0
+
+
+def rope_cos_sin(cfg: ModelConfig, T: int, device, dtype=torch.float32):
+    inv_freq, attention = rope_inv_freq(cfg, device)
     pos = torch.arange(T, device=device).float() / cfg.rope_factor
     freqs = torch.outer(pos, inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    cos, sin = emb.cos(), emb.sin()
+    if attention != 1.0:
+        cos, sin = cos * attention, sin * attention
+    return cos.to(dtype), sin.to(dtype)
 
 
 class Attention(nn.Module):

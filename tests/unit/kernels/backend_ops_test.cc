@@ -717,27 +717,88 @@ double RopeAngle(int64_t pos, int64_t i, int64_t head_dim, double theta, double 
          std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
 }
 
+// The scaled inverse frequency in double, straight from the formulas (transformers'
+// _compute_llama3_parameters and _compute_yarn_parameters, without the f32 steps).
+double ScaledInvFreq(int64_t i, int64_t head_dim, double theta, const RopeScaling& s) {
+  constexpr double kPi = 3.14159265358979323846;
+  const double d = static_cast<double>(head_dim);
+  const double inv = std::pow(theta, -2.0 * static_cast<double>(i) / d);
+  switch (s.type) {
+    case RopeScalingType::kNone:
+    case RopeScalingType::kLinear:
+      return inv;
+    case RopeScalingType::kLlama3: {
+      const double wavelen = 2 * kPi / inv;
+      if (wavelen < s.context_length / s.high_freq_factor) return inv;
+      if (wavelen > s.context_length / s.low_freq_factor) return inv / s.factor;
+      const double smooth = (s.context_length / wavelen - s.low_freq_factor) /
+                            (s.high_freq_factor - s.low_freq_factor);
+      return (1 - smooth) * inv / s.factor + smooth * inv;
+    }
+    case RopeScalingType::kYarn: {
+      auto dim_of = [&](double rotations) {
+        return d * std::log(s.context_length / (rotations * 2 * kPi)) / (2 * std::log(theta));
+      };
+      const double low = std::max(std::floor(dim_of(s.beta_fast)), 0.0);
+      double high = std::min(std::ceil(dim_of(s.beta_slow)), d - 1);
+      if (high == low) high += 0.001;
+      const double ramp = std::clamp((static_cast<double>(i) - low) / (high - low), 0.0, 1.0);
+      return inv / s.factor * ramp + inv * (1 - ramp);
+    }
+    case RopeScalingType::kFreqDivisors:
+      return inv / s.freq_divisors[i];
+  }
+  return inv;
+}
+
 TEST_P(BackendOpsTest, RopeTables) {
   struct Case {
     int64_t head_dim, max_positions;
-    double theta, factor;
+    double theta;
+    RopeScaling scaling;
   };
-  for (Case cs : {Case{16, 100, 10000.0, 1.0}, Case{24, 64, 1e6, 4.0}, Case{64, 33, 500.0, 2.5}}) {
+  RopeScaling linear4{.type = RopeScalingType::kLinear, .factor = 4.0};
+  RopeScaling linear25{.type = RopeScalingType::kLinear, .factor = 2.5};
+  // Llama 3.1's parameters with an original context short enough that the table crosses it
+  // and the three bands (kept, smoothed, divided) all hold frequencies.
+  RopeScaling llama3{.type = RopeScalingType::kLlama3,
+                     .factor = 8.0,
+                     .low_freq_factor = 1.0,
+                     .high_freq_factor = 4.0,
+                     .context_length = 64.0};
+  RopeScaling yarn{.type = RopeScalingType::kYarn,
+                   .factor = 4.0,
+                   .context_length = 256.0,
+                   .attention_factor = 0.1 * std::log(4.0) + 1.0};
+  RopeScaling yarn_betas = yarn;
+  yarn_betas.beta_fast = 8.0;
+  yarn_betas.beta_slow = 2.0;
+  yarn_betas.attention_factor = 1.25;
+  const std::vector<float> divisors = {1.0f, 1.5f, 3.0f, 8.0f, 8.0f, 2.0f, 1.0f, 5.5f};
+  RopeScaling by_divisors{.type = RopeScalingType::kFreqDivisors, .freq_divisors = divisors.data()};
+  for (Case cs : {Case{16, 100, 10000.0, {}}, Case{24, 64, 1e6, linear4},
+                  Case{64, 33, 500.0, linear25}, Case{32, 300, 10000.0, llama3},
+                  Case{128, 80, 500000.0, llama3}, Case{32, 300, 10000.0, yarn},
+                  Case{64, 200, 1e6, yarn_betas}, Case{16, 50, 10000.0, by_divisors}}) {
+    const RopeScaling& sc = cs.scaling;
     SCOPED_TRACE(::testing::Message()
-                 << "head_dim " << cs.head_dim << " theta " << cs.theta << " factor " << cs.factor);
+                 << "head_dim " << cs.head_dim << " theta " << cs.theta << " scaling "
+                 << static_cast<int>(sc.type) << " factor " << sc.factor);
     const int64_t half = cs.head_dim / 2, n = cs.max_positions * half;
     auto [got, oracle] = RunBoth([&](Backend& be, Mem& mem) {
       float* cos_table = mem.Zeros<float>(n);
       float* sin_table = mem.Zeros<float>(n);
-      be.RopeTables(cs.max_positions, cs.head_dim, cs.theta, cs.factor, cos_table, sin_table);
+      be.RopeTables(cs.max_positions, cs.head_dim, cs.theta, sc, cos_table, sin_table);
       return std::pair(mem.Get(cos_table, n), mem.Get(sin_table, n));
     });
+    const bool linear = sc.type == RopeScalingType::kLinear;
     Expected want_cos, want_sin;
     for (int64_t pos = 0; pos < cs.max_positions; ++pos) {
       for (int64_t i = 0; i < half; ++i) {
-        const double a = RopeAngle(pos, i, cs.head_dim, cs.theta, cs.factor);
-        want_cos.Push(std::cos(a), 1.0 + a);
-        want_sin.Push(std::sin(a), 1.0 + a);
+        const double a = static_cast<double>(pos) / (linear ? sc.factor : 1.0) *
+                         ScaledInvFreq(i, cs.head_dim, cs.theta, sc);
+        want_cos.Push(std::cos(a) * sc.attention_factor, (1.0 + a) * sc.attention_factor);
+        want_sin.Push(std::sin(a) * sc.attention_factor, (1.0 + a) * sc.attention_factor);
       }
     }
     ExpectOp("RopeTables cos", got.first, oracle.first, want_cos, kF32);

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -18,7 +19,10 @@ TEST(Rope, TablesMatchDoubleFormulaWithinF32AngleRounding) {
   for (double factor : {1.0, 4.0}) {
     SCOPED_TRACE(::testing::Message() << "linear_factor=" << factor);
     std::vector<float> cos_t(positions * half), sin_t(positions * half);
-    RopeTables(positions, head_dim, /*theta=*/1e6, factor, cos_t.data(), sin_t.data());
+    const RopeScaling scaling{
+        .type = factor == 1.0 ? RopeScalingType::kNone : RopeScalingType::kLinear,
+        .factor = factor};
+    RopeTables(positions, head_dim, /*theta=*/1e6, scaling, cos_t.data(), sin_t.data());
     for (int64_t pos = 0; pos < positions; ++pos) {
       for (int64_t i = 0; i < half; ++i) {
         const double angle = pos / factor * std::pow(1e6, -2.0 * i / head_dim);
@@ -36,7 +40,7 @@ TEST(Rope, TablesFollowTransformersF32Steps) {
   // freqs = inv_freq * position in f32; at pos 1 the angle is exactly inv_freq.
   const int64_t head_dim = 6;
   std::vector<float> cos_t(2 * 3), sin_t(2 * 3);
-  RopeTables(2, head_dim, /*theta=*/10000.0, /*linear_factor=*/1.0, cos_t.data(), sin_t.data());
+  RopeTables(2, head_dim, /*theta=*/10000.0, RopeScaling{}, cos_t.data(), sin_t.data());
   for (int64_t i = 0; i < 3; ++i) {
     const float exponent = static_cast<float>(2 * i) / 6.0f;
     const float inv_freq = 1.0f / static_cast<float>(std::pow(10000.0, double{exponent}));
@@ -47,11 +51,140 @@ TEST(Rope, TablesFollowTransformersF32Steps) {
   }
 }
 
+// inv_freq of transformers 4.46.3's ROPE_INIT_FUNCTIONS["llama3"] / ["yarn"] (torch 1.13, f32
+// on CPU), printed with float.hex(): the scaled frequencies follow its f32 steps bit for bit.
+const std::vector<float> kLlama3Small = {
+    0x1.26f0dcp-1f,  0x1.211134p-3f,  0x1.43d136p-5f,  0x1.6c310ep-6f,
+    0x1.99999ap-7f,  0x1.ccab84p-8f,  0x1.030dc6p-8f,  0x1.235a72p-9f,
+    0x1.47ae14p-10f, 0x1.708938p-11f, 0x1.9e7c70p-12f, 0x1.d22a50p-13f,
+    0x1.0624dep-13f, 0x1.26d42cp-14f, 0x1.4b96c0p-15f, 0x1.74eea6p-16f};
+const std::vector<float> kLlama31 = {
+    0x1.000000p+0f,  0x1.a11582p-1f,  0x1.53c38cp-1f,  0x1.14c708p-1f,  0x1.c2ef78p-2f,
+    0x1.6f56fap-2f,  0x1.2b3dc6p-2f,  0x1.e788c2p-3f,  0x1.8d2760p-3f,  0x1.438740p-3f,
+    0x1.078d40p-3f,  0x1.ad6338p-4f,  0x1.5dc95ap-4f,  0x1.1cf130p-4f,  0x1.d03ccep-5f,
+    0x1.7a2d08p-5f,  0x1.341190p-5f,  0x1.f5ea7ep-6f,  0x1.98de92p-6f,  0x1.4d1272p-6f,
+    0x1.0f5386p-6f,  0x1.ba0dd8p-7f,  0x1.681adap-7f,  0x1.2558fep-7f,  0x1.ddee9ep-8f,
+    0x1.8554ecp-8f,  0x1.3d2804p-8f,  0x1.025c6ap-8f,  0x1.a4ee40p-9f,  0x1.1bfa0cp-9f,
+    0x1.67a23ap-10f, 0x1.c12f3cp-11f, 0x1.132ba4p-11f, 0x1.47e210p-12f, 0x1.765ba4p-13f,
+    0x1.90d10cp-14f, 0x1.46831ap-14f, 0x1.09fb7ep-14f, 0x1.b15902p-15f, 0x1.610332p-15f,
+    0x1.1f91f0p-15f, 0x1.d484dep-16f, 0x1.7da9e8p-16f, 0x1.36e8eap-16f, 0x1.fa8b86p-17f,
+    0x1.9ca3eap-17f, 0x1.5024d6p-17f, 0x1.11d41ep-17f, 0x1.be2188p-18f, 0x1.6b6d0ep-18f,
+    0x1.280d96p-18f, 0x1.e25700p-19f, 0x1.88ec20p-19f, 0x1.4014d2p-19f, 0x1.04be68p-19f,
+    0x1.a8d010p-20f, 0x1.5a0f4ep-20f, 0x1.19e800p-20f, 0x1.cb4a9ap-21f, 0x1.76258ep-21f,
+    0x1.30c94ep-21f, 0x1.f09184p-22f, 0x1.948360p-22f, 0x1.4985fep-22f};
+const std::vector<float> kYarnSmall = {
+    0x1.000000p+0f,  0x1.011200p-1f,  0x1.fcdb0ep-3f,  0x1.ee4292p-4f,
+    0x1.d41d40p-5f,  0x1.abc3d4p-6f,  0x1.7213acp-7f,  0x1.235a72p-8f,
+    0x1.47ae14p-9f,  0x1.708938p-10f, 0x1.9e7c70p-11f, 0x1.d22a50p-12f,
+    0x1.0624dep-12f, 0x1.26d42cp-13f, 0x1.4b96c0p-14f, 0x1.74eea6p-15f};
+const std::vector<float> kYarnQwen25 = {
+    0x1.000000p+0f,  0x1.9c975ap-1f,  0x1.4c7bc0p-1f,  0x1.0beddep-1f,  0x1.afd136p-2f,
+    0x1.5bf9fep-2f,  0x1.186a08p-2f,  0x1.c3f06ap-3f,  0x1.6c310ep-3f,  0x1.257b22p-3f,
+    0x1.d8ffacp-4f,  0x1.7d298cp-4f,  0x1.33281ap-4f,  0x1.ef0a26p-5f,  0x1.8eec7ep-5f,
+    0x1.41783ap-5f,  0x1.030dc6p-5f,  0x1.a18350p-6f,  0x1.507316p-6f,  0x1.0f2010p-6f,
+    0x1.b4f7e4p-7f,  0x1.6020a4p-7f,  0x1.1bc25ap-7f,  0x1.c9548cp-8f,  0x1.6046eep-8f,
+    0x1.0ec710p-8f,  0x1.9f4aa0p-9f,  0x1.3da490p-9f,  0x1.e483bep-10f, 0x1.705780p-10f,
+    0x1.17040ep-10f, 0x1.a4fb70p-11f, 0x1.3c1d64p-11f, 0x1.d832d0p-12f, 0x1.5e7a04p-12f,
+    0x1.02387cp-12f, 0x1.79277cp-13f, 0x1.107c70p-13f, 0x1.847d34p-14f, 0x1.103a14p-14f,
+    0x1.74eea6p-15f, 0x1.2c8648p-15f, 0x1.e459c4p-16f, 0x1.864f6ap-16f, 0x1.3a8748p-16f,
+    0x1.faeba8p-17f, 0x1.987f7cp-17f, 0x1.492f56p-17f, 0x1.094564p-17f, 0x1.ab8882p-18f,
+    0x1.58863ap-18f, 0x1.15a1dap-18f, 0x1.bf749ep-19f, 0x1.68941cp-19f, 0x1.2291c6p-19f,
+    0x1.d44e64p-20f, 0x1.796182p-20f, 0x1.301c04p-20f, 0x1.ea20e0p-21f, 0x1.8af756p-21f,
+    0x1.3e47c8p-21f, 0x1.007bd8p-21f, 0x1.9d5ef2p-22f, 0x1.4d1c98p-22f};
+const std::vector<float> kYarnBetas = {
+    0x1.000000p+0f,  0x1.7ff222p-1f,  0x1.1feb34p-1f,  0x1.7fd668p-2f,  0x1.f7b736p-3f,
+    0x1.43c584p-3f,  0x1.94a848p-4f,  0x1.e58534p-5f,  0x1.111112p-5f,  0x1.998acep-6f,
+    0x1.331d04p-6f,  0x1.cc9ae2p-7f,  0x1.5967b0p-7f,  0x1.03046ap-7f,  0x1.847898p-8f,
+    0x1.234fecp-8f,  0x1.b4e81cp-9f,  0x1.47a240p-9f,  0x1.eb61a0p-10f, 0x1.707beap-10f,
+    0x1.1452f6p-10f, 0x1.9e6d78p-11f, 0x1.36c6e0p-11f, 0x1.d2197ap-12f, 0x1.5d867cp-12f,
+    0x1.061b66p-12f, 0x1.891ae6p-13f, 0x1.26c988p-13f, 0x1.ba1e54p-14f, 0x1.4b8ac6p-14f,
+    0x1.f13e36p-15f, 0x1.74e12ep-15f};
+
+TEST(Rope, ScaledInvFreqEqualsTransformersBitForBit) {
+  struct Case {
+    const char* name;
+    int64_t head_dim;
+    double theta;
+    RopeScaling scaling;
+    const std::vector<float>* want;
+    // torch's f32 pow (Sleef, within 1 ulp) and the runtime's correctly rounded one disagree
+    // by 1 ulp on theta^(74/128) for theta 1e6 (i = 37): a difference of the unscaled
+    // frequencies too, carried through the scaling.
+    int max_ulps = 0;
+  };
+  const RopeScaling llama3_small{.type = RopeScalingType::kLlama3,
+                                 .factor = 8.0,
+                                 .low_freq_factor = 1.0,
+                                 .high_freq_factor = 4.0,
+                                 .context_length = 16};
+  RopeScaling llama31 = llama3_small;
+  llama31.context_length = 8192;
+  // yarn: the correction range uses max_position_embeddings (256, 32768, 100 above).
+  const RopeScaling yarn_small{
+      .type = RopeScalingType::kYarn, .factor = 4.0, .context_length = 256};
+  RopeScaling yarn_qwen = yarn_small;
+  yarn_qwen.context_length = 32768;
+  const RopeScaling yarn_betas{.type = RopeScalingType::kYarn,
+                               .factor = 3.0,
+                               .context_length = 100,
+                               .beta_fast = 8.0,
+                               .beta_slow = 2.0};
+  for (const Case& cs : {Case{"llama3 small", 32, 10000.0, llama3_small, &kLlama3Small},
+                         Case{"llama3.1", 128, 500000.0, llama31, &kLlama31},
+                         Case{"yarn small", 32, 10000.0, yarn_small, &kYarnSmall},
+                         Case{"yarn qwen2.5", 128, 1e6, yarn_qwen, &kYarnQwen25, 1},
+                         Case{"yarn betas", 64, 10000.0, yarn_betas, &kYarnBetas}}) {
+    SCOPED_TRACE(cs.name);
+    std::vector<float> got(cs.head_dim / 2);
+    RopeInvFreq(cs.head_dim, cs.theta, cs.scaling, got.data());
+    ASSERT_EQ(got.size(), cs.want->size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      int32_t a, b;
+      std::memcpy(&a, &got[i], 4);
+      std::memcpy(&b, &(*cs.want)[i], 4);
+      EXPECT_LE(std::abs(a - b), cs.max_ulps)
+          << "i=" << i << ": " << got[i] << " vs " << (*cs.want)[i];
+    }
+  }
+}
+
+TEST(Rope, YarnAttentionFactorScalesCosAndSinInF32) {
+  const int64_t head_dim = 8, half = 4, positions = 3;
+  const double attention = 0.1 * std::log(4.0) + 1.0;
+  const RopeScaling yarn{.type = RopeScalingType::kYarn,
+                         .factor = 4.0,
+                         .context_length = 64,
+                         .attention_factor = attention};
+  std::vector<float> cos_t(positions * half), sin_t(positions * half);
+  RopeTables(positions, head_dim, 10000.0, yarn, cos_t.data(), sin_t.data());
+  std::vector<float> inv(half);
+  RopeInvFreq(head_dim, 10000.0, yarn, inv.data());
+  const float att = static_cast<float>(attention);
+  for (int64_t pos = 0; pos < positions; ++pos) {
+    for (int64_t i = 0; i < half; ++i) {
+      const double angle = static_cast<float>(pos) * inv[i];
+      EXPECT_EQ(cos_t[pos * half + i], static_cast<float>(std::cos(angle)) * att);
+      EXPECT_EQ(sin_t[pos * half + i], static_cast<float>(std::sin(angle)) * att);
+    }
+  }
+}
+
+TEST(Rope, FreqDivisorsDivideInvFreq) {
+  const int64_t head_dim = 8;
+  const std::vector<float> divisors = {1.0f, 2.0f, 3.0f, 8.0f};
+  const RopeScaling by_divisors{.type = RopeScalingType::kFreqDivisors,
+                                .freq_divisors = divisors.data()};
+  std::vector<float> plain(4), got(4);
+  RopeInvFreq(head_dim, 10000.0, RopeScaling{}, plain.data());
+  RopeInvFreq(head_dim, 10000.0, by_divisors, got.data());
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(got[i], plain[i] / divisors[i]);
+}
+
 TEST(Rope, ApplyRotatesHalvesAsRotateHalf) {
   const int64_t tokens = 4, heads = 3, head_dim = 10, max_pos = 50;
   const int64_t half = head_dim / 2;
   std::vector<float> cos_t(max_pos * half), sin_t(max_pos * half);
-  RopeTables(max_pos, head_dim, 10000.0, 1.0, cos_t.data(), sin_t.data());
+  RopeTables(max_pos, head_dim, 10000.0, RopeScaling{}, cos_t.data(), sin_t.data());
   const std::vector<float> x = RandomFloats(tokens * heads * head_dim, 81);
   const int32_t positions[tokens] = {0, 17, 3, 49};
   std::vector<float> y = x;

@@ -2,6 +2,7 @@
 // (tests/data/models/hf_llama) the way llama.cpp's converter writes one (renamed tensors,
 // innermost-first dims, Q/K rows permuted for its rotary layout) gives bit-identical logits
 // to the safetensors original; broken or unsupported files fail naming the culprit.
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -15,6 +16,7 @@
 #include "gguf_writer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/backend.h"
 #include "nlohmann/json.hpp"
 #include "runtime/gguf/gguf_file.h"
 #include "runtime/loader/gguf_tokenizer.h"
@@ -34,14 +36,16 @@ const std::string kLlamaDir = std::string(SPANSERVE_TEST_DATA) + "/models/hf_lla
 struct Variant {
   uint32_t version = 3;
   std::string arch = "llama";
-  std::string drop_key;         // metadata key left out
-  std::string drop_tensor;      // GGUF tensor left out
-  int64_t v_rows = 0;           // blk.0.attn_v rows, if not the config's
-  uint32_t attn_norm_type = 0;  // blk.0.attn_norm written as this ggml type
-  bool extra_tensor = false;    // adds blk.0.attn_qkv.weight
-  std::string tokenizer_model;  // tokenizer.ggml.model, if any
-  float eps = 1e-5f;            // llama.attention.layer_norm_rms_epsilon
-  float freq_base = 10000.0f;   // llama.rope.freq_base
+  std::string drop_key;           // metadata key left out
+  std::string drop_tensor;        // GGUF tensor left out
+  int64_t v_rows = 0;             // blk.0.attn_v rows, if not the config's
+  uint32_t attn_norm_type = 0;    // blk.0.attn_norm written as this ggml type
+  bool extra_tensor = false;      // adds blk.0.attn_qkv.weight
+  std::string tokenizer_model;    // tokenizer.ggml.model, if any
+  float eps = 1e-5f;              // llama.attention.layer_norm_rms_epsilon
+  float freq_base = 10000.0f;     // llama.rope.freq_base
+  std::vector<float> rope_freqs;  // written as tensor rope_freqs.weight if not empty
+  std::function<void(GgufWriter&)> extra_metadata;
 };
 
 std::vector<float> Floats(const model::TensorView& t) {
@@ -141,6 +145,8 @@ std::string WriteLlamaGguf(const Variant& v, const std::string& file_name) {
     put(b + "ffn_down.weight", m + "mlp.down_proj.weight", 0);
   }
   if (v.extra_tensor) w.AddF32("blk.0.attn_qkv.weight", {36, 1}, std::vector<float>(36));
+  if (!v.rope_freqs.empty()) w.AddF32("rope_freqs.weight", {v.rope_freqs.size()}, v.rope_freqs);
+  if (v.extra_metadata) v.extra_metadata(w);
   const std::vector<uint8_t> bytes = w.Build();
   const std::string path = ::testing::TempDir() + file_name;
   std::ofstream out(path, std::ios::binary);
@@ -301,6 +307,186 @@ TEST(GgufModel, LoadModelSourceWithoutTokenizerAndWithAnUnsupportedOne) {
   ASSERT_FALSE(bert.ok());
   EXPECT_EQ(bert.status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(std::string(bert.status().message()), HasSubstr("tokenizer.ggml.model 'bert'"));
+}
+
+// Llama 3.1+ GGUFs: llama.cpp's converter (LlamaModel.generate_extra_tensors) turns
+// rope_scaling {"rope_type": "llama3", ...} into tensor rope_freqs.weight, one divisor per
+// frequency, computed on the f32 frequencies: 1 above the band, factor below it, and
+// 1 / ((1 - smooth) / factor + smooth) inside.
+std::vector<float> LlamaCppRopeFreqs(int64_t head_dim, double theta, float factor, float low,
+                                     float high, float old_context) {
+  std::vector<float> out;
+  const float two_pi = static_cast<float>(2 * M_PI);
+  for (int64_t i = 0; i < head_dim / 2; ++i) {
+    const float freq =
+        1.0f /
+        static_cast<float>(std::pow(
+            theta, static_cast<double>(static_cast<float>(2 * i) / static_cast<float>(head_dim))));
+    const float wavelen = two_pi / freq;
+    if (wavelen < old_context / high) {
+      out.push_back(1.0f);
+    } else if (wavelen > old_context / low) {
+      out.push_back(factor);
+    } else {
+      const float smooth = (old_context / wavelen - low) / (high - low);
+      out.push_back(1.0f / ((1.0f - smooth) / factor + smooth));
+    }
+  }
+  return out;
+}
+
+// hf_llama's config.json with Llama 3.1's rope_scaling, original context 200: head_dim 6's
+// wavelengths 6.3, 135 and 2.9e3 fall in the kept, interpolated and divided bands.
+constexpr double kLlama3Original = 200;
+
+std::string Llama3Dir() {
+  const std::string dir = ::testing::TempDir() + "hf_llama_llama3";
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(kLlamaDir + "/model.safetensors", dir + "/model.safetensors",
+                             std::filesystem::copy_options::overwrite_existing);
+  std::ifstream in(kLlamaDir + "/config.json");
+  nlohmann::json config = nlohmann::json::parse(in);
+  config["rope_scaling"] = {
+      {"rope_type", "llama3"},
+      {"factor", 8.0},
+      {"low_freq_factor", 1.0},
+      {"high_freq_factor", 4.0},
+      {"original_max_position_embeddings", static_cast<int>(kLlama3Original)}};
+  std::ofstream(dir + "/config.json") << config.dump(2);
+  return dir;
+}
+
+std::pair<std::vector<float>, std::vector<float>> Tables(model::Model& m) {
+  const model::ModelConfig& c = m.config();
+  const int64_t n = static_cast<int64_t>(c.max_position_embeddings) * (c.head_dim / 2);
+  std::vector<float> cos_t(n), sin_t(n);
+  m.backend().RopeTables(c.max_position_embeddings, c.head_dim, c.rope_theta,
+                         model::KernelRopeScaling(c), cos_t.data(), sin_t.data());
+  return {cos_t, sin_t};
+}
+
+TEST(GgufModel, RopeFreqsTensorGivesTheLlama3ConfigTables) {
+  auto from_config = model::Model::Load(Llama3Dir());
+  ASSERT_TRUE(from_config.ok()) << from_config.status();
+  ASSERT_EQ((*from_config)->config().rope_scaling.type, model::RopeScalingType::kLlama3);
+  Variant v;
+  v.rope_freqs = LlamaCppRopeFreqs(6, 10000.0, 8.0f, 1.0f, 4.0f, kLlama3Original);
+  ASSERT_EQ(v.rope_freqs[0], 1.0f);  // kept
+  ASSERT_GT(v.rope_freqs[1], 1.0f);  // interpolated
+  ASSERT_LT(v.rope_freqs[1], 8.0f);
+  ASSERT_EQ(v.rope_freqs[2], 8.0f);  // divided
+  auto from_gguf = model::Model::Load(WriteLlamaGguf(v, "llama3_rope_freqs.gguf"));
+  ASSERT_TRUE(from_gguf.ok()) << from_gguf.status();
+  const model::ModelConfig& g = (*from_gguf)->config();
+  EXPECT_EQ(g.rope_scaling.type, model::RopeScalingType::kFreqDivisors);
+  EXPECT_EQ(g.rope_scaling.freq_divisors, v.rope_freqs);
+
+  // The tables: equal up to the f32 rounding of the divisor (inv_freq / divisor against
+  // transformers' smoothed inv_freq, an ulp or two of the angle); exactly equal outside the
+  // interpolated band.
+  const auto [want_cos, want_sin] = Tables(**from_config);
+  const auto [got_cos, got_sin] = Tables(**from_gguf);
+  ASSERT_EQ(got_cos.size(), want_cos.size());
+  const int64_t half = 3;
+  for (size_t k = 0; k < want_cos.size(); ++k) {
+    const int64_t pos = static_cast<int64_t>(k) / half;
+    if (k % half != 1) {
+      EXPECT_EQ(got_cos[k], want_cos[k]) << "pos " << pos << " i " << k % half;
+      EXPECT_EQ(got_sin[k], want_sin[k]) << "pos " << pos << " i " << k % half;
+    } else {
+      const double tol = 2.4e-7 * (1.0 + static_cast<double>(pos));
+      EXPECT_NEAR(got_cos[k], want_cos[k], tol) << "pos " << pos;
+      EXPECT_NEAR(got_sin[k], want_sin[k], tol) << "pos " << pos;
+    }
+  }
+
+  // And so the logits, over 60 positions.
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 60; ++i) tokens.push_back((i * 37 + 5) % 89);
+  const std::vector<float> want = Logits(**from_config, tokens);
+  const std::vector<float> got = Logits(**from_gguf, tokens);
+  double max_diff = 0, max_ref = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    max_diff = std::max(max_diff, std::abs(static_cast<double>(got[i]) - want[i]));
+    max_ref = std::max(max_ref, std::abs(static_cast<double>(want[i])));
+  }
+  EXPECT_LE(max_diff / max_ref, 1e-5);
+  // The unscaled model differs far more: the divisors are applied.
+  auto plain = model::Model::Load(kLlamaDir);
+  ASSERT_TRUE(plain.ok());
+  const std::vector<float> unscaled = Logits(**plain, tokens);
+  double plain_diff = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    plain_diff = std::max(plain_diff, std::abs(static_cast<double>(unscaled[i]) - want[i]));
+  }
+  EXPECT_GT(plain_diff / max_ref, 1e-2);
+}
+
+TEST(GgufModel, BadRopeFreqsTensorIsNamed) {
+  for (const std::vector<float>& freqs :
+       {std::vector<float>{1.0f, 2.0f}, std::vector<float>{1.0f, 0.0f, 8.0f},
+        std::vector<float>{1.0f, std::numeric_limits<float>::quiet_NaN(), 8.0f}}) {
+    Variant v;
+    v.rope_freqs = freqs;
+    const absl::Status s = LoadStatus(v, "bad_rope_freqs.gguf");
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("'rope_freqs.weight'")) << s;
+  }
+  Variant linear;
+  linear.rope_freqs = {1.0f, 2.0f, 8.0f};
+  linear.extra_metadata = [](GgufWriter& w) {
+    w.Str("llama.rope.scaling.type", "linear");
+    w.F32("llama.rope.scaling.factor", 2.0f);
+  };
+  const absl::Status s = LoadStatus(linear, "rope_freqs_linear.gguf");
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("'rope_freqs.weight' together with"));
+}
+
+TEST(GgufModel, YarnScalingKeysMapToTheConfig) {
+  Variant v;
+  v.extra_metadata = [](GgufWriter& w) {
+    w.Str("llama.rope.scaling.type", "yarn");
+    w.F32("llama.rope.scaling.factor", 4.0f);
+    w.U32("llama.rope.scaling.original_context_length", 32);
+    w.F32("llama.rope.scaling.yarn_beta_fast", 16.0f);
+    w.F32("llama.rope.scaling.yarn_beta_slow", 2.0f);
+    w.F32("llama.rope.scaling.attn_factor", 1.0f);
+  };
+  auto m = model::Model::Load(WriteLlamaGguf(v, "yarn.gguf"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  const model::RopeScalingConfig& rs = (*m)->config().rope_scaling;
+  EXPECT_EQ(rs.type, model::RopeScalingType::kYarn);
+  EXPECT_DOUBLE_EQ(rs.factor, 4.0);
+  EXPECT_EQ(rs.original_max_position_embeddings, 32);
+  EXPECT_DOUBLE_EQ(rs.beta_fast, 16.0);
+  EXPECT_DOUBLE_EQ(rs.beta_slow, 2.0);
+  EXPECT_FALSE(rs.attention_factor.has_value());
+
+  Variant log_mul;
+  log_mul.extra_metadata = [](GgufWriter& w) {
+    w.Str("llama.rope.scaling.type", "yarn");
+    w.F32("llama.rope.scaling.factor", 4.0f);
+    w.F32("llama.rope.scaling.yarn_log_multiplier", 0.1f);
+  };
+  absl::Status s = LoadStatus(log_mul, "yarn_log_mul.gguf");
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("llama.rope.scaling.yarn_log_multiplier"));
+
+  Variant no_factor;
+  no_factor.extra_metadata = [](GgufWriter& w) { w.Str("llama.rope.scaling.type", "yarn"); };
+  s = LoadStatus(no_factor, "yarn_no_factor.gguf");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("llama.rope.scaling.factor"));
+
+  Variant dynamic;
+  dynamic.extra_metadata = [](GgufWriter& w) {
+    w.Str("llama.rope.scaling.type", "dynamic");
+    w.F32("llama.rope.scaling.factor", 4.0f);
+  };
+  s = LoadStatus(dynamic, "dynamic.gguf");
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("rope.scaling.type 'dynamic'"));
 }
 
 // The tokenizer.ggml.* keys of a SentencePiece ("llama") vocabulary, as llama.cpp writes

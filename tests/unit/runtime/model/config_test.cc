@@ -184,7 +184,7 @@ TEST(ModelConfig, Llama2ParsesAsPreRmsNorm) {
   EXPECT_EQ(c->head_dim, 128);
   EXPECT_FLOAT_EQ(c->norm_eps, 1e-5f);
   EXPECT_DOUBLE_EQ(c->rope_theta, 10000.0);
-  EXPECT_DOUBLE_EQ(c->rope_linear_factor, 1.0);
+  EXPECT_EQ(c->rope_scaling.type, RopeScalingType::kNone);
   EXPECT_EQ(c->max_position_embeddings, 4096);
   EXPECT_EQ(c->vocab_size, 32000);
   EXPECT_FALSE(c->tie_word_embeddings);
@@ -226,8 +226,54 @@ TEST(ModelConfig, EosListAndLinearRopeScaling) {
   const absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_THAT(c->eos_token_ids, ElementsAre(128001, 128008, 128009));
-  EXPECT_DOUBLE_EQ(c->rope_linear_factor, 4.0);
+  EXPECT_EQ(c->rope_scaling.type, RopeScalingType::kLinear);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.factor, 4.0);
   EXPECT_EQ(c->head_dim, 64);
+}
+
+// Llama 3.1+ (rope_type "llama3") and Qwen2.5 long-context (type "yarn") rope_scaling.
+TEST(ModelConfig, Llama3RopeScaling) {
+  json j = json::parse(kLlama2Config);
+  j["rope_scaling"] = {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 8192}};
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope_scaling.type, RopeScalingType::kLlama3);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.factor, 8.0);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.low_freq_factor, 1.0);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.high_freq_factor, 4.0);
+  EXPECT_EQ(c->rope_scaling.original_max_position_embeddings, 8192);
+  EXPECT_TRUE(c->rope_scaling.freq_divisors.empty());
+}
+
+TEST(ModelConfig, YarnRopeScaling) {
+  json j = json::parse(kQwen2Config);
+  j["rope_scaling"] = {
+      {"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 32768}};
+  absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope_scaling.type, RopeScalingType::kYarn);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.factor, 4.0);
+  EXPECT_EQ(c->rope_scaling.original_max_position_embeddings, 32768);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.beta_fast, 32.0);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.beta_slow, 1.0);
+  EXPECT_FALSE(c->rope_scaling.attention_factor.has_value());
+  // The optional keys; 0 for a beta means the default, as transformers' `or 32`.
+  j["rope_scaling"] = {{"rope_type", "yarn"},
+                       {"factor", 2},
+                       {"attention_factor", 1.5},
+                       {"beta_fast", 16},
+                       {"beta_slow", 0}};
+  c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope_scaling.original_max_position_embeddings, 0);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.factor, 2.0);
+  EXPECT_EQ(c->rope_scaling.attention_factor, 1.5);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.beta_fast, 16.0);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.beta_slow, 1.0);
 }
 
 // transformers 5 writes rope_parameters (with rope_theta inside) instead of rope_theta and
@@ -240,8 +286,9 @@ TEST(ModelConfig, Transformers5RopeParameters) {
   const absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_DOUBLE_EQ(c->rope_theta, 500000.0);
-  EXPECT_DOUBLE_EQ(c->rope_linear_factor, 2.0);
-  j["rope_parameters"]["rope_type"] = "yarn";
+  EXPECT_EQ(c->rope_scaling.type, RopeScalingType::kLinear);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.factor, 2.0);
+  j["rope_parameters"]["rope_type"] = "dynamic";
   EXPECT_THAT(ParseModelConfig(j.dump()).status().message(), HasSubstr("rope_parameters.type"));
 }
 
@@ -428,10 +475,109 @@ INSTANTIATE_TEST_SUITE_P(
         ConfigFault{"BranchScaleUnderflowsFloat", {{"branch_scale", 1e-300}}, "'branch_scale'"},
         ConfigFault{"RopeScalingDynamic",
                     {{"rope_scaling", {{"type", "dynamic"}, {"factor", 2.0}}}},
-                    "rope_scaling.type 'dynamic'"},
-        ConfigFault{"RopeScalingLlama3",
-                    {{"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}}}},
-                    "rope_scaling.type 'llama3'"},
+                    "rope_scaling.type 'dynamic' is not supported: dynamic NTK scaling"},
+        ConfigFault{"RopeScalingLongrope",
+                    {{"rope_scaling", {{"type", "longrope"}, {"factor", 2.0}}}},
+                    "rope_scaling.type 'longrope' is not supported: it switches"},
+        ConfigFault{"RopeScalingUnknown",
+                    {{"rope_scaling", {{"type", "ntk"}, {"factor", 2.0}}}},
+                    "rope_scaling.type 'ntk' is not supported (supported: default, linear, "
+                    "llama3, yarn)"},
+        ConfigFault{"RopeScalingLlama3NoLowFreqFactor",
+                    {{"rope_scaling",
+                      {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 8192}}}},
+                    "missing required key 'rope_scaling.low_freq_factor'"},
+        ConfigFault{"RopeScalingLlama3NoHighFreqFactor",
+                    {{"rope_scaling",
+                      {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"low_freq_factor", 1.0},
+                       {"original_max_position_embeddings", 8192}}}},
+                    "missing required key 'rope_scaling.high_freq_factor'"},
+        ConfigFault{"RopeScalingLlama3NoOriginal",
+                    {{"rope_scaling",
+                      {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0}}}},
+                    "missing required key 'rope_scaling.original_max_position_embeddings'"},
+        ConfigFault{"RopeScalingLlama3NoFactor",
+                    {{"rope_scaling",
+                      {{"rope_type", "llama3"},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 8192}}}},
+                    "missing required key 'rope_scaling.factor'"},
+        ConfigFault{"RopeScalingLlama3NegativeLowFreq",
+                    {{"rope_scaling",
+                      {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"low_freq_factor", -1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 8192}}}},
+                    "key 'rope_scaling.low_freq_factor' must be positive, got -1"},
+        ConfigFault{"RopeScalingLlama3HighNotAboveLow",
+                    {{"rope_scaling",
+                      {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"low_freq_factor", 4.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 8192}}}},
+                    "key 'rope_scaling.high_freq_factor' must be greater than "
+                    "'rope_scaling.low_freq_factor'"},
+        ConfigFault{"RopeScalingLlama3OriginalNotInt",
+                    {{"rope_scaling",
+                      {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", "8192"}}}},
+                    "key 'rope_scaling.original_max_position_embeddings' must be an integer"},
+        ConfigFault{"RopeScalingLlama3OriginalZero",
+                    {{"rope_scaling",
+                      {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 0}}}},
+                    "key 'rope_scaling.original_max_position_embeddings' must be positive"},
+        ConfigFault{"RopeScalingYarnNoFactor",
+                    {{"rope_scaling", {{"type", "yarn"}}}},
+                    "missing required key 'rope_scaling.factor'"},
+        ConfigFault{"RopeScalingYarnZeroFactor",
+                    {{"rope_scaling", {{"type", "yarn"}, {"factor", 0}}}},
+                    "key 'rope_scaling.factor' must be positive, got 0"},
+        ConfigFault{
+            "RopeScalingYarnBadAttentionFactor",
+            {{"rope_scaling", {{"type", "yarn"}, {"factor", 4.0}, {"attention_factor", -1}}}},
+            "key 'rope_scaling.attention_factor' must be positive, got -1"},
+        ConfigFault{"RopeScalingYarnBetaFastString",
+                    {{"rope_scaling", {{"type", "yarn"}, {"factor", 4.0}, {"beta_fast", "32"}}}},
+                    "key 'rope_scaling.beta_fast' must be a number"},
+        ConfigFault{"RopeScalingYarnNegativeBetaSlow",
+                    {{"rope_scaling", {{"type", "yarn"}, {"factor", 4.0}, {"beta_slow", -1.0}}}},
+                    "key 'rope_scaling.beta_slow' must be positive, got -1"},
+        ConfigFault{
+            "RopeScalingYarnOriginalNegative",
+            {{"rope_scaling",
+              {{"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", -3}}}},
+            "key 'rope_scaling.original_max_position_embeddings' must be positive"},
+        ConfigFault{"RopeScalingYarnFactorOverflowsFloat",
+                    {{"rope_scaling", {{"type", "yarn"}, {"factor", 1e300}}}},
+                    "key 'rope_scaling.factor' is out of the float range"},
+        ConfigFault{"RopeScalingYarnThetaOne",
+                    {{"rope_theta", 1.0}, {"rope_scaling", {{"type", "yarn"}, {"factor", 4.0}}}},
+                    "key 'rope_theta' must not be 1 with rope_scaling type yarn"},
+        ConfigFault{"RopeScalingYarnMscale",
+                    {{"rope_scaling", {{"type", "yarn"}, {"factor", 4.0}, {"mscale", 0.707}}}},
+                    "key 'rope_scaling.mscale' is not supported"},
+        ConfigFault{
+            "RopeScalingYarnMscaleAllDim",
+            {{"rope_scaling", {{"type", "yarn"}, {"factor", 4.0}, {"mscale_all_dim", 1.0}}}},
+            "key 'rope_scaling.mscale_all_dim' is not supported"},
         ConfigFault{"RopeScalingWrongType", {{"rope_scaling", "linear"}}, "'rope_scaling'"},
         ConfigFault{
             "RopeScalingNoFactor", {{"rope_scaling", {{"type", "linear"}}}}, "rope_scaling.factor"},

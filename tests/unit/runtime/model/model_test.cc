@@ -156,17 +156,19 @@ TEST_P(GoldenTest, ChunkedPrefillAndScatteredBlocksAreExact) {
   auto model = Model::Load(dir);
   ASSERT_TRUE(model.ok()) << model.status();
   const Golden g = ReadGolden(dir, (*model)->config().vocab_size);
-  Runner run(**model, /*block_size=*/4, /*num_blocks=*/64);
+  Runner run(**model, /*block_size=*/4, /*num_blocks=*/256);
   const std::vector<int32_t>& seq = g.sequences[1];
+  const int64_t seq_blocks = (static_cast<int64_t>(seq.size()) + 3) / 4;
+  ASSERT_LE(4 * seq_blocks, 256) << "sequence too long for the pool";
   const std::vector<float> whole = run.AllLogits(seq, 1 << 30);
   const std::vector<float> chunked = run.AllLogits(seq, 5);
   EXPECT_EQ(0, std::memcmp(whole.data(), chunked.data(), whole.size() * sizeof(float)));
   // Decode-style: one token a step.
   const std::vector<float> stepwise = run.AllLogits(seq, 1);
   EXPECT_EQ(0, std::memcmp(whole.data(), stepwise.data(), whole.size() * sizeof(float)));
-  // Physical blocks in a shuffled order.
-  std::vector<int32_t> table(16);
-  std::iota(table.begin(), table.end(), 40);
+  // Physical blocks in a shuffled order, past those the three runs above used.
+  std::vector<int32_t> table(seq_blocks);
+  std::iota(table.begin(), table.end(), run.next_block);
   std::shuffle(table.begin(), table.end(), std::mt19937(7));
   const std::vector<float> scattered = run.AllLogits(seq, 1 << 30, table);
   EXPECT_EQ(0, std::memcmp(whole.data(), scattered.data(), whole.size() * sizeof(float)));
@@ -219,7 +221,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, MoeGoldenTest, ::testing::ValuesIn(MoeCases()),
 TEST(ModelTest, GoldenCasesCoverEveryPlacementAndTransformers) {
   const std::vector<std::string> cases = GoldenCases();
   for (const char* want : {"pre", "post", "span", "b2t", "deepnorm", "sandwich", "mix", "span_bf16",
-                           "hf_llama", "hf_qwen2"}) {
+                           "hf_llama", "hf_qwen2", "hf_llama3_rope", "hf_qwen2_yarn"}) {
     EXPECT_NE(std::find(cases.begin(), cases.end(), want), cases.end()) << want;
   }
 }
