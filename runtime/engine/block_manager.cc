@@ -2,11 +2,11 @@
 
 #include <algorithm>
 #include <cstring>
-#include <fstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
+#include "common/meminfo.h"
 #include "runtime/model/model.h"
 
 namespace spanserve::engine {
@@ -17,12 +17,8 @@ absl::StatusOr<int64_t> KvPoolBytes(int64_t bytes, double fraction) {
     return absl::InvalidArgumentError(
         absl::StrCat("kv_cache_memory_fraction must be in (0, 1], got ", fraction));
   }
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  int64_t kib = 0;
-  std::string unit;
-  while (in >> key >> kib >> unit) {
-    if (key == "MemAvailable:") return static_cast<int64_t>(fraction * kib * 1024.0);
+  if (const std::optional<int64_t> available = MemAvailableBytes(); available.has_value()) {
+    return static_cast<int64_t>(fraction * static_cast<double>(*available));
   }
   return absl::FailedPreconditionError(
       "cannot read MemAvailable from /proc/meminfo; give the KV cache size in bytes");

@@ -13,7 +13,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/meminfo.h"
 #include "common/status.h"
 #include "nlohmann/json.hpp"
 #include "runtime/gguf/dequantize.h"
@@ -342,9 +345,66 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
   return config;
 }
 
+namespace {
+
+// How a tensor is held: its blocks as stored (Q8_0 / Q4_0 / Q4_1 matrices), its values in
+// place (F32 / F16 / BF16 not permuted), or widened to an owned f32 copy (anything else).
+enum class Holding { kBlocks, kInPlace, kWidened };
+
+struct TensorPlan {
+  Holding holding = Holding::kWidened;
+  bool permute = false;
+  int64_t heads = 0;
+};
+
+TensorPlan PlanTensor(const TensorInfo& t, const ModelConfig& config) {
+  TensorPlan plan;
+  const std::vector<int64_t> shape = t.TorchShape();
+  const bool is_q = absl::StrContains(t.name, ".attn_q.");
+  const bool is_k = absl::StrContains(t.name, ".attn_k.");
+  plan.heads = is_q ? config.num_heads : config.num_kv_heads;
+  // Permute only what has the expected row count; a misshapen tensor is reported by Model.
+  plan.permute = (is_q || is_k) && shape[0] == plan.heads * config.head_dim;
+  if (KeptQuant(t.type) != kernels::QuantType::kNone && shape.size() == 2 && shape[1] % 32 == 0) {
+    plan.holding = Holding::kBlocks;
+  } else if (!plan.permute && (t.type == TensorType::kF32 || t.type == TensorType::kF16 ||
+                               t.type == TensorType::kBF16)) {
+    plan.holding = Holding::kInPlace;
+  }
+  return plan;
+}
+
+// RESOURCE_EXHAUSTED when the f32 copies of the widened tensors would not fit in what the
+// process can still take: a K-quant file of a large model widens to 4 bytes per weight, and
+// the kernel's OOM killer would otherwise end the load without a word.
+absl::Status CheckWidenedBytes(const GgufFile& f, const ModelConfig& config, int64_t limit_bytes) {
+  int64_t widened = 0;
+  std::vector<std::string> types;
+  for (const TensorInfo& t : f.tensors()) {
+    if (t.name == kRopeFreqs || PlanTensor(t, config).holding != Holding::kWidened) continue;
+    widened += t.numel() * static_cast<int64_t>(sizeof(float));
+    const std::string type(TensorTypeName(t.type));
+    if (std::find(types.begin(), types.end(), type) == types.end()) types.push_back(type);
+  }
+  const std::optional<int64_t> limit =
+      limit_bytes >= 0 ? std::optional<int64_t>(limit_bytes) : AvailableMemoryBytes();
+  if (!limit.has_value() || widened <= *limit) return absl::OkStatus();
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "%s: its %s tensors are widened to f32 at load, which needs %.2f GiB; this process can "
+      "take %.2f GiB (MemAvailable, and the cgroup's memory limit). SpanServe computes in "
+      "place on F32, F16, BF16, Q8_0, Q4_0 and Q4_1 only: use such a file, or more memory",
+      f.path(), absl::StrJoin(types, ", "), static_cast<double>(widened) / kGiB,
+      static_cast<double>(*limit) / kGiB));
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const GgufFile> file,
-                                                         const ModelConfig& config) {
+                                                         const ModelConfig& config,
+                                                         int64_t widen_limit_bytes) {
   const GgufFile& f = *file;
+  RETURN_IF_ERROR(CheckWidenedBytes(f, config, widen_limit_bytes));
   std::unique_ptr<WeightStore> store = WeightStore::CreateEmpty(f.path());
   for (const TensorInfo& t : f.tensors()) {
     if (t.name == kRopeFreqs) continue;  // read by GgufModelConfig
@@ -357,16 +417,13 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
     const std::string origin = absl::StrCat(f.path(), " as '", t.name, "'");
     TensorView view;
     view.shape = t.TorchShape();
-    const bool is_q = absl::StrContains(t.name, ".attn_q.");
-    const bool is_k = absl::StrContains(t.name, ".attn_k.");
-    const int64_t heads = is_q ? config.num_heads : config.num_kv_heads;
-    // Permute only what has the expected row count; a misshapen tensor is reported by Model.
-    const bool permute = (is_q || is_k) && view.shape[0] == heads * config.head_dim;
+    const TensorPlan plan = PlanTensor(t, config);
+    const bool permute = plan.permute;
+    const int64_t heads = plan.heads;
     // Matrices in Q8_0 / Q4_0 / Q4_1 stay in their blocks (the kernels compute with exactly
     // the dequantized values); Q and K rows are reordered as whole rows of blocks.
-    const kernels::QuantType quant = KeptQuant(t.type);
-    if (quant != kernels::QuantType::kNone && view.shape.size() == 2 && view.shape[1] % 32 == 0) {
-      view.quant = quant;
+    if (plan.holding == Holding::kBlocks) {
+      view.quant = KeptQuant(t.type);
       view.data = t.data;
       if (permute) {
         const int64_t bytes = view.bytes();
@@ -380,9 +437,7 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
       RETURN_IF_ERROR(store->AddTensor(name, std::move(view), origin));
       continue;
     }
-    const bool in_place = !permute && (t.type == TensorType::kF32 || t.type == TensorType::kF16 ||
-                                       t.type == TensorType::kBF16);
-    if (in_place) {
+    if (plan.holding == Holding::kInPlace) {
       view.dtype = t.type == TensorType::kF32   ? DType::kF32
                    : t.type == TensorType::kF16 ? DType::kF16
                                                 : DType::kBF16;

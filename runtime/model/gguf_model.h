@@ -44,7 +44,11 @@ bool IsGgufPath(const std::string& path);
 // store keeps `file` alive. UNIMPLEMENTED naming the tensor and its type for a type with no
 // dequantizer; INVALID_ARGUMENT naming a tensor the architecture does not have. Shapes are
 // checked later, against the config, by Model (the message then names the GGUF tensor).
+// RESOURCE_EXHAUSTED, before anything is allocated, when the tensors widened to f32 (types
+// the kernels cannot compute on in place, e.g. K-quants) would need more than
+// `widen_limit_bytes` (negative: what the process can still take, common/meminfo.h).
 [[nodiscard]] absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(
-    std::shared_ptr<const gguf::GgufFile> file, const ModelConfig& config);
+    std::shared_ptr<const gguf::GgufFile> file, const ModelConfig& config,
+    int64_t widen_limit_bytes = -1);
 
 }  // namespace spanserve::model

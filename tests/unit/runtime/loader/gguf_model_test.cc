@@ -21,6 +21,7 @@
 #include "runtime/gguf/gguf_file.h"
 #include "runtime/loader/gguf_tokenizer.h"
 #include "runtime/loader/model_source.h"
+#include "runtime/model/gguf_model.h"
 #include "runtime/model/model.h"
 #include "runtime/model/weights.h"
 
@@ -261,6 +262,27 @@ TEST(GgufModel, UnsupportedTensorTypeIsNamed) {
   const absl::Status s = LoadStatus(v, "i32.gguf");
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
   EXPECT_THAT(std::string(s.message()), HasSubstr("tensor 'blk.0.attn_norm.weight' has type I32"));
+}
+
+// Tensors the kernels cannot use in place are widened to f32 at load; when that would not
+// fit in the memory the process can take, loading stops first and says how much it needs.
+TEST(GgufModel, WideningBeyondTheMemoryLimitIsRefusedBeforeAllocating) {
+  const std::string path = WriteLlamaGguf(Variant{}, "widen.gguf");
+  auto file = gguf::GgufFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::shared_ptr<const gguf::GgufFile> shared = *std::move(file);
+  auto config = model::GgufModelConfig(*shared);
+  ASSERT_TRUE(config.ok()) << config.status();
+  // The permuted attn_q / attn_k rows are the widened tensors here: 3 layers of 36x36 and
+  // 12x36 f32.
+  const int64_t widened = 3 * (36 * 36 + 12 * 36) * 4;
+  auto refused = model::GgufWeights(shared, *config, widened - 1);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("widen.gguf"));
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("F32 tensors are widened"));
+  EXPECT_TRUE(model::GgufWeights(shared, *config, widened).ok());
+  EXPECT_TRUE(model::GgufWeights(shared, *config).ok());  // the machine's own limit
 }
 
 TEST(GgufModel, UnknownTensorIsNamed) {
