@@ -17,7 +17,6 @@
 #include <string>
 #include <vector>
 
-
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
