@@ -9,10 +9,11 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
-#include <fstream>
+#include <cmath>
 #include <map>
 #include <string>
 
+#include "common/cgroup.h"
 #include "common/check.h"
 
 namespace spanserve {
@@ -45,39 +46,17 @@ bool SpinFor(Pred pred) {
 // The tightest CPU quota of this process's cgroup and its ancestors (cgroup v2 cpu.max, or
 // v1 cpu.cfs_quota_us / cpu.cfs_period_us), in whole cores rounded up; 0 without one.
 int CgroupCpuLimit() {
-  std::ifstream self("/proc/self/cgroup");
-  std::string line;
   int limit = 0;
-  auto take = [&limit](double quota, double period) {
-    if (quota <= 0 || period <= 0) return;
-    const int cores = std::max(1, static_cast<int>((quota + period - 1) / period));
-    limit = limit == 0 ? cores : std::min(limit, cores);
-  };
-  while (std::getline(self, line)) {
-    if (line.rfind("0::", 0) == 0) {  // v2: walk from the process's group up to the root
-      std::string path = line.substr(3);
-      while (true) {
-        std::ifstream max("/sys/fs/cgroup" + (path == "/" ? std::string() : path) + "/cpu.max");
-        std::string quota;
-        double period = 0;
-        if (max >> quota >> period && quota != "max") take(std::stod(quota), period);
-        if (path.empty() || path == "/") break;
-        path = path.substr(0, path.rfind('/'));
-      }
-    } else if (line.find(":cpu,") != std::string::npos || line.find(":cpu:") != std::string::npos ||
-               line.find(",cpu,") != std::string::npos ||
-               line.find(",cpu:") != std::string::npos) {  // v1: the mounted group
-      double quota = 0;
-      double period = 0;
-      for (const char* dir : {"/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu"}) {
-        std::ifstream q(std::string(dir) + "/cpu.cfs_quota_us");
-        std::ifstream p(std::string(dir) + "/cpu.cfs_period_us");
-        if (q >> quota && p >> period) {
-          take(quota, period);
-          break;
-        }
-      }
+  for (const std::string& dir : CgroupDirs("cpu")) {
+    std::optional<double> quota = ReadCgroupNumber(dir + "/cpu.max", 0);
+    std::optional<double> period = ReadCgroupNumber(dir + "/cpu.max", 1);
+    if (!quota.has_value()) {
+      quota = ReadCgroupNumber(dir + "/cpu.cfs_quota_us");
+      period = ReadCgroupNumber(dir + "/cpu.cfs_period_us");
     }
+    if (!quota.has_value() || !period.has_value() || *quota <= 0 || *period <= 0) continue;
+    const int cores = std::max(1, static_cast<int>(std::ceil(*quota / *period)));
+    limit = limit == 0 ? cores : std::min(limit, cores);
   }
   return limit;
 }
@@ -197,6 +176,11 @@ int AvailableCpus() {
   cpus = std::max(cpus, 1);
   if (const int limit = CgroupCpuLimit(); limit > 0) cpus = std::min(cpus, limit);
   return cpus;
+}
+
+int UsableThreads(int requested) {
+  const int cpus = AvailableCpus();
+  return requested > 0 ? std::min(requested, cpus) : cpus;
 }
 
 std::shared_ptr<ThreadPool> SharedThreadPool(int threads) {

@@ -83,6 +83,8 @@ void ParallelRows(int64_t rows, int64_t cols, int64_t min_elements,
 // The cores this process may use: its CPU affinity set, bounded by a cgroup CPU quota
 // (cpu.max, as a container's CPU limit sets) rounded up; at least 1.
 int AvailableCpus();
+// `requested` threads (0: all) but never more than AvailableCpus().
+int UsableThreads(int requested);
 
 // The process's shared pool of `threads` threads (created on first use, kept while a holder
 // lives): every model of a server shares one, so two engines never oversubscribe the cores.

@@ -24,9 +24,7 @@ class CpuBackend final : public Backend {
   // other: the pool is never larger than AvailableCpus().
   explicit CpuBackend(const BackendOptions& options)
       : requested_threads_(options.num_threads),
-        pool_(SharedThreadPool(options.num_threads > 0
-                                   ? std::min(options.num_threads, AvailableCpus())
-                                   : AvailableCpus())) {}
+        pool_(SharedThreadPool(UsableThreads(options.num_threads))) {}
 
   Device device() const override { return Device::kCpu; }
   std::string description() const override {

@@ -57,9 +57,7 @@ absl::Status DequantizeToF32(const GgufFile& file, const TensorInfo& tensor, std
   const TensorType type = tensor.type;
   const uint8_t* src = tensor.data;
   float* dst = out.data();
-  // On the process's compute threads (a load runs before any step).
-  const std::shared_ptr<ThreadPool> pool = SharedThreadPool(AvailableCpus());
-  UsePool use(pool.get());
+  // On the pool the caller installed (common/thread_pool.h), if any.
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   ParallelFor(chunks, 2, [&](int64_t chunk_begin, int64_t chunk_end) {
     for (int64_t begin = chunk_begin * kChunk; begin < std::min(n, chunk_end * kChunk);

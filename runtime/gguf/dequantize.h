@@ -15,7 +15,8 @@ bool CanDequantize(TensorType type);
 
 // Writes the tensor's numel() values to `out` in storage order (ne[0] fastest).
 // UNIMPLEMENTED naming the file, the tensor and its type for any other type;
-// INVALID_ARGUMENT if `out` is not numel() long. Multi-threaded (common/thread_pool.h).
+// INVALID_ARGUMENT if `out` is not numel() long. Runs on the calling thread's pool
+// (common/thread_pool.h: UsePool), if one is installed.
 [[nodiscard]] absl::Status DequantizeToF32(const GgufFile& file, const TensorInfo& tensor,
                                            std::span<float> out);
 

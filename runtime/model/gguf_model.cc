@@ -18,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "common/meminfo.h"
 #include "common/status.h"
+#include "common/thread_pool.h"
 #include "nlohmann/json.hpp"
 #include "runtime/gguf/dequantize.h"
 
@@ -405,6 +406,9 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
                                                          int64_t widen_limit_bytes) {
   const GgufFile& f = *file;
   RETURN_IF_ERROR(CheckWidenedBytes(f, config, widen_limit_bytes));
+  // Widening runs on every CPU the process may use (one pool for the whole load).
+  const std::shared_ptr<ThreadPool> pool = SharedThreadPool(AvailableCpus());
+  UsePool use(pool.get());
   std::unique_ptr<WeightStore> store = WeightStore::CreateEmpty(f.path());
   for (const TensorInfo& t : f.tensors()) {
     if (t.name == kRopeFreqs) continue;  // read by GgufModelConfig

@@ -229,9 +229,7 @@ void PrintRatios(const std::string& model_dir, DType compute_dtype,
   const char* peak_name = "";
   if (config.ok()) {
     // The pool the engines' backends share (the same size: the same pool).
-    const int threads = absl::GetFlag(FLAGS_threads) > 0
-                            ? std::min(absl::GetFlag(FLAGS_threads), AvailableCpus())
-                            : AvailableCpus();
+    const int threads = UsableThreads(absl::GetFlag(FLAGS_threads));
     const std::shared_ptr<ThreadPool> pool = SharedThreadPool(threads);
     UsePool use(pool.get());
     const bool avx512 = kernels::cpu::ActiveIsa() == kernels::cpu::Isa::kAvx512;

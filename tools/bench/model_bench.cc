@@ -118,8 +118,8 @@ std::string ModelDir() {
 
 int Run() {
   const std::string dir = ModelDir();
-  const int threads =
-      absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads) : AvailableCpus();
+  // The backend's own count (it never exceeds the CPUs), so the bench prints what ran.
+  const int threads = UsableThreads(absl::GetFlag(FLAGS_threads));
   // The model's backend shares this pool (SharedThreadPool of the same size); the bandwidth
   // figure is read with it too.
   const std::shared_ptr<ThreadPool> pool = SharedThreadPool(threads);

@@ -2,6 +2,11 @@
 
 #include <unistd.h>
 
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "common/cgroup.h"
 #include "gtest/gtest.h"
 
 namespace spanserve {
@@ -20,6 +25,19 @@ TEST(MemInfoTest, AvailableMemoryIsPositiveAndAtMostMemAvailableAndThePhysicalMe
     EXPECT_GE(*group, 0);
     EXPECT_LE(*available, *group);
   }
+}
+
+// Every directory listed is under /sys/fs/cgroup, and the first (the process's own group in
+// the first hierarchy /proc/self/cgroup names for the controller) exists.
+TEST(CgroupTest, DirsRunFromTheProcesssGroupUpward) {
+  for (const char* controller : {"cpu", "memory"}) {
+    const std::vector<std::string> dirs = CgroupDirs(controller);
+    for (const std::string& dir : dirs) EXPECT_EQ(dir.rfind("/sys/fs/cgroup", 0), 0u) << dir;
+    if (!dirs.empty()) {
+      EXPECT_TRUE(std::filesystem::is_directory(dirs.front())) << dirs.front();
+    }
+  }
+  EXPECT_EQ(ReadCgroupNumber("/nonexistent/cpu.max"), std::nullopt);
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/dtype.h"
+#include "common/thread_pool.h"
 #include "gguf_writer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -66,6 +67,9 @@ TEST(Dequantize, RefusesUnsupportedTypesByName) {
 // mid-period): every element equals that of the one-super-block tensor holding its block, so
 // each chunk read its own super-blocks.
 TEST(Dequantize, KQuantsSpanningSeveralChunks) {
+  // The chunks are split over three threads, as a load splits them over its pool.
+  ThreadPool pool(3);
+  UsePool use(&pool);
   struct Case {
     TensorType type;
     int block_bytes;
