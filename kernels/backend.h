@@ -45,6 +45,11 @@ class Backend {
   virtual bool host_memory() const = 0;
   // Whether MatMulPrecision::kBf16Dot may run here.
   virtual bool SupportsBf16Dot() const = 0;
+  // Bytes of device memory free now (what a KV pool may take), or -1 where device memory is
+  // host memory (the caller reads MemAvailable).
+  virtual int64_t FreeDeviceMemoryBytes() const { return -1; }
+  // Whether MatMulPrecision::kInt8Dot (Q8_0/Q4_0/Q4_1 weights) may run here.
+  virtual bool SupportsInt8Dot() const { return false; }
 
   // ---- Memory
   // `bytes` of zeroed device memory, aligned to at least 64 bytes; pages never touched cost
@@ -137,8 +142,17 @@ class Backend {
                         float* y) = 0;
 };
 
-// The backend for `device`. UNIMPLEMENTED naming the device when this build lacks it.
+// The backend for `device`. The CPU backend is part of every build; the CUDA backend is
+// the plugin libspanserve_cuda.so, loaded on first use from (in order) $SPANSERVE_CUDA_PLUGIN,
+// the executable's folder, ../lib beside it, the build tree that made this binary, then the
+// dynamic linker's search path. FAILED_PRECONDITION naming what is missing when the plugin,
+// the CUDA libraries it needs, the driver or a device is absent.
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(Device device,
+                                                       const BackendOptions& options = {});
+
+// The backend a --device setting names: "cpu", "cuda", or "auto" (CUDA when a CUDA backend
+// can be made here, else the CPU). INVALID_ARGUMENT for another name.
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::string_view device,
                                                        const BackendOptions& options = {});
 
 }  // namespace spanserve::kernels

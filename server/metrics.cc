@@ -243,6 +243,7 @@ void ServerMetrics::WatchEngine(const std::string& model_name, const engine::Eng
              {"norm_placement", info.norm_placement},
              {"kv_cache_dtype", std::string(engine::KvCacheDtypeName(info.kv_cache_dtype))},
              {"compute_dtype", std::string(model::F32OrBf16Name(info.compute_dtype))},
+             {"device", info.device},
              {"kv_block_size", std::to_string(info.block_size)},
              {"kv_blocks", std::to_string(info.num_kv_blocks)}})
       .Set(1);

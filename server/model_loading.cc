@@ -56,8 +56,10 @@ std::string ServingLine(const ServedModel& model, double load_seconds) {
 
 absl::StatusOr<LoadedModel> LoadModel(const ModelSpec& spec, ModelLoadOptions options) {
   ASSIGN_OR_RETURN(loader::ModelSource source,
-                   loader::LoadModelSource(spec.path, {.num_threads = options.num_threads,
-                                                       .compute_dtype = options.compute_dtype}));
+                   loader::LoadModelSource(spec.path, {.device = options.device,
+                                                       .num_threads = options.num_threads,
+                                                       .compute_dtype = options.compute_dtype,
+                                                       .int8_dot = options.int8_dot}));
   LoadedModel loaded;
   loaded.format = source.format;
   loaded.tokenizer = std::move(source.tokenizer);

@@ -25,8 +25,10 @@ struct ModelLoadOptions {
   // LoadServedModels splits (EvenKvShare); num_kv_blocks, when > 0, is each model's own
   // block count and wins over it.
   engine::EngineOptions engine;
-  int num_threads = 0;  // model compute threads (0: all cores)
+  std::string device = "cpu";  // cpu or cuda (kernels::CreateBackend)
+  int num_threads = 0;         // model compute threads (0: all cores)
   DType compute_dtype = DType::kF32;
+  bool int8_dot = false;  // model::Model::Options::int8_dot
 };
 
 // Loads one model (loader::LoadModelSource), recognises its chat template, starts its

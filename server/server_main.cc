@@ -39,6 +39,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/status.h"
+#include "kernels/backend.h"
 #include "nlohmann/json.hpp"
 #include "runtime/engine/block_manager.h"
 #include "runtime/engine/engine.h"
@@ -56,7 +57,10 @@ ABSL_FLAG(std::string, model, "models/spanserve-span-12l",
           "the served models: a comma-separated list of [NAME=]PATH, each PATH a model "
           "directory (config.json, model.safetensors, tokenizer.json) or a .gguf file; NAME "
           "defaults to the directory / file name. The first is the default model");
-ABSL_FLAG(std::string, device, "cpu", "compute device (only 'cpu' in this build)");
+ABSL_FLAG(std::string, device, "cpu",
+          "compute device: cpu, cuda (the CUDA backend, plugin libspanserve_cuda.so: needs an "
+          "NVIDIA GPU, its driver, and the CUDA runtime and cuBLAS libraries), or auto (cuda "
+          "when all of that is present, else cpu)");
 ABSL_FLAG(int, threads, 0,
           "model compute threads, the calling thread included; at most the CPUs this process "
           "may use (affinity, cgroup CPU limit); 0: all of those");
@@ -98,6 +102,9 @@ ABSL_FLAG(std::string, compute_dtype, "auto",
           "activations in products with bf16 weight matrices: auto or f32 (exact), or bf16 "
           "(rounded to bf16 for the CPU's bf16 dot products, AVX512_BF16: about twice the "
           "batched decode and prefill rate)");
+ABSL_FLAG(bool, int8_dot, false,
+          "activations quantized to 8-bit blocks for integer dot products with Q8_0/Q4_0/Q4_1 "
+          "GGUF weights: faster quantized decode, not bit-exact");
 ABSL_FLAG(int, num_kv_blocks, 0,
           "KV pool size in blocks of each model (wins over the byte sizes if > 0)");
 ABSL_FLAG(int, max_num_seqs, 64, "most sequences in one engine step");
@@ -239,20 +246,24 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials() {
 // models together (bytes, or a fraction of MemAvailable read once, before any model
 // loads), which the loader splits; --num_kv_blocks, when given, is each model's own block
 // count.
-absl::StatusOr<ModelLoadOptions> LoadOptionsFromFlags() {
+absl::StatusOr<ModelLoadOptions> LoadOptionsFromFlags(const std::string& device,
+                                                      int64_t free_device_bytes) {
   ModelLoadOptions options;
+  options.device = device;
   engine::EngineOptions& o = options.engine;
   ASSIGN_OR_RETURN(o.kv_cache_dtype,
                    engine::ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype)));
   // Parsed here so that a misspelling stops the server at start-up, not each model's load.
   ASSIGN_OR_RETURN(options.compute_dtype,
                    model::ParseF32OrBf16(absl::GetFlag(FLAGS_compute_dtype), "compute_dtype"));
+  options.int8_dot = absl::GetFlag(FLAGS_int8_dot);
   options.num_threads = absl::GetFlag(FLAGS_threads);
   o.num_kv_blocks = absl::GetFlag(FLAGS_num_kv_blocks);
   if (o.num_kv_blocks <= 0) {
-    ASSIGN_OR_RETURN(const int64_t total,
-                     engine::KvPoolBytes(absl::GetFlag(FLAGS_kv_cache_bytes),
-                                         absl::GetFlag(FLAGS_kv_cache_memory_fraction)));
+    ASSIGN_OR_RETURN(
+        const int64_t total,
+        engine::KvPoolBytes(absl::GetFlag(FLAGS_kv_cache_bytes),
+                            absl::GetFlag(FLAGS_kv_cache_memory_fraction), free_device_bytes));
     o.kv_cache_bytes = total;
   }
   o.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
@@ -284,10 +295,19 @@ sigset_t BlockShutdownSignals() {
 }
 
 int Run(const sigset_t& signals) {
-  const std::string device = absl::GetFlag(FLAGS_device);
+  // The device, resolved and checked before anything starts: a missing GPU, driver or
+  // plugin stops the server here, saying which.
+  std::string device = absl::GetFlag(FLAGS_device);
+  int64_t free_device_bytes = -1;
   if (device != "cpu") {
-    Log(absl::StrCat("--device=", device, ": only 'cpu' is supported by this build"));
-    return 2;
+    absl::StatusOr<std::unique_ptr<kernels::Backend>> probe =
+        kernels::CreateBackend(device, {.num_threads = 1});
+    if (!probe.ok()) {
+      Log(absl::StrCat("--device=", device, ": ", probe.status().message()));
+      return 2;
+    }
+    device = std::string(kernels::DeviceName((*probe)->device()));
+    free_device_bytes = (*probe)->FreeDeviceMemoryBytes();
   }
   std::string token = absl::GetFlag(FLAGS_auth_token);
   if (const std::string path = absl::GetFlag(FLAGS_auth_token_file); !path.empty()) {
@@ -309,7 +329,7 @@ int Run(const sigset_t& signals) {
     Log(std::string(specs.status().message()));
     return 2;
   }
-  absl::StatusOr<ModelLoadOptions> load_options = LoadOptionsFromFlags();
+  absl::StatusOr<ModelLoadOptions> load_options = LoadOptionsFromFlags(device, free_device_bytes);
   if (!load_options.ok()) {
     Log(load_options.status().ToString());
     return 2;

@@ -37,6 +37,8 @@ class CpuBackend final : public Backend {
   }
   bool host_memory() const override { return true; }
   bool SupportsBf16Dot() const override { return CpuHasBf16Dot(); }
+  // The AVX2 kernels run wherever this build does (VNNI ones where the CPU has them).
+  bool SupportsInt8Dot() const override { return true; }
 
   // Anonymous mappings: zeroed, and a page costs resident memory only once touched (the
   // KV pool is mostly untouched blocks).

@@ -28,6 +28,7 @@
 #include "kernels/cpu/dequant.h"
 #include "kernels/cpu/matmul_avx512.h"
 #include "kernels/cpu/matmul_bf16dot.h"
+#include "kernels/cpu/matmul_int8dot.h"
 #include "kernels/cpu/simd.h"
 
 namespace spanserve::kernels::cpu {
@@ -297,6 +298,10 @@ Isa SetMaxIsa(Isa isa) {
 
 bool CpuHasBf16Dot() { return internal::CpuHasAvx512Bf16() && BestIsa() == Isa::kAvx512; }
 
+bool Int8DotUsesVnni() {
+  return internal::CpuHasAvx512Vnni() && MaxIsa().load(std::memory_order_relaxed) == Isa::kAvx512;
+}
+
 const char* IsaName(Isa isa) { return isa == Isa::kAvx512 ? "avx512" : "avx2"; }
 
 void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias, float* y) {
@@ -307,6 +312,10 @@ void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector
   if (w.precision == MatMulPrecision::kBf16Dot) {
     SPANSERVE_CHECK(internal::CpuHasAvx512Bf16());
     internal::MatMulBf16Dot(x, m, w, bias, y);
+    return;
+  }
+  if (w.precision == MatMulPrecision::kInt8Dot) {
+    internal::MatMulInt8Dot(x, m, w, bias, y, Int8DotUsesVnni());
     return;
   }
   internal::WithFormat(internal::FormatOf(w),

@@ -17,7 +17,9 @@ namespace spanserve::kernels::cpu {
 // bit-identical to the AVX2 kernels (see matmul_avx512.h). Block-quantized weights
 // (w.quant) give exactly the results of their dequantized f32 copy. A bf16 matrix with
 // w.precision == kBf16Dot takes the bf16 dot-product path for every m (matmul_bf16dot.h;
-// the CPU must have it: CpuHasBf16Dot()).
+// the CPU must have it: CpuHasBf16Dot()). A Q8_0/Q4_0/Q4_1 matrix with w.precision ==
+// kInt8Dot quantizes x to 8-bit blocks and takes the integer dot-product path for every m
+// (matmul_int8dot.h; VNNI where Int8DotUsesVnni(), else AVX2, the same bits either way).
 void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias, float* y);
 
 // The instruction sets MatMul can use.
@@ -34,6 +36,11 @@ const char* IsaName(Isa isa);
 // Whether MatMulPrecision::kBf16Dot may run here: the CPU has AVX512_BF16 and the
 // environment does not cap the process at AVX2 (SPANSERVE_MAX_ISA=avx2).
 bool CpuHasBf16Dot();
+
+// Whether MatMulPrecision::kInt8Dot runs its VNNI kernels now: the CPU has AVX512_VNNI and
+// MatMul may use AVX-512 (ActiveIsa(); SetMaxIsa(Isa::kAvx2) selects the AVX2 kernels, which
+// every CPU this build runs on has).
+bool Int8DotUsesVnni();
 
 // out[t, :] = row ids[t] of `table` ([vocab, dim]) widened to f32. ids must be in range.
 void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t n, float* out);

@@ -11,12 +11,13 @@
 
 namespace spanserve::engine {
 
-absl::StatusOr<int64_t> KvPoolBytes(int64_t bytes, double fraction) {
+absl::StatusOr<int64_t> KvPoolBytes(int64_t bytes, double fraction, int64_t free_device_bytes) {
   if (bytes > 0) return bytes;
   if (!(fraction > 0.0 && fraction <= 1.0)) {
     return absl::InvalidArgumentError(
         absl::StrCat("kv_cache_memory_fraction must be in (0, 1], got ", fraction));
   }
+  if (free_device_bytes >= 0) return static_cast<int64_t>(fraction * free_device_bytes);
   if (const std::optional<int64_t> available = MemAvailableBytes(); available.has_value()) {
     return static_cast<int64_t>(fraction * static_cast<double>(*available));
   }

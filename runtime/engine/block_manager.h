@@ -24,7 +24,9 @@ namespace spanserve::engine {
 
 // Bytes to give the KV pool: `bytes` if > 0, else `fraction` of MemAvailable from
 // /proc/meminfo. FAILED_PRECONDITION when /proc/meminfo cannot be read.
-[[nodiscard]] absl::StatusOr<int64_t> KvPoolBytes(int64_t bytes, double fraction);
+// With free_device_bytes >= 0 (a GPU backend's free memory) the fraction is of that instead.
+[[nodiscard]] absl::StatusOr<int64_t> KvPoolBytes(int64_t bytes, double fraction,
+                                                  int64_t free_device_bytes = -1);
 
 // The KV element type a flag names: "f32" (or "auto", the default: exact) or "bf16".
 // INVALID_ARGUMENT names the value and the choices otherwise.

@@ -126,6 +126,7 @@ struct EngineInfo {
   DType kv_cache_dtype = DType::kF32;
   DType compute_dtype = DType::kF32;  // model::Model::Options::compute_dtype
   std::string backend;                // kernels::Backend::description(): device, threads
+  std::string device;                 // kernels::DeviceName of the backend: cpu, cuda
 };
 
 // A snapshot, refreshed after every step; reading it never blocks the step for long.

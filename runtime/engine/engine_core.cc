@@ -61,7 +61,8 @@ absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(model::Model* mod
   int64_t num_blocks = options.num_kv_blocks;
   if (num_blocks <= 0) {
     ASSIGN_OR_RETURN(const int64_t bytes,
-                     KvPoolBytes(options.kv_cache_bytes, options.kv_cache_memory_fraction));
+                     KvPoolBytes(options.kv_cache_bytes, options.kv_cache_memory_fraction,
+                                 model->backend().FreeDeviceMemoryBytes()));
     num_blocks = std::min<int64_t>(bytes / block_bytes, 1 << 30);
   }
   const int64_t min_blocks = (max_model_len + options.block_size - 1) / options.block_size;
@@ -93,6 +94,7 @@ absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(model::Model* mod
   info.kv_cache_dtype = cache->dtype();
   info.compute_dtype = model->compute_dtype();
   info.backend = model->backend().description();
+  info.device = std::string(kernels::DeviceName(model->backend().device()));
   return std::unique_ptr<EngineCore>(
       new EngineCore(model, options, std::move(info), std::move(cache)));
 }

@@ -37,8 +37,8 @@ std::vector<const char*> NormNames(NormPlacement p) {
 class Binder {
  public:
   Binder(WeightStore* store, kernels::Backend* backend, TensorShapes* record,
-         kernels::MatMulPrecision bf16_precision)
-      : store_(store), backend_(backend), record_(record), bf16_precision_(bf16_precision) {}
+         const MatrixPrecisions& precisions)
+      : store_(store), backend_(backend), record_(record), precisions_(precisions) {}
 
   bool Has(const std::string& name) const { return store_ == nullptr || store_->Has(name); }
 
@@ -57,8 +57,11 @@ class Binder {
                                                      " elements) are not whole blocks of 32"));
     }
     kernels::WeightMatrix w{t.data, t.dtype, rows, cols, t.quant};
-    if (t.dtype == DType::kBF16 && t.quant == kernels::QuantType::kNone)
-      w.precision = bf16_precision_;
+    if (t.quant != kernels::QuantType::kNone) {
+      w.precision = precisions_.quantized;
+    } else if (t.dtype == DType::kBF16) {
+      w.precision = precisions_.bf16;
+    }
     return backend_->UploadMatrix(w);
   }
   absl::StatusOr<kernels::WeightVector> Vector(const std::string& name, int64_t size) {
@@ -98,17 +101,17 @@ class Binder {
   WeightStore* store_;
   kernels::Backend* backend_;
   TensorShapes* record_;
-  kernels::MatMulPrecision bf16_precision_;
+  MatrixPrecisions precisions_;
   int64_t count_ = 0;
 };
 
 }  // namespace
 
 absl::StatusOr<int64_t> BindWeights(const ModelConfig& c, WeightStore* store,
-                                    kernels::Backend* backend,
-                                    kernels::MatMulPrecision bf16_precision, ModelWeights* weights,
-                                    ExpertLoad* expert_load, TensorShapes* record) {
-  Binder bind(store, backend, record, bf16_precision);
+                                    kernels::Backend* backend, const MatrixPrecisions& precisions,
+                                    ModelWeights* weights, ExpertLoad* expert_load,
+                                    TensorShapes* record) {
+  Binder bind(store, backend, record, precisions);
   kernels::WeightMatrix& embed = weights->embed;
   kernels::WeightMatrix& lm_head = weights->lm_head;
   NormWeights& final_norm = weights->final_norm;

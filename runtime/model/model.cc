@@ -30,6 +30,7 @@ struct Model::Impl {
   DeviceArray<float> rope_cos, rope_sin;
   int64_t num_parameters = 0;
   DType compute_dtype = DType::kF32;
+  bool int8_dot = false;
   ExpertLoad expert_load;
 
   void Norm(const NormWeights& w, const float* in, int64_t tokens, int64_t dim, float* out) const;
@@ -197,7 +198,7 @@ absl::StatusOr<std::unique_ptr<Model::Impl>> BindModel(ModelConfig config,
   } else {
     ASSIGN_OR_RETURN(
         impl->owned_backend,
-        kernels::CreateBackend(kernels::Device::kCpu,
+        kernels::CreateBackend(options.device,
                                kernels::BackendOptions{.num_threads = options.num_threads}));
     impl->backend = impl->owned_backend.get();
   }
@@ -206,14 +207,21 @@ absl::StatusOr<std::unique_ptr<Model::Impl>> BindModel(ModelConfig config,
         "compute_dtype bf16 needs the AVX512_BF16 dot products, which this CPU lacks (or "
         "SPANSERVE_MAX_ISA=avx2 forbids); use f32");
   }
+  if (options.int8_dot && !impl->backend->SupportsInt8Dot()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "int8_dot: the ", std::string(kernels::DeviceName(impl->backend->device())),
+        " backend has no integer dot-product path for quantized weights; load without it"));
+  }
   impl->config = std::move(config);
   impl->store = std::move(store);
   impl->compute_dtype = options.compute_dtype;
-  ASSIGN_OR_RETURN(impl->num_parameters, BindWeights(impl->config, impl->store.get(), impl->backend,
-                                                     options.compute_dtype == DType::kBF16
-                                                         ? kernels::MatMulPrecision::kBf16Dot
-                                                         : kernels::MatMulPrecision::kExact,
-                                                     &impl->weights, &impl->expert_load));
+  impl->int8_dot = options.int8_dot;
+  MatrixPrecisions precisions;
+  if (options.compute_dtype == DType::kBF16) precisions.bf16 = kernels::MatMulPrecision::kBf16Dot;
+  if (options.int8_dot) precisions.quantized = kernels::MatMulPrecision::kInt8Dot;
+  ASSIGN_OR_RETURN(impl->num_parameters,
+                   BindWeights(impl->config, impl->store.get(), impl->backend, precisions,
+                               &impl->weights, &impl->expert_load));
   const ModelConfig& c = impl->config;
   const int64_t table = static_cast<int64_t>(c.max_position_embeddings) * (c.head_dim / 2);
   ASSIGN_OR_RETURN(float* cos, impl->rope_cos.Grow(*impl->backend, table));
@@ -286,14 +294,15 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
   ModelWeights weights;
   ExpertLoad load;
   TensorShapes shapes;
-  const absl::StatusOr<int64_t> st = BindWeights(
-      config, nullptr, nullptr, kernels::MatMulPrecision::kExact, &weights, &load, &shapes);
+  const absl::StatusOr<int64_t> st =
+      BindWeights(config, nullptr, nullptr, MatrixPrecisions{}, &weights, &load, &shapes);
   SPANSERVE_CHECK(st.ok());
   return shapes;
 }
 
 const ModelConfig& Model::config() const { return impl_->config; }
 DType Model::compute_dtype() const { return impl_->compute_dtype; }
+bool Model::int8_dot() const { return impl_->int8_dot; }
 kernels::Backend& Model::backend() const { return *impl_->backend; }
 int64_t Model::weight_bytes() const { return impl_->store->total_bytes(); }
 int64_t Model::num_parameters() const { return impl_->num_parameters; }

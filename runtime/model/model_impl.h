@@ -107,14 +107,20 @@ struct ModelWeights {
 
 using TensorShapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
 
+// How matrices multiply, by their storage (Model::Options::compute_dtype and int8_dot).
+struct MatrixPrecisions {
+  kernels::MatMulPrecision bf16 = kernels::MatMulPrecision::kExact;       // bf16 matrices
+  kernels::MatMulPrecision quantized = kernels::MatMulPrecision::kExact;  // Q8_0/Q4_0/Q4_1
+};
+
 // binding.cc: binds every tensor `config` implies from `store` (exact shapes; then the
-// store must hold no other tensor), uploaded to `backend`; bf16 matrices take
-// `bf16_precision`. Without a store (and backend) it only records names and shapes into
-// `record`. Fills the MoE layers' entries of *load; returns the parameter count.
+// store must hold no other tensor), uploaded to `backend`; bf16 and block-quantized matrices
+// take their `precisions`. Without a store (and backend) it only records names and shapes
+// into `record`. Fills the MoE layers' entries of *load; returns the parameter count.
 absl::StatusOr<int64_t> BindWeights(const ModelConfig& config, WeightStore* store,
-                                    kernels::Backend* backend,
-                                    kernels::MatMulPrecision bf16_precision, ModelWeights* weights,
-                                    ExpertLoad* load, TensorShapes* record = nullptr);
+                                    kernels::Backend* backend, const MatrixPrecisions& precisions,
+                                    ModelWeights* weights, ExpertLoad* load,
+                                    TensorShapes* record = nullptr);
 
 // model.cc: out = down(silu(gate(in)) ⊙ up(in)).
 absl::Status DenseFfn(kernels::Backend& backend, const FfnWeights& w, const float* in,

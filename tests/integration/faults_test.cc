@@ -1,10 +1,12 @@
 // Faults around the real server (issue 15): a broken model at start-up, SIGTERM under load,
 // a thousand vanishing clients, clients that never read their streams.
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -116,6 +118,62 @@ TEST(FaultsTest, ABrokenDefaultModelExitsNonZeroNamingWhatIsWrong) {
     EXPECT_NE(server.log().find(c.named), std::string::npos) << c.name << ":\n" << server.log();
     EXPECT_NE(server.log().find("failed to load"), std::string::npos) << server.log();
   }
+}
+
+// Runs spanserve-server with `args` (no spaces), environment assignments `env` before it, to
+// its exit within 20 s; its exit code (-1 if it did not exit by itself) and output.
+int RunServerToExit(const std::string& env, const std::string& args, std::string* log) {
+  const std::string cmd =
+      "env " + env + " timeout 20 " + std::string(SPANSERVE_SERVER_BIN) +
+      " --listen=127.0.0.1:0 --threads=1 --kv_cache_bytes=67108864 --model=" + DefaultModelDir() +
+      " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (pipe == nullptr) return -1;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) log->append(buf, n);
+  const int status = pclose(pipe);
+  return WIFEXITED(status) && WEXITSTATUS(status) != 124 ? WEXITSTATUS(status) : -1;
+}
+
+// --device cuda where the plugin is missing: the server stops before serving, exit 2, naming
+// the plugin it looked for.
+TEST(FaultsTest, DeviceCudaWithoutItsPluginStopsAtStartUpSayingSo) {
+  std::string log;
+  const int code = RunServerToExit("SPANSERVE_CUDA_PLUGIN=/nonexistent/libspanserve_cuda.so",
+                                   "--device=cuda", &log);
+  EXPECT_EQ(code, 2) << log;
+  EXPECT_NE(log.find("--device=cuda: "), std::string::npos) << log;
+  EXPECT_NE(log.find("/nonexistent/libspanserve_cuda.so"), std::string::npos) << log;
+  EXPECT_EQ(log.find("serving model"), std::string::npos) << log;
+}
+
+// --device cuda with this build's plugin (or none) on a machine without a GPU or driver:
+// exit 2, saying what is missing in the CUDA runtime's own words. Where a GPU is present the
+// server serves on it instead, and this test has nothing to check.
+TEST(FaultsTest, DeviceCudaWithoutAGpuStopsAtStartUpNamingWhatIsMissing) {
+  std::string log;
+  const int code = RunServerToExit("SPANSERVE_TEST=1", "--device=cuda --drain_grace_s=0", &log);
+  if (log.find("serving model") != std::string::npos) {
+    GTEST_SKIP() << "a CUDA device is present here: " << log;
+  }
+  EXPECT_EQ(code, 2) << log;
+  EXPECT_NE(log.find("--device=cuda: "), std::string::npos) << log;
+  EXPECT_NE(log.find("CUDA"), std::string::npos) << log;
+}
+
+// --device auto without a usable CUDA backend serves on the CPU and says so.
+TEST(FaultsTest, DeviceAutoServesOnTheCpuWithoutACudaBackend) {
+  setenv("SPANSERVE_CUDA_PLUGIN", "/nonexistent/libspanserve_cuda.so", 1);
+  ServerProcess server({"--device=auto"});
+  unsetenv("SPANSERVE_CUDA_PLUGIN");
+  EXPECT_NE(server.log().find(", on cpu ("), std::string::npos) << server.log();
+  v1::GetModelInfoRequest request;
+  v1::ModelInfo info;
+  grpc::ClientContext context;
+  ASSERT_TRUE(
+      v1::SpanServe::NewStub(server.Channel())->GetModelInfo(&context, request, &info).ok());
+  EXPECT_EQ(info.device(), "cpu");
 }
 
 TEST(FaultsTest, SigtermUnderLoadLetsEveryCallInFlightFinish) {

@@ -39,11 +39,16 @@ ABSL_FLAG(std::string, concurrency, "1,4,16,64", "comma-separated concurrency le
 ABSL_FLAG(int, prompt_len, 256, "prompt tokens per request");
 ABSL_FLAG(int, gen_len, 32, "generated tokens per request");
 ABSL_FLAG(int, threads, 0, "compute threads (0: all cores)");
+ABSL_FLAG(std::string, device, "cpu",
+          "compute device: cpu, cuda (the CUDA backend plugin, libspanserve_cuda.so), or auto");
 ABSL_FLAG(int, block_size, 16, "KV block size in tokens");
 ABSL_FLAG(int, max_batched_tokens, 2048, "token budget per step");
 ABSL_FLAG(std::string, kv_cache_dtype, "auto", "KV element type: auto/f32 or bf16");
 ABSL_FLAG(std::string, compute_dtype, "auto",
           "activations in products with bf16 weights: auto/f32 (exact) or bf16 (AVX512_BF16)");
+ABSL_FLAG(bool, int8_dot, false,
+          "activations quantized to 8-bit blocks for integer dot products with Q8_0/Q4_0/Q4_1 "
+          "GGUF weights: faster quantized decode, not bit-exact");
 ABSL_FLAG(std::string, json, "", "also write the results as JSON to this file");
 
 namespace spanserve::engine {
@@ -126,8 +131,10 @@ absl::StatusOr<LevelResult> RunLevel(const std::string& model_dir, int concurren
     steps.push_back(s);
   };
   ASSIGN_OR_RETURN(auto model,
-                   model::Model::Load(model_dir, {.num_threads = absl::GetFlag(FLAGS_threads),
-                                                  .compute_dtype = compute_dtype}));
+                   model::Model::Load(model_dir, {.device = absl::GetFlag(FLAGS_device),
+                                                  .num_threads = absl::GetFlag(FLAGS_threads),
+                                                  .compute_dtype = compute_dtype,
+                                                  .int8_dot = absl::GetFlag(FLAGS_int8_dot)}));
   ASSIGN_OR_RETURN(auto engine, Engine::Create(std::move(model), o));
   const int32_t vocab = engine->info().vocab_size;
 
@@ -288,11 +295,14 @@ int Main() {
     levels.push_back(c);
   }
   std::printf(
-      "model %s, prompt %d tokens, %d generated per request, block %d, KV %s, compute %s, "
+      "model %s, prompt %d tokens, %d generated per request, block %d, KV %s, compute %s%s, "
       "batched MatMul on %s\n\n",
       model_dir.c_str(), absl::GetFlag(FLAGS_prompt_len), absl::GetFlag(FLAGS_gen_len),
       absl::GetFlag(FLAGS_block_size), std::string(KvCacheDtypeName(*kv_dtype)).c_str(),
       std::string(model::F32OrBf16Name(*compute_dtype)).c_str(),
+      !absl::GetFlag(FLAGS_int8_dot)        ? ""
+      : kernels::cpu::Int8DotUsesVnni() ? " (int8 dot, VNNI)"
+                                        : " (int8 dot, AVX2)",
       kernels::cpu::IsaName(kernels::cpu::ActiveIsa()));
   std::printf(
       "| conc | gen tok/s | decode tok/s | decode step ms (median) | sched ms/step | sched share "

@@ -26,10 +26,15 @@
 
 ABSL_FLAG(std::string, model, "models/spanserve-span-12l", "model directory or .gguf file");
 ABSL_FLAG(int, threads, 0, "compute threads (0: all cores)");
+ABSL_FLAG(std::string, device, "cpu",
+          "compute device: cpu, cuda (the CUDA backend plugin, libspanserve_cuda.so), or auto");
 ABSL_FLAG(int, steps, 16, "decode steps timed per batch size");
 ABSL_FLAG(int, prompt, 512, "prefill prompt length");
 ABSL_FLAG(std::string, json, "", "also write the figures as JSON to this file");
 ABSL_FLAG(std::string, random, "", "benchmark a random model: qwen2-0.5b, moe8, moe32, moe64");
+ABSL_FLAG(bool, int8_dot, false,
+          "activations quantized to 8-bit blocks for integer dot products with Q8_0/Q4_0/Q4_1 "
+          "GGUF weights: faster quantized decode, not bit-exact");
 
 namespace spanserve {
 namespace {
@@ -126,7 +131,8 @@ int Run() {
   UsePool use(pool.get());
   const int64_t rss0 = RssBytes();
   auto t0 = Clock::now();
-  auto loaded = model::Model::Load(dir, {.num_threads = threads});
+  auto loaded =
+      model::Model::Load(dir, {.device = absl::GetFlag(FLAGS_device), .num_threads = threads, .int8_dot = absl::GetFlag(FLAGS_int8_dot)});
   if (!loaded.ok()) {
     std::fprintf(stderr, "error: %s\n", loaded.status().ToString().c_str());
     return 1;
@@ -200,6 +206,10 @@ int Run() {
               m.weight_bytes() / 1048576.0);
   std::printf("threads               %d\n", threads);
   std::printf("batched MatMul on     %s\n", kernels::cpu::IsaName(kernels::cpu::ActiveIsa()));
+  if (m.int8_dot()) {
+    std::printf("quantized weights     int8 dot products (%s)\n",
+                kernels::cpu::Int8DotUsesVnni() ? "VNNI" : "AVX2");
+  }
   std::printf("load                  %.3f s\n", load_s);
   std::printf("RSS after load        %.1f MiB (%.0f%% of the weight bytes)\n", rss_load / 1048576.0,
               100.0 * rss_load / m.weight_bytes());

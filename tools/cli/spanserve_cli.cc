@@ -32,9 +32,14 @@ ABSL_FLAG(int, max_tokens, 64, "generate: tokens to generate");
 ABSL_FLAG(std::string, text, "", "perplexity: the text file to score");
 ABSL_FLAG(int, window, 256, "perplexity: tokens per scored window");
 ABSL_FLAG(int, threads, 0, "compute threads (0: all cores)");
+ABSL_FLAG(std::string, device, "cpu",
+          "compute device: cpu, cuda (the CUDA backend plugin, libspanserve_cuda.so), or auto");
 ABSL_FLAG(std::string, compute_dtype, "auto",
           "activations in products with bf16 weights: auto or f32 (exact), or bf16 (AVX512_BF16 "
           "dot products)");
+ABSL_FLAG(bool, int8_dot, false,
+          "activations quantized to 8-bit blocks for integer dot products with Q8_0/Q4_0/Q4_1 "
+          "GGUF weights: faster quantized decode, not bit-exact");
 
 namespace spanserve {
 namespace {
@@ -66,8 +71,10 @@ absl::StatusOr<Loaded> LoadAll(bool need_tokenizer = true) {
   ASSIGN_OR_RETURN(const DType compute_dtype,
                    model::ParseF32OrBf16(absl::GetFlag(FLAGS_compute_dtype), "compute_dtype"));
   ASSIGN_OR_RETURN(loader::ModelSource source,
-                   loader::LoadModelSource(path, {.num_threads = absl::GetFlag(FLAGS_threads),
-                                                  .compute_dtype = compute_dtype}));
+                   loader::LoadModelSource(path, {.device = absl::GetFlag(FLAGS_device),
+                                                  .num_threads = absl::GetFlag(FLAGS_threads),
+                                                  .compute_dtype = compute_dtype,
+                                                  .int8_dot = absl::GetFlag(FLAGS_int8_dot)}));
   if (need_tokenizer && source.tokenizer == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(path, " has no tokenizer"));
   }

@@ -1,0 +1,355 @@
+// The integer dot-product path (MatMulPrecision::kInt8Dot, kernels/cpu/matmul_int8dot.h):
+// bit for bit against a scalar model of its arithmetic, tightly against a double reference on
+// the same quantized activations, the VNNI kernels against the AVX2 ones, batch and thread
+// invariance, and its error against the exact path.
+#include "kernels/cpu/matmul_int8dot.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common/dtype.h"
+#include "common/thread_pool.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/dequant.h"
+#include "kernels/cpu/matmul.h"
+#include "test_util.h"
+
+namespace spanserve::kernels::cpu {
+namespace {
+
+using testing::BitIdentical;
+using testing::RandomFloats;
+
+constexpr QuantType kFormats[] = {QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_1};
+
+std::string FormatName(QuantType q) {
+  return q == QuantType::kQ8_0 ? "Q8_0" : q == QuantType::kQ4_0 ? "Q4_0" : "Q4_1";
+}
+
+// Runs a scope with MatMul capped at one instruction set, restoring the setting after.
+class ScopedIsa {
+ public:
+  explicit ScopedIsa(Isa isa) : saved_(SetMaxIsa(isa)) {}
+  ~ScopedIsa() { SetMaxIsa(saved_); }
+
+ private:
+  Isa saved_;
+};
+
+bool HasVnni() {
+  ScopedIsa wide(Isa::kAvx512);
+  return Int8DotUsesVnni();
+}
+
+// n rows of k / 32 blocks: every quant byte random (Q8_0 from -128 to 127), scales (and Q4_1
+// mins) valid f16 values in ±scale.
+std::vector<uint8_t> RandomBlocks(QuantType q, int64_t n, int64_t k, uint32_t seed,
+                                  float scale = 0.05f) {
+  const int64_t block_bytes = QuantBlockBytes(q);
+  std::vector<uint8_t> bytes(n * k / 32 * block_bytes);
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+  for (uint8_t& b : bytes) b = static_cast<uint8_t>(byte(rng));
+  for (int64_t b = 0; b < n * k / 32; ++b) {
+    const uint16_t d = F32ToF16(scale * unit(rng));
+    std::memcpy(&bytes[b * block_bytes], &d, 2);
+    if (q == QuantType::kQ4_1) {
+      const uint16_t m = F32ToF16(scale * unit(rng));
+      std::memcpy(&bytes[b * block_bytes + 2], &m, 2);
+    }
+  }
+  return bytes;
+}
+
+std::vector<float> Dequantized(QuantType q, const std::vector<uint8_t>& bytes, int64_t numel) {
+  std::vector<float> out(numel);
+  if (q == QuantType::kQ8_0) DequantizeQ8_0(bytes.data(), numel, out.data());
+  if (q == QuantType::kQ4_0) DequantizeQ4_0(bytes.data(), numel, out.data());
+  if (q == QuantType::kQ4_1) DequantizeQ4_1(bytes.data(), numel, out.data());
+  return out;
+}
+
+// One row of activations quantized as matmul_int8dot.h specifies, in scalar code.
+struct QuantRow {
+  std::vector<int> q;
+  std::vector<float> d, s;
+};
+
+QuantRow QuantizeReference(const float* x, int64_t k) {
+  QuantRow r;
+  for (int64_t b = 0; b < k / 32; ++b) {
+    float amax = 0.0f;
+    for (int p = 0; p < 32; ++p) amax = std::max(amax, std::fabs(x[32 * b + p]));
+    const float d = amax / 127.0f;
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    int sum = 0;
+    for (int p = 0; p < 32; ++p) {
+      const int q = static_cast<int>(std::nearbyint(x[32 * b + p] * id));  // nearest, ties even
+      r.q.push_back(q);
+      sum += q;
+    }
+    r.d.push_back(d);
+    r.s.push_back(d * static_cast<float>(sum));
+  }
+  return r;
+}
+
+// Block b of a weight row: its integer quants and its scale (and min).
+void WeightBlock(QuantType q, const uint8_t* row, int64_t b, int wq[32], float* d, float* m) {
+  const uint8_t* block = row + b * QuantBlockBytes(q);
+  uint16_t h;
+  std::memcpy(&h, block, 2);
+  *d = F16ToF32(h);
+  *m = 0.0f;
+  switch (q) {
+    case QuantType::kQ8_0:
+      for (int p = 0; p < 32; ++p) wq[p] = static_cast<int8_t>(block[2 + p]);
+      return;
+    case QuantType::kQ4_0:
+      for (int p = 0; p < 16; ++p) {
+        wq[p] = (block[2 + p] & 0x0f) - 8;
+        wq[p + 16] = (block[2 + p] >> 4) - 8;
+      }
+      return;
+    case QuantType::kQ4_1:
+      std::memcpy(&h, block + 2, 2);
+      *m = F16ToF32(h);
+      for (int p = 0; p < 16; ++p) {
+        wq[p] = block[4 + p] & 0x0f;
+        wq[p + 16] = block[4 + p] >> 4;
+      }
+      return;
+    case QuantType::kNone:
+      break;
+  }
+  FAIL() << "not a quantized format";
+}
+
+struct Expected {
+  float bits;        // the header's arithmetic, modelled in scalar code
+  double exact;      // the same quantized product in double
+  double magnitude;  // Σ |terms| of that sum: the scale of its f32 rounding
+};
+
+// y for one x row and one weight row, as matmul_int8dot.h specifies it.
+Expected ModelInt8Dot(QuantType q, const QuantRow& x, const uint8_t* row, int64_t k,
+                      const float* bias) {
+  float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  float mins = 0.0f;
+  Expected e{0.0f, bias != nullptr ? *bias : 0.0, bias != nullptr ? std::fabs(*bias) : 0.0};
+  for (int64_t b = 0; b < k / 32; ++b) {
+    int wq[32];
+    float dw, mw;
+    WeightBlock(q, row, b, wq, &dw, &mw);
+    const float c = dw * x.d[b];
+    for (int l = 0; l < 8; ++l) {
+      int lane = 0;
+      for (int p = 4 * l; p < 4 * l + 4; ++p) lane += wq[p] * x.q[32 * b + p];
+      lanes[l] = std::fma(c, static_cast<float>(lane), lanes[l]);
+      e.exact += static_cast<double>(c) * lane;
+      e.magnitude += std::fabs(static_cast<double>(c) * lane);
+    }
+    if (q == QuantType::kQ4_1) {
+      const float min_term = mw * x.s[b];
+      mins = mins + min_term;
+      e.exact += min_term;
+      e.magnitude += std::fabs(min_term);
+    }
+  }
+  float s = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) +
+            ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+  if (q == QuantType::kQ4_1) s = s + mins;
+  e.bits = bias != nullptr ? s + *bias : s;
+  return e;
+}
+
+WeightMatrix Int8DotMatrix(QuantType q, const std::vector<uint8_t>& blocks, int64_t n,
+                           int64_t k) {
+  WeightMatrix w{blocks.data(), DType::kF32, n, k, q};
+  w.precision = MatMulPrecision::kInt8Dot;
+  return w;
+}
+
+// Activations with a realistic spread: mostly N(0, 1), a few large outliers.
+std::vector<float> Activations(int64_t count, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> pick(0, 99);
+  std::vector<float> x(count);
+  for (float& v : x) v = pick(rng) == 0 ? 8.0f * normal(rng) : normal(rng);
+  return x;
+}
+
+TEST(QuantizeRowsInt8, MatchesTheScalarDefinition) {
+  for (int64_t k : {32, 64, 576}) {
+    std::vector<float> x = Activations(3 * k, static_cast<uint32_t>(k));
+    std::fill(x.begin() + 32, x.begin() + 64, 0.0f);  // an all-zero block: d = 0, q = 0
+    x[5] = 2.5f;                                         // ties round to even ...
+    x[6] = -127.0f;                                      // ... against this block's max
+    x[7] = 0.5f;
+    std::vector<int8_t> q(3 * k);
+    const int64_t ld = 2 * (k / 32) + 2;
+    std::vector<float> ds(3 * ld, -1.0f);
+    internal::QuantizeRowsInt8(x.data(), 3, k, q.data(), ds.data());
+    for (int64_t i = 0; i < 3; ++i) {
+      const QuantRow ref = QuantizeReference(x.data() + i * k, k);
+      for (int64_t p = 0; p < k; ++p) ASSERT_EQ(q[i * k + p], ref.q[p]) << "row " << i << " " << p;
+      for (int64_t b = 0; b < k / 32; ++b) {
+        ASSERT_EQ(ds[i * ld + 2 * b], ref.d[b]);
+        ASSERT_EQ(ds[i * ld + 2 * b + 1], ref.s[b]);
+      }
+    }
+  }
+}
+
+class Int8DotTest : public ::testing::TestWithParam<std::tuple<QuantType, Isa>> {
+ protected:
+  void SetUp() override {
+    if (std::get<1>(GetParam()) == Isa::kAvx512 && !HasVnni()) {
+      GTEST_SKIP() << "this CPU has no AVX512_VNNI";
+    }
+    isa_.emplace(std::get<1>(GetParam()));
+  }
+  void TearDown() override { isa_.reset(); }
+  QuantType quant() const { return std::get<0>(GetParam()); }
+
+ private:
+  std::optional<ScopedIsa> isa_;
+};
+
+// Every k from one block to SmolLM2's hidden size, n ragged against every micro-kernel width
+// and the 24-row panel, batches of each micro-kernel height and beyond.
+TEST_P(Int8DotTest, EqualsTheScalarModelBitForBit) {
+  const QuantType q = quant();
+  for (int64_t k = 32; k <= 576; k += 32) {
+    for (int64_t n : {1, 5, 13, 29, 50}) {
+      const uint32_t seed = static_cast<uint32_t>(k * 100 + n);
+      const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, seed);
+      const std::vector<float> bias = RandomFloats(n, seed + 1);
+      const WeightVector bv{bias.data(), DType::kF32, n};
+      const WeightMatrix w = Int8DotMatrix(q, blocks, n, k);
+      const int64_t row_bytes = k / 32 * QuantBlockBytes(q);
+      for (int64_t m : {1, 2, 3, 4, 7}) {
+        SCOPED_TRACE(::testing::Message() << "k=" << k << " n=" << n << " m=" << m);
+        const std::vector<float> x = Activations(m * k, seed + 2);
+        std::vector<float> y(m * n, -1.0f);
+        const bool with_bias = (k / 32 + n) % 2 == 0;
+        MatMul(x.data(), m, w, with_bias ? &bv : nullptr, y.data());
+        for (int64_t i = 0; i < m; ++i) {
+          const QuantRow xq = QuantizeReference(x.data() + i * k, k);
+          for (int64_t j = 0; j < n; ++j) {
+            const Expected e = ModelInt8Dot(q, xq, blocks.data() + j * row_bytes, k,
+                                            with_bias ? &bias[j] : nullptr);
+            ASSERT_TRUE(BitIdentical(&y[i * n + j], &e.bits, 1)) << "i=" << i << " j=" << j;
+            // The integer dots are exact: only f32 rounding of k / 32 + 5 additions remains.
+            ASSERT_NEAR(y[i * n + j], e.exact, 0x1p-24 * (k / 32 + 5) * e.magnitude + 1e-30);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_P(Int8DotTest, RowsDoNotDependOnTheBatchOrTheThreads) {
+  const QuantType q = quant();
+  // k = 576: a batch of 7 is quantized by every thread for itself, one of 37 once, shared.
+  for (int64_t m : {7, 37}) {
+    const int64_t n = 61, k = 576;
+    const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, 5);
+    const WeightMatrix w = Int8DotMatrix(q, blocks, n, k);
+    const std::vector<float> x = Activations(m * k, 6);
+    std::vector<float> batch(m * n), alone(n), five(m * n);
+    MatMul(x.data(), m, w, nullptr, batch.data());
+    for (int64_t i = 0; i < m; ++i) {
+      MatMul(x.data() + i * k, 1, w, nullptr, alone.data());
+      ASSERT_TRUE(BitIdentical(alone.data(), batch.data() + i * n, n)) << "m=" << m << " row " << i;
+    }
+    {
+      ThreadPool pool(5);
+      UsePool use(&pool);
+      MatMul(x.data(), m, w, nullptr, five.data());
+    }
+    EXPECT_TRUE(BitIdentical(five.data(), batch.data(), m * n)) << "m=" << m;
+    {
+      UsePool none(nullptr);
+      MatMul(x.data(), m, w, nullptr, five.data());
+    }
+    EXPECT_TRUE(BitIdentical(five.data(), batch.data(), m * n)) << "m=" << m;
+  }
+}
+
+// Against the exact path on the same weights: the error of rounding x to 8 bits per block.
+TEST_P(Int8DotTest, StaysCloseToTheExactPath) {
+  const QuantType q = quant();
+  const int64_t n = 64, k = 1536, m = 4;
+  const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, 8);
+  const std::vector<float> wf = Dequantized(q, blocks, n * k);
+  const std::vector<float> x = Activations(m * k, 9);
+  const WeightMatrix w = Int8DotMatrix(q, blocks, n, k);
+  const WeightMatrix exact_w{blocks.data(), DType::kF32, n, k, q};
+  std::vector<float> y(m * n), exact(m * n);
+  MatMul(x.data(), m, w, nullptr, y.data());
+  MatMul(x.data(), m, exact_w, nullptr, exact.data());
+  double worst = 0.0, sum_sq = 0.0;
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double magnitude = 0.0;
+      for (int64_t p = 0; p < k; ++p) magnitude += std::fabs(x[i * k + p] * wf[j * k + p]);
+      const double rel = std::fabs(y[i * n + j] - exact[i * n + j]) / magnitude;
+      worst = std::max(worst, rel);
+      sum_sq += rel * rel;
+    }
+  }
+  EXPECT_LT(worst, 1e-2);
+  EXPECT_LT(std::sqrt(sum_sq / (m * n)), 2e-3);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllQuantTypesAndIsas, Int8DotTest,
+                         ::testing::Combine(::testing::ValuesIn(kFormats),
+                                            ::testing::Values(Isa::kAvx2, Isa::kAvx512)),
+                         [](const ::testing::TestParamInfo<std::tuple<QuantType, Isa>>& info) {
+                           return FormatName(std::get<0>(info.param)) + "_" +
+                                  (std::get<1>(info.param) == Isa::kAvx512 ? "vnni" : "avx2");
+                         });
+
+// The VNNI kernels against the AVX2 ones over shapes that reach every micro-kernel, tail
+// and x tile of both (their micro-kernel widths differ), with and without a bias.
+TEST(Int8Dot, VnniIsBitIdenticalToAvx2) {
+  if (!HasVnni()) GTEST_SKIP() << "this CPU has no AVX512_VNNI";
+  for (QuantType q : kFormats) {
+    for (int64_t k : {32, 96, 576, 2048}) {
+      for (int64_t n : {1, 7, 25, 53, 130}) {
+        const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, static_cast<uint32_t>(n + k));
+        const std::vector<float> bias = RandomFloats(n, 3);
+        const WeightVector bv{bias.data(), DType::kF32, n};
+        const WeightMatrix w = Int8DotMatrix(q, blocks, n, k);
+        for (int64_t m : {1, 2, 3, 4, 5, 8, 16, 37, 300}) {
+          SCOPED_TRACE(::testing::Message()
+                       << FormatName(q) << " k=" << k << " n=" << n << " m=" << m);
+          const std::vector<float> x = Activations(m * k, static_cast<uint32_t>(m));
+          std::vector<float> vnni(m * n, -1.0f), avx2(m * n, -2.0f);
+          {
+            ScopedIsa wide(Isa::kAvx512);
+            MatMul(x.data(), m, w, &bv, vnni.data());
+          }
+          {
+            ScopedIsa narrow(Isa::kAvx2);
+            MatMul(x.data(), m, w, &bv, avx2.data());
+          }
+          ASSERT_TRUE(BitIdentical(vnni.data(), avx2.data(), m * n));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace spanserve::kernels::cpu
