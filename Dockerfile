@@ -25,8 +25,7 @@
 #      binaries, so the apt layer is reused while the shared libraries stay the same.
 # The build needs BuildKit (Docker 23+ default) or buildah/podman for RUN --mount.
 
-# The CUDA bases. No CUDA backend is built yet (below); these are what the `cuda` target
-# builds and runs on. NVIDIA's images by default; scripts/test-image passes the Debian-built
+# The CUDA bases: what the `cuda` target builds (with the CUDA backend plugin) and runs on. NVIDIA's images by default; scripts/test-image passes the Debian-built
 # stand-ins (the cuda-devel-debian / cuda-runtime-debian stages at the end) where NVIDIA's are
 # not in local storage and no registry is reachable.
 ARG cuda_devel_image=nvidia/cuda:13.0.0-devel-ubuntu24.04
@@ -66,11 +65,12 @@ ENTRYPOINT ["spanserve-server", "--listen=0.0.0.0:50051", "--http_address=0.0.0.
 CMD ["--model=/opt/spanserve/models/spanserve-span-12l"]
 
 # ---- cuda: a CUDA devel image to build, its runtime image to run -------------------------
-# This build has no CUDA backend yet (DESIGN.md §3: it will be a dlopen'ed plugin built when
-# nvcc is found, as it is in the devel image). Until it lands, this target builds and tests
-# the same CPU server on the CUDA base, so the image, the GPU scheduling
-# (deploy/k8s/overlays/gpu) and the pipeline are ready. scripts/setup installs the build
-# dependencies by their Debian package names, which Ubuntu 24.04 also carries.
+# The devel image has nvcc, so the build makes the CUDA backend plugin libspanserve_cuda.so
+# (DESIGN.md §3; CUDA 12 or later, for C++20) beside the CPU server, and the tests run its
+# kernels on the CPU emulation (no GPU is needed to build). The image serves with
+# --device=auto: on the GPU when the container has one (the NVIDIA Container Toolkit mounts
+# the driver), else on the CPU. scripts/setup installs the build dependencies by their Debian
+# package names, which Ubuntu 24.04 also carries.
 FROM ${cuda_devel_image} AS build-cuda
 WORKDIR /src
 ENV CCACHE_DIR=/ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache
@@ -99,7 +99,7 @@ ENV PATH=/opt/spanserve/bin:$PATH
 EXPOSE 50051 8000 9464
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s \
   CMD ["spanserve-client", "health", "--address", "127.0.0.1:50051"]
-ENTRYPOINT ["spanserve-server", "--listen=0.0.0.0:50051", "--http_address=0.0.0.0:8000", "--metrics_address=0.0.0.0:9464"]
+ENTRYPOINT ["spanserve-server", "--device=auto", "--listen=0.0.0.0:50051", "--http_address=0.0.0.0:8000", "--metrics_address=0.0.0.0:9464"]
 CMD ["--model=/opt/spanserve/models/spanserve-span-12l"]
 
 # ---- CUDA bases from debian:12 (Debian's own CUDA 11.8 toolkit, non-free) ----------------

@@ -16,7 +16,7 @@ grep -q '^SPANSERVE_CUDA:BOOL=ON' "$build/CMakeCache.txt" || {
   echo "gpu_bundle: $build is not configured with SPANSERVE_CUDA=ON (is nvcc installed?)" >&2
   exit 1
 }
-bins=(backend_ops_test device_parity_test spanserve_model_bench spanserve_engine_bench)
+bins=(backend_ops_test device_parity_test engine_test spanserve_model_bench spanserve_engine_bench)
 cmake --build "$build" --target spanserve_cuda "${bins[@]}"
 out=.cache/gpu_bundle
 rm -rf "$out"

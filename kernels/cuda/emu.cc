@@ -5,11 +5,6 @@
 #include <memory>
 #include <vector>
 
-thread_local dim3 threadIdx;
-thread_local dim3 blockIdx;
-thread_local dim3 blockDim;
-thread_local dim3 gridDim;
-
 // The fibers' context switch (x86-64 System V): saves the callee-saved registers, the SSE
 // control word and the x87 control word on the current stack, stores its stack pointer in
 // *from, and resumes the context whose stack pointer is `to`. glibc's swapcontext would do
@@ -50,6 +45,11 @@ spanserve_emu_switch:
 namespace spanserve::kernels::cuda::emu {
 namespace {
 
+thread_local dim3 thread_idx;
+thread_local dim3 block_idx;
+thread_local dim3 block_dim;
+thread_local dim3 grid_dim;
+
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr int kMaxThreads = 1024;
 
@@ -82,6 +82,7 @@ struct Block {
 };
 
 struct ThreadState {
+  uint64_t launches = 0;
   std::vector<std::unique_ptr<char[]>> stacks;
   std::vector<unsigned char> shared;
   Block* block = nullptr;
@@ -93,8 +94,8 @@ ThreadState& State_() {
 }
 
 [[noreturn]] void Fail(const char* what) {
-  std::fprintf(stderr, "CUDA emulation: %s (block %u,%u,%u)\n", what, blockIdx.x, blockIdx.y,
-               blockIdx.z);
+  std::fprintf(stderr, "CUDA emulation: %s (block %u,%u,%u)\n", what, block_idx.x, block_idx.y,
+               block_idx.z);
   std::abort();
 }
 
@@ -151,6 +152,11 @@ void* NewFiberStack(char* stack, size_t bytes) {
 
 }  // namespace
 
+const dim3& ThreadIdx() { return thread_idx; }
+const dim3& BlockIdx() { return block_idx; }
+const dim3& BlockDim() { return block_dim; }
+const dim3& GridDim() { return grid_dim; }
+
 void SyncThreads() {
   Block& b = Current();
   Fiber& f = b.fibers[b.current];
@@ -200,13 +206,18 @@ void RunGrid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<voi
   if (threads <= 0 || threads > kMaxThreads) Fail("a block of more than 1024 threads");
   if (shared_bytes > 228 * 1024) Fail("more than 228 KiB of dynamic shared memory");
   while (static_cast<int>(ts.stacks.size()) < threads) {
-    ts.stacks.push_back(std::make_unique<char[]>(kStackBytes));
+    ts.stacks.push_back(
+        std::unique_ptr<char[]>(new char[kStackBytes]));  // untouched pages stay free
   }
   // Dynamic shared memory starts as garbage on the device; poison it so kernels that read
   // it before writing show up.
   ts.shared.assign(shared_bytes + 16, 0xA5);
-  gridDim = grid;
-  blockDim = block;
+  grid_dim = grid;
+  block_dim = block;
+  // Every other launch runs a block's threads from the last to the first, so that a read of
+  // shared memory some other thread writes without a barrier between shows up as a wrong
+  // result in one of the two orders.
+  const bool reverse = (ts.launches++ & 1) != 0;
   Block b;
   b.body = &body;
   b.fibers.resize(threads);
@@ -216,7 +227,7 @@ void RunGrid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<voi
   for (unsigned bz = 0; bz < grid.z; ++bz) {
     for (unsigned by = 0; by < grid.y; ++by) {
       for (unsigned bx = 0; bx < grid.x; ++bx) {
-        blockIdx = dim3(bx, by, bz);
+        block_idx = dim3(bx, by, bz);
         b.generation = 0;
         b.arrived = 0;
         b.live = threads;
@@ -234,7 +245,8 @@ void RunGrid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<voi
         while (done < threads) {
           bool progress = false;
           done = 0;
-          for (int t = 0; t < threads; ++t) {
+          for (int i = 0; i < threads; ++i) {
+            const int t = reverse ? threads - 1 - i : i;
             Fiber& f = b.fibers[t];
             if (f.state == State::kDone) {
               ++done;
@@ -247,7 +259,7 @@ void RunGrid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<voi
             }
             f.state = State::kRunnable;
             b.current = t;
-            threadIdx = f.index;
+            thread_idx = f.index;
             spanserve_emu_switch(&b.scheduler, f.sp);
             progress = true;
             if (f.state == State::kDone) ++done;

@@ -31,14 +31,17 @@ struct dim3 {
 struct SpanServeEmuStream;
 using cudaStream_t = SpanServeEmuStream*;
 
-// The running fiber's coordinates (set by the scheduler at every switch).
-extern thread_local dim3 threadIdx;
-extern thread_local dim3 blockIdx;
-extern thread_local dim3 blockDim;
-extern thread_local dim3 gridDim;
 constexpr int warpSize = 32;
 
 namespace spanserve::kernels::cuda::emu {
+
+// The running fiber's coordinates (set by the scheduler at every switch). Functions rather
+// than thread_local objects named in every kernel: GCC's UBSan mis-checks such accesses
+// from a fiber's stack.
+const dim3& ThreadIdx();
+const dim3& BlockIdx();
+const dim3& BlockDim();
+const dim3& GridDim();
 
 // Barriers of the running block (the fiber yields until every live thread arrives).
 void SyncThreads();
@@ -73,6 +76,11 @@ void Launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_bytes, cu
 }
 
 }  // namespace spanserve::kernels::cuda::emu
+
+#define threadIdx (::spanserve::kernels::cuda::emu::ThreadIdx())
+#define blockIdx (::spanserve::kernels::cuda::emu::BlockIdx())
+#define blockDim (::spanserve::kernels::cuda::emu::BlockDim())
+#define gridDim (::spanserve::kernels::cuda::emu::GridDim())
 
 inline void __syncthreads() { ::spanserve::kernels::cuda::emu::SyncThreads(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { ::spanserve::kernels::cuda::emu::SyncWarp(); }

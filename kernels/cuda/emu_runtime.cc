@@ -9,6 +9,7 @@ struct SpanServeEmuStream {};
 namespace {
 
 thread_local cudaError_t last_error = cudaSuccess;
+constexpr size_t kDeviceBytes = size_t{1} << 32;
 
 cudaError_t Record(cudaError_t e) {
   if (e != cudaSuccess) last_error = e;
@@ -64,7 +65,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   if (device != 0) return Record(cudaErrorInvalidValue);
   std::memset(prop, 0, sizeof(*prop));
   std::strcpy(prop->name, "CPU emulation");
-  prop->totalGlobalMem = size_t{1} << 32;
+  prop->totalGlobalMem = kDeviceBytes;
   prop->major = 9;
   prop->minor = 0;
   prop->multiProcessorCount = 1;
@@ -72,13 +73,15 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
 }
 
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
-  *free_bytes = size_t{1} << 32;
-  *total_bytes = size_t{1} << 32;
+  *free_bytes = kDeviceBytes;
+  *total_bytes = kDeviceBytes;
   return cudaSuccess;
 }
 
 cudaError_t cudaMalloc(void** p, size_t bytes) {
-  // 256-byte alignment, as cudaMalloc gives.
+  *p = nullptr;
+  // The emulated device has kDeviceBytes; 256-byte alignment, as cudaMalloc gives.
+  if (bytes > kDeviceBytes) return Record(cudaErrorMemoryAllocation);
   *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
   return Record(*p == nullptr ? cudaErrorMemoryAllocation : cudaSuccess);
 }

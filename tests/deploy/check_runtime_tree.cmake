@@ -13,6 +13,10 @@ foreach(f bin/spanserve-server bin/spanserve-client models/spanserve-span-12l/co
     message(FATAL_ERROR "install_runtime_tree left no ${f}")
   endif()
 endforeach()
+# The CUDA plugin travels with the server where the build made it.
+if(EXISTS "${BUILD_DIR}/lib/libspanserve_cuda.so" AND NOT EXISTS "${PREFIX}/lib/libspanserve_cuda.so")
+  message(FATAL_ERROR "install_runtime_tree left out the CUDA plugin lib/libspanserve_cuda.so")
+endif()
 file(STRINGS "${PREFIX}/runtime-packages" packages)
 foreach(p libc6 libstdc++6)
   if(NOT p IN_LIST packages)

@@ -132,7 +132,7 @@ struct Misaligned {
   std::vector<T> buffer;
   const T* data;
   explicit Misaligned(const std::vector<T>& v) : buffer(v.size() + 1) {
-    std::memcpy(buffer.data() + 1, v.data(), v.size() * sizeof(T));
+    if (!v.empty()) std::memcpy(buffer.data() + 1, v.data(), v.size() * sizeof(T));
     data = buffer.data() + 1;
   }
 };

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <numeric>
@@ -11,7 +12,9 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "test_model.h"
 
 namespace spanserve::engine {
@@ -19,16 +22,38 @@ namespace {
 
 using testing::Collected;
 
+// The suite's backend: the CPU's, or with SPANSERVE_TEST_BACKEND=cuda_emu the CUDA backend on
+// its CPU emulation, or =cuda the CUDA plugin (ctest runs the engine's invariants on each:
+// tests/unit/runtime/engine/CMakeLists.txt).
 class EngineCoreTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    auto m = model::Model::Load(testing::TinyModelDir(), {.num_threads = 1});
+    const char* name = std::getenv("SPANSERVE_TEST_BACKEND");
+    const std::string backend = name != nullptr ? name : "cpu";
+    model::Model::Options options{.num_threads = 1};
+    if (backend != "cpu") {
+      absl::StatusOr<std::unique_ptr<kernels::Backend>> be =
+          backend == "cuda_emu" ? kernels::cuda::CreateCudaBackend({})
+                                : kernels::CreateBackend(backend, {});
+      if (!be.ok()) {
+        skip_ = be.status().ToString();
+        return;
+      }
+      backend_ = std::move(*be).release();
+      options.backend = backend_;
+    }
+    auto m = model::Model::Load(testing::TinyModelDir(), options);
     ASSERT_TRUE(m.ok()) << m.status();
     model_ = std::move(*m).release();
   }
   static void TearDownTestSuite() {
     delete model_;
     model_ = nullptr;
+    delete backend_;
+    backend_ = nullptr;
+  }
+  void SetUp() override {
+    if (!skip_.empty()) GTEST_SKIP() << "no such backend here: " << skip_;
   }
 
   static EngineOptions Options() {
@@ -160,9 +185,13 @@ class EngineCoreTest : public ::testing::Test {
   }
 
   static model::Model* model_;
+  static kernels::Backend* backend_;
+  static std::string skip_;
 };
 
 model::Model* EngineCoreTest::model_ = nullptr;
+kernels::Backend* EngineCoreTest::backend_ = nullptr;
+std::string EngineCoreTest::skip_;
 
 TEST_F(EngineCoreTest, GreedyOutputIsTheSameAloneAndTogether) {
   const std::vector<Request> reqs = RandomRequests(32, 1, /*greedy=*/true);

@@ -1,5 +1,6 @@
 #include "test_model.h"
 
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -87,7 +88,12 @@ std::string WriteRandomModel(const fs::path& dir) {
 }  // namespace
 
 std::string TinyModelDir(const std::string& name) {
-  const fs::path golden = fs::path(SPANSERVE_TEST_DATA) / "models" / name;
+  // tests/data where the test was built, unless SPANSERVE_SOURCE_DIR names another checkout
+  // (tools/gpu_check.sh runs the test on another machine).
+  const char* root = std::getenv("SPANSERVE_SOURCE_DIR");
+  const fs::path data = root != nullptr && *root != '\0' ? fs::path(root) / "tests" / "data"
+                                                         : fs::path(SPANSERVE_TEST_DATA);
+  const fs::path golden = data / "models" / name;
   if (fs::exists(golden / "config.json") && fs::exists(golden / "model.safetensors")) {
     return golden.string();
   }
