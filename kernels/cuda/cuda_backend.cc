@@ -89,8 +89,11 @@ class CudaBackend final : public Backend {
       return absl::InternalError(
           absl::StrCat("cublasSetStream failed: ", cublasGetStatusString(s)));
     }
-    // No TF32 anywhere: every f32 product is exact unless a matrix asks for bf16.
-    cublasSetMathMode(cublas_, CUBLAS_PEDANTIC_MATH);
+    // cuBLAS only multiplies bf16 (kBf16Dot): tensor cores, accumulating in f32 throughout
+    // (no reduced-precision split-K reductions). TF32 is never asked for.
+    cublasSetMathMode(cublas_,
+                      static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
+                                                CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION));
 #endif
     return absl::OkStatus();
   }
@@ -172,8 +175,12 @@ class CudaBackend final : public Backend {
     }
     const int64_t bytes = n * static_cast<int64_t>(DTypeSize(dev.dtype));
     ASSIGN_OR_RETURN(void* p, AllocateOwned(bytes));
-    RETURN_IF_CUDA(cudaMemcpy(p, src, static_cast<size_t>(bytes), cudaMemcpyHostToDevice),
-                   "cudaMemcpy of a weight matrix");
+    // On the backend's stream (a non-blocking one, unordered with the legacy default
+    // stream), then waited for: `widened` ends with this call.
+    RETURN_IF_CUDA(
+        cudaMemcpyAsync(p, src, static_cast<size_t>(bytes), cudaMemcpyHostToDevice, stream_),
+        "cudaMemcpyAsync of a weight matrix");
+    RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "cudaStreamSynchronize after a weight");
     dev.data = p;
     return dev;
   }
@@ -182,8 +189,10 @@ class CudaBackend final : public Backend {
     WeightVector dev = host;
     const int64_t bytes = host.size * static_cast<int64_t>(DTypeSize(host.dtype));
     ASSIGN_OR_RETURN(void* p, AllocateOwned(bytes));
-    RETURN_IF_CUDA(cudaMemcpy(p, host.data, static_cast<size_t>(bytes), cudaMemcpyHostToDevice),
-                   "cudaMemcpy of a weight vector");
+    RETURN_IF_CUDA(
+        cudaMemcpyAsync(p, host.data, static_cast<size_t>(bytes), cudaMemcpyHostToDevice, stream_),
+        "cudaMemcpyAsync of a weight vector");
+    RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "cudaStreamSynchronize after a weight");
     dev.data = p;
     return dev;
   }
@@ -263,8 +272,11 @@ class CudaBackend final : public Backend {
     const int64_t n = max_positions * (head_dim / 2);
     std::vector<float> c(static_cast<size_t>(n)), s(static_cast<size_t>(n));
     cpu::RopeTables(max_positions, head_dim, theta, scaling, c.data(), s.data());
-    Check(cudaMemcpy(cos_table, c.data(), n * sizeof(float), cudaMemcpyHostToDevice), "RopeTables");
-    Check(cudaMemcpy(sin_table, s.data(), n * sizeof(float), cudaMemcpyHostToDevice), "RopeTables");
+    // On the stream, after the tables' zeroing by Allocate (cudaMemcpy would run on the
+    // legacy default stream, unordered with ours).
+    CopyToDevice(c.data(), n * static_cast<int64_t>(sizeof(float)), cos_table);
+    CopyToDevice(s.data(), n * static_cast<int64_t>(sizeof(float)), sin_table);
+    Check(cudaStreamSynchronize(stream_), "RopeTables");
   }
 
   void ApplyRope(float* x, int64_t tokens, int64_t heads, int64_t head_dim,

@@ -66,6 +66,7 @@ struct Warp {
   uint64_t generation = 0;
   int arrived = 0;
   int live = 0;
+  int size = 0;  // its threads, live or not
 };
 
 // One block in flight on this thread.
@@ -174,6 +175,9 @@ void SyncWarp() {
   Block& b = Current();
   Fiber& f = b.fibers[b.current];
   Warp& w = b.warps[b.current / warpSize];
+  // Every shuffle names the full mask: on the device, lanes that have returned never arrive
+  // and the warp hangs or reads garbage.
+  if (w.live != w.size) Fail("a full-mask warp shuffle after some lanes of the warp returned");
   const uint64_t generation = w.generation;
   ++w.arrived;
   MaybeRelease(b, b.current / warpSize);
@@ -234,6 +238,7 @@ void RunGrid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<voi
         for (int w = 0; w < static_cast<int>(b.warps.size()); ++w) {
           b.warps[w] = Warp{};
           b.warps[w].live = std::min(warpSize, threads - w * warpSize);
+          b.warps[w].size = b.warps[w].live;
         }
         for (int t = 0; t < threads; ++t) {
           Fiber& f = b.fibers[t];
