@@ -88,6 +88,9 @@ struct PagedKvLayer {
   int32_t kv_heads = 0;
   int32_t head_dim = 0;
   DType dtype = DType::kF32;  // kF32 or kBF16
+  // 0: full causal attention; else the row at position p attends to positions k with
+  // p - sliding_window < k <= p (transformers' sliding window: Mistral, Qwen2).
+  int32_t sliding_window = 0;
 };
 
 // One sequence's share of a batch. Its new tokens are rows [row_begin, row_begin +

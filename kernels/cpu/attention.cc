@@ -215,13 +215,15 @@ void AccumulatePair(const float* pa, const float* pb, const void* const* v, int6
 // Most query heads one pass over K/V serves (their accumulators live on the stack).
 constexpr int64_t kMaxHeadsPerPass = 8;
 
-// out_h = softmax(scale · q_h·Kᵀ) · V over positions [0, last] of one sequence and kv head,
+// out_h = softmax(scale · q_h·Kᵀ) · V over positions [first, last] of one sequence and kv head,
 // for the `nh` query heads of that kv head whose q rows (and out rows) are consecutive at
 // q (out), each head_dim long. Each tile of K/V rows is gathered once and used by every head
-// while it is in L1; each head runs exactly the operations it would alone.
+// while it is in L1; each head runs exactly the operations it would alone. Tiles stay
+// aligned to absolute positions: a window's first tile is [first, the next multiple of
+// kTile), so the operations depend only on first and last.
 template <DType kT>
-void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t last, int64_t kvh,
-                 const float* q, int64_t nh, float scale, float* out) {
+void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t first, int64_t last,
+                 int64_t kvh, const float* q, int64_t nh, float scale, float* out) {
   const int64_t dim = layer.head_dim;
   alignas(32) float acc[kMaxHeadsPerPass][kMaxHeadDim];
   alignas(32) float probs[kMaxHeadsPerPass][kTile];
@@ -235,8 +237,8 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
     denominator[h] = 0.0f;
   }
 
-  for (int64_t t0 = 0; t0 <= last; t0 += kTile) {
-    const int64_t n = std::min(kTile, last + 1 - t0);
+  for (int64_t t0 = first; t0 <= last; t0 = (t0 / kTile + 1) * kTile) {
+    const int64_t n = std::min((t0 / kTile + 1) * kTile, last + 1) - t0;
     GatherRows<kT>(layer, block_table, t0, n, kvh, k_rows, v_rows);
     // Every head's scores first, heads in pairs sharing the K loads.
     int64_t hs = 0;
@@ -317,6 +319,7 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
   SPANSERVE_CHECK_LE(layer.head_dim, kMaxHeadDim);
   SPANSERVE_CHECK(layer.kv_heads > 0 && heads % layer.kv_heads == 0);
   SPANSERVE_CHECK(layer.dtype == DType::kF32 || layer.dtype == DType::kBF16);
+  SPANSERVE_CHECK_GE(layer.sliding_window, 0);
   const auto attend =
       layer.dtype == DType::kBF16 ? AttendHeads<DType::kBF16> : AttendHeads<DType::kF32>;
   const int64_t group = heads / layer.kv_heads;
@@ -349,8 +352,11 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
           for (int64_t pass = 0; pass < passes; ++pass, ++item) {
             if (item % threads != self) continue;
             const int64_t h0 = kvh * group + pass * per_pass;
-            attend(layer, seq.block_table, seq.cached + j, kvh, q + (r * heads + h0) * dim,
-                   per_pass, scale, out + (r * heads + h0) * dim);
+            const int64_t pos = seq.cached + j;
+            const int64_t first =
+                layer.sliding_window > 0 ? std::max<int64_t>(0, pos - layer.sliding_window + 1) : 0;
+            attend(layer, seq.block_table, first, pos, kvh, q + (r * heads + h0) * dim, per_pass,
+                   scale, out + (r * heads + h0) * dim);
           }
         }
       }

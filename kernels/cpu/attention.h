@@ -16,7 +16,8 @@ void PagedKvWrite(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t n
                   const float* k, const float* v);
 
 // out[r, h, :] = softmax(scale · q[r, h, :] · Kᵀ) · V over the positions 0..p of row r's
-// sequence (p = its position), with K/V of kv head h / (heads / kv_heads), read from the
+// sequence (p = its position; positions p - layer.sliding_window + 1..p when the window is
+// set), with K/V of kv head h / (heads / kv_heads), read from the
 // cache (call PagedKvWrite first). q, out: [rows, heads, head_dim]; head_dim <= 512 and
 // heads a multiple of kv_heads.
 // Each output row is computed in one fixed order over positions, so it does not depend on

@@ -41,6 +41,12 @@
 //     and the scratch (rows · heads · max_parts · (head_dim + 2) floats) fits in
 //     kMaxScratchFloats; PagedAttentionScratchFloats is 0 otherwise.
 // Both paths give the same bits for every row.
+//
+// Sliding window (layer.sliding_window = W > 0): the row at position p attends to positions
+// [lo, p] with lo = max(0, p - W + 1), as the CPU kernel does; tiles and partitions stay at
+// absolute positions, a row's first tile and first partition are the ones holding lo, and
+// its fold starts at its first partition (partition lo / kPartition), so within one
+// partition the result is still the CPU's bit for bit.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -98,6 +104,7 @@ struct Params {
   int32_t rows_per_block;  // R
   int32_t split;           // whether blockIdx.z is a partition (the split path)
   int32_t max_parts;       // partitions of the longest row
+  int32_t window;          // sliding window (0: none)
 };
 
 struct Plan {
@@ -207,6 +214,14 @@ __device__ __forceinline__ int KeysOfRow(int pos, int t0, int nt) {
   return n < 0 ? 0 : (n < nt ? n : nt);
 }
 
+// The first position the row at `pos` attends to (window 0: no sliding window).
+SPANSERVE_HD inline int WindowStart(int pos, int window) {
+  return window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
+}
+
+// The row's first key in a tile starting at t0: keys [KeyBegin, KeysOfRow) are its own.
+__device__ __forceinline__ int KeyBegin(int lo, int t0) { return lo > t0 ? lo - t0 : 0; }
+
 // Grid: x = groups of R rows, y = kv head × pass, z = partition (split) or 1. Block:
 // kThreads. See the file comment.
 template <bool kBf16, int kCols>
@@ -267,10 +282,11 @@ __global__ void AttentionKernel(Params p) {
     const int first_pos = seq.cached + static_cast<int>(run_begin - seq.row_begin);
     const int last_pos = first_pos + static_cast<int>(run_end - run_begin) - 1;
     const int parts = last_pos / kPartition + 1;
-    int j_begin = 0;
+    const int lo_min = WindowStart(first_pos, p.window);  // the run's first key
+    int j_begin = lo_min / kPartition;
     int j_end = parts;
     if (split) {
-      if (part >= parts) continue;
+      if (part >= parts || part < j_begin) continue;
       j_begin = part;
       j_end = part + 1;
     }
@@ -297,6 +313,7 @@ __global__ void AttentionKernel(Params p) {
 
     for (int j = j_begin; j < j_end; ++j) {
       const int t_begin = j * kPartition;
+      const int t_first = lo_min > t_begin ? lo_min / kTile * kTile : t_begin;
       const int t_end = t_begin + kPartition < last_pos + 1 ? t_begin + kPartition : last_pos + 1;
       float acc[kUnits][kCols];
       float run_max[kUnitsPerWarp];  // warp w: units w, w + kWarps, ...
@@ -310,7 +327,7 @@ __global__ void AttentionKernel(Params p) {
       for (int k = 0; k < kUnitsPerWarp; ++k) run_max[k] = -INFINITY;
 
       int tile = 0;
-      for (int t0 = t_begin; t0 < t_end; t0 += kTile, ++tile) {
+      for (int t0 = t_first; t0 < t_end; t0 += kTile, ++tile) {
         const int nt = t_end - t0 < kTile ? t_end - t0 : kTile;
         int64_t* tile_slots = slots + (tile & 1) * kTile;  // PV of the last tile may still read
         // Scores, kKeys keys at a time staged in shared memory.
@@ -328,7 +345,8 @@ __global__ void AttentionKernel(Params p) {
           const int key = t % kKeys;
           if (key < nk) {
             for (int u = t / kKeys; u < units; u += kThreads / kKeys) {
-              if (sb + key < KeysOfRow(upos[u], t0, nt)) {
+              if (sb + key < KeysOfRow(upos[u], t0, nt) &&
+                  sb + key >= KeyBegin(WindowStart(upos[u], p.window), t0)) {
                 ss[u * kTile + sb + key] = Score(qs + u * qstride, ks + key * kstride, hd, p.scale);
               }
             }
@@ -341,14 +359,15 @@ __global__ void AttentionKernel(Params p) {
           const int u = warp + kWarps * k;
           if (u < units) {
             const int n = KeysOfRow(upos[u], t0, nt);
-            if (n > 0) {
+            const int b = KeyBegin(WindowStart(upos[u], p.window), t0);
+            if (n > b) {
               const float* su = ss + u * kTile;
-              float tile_max = su[0];
-              for (int i = 1; i < n; ++i) tile_max = fmaxf(tile_max, su[i]);
+              float tile_max = su[b];
+              for (int i = b + 1; i < n; ++i) tile_max = fmaxf(tile_max, su[i]);
               const float new_max = fmaxf(run_max[k], tile_max);
               const float correction = expf(run_max[k] - new_max);
               run_max[k] = new_max;
-              if (lane < n) ps[u * kTile + lane] = CephesExp(su[lane] - new_max);
+              if (lane >= b && lane < n) ps[u * kTile + lane] = CephesExp(su[lane] - new_max);
               if (lane == 0) {
                 cs[u] = correction;
                 ms[u] = new_max;
@@ -359,10 +378,12 @@ __global__ void AttentionKernel(Params p) {
         __syncthreads();
         // acc = acc · correction + Σ_i p_i · v_i (each column in increasing i).
         int n_of[kUnits];
+        int b_of[kUnits];
         SPANSERVE_ATTENTION_UNROLL
         for (int u = 0; u < kUnits; ++u) {
           n_of[u] = u < units ? KeysOfRow(upos[u], t0, nt) : 0;
-          if (n_of[u] > 0) {
+          b_of[u] = u < units ? KeyBegin(WindowStart(upos[u], p.window), t0) : 0;
+          if (n_of[u] > b_of[u]) {
             const float correction = cs[u];
             SPANSERVE_ATTENTION_UNROLL
             for (int c = 0; c < kCols; ++c) acc[u][c] *= correction;
@@ -370,9 +391,10 @@ __global__ void AttentionKernel(Params p) {
         }
         if (t < units) {
           const int n = KeysOfRow(upos[t], t0, nt);
-          if (n > 0) {
+          const int b = KeyBegin(WindowStart(upos[t], p.window), t0);
+          if (n > b) {
             den *= cs[t];
-            for (int i = 0; i < n; ++i) den += ps[t * kTile + i];
+            for (int i = b; i < n; ++i) den += ps[t * kTile + i];
           }
         }
         for (int i = 0; i < nt; ++i) {
@@ -384,7 +406,9 @@ __global__ void AttentionKernel(Params p) {
               const float v = LoadKv<kBf16>(p.v, base + col);
               SPANSERVE_ATTENTION_UNROLL
               for (int u = 0; u < kUnits; ++u) {
-                if (i < n_of[u]) acc[u][c] = fmaf(ps[u * kTile + i], v, acc[u][c]);
+                if (i >= b_of[u] && i < n_of[u]) {
+                  acc[u][c] = fmaf(ps[u * kTile + i], v, acc[u][c]);
+                }
               }
             }
           }
@@ -394,14 +418,19 @@ __global__ void AttentionKernel(Params p) {
       // The partition's (m, l, acc): to scratch (split, a row of several partitions), or
       // folded into (M, L, A).
       __syncthreads();  // ms is final
-      if (t < units && upos[t] >= t_begin) {
+      // Unit u has keys in this partition when its position is in or past it and its
+      // window starts before its end; its first partition is the one holding its window
+      // start, and it has several when that is not its own position's.
+      const int t_limit = t_begin + kPartition;
+      if (t < units && upos[t] >= t_begin && WindowStart(upos[t], p.window) < t_limit) {
         const float m = ms[t];
-        if (split && upos[t] >= kPartition) {
+        const int j_first = WindowStart(upos[t], p.window) / kPartition;
+        if (split && upos[t] / kPartition > j_first) {
           const int64_t row = run_begin + t / nh;
           const int64_t pi = (row * p.heads + h0 + t % nh) * parts_stride + j;
           p.scratch[2 * pi] = m;
           p.scratch[2 * pi + 1] = den;
-        } else if (j == 0) {
+        } else if (j == j_first) {
           big_m = m;
           big_l = den;
         } else {
@@ -417,8 +446,9 @@ __global__ void AttentionKernel(Params p) {
       __syncthreads();
       SPANSERVE_ATTENTION_UNROLL
       for (int u = 0; u < kUnits; ++u) {
-        if (u < units && upos[u] >= t_begin) {
-          if (split && upos[u] >= kPartition) {
+        const int lo_u = u < units ? WindowStart(upos[u], p.window) : 0;
+        if (u < units && upos[u] >= t_begin && lo_u < t_limit) {
+          if (split && upos[u] / kPartition > lo_u / kPartition) {
             const int64_t row = run_begin + u / nh;
             const int64_t pi = (row * p.heads + h0 + u % nh) * parts_stride + j;
             SPANSERVE_ATTENTION_UNROLL
@@ -426,7 +456,7 @@ __global__ void AttentionKernel(Params p) {
               const int col = t + c * kThreads;
               if (col < hd) scratch_acc[pi * hd + col] = acc[u][c];
             }
-          } else if (j == 0) {
+          } else if (j == lo_u / kPartition) {
             SPANSERVE_ATTENTION_UNROLL
             for (int c = 0; c < kCols; ++c) A[u][c] = acc[u][c];
           } else {
@@ -444,7 +474,8 @@ __global__ void AttentionKernel(Params p) {
     __syncthreads();
     SPANSERVE_ATTENTION_UNROLL
     for (int u = 0; u < kUnits; ++u) {
-      if (u < units && (!split || (part == 0 && upos[u] < kPartition))) {
+      const int j_first = u < units ? WindowStart(upos[u], p.window) / kPartition : 0;
+      if (u < units && (!split || (part == j_first && upos[u] / kPartition == j_first))) {
         const int64_t row = run_begin + u / nh;
         float* o = p.out + (row * p.heads + h0 + u % nh) * hd;
         const float l = ls[u];
@@ -468,7 +499,8 @@ __global__ void CombineKernel(Params p) {
   const DeviceSeq seq = p.seqs[s];
   const int pos = seq.cached + static_cast<int>(row - seq.row_begin);
   const int parts = pos / kPartition + 1;
-  if (parts < 2) return;
+  const int j_first = WindowStart(pos, p.window) / kPartition;
+  if (parts - j_first < 2) return;
   const int hd = p.head_dim;
   const int64_t pi0 = (row * p.heads + h) * static_cast<int64_t>(p.max_parts);
   const float* ml = p.scratch;
@@ -477,11 +509,11 @@ __global__ void CombineKernel(Params p) {
   float a[kCols];
   float big_m = 0.0f;
   float big_l = 0.0f;
-  for (int j = 0; j < parts; ++j) {
+  for (int j = j_first; j < parts; ++j) {
     const int64_t pi = pi0 + j;
     const float m = ml[2 * pi];
     const float l = ml[2 * pi + 1];
-    if (j == 0) {
+    if (j == j_first) {
       big_m = m;
       big_l = l;
       SPANSERVE_ATTENTION_UNROLL
@@ -625,6 +657,7 @@ void PagedAttention(cudaStream_t stream, const PagedKvLayer& layer, const Device
   params.rows_per_block = plan.rows_per_block;
   params.split = plan.split ? 1 : 0;
   params.max_parts = plan.max_parts;
+  params.window = layer.sliding_window > 0 ? layer.sliding_window : 0;
   if (layer.dtype == DType::kBF16) {
     LaunchAttention<true>(stream, plan, params, layer.kv_heads);
   } else {

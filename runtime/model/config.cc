@@ -47,6 +47,9 @@ class KeyReader {
     return &*it;
   }
 
+  // Whether the key is there at all (null included).
+  bool Has(std::string_view key) const { return obj_.find(key) != obj_.end(); }
+
   absl::Status TypeError(std::string_view key, const json& v, absl::string_view want) const {
     return Error(absl::StrCat("key '", Name(key), "' must be ", want, ", got ", v.type_name(), " ",
                               v.dump()));
@@ -412,6 +415,29 @@ absl::Status ParseMoe(const KeyReader& r, ModelConfig& c) {
   return absl::OkStatus();
 }
 
+// sliding_window, use_sliding_window and max_window_layers as transformers 4.46.3 reads
+// them. Mistral and Mixtral: sliding_window on every layer (null: none; an absent key is
+// MistralConfig's default 4096 for mistral, None for mixtral). Qwen2 and Qwen2-MoE: only
+// when use_sliding_window is true (default false), sliding_window (absent: 4096), on layers
+// >= max_window_layers (absent: 28). Other model types ignore the keys.
+absl::Status ParseSlidingWindow(const KeyReader& r, ModelConfig& c) {
+  const std::string& type = c.model_type;
+  const bool mistral_like = type == "mistral" || type == "mixtral";
+  const bool qwen_like = type == "qwen2" || type == "qwen2_moe";
+  if (!mistral_like && !qwen_like) return absl::OkStatus();
+  if (qwen_like) {
+    ASSIGN_OR_RETURN(const bool use, r.Bool("use_sliding_window", false));
+    ASSIGN_OR_RETURN(c.max_window_layers, r.Int("max_window_layers", 28, 0));
+    if (!use) return absl::OkStatus();
+  }
+  // Absent and null differ here: transformers writes null for "no window".
+  std::optional<int> fallback;
+  if (!r.Has("sliding_window") && type != "mixtral") fallback = 4096;
+  if (r.Find("sliding_window") == nullptr && !fallback.has_value()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(c.sliding_window, r.PositiveInt("sliding_window", fallback));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::string& source) {
   const KeyReader r(root, source);
   if (!root.is_object()) {
@@ -469,6 +495,7 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
   ASSIGN_OR_RETURN(c.bos_token_ids, r.IntList("bos_token_id", /*allow_scalar=*/true));
   ASSIGN_OR_RETURN(c.eos_token_ids, r.IntList("eos_token_id", /*allow_scalar=*/true));
 
+  RETURN_IF_ERROR(ParseSlidingWindow(r, c));
   RETURN_IF_ERROR(ParseNorms(r, c));
   RETURN_IF_ERROR(ParseMoe(r, c));
   return c;
@@ -512,6 +539,12 @@ bool ModelConfig::LayerIsMoe(int layer) const {
   if (layer < moe.first_k_dense) return false;
   return std::find(moe.mlp_only_layers.begin(), moe.mlp_only_layers.end(), layer) ==
          moe.mlp_only_layers.end();
+}
+
+int ModelConfig::LayerSlidingWindow(int layer) const {
+  if (sliding_window <= 0) return 0;
+  const bool qwen_like = model_type == "qwen2" || model_type == "qwen2_moe";
+  return qwen_like && layer < max_window_layers ? 0 : sliding_window;
 }
 
 NormPlacement ModelConfig::LayerPlacement(int layer) const {

@@ -85,6 +85,13 @@ struct ModelConfig {
   bool attention_bias = false;  // q/k/v biases (Qwen2 sets this implicitly)
   bool o_proj_bias = false;     // o_proj bias too (Llama/OLMoE with attention_bias)
   bool qk_norm = false;         // RMSNorm over q and k projections (OLMoE)
+  // Sliding-window attention (transformers semantics): a row at position p attends to the
+  // positions k with p - sliding_window < k <= p. 0: none. Mistral/Mixtral: `sliding_window`
+  // (null: none); Qwen2/Qwen2-MoE: `sliding_window` when `use_sliding_window` is true, on
+  // the layers >= `max_window_layers` only (as transformers' flash-attention path and later
+  // releases; 4.46.3's eager/sdpa path applies it to every layer).
+  int sliding_window = 0;
+  int max_window_layers = 0;  // the first layer the window applies to
 
   NormPlacement norm_placement = NormPlacement::kPre;
   NormType norm_type = NormType::kRmsNorm;
@@ -101,6 +108,8 @@ struct ModelConfig {
 
   bool is_moe() const { return moe.num_experts > 0; }
   bool LayerIsMoe(int layer) const;
+  // The sliding window of layer `layer` (0: full causal attention).
+  int LayerSlidingWindow(int layer) const;
   // The placement layer `layer` uses (resolves kMix).
   NormPlacement LayerPlacement(int layer) const;
 };

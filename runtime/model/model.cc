@@ -81,9 +81,9 @@ absl::Status Model::Impl::Attention(const LayerWeights& lw, const float* in, int
                rope_sin.data());
   be.ApplyRope(kk, tokens, c.num_kv_heads, c.head_dim, b.positions.data(), rope_cos.data(),
                rope_sin.data());
-  const kernels::PagedKvLayer kv{cache.k(layer),     cache.v(layer), cache.num_blocks(),
-                                 cache.block_size(), c.num_kv_heads, c.head_dim,
-                                 cache.dtype()};
+  const kernels::PagedKvLayer kv{
+      cache.k(layer), cache.v(layer), cache.num_blocks(), cache.block_size(),
+      c.num_kv_heads, c.head_dim,     cache.dtype(),      c.LayerSlidingWindow(layer)};
   const int32_t num_seqs = static_cast<int32_t>(b.seqs.size());
   be.PagedKvWrite(kv, b.seqs.data(), num_seqs, kk, v);
   be.PagedAttention(kv, b.seqs.data(), num_seqs, q, c.num_heads,

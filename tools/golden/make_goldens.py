@@ -138,10 +138,12 @@ REF_CASES = {
 }
 
 HF_CASES = ["hf_llama", "hf_qwen2", "hf_mixtral", "hf_qwen2_moe", "hf_olmoe",
-            "hf_llama3_rope", "hf_qwen2_yarn"]
+            "hf_llama3_rope", "hf_qwen2_yarn", "hf_mistral_sliding", "hf_qwen2_sliding"]
 # Sequence lengths per case (default LENGTHS): the RoPE scaling cases go well past their
 # original_max_position_embeddings (16 / 32).
-CASE_LENGTHS = {"hf_llama3_rope": (40, 96, 70), "hf_qwen2_yarn": (50, 96, 80)}
+# The sliding-window cases (window 8) run well past their window.
+CASE_LENGTHS = {"hf_llama3_rope": (40, 96, 70), "hf_qwen2_yarn": (50, 96, 80),
+                "hf_mistral_sliding": (24, 45, 33), "hf_qwen2_sliding": (24, 45, 33)}
 
 
 def log(*a):
@@ -247,6 +249,9 @@ def mutations(d):
     if c.rope_type == "yarn":
         rs = {k: v for k, v in c.rope_params.items() if k != "attention_factor"}
         run_cfg("yarn_attention_factor_1", rope_scaling=dict(rs, attention_factor=1.0))
+    if c.sliding_window:
+        run_cfg("no_sliding_window", sliding_window=None)
+        run_cfg("sliding_window_plus_1", sliding_window=c.sliding_window + 1)
     if c.skip_scale != 1.0:
         run_cfg("skip_scale_1", skip_scale=1.0)
     if c.branch_scale != 1.0:
@@ -280,6 +285,7 @@ def check_sensitivity(d, seqs, logits, tol, case):
 def hf_class(model_type):
     import transformers as T
     return {"llama": T.LlamaForCausalLM, "qwen2": T.Qwen2ForCausalLM,
+            "mistral": T.MistralForCausalLM,
             "mixtral": T.MixtralForCausalLM, "qwen2_moe": T.Qwen2MoeForCausalLM,
             "olmoe": T.OlmoeForCausalLM}.get(model_type)
 
@@ -365,6 +371,18 @@ def hf_config(case):
                                     use_sliding_window=False,
                                     rope_scaling={"type": "yarn", "factor": 4.0,
                                                   "original_max_position_embeddings": 32})), 207
+    if case == "hf_mistral_sliding":
+        # Mistral-7B-v0.1's sliding window, shrunk to 8 positions (sequences up to 45).
+        return T.MistralConfig(**dict(common, intermediate_size=72, rope_theta=10000.0,
+                                      sliding_window=8)), 208
+    if case == "hf_qwen2_sliding":
+        # max_window_layers 0: transformers 4.46.3's eager/sdpa mask applies the window to
+        # every layer whatever max_window_layers says (only its flash-attention path, and
+        # later releases, skip the layers below it, as SpanServe does), so the two agree
+        # only when every layer has the window.
+        return T.Qwen2Config(**dict(common, intermediate_size=72, rope_theta=1000000.0,
+                                    use_sliding_window=True, sliding_window=8,
+                                    max_window_layers=0)), 209
     if case == "hf_olmoe":
         return T.OlmoeConfig(**dict(common, intermediate_size=20, num_experts=4,
                                     num_experts_per_tok=2, norm_topk_prob=False,

@@ -90,7 +90,7 @@ def _rope(v, pos, cfg: ModelConfig):
     return out
 
 
-def _attention(x, W, p, cfg: ModelConfig):
+def _attention(x, W, p, cfg: ModelConfig, window=0):
     T = x.shape[0]
     H, KV, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     q, k, v = _lin(x, W, p + ".q_proj"), _lin(x, W, p + ".k_proj"), _lin(x, W, p + ".v_proj")
@@ -102,11 +102,12 @@ def _attention(x, W, p, cfg: ModelConfig):
         for hh in range(H):
             g = hh // (H // KV)
             qt = _rope(q[t, hh * D:(hh + 1) * D], t, cfg)
-            sc = np.array([qt @ _rope(k[s, g * D:(g + 1) * D], s, cfg) for s in range(t + 1)])
+            lo = max(0, t - window + 1) if window > 0 else 0
+            sc = np.array([qt @ _rope(k[s, g * D:(g + 1) * D], s, cfg) for s in range(lo, t + 1)])
             sc = sc / np.sqrt(D)
             pr = np.exp(sc - sc.max())
             pr /= pr.sum()
-            out[t, hh * D:(hh + 1) * D] = pr @ v[:t + 1, g * D:(g + 1) * D]
+            out[t, hh * D:(hh + 1) * D] = pr @ v[lo:t + 1, g * D:(g + 1) * D]
     return _lin(out, W, p + ".o_proj")
 
 
@@ -150,7 +151,7 @@ def forward(model_dir_or_tensors, config=None, ids=None):
         L = f"model.layers.{i}"
         pl = cfg.layer_placement(i)
         N = lambda name, t: _norm(t, W, f"{L}.{name}", cfg)  # noqa: E731
-        A = lambda t: _attention(t, W, f"{L}.self_attn", cfg)  # noqa: E731
+        A = lambda t, i=i: _attention(t, W, f"{L}.self_attn", cfg, cfg.layer_window(i))  # noqa: E731
         if cfg.is_moe_layer(i):
             ffp = f"{L}.block_sparse_moe" if cfg.moe_layout == "mixtral" else f"{L}.mlp"
             Fn = lambda t: _moe(t, W, ffp, cfg)  # noqa: E731

@@ -106,6 +106,19 @@ class ModelConfig:
         if self.model_type == "olmoe" and g("clip_qkv") is not None:
             raise ConfigError("config.json: clip_qkv is not supported")
         self.qk_norm = self.model_type == "olmoe"
+        # Sliding-window attention as SpanServe reads it (runtime/model/config.h): a row at
+        # position p attends to positions > p - window. Mistral/Mixtral: every layer;
+        # Qwen2/Qwen2-MoE: with use_sliding_window, layers >= max_window_layers.
+        self.sliding_window = 0
+        self.max_window_layers = 0
+        if self.model_type in ("mistral", "mixtral"):
+            sw = d["sliding_window"] if "sliding_window" in d else (
+                None if self.model_type == "mixtral" else 4096)
+            self.sliding_window = int(sw or 0)
+        elif self.model_type in ("qwen2", "qwen2_moe") and g("use_sliding_window", False):
+            sw = d["sliding_window"] if "sliding_window" in d else 4096
+            self.sliding_window = int(sw or 0)
+            self.max_window_layers = int(g("max_window_layers", 28))
 
         # SpanServe keys.
         self.norm_placement = g("norm_placement", "pre")
@@ -155,6 +168,10 @@ class ModelConfig:
         if self.norm_placement == "mix":
             return "post" if i < self.mix_post_layers else "pre"
         return self.norm_placement
+
+    def layer_window(self, i: int) -> int:
+        """Layer i's sliding window (0: full causal attention)."""
+        return self.sliding_window if i >= self.max_window_layers else 0
 
     def is_moe_layer(self, i: int) -> bool:
         return (self.num_experts > 0 and (i + 1) % self.decoder_sparse_step == 0
@@ -236,8 +253,9 @@ def rope_cos_sin(cfg: ModelConfig, T: int, device, dtype=torch.float32):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, window: int = 0):
         super().__init__()
+        self.window = window
         H, KV, D, E = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
         self.H, self.KV, self.D = H, KV, D
         self.q_proj = nn.Linear(E, H * D, bias=cfg.attention_bias)
@@ -265,6 +283,8 @@ class Attention(nn.Module):
             v = v.repeat_interleave(self.H // self.KV, dim=1)
         s = (q @ k.transpose(-1, -2)) / math.sqrt(self.D)
         mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+        if self.window > 0:  # key k <= p - window is out of the window
+            mask |= torch.ones(T, T, dtype=torch.bool, device=x.device).tril(-self.window)
         s = s.masked_fill(mask, float("-inf"))
         o = torch.softmax(s, dim=-1) @ v
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.H * self.D))
@@ -336,7 +356,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.placement = cfg.layer_placement(i)
         self.alpha, self.beta = cfg.skip_scale, cfg.branch_scale
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, cfg.layer_window(i))
         if cfg.is_moe_layer(i):
             ffn = MoE(cfg)
         else:

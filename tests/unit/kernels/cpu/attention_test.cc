@@ -63,6 +63,7 @@ class Pool {
     std::shuffle(free_.begin(), free_.end(), std::mt19937(7));
   }
   const PagedKvLayer& layer() const { return layer_; }
+  void set_sliding_window(int32_t window) { layer_.sliding_window = window; }
 
   std::vector<int32_t> Allocate(int64_t tokens) {
     std::vector<int32_t> table;
@@ -126,27 +127,32 @@ std::vector<float> Step(const Shape& s, Pool& pool, const std::vector<Part>& par
   return out;
 }
 
-// Naive causal GQA over the contiguous sequence, in double: out for position `pos`.
-std::vector<double> NaiveAttention(const Shape& s, const Sequence& seq, int64_t pos, float scale) {
+// Naive causal GQA over the contiguous sequence, in double: out for position `pos`, over
+// positions > pos - window when window > 0.
+std::vector<double> NaiveAttention(const Shape& s, const Sequence& seq, int64_t pos, float scale,
+                                   int64_t window = 0) {
+  const int64_t lo = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
   const int64_t dim = s.head_dim;
   const int64_t group = s.heads / s.kv_heads;
   std::vector<double> out(s.heads * dim, 0.0);
   for (int64_t h = 0; h < s.heads; ++h) {
     const int64_t kvh = h / group;
     const float* q = seq.q.data() + (pos * s.heads + h) * dim;
-    std::vector<double> score(pos + 1);
-    for (int64_t t = 0; t <= pos; ++t) {
+    std::vector<double> score(pos + 1 - lo);
+    for (int64_t t = lo; t <= pos; ++t) {
       const float* k = seq.k.data() + (t * s.kv_heads + kvh) * dim;
       double dot = 0;
       for (int64_t d = 0; d < dim; ++d) dot += static_cast<double>(q[d]) * Cached(k[d], s.kv);
-      score[t] = dot * scale;
+      score[t - lo] = dot * scale;
     }
     const double max = *std::max_element(score.begin(), score.end());
     double sum = 0;
     for (double& x : score) sum += (x = std::exp(x - max));
-    for (int64_t t = 0; t <= pos; ++t) {
+    for (int64_t t = lo; t <= pos; ++t) {
       const float* v = seq.v.data() + (t * s.kv_heads + kvh) * dim;
-      for (int64_t d = 0; d < dim; ++d) out[h * dim + d] += score[t] / sum * Cached(v[d], s.kv);
+      for (int64_t d = 0; d < dim; ++d) {
+        out[h * dim + d] += score[t - lo] / sum * Cached(v[d], s.kv);
+      }
     }
   }
   return out;
@@ -223,6 +229,64 @@ TEST_P(AttentionTest, ResultDoesNotDependOnThreadCount) {
   UsePool use(&five);
   const std::vector<float> many = Step(shape(), pool, {{&a, 0, 40}, {&b, 0, 23}}, scale());
   EXPECT_TRUE(BitIdentical(one.data(), many.data(), static_cast<int64_t>(one.size())));
+}
+
+// Windows of 1, smaller than a block, crossing blocks and the 32-position tiles (70
+// positions: tiles [0, 32), [32, 64), [64, 70)), and as long as the context.
+TEST_P(AttentionTest, SlidingWindowMatchesNaiveReference) {
+  for (const int32_t window : {1, 3, 13, 40, 70}) {
+    SCOPED_TRACE(window);
+    Pool pool(shape(), 128);
+    pool.set_sliding_window(window);
+    const Sequence prompt = MakeSequence(shape(), pool, 70, 1000);
+    const Sequence decode = MakeSequence(shape(), pool, 80, 1100);
+    const Sequence chunk = MakeSequence(shape(), pool, 45, 1200);
+    Step(shape(), pool, {{&decode, 0, 79}, {&chunk, 0, 30}}, scale());
+    const std::vector<Part> parts = {{&prompt, 0, 70}, {&decode, 79, 1}, {&chunk, 30, 15}};
+    const std::vector<float> out = Step(shape(), pool, parts, scale());
+    int64_t row = 0;
+    for (const Part& p : parts) {
+      for (int64_t j = 0; j < p.count; ++j, ++row) {
+        const std::vector<double> want =
+            NaiveAttention(shape(), *p.seq, p.begin + j, scale(), window);
+        for (int64_t i = 0; i < q_row(); ++i) {
+          ASSERT_NEAR(out[row * q_row() + i], want[i], 1e-5)
+              << "position " << p.begin + j << " element " << i;
+        }
+      }
+    }
+  }
+}
+
+// A window at least as long as the context changes nothing, bit for bit; with a window,
+// chunking and batching still change nothing.
+TEST_P(AttentionTest, SlidingWindowIsBatchAndChunkInvariant) {
+  Pool pool(shape(), 64);
+  Sequence seq = MakeSequence(shape(), pool, 70, 1300);
+  const std::vector<float> full = Step(shape(), pool, {{&seq, 0, 70}}, scale());
+  pool.set_sliding_window(70);
+  const std::vector<float> long_window = Step(shape(), pool, {{&seq, 0, 70}}, scale());
+  EXPECT_TRUE(BitIdentical(full.data(), long_window.data(), static_cast<int64_t>(full.size())));
+  pool.set_sliding_window(100);
+  const std::vector<float> longer = Step(shape(), pool, {{&seq, 0, 70}}, scale());
+  EXPECT_TRUE(BitIdentical(full.data(), longer.data(), static_cast<int64_t>(full.size())));
+
+  pool.set_sliding_window(19);
+  const std::vector<float> whole = Step(shape(), pool, {{&seq, 0, 70}}, scale());
+  Pool fresh(shape(), 64);
+  fresh.set_sliding_window(19);
+  Sequence other = MakeSequence(shape(), fresh, 33, 1400);
+  seq.table = fresh.Allocate(70);
+  std::vector<float> chunked;
+  for (int64_t begin = 0; begin < 70; begin += 9) {
+    const int64_t n = std::min<int64_t>(9, 70 - begin);
+    // Each chunk in a batch behind another sequence's rows.
+    const std::vector<float> out =
+        Step(shape(), fresh, {{&other, begin / 9, 1}, {&seq, begin, n}}, scale());
+    chunked.insert(chunked.end(), out.begin() + q_row(), out.end());
+  }
+  ASSERT_EQ(chunked.size(), whole.size());
+  EXPECT_TRUE(BitIdentical(chunked.data(), whole.data(), static_cast<int64_t>(whole.size())));
 }
 
 std::string ShapeName(const ::testing::TestParamInfo<Shape>& info) {

@@ -38,11 +38,18 @@ struct Config {
   int32_t kv_heads;
   int32_t head_dim;
   DType kv;
+  int32_t window = 0;  // PagedKvLayer::sliding_window
 };
 
 std::string Name(const Config& c) {
   return "heads=" + std::to_string(c.heads) + " kv_heads=" + std::to_string(c.kv_heads) +
-         " head_dim=" + std::to_string(c.head_dim) + " kv=" + std::string(DTypeName(c.kv));
+         " head_dim=" + std::to_string(c.head_dim) + " kv=" + std::string(DTypeName(c.kv)) +
+         " window=" + std::to_string(c.window);
+}
+
+// The first position a row at `pos` attends to.
+int64_t WindowStart(const Config& c, int64_t pos) {
+  return c.window > 0 ? std::max<int64_t>(0, pos - c.window + 1) : 0;
 }
 
 // A sequence of a step: its history (cached tokens), its new rows, and the seed its data
@@ -136,9 +143,9 @@ StepResult RunStep(const Config& c, const std::vector<SeqIn>& seqs, bool gap_row
   std::vector<unsigned char> cpu_k = NanPool(c, num_blocks), cpu_v = cpu_k;
   std::vector<unsigned char> cuda_k = cpu_k, cuda_v = cpu_k;
   const PagedKvLayer cpu_layer{cpu_k.data(), cpu_v.data(), num_blocks, kBlockSize,
-                               c.kv_heads,   c.head_dim,   c.kv};
+                               c.kv_heads,   c.head_dim,   c.kv,       c.window};
   const PagedKvLayer cuda_layer{cuda_k.data(), cuda_v.data(), num_blocks, kBlockSize,
-                                c.kv_heads,    c.head_dim,    c.kv};
+                                c.kv_heads,    c.head_dim,    c.kv,       c.window};
   const auto caches_equal = [&](const char* when) {
     EXPECT_TRUE(cpu_k == cuda_k) << "K cache differs after " << when;
     EXPECT_TRUE(cpu_v == cuda_v) << "V cache differs after " << when;
@@ -230,7 +237,8 @@ StepResult RunStep(const Config& c, const std::vector<SeqIn>& seqs, bool gap_row
   return result;
 }
 
-// Compares the CUDA outputs with the CPU's: bit for bit for rows of one partition, within
+// Compares the CUDA outputs with the CPU's: bit for bit for rows whose positions (their
+// window's) lie in one partition, within
 // 1e-5 (of the values' magnitude, 1) for the others; and every plan with the first.
 void ExpectMatchesCpu(const std::vector<SeqIn>& seqs, const Config& c, const StepResult& r) {
   const int64_t qwidth = static_cast<int64_t>(c.heads) * c.head_dim;
@@ -242,7 +250,7 @@ void ExpectMatchesCpu(const std::vector<SeqIn>& seqs, const Config& c, const Ste
       int bad = 0;
       for (int64_t e = 0; e < static_cast<int64_t>(want.size()) && bad < 5; ++e) {
         const int64_t pos = seqs[i].cached + e / qwidth;
-        const bool exact = pos < partition;
+        const bool exact = WindowStart(c, pos) / partition == pos / partition;
         const bool ok = exact ? std::memcmp(&got[e], &want[e], 4) == 0
                               : std::fabs(got[e] - want[e]) <= 1e-5f * (1.0f + std::fabs(want[e]));
         if (!ok) {
@@ -321,6 +329,55 @@ TEST(CudaAttentionEmuTest, BatchInvariant) {
           << "sequence " << t << " differs alone and in a batch";
       ExpectMatchesCpu({targets[t]}, c, alone);
     }
+  }
+}
+
+// Sliding windows: of 1; inside a block; crossing blocks and 32-position tiles; about a
+// partition, so some rows' windows cross the partition boundary at 512 and others start
+// past partition 0 (the long decode at 1497 reads partition 2 only, or 1 and 2); and
+// longer than every context (the same bits as no window).
+TEST(CudaAttentionEmuTest, SlidingWindowMatchesCpuBackend) {
+  const std::vector<Config> configs = {
+      {8, 2, 64, DType::kBF16},
+      {6, 1, 80, DType::kF32},
+      {2, 1, 384, DType::kBF16},
+  };
+  uint32_t seed = 500;
+  for (Config c : configs) {
+    for (const int32_t window : {1, 7, 40, 300, 600, 4096}) {
+      c.window = window;
+      SCOPED_TRACE(Name(c));
+      const StepResult r = RunStep(c, kMixed, /*gap_row=*/true, seed++, kAllPlans);
+      ExpectMatchesCpu(kMixed, c, r);
+      if (window == 4096) {
+        Config full = c;
+        full.window = 0;
+        const StepResult f = RunStep(full, kMixed, /*gap_row=*/true, seed - 1, kAllPlans);
+        for (size_t i = 0; i < kMixed.size(); ++i) {
+          EXPECT_TRUE(f.cuda[0][i] == r.cuda[0][i]) << "seq " << i;
+          EXPECT_TRUE(f.cpu[i] == r.cpu[i]) << "seq " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaAttentionEmuTest, SlidingWindowBatchInvariant) {
+  const Config c{8, 2, 64, DType::kF32, 600};
+  const std::vector<SeqIn> targets = {{1100, 1, 51}, {20, 13, 52}, {600, 5, 53}};
+  const std::vector<SeqIn> others = {{0, 40, 61}, {300, 1, 62}, {10, 25, 63}, {1300, 1, 64}};
+  const std::vector<PlanChoice> automatic = {{-1, 0}};
+  for (size_t t = 0; t < targets.size(); ++t) {
+    const StepResult alone = RunStep(c, {targets[t]}, false, 700 + t, automatic);
+    std::vector<SeqIn> batch = others;
+    batch.insert(batch.begin() + 1 + t, targets[t]);
+    const StepResult mixed = RunStep(c, batch, true, 800 + t, automatic);
+    const std::vector<float>& a = alone.cuda[0][0];
+    const std::vector<float>& b = mixed.cuda[0][1 + t];
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_TRUE(std::memcmp(a.data(), b.data(), a.size() * 4) == 0)
+        << "sequence " << t << " differs alone and in a batch";
+    ExpectMatchesCpu({targets[t]}, c, alone);
   }
 }
 

@@ -218,6 +218,65 @@ TEST(ModelConfig, Qwen2ParsesWithGqaTiedEmbeddingsAndImplicitBias) {
   EXPECT_THAT(c->eos_token_ids, ElementsAre(151643));
 }
 
+TEST(ModelConfig, SlidingWindow) {
+  const auto parse = [](const std::string& text) {
+    absl::StatusOr<ModelConfig> c = ParseModelConfig(text);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? *std::move(c) : ModelConfig{};
+  };
+  // Qwen2.5's use_sliding_window false: no window on any layer.
+  const ModelConfig qwen = parse(kQwen2Config);
+  EXPECT_EQ(qwen.sliding_window, 0);
+  EXPECT_EQ(qwen.LayerSlidingWindow(23), 0);
+
+  json j = json::parse(kQwen2Config);
+  j["use_sliding_window"] = true;
+  j["sliding_window"] = 8;
+  j["max_window_layers"] = 2;
+  const ModelConfig q2 = parse(j.dump());
+  EXPECT_EQ(q2.LayerSlidingWindow(0), 0);
+  EXPECT_EQ(q2.LayerSlidingWindow(1), 0);
+  EXPECT_EQ(q2.LayerSlidingWindow(2), 8);
+  j.erase("sliding_window");  // Qwen2Config's default
+  const ModelConfig q3 = parse(j.dump());
+  EXPECT_EQ(q3.LayerSlidingWindow(5), 4096);
+
+  // Mistral: every layer; null means none, an absent key MistralConfig's 4096.
+  j = json::parse(kLlama2Config);
+  j["model_type"] = "mistral";
+  j["sliding_window"] = 4096;
+  const ModelConfig m = parse(j.dump());
+  EXPECT_EQ(m.LayerSlidingWindow(0), 4096);
+  EXPECT_EQ(m.LayerSlidingWindow(31), 4096);
+  j["sliding_window"] = nullptr;
+  const ModelConfig none = parse(j.dump());
+  EXPECT_EQ(none.LayerSlidingWindow(0), 0);
+  j.erase("sliding_window");
+  const ModelConfig absent = parse(j.dump());
+  EXPECT_EQ(absent.LayerSlidingWindow(3), 4096);
+
+  // Llama ignores the key.
+  j["model_type"] = "llama";
+  j["sliding_window"] = 16;
+  const ModelConfig llama = parse(j.dump());
+  EXPECT_EQ(llama.LayerSlidingWindow(0), 0);
+
+  // Bad values name the key.
+  j["model_type"] = "mistral";
+  for (const json& bad : {json(0), json(-3), json("8"), json(2.5)}) {
+    j["sliding_window"] = bad;
+    const absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+    ASSERT_FALSE(c.ok()) << bad.dump();
+    EXPECT_THAT(c.status().message(), HasSubstr("'sliding_window'"));
+  }
+  j = json::parse(kQwen2Config);
+  j["max_window_layers"] = -1;
+  EXPECT_THAT(ParseModelConfig(j.dump()).status().message(), HasSubstr("'max_window_layers'"));
+  j["max_window_layers"] = 1;
+  j["use_sliding_window"] = "yes";
+  EXPECT_THAT(ParseModelConfig(j.dump()).status().message(), HasSubstr("'use_sliding_window'"));
+}
+
 TEST(ModelConfig, EosListAndLinearRopeScaling) {
   json j = json::parse(kLlama2Config);
   j["eos_token_id"] = {128001, 128008, 128009};

@@ -158,6 +158,8 @@ std::vector<Case> Cases() {
       "tests/data/models/hf_qwen2_moe",
       "tests/data/models/moe_qwen2_span",
       "tests/data/models/moe_sigmoid_span",
+      "tests/data/models/hf_mistral_sliding",
+      "tests/data/models/hf_qwen2_sliding",
   };
   std::vector<Case> cases;
   for (bool emulated : {true, false}) {

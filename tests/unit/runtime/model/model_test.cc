@@ -220,8 +220,9 @@ INSTANTIATE_TEST_SUITE_P(Cases, MoeGoldenTest, ::testing::ValuesIn(MoeCases()),
 
 TEST(ModelTest, GoldenCasesCoverEveryPlacementAndTransformers) {
   const std::vector<std::string> cases = GoldenCases();
-  for (const char* want : {"pre", "post", "span", "b2t", "deepnorm", "sandwich", "mix", "span_bf16",
-                           "hf_llama", "hf_qwen2", "hf_llama3_rope", "hf_qwen2_yarn"}) {
+  for (const char* want :
+       {"pre", "post", "span", "b2t", "deepnorm", "sandwich", "mix", "span_bf16", "hf_llama",
+        "hf_qwen2", "hf_llama3_rope", "hf_qwen2_yarn", "hf_mistral_sliding", "hf_qwen2_sliding"}) {
     EXPECT_NE(std::find(cases.begin(), cases.end(), want), cases.end()) << want;
   }
 }
