@@ -100,41 +100,36 @@ struct Weights<DType::kF32> {
   }
 };
 
-template <>
-struct Weights<DType::kBF16> {
+// bf16 and f16: two 16-bit values to a 32-bit word, each widened exactly by Bits::ToF32.
+struct Bf16Bits {
+  static __device__ __forceinline__ float ToF32(uint16_t h) { return Bf16BitsToF32(h); }
+};
+struct F16Bits {
+  static __device__ __forceinline__ float ToF32(uint16_t h) { return HalfToF32(h); }
+};
+
+template <class Bits>
+struct HalfWeights {
   using Raw = Vec2u;
   static constexpr int64_t kBytes = 2;
   static __device__ __forceinline__ Raw Load(const char* row, int64_t p) {
     return LoadVec<Vec2u>(row + p * kBytes);
   }
   static __device__ __forceinline__ void Widen(const Raw& v, float out[kGroup]) {
-    out[0] = Bf16BitsToF32(static_cast<uint16_t>(v.x & 0xffffu));
-    out[1] = Bf16BitsToF32(static_cast<uint16_t>(v.x >> 16));
-    out[2] = Bf16BitsToF32(static_cast<uint16_t>(v.y & 0xffffu));
-    out[3] = Bf16BitsToF32(static_cast<uint16_t>(v.y >> 16));
+    out[0] = Bits::ToF32(static_cast<uint16_t>(v.x & 0xffffu));
+    out[1] = Bits::ToF32(static_cast<uint16_t>(v.x >> 16));
+    out[2] = Bits::ToF32(static_cast<uint16_t>(v.y & 0xffffu));
+    out[3] = Bits::ToF32(static_cast<uint16_t>(v.y >> 16));
   }
   static __device__ __forceinline__ float Load1(const char* row, int64_t p) {
-    return Bf16BitsToF32(reinterpret_cast<const uint16_t*>(row)[p]);
+    return Bits::ToF32(reinterpret_cast<const uint16_t*>(row)[p]);
   }
 };
 
 template <>
-struct Weights<DType::kF16> {
-  using Raw = Vec2u;
-  static constexpr int64_t kBytes = 2;
-  static __device__ __forceinline__ Raw Load(const char* row, int64_t p) {
-    return LoadVec<Vec2u>(row + p * kBytes);
-  }
-  static __device__ __forceinline__ void Widen(const Raw& v, float out[kGroup]) {
-    out[0] = HalfToF32(static_cast<uint16_t>(v.x & 0xffffu));
-    out[1] = HalfToF32(static_cast<uint16_t>(v.x >> 16));
-    out[2] = HalfToF32(static_cast<uint16_t>(v.y & 0xffffu));
-    out[3] = HalfToF32(static_cast<uint16_t>(v.y >> 16));
-  }
-  static __device__ __forceinline__ float Load1(const char* row, int64_t p) {
-    return HalfToF32(reinterpret_cast<const uint16_t*>(row)[p]);
-  }
-};
+struct Weights<DType::kBF16> : HalfWeights<Bf16Bits> {};
+template <>
+struct Weights<DType::kF16> : HalfWeights<F16Bits> {};
 
 // U consecutive warp steps of the vector path, starting at element p of this lane's first
 // group: all loads first (so U·(R + C) loads are in flight), then the FMAs, step by step in
