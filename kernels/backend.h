@@ -94,6 +94,10 @@ class Backend {
                          const float* sin_table) = 0;
   // out[i] = silu(gate[i]) * up[i]; out may alias gate or up.
   virtual void SiluMul(const float* gate, const float* up, int64_t n, float* out) = 0;
+  // out[i] = gelu_tanh(gate[i]) * up[i] (Gemma's GeGLU); out may alias gate or up.
+  // gelu_tanh(g) = (0.5·g)·(1 + tanh(√(2/π)·(g + 0.044715·(g·g·g)))) in f32, in PyTorch's
+  // order (gelu with approximate='tanh').
+  virtual void GeluTanhMul(const float* gate, const float* up, int64_t n, float* out) = 0;
   // y[i] += x[i]
   virtual void Add(const float* x, float* y, int64_t n) = 0;
   // y[i] = a * x[i] + b * y[i]

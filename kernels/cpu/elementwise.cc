@@ -78,6 +78,19 @@ void SiluMul(const float* gate, const float* up, int64_t n, float* out) {
   });
 }
 
+void GeluTanhMul(const float* gate, const float* up, int64_t n, float* out) {
+  // PyTorch's gelu(approximate='tanh') in f32: kBeta = M_SQRT2 * M_2_SQRTPI * 0.5 (in double,
+  // then f32), kKappa = 0.044715; 0.5 * x * (1 + tanh(kBeta * (x + kKappa * x_cube))).
+  constexpr float kBeta = static_cast<float>(1.41421356237309504880 * 1.12837916709551257390 * 0.5);
+  constexpr float kKappa = 0.044715f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = gate[i];
+    const float x_cube = x * x * x;
+    const float inner = kBeta * (x + kKappa * x_cube);
+    out[i] = (0.5f * x * (1.0f + std::tanh(inner))) * up[i];
+  }
+}
+
 void Axpby(float a, const float* x, float b, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = a * x[i] + b * y[i];
 }

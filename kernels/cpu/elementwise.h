@@ -8,6 +8,9 @@ namespace spanserve::kernels::cpu {
 // out[i] = silu(gate[i]) * up[i]; out may alias gate or up.
 void SiluMul(const float* gate, const float* up, int64_t n, float* out);
 
+// out[i] = gelu_tanh(gate[i]) * up[i] (kernels::Backend::GeluTanhMul); out may alias gate or up.
+void GeluTanhMul(const float* gate, const float* up, int64_t n, float* out);
+
 // y[i] = a * x[i] + b * y[i]
 void Axpby(float a, const float* x, float b, float* y, int64_t n);
 

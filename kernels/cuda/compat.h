@@ -12,7 +12,7 @@
 //   __syncthreads(), reached by every thread of the block;
 //   __shfl_xor_sync / __shfl_sync / __shfl_down_sync with a full mask, reached by every lane
 //   of the warp (blocks are whole warps);
-//   expf, logf, sqrtf, fmaf, fmaxf, fminf, fabsf, INFINITY (f32 math of <cmath>);
+//   expf, logf, sqrtf, tanhf, fmaf, fmaxf, fminf, fabsf, INFINITY (f32 math of <cmath>);
 //   the bf16/f16 helpers below (bits in uint16_t, no cuda_bf16.h types);
 //   SPANSERVE_LAUNCH(kernel, grid, block, shared_bytes, stream, args...).
 // No atomics: results must not depend on scheduling.

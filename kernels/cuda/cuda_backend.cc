@@ -293,6 +293,12 @@ class CudaBackend final : public Backend {
     Launched("SiluMul");
   }
 
+  void GeluTanhMul(const float* gate, const float* up, int64_t n, float* out) override {
+    if (n <= 0) return;
+    cuda::GeluTanhMul(stream_, gate, up, n, out);
+    Launched("GeluTanhMul");
+  }
+
   void Add(const float* x, float* y, int64_t n) override {
     if (n <= 0) return;
     cuda::Add(stream_, x, y, n);

@@ -7,7 +7,8 @@
 // on the batch, so a row's result never depends on the other rows).
 //
 // Launch shapes, in one place:
-//   - element-wise ops (SiluMul, Add, Axpby): one thread per element, kElementThreads a block;
+//   - element-wise ops (SiluMul, GeluTanhMul, Add, Axpby): one thread per element, kElementThreads
+//   a block;
 //   - row ops (EmbeddingLookup, GatherRows, ScatterRows, MoeCombine, GatedAdd): grid.x = the
 //     row, grid.y = a chunk of kRowChunk columns; kRowThreads threads, each kRowChunk /
 //     kRowThreads columns strided by kRowThreads (coalesced);
@@ -248,6 +249,18 @@ __global__ void SiluMulKernel(const float* gate, const float* up, int64_t n, flo
   out[i] = (g / (1.0f + e)) * up[i];
 }
 
+// PyTorch's gelu(approximate='tanh') in f32, in its order (as kernels/cpu/elementwise.cc).
+__global__ void GeluTanhMulKernel(const float* gate, const float* up, int64_t n, float* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  constexpr float kBeta = static_cast<float>(1.41421356237309504880 * 1.12837916709551257390 * 0.5);
+  constexpr float kKappa = 0.044715f;
+  const float x = gate[i];
+  const float x_cube = x * x * x;
+  const float inner = kBeta * (x + kKappa * x_cube);
+  out[i] = (0.5f * x * (1.0f + tanhf(inner))) * up[i];
+}
+
 __global__ void AddKernel(const float* x, float* y, int64_t n) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) y[i] = y[i] + x[i];
@@ -416,6 +429,12 @@ void SiluMul(cudaStream_t stream, const float* gate, const float* up, int64_t n,
   if (n <= 0) return;
   SPANSERVE_LAUNCH(&ew::SiluMulKernel, BlocksFor(n, ew::kElementThreads), ew::kElementThreads, 0,
                    stream, gate, up, n, out);
+}
+
+void GeluTanhMul(cudaStream_t stream, const float* gate, const float* up, int64_t n, float* out) {
+  if (n <= 0) return;
+  SPANSERVE_LAUNCH(&ew::GeluTanhMulKernel, BlocksFor(n, ew::kElementThreads), ew::kElementThreads,
+                   0, stream, gate, up, n, out);
 }
 
 void Add(cudaStream_t stream, const float* x, float* y, int64_t n) {

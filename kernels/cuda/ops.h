@@ -46,6 +46,7 @@ void LayerNorm(cudaStream_t stream, const float* x, int64_t tokens, int64_t dim,
 void ApplyRope(cudaStream_t stream, float* x, int64_t tokens, int64_t heads, int64_t head_dim,
                const int32_t* positions, const float* cos_table, const float* sin_table);
 void SiluMul(cudaStream_t stream, const float* gate, const float* up, int64_t n, float* out);
+void GeluTanhMul(cudaStream_t stream, const float* gate, const float* up, int64_t n, float* out);
 void Add(cudaStream_t stream, const float* x, float* y, int64_t n);
 void Axpby(cudaStream_t stream, float a, const float* x, float b, float* y, int64_t n);
 // *out = Σ x[i]² in double (one device double), deterministic for a given n.

@@ -1,5 +1,6 @@
 // Weight naming and binding: which tensors a config implies, with which shapes, bound
 // from a WeightStore and uploaded to the backend (docs/MODEL_FORMAT.md).
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -37,8 +38,14 @@ std::vector<const char*> NormNames(NormPlacement p) {
 class Binder {
  public:
   Binder(WeightStore* store, kernels::Backend* backend, TensorShapes* record,
-         const MatrixPrecisions& precisions)
-      : store_(store), backend_(backend), record_(record), precisions_(precisions) {}
+         const MatrixPrecisions& precisions, float gain_offset,
+         std::vector<std::unique_ptr<float[]>>* folded)
+      : store_(store),
+        backend_(backend),
+        record_(record),
+        precisions_(precisions),
+        gain_offset_(gain_offset),
+        folded_(folded) {}
 
   bool Has(const std::string& name) const { return store_ == nullptr || store_->Has(name); }
 
@@ -78,9 +85,28 @@ class Binder {
     }
     return backend_->UploadVector(kernels::WeightVector{t.data, t.dtype, size});
   }
+  // A norm gain plus the config's gain offset (Gemma: offset + w, widened to f32 first, as
+  // transformers' `1.0 + self.weight.float()`), kept in memory the model owns.
+  absl::StatusOr<kernels::WeightVector> Gain(const std::string& name, int64_t size) {
+    if (gain_offset_ == 0.0f || store_ == nullptr) return Vector(name, size);
+    count_ += size;
+    const int64_t shape[1] = {size};
+    ASSIGN_OR_RETURN(TensorView t, store_->Get(name, shape));
+    if (t.quant != kernels::QuantType::kNone) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' is a vector stored block-quantized"));
+    }
+    auto gain = std::make_unique<float[]>(size);
+    for (int64_t i = 0; i < size; ++i) {
+      gain[i] = gain_offset_ + kernels::WeightAt(t.data, t.dtype, i);
+    }
+    const kernels::WeightVector host{gain.get(), DType::kF32, size};
+    folded_->push_back(std::move(gain));
+    return backend_->UploadVector(host);
+  }
   absl::StatusOr<NormWeights> Norm(const std::string& prefix, int64_t size, bool with_bias) {
     NormWeights w;
-    ASSIGN_OR_RETURN(w.gain, Vector(prefix + ".weight", size));
+    ASSIGN_OR_RETURN(w.gain, Gain(prefix + ".weight", size));
     if (with_bias) {
       ASSIGN_OR_RETURN(w.bias, Vector(prefix + ".bias", size));
       w.has_bias = true;
@@ -102,6 +128,8 @@ class Binder {
   kernels::Backend* backend_;
   TensorShapes* record_;
   MatrixPrecisions precisions_;
+  float gain_offset_;
+  std::vector<std::unique_ptr<float[]>>* folded_;
   int64_t count_ = 0;
 };
 
@@ -111,7 +139,7 @@ absl::StatusOr<int64_t> BindWeights(const ModelConfig& c, WeightStore* store,
                                     kernels::Backend* backend, const MatrixPrecisions& precisions,
                                     ModelWeights* weights, ExpertLoad* expert_load,
                                     TensorShapes* record) {
-  Binder bind(store, backend, record, precisions);
+  Binder bind(store, backend, record, precisions, c.norm_gain_offset, &weights->folded);
   kernels::WeightMatrix& embed = weights->embed;
   kernels::WeightMatrix& lm_head = weights->lm_head;
   NormWeights& final_norm = weights->final_norm;

@@ -438,6 +438,26 @@ absl::Status ParseSlidingWindow(const KeyReader& r, ModelConfig& c) {
   return absl::OkStatus();
 }
 
+// The FFN activation, as transformers 4.46.3 picks it: Gemma's MLP reads hidden_activation
+// (null: gelu_pytorch_tanh, hidden_act ignored); every other family reads hidden_act.
+absl::Status ParseActivation(const KeyReader& r, ModelConfig& c) {
+  const bool gemma = c.model_type == "gemma";
+  const char* const key = gemma ? "hidden_activation" : "hidden_act";
+  ASSIGN_OR_RETURN(const std::optional<std::string> name, r.OptString(key));
+  static constexpr std::pair<const char*, Activation> kActivations[] = {
+      {"silu", Activation::kSilu}, {"gelu_pytorch_tanh", Activation::kGeluTanh}};
+  c.activation = gemma ? Activation::kGeluTanh : Activation::kSilu;
+  if (name.has_value()) {
+    ASSIGN_OR_RETURN(c.activation, ParseEnum(r, key, *name, kActivations));
+  }
+  if (c.activation != Activation::kSilu && c.is_moe()) {
+    return r.Error(absl::StrCat("key '", key, "' '", *name,
+                                "' is not supported for a mixture-of-experts model (its experts "
+                                "run SiLU only)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::string& source) {
   const KeyReader r(root, source);
   if (!root.is_object()) {
@@ -447,8 +467,8 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
 
   ASSIGN_OR_RETURN(const std::optional<std::string> model_type, r.OptString("model_type"));
   if (!model_type.has_value()) return r.Missing("model_type");
-  static constexpr const char* kModelTypes[] = {"llama",   "mistral",   "qwen2", "spanserve",
-                                                "mixtral", "qwen2_moe", "olmoe"};
+  static constexpr const char* kModelTypes[] = {"llama",     "mistral", "qwen2",     "gemma",
+                                                "spanserve", "mixtral", "qwen2_moe", "olmoe"};
   if (std::find(std::begin(kModelTypes), std::end(kModelTypes), *model_type) ==
       std::end(kModelTypes)) {
     return r.Error(absl::StrCat("unsupported model_type '", *model_type,
@@ -485,7 +505,11 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
   }
   ASSIGN_OR_RETURN(c.max_position_embeddings, r.PositiveInt("max_position_embeddings", 2048));
   ASSIGN_OR_RETURN(c.vocab_size, r.PositiveInt("vocab_size"));
-  ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool("tie_word_embeddings", false));
+  const bool gemma = c.model_type == "gemma";
+  // GemmaConfig ties the embeddings unless told otherwise.
+  ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool("tie_word_embeddings", gemma));
+  c.scale_embeddings = gemma;
+  c.norm_gain_offset = gemma ? 1.0f : 0.0f;
   ASSIGN_OR_RETURN(c.attention_bias, r.Bool("attention_bias", false));
   // Qwen2 configs have no attention_bias key, yet their q/k/v projections carry biases.
   if (c.model_type == "qwen2" || c.model_type == "qwen2_moe") c.attention_bias = true;
@@ -498,6 +522,14 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
   RETURN_IF_ERROR(ParseSlidingWindow(r, c));
   RETURN_IF_ERROR(ParseNorms(r, c));
   RETURN_IF_ERROR(ParseMoe(r, c));
+  RETURN_IF_ERROR(ParseActivation(r, c));
+  if (gemma && (c.norm_placement != NormPlacement::kPre || c.norm_type != NormType::kRmsNorm ||
+                c.norm_bias)) {
+    // The (1 + w) gains are RMSNorm's; Gemma's block is PreNorm.
+    return r.Error(
+        "keys 'norm_placement', 'norm_type' and 'norm_bias' must keep their defaults (pre, "
+        "rmsnorm, false) with model_type 'gemma'");
+  }
   return c;
 }
 

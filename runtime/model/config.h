@@ -1,4 +1,4 @@
-// Model configuration, read from a Hugging Face style config.json. Llama, Qwen2 and
+// Model configuration, read from a Hugging Face style config.json. Llama, Qwen2, Gemma and
 // Mistral configs load unmodified (as PreNorm models); SpanServe's keys add the norm
 // placement and its scalars. See docs/MODEL_FORMAT.md for every key.
 #pragma once
@@ -24,6 +24,11 @@ enum class NormPlacement {
 };
 
 enum class NormType { kRmsNorm, kLayerNorm };
+// The gated FFN's activation: down(act(gate(x)) ⊙ up(x)).
+enum class Activation {
+  kSilu,      // "silu": SwiGLU (Llama, Qwen2, Mistral, the MoE families)
+  kGeluTanh,  // "gelu_pytorch_tanh": GeGLU (Gemma)
+};
 enum class RouterScoring { kSoftmax, kSigmoid };
 // Which tensor names an MoE checkpoint uses.
 enum class MoeLayout { kMixtral, kQwen2Moe, kOlmoe };
@@ -69,7 +74,7 @@ struct RopeScalingConfig {
 };
 
 struct ModelConfig {
-  std::string model_type;  // "llama", "qwen2", "mistral", "spanserve", "mixtral", ...
+  std::string model_type;  // "llama", "qwen2", "mistral", "gemma", "spanserve", "mixtral", ...
   int hidden_size = 0;
   int intermediate_size = 0;
   int num_layers = 0;
@@ -92,6 +97,15 @@ struct ModelConfig {
   // releases; 4.46.3's eager/sdpa path applies it to every layer).
   int sliding_window = 0;
   int max_window_layers = 0;  // the first layer the window applies to
+  // The FFN activation: `hidden_act` (absent: silu); Gemma reads `hidden_activation`
+  // (absent or null: gelu_pytorch_tanh, whatever hidden_act says, as transformers 4.46.3).
+  Activation activation = Activation::kSilu;
+  // Gemma: the embedding rows are multiplied by f32(sqrt(hidden_size)) after the lookup
+  // (false: not scaled).
+  bool scale_embeddings = false;
+  // Gemma: RMSNorm multiplies by (norm_gain_offset + weight), folded into the gains at load
+  // (1 + w, in f32, as transformers computes it). 0 elsewhere.
+  float norm_gain_offset = 0.0f;
 
   NormPlacement norm_placement = NormPlacement::kPre;
   NormType norm_type = NormType::kRmsNorm;

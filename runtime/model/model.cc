@@ -42,7 +42,7 @@ struct Model::Impl {
       return MoeFfn(*backend, config.moe, config.hidden_size, lw.moe, in, tokens, b,
                     expert_load.tokens[lw.moe.moe_index], out);
     }
-    return DenseFfn(*backend, lw.mlp, in, tokens, b, out);
+    return DenseFfn(*backend, config.activation, lw.mlp, in, tokens, b, out);
   }
   absl::Status Block(int layer, int64_t tokens, KvCache& cache, ForwardWorkspace::Buffers& b);
 };
@@ -92,14 +92,21 @@ absl::Status Model::Impl::Attention(const LayerWeights& lw, const float* in, int
   return absl::OkStatus();
 }
 
-absl::Status DenseFfn(kernels::Backend& be, const FfnWeights& w, const float* in, int64_t tokens,
-                      ForwardWorkspace::Buffers& b, float* out) {
+absl::Status DenseFfn(kernels::Backend& be, Activation activation, const FfnWeights& w,
+                      const float* in, int64_t tokens, ForwardWorkspace::Buffers& b, float* out) {
   const int64_t inter = w.gate.rows;
   ASSIGN_OR_RETURN(float* g, b.g.Grow(be, tokens * inter));
   ASSIGN_OR_RETURN(float* u, b.u.Grow(be, tokens * inter));
   be.MatMul(in, tokens, w.gate, nullptr, g);
   be.MatMul(in, tokens, w.up, nullptr, u);
-  be.SiluMul(g, u, tokens * inter, g);
+  switch (activation) {
+    case Activation::kSilu:
+      be.SiluMul(g, u, tokens * inter, g);
+      break;
+    case Activation::kGeluTanh:
+      be.GeluTanhMul(g, u, tokens * inter, g);
+      break;
+  }
   be.MatMul(g, tokens, w.down, nullptr, out);
   return absl::OkStatus();
 }
@@ -412,6 +419,12 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache
   be.CopyToDevice(b.host_ids.data(), tokens * sizeof(int32_t), ids);
   be.CopyToDevice(b.host_positions.data(), tokens * sizeof(int32_t), positions);
   be.EmbeddingLookup(m.weights.embed, ids, tokens, b.x.data());
+  if (c.scale_embeddings) {
+    // Gemma: x · f32(sqrt(hidden_size)), as transformers' normalizer in an f32 model. With
+    // a = 0 Axpby gives exactly 0·x + s·x = s·x for finite rows (the table's rows are).
+    const float normalizer = static_cast<float>(std::sqrt(static_cast<double>(H)));
+    be.Axpby(0.0f, b.x.data(), normalizer, b.x.data(), tokens * H);
+  }
 
   double* rms = nullptr;
   if (workspace.record_residual_rms()) {

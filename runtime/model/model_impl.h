@@ -103,6 +103,8 @@ struct ModelWeights {
   kernels::WeightMatrix lm_head;
   NormWeights final_norm;
   std::vector<LayerWeights> layers;
+  // Gains computed at load (Gemma's offset + w) that the backend may read in place.
+  std::vector<std::unique_ptr<float[]>> folded;
 };
 
 using TensorShapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
@@ -122,9 +124,9 @@ absl::StatusOr<int64_t> BindWeights(const ModelConfig& config, WeightStore* stor
                                     ModelWeights* weights, ExpertLoad* load,
                                     TensorShapes* record = nullptr);
 
-// model.cc: out = down(silu(gate(in)) ⊙ up(in)).
-absl::Status DenseFfn(kernels::Backend& backend, const FfnWeights& w, const float* in,
-                      int64_t tokens, ForwardWorkspace::Buffers& b, float* out);
+// model.cc: out = down(act(gate(in)) ⊙ up(in)), act silu or gelu_tanh.
+absl::Status DenseFfn(kernels::Backend& backend, Activation activation, const FfnWeights& w,
+                      const float* in, int64_t tokens, ForwardWorkspace::Buffers& b, float* out);
 
 // moe_layer.cc: the MoE FFN of one layer over `tokens` rows of `in`; adds the tokens routed
 // to each expert to `load`.

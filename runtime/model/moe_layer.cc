@@ -51,7 +51,7 @@ absl::Status MoeFfn(kernels::Backend& be, const MoeConfig& m, int64_t H, const M
   be.MoeCombine(slot_out, top_w, tokens, K, H, out);
   if (w.has_shared) {
     ASSIGN_OR_RETURN(float* shared, b.eout.Grow(be, tokens * H));
-    RETURN_IF_ERROR(DenseFfn(be, w.shared, in, tokens, b, shared));
+    RETURN_IF_ERROR(DenseFfn(be, Activation::kSilu, w.shared, in, tokens, b, shared));
     float* gate = nullptr;
     if (w.has_shared_gate) {
       ASSIGN_OR_RETURN(gate, b.eg.Grow(be, tokens));

@@ -10,7 +10,8 @@ Two sources:
   * reference   — random model from tools/reference/spannorm.py, saved with the stored
                   dtype, reloaded (widened to f32) and run in float32;
   * transformers — a tiny random Hugging Face model (LlamaForCausalLM, Qwen2ForCausalLM,
-                  MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM) written with
+                  MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM,
+                  GemmaForCausalLM) written with
                   save_pretrained; the logits come from the HF model itself.
 
 Checks (the script fails if one does not hold):
@@ -138,7 +139,8 @@ REF_CASES = {
 }
 
 HF_CASES = ["hf_llama", "hf_qwen2", "hf_mixtral", "hf_qwen2_moe", "hf_olmoe",
-            "hf_llama3_rope", "hf_qwen2_yarn", "hf_mistral_sliding", "hf_qwen2_sliding"]
+            "hf_llama3_rope", "hf_qwen2_yarn", "hf_mistral_sliding", "hf_qwen2_sliding",
+            "hf_gemma"]
 # Sequence lengths per case (default LENGTHS): the RoPE scaling cases go well past their
 # original_max_position_embeddings (16 / 32).
 # The sliding-window cases (window 8) run well past their window.
@@ -252,6 +254,11 @@ def mutations(d):
     if c.sliding_window:
         run_cfg("no_sliding_window", sliding_window=None)
         run_cfg("sliding_window_plus_1", sliding_window=c.sliding_window + 1)
+    if c.model_type == "gemma":
+        # GeGLU vs SwiGLU; and without the embedding scale and the (1 + w) gains.
+        run_cfg("silu_instead_of_gelu_tanh", hidden_activation="silu")
+        run_cfg("as_llama", model_type="llama", hidden_act="gelu_pytorch_tanh",
+                tie_word_embeddings=True)
     if c.skip_scale != 1.0:
         run_cfg("skip_scale_1", skip_scale=1.0)
     if c.branch_scale != 1.0:
@@ -287,7 +294,7 @@ def hf_class(model_type):
     return {"llama": T.LlamaForCausalLM, "qwen2": T.Qwen2ForCausalLM,
             "mistral": T.MistralForCausalLM,
             "mixtral": T.MixtralForCausalLM, "qwen2_moe": T.Qwen2MoeForCausalLM,
-            "olmoe": T.OlmoeForCausalLM}.get(model_type)
+            "olmoe": T.OlmoeForCausalLM, "gemma": T.GemmaForCausalLM}.get(model_type)
 
 
 @torch.no_grad()
@@ -383,6 +390,12 @@ def hf_config(case):
         return T.Qwen2Config(**dict(common, intermediate_size=72, rope_theta=1000000.0,
                                     use_sliding_window=True, sliding_window=8,
                                     max_window_layers=0)), 209
+    if case == "hf_gemma":
+        # head_dim 16 with 4 heads over hidden 48 (q is 64 wide), tied embeddings, GeGLU.
+        return T.GemmaConfig(**dict(common, hidden_size=48, num_hidden_layers=2,
+                                    intermediate_size=64, head_dim=16, rope_theta=10000.0,
+                                    hidden_activation="gelu_pytorch_tanh",
+                                    tie_word_embeddings=True, pad_token_id=0)), 210
     if case == "hf_olmoe":
         return T.OlmoeConfig(**dict(common, intermediate_size=20, num_experts=4,
                                     num_experts_per_tok=2, norm_topk_prob=False,

@@ -14,7 +14,7 @@ from .spannorm import ModelConfig, read_tensors
 def _norm(x, W, prefix, cfg: ModelConfig, kind=None, eps=None):
     kind = kind or cfg.norm_type
     eps = cfg.norm_eps if eps is None else eps
-    w = W[prefix + ".weight"]
+    w = W[prefix + ".weight"] + cfg.norm_gain_offset  # Gemma: 1 + w
     b = W.get(prefix + ".bias")
     if kind == "rmsnorm":
         y = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
@@ -36,10 +36,15 @@ def _silu(x):
     return x / (1.0 + np.exp(-x))
 
 
-def _swiglu(x, W, p, mixtral=False):
+def _gelu_tanh(x):
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _swiglu(x, W, p, mixtral=False, activation="silu"):
+    act = _silu if activation == "silu" else _gelu_tanh
     if mixtral:
-        return _lin(_silu(_lin(x, W, p + ".w1")) * _lin(x, W, p + ".w3"), W, p + ".w2")
-    return _lin(_silu(_lin(x, W, p + ".gate_proj")) * _lin(x, W, p + ".up_proj"), W, p + ".down_proj")
+        return _lin(act(_lin(x, W, p + ".w1")) * _lin(x, W, p + ".w3"), W, p + ".w2")
+    return _lin(act(_lin(x, W, p + ".gate_proj")) * _lin(x, W, p + ".up_proj"), W, p + ".down_proj")
 
 
 def _inv_freq(cfg: ModelConfig, D):
@@ -146,6 +151,8 @@ def forward(model_dir_or_tensors, config=None, ids=None):
     cfg = ModelConfig(config)
     W = {k: v.double().numpy() for k, v in tensors.items()}
     x = W["model.embed_tokens.weight"][np.asarray(ids)]
+    if cfg.scale_embeddings:  # Gemma
+        x = x * np.sqrt(cfg.hidden_size)
     a, b = cfg.skip_scale, cfg.branch_scale
     for i in range(cfg.num_hidden_layers):
         L = f"model.layers.{i}"
@@ -156,7 +163,7 @@ def forward(model_dir_or_tensors, config=None, ids=None):
             ffp = f"{L}.block_sparse_moe" if cfg.moe_layout == "mixtral" else f"{L}.mlp"
             Fn = lambda t: _moe(t, W, ffp, cfg)  # noqa: E731
         else:
-            Fn = lambda t: _swiglu(t, W, f"{L}.mlp")  # noqa: E731
+            Fn = lambda t: _swiglu(t, W, f"{L}.mlp", activation=cfg.activation)  # noqa: E731
         if pl == "pre":
             h = x + A(N("input_layernorm", x))
             x = h + Fn(N("post_attention_layernorm", h))

@@ -98,7 +98,18 @@ class ModelConfig:
                 self.rope_params = dict(rs)
             elif kind != "default":
                 raise ConfigError(f"config.json: rope_scaling type '{kind}' is not supported")
-        self.tie_word_embeddings = bool(g("tie_word_embeddings", False))
+        # Gemma (transformers' GemmaForCausalLM): tied embeddings by default, the embedding
+        # rows times sqrt(hidden_size) (in the activations' dtype), RMSNorm gains (1 + w),
+        # and the GeGLU activation hidden_activation (null: gelu_pytorch_tanh; hidden_act is
+        # ignored). Other families read hidden_act (default silu).
+        gemma = self.model_type == "gemma"
+        self.tie_word_embeddings = bool(g("tie_word_embeddings", gemma))
+        self.scale_embeddings = gemma
+        self.norm_gain_offset = 1.0 if gemma else 0.0
+        act_key = "hidden_activation" if gemma else "hidden_act"
+        self.activation = g(act_key) or ("gelu_pytorch_tanh" if gemma else "silu")
+        if self.activation not in ("silu", "gelu_pytorch_tanh"):
+            raise ConfigError(f"config.json: {act_key} '{self.activation}' is not supported")
         if self.model_type in ("qwen2", "qwen2_moe"):
             self.attention_bias = True
         else:
@@ -181,15 +192,17 @@ class ModelConfig:
 class Norm(nn.Module):
     """RMSNorm (x * rsqrt(mean(x^2) + eps) * w) or LayerNorm (optional bias), in float32."""
 
-    def __init__(self, dim: int, kind: str, eps: float, bias: bool):
+    def __init__(self, dim: int, kind: str, eps: float, bias: bool, offset: float = 0.0):
         super().__init__()
-        self.kind, self.eps = kind, eps
+        self.kind, self.eps, self.offset = kind, eps, offset
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x):
         if self.kind == "rmsnorm":
-            y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+            # Gemma: (1.0 + w) in float32, as transformers' GemmaRMSNorm.
+            w = self.weight if self.offset == 0.0 else self.offset + self.weight.float()
+            y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
             return y + self.bias if self.bias is not None else y
         return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
 
@@ -293,9 +306,12 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x)); Mixtral names w1=gate, w3=up, w2=down."""
 
-    def __init__(self, hidden: int, inter: int, mixtral_names: bool = False):
+    def __init__(self, hidden: int, inter: int, mixtral_names: bool = False,
+                 activation: str = "silu"):
         super().__init__()
         self.mixtral_names = mixtral_names
+        self.act = (F.silu if activation == "silu"
+                    else (lambda t: F.gelu(t, approximate="tanh")))
         if mixtral_names:
             self.w1 = nn.Linear(hidden, inter, bias=False)
             self.w3 = nn.Linear(hidden, inter, bias=False)
@@ -307,8 +323,8 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if self.mixtral_names:
-            return self.w2(F.silu(self.w1(x)) * self.w3(x))
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            return self.w2(self.act(self.w1(x)) * self.w3(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class MoE(nn.Module):
@@ -360,12 +376,13 @@ class DecoderLayer(nn.Module):
         if cfg.is_moe_layer(i):
             ffn = MoE(cfg)
         else:
-            ffn = MLP(cfg.hidden_size, cfg.intermediate_size)
+            ffn = MLP(cfg.hidden_size, cfg.intermediate_size, activation=cfg.activation)
         self.ffn_name = "block_sparse_moe" if (cfg.is_moe_layer(i) and cfg.moe_layout == "mixtral") else "mlp"
         setattr(self, self.ffn_name, ffn)
         self.norm_names = NORM_NAMES[self.placement]
         for name in self.norm_names:
-            setattr(self, name, Norm(cfg.hidden_size, cfg.norm_type, cfg.norm_eps, cfg.norm_bias))
+            setattr(self, name, Norm(cfg.hidden_size, cfg.norm_type, cfg.norm_eps, cfg.norm_bias,
+                                     cfg.norm_gain_offset))
 
     def forward(self, x, cos, sin):
         N = [getattr(self, n) for n in self.norm_names]
@@ -399,8 +416,8 @@ class Inner(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = (Norm(cfg.hidden_size, cfg.norm_type, cfg.norm_eps, cfg.norm_bias)
-                     if cfg.final_norm else None)
+        self.norm = (Norm(cfg.hidden_size, cfg.norm_type, cfg.norm_eps, cfg.norm_bias,
+                          cfg.norm_gain_offset) if cfg.final_norm else None)
 
 
 class SpanModel(nn.Module):
@@ -423,6 +440,8 @@ class SpanModel(nn.Module):
             ids = ids.unsqueeze(0)
         T = ids.shape[1]
         x = self.model.embed_tokens(ids).float()
+        if self.cfg.scale_embeddings:  # Gemma's normalizer, in the activations' dtype
+            x = x * torch.tensor(self.cfg.hidden_size ** 0.5, dtype=x.dtype)
         cos, sin = rope_cos_sin(self.cfg, T, ids.device, x.dtype)
         for layer in self.model.layers:
             x = layer(x, cos, sin)

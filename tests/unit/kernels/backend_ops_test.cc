@@ -896,6 +896,36 @@ TEST_P(BackendOpsTest, SiluMul) {
   EXPECT_TRUE(SameBits(got.second, got.first)) << "SiluMul in place vs out of place";
 }
 
+TEST_P(BackendOpsTest, GeluTanhMul) {
+  const int64_t n = 203;  // not a multiple of a SIMD width
+  std::vector<float> gate = Uniform(rng_, n, -10.0f, 10.0f);
+  gate[0] = 0.0f;
+  gate[1] = -30.0f;
+  gate[2] = 30.0f;
+  gate[3] = -1e-3f;
+  const std::vector<float> up = Uniform(rng_, n, -2.0f, 2.0f);
+  auto [got, oracle] = RunBoth([&](Backend& be, Mem& mem) {
+    const float* g = mem.In(gate);
+    float* u = mem.In(up);
+    float* out = mem.Zeros<float>(n);
+    be.GeluTanhMul(g, u, n, out);
+    be.GeluTanhMul(g, u, n, u);  // in place, over `up`
+    return std::pair(mem.Get(out, n), mem.Get(u, n));
+  });
+  // 0.5·g·(1 + tanh(√(2/π)·(g + 0.044715·g³))) in double. The scale is the magnitude of the
+  // terms: for g ≪ 0, 1 + tanh cancels and f32's tanh error is relative to |tanh| ≈ 1.
+  Expected want;
+  const double beta = std::sqrt(2.0 / std::acos(-1.0));
+  for (int64_t i = 0; i < n; ++i) {
+    const double g = gate[i];
+    const double t = std::tanh(beta * (g + 0.044715 * g * g * g));
+    want.Push(0.5 * g * (1.0 + t) * up[i],
+              0.5 * std::abs(g) * (1.0 + std::abs(t)) * std::abs(up[i]));
+  }
+  ExpectOp("GeluTanhMul", got.first, oracle.first, want, kF32);
+  EXPECT_TRUE(SameBits(got.second, got.first)) << "GeluTanhMul in place vs out of place";
+}
+
 TEST_P(BackendOpsTest, Add) {
   const int64_t n = 203;
   std::vector<float> x = Uniform(rng_, n), y = Uniform(rng_, n);

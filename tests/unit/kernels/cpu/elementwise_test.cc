@@ -49,6 +49,33 @@ TEST(Elementwise, SiluMulElementDoesNotDependOnOffset) {
   EXPECT_TRUE(BitIdentical(whole.data() + 3, part.data(), n - 3));
 }
 
+TEST(Elementwise, GeluTanhMulMatchesDoubleReference) {
+  const int64_t n = 67;
+  const std::vector<float> gate = RandomFloats(n, 97, -6.0f, 6.0f);
+  const std::vector<float> up = RandomFloats(n, 98);
+  std::vector<float> out(n);
+  GeluTanhMul(gate.data(), up.data(), n, out.data());
+  const double beta = std::sqrt(2.0 / std::acos(-1.0));
+  for (int64_t i = 0; i < n; ++i) {
+    const double g = gate[i];
+    const double t = std::tanh(beta * (g + 0.044715 * g * g * g));
+    const double want = 0.5 * g * (1.0 + t) * up[i];
+    // Relative to the terms: 1 + tanh cancels for g ≪ 0.
+    ASSERT_NEAR(out[i], want, 1e-6 * 0.5 * std::fabs(g) * (1.0 + std::fabs(t)) * std::fabs(up[i]))
+        << i;
+  }
+  std::vector<float> in_place = gate;
+  GeluTanhMul(in_place.data(), up.data(), n, in_place.data());
+  EXPECT_TRUE(BitIdentical(in_place.data(), out.data(), n));
+  const float big[3] = {-30.0f, 0.0f, 30.0f};
+  const float ones[3] = {1.0f, 1.0f, 1.0f};
+  float sat[3];
+  GeluTanhMul(big, ones, 3, sat);
+  EXPECT_EQ(sat[0], -0.0f);
+  EXPECT_EQ(sat[1], 0.0f);
+  EXPECT_EQ(sat[2], 30.0f);
+}
+
 TEST(Elementwise, AxpbyAndAdd) {
   const int64_t n = 29;
   const std::vector<float> x = RandomFloats(n, 95);

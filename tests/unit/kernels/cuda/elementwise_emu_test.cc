@@ -253,6 +253,25 @@ TEST_F(ElementwiseEmuTest, SiluMulMatchesCpu) {
   }
 }
 
+TEST_F(ElementwiseEmuTest, GeluTanhMulMatchesCpu) {
+  for (int64_t n : kLengths) {
+    for (bool in_place : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "n=" << n << " in_place=" << in_place);
+      std::vector<float> gate = RandomFloats(n, 20, -12.0f, 12.0f);
+      const std::vector<float> up = RandomFloats(n, 21, -2.0f, 2.0f);
+      // Zeros, tanh's saturation both ways, a cube past the f32 range, and a tiny input.
+      const float extremes[] = {0.0f, -0.0f, -9.0f, -30.0f, 30.0f, 1e20f, -1e20f, 1e-30f};
+      for (size_t i = 0; i < std::size(extremes) && i < gate.size(); ++i) gate[i] = extremes[i];
+      std::vector<float> want(n);
+      cpu_->GeluTanhMul(gate.data(), up.data(), n, want.data());
+      std::vector<float> got = in_place ? gate : std::vector<float>(n, -7.0f);
+      GeluTanhMul(nullptr, in_place ? got.data() : gate.data(), up.data(), n, got.data());
+      // The emulation runs the same f32 operations in the same order: bit for bit.
+      EXPECT_TRUE(std::memcmp(got.data(), want.data(), n * sizeof(float)) == 0);
+    }
+  }
+}
+
 TEST_F(ElementwiseEmuTest, AddAndAxpbyMatchCpu) {
   for (int64_t n : kLengths) {
     SCOPED_TRACE(::testing::Message() << "n=" << n);
@@ -430,6 +449,7 @@ TEST_F(ElementwiseEmuTest, EmptyInputsAreNoOps) {
   LayerNorm(nullptr, &f, 0, 1, &f, DType::kF32, nullptr, DType::kF32, 1e-6f, &f);
   ApplyRope(nullptr, &f, 0, 1, 2, &id, &f, &f);
   SiluMul(nullptr, &f, &f, 0, &f);
+  GeluTanhMul(nullptr, &f, &f, 0, &f);
   Add(nullptr, &f, &f, 0);
   Axpby(nullptr, 1.0f, &f, 1.0f, &f, 0);
   GatherRows(nullptr, &f, 1, &id, 0, 1, &f);

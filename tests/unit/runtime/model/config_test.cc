@@ -362,6 +362,105 @@ TEST(ModelConfig, LlamaAttentionBiasCoversOProj) {
   EXPECT_FALSE(q->o_proj_bias);
 }
 
+// google/gemma-2b/config.json: hidden_act "gelu" and no hidden_activation, which
+// transformers 4.46.3 runs as gelu_pytorch_tanh (hidden_act is ignored).
+constexpr char kGemmaConfig[] = R"({
+  "architectures": ["GemmaForCausalLM"],
+  "attention_bias": false,
+  "attention_dropout": 0.0,
+  "bos_token_id": 2,
+  "eos_token_id": 1,
+  "head_dim": 256,
+  "hidden_act": "gelu",
+  "hidden_size": 2048,
+  "initializer_range": 0.02,
+  "intermediate_size": 16384,
+  "max_position_embeddings": 8192,
+  "model_type": "gemma",
+  "num_attention_heads": 8,
+  "num_hidden_layers": 18,
+  "num_key_value_heads": 1,
+  "pad_token_id": 0,
+  "rms_norm_eps": 1e-06,
+  "rope_scaling": null,
+  "rope_theta": 10000.0,
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.38.0.dev0",
+  "use_cache": true,
+  "vocab_size": 256000
+})";
+
+TEST(ModelConfig, GemmaParsesWithGeGluScaledEmbeddingsAndGainOffset) {
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(kGemmaConfig);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->model_type, "gemma");
+  EXPECT_EQ(c->activation, Activation::kGeluTanh);
+  EXPECT_TRUE(c->scale_embeddings);
+  EXPECT_EQ(c->norm_gain_offset, 1.0f);
+  EXPECT_TRUE(c->tie_word_embeddings);  // GemmaConfig's default
+  EXPECT_EQ(c->head_dim, 256);          // not hidden_size / num_heads (256 as well here)
+  EXPECT_EQ(c->num_kv_heads, 1);
+  EXPECT_EQ(c->norm_placement, NormPlacement::kPre);
+  EXPECT_FALSE(c->attention_bias);
+  EXPECT_FALSE(c->o_proj_bias);
+
+  json j = json::parse(kGemmaConfig);
+  j["hidden_activation"] = "gelu_pytorch_tanh";
+  j["tie_word_embeddings"] = false;
+  j["head_dim"] = 128;
+  absl::StatusOr<ModelConfig> d = ParseModelConfig(j.dump());
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->activation, Activation::kGeluTanh);
+  EXPECT_FALSE(d->tie_word_embeddings);
+  EXPECT_EQ(d->head_dim, 128);
+  j["hidden_activation"] = "silu";
+  d = ParseModelConfig(j.dump());
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->activation, Activation::kSilu);
+
+  // Other families: SiLU, unscaled, no offset; hidden_act is read.
+  const absl::StatusOr<ModelConfig> llama = ParseModelConfig(kLlama2Config);
+  ASSERT_TRUE(llama.ok()) << llama.status();
+  EXPECT_EQ(llama->activation, Activation::kSilu);
+  EXPECT_FALSE(llama->scale_embeddings);
+  EXPECT_EQ(llama->norm_gain_offset, 0.0f);
+  json l = json::parse(kLlama2Config);
+  l["hidden_act"] = "gelu_pytorch_tanh";
+  const absl::StatusOr<ModelConfig> geglu_llama = ParseModelConfig(l.dump());
+  ASSERT_TRUE(geglu_llama.ok()) << geglu_llama.status();
+  EXPECT_EQ(geglu_llama->activation, Activation::kGeluTanh);
+  EXPECT_FALSE(geglu_llama->scale_embeddings);
+}
+
+TEST(ModelConfig, ActivationErrorsNameTheKey) {
+  json j = json::parse(kGemmaConfig);
+  j["hidden_activation"] = "gelu";  // exact erf GELU: not implemented
+  absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("hidden_activation 'gelu'"));
+  j["hidden_activation"] = 3;
+  EXPECT_THAT(ParseModelConfig(j.dump()).status().message(), HasSubstr("'hidden_activation'"));
+
+  json l = json::parse(kLlama2Config);
+  l["hidden_act"] = "relu";
+  c = ParseModelConfig(l.dump());
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(c.status().message(), HasSubstr("hidden_act 'relu'"));
+
+  json m = json::parse(kMixtralConfig);
+  m["hidden_act"] = "gelu_pytorch_tanh";
+  c = ParseModelConfig(m.dump());
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(c.status().message(), HasSubstr("'hidden_act'"));
+
+  json g = json::parse(kGemmaConfig);
+  g["norm_placement"] = "post";
+  c = ParseModelConfig(g.dump());
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(c.status().message(), HasSubstr("'norm_placement'"));
+}
+
 TEST(ModelConfig, MixtralParsesAsMoe) {
   const absl::StatusOr<ModelConfig> c = ParseModelConfig(kMixtralConfig);
   ASSERT_TRUE(c.ok()) << c.status();

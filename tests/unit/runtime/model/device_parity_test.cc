@@ -160,6 +160,7 @@ std::vector<Case> Cases() {
       "tests/data/models/moe_sigmoid_span",
       "tests/data/models/hf_mistral_sliding",
       "tests/data/models/hf_qwen2_sliding",
+      "tests/data/models/hf_gemma",
   };
   std::vector<Case> cases;
   for (bool emulated : {true, false}) {

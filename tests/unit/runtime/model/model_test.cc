@@ -220,11 +220,36 @@ INSTANTIATE_TEST_SUITE_P(Cases, MoeGoldenTest, ::testing::ValuesIn(MoeCases()),
 
 TEST(ModelTest, GoldenCasesCoverEveryPlacementAndTransformers) {
   const std::vector<std::string> cases = GoldenCases();
-  for (const char* want :
-       {"pre", "post", "span", "b2t", "deepnorm", "sandwich", "mix", "span_bf16", "hf_llama",
-        "hf_qwen2", "hf_llama3_rope", "hf_qwen2_yarn", "hf_mistral_sliding", "hf_qwen2_sliding"}) {
+  for (const char* want : {"pre", "post", "span", "b2t", "deepnorm", "sandwich", "mix", "span_bf16",
+                           "hf_llama", "hf_qwen2", "hf_llama3_rope", "hf_qwen2_yarn",
+                           "hf_mistral_sliding", "hf_qwen2_sliding", "hf_gemma"}) {
     EXPECT_NE(std::find(cases.begin(), cases.end(), want), cases.end()) << want;
   }
+}
+
+// Gemma: tied (no lm_head), head_dim 16 with hidden 48, Llama's tensor names; its norm gains
+// are the stored w (the model adds 1 at load).
+TEST(ModelTest, GemmaExpectsExactlyItsTensors) {
+  const absl::StatusOr<ModelConfig> c = LoadModelConfig(CaseDir("hf_gemma"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::vector<std::pair<std::string, std::vector<int64_t>>> want = {
+      {"model.embed_tokens.weight", {97, 48}}, {"model.norm.weight", {48}}};
+  for (int l = 0; l < 2; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    want.push_back({p + "input_layernorm.weight", {48}});
+    want.push_back({p + "post_attention_layernorm.weight", {48}});
+    want.push_back({p + "self_attn.q_proj.weight", {64, 48}});
+    want.push_back({p + "self_attn.k_proj.weight", {32, 48}});
+    want.push_back({p + "self_attn.v_proj.weight", {32, 48}});
+    want.push_back({p + "self_attn.o_proj.weight", {48, 64}});
+    want.push_back({p + "mlp.gate_proj.weight", {64, 48}});
+    want.push_back({p + "mlp.up_proj.weight", {64, 48}});
+    want.push_back({p + "mlp.down_proj.weight", {48, 64}});
+  }
+  auto got = ExpectedTensors(*c);
+  std::sort(got.begin(), got.end());
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(got, want);
 }
 
 TEST(ModelTest, ComputeDtypeSpellings) {
