@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 
 #include "common/check.h"
@@ -15,87 +16,220 @@
 namespace spanserve::kernels::cpu::internal {
 namespace {
 
-struct DotAvx2 {
-  static constexpr int kMaxMr = 4;
-  // Within 16 ymm registers: MR·NR accumulators (and as many xmm min sums for Q4_1).
-  static constexpr int Nr(int mr) { return mr == 1 ? 4 : mr == 2 ? 2 : 1; }
-  // Lane l: Σ u[p]·s[p] over bytes 4l .. 4l + 3. A pair's sum never saturates 16 bits: the
-  // kernels' u is at most 128 (|w|, Q8_0) and |s| at most 127.
+struct KernelAvx2 {
+  static constexpr int kMaxMr = 2;
+  // Within 16 ymm registers: per dot product two accumulators and (Q4_1) a min sum.
+  static constexpr int Nr(int mr) { return mr == 1 ? 3 : 1; }
+
+  // Lane l: Σ u[p]·s[p] over bytes 4l .. 4l + 3. A pair's sum never saturates 16 bits: u is
+  // at most 128 (|w| of Q8_0; a Q4 nibble at most 15) and |s| at most 127.
   [[gnu::always_inline]] static __m256i Dot(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
   }
+
+  template <QuantType kQ, int MR, int NR>
+  static void Micro(const int8dot::MicroArgs& a);
+
+  template <QuantType kQ, int MR, int NR, bool kFull>
+  [[gnu::always_inline]] static void Step(const int8dot::MicroArgs& a, int64_t quad, int count,
+                                          __m256 (&lo)[MR][NR], __m256 (&hi)[MR][NR],
+                                          __m256 (&mins)[MR][NR]);
 };
 
-// A buffer for quantized activations that grows to the largest call and is then reused.
-struct QuantBuffer {
-  std::unique_ptr<int8_t[]> q;
-  std::unique_ptr<float[]> ds;
-  int64_t q_size = 0;
-  int64_t ds_size = 0;
-
-  void Reserve(int64_t q_elements, int64_t ds_elements) {
-    if (q_size < q_elements) {
-      q.reset(new int8_t[q_elements]);
-      q_size = q_elements;
+// One quad (or the last, partial one: `count` blocks) of MR × NR dot products. The 16 lanes of
+// the quad are two ymm halves: blocks 0-1 (into `lo`) and blocks 2-3 (into `hi`).
+template <QuantType kQ, int MR, int NR, bool kFull>
+inline void KernelAvx2::Step(const int8dot::MicroArgs& a, int64_t quad, int count,
+                             __m256 (&lo)[MR][NR], __m256 (&hi)[MR][NR], __m256 (&mins)[MR][NR]) {
+  using int8dot::Load16;
+  constexpr int64_t kBlockBytes = QuantBlockBytes(kQ);
+  const __m256i mask = _mm256_set1_epi8(0x0f);
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) {
+    const uint8_t* block = a.w + r * a.row_bytes + 4 * quad * kBlockBytes;
+    const __m256 ws = int8dot::QuadScales<KernelAvx2, kQ, kFull>(block, count);
+#pragma GCC unroll 2
+    for (int half = 0; half < 2; ++half) {
+      const int t = 2 * half;  // the half's first block
+      // The half's weights as unsigned operands: elements 0-15 of its two blocks (ulo) and
+      // 16-31 (uhi). Q8_0: |w|, with w's signs (`slo`, `shi`) moved onto x, so the record's
+      // base (for VPDPBUSD's offset weights) is not used; Q4_0: the nibble, offset by 8.
+      __m256i ulo, uhi, slo, shi;
+      if constexpr (kQ == QuantType::kQ8_0) {
+        slo = _mm256_set_m128i(Load16<KernelAvx2, kQ, kFull>(block, t + 1, 2, count),
+                               Load16<KernelAvx2, kQ, kFull>(block, t, 2, count));
+        shi = _mm256_set_m128i(Load16<KernelAvx2, kQ, kFull>(block, t + 1, 18, count),
+                               Load16<KernelAvx2, kQ, kFull>(block, t, 18, count));
+        ulo = _mm256_sign_epi8(slo, slo);
+        uhi = _mm256_sign_epi8(shi, shi);
+      } else {
+        constexpr int kQs = kQ == QuantType::kQ4_1 ? 4 : 2;
+        const __m256i qs = _mm256_set_m128i(Load16<KernelAvx2, kQ, kFull>(block, t + 1, kQs, count),
+                                            Load16<KernelAvx2, kQ, kFull>(block, t, kQs, count));
+        ulo = _mm256_and_si256(qs, mask);
+        uhi = _mm256_and_si256(_mm256_srli_epi16(qs, 4), mask);
+      }
+      const __m256 wd =
+          _mm256_permutevar8x32_ps(ws, _mm256_setr_epi32(2 * t, 2 * t, 2 * t, 2 * t, 2 * t + 2,
+                                                         2 * t + 2, 2 * t + 2, 2 * t + 2));
+#pragma GCC unroll 4
+      for (int i = 0; i < MR; ++i) {
+        const uint8_t* record = int8dot::Record<KernelAvx2>(a, i, quad);
+        __m256i xlo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(record + 32 * half));
+        __m256i xhi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(record + 64 + 32 * half));
+        if constexpr (kQ == QuantType::kQ8_0) {
+          xlo = _mm256_sign_epi8(xlo, slo);
+          xhi = _mm256_sign_epi8(xhi, shi);
+        }
+        __m256i dot = _mm256_add_epi32(Dot(ulo, xlo), Dot(uhi, xhi));
+        if constexpr (kQ == QuantType::kQ4_0) {  // the nibbles went in offset by 8
+          dot = _mm256_add_epi32(dot, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                                          int8dot::RecordBase<KernelAvx2>(record) + 8 * half)));
+        }
+        const __m256 c =
+            _mm256_mul_ps(wd, _mm256_loadu_ps(int8dot::RecordDc<KernelAvx2>(record) + 8 * half));
+        __m256& acc = half == 0 ? lo[i][r] : hi[i][r];
+        acc = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(dot), acc);
+      }
     }
-    if (ds_size < ds_elements) {
-      ds.reset(new float[ds_elements]);
-      ds_size = ds_elements;
+    if constexpr (kQ == QuantType::kQ4_1) {
+#pragma GCC unroll 4
+      for (int i = 0; i < MR; ++i) {
+        const uint8_t* record = int8dot::Record<KernelAvx2>(a, i, quad);
+        mins[i][r] =
+            _mm256_fmadd_ps(ws, _mm256_loadu_ps(int8dot::RecordDs<KernelAvx2>(record)), mins[i][r]);
+      }
     }
   }
+}
+
+template <QuantType kQ, int MR, int NR>
+void KernelAvx2::Micro(const int8dot::MicroArgs& a) {
+  constexpr int64_t kBlockBytes = QuantBlockBytes(kQ);
+  __m256 lo[MR][NR], hi[MR][NR], mins[MR][NR];
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) {
+      lo[i][r] = _mm256_setzero_ps();
+      hi[i][r] = _mm256_setzero_ps();
+      mins[i][r] = _mm256_setzero_ps();
+    }
+  }
+  const int64_t quads = a.k / 128;
+  const char* next = reinterpret_cast<const char*>(a.w) + NR * a.row_bytes;
+  for (int64_t quad = 0; quad < quads; ++quad) {
+    if (a.prefetch) {
+      // The rows after these, into L1 at the rate these are consumed.
+#pragma GCC unroll 8
+      for (int64_t o = 0; o < NR * 4 * kBlockBytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
+      next += NR * 4 * kBlockBytes;
+    }
+    Step<kQ, MR, NR, true>(a, quad, 4, lo, hi, mins);
+  }
+  if (const int rest = static_cast<int>(a.k / 32 % 4); rest != 0) {
+    Step<kQ, MR, NR, false>(a, quads, rest, lo, hi, mins);
+  }
+  int8dot::Finish<KernelAvx2, kQ, MR, NR>(a, lo, hi, mins);
+}
+
+// Quantized activations of one call (64-byte aligned), grown to the largest call and then
+// reused.
+class QuantBuffer {
+ public:
+  uint8_t* Reserve(int64_t bytes) {
+    if (size_ < bytes) {
+      storage_.reset(new uint8_t[bytes + 63]);
+      size_ = bytes;
+    }
+    const auto address = reinterpret_cast<uintptr_t>(storage_.get());
+    return reinterpret_cast<uint8_t*>((address + 63) & ~uintptr_t{63});
+  }
+
+ private:
+  std::unique_ptr<uint8_t[]> storage_;
+  int64_t size_ = 0;
 };
 
-// One row (k/32 blocks) quantized as matmul_int8dot.h says.
-void QuantizeRow(const float* x, int64_t k, int8_t* q, float* ds) {
+// One block of x (32 values) quantized: q in element order as four vectors of 8 int32, d and
+// Σq.
+inline void QuantizeBlock(const float* x, __m256i (&n)[4], float* d, int32_t* sum) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  for (int64_t b = 0; b < k / 32; ++b) {
-    __m256 v[4];
-    __m256 amax = _mm256_setzero_ps();
-    for (int c = 0; c < 4; ++c) {
-      v[c] = _mm256_loadu_ps(x + 32 * b + 8 * c);
-      amax = _mm256_max_ps(amax, _mm256_and_ps(v[c], abs_mask));
-    }
-    const float max_abs = simd::HMax(amax);
-    const float d = max_abs / 127.0f;
-    const __m256 id = _mm256_set1_ps(max_abs != 0.0f ? 127.0f / max_abs : 0.0f);
-    __m256i n[4];
-    for (int c = 0; c < 4; ++c) {
-      n[c] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[c], id),
-                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    }
-    // Σq, then the 32 values packed to bytes in element order (|q| <= 127: no saturation).
-    const __m256i sum = _mm256_add_epi32(_mm256_add_epi32(n[0], n[1]), _mm256_add_epi32(n[2], n[3]));
-    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
-    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
-    const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(n[0], n[1]),
-                                             _mm256_packs_epi32(n[2], n[3]));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 32 * b),
-                        _mm256_permutevar8x32_epi32(bytes, order));
-    ds[2 * b] = d;
-    ds[2 * b + 1] = d * static_cast<float>(_mm_cvtsi128_si32(s4));
+  __m256 v[4];
+  __m256 amax = _mm256_setzero_ps();
+  for (int c = 0; c < 4; ++c) {
+    v[c] = _mm256_loadu_ps(x + 8 * c);
+    amax = _mm256_max_ps(amax, _mm256_and_ps(v[c], abs_mask));
   }
-  ds[2 * (k / 32)] = 0.0f;  // the padding the kernels read past the last block
-  ds[2 * (k / 32) + 1] = 0.0f;
+  const float max_abs = simd::HMax(amax);
+  *d = max_abs / 127.0f;
+  const __m256 id = _mm256_set1_ps(max_abs != 0.0f ? 127.0f / max_abs : 0.0f);
+  for (int c = 0; c < 4; ++c) {
+    n[c] = _mm256_cvtps_epi32(
+        _mm256_round_ps(_mm256_mul_ps(v[c], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  const __m256i s8 = _mm256_add_epi32(_mm256_add_epi32(n[0], n[1]), _mm256_add_epi32(n[2], n[3]));
+  __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+  *sum = _mm_cvtsi128_si32(s4);
+}
+
+// Four int32 lanes of 4 values each summed: lane l = Σ v[4l .. 4l + 3].
+inline __m128i SumsOfFour(__m256i a, __m256i b) {
+  const __m256i pairs = _mm256_hadd_epi32(a, b);  // a0+a1, a2+a3, b0+b1, b2+b3 | high halves
+  const __m256i fours = _mm256_hadd_epi32(pairs, pairs);
+  // fours: [A0, B0, A0, B0 | A1, B1, A1, B1], A0 = Σ a[0..3], A1 = Σ a[4..7]: [A0, A1, B0, B1].
+  return _mm_unpacklo_epi32(_mm256_castsi256_si128(fours), _mm256_extracti128_si256(fours, 1));
+}
+
+// One row (k / 32 blocks) into its quad records (matmul_int8dot.h); `offset` is the weights'
+// o (128 for Q8_0, 8 for Q4_0, 0 for Q4_1).
+void QuantizeRow(const float* x, int64_t k, int32_t offset, uint8_t* out) {
+  const int64_t blocks = k / 32;
+  // A last partial quad's missing blocks are zeros.
+  if (blocks % 4 != 0) std::memset(out + (blocks / 4) * kInt8QuadBytes, 0, kInt8QuadBytes);
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m256i n[4];
+    float d;
+    int32_t sum;
+    QuantizeBlock(x + 32 * b, n, &d, &sum);
+    uint8_t* record = out + b / 4 * kInt8QuadBytes;
+    const int t = static_cast<int>(b % 4);
+    // |q| <= 127: the packs do not saturate; the permute puts the bytes in element order.
+    const __m256i bytes =
+        _mm256_packs_epi16(_mm256_packs_epi32(n[0], n[1]), _mm256_packs_epi32(n[2], n[3]));
+    const __m256i q = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(record + 16 * t), _mm256_castsi256_si128(q));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(record + 64 + 16 * t),
+                     _mm256_extracti128_si256(q, 1));
+    // Lane l's eight elements: 4l .. 4l + 3 (in n[l / 2]) and 16 + 4l .. (in n[2 + l / 2]).
+    const __m128i eights = _mm_add_epi32(SumsOfFour(n[0], n[1]), SumsOfFour(n[2], n[3]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(record + kInt8QuadBase + 16 * t),
+                     _mm_mullo_epi32(eights, _mm_set1_epi32(-offset)));
+    _mm_storeu_ps(reinterpret_cast<float*>(record + kInt8QuadDc) + 4 * t, _mm_set1_ps(d));
+    float* ds = reinterpret_cast<float*>(record + kInt8QuadDs) + 2 * t;
+    ds[0] = d;
+    ds[1] = d * static_cast<float>(sum);
+  }
 }
 
 }  // namespace
 
 bool CpuHasAvx512Vnni() {
-  static const bool has = __builtin_cpu_supports("avx512f") &&
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") &&
                           __builtin_cpu_supports("avx512vnni");
   return has;
 }
 
-void QuantizeRowsInt8(const float* x, int64_t rows, int64_t k, int8_t* q, float* ds) {
-  const int64_t ld_ds = 2 * (k / 32) + 2;
-  for (int64_t i = 0; i < rows; ++i) QuantizeRow(x + i * k, k, q + i * k, ds + i * ld_ds);
+void QuantizeRowsInt8(const float* x, int64_t rows, int64_t k, QuantType weights, uint8_t* out) {
+  const int32_t offset = weights == QuantType::kQ8_0 ? 128 : weights == QuantType::kQ4_0 ? 8 : 0;
+  for (int64_t i = 0; i < rows; ++i) QuantizeRow(x + i * k, k, offset, out + i * Int8RowBytes(k));
 }
 
 void Int8DotRowsAvx2(const Int8DotArgs& a, int64_t n0, int64_t n1) {
-  int8dot::RowsOfAnyFormat<DotAvx2>(a, n0, n1);
+  int8dot::RowsOfAnyFormat<KernelAvx2>(a, n0, n1);
 }
 
 void MatMulInt8Dot(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
@@ -105,7 +239,6 @@ void MatMulInt8Dot(const float* x, int64_t m, const WeightMatrix& w, const Weigh
   if (vnni) SPANSERVE_CHECK(CpuHasAvx512Vnni());
   const int64_t n = w.rows;
   const int64_t k = w.cols;
-  const int64_t ld_ds = 2 * (k / 32) + 2;
   const auto rows_fn = vnni ? Int8DotRowsVnni : Int8DotRowsAvx2;
   // Each thread its own contiguous, 8-aligned range of output features.
   const auto range = [n](int64_t t, int64_t threads, int64_t* n0, int64_t* n1) {
@@ -113,6 +246,7 @@ void MatMulInt8Dot(const float* x, int64_t m, const WeightMatrix& w, const Weigh
     *n0 = std::min(n, t * per_thread);
     *n1 = std::min(n, *n0 + per_thread);
   };
+  const int64_t ldx = Int8RowBytes(k);
   if (m * k <= kInt8DotSharedQuantElements) {
     // Every thread quantizes the few rows itself: cheaper than a second job's barrier.
     Parallel([&](int64_t t, int64_t threads) {
@@ -120,21 +254,20 @@ void MatMulInt8Dot(const float* x, int64_t m, const WeightMatrix& w, const Weigh
       range(t, threads, &n0, &n1);
       if (n0 >= n1) return;
       thread_local QuantBuffer own;
-      own.Reserve(m * k, m * ld_ds);
-      QuantizeRowsInt8(x, m, k, own.q.get(), own.ds.get());
-      rows_fn(Int8DotArgs{own.q.get(), own.ds.get(), ld_ds, m, &w, bias, y}, n0, n1);
+      uint8_t* xq = own.Reserve(m * ldx);
+      QuantizeRowsInt8(x, m, k, w.quant, xq);
+      rows_fn(Int8DotArgs{xq, m, &w, bias, y}, n0, n1);
     });
     return;
   }
-  // Quantized once, rows split over the threads (the first job's end is the barrier).
+  // Quantized once, rows split over the threads (the first job's end is the barrier). The
+  // pointer, not `shared`, goes into the jobs: there that name would be each worker's own.
   thread_local QuantBuffer shared;
-  shared.Reserve(m * k, m * ld_ds);
-  int8_t* q = shared.q.get();
-  float* ds = shared.ds.get();
+  uint8_t* xq = shared.Reserve(m * ldx);
   ParallelFor(m, 2, [&](int64_t begin, int64_t end) {
-    QuantizeRowsInt8(x + begin * k, end - begin, k, q + begin * k, ds + begin * ld_ds);
+    QuantizeRowsInt8(x + begin * k, end - begin, k, w.quant, xq + begin * ldx);
   });
-  const Int8DotArgs args{q, ds, ld_ds, m, &w, bias, y};
+  const Int8DotArgs args{xq, m, &w, bias, y};
   Parallel([&](int64_t t, int64_t threads) {
     int64_t n0, n1;
     range(t, threads, &n0, &n1);

@@ -8,16 +8,17 @@
 // w_q = nibble − 8), or d_w·w_q[p] + m_w (Q4_1, w_q = nibble).
 //
 // Arithmetic of y[i, j], the same for every row of every batch on every instruction set.
-// Blocks go in pairs (b, b + 1), b = 0, 2, ...; with c_b = d_w,b · d_x,b (one f32 product):
-//   L_lo, L_hi: 8 int32 lanes each, every lane the exact Σ w_q[p]·q[p] over four elements:
-//     L_lo lanes 0-3 block b's elements 0-15 (lane l: elements 4l .. 4l + 3), lanes 4-7
-//     block b+1's 0-15; L_hi the same for elements 16-31. (VPDPBUSD, or VPMADDUBSW +
-//     VPMADDWD without VNNI: the same integers.)
-//   C = [c_b ×4, c_(b+1) ×4]; A_lo = fma(C, f32(L_lo), A_lo), A_hi = fma(C, f32(L_hi), A_hi)
-//   Q4_1: M = fma([d_w,b, m_w,b, d_w,b+1, m_w,b+1], [d_x,b, s_x,b, d_x,b+1, s_x,b+1], M)
-// A last lone block b (k / 32 odd): L = 8 lanes over its elements in order (lane l: 4l ..
-//   4l + 3), A_lo = fma(c_b, f32(L), A_lo); Q4_1: M = fma([d_w, m_w, 0, 0], [d_x, s_x, 0, 0], M).
-// Then y = simd::HSum(A_lo + A_hi) (+ (M[1] + M[3]) for Q4_1) (+ bias[j]); A and M start at 0.
+// Blocks go in quads (b .. b + 3, b = 0, 4, ...), a last partial quad filled up with zero
+// blocks (zero quants and scales on both sides). With c_t = d_w,b+t · d_x,b+t (one f32
+// product) for t = 0..3:
+//   L: 16 int32 lanes; lane 4t + l = the exact Σ w_q[p]·q[p] of block b + t over its elements
+//      4l .. 4l + 3 and 16 + 4l .. 16 + 4l + 3 (two VPDPBUSD, or VPMADDUBSW + VPMADDWD
+//      without VNNI: the same integers)
+//   C: lane 4t + l = c_t;  A = fma(C, f32(L), A) lane by lane (f32(L) is exact: |L| < 2^17)
+//   Q4_1: M = fma([d_w,b, m_w,b, d_w,b+1, m_w,b+1, ...], [d_x,b, s_x,b, d_x,b+1, s_x,b+1,
+//         ...], M), 8 lanes
+// Then y = simd::HSum(A[0:8] + A[8:16]) (+ ((M[1] + M[3]) + (M[5] + M[7])) for Q4_1)
+// (+ bias[j]); A and M start at 0.
 // So a row's result never depends on the batch, the tiling or the threads, and the VNNI and
 // AVX2 kernels agree bit for bit. Against the exact path the error is that of rounding x to
 // 8 bits per block: about 1e-3 of Σ|x·w| for typical activations.
@@ -44,9 +45,23 @@ bool CpuHasAvx512Vnni();
 void MatMulInt8Dot(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
                    float* y, bool vnni);
 
-// x[rows, k] (k a multiple of 32) quantized as described above, in the kernels' layout
-// (matmul_int8dot_kernels.h): q [rows, k], xsc [rows, Int8XscStride(k)], ds [rows,
-// Int8DsStride(k)].
-void QuantizeRowsInt8(const float* x, int64_t rows, int64_t k, int8_t* q, float* xsc, float* ds);
+// The quantized activations' layout: per row of x, one 320-byte record (five cache lines, the
+// last 32 bytes unused) per quad of blocks, the last one zero-filled past the row's last block:
+//   int8 q[128]:    elements 0-15 of blocks b, b+1, b+2, b+3, then their elements 16-31
+//   int32 base[16]: lane 4t + l: −o · Σ q over lane 4t + l's eight elements, o = 128 for Q8_0
+//                   weights, 8 for Q4_0, 0 for Q4_1: where an integer dot whose weights go in
+//                   offset by o (w_q + o ≥ 0, as VPDPBUSD wants them) starts
+//   f32 dc[16]:     lane 4t + l: d_x,b+t (so that C is one multiply)
+//   f32 ds[8]:      d_x,b+t and s_x,b+t for t = 0..3
+inline constexpr int64_t kInt8QuadBytes = 320;
+inline constexpr int64_t kInt8QuadBase = 128;  // byte offsets in a record
+inline constexpr int64_t kInt8QuadDc = 192;
+inline constexpr int64_t kInt8QuadDs = 256;
+constexpr int64_t Int8RowBytes(int64_t k) { return kInt8QuadBytes * ((k / 32 + 3) / 4); }
+
+// x[rows, k] (k a multiple of 32) quantized as described above for products with `weights`
+// (Q8_0, Q4_0 or Q4_1) into out[rows, Int8RowBytes(k)] (bytes; the kernels want it 64-byte
+// aligned).
+void QuantizeRowsInt8(const float* x, int64_t rows, int64_t k, QuantType weights, uint8_t* out);
 
 }  // namespace spanserve::kernels::cpu::internal

@@ -300,7 +300,7 @@ int Main() {
       model_dir.c_str(), absl::GetFlag(FLAGS_prompt_len), absl::GetFlag(FLAGS_gen_len),
       absl::GetFlag(FLAGS_block_size), std::string(KvCacheDtypeName(*kv_dtype)).c_str(),
       std::string(model::F32OrBf16Name(*compute_dtype)).c_str(),
-      !absl::GetFlag(FLAGS_int8_dot)        ? ""
+      !absl::GetFlag(FLAGS_int8_dot)    ? ""
       : kernels::cpu::Int8DotUsesVnni() ? " (int8 dot, VNNI)"
                                         : " (int8 dot, AVX2)",
       kernels::cpu::IsaName(kernels::cpu::ActiveIsa()));

@@ -131,8 +131,9 @@ int Run() {
   UsePool use(pool.get());
   const int64_t rss0 = RssBytes();
   auto t0 = Clock::now();
-  auto loaded =
-      model::Model::Load(dir, {.device = absl::GetFlag(FLAGS_device), .num_threads = threads, .int8_dot = absl::GetFlag(FLAGS_int8_dot)});
+  auto loaded = model::Model::Load(dir, {.device = absl::GetFlag(FLAGS_device),
+                                         .num_threads = threads,
+                                         .int8_dot = absl::GetFlag(FLAGS_int8_dot)});
   if (!loaded.ok()) {
     std::fprintf(stderr, "error: %s\n", loaded.status().ToString().c_str());
     return 1;

@@ -105,6 +105,7 @@ QuantRow QuantizeReference(const float* x, int64_t k) {
 // Block b of a weight row: its integer quants and its scale (and min).
 void WeightBlock(QuantType q, const uint8_t* row, int64_t b, int wq[32], float* d, float* m) {
   const uint8_t* block = row + b * QuantBlockBytes(q);
+  std::fill(wq, wq + 32, 0);
   uint16_t h;
   std::memcpy(&h, block, 2);
   *d = F16ToF32(h);
@@ -142,37 +143,50 @@ struct Expected {
 // y for one x row and one weight row, as matmul_int8dot.h specifies it.
 Expected ModelInt8Dot(QuantType q, const QuantRow& x, const uint8_t* row, int64_t k,
                       const float* bias) {
-  float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  float mins = 0.0f;
+  const bool q4_1 = q == QuantType::kQ4_1;
+  float acc[16] = {}, mins[8] = {};
   Expected e{0.0f, bias != nullptr ? *bias : 0.0, bias != nullptr ? std::fabs(*bias) : 0.0};
-  for (int64_t b = 0; b < k / 32; ++b) {
-    int wq[32];
-    float dw, mw;
-    WeightBlock(q, row, b, wq, &dw, &mw);
-    const float c = dw * x.d[b];
-    for (int l = 0; l < 8; ++l) {
-      int lane = 0;
-      for (int p = 4 * l; p < 4 * l + 4; ++p) lane += wq[p] * x.q[32 * b + p];
-      lanes[l] = std::fma(c, static_cast<float>(lane), lanes[l]);
-      e.exact += static_cast<double>(c) * lane;
-      e.magnitude += std::fabs(static_cast<double>(c) * lane);
-    }
-    if (q == QuantType::kQ4_1) {
-      const float min_term = mw * x.s[b];
-      mins = mins + min_term;
-      e.exact += min_term;
-      e.magnitude += std::fabs(min_term);
+  const int64_t blocks = k / 32;
+  for (int64_t b0 = 0; b0 < blocks; b0 += 4) {
+    for (int64_t t = 0; t < 4; ++t) {
+      // A partial quad's missing blocks: zero quants and scales.
+      int wq[32] = {};
+      float dw = 0.0f, mw = 0.0f, dx = 0.0f, sx = 0.0f;
+      const int* xq = nullptr;
+      if (b0 + t < blocks) {
+        WeightBlock(q, row, b0 + t, wq, &dw, &mw);
+        dx = x.d[b0 + t];
+        sx = x.s[b0 + t];
+        xq = x.q.data() + 32 * (b0 + t);
+      }
+      const float c = dw * dx;
+      for (int l = 0; l < 4; ++l) {
+        int64_t lane = 0;
+        for (int p : {4 * l, 4 * l + 1, 4 * l + 2, 4 * l + 3, 16 + 4 * l, 17 + 4 * l, 18 + 4 * l,
+                      19 + 4 * l}) {
+          if (xq != nullptr) lane += wq[p] * xq[p];
+        }
+        acc[4 * t + l] = std::fma(c, static_cast<float>(lane), acc[4 * t + l]);
+        e.exact += static_cast<double>(c) * lane;
+        e.magnitude += std::fabs(static_cast<double>(c) * lane);
+      }
+      if (q4_1) {
+        mins[2 * t] = std::fma(dw, dx, mins[2 * t]);
+        mins[2 * t + 1] = std::fma(mw, sx, mins[2 * t + 1]);
+        e.exact += static_cast<double>(mw) * sx;
+        e.magnitude += std::fabs(static_cast<double>(mw) * sx);
+      }
     }
   }
-  float s = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) +
-            ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
-  if (q == QuantType::kQ4_1) s = s + mins;
+  float v[8];
+  for (int l = 0; l < 8; ++l) v[l] = acc[l] + acc[8 + l];
+  float s = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+  if (q4_1) s = s + ((mins[1] + mins[3]) + (mins[5] + mins[7]));
   e.bits = bias != nullptr ? s + *bias : s;
   return e;
 }
 
-WeightMatrix Int8DotMatrix(QuantType q, const std::vector<uint8_t>& blocks, int64_t n,
-                           int64_t k) {
+WeightMatrix Int8DotMatrix(QuantType q, const std::vector<uint8_t>& blocks, int64_t n, int64_t k) {
   WeightMatrix w{blocks.data(), DType::kF32, n, k, q};
   w.precision = MatMulPrecision::kInt8Dot;
   return w;
@@ -188,23 +202,50 @@ std::vector<float> Activations(int64_t count, uint32_t seed) {
   return x;
 }
 
+// The activations' quantization, and its layout (matmul_int8dot.h): per quad of blocks a
+// record of their quants (elements 0-15 of each, then 16-31 of each), the integer dots'
+// bases for each weight format, the per-lane d, and d, s of each block; zeros past the row.
 TEST(QuantizeRowsInt8, MatchesTheScalarDefinition) {
-  for (int64_t k : {32, 64, 576}) {
-    std::vector<float> x = Activations(3 * k, static_cast<uint32_t>(k));
-    std::fill(x.begin() + 32, x.begin() + 64, 0.0f);  // an all-zero block: d = 0, q = 0
-    x[5] = 2.5f;                                         // ties round to even ...
-    x[6] = -127.0f;                                      // ... against this block's max
-    x[7] = 0.5f;
-    std::vector<int8_t> q(3 * k);
-    const int64_t ld = 2 * (k / 32) + 2;
-    std::vector<float> ds(3 * ld, -1.0f);
-    internal::QuantizeRowsInt8(x.data(), 3, k, q.data(), ds.data());
-    for (int64_t i = 0; i < 3; ++i) {
-      const QuantRow ref = QuantizeReference(x.data() + i * k, k);
-      for (int64_t p = 0; p < k; ++p) ASSERT_EQ(q[i * k + p], ref.q[p]) << "row " << i << " " << p;
-      for (int64_t b = 0; b < k / 32; ++b) {
-        ASSERT_EQ(ds[i * ld + 2 * b], ref.d[b]);
-        ASSERT_EQ(ds[i * ld + 2 * b + 1], ref.s[b]);
+  for (QuantType weights : kFormats) {
+    const int offset = weights == QuantType::kQ8_0 ? 128 : weights == QuantType::kQ4_0 ? 8 : 0;
+    for (int64_t k : {32, 64, 96, 128, 160, 576}) {
+      std::vector<float> x = Activations(3 * k, static_cast<uint32_t>(k));
+      std::fill(x.begin(), x.begin() + 32, 0.0f);  // an all-zero block: d = 0, q = 0
+      x[k + 5] = 2.5f;                             // ties round to even ...
+      x[k + 6] = -127.0f;                          // ... against this block's max
+      x[k + 7] = 0.5f;
+      const int64_t ldx = internal::Int8RowBytes(k);
+      std::vector<uint8_t> out(3 * ldx, 0xff);
+      internal::QuantizeRowsInt8(x.data(), 3, k, weights, out.data());
+      const int64_t blocks = k / 32;
+      for (int64_t i = 0; i < 3; ++i) {
+        SCOPED_TRACE(::testing::Message() << FormatName(weights) << " k=" << k << " row " << i);
+        const QuantRow ref = QuantizeReference(x.data() + i * k, k);
+        for (int64_t b = 0; b < (blocks + 3) / 4 * 4; ++b) {
+          const uint8_t* record = out.data() + i * ldx + b / 4 * internal::kInt8QuadBytes;
+          const int64_t t = b % 4;
+          const bool real = b < blocks;
+          int32_t base[4];
+          float dc[4], ds[2];
+          std::memcpy(base, record + internal::kInt8QuadBase + 16 * t, sizeof(base));
+          std::memcpy(dc, record + internal::kInt8QuadDc + 16 * t, sizeof(dc));
+          std::memcpy(ds, record + internal::kInt8QuadDs + 8 * t, sizeof(ds));
+          for (int64_t e = 0; e < 32; ++e) {
+            const int8_t got = static_cast<int8_t>(record[64 * (e / 16) + 16 * t + e % 16]);
+            ASSERT_EQ(got, real ? ref.q[32 * b + e] : 0) << "block " << b << " element " << e;
+          }
+          for (int l = 0; l < 4; ++l) {
+            int sum = 0;
+            for (int p : {4 * l, 4 * l + 1, 4 * l + 2, 4 * l + 3, 16 + 4 * l, 17 + 4 * l,
+                          18 + 4 * l, 19 + 4 * l}) {
+              if (real) sum += ref.q[32 * b + p];
+            }
+            ASSERT_EQ(base[l], -offset * sum) << "block " << b << " lane " << l;
+            ASSERT_EQ(dc[l], real ? ref.d[b] : 0.0f);
+          }
+          ASSERT_EQ(ds[0], real ? ref.d[b] : 0.0f);
+          ASSERT_EQ(ds[1], real ? ref.s[b] : 0.0f);
+        }
       }
     }
   }
@@ -249,8 +290,9 @@ TEST_P(Int8DotTest, EqualsTheScalarModelBitForBit) {
             const Expected e = ModelInt8Dot(q, xq, blocks.data() + j * row_bytes, k,
                                             with_bias ? &bias[j] : nullptr);
             ASSERT_TRUE(BitIdentical(&y[i * n + j], &e.bits, 1)) << "i=" << i << " j=" << j;
-            // The integer dots are exact: only f32 rounding of k / 32 + 5 additions remains.
-            ASSERT_NEAR(y[i * n + j], e.exact, 0x1p-24 * (k / 32 + 5) * e.magnitude + 1e-30);
+            // The integer dots are exact: only the f32 rounding of the scales' products and
+            // of about k / 64 + 6 additions remains.
+            ASSERT_NEAR(y[i * n + j], e.exact, 0x1p-24 * (k / 32 + 8) * e.magnitude + 1e-30);
           }
         }
       }
