@@ -174,7 +174,9 @@ void BlockManager::Release(int32_t b) {
 }
 
 void BlockManager::ReleaseTable(std::vector<int32_t>* table) {
-  for (auto it = table->rbegin(); it != table->rend(); ++it) Release(*it);
+  for (auto it = table->rbegin(); it != table->rend(); ++it) {
+    if (*it != kReleasedBlock) Release(*it);
+  }
   table->clear();
 }
 

@@ -38,6 +38,10 @@ std::string_view KvCacheDtypeName(DType dtype);
 // and the block's tokens.
 uint64_t BlockKey(uint64_t parent_key, std::span<const int32_t> tokens);
 
+// A block-table entry whose block went back to the pool because it lies wholly before the
+// sliding window of every position the sequence still computes (no kernel reads it).
+inline constexpr int32_t kReleasedBlock = -1;
+
 class BlockManager {
  public:
   BlockManager(int32_t num_blocks, int32_t block_size, bool enable_prefix_caching);
@@ -69,7 +73,7 @@ class BlockManager {
   // end of the LRU) if it is in the prefix cache, plain free otherwise.
   void Release(int32_t block);
   // Releases every block of `table` (last first, so a shared prefix outlives its tail in
-  // the LRU) and clears it.
+  // the LRU; kReleasedBlock entries are skipped) and clears it.
   void ReleaseTable(std::vector<int32_t>* table);
 
   // Registers `block`, now full with `tokens`, in the prefix cache under

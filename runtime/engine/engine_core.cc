@@ -65,7 +65,13 @@ absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(model::Model* mod
                                  model->backend().FreeDeviceMemoryBytes()));
     num_blocks = std::min<int64_t>(bytes / block_bytes, 1 << 30);
   }
-  const int64_t min_blocks = (max_model_len + options.block_size - 1) / options.block_size;
+  int64_t min_blocks = (max_model_len + options.block_size - 1) / options.block_size;
+  if (const int32_t window = c.KvWindow(); window > 0 && options.enable_chunked_prefill) {
+    // One sequence holds at most the blocks of its window and of one step's chunk, plus
+    // the two the window and the chunk may start and end in partway.
+    min_blocks = std::min<int64_t>(min_blocks,
+                                   (window + options.max_batched_tokens) / options.block_size + 2);
+  }
   if (num_blocks < min_blocks) {
     return absl::ResourceExhaustedError(
         absl::StrCat("the KV pool of ", num_blocks, " blocks (", num_blocks * block_bytes,
@@ -115,6 +121,7 @@ EngineCore::EngineCore(model::Model* model, const EngineOptions& options, Engine
               .enable_chunked_prefill = options.enable_chunked_prefill,
               .priority_aging_s = options.priority_aging_s,
               .watermark_blocks = info_.num_kv_blocks / 100,
+              .sliding_window = model->config().KvWindow(),
           },
           &blocks_),
       scratch_(info_.vocab_size) {

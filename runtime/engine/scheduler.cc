@@ -112,6 +112,7 @@ void Scheduler::Preempt(Sequence* victim, ScheduleResult* out) {
   blocks_->ReleaseTable(&victim->block_table);
   victim->num_computed = 0;
   victim->num_committed = 0;
+  victim->num_released = 0;
   victim->last_key = 0;
   victim->scheduled = false;
   victim->step_tokens = 0;
@@ -167,15 +168,30 @@ bool Scheduler::Admit(ScheduleResult* out) {
 
 void Scheduler::OnComputed(Sequence* seq) {
   seq->num_computed += seq->step_tokens;
-  if (!blocks_->prefix_caching()) return;
   const int32_t bs = blocks_->block_size();
-  while ((seq->num_committed + 1) * bs <= seq->num_computed) {
-    const int32_t i = seq->num_committed;
-    const int32_t parent = i > 0 ? seq->block_table[i - 1] : -1;
-    seq->last_key = blocks_->Commit(
-        seq->block_table[i], parent, seq->last_key,
-        std::span<const int32_t>(seq->tokens).subspan(static_cast<size_t>(i) * bs, bs));
-    ++seq->num_committed;
+  if (blocks_->prefix_caching()) {
+    while ((seq->num_committed + 1) * bs <= seq->num_computed) {
+      const int32_t i = seq->num_committed;
+      // The parent is never released yet: a block is released only after the block behind
+      // it is committed (both lie before the window, so both are full and computed).
+      const int32_t parent = i > 0 ? seq->block_table[i - 1] : -1;
+      seq->last_key = blocks_->Commit(
+          seq->block_table[i], parent, seq->last_key,
+          std::span<const int32_t>(seq->tokens).subspan(static_cast<size_t>(i) * bs, bs));
+      ++seq->num_committed;
+    }
+  }
+  if (options_.sliding_window > 0) {
+    // The next position computed is num_computed; it (and every later one) attends to
+    // positions >= num_computed - window + 1, so block b is unread once
+    // (b + 1) · bs <= num_computed - window + 1.
+    const int32_t first_read = seq->num_computed - options_.sliding_window + 1;
+    const int32_t unread = first_read > 0 ? first_read / bs : 0;
+    for (; seq->num_released < unread; ++seq->num_released) {
+      int32_t& block = seq->block_table[seq->num_released];
+      blocks_->Release(block);
+      block = kReleasedBlock;
+    }
   }
 }
 

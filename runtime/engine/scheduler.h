@@ -29,6 +29,12 @@ struct SchedulerOptions {
   // Admission keeps this many blocks free for running sequences to grow into, unless
   // nothing is running.
   int32_t watermark_blocks = 0;
+  // > 0: every layer attends only to the last `sliding_window` positions (the widest
+  // layer's window), so a sequence's blocks that lie wholly before the window of its next
+  // position go back to the pool as soon as they are computed (and committed to the prefix
+  // cache, where they stay reusable until evicted). A long sequence then holds about
+  // window / block_size blocks however long it grows. 0: blocks are held to the end.
+  int32_t sliding_window = 0;
 };
 
 // The batch of one step: sequences in batch order, each with step_tokens set.
@@ -49,7 +55,7 @@ class Scheduler {
   // Picks this step's batch and allocates the blocks it needs. `now` drives priority aging.
   void Schedule(Clock::time_point now, ScheduleResult* out);
   // After the forward pass: the scheduled tokens are in the cache; full blocks are
-  // committed to the prefix cache.
+  // committed to the prefix cache, then blocks outside the sliding window (if any) released.
   void OnComputed(Sequence* seq);
   // Takes a sequence out (finished or cancelled), releasing its blocks.
   std::unique_ptr<Sequence> Remove(Sequence* seq);

@@ -37,6 +37,9 @@ struct Sequence {
   // block num_committed - 1.
   int32_t num_committed = 0;
   uint64_t last_key = 0;
+  // Sliding window: blocks [0, num_released) lie wholly before the window of every position
+  // still to compute; they went back to the pool and read kReleasedBlock in block_table.
+  int32_t num_released = 0;
 
   // Scheduling.
   int64_t arrival = 0;  // submit order (FCFS tie-break)

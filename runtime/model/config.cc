@@ -579,6 +579,16 @@ int ModelConfig::LayerSlidingWindow(int layer) const {
   return qwen_like && layer < max_window_layers ? 0 : sliding_window;
 }
 
+int ModelConfig::KvWindow() const {
+  int window = 0;
+  for (int layer = 0; layer < num_layers; ++layer) {
+    const int w = LayerSlidingWindow(layer);
+    if (w <= 0) return 0;
+    window = std::max(window, w);
+  }
+  return window;
+}
+
 NormPlacement ModelConfig::LayerPlacement(int layer) const {
   if (norm_placement != NormPlacement::kMix) return norm_placement;
   return layer < mix_post_layers ? NormPlacement::kPost : NormPlacement::kPre;

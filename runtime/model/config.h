@@ -124,6 +124,9 @@ struct ModelConfig {
   bool LayerIsMoe(int layer) const;
   // The sliding window of layer `layer` (0: full causal attention).
   int LayerSlidingWindow(int layer) const;
+  // The window beyond which no layer reads the KV cache (the widest layer's), or 0 if some
+  // layer attends to every position: blocks before it may be given back.
+  int KvWindow() const;
   // The placement layer `layer` uses (resolves kMix).
   NormPlacement LayerPlacement(int layer) const;
 };

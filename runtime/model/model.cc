@@ -345,6 +345,7 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache
     return absl::InvalidArgumentError("the workspace is not on the model's backend");
   }
   // Validate the whole batch before touching the cache.
+  const int64_t kv_window = c.KvWindow();
   int64_t tokens = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     const SequenceInput& s = batch[i];
@@ -360,7 +361,12 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache
                                                      s.block_table.size(), " blocks cannot hold ",
                                                      s.cached + n, " tokens"));
     }
-    for (int32_t blk : s.block_table) {
+    // Blocks wholly before every layer's window of the first new position are never read,
+    // and may be marked released (-1) by the caller.
+    const int64_t first_read = kv_window > 0 ? s.cached - kv_window + 1 : 0;
+    for (size_t b = 0; b < s.block_table.size(); ++b) {
+      const int32_t blk = s.block_table[b];
+      if (blk == -1 && static_cast<int64_t>(b + 1) * cache.block_size() <= first_read) continue;
       if (blk < 0 || blk >= cache.num_blocks()) {
         return absl::InvalidArgumentError(
             absl::StrCat("sequence ", i, ": block ", blk, " is outside the KV pool"));

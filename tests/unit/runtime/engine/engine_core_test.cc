@@ -530,5 +530,72 @@ TEST_F(EngineCoreTest, CancelAndDeadlineTakeEffectAtTheNextStepAndFreeBlocks) {
   core->blocks().CheckConsistency();
 }
 
+// A model whose every layer attends to its last 8 positions (hf_mistral_sliding): blocks
+// wholly before the window go back to the pool as a sequence grows, so sequences of 110
+// tokens (28 blocks of 4 each if kept) run, four at once, in a pool of 14 blocks; every
+// logit is still bit-identical to a whole-sequence forward pass that keeps every block.
+TEST_F(EngineCoreTest, SlidingWindowGivesBackBlocksBeforeTheWindowAndKeepsEveryLogit) {
+  model::Model::Options mo;
+  mo.num_threads = 1;
+  mo.backend = backend_;
+  auto loaded = model::Model::Load(testing::TinyModelDir("hf_mistral_sliding"), mo);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  model::Model& m = **loaded;
+  ASSERT_EQ(m.config().KvWindow(), 8);
+  EngineOptions o = Options();
+  o.block_size = 4;
+  o.num_kv_blocks = 14;
+  o.max_batched_tokens = 8;
+  std::mt19937 rng(9);
+  std::vector<Request> reqs(4);
+  for (Request& r : reqs) {
+    const int len = std::uniform_int_distribution<int>(30, 50)(rng);
+    for (int i = 0; i < len; ++i) r.prompt.push_back(3 + rng() % 90);
+    r.sampling.temperature = 0;
+    r.sampling.max_tokens = 60;
+    r.sampling.ignore_eos = true;
+    r.sampling.prompt_logprobs = 0;  // logits at every prompt position too
+  }
+  reqs.push_back(reqs[0]);  // again, after the others: its early blocks may be cached
+  const Run run = RunWaves(o, reqs, {{0, 1, 2, 3}, {4}}, /*record_logits=*/true, &m);
+  EXPECT_EQ(run.out[4].tokens, run.out[0].tokens);
+
+  // The reference: each whole sequence in one pass, every block kept.
+  const model::ModelConfig& c = m.config();
+  auto cache = *model::KvCache::Create(m.backend(), c, 4, 32);
+  model::ForwardWorkspace ws(m.backend());
+  std::vector<int32_t> table(32);
+  std::iota(table.begin(), table.end(), 0);
+  int compared = 0;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    ASSERT_EQ(run.out[i].tokens.size(), 60u) << "request " << i;
+    std::vector<int32_t> seq(reqs[i].prompt.begin(), reqs[i].prompt.end());
+    seq.insert(seq.end(), run.out[i].tokens.begin(), run.out[i].tokens.end() - 1);
+    const model::SequenceInput s{seq, 0, table, model::LogitsMode::kAll};
+    std::vector<float> ref(seq.size() * c.vocab_size);
+    ASSERT_TRUE(m.Forward({&s, 1}, *cache, ws, ref.data()).ok());
+    for (size_t pos = 0; pos < seq.size(); ++pos) {
+      auto it = run.logits.find({static_cast<RequestId>(i + 1), static_cast<int32_t>(pos)});
+      if (it == run.logits.end()) continue;
+      ++compared;
+      ASSERT_EQ(0, std::memcmp(it->second.data(), ref.data() + pos * c.vocab_size,
+                               c.vocab_size * sizeof(float)))
+          << "request " << i << " position " << pos;
+    }
+  }
+  EXPECT_GE(compared, 4 * (30 + 59));
+
+  // The model reads a released entry (-1) only where no layer looks: before the window of
+  // the first new position.
+  std::vector<float> logits(c.vocab_size);
+  const std::vector<int32_t> one = {5};
+  const std::vector<int32_t> early = {-1, 0, 1, 2};
+  model::SequenceInput ok{one, 12, early, model::LogitsMode::kLast};  // reads 5..12
+  EXPECT_TRUE(m.Forward({&ok, 1}, *cache, ws, logits.data()).ok());
+  model::SequenceInput bad{one, 10, early, model::LogitsMode::kLast};  // reads 3..10
+  const absl::Status st = m.Forward({&bad, 1}, *cache, ws, logits.data());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+}
+
 }  // namespace
 }  // namespace spanserve::engine
