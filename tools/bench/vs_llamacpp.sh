@@ -5,8 +5,9 @@
 # llama.cpp is built from the sources that PyPI's llama-cpp-python sdist vendors (pinned
 # below; native flags, CPU only) into .cache/llamacpp, once. The files are SmolLM2-135M-
 # Instruct Q4_1 (scripts/setup caches it) and what llama.cpp's own quantizer makes of it:
-# Q8_0, Q4_K_M and BF16 (requantized from Q4_1: the weights are Q4_1's values, which is
-# fine for speed).
+# Q8_0, Q4_K_M, BF16 and F32 (requantized from Q4_1: the weights are Q4_1's values, which
+# is fine for speed). On the quantized files SpanServe also runs with --int8_dot (the rows
+# marked "int8"; llama.cpp always uses integer dot products there).
 #
 # Figures, each llama.cpp's / SpanServe's and their ratio (SpanServe / llama.cpp; above 1:
 # SpanServe faster), with the load average before the round:
@@ -17,13 +18,13 @@
 #                 llama-batched-bench S_TG; spanserve_engine_bench at concurrency 4 / 16
 #
 # Usage: tools/bench/vs_llamacpp.sh [BUILD_DIR=build/release] [ROUNDS=3] [THREADS=2] [TYPES]
-#   TYPES: space-separated subset of "Q4_1 Q8_0 Q4_K_M BF16" (default: all four)
+#   TYPES: space-separated subset of "Q4_1 Q8_0 Q4_K_M BF16 F32" (default: all five)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build="${1:-build/release}"
 rounds="${2:-3}"
 threads="${3:-2}"
-types="${4:-Q4_1 Q8_0 Q4_K_M BF16}"
+types="${4:-Q4_1 Q8_0 Q4_K_M BF16 F32}"
 version=0.3.16
 cache=.cache/llamacpp
 src="$cache/llama_cpp_python-$version/vendor/llama.cpp"
@@ -74,6 +75,15 @@ for round in $(seq "$rounds"); do
       --gen_len 32 --concurrency 1,4,16 --json "$out/engine_${t}_$round.json" >/dev/null
     "$build/tools/spanserve_model_bench" --model "$f" --threads "$threads" --prompt 512 \
       --steps 16 --json "$out/model_${t}_$round.json" >/dev/null
+    case "$t" in
+      Q*)
+        "$build/tools/spanserve_engine_bench" --model "$f" --threads "$threads" --int8_dot \
+          --prompt_len 128 --gen_len 32 --concurrency 1,4,16 \
+          --json "$out/engine8_${t}_$round.json" >/dev/null
+        "$build/tools/spanserve_model_bench" --model "$f" --threads "$threads" --int8_dot \
+          --prompt 512 --steps 16 --json "$out/model8_${t}_$round.json" >/dev/null
+        ;;
+    esac
   done
 done
 
@@ -88,14 +98,20 @@ def rows_of(t, r):
     for line in open(f"{out}/llama_batched_{t}_{r}.jsonl"):
         d = json.loads(line)
         batched[d["pl"]] = d["speed_tg"]
-    eng = {d["concurrency"]: d for d in json.load(open(f"{out}/engine_{t}_{r}.json"))}
-    mod = json.load(open(f"{out}/model_{t}_{r}.json"))
-    return {
-        "decode 1": (tg, eng[1]["decode_tokens_per_s"]),
-        "prefill 512": (pp, mod["prefill_tokens"] / mod["prefill_s"]),
-        "decode 4": (batched[4], eng[4]["decode_tokens_per_s"]),
-        "decode 16": (batched[16], eng[16]["decode_tokens_per_s"]),
-    }
+    rows = {}
+    for tag, suffix in (("", ""), ("8", " int8")):
+        try:
+            eng = {d["concurrency"]: d for d in json.load(open(f"{out}/engine{tag}_{t}_{r}.json"))}
+            mod = json.load(open(f"{out}/model{tag}_{t}_{r}.json"))
+        except FileNotFoundError:
+            continue
+        rows.update({
+            "decode 1" + suffix: (tg, eng[1]["decode_tokens_per_s"]),
+            "prefill 512" + suffix: (pp, mod["prefill_tokens"] / mod["prefill_s"]),
+            "decode 4" + suffix: (batched[4], eng[4]["decode_tokens_per_s"]),
+            "decode 16" + suffix: (batched[16], eng[16]["decode_tokens_per_s"]),
+        })
+    return rows
 print("| file | figure (tokens/s) | round | load | llama.cpp | SpanServe | SpanServe / llama.cpp |")
 print("|---|---|---:|---:|---:|---:|---:|")
 summary = []
