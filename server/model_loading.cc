@@ -47,9 +47,10 @@ std::string ServingLine(const ServedModel& model, double load_seconds) {
       info.norm_placement, ", ", info.num_experts > 0 ? "MoE" : "dense", ", ", info.num_kv_blocks,
       " KV blocks of ", std::string(engine::KvCacheDtypeName(info.kv_cache_dtype)), ", compute ",
       std::string(model::F32OrBf16Name(info.compute_dtype)), ", chat: ",
-      model.chat_template().ok() ? chat::FamilyName(model.chat_template()->family())
-                                 : model.chat_template().status().message(),
-      ", on ", info.backend, ") after ", load_seconds, " s");
+      model.chat_template().ok()
+          ? std::string(chat::FamilyName(model.chat_template()->family()))
+          : absl::StrCat("none (", std::string(model.chat_template().status().message()), ")"),
+      "; on ", info.backend, ") after ", load_seconds, " s");
 }
 
 }  // namespace

@@ -167,7 +167,7 @@ TEST(FaultsTest, DeviceAutoServesOnTheCpuWithoutACudaBackend) {
   setenv("SPANSERVE_CUDA_PLUGIN", "/nonexistent/libspanserve_cuda.so", 1);
   ServerProcess server({"--device=auto"});
   unsetenv("SPANSERVE_CUDA_PLUGIN");
-  EXPECT_NE(server.log().find(", on cpu ("), std::string::npos) << server.log();
+  EXPECT_NE(server.log().find("; on cpu ("), std::string::npos) << server.log();
   v1::GetModelInfoRequest request;
   v1::ModelInfo info;
   grpc::ClientContext context;
