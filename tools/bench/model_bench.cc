@@ -32,6 +32,8 @@ ABSL_FLAG(int, steps, 16, "decode steps timed per batch size");
 ABSL_FLAG(int, prompt, 512, "prefill prompt length");
 ABSL_FLAG(std::string, json, "", "also write the figures as JSON to this file");
 ABSL_FLAG(std::string, random, "", "benchmark a random model: qwen2-0.5b, moe8, moe32, moe64");
+ABSL_FLAG(std::string, compute_dtype, "auto",
+          "products with bf16 weights: auto|f32 (exact) or bf16 (bf16 dot products)");
 ABSL_FLAG(bool, int8_dot, false,
           "activations quantized to 8-bit blocks for integer dot products with Q8_0/Q4_0/Q4_1 "
           "GGUF weights: faster quantized decode, not bit-exact");
@@ -130,9 +132,16 @@ int Run() {
   const std::shared_ptr<ThreadPool> pool = SharedThreadPool(threads);
   UsePool use(pool.get());
   const int64_t rss0 = RssBytes();
+  absl::StatusOr<DType> compute_dtype =
+      model::ParseF32OrBf16(absl::GetFlag(FLAGS_compute_dtype), "compute_dtype");
+  if (!compute_dtype.ok()) {
+    std::fprintf(stderr, "%s\n", compute_dtype.status().ToString().c_str());
+    return 2;
+  }
   auto t0 = Clock::now();
   auto loaded = model::Model::Load(dir, {.device = absl::GetFlag(FLAGS_device),
                                          .num_threads = threads,
+                                         .compute_dtype = *compute_dtype,
                                          .int8_dot = absl::GetFlag(FLAGS_int8_dot)});
   if (!loaded.ok()) {
     std::fprintf(stderr, "error: %s\n", loaded.status().ToString().c_str());

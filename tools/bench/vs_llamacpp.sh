@@ -6,8 +6,9 @@
 # below; native flags, CPU only) into .cache/llamacpp, once. The files are SmolLM2-135M-
 # Instruct Q4_1 (scripts/setup caches it) and what llama.cpp's own quantizer makes of it:
 # Q8_0, Q4_K_M, BF16 and F32 (requantized from Q4_1: the weights are Q4_1's values, which
-# is fine for speed). On the quantized files SpanServe also runs with --int8_dot (the rows
-# marked "int8"; llama.cpp always uses integer dot products there).
+# is fine for speed). SpanServe also runs with its opt-in arithmetic, in the rows marked
+# "opt-in": --int8_dot on the quantized files, --compute_dtype=bf16 on BF16 (llama.cpp
+# always uses integer / bf16 dot products there).
 #
 # Figures, each llama.cpp's / SpanServe's and their ratio (SpanServe / llama.cpp; above 1:
 # SpanServe faster), with the load average before the round:
@@ -76,14 +77,17 @@ for round in $(seq "$rounds"); do
     "$build/tools/spanserve_model_bench" --model "$f" --threads "$threads" --prompt 512 \
       --steps 16 --json "$out/model_${t}_$round.json" >/dev/null
     case "$t" in
-      Q*)
-        "$build/tools/spanserve_engine_bench" --model "$f" --threads "$threads" --int8_dot \
-          --prompt_len 128 --gen_len 32 --concurrency 1,4,16 \
-          --json "$out/engine8_${t}_$round.json" >/dev/null
-        "$build/tools/spanserve_model_bench" --model "$f" --threads "$threads" --int8_dot \
-          --prompt 512 --steps 16 --json "$out/model8_${t}_$round.json" >/dev/null
-        ;;
+      Q*) opt=--int8_dot ;;
+      BF16) opt=--compute_dtype=bf16 ;;
+      *) opt= ;;
     esac
+    if [ -n "$opt" ]; then
+      "$build/tools/spanserve_engine_bench" --model "$f" --threads "$threads" "$opt" \
+        --prompt_len 128 --gen_len 32 --concurrency 1,4,16 \
+        --json "$out/engine_opt_${t}_$round.json" >/dev/null
+      "$build/tools/spanserve_model_bench" --model "$f" --threads "$threads" "$opt" \
+        --prompt 512 --steps 16 --json "$out/model_opt_${t}_$round.json" >/dev/null
+    fi
   done
 done
 
@@ -99,7 +103,7 @@ def rows_of(t, r):
         d = json.loads(line)
         batched[d["pl"]] = d["speed_tg"]
     rows = {}
-    for tag, suffix in (("", ""), ("8", " int8")):
+    for tag, suffix in (("", ""), ("_opt", " opt-in")):
         try:
             eng = {d["concurrency"]: d for d in json.load(open(f"{out}/engine{tag}_{t}_{r}.json"))}
             mod = json.load(open(f"{out}/model{tag}_{t}_{r}.json"))
