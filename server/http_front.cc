@@ -576,18 +576,21 @@ void Completions(SpanServeService* service, OpenAIEndpoint endpoint, const httpl
   if (absl::Status s = exchange->Submit(); !s.ok()) return SendError(res, s);
   if (!stream) {
     int fd = kFdUnknown;
+    // Looked at every kPollInterval whether tokens arrive or not: a long generation gives
+    // events all the time, and must still end when its client does.
+    auto next_check = std::chrono::steady_clock::now() + kPollInterval;
     while (exchange->remaining() > 0) {
       std::vector<Event> events = exchange->fanout().Wait(kPollInterval);
-      if (events.empty()) {
+      if (const auto now = std::chrono::steady_clock::now(); now >= next_check) {
+        next_check = now + kPollInterval;
         if (fd == kFdUnknown) fd = ConnectionFd(req);
         if (ClientGone(fd)) {
           exchange->fanout().CancelAll();  // the engine frees their blocks at its next step
           res.status = 499;
           return;
         }
-        continue;
       }
-      exchange->Apply(events, /*stream=*/false);
+      if (!events.empty()) exchange->Apply(events, /*stream=*/false);
     }
     if (!exchange->error().ok()) return SendError(res, exchange->error());
     return SendJson(res, 200, exchange->Response());

@@ -482,7 +482,8 @@ TEST(HttpTest, AFullQueueAnswers429) {
 }
 
 TEST(HttpTest, AClientThatDisconnectsCancelsItsRequestAndFreesItsBlocks) {
-  HttpServer s;
+  const int metrics_port = FreePort();
+  HttpServer s({"--metrics_address=127.0.0.1:" + std::to_string(metrics_port)});
   auto stub = s.Stub();
   for (bool stream : {true, false}) {
     const int fd = Connect(s.http_port);
@@ -502,6 +503,14 @@ TEST(HttpTest, AClientThatDisconnectsCancelsItsRequestAndFreesItsBlocks) {
     close(fd);
     EXPECT_TRUE(WaitIdle(*stub)) << "stream=" << stream;
   }
+  // Both were cancelled, not run on to the end of the context while tokens kept coming.
+  httplib::Client metrics("127.0.0.1", metrics_port);
+  const auto scraped = metrics.Get("/metrics");
+  ASSERT_TRUE(scraped);
+  EXPECT_NE(scraped->body.find("spanserve_request_success_total{finished_reason=\"cancelled\","
+                               "model_name=\"spanserve-span-12l\"} 2"),
+            std::string::npos)
+      << scraped->body;
   // And it still answers.
   auto c = s.Client();
   EXPECT_EQ(Post(c, "/v1/completions", {{"prompt", "And God said"}, {"max_tokens", 2}}).status,
