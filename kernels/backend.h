@@ -48,7 +48,7 @@ class Backend {
   // Bytes of device memory free now (what a KV pool may take), or -1 where device memory is
   // host memory (the caller reads MemAvailable).
   virtual int64_t FreeDeviceMemoryBytes() const { return -1; }
-  // Whether MatMulPrecision::kInt8Dot (Q8_0/Q4_0/Q4_1 weights) may run here.
+  // Whether MatMulPrecision::kInt8Dot (weights of a format Int8DotSupports) may run here.
   virtual bool SupportsInt8Dot() const { return false; }
 
   // ---- Memory

@@ -10,10 +10,11 @@
 
 namespace spanserve::kernels {
 
-// Block-quantized weight formats (ggml's, as GGUF files store them; kernels/quant.h).
-enum class QuantType : uint8_t { kNone, kQ8_0, kQ4_0, kQ4_1 };
+// Block-quantized weight formats (ggml's, as GGUF files store them; kernels/quant.h): blocks
+// of 32 elements (Q8_0 .. Q5_1) or super-blocks of 256 (the K-quants Q4_K, Q5_K, Q6_K).
+enum class QuantType : uint8_t { kNone, kQ8_0, kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ4_K, kQ5_K, kQ6_K };
 
-// Bytes of one 32-element block of a quantized format (0 for kNone).
+// Bytes of one block of a quantized format (0 for kNone).
 constexpr int64_t QuantBlockBytes(QuantType q) {
   switch (q) {
     case QuantType::kNone:
@@ -24,29 +25,61 @@ constexpr int64_t QuantBlockBytes(QuantType q) {
       return 18;
     case QuantType::kQ4_1:
       return 20;
+    case QuantType::kQ5_0:
+      return 22;
+    case QuantType::kQ5_1:
+      return 24;
+    case QuantType::kQ4_K:
+      return 144;
+    case QuantType::kQ5_K:
+      return 176;
+    case QuantType::kQ6_K:
+      return 210;
   }
   return 0;
+}
+
+// Elements of one block of a quantized format: 32, or 256 for the K-quants (0 for kNone).
+constexpr int64_t QuantBlockElems(QuantType q) {
+  switch (q) {
+    case QuantType::kNone:
+      return 0;
+    case QuantType::kQ4_K:
+    case QuantType::kQ5_K:
+    case QuantType::kQ6_K:
+      return 256;
+    default:
+      return 32;
+  }
+}
+
+// Whether MatMulPrecision::kInt8Dot takes matrices of this format (others multiply exactly).
+constexpr bool Int8DotSupports(QuantType q) {
+  return q == QuantType::kQ8_0 || q == QuantType::kQ4_0 || q == QuantType::kQ4_1 ||
+         q == QuantType::kQ5_0 || q == QuantType::kQ5_1 || q == QuantType::kQ4_K ||
+         q == QuantType::kQ5_K;
 }
 
 // How MatMul multiplies a matrix. kExact: f32 activations times the weights widened to f32,
 // every product exact. kBf16Dot (bf16 weights only, CPUs with AVX512_BF16): the activations
 // are rounded to bf16 and multiplied with the CPU's bf16 dot products, accumulating in f32:
 // about twice the arithmetic rate, at a relative error of up to 2^-9 per activation
-// (kernels/cpu/matmul_bf16dot.h). kInt8Dot (Q8_0/Q4_0/Q4_1 weights only): each row of
+// (kernels/cpu/matmul_bf16dot.h). kInt8Dot (Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K
+// weights only, Int8DotSupports; Q6_K multiplies exactly): each row of
 // activations is quantized once per call to blocks of 32 int8 (per block d = max|x| / 127,
 // values rounded to nearest) and each output is Σ over blocks of d_w·d_x·(exact integer dot)
-// (+ the Q4_1 min times d_x·Σq), with integer dot products (VNNI where the CPU has it, AVX2
-// otherwise, the same bits either way): about twice the exact path's speed for quantized
-// decode, at a relative error of about 1e-3 of Σ|x·w| (kernels/cpu/matmul_int8dot.h). Either
-// way a row's result never depends on the batch.
+// (+ the Q4_1 / Q5_1 / Q4_K / Q5_K min times d_x·Σq), with integer dot products (VNNI where the CPU
+// has it, AVX2 otherwise, the same bits either way): about twice the exact path's speed for
+// quantized decode, at a relative error of about 1e-3 of Σ|x·w| (kernels/cpu/matmul_int8dot.h).
+// Either way a row's result never depends on the batch.
 enum class MatMulPrecision : uint8_t { kExact, kBf16Dot, kInt8Dot };
 
 // A row-major matrix in PyTorch nn.Linear layout: [rows = out_features, cols = in_features].
 // `data` is borrowed (usually points into a memory-mapped weight file) and need only be
-// aligned to its element size. With `quant` set, each row is cols / 32 blocks of that format
-// (cols must be a multiple of 32; `dtype` is then ignored) and the kernels compute with
-// exactly the f32 values dequantization gives, so the results equal those on a dequantized
-// copy bit for bit.
+// aligned to its element size. With `quant` set, each row is cols / QuantBlockElems(quant)
+// blocks of that format (cols must be a multiple of it; `dtype` is then ignored) and the
+// kernels compute with exactly the f32 values dequantization gives, so the results equal
+// those on a dequantized copy bit for bit.
 struct WeightMatrix {
   const void* data = nullptr;
   DType dtype = DType::kF32;

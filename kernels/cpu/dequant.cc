@@ -10,6 +10,7 @@ namespace spanserve::kernels {
 using cpu::simd::HalfAt;
 using cpu::simd::I8x8ToF32;
 using cpu::simd::Nibbles;
+using cpu::simd::ScaleMinK4;
 using cpu::simd::U8x8ToF32;
 
 void DequantizeQ8_0(const void* blocks, int64_t n, float* out) {
@@ -136,22 +137,6 @@ void DequantizeQ3_K(const void* blocks, int64_t n, float* out) {
     }
   }
 }
-
-namespace {
-
-// Q4_K / Q5_K's 6-bit scale and min of sub-block s (0..7), packed in 12 bytes (ggml's
-// get_scale_min_k4).
-inline void ScaleMinK4(const uint8_t* q, int s, int* sc, int* m) {
-  if (s < 4) {
-    *sc = q[s] & 63;
-    *m = q[s + 4] & 63;
-  } else {
-    *sc = (q[s + 4] & 0x0f) | ((q[s - 4] >> 6) << 4);
-    *m = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
-  }
-}
-
-}  // namespace
 
 void DequantizeQ4_K(const void* blocks, int64_t n, float* out) {
   const uint8_t* b = static_cast<const uint8_t*>(blocks);

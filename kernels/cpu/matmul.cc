@@ -1,6 +1,7 @@
 // MatMul: y = x·Wᵀ with register-blocked AVX2 micro-kernels (batches of more than 4 rows go
 // to matmul_avx512.cc where the CPU has AVX-512, with the same results). Weights are f32,
-// bf16, f16, or Q8_0/Q4_0/Q4_1 blocks decoded with dequant.cc's arithmetic.
+// bf16, f16, or ggml blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) decoded in
+// registers, 32 elements at a time, with dequant.cc's arithmetic.
 //
 // Loop nest, per thread (each thread owns a contiguous range of output features n):
 //   for each x tile of kXTileRows rows (kept in L2)
@@ -55,6 +56,142 @@ using internal::QuantOf;
 using internal::RowAt;
 using internal::WFmt;
 
+// A Q5 block's 32 quants (nibble | fifth bit << 4) as bytes, elements 0..15 in the low lane:
+// the nibbles of qs[16] (low, then high) and 16 where bit p of qh is set.
+inline __m256i Q5Quants(const uint8_t* qs, uint32_t qh) {
+  const __m256i q =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+  const __m256i nibbles = _mm256_and_si256(_mm256_blend_epi32(q, _mm256_srli_epi16(q, 4), 0xf0),
+                                           _mm256_set1_epi8(0x0f));
+  const __m256i spread =
+      _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(qh)),
+                          _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2,
+                                           2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+  const __m256i sel = _mm256_set1_epi64x(0x8040201008040201);
+  const __m256i fifth = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, sel), sel),
+                                         _mm256_set1_epi8(0x10));
+  return _mm256_or_si256(nibbles, fifth);
+}
+
+// Bytes of `v` shifted right by `shift` bits (0..7), each byte on its own.
+inline __m128i ShiftBytesRight(__m128i v, int shift) {
+  return _mm_and_si128(_mm_srl_epi16(v, _mm_cvtsi32_si128(shift)),
+                       _mm_set1_epi8(static_cast<char>(0xff >> shift)));
+}
+
+// The 32 weights of elements [p, p + 32) of one quantized row (p a multiple of 32) as four
+// vectors of 8, each value computed exactly as dequant.cc computes it (kernels/quant.h: the
+// products and sums in the reference's order, rounded one by one, no FMA).
+template <WFmt kW>
+inline void DecodeGroup(const void* row, int64_t p, __m256* wv) {
+  constexpr QuantType kQ = QuantOf(kW);
+  const uint8_t* b =
+      static_cast<const uint8_t*>(row) + p / QuantBlockElems(kQ) * QuantBlockBytes(kQ);
+  // Lanes 8c .. 8c + 7 of the 32 bytes lo (elements 0..15), hi (16..31).
+  const auto chunk = [](__m128i lo, __m128i hi, int c) {
+    return c == 0 ? lo : c == 1 ? _mm_srli_si128(lo, 8) : c == 2 ? hi : _mm_srli_si128(hi, 8);
+  };
+  const __m128i low4 = _mm_set1_epi8(0x0f);
+  if constexpr (kW == WFmt::kQ8_0 || kW == WFmt::kQ4_0 || kW == WFmt::kQ5_0) {
+    // d·q, q signed.
+    const __m256 d = _mm256_set1_ps(simd::HalfAt(b));
+    __m128i lo, hi;
+    if constexpr (kW == WFmt::kQ8_0) {
+      lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2));
+      hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 18));
+    } else if constexpr (kW == WFmt::kQ4_0) {
+      simd::Nibbles(b + 2, &lo, &hi);
+      lo = _mm_sub_epi8(lo, _mm_set1_epi8(8));
+      hi = _mm_sub_epi8(hi, _mm_set1_epi8(8));
+    } else {
+      uint32_t qh;
+      std::memcpy(&qh, b + 2, 4);
+      const __m256i q = _mm256_sub_epi8(Q5Quants(b + 6, qh), _mm256_set1_epi8(16));
+      lo = _mm256_castsi256_si128(q);
+      hi = _mm256_extracti128_si256(q, 1);
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) wv[c] = _mm256_mul_ps(simd::I8x8ToF32(chunk(lo, hi, c)), d);
+  } else if constexpr (kW == WFmt::kQ4_1 || kW == WFmt::kQ5_1) {
+    // (d·q) + m, q unsigned.
+    const __m256 d = _mm256_set1_ps(simd::HalfAt(b));
+    const __m256 mn = _mm256_set1_ps(simd::HalfAt(b + 2));
+    __m128i lo, hi;
+    if constexpr (kW == WFmt::kQ4_1) {
+      simd::Nibbles(b + 4, &lo, &hi);
+    } else {
+      uint32_t qh;
+      std::memcpy(&qh, b + 4, 4);
+      const __m256i q = Q5Quants(b + 8, qh);
+      lo = _mm256_castsi256_si128(q);
+      hi = _mm256_extracti128_si256(q, 1);
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      wv[c] = _mm256_add_ps(_mm256_mul_ps(d, simd::U8x8ToF32(chunk(lo, hi, c))), mn);
+    }
+  } else if constexpr (kW == WFmt::kQ4_K || kW == WFmt::kQ5_K) {
+    // Sub-block s of 32: (d·sc)·q − dmin·m, q unsigned.
+    const int s = static_cast<int>(p % 256 / 32);
+    int sc, m;
+    simd::ScaleMinK4(b + 4, s, &sc, &m);
+    const __m256 dl = _mm256_set1_ps(simd::HalfAt(b) * static_cast<float>(sc));
+    const __m256 ml = _mm256_set1_ps(simd::HalfAt(b + 2) * static_cast<float>(m));
+    const uint8_t* qs = b + (kW == WFmt::kQ4_K ? 16 : 48) + 32 * (s / 2);
+    __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+    __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + 16));
+    if (s % 2 != 0) {
+      lo = _mm_srli_epi16(lo, 4);
+      hi = _mm_srli_epi16(hi, 4);
+    }
+    lo = _mm_and_si128(lo, low4);
+    hi = _mm_and_si128(hi, low4);
+    if constexpr (kW == WFmt::kQ5_K) {
+      const uint8_t* qh = b + 16;
+      const __m128i bit = _mm_set1_epi8(static_cast<char>(1 << s));
+      const __m128i five = _mm_set1_epi8(0x10);
+      const __m128i h0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qh));
+      const __m128i h1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qh + 16));
+      lo = _mm_or_si128(lo, _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(h0, bit), bit), five));
+      hi = _mm_or_si128(hi, _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(h1, bit), bit), five));
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      wv[c] = _mm256_sub_ps(_mm256_mul_ps(dl, simd::U8x8ToF32(chunk(lo, hi, c))), ml);
+    }
+  } else {
+    static_assert(kW == WFmt::kQ6_K);
+    // Group g (elements 32g .. 32g + 31 of the super-block) spans sub-blocks 2g and 2g + 1
+    // of 16: (d·scales[s])·q, q = 6 bits − 32.
+    const int g = static_cast<int>(p % 256 / 32);
+    const int h = g / 4, r = g % 4;
+    const uint8_t* ql = b + 64 * h + 32 * (r % 2);
+    const uint8_t* qh = b + 128 + 32 * h;
+    const int8_t* scales = reinterpret_cast<const int8_t*>(b + 192);
+    const float d = simd::HalfAt(b + 208);
+    const __m256 dl0 = _mm256_set1_ps(d * static_cast<float>(scales[2 * g]));
+    const __m256 dl1 = _mm256_set1_ps(d * static_cast<float>(scales[2 * g + 1]));
+    const int lo_shift = 4 * (r / 2), hi_shift = 2 * r;
+    const __m128i three = _mm_set1_epi8(3);
+    const __m128i bias = _mm_set1_epi8(32);
+    __m128i q[2];
+#pragma GCC unroll 2
+    for (int t = 0; t < 2; ++t) {
+      const __m128i l = _mm_and_si128(
+          ShiftBytesRight(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ql + 16 * t)), lo_shift),
+          low4);
+      const __m128i u = _mm_and_si128(
+          ShiftBytesRight(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qh + 16 * t)), hi_shift),
+          three);
+      q[t] = _mm_sub_epi8(_mm_or_si128(l, _mm_slli_epi16(u, 4)), bias);
+    }
+    wv[0] = _mm256_mul_ps(dl0, simd::I8x8ToF32(q[0]));
+    wv[1] = _mm256_mul_ps(dl0, simd::I8x8ToF32(_mm_srli_si128(q[0], 8)));
+    wv[2] = _mm256_mul_ps(dl1, simd::I8x8ToF32(q[1]));
+    wv[3] = _mm256_mul_ps(dl1, simd::I8x8ToF32(_mm_srli_si128(q[1], 8)));
+  }
+}
+
 // y[i, r] = x[i, :] · w[r, :] (+ bias[r]) for i < MR, r < NR.
 // x: [MR, k] stride ldx; w: [NR, k] stride ldw (elements); y: [MR, NR] stride ldy.
 // prefetch: when set, the weight rows that follow these NR rows are prefetched at the rate
@@ -63,9 +200,10 @@ using internal::WFmt;
 template <int MR, int NR, WFmt kW>
 inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64_t k, bool prefetch,
                   const float* bias, float* y, int64_t ldy) {
-  // Bytes of the NR rows per 8 elements of k (a quarter block each for quantized rows).
+  // Bytes of the NR rows per 8 elements of k (rounded up for quantized rows).
   constexpr int64_t kStepBytes =
-      IsQuant(kW) ? (NR * QuantBlockBytes(QuantOf(kW)) + 3) / 4
+      IsQuant(kW) ? (NR * QuantBlockBytes(QuantOf(kW)) * 8 + QuantBlockElems(QuantOf(kW)) - 1) /
+                        QuantBlockElems(QuantOf(kW))
                   : NR * 8 * static_cast<int64_t>(DTypeSize(internal::FloatType(kW)));
   const char* next = static_cast<const char*>(RowAt<kW>(w, NR, ldw));
   const void* rows[NR];
@@ -79,10 +217,9 @@ inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64
   }
   const int64_t k8 = k & ~int64_t{7};
   if constexpr (IsQuant(kW)) {
-    // Block by block, row by row: a row's scale (and min) is decoded once per block, then
-    // its four chunks of 8 go in order into the row's accumulators (the same order as the
-    // float path: each accumulator still sees k ascending).
-    constexpr int64_t kBlockBytes = QuantBlockBytes(QuantOf(kW));
+    // 32 elements at a time, row by row: a row's scales (and min) are decoded once per 32
+    // elements, then its four chunks of 8 go in order into the row's accumulators (the same
+    // order as the float path: each accumulator still sees k ascending).
     for (int64_t p = 0; p < k8; p += 32) {
       if (prefetch) {
         // Into L1: measured faster than L2 for quantized rows (Q8_0 49152 × 576 GEMV 0.9-1.2
@@ -93,35 +230,13 @@ inline void Micro(const float* x, int64_t ldx, const void* w, int64_t ldw, int64
       }
 #pragma GCC unroll 8
       for (int r = 0; r < NR; ++r) {
-        const uint8_t* b = static_cast<const uint8_t*>(rows[r]) + p / 32 * kBlockBytes;
-        const __m256 d = _mm256_set1_ps(simd::HalfAt(b));
-        __m256 mn = _mm256_setzero_ps();
-        if constexpr (kW == WFmt::kQ4_1) mn = _mm256_set1_ps(simd::HalfAt(b + 2));
-        const uint8_t* qs = b + (kW == WFmt::kQ4_1 ? 4 : 2);
-        // The block's quants as 32 bytes: elements 0..15 in `lo`, 16..31 in `hi`.
-        __m128i lo, hi;
-        if constexpr (kW == WFmt::kQ8_0) {
-          lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-          hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + 16));
-        } else {
-          simd::Nibbles(qs, &lo, &hi);
-          if constexpr (kW == WFmt::kQ4_0) {
-            lo = _mm_sub_epi8(lo, _mm_set1_epi8(8));
-            hi = _mm_sub_epi8(hi, _mm_set1_epi8(8));
-          }
-        }
+        __m256 wv[4];
+        DecodeGroup<kW>(rows[r], p, wv);
 #pragma GCC unroll 4
         for (int c = 0; c < 4; ++c) {
-          const __m128i bytes8 = c == 0   ? lo
-                                 : c == 1 ? _mm_srli_si128(lo, 8)
-                                 : c == 2 ? hi
-                                          : _mm_srli_si128(hi, 8);
-          const __m256 q = kW == WFmt::kQ4_1 ? simd::U8x8ToF32(bytes8) : simd::I8x8ToF32(bytes8);
-          const __m256 wv =
-              kW == WFmt::kQ4_1 ? _mm256_add_ps(_mm256_mul_ps(d, q), mn) : _mm256_mul_ps(q, d);
 #pragma GCC unroll 8
           for (int i = 0; i < MR; ++i) {
-            acc[i][r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i * ldx + p + 8 * c), wv, acc[i][r]);
+            acc[i][r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i * ldx + p + 8 * c), wv[c], acc[i][r]);
           }
         }
       }
@@ -308,13 +423,13 @@ void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector
   SPANSERVE_CHECK(x != y);
   if (bias != nullptr) SPANSERVE_CHECK_EQ(bias->size, w.rows);
   if (m <= 0 || w.rows <= 0) return;
-  if (w.quant != QuantType::kNone) SPANSERVE_CHECK_EQ(w.cols % 32, 0);
+  if (w.quant != QuantType::kNone) SPANSERVE_CHECK_EQ(w.cols % QuantBlockElems(w.quant), 0);
   if (w.precision == MatMulPrecision::kBf16Dot) {
     SPANSERVE_CHECK(internal::CpuHasAvx512Bf16());
     internal::MatMulBf16Dot(x, m, w, bias, y);
     return;
   }
-  if (w.precision == MatMulPrecision::kInt8Dot) {
+  if (w.precision == MatMulPrecision::kInt8Dot && Int8DotSupports(w.quant)) {
     internal::MatMulInt8Dot(x, m, w, bias, y, Int8DotUsesVnni());
     return;
   }
@@ -324,7 +439,7 @@ void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector
 
 void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t n, float* out) {
   const int64_t dim = table.cols;
-  if (table.quant != QuantType::kNone) SPANSERVE_CHECK_EQ(dim % 32, 0);
+  if (table.quant != QuantType::kNone) SPANSERVE_CHECK_EQ(dim % QuantBlockElems(table.quant), 0);
   internal::WithFormat(internal::FormatOf(table), [&](auto f) {
     constexpr WFmt kF = decltype(f)::value;
     for (int64_t t = 0; t < n; ++t) {
@@ -343,10 +458,20 @@ void RowToF32(const void* row, int64_t p0, int64_t p1, float* out) {
     simd::Widen<kT>(static_cast<const char*>(row) + p0 * static_cast<int64_t>(DTypeSize(kT)),
                     p1 - p0, out);
   } else {
-    const void* blocks = static_cast<const char*>(row) + p0 / 32 * QuantBlockBytes(QuantOf(F));
+    constexpr QuantType kQ = QuantOf(F);
+    const void* blocks =
+        static_cast<const char*>(row) + p0 / QuantBlockElems(kQ) * QuantBlockBytes(kQ);
     if constexpr (F == WFmt::kQ8_0) DequantizeQ8_0(blocks, p1 - p0, out);
     if constexpr (F == WFmt::kQ4_0) DequantizeQ4_0(blocks, p1 - p0, out);
     if constexpr (F == WFmt::kQ4_1) DequantizeQ4_1(blocks, p1 - p0, out);
+    if constexpr (F != WFmt::kQ8_0 && F != WFmt::kQ4_0 && F != WFmt::kQ4_1) {
+      // dequant.cc's scalar loops, vectorized: DecodeGroup computes each value as they do.
+      for (int64_t p = 0; p < p1 - p0; p += 32) {
+        __m256 wv[4];
+        DecodeGroup<F>(blocks, p, wv);
+        for (int c = 0; c < 4; ++c) _mm256_storeu_ps(out + p + 8 * c, wv[c]);
+      }
+    }
   }
 }
 template void RowToF32<WFmt::kF32>(const void*, int64_t, int64_t, float*);
@@ -355,6 +480,11 @@ template void RowToF32<WFmt::kF16>(const void*, int64_t, int64_t, float*);
 template void RowToF32<WFmt::kQ8_0>(const void*, int64_t, int64_t, float*);
 template void RowToF32<WFmt::kQ4_0>(const void*, int64_t, int64_t, float*);
 template void RowToF32<WFmt::kQ4_1>(const void*, int64_t, int64_t, float*);
+template void RowToF32<WFmt::kQ5_0>(const void*, int64_t, int64_t, float*);
+template void RowToF32<WFmt::kQ5_1>(const void*, int64_t, int64_t, float*);
+template void RowToF32<WFmt::kQ4_K>(const void*, int64_t, int64_t, float*);
+template void RowToF32<WFmt::kQ5_K>(const void*, int64_t, int64_t, float*);
+template void RowToF32<WFmt::kQ6_K>(const void*, int64_t, int64_t, float*);
 
 WFmt FormatOf(const WeightMatrix& w) {
   switch (w.quant) {
@@ -364,6 +494,16 @@ WFmt FormatOf(const WeightMatrix& w) {
       return WFmt::kQ4_0;
     case QuantType::kQ4_1:
       return WFmt::kQ4_1;
+    case QuantType::kQ5_0:
+      return WFmt::kQ5_0;
+    case QuantType::kQ5_1:
+      return WFmt::kQ5_1;
+    case QuantType::kQ4_K:
+      return WFmt::kQ4_K;
+    case QuantType::kQ5_K:
+      return WFmt::kQ5_K;
+    case QuantType::kQ6_K:
+      return WFmt::kQ6_K;
     case QuantType::kNone:
       break;
   }

@@ -32,6 +32,7 @@ constexpr int64_t kBlockRows = 2 * kMaxPairs;
 // from 5 to 512 (docs/KERNELS.md). The blocking never changes a bit of the output.
 constexpr int64_t kPanelRows = kMaxNr;  // one micro-kernel's weight rows
 constexpr int64_t kKc = 512;
+static_assert(kKc % 256 == 0, "k blocks must be whole K-quant super-blocks");
 constexpr int64_t kXTileBytes = 512 << 10;
 // Lines of the next panel prefetched per 8 elements of k in the micro-kernels.
 constexpr int kPrefetchLinesPerStep = 1;
@@ -55,7 +56,7 @@ inline __m512 Load16(const void* base, int64_t i) {
 // Widens elements [p0, p1) of `rows` weight rows (stride ldw elements) to f32 rows of
 // p1 - p0 floats (a multiple of 8), stride ldp.
 // Quantized rows are dequantized (dequant.cc's arithmetic; p0 and p1 are then multiples of
-// 32, since their k is).
+// the block, 32 or 256, since their k is and kKc is).
 template <WFmt F>
 void WidenRows(const void* w, int64_t ldw, int64_t rows, int64_t p0, int64_t p1, float* panel,
                int64_t ldp) {

@@ -25,10 +25,10 @@
 
 namespace spanserve::kernels::cpu::internal {
 
-// A weight storage format: the three float types and the three block-quantized ones.
-enum class WFmt { kF32, kBF16, kF16, kQ8_0, kQ4_0, kQ4_1 };
+// A weight storage format: the three float types and the block-quantized ones.
+enum class WFmt { kF32, kBF16, kF16, kQ8_0, kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ4_K, kQ5_K, kQ6_K };
 
-constexpr bool IsQuant(WFmt f) { return f == WFmt::kQ8_0 || f == WFmt::kQ4_0 || f == WFmt::kQ4_1; }
+constexpr bool IsQuant(WFmt f) { return f != WFmt::kF32 && f != WFmt::kBF16 && f != WFmt::kF16; }
 
 // The DType of a float format.
 constexpr DType FloatType(WFmt f) {
@@ -36,17 +36,33 @@ constexpr DType FloatType(WFmt f) {
 }
 
 constexpr QuantType QuantOf(WFmt f) {
-  return f == WFmt::kQ8_0   ? QuantType::kQ8_0
-         : f == WFmt::kQ4_0 ? QuantType::kQ4_0
-         : f == WFmt::kQ4_1 ? QuantType::kQ4_1
-                            : QuantType::kNone;
+  switch (f) {
+    case WFmt::kQ8_0:
+      return QuantType::kQ8_0;
+    case WFmt::kQ4_0:
+      return QuantType::kQ4_0;
+    case WFmt::kQ4_1:
+      return QuantType::kQ4_1;
+    case WFmt::kQ5_0:
+      return QuantType::kQ5_0;
+    case WFmt::kQ5_1:
+      return QuantType::kQ5_1;
+    case WFmt::kQ4_K:
+      return QuantType::kQ4_K;
+    case WFmt::kQ5_K:
+      return QuantType::kQ5_K;
+    case WFmt::kQ6_K:
+      return QuantType::kQ6_K;
+    default:
+      return QuantType::kNone;
+  }
 }
 
 // Bytes of one row of `cols` elements.
 template <WFmt F>
 constexpr int64_t RowBytes(int64_t cols) {
   if constexpr (IsQuant(F)) {
-    return cols / 32 * QuantBlockBytes(QuantOf(F));
+    return cols / QuantBlockElems(QuantOf(F)) * QuantBlockBytes(QuantOf(F));
   } else {
     return cols * static_cast<int64_t>(DTypeSize(FloatType(F)));
   }
@@ -57,7 +73,7 @@ inline const void* RowAt(const void* base, int64_t row, int64_t cols) {
   return static_cast<const char*>(base) + row * RowBytes<F>(cols);
 }
 
-// Elements [p0, p1) of one row (p0, p1 multiples of 8; of 32 for quantized formats),
+// Elements [p0, p1) of one row (p0, p1 multiples of 8; of the block for quantized formats),
 // widened or dequantized to f32 at out[0, p1 - p0).
 template <WFmt F>
 void RowToF32(const void* row, int64_t p0, int64_t p1, float* out);
@@ -78,6 +94,16 @@ decltype(auto) WithFormat(WFmt f, Fn&& fn) {
       return fn(std::integral_constant<WFmt, WFmt::kQ4_0>{});
     case WFmt::kQ4_1:
       return fn(std::integral_constant<WFmt, WFmt::kQ4_1>{});
+    case WFmt::kQ5_0:
+      return fn(std::integral_constant<WFmt, WFmt::kQ5_0>{});
+    case WFmt::kQ5_1:
+      return fn(std::integral_constant<WFmt, WFmt::kQ5_1>{});
+    case WFmt::kQ4_K:
+      return fn(std::integral_constant<WFmt, WFmt::kQ4_K>{});
+    case WFmt::kQ5_K:
+      return fn(std::integral_constant<WFmt, WFmt::kQ5_K>{});
+    case WFmt::kQ6_K:
+      return fn(std::integral_constant<WFmt, WFmt::kQ6_K>{});
     case WFmt::kF32:
       break;
   }

@@ -18,11 +18,11 @@ namespace {
 
 struct KernelAvx2 {
   static constexpr int kMaxMr = 2;
-  // Within 16 ymm registers: per dot product two accumulators and (Q4_1) a min sum.
+  // Within 16 ymm registers: per dot product two accumulators and (Q4_1 / Q5_1) a min sum.
   static constexpr int Nr(int mr) { return mr == 1 ? 3 : 1; }
 
   // Lane l: Σ u[p]·s[p] over bytes 4l .. 4l + 3. A pair's sum never saturates 16 bits: u is
-  // at most 128 (|w| of Q8_0; a Q4 nibble at most 15) and |s| at most 127.
+  // at most 128 (|w| of Q8_0; a Q4 nibble at most 15, a Q5 quant 31) and |s| at most 127.
   [[gnu::always_inline]] static __m256i Dot(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
   }
@@ -36,24 +36,42 @@ struct KernelAvx2 {
                                           __m256 (&mins)[MR][NR]);
 };
 
+// 32 bytes: 0x10 in byte p (< 16) where bit p of `a` is set, in byte 16 + p where bit p of `b`
+// is (a and b: 16 bits of two blocks' qh).
+[[gnu::always_inline]] inline __m256i FifthBits(uint32_t a, uint32_t b) {
+  const __m256i v = _mm256_setr_epi32(static_cast<int>(a), 0, 0, 0, static_cast<int>(b), 0, 0, 0);
+  const __m256i spread =
+      _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0,
+                                              0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+  const __m256i sel = _mm256_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128,
+                                       1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, sel), sel),
+                          _mm256_set1_epi8(0x10));
+}
+
 // One quad (or the last, partial one: `count` blocks) of MR × NR dot products. The 16 lanes of
 // the quad are two ymm halves: blocks 0-1 (into `lo`) and blocks 2-3 (into `hi`).
 template <QuantType kQ, int MR, int NR, bool kFull>
 inline void KernelAvx2::Step(const int8dot::MicroArgs& a, int64_t quad, int count,
                              __m256 (&lo)[MR][NR], __m256 (&hi)[MR][NR], __m256 (&mins)[MR][NR]) {
   using int8dot::Load16;
-  constexpr int64_t kBlockBytes = QuantBlockBytes(kQ);
   const __m256i mask = _mm256_set1_epi8(0x0f);
 #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r) {
-    const uint8_t* block = a.w + r * a.row_bytes + 4 * quad * kBlockBytes;
-    const __m256 ws = int8dot::QuadScales<KernelAvx2, kQ, kFull>(block, count);
+    const uint8_t* block = int8dot::QuadAt<kQ>(a.w + r * a.row_bytes, quad);
+    __m256 ws;
+    if constexpr (int8dot::IsK(kQ)) {
+      ws = int8dot::Q4KQuadScales<KernelAvx2>(block, quad);
+    } else {
+      ws = int8dot::QuadScales<KernelAvx2, kQ, kFull>(block, count);
+    }
 #pragma GCC unroll 2
     for (int half = 0; half < 2; ++half) {
       const int t = 2 * half;  // the half's first block
       // The half's weights as unsigned operands: elements 0-15 of its two blocks (ulo) and
       // 16-31 (uhi). Q8_0: |w|, with w's signs (`slo`, `shi`) moved onto x, so the record's
-      // base (for VPDPBUSD's offset weights) is not used; Q4_0: the nibble, offset by 8.
+      // base (for VPDPBUSD's offset weights) is not used; Q4_0: the nibble, offset by 8; Q5_0 /
+      // Q5_1: the nibble plus the fifth bit (Q5_0 offset by 16).
       __m256i ulo, uhi, slo, shi;
       if constexpr (kQ == QuantType::kQ8_0) {
         slo = _mm256_set_m128i(Load16<KernelAvx2, kQ, kFull>(block, t + 1, 2, count),
@@ -62,12 +80,43 @@ inline void KernelAvx2::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
                                Load16<KernelAvx2, kQ, kFull>(block, t, 18, count));
         ulo = _mm256_sign_epi8(slo, slo);
         uhi = _mm256_sign_epi8(shi, shi);
+      } else if constexpr (int8dot::IsK(kQ)) {
+        // Sub-blocks t, t + 1: the low and the high nibbles of the same 32 bytes.
+        const __m256i qs = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(int8dot::Q4KQuants<kQ>(block, quad, half)));
+        const __m256i low = _mm256_and_si256(qs, mask);
+        const __m256i high = _mm256_and_si256(_mm256_srli_epi16(qs, 4), mask);
+        ulo = _mm256_permute2x128_si256(low, high, 0x20);
+        uhi = _mm256_permute2x128_si256(low, high, 0x31);
+        if constexpr (kQ == QuantType::kQ5_K) {
+          // Sub-block s's fifth bits: bit s of qh[0..31] (elements 0-15 in ulo, 16-31 in uhi).
+          const uint8_t* qh = int8dot::Q5KHighBits(block);
+          const int s = static_cast<int>(quad % 2) * 4 + t;
+          const __m256i sel = _mm256_set_m128i(_mm_set1_epi8(static_cast<char>(2 << s)),
+                                               _mm_set1_epi8(static_cast<char>(1 << s)));
+          const __m256i sixteen = _mm256_set1_epi8(0x10);
+          const __m256i h0 =
+              _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qh)));
+          const __m256i h1 = _mm256_broadcastsi128_si256(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(qh + 16)));
+          ulo = _mm256_or_si256(
+              ulo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h0, sel), sel), sixteen));
+          uhi = _mm256_or_si256(
+              uhi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h1, sel), sel), sixteen));
+        }
       } else {
-        constexpr int kQs = kQ == QuantType::kQ4_1 ? 4 : 2;
+        constexpr int kQs = int8dot::QsOffset(kQ);
         const __m256i qs = _mm256_set_m128i(Load16<KernelAvx2, kQ, kFull>(block, t + 1, kQs, count),
                                             Load16<KernelAvx2, kQ, kFull>(block, t, kQs, count));
         ulo = _mm256_and_si256(qs, mask);
         uhi = _mm256_and_si256(_mm256_srli_epi16(qs, 4), mask);
+        if constexpr (kQ == QuantType::kQ5_0 || kQ == QuantType::kQ5_1) {
+          // Bit p of a block's qh is element p's fifth bit: 16 in its unsigned quant.
+          const uint32_t h0 = int8dot::FifthBitsOf<KernelAvx2, kQ, kFull>(block, t, count);
+          const uint32_t h1 = int8dot::FifthBitsOf<KernelAvx2, kQ, kFull>(block, t + 1, count);
+          ulo = _mm256_or_si256(ulo, FifthBits(h0 & 0xffff, h1 & 0xffff));
+          uhi = _mm256_or_si256(uhi, FifthBits(h0 >> 16, h1 >> 16));
+        }
       }
       const __m256 wd =
           _mm256_permutevar8x32_ps(ws, _mm256_setr_epi32(2 * t, 2 * t, 2 * t, 2 * t, 2 * t + 2,
@@ -82,7 +131,8 @@ inline void KernelAvx2::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
           xhi = _mm256_sign_epi8(xhi, shi);
         }
         __m256i dot = _mm256_add_epi32(Dot(ulo, xlo), Dot(uhi, xhi));
-        if constexpr (kQ == QuantType::kQ4_0) {  // the nibbles went in offset by 8
+        if constexpr (kQ == QuantType::kQ4_0 || kQ == QuantType::kQ5_0) {
+          // the quants went in offset by 8 (Q4_0) or 16 (Q5_0)
           dot = _mm256_add_epi32(dot, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
                                           int8dot::RecordBase<KernelAvx2>(record) + 8 * half)));
         }
@@ -92,7 +142,7 @@ inline void KernelAvx2::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
         acc = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(dot), acc);
       }
     }
-    if constexpr (kQ == QuantType::kQ4_1) {
+    if constexpr (int8dot::HasMin(kQ)) {
 #pragma GCC unroll 4
       for (int i = 0; i < MR; ++i) {
         const uint8_t* record = int8dot::Record<KernelAvx2>(a, i, quad);
@@ -105,7 +155,7 @@ inline void KernelAvx2::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
 
 template <QuantType kQ, int MR, int NR>
 void KernelAvx2::Micro(const int8dot::MicroArgs& a) {
-  constexpr int64_t kBlockBytes = QuantBlockBytes(kQ);
+  constexpr int64_t kQuadBytes = int8dot::QuadBytes(kQ);
   __m256 lo[MR][NR], hi[MR][NR], mins[MR][NR];
 #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i) {
@@ -122,8 +172,8 @@ void KernelAvx2::Micro(const int8dot::MicroArgs& a) {
     if (a.prefetch) {
       // The rows after these, into L1 at the rate these are consumed.
 #pragma GCC unroll 8
-      for (int64_t o = 0; o < NR * 4 * kBlockBytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
-      next += NR * 4 * kBlockBytes;
+      for (int64_t o = 0; o < NR * kQuadBytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
+      next += NR * kQuadBytes;
     }
     Step<kQ, MR, NR, true>(a, quad, 4, lo, hi, mins);
   }
@@ -184,7 +234,7 @@ inline __m128i SumsOfFour(__m256i a, __m256i b) {
 }
 
 // One row (k / 32 blocks) into its quad records (matmul_int8dot.h); `offset` is the weights'
-// o (128 for Q8_0, 8 for Q4_0, 0 for Q4_1).
+// o (128 for Q8_0, 8 for Q4_0, 16 for Q5_0, 0 for Q4_1 and Q5_1).
 void QuantizeRow(const float* x, int64_t k, int32_t offset, uint8_t* out) {
   const int64_t blocks = k / 32;
   // A last partial quad's missing blocks are zeros.
@@ -224,7 +274,11 @@ bool CpuHasAvx512Vnni() {
 }
 
 void QuantizeRowsInt8(const float* x, int64_t rows, int64_t k, QuantType weights, uint8_t* out) {
-  const int32_t offset = weights == QuantType::kQ8_0 ? 128 : weights == QuantType::kQ4_0 ? 8 : 0;
+  // Q4_1, Q5_1, Q4_K: unsigned quants, no offset.
+  const int32_t offset = weights == QuantType::kQ8_0   ? 128
+                         : weights == QuantType::kQ4_0 ? 8
+                         : weights == QuantType::kQ5_0 ? 16
+                                                       : 0;
   for (int64_t i = 0; i < rows; ++i) QuantizeRow(x + i * k, k, offset, out + i * Int8RowBytes(k));
 }
 
@@ -234,8 +288,8 @@ void Int8DotRowsAvx2(const Int8DotArgs& a, int64_t n0, int64_t n1) {
 
 void MatMulInt8Dot(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
                    float* y, bool vnni) {
-  SPANSERVE_CHECK(w.quant != QuantType::kNone);
-  SPANSERVE_CHECK_EQ(w.cols % 32, 0);
+  SPANSERVE_CHECK(Int8DotSupports(w.quant));
+  SPANSERVE_CHECK_EQ(w.cols % QuantBlockElems(w.quant), 0);
   if (vnni) SPANSERVE_CHECK(CpuHasAvx512Vnni());
   const int64_t n = w.rows;
   const int64_t k = w.cols;

@@ -1,11 +1,14 @@
-// MatMul for Q8_0/Q4_0/Q4_1 weights with integer dot products, internal to kernels/cpu: the
-// path of WeightMatrix::precision == MatMulPrecision::kInt8Dot.
+// MatMul for Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K weights with integer dot products, internal
+// to kernels/cpu: the path of WeightMatrix::precision == MatMulPrecision::kInt8Dot.
 //
 // Activations. Each row of x is quantized once per call into blocks of 32 (llama.cpp's q8_1):
 //   amax = max |x[p]| over the block, d = amax / 127, q[p] = round_nearest_even(x[p] · id)
 //   with id = 127 / amax (0 when amax is 0), s = d · Σ q[p]    (f32 arithmetic throughout)
 // Weights stay in their GGUF blocks (kernels/quant.h): w[p] = d_w·w_q[p] (Q8_0; Q4_0 with
-// w_q = nibble − 8), or d_w·w_q[p] + m_w (Q4_1, w_q = nibble).
+// w_q = nibble − 8; Q5_0 with w_q = q5 − 16), or d_w·w_q[p] + m_w (Q4_1, w_q = nibble; Q5_1,
+// w_q = q5: the nibble plus 16 × the fifth bit). A Q4_K / Q5_K super-block is eight such
+// blocks of 32 (its sub-blocks) with d_w = d·sc and m_w = −(dmin·m), each product rounded to
+// f32 as the dequantization rounds it, and w_q the nibble (Q5_K: plus 16 × the fifth bit).
 //
 // Arithmetic of y[i, j], the same for every row of every batch on every instruction set.
 // Blocks go in quads (b .. b + 3, b = 0, 4, ...), a last partial quad filled up with zero
@@ -15,10 +18,10 @@
 //      4l .. 4l + 3 and 16 + 4l .. 16 + 4l + 3 (two VPDPBUSD, or VPMADDUBSW + VPMADDWD
 //      without VNNI: the same integers)
 //   C: lane 4t + l = c_t;  A = fma(C, f32(L), A) lane by lane (f32(L) is exact: |L| < 2^17)
-//   Q4_1: M = fma([d_w,b, m_w,b, d_w,b+1, m_w,b+1, ...], [d_x,b, s_x,b, d_x,b+1, s_x,b+1,
-//         ...], M), 8 lanes
-// Then y = simd::HSum(A[0:8] + A[8:16]) (+ ((M[1] + M[3]) + (M[5] + M[7])) for Q4_1)
-// (+ bias[j]); A and M start at 0.
+//   Q4_1 / Q5_1 / Q4_K / Q5_K: M = fma([d_w,b, m_w,b, d_w,b+1, m_w,b+1, ...],
+//         [d_x,b, s_x,b, d_x,b+1, s_x,b+1, ...], M), 8 lanes
+// Then y = simd::HSum(A[0:8] + A[8:16]) (+ ((M[1] + M[3]) + (M[5] + M[7])) for Q4_1,
+// Q5_1, Q4_K and Q5_K) (+ bias[j]); A and M start at 0.
 // So a row's result never depends on the batch, the tiling or the threads, and the VNNI and
 // AVX2 kernels agree bit for bit. Against the exact path the error is that of rounding x to
 // 8 bits per block: about 1e-3 of Σ|x·w| for typical activations.
@@ -40,8 +43,8 @@ inline constexpr int64_t kInt8DotSharedQuantElements = 16384;
 // Whether this CPU has AVX512_VNNI (and the AVX-512 F/BW/VL it builds on).
 bool CpuHasAvx512Vnni();
 
-// y = x·Wᵀ (+ bias) for a Q8_0/Q4_0/Q4_1 `w` as described above (w.cols a multiple of 32).
-// vnni: use the VNNI kernels (the CPU must have them); otherwise AVX2.
+// y = x·Wᵀ (+ bias) for a Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K `w` as described above (w.cols whole
+// blocks). vnni: use the VNNI kernels (the CPU must have them); otherwise AVX2.
 void MatMulInt8Dot(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
                    float* y, bool vnni);
 
@@ -49,8 +52,9 @@ void MatMulInt8Dot(const float* x, int64_t m, const WeightMatrix& w, const Weigh
 // last 32 bytes unused) per quad of blocks, the last one zero-filled past the row's last block:
 //   int8 q[128]:    elements 0-15 of blocks b, b+1, b+2, b+3, then their elements 16-31
 //   int32 base[16]: lane 4t + l: −o · Σ q over lane 4t + l's eight elements, o = 128 for Q8_0
-//                   weights, 8 for Q4_0, 0 for Q4_1: where an integer dot whose weights go in
-//                   offset by o (w_q + o ≥ 0, as VPDPBUSD wants them) starts
+//                   weights, 8 for Q4_0, 16 for Q5_0, 0 for Q4_1 / Q5_1 / Q4_K / Q5_K: where an
+//                   integer dot whose weights go in offset by o (w_q + o ≥ 0, as VPDPBUSD wants
+//                   them) starts
 //   f32 dc[16]:     lane 4t + l: d_x,b+t (so that C is one multiply)
 //   f32 ds[8]:      d_x,b+t and s_x,b+t for t = 0..3
 inline constexpr int64_t kInt8QuadBytes = 320;
@@ -60,8 +64,8 @@ inline constexpr int64_t kInt8QuadDs = 256;
 constexpr int64_t Int8RowBytes(int64_t k) { return kInt8QuadBytes * ((k / 32 + 3) / 4); }
 
 // x[rows, k] (k a multiple of 32) quantized as described above for products with `weights`
-// (Q8_0, Q4_0 or Q4_1) into out[rows, Int8RowBytes(k)] (bytes; the kernels want it 64-byte
-// aligned).
+// (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K or Q5_K) into out[rows, Int8RowBytes(k)] (bytes; the kernels
+// want it 64-byte aligned).
 void QuantizeRowsInt8(const float* x, int64_t rows, int64_t k, QuantType weights, uint8_t* out);
 
 }  // namespace spanserve::kernels::cpu::internal

@@ -74,6 +74,83 @@ template <class Kernel>
   return reinterpret_cast<const float*>(record + kInt8QuadDs);
 }
 
+// Q4_K and Q5_K: super-blocks of eight sub-blocks of 32, each with a scale and a min.
+constexpr bool IsK(QuantType q) { return q == QuantType::kQ4_K || q == QuantType::kQ5_K; }
+
+// Whether a format's blocks carry a min (w = d·q + m; Q4_K / Q5_K: their sub-blocks,
+// m = −dmin·m): its products add m_w·s_x.
+constexpr bool HasMin(QuantType q) {
+  return q == QuantType::kQ4_1 || q == QuantType::kQ5_1 || IsK(q);
+}
+
+// Bytes of a row's weights per quad of 32-element blocks (Q4_K / Q5_K: half a super-block).
+constexpr int64_t QuadBytes(QuantType q) { return QuantBlockBytes(q) * 128 / QuantBlockElems(q); }
+
+// The first byte of quad `quad` of a weight row: a quad of blocks, or (Q4_K / Q5_K) the
+// super-block holding the quad's four sub-blocks of 32.
+template <QuantType kQ>
+[[gnu::always_inline]] inline const uint8_t* QuadAt(const uint8_t* row, int64_t quad) {
+  if constexpr (IsK(kQ)) {
+    return row + quad / 2 * QuantBlockBytes(kQ);
+  } else {
+    return row + quad * QuadBytes(kQ);
+  }
+}
+
+// Q4_K / Q5_K: the scales of sub-blocks 4h .. 4h + 3 (h = quad % 2) of the super-block at `sb`, as
+// QuadScales gives a quad's: [d·sc_0, −(dmin·m_0), d·sc_1, −(dmin·m_1), ...], each product
+// rounded to f32 (the dequantization's (d·sc) and (dmin·m)). sc, m: ggml's get_scale_min_k4.
+template <class Kernel>
+[[gnu::always_inline]] inline __m256 Q4KQuadScales(const uint8_t* sb, int64_t quad) {
+  uint16_t h[2];
+  std::memcpy(h, sb, 4);
+  const float d = _cvtsh_ss(h[0]), dmin = _cvtsh_ss(h[1]);
+  const uint8_t* q = sb + 4;
+  float v[8];
+#pragma GCC unroll 4
+  for (int t = 0; t < 4; ++t) {
+    const int s = static_cast<int>(quad % 2) * 4 + t;
+    int sc, m;
+    if (s < 4) {
+      sc = q[s] & 63;
+      m = q[s + 4] & 63;
+    } else {
+      sc = (q[s + 4] & 0x0f) | ((q[s - 4] >> 6) << 4);
+      m = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
+    }
+    v[2 * t] = d * static_cast<float>(sc);
+    v[2 * t + 1] = -(dmin * static_cast<float>(m));
+  }
+  return _mm256_loadu_ps(v);
+}
+
+// Q4_K / Q5_K: the 32 quant bytes of sub-blocks 4h + 2c and 4h + 2c + 1 (c = 0, 1; the low
+// and the high nibbles of the same bytes).
+template <QuantType kQ>
+[[gnu::always_inline]] inline const uint8_t* Q4KQuants(const uint8_t* sb, int64_t quad, int c) {
+  return sb + (kQ == QuantType::kQ5_K ? 48 : 16) + 64 * (quad % 2) + 32 * c;
+}
+
+// Q5_K: bit s of qh[j] (32 bytes at 16) is element j's fifth bit in sub-block s.
+[[gnu::always_inline]] inline const uint8_t* Q5KHighBits(const uint8_t* sb) { return sb + 16; }
+
+// Byte offsets in a block of a format's quants and (Q5_0 / Q5_1) fifth bits.
+constexpr int QsOffset(QuantType q) {
+  return q == QuantType::kQ8_0 || q == QuantType::kQ4_0 ? 2
+         : q == QuantType::kQ4_1                        ? 4
+         : q == QuantType::kQ5_0                        ? 6
+                                                        : 8;
+}
+constexpr int QhOffset(QuantType q) { return q == QuantType::kQ5_0 ? 2 : 4; }
+
+// The fifth bits (u32 qh) of block t of a quad, or 0 past `count` blocks.
+template <class Kernel, QuantType kQ, bool kFull>
+[[gnu::always_inline]] inline uint32_t FifthBitsOf(const uint8_t* block, int t, int count) {
+  uint32_t qh = 0;
+  if (kFull || t < count) std::memcpy(&qh, block + t * QuantBlockBytes(kQ) + QhOffset(kQ), 4);
+  return qh;
+}
+
 // The 16 bytes at block t + offset of a quad starting at `block`, or zeros when the quad has
 // only `count` blocks and t is past them (kFull: it has all four).
 template <class Kernel, QuantType kQ, bool kFull>
@@ -83,8 +160,9 @@ template <class Kernel, QuantType kQ, bool kFull>
       reinterpret_cast<const __m128i*>(block + t * QuantBlockBytes(kQ) + offset));
 }
 
-// The f16 pairs at the start of a quad's blocks (d and m for Q4_1; d and two quants
-// otherwise), widened: [d_0, m_0, d_1, m_1, d_2, m_2, d_3, m_3], zeros past `count` blocks.
+// The f16 pairs at the start of a quad's blocks (d and m for Q4_1 / Q5_1; d and two bytes
+// of quants otherwise), widened: [d_0, m_0, d_1, m_1, d_2, m_2, d_3, m_3], zeros past `count`
+// blocks.
 template <class Kernel, QuantType kQ, bool kFull>
 [[gnu::always_inline]] inline __m256 QuadScales(const uint8_t* block, int count) {
   int32_t v[4] = {0, 0, 0, 0};
@@ -95,8 +173,8 @@ template <class Kernel, QuantType kQ, bool kFull>
   return _mm256_cvtph_ps(_mm_setr_epi32(v[0], v[1], v[2], v[3]));
 }
 
-// y = HSum(A_lo + A_hi) (+ (M[1] + M[3]) + (M[5] + M[7]) for Q4_1) (+ bias) for the MR × NR
-// outputs; eight horizontal sums at a time (simd::HSum8: HSum's bits).
+// y = HSum(A_lo + A_hi) (+ (M[1] + M[3]) + (M[5] + M[7]) for Q4_1 / Q5_1) (+ bias) for the
+// MR × NR outputs; eight horizontal sums at a time (simd::HSum8: HSum's bits).
 template <class Kernel, QuantType kQ, int MR, int NR>
 [[gnu::always_inline]] inline void Finish(const MicroArgs& a, const __m256 (&lo)[MR][NR],
                                           const __m256 (&hi)[MR][NR],
@@ -118,7 +196,7 @@ template <class Kernel, QuantType kQ, int MR, int NR>
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
       float s = sums[i * NR + r];
-      if constexpr (kQ == QuantType::kQ4_1) {
+      if constexpr (HasMin(kQ)) {
         alignas(32) float m[8];
         _mm256_store_ps(m, mins[i][r]);
         s = s + ((m[1] + m[3]) + (m[5] + m[7]));
@@ -170,7 +248,7 @@ void Rows(const Int8DotArgs& a, int64_t n0, int64_t n1) {
   const WeightMatrix& w = *a.w;
   const int64_t n = w.rows;
   const int64_t k = w.cols;
-  const int64_t row_bytes = k / 32 * QuantBlockBytes(kQ);
+  const int64_t row_bytes = k / QuantBlockElems(kQ) * QuantBlockBytes(kQ);
   const int64_t ldx = Int8RowBytes(k);
   constexpr int64_t kMaxMr = Kernel::kMaxMr;
   const int64_t x_tile = std::max<int64_t>(kMaxMr, kXTileBytes / ldx / kMaxMr * kMaxMr);
@@ -213,7 +291,15 @@ void RowsOfAnyFormat(const Int8DotArgs& a, int64_t n0, int64_t n1) {
       return Rows<Kernel, QuantType::kQ4_0>(a, n0, n1);
     case QuantType::kQ4_1:
       return Rows<Kernel, QuantType::kQ4_1>(a, n0, n1);
-    case QuantType::kNone:
+    case QuantType::kQ5_0:
+      return Rows<Kernel, QuantType::kQ5_0>(a, n0, n1);
+    case QuantType::kQ5_1:
+      return Rows<Kernel, QuantType::kQ5_1>(a, n0, n1);
+    case QuantType::kQ4_K:
+      return Rows<Kernel, QuantType::kQ4_K>(a, n0, n1);
+    case QuantType::kQ5_K:
+      return Rows<Kernel, QuantType::kQ5_K>(a, n0, n1);
+    default:  // not Int8DotSupports: MatMul multiplies those exactly
       break;
   }
 }

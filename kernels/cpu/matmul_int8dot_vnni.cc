@@ -3,7 +3,8 @@
 // the AVX2 kernels hold them in two ymm registers, and VPDPBUSD adds each group of four
 // u8·s8 products into its int32 lane exactly as VPMADDUBSW + VPMADDWD do, so both give the
 // same bits. The weights go in as unsigned bytes offset by o (Q8_0: w + 128 = w ^ 0x80;
-// Q4_0: the nibble, w + 8), the dot starting from the record's base −o·Σq; no sign juggling.
+// Q4_0: the nibble, w + 8; Q5_0: the nibble and the fifth bit, w + 16), the dot starting from
+// the record's base −o·Σq; no sign juggling.
 #include "kernels/cpu/matmul_int8dot_kernels.h"  // first: it includes <immintrin.h>
 
 namespace spanserve::kernels::cpu::internal {
@@ -11,7 +12,7 @@ namespace {
 
 struct KernelVnni {
   static constexpr int kMaxMr = 4;
-  // Within 32 registers: per dot product a zmm accumulator and (Q4_1) a ymm min sum.
+  // Within 32 registers: per dot product a zmm accumulator and (Q4_1 / Q5_1) a ymm min sum.
   static constexpr int Nr(int mr) { return mr == 1 ? 4 : mr == 2 ? 4 : 2; }
 
   template <QuantType kQ, int MR, int NR>
@@ -33,15 +34,19 @@ struct KernelVnni {
 template <QuantType kQ, int MR, int NR, bool kFull>
 inline void KernelVnni::Step(const int8dot::MicroArgs& a, int64_t quad, int count,
                              __m512 (&acc)[MR][NR], __m256 (&mins)[MR][NR]) {
-  constexpr int64_t kBlockBytes = QuantBlockBytes(kQ);
   const auto load = [&](const uint8_t* block, int t, int offset) __attribute__((always_inline)) {
     return int8dot::Load16<KernelVnni, kQ, kFull>(block, t, offset, count);
   };
   const __m512i lanes_d = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
 #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r) {
-    const uint8_t* block = a.w + r * a.row_bytes + 4 * quad * kBlockBytes;
-    const __m256 ws = int8dot::QuadScales<KernelVnni, kQ, kFull>(block, count);
+    const uint8_t* block = int8dot::QuadAt<kQ>(a.w + r * a.row_bytes, quad);
+    __m256 ws;
+    if constexpr (int8dot::IsK(kQ)) {
+      ws = int8dot::Q4KQuadScales<KernelVnni>(block, quad);
+    } else {
+      ws = int8dot::QuadScales<KernelVnni, kQ, kFull>(block, count);
+    }
     const __m512 wd = _mm512_permutexvar_ps(lanes_d, _mm512_castps256_ps512(ws));
     // Elements 0-15 (ulo) and 16-31 (uhi) of the four blocks as unsigned bytes.
     __m512i ulo, uhi;
@@ -52,13 +57,53 @@ inline void KernelVnni::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
       uhi = _mm512_xor_si512(
           Join4(load(block, 0, 18), load(block, 1, 18), load(block, 2, 18), load(block, 3, 18)),
           flip);
+    } else if constexpr (int8dot::IsK(kQ)) {
+      // Sub-blocks 2c and 2c + 1: the low and the high nibbles of the same 32 bytes.
+      const auto bytes16 = [](const uint8_t* p) __attribute__((always_inline)) {
+        return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      };
+      const uint8_t* c0 = int8dot::Q4KQuants<kQ>(block, quad, 0);
+      const uint8_t* c1 = int8dot::Q4KQuants<kQ>(block, quad, 1);
+      const __m128i p0 = bytes16(c0), p1 = bytes16(c0 + 16);
+      const __m128i p2 = bytes16(c1), p3 = bytes16(c1 + 16);
+      const __m512i mask = _mm512_set1_epi8(0x0f);
+      ulo = _mm512_and_si512(Join4(p0, _mm_srli_epi16(p0, 4), p2, _mm_srli_epi16(p2, 4)), mask);
+      uhi = _mm512_and_si512(Join4(p1, _mm_srli_epi16(p1, 4), p3, _mm_srli_epi16(p3, 4)), mask);
+      if constexpr (kQ == QuantType::kQ5_K) {
+        // Sub-block s0 + t's fifth bits: bit s0 + t of qh[0..31], for the 16 bytes of block t
+        // in ulo (elements 0-15) and uhi (16-31).
+        const uint8_t* qh = int8dot::Q5KHighBits(block);
+        const int s0 = static_cast<int>(quad % 2) * 4;
+        const __m512i sel = Join4(
+            _mm_set1_epi8(static_cast<char>(1 << s0)), _mm_set1_epi8(static_cast<char>(2 << s0)),
+            _mm_set1_epi8(static_cast<char>(4 << s0)), _mm_set1_epi8(static_cast<char>(8 << s0)));
+        const __m512i sixteen = _mm512_set1_epi8(0x10);
+        const __m512i h0 = _mm512_broadcast_i32x4(bytes16(qh));
+        const __m512i h1 = _mm512_broadcast_i32x4(bytes16(qh + 16));
+        ulo = _mm512_or_si512(ulo, _mm512_maskz_mov_epi8(_mm512_test_epi8_mask(h0, sel), sixteen));
+        uhi = _mm512_or_si512(uhi, _mm512_maskz_mov_epi8(_mm512_test_epi8_mask(h1, sel), sixteen));
+      }
     } else {
-      constexpr int kQs = kQ == QuantType::kQ4_1 ? 4 : 2;
+      constexpr int kQs = int8dot::QsOffset(kQ);
       const __m512i qs =
           Join4(load(block, 0, kQs), load(block, 1, kQs), load(block, 2, kQs), load(block, 3, kQs));
       const __m512i mask = _mm512_set1_epi8(0x0f);
       ulo = _mm512_and_si512(qs, mask);
       uhi = _mm512_and_si512(_mm512_srli_epi16(qs, 4), mask);
+      if constexpr (kQ == QuantType::kQ5_0 || kQ == QuantType::kQ5_1) {
+        // Bit p of block t's qh is its element p's fifth bit: byte 16t + p of ulo (p < 16) or
+        // of uhi (p - 16), as a byte mask.
+        uint64_t lo_bits = 0, hi_bits = 0;
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; ++t) {
+          const uint64_t qh = int8dot::FifthBitsOf<KernelVnni, kQ, kFull>(block, t, count);
+          lo_bits |= (qh & 0xffff) << (16 * t);
+          hi_bits |= (qh >> 16) << (16 * t);
+        }
+        const __m512i sixteen = _mm512_set1_epi8(0x10);
+        ulo = _mm512_or_si512(ulo, _mm512_maskz_mov_epi8(lo_bits, sixteen));
+        uhi = _mm512_or_si512(uhi, _mm512_maskz_mov_epi8(hi_bits, sixteen));
+      }
     }
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) {
@@ -68,7 +113,7 @@ inline void KernelVnni::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
       dot = _mm512_dpbusd_epi32(dot, uhi, _mm512_load_si512(record + 64));
       const __m512 c = _mm512_mul_ps(wd, _mm512_load_ps(int8dot::RecordDc<KernelVnni>(record)));
       acc[i][r] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(dot), acc[i][r]);
-      if constexpr (kQ == QuantType::kQ4_1) {
+      if constexpr (int8dot::HasMin(kQ)) {
         mins[i][r] =
             _mm256_fmadd_ps(ws, _mm256_load_ps(int8dot::RecordDs<KernelVnni>(record)), mins[i][r]);
       }
@@ -78,7 +123,7 @@ inline void KernelVnni::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
 
 template <QuantType kQ, int MR, int NR>
 void KernelVnni::Micro(const int8dot::MicroArgs& a) {
-  constexpr int64_t kBlockBytes = QuantBlockBytes(kQ);
+  constexpr int64_t kQuadBytes = int8dot::QuadBytes(kQ);
   __m512 acc[MR][NR];
   __m256 mins[MR][NR];
 #pragma GCC unroll 4
@@ -95,8 +140,8 @@ void KernelVnni::Micro(const int8dot::MicroArgs& a) {
     if (a.prefetch) {
       // The rows after these, into L1 at the rate these are consumed.
 #pragma GCC unroll 8
-      for (int64_t o = 0; o < NR * 4 * kBlockBytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
-      next += NR * 4 * kBlockBytes;
+      for (int64_t o = 0; o < NR * kQuadBytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
+      next += NR * kQuadBytes;
     }
     Step<kQ, MR, NR, true>(a, quad, 4, acc, mins);
   }

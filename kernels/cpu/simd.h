@@ -117,6 +117,18 @@ inline void Nibbles(const uint8_t* qs, __m128i* lo, __m128i* hi) {
   *hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
 }
 
+// Q4_K / Q5_K's 6-bit scale and min of sub-block s (0..7), packed in 12 bytes (ggml's
+// get_scale_min_k4).
+inline void ScaleMinK4(const uint8_t* q, int s, int* sc, int* m) {
+  if (s < 4) {
+    *sc = q[s] & 63;
+    *m = q[s + 4] & 63;
+  } else {
+    *sc = (q[s + 4] & 0x0f) | ((q[s - 4] >> 6) << 4);
+    *m = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
+  }
+}
+
 // dot(a, b) over n: one 8-lane FMA accumulator over k in order, HSum, then the tail in order.
 // MatMul uses the same order, so a row of attention scores and a GEMV agree.
 inline float Dot(const float* a, const float* b, int64_t n) {

@@ -152,8 +152,9 @@ class CudaBackend final : public Backend {
       // kernels compute with.
       widened.resize(static_cast<size_t>(n));
       for (int64_t r = 0; r < host.rows; ++r) {
-        const char* row = static_cast<const char*>(host.data) +
-                          r * (host.cols / 32) * QuantBlockBytes(host.quant);
+        const char* row =
+            static_cast<const char*>(host.data) +
+            r * (host.cols / QuantBlockElems(host.quant)) * QuantBlockBytes(host.quant);
         float* out = widened.data() + r * host.cols;
         switch (host.quant) {
           case QuantType::kQ8_0:
@@ -164,6 +165,21 @@ class CudaBackend final : public Backend {
             break;
           case QuantType::kQ4_1:
             DequantizeQ4_1(row, host.cols, out);
+            break;
+          case QuantType::kQ5_0:
+            DequantizeQ5_0(row, host.cols, out);
+            break;
+          case QuantType::kQ5_1:
+            DequantizeQ5_1(row, host.cols, out);
+            break;
+          case QuantType::kQ4_K:
+            DequantizeQ4_K(row, host.cols, out);
+            break;
+          case QuantType::kQ5_K:
+            DequantizeQ5_K(row, host.cols, out);
+            break;
+          case QuantType::kQ6_K:
+            DequantizeQ6_K(row, host.cols, out);
             break;
           case QuantType::kNone:
             break;

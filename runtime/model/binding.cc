@@ -58,14 +58,18 @@ class Binder {
     }
     const int64_t shape[2] = {rows, cols};
     ASSIGN_OR_RETURN(TensorView t, store_->Get(name, shape));
-    if (t.quant != kernels::QuantType::kNone && cols % 32 != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", name,
-                                                     "' is block-quantized but its rows (", cols,
-                                                     " elements) are not whole blocks of 32"));
+    if (t.quant != kernels::QuantType::kNone && cols % kernels::QuantBlockElems(t.quant) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' is block-quantized but its rows (", cols,
+                       " elements) are not whole blocks of ", kernels::QuantBlockElems(t.quant)));
     }
     kernels::WeightMatrix w{t.data, t.dtype, rows, cols, t.quant};
     if (t.quant != kernels::QuantType::kNone) {
-      w.precision = precisions_.quantized;
+      // Formats the int8 dot products do not take multiply exactly.
+      w.precision = precisions_.quantized == kernels::MatMulPrecision::kInt8Dot &&
+                            !kernels::Int8DotSupports(t.quant)
+                        ? kernels::MatMulPrecision::kExact
+                        : precisions_.quantized;
     } else if (t.dtype == DType::kBF16) {
       w.precision = precisions_.bf16;
     }
@@ -184,8 +188,11 @@ absl::StatusOr<int64_t> BindWeights(const ModelConfig& c, WeightStore* store,
     }
     if (c.qk_norm) {
       lw.has_qk_norm = true;
-      ASSIGN_OR_RETURN(lw.q_norm, bind.Norm(p + "self_attn.q_norm", q_dim, false));
-      ASSIGN_OR_RETURN(lw.k_norm, bind.Norm(p + "self_attn.k_norm", kv_dim, false));
+      // Qwen3: one gain of head_dim shared by every head; OLMoE: the whole projection.
+      const int64_t q_norm_dim = c.qk_norm_per_head ? c.head_dim : q_dim;
+      const int64_t k_norm_dim = c.qk_norm_per_head ? c.head_dim : kv_dim;
+      ASSIGN_OR_RETURN(lw.q_norm, bind.Norm(p + "self_attn.q_norm", q_norm_dim, false));
+      ASSIGN_OR_RETURN(lw.k_norm, bind.Norm(p + "self_attn.k_norm", k_norm_dim, false));
     }
     lw.is_moe = c.LayerIsMoe(l);
     if (!lw.is_moe) {

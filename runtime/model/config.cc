@@ -357,7 +357,8 @@ absl::Status ParseMoe(const KeyReader& r, ModelConfig& c) {
   m.num_experts = std::max(local_experts, experts);
 
   const std::string& type = c.model_type;
-  const bool moe_type = type == "mixtral" || type == "qwen2_moe" || type == "olmoe";
+  const bool moe_type =
+      type == "mixtral" || type == "qwen2_moe" || type == "qwen3_moe" || type == "olmoe";
   if (moe_type && m.num_experts == 0) {
     return r.Error(absl::StrCat("model_type '", type, "' needs a positive num_experts (or ",
                                 "num_local_experts)"));
@@ -367,7 +368,8 @@ absl::Status ParseMoe(const KeyReader& r, ModelConfig& c) {
     return r.Error(absl::StrCat("key '", experts_key, "' is set but model_type '", type,
                                 "' is a dense architecture"));
   }
-  // A SpanServe MoE model uses the Qwen2-MoE tensor names (shared expert included).
+  // A SpanServe MoE model uses the Qwen2-MoE tensor names (shared expert included); so does
+  // Qwen3-MoE (without one).
   m.layout = type == "mixtral" ? MoeLayout::kMixtral
              : type == "olmoe" ? MoeLayout::kOlmoe
                                : MoeLayout::kQwen2Moe;
@@ -393,6 +395,8 @@ absl::Status ParseMoe(const KeyReader& r, ModelConfig& c) {
                    r.PositiveInt("moe_intermediate_size", expert_width_default));
   ASSIGN_OR_RETURN(m.shared_expert_intermediate_size,
                    r.Int("shared_expert_intermediate_size", 0, 0));
+  // Qwen3MoeConfig has no shared expert; transformers ignores the key there.
+  if (type == "qwen3_moe") m.shared_expert_intermediate_size = 0;
   ASSIGN_OR_RETURN(m.decoder_sparse_step, r.PositiveInt("decoder_sparse_step", 1));
   ASSIGN_OR_RETURN(m.mlp_only_layers, r.IntList("mlp_only_layers", /*allow_scalar=*/false));
   for (const int layer : m.mlp_only_layers) {
@@ -417,13 +421,14 @@ absl::Status ParseMoe(const KeyReader& r, ModelConfig& c) {
 
 // sliding_window, use_sliding_window and max_window_layers as transformers 4.46.3 reads
 // them. Mistral and Mixtral: sliding_window on every layer (null: none; an absent key is
-// MistralConfig's default 4096 for mistral, None for mixtral). Qwen2 and Qwen2-MoE: only
-// when use_sliding_window is true (default false), sliding_window (absent: 4096), on layers
-// >= max_window_layers (absent: 28). Other model types ignore the keys.
+// MistralConfig's default 4096 for mistral, None for mixtral). Qwen2, Qwen2-MoE, Qwen3,
+// Qwen3-MoE: only when use_sliding_window is true (default false), sliding_window (absent:
+// 4096), on layers >= max_window_layers (absent: 28). Other model types ignore the keys.
 absl::Status ParseSlidingWindow(const KeyReader& r, ModelConfig& c) {
   const std::string& type = c.model_type;
   const bool mistral_like = type == "mistral" || type == "mixtral";
-  const bool qwen_like = type == "qwen2" || type == "qwen2_moe";
+  const bool qwen_like =
+      type == "qwen2" || type == "qwen2_moe" || type == "qwen3" || type == "qwen3_moe";
   if (!mistral_like && !qwen_like) return absl::OkStatus();
   if (qwen_like) {
     ASSIGN_OR_RETURN(const bool use, r.Bool("use_sliding_window", false));
@@ -467,8 +472,9 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
 
   ASSIGN_OR_RETURN(const std::optional<std::string> model_type, r.OptString("model_type"));
   if (!model_type.has_value()) return r.Missing("model_type");
-  static constexpr const char* kModelTypes[] = {"llama",     "mistral", "qwen2",     "gemma",
-                                                "spanserve", "mixtral", "qwen2_moe", "olmoe"};
+  static constexpr const char* kModelTypes[] = {"llama",     "mistral",   "qwen2",   "qwen3",
+                                                "gemma",     "spanserve", "mixtral", "qwen2_moe",
+                                                "qwen3_moe", "olmoe"};
   if (std::find(std::begin(kModelTypes), std::end(kModelTypes), *model_type) ==
       std::end(kModelTypes)) {
     return r.Error(absl::StrCat("unsupported model_type '", *model_type,
@@ -513,9 +519,13 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
   ASSIGN_OR_RETURN(c.attention_bias, r.Bool("attention_bias", false));
   // Qwen2 configs have no attention_bias key, yet their q/k/v projections carry biases.
   if (c.model_type == "qwen2" || c.model_type == "qwen2_moe") c.attention_bias = true;
-  // Llama and OLMoE put the bias on o_proj too; Qwen2 and SpanServe on q/k/v only.
-  c.o_proj_bias = c.attention_bias && (c.model_type == "llama" || c.model_type == "olmoe");
-  c.qk_norm = c.model_type == "olmoe";
+  // Llama, Qwen3 and OLMoE put the bias on o_proj too; Qwen2 and SpanServe on q/k/v only.
+  const bool qwen3 = c.model_type == "qwen3" || c.model_type == "qwen3_moe";
+  c.o_proj_bias = c.attention_bias && (c.model_type == "llama" || c.model_type == "olmoe" || qwen3);
+  // OLMoE normalizes the whole q / k projections, Qwen3 (and Qwen3-MoE) each head (before
+  // RoPE, both).
+  c.qk_norm = c.model_type == "olmoe" || qwen3;
+  c.qk_norm_per_head = qwen3;
   ASSIGN_OR_RETURN(c.bos_token_ids, r.IntList("bos_token_id", /*allow_scalar=*/true));
   ASSIGN_OR_RETURN(c.eos_token_ids, r.IntList("eos_token_id", /*allow_scalar=*/true));
 
@@ -575,7 +585,8 @@ bool ModelConfig::LayerIsMoe(int layer) const {
 
 int ModelConfig::LayerSlidingWindow(int layer) const {
   if (sliding_window <= 0) return 0;
-  const bool qwen_like = model_type == "qwen2" || model_type == "qwen2_moe";
+  const bool qwen_like = model_type == "qwen2" || model_type == "qwen2_moe" ||
+                         model_type == "qwen3" || model_type == "qwen3_moe";
   return qwen_like && layer < max_window_layers ? 0 : sliding_window;
 }
 

@@ -1,5 +1,5 @@
-// Model configuration, read from a Hugging Face style config.json. Llama, Qwen2, Gemma and
-// Mistral configs load unmodified (as PreNorm models); SpanServe's keys add the norm
+// Model configuration, read from a Hugging Face style config.json. Llama, Qwen2, Qwen3, Gemma
+// and Mistral configs load unmodified (as PreNorm models); SpanServe's keys add the norm
 // placement and its scalars. See docs/MODEL_FORMAT.md for every key.
 #pragma once
 
@@ -89,10 +89,13 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v biases (Qwen2 sets this implicitly)
   bool o_proj_bias = false;     // o_proj bias too (Llama/OLMoE with attention_bias)
-  bool qk_norm = false;         // RMSNorm over q and k projections (OLMoE)
+  bool qk_norm = false;         // RMSNorm over q and k projections (OLMoE, Qwen3)
+  // Qwen3: qk_norm is per head (each head's head_dim values, one gain of head_dim shared by
+  // all heads); OLMoE: over the whole projection (gains of q_dim / kv_dim).
+  bool qk_norm_per_head = false;
   // Sliding-window attention (transformers semantics): a row at position p attends to the
   // positions k with p - sliding_window < k <= p. 0: none. Mistral/Mixtral: `sliding_window`
-  // (null: none); Qwen2/Qwen2-MoE: `sliding_window` when `use_sliding_window` is true, on
+  // (null: none); Qwen2/Qwen2-MoE/Qwen3: `sliding_window` when `use_sliding_window` is true, on
   // the layers >= `max_window_layers` only (as transformers' flash-attention path and later
   // releases; 4.46.3's eager/sdpa path applies it to every layer).
   int sliding_window = 0;

@@ -30,7 +30,10 @@ using gguf::GgufFile;
 using gguf::TensorInfo;
 using gguf::TensorType;
 
-constexpr char kArch[] = "llama";
+// general.architecture values, each loaded as the config.json model_type of the same name
+// (qwen2moe / qwen3moe: qwen2_moe / qwen3_moe; llama with experts: mixtral).
+// llama.cpp's converter permutes the Q / K rows of llama only (UnpermuteRows).
+constexpr const char* kArchs[] = {"llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe"};
 // The llama3 RoPE divisors (in the config, not a weight).
 constexpr char kRopeFreqs[] = "rope_freqs.weight";
 
@@ -38,8 +41,7 @@ constexpr char kRopeFreqs[] = "rope_freqs.weight";
 absl::Status AsInvalid(const absl::Status& s) {
   if (s.ok() || absl::IsInvalidArgument(s)) return s;
   if (absl::IsNotFound(s)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(s.message(), " (required for a ", kArch, " model)"));
+    return absl::InvalidArgumentError(absl::StrCat(s.message(), " (a required key)"));
   }
   return s;
 }
@@ -67,7 +69,9 @@ absl::StatusOr<std::optional<int64_t>> OptionalTokenId(const GgufFile& f, const 
 }
 
 // GGUF tensor name -> the runtime's name; empty if the architecture has no such tensor.
-std::string RuntimeName(const std::string& name) {
+// `mixtral`: experts under Mixtral's names (block_sparse_moe, w1 / w2 / w3), else under
+// Qwen2-MoE's (mlp.gate, mlp.experts.E.*_proj, mlp.shared_expert*).
+std::string RuntimeName(const std::string& name, bool mixtral) {
   if (name == "token_embd.weight") return "model.embed_tokens.weight";
   if (name == "output_norm.weight") return "model.norm.weight";
   if (name == "output.weight") return "lm_head.weight";
@@ -85,16 +89,66 @@ std::string RuntimeName(const std::string& name) {
   if (suffix.empty()) return "";
   rest.resize(rest.size() - suffix.size());
   static constexpr std::pair<const char*, const char*> kBlock[] = {
-      {"attn_norm", "input_layernorm"}, {"ffn_norm", "post_attention_layernorm"},
-      {"attn_q", "self_attn.q_proj"},   {"attn_k", "self_attn.k_proj"},
-      {"attn_v", "self_attn.v_proj"},   {"attn_output", "self_attn.o_proj"},
-      {"ffn_gate", "mlp.gate_proj"},    {"ffn_up", "mlp.up_proj"},
-      {"ffn_down", "mlp.down_proj"},
+      {"attn_norm", "input_layernorm"},    {"ffn_norm", "post_attention_layernorm"},
+      {"attn_q", "self_attn.q_proj"},      {"attn_k", "self_attn.k_proj"},
+      {"attn_v", "self_attn.v_proj"},      {"attn_output", "self_attn.o_proj"},
+      {"ffn_gate", "mlp.gate_proj"},       {"ffn_up", "mlp.up_proj"},
+      {"ffn_down", "mlp.down_proj"},       {"attn_q_norm", "self_attn.q_norm"},
+      {"attn_k_norm", "self_attn.k_norm"},
   };
   for (const auto& [from, to] : kBlock) {
     if (rest == from) return absl::StrCat("model.layers.", layer, ".", to, suffix);
   }
+  // MoE: the router, and each of the gate / down / up matrices of every expert stacked in
+  // one 3-D tensor, named here with `*` for the expert (GgufWeights splits it), or one tensor
+  // per expert in older files (ffn_gate.E); qwen2moe's shared expert and its gate.
+  static constexpr std::pair<const char*, const char*> kMixtralExperts[] = {
+      {"ffn_gate", "w1"}, {"ffn_down", "w2"}, {"ffn_up", "w3"}};
+  static constexpr std::pair<const char*, const char*> kQwenExperts[] = {
+      {"ffn_gate", "gate_proj"}, {"ffn_down", "down_proj"}, {"ffn_up", "up_proj"}};
+  const std::string moe =
+      absl::StrCat("model.layers.", layer, mixtral ? ".block_sparse_moe." : ".mlp.");
+  if (rest == "ffn_gate_inp") return absl::StrCat(moe, "gate", suffix);
+  if (!mixtral) {
+    if (rest == "ffn_gate_inp_shexp") return absl::StrCat(moe, "shared_expert_gate", suffix);
+    for (const auto& [from, to] : kQwenExperts) {
+      if (rest == absl::StrCat(from, "_shexp")) {
+        return absl::StrCat(moe, "shared_expert.", to, suffix);
+      }
+    }
+  }
+  for (const auto& [from, to] : mixtral ? kMixtralExperts : kQwenExperts) {
+    if (rest == absl::StrCat(from, "_exps")) return absl::StrCat(moe, "experts.*.", to, suffix);
+    int expert = 0;
+    if (absl::StartsWith(rest, absl::StrCat(from, ".")) &&
+        absl::SimpleAtoi(rest.substr(std::string_view(from).size() + 1), &expert) && expert >= 0) {
+      return absl::StrCat(moe, "experts.", expert, ".", to, suffix);
+    }
+  }
   return "";
+}
+
+// Adds `view` as `name`; a stacked expert tensor (`*` in the name, shape [experts, rows,
+// cols]) is added as one [rows, cols] tensor per expert, each a slice of the same data.
+absl::Status AddTensorOrExperts(WeightStore& store, const std::string& name, TensorView view,
+                                const std::string& origin) {
+  const size_t star = name.find('*');
+  if (star == std::string::npos) return store.AddTensor(name, std::move(view), origin);
+  if (view.shape.size() != 3) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor ", origin,
+                                                   " holds stacked experts but has ",
+                                                   view.shape.size(), " dims, expected 3"));
+  }
+  const int64_t experts = view.shape[0];
+  TensorView slice = view;
+  slice.shape = {view.shape[1], view.shape[2]};
+  const int64_t slice_bytes = slice.bytes();
+  for (int64_t e = 0; e < experts; ++e) {
+    slice.data = static_cast<const uint8_t*>(view.data) + e * slice_bytes;
+    RETURN_IF_ERROR(store.AddTensor(absl::StrCat(name.substr(0, star), e, name.substr(star + 1)),
+                                    slice, absl::StrCat(origin, " expert ", e)));
+  }
+  return absl::OkStatus();
 }
 
 // Undoes llama.cpp's rotary permutation of Q/K rows in place: within each head of `dim`
@@ -125,6 +179,16 @@ kernels::QuantType KeptQuant(TensorType type) {
       return kernels::QuantType::kQ4_0;
     case TensorType::kQ4_1:
       return kernels::QuantType::kQ4_1;
+    case TensorType::kQ5_0:
+      return kernels::QuantType::kQ5_0;
+    case TensorType::kQ5_1:
+      return kernels::QuantType::kQ5_1;
+    case TensorType::kQ4_K:
+      return kernels::QuantType::kQ4_K;
+    case TensorType::kQ5_K:
+      return kernels::QuantType::kQ5_K;
+    case TensorType::kQ6_K:
+      return kernels::QuantType::kQ6_K;
     default:
       return kernels::QuantType::kNone;
   }
@@ -140,22 +204,93 @@ bool IsGgufPath(const std::string& path) {
 absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
   absl::StatusOr<std::string_view> arch = f.GetString("general.architecture");
   if (!arch.ok()) return AsInvalid(arch.status());
-  if (*arch != kArch) {
-    return absl::UnimplementedError(absl::StrCat(f.path(), ": general.architecture '",
-                                                 std::string(*arch),
-                                                 "' is not supported (supported: llama)"));
+  if (std::find(std::begin(kArchs), std::end(kArchs), *arch) == std::end(kArchs)) {
+    return absl::UnimplementedError(
+        absl::StrCat(f.path(), ": general.architecture '", std::string(*arch),
+                     "' is not supported (supported: ", absl::StrJoin(kArchs, ", "), ")"));
   }
-  const std::string a = kArch;
-  if (f.Has(a + ".expert_count")) {
-    ASSIGN_OR_RETURN(const int64_t experts, f.GetInt(a + ".expert_count"));
+  // Metadata keys are under the architecture's prefix (qwen2.embedding_length, ...).
+  const std::string a(*arch);
+  // MoE: llama with expert_count > 0 is Mixtral's layout (softmax router, top-k renormalised,
+  // SwiGLU experts, no shared expert), loaded as a mixtral config; qwen2moe (with a gated
+  // shared expert) and qwen3moe (without) are Qwen2-MoE's layout.
+  const bool qwen2moe = a == "qwen2moe";
+  const bool qwen_moe = qwen2moe || a == "qwen3moe";
+  json moe;  // null: dense
+  int64_t used = 0;
+  if (f.Has(a + ".expert_count") || qwen_moe) {
+    ASSIGN_OR_RETURN(const int64_t experts, qwen_moe ? RequiredPositive(f, a + ".expert_count")
+                                                     : f.GetInt(a + ".expert_count"));
+    if (experts > 0 && a != "llama" && !qwen_moe) {
+      return absl::UnimplementedError(absl::StrCat(
+          f.path(), ": ", a, ".expert_count = ", experts,
+          ": MoE GGUF models are supported for the llama (Mixtral), qwen2moe and qwen3moe "
+          "architectures only"));
+    }
     if (experts > 0) {
-      return absl::UnimplementedError(absl::StrCat(f.path(), ": ", a, ".expert_count = ", experts,
-                                                   ": MoE GGUF models are not supported yet"));
+      ASSIGN_OR_RETURN(used, RequiredPositive(f, a + ".expert_used_count"));
+      moe = {{qwen_moe ? "num_experts" : "num_local_experts", experts},
+             {"num_experts_per_tok", used}};
+      ASSIGN_OR_RETURN(const std::optional<int64_t> expert_ffn,
+                       OptionalPositive(f, a + ".expert_feed_forward_length"));
+      if (expert_ffn.has_value()) moe["moe_intermediate_size"] = *expert_ffn;
+      if (f.Has(a + ".expert_shared_count")) {
+        // qwen2moe has one shared expert (llama.cpp ignores the key there).
+        ASSIGN_OR_RETURN(const int64_t shared, f.GetInt(a + ".expert_shared_count"));
+        if (shared != 0 && !(qwen2moe && shared == 1)) {
+          return absl::UnimplementedError(absl::StrCat(
+              f.path(), ": ", a, ".expert_shared_count = ", shared, ": ",
+              qwen2moe ? "only one shared expert is supported in a qwen2moe GGUF"
+                       : absl::StrCat("shared experts are not supported in a ", a, " GGUF")));
+        }
+      }
+      if (f.Has(a + ".expert_gating_func")) {
+        // llama.cpp: 1 softmax, 2 sigmoid.
+        ASSIGN_OR_RETURN(const int64_t gating, f.GetInt(a + ".expert_gating_func"));
+        if (gating != 1) {
+          return absl::UnimplementedError(
+              absl::StrCat(f.path(), ": ", a, ".expert_gating_func = ", gating,
+                           ": only softmax routing (1) is supported in a ", a, " GGUF"));
+        }
+      }
+      if (qwen_moe) {
+        // llama.cpp renormalises the top-k weights for qwen3moe and not for qwen2moe, whatever
+        // the checkpoint's norm_topk_prob (which its converter does not write);
+        // A.expert_weights_norm, where present, says so explicitly.
+        bool norm = !qwen2moe;
+        if (f.Has(a + ".expert_weights_norm")) {
+          absl::StatusOr<bool> v = f.GetBool(a + ".expert_weights_norm");
+          if (!v.ok()) return AsInvalid(v.status());
+          norm = *v;
+        }
+        moe["norm_topk_prob"] = norm;
+      }
     }
   }
   ASSIGN_OR_RETURN(const int64_t hidden, RequiredPositive(f, a + ".embedding_length"));
   ASSIGN_OR_RETURN(const int64_t ffn, RequiredPositive(f, a + ".feed_forward_length"));
   ASSIGN_OR_RETURN(const int64_t layers, RequiredPositive(f, a + ".block_count"));
+  if (qwen_moe) {
+    // llama.cpp's defaults: experts of feed_forward_length / expert_used_count, a shared
+    // expert of feed_forward_length.
+    if (!moe.contains("moe_intermediate_size")) moe["moe_intermediate_size"] = ffn / used;
+    if (qwen2moe) {
+      ASSIGN_OR_RETURN(const std::optional<int64_t> shared_ffn,
+                       OptionalPositive(f, a + ".expert_shared_feed_forward_length"));
+      moe["shared_expert_intermediate_size"] = shared_ffn.value_or(ffn);
+    }
+    // Layers without a router are dense (a checkpoint's mlp_only_layers or
+    // decoder_sparse_step, which the metadata does not carry; llama.cpp itself expects every
+    // layer to be sparse). A file with fewer tensors than layers fails on the missing ones.
+    std::vector<int64_t> dense;
+    const int64_t checked = std::min<int64_t>(layers, static_cast<int64_t>(f.tensors().size()));
+    for (int64_t l = 0; l < checked; ++l) {
+      if (f.FindTensor(absl::StrCat("blk.", l, ".ffn_gate_inp.weight")) == nullptr) {
+        dense.push_back(l);
+      }
+    }
+    moe["mlp_only_layers"] = dense;
+  }
   ASSIGN_OR_RETURN(const int64_t context, RequiredPositive(f, a + ".context_length"));
   ASSIGN_OR_RETURN(const int64_t heads, RequiredPositive(f, a + ".attention.head_count"));
   ASSIGN_OR_RETURN(const std::optional<int64_t> kv_heads,
@@ -312,7 +447,7 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
                      ".vocab_size and tensor 'token_embd.weight' are all missing"));
   }
 
-  json j = {{"model_type", "llama"},
+  json j = {{"model_type", a},
             {"hidden_size", hidden},
             {"intermediate_size", ffn},
             {"num_hidden_layers", layers},
@@ -325,6 +460,11 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
             {"vocab_size", vocab},
             {"tie_word_embeddings", f.FindTensor("output.weight") == nullptr}};
   if (!rope_scaling.is_null()) j["rope_scaling"] = rope_scaling;
+  if (qwen_moe) j["model_type"] = qwen2moe ? "qwen2_moe" : "qwen3_moe";
+  if (!moe.is_null()) {
+    if (a == "llama") j["model_type"] = "mixtral";
+    j.update(moe);
+  }
   ASSIGN_OR_RETURN(const std::optional<int64_t> bos,
                    OptionalTokenId(f, "tokenizer.ggml.bos_token_id"));
   ASSIGN_OR_RETURN(const std::optional<int64_t> eos,
@@ -348,7 +488,7 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
 
 namespace {
 
-// How a tensor is held: its blocks as stored (Q8_0 / Q4_0 / Q4_1 matrices), its values in
+// How a tensor is held: its blocks as stored (matrices of KeptQuant types), its values in
 // place (F32 / F16 / BF16 not permuted), or widened to an owned f32 copy (anything else).
 enum class Holding { kBlocks, kInPlace, kWidened };
 
@@ -365,8 +505,16 @@ TensorPlan PlanTensor(const TensorInfo& t, const ModelConfig& config) {
   const bool is_k = absl::StrContains(t.name, ".attn_k.");
   plan.heads = is_q ? config.num_heads : config.num_kv_heads;
   // Permute only what has the expected row count; a misshapen tensor is reported by Model.
-  plan.permute = (is_q || is_k) && shape[0] == plan.heads * config.head_dim;
-  if (KeptQuant(t.type) != kernels::QuantType::kNone && shape.size() == 2 && shape[1] % 32 == 0) {
+  // llama.cpp's converter interleaves Q / K rows for the llama architecture only (its qwen2
+  // and qwen3 tensors are stored as in the checkpoint); a llama GGUF with experts loads as a
+  // mixtral config.
+  const bool llama = config.model_type == "llama" || config.model_type == "mixtral";
+  plan.permute = llama && (is_q || is_k) && shape[0] == plan.heads * config.head_dim;
+  // A matrix whose rows are not whole blocks (which ggml does not write) is widened.
+  const kernels::QuantType kept = KeptQuant(t.type);
+  // (3-D: stacked experts, split into matrices by AddTensorOrExperts.)
+  if (kept != kernels::QuantType::kNone && (shape.size() == 2 || shape.size() == 3) &&
+      shape.back() % kernels::QuantBlockElems(kept) == 0) {
     plan.holding = Holding::kBlocks;
   } else if (!plan.permute && (t.type == TensorType::kF32 || t.type == TensorType::kF16 ||
                                t.type == TensorType::kBF16)) {
@@ -394,7 +542,8 @@ absl::Status CheckWidenedBytes(const GgufFile& f, const ModelConfig& config, int
   return absl::ResourceExhaustedError(absl::StrFormat(
       "%s: its %s tensors are widened to f32 at load, which needs %.2f GiB; this process can "
       "take %.2f GiB (MemAvailable, and the cgroup's memory limit). SpanServe computes in "
-      "place on F32, F16, BF16, Q8_0, Q4_0 and Q4_1 only: use such a file, or more memory",
+      "place on F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K only: use "
+      "such a file, or more memory",
       f.path(), absl::StrJoin(types, ", "), static_cast<double>(widened) / kGiB,
       static_cast<double>(*limit) / kGiB));
 }
@@ -412,20 +561,26 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
   std::unique_ptr<WeightStore> store = WeightStore::CreateEmpty(f.path());
   for (const TensorInfo& t : f.tensors()) {
     if (t.name == kRopeFreqs) continue;  // read by GgufModelConfig
-    const std::string name = RuntimeName(t.name);
+    const std::string name = RuntimeName(t.name, config.moe.layout == MoeLayout::kMixtral);
     if (name.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(f.path(), ": tensor '", t.name,
-                                                     "' is not a tensor of a ", kArch,
+                                                     "' is not a tensor of a ", config.model_type,
                                                      " model this runtime knows"));
     }
     const std::string origin = absl::StrCat(f.path(), " as '", t.name, "'");
     TensorView view;
     view.shape = t.TorchShape();
+    // qwen2moe's shared-expert gate: llama.cpp's [hidden] vector is the checkpoint's
+    // [1, hidden] matrix.
+    if (view.shape.size() == 1 && absl::EndsWith(name, ".shared_expert_gate.weight")) {
+      view.shape = {1, view.shape[0]};
+    }
     const TensorPlan plan = PlanTensor(t, config);
     const bool permute = plan.permute;
     const int64_t heads = plan.heads;
-    // Matrices in Q8_0 / Q4_0 / Q4_1 stay in their blocks (the kernels compute with exactly
-    // the dequantized values); Q and K rows are reordered as whole rows of blocks.
+    // Matrices in Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q4_K / Q5_K / Q6_K stay in their blocks
+    // (the kernels compute with exactly the dequantized values); Q and K rows are reordered as
+    // whole rows of blocks.
     if (plan.holding == Holding::kBlocks) {
       view.quant = KeptQuant(t.type);
       view.data = t.data;
@@ -438,7 +593,7 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
         view.data = copy.get();
         store->Own(std::move(copy));
       }
-      RETURN_IF_ERROR(store->AddTensor(name, std::move(view), origin));
+      RETURN_IF_ERROR(AddTensorOrExperts(*store, name, std::move(view), origin));
       continue;
     }
     if (plan.holding == Holding::kInPlace) {
@@ -446,7 +601,7 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
                    : t.type == TensorType::kF16 ? DType::kF16
                                                 : DType::kBF16;
       view.data = t.data;
-      RETURN_IF_ERROR(store->AddTensor(name, std::move(view), origin));
+      RETURN_IF_ERROR(AddTensorOrExperts(*store, name, std::move(view), origin));
       continue;
     }
     const int64_t n = t.numel();
@@ -460,7 +615,7 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
     view.dtype = DType::kF32;
     view.data = buffer.get();
     store->Own(std::move(buffer));
-    RETURN_IF_ERROR(store->AddTensor(name, std::move(view), origin));
+    RETURN_IF_ERROR(AddTensorOrExperts(*store, name, std::move(view), origin));
   }
   store->KeepAlive(std::move(file));
   return store;

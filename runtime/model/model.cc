@@ -73,7 +73,12 @@ absl::Status Model::Impl::Attention(const LayerWeights& lw, const float* in, int
   be.MatMul(in, tokens, lw.q, lw.has_qkv_bias ? &lw.qb : nullptr, q);
   be.MatMul(in, tokens, lw.k, lw.has_qkv_bias ? &lw.kb : nullptr, kk);
   be.MatMul(in, tokens, lw.v, lw.has_qkv_bias ? &lw.vb : nullptr, v);
-  if (lw.has_qk_norm) {
+  if (lw.has_qk_norm && c.qk_norm_per_head) {
+    // Qwen3: q / k rows are [tokens, heads, head_dim], so each head's values are one row of
+    // head_dim for the norm.
+    be.RmsNorm(q, tokens * c.num_heads, c.head_dim, lw.q_norm.gain, c.norm_eps, q);
+    be.RmsNorm(kk, tokens * c.num_kv_heads, c.head_dim, lw.k_norm.gain, c.norm_eps, kk);
+  } else if (lw.has_qk_norm) {
     be.RmsNorm(q, tokens, q_dim, lw.q_norm.gain, c.norm_eps, q);
     be.RmsNorm(kk, tokens, kv_dim, lw.k_norm.gain, c.norm_eps, kk);
   }

@@ -112,7 +112,7 @@ using TensorShapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
 // How matrices multiply, by their storage (Model::Options::compute_dtype and int8_dot).
 struct MatrixPrecisions {
   kernels::MatMulPrecision bf16 = kernels::MatMulPrecision::kExact;       // bf16 matrices
-  kernels::MatMulPrecision quantized = kernels::MatMulPrecision::kExact;  // Q8_0/Q4_0/Q4_1
+  kernels::MatMulPrecision quantized = kernels::MatMulPrecision::kExact;  // block-quantized
 };
 
 // binding.cc: binds every tensor `config` implies from `store` (exact shapes; then the

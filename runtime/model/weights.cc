@@ -129,7 +129,7 @@ int64_t TensorView::numel() const {
 
 int64_t TensorView::bytes() const {
   if (quant != kernels::QuantType::kNone) {
-    return numel() / 32 * kernels::QuantBlockBytes(quant);
+    return numel() / kernels::QuantBlockElems(quant) * kernels::QuantBlockBytes(quant);
   }
   return numel() * static_cast<int64_t>(DTypeSize(dtype));
 }

@@ -21,7 +21,8 @@ struct TensorView {
   DType dtype = DType::kF32;
   std::vector<int64_t> shape;
   const void* data = nullptr;  // borrowed: lives as long as the WeightStore
-  // A GGUF matrix kept in its ggml blocks (rows of shape[1] / 32 blocks; dtype unused).
+  // A GGUF matrix kept in its ggml blocks (rows of shape[1] / QuantBlockElems blocks; dtype
+  // unused).
   kernels::QuantType quant = kernels::QuantType::kNone;
   int64_t numel() const;
   int64_t bytes() const;

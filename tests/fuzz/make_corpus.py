@@ -52,7 +52,8 @@ def safetensors(tensors, metadata=None, pad_header=True):
 def make_safetensors_config():
     t = "safetensors_config"
     for case in ["pre", "span_scaled", "mix", "pre_rope_linear", "moe_qwen2_span", "moe_sigmoid_span",
-                 "hf_llama", "hf_qwen2", "hf_mixtral", "hf_qwen2_moe", "hf_olmoe"]:
+                 "hf_llama", "hf_qwen2", "hf_mixtral", "hf_qwen2_moe", "hf_olmoe", "hf_qwen3",
+                 "hf_qwen3_moe"]:
         with open(path("tests", "data", "models", case, "config.json"), "rb") as f:
             write(t, "config_" + case, b"\x00" + f.read())
     with open(path("models", "spanserve-span-12l", "config.json"), "rb") as f:

@@ -11,8 +11,16 @@ Two sources:
                   dtype, reloaded (widened to f32) and run in float32;
   * transformers — a tiny random Hugging Face model (LlamaForCausalLM, Qwen2ForCausalLM,
                   MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM,
-                  GemmaForCausalLM) written with
+                  GemmaForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM) written with
                   save_pretrained; the logits come from the HF model itself.
+
+hf_qwen3 and hf_qwen3_moe need transformers >= 4.51 (Qwen3, Qwen3-MoE), which the pinned
+4.46.3 lacks: a run with the pinned version keeps the committed directories (and says so).
+To regenerate them, run this script with transformers 4.51.3 and tokenizers 0.21 installed
+over the project venv (e.g. a venv with a .pth file naming the project venv's
+site-packages); on torch < 2 the script then fills in the few torch names transformers 4.51
+imports but these models never use (torch_compat below) and loads the saved models through
+load_state_dict.
 
 Checks (the script fails if one does not hold):
   * every golden against an independent float64 numpy implementation
@@ -140,7 +148,9 @@ REF_CASES = {
 
 HF_CASES = ["hf_llama", "hf_qwen2", "hf_mixtral", "hf_qwen2_moe", "hf_olmoe",
             "hf_llama3_rope", "hf_qwen2_yarn", "hf_mistral_sliding", "hf_qwen2_sliding",
-            "hf_gemma"]
+            "hf_gemma", "hf_qwen3", "hf_qwen3_moe"]
+# Cases whose Hugging Face class is newer than the pinned transformers (see the docstring).
+HF_MIN_VERSION = {"hf_qwen3": (4, 51), "hf_qwen3_moe": (4, 51)}
 # Sequence lengths per case (default LENGTHS): the RoPE scaling cases go well past their
 # original_max_position_embeddings (16 / 32).
 # The sliding-window cases (window 8) run well past their window.
@@ -265,6 +275,18 @@ def mutations(d):
         run_cfg("branch_scale_1", branch_scale=1.0)
     if c.num_experts and c.norm_topk_prob and c.moe_layout != "mixtral":
         run_cfg("no_renorm", norm_topk_prob=False)
+    if c.qk_norm_per_head:
+        # Qwen3's per-head q / k norms: swapped gains, and no norm at all.
+        sd = base.state_dict()
+        a, b = "model.layers.0.self_attn.q_norm.weight", "model.layers.0.self_attn.k_norm.weight"
+        m = SpanModel(config)
+        m.load_state_dict(dict(sd, **{a: sd[b], b: sd[a]}))
+        out["qk_norms_swapped"] = m.eval()
+        m = SpanModel(config)
+        m.load_state_dict(sd)
+        for layer in m.model.layers:
+            layer.self_attn.q_norm = layer.self_attn.k_norm = None
+        out["no_qk_norm"] = m.eval()
     # Swap the gains of the first two norms of layer 0 (a naming mix-up).
     sd = base.state_dict()
     names = base.model.layers[0].norm_names
@@ -294,7 +316,9 @@ def hf_class(model_type):
     return {"llama": T.LlamaForCausalLM, "qwen2": T.Qwen2ForCausalLM,
             "mistral": T.MistralForCausalLM,
             "mixtral": T.MixtralForCausalLM, "qwen2_moe": T.Qwen2MoeForCausalLM,
-            "olmoe": T.OlmoeForCausalLM, "gemma": T.GemmaForCausalLM}.get(model_type)
+            "olmoe": T.OlmoeForCausalLM, "gemma": T.GemmaForCausalLM,
+            "qwen3": getattr(T, "Qwen3ForCausalLM", None),
+            "qwen3_moe": getattr(T, "Qwen3MoeForCausalLM", None)}.get(model_type)
 
 
 @torch.no_grad()
@@ -321,6 +345,12 @@ def hf_load(d):
     cls = hf_class(mt)
     if cls is None:
         return None
+    if mt in ("qwen3", "qwen3_moe") and int(torch.__version__.split(".")[0]) < 2:
+        # transformers 4.51's from_pretrained needs torch >= 2: build the model from the
+        # saved config and load the saved tensors into it.
+        m = cls(cls.config_class.from_pretrained(d))
+        m.load_state_dict({k: v.float() for k, v in read_tensors(d).items()}, strict=True)
+        return m.float().eval()
     return cls.from_pretrained(d, torch_dtype=torch.float32).eval()
 
 
@@ -396,6 +426,20 @@ def hf_config(case):
                                     intermediate_size=64, head_dim=16, rope_theta=10000.0,
                                     hidden_activation="gelu_pytorch_tanh",
                                     tie_word_embeddings=True, pad_token_id=0)), 210
+    if case == "hf_qwen3":
+        # head_dim 12 (q is 48 wide over hidden 40), no biases, per-head q / k norms.
+        return T.Qwen3Config(**dict(common, intermediate_size=72, head_dim=12,
+                                    rope_theta=1000000.0, use_sliding_window=False,
+                                    attention_bias=False)), 211
+    if case == "hf_qwen3_moe":
+        # Qwen3 attention (head_dim 12, per-head q / k norms) with Qwen2-MoE's sparse block
+        # minus the shared expert: 4 experts top-2 renormalised, layer 1 dense.
+        return T.Qwen3MoeConfig(**dict(common, intermediate_size=48, head_dim=12,
+                                       moe_intermediate_size=16, num_experts=4,
+                                       num_experts_per_tok=2, norm_topk_prob=True,
+                                       decoder_sparse_step=1, mlp_only_layers=[1],
+                                       rope_theta=1000000.0, use_sliding_window=False,
+                                       attention_bias=False)), 212
     if case == "hf_olmoe":
         return T.OlmoeConfig(**dict(common, intermediate_size=20, num_experts=4,
                                     num_experts_per_tok=2, norm_topk_prob=False,
@@ -456,6 +500,37 @@ def make_ref_case(case, report):
     report[case] = entry
 
 
+def transformers_version():
+    from importlib.metadata import version
+    return tuple(int(x) for x in version("transformers").split(".")[:2])
+
+
+def torch_compat():
+    """transformers >= 4.51 on torch 1.13: define the torch names it imports at module level
+    (torch.distributed.tensor, torch.compiler, torch.float8_e4m3fn) but never uses for these
+    f32 eager models. Not applied with the pinned transformers, whose goldens stay as they
+    are."""
+    import types
+    if transformers_version() < (4, 51):
+        return
+    try:
+        import torch.distributed.tensor  # noqa: F401
+    except ImportError:
+        import torch.distributed
+        m = types.ModuleType("torch.distributed.tensor")
+        m.DTensor = type("DTensor", (), {})
+        sys.modules["torch.distributed.tensor"] = m
+        torch.distributed.tensor = m
+    if not hasattr(torch, "compiler"):
+        c = types.ModuleType("torch.compiler")
+        c.disable = lambda fn=None, recursive=True: fn if fn is not None else (lambda f: f)
+        c.is_compiling = lambda: False
+        sys.modules["torch.compiler"] = c
+        torch.compiler = c
+    if not hasattr(torch, "float8_e4m3fn"):
+        torch.float8_e4m3fn = torch.uint8  # a name in a dtype table only
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("cases", nargs="*", help="only these cases (default: all)")
@@ -464,6 +539,7 @@ def main():
     torch.set_num_threads(1)
     import warnings
     warnings.filterwarnings("ignore", message=".*sigmoid is deprecated.*")
+    torch_compat()
     import transformers
     transformers.logging.set_verbosity_error()
     all_cases = list(REF_CASES) + HF_CASES
@@ -474,6 +550,14 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     report = {}
     for case in cases:
+        need = HF_MIN_VERSION.get(case)
+        if need is not None and transformers_version() < need:
+            msg = (f"{case}: needs transformers >= {need[0]}.{need[1]} (have "
+                   f"{transformers.__version__})")
+            if args.cases:
+                sys.exit(msg)
+            log(f"{msg}; committed directory kept")
+            continue
         (make_hf_case if case in HF_CASES else make_ref_case)(case, report)
         e = report[case]
         assert e["bytes"] < MAX_DIR_BYTES, f"{case}: {e['bytes']} bytes"

@@ -99,7 +99,10 @@ def _attention(x, W, p, cfg: ModelConfig, window=0):
     T = x.shape[0]
     H, KV, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     q, k, v = _lin(x, W, p + ".q_proj"), _lin(x, W, p + ".k_proj"), _lin(x, W, p + ".v_proj")
-    if cfg.qk_norm:
+    if cfg.qk_norm and cfg.qk_norm_per_head:  # Qwen3: each head's D values
+        q = _norm(q.reshape(T, H, D), W, p + ".q_norm", cfg, kind="rmsnorm").reshape(T, H * D)
+        k = _norm(k.reshape(T, KV, D), W, p + ".k_norm", cfg, kind="rmsnorm").reshape(T, KV * D)
+    elif cfg.qk_norm:
         q = _norm(q, W, p + ".q_norm", cfg, kind="rmsnorm")
         k = _norm(k, W, p + ".k_norm", cfg, kind="rmsnorm")
     out = np.zeros((T, H * D))

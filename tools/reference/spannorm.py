@@ -116,17 +116,21 @@ class ModelConfig:
             self.attention_bias = bool(g("attention_bias", False))
         if self.model_type == "olmoe" and g("clip_qkv") is not None:
             raise ConfigError("config.json: clip_qkv is not supported")
-        self.qk_norm = self.model_type == "olmoe"
+        # q_norm / k_norm before RoPE: OLMoE over the whole projections, Qwen3 over each
+        # head (one gain of head_dim shared by the heads).
+        self.qk_norm = self.model_type in ("olmoe", "qwen3", "qwen3_moe")
+        self.qk_norm_per_head = self.model_type in ("qwen3", "qwen3_moe")
         # Sliding-window attention as SpanServe reads it (runtime/model/config.h): a row at
         # position p attends to positions > p - window. Mistral/Mixtral: every layer;
-        # Qwen2/Qwen2-MoE: with use_sliding_window, layers >= max_window_layers.
+        # Qwen2/Qwen2-MoE/Qwen3: with use_sliding_window, layers >= max_window_layers.
         self.sliding_window = 0
         self.max_window_layers = 0
         if self.model_type in ("mistral", "mixtral"):
             sw = d["sliding_window"] if "sliding_window" in d else (
                 None if self.model_type == "mixtral" else 4096)
             self.sliding_window = int(sw or 0)
-        elif self.model_type in ("qwen2", "qwen2_moe") and g("use_sliding_window", False):
+        elif (self.model_type in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
+              and g("use_sliding_window", False)):
             sw = d["sliding_window"] if "sliding_window" in d else 4096
             self.sliding_window = int(sw or 0)
             self.max_window_layers = int(g("max_window_layers", 28))
@@ -163,7 +167,10 @@ class ModelConfig:
             self.norm_topk_prob = bool(g("norm_topk_prob", False))
         if self.moe_layout == "qwen2":
             self.moe_intermediate_size = int(g("moe_intermediate_size") or self.intermediate_size)
-            self.shared_expert_intermediate_size = int(g("shared_expert_intermediate_size") or 0)
+            # Qwen3-MoE has no shared expert (Qwen3MoeConfig has no such key).
+            self.shared_expert_intermediate_size = (
+                0 if self.model_type == "qwen3_moe"
+                else int(g("shared_expert_intermediate_size") or 0))
         else:  # Mixtral and OLMoE experts use intermediate_size
             self.moe_intermediate_size = self.intermediate_size
             self.shared_expert_intermediate_size = 0
@@ -275,16 +282,22 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(E, KV * D, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(E, KV * D, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(H * D, E, bias=False)
+        self.qk_norm_per_head = cfg.qk_norm_per_head
         if cfg.qk_norm:  # OLMoE: RMSNorm over the full q / k projections, before RoPE
-            self.q_norm = Norm(H * D, "rmsnorm", cfg.norm_eps, False)
-            self.k_norm = Norm(KV * D, "rmsnorm", cfg.norm_eps, False)
+            # (Qwen3: over each head's D values)
+            self.q_norm = Norm(D if cfg.qk_norm_per_head else H * D, "rmsnorm", cfg.norm_eps, False)
+            self.k_norm = Norm(D if cfg.qk_norm_per_head else KV * D, "rmsnorm", cfg.norm_eps,
+                               False)
         else:
             self.q_norm = self.k_norm = None
 
     def forward(self, x, cos, sin):
         B, T, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.qk_norm_per_head:
+            q = self.q_norm(q.view(B, T, self.H, self.D)).reshape(B, T, self.H * self.D)
+            k = self.k_norm(k.view(B, T, self.KV, self.D)).reshape(B, T, self.KV * self.D)
+        elif self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, self.H, self.D).transpose(1, 2)
         k = k.view(B, T, self.KV, self.D).transpose(1, 2)

@@ -194,14 +194,27 @@ float GetHalf(const uint8_t* p) {
   return F16ToF32(h);
 }
 
+// Q4_K / Q5_K's 6-bit scale and min of sub-block s, as kernels/quant.h describes them.
+void ScaleMinK4(const uint8_t* q, int s, int* sc, int* m) {
+  if (s < 4) {
+    *sc = q[s] & 63;
+    *m = q[s + 4] & 63;
+  } else {
+    *sc = (q[s + 4] & 0x0f) | ((q[s - 4] >> 6) << 4);
+    *m = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
+  }
+}
+
 // Random valid blocks of `quant`, every quant value of the format reachable; `values` is
-// their dequantization as kernels/quant.h writes it (d·q, then + m for Q4_1, f32, no FMA).
+// their dequantization as kernels/quant.h writes it (d·q, then + m for Q4_1 / Q5_1;
+// (d·sc)·q − dmin·m for the K-quants; f32, no FMA).
 HostWeight MakeQuant(std::mt19937& rng, int64_t rows, int64_t cols, QuantType quant) {
   HostWeight w;
   w.quant = quant;
   w.rows = rows;
   w.cols = cols;
-  const int64_t blocks = rows * cols / kQuantBlock;
+  const int64_t elems = QuantBlockElems(quant);
+  const int64_t blocks = rows * cols / elems;
   w.bytes.resize(blocks * QuantBlockBytes(quant));
   w.values.resize(rows * cols);
   std::uniform_real_distribution<float> scale(0.002f, 0.03f);
@@ -209,7 +222,13 @@ HostWeight MakeQuant(std::mt19937& rng, int64_t rows, int64_t cols, QuantType qu
   std::uniform_int_distribution<int> byte(0, 255);
   uint8_t* b = w.bytes.data();
   float* out = w.values.data();
-  for (int64_t blk = 0; blk < blocks; ++blk, b += QuantBlockBytes(quant), out += kQuantBlock) {
+  for (int64_t blk = 0; blk < blocks; ++blk, b += QuantBlockBytes(quant), out += elems) {
+    // Q5 and K-quant blocks start random (quants, high bits, sub-block scales).
+    const bool random_bytes =
+        quant != QuantType::kQ8_0 && quant != QuantType::kQ4_0 && quant != QuantType::kQ4_1;
+    for (int64_t i = 0; random_bytes && i < QuantBlockBytes(quant); ++i) {
+      b[i] = static_cast<uint8_t>(byte(rng));
+    }
     switch (quant) {
       case QuantType::kQ8_0: {
         PutHalf(b, scale(rng));
@@ -244,6 +263,62 @@ HostWeight MakeQuant(std::mt19937& rng, int64_t rows, int64_t cols, QuantType qu
         }
         break;
       }
+      case QuantType::kQ5_0:
+      case QuantType::kQ5_1: {
+        const bool q5_1 = quant == QuantType::kQ5_1;
+        PutHalf(b, q5_1 ? scale(rng) : (byte(rng) < 128 ? scale(rng) : -scale(rng)));
+        if (q5_1) PutHalf(b + 2, minimum(rng));
+        const float d = GetHalf(b);
+        const float m = q5_1 ? GetHalf(b + 2) : 0.0f;
+        uint32_t qh;
+        std::memcpy(&qh, b + (q5_1 ? 4 : 2), 4);
+        const uint8_t* qs = b + (q5_1 ? 8 : 6);
+        for (int i = 0; i < 32; ++i) {
+          const int nib = i < 16 ? qs[i] & 15 : qs[i - 16] >> 4;
+          const int q = nib | static_cast<int>((qh >> i) & 1) << 4;
+          if (q5_1) {
+            const float dq = d * static_cast<float>(q);
+            out[i] = dq + m;
+          } else {
+            out[i] = d * static_cast<float>(q - 16);
+          }
+        }
+        break;
+      }
+      case QuantType::kQ4_K:
+      case QuantType::kQ5_K: {
+        const bool q5 = quant == QuantType::kQ5_K;
+        PutHalf(b, 0.1f * scale(rng));
+        PutHalf(b + 2, -0.1f * minimum(rng));
+        const float d = GetHalf(b), dmin = GetHalf(b + 2);
+        const uint8_t* qh = b + 16;
+        const uint8_t* qs = b + (q5 ? 48 : 16);
+        for (int e = 0; e < 256; ++e) {
+          const int s = e / 32, j = e % 32;
+          int sc, mn;
+          ScaleMinK4(b + 4, s, &sc, &mn);
+          int q = (qs[32 * (s / 2) + j] >> (4 * (s % 2))) & 15;
+          if (q5) q |= ((qh[j] >> s) & 1) << 4;
+          const float dl = d * static_cast<float>(sc);
+          const float ml = dmin * static_cast<float>(mn);
+          const float dq = dl * static_cast<float>(q);
+          out[e] = dq - ml;
+        }
+        break;
+      }
+      case QuantType::kQ6_K: {
+        PutHalf(b + 208, 0.1f * scale(rng));
+        const float d = GetHalf(b + 208);
+        for (int e = 0; e < 256; ++e) {
+          const int s = e / 16, h = e / 128, r = e % 128, j = e % 32;
+          const int q = (((b[64 * h + r % 64] >> (4 * (r / 64))) & 15) |
+                         ((b[128 + 32 * h + j] >> (2 * (r / 32))) & 3) << 4) -
+                        32;
+          const float dl = d * static_cast<float>(static_cast<int8_t>(b[192 + s]));
+          out[e] = dl * static_cast<float>(q);
+        }
+        break;
+      }
       case QuantType::kNone:
         break;
     }
@@ -259,6 +334,16 @@ std::string FormatName(const HostWeight& w) {
       return "Q4_0";
     case QuantType::kQ4_1:
       return "Q4_1";
+    case QuantType::kQ5_0:
+      return "Q5_0";
+    case QuantType::kQ5_1:
+      return "Q5_1";
+    case QuantType::kQ4_K:
+      return "Q4_K";
+    case QuantType::kQ5_K:
+      return "Q5_K";
+    case QuantType::kQ6_K:
+      return "Q6_K";
     case QuantType::kNone:
       break;
   }
@@ -616,6 +701,29 @@ TEST_P(BackendOpsTest, MatMulQ4_0) {
 TEST_P(BackendOpsTest, MatMulQ4_1) {
   const HostWeight w = MakeQuant(rng_, 37, 96, QuantType::kQ4_1);
   CheckMatMul(w, MakeDense(rng_, 1, 37, DType::kF32), MatMulPrecision::kExact, kF32);
+}
+
+// Q5_0, Q5_1 and the K-quants (super-blocks of 256): MatMul and EmbeddingLookup compute with
+// exactly the dequantized values (a device may dequantize them once at upload).
+TEST_P(BackendOpsTest, MatMulAndEmbeddingOnQ5AndKQuants) {
+  for (QuantType q :
+       {QuantType::kQ5_0, QuantType::kQ5_1, QuantType::kQ4_K, QuantType::kQ5_K, QuantType::kQ6_K}) {
+    const HostWeight w = MakeQuant(rng_, 37, QuantBlockElems(q) == 256 ? 512 : 96, q);
+    SCOPED_TRACE(FormatName(w));
+    CheckMatMul(w, MakeDense(rng_, 1, 37, DType::kF32), MatMulPrecision::kExact, kF32);
+    const std::vector<int32_t> ids = {3, 0, 36, 3, 7};
+    const int64_t n = static_cast<int64_t>(ids.size()), dim = w.cols;
+    auto [got, oracle] = RunBoth([&](Backend& be, Mem& mem) {
+      float* out = mem.Zeros<float>(n * dim);
+      be.EmbeddingLookup(mem.Matrix(w), mem.In(ids), n, out);
+      return mem.Get(out, n * dim);
+    });
+    Expected want;
+    for (int32_t id : ids) {
+      for (int64_t c = 0; c < dim; ++c) want.Push(w.at(id, c));
+    }
+    ExpectOp("EmbeddingLookup", got, oracle, want, kExact);
+  }
 }
 
 TEST_P(BackendOpsTest, MatMulBf16Dot) {

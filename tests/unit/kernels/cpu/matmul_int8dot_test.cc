@@ -27,11 +27,27 @@ namespace {
 using testing::BitIdentical;
 using testing::RandomFloats;
 
-constexpr QuantType kFormats[] = {QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_1};
+constexpr QuantType kFormats[] = {QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_1,
+                                  QuantType::kQ5_0, QuantType::kQ5_1, QuantType::kQ4_K,
+                                  QuantType::kQ5_K};
 
 std::string FormatName(QuantType q) {
-  return q == QuantType::kQ8_0 ? "Q8_0" : q == QuantType::kQ4_0 ? "Q4_0" : "Q4_1";
+  return q == QuantType::kQ8_0   ? "Q8_0"
+         : q == QuantType::kQ4_0 ? "Q4_0"
+         : q == QuantType::kQ4_1 ? "Q4_1"
+         : q == QuantType::kQ5_0 ? "Q5_0"
+         : q == QuantType::kQ5_1 ? "Q5_1"
+         : q == QuantType::kQ4_K ? "Q4_K"
+                                 : "Q5_K";
 }
+
+bool HasMin(QuantType q) {
+  return q == QuantType::kQ4_1 || q == QuantType::kQ5_1 || q == QuantType::kQ4_K ||
+         q == QuantType::kQ5_K;
+}
+
+// Elements of one block of the format: 32, or 256 for Q4_K and Q5_K.
+int64_t Elems(QuantType q) { return QuantBlockElems(q); }
 
 // Runs a scope with MatMul capped at one instruction set, restoring the setting after.
 class ScopedIsa {
@@ -48,20 +64,20 @@ bool HasVnni() {
   return Int8DotUsesVnni();
 }
 
-// n rows of k / 32 blocks: every quant byte random (Q8_0 from -128 to 127), scales (and Q4_1
-// mins) valid f16 values in ±scale.
+// n rows of k / 32 blocks: every quant byte random (Q8_0 from -128 to 127), scales (and Q4_1 /
+// Q5_1 mins) valid f16 values in ±scale.
 std::vector<uint8_t> RandomBlocks(QuantType q, int64_t n, int64_t k, uint32_t seed,
                                   float scale = 0.05f) {
   const int64_t block_bytes = QuantBlockBytes(q);
-  std::vector<uint8_t> bytes(n * k / 32 * block_bytes);
+  std::vector<uint8_t> bytes(n * k / Elems(q) * block_bytes);
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int> byte(0, 255);
   std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
   for (uint8_t& b : bytes) b = static_cast<uint8_t>(byte(rng));
-  for (int64_t b = 0; b < n * k / 32; ++b) {
+  for (int64_t b = 0; b < n * k / Elems(q); ++b) {  // Q4_K: d and dmin where d and m are
     const uint16_t d = F32ToF16(scale * unit(rng));
     std::memcpy(&bytes[b * block_bytes], &d, 2);
-    if (q == QuantType::kQ4_1) {
+    if (HasMin(q)) {
       const uint16_t m = F32ToF16(scale * unit(rng));
       std::memcpy(&bytes[b * block_bytes + 2], &m, 2);
     }
@@ -74,6 +90,10 @@ std::vector<float> Dequantized(QuantType q, const std::vector<uint8_t>& bytes, i
   if (q == QuantType::kQ8_0) DequantizeQ8_0(bytes.data(), numel, out.data());
   if (q == QuantType::kQ4_0) DequantizeQ4_0(bytes.data(), numel, out.data());
   if (q == QuantType::kQ4_1) DequantizeQ4_1(bytes.data(), numel, out.data());
+  if (q == QuantType::kQ5_0) kernels::DequantizeQ5_0(bytes.data(), numel, out.data());
+  if (q == QuantType::kQ5_1) kernels::DequantizeQ5_1(bytes.data(), numel, out.data());
+  if (q == QuantType::kQ4_K) kernels::DequantizeQ4_K(bytes.data(), numel, out.data());
+  if (q == QuantType::kQ5_K) kernels::DequantizeQ5_K(bytes.data(), numel, out.data());
   return out;
 }
 
@@ -102,8 +122,29 @@ QuantRow QuantizeReference(const float* x, int64_t k) {
   return r;
 }
 
-// Block b of a weight row: its integer quants and its scale (and min).
+// Block b of a weight row (Q4_K / Q5_K: sub-block b % 8 of super-block b / 8): its integer quants
+// and its scale (and min).
 void WeightBlock(QuantType q, const uint8_t* row, int64_t b, int wq[32], float* d, float* m) {
+  if (q == QuantType::kQ4_K || q == QuantType::kQ5_K) {
+    const uint8_t* sb = row + b / 8 * QuantBlockBytes(q);
+    const int s = static_cast<int>(b % 8);
+    uint16_t h;
+    std::memcpy(&h, sb, 2);
+    const float dd = F16ToF32(h);
+    std::memcpy(&h, sb + 2, 2);
+    const float dmin = F16ToF32(h);
+    const uint8_t* sc = sb + 4;
+    const int scale = s < 4 ? sc[s] & 63 : (sc[s + 4] & 0x0f) | ((sc[s - 4] >> 6) << 4);
+    const int mn = s < 4 ? sc[s + 4] & 63 : (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
+    *d = dd * static_cast<float>(scale);
+    *m = -(dmin * static_cast<float>(mn));
+    const bool q5 = q == QuantType::kQ5_K;
+    for (int p = 0; p < 32; ++p) {
+      wq[p] = (sb[(q5 ? 48 : 16) + 32 * (s / 2) + p] >> (4 * (s % 2))) & 0x0f;
+      if (q5) wq[p] |= ((sb[16 + p] >> s) & 1) << 4;
+    }
+    return;
+  }
   const uint8_t* block = row + b * QuantBlockBytes(q);
   std::fill(wq, wq + 32, 0);
   uint16_t h;
@@ -128,7 +169,24 @@ void WeightBlock(QuantType q, const uint8_t* row, int64_t b, int wq[32], float* 
         wq[p + 16] = block[4 + p] >> 4;
       }
       return;
-    case QuantType::kNone:
+    case QuantType::kQ5_0:
+    case QuantType::kQ5_1: {
+      const bool q5_1 = q == QuantType::kQ5_1;
+      if (q5_1) {
+        std::memcpy(&h, block + 2, 2);
+        *m = F16ToF32(h);
+      }
+      uint32_t qh;
+      std::memcpy(&qh, block + (q5_1 ? 4 : 2), 4);
+      const uint8_t* qs = block + (q5_1 ? 8 : 6);
+      const int offset = q5_1 ? 0 : 16;
+      for (int p = 0; p < 16; ++p) {
+        wq[p] = ((qs[p] & 0x0f) | static_cast<int>((qh >> p) & 1) << 4) - offset;
+        wq[p + 16] = ((qs[p] >> 4) | static_cast<int>((qh >> (p + 16)) & 1) << 4) - offset;
+      }
+      return;
+    }
+    default:
       break;
   }
   FAIL() << "not a quantized format";
@@ -143,7 +201,7 @@ struct Expected {
 // y for one x row and one weight row, as matmul_int8dot.h specifies it.
 Expected ModelInt8Dot(QuantType q, const QuantRow& x, const uint8_t* row, int64_t k,
                       const float* bias) {
-  const bool q4_1 = q == QuantType::kQ4_1;
+  const bool q4_1 = HasMin(q);  // Q4_1 or Q5_1
   float acc[16] = {}, mins[8] = {};
   Expected e{0.0f, bias != nullptr ? *bias : 0.0, bias != nullptr ? std::fabs(*bias) : 0.0};
   const int64_t blocks = k / 32;
@@ -207,7 +265,10 @@ std::vector<float> Activations(int64_t count, uint32_t seed) {
 // bases for each weight format, the per-lane d, and d, s of each block; zeros past the row.
 TEST(QuantizeRowsInt8, MatchesTheScalarDefinition) {
   for (QuantType weights : kFormats) {
-    const int offset = weights == QuantType::kQ8_0 ? 128 : weights == QuantType::kQ4_0 ? 8 : 0;
+    const int offset = weights == QuantType::kQ8_0   ? 128
+                       : weights == QuantType::kQ4_0 ? 8
+                       : weights == QuantType::kQ5_0 ? 16
+                                                     : 0;
     for (int64_t k : {32, 64, 96, 128, 160, 576}) {
       std::vector<float> x = Activations(3 * k, static_cast<uint32_t>(k));
       std::fill(x.begin(), x.begin() + 32, 0.0f);  // an all-zero block: d = 0, q = 0
@@ -270,14 +331,14 @@ class Int8DotTest : public ::testing::TestWithParam<std::tuple<QuantType, Isa>> 
 // and the 24-row panel, batches of each micro-kernel height and beyond.
 TEST_P(Int8DotTest, EqualsTheScalarModelBitForBit) {
   const QuantType q = quant();
-  for (int64_t k = 32; k <= 576; k += 32) {
+  for (int64_t k = Elems(q); k <= std::max<int64_t>(576, 2 * Elems(q)); k += Elems(q)) {
     for (int64_t n : {1, 5, 13, 29, 50}) {
       const uint32_t seed = static_cast<uint32_t>(k * 100 + n);
       const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, seed);
       const std::vector<float> bias = RandomFloats(n, seed + 1);
       const WeightVector bv{bias.data(), DType::kF32, n};
       const WeightMatrix w = Int8DotMatrix(q, blocks, n, k);
-      const int64_t row_bytes = k / 32 * QuantBlockBytes(q);
+      const int64_t row_bytes = k / Elems(q) * QuantBlockBytes(q);
       for (int64_t m : {1, 2, 3, 4, 7}) {
         SCOPED_TRACE(::testing::Message() << "k=" << k << " n=" << n << " m=" << m);
         const std::vector<float> x = Activations(m * k, seed + 2);
@@ -304,7 +365,7 @@ TEST_P(Int8DotTest, RowsDoNotDependOnTheBatchOrTheThreads) {
   const QuantType q = quant();
   // k = 576: a batch of 7 is quantized by every thread for itself, one of 37 once, shared.
   for (int64_t m : {7, 37}) {
-    const int64_t n = 61, k = 576;
+    const int64_t n = 61, k = Elems(q) == 256 ? 512 : 576;
     const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, 5);
     const WeightMatrix w = Int8DotMatrix(q, blocks, n, k);
     const std::vector<float> x = Activations(m * k, 6);
@@ -367,7 +428,8 @@ INSTANTIATE_TEST_SUITE_P(AllQuantTypesAndIsas, Int8DotTest,
 TEST(Int8Dot, VnniIsBitIdenticalToAvx2) {
   if (!HasVnni()) GTEST_SKIP() << "this CPU has no AVX512_VNNI";
   for (QuantType q : kFormats) {
-    for (int64_t k : {32, 96, 576, 2048}) {
+    for (int64_t k : {32, 96, 256, 576, 2048}) {
+      if (k % Elems(q) != 0) continue;
       for (int64_t n : {1, 7, 25, 53, 130}) {
         const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, static_cast<uint32_t>(n + k));
         const std::vector<float> bias = RandomFloats(n, 3);

@@ -1,18 +1,26 @@
 // Models from GGUF files: a GGUF written from the tiny Llama test checkpoint
 // (tests/data/models/hf_llama) the way llama.cpp's converter writes one (renamed tensors,
 // innermost-first dims, Q/K rows permuted for its rotary layout) gives bit-identical logits
-// to the safetensors original; broken or unsupported files fail naming the culprit.
+// to the safetensors original; so do qwen2 / qwen3 GGUFs of the hf_qwen2 / hf_qwen3 goldens
+// (no Q/K permutation) and a llama GGUF with experts of the hf_mixtral golden; broken or
+// unsupported files fail naming the culprit.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/dtype.h"
 #include "gguf_writer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -199,11 +207,440 @@ TEST(GgufModel, TiesEmbeddingsWhenOutputIsAbsent) {
 
 TEST(GgufModel, UnsupportedArchitectureIsNamed) {
   Variant v;
-  v.arch = "qwen3";
-  const absl::Status s = LoadStatus(v, "qwen3.gguf");
+  v.arch = "phi3";
+  const absl::Status s = LoadStatus(v, "phi3.gguf");
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
-  EXPECT_THAT(std::string(s.message()), HasSubstr("general.architecture 'qwen3'"));
-  EXPECT_THAT(std::string(s.message()), HasSubstr("qwen3.gguf"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("general.architecture 'phi3'"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("phi3.gguf"));
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("supported: llama, qwen2, qwen3, qwen2moe, qwen3moe"));
+}
+
+// The GGUF name llama.cpp's converter gives a checkpoint tensor ("" for none).
+std::string GgufName(const std::string& hf) {
+  if (hf == "model.embed_tokens.weight") return "token_embd.weight";
+  if (hf == "model.norm.weight") return "output_norm.weight";
+  if (hf == "lm_head.weight") return "output.weight";
+  static constexpr std::pair<const char*, const char*> kBlock[] = {
+      {"input_layernorm", "attn_norm"},
+      {"post_attention_layernorm", "ffn_norm"},
+      {"self_attn.q_proj", "attn_q"},
+      {"self_attn.k_proj", "attn_k"},
+      {"self_attn.v_proj", "attn_v"},
+      {"self_attn.o_proj", "attn_output"},
+      {"self_attn.q_norm", "attn_q_norm"},
+      {"self_attn.k_norm", "attn_k_norm"},
+      {"mlp.gate_proj", "ffn_gate"},
+      {"mlp.up_proj", "ffn_up"},
+      {"mlp.down_proj", "ffn_down"},
+      {"block_sparse_moe.gate", "ffn_gate_inp"},
+      {"mlp.gate", "ffn_gate_inp"},
+      {"mlp.shared_expert_gate", "ffn_gate_inp_shexp"},
+      {"mlp.shared_expert.gate_proj", "ffn_gate_shexp"},
+      {"mlp.shared_expert.up_proj", "ffn_up_shexp"},
+      {"mlp.shared_expert.down_proj", "ffn_down_shexp"},
+  };
+  int layer = 0;
+  char rest[128] = {};
+  if (std::sscanf(hf.c_str(), "model.layers.%d.%127s", &layer, rest) != 2) return "";
+  std::string r = rest;
+  const size_t dot = r.rfind('.');
+  const std::string suffix = r.substr(dot);
+  r.resize(dot);
+  for (const auto& [from, to] : kBlock) {
+    if (r == from) return absl::StrCat("blk.", layer, ".", to, suffix);
+  }
+  return "";
+}
+
+// A GGUF of the f32 checkpoint in `dir`, written as llama.cpp's convert_hf_to_gguf.py writes
+// one for `arch` (here without a vocabulary): the metadata keys it sets under the
+// architecture's prefix, its tensor names, innermost-first dims, the values as stored, and
+// for llama only the Q / K rows interleaved for its rotary layout.
+// Mixtral's experts (w1 / w2 / w3 of block_sparse_moe.experts.E) go stacked into one 3-D tensor
+// per kind, blk.N.ffn_{gate,down,up}_exps [experts, rows, cols], as the converter writes them
+// (or, with stacked_experts false, one tensor per expert, blk.N.ffn_gate.E, as older files).
+// Qwen2-MoE / Qwen3-MoE experts (mlp.experts.E.{gate,down,up}_proj) likewise; Qwen2-MoE's
+// shared expert as blk.N.ffn_{gate,down,up}_shexp and its gate as blk.N.ffn_gate_inp_shexp,
+// the [hidden] vector llama.cpp reads (shexp_gate_matrix: the checkpoint's [1, hidden]).
+// `extra` adds metadata.
+std::string ConvertCheckpoint(const std::string& dir, const std::string& arch,
+                              const std::string& file_name, bool stacked_experts = true,
+                              const std::function<void(GgufWriter&)>& extra = nullptr,
+                              bool shexp_gate_matrix = false) {
+  std::ifstream in(dir + "/config.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  auto config = model::LoadModelConfig(dir);
+  EXPECT_TRUE(config.ok()) << config.status();
+  auto store = model::WeightStore::OpenDirectory(dir);
+  EXPECT_TRUE(store.ok()) << store.status();
+  GgufWriter w;
+  w.Str("general.architecture", arch);
+  w.U32(arch + ".block_count", j["num_hidden_layers"].get<uint32_t>());
+  w.U32(arch + ".context_length", j["max_position_embeddings"].get<uint32_t>());
+  w.U32(arch + ".embedding_length", j["hidden_size"].get<uint32_t>());
+  w.U32(arch + ".feed_forward_length", j["intermediate_size"].get<uint32_t>());
+  w.U32(arch + ".attention.head_count", j["num_attention_heads"].get<uint32_t>());
+  w.U32(arch + ".attention.head_count_kv", j["num_key_value_heads"].get<uint32_t>());
+  w.F32(arch + ".rope.freq_base", j["rope_theta"].get<float>());
+  w.F32(arch + ".attention.layer_norm_rms_epsilon", j["rms_norm_eps"].get<float>());
+  if (j.contains("head_dim")) {
+    w.U32(arch + ".attention.key_length", j["head_dim"].get<uint32_t>());
+    w.U32(arch + ".attention.value_length", j["head_dim"].get<uint32_t>());
+  }
+  if (j.contains("num_local_experts")) {
+    w.U32(arch + ".expert_count", j["num_local_experts"].get<uint32_t>());
+    w.U32(arch + ".expert_used_count", j["num_experts_per_tok"].get<uint32_t>());
+  }
+  if (j.contains("num_experts")) {  // Qwen2MoeModel.set_gguf_parameters
+    w.U32(arch + ".expert_count", j["num_experts"].get<uint32_t>());
+    w.U32(arch + ".expert_used_count", j["num_experts_per_tok"].get<uint32_t>());
+    w.U32(arch + ".expert_feed_forward_length", j["moe_intermediate_size"].get<uint32_t>());
+    if (j.contains("shared_expert_intermediate_size")) {
+      w.U32(arch + ".expert_shared_feed_forward_length",
+            j["shared_expert_intermediate_size"].get<uint32_t>());
+    }
+  }
+  if (extra) extra(w);
+  for (const auto& [name, shape] : model::ExpectedTensors(*config)) {
+    int layer = 0;
+    int expert = 0;
+    char kind[16] = {};
+    const bool mixtral_expert =
+        std::sscanf(name.c_str(), "model.layers.%d.block_sparse_moe.experts.%d.%2s", &layer,
+                    &expert, kind) == 3;
+    const bool qwen_expert =
+        !mixtral_expert && std::sscanf(name.c_str(), "model.layers.%d.mlp.experts.%d.%15[a-z_]",
+                                       &layer, &expert, kind) == 3;
+    if (mixtral_expert || qwen_expert) {
+      const std::string k = kind;
+      const std::string gguf_kind = k == "w1" || k == "gate_proj"   ? "ffn_gate"
+                                    : k == "w2" || k == "down_proj" ? "ffn_down"
+                                                                    : "ffn_up";
+      const std::string prefix = absl::StrCat(
+          "model.layers.", layer, mixtral_expert ? ".block_sparse_moe" : ".mlp", ".experts.");
+      if (!stacked_experts) {
+        auto t = (*store)->Get(name, shape);
+        EXPECT_TRUE(t.ok()) << t.status();
+        w.AddF32(absl::StrCat("blk.", layer, ".", gguf_kind, ".", expert, ".weight"),
+                 {static_cast<uint64_t>(shape[1]), static_cast<uint64_t>(shape[0])}, Floats(*t));
+        continue;
+      }
+      if (expert != 0) continue;  // stacked with expert 0
+      std::vector<float> stacked;
+      for (int e = 0; e < config->moe.num_experts; ++e) {
+        auto t = (*store)->Get(absl::StrCat(prefix, e, ".", kind, ".weight"), shape);
+        EXPECT_TRUE(t.ok()) << t.status();
+        const std::vector<float> v = Floats(*t);
+        stacked.insert(stacked.end(), v.begin(), v.end());
+      }
+      w.AddF32(absl::StrCat("blk.", layer, ".", gguf_kind, "_exps.weight"),
+               {static_cast<uint64_t>(shape[1]), static_cast<uint64_t>(shape[0]),
+                static_cast<uint64_t>(config->moe.num_experts)},
+               stacked);
+      continue;
+    }
+    auto t = (*store)->Get(name, shape);
+    EXPECT_TRUE(t.ok()) << t.status();
+    EXPECT_EQ(t->dtype, DType::kF32) << name;
+    std::vector<float> values = Floats(*t);
+    const bool q = absl::StrContains(name, "q_proj.weight");
+    if (arch == "llama" && (q || absl::StrContains(name, "k_proj.weight"))) {
+      values = Permute(values, shape[0], shape[1], q ? config->num_heads : config->num_kv_heads);
+    }
+    const std::string gguf_name = GgufName(name);
+    EXPECT_FALSE(gguf_name.empty()) << name;
+    if (absl::EndsWith(name, "shared_expert_gate.weight") && !shexp_gate_matrix) {
+      w.AddF32(gguf_name, {static_cast<uint64_t>(shape[1])}, values);
+      continue;
+    }
+    w.AddF32(gguf_name, std::vector<uint64_t>(shape.rbegin(), shape.rend()), values);
+  }
+  const std::vector<uint8_t> bytes = w.Build();
+  const std::string path = ::testing::TempDir() + file_name;
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+  return path;
+}
+
+// Qwen2 (q/k/v biases) and Qwen3 (head_dim from the metadata, per-head q / k norms) GGUFs of
+// the golden checkpoints give bit-identical logits to the safetensors originals: the tensors
+// are used in place and, unlike llama's, their Q / K rows are not reordered.
+TEST(GgufModel, Qwen2AndQwen3MatchTheirSafetensorsCheckpointsBitForBit) {
+  const std::vector<int32_t> tokens = {1, 5, 17, 42, 3, 88, 60, 7, 9, 23, 31, 2, 96, 0};
+  for (const auto& [name, arch] : {std::pair<std::string, std::string>{"hf_qwen2", "qwen2"},
+                                   std::pair<std::string, std::string>{"hf_qwen3", "qwen3"},
+                                   std::pair<std::string, std::string>{"hf_llama", "llama"}}) {
+    SCOPED_TRACE(name);
+    const std::string dir = std::string(SPANSERVE_TEST_DATA) + "/models/" + name;
+    auto original = model::Model::Load(dir);
+    ASSERT_TRUE(original.ok()) << original.status();
+    std::vector<int32_t> ids = tokens;
+    for (int32_t& id : ids) id %= (*original)->config().vocab_size;
+    const std::vector<float> want = Logits(**original, ids);
+    auto m = model::Model::Load(ConvertCheckpoint(dir, arch, name + ".gguf"));
+    ASSERT_TRUE(m.ok()) << m.status();
+    const model::ModelConfig& c = (*m)->config();
+    EXPECT_EQ(c.model_type, arch);
+    EXPECT_EQ(c.attention_bias, arch == "qwen2");
+    EXPECT_EQ(c.qk_norm_per_head, arch == "qwen3");
+    EXPECT_EQ(c.head_dim, (*original)->config().head_dim);
+    EXPECT_EQ(Logits(**m, ids), want);
+  }
+}
+
+// Mixtral as llama.cpp's converter writes it (general.architecture llama, expert_count 4,
+// stacked expert tensors, Q / K interleaved) loads as a mixtral model with bit-identical
+// logits to the hf_mixtral checkpoint; so do per-expert tensors (older files).
+TEST(GgufModel, LlamaWithExpertsMatchesTheMixtralCheckpointBitForBit) {
+  const std::string dir = std::string(SPANSERVE_TEST_DATA) + "/models/hf_mixtral";
+  const std::vector<int32_t> tokens = {1, 5, 17, 42, 3, 88, 60, 7, 9, 23, 31, 2, 96, 0};
+  auto original = model::Model::Load(dir);
+  ASSERT_TRUE(original.ok()) << original.status();
+  const std::vector<float> want = Logits(**original, tokens);
+  for (const bool stacked : {true, false}) {
+    SCOPED_TRACE(stacked ? "stacked experts" : "one tensor per expert");
+    auto m = model::Model::Load(
+        ConvertCheckpoint(dir, "llama", stacked ? "moe.gguf" : "moe_split.gguf", stacked));
+    ASSERT_TRUE(m.ok()) << m.status();
+    const model::ModelConfig& c = (*m)->config();
+    EXPECT_EQ(c.model_type, "mixtral");
+    EXPECT_EQ(c.moe.layout, model::MoeLayout::kMixtral);
+    EXPECT_EQ(c.moe.num_experts, 4);
+    EXPECT_EQ(c.moe.top_k, 2);
+    EXPECT_TRUE(c.moe.norm_topk_prob);
+    EXPECT_EQ(c.moe.moe_intermediate_size, 20);
+    EXPECT_EQ(c.sliding_window, 0);
+    EXPECT_EQ(Logits(**m, tokens), want);
+  }
+}
+
+// qwen2moe and qwen3moe GGUFs of the hf_qwen2_moe / hf_qwen3_moe goldens (stacked experts,
+// qwen2moe's shared expert and its gate as a vector or a [1, hidden] matrix, one dense layer
+// each: a layer without ffn_gate_inp) give bit-identical logits to the safetensors originals.
+// llama.cpp renormalises the top-k weights for qwen3moe and not for qwen2moe; hf_qwen2_moe
+// renormalises, so its file says so with qwen2moe.expert_weights_norm.
+TEST(GgufModel, Qwen2MoeAndQwen3MoeMatchTheirSafetensorsCheckpointsBitForBit) {
+  const std::vector<int32_t> tokens = {1, 5, 17, 42, 3, 88, 60, 7, 9, 23, 31, 2, 96, 0};
+  const auto weights_norm = [](GgufWriter& w) { w.Bool("qwen2moe.expert_weights_norm", true); };
+  struct Case {
+    std::string name, arch;
+    bool shexp_gate_matrix;
+  };
+  for (const Case& k :
+       {Case{"hf_qwen2_moe", "qwen2moe", false}, Case{"hf_qwen2_moe", "qwen2moe", true},
+        Case{"hf_qwen3_moe", "qwen3moe", false}}) {
+    SCOPED_TRACE(absl::StrCat(k.name, k.shexp_gate_matrix ? " gate matrix" : ""));
+    const std::string dir = std::string(SPANSERVE_TEST_DATA) + "/models/" + k.name;
+    auto original = model::Model::Load(dir);
+    ASSERT_TRUE(original.ok()) << original.status();
+    const std::vector<float> want = Logits(**original, tokens);
+    const bool qwen2 = k.arch == "qwen2moe";
+    auto m = model::Model::Load(ConvertCheckpoint(
+        dir, k.arch, absl::StrCat(k.arch, k.shexp_gate_matrix, ".gguf"), true,
+        qwen2 ? std::function<void(GgufWriter&)>(weights_norm) : nullptr, k.shexp_gate_matrix));
+    ASSERT_TRUE(m.ok()) << m.status();
+    const model::ModelConfig& c = (*m)->config();
+    EXPECT_EQ(c.model_type, qwen2 ? "qwen2_moe" : "qwen3_moe");
+    EXPECT_EQ(c.moe.layout, model::MoeLayout::kQwen2Moe);
+    EXPECT_EQ(c.moe.num_experts, 4);
+    EXPECT_EQ(c.moe.top_k, 2);
+    EXPECT_TRUE(c.moe.norm_topk_prob);
+    EXPECT_EQ(c.moe.moe_intermediate_size, 16);
+    EXPECT_EQ(c.moe.shared_expert_intermediate_size, qwen2 ? 24 : 0);
+    EXPECT_EQ(c.moe.mlp_only_layers, (*original)->config().moe.mlp_only_layers);
+    EXPECT_EQ(c.attention_bias, qwen2);
+    EXPECT_EQ(c.qk_norm_per_head, !qwen2);
+    EXPECT_EQ(Logits(**m, tokens), want);
+  }
+  // Without expert_weights_norm, qwen2moe keeps the top-k softmax weights as llama.cpp does.
+  auto m = model::Model::Load(
+      ConvertCheckpoint(std::string(SPANSERVE_TEST_DATA) + "/models/hf_qwen2_moe", "qwen2moe",
+                        "qwen2moe_no_norm.gguf"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_FALSE((*m)->config().moe.norm_topk_prob);
+  auto original = model::Model::Load(std::string(SPANSERVE_TEST_DATA) + "/models/hf_qwen2_moe");
+  ASSERT_TRUE(original.ok()) << original.status();
+  EXPECT_NE(Logits(**m, tokens), Logits(**original, tokens));
+}
+
+TEST(GgufModel, UnsupportedQwenMoeFilesAreNamed) {
+  const std::string models = std::string(SPANSERVE_TEST_DATA) + "/models/";
+  // A dense qwen3 checkpoint written as qwen3moe: no expert_count.
+  auto m = model::Model::Load(ConvertCheckpoint(models + "hf_qwen3", "qwen3moe", "q3m_dense.gguf"));
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << m.status();
+  EXPECT_THAT(std::string(m.status().message()), HasSubstr("qwen3moe.expert_count"));
+  // Experts in a dense architecture.
+  m = model::Model::Load(ConvertCheckpoint(models + "hf_qwen3_moe", "qwen3", "q3_experts.gguf"));
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kUnimplemented) << m.status();
+  EXPECT_THAT(std::string(m.status().message()), HasSubstr("qwen3.expert_count"));
+  // Shared experts in qwen3moe, more than one in qwen2moe, sigmoid routing.
+  for (const auto& [name, arch, key, value] :
+       {std::tuple<std::string, std::string, std::string, uint32_t>{"hf_qwen3_moe", "qwen3moe",
+                                                                    "expert_shared_count", 1},
+        std::tuple<std::string, std::string, std::string, uint32_t>{"hf_qwen2_moe", "qwen2moe",
+                                                                    "expert_shared_count", 2},
+        std::tuple<std::string, std::string, std::string, uint32_t>{"hf_qwen2_moe", "qwen2moe",
+                                                                    "expert_gating_func", 2}}) {
+    m = model::Model::Load(
+        ConvertCheckpoint(models + name, arch, "qmoe_bad.gguf", true,
+                          [&](GgufWriter& w) { w.U32(absl::StrCat(arch, ".", key), value); }));
+    ASSERT_FALSE(m.ok());
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kUnimplemented) << m.status();
+    EXPECT_THAT(std::string(m.status().message()), HasSubstr(absl::StrCat(arch, ".", key)));
+  }
+}
+
+// A llama MoE GGUF whose experts are Q8_0: the stacked 3-D tensors are split into per-expert
+// matrices kept in their blocks, giving exactly the logits of the same blocks stored one
+// tensor per expert, and those of the dequantized values within f32 rounding.
+std::string WriteQ8MoeGguf(int mode, const std::string& file_name) {  // 0 stacked, 1 split, 2 f32
+  constexpr uint64_t kH = 64, kF = 32, kE = 4, kV = 50;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 0.15f);
+  std::uniform_int_distribution<int> q(-127, 127);
+  const auto randn = [&](size_t n, float mean = 0.0f) {
+    std::vector<float> v(n);
+    for (float& x : v) x = mean + normal(rng);
+    return v;
+  };
+  GgufWriter w;
+  w.Str("general.architecture", "llama");
+  w.U32("llama.context_length", 64);
+  w.U32("llama.embedding_length", kH);
+  w.U32("llama.block_count", 2);
+  w.U32("llama.feed_forward_length", kF);
+  w.U32("llama.attention.head_count", 4);
+  w.U32("llama.attention.head_count_kv", 2);
+  w.F32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  w.U32("llama.expert_count", kE);
+  w.U32("llama.expert_used_count", 2);
+  w.AddF32("token_embd.weight", {kH, kV}, randn(kH * kV));
+  w.AddF32("output.weight", {kH, kV}, randn(kH * kV));
+  w.AddF32("output_norm.weight", {kH}, randn(kH, 1.0f));
+  for (int l = 0; l < 2; ++l) {
+    const std::string b = absl::StrCat("blk.", l, ".");
+    w.AddF32(b + "attn_norm.weight", {kH}, randn(kH, 1.0f));
+    w.AddF32(b + "ffn_norm.weight", {kH}, randn(kH, 1.0f));
+    w.AddF32(b + "attn_q.weight", {kH, kH}, randn(kH * kH));
+    w.AddF32(b + "attn_k.weight", {kH, kH / 2}, randn(kH * kH / 2));
+    w.AddF32(b + "attn_v.weight", {kH, kH / 2}, randn(kH * kH / 2));
+    w.AddF32(b + "attn_output.weight", {kH, kH}, randn(kH * kH));
+    w.AddF32(b + "ffn_gate_inp.weight", {kH, kE}, randn(kH * kE));
+    for (const auto& [kind, cols, rows] :
+         {std::tuple<const char*, uint64_t, uint64_t>{"ffn_gate", kH, kF},
+          std::tuple<const char*, uint64_t, uint64_t>{"ffn_up", kH, kF},
+          std::tuple<const char*, uint64_t, uint64_t>{"ffn_down", kF, kH}}) {
+      // Q8_0 blocks: f16 scale, then 32 int8 values.
+      const uint64_t blocks = rows * cols / 32;
+      std::vector<uint8_t> all;
+      std::vector<float> values;
+      for (uint64_t e = 0; e < kE; ++e) {
+        for (uint64_t k = 0; k < blocks; ++k) {
+          const uint16_t d = F32ToF16(0.002f + 0.001f * static_cast<float>(k % 5));
+          all.push_back(static_cast<uint8_t>(d & 0xff));
+          all.push_back(static_cast<uint8_t>(d >> 8));
+          for (int i = 0; i < 32; ++i) {
+            const int8_t v = static_cast<int8_t>(q(rng));
+            all.push_back(static_cast<uint8_t>(v));
+            values.push_back(F16ToF32(d) * static_cast<float>(v));
+          }
+        }
+      }
+      if (mode == 0) {
+        w.AddTensor({absl::StrCat(b, kind, "_exps.weight"), {cols, rows, kE}, 8, all, {}});
+        continue;
+      }
+      const uint64_t per = blocks * 34;
+      for (uint64_t e = 0; e < kE; ++e) {
+        const std::string name = absl::StrCat(b, kind, ".", e, ".weight");
+        if (mode == 1) {
+          w.AddTensor({name,
+                       {cols, rows},
+                       8,
+                       std::vector<uint8_t>(all.begin() + e * per, all.begin() + (e + 1) * per),
+                       {}});
+        } else {
+          w.AddF32(name, {cols, rows},
+                   std::vector<float>(values.begin() + e * rows * cols,
+                                      values.begin() + (e + 1) * rows * cols));
+        }
+      }
+    }
+  }
+  const std::vector<uint8_t> bytes = w.Build();
+  const std::string path = ::testing::TempDir() + file_name;
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+  return path;
+}
+
+TEST(GgufModel, StackedQuantizedExpertsAreSplitInTheirBlocks) {
+  const std::vector<int32_t> tokens = {1, 5, 17, 42, 3, 8, 30, 7, 9, 23, 31, 2};
+  std::vector<std::vector<float>> logits;
+  for (int mode = 0; mode < 3; ++mode) {
+    auto m = model::Model::Load(WriteQ8MoeGguf(mode, absl::StrCat("q8moe", mode, ".gguf")));
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ((*m)->config().moe.num_experts, 4);
+    logits.push_back(Logits(**m, tokens));
+  }
+  EXPECT_EQ(logits[0], logits[1]);
+  float max_abs = 0, max_diff = 0;
+  for (size_t i = 0; i < logits[0].size(); ++i) {
+    max_abs = std::max(max_abs, std::fabs(logits[2][i]));
+    max_diff = std::max(max_diff, std::fabs(logits[0][i] - logits[2][i]));
+  }
+  EXPECT_LE(max_diff, 1e-5f * max_abs);
+}
+
+TEST(GgufModel, UnsupportedMoeKeysAreNamed) {
+  for (const auto& [key, value] : {std::pair<std::string, uint32_t>{"expert_shared_count", 1},
+                                   std::pair<std::string, uint32_t>{"expert_gating_func", 2}}) {
+    Variant v;
+    v.extra_metadata = [&](GgufWriter& w) {
+      w.U32("llama.expert_count", 4);
+      w.U32("llama.expert_used_count", 2);
+      w.U32("llama." + key, value);
+    };
+    const absl::Status s = LoadStatus(v, "moe_bad.gguf");
+    EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("llama." + key)) << s;
+  }
+  Variant v;
+  v.extra_metadata = [](GgufWriter& w) { w.U32("llama.expert_count", 4); };
+  const absl::Status s = LoadStatus(v, "moe_no_used.gguf");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("llama.expert_used_count")) << s;
+}
+
+// SPANSERVE_CONVERTED_GGUF_DIR=<dir> also loads <dir>/hf_qwen2.gguf, hf_qwen3.gguf,
+// hf_mixtral.gguf, written from those golden checkpoints by llama.cpp's own convert_hf_to_gguf.py
+// (--outtype f32), and checks them the same way; likewise hf_qwen2_moe.gguf and
+// hf_qwen3_moe.gguf where present (the converter's qwen2moe / qwen3moe tensor lists leave out
+// the dense layers these goldens have, and hf_qwen2_moe's file needs
+// qwen2moe.expert_weights_norm true, so those two need a patched converter).
+TEST(GgufModel, ConvertedByLlamaCppMatchesTheCheckpoint) {
+  const char* env = std::getenv("SPANSERVE_CONVERTED_GGUF_DIR");
+  if (env == nullptr || *env == 0) GTEST_SKIP() << "SPANSERVE_CONVERTED_GGUF_DIR is not set";
+  const std::vector<int32_t> tokens = {1, 5, 17, 42, 3, 88, 60, 7, 9, 23, 31, 2, 96, 0};
+  int found = 0;
+  for (const std::string name :
+       {"hf_qwen2", "hf_qwen3", "hf_mixtral", "hf_qwen2_moe", "hf_qwen3_moe"}) {
+    const std::string path = std::string(env) + "/" + name + ".gguf";
+    if (!std::filesystem::exists(path)) continue;
+    ++found;
+    SCOPED_TRACE(path);
+    auto original = model::Model::Load(std::string(SPANSERVE_TEST_DATA) + "/models/" + name);
+    ASSERT_TRUE(original.ok()) << original.status();
+    auto m = model::Model::Load(path);
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ(Logits(**m, tokens), Logits(**original, tokens));
+  }
+  EXPECT_GT(found, 0) << "no converted file in " << env;
 }
 
 TEST(GgufModel, MissingRequiredKeyIsNamed) {
@@ -561,6 +998,60 @@ TEST(GgufTokenizer, LlamaVocabularyMatchesConvertedTokenizer) {
   ASSERT_FALSE(bad_spec.ok());
   EXPECT_THAT(std::string(bad_spec.status().message()),
               HasSubstr("tokenizer.ggml.eos_token_id' = 7 is not a token id"));
+}
+
+// A Qwen2 / Qwen3 GGUF's vocabulary as llama.cpp's converter writes it (tokenizer.ggml.model
+// gpt2, pre-tokenizer qwen2, the merges, special tokens as control tokens) gives the same ids
+// as the tokenizer.json it came from.
+TEST(GgufTokenizer, Qwen2VocabularyMatchesTokenizerJson) {
+  const std::string dir = std::string(SPANSERVE_TEST_DATA) + "/tokenizers/bpe_qwen2/";
+  std::ifstream in(dir + "tokenizer.json");
+  ASSERT_TRUE(in);
+  const nlohmann::json j = nlohmann::json::parse(in);
+  std::vector<std::string> tokens;
+  std::vector<int32_t> types;
+  const auto put = [&](const std::string& text, size_t id, int32_t type) {
+    if (tokens.size() <= id) {
+      tokens.resize(id + 1);
+      types.resize(id + 1, 1);
+    }
+    tokens[id] = text;
+    types[id] = type;
+  };
+  for (const auto& [text, id] : j["model"]["vocab"].items()) put(text, id.get<size_t>(), 1);
+  for (const auto& t : j["added_tokens"]) {
+    put(t["content"].get<std::string>(), t["id"].get<size_t>(), t["special"].get<bool>() ? 3 : 4);
+  }
+  std::vector<std::string> merges;
+  for (const auto& m : j["model"]["merges"]) {
+    merges.push_back(m.is_string()
+                         ? m.get<std::string>()
+                         : absl::StrCat(m[0].get<std::string>(), " ", m[1].get<std::string>()));
+  }
+  GgufWriter w;
+  w.Str("general.architecture", "qwen2");
+  w.Str("tokenizer.ggml.model", "gpt2");
+  w.Str("tokenizer.ggml.pre", "qwen2");
+  w.StrArray("tokenizer.ggml.tokens", tokens);
+  w.I32Array("tokenizer.ggml.token_type", types);
+  w.StrArray("tokenizer.ggml.merges", merges);
+  w.U32("tokenizer.ggml.eos_token_id", 0);
+  w.U32("tokenizer.ggml.bos_token_id", 0);
+  w.Bool("tokenizer.ggml.add_bos_token", false);
+  const std::vector<uint8_t> bytes = w.Build();
+  auto file = gguf::GgufFile::Parse(bytes, "qwen2.gguf");
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto spec = GgufVocabulary(**file);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto ours = tokenizer::Tokenizer::FromVocabulary(*spec);
+  ASSERT_TRUE(ours.ok()) << ours.status();
+  auto want = tokenizer::Tokenizer::FromFile(dir + "tokenizer.json");
+  ASSERT_TRUE(want.ok()) << want.status();
+  for (const char* text :
+       {"Hello world", "  leading spaces", "naïve café 東京", "x=1; y=22345\n\n", "I'm it's we'LL",
+        "The quick brown fox jumps over the lazy dog.", "<|im_start|>user\nhi<|im_end|>"}) {
+    EXPECT_EQ(*(*ours)->Encode(text, true), *(*want)->Encode(text, true)) << text;
+  }
 }
 
 }  // namespace

@@ -164,6 +164,74 @@ constexpr char kOlmoeConfig[] = R"({
   "vocab_size": 50304
 })";
 
+// A Qwen3 dense config (the keys and sizes of Qwen3-0.6B's config.json).
+constexpr char kQwen3Config[] = R"({
+  "architectures": ["Qwen3ForCausalLM"],
+  "attention_bias": false,
+  "attention_dropout": 0.0,
+  "bos_token_id": 151643,
+  "eos_token_id": 151645,
+  "head_dim": 128,
+  "hidden_act": "silu",
+  "hidden_size": 1024,
+  "initializer_range": 0.02,
+  "intermediate_size": 3072,
+  "max_position_embeddings": 40960,
+  "max_window_layers": 28,
+  "model_type": "qwen3",
+  "num_attention_heads": 16,
+  "num_hidden_layers": 28,
+  "num_key_value_heads": 8,
+  "rms_norm_eps": 1e-06,
+  "rope_scaling": null,
+  "rope_theta": 1000000,
+  "sliding_window": null,
+  "tie_word_embeddings": true,
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.51.0",
+  "use_cache": true,
+  "use_sliding_window": false,
+  "vocab_size": 151936
+})";
+
+// A Qwen3-MoE config (the keys and sizes of Qwen3-30B-A3B's config.json).
+constexpr char kQwen3MoeConfig[] = R"({
+  "architectures": ["Qwen3MoeForCausalLM"],
+  "attention_bias": false,
+  "attention_dropout": 0.0,
+  "bos_token_id": 151643,
+  "decoder_sparse_step": 1,
+  "eos_token_id": 151645,
+  "head_dim": 128,
+  "hidden_act": "silu",
+  "hidden_size": 2048,
+  "initializer_range": 0.02,
+  "intermediate_size": 6144,
+  "max_position_embeddings": 40960,
+  "max_window_layers": 48,
+  "mlp_only_layers": [],
+  "model_type": "qwen3_moe",
+  "moe_intermediate_size": 768,
+  "norm_topk_prob": true,
+  "num_attention_heads": 32,
+  "num_experts": 128,
+  "num_experts_per_tok": 8,
+  "num_hidden_layers": 48,
+  "num_key_value_heads": 4,
+  "output_router_logits": false,
+  "rms_norm_eps": 1e-06,
+  "rope_scaling": null,
+  "rope_theta": 1000000.0,
+  "router_aux_loss_coef": 0.001,
+  "sliding_window": null,
+  "tie_word_embeddings": false,
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.51.0",
+  "use_cache": true,
+  "use_sliding_window": false,
+  "vocab_size": 151936
+})";
+
 // A small SpanServe config; fault cases patch one key of it.
 json SmallConfig() {
   return json{{"model_type", "spanserve"},      {"hidden_size", 64},
@@ -502,6 +570,78 @@ TEST(ModelConfig, OlmoeParsesWithQkNorm) {
   EXPECT_TRUE(c->qk_norm);
   EXPECT_TRUE(c->bos_token_ids.empty());
   EXPECT_THAT(c->eos_token_ids, ElementsAre(50279));
+}
+
+TEST(ModelConfig, Qwen3ParsesWithPerHeadQkNorm) {
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(kQwen3Config);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->model_type, "qwen3");
+  EXPECT_EQ(c->head_dim, 128);  // 16 heads of 128 over hidden 1024
+  EXPECT_EQ(c->num_kv_heads, 8);
+  EXPECT_FALSE(c->attention_bias);  // unlike qwen2, no implicit q/k/v biases
+  EXPECT_FALSE(c->o_proj_bias);
+  EXPECT_TRUE(c->qk_norm);
+  EXPECT_TRUE(c->qk_norm_per_head);
+  EXPECT_TRUE(c->tie_word_embeddings);
+  EXPECT_EQ(c->sliding_window, 0);
+  EXPECT_FALSE(c->is_moe());
+  EXPECT_EQ(c->norm_placement, NormPlacement::kPre);
+
+  // attention_bias true puts biases on q/k/v and o_proj, as Qwen3Attention does.
+  json j = json::parse(kQwen3Config);
+  j["attention_bias"] = true;
+  const absl::StatusOr<ModelConfig> biased = ParseModelConfig(j.dump());
+  ASSERT_TRUE(biased.ok()) << biased.status();
+  EXPECT_TRUE(biased->attention_bias);
+  EXPECT_TRUE(biased->o_proj_bias);
+  // OLMoE's norm covers the whole projection.
+  EXPECT_FALSE(ParseModelConfig(kOlmoeConfig)->qk_norm_per_head);
+}
+
+TEST(ModelConfig, Qwen3MoeParsesWithPerHeadQkNormAndNoSharedExpert) {
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(kQwen3MoeConfig);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->model_type, "qwen3_moe");
+  EXPECT_EQ(c->head_dim, 128);  // 32 heads of 128 over hidden 2048
+  EXPECT_FALSE(c->attention_bias);
+  EXPECT_FALSE(c->o_proj_bias);
+  EXPECT_TRUE(c->qk_norm);
+  EXPECT_TRUE(c->qk_norm_per_head);
+  EXPECT_EQ(c->sliding_window, 0);
+  ASSERT_TRUE(c->is_moe());
+  EXPECT_EQ(c->moe.layout, MoeLayout::kQwen2Moe);  // mlp.gate, mlp.experts.E.*_proj
+  EXPECT_EQ(c->moe.num_experts, 128);
+  EXPECT_EQ(c->moe.top_k, 8);
+  EXPECT_TRUE(c->moe.norm_topk_prob);
+  EXPECT_EQ(c->moe.moe_intermediate_size, 768);
+  EXPECT_EQ(c->moe.shared_expert_intermediate_size, 0);
+  EXPECT_EQ(c->moe.scoring, RouterScoring::kSoftmax);
+  for (int layer = 0; layer < c->num_layers; ++layer) EXPECT_TRUE(c->LayerIsMoe(layer));
+
+  // Qwen3MoeConfig's defaults: norm_topk_prob false; it has no shared expert, so a stray
+  // shared_expert_intermediate_size is ignored, as transformers ignores it; mlp_only_layers
+  // and decoder_sparse_step pick the dense layers as for Qwen2-MoE.
+  json j = json::parse(kQwen3MoeConfig);
+  j.erase("norm_topk_prob");
+  j["shared_expert_intermediate_size"] = 64;
+  j["mlp_only_layers"] = {0, 5};
+  j["decoder_sparse_step"] = 2;
+  const absl::StatusOr<ModelConfig> d = ParseModelConfig(j.dump());
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_FALSE(d->moe.norm_topk_prob);
+  EXPECT_EQ(d->moe.shared_expert_intermediate_size, 0);
+  EXPECT_FALSE(d->LayerIsMoe(0));
+  EXPECT_TRUE(d->LayerIsMoe(1));
+  EXPECT_FALSE(d->LayerIsMoe(2));
+  EXPECT_TRUE(d->LayerIsMoe(3));
+  EXPECT_FALSE(d->LayerIsMoe(5));
+
+  // A qwen3_moe config needs experts.
+  j = json::parse(kQwen3MoeConfig);
+  j.erase("num_experts");
+  const absl::StatusOr<ModelConfig> e = ParseModelConfig(j.dump());
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(e.status().message(), HasSubstr("qwen3_moe"));
 }
 
 TEST(ModelConfig, SpanServeKeys) {

@@ -161,6 +161,8 @@ std::vector<Case> Cases() {
       "tests/data/models/hf_mistral_sliding",
       "tests/data/models/hf_qwen2_sliding",
       "tests/data/models/hf_gemma",
+      "tests/data/models/hf_qwen3",
+      "tests/data/models/hf_qwen3_moe",
   };
   std::vector<Case> cases;
   for (bool emulated : {true, false}) {

@@ -220,9 +220,10 @@ INSTANTIATE_TEST_SUITE_P(Cases, MoeGoldenTest, ::testing::ValuesIn(MoeCases()),
 
 TEST(ModelTest, GoldenCasesCoverEveryPlacementAndTransformers) {
   const std::vector<std::string> cases = GoldenCases();
-  for (const char* want : {"pre", "post", "span", "b2t", "deepnorm", "sandwich", "mix", "span_bf16",
-                           "hf_llama", "hf_qwen2", "hf_llama3_rope", "hf_qwen2_yarn",
-                           "hf_mistral_sliding", "hf_qwen2_sliding", "hf_gemma"}) {
+  for (const char* want :
+       {"pre", "post", "span", "b2t", "deepnorm", "sandwich", "mix", "span_bf16", "hf_llama",
+        "hf_qwen2", "hf_llama3_rope", "hf_qwen2_yarn", "hf_mistral_sliding", "hf_qwen2_sliding",
+        "hf_gemma", "hf_qwen3", "hf_qwen3_moe"}) {
     EXPECT_NE(std::find(cases.begin(), cases.end(), want), cases.end()) << want;
   }
 }
@@ -245,6 +246,79 @@ TEST(ModelTest, GemmaExpectsExactlyItsTensors) {
     want.push_back({p + "mlp.gate_proj.weight", {64, 48}});
     want.push_back({p + "mlp.up_proj.weight", {64, 48}});
     want.push_back({p + "mlp.down_proj.weight", {48, 64}});
+  }
+  auto got = ExpectedTensors(*c);
+  std::sort(got.begin(), got.end());
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(got, want);
+}
+
+// Qwen3: head_dim 12 from the config (q is 48 wide over hidden 40), no biases, and q_norm /
+// k_norm gains of head_dim (one per head size, shared by the heads).
+TEST(ModelTest, Qwen3ExpectsExactlyItsTensors) {
+  const absl::StatusOr<ModelConfig> c = LoadModelConfig(CaseDir("hf_qwen3"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->qk_norm);
+  EXPECT_TRUE(c->qk_norm_per_head);
+  EXPECT_FALSE(c->attention_bias);
+  std::vector<std::pair<std::string, std::vector<int64_t>>> want = {
+      {"model.embed_tokens.weight", {97, 40}},
+      {"model.norm.weight", {40}},
+      {"lm_head.weight", {97, 40}}};
+  for (int l = 0; l < 3; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    want.push_back({p + "input_layernorm.weight", {40}});
+    want.push_back({p + "post_attention_layernorm.weight", {40}});
+    want.push_back({p + "self_attn.q_proj.weight", {48, 40}});
+    want.push_back({p + "self_attn.k_proj.weight", {24, 40}});
+    want.push_back({p + "self_attn.v_proj.weight", {24, 40}});
+    want.push_back({p + "self_attn.o_proj.weight", {40, 48}});
+    want.push_back({p + "self_attn.q_norm.weight", {12}});
+    want.push_back({p + "self_attn.k_norm.weight", {12}});
+    want.push_back({p + "mlp.gate_proj.weight", {72, 40}});
+    want.push_back({p + "mlp.up_proj.weight", {72, 40}});
+    want.push_back({p + "mlp.down_proj.weight", {40, 72}});
+  }
+  auto got = ExpectedTensors(*c);
+  std::sort(got.begin(), got.end());
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(got, want);
+}
+
+// Qwen3-MoE: Qwen3's attention tensors; layers 0 and 2 sparse (router mlp.gate, experts
+// mlp.experts.E.*_proj of moe_intermediate_size 16, no shared expert), layer 1 dense
+// (mlp_only_layers) of intermediate_size 48.
+TEST(ModelTest, Qwen3MoeExpectsExactlyItsTensors) {
+  const absl::StatusOr<ModelConfig> c = LoadModelConfig(CaseDir("hf_qwen3_moe"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->qk_norm_per_head);
+  std::vector<std::pair<std::string, std::vector<int64_t>>> want = {
+      {"model.embed_tokens.weight", {97, 40}},
+      {"model.norm.weight", {40}},
+      {"lm_head.weight", {97, 40}}};
+  for (int l = 0; l < 3; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    want.push_back({p + "input_layernorm.weight", {40}});
+    want.push_back({p + "post_attention_layernorm.weight", {40}});
+    want.push_back({p + "self_attn.q_proj.weight", {48, 40}});
+    want.push_back({p + "self_attn.k_proj.weight", {24, 40}});
+    want.push_back({p + "self_attn.v_proj.weight", {24, 40}});
+    want.push_back({p + "self_attn.o_proj.weight", {40, 48}});
+    want.push_back({p + "self_attn.q_norm.weight", {12}});
+    want.push_back({p + "self_attn.k_norm.weight", {12}});
+    if (l == 1) {
+      want.push_back({p + "mlp.gate_proj.weight", {48, 40}});
+      want.push_back({p + "mlp.up_proj.weight", {48, 40}});
+      want.push_back({p + "mlp.down_proj.weight", {40, 48}});
+      continue;
+    }
+    want.push_back({p + "mlp.gate.weight", {4, 40}});
+    for (int e = 0; e < 4; ++e) {
+      const std::string x = p + "mlp.experts." + std::to_string(e) + ".";
+      want.push_back({x + "gate_proj.weight", {16, 40}});
+      want.push_back({x + "up_proj.weight", {16, 40}});
+      want.push_back({x + "down_proj.weight", {40, 16}});
+    }
   }
   auto got = ExpectedTensors(*c);
   std::sort(got.begin(), got.end());

@@ -1,0 +1,241 @@
+// MatMul and EmbeddingLookup on Q5_0, Q5_1 and the K-quants Q4_K, Q5_K, Q6_K kept in their
+// blocks: every result equals, bit for bit, the one on the dequantized f32 copy
+// (kernels/quant.h's arithmetic), on either instruction set, for any batch and thread count.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common/thread_pool.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/quant.h"
+#include "test_util.h"
+
+namespace spanserve::kernels::cpu {
+namespace {
+
+using testing::BitIdentical;
+using testing::RandomFloats;
+
+class ScopedIsa {
+ public:
+  explicit ScopedIsa(Isa isa) : saved_(SetMaxIsa(isa)) {}
+  ~ScopedIsa() { SetMaxIsa(saved_); }
+
+ private:
+  Isa saved_;
+};
+
+bool CpuHasAvx512ForTest() {
+  const Isa saved = SetMaxIsa(Isa::kAvx512);
+  const bool has = ActiveIsa() == Isa::kAvx512;
+  SetMaxIsa(saved);
+  return has;
+}
+
+std::string Name(QuantType q) {
+  switch (q) {
+    case QuantType::kQ5_0:
+      return "Q5_0";
+    case QuantType::kQ5_1:
+      return "Q5_1";
+    case QuantType::kQ4_K:
+      return "Q4_K";
+    case QuantType::kQ5_K:
+      return "Q5_K";
+    case QuantType::kQ6_K:
+      return "Q6_K";
+    default:
+      return "other";
+  }
+}
+
+void PutHalf(uint8_t* p, float v) {
+  const uint16_t h = F32ToF16(v);
+  std::memcpy(p, &h, 2);
+}
+
+// n rows of k / QuantBlockElems(q) random blocks: random quants, sub-block scales and high
+// bits; the f16 scales (and mins) set to valid values of either sign.
+std::vector<uint8_t> RandomRows(QuantType q, int64_t n, int64_t k, uint32_t seed) {
+  const int64_t block_bytes = QuantBlockBytes(q);
+  const int64_t blocks = n * k / QuantBlockElems(q);
+  std::vector<uint8_t> bytes(blocks * block_bytes);
+  const std::vector<float> noise = RandomFloats(bytes.size(), seed);
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    bytes[i] = static_cast<uint8_t>(static_cast<int>(std::fabs(noise[i]) * 4096.0f) & 0xff);
+  }
+  const std::vector<float> scales = RandomFloats(2 * blocks, seed + 1);
+  for (int64_t b = 0; b < blocks; ++b) {
+    uint8_t* p = bytes.data() + b * block_bytes;
+    const float d = scales[2 * b], m = scales[2 * b + 1];
+    switch (q) {
+      case QuantType::kQ5_0:
+        PutHalf(p, 0.05f * d);
+        break;
+      case QuantType::kQ5_1:
+        PutHalf(p, 0.05f * d);
+        PutHalf(p + 2, 0.05f * m);
+        break;
+      case QuantType::kQ4_K:
+      case QuantType::kQ5_K:
+        PutHalf(p, 0.003f * d);
+        PutHalf(p + 2, 0.003f * m);
+        break;
+      case QuantType::kQ6_K:
+        PutHalf(p + 208, 0.002f * d);
+        break;
+      default:
+        ADD_FAILURE() << "no blocks for this format";
+    }
+  }
+  return bytes;
+}
+
+std::vector<float> Dequantized(QuantType q, const std::vector<uint8_t>& bytes, int64_t numel) {
+  std::vector<float> out(numel);
+  switch (q) {
+    case QuantType::kQ5_0:
+      DequantizeQ5_0(bytes.data(), numel, out.data());
+      break;
+    case QuantType::kQ5_1:
+      DequantizeQ5_1(bytes.data(), numel, out.data());
+      break;
+    case QuantType::kQ4_K:
+      DequantizeQ4_K(bytes.data(), numel, out.data());
+      break;
+    case QuantType::kQ5_K:
+      DequantizeQ5_K(bytes.data(), numel, out.data());
+      break;
+    case QuantType::kQ6_K:
+      DequantizeQ6_K(bytes.data(), numel, out.data());
+      break;
+    default:
+      ADD_FAILURE() << "no dequantizer for this format";
+  }
+  return out;
+}
+
+// Row lengths: whole blocks, several of them, and (for the 32-blocks) SmolLM2's 576.
+std::vector<int64_t> Ks(QuantType q) {
+  if (QuantBlockElems(q) == 256) return {256, 768, 1536};
+  return {32, 96, 576};
+}
+
+class KQuantMatMulTest : public ::testing::TestWithParam<std::tuple<QuantType, Isa>> {
+ protected:
+  void SetUp() override {
+    if (std::get<1>(GetParam()) == Isa::kAvx512 && !CpuHasAvx512ForTest()) {
+      GTEST_SKIP() << "this CPU has no AVX-512";
+    }
+    isa_saved_ = SetMaxIsa(std::get<1>(GetParam()));
+  }
+  void TearDown() override { SetMaxIsa(isa_saved_); }
+  QuantType quant() const { return std::get<0>(GetParam()); }
+
+ private:
+  Isa isa_saved_ = Isa::kAvx2;
+};
+
+TEST_P(KQuantMatMulTest, EqualsMatMulOnTheDequantizedCopyBitForBit) {
+  const QuantType q = quant();
+  for (const int64_t k : Ks(q)) {
+    for (const int64_t n : {1, 7, 29, 50}) {  // ragged against every micro-kernel's rows
+      const std::vector<uint8_t> blocks = RandomRows(q, n, k, static_cast<uint32_t>(n + k));
+      const std::vector<float> wf = Dequantized(q, blocks, n * k);
+      const std::vector<float> bias = RandomFloats(n, 7);
+      const WeightVector bv{bias.data(), DType::kF32, n};
+      const WeightMatrix wq{blocks.data(), DType::kF32, n, k, q};
+      const WeightMatrix wd{wf.data(), DType::kF32, n, k};
+      for (const int64_t m : {1, 2, 3, 4, 5, 7, 8, 37}) {
+        SCOPED_TRACE(::testing::Message() << "k=" << k << " n=" << n << " m=" << m);
+        const std::vector<float> x = RandomFloats(m * k, 9);
+        std::vector<float> yq(m * n, -1.0f), yd(m * n, -2.0f);
+        MatMul(x.data(), m, wq, &bv, yq.data());
+        MatMul(x.data(), m, wd, &bv, yd.data());
+        ASSERT_TRUE(BitIdentical(yq.data(), yd.data(), m * n));
+        for (const float v : yq) ASSERT_TRUE(std::isfinite(v));
+      }
+    }
+  }
+}
+
+// A row's result never depends on the batch it is in nor on the thread count.
+TEST_P(KQuantMatMulTest, RowsDoNotDependOnTheBatchOrTheThreads) {
+  const QuantType q = quant();
+  const int64_t k = Ks(q)[1], n = 45, m = 37;
+  const std::vector<uint8_t> blocks = RandomRows(q, n, k, 11);
+  const WeightMatrix wq{blocks.data(), DType::kF32, n, k, q};
+  const std::vector<float> x = RandomFloats(m * k, 12);
+  std::vector<float> batch(m * n);
+  MatMul(x.data(), m, wq, nullptr, batch.data());
+  for (const int64_t i : {int64_t{0}, int64_t{5}, m - 1}) {
+    for (const int64_t rows : {int64_t{1}, int64_t{3}}) {
+      if (i + rows > m) continue;
+      std::vector<float> alone(rows * n);
+      MatMul(x.data() + i * k, rows, wq, nullptr, alone.data());
+      ASSERT_TRUE(BitIdentical(alone.data(), batch.data() + i * n, rows * n))
+          << "rows " << i << ".." << i + rows - 1;
+    }
+  }
+  for (const int64_t mm : {int64_t{1}, int64_t{3}, int64_t{7}, m}) {
+    std::vector<float> one(mm * n), five(mm * n);
+    {
+      UsePool alone(nullptr);
+      MatMul(x.data(), mm, wq, nullptr, one.data());
+    }
+    {
+      ThreadPool pool(5);
+      UsePool use(&pool);
+      MatMul(x.data(), mm, wq, nullptr, five.data());
+    }
+    ASSERT_TRUE(BitIdentical(one.data(), five.data(), mm * n)) << "m=" << mm;
+    ASSERT_TRUE(BitIdentical(one.data(), batch.data(), mm * n)) << "m=" << mm;
+  }
+}
+
+// Embedding rows are the dequantized rows.
+TEST_P(KQuantMatMulTest, EmbeddingLookupGivesTheDequantizedRows) {
+  const QuantType q = quant();
+  const int64_t k = Ks(q)[1], vocab = 13;
+  const std::vector<uint8_t> blocks = RandomRows(q, vocab, k, 21);
+  const std::vector<float> wf = Dequantized(q, blocks, vocab * k);
+  const WeightMatrix table{blocks.data(), DType::kF32, vocab, k, q};
+  const int32_t ids[] = {3, 0, 12, 3, 7};
+  std::vector<float> out(5 * k);
+  EmbeddingLookup(table, ids, 5, out.data());
+  for (int t = 0; t < 5; ++t) {
+    ASSERT_TRUE(BitIdentical(out.data() + t * k, wf.data() + ids[t] * k, k)) << "id " << ids[t];
+  }
+}
+
+// The int8 dot-product precision does not take these formats: MatMul multiplies them exactly.
+TEST_P(KQuantMatMulTest, Int8DotPrecisionMultipliesExactly) {
+  const QuantType q = quant();
+  if (Int8DotSupports(q)) GTEST_SKIP() << "the int8 dot path takes " << Name(q);
+  const int64_t k = Ks(q)[0], n = 9, m = 3;
+  const std::vector<uint8_t> blocks = RandomRows(q, n, k, 31);
+  WeightMatrix wq{blocks.data(), DType::kF32, n, k, q};
+  const std::vector<float> x = RandomFloats(m * k, 32);
+  std::vector<float> exact(m * n), int8(m * n);
+  MatMul(x.data(), m, wq, nullptr, exact.data());
+  wq.precision = MatMulPrecision::kInt8Dot;
+  MatMul(x.data(), m, wq, nullptr, int8.data());
+  ASSERT_TRUE(BitIdentical(exact.data(), int8.data(), m * n));
+}
+
+INSTANTIATE_TEST_SUITE_P(AllFormatsAndIsas, KQuantMatMulTest,
+                         ::testing::Combine(::testing::Values(QuantType::kQ5_0, QuantType::kQ5_1,
+                                                              QuantType::kQ4_K, QuantType::kQ5_K,
+                                                              QuantType::kQ6_K),
+                                            ::testing::Values(Isa::kAvx2, Isa::kAvx512)),
+                         [](const ::testing::TestParamInfo<std::tuple<QuantType, Isa>>& info) {
+                           return Name(std::get<0>(info.param)) + "_" +
+                                  IsaName(std::get<1>(info.param));
+                         });
+
+}  // namespace
+}  // namespace spanserve::kernels::cpu
