@@ -1,7 +1,9 @@
 // Fuzzes GGUF reading: GgufFile::Parse (header, metadata, tensor infos), then what the
 // loader reads from a file that parses: the typed metadata accessors, the model config
-// (GgufModelConfig), the tokenizer (GgufVocabulary → Tokenizer::FromVocabulary) and the
-// dequantization of small tensors.
+// (GgufModelConfig), the tokenizer (GgufVocabulary → Tokenizer::FromVocabulary), the
+// dequantization of small tensors, and, for a config that loads, the weight store the model
+// binds (GgufWeights: names, blocks kept or widened, Q/K rows unpermuted, stacked experts
+// split).
 //
 // Input: the whole file.
 #include <cmath>
@@ -27,6 +29,7 @@ using spanserve::gguf::TensorInfo;
 // Bounds that keep one input well under a millisecond (the parser itself has none).
 constexpr size_t kMaxTokens = 512;
 constexpr int64_t kMaxDequantElements = 1 << 14;
+constexpr int64_t kMaxWidenedBytes = 64 << 20;
 
 void ReadMetadata(const GgufFile& file) {
   for (const auto& [key, value] : file.metadata()) {
@@ -100,5 +103,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     SPANSERVE_CHECK(config->num_heads > 0 && config->num_heads % config->num_kv_heads == 0);
   }
   ReadTokenizer(**file);
+  if (config.ok()) {
+    // A bad tensor is INVALID_ARGUMENT (or RESOURCE_EXHAUSTED past the widening limit).
+    absl::StatusOr<std::unique_ptr<spanserve::model::WeightStore>> weights =
+        spanserve::model::GgufWeights(std::shared_ptr<const GgufFile>(std::move(*file)), *config,
+                                      kMaxWidenedBytes);
+    SPANSERVE_CHECK(weights.ok() || weights.status().code() == absl::StatusCode::kInvalidArgument ||
+                    weights.status().code() == absl::StatusCode::kResourceExhausted);
+  }
   return 0;
 }

@@ -117,6 +117,46 @@ class Gguf:
         return out + blobs
 
 
+def tiny_qwen2moe(tokens):
+    """A whole qwen2moe model: 2 experts stacked in 3-D tensors (down in Q8_0), a shared expert."""
+    g = Gguf()
+    a = "qwen2moe"
+    g.string("general.architecture", a)
+    for k, v in [("embedding_length", 8), ("feed_forward_length", 32), ("block_count", 1),
+                 ("context_length", 64), ("attention.head_count", 2), ("attention.head_count_kv", 1),
+                 ("expert_count", 2), ("expert_used_count", 1), ("expert_feed_forward_length", 32),
+                 ("expert_shared_feed_forward_length", 16)]:
+        g.u32(f"{a}.{k}", v)
+    g.f32(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)
+    g.string("tokenizer.ggml.model", "gpt2")
+    g.string("tokenizer.ggml.pre", "qwen2")
+    g.array("tokenizer.ggml.tokens", 8, tokens)
+    g.array("tokenizer.ggml.merges", 8, ["a b", "\u0120 a"])
+    def f32s(*ne):
+        n = 1
+        for x in ne:
+            n *= x
+        return struct.pack(f"<{n}f", *[((i * 7) % 11 - 5) / 10 for i in range(n)])
+    g.tensor("token_embd.weight", [8, len(tokens)], 0, f32s(8, len(tokens)))
+    g.tensor("output_norm.weight", [8], 0, f32s(8))
+    g.tensor("blk.0.attn_norm.weight", [8], 0, f32s(8))
+    g.tensor("blk.0.ffn_norm.weight", [8], 0, f32s(8))
+    for name, rows in [("attn_q", 8), ("attn_k", 4), ("attn_v", 4)]:
+        g.tensor(f"blk.0.{name}.weight", [8, rows], 0, f32s(8, rows))
+        g.tensor(f"blk.0.{name}.bias", [rows], 0, f32s(rows))
+    g.tensor("blk.0.attn_output.weight", [8, 8], 0, f32s(8, 8))
+    g.tensor("blk.0.ffn_gate_inp.weight", [8, 2], 0, f32s(8, 2))
+    g.tensor("blk.0.ffn_gate_exps.weight", [8, 32, 2], 0, f32s(8, 32, 2))
+    g.tensor("blk.0.ffn_up_exps.weight", [8, 32, 2], 0, f32s(8, 32, 2))
+    g.tensor("blk.0.ffn_down_exps.weight", [32, 8, 2], 8,
+             (struct.pack("<e", 0.01) + bytes(range(32))) * 16)
+    g.tensor("blk.0.ffn_gate_shexp.weight", [8, 16], 0, f32s(8, 16))
+    g.tensor("blk.0.ffn_up_shexp.weight", [8, 16], 0, f32s(8, 16))
+    g.tensor("blk.0.ffn_down_shexp.weight", [16, 8], 0, f32s(16, 8))
+    g.tensor("blk.0.ffn_gate_inp_shexp.weight", [8], 0, f32s(8))
+    return g.bytes()
+
+
 def make_gguf():
     t = "gguf"
     with open(path("tests", "data", "gguf", "dequant.gguf"), "rb") as f:
@@ -152,6 +192,7 @@ def make_gguf():
     g.tensor("q4_1", [32], 3, struct.pack("<ee", 1.0, -2.0) + bytes(range(16, 32)))
     g.tensor("bf16", [2, 2], 30, b"\x80\x3f" * 4)
     write(t, "tiny_llama_gpt2", g.bytes())
+    write(t, "tiny_qwen2moe", tiny_qwen2moe(tokens))
     # A SentencePiece-style ("llama") tokenizer with scores, version 2, alignment 16.
     g = Gguf(version=2)
     g.u32("general.alignment", 16)
