@@ -26,6 +26,7 @@ namespace {
 
 using testing::BitIdentical;
 using testing::RandomFloats;
+using testing::ScopedIsa;
 
 constexpr QuantType kFormats[] = {QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_1,
                                   QuantType::kQ5_0, QuantType::kQ5_1, QuantType::kQ4_K,
@@ -48,16 +49,6 @@ bool HasMin(QuantType q) {
 
 // Elements of one block of the format: 32, or 256 for Q4_K and Q5_K.
 int64_t Elems(QuantType q) { return QuantBlockElems(q); }
-
-// Runs a scope with MatMul capped at one instruction set, restoring the setting after.
-class ScopedIsa {
- public:
-  explicit ScopedIsa(Isa isa) : saved_(SetMaxIsa(isa)) {}
-  ~ScopedIsa() { SetMaxIsa(saved_); }
-
- private:
-  Isa saved_;
-};
 
 bool HasVnni() {
   ScopedIsa wide(Isa::kAvx512);

@@ -18,23 +18,9 @@ namespace spanserve::kernels::cpu {
 namespace {
 
 using testing::BitIdentical;
+using testing::CpuHasAvx512ForTest;
 using testing::RandomFloats;
-
-class ScopedIsa {
- public:
-  explicit ScopedIsa(Isa isa) : saved_(SetMaxIsa(isa)) {}
-  ~ScopedIsa() { SetMaxIsa(saved_); }
-
- private:
-  Isa saved_;
-};
-
-bool CpuHasAvx512ForTest() {
-  const Isa saved = SetMaxIsa(Isa::kAvx512);
-  const bool has = ActiveIsa() == Isa::kAvx512;
-  SetMaxIsa(saved);
-  return has;
-}
+using testing::ScopedIsa;
 
 std::string Name(QuantType q) {
   switch (q) {

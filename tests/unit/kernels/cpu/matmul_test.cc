@@ -18,7 +18,9 @@ namespace spanserve::kernels::cpu {
 namespace {
 
 using testing::BitIdentical;
+using testing::CpuHasAvx512ForTest;
 using testing::RandomFloats;
+using testing::ScopedIsa;
 using testing::StoredWeights;
 using testing::StoreWeights;
 
@@ -45,23 +47,6 @@ Reference NaiveMatMul(const std::vector<float>& x, int64_t m, const std::vector<
     }
   }
   return ref;
-}
-
-// Runs a test body with MatMul capped at one instruction set, restoring the setting after.
-class ScopedIsa {
- public:
-  explicit ScopedIsa(Isa isa) : saved_(SetMaxIsa(isa)) {}
-  ~ScopedIsa() { SetMaxIsa(saved_); }
-
- private:
-  Isa saved_;
-};
-
-bool CpuHasAvx512ForTest() {
-  const Isa saved = SetMaxIsa(Isa::kAvx512);
-  const bool has = ActiveIsa() == Isa::kAvx512;
-  SetMaxIsa(saved);
-  return has;
 }
 
 // Every MatMul test runs for each weight type on each instruction set this CPU has.

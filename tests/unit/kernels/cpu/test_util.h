@@ -11,6 +11,7 @@
 
 #include "common/dtype.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/matmul.h"
 #include "kernels/cpu/tensor_ref.h"
 
 namespace spanserve {
@@ -21,6 +22,24 @@ inline void PrintTo(DType t, std::ostream* os) { *os << DTypeName(t); }
 }  // namespace spanserve
 
 namespace spanserve::kernels::cpu::testing {
+
+// Caps MatMul at one instruction set for a scope, restoring the setting after.
+class ScopedIsa {
+ public:
+  explicit ScopedIsa(Isa isa) : saved_(SetMaxIsa(isa)) {}
+  ~ScopedIsa() { SetMaxIsa(saved_); }
+  ScopedIsa(const ScopedIsa&) = delete;
+  ScopedIsa& operator=(const ScopedIsa&) = delete;
+
+ private:
+  Isa saved_;
+};
+
+// Whether MatMul may use AVX-512 here (the CPU has it and the environment allows it).
+inline bool CpuHasAvx512ForTest() {
+  ScopedIsa wide(Isa::kAvx512);
+  return ActiveIsa() == Isa::kAvx512;
+}
 
 inline std::vector<float> RandomFloats(int64_t n, uint32_t seed, float lo = -1.0f,
                                        float hi = 1.0f) {
