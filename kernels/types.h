@@ -39,6 +39,31 @@ constexpr int64_t QuantBlockBytes(QuantType q) {
   return 0;
 }
 
+// The format's name as ggml spells it ("Q4_K"); "none" for kNone.
+constexpr const char* QuantTypeName(QuantType q) {
+  switch (q) {
+    case QuantType::kNone:
+      return "none";
+    case QuantType::kQ8_0:
+      return "Q8_0";
+    case QuantType::kQ4_0:
+      return "Q4_0";
+    case QuantType::kQ4_1:
+      return "Q4_1";
+    case QuantType::kQ5_0:
+      return "Q5_0";
+    case QuantType::kQ5_1:
+      return "Q5_1";
+    case QuantType::kQ4_K:
+      return "Q4_K";
+    case QuantType::kQ5_K:
+      return "Q5_K";
+    case QuantType::kQ6_K:
+      return "Q6_K";
+  }
+  return "none";
+}
+
 // Elements of one block of a quantized format: 32, or 256 for the K-quants (0 for kNone).
 constexpr int64_t QuantBlockElems(QuantType q) {
   switch (q) {

@@ -327,26 +327,7 @@ HostWeight MakeQuant(std::mt19937& rng, int64_t rows, int64_t cols, QuantType qu
 }
 
 std::string FormatName(const HostWeight& w) {
-  switch (w.quant) {
-    case QuantType::kQ8_0:
-      return "Q8_0";
-    case QuantType::kQ4_0:
-      return "Q4_0";
-    case QuantType::kQ4_1:
-      return "Q4_1";
-    case QuantType::kQ5_0:
-      return "Q5_0";
-    case QuantType::kQ5_1:
-      return "Q5_1";
-    case QuantType::kQ4_K:
-      return "Q4_K";
-    case QuantType::kQ5_K:
-      return "Q5_K";
-    case QuantType::kQ6_K:
-      return "Q6_K";
-    case QuantType::kNone:
-      break;
-  }
+  if (w.quant != QuantType::kNone) return QuantTypeName(w.quant);
   return std::string(DTypeName(w.dtype));
 }
 

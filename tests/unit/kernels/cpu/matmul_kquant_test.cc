@@ -22,23 +22,6 @@ using testing::CpuHasAvx512ForTest;
 using testing::RandomFloats;
 using testing::ScopedIsa;
 
-std::string Name(QuantType q) {
-  switch (q) {
-    case QuantType::kQ5_0:
-      return "Q5_0";
-    case QuantType::kQ5_1:
-      return "Q5_1";
-    case QuantType::kQ4_K:
-      return "Q4_K";
-    case QuantType::kQ5_K:
-      return "Q5_K";
-    case QuantType::kQ6_K:
-      return "Q6_K";
-    default:
-      return "other";
-  }
-}
-
 void PutHalf(uint8_t* p, float v) {
   const uint16_t h = F32ToF16(v);
   std::memcpy(p, &h, 2);
@@ -201,7 +184,7 @@ TEST_P(KQuantMatMulTest, EmbeddingLookupGivesTheDequantizedRows) {
 // The int8 dot-product precision does not take these formats: MatMul multiplies them exactly.
 TEST_P(KQuantMatMulTest, Int8DotPrecisionMultipliesExactly) {
   const QuantType q = quant();
-  if (Int8DotSupports(q)) GTEST_SKIP() << "the int8 dot path takes " << Name(q);
+  if (Int8DotSupports(q)) GTEST_SKIP() << "the int8 dot path takes " << QuantTypeName(q);
   const int64_t k = Ks(q)[0], n = 9, m = 3;
   const std::vector<uint8_t> blocks = RandomRows(q, n, k, 31);
   WeightMatrix wq{blocks.data(), DType::kF32, n, k, q};
@@ -219,7 +202,7 @@ INSTANTIATE_TEST_SUITE_P(AllFormatsAndIsas, KQuantMatMulTest,
                                                               QuantType::kQ6_K),
                                             ::testing::Values(Isa::kAvx2, Isa::kAvx512)),
                          [](const ::testing::TestParamInfo<std::tuple<QuantType, Isa>>& info) {
-                           return Name(std::get<0>(info.param)) + "_" +
+                           return std::string(QuantTypeName(std::get<0>(info.param))) + "_" +
                                   IsaName(std::get<1>(info.param));
                          });
 

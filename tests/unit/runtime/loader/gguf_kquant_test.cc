@@ -17,6 +17,7 @@
 #include "gtest/gtest.h"
 #include "kernels/quant.h"
 #include "kernels/types.h"
+#include "model_logits.h"
 #include "runtime/gguf/gguf_file.h"
 #include "runtime/model/gguf_model.h"
 #include "runtime/model/model.h"
@@ -27,6 +28,7 @@ namespace {
 
 using gguf::testing::GgufWriter;
 using kernels::QuantType;
+using test_util::Logits;
 
 constexpr int64_t kHidden = 256, kFfn = 512, kVocab = 64, kHeads = 4, kKvHeads = 2;
 constexpr int64_t kHeadDim = kHidden / kHeads;
@@ -171,18 +173,6 @@ void WriteModels(const std::string& quantized, const std::string& dequantized) {
     out.write(reinterpret_cast<const char*>(bytes.data()),
               static_cast<std::streamsize>(bytes.size()));
   }
-}
-
-std::vector<float> Logits(model::Model& m, const std::vector<int32_t>& tokens) {
-  auto cache = model::KvCache::Create(m.backend(), m.config(), 16, 4);
-  EXPECT_TRUE(cache.ok());
-  model::ForwardWorkspace ws(m.backend());
-  const std::vector<int32_t> table = {0, 1, 2, 3};
-  const model::SequenceInput seq{
-      .tokens = tokens, .cached = 0, .block_table = table, .logits = model::LogitsMode::kAll};
-  std::vector<float> logits(tokens.size() * m.config().vocab_size);
-  EXPECT_TRUE(m.Forward({&seq, 1}, **cache, ws, logits.data()).ok());
-  return logits;
 }
 
 class GgufKQuantTest : public ::testing::Test {

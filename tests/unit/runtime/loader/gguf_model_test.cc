@@ -25,6 +25,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "model_logits.h"
 #include "nlohmann/json.hpp"
 #include "runtime/gguf/gguf_file.h"
 #include "runtime/loader/gguf_tokenizer.h"
@@ -35,6 +36,8 @@
 
 namespace spanserve::loader {
 namespace {
+
+using test_util::Logits;
 
 using gguf::testing::GgufWriter;
 using ::testing::HasSubstr;
@@ -162,18 +165,6 @@ std::string WriteLlamaGguf(const Variant& v, const std::string& file_name) {
   out.write(reinterpret_cast<const char*>(bytes.data()),
             static_cast<std::streamsize>(bytes.size()));
   return path;
-}
-
-std::vector<float> Logits(model::Model& m, const std::vector<int32_t>& tokens) {
-  auto cache = model::KvCache::Create(m.backend(), m.config(), 16, 4);
-  EXPECT_TRUE(cache.ok());
-  model::ForwardWorkspace ws(m.backend());
-  const std::vector<int32_t> table = {0, 1, 2, 3};
-  const model::SequenceInput seq{
-      .tokens = tokens, .cached = 0, .block_table = table, .logits = model::LogitsMode::kAll};
-  std::vector<float> logits(tokens.size() * m.config().vocab_size);
-  EXPECT_TRUE(m.Forward({&seq, 1}, **cache, ws, logits.data()).ok());
-  return logits;
 }
 
 absl::Status LoadStatus(const Variant& v, const std::string& name) {
