@@ -22,7 +22,8 @@ struct KernelAvx2 {
   static constexpr int Nr(int mr) { return mr == 1 ? 3 : 1; }
 
   // Lane l: Σ u[p]·s[p] over bytes 4l .. 4l + 3. A pair's sum never saturates 16 bits: u is
-  // at most 128 (|w| of Q8_0; a Q4 nibble at most 15, a Q5 quant 31) and |s| at most 127.
+  // at most 128 (|w| of Q8_0; a Q4 nibble at most 15, a Q5 quant 31, a Q6 one 63) and |s|
+  // at most 127.
   [[gnu::always_inline]] static __m256i Dot(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
   }
@@ -49,6 +50,12 @@ struct KernelAvx2 {
                           _mm256_set1_epi8(0x10));
 }
 
+// 16 × bits s, s + 1 of each byte of qh (s = 0, 2, 4, 6): a Q6_K quant's high bits in place.
+[[gnu::always_inline]] inline __m256i Q6HighBits(__m256i qh, int s) {
+  const __m256i v = s <= 4 ? _mm256_slli_epi16(qh, 4 - s) : _mm256_srli_epi16(qh, s - 4);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x30));
+}
+
 // One quad (or the last, partial one: `count` blocks) of MR × NR dot products. The 16 lanes of
 // the quad are two ymm halves: blocks 0-1 (into `lo`) and blocks 2-3 (into `hi`).
 template <QuantType kQ, int MR, int NR, bool kFull>
@@ -60,7 +67,9 @@ inline void KernelAvx2::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
   for (int r = 0; r < NR; ++r) {
     const uint8_t* block = int8dot::QuadAt<kQ>(a.w + r * a.row_bytes, quad);
     __m256 ws;
-    if constexpr (int8dot::IsK(kQ)) {
+    if constexpr (kQ == QuantType::kQ6_K) {
+      ws = int8dot::Q6KQuadScales<KernelAvx2>(block, quad);
+    } else if constexpr (int8dot::IsK(kQ)) {
       ws = int8dot::Q4KQuadScales<KernelAvx2>(block, quad);
     } else {
       ws = int8dot::QuadScales<KernelAvx2, kQ, kFull>(block, count);
@@ -80,6 +89,19 @@ inline void KernelAvx2::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
                                Load16<KernelAvx2, kQ, kFull>(block, t, 18, count));
         ulo = _mm256_sign_epi8(slo, slo);
         uhi = _mm256_sign_epi8(shi, shi);
+      } else if constexpr (kQ == QuantType::kQ6_K) {
+        // Blocks `half` and half + 2 (lanes 0-7 or 8-15, matmul_int8dot.h): the low and the
+        // high nibbles of the same 32 ql bytes, with bits 2β, 2β + 1 of qh; their 8-byte
+        // pieces interleaved as the record's activations are.
+        const __m256i ql = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(int8dot::Q6KLow(block, quad) + 32 * half));
+        const __m256i qh =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(int8dot::Q6KHigh(block, quad)));
+        const __m256i ua = _mm256_or_si256(_mm256_and_si256(ql, mask), Q6HighBits(qh, 2 * half));
+        const __m256i ub = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql, 4), mask),
+                                           Q6HighBits(qh, 2 * half + 4));
+        ulo = _mm256_unpacklo_epi64(ua, ub);
+        uhi = _mm256_unpackhi_epi64(ua, ub);
       } else if constexpr (int8dot::IsK(kQ)) {
         // Sub-blocks t, t + 1: the low and the high nibbles of the same 32 bytes.
         const __m256i qs = _mm256_loadu_si256(
@@ -118,9 +140,12 @@ inline void KernelAvx2::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
           uhi = _mm256_or_si256(uhi, FifthBits(h0 >> 16, h1 >> 16));
         }
       }
-      const __m256 wd =
-          _mm256_permutevar8x32_ps(ws, _mm256_setr_epi32(2 * t, 2 * t, 2 * t, 2 * t, 2 * t + 2,
-                                                         2 * t + 2, 2 * t + 2, 2 * t + 2));
+      // Q6_K: lane 4c + l takes sub-block 2β + η, β = c / 2 + 2(l / 2), η = c % 2.
+      const __m256i lanes_d =
+          kQ == QuantType::kQ6_K ? _mm256_setr_epi32(t, t, t + 4, t + 4, t + 1, t + 1, t + 5, t + 5)
+                                 : _mm256_setr_epi32(2 * t, 2 * t, 2 * t, 2 * t, 2 * t + 2,
+                                                     2 * t + 2, 2 * t + 2, 2 * t + 2);
+      const __m256 wd = _mm256_permutevar8x32_ps(ws, lanes_d);
 #pragma GCC unroll 4
       for (int i = 0; i < MR; ++i) {
         const uint8_t* record = int8dot::Record<KernelAvx2>(a, i, quad);
@@ -131,8 +156,8 @@ inline void KernelAvx2::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
           xhi = _mm256_sign_epi8(xhi, shi);
         }
         __m256i dot = _mm256_add_epi32(Dot(ulo, xlo), Dot(uhi, xhi));
-        if constexpr (kQ == QuantType::kQ4_0 || kQ == QuantType::kQ5_0) {
-          // the quants went in offset by 8 (Q4_0) or 16 (Q5_0)
+        if constexpr (kQ == QuantType::kQ4_0 || kQ == QuantType::kQ5_0 || kQ == QuantType::kQ6_K) {
+          // the quants went in offset by 8 (Q4_0), 16 (Q5_0) or 32 (Q6_K)
           dot = _mm256_add_epi32(dot, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
                                           int8dot::RecordBase<KernelAvx2>(record) + 8 * half)));
         }
@@ -234,8 +259,9 @@ inline __m128i SumsOfFour(__m256i a, __m256i b) {
 }
 
 // One row (k / 32 blocks) into its quad records (matmul_int8dot.h); `offset` is the weights'
-// o (128 for Q8_0, 8 for Q4_0, 16 for Q5_0, 0 for Q4_1 and Q5_1).
-void QuantizeRow(const float* x, int64_t k, int32_t offset, uint8_t* out) {
+// o (128 for Q8_0, 8 for Q4_0, 16 for Q5_0, 32 for Q6_K, 0 for Q4_1, Q5_1, Q4_K and Q5_K) and
+// `halves` whether the lanes keep to 16-element halves (Q6_K's order).
+void QuantizeRow(const float* x, int64_t k, int32_t offset, bool halves, uint8_t* out) {
   const int64_t blocks = k / 32;
   // A last partial quad's missing blocks are zeros.
   if (blocks % 4 != 0) std::memset(out + (blocks / 4) * kInt8QuadBytes, 0, kInt8QuadBytes);
@@ -250,14 +276,42 @@ void QuantizeRow(const float* x, int64_t k, int32_t offset, uint8_t* out) {
     const __m256i bytes =
         _mm256_packs_epi16(_mm256_packs_epi32(n[0], n[1]), _mm256_packs_epi32(n[2], n[3]));
     const __m256i q = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(record + 16 * t), _mm256_castsi256_si128(q));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(record + 64 + 16 * t),
-                     _mm256_extracti128_si256(q, 1));
-    // Lane l's eight elements: 4l .. 4l + 3 (in n[l / 2]) and 16 + 4l .. (in n[2 + l / 2]).
-    const __m128i eights = _mm_add_epi32(SumsOfFour(n[0], n[1]), SumsOfFour(n[2], n[3]));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(record + kInt8QuadBase + 16 * t),
-                     _mm_mullo_epi32(eights, _mm_set1_epi32(-offset)));
-    _mm_storeu_ps(reinterpret_cast<float*>(record + kInt8QuadDc) + 4 * t, _mm_set1_ps(d));
+    // Sums of elements 4l .. 4l + 3: of 0-15 (s0) and of 16-31 (s1).
+    const __m128i s0 = SumsOfFour(n[0], n[1]), s1 = SumsOfFour(n[2], n[3]);
+    const __m128i minus_o = _mm_set1_epi32(-offset);
+    int32_t* base = reinterpret_cast<int32_t*>(record + kInt8QuadBase);
+    float* dc = reinterpret_cast<float*>(record + kInt8QuadDc);
+    if (!halves) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(record + 16 * t), _mm256_castsi256_si128(q));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(record + 64 + 16 * t),
+                       _mm256_extracti128_si256(q, 1));
+      // Lane l's eight elements: 4l .. 4l + 3 (in s0) and 16 + 4l .. (in s1).
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(base + 4 * t),
+                       _mm_mullo_epi32(_mm_add_epi32(s0, s1), minus_o));
+      _mm_storeu_ps(dc + 4 * t, _mm_set1_ps(d));
+    } else {
+      // Elements 8g .. 8g + 7 (g = 2η + h) go to piece 2(t % 2) + η, half 8(t / 2) of its
+      // 16 bytes, in the first 64 bytes (h = 0) or the last; lane 4(2(t % 2) + η) + 2(t / 2)
+      // + i covers elements 16η + 4i + 0..3 and 16η + 8 + 4i + 0..3.
+      alignas(32) uint8_t e[32];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(e), q);
+      // [Σ 0-3 + Σ 8-11, Σ 4-7 + Σ 12-15] of each half, the lanes' sums.
+      const __m128i pairs0 = _mm_add_epi32(s0, _mm_shuffle_epi32(s0, _MM_SHUFFLE(1, 0, 3, 2)));
+      const __m128i pairs1 = _mm_add_epi32(s1, _mm_shuffle_epi32(s1, _MM_SHUFFLE(1, 0, 3, 2)));
+      alignas(16) int32_t lanes[2][4];
+      _mm_store_si128(reinterpret_cast<__m128i*>(lanes[0]), _mm_mullo_epi32(pairs0, minus_o));
+      _mm_store_si128(reinterpret_cast<__m128i*>(lanes[1]), _mm_mullo_epi32(pairs1, minus_o));
+      for (int eta = 0; eta < 2; ++eta) {
+        const int piece = 2 * (t % 2) + eta;
+        std::memcpy(record + 16 * piece + 8 * (t / 2), e + 16 * eta, 8);
+        std::memcpy(record + 64 + 16 * piece + 8 * (t / 2), e + 16 * eta + 8, 8);
+        const int lane = 4 * piece + 2 * (t / 2);
+        base[lane] = lanes[eta][0];
+        base[lane + 1] = lanes[eta][1];
+        dc[lane] = d;
+        dc[lane + 1] = d;
+      }
+    }
     float* ds = reinterpret_cast<float*>(record + kInt8QuadDs) + 2 * t;
     ds[0] = d;
     ds[1] = d * static_cast<float>(sum);
@@ -274,12 +328,16 @@ bool CpuHasAvx512Vnni() {
 }
 
 void QuantizeRowsInt8(const float* x, int64_t rows, int64_t k, QuantType weights, uint8_t* out) {
-  // Q4_1, Q5_1, Q4_K: unsigned quants, no offset.
+  // Q4_1, Q5_1, Q4_K, Q5_K: unsigned quants, no offset.
   const int32_t offset = weights == QuantType::kQ8_0   ? 128
                          : weights == QuantType::kQ4_0 ? 8
                          : weights == QuantType::kQ5_0 ? 16
+                         : weights == QuantType::kQ6_K ? 32
                                                        : 0;
-  for (int64_t i = 0; i < rows; ++i) QuantizeRow(x + i * k, k, offset, out + i * Int8RowBytes(k));
+  const bool halves = weights == QuantType::kQ6_K;
+  for (int64_t i = 0; i < rows; ++i) {
+    QuantizeRow(x + i * k, k, offset, halves, out + i * Int8RowBytes(k));
+  }
 }
 
 void Int8DotRowsAvx2(const Int8DotArgs& a, int64_t n0, int64_t n1) {

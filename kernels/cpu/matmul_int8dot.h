@@ -1,5 +1,5 @@
-// MatMul for Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K weights with integer dot products, internal
-// to kernels/cpu: the path of WeightMatrix::precision == MatMulPrecision::kInt8Dot.
+// MatMul for Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K weights with integer dot products,
+// internal to kernels/cpu: the path of WeightMatrix::precision == MatMulPrecision::kInt8Dot.
 //
 // Activations. Each row of x is quantized once per call into blocks of 32 (llama.cpp's q8_1):
 //   amax = max |x[p]| over the block, d = amax / 127, q[p] = round_nearest_even(x[p] · id)
@@ -9,6 +9,10 @@
 // w_q = q5: the nibble plus 16 × the fifth bit). A Q4_K / Q5_K super-block is eight such
 // blocks of 32 (its sub-blocks) with d_w = d·sc and m_w = −(dmin·m), each product rounded to
 // f32 as the dequantization rounds it, and w_q the nibble (Q5_K: plus 16 × the fifth bit).
+// A Q6_K super-block is eight blocks of 32 too, its block j the halves η = 0, 1 of 16 elements
+// (sub-blocks 2j + η), each with its own int8 scale: in half η, w[p] = d_w,η·w_q[p] with
+// d_w,η = d·sc[2j + η] (one f32 product, as the dequantization rounds it) and w_q = q6 − 32
+// (q6: 4 bits of ql and 2 of qh, decoded as kernels/cpu/dequant.cc decodes them).
 //
 // Arithmetic of y[i, j], the same for every row of every batch on every instruction set.
 // Blocks go in quads (b .. b + 3, b = 0, 4, ...), a last partial quad filled up with zero
@@ -17,7 +21,12 @@
 //   L: 16 int32 lanes; lane 4t + l = the exact Σ w_q[p]·q[p] of block b + t over its elements
 //      4l .. 4l + 3 and 16 + 4l .. 16 + 4l + 3 (two VPDPBUSD, or VPMADDUBSW + VPMADDWD
 //      without VNNI: the same integers)
-//   C: lane 4t + l = c_t;  A = fma(C, f32(L), A) lane by lane (f32(L) is exact: |L| < 2^17)
+//      Q6_K, whose lanes must stay within a half: lane 4c + l = that Σ over the elements
+//      16η + 4(l % 2) + 0..3 and 16η + 8 + 4(l % 2) + 0..3 of block b + t, t = c / 2 + 2(l / 2)
+//      and η = c % 2 (so lanes 0-7 hold blocks b and b + 2, 8-15 blocks b + 1 and b + 3: each
+//      quad's ql bytes give blocks t and t + 2 as their low and high nibbles)
+//   C: lane 4t + l = c_t (Q6_K: lane 4c + l = d_w,b+t,η · d_x,b+t, t and η as in L, one f32
+//      product);  A = fma(C, f32(L), A) lane by lane (f32(L) is exact: |L| < 2^17)
 //   Q4_1 / Q5_1 / Q4_K / Q5_K: M = fma([d_w,b, m_w,b, d_w,b+1, m_w,b+1, ...],
 //         [d_x,b, s_x,b, d_x,b+1, s_x,b+1, ...], M), 8 lanes
 // Then y = simd::HSum(A[0:8] + A[8:16]) (+ ((M[1] + M[3]) + (M[5] + M[7])) for Q4_1,
@@ -43,19 +52,23 @@ inline constexpr int64_t kInt8DotSharedQuantElements = 16384;
 // Whether this CPU has AVX512_VNNI (and the AVX-512 F/BW/VL it builds on).
 bool CpuHasAvx512Vnni();
 
-// y = x·Wᵀ (+ bias) for a Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K `w` as described above (w.cols whole
-// blocks). vnni: use the VNNI kernels (the CPU must have them); otherwise AVX2.
+// y = x·Wᵀ (+ bias) for a Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K `w` as described above
+// (w.cols whole blocks). vnni: use the VNNI kernels (the CPU must have them); otherwise AVX2.
 void MatMulInt8Dot(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
                    float* y, bool vnni);
 
 // The quantized activations' layout: per row of x, one 320-byte record (five cache lines, the
 // last 32 bytes unused) per quad of blocks, the last one zero-filled past the row's last block:
-//   int8 q[128]:    elements 0-15 of blocks b, b+1, b+2, b+3, then their elements 16-31
-//   int32 base[16]: lane 4t + l: −o · Σ q over lane 4t + l's eight elements, o = 128 for Q8_0
-//                   weights, 8 for Q4_0, 16 for Q5_0, 0 for Q4_1 / Q5_1 / Q4_K / Q5_K: where an
-//                   integer dot whose weights go in offset by o (w_q + o ≥ 0, as VPDPBUSD wants
-//                   them) starts
-//   f32 dc[16]:     lane 4t + l: d_x,b+t (so that C is one multiply)
+//   int8 q[128]:    elements 0-15 of blocks b, b+1, b+2, b+3, then their elements 16-31;
+//                   for Q6_K weights the bytes 4L .. 4L + 3 (first 64) and 64 + 4L .. (last 64)
+//                   are lane L's elements in order, as L above says: 16-byte piece c of each
+//                   64 is [8 elements of block b + c / 2, 8 of block b + c / 2 + 2], elements
+//                   16(c % 2) + 0..7 in the first 64 bytes and 16(c % 2) + 8..15 in the last
+//   int32 base[16]: lane L: −o · Σ q over lane L's eight elements, o = 128 for Q8_0 weights, 8
+//                   for Q4_0, 16 for Q5_0, 32 for Q6_K, 0 for Q4_1 / Q5_1 / Q4_K / Q5_K: where
+//                   an integer dot whose weights go in offset by o (w_q + o ≥ 0, as VPDPBUSD
+//                   wants them) starts
+//   f32 dc[16]:     lane L: d_x of lane L's block (so that C is one multiply)
 //   f32 ds[8]:      d_x,b+t and s_x,b+t for t = 0..3
 inline constexpr int64_t kInt8QuadBytes = 320;
 inline constexpr int64_t kInt8QuadBase = 128;  // byte offsets in a record
@@ -64,8 +77,8 @@ inline constexpr int64_t kInt8QuadDs = 256;
 constexpr int64_t Int8RowBytes(int64_t k) { return kInt8QuadBytes * ((k / 32 + 3) / 4); }
 
 // x[rows, k] (k a multiple of 32) quantized as described above for products with `weights`
-// (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K or Q5_K) into out[rows, Int8RowBytes(k)] (bytes; the kernels
-// want it 64-byte aligned).
+// (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or Q6_K) into out[rows, Int8RowBytes(k)] (bytes;
+// the kernels want it 64-byte aligned).
 void QuantizeRowsInt8(const float* x, int64_t rows, int64_t k, QuantType weights, uint8_t* out);
 
 }  // namespace spanserve::kernels::cpu::internal

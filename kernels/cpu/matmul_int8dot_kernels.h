@@ -83,14 +83,14 @@ constexpr bool HasMin(QuantType q) {
   return q == QuantType::kQ4_1 || q == QuantType::kQ5_1 || IsK(q);
 }
 
-// Bytes of a row's weights per quad of 32-element blocks (Q4_K / Q5_K: half a super-block).
+// Bytes of a row's weights per quad of 32-element blocks (K-quants: half a super-block).
 constexpr int64_t QuadBytes(QuantType q) { return QuantBlockBytes(q) * 128 / QuantBlockElems(q); }
 
-// The first byte of quad `quad` of a weight row: a quad of blocks, or (Q4_K / Q5_K) the
-// super-block holding the quad's four sub-blocks of 32.
+// The first byte of quad `quad` of a weight row: a quad of blocks, or (Q4_K / Q5_K / Q6_K)
+// the super-block holding the quad's four blocks of 32.
 template <QuantType kQ>
 [[gnu::always_inline]] inline const uint8_t* QuadAt(const uint8_t* row, int64_t quad) {
-  if constexpr (IsK(kQ)) {
+  if constexpr (QuantBlockElems(kQ) == 256) {
     return row + quad / 2 * QuantBlockBytes(kQ);
   } else {
     return row + quad * QuadBytes(kQ);
@@ -133,6 +133,27 @@ template <QuantType kQ>
 
 // Q5_K: bit s of qh[j] (32 bytes at 16) is element j's fifth bit in sub-block s.
 [[gnu::always_inline]] inline const uint8_t* Q5KHighBits(const uint8_t* sb) { return sb + 16; }
+
+// Q6_K: the scales of sub-blocks 8h .. 8h + 7 (h = quad % 2; sub-block 8h + 2β + η is half η
+// of the quad's block β) of the super-block at `sb`, d·sc each rounded to f32 as the
+// dequantization rounds it: [d·sc_8h, ..., d·sc_8h+7].
+template <class Kernel>
+[[gnu::always_inline]] inline __m256 Q6KQuadScales(const uint8_t* sb, int64_t quad) {
+  uint16_t h;
+  std::memcpy(&h, sb + 208, 2);
+  const __m128i sc = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sb + 192 + 8 * (quad % 2)));
+  return _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(h)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)));
+}
+
+// Q6_K: the quad's 64 ql bytes (block β's low 4 bits of element p: byte 32(β % 2) + p, its
+// low nibble for β < 2, high for β >= 2) and 32 qh bytes (its high 2 bits: byte p, bits 2β,
+// 2β + 1), as kernels/cpu/dequant.cc decodes them.
+[[gnu::always_inline]] inline const uint8_t* Q6KLow(const uint8_t* sb, int64_t quad) {
+  return sb + 64 * (quad % 2);
+}
+[[gnu::always_inline]] inline const uint8_t* Q6KHigh(const uint8_t* sb, int64_t quad) {
+  return sb + 128 + 32 * (quad % 2);
+}
 
 // Byte offsets in a block of a format's quants and (Q5_0 / Q5_1) fifth bits.
 constexpr int QsOffset(QuantType q) {
@@ -299,6 +320,8 @@ void RowsOfAnyFormat(const Int8DotArgs& a, int64_t n0, int64_t n1) {
       return Rows<Kernel, QuantType::kQ4_K>(a, n0, n1);
     case QuantType::kQ5_K:
       return Rows<Kernel, QuantType::kQ5_K>(a, n0, n1);
+    case QuantType::kQ6_K:
+      return Rows<Kernel, QuantType::kQ6_K>(a, n0, n1);
     default:  // not Int8DotSupports: MatMul multiplies those exactly
       break;
   }

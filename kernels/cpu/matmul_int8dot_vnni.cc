@@ -3,8 +3,8 @@
 // the AVX2 kernels hold them in two ymm registers, and VPDPBUSD adds each group of four
 // u8·s8 products into its int32 lane exactly as VPMADDUBSW + VPMADDWD do, so both give the
 // same bits. The weights go in as unsigned bytes offset by o (Q8_0: w + 128 = w ^ 0x80;
-// Q4_0: the nibble, w + 8; Q5_0: the nibble and the fifth bit, w + 16), the dot starting from
-// the record's base −o·Σq; no sign juggling.
+// Q4_0: the nibble, w + 8; Q5_0: the nibble and the fifth bit, w + 16; Q6_K: q6, w + 32), the
+// dot starting from the record's base −o·Σq; no sign juggling.
 #include "kernels/cpu/matmul_int8dot_kernels.h"  // first: it includes <immintrin.h>
 
 namespace spanserve::kernels::cpu::internal {
@@ -37,12 +37,18 @@ inline void KernelVnni::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
   const auto load = [&](const uint8_t* block, int t, int offset) __attribute__((always_inline)) {
     return int8dot::Load16<KernelVnni, kQ, kFull>(block, t, offset, count);
   };
-  const __m512i lanes_d = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+  // Q6_K: lane 4c + l takes sub-block 2β + η, β = c / 2 + 2(l / 2), η = c % 2
+  // (matmul_int8dot.h).
+  const __m512i lanes_d = kQ == QuantType::kQ6_K
+                              ? _mm512_setr_epi32(0, 0, 4, 4, 1, 1, 5, 5, 2, 2, 6, 6, 3, 3, 7, 7)
+                              : _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
 #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r) {
     const uint8_t* block = int8dot::QuadAt<kQ>(a.w + r * a.row_bytes, quad);
     __m256 ws;
-    if constexpr (int8dot::IsK(kQ)) {
+    if constexpr (kQ == QuantType::kQ6_K) {
+      ws = int8dot::Q6KQuadScales<KernelVnni>(block, quad);
+    } else if constexpr (int8dot::IsK(kQ)) {
       ws = int8dot::Q4KQuadScales<KernelVnni>(block, quad);
     } else {
       ws = int8dot::QuadScales<KernelVnni, kQ, kFull>(block, count);
@@ -57,6 +63,25 @@ inline void KernelVnni::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
       uhi = _mm512_xor_si512(
           Join4(load(block, 0, 18), load(block, 1, 18), load(block, 2, 18), load(block, 3, 18)),
           flip);
+    } else if constexpr (kQ == QuantType::kQ6_K) {
+      // 256-bit halves of the 64 ql bytes: blocks 0 and 1 in the low nibbles, 2 and 3 in the
+      // high ones; block β's high bits are bits 2β, 2β + 1 of the 32 qh bytes, moved to bits
+      // 4, 5 (the 16-bit shifts' spill across bytes falls outside 0x30). The 8-byte pieces
+      // interleaved as the record's activations are.
+      const __m512i ql = _mm512_loadu_si512(int8dot::Q6KLow(block, quad));
+      const __m512i qh = _mm512_broadcast_i64x4(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(int8dot::Q6KHigh(block, quad))));
+      const __m512i mask = _mm512_set1_epi8(0x0f);
+      const __m512i bits = _mm512_set1_epi8(0x30);
+      const __m512i low_shift = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+      const __m512i high_shift =
+          _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+      const __m512i ua = _mm512_or_si512(_mm512_and_si512(ql, mask),
+                                         _mm512_and_si512(_mm512_sllv_epi16(qh, low_shift), bits));
+      const __m512i ub = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), mask),
+                                         _mm512_and_si512(_mm512_srlv_epi16(qh, high_shift), bits));
+      ulo = _mm512_unpacklo_epi64(ua, ub);
+      uhi = _mm512_unpackhi_epi64(ua, ub);
     } else if constexpr (int8dot::IsK(kQ)) {
       // Sub-blocks 2c and 2c + 1: the low and the high nibbles of the same 32 bytes.
       const auto bytes16 = [](const uint8_t* p) __attribute__((always_inline)) {

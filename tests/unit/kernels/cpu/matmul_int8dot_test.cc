@@ -30,7 +30,7 @@ using testing::ScopedIsa;
 
 constexpr QuantType kFormats[] = {QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_1,
                                   QuantType::kQ5_0, QuantType::kQ5_1, QuantType::kQ4_K,
-                                  QuantType::kQ5_K};
+                                  QuantType::kQ5_K, QuantType::kQ6_K};
 
 std::string FormatName(QuantType q) {
   return q == QuantType::kQ8_0   ? "Q8_0"
@@ -39,7 +39,8 @@ std::string FormatName(QuantType q) {
          : q == QuantType::kQ5_0 ? "Q5_0"
          : q == QuantType::kQ5_1 ? "Q5_1"
          : q == QuantType::kQ4_K ? "Q4_K"
-                                 : "Q5_K";
+         : q == QuantType::kQ5_K ? "Q5_K"
+                                 : "Q6_K";
 }
 
 bool HasMin(QuantType q) {
@@ -47,7 +48,7 @@ bool HasMin(QuantType q) {
          q == QuantType::kQ5_K;
 }
 
-// Elements of one block of the format: 32, or 256 for Q4_K and Q5_K.
+// Elements of one block of the format: 32, or 256 for Q4_K, Q5_K and Q6_K.
 int64_t Elems(QuantType q) { return QuantBlockElems(q); }
 
 bool HasVnni() {
@@ -55,8 +56,8 @@ bool HasVnni() {
   return Int8DotUsesVnni();
 }
 
-// n rows of k / 32 blocks: every quant byte random (Q8_0 from -128 to 127), scales (and Q4_1 /
-// Q5_1 mins) valid f16 values in ±scale.
+// n rows of k / 32 blocks: every quant byte random (Q8_0 from -128 to 127; Q6_K's int8 scales
+// too), f16 scales (and Q4_1 / Q5_1 / K-quant mins) valid values in ±scale.
 std::vector<uint8_t> RandomBlocks(QuantType q, int64_t n, int64_t k, uint32_t seed,
                                   float scale = 0.05f) {
   const int64_t block_bytes = QuantBlockBytes(q);
@@ -65,9 +66,10 @@ std::vector<uint8_t> RandomBlocks(QuantType q, int64_t n, int64_t k, uint32_t se
   std::uniform_int_distribution<int> byte(0, 255);
   std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
   for (uint8_t& b : bytes) b = static_cast<uint8_t>(byte(rng));
-  for (int64_t b = 0; b < n * k / Elems(q); ++b) {  // Q4_K: d and dmin where d and m are
+  const int64_t d_at = q == QuantType::kQ6_K ? 208 : 0;  // Q6_K: d last
+  for (int64_t b = 0; b < n * k / Elems(q); ++b) {       // Q4_K: d and dmin where d and m are
     const uint16_t d = F32ToF16(scale * unit(rng));
-    std::memcpy(&bytes[b * block_bytes], &d, 2);
+    std::memcpy(&bytes[b * block_bytes + d_at], &d, 2);
     if (HasMin(q)) {
       const uint16_t m = F32ToF16(scale * unit(rng));
       std::memcpy(&bytes[b * block_bytes + 2], &m, 2);
@@ -85,6 +87,7 @@ std::vector<float> Dequantized(QuantType q, const std::vector<uint8_t>& bytes, i
   if (q == QuantType::kQ5_1) kernels::DequantizeQ5_1(bytes.data(), numel, out.data());
   if (q == QuantType::kQ4_K) kernels::DequantizeQ4_K(bytes.data(), numel, out.data());
   if (q == QuantType::kQ5_K) kernels::DequantizeQ5_K(bytes.data(), numel, out.data());
+  if (q == QuantType::kQ6_K) kernels::DequantizeQ6_K(bytes.data(), numel, out.data());
   return out;
 }
 
@@ -113,9 +116,65 @@ QuantRow QuantizeReference(const float* x, int64_t k) {
   return r;
 }
 
-// Block b of a weight row (Q4_K / Q5_K: sub-block b % 8 of super-block b / 8): its integer quants
-// and its scale (and min).
-void WeightBlock(QuantType q, const uint8_t* row, int64_t b, int wq[32], float* d, float* m) {
+// The int8 offset o of a weight format's quants (matmul_int8dot.h, the record's base).
+int Offset(QuantType q) {
+  return q == QuantType::kQ8_0   ? 128
+         : q == QuantType::kQ4_0 ? 8
+         : q == QuantType::kQ5_0 ? 16
+         : q == QuantType::kQ6_K ? 32
+                                 : 0;
+}
+
+// Lane `lane` of a quad (matmul_int8dot.h): the quad's block t it covers and its eight elements
+// p[0..3] (from the record's first 64 bytes) and p[4..7] (from the last 64).
+void LaneElements(QuantType q, int lane, int* t, int p[8]) {
+  const int c = lane / 4, l = lane % 4;
+  int first, second;
+  if (q == QuantType::kQ6_K) {  // within one half: 16η + 4(l % 2) and 8 more
+    *t = c / 2 + 2 * (l / 2);
+    first = 16 * (c % 2) + 4 * (l % 2);
+    second = first + 8;
+  } else {
+    *t = c;
+    first = 4 * l;
+    second = 16 + 4 * l;
+  }
+  for (int i = 0; i < 4; ++i) {
+    p[i] = first + i;
+    p[4 + i] = second + i;
+  }
+}
+
+// The byte of a record's q[128] that holds element e of the quad's block t.
+int RecordByte(QuantType q, int t, int e) {
+  if (q == QuantType::kQ6_K) {
+    const int g = e / 8;  // 8-byte pieces: [block t, block t + 2] per 16 bytes
+    return 64 * (g % 2) + 16 * (2 * (t % 2) + g / 2) + 8 * (t / 2) + e % 8;
+  }
+  return 64 * (e / 16) + 16 * t + e % 16;
+}
+
+// Block b of a weight row (K-quants: block b % 8 of super-block b / 8): its integer quants, the
+// scales of its elements 0-15 (d[0]) and 16-31 (d[1]; the same but for Q6_K) and its min.
+void WeightBlock(QuantType q, const uint8_t* row, int64_t b, int wq[32], float d[2], float* m) {
+  if (q == QuantType::kQ6_K) {  // as kernels/cpu/dequant.cc decodes it
+    const uint8_t* sb = row + b / 8 * QuantBlockBytes(q);
+    const int j = static_cast<int>(b % 8);
+    uint16_t h;
+    std::memcpy(&h, sb + 208, 2);
+    const float dd = F16ToF32(h);
+    const auto* sc = reinterpret_cast<const int8_t*>(sb + 192);
+    d[0] = dd * static_cast<float>(sc[2 * j]);
+    d[1] = dd * static_cast<float>(sc[2 * j + 1]);
+    *m = 0.0f;
+    for (int p = 0; p < 32; ++p) {
+      const int e = 32 * j + p, half = e / 128, r = e % 128;
+      const int low = (sb[64 * half + r % 64] >> (4 * (r / 64))) & 0x0f;
+      const int high = (sb[128 + 32 * half + r % 32] >> (2 * (r / 32))) & 3;
+      wq[p] = (low | high << 4) - 32;
+    }
+    return;
+  }
   if (q == QuantType::kQ4_K || q == QuantType::kQ5_K) {
     const uint8_t* sb = row + b / 8 * QuantBlockBytes(q);
     const int s = static_cast<int>(b % 8);
@@ -127,7 +186,7 @@ void WeightBlock(QuantType q, const uint8_t* row, int64_t b, int wq[32], float* 
     const uint8_t* sc = sb + 4;
     const int scale = s < 4 ? sc[s] & 63 : (sc[s + 4] & 0x0f) | ((sc[s - 4] >> 6) << 4);
     const int mn = s < 4 ? sc[s + 4] & 63 : (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
-    *d = dd * static_cast<float>(scale);
+    d[0] = d[1] = dd * static_cast<float>(scale);
     *m = -(dmin * static_cast<float>(mn));
     const bool q5 = q == QuantType::kQ5_K;
     for (int p = 0; p < 32; ++p) {
@@ -140,7 +199,7 @@ void WeightBlock(QuantType q, const uint8_t* row, int64_t b, int wq[32], float* 
   std::fill(wq, wq + 32, 0);
   uint16_t h;
   std::memcpy(&h, block, 2);
-  *d = F16ToF32(h);
+  d[0] = d[1] = F16ToF32(h);
   *m = 0.0f;
   switch (q) {
     case QuantType::kQ8_0:
@@ -192,38 +251,39 @@ struct Expected {
 // y for one x row and one weight row, as matmul_int8dot.h specifies it.
 Expected ModelInt8Dot(QuantType q, const QuantRow& x, const uint8_t* row, int64_t k,
                       const float* bias) {
-  const bool q4_1 = HasMin(q);  // Q4_1 or Q5_1
+  const bool q4_1 = HasMin(q);  // Q4_1, Q5_1, Q4_K or Q5_K
   float acc[16] = {}, mins[8] = {};
   Expected e{0.0f, bias != nullptr ? *bias : 0.0, bias != nullptr ? std::fabs(*bias) : 0.0};
   const int64_t blocks = k / 32;
   for (int64_t b0 = 0; b0 < blocks; b0 += 4) {
-    for (int64_t t = 0; t < 4; ++t) {
-      // A partial quad's missing blocks: zero quants and scales.
-      int wq[32] = {};
-      float dw = 0.0f, mw = 0.0f, dx = 0.0f, sx = 0.0f;
-      const int* xq = nullptr;
-      if (b0 + t < blocks) {
-        WeightBlock(q, row, b0 + t, wq, &dw, &mw);
-        dx = x.d[b0 + t];
-        sx = x.s[b0 + t];
-        xq = x.q.data() + 32 * (b0 + t);
+    // A partial quad's missing blocks: zero quants and scales.
+    int wq[4][32] = {};
+    float dw[4][2] = {}, mw[4] = {}, dx[4] = {}, sx[4] = {};
+    const int* xq[4] = {};
+    for (int64_t t = 0; t < 4 && b0 + t < blocks; ++t) {
+      WeightBlock(q, row, b0 + t, wq[t], dw[t], &mw[t]);
+      dx[t] = x.d[b0 + t];
+      sx[t] = x.s[b0 + t];
+      xq[t] = x.q.data() + 32 * (b0 + t);
+    }
+    for (int lane = 0; lane < 16; ++lane) {
+      int t, p[8];
+      LaneElements(q, lane, &t, p);
+      const float c = dw[t][p[0] / 16] * dx[t];  // (Q6_K: the lane's half's scale)
+      int64_t dot = 0;
+      for (int el : p) {
+        if (xq[t] != nullptr) dot += wq[t][el] * xq[t][el];
       }
-      const float c = dw * dx;
-      for (int l = 0; l < 4; ++l) {
-        int64_t lane = 0;
-        for (int p : {4 * l, 4 * l + 1, 4 * l + 2, 4 * l + 3, 16 + 4 * l, 17 + 4 * l, 18 + 4 * l,
-                      19 + 4 * l}) {
-          if (xq != nullptr) lane += wq[p] * xq[p];
-        }
-        acc[4 * t + l] = std::fma(c, static_cast<float>(lane), acc[4 * t + l]);
-        e.exact += static_cast<double>(c) * lane;
-        e.magnitude += std::fabs(static_cast<double>(c) * lane);
-      }
-      if (q4_1) {
-        mins[2 * t] = std::fma(dw, dx, mins[2 * t]);
-        mins[2 * t + 1] = std::fma(mw, sx, mins[2 * t + 1]);
-        e.exact += static_cast<double>(mw) * sx;
-        e.magnitude += std::fabs(static_cast<double>(mw) * sx);
+      acc[lane] = std::fma(c, static_cast<float>(dot), acc[lane]);
+      e.exact += static_cast<double>(c) * dot;
+      e.magnitude += std::fabs(static_cast<double>(c) * dot);
+    }
+    if (q4_1) {
+      for (int t = 0; t < 4; ++t) {
+        mins[2 * t] = std::fma(dw[t][0], dx[t], mins[2 * t]);
+        mins[2 * t + 1] = std::fma(mw[t], sx[t], mins[2 * t + 1]);
+        e.exact += static_cast<double>(mw[t]) * sx[t];
+        e.magnitude += std::fabs(static_cast<double>(mw[t]) * sx[t]);
       }
     }
   }
@@ -252,14 +312,12 @@ std::vector<float> Activations(int64_t count, uint32_t seed) {
 }
 
 // The activations' quantization, and its layout (matmul_int8dot.h): per quad of blocks a
-// record of their quants (elements 0-15 of each, then 16-31 of each), the integer dots'
-// bases for each weight format, the per-lane d, and d, s of each block; zeros past the row.
+// record of their quants (elements 0-15 of each, then 16-31 of each; Q6_K: in its lanes'
+// order), the integer dots' bases for each weight format, the per-lane d, and d, s of each
+// block; zeros past the row.
 TEST(QuantizeRowsInt8, MatchesTheScalarDefinition) {
   for (QuantType weights : kFormats) {
-    const int offset = weights == QuantType::kQ8_0   ? 128
-                       : weights == QuantType::kQ4_0 ? 8
-                       : weights == QuantType::kQ5_0 ? 16
-                                                     : 0;
+    const int offset = Offset(weights);
     for (int64_t k : {32, 64, 96, 128, 160, 576}) {
       std::vector<float> x = Activations(3 * k, static_cast<uint32_t>(k));
       std::fill(x.begin(), x.begin() + 32, 0.0f);  // an all-zero block: d = 0, q = 0
@@ -273,30 +331,35 @@ TEST(QuantizeRowsInt8, MatchesTheScalarDefinition) {
       for (int64_t i = 0; i < 3; ++i) {
         SCOPED_TRACE(::testing::Message() << FormatName(weights) << " k=" << k << " row " << i);
         const QuantRow ref = QuantizeReference(x.data() + i * k, k);
-        for (int64_t b = 0; b < (blocks + 3) / 4 * 4; ++b) {
-          const uint8_t* record = out.data() + i * ldx + b / 4 * internal::kInt8QuadBytes;
-          const int64_t t = b % 4;
-          const bool real = b < blocks;
-          int32_t base[4];
-          float dc[4], ds[2];
-          std::memcpy(base, record + internal::kInt8QuadBase + 16 * t, sizeof(base));
-          std::memcpy(dc, record + internal::kInt8QuadDc + 16 * t, sizeof(dc));
-          std::memcpy(ds, record + internal::kInt8QuadDs + 8 * t, sizeof(ds));
-          for (int64_t e = 0; e < 32; ++e) {
-            const int8_t got = static_cast<int8_t>(record[64 * (e / 16) + 16 * t + e % 16]);
-            ASSERT_EQ(got, real ? ref.q[32 * b + e] : 0) << "block " << b << " element " << e;
-          }
-          for (int l = 0; l < 4; ++l) {
-            int sum = 0;
-            for (int p : {4 * l, 4 * l + 1, 4 * l + 2, 4 * l + 3, 16 + 4 * l, 17 + 4 * l,
-                          18 + 4 * l, 19 + 4 * l}) {
-              if (real) sum += ref.q[32 * b + p];
+        for (int64_t quad = 0; quad < (blocks + 3) / 4; ++quad) {
+          const uint8_t* record = out.data() + i * ldx + quad * internal::kInt8QuadBytes;
+          int32_t base[16];
+          float dc[16], ds[8];
+          std::memcpy(base, record + internal::kInt8QuadBase, sizeof(base));
+          std::memcpy(dc, record + internal::kInt8QuadDc, sizeof(dc));
+          std::memcpy(ds, record + internal::kInt8QuadDs, sizeof(ds));
+          for (int t = 0; t < 4; ++t) {
+            const int64_t b = 4 * quad + t;
+            const bool real = b < blocks;
+            for (int e = 0; e < 32; ++e) {
+              const int8_t got = static_cast<int8_t>(record[RecordByte(weights, t, e)]);
+              ASSERT_EQ(got, real ? ref.q[32 * b + e] : 0) << "block " << b << " element " << e;
             }
-            ASSERT_EQ(base[l], -offset * sum) << "block " << b << " lane " << l;
-            ASSERT_EQ(dc[l], real ? ref.d[b] : 0.0f);
+            ASSERT_EQ(ds[2 * t], real ? ref.d[b] : 0.0f);
+            ASSERT_EQ(ds[2 * t + 1], real ? ref.s[b] : 0.0f);
           }
-          ASSERT_EQ(ds[0], real ? ref.d[b] : 0.0f);
-          ASSERT_EQ(ds[1], real ? ref.s[b] : 0.0f);
+          for (int lane = 0; lane < 16; ++lane) {
+            int t, p[8];
+            LaneElements(weights, lane, &t, p);
+            const int64_t b = 4 * quad + t;
+            const bool real = b < blocks;
+            int sum = 0;
+            for (int e : p) {
+              if (real) sum += ref.q[32 * b + e];
+            }
+            ASSERT_EQ(base[lane], -offset * sum) << "quad " << quad << " lane " << lane;
+            ASSERT_EQ(dc[lane], real ? ref.d[b] : 0.0f) << "quad " << quad << " lane " << lane;
+          }
         }
       }
     }
@@ -354,8 +417,9 @@ TEST_P(Int8DotTest, EqualsTheScalarModelBitForBit) {
 
 TEST_P(Int8DotTest, RowsDoNotDependOnTheBatchOrTheThreads) {
   const QuantType q = quant();
-  // k = 576: a batch of 7 is quantized by every thread for itself, one of 37 once, shared.
-  for (int64_t m : {7, 37}) {
+  // k = 576: batches of 3 and 7 are quantized by every thread for itself, one of 37 once,
+  // shared.
+  for (int64_t m : {3, 7, 37}) {
     const int64_t n = 61, k = Elems(q) == 256 ? 512 : 576;
     const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, 5);
     const WeightMatrix w = Int8DotMatrix(q, blocks, n, k);

@@ -181,21 +181,6 @@ TEST_P(KQuantMatMulTest, EmbeddingLookupGivesTheDequantizedRows) {
   }
 }
 
-// The int8 dot-product precision does not take these formats: MatMul multiplies them exactly.
-TEST_P(KQuantMatMulTest, Int8DotPrecisionMultipliesExactly) {
-  const QuantType q = quant();
-  if (Int8DotSupports(q)) GTEST_SKIP() << "the int8 dot path takes " << QuantTypeName(q);
-  const int64_t k = Ks(q)[0], n = 9, m = 3;
-  const std::vector<uint8_t> blocks = RandomRows(q, n, k, 31);
-  WeightMatrix wq{blocks.data(), DType::kF32, n, k, q};
-  const std::vector<float> x = RandomFloats(m * k, 32);
-  std::vector<float> exact(m * n), int8(m * n);
-  MatMul(x.data(), m, wq, nullptr, exact.data());
-  wq.precision = MatMulPrecision::kInt8Dot;
-  MatMul(x.data(), m, wq, nullptr, int8.data());
-  ASSERT_TRUE(BitIdentical(exact.data(), int8.data(), m * n));
-}
-
 INSTANTIATE_TEST_SUITE_P(AllFormatsAndIsas, KQuantMatMulTest,
                          ::testing::Combine(::testing::Values(QuantType::kQ5_0, QuantType::kQ5_1,
                                                               QuantType::kQ4_K, QuantType::kQ5_K,

@@ -236,15 +236,16 @@ TEST_F(GgufKQuantTest, LogitsEqualThoseOfTheDequantizedModelBitForBit) {
   for (const int32_t token : {0, 42, 63}) {  // single rows: the decode kernels
     EXPECT_EQ(Logits(**q, {token}), Logits(**f, {token})) << "token " << token;
   }
-  // With the int8 dot products the Q5_0 / Q5_1 / Q4_K / Q5_K matrices take them (Q6_K stays
-  // exact): close to the exact logits, not equal.
+  // With the int8 dot products every matrix takes them: close to the exact logits, not equal
+  // (activations rounded to 8 bits in each of the random model's layers; the worst logit
+  // here is off by 2.3 % of the largest).
   auto int8 = model::Model::Load(*quantized_, {.int8_dot = true});
   ASSERT_TRUE(int8.ok()) << int8.status();
   const std::vector<float> got = Logits(**int8, prompt);
   ASSERT_EQ(got.size(), want.size());
   float scale = 0.0f;
   for (const float v : want) scale = std::max(scale, std::fabs(v));
-  for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 0.02f * scale) << i;
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 0.03f * scale) << i;
   EXPECT_NE(got, want);
 }
 
