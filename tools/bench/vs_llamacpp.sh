@@ -12,8 +12,10 @@
 #
 # Figures, each llama.cpp's / SpanServe's and their ratio (SpanServe / llama.cpp; above 1:
 # SpanServe faster), with the load average before the round:
-#   decode 1      single-stream decode tokens/s: llama-bench tg64; spanserve_engine_bench at
-#                 concurrency 1 (through the engine: scheduler, sampler, KV cache)
+#   decode 1      single-stream decode tokens/s of 32 tokens after a 128-token context:
+#                 llama-bench tg32 at depth 128 (-d 128); spanserve_engine_bench at
+#                 concurrency 1 (through the engine: scheduler, sampler, KV cache), the same
+#                 128-token prompt and 32 tokens (the 4 and 16 stream figures' context too)
 #   prefill 512   prompt tokens/s: llama-bench pp512; spanserve_model_bench --prompt 512
 #   decode 4, 16  aggregate decode tokens/s of 4 / 16 streams of 128-token prompts:
 #                 llama-batched-bench S_TG; spanserve_engine_bench at concurrency 4 / 16
@@ -68,8 +70,10 @@ for round in $(seq "$rounds"); do
     load="$(cut -d' ' -f1 /proc/loadavg)"
     echo "round $round $t (load $load)" >&2
     echo "$load" >"$out/load_${t}_$round"
-    "$bin/llama-bench" -m "$f" -t "$threads" -p 512 -n 64 -r 2 -o json \
+    "$bin/llama-bench" -m "$f" -t "$threads" -p 512 -n 0 -r 2 -o json \
       >"$out/llama_bench_${t}_$round.json" 2>/dev/null
+    "$bin/llama-bench" -m "$f" -t "$threads" -p 0 -n 32 -d 128 -r 2 -o json \
+      >"$out/llama_tg_${t}_$round.json" 2>/dev/null
     "$bin/llama-batched-bench" -m "$f" -t "$threads" -c 4096 -b 2048 -ub 512 -npp 128 -ntg 32 \
       -npl 4,16 --output-format jsonl 2>/dev/null | grep '^{' >"$out/llama_batched_${t}_$round.jsonl"
     "$build/tools/spanserve_engine_bench" --model "$f" --threads "$threads" --prompt_len 128 \
@@ -96,8 +100,9 @@ import json, statistics, sys
 out, rounds, types = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
 def rows_of(t, r):
     lb = json.load(open(f"{out}/llama_bench_{t}_{r}.json"))
-    tg = next(x["avg_ts"] for x in lb if x["n_gen"] > 0 and x["n_prompt"] == 0)
     pp = next(x["avg_ts"] for x in lb if x["n_prompt"] > 0 and x["n_gen"] == 0)
+    lt = json.load(open(f"{out}/llama_tg_{t}_{r}.json"))
+    tg = next(x["avg_ts"] for x in lt if x["n_gen"] > 0 and x["n_depth"] == 128)
     batched = {}
     for line in open(f"{out}/llama_batched_{t}_{r}.jsonl"):
         d = json.loads(line)
