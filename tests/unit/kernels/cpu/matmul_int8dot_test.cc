@@ -32,17 +32,6 @@ constexpr QuantType kFormats[] = {QuantType::kQ8_0, QuantType::kQ4_0, QuantType:
                                   QuantType::kQ5_0, QuantType::kQ5_1, QuantType::kQ4_K,
                                   QuantType::kQ5_K, QuantType::kQ6_K};
 
-std::string FormatName(QuantType q) {
-  return q == QuantType::kQ8_0   ? "Q8_0"
-         : q == QuantType::kQ4_0 ? "Q4_0"
-         : q == QuantType::kQ4_1 ? "Q4_1"
-         : q == QuantType::kQ5_0 ? "Q5_0"
-         : q == QuantType::kQ5_1 ? "Q5_1"
-         : q == QuantType::kQ4_K ? "Q4_K"
-         : q == QuantType::kQ5_K ? "Q5_K"
-                                 : "Q6_K";
-}
-
 bool HasMin(QuantType q) {
   return q == QuantType::kQ4_1 || q == QuantType::kQ5_1 || q == QuantType::kQ4_K ||
          q == QuantType::kQ5_K;
@@ -329,7 +318,7 @@ TEST(QuantizeRowsInt8, MatchesTheScalarDefinition) {
       internal::QuantizeRowsInt8(x.data(), 3, k, weights, out.data());
       const int64_t blocks = k / 32;
       for (int64_t i = 0; i < 3; ++i) {
-        SCOPED_TRACE(::testing::Message() << FormatName(weights) << " k=" << k << " row " << i);
+        SCOPED_TRACE(::testing::Message() << QuantTypeName(weights) << " k=" << k << " row " << i);
         const QuantRow ref = QuantizeReference(x.data() + i * k, k);
         for (int64_t quad = 0; quad < (blocks + 3) / 4; ++quad) {
           const uint8_t* record = out.data() + i * ldx + quad * internal::kInt8QuadBytes;
@@ -474,7 +463,7 @@ INSTANTIATE_TEST_SUITE_P(AllQuantTypesAndIsas, Int8DotTest,
                          ::testing::Combine(::testing::ValuesIn(kFormats),
                                             ::testing::Values(Isa::kAvx2, Isa::kAvx512)),
                          [](const ::testing::TestParamInfo<std::tuple<QuantType, Isa>>& info) {
-                           return FormatName(std::get<0>(info.param)) + "_" +
+                           return std::string(QuantTypeName(std::get<0>(info.param))) + "_" +
                                   (std::get<1>(info.param) == Isa::kAvx512 ? "vnni" : "avx2");
                          });
 
@@ -492,7 +481,7 @@ TEST(Int8Dot, VnniIsBitIdenticalToAvx2) {
         const WeightMatrix w = Int8DotMatrix(q, blocks, n, k);
         for (int64_t m : {1, 2, 3, 4, 5, 8, 16, 37, 300}) {
           SCOPED_TRACE(::testing::Message()
-                       << FormatName(q) << " k=" << k << " n=" << n << " m=" << m);
+                       << QuantTypeName(q) << " k=" << k << " n=" << n << " m=" << m);
           const std::vector<float> x = Activations(m * k, static_cast<uint32_t>(m));
           std::vector<float> vnni(m * n, -1.0f), avx2(m * n, -2.0f);
           {
