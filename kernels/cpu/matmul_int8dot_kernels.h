@@ -104,24 +104,27 @@ template <class Kernel>
 [[gnu::always_inline]] inline __m256 Q4KQuadScales(const uint8_t* sb, int64_t quad) {
   uint16_t h[2];
   std::memcpy(h, sb, 4);
-  const float d = _cvtsh_ss(h[0]), dmin = _cvtsh_ss(h[1]);
-  const uint8_t* q = sb + 4;
-  float v[8];
-#pragma GCC unroll 4
-  for (int t = 0; t < 4; ++t) {
-    const int s = static_cast<int>(quad % 2) * 4 + t;
-    int sc, m;
-    if (s < 4) {
-      sc = q[s] & 63;
-      m = q[s + 4] & 63;
-    } else {
-      sc = (q[s + 4] & 0x0f) | ((q[s - 4] >> 6) << 4);
-      m = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
-    }
-    v[2 * t] = d * static_cast<float>(sc);
-    v[2 * t + 1] = -(dmin * static_cast<float>(m));
-  }
-  return _mm256_loadu_ps(v);
+  // The 12 scale bytes as ggml unpacks them: bytes 0-7 of u = sc_0..sc_7, bytes 8-15 =
+  // m_0..m_7 (get_scale_min_k4 for every sub-block at once).
+  uint32_t u[4];
+  std::memcpy(u, sb + 4, 12);
+  constexpr uint32_t kLow6 = 0x3f3f3f3f, kLow4 = 0x0f0f0f0f, kLow2 = 0x03030303;
+  u[3] = ((u[2] >> 4) & kLow4) | (((u[1] >> 6) & kLow2) << 4);
+  const uint32_t m_low = u[1] & kLow6;
+  u[1] = (u[2] & kLow4) | (((u[0] >> 6) & kLow2) << 4);
+  u[2] = m_low;
+  u[0] &= kLow6;
+  const int half = static_cast<int>(quad % 2);
+  // sc and m of sub-blocks 4h .. 4h + 3, widened to f32 (exact), times d and dmin.
+  const __m128 sc =
+      _mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(static_cast<int>(u[half]))));
+  const __m128 m =
+      _mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(static_cast<int>(u[2 + half]))));
+  const __m128 ds = _mm_mul_ps(_mm_set1_ps(_cvtsh_ss(h[0])), sc);
+  const __m128 dm = _mm_xor_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(h[1])), m), _mm_set1_ps(-0.0f));
+  // [d·sc_0, −(dmin·m_0), d·sc_1, −(dmin·m_1), ...]
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_unpacklo_ps(ds, dm)),
+                              _mm_unpackhi_ps(ds, dm), 1);
 }
 
 // Q4_K / Q5_K: the 32 quant bytes of sub-blocks 4h + 2c and 4h + 2c + 1 (c = 0, 1; the low

@@ -18,9 +18,13 @@ struct KernelVnni {
   template <QuantType kQ, int MR, int NR>
   static void Micro(const int8dot::MicroArgs& a);
 
+  // Q4_1 / Q5_1 / Q4_K / Q5_K: weight rows 2p and 2p + 1 share one zmm of min sums, their
+  // eight lanes side by side (the same lane-wise FMA as one ymm each, half the instructions).
+  static constexpr int Pairs(int nr) { return (nr + 1) / 2; }
+
   template <QuantType kQ, int MR, int NR, bool kFull>
   [[gnu::always_inline]] static void Step(const int8dot::MicroArgs& a, int64_t quad, int count,
-                                          __m512 (&acc)[MR][NR], __m256 (&mins)[MR][NR]);
+                                          __m512 (&acc)[MR][NR], __m512 (&mins)[MR][Pairs(NR)]);
 };
 
 // Four 16-byte pieces as one register: [p0 | p1 | p2 | p3].
@@ -33,7 +37,7 @@ struct KernelVnni {
 // One quad (or the last, partial one: `count` blocks) of MR × NR dot products.
 template <QuantType kQ, int MR, int NR, bool kFull>
 inline void KernelVnni::Step(const int8dot::MicroArgs& a, int64_t quad, int count,
-                             __m512 (&acc)[MR][NR], __m256 (&mins)[MR][NR]) {
+                             __m512 (&acc)[MR][NR], __m512 (&mins)[MR][Pairs(NR)]) {
   const auto load = [&](const uint8_t* block, int t, int offset) __attribute__((always_inline)) {
     return int8dot::Load16<KernelVnni, kQ, kFull>(block, t, offset, count);
   };
@@ -42,6 +46,7 @@ inline void KernelVnni::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
   const __m512i lanes_d = kQ == QuantType::kQ6_K
                               ? _mm512_setr_epi32(0, 0, 4, 4, 1, 1, 5, 5, 2, 2, 6, 6, 3, 3, 7, 7)
                               : _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+  __m256 scales[NR];
 #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r) {
     const uint8_t* block = int8dot::QuadAt<kQ>(a.w + r * a.row_bytes, quad);
@@ -53,6 +58,7 @@ inline void KernelVnni::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
     } else {
       ws = int8dot::QuadScales<KernelVnni, kQ, kFull>(block, count);
     }
+    scales[r] = ws;
     const __m512 wd = _mm512_permutexvar_ps(lanes_d, _mm512_castps256_ps512(ws));
     // Elements 0-15 (ulo) and 16-31 (uhi) of the four blocks as unsigned bytes.
     __m512i ulo, uhi;
@@ -83,18 +89,22 @@ inline void KernelVnni::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
       ulo = _mm512_unpacklo_epi64(ua, ub);
       uhi = _mm512_unpackhi_epi64(ua, ub);
     } else if constexpr (int8dot::IsK(kQ)) {
-      // Sub-blocks 2c and 2c + 1: the low and the high nibbles of the same 32 bytes.
-      const auto bytes16 = [](const uint8_t* p) __attribute__((always_inline)) {
-        return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-      };
-      const uint8_t* c0 = int8dot::Q4KQuants<kQ>(block, quad, 0);
-      const uint8_t* c1 = int8dot::Q4KQuants<kQ>(block, quad, 1);
-      const __m128i p0 = bytes16(c0), p1 = bytes16(c0 + 16);
-      const __m128i p2 = bytes16(c1), p3 = bytes16(c1 + 16);
+      // Sub-blocks 2c and 2c + 1: the low and the high nibbles of the same 32 bytes, the
+      // quad's 64 bytes [c0 0-15 | c0 16-31 | c1 0-15 | c1 16-31] (128-bit lanes). Each half
+      // of the elements is one lane shuffle and a per-lane shift (0 or 4) away.
+      const __m512i q = _mm512_loadu_si512(int8dot::Q4KQuants<kQ>(block, quad, 0));
       const __m512i mask = _mm512_set1_epi8(0x0f);
-      ulo = _mm512_and_si512(Join4(p0, _mm_srli_epi16(p0, 4), p2, _mm_srli_epi16(p2, 4)), mask);
-      uhi = _mm512_and_si512(Join4(p1, _mm_srli_epi16(p1, 4), p3, _mm_srli_epi16(p3, 4)), mask);
+      const __m512i nibble = _mm512_inserti64x4(
+          _mm512_castsi256_si512(_mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4)),
+          _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4), 1);
+      ulo = _mm512_and_si512(
+          _mm512_srlv_epi16(_mm512_shuffle_i64x2(q, q, _MM_SHUFFLE(2, 2, 0, 0)), nibble), mask);
+      uhi = _mm512_and_si512(
+          _mm512_srlv_epi16(_mm512_shuffle_i64x2(q, q, _MM_SHUFFLE(3, 3, 1, 1)), nibble), mask);
       if constexpr (kQ == QuantType::kQ5_K) {
+        const auto bytes16 = [](const uint8_t* p) __attribute__((always_inline)) {
+          return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        };
         // Sub-block s0 + t's fifth bits: bit s0 + t of qh[0..31], for the 16 bytes of block t
         // in ulo (elements 0-15) and uhi (16-31).
         const uint8_t* qh = int8dot::Q5KHighBits(block);
@@ -138,9 +148,24 @@ inline void KernelVnni::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
       dot = _mm512_dpbusd_epi32(dot, uhi, _mm512_load_si512(record + 64));
       const __m512 c = _mm512_mul_ps(wd, _mm512_load_ps(int8dot::RecordDc<KernelVnni>(record)));
       acc[i][r] = _mm512_fmadd_ps(c, _mm512_cvtepi32_ps(dot), acc[i][r]);
-      if constexpr (int8dot::HasMin(kQ)) {
-        mins[i][r] =
-            _mm256_fmadd_ps(ws, _mm256_load_ps(int8dot::RecordDs<KernelVnni>(record)), mins[i][r]);
+    }
+  }
+  if constexpr (int8dot::HasMin(kQ)) {
+    __m512 pair_scales[Pairs(NR)];
+    for (int p = 0; p < Pairs(NR); ++p) {
+      const __m512 low = _mm512_castps256_ps512(scales[2 * p]);
+      pair_scales[p] = 2 * p + 1 < NR
+                           ? _mm512_castpd_ps(_mm512_insertf64x4(
+                                 _mm512_castps_pd(low), _mm256_castps_pd(scales[2 * p + 1]), 1))
+                           : low;
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+      const __m512 ds =
+          _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_load_pd(reinterpret_cast<const double*>(
+              int8dot::RecordDs<KernelVnni>(int8dot::Record<KernelVnni>(a, i, quad))))));
+      for (int p = 0; p < Pairs(NR); ++p) {
+        mins[i][p] = _mm512_fmadd_ps(pair_scales[p], ds, mins[i][p]);
       }
     }
   }
@@ -150,14 +175,12 @@ template <QuantType kQ, int MR, int NR>
 void KernelVnni::Micro(const int8dot::MicroArgs& a) {
   constexpr int64_t kQuadBytes = int8dot::QuadBytes(kQ);
   __m512 acc[MR][NR];
-  __m256 mins[MR][NR];
+  __m512 mins[MR][Pairs(NR)];
 #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r) {
-      acc[i][r] = _mm512_setzero_ps();
-      mins[i][r] = _mm256_setzero_ps();
-    }
+    for (int r = 0; r < NR; ++r) acc[i][r] = _mm512_setzero_ps();
+    for (int p = 0; p < Pairs(NR); ++p) mins[i][p] = _mm512_setzero_ps();
   }
   const int64_t quads = a.k / 128;
   const char* next = reinterpret_cast<const char*>(a.w) + NR * a.row_bytes;
@@ -173,16 +196,20 @@ void KernelVnni::Micro(const int8dot::MicroArgs& a) {
   if (const int rest = static_cast<int>(a.k / 32 % 4); rest != 0) {
     Step<kQ, MR, NR, false>(a, quads, rest, acc, mins);
   }
-  __m256 lo[MR][NR], hi[MR][NR];
+  __m256 lo[MR][NR], hi[MR][NR], row_mins[MR][NR];
 #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
       lo[i][r] = _mm512_castps512_ps256(acc[i][r]);
       hi[i][r] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[i][r]), 1));
+      const __m512 pair = mins[i][r / 2];
+      row_mins[i][r] = r % 2 == 0
+                           ? _mm512_castps512_ps256(pair)
+                           : _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(pair), 1));
     }
   }
-  int8dot::Finish<KernelVnni, kQ, MR, NR>(a, lo, hi, mins);
+  int8dot::Finish<KernelVnni, kQ, MR, NR>(a, lo, hi, row_mins);
 }
 
 }  // namespace

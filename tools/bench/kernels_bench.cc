@@ -82,6 +82,47 @@ void BM_MatMul(benchmark::State& state, int64_t n, int64_t k, int64_t m, DType d
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Random GGUF blocks of `q` for an [n, k] matrix: every quant byte random, the f16 scales (and
+// mins) small valid values, as in the kernel tests.
+std::vector<uint8_t> RandomQuantBlocks(QuantType q, int64_t n, int64_t k) {
+  const int64_t block_bytes = QuantBlockBytes(q);
+  const int64_t blocks = n * k / QuantBlockElems(q);
+  std::vector<uint8_t> bytes(blocks * block_bytes);
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+  for (uint8_t& b : bytes) b = static_cast<uint8_t>(byte(rng));
+  const bool has_min = q == QuantType::kQ4_1 || q == QuantType::kQ5_1 || q == QuantType::kQ4_K ||
+                       q == QuantType::kQ5_K;
+  const int64_t d_at = q == QuantType::kQ6_K ? 208 : 0;  // Q6_K keeps d last
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint16_t d = F32ToF16(0.05f * unit(rng));
+    std::memcpy(&bytes[b * block_bytes + d_at], &d, 2);
+    if (has_min) {
+      const uint16_t m = F32ToF16(0.05f * unit(rng));
+      std::memcpy(&bytes[b * block_bytes + 2], &m, 2);
+    }
+  }
+  return bytes;
+}
+
+// y = x·Wᵀ for GGUF-quantized weights (one hot copy), exact or with integer dot products:
+// the batch shapes of decode at m streams and of prefill. Reports multiply-adds per second.
+void BM_MatMulQuant(benchmark::State& state, int64_t n, int64_t k, int64_t m, QuantType q,
+                    MatMulPrecision precision) {
+  const std::vector<uint8_t> bytes = RandomQuantBlocks(q, n, k);
+  const WeightMatrix w{bytes.data(), DType::kF32, n, k, q, precision};
+  const std::vector<float> x = RandomFloats(m * k, 2);
+  std::vector<float> y(m * n);
+  for (auto _ : state) {
+    MatMul(x.data(), m, w, nullptr, y.data());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["MAC/s"] = benchmark::Counter(static_cast<double>(m * n * k),
+                                               benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // Sums a 256 MiB buffer with every OpenMP thread: the read bandwidth the GEMV competes for.
 void BM_MemoryRead(benchmark::State& state) {
   const int64_t floats = kColdBytes / 4;
@@ -153,6 +194,23 @@ void RegisterAll() {
       benchmark::RegisterBenchmark(name.c_str(), BM_MatMul, s.n, s.k, 512, dtype, false)
           ->UseRealTime()
           ->Unit(benchmark::kMillisecond);
+    }
+  }
+  // SmolLM2-135M's MLP up projection (1536x576) and down projection (576x1536).
+  const Shape quant_shapes[] = {{1536, 576}, {576, 1536}};
+  for (const Shape& s : quant_shapes) {
+    for (QuantType q : {QuantType::kQ4_1, QuantType::kQ8_0, QuantType::kQ4_K, QuantType::kQ6_K}) {
+      for (MatMulPrecision p : {MatMulPrecision::kExact, MatMulPrecision::kInt8Dot}) {
+        for (int64_t m : {1, 4, 16, 64, 512}) {
+          const std::string name = std::string("MatMulQuant/") + QuantTypeName(q) +
+                                   (p == MatMulPrecision::kInt8Dot ? "/int8/" : "/exact/") +
+                                   std::to_string(s.n) + "x" + std::to_string(s.k) +
+                                   "/m:" + std::to_string(m);
+          benchmark::RegisterBenchmark(name.c_str(), BM_MatMulQuant, s.n, s.k, m, q, p)
+              ->UseRealTime()
+              ->Unit(benchmark::kMicrosecond);
+        }
+      }
     }
   }
   benchmark::RegisterBenchmark("MemoryRead/256MiB", BM_MemoryRead)
