@@ -97,12 +97,19 @@ void ThreadPool::Work(int index) {
     }
     seen = gen;
     if (stop_) return;
-    (*job_)(index, threads_);
-    if (pending_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
-        caller_asleep_.load(std::memory_order_seq_cst) != 0) {
-      FutexWake(&pending_, 1);
+    // Claim parts of whatever job is current (a later one than `gen`, if this thread was slow:
+    // its parts are as good). A failed claim touches nothing of the job; a successful one holds
+    // the job open, so job_ stays valid until the part returns.
+    const auto n = static_cast<uint32_t>(threads_);
+    for (uint32_t t; (t = claimed_.fetch_add(1, std::memory_order_seq_cst)) < n;) {
+      (*job_)(t, threads_);
+      if (done_.fetch_add(1, std::memory_order_seq_cst) + 1 == n &&
+          caller_asleep_.load(std::memory_order_seq_cst) != 0) {
+        FutexWake(&done_, 1);
+      }
     }
   }
+  (void)index;
 }
 
 void ThreadPool::Run(absl::FunctionRef<void(int64_t, int64_t)> fn) {
@@ -111,21 +118,28 @@ void ThreadPool::Run(absl::FunctionRef<void(int64_t, int64_t)> fn) {
     return;
   }
   std::lock_guard<std::mutex> lock(run_mutex_);
+  const auto n = static_cast<uint32_t>(threads_);
+  // Every part of the previous job was claimed (claimed_ >= n), so until the reset below no
+  // claim succeeds and no thread reads job_.
   job_ = &fn;
-  pending_.store(static_cast<uint32_t>(threads_ - 1), std::memory_order_relaxed);
+  done_.store(0, std::memory_order_seq_cst);
+  claimed_.store(0, std::memory_order_seq_cst);  // opens the job
   generation_.fetch_add(1, std::memory_order_seq_cst);
   if (sleepers_.load(std::memory_order_seq_cst) > 0) FutexWake(&generation_, INT_MAX);
 
   in_job = true;
-  fn(0, threads_);
+  for (uint32_t t; (t = claimed_.fetch_add(1, std::memory_order_seq_cst)) < n;) {
+    fn(t, threads_);
+    done_.fetch_add(1, std::memory_order_seq_cst);
+  }
   in_job = false;
 
-  if (!SpinFor([&] { return pending_.load(std::memory_order_acquire) == 0; })) {
-    uint32_t left;
-    while ((left = pending_.load(std::memory_order_acquire)) != 0) {
+  if (!SpinFor([&] { return done_.load(std::memory_order_acquire) == n; })) {
+    uint32_t finished;
+    while ((finished = done_.load(std::memory_order_acquire)) != n) {
       caller_asleep_.store(1, std::memory_order_seq_cst);
-      left = pending_.load(std::memory_order_seq_cst);
-      if (left != 0) FutexWait(&pending_, left);
+      finished = done_.load(std::memory_order_seq_cst);
+      if (finished != n) FutexWait(&done_, finished);
       caller_asleep_.store(0, std::memory_order_relaxed);
     }
   }

@@ -1,9 +1,14 @@
 // The compute threads of the CPU kernels (and of load-time conversions): a pool that the calling
-// thread joins (it runs part 0 of every job, so a pool of N threads uses N cores, not N + 1).
+// thread joins (it runs parts of every job, so a pool of N threads uses N cores, not N + 1).
 // Between jobs the workers spin for a bounded time (the ~300 jobs of one forward pass follow each
 // other within microseconds) and then sleep on a futex, so an idle server costs nothing and a busy
 // one makes no context switch per job. The pool replaces OpenMP, whose passive barriers slept and
 // woke at every job inside the engine (docs/PERFORMANCE.md).
+//
+// A job's parts are claimed, not assigned: every thread, the caller first, takes the next
+// unclaimed part until none is left, and the job ends when every part has returned. On a host
+// whose other processes keep a worker off its core, the threads still running take its parts
+// instead of waiting a scheduler time slice for it at every job.
 //
 // Kernels do not take a pool argument: they use the pool installed on the calling thread
 // (UsePool), and without one they run on the calling thread alone.
@@ -30,9 +35,10 @@ class ThreadPool {
 
   int threads() const { return threads_; }
 
-  // Runs fn(t, n) for every t in [0, n), n = threads(), the calling thread taking t = 0, and
-  // returns when every part has returned. Calls from several threads take turns; a call from
-  // inside a job (any pool's) runs fn(0, 1) on the calling thread.
+  // Runs fn(t, n) for every t in [0, n), n = threads(), each part once on whichever of the
+  // pool's threads claims it first (the calling thread included), and returns when every part
+  // has returned. Calls from several threads take turns; a call from inside a job (any pool's)
+  // runs fn(0, 1) on the calling thread.
   void Run(absl::FunctionRef<void(int64_t, int64_t)> fn);
 
   // How long a thread spins on a job's start or end before it sleeps.
@@ -45,7 +51,8 @@ class ThreadPool {
   std::mutex run_mutex_;  // one job at a time
   // The job: generation_ counts jobs started; a worker that sees it change runs job_.
   std::atomic<uint32_t> generation_{0};
-  std::atomic<uint32_t> pending_{0};  // workers still running the current job
+  std::atomic<uint32_t> claimed_{0};  // parts of the current job claimed (may run past n)
+  std::atomic<uint32_t> done_{0};     // parts of the current job returned
   std::atomic<int32_t> sleepers_{0};  // workers asleep on generation_
   std::atomic<int32_t> caller_asleep_{0};
   const absl::FunctionRef<void(int64_t, int64_t)>* job_ = nullptr;
