@@ -72,7 +72,7 @@ ThreadPool::ThreadPool(int threads) : threads_(threads) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(run_mutex_);
-    stop_ = true;
+    stop_.store(true, std::memory_order_seq_cst);
     generation_.fetch_add(1, std::memory_order_seq_cst);
     FutexWake(&generation_, INT_MAX);
   }
@@ -96,7 +96,7 @@ void ThreadPool::Work(int index) {
       }
     }
     seen = gen;
-    if (stop_) return;
+    if (stop_.load(std::memory_order_seq_cst)) return;
     // Claim parts of whatever job is current (a later one than `gen`, if this thread was slow:
     // its parts are as good). A failed claim touches nothing of the job; a successful one holds
     // the job open, so job_ stays valid until the part returns.

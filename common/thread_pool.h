@@ -56,7 +56,8 @@ class ThreadPool {
   std::atomic<int32_t> sleepers_{0};  // workers asleep on generation_
   std::atomic<int32_t> caller_asleep_{0};
   const absl::FunctionRef<void(int64_t, int64_t)>* job_ = nullptr;
-  bool stop_ = false;
+  // Read by workers that may still be leaving a job the other threads finished.
+  std::atomic<bool> stop_{false};
   std::vector<std::thread> workers_;
 };
 

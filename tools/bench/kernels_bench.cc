@@ -200,6 +200,7 @@ void RegisterAll() {
   const Shape quant_shapes[] = {{1536, 576}, {576, 1536}};
   for (const Shape& s : quant_shapes) {
     for (QuantType q : {QuantType::kQ4_1, QuantType::kQ8_0, QuantType::kQ4_K, QuantType::kQ6_K}) {
+      if (s.k % QuantBlockElems(q) != 0) continue;  // K-quants: k a multiple of 256
       for (MatMulPrecision p : {MatMulPrecision::kExact, MatMulPrecision::kInt8Dot}) {
         for (int64_t m : {1, 4, 16, 64, 512}) {
           const std::string name = std::string("MatMulQuant/") + QuantTypeName(q) +
