@@ -97,11 +97,11 @@ template <QuantType kQ>
   }
 }
 
-// Q4_K / Q5_K: the scales of sub-blocks 4h .. 4h + 3 (h = quad % 2) of the super-block at `sb`, as
-// QuadScales gives a quad's: [d·sc_0, −(dmin·m_0), d·sc_1, −(dmin·m_1), ...], each product
-// rounded to f32 (the dequantization's (d·sc) and (dmin·m)). sc, m: ggml's get_scale_min_k4.
-template <class Kernel>
-[[gnu::always_inline]] inline __m256 Q4KQuadScales(const uint8_t* sb, int64_t quad) {
+// Q4_K / Q5_K: the scales of sub-blocks 4h .. 4h + 3 of the super-block at `sb` for h = 0
+// (half0) and h = 1 (half1), as QuadScales gives a quad's: [d·sc_0, −(dmin·m_0), d·sc_1,
+// −(dmin·m_1), ...], each product rounded to f32 (the dequantization's (d·sc) and (dmin·m)).
+// sc, m: ggml's get_scale_min_k4.
+[[gnu::always_inline]] inline void Q4KSuperScales(const uint8_t* sb, __m256* half0, __m256* half1) {
   uint16_t h[2];
   std::memcpy(h, sb, 4);
   // The 12 scale bytes as ggml unpacks them: bytes 0-7 of u = sc_0..sc_7, bytes 8-15 =
@@ -114,17 +114,27 @@ template <class Kernel>
   u[1] = (u[2] & kLow4) | (((u[0] >> 6) & kLow2) << 4);
   u[2] = m_low;
   u[0] &= kLow6;
-  const int half = static_cast<int>(quad % 2);
-  // sc and m of sub-blocks 4h .. 4h + 3, widened to f32 (exact), times d and dmin.
-  const __m128 sc =
-      _mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(static_cast<int>(u[half]))));
-  const __m128 m =
-      _mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(static_cast<int>(u[2 + half]))));
-  const __m128 ds = _mm_mul_ps(_mm_set1_ps(_cvtsh_ss(h[0])), sc);
-  const __m128 dm = _mm_xor_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(h[1])), m), _mm_set1_ps(-0.0f));
-  // [d·sc_0, −(dmin·m_0), d·sc_1, −(dmin·m_1), ...]
-  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_unpacklo_ps(ds, dm)),
-                              _mm_unpackhi_ps(ds, dm), 1);
+  // sc_0..7 and m_0..7 widened to f32 (exact), times d and dmin.
+  const __m128i scales = _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));
+  const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(scales));
+  const __m256 m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(scales, 8)));
+  const __m256 ds = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(h[0])), sc);
+  const __m256 dm =
+      _mm256_xor_ps(_mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(h[1])), m), _mm256_set1_ps(-0.0f));
+  // Per 128-bit lane: lo = [ds_0, dm_0, ds_1, dm_1 | ds_4, dm_4, ds_5, dm_5], hi = [.._2, .._3 |
+  // .._6, .._7].
+  const __m256 lo = _mm256_unpacklo_ps(ds, dm);
+  const __m256 hi = _mm256_unpackhi_ps(ds, dm);
+  *half0 = _mm256_permute2f128_ps(lo, hi, 0x20);
+  *half1 = _mm256_permute2f128_ps(lo, hi, 0x31);
+}
+
+// Q4KSuperScales' half quad % 2 for quad `quad`.
+template <class Kernel>
+[[gnu::always_inline]] inline __m256 Q4KQuadScales(const uint8_t* sb, int64_t quad) {
+  __m256 half0, half1;
+  Q4KSuperScales(sb, &half0, &half1);
+  return quad % 2 == 0 ? half0 : half1;
 }
 
 // Q4_K / Q5_K: the 32 quant bytes of sub-blocks 4h + 2c and 4h + 2c + 1 (c = 0, 1; the low

@@ -22,9 +22,12 @@ struct KernelVnni {
   // eight lanes side by side (the same lane-wise FMA as one ymm each, half the instructions).
   static constexpr int Pairs(int nr) { return (nr + 1) / 2; }
 
+  // k_scales: Q4_K / Q5_K, the quad's scales of each weight row (Q4KSuperScales), computed
+  // once per super-block by the caller; unused otherwise.
   template <QuantType kQ, int MR, int NR, bool kFull>
   [[gnu::always_inline]] static void Step(const int8dot::MicroArgs& a, int64_t quad, int count,
-                                          __m512 (&acc)[MR][NR], __m512 (&mins)[MR][Pairs(NR)]);
+                                          const __m256 (&k_scales)[NR], __m512 (&acc)[MR][NR],
+                                          __m512 (&mins)[MR][Pairs(NR)]);
 };
 
 // Four 16-byte pieces as one register: [p0 | p1 | p2 | p3].
@@ -37,7 +40,8 @@ struct KernelVnni {
 // One quad (or the last, partial one: `count` blocks) of MR × NR dot products.
 template <QuantType kQ, int MR, int NR, bool kFull>
 inline void KernelVnni::Step(const int8dot::MicroArgs& a, int64_t quad, int count,
-                             __m512 (&acc)[MR][NR], __m512 (&mins)[MR][Pairs(NR)]) {
+                             const __m256 (&k_scales)[NR], __m512 (&acc)[MR][NR],
+                             __m512 (&mins)[MR][Pairs(NR)]) {
   const auto load = [&](const uint8_t* block, int t, int offset) __attribute__((always_inline)) {
     return int8dot::Load16<KernelVnni, kQ, kFull>(block, t, offset, count);
   };
@@ -54,7 +58,7 @@ inline void KernelVnni::Step(const int8dot::MicroArgs& a, int64_t quad, int coun
     if constexpr (kQ == QuantType::kQ6_K) {
       ws = int8dot::Q6KQuadScales<KernelVnni>(block, quad);
     } else if constexpr (int8dot::IsK(kQ)) {
-      ws = int8dot::Q4KQuadScales<KernelVnni>(block, quad);
+      ws = k_scales[r];
     } else {
       ws = int8dot::QuadScales<KernelVnni, kQ, kFull>(block, count);
     }
@@ -184,6 +188,7 @@ void KernelVnni::Micro(const int8dot::MicroArgs& a) {
   }
   const int64_t quads = a.k / 128;
   const char* next = reinterpret_cast<const char*>(a.w) + NR * a.row_bytes;
+  __m256 k_scales[2][NR];  // Q4_K / Q5_K: the current super-block's two halves per row
   for (int64_t quad = 0; quad < quads; ++quad) {
     if (a.prefetch) {
       // The rows after these, into L1 at the rate these are consumed.
@@ -191,10 +196,20 @@ void KernelVnni::Micro(const int8dot::MicroArgs& a) {
       for (int64_t o = 0; o < NR * kQuadBytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
       next += NR * kQuadBytes;
     }
-    Step<kQ, MR, NR, true>(a, quad, 4, acc, mins);
+    if constexpr (int8dot::IsK(kQ)) {
+      if (quad % 2 == 0) {
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r) {
+          int8dot::Q4KSuperScales(int8dot::QuadAt<kQ>(a.w + r * a.row_bytes, quad), &k_scales[0][r],
+                                  &k_scales[1][r]);
+        }
+      }
+    }
+    Step<kQ, MR, NR, true>(a, quad, 4, k_scales[quad % 2], acc, mins);
   }
   if (const int rest = static_cast<int>(a.k / 32 % 4); rest != 0) {
-    Step<kQ, MR, NR, false>(a, quads, rest, acc, mins);
+    // Never a K-quant (k is a multiple of 256 there): k_scales is not read.
+    Step<kQ, MR, NR, false>(a, quads, rest, k_scales[0], acc, mins);
   }
   __m256 lo[MR][NR], hi[MR][NR], row_mins[MR][NR];
 #pragma GCC unroll 4
