@@ -179,6 +179,11 @@ enum class RopeScalingType : uint8_t {
   kYarn,          // NTK-by-parts ramp between inv_freq and inv_freq / factor, cos and sin
                   // times attention_factor (transformers' _compute_yarn_parameters)
   kFreqDivisors,  // inv_freq[i] / freq_divisors[i] (ggml's rope freq_factors)
+  kDynamic,  // dynamic NTK: theta' = theta · ((factor · L / context_length) − (factor − 1))
+             // ^ (head_dim / (head_dim − 2)) for a sequence length L > context_length,
+             // theta itself up to it (transformers' _compute_dynamic_ntk_parameters).
+             // L is the row's position + 1 (the rotation a token gets as the last of
+             // its forward), or dynamic_length for every row when that is set.
 };
 
 struct RopeScaling {
@@ -188,12 +193,18 @@ struct RopeScaling {
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
   // kLlama3: original_max_position_embeddings. kYarn: the length find_correction_range
-  // uses (transformers 4.46.3 passes max_position_embeddings).
+  // uses (transformers 4.46.3 passes max_position_embeddings). kDynamic:
+  // max_position_embeddings, the length up to which theta is not scaled.
   double context_length = 8192.0;
   double beta_fast = 32.0;               // kYarn
   double beta_slow = 1.0;                // kYarn
   double attention_factor = 1.0;         // kYarn: multiplies cos and sin (rounded to f32)
   const float* freq_divisors = nullptr;  // kFreqDivisors: head_dim / 2 values, borrowed
+  // kDynamic: > 0: every row is rotated for the sequence length dynamic_length (a prompt
+  // token of a forward over dynamic_length tokens); 0: row by row, position + 1.
+  int64_t dynamic_length = 0;
+  // Every type: table row r holds position first_position + r (a slice of the table).
+  int64_t first_position = 0;
 };
 
 }  // namespace spanserve::kernels

@@ -32,10 +32,58 @@ YarnRamp YarnCorrectionRamp(int64_t head_dim, double theta, const RopeScaling& s
   return {static_cast<float>(low), static_cast<float>(high_used - low)};
 }
 
+// The unscaled inv_freq of transformers' default rope init: arange(0, d, 2).float() / d in
+// f32, base ** that (f32), 1.0 / that (f32).
+float DefaultInvFreq(int64_t i, int64_t head_dim, double base) {
+  const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+  return 1.0f / static_cast<float>(std::pow(base, static_cast<double>(exponent)));
+}
+
+// transformers 4.46.3's _compute_dynamic_ntk_parameters for sequence length `length`.
+// Up to context_length, seq_len is max_position_embeddings (a Python int): the base is
+// theta · (factor − (factor − 1)) ** (d / (d − 2)) in Python doubles (theta itself unless
+// that difference rounds away from 1), then the default path. Past it, seq_len is the int64
+// tensor max(position_ids) + 1, so the base is an f32 0-dim tensor: factor · seq_len,
+// / max_position_embeddings and − (factor − 1) each rounded to f32, ** (d / (d − 2)) (torch's
+// scalar-exponent pow, evaluated in double and rounded), theta · that in f32, and
+// base ** exponent is a tensor-tensor pow in f32 (powf where torch takes its scalar path).
+void DynamicInvFreq(int64_t head_dim, double theta, const RopeScaling& s, int64_t length,
+                    float* inv_freq) {
+  const int64_t half = head_dim / 2;
+  const int64_t context = static_cast<int64_t>(s.context_length);
+  const double dim = static_cast<double>(head_dim);
+  const double power = dim / (dim - 2);
+  if (length <= context) {
+    const double ctx = static_cast<double>(context);
+    const double base = theta * std::pow(s.factor * ctx / ctx - (s.factor - 1), power);
+    for (int64_t i = 0; i < half; ++i) inv_freq[i] = DefaultInvFreq(i, head_dim, base);
+    return;
+  }
+  float x = static_cast<float>(s.factor) * static_cast<float>(length);
+  x = x / static_cast<float>(context);
+  x = x - static_cast<float>(s.factor - 1);
+  const float scale = static_cast<float>(std::pow(static_cast<double>(x), power));
+  const float base = static_cast<float>(theta) * scale;
+  for (int64_t i = 0; i < half; ++i) {
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+    inv_freq[i] = 1.0f / std::pow(base, exponent);  // the float overload: powf
+  }
+}
+
+void CheckDynamic(int64_t head_dim, const RopeScaling& s) {
+  SPANSERVE_CHECK(head_dim > 2 && s.factor > 0 && s.context_length >= 1 && s.dynamic_length >= 0);
+}
+
 }  // namespace
 
 void RopeInvFreq(int64_t head_dim, double theta, const RopeScaling& s, float* inv_freq) {
   SPANSERVE_CHECK(head_dim > 0 && head_dim % 2 == 0);
+  if (s.type == RopeScalingType::kDynamic) {
+    CheckDynamic(head_dim, s);
+    const int64_t context = static_cast<int64_t>(s.context_length);
+    DynamicInvFreq(head_dim, theta, s, std::max(s.dynamic_length, context), inv_freq);
+    return;
+  }
   const int64_t half = head_dim / 2;
   const float factor = static_cast<float>(s.factor);
   YarnRamp ramp;
@@ -86,6 +134,8 @@ void RopeInvFreq(int64_t head_dim, double theta, const RopeScaling& s, float* in
       case RopeScalingType::kFreqDivisors:
         out = base / s.freq_divisors[i];
         break;
+      case RopeScalingType::kDynamic:  // handled above
+        break;
     }
     inv_freq[i] = out;
   }
@@ -93,19 +143,35 @@ void RopeInvFreq(int64_t head_dim, double theta, const RopeScaling& s, float* in
 
 void RopeTables(int64_t max_positions, int64_t head_dim, double theta, const RopeScaling& s,
                 float* cos_table, float* sin_table) {
-  SPANSERVE_CHECK(head_dim > 0 && head_dim % 2 == 0);
+  SPANSERVE_CHECK(head_dim > 0 && head_dim % 2 == 0 && s.first_position >= 0);
   const int64_t half = head_dim / 2;
   std::vector<float> inv_freq(static_cast<size_t>(half));
-  RopeInvFreq(head_dim, theta, s, inv_freq.data());
+  // Dynamic NTK row by row: the frequencies of length position + 1, recomputed as it grows.
+  const bool per_row = s.type == RopeScalingType::kDynamic && s.dynamic_length == 0;
+  int64_t row_length = -1;  // the length inv_freq was computed for (per_row)
+  if (per_row) {
+    CheckDynamic(head_dim, s);
+  } else {
+    RopeInvFreq(head_dim, theta, s, inv_freq.data());
+  }
+  const int64_t context = static_cast<int64_t>(s.context_length);
   const bool linear = s.type == RopeScalingType::kLinear;
   if (linear) SPANSERVE_CHECK(s.factor > 0.0);
   const float factor = static_cast<float>(s.factor);
   // LlamaRotaryEmbedding.forward: cos * attention_scaling (a Python float) in f32.
   const float attention = static_cast<float>(s.attention_factor);
   const bool scaled = attention != 1.0f;
-  for (int64_t i = 0; i < half; ++i) {
-    for (int64_t pos = 0; pos < max_positions; ++pos) {
-      const float p = static_cast<float>(pos);
+  for (int64_t row = 0; row < max_positions; ++row) {
+    const int64_t pos = s.first_position + row;
+    if (per_row) {
+      const int64_t length = std::max(pos + 1, context);
+      if (length != row_length) {
+        DynamicInvFreq(head_dim, theta, s, length, inv_freq.data());
+        row_length = length;
+      }
+    }
+    const float p = static_cast<float>(pos);
+    for (int64_t i = 0; i < half; ++i) {
       const float angle = (linear ? p / factor : p) * inv_freq[i];
       // cos/sin of the f32 angle, correctly rounded to f32 (torch's f32 cos is within 1 ulp).
       float c = static_cast<float>(std::cos(static_cast<double>(angle)));
@@ -114,8 +180,8 @@ void RopeTables(int64_t max_positions, int64_t head_dim, double theta, const Rop
         c *= attention;
         sn *= attention;
       }
-      cos_table[pos * half + i] = c;
-      sin_table[pos * half + i] = sn;
+      cos_table[row * half + i] = c;
+      sin_table[row * half + i] = sn;
     }
   }
 }

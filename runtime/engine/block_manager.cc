@@ -105,15 +105,16 @@ void BlockManager::Uncache(int32_t b) {
 }
 
 int32_t BlockManager::MatchPrefix(std::span<const int32_t> tokens, int32_t max_blocks,
-                                  std::vector<int32_t>* table, uint64_t* last_key) {
+                                  std::vector<int32_t>* table, uint64_t* last_key,
+                                  uint64_t root_key) {
   SPANSERVE_CHECK(table->empty());
-  *last_key = 0;
+  *last_key = root_key;
   if (!prefix_caching_) return 0;
   const int32_t limit =
       std::min<int32_t>(max_blocks, static_cast<int32_t>(tokens.size()) / block_size_);
   int32_t parent = -1;
   uint32_t parent_generation = 0;
-  uint64_t key = 0;
+  uint64_t key = root_key;
   int32_t matched = 0;
   for (; matched < limit; ++matched) {
     const std::span<const int32_t> blk_tokens =
@@ -125,6 +126,7 @@ int32_t BlockManager::MatchPrefix(std::span<const int32_t> tokens, int32_t max_b
     const Block& blk = blocks_[b];
     const std::span<const int32_t> stored = BlockTokens(b);
     if (blk.parent != parent || (parent >= 0 && blk.parent_generation != parent_generation) ||
+        (parent < 0 && blk.root_key != root_key) ||
         !std::equal(stored.begin(), stored.end(), blk_tokens.begin())) {
       break;  // a key collision: not our prefix
     }
@@ -194,6 +196,7 @@ uint64_t BlockManager::Commit(int32_t block, int32_t parent, uint64_t parent_key
   blk.key = key;
   blk.parent = parent;
   blk.parent_generation = parent >= 0 ? blocks_[parent].generation : 0;
+  blk.root_key = parent >= 0 ? 0 : parent_key;
   std::copy(tokens.begin(), tokens.end(),
             tokens_.begin() + static_cast<int64_t>(block) * block_size_);
   return key;

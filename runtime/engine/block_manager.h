@@ -3,10 +3,13 @@
 // sequences through the prefix cache, and LRU eviction of unreferenced cached blocks.
 //
 // Prefix cache: a full block is keyed by the hash of (its parent block's key, its tokens),
-// so a key names the whole token prefix up to the block's end. A hit is verified, not
-// trusted: the candidate must hold the same tokens and its recorded parent must be the
-// block (same allocation generation) that the lookup matched one level up, so by
-// induction a hit holds exactly the looked-up prefix even if two keys collide.
+// so a key names the whole token prefix up to the block's end. The first block's parent
+// key is the chain's root: 0, or a key of what else the KV contents depend on (dynamic NTK
+// RoPE: the prompt's length, see EngineCore), so only identical contents are shared. A hit
+// is verified, not trusted: the candidate must hold the same tokens and its recorded parent
+// must be the block (same allocation generation) that the lookup matched one level up, or
+// for the first block the same root, so by induction a hit holds exactly the looked-up
+// prefix even if two keys collide.
 //
 // Single-threaded (the engine thread). Allocates only in the constructor.
 #pragma once
@@ -59,12 +62,13 @@ class BlockManager {
     return static_cast<int32_t>((tokens + block_size_ - 1) / block_size_);
   }
 
-  // Looks up the longest chain of cached full blocks that is a prefix of `tokens`, at most
-  // `max_blocks` blocks. Each hit gains a reference and is appended to `table` (which must
-  // be empty); returns the number of blocks matched. *last_key is the key of the last one
-  // (0 if none), the parent key for the next block the caller commits.
+  // Looks up the longest chain of cached full blocks that is a prefix of `tokens` under the
+  // chain root `root_key`, at most `max_blocks` blocks. Each hit gains a reference and is
+  // appended to `table` (which must be empty); returns the number of blocks matched.
+  // *last_key is the key of the last one (root_key if none), the parent key for the next
+  // block the caller commits.
   int32_t MatchPrefix(std::span<const int32_t> tokens, int32_t max_blocks,
-                      std::vector<int32_t>* table, uint64_t* last_key);
+                      std::vector<int32_t>* table, uint64_t* last_key, uint64_t root_key = 0);
 
   // A free block with reference count 1 (evicting the least recently freed cached block
   // when no plain free block is left), or -1 if the pool is exhausted.
@@ -78,8 +82,9 @@ class BlockManager {
 
   // Registers `block`, now full with `tokens`, in the prefix cache under
   // BlockKey(parent_key, tokens), `parent` being the block before it in the table (-1 for
-  // the first). If the key is already cached (another sequence computed the same prefix)
-  // the existing entry is kept. Returns the key. No-op (returns 0) without prefix caching.
+  // the first, whose parent_key is the chain's root). If the key is already cached (another
+  // sequence computed the same prefix) the existing entry is kept. Returns the key. No-op
+  // (returns 0) without prefix caching.
   uint64_t Commit(int32_t block, int32_t parent, uint64_t parent_key,
                   std::span<const int32_t> tokens);
 
@@ -97,7 +102,8 @@ class BlockManager {
     uint64_t key = 0;
     int32_t parent = -1;  // the block before it when committed, and its generation
     uint32_t parent_generation = 0;
-    int32_t prev = -1;  // LRU links (cached and unreferenced only)
+    uint64_t root_key = 0;  // the first block of a chain: its root (parent_key at Commit)
+    int32_t prev = -1;      // LRU links (cached and unreferenced only)
     int32_t next = -1;
   };
   void LruRemove(int32_t b);

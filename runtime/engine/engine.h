@@ -69,7 +69,8 @@ struct EngineOptions {
   bool enable_chunked_prefill = true;
   // Submit answers RESOURCE_EXHAUSTED when this many requests are already waiting.
   int32_t max_waiting_requests = 1024;
-  // Context length (prompt + generated tokens); 0: the model's max_position_embeddings.
+  // Context length (prompt + generated tokens); 0: the model's ModelConfig::MaxPositions()
+  // (max_position_embeddings; × rope_scaling.factor for dynamic NTK RoPE).
   int32_t max_model_len = 0;
   // A waiting request gains one priority level per this many seconds of waiting
   // (so a flood of important requests cannot starve a less important one); 0: no aging.

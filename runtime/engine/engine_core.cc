@@ -41,17 +41,36 @@ absl::Status CheckOptions(const EngineOptions& o, int32_t max_model_len) {
   return absl::OkStatus();
 }
 
+// The prefix-cache chain root of a request with a prompt of `prompt_len` tokens. With dynamic
+// NTK RoPE a prompt longer than max_position_embeddings rotates its tokens for its own
+// length, so its blocks are shared only with prompts of that length (their own chain);
+// every shorter prompt rotates each position alike (root 0).
+uint64_t PrefixRoot(const model::ModelConfig& c, int32_t prompt_len) {
+  if (c.rope_scaling.type != model::RopeScalingType::kDynamic ||
+      prompt_len <= c.max_position_embeddings) {
+    return 0;
+  }
+  const int32_t tag[] = {-1, prompt_len};  // no block holds negative token ids
+  return BlockKey(0, tag);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(model::Model* model,
                                                                const EngineOptions& options) {
   const model::ModelConfig& c = model->config();
-  int32_t max_model_len = c.max_position_embeddings;
+  // Dynamic NTK RoPE reaches past max_position_embeddings (ModelConfig::MaxPositions).
+  int32_t max_model_len = c.MaxPositions();
   if (options.max_model_len > 0) {
-    if (options.max_model_len > c.max_position_embeddings) {
+    if (options.max_model_len > max_model_len) {
       return absl::InvalidArgumentError(
-          absl::StrCat("max_model_len ", options.max_model_len,
-                       " exceeds the model's max_position_embeddings ", c.max_position_embeddings));
+          max_model_len == c.max_position_embeddings
+              ? absl::StrCat("max_model_len ", options.max_model_len,
+                             " exceeds the model's max_position_embeddings ",
+                             c.max_position_embeddings)
+              : absl::StrCat("max_model_len ", options.max_model_len, " exceeds the model's ",
+                             max_model_len,
+                             " positions (max_position_embeddings × rope_scaling.factor)"));
     }
     max_model_len = options.max_model_len;
   }
@@ -165,6 +184,8 @@ std::unique_ptr<Sequence> EngineCore::MakeSequence(RequestId id, Request request
   seq->arrival = static_cast<int64_t>(id);
   seq->arrival_time = Clock::now();
   seq->prompt_len = static_cast<int32_t>(request.prompt.size());
+  seq->prefix_root = PrefixRoot(model_->config(), seq->prompt_len);
+  seq->last_key = seq->prefix_root;
   const int64_t max_len = std::min<int64_t>(
       static_cast<int64_t>(seq->prompt_len) + request.sampling.max_tokens, info_.max_model_len);
   // The prompt moves into the token list (no second copy is kept for the request's life).
@@ -228,9 +249,15 @@ bool EngineCore::Step() {
     } else if (end == static_cast<int32_t>(seq->tokens.size())) {
       mode = model::LogitsMode::kLast;
     }
+    // The original prompt's length, also when a preempted sequence recomputes its output:
+    // dynamic NTK RoPE rotates each token as a function of it (SequenceInput).
     inputs_.push_back(model::SequenceInput{
-        std::span<const int32_t>(seq->tokens).subspan(seq->num_computed, seq->step_tokens),
-        seq->num_computed, seq->block_table, mode});
+        .tokens =
+            std::span<const int32_t>(seq->tokens).subspan(seq->num_computed, seq->step_tokens),
+        .cached = seq->num_computed,
+        .block_table = seq->block_table,
+        .logits = mode,
+        .rope_prompt_length = seq->prompt_len});
   }
   const int64_t rows = model::Model::LogitRows(inputs_);
   if (static_cast<int64_t>(logits_.size()) < rows * vocab_) logits_.resize(rows * vocab_);

@@ -113,7 +113,7 @@ void Scheduler::Preempt(Sequence* victim, ScheduleResult* out) {
   victim->num_computed = 0;
   victim->num_committed = 0;
   victim->num_released = 0;
-  victim->last_key = 0;
+  victim->last_key = victim->prefix_root;
   victim->scheduled = false;
   victim->step_tokens = 0;
   victim->state = SequenceState::kWaiting;
@@ -138,7 +138,8 @@ bool Scheduler::Admit(ScheduleResult* out) {
       seq->wants_prompt_logprobs() ? seq->prompt_logprobs_from() - 1 : total - 1;
   const int32_t max_blocks = keep_from / blocks_->block_size();
   uint64_t key = 0;
-  const int32_t matched = blocks_->MatchPrefix(seq->tokens, max_blocks, &seq->block_table, &key);
+  const int32_t matched =
+      blocks_->MatchPrefix(seq->tokens, max_blocks, &seq->block_table, &key, seq->prefix_root);
   const int32_t cached = matched * blocks_->block_size();
   const int32_t remaining = total - cached;
   const int32_t n = std::min(remaining, budget_);

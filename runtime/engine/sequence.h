@@ -34,8 +34,10 @@ struct Sequence {
   int32_t num_computed = 0;
   std::vector<int32_t> block_table;  // capacity reserved at submit
   // Prefix-cache chain: blocks [0, num_committed) are committed; last_key is the key of
-  // block num_committed - 1.
+  // block num_committed - 1 (prefix_root before the first). prefix_root: the chain's root,
+  // fixed at submit (0, or what else the KV contents depend on: EngineCore::MakeSequence).
   int32_t num_committed = 0;
+  uint64_t prefix_root = 0;
   uint64_t last_key = 0;
   // Sliding window: blocks [0, num_released) lie wholly before the window of every position
   // still to compute; they went back to the pool and read kReleasedBlock in block_table.

@@ -18,6 +18,10 @@
 namespace spanserve::model {
 namespace {
 
+// The most positions a dynamic NTK model may reach (max_position_embeddings × factor): its
+// RoPE tables hold one row per position.
+constexpr int kMaxDynamicPositions = 1 << 24;
+
 using json = nlohmann::json;
 
 constexpr NormPlacement kAllPlacements[] = {
@@ -197,13 +201,6 @@ absl::Status ParseRopeScaling(const KeyReader& r, const char* key, ModelConfig& 
   out = RopeScalingConfig();
   if (*type == "default") return absl::OkStatus();  // unscaled RoPE, spelled out
   const std::string type_key = absl::StrCat(key, ".type");
-  if (*type == "dynamic") {
-    return r.Error(
-        absl::StrCat(type_key,
-                     " 'dynamic' is not supported: dynamic NTK scaling recomputes the frequencies "
-                     "from the current sequence length, so keys already in the KV cache would keep "
-                     "rotations that transformers recomputes differently at every length"));
-  }
   if (*type == "longrope") {
     return r.Error(
         absl::StrCat(type_key,
@@ -211,9 +208,10 @@ absl::Status ParseRopeScaling(const KeyReader& r, const char* key, ModelConfig& 
                      "long_factor with the sequence length, which keys already in the KV cache "
                      "cannot follow"));
   }
-  if (*type != "linear" && *type != "llama3" && *type != "yarn") {
-    return r.Error(absl::StrCat(type_key, " '", *type,
-                                "' is not supported (supported: default, linear, llama3, yarn)"));
+  if (*type != "linear" && *type != "llama3" && *type != "yarn" && *type != "dynamic") {
+    return r.Error(
+        absl::StrCat(type_key, " '", *type,
+                     "' is not supported (supported: default, linear, dynamic, llama3, yarn)"));
   }
   // A positive number that the f32 RoPE arithmetic can hold (the kernels round it to f32).
   auto check_positive = [&](const char* name, double v) -> absl::Status {
@@ -235,6 +233,12 @@ absl::Status ParseRopeScaling(const KeyReader& r, const char* key, ModelConfig& 
   ASSIGN_OR_RETURN(out.factor, positive("factor"));
   if (*type == "linear") {
     out.type = RopeScalingType::kLinear;
+    return absl::OkStatus();
+  }
+  if (*type == "dynamic") {
+    // transformers 4.46.3 reads factor only (original_max_position_embeddings is allowed
+    // but unused: the scaling starts past max_position_embeddings).
+    out.type = RopeScalingType::kDynamic;
     return absl::OkStatus();
   }
   if (*type == "llama3") {
@@ -510,6 +514,19 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
     return r.Error("key 'rope_theta' must not be 1 with rope_scaling type yarn");
   }
   ASSIGN_OR_RETURN(c.max_position_embeddings, r.PositiveInt("max_position_embeddings", 2048));
+  if (c.rope_scaling.type == RopeScalingType::kDynamic) {
+    if (c.head_dim <= 2) {
+      // The base is raised to head_dim / (head_dim - 2).
+      return r.Error(absl::StrCat("head_dim (", c.head_dim,
+                                  ") must be greater than 2 with rope_scaling type dynamic"));
+    }
+    if (static_cast<double>(c.max_position_embeddings) * c.rope_scaling.factor >
+        static_cast<double>(kMaxDynamicPositions)) {
+      return r.Error(absl::StrCat("key 'rope_scaling.factor' (", c.rope_scaling.factor,
+                                  ") times max_position_embeddings (", c.max_position_embeddings,
+                                  ") exceeds ", kMaxDynamicPositions, " positions"));
+    }
+  }
   ASSIGN_OR_RETURN(c.vocab_size, r.PositiveInt("vocab_size"));
   const bool gemma = c.model_type == "gemma";
   // GemmaConfig ties the embeddings unless told otherwise.
@@ -588,6 +605,16 @@ int ModelConfig::LayerSlidingWindow(int layer) const {
   const bool qwen_like = model_type == "qwen2" || model_type == "qwen2_moe" ||
                          model_type == "qwen3" || model_type == "qwen3_moe";
   return qwen_like && layer < max_window_layers ? 0 : sliding_window;
+}
+
+int ModelConfig::MaxPositions() const {
+  if (rope_scaling.type != RopeScalingType::kDynamic) return max_position_embeddings;
+  // As vLLM derives the context of a dynamic NTK model: max_position_embeddings × factor.
+  const double limit = static_cast<double>(kMaxDynamicPositions);
+  const double scaled = std::floor(static_cast<double>(max_position_embeddings) *
+                                   std::min(rope_scaling.factor, limit));
+  return static_cast<int>(std::clamp(scaled, static_cast<double>(max_position_embeddings),
+                                     std::max(limit, 1.0 * max_position_embeddings)));
 }
 
 int ModelConfig::KvWindow() const {

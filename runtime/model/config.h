@@ -56,6 +56,11 @@ enum class RopeScalingType {
   kLlama3,        // Llama 3.1+: factor, low/high_freq_factor, original_max_position_embeddings
   kYarn,          // factor; optional attention_factor, beta_fast, beta_slow
   kFreqDivisors,  // GGUF only: the per-frequency divisors of tensor rope_freqs.weight
+  // Dynamic NTK: factor. Past max_position_embeddings theta grows with the sequence length
+  // L: theta · ((factor · L / max_position_embeddings) − (factor − 1))^(d / (d − 2)). A token
+  // at position p of a request whose prompt has n tokens is rotated for L = max(n, p + 1)
+  // (transformers' batch-1 generate; docs/MODEL_FORMAT.md).
+  kDynamic,
 };
 
 struct RopeScalingConfig {
@@ -127,6 +132,10 @@ struct ModelConfig {
   bool LayerIsMoe(int layer) const;
   // The sliding window of layer `layer` (0: full causal attention).
   int LayerSlidingWindow(int layer) const;
+  // The positions a sequence may reach: max_position_embeddings, or for dynamic NTK scaling
+  // floor(max_position_embeddings × factor) (at least max_position_embeddings), the context
+  // the scaling is meant to extend to.
+  int MaxPositions() const;
   // The window beyond which no layer reads the KV cache (the widest layer's), or 0 if some
   // layer attends to every position: blocks before it may be given back.
   int KvWindow() const;

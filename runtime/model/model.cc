@@ -27,7 +27,13 @@ struct Model::Impl {
   std::unique_ptr<kernels::Backend> owned_backend;  // when Options::backend was null
   kernels::Backend* backend = nullptr;
   ModelWeights weights;
+  // RoPE cos/sin tables: rope_rows rows, one per position (config.MaxPositions()), rotated
+  // for the sequence length max(p + 1, ...) of a token that ends its sequence; then, for
+  // dynamic NTK, rope_step_rows rows each step fills for the prompt tokens of prompts longer
+  // than max_position_embeddings (rotated for the prompt's length instead).
   DeviceArray<float> rope_cos, rope_sin;
+  int64_t rope_rows = 0;
+  int64_t rope_step_rows = 0;
   int64_t num_parameters = 0;
   DType compute_dtype = DType::kF32;
   bool int8_dot = false;
@@ -45,7 +51,20 @@ struct Model::Impl {
     return DenseFfn(*backend, config.activation, lw.mlp, in, tokens, b, out);
   }
   absl::Status Block(int layer, int64_t tokens, KvCache& cache, ForwardWorkspace::Buffers& b);
+  // (Re)allocates the RoPE tables with room for `step_rows` per-step rows and fills the
+  // per-position rows. Grows only: the per-position rows are recomputed at each growth.
+  absl::Status AllocateRopeTables(int64_t step_rows);
 };
+
+absl::Status Model::Impl::AllocateRopeTables(int64_t step_rows) {
+  const int64_t half = config.head_dim / 2;
+  ASSIGN_OR_RETURN(float* cos, rope_cos.Grow(*backend, (rope_rows + step_rows) * half));
+  ASSIGN_OR_RETURN(float* sin, rope_sin.Grow(*backend, (rope_rows + step_rows) * half));
+  backend->RopeTables(rope_rows, config.head_dim, config.rope_theta, KernelRopeScaling(config), cos,
+                      sin);
+  rope_step_rows = step_rows;
+  return absl::OkStatus();
+}
 
 void Model::Impl::Norm(const NormWeights& w, const float* in, int64_t tokens, int64_t dim,
                        float* out) const {
@@ -234,12 +253,8 @@ absl::StatusOr<std::unique_ptr<Model::Impl>> BindModel(ModelConfig config,
   ASSIGN_OR_RETURN(impl->num_parameters,
                    BindWeights(impl->config, impl->store.get(), impl->backend, precisions,
                                &impl->weights, &impl->expert_load));
-  const ModelConfig& c = impl->config;
-  const int64_t table = static_cast<int64_t>(c.max_position_embeddings) * (c.head_dim / 2);
-  ASSIGN_OR_RETURN(float* cos, impl->rope_cos.Grow(*impl->backend, table));
-  ASSIGN_OR_RETURN(float* sin, impl->rope_sin.Grow(*impl->backend, table));
-  impl->backend->RopeTables(c.max_position_embeddings, c.head_dim, c.rope_theta,
-                            KernelRopeScaling(c), cos, sin);
+  impl->rope_rows = impl->config.MaxPositions();
+  RETURN_IF_ERROR(impl->AllocateRopeTables(0));
   return impl;
 }
 
@@ -269,6 +284,12 @@ kernels::RopeScaling KernelRopeScaling(const ModelConfig& config) {
       k.beta_fast = rs.beta_fast;
       k.beta_slow = rs.beta_slow;
       k.attention_factor = rs.attention_factor.value_or(0.1 * std::log(rs.factor) + 1.0);
+      break;
+    case RopeScalingType::kDynamic:
+      // Unscaled up to max_position_embeddings (not original_max_position_embeddings, as
+      // transformers 4.46.3).
+      k.type = kernels::RopeScalingType::kDynamic;
+      k.context_length = config.max_position_embeddings;
       break;
     case RopeScalingType::kFreqDivisors:
       SPANSERVE_CHECK(static_cast<int64_t>(rs.freq_divisors.size()) == config.head_dim / 2);
@@ -351,15 +372,25 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache
   }
   // Validate the whole batch before touching the cache.
   const int64_t kv_window = c.KvWindow();
+  const int64_t max_positions = c.MaxPositions();
   int64_t tokens = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     const SequenceInput& s = batch[i];
     const int64_t n = static_cast<int64_t>(s.tokens.size());
     if (n == 0) return absl::InvalidArgumentError(absl::StrCat("sequence ", i, " has no tokens"));
-    if (s.cached < 0 || s.cached + n > c.max_position_embeddings) {
+    if (s.cached < 0 || s.cached + n > max_positions) {
       return absl::InvalidArgumentError(
-          absl::StrCat("sequence ", i, " reaches position ", s.cached + n,
-                       ", past max_position_embeddings ", c.max_position_embeddings));
+          c.rope_scaling.type == RopeScalingType::kDynamic
+              ? absl::StrCat("sequence ", i, " reaches position ", s.cached + n, ", past the ",
+                             max_positions,
+                             " positions of max_position_embeddings × rope_scaling.factor")
+              : absl::StrCat("sequence ", i, " reaches position ", s.cached + n,
+                             ", past max_position_embeddings ", c.max_position_embeddings));
+    }
+    if (s.rope_prompt_length < 0 || s.rope_prompt_length > max_positions) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", i, ": rope_prompt_length ",
+                                                     s.rope_prompt_length, " is outside [0, ",
+                                                     max_positions, "]"));
     }
     if (static_cast<int64_t>(s.block_table.size()) * cache.block_size() < s.cached + n) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", i, ": block table of ",
@@ -406,12 +437,30 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache
   b.host_ids.clear();
   b.host_positions.clear();
   b.host_logit_rows.clear();
+  b.rope_runs.clear();
+  const bool dynamic_rope = c.rope_scaling.type == RopeScalingType::kDynamic;
   int64_t row = 0;
+  int64_t rope_step_rows = 0;
   for (const SequenceInput& s : batch) {
     const int32_t n = static_cast<int32_t>(s.tokens.size());
     b.seqs.push_back(kernels::AttentionSeq{s.block_table.data(), s.cached, n, row});
     b.host_ids.insert(b.host_ids.end(), s.tokens.begin(), s.tokens.end());
-    for (int32_t j = 0; j < n; ++j) b.host_positions.push_back(s.cached + j);
+    // Dynamic NTK: the token at position p is rotated for the length max(prompt, p + 1).
+    // The per-position rows hold max(p + 1, max_position_embeddings); prompt tokens with
+    // p + 1 < prompt past max_position_embeddings take per-step rows of the prompt's length.
+    const int64_t prompt = s.rope_prompt_length > 0 ? s.rope_prompt_length : s.cached + n;
+    int32_t step_tokens = 0;
+    if (dynamic_rope && prompt > c.max_position_embeddings) {
+      step_tokens = static_cast<int32_t>(std::clamp<int64_t>(prompt - 1 - s.cached, 0, n));
+    }
+    if (step_tokens > 0) {
+      b.rope_runs.push_back({prompt, s.cached, step_tokens});
+      for (int32_t j = 0; j < step_tokens; ++j) {
+        b.host_positions.push_back(static_cast<int32_t>(m.rope_rows + rope_step_rows + j));
+      }
+      rope_step_rows += step_tokens;
+    }
+    for (int32_t j = step_tokens; j < n; ++j) b.host_positions.push_back(s.cached + j);
     switch (s.logits) {
       case LogitsMode::kNone:
         break;
@@ -426,9 +475,25 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache
   }
   ASSIGN_OR_RETURN(int32_t * ids, b.ids.Grow(be, tokens));
   ASSIGN_OR_RETURN(int32_t * positions, b.positions.Grow(be, tokens));
+  if (rope_step_rows > m.rope_step_rows) {
+    // At least doubling, so that the per-position rows are recomputed a few times at most.
+    RETURN_IF_ERROR(m.AllocateRopeTables(std::max(rope_step_rows, 2 * m.rope_step_rows)));
+  }
   be.BeginStep();
   be.CopyToDevice(b.host_ids.data(), tokens * sizeof(int32_t), ids);
   be.CopyToDevice(b.host_positions.data(), tokens * sizeof(int32_t), positions);
+  if (!b.rope_runs.empty()) {
+    kernels::RopeScaling scaling = KernelRopeScaling(c);
+    const int64_t half = c.head_dim / 2;
+    int64_t next = m.rope_rows;
+    for (const ForwardWorkspace::Buffers::RopeRun& run : b.rope_runs) {
+      scaling.dynamic_length = run.length;
+      scaling.first_position = run.first_position;
+      be.RopeTables(run.rows, c.head_dim, c.rope_theta, scaling, m.rope_cos.data() + next * half,
+                    m.rope_sin.data() + next * half);
+      next += run.rows;
+    }
+  }
   be.EmbeddingLookup(m.weights.embed, ids, tokens, b.x.data());
   if (c.scale_embeddings) {
     // Gemma: x · f32(sqrt(hidden_size)), as transformers' normalizer in an f32 model. With

@@ -79,6 +79,13 @@ struct SequenceInput {
   int32_t cached = 0;                    // tokens of this sequence already in the KV cache
   std::span<const int32_t> block_table;  // physical blocks, covering cached + n tokens
   LogitsMode logits = LogitsMode::kLast;
+  // Dynamic NTK RoPE only (other models ignore it): the length n of the request's original
+  // prompt. The token at position p is rotated (query and key) for the sequence length
+  // max(n, p + 1), whatever the step's chunking, batching or recomputation. 0: n is
+  // cached + tokens.size(), as if the text up to this step's end were the prompt (a
+  // single forward over a text, as transformers scores one; then one token per step
+  // reproduces transformers' generate). At most Model::config().MaxPositions().
+  int32_t rope_prompt_length = 0;
 };
 
 // Scratch buffers of a forward pass, in the backend's memory. Grows to the largest batch
@@ -180,9 +187,10 @@ class Model {
   // Runs one step over a batch. Writes each new token's K/V into `cache` and, per
   // sequence in order, 0, 1 or n rows of logits (per its LogitsMode) to `logits`
   // ([rows, vocab_size], caller-sized: see LogitRows). INVALID_ARGUMENT for token ids out
-  // of range, positions past max_position_embeddings or a block table too short; the cache
+  // of range, positions past config().MaxPositions() or a block table too short; the cache
   // is untouched then. The result for a sequence does not depend on the rest of the batch.
   // `logits` is host memory; `cache` and `workspace` must be on this model's backend.
+  // Calls must not overlap (the model keeps per-step RoPE rows and the expert load).
   [[nodiscard]] absl::Status Forward(std::span<const SequenceInput> batch, KvCache& cache,
                                      ForwardWorkspace& workspace, float* logits);
 

@@ -60,7 +60,14 @@ struct ForwardWorkspace::Buffers {
   DeviceArray<float> router, slot_out, ein, eout, eg, eu, topk_weight;
   DeviceArray<int32_t> topk_expert, expert_rows;
   // Host: what the host builds before copying, and what the backend reads on the host.
+  // host_positions: each token's row of the model's RoPE tables (its position, or for
+  // dynamic NTK a per-step row after the positions' rows).
   std::vector<int32_t> host_ids, host_positions, host_logit_rows, expert_offset;
+  // Dynamic NTK: the runs of per-step RoPE rows, {sequence length, first position, rows}.
+  struct RopeRun {
+    int64_t length, first_position, rows;
+  };
+  std::vector<RopeRun> rope_runs;
   std::vector<kernels::AttentionSeq> seqs;
 };
 

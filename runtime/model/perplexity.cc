@@ -12,9 +12,9 @@ namespace spanserve::model {
 absl::StatusOr<PerplexityResult> ScorePerplexity(Model& model, std::span<const int32_t> ids,
                                                  int window) {
   const ModelConfig& c = model.config();
-  if (window < 2 || window > c.max_position_embeddings) {
+  if (window < 2 || window > c.MaxPositions()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("window must be in [2, ", c.max_position_embeddings, "], got ", window));
+        absl::StrCat("window must be in [2, ", c.MaxPositions(), "], got ", window));
   }
   std::vector<std::span<const int32_t>> windows;
   for (size_t b = 0; b < ids.size(); b += window) {

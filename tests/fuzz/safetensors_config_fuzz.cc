@@ -5,6 +5,7 @@
 // Input: byte 0 selects the parser (even: config.json, odd: safetensors); the rest is the
 // config text or the whole safetensors file. The file lives in a memfd: nothing is written
 // to disk.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -32,6 +33,9 @@ void FuzzConfig(std::string_view text) {
   SPANSERVE_CHECK_EQ(c.num_heads % c.num_kv_heads, 0);
   SPANSERVE_CHECK(c.head_dim > 0 && c.head_dim % 2 == 0);
   SPANSERVE_CHECK(c.max_position_embeddings > 0);
+  // Dynamic NTK reaches past max_position_embeddings, within the bound the parser enforces.
+  SPANSERVE_CHECK(c.MaxPositions() >= c.max_position_embeddings &&
+                  c.MaxPositions() <= std::max(c.max_position_embeddings, 1 << 24));
   SPANSERVE_CHECK(c.norm_eps > 0 && c.skip_scale > 0 && c.branch_scale > 0);
   SPANSERVE_CHECK(c.mix_post_layers >= 0 && c.mix_post_layers <= c.num_layers);
   if (c.is_moe()) {

@@ -101,7 +101,7 @@ absl::Status Generate() {
                    l.tokenizer->Encode(absl::GetFlag(FLAGS_prompt), /*add_special_tokens=*/true));
   if (ids.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
   const int64_t max_len =
-      std::min<int64_t>(c.max_position_embeddings, ids.size() + absl::GetFlag(FLAGS_max_tokens));
+      std::min<int64_t>(c.MaxPositions(), ids.size() + absl::GetFlag(FLAGS_max_tokens));
   if (static_cast<int64_t>(ids.size()) >= max_len) {
     return absl::InvalidArgumentError(
         absl::StrCat("the prompt has ", ids.size(), " tokens; the context holds ", max_len));

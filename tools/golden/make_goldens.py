@@ -4,7 +4,9 @@
 Each case directory holds config.json, model.safetensors, golden.json
 ({"case", "source", "dtype", "tolerance", "sequences"}) and golden_logits.safetensors
 (F32 "logits.i" = [len_i, vocab], the logits of every position of sequence i run alone,
-positions starting at 0).
+positions starting at 0). Cases in HF_GENERATE also record "generations": [{"prompt",
+"tokens"}], transformers' batch-1 greedy generate with its KV cache (the tokens after the
+prompt).
 
 Two sources:
   * reference   — random model from tools/reference/spannorm.py, saved with the stored
@@ -29,7 +31,9 @@ Checks (the script fails if one does not hold):
     reference case whose model type HF knows (llama, qwen2_moe, mixtral, olmoe; spanserve
     `pre` via a LlamaConfig) loads into HF and matches within 1e-5;
   * the goldens are sensitive: mutating RoPE, the norm names or the scalars of a case moves
-    its logits by far more than its tolerance; MoE top-k choices are not near ties.
+    its logits by far more than its tolerance; MoE top-k choices are not near ties;
+  * recorded generations are GEN_MARGIN away from a tie at every step and differ from the
+    tokens of a full forward per step (they depend on how the cached keys are rotated).
 
 Deterministic: fixed seeds, one torch thread; rerunning rewrites identical bytes.
 """
@@ -148,14 +152,19 @@ REF_CASES = {
 
 HF_CASES = ["hf_llama", "hf_qwen2", "hf_mixtral", "hf_qwen2_moe", "hf_olmoe",
             "hf_llama3_rope", "hf_qwen2_yarn", "hf_mistral_sliding", "hf_qwen2_sliding",
-            "hf_gemma", "hf_qwen3", "hf_qwen3_moe"]
+            "hf_gemma", "hf_qwen3", "hf_qwen3_moe", "hf_llama_dynamic"]
 # Cases whose Hugging Face class is newer than the pinned transformers (see the docstring).
 HF_MIN_VERSION = {"hf_qwen3": (4, 51), "hf_qwen3_moe": (4, 51)}
 # Sequence lengths per case (default LENGTHS): the RoPE scaling cases go well past their
 # original_max_position_embeddings (16 / 32).
 # The sliding-window cases (window 8) run well past their window.
+# Dynamic NTK (max_position_embeddings 32): one sequence within it, two past it.
 CASE_LENGTHS = {"hf_llama3_rope": (40, 96, 70), "hf_qwen2_yarn": (50, 96, 80),
-                "hf_mistral_sliding": (24, 45, 33), "hf_qwen2_sliding": (24, 45, 33)}
+                "hf_mistral_sliding": (24, 45, 33), "hf_qwen2_sliding": (24, 45, 33),
+                "hf_llama_dynamic": (24, 60, 45)}
+# Greedy generations recorded per case: (prompt length, new tokens). Dynamic NTK: a prompt
+# within max_position_embeddings generating past it, and one longer than it.
+HF_GENERATE = {"hf_llama_dynamic": ((20, 40), (44, 30))}
 
 
 def log(*a):
@@ -188,18 +197,22 @@ def dir_bytes(d):
     return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
 
 
-def write_golden(d, case, source, dtype, tol, seqs, logits):
+def write_golden(d, case, source, dtype, tol, seqs, logits, generations=()):
     from safetensors.torch import save_file
     tensors = {f"logits.{i}": torch.as_tensor(l, dtype=torch.float32).contiguous()
                for i, l in enumerate(logits)}
     save_file(tensors, os.path.join(d, "golden_logits.safetensors"), metadata={"format": "pt"})
     lines = ",\n".join("    " + json.dumps(s) for s in seqs)
+    extra = ""
+    if generations:
+        gen_lines = ",\n".join("    " + json.dumps(g) for g in generations)
+        extra = f',\n  "generations": [\n{gen_lines}\n  ]'
     text = ("{\n"
             f'  "case": {json.dumps(case)},\n'
             f'  "source": {json.dumps(source)},\n'
             f'  "dtype": {json.dumps(dtype)},\n'
             f'  "tolerance": {tol!r},\n'
-            f'  "sequences": [\n{lines}\n  ]\n'
+            f'  "sequences": [\n{lines}\n  ]{extra}\n'
             "}\n")
     json.loads(text)
     with open(os.path.join(d, "golden.json"), "w") as f:
@@ -258,6 +271,13 @@ def mutations(d):
         # The same factor applied to every frequency: the bands / ramp must matter.
         run_cfg("rope_linear_instead",
                 rope_scaling={"type": "linear", "factor": c.rope_params["factor"]})
+    if c.rope_type == "dynamic":
+        # Another factor, and the scaling measured from half the context (as if from a
+        # shorter original_max_position_embeddings) instead of max_position_embeddings.
+        run_cfg("dynamic_factor_x2",
+                rope_scaling=dict(c.rope_params, factor=c.rope_params["factor"] * 2))
+        run_cfg("dynamic_from_half_context",
+                max_position_embeddings=c.max_position_embeddings // 2)
     if c.rope_type == "yarn":
         rs = {k: v for k, v in c.rope_params.items() if k != "attention_factor"}
         run_cfg("yarn_attention_factor_1", rope_scaling=dict(rs, attention_factor=1.0))
@@ -321,10 +341,71 @@ def hf_class(model_type):
             "qwen3_moe": getattr(T, "Qwen3MoeForCausalLM", None)}.get(model_type)
 
 
+def hf_reset_rope(model):
+    """Puts every dynamic rotary embedding back to its initial state: transformers 4.46.3's
+    grows its cached length and frequencies with each longer forward and resets them only
+    below max_position_embeddings, so a sequence must not follow a longer one."""
+    for m in model.modules():
+        if hasattr(m, "original_inv_freq") and hasattr(m, "original_max_seq_len"):
+            m.register_buffer("inv_freq", m.original_inv_freq, persistent=False)
+            m.max_seq_len_cached = m.original_max_seq_len
+
+
 @torch.no_grad()
 def hf_logits(model, seqs):
-    return [model(input_ids=torch.tensor([s]), use_cache=False).logits[0].float().numpy()
-            for s in seqs]
+    out = []
+    for s in seqs:
+        hf_reset_rope(model)
+        out.append(model(input_ids=torch.tensor([s]), use_cache=False).logits[0].float().numpy())
+    return out
+
+
+GEN_MARGIN = 1e-3   # generations: min top-1 minus top-2 logit at every greedy step
+
+
+@torch.no_grad()
+def hf_greedy(model, prompt, new, use_cache=True):
+    """Greedy tokens after `prompt` from a fresh rotary state, and the smallest top-1 minus
+    top-2 margin. With the cache: what generate(do_sample=False) runs (the prompt is one
+    forward, each new token its own); without: every step one forward over the whole text."""
+    hf_reset_rope(model)
+    toks, margin, past = [], math.inf, None
+    inp = torch.tensor([prompt])
+    for _ in range(new):
+        if use_cache:
+            out = model(input_ids=inp, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+        else:
+            hf_reset_rope(model)
+            out = model(input_ids=torch.tensor([prompt + toks]), use_cache=False)
+        top2 = torch.topk(out.logits[0, -1].float(), 2)
+        toks.append(int(top2.indices[0]))
+        margin = min(margin, float(top2.values[0] - top2.values[1]))
+        inp = torch.tensor([[toks[-1]]])
+    hf_reset_rope(model)
+    return toks, margin
+
+
+def hf_generations(model, case, seed, vocab):
+    """The HF_GENERATE generations of `case`: the first deterministic prompts whose greedy
+    steps are all GEN_MARGIN away from a tie and whose tokens differ from those of a full
+    forward per step (so that they depend on the rotation of the cached keys)."""
+    out = []
+    for k, (prompt_len, new) in enumerate(HF_GENERATE.get(case, ())):
+        for attempt in range(200):
+            g = torch.Generator().manual_seed(seed * 31 + 1009 * k + 1000003 * attempt)
+            prompt = torch.randint(3, vocab, (prompt_len,), generator=g).tolist()
+            tokens, margin = hf_greedy(model, prompt, new)
+            full, _ = hf_greedy(model, prompt, new, use_cache=False)
+            if margin >= GEN_MARGIN and tokens != full:
+                break
+        else:
+            raise RuntimeError(f"{case}: no generation away from ties")
+        first = next(i for i, (a, b) in enumerate(zip(tokens, full)) if a != b)
+        log(f"{case}: generation {k}: prompt {prompt_len} + {new} tokens, margin {margin:.2e}, "
+            f"first difference from full forwards at token {first}")
+        out.append({"prompt": prompt, "tokens": tokens})
+    return out
 
 
 def hf_load(d):
@@ -408,6 +489,12 @@ def hf_config(case):
                                     use_sliding_window=False,
                                     rope_scaling={"type": "yarn", "factor": 4.0,
                                                   "original_max_position_embeddings": 32})), 207
+    if case == "hf_llama_dynamic":
+        # Dynamic NTK over a context of 32 (sequences and generations up to 74): head_dim 16,
+        # so the base grows as ((4·L/32) − 3)^(16/14) past 32 tokens.
+        return T.LlamaConfig(**dict(common, intermediate_size=60, head_dim=16,
+                                    max_position_embeddings=32, rope_theta=10000.0,
+                                    rope_scaling={"type": "dynamic", "factor": 4.0})), 213
     if case == "hf_mistral_sliding":
         # Mistral-7B-v0.1's sliding window, shrunk to 8 positions (sequences up to 45).
         return T.MistralConfig(**dict(common, intermediate_size=72, rope_theta=10000.0,
@@ -469,7 +556,8 @@ def make_hf_case(case, report):
     assert ref_err <= HF_MATCH, f"{case}: reference vs transformers rel err {ref_err:.3g}"
     np_err = check_numpy(d, seqs, logits, tol, case)
     sens = check_sensitivity(d, seqs, logits, tol, case)
-    write_golden(d, case, "transformers", "float32", tol, seqs, logits)
+    generations = hf_generations(model, case, seed, hc.vocab_size)
+    write_golden(d, case, "transformers", "float32", tol, seqs, logits, generations)
     report[case] = dict(source="transformers", dtype="float32", tolerance=tol,
                         ref_vs_hf=ref_err, f32_vs_f64=np_err, min_mutation=sens,
                         topk_gap=gap, bytes=dir_bytes(d))

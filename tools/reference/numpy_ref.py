@@ -47,14 +47,21 @@ def _swiglu(x, W, p, mixtral=False, activation="silu"):
     return _lin(act(_lin(x, W, p + ".gate_proj")) * _lin(x, W, p + ".up_proj"), W, p + ".down_proj")
 
 
-def _inv_freq(cfg: ModelConfig, D):
+def _inv_freq(cfg: ModelConfig, D, T):
     """theta^(-2i/D), scaled by rope_scaling (llama3: kept above, divided by factor below,
     interpolated in between the wavelength band; yarn: a linear ramp over the dimensions
-    between the correction range, on max_position_embeddings as transformers 4.46.3), and
-    the factor yarn multiplies cos and sin with."""
+    between the correction range, on max_position_embeddings as transformers 4.46.3; dynamic:
+    theta grown for a sequence of T tokens past max_position_embeddings), and the factor
+    yarn multiplies cos and sin with."""
     i = np.arange(D // 2, dtype=np.float64)
     inv = cfg.rope_theta ** (-2.0 * i / D)
     p = cfg.rope_params
+    if cfg.rope_type == "dynamic":
+        f, L = p["factor"], cfg.max_position_embeddings
+        theta = cfg.rope_theta
+        if T > L:
+            theta *= ((f * T / L) - (f - 1)) ** (D / (D - 2))
+        return theta ** (-2.0 * i / D), 1.0
     if cfg.rope_type == "llama3":
         f, lo, hi = p["factor"], p["low_freq_factor"], p["high_freq_factor"]
         L = p["original_max_position_embeddings"]
@@ -81,12 +88,12 @@ def _inv_freq(cfg: ModelConfig, D):
     return inv, 1.0
 
 
-def _rope(v, pos, cfg: ModelConfig):
-    """v [D] at position pos: pairs (i, i + D/2) rotated by pos/factor * inv_freq[i]
-    (scaled as rope_scaling says), times yarn's attention factor."""
+def _rope(v, pos, cfg: ModelConfig, T):
+    """v [D] at position pos of a sequence of T tokens: pairs (i, i + D/2) rotated by
+    pos/factor * inv_freq[i] (scaled as rope_scaling says), times yarn's attention factor."""
     D = v.shape[-1]
     h = D // 2
-    inv, att = _inv_freq(cfg, D)
+    inv, att = _inv_freq(cfg, D, T)
     ang = (pos / cfg.rope_factor) * inv
     c, s = att * np.cos(ang), att * np.sin(ang)
     out = np.empty_like(v)
@@ -109,9 +116,10 @@ def _attention(x, W, p, cfg: ModelConfig, window=0):
     for t in range(T):
         for hh in range(H):
             g = hh // (H // KV)
-            qt = _rope(q[t, hh * D:(hh + 1) * D], t, cfg)
+            qt = _rope(q[t, hh * D:(hh + 1) * D], t, cfg, T)
             lo = max(0, t - window + 1) if window > 0 else 0
-            sc = np.array([qt @ _rope(k[s, g * D:(g + 1) * D], s, cfg) for s in range(lo, t + 1)])
+            sc = np.array([qt @ _rope(k[s, g * D:(g + 1) * D], s, cfg, T)
+                           for s in range(lo, t + 1)])
             sc = sc / np.sqrt(D)
             pr = np.exp(sc - sc.max())
             pr /= pr.sum()

@@ -82,8 +82,9 @@ class ModelConfig:
         # instead of rope_theta / rope_scaling; accept both spellings.
         rp = g("rope_parameters") or {}
         self.rope_theta = float(g("rope_theta", rp.get("rope_theta", 10000.0)))
-        # rope_type: default, linear (positions / rope_factor), llama3 or yarn (the scaled
-        # inverse frequencies of transformers 4.46.3, rope_params = the rope_scaling dict).
+        # rope_type: default, linear (positions / rope_factor), llama3, yarn or dynamic (the
+        # scaled inverse frequencies of transformers 4.46.3, rope_params = the rope_scaling
+        # dict; dynamic scales with the length of the forward's sequence).
         self.rope_factor = 1.0
         self.rope_type = "default"
         self.rope_params = {}
@@ -93,7 +94,7 @@ class ModelConfig:
             if kind == "linear":
                 self.rope_factor = float(rs["factor"])
                 self.rope_type = kind
-            elif kind in ("llama3", "yarn"):
+            elif kind in ("llama3", "yarn", "dynamic"):
                 self.rope_type = kind
                 self.rope_params = dict(rs)
             elif kind != "default":
@@ -219,11 +220,18 @@ def rotate_half(x):
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
-def rope_inv_freq(cfg: ModelConfig, device):
+def rope_inv_freq(cfg: ModelConfig, device, seq_len=None):
     """(inv_freq [head_dim/2] f32, attention scale): the f32 tensor steps of transformers
-    4.46.3's rope init functions (default, llama3, yarn)."""
+    4.46.3's rope init functions (default, llama3, yarn, dynamic; dynamic for a forward over
+    seq_len tokens)."""
     d = cfg.head_dim
     base = cfg.rope_theta
+    if cfg.rope_type == "dynamic":
+        # _compute_dynamic_ntk_parameters: past max_position_embeddings seq_len is the int64
+        # tensor max(position_ids) + 1, so the base is an f32 0-dim tensor.
+        factor, mp = cfg.rope_params["factor"], cfg.max_position_embeddings
+        n = torch.tensor(seq_len) if seq_len is not None and seq_len > mp else mp
+        base = base * ((factor * n / mp) - (factor - 1)) ** (d / (d - 2))
     pos_freqs = base ** (torch.arange(0, d, 2, device=device).float() / d)
     inv_freq = 1.0 / pos_freqs
     p = cfg.rope_params
@@ -262,7 +270,7 @@ def rope_inv_freq(cfg: ModelConfig, device):
 
 
 def rope_cos_sin(cfg: ModelConfig, T: int, device, dtype=torch.float32):
-    inv_freq, attention = rope_inv_freq(cfg, device)
+    inv_freq, attention = rope_inv_freq(cfg, device, seq_len=T)
     pos = torch.arange(T, device=device).float() / cfg.rope_factor
     freqs = torch.outer(pos, inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)

@@ -832,12 +832,21 @@ double RopeAngle(int64_t pos, int64_t i, int64_t head_dim, double theta, double 
 }
 
 // The scaled inverse frequency in double, straight from the formulas (transformers'
-// _compute_llama3_parameters and _compute_yarn_parameters, without the f32 steps).
-double ScaledInvFreq(int64_t i, int64_t head_dim, double theta, const RopeScaling& s) {
+// _compute_llama3_parameters, _compute_yarn_parameters and _compute_dynamic_ntk_parameters,
+// without the f32 steps), for table row `row`.
+double ScaledInvFreq(int64_t i, int64_t head_dim, double theta, const RopeScaling& s, int64_t row) {
   constexpr double kPi = 3.14159265358979323846;
   const double d = static_cast<double>(head_dim);
   const double inv = std::pow(theta, -2.0 * static_cast<double>(i) / d);
   switch (s.type) {
+    case RopeScalingType::kDynamic: {
+      const double length =
+          static_cast<double>(s.dynamic_length > 0 ? s.dynamic_length : s.first_position + row + 1);
+      if (length <= s.context_length) return inv;
+      const double base =
+          theta * std::pow(s.factor * length / s.context_length - (s.factor - 1), d / (d - 2));
+      return std::pow(base, -2.0 * static_cast<double>(i) / d);
+    }
     case RopeScalingType::kNone:
     case RopeScalingType::kLinear:
       return inv;
@@ -890,10 +899,19 @@ TEST_P(BackendOpsTest, RopeTables) {
   yarn_betas.attention_factor = 1.25;
   const std::vector<float> divisors = {1.0f, 1.5f, 3.0f, 8.0f, 8.0f, 2.0f, 1.0f, 5.5f};
   RopeScaling by_divisors{.type = RopeScalingType::kFreqDivisors, .freq_divisors = divisors.data()};
+  // Dynamic NTK: row by row past the context of 32 (a decoded token at each position), and a
+  // slice of the prompt rows of a 150-token forward (every row rotated for that length).
+  RopeScaling dynamic{.type = RopeScalingType::kDynamic, .factor = 4.0, .context_length = 32.0};
+  RopeScaling dynamic_prompt{.type = RopeScalingType::kDynamic,
+                             .factor = 2.0,
+                             .context_length = 64.0,
+                             .dynamic_length = 150,
+                             .first_position = 80};
   for (Case cs : {Case{16, 100, 10000.0, {}}, Case{24, 64, 1e6, linear4},
                   Case{64, 33, 500.0, linear25}, Case{32, 300, 10000.0, llama3},
                   Case{128, 80, 500000.0, llama3}, Case{32, 300, 10000.0, yarn},
-                  Case{64, 200, 1e6, yarn_betas}, Case{16, 50, 10000.0, by_divisors}}) {
+                  Case{64, 200, 1e6, yarn_betas}, Case{16, 50, 10000.0, by_divisors},
+                  Case{16, 100, 10000.0, dynamic}, Case{64, 50, 1e6, dynamic_prompt}}) {
     const RopeScaling& sc = cs.scaling;
     SCOPED_TRACE(::testing::Message()
                  << "head_dim " << cs.head_dim << " theta " << cs.theta << " scaling "
@@ -909,8 +927,8 @@ TEST_P(BackendOpsTest, RopeTables) {
     Expected want_cos, want_sin;
     for (int64_t pos = 0; pos < cs.max_positions; ++pos) {
       for (int64_t i = 0; i < half; ++i) {
-        const double a = static_cast<double>(pos) / (linear ? sc.factor : 1.0) *
-                         ScaledInvFreq(i, cs.head_dim, cs.theta, sc);
+        const double a = static_cast<double>(sc.first_position + pos) / (linear ? sc.factor : 1.0) *
+                         ScaledInvFreq(i, cs.head_dim, cs.theta, sc, pos);
         want_cos.Push(std::cos(a) * sc.attention_factor, (1.0 + a) * sc.attention_factor);
         want_sin.Push(std::sin(a) * sc.attention_factor, (1.0 + a) * sc.attention_factor);
       }

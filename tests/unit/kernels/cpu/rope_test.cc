@@ -1,8 +1,10 @@
 #include "kernels/cpu/rope.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -178,6 +180,117 @@ TEST(Rope, FreqDivisorsDivideInvFreq) {
   RopeInvFreq(head_dim, 10000.0, RopeScaling{}, plain.data());
   RopeInvFreq(head_dim, 10000.0, by_divisors, got.data());
   for (int i = 0; i < 4; ++i) EXPECT_EQ(got[i], plain[i] / divisors[i]);
+}
+
+// Dynamic NTK: theta' = theta · ((factor · L / ctx) − (factor − 1))^(d / (d − 2)) for a
+// sequence length L past ctx (max_position_embeddings), theta up to it.
+double DynamicInvFreqDouble(int64_t i, int64_t head_dim, double theta, double factor, double ctx,
+                            double length) {
+  const double d = static_cast<double>(head_dim);
+  const double base =
+      length > ctx ? theta * std::pow(factor * length / ctx - (factor - 1), d / (d - 2)) : theta;
+  return std::pow(base, -2.0 * static_cast<double>(i) / d);
+}
+
+TEST(Rope, DynamicInvFreqFollowsTheFormula) {
+  struct Case {
+    int64_t head_dim;
+    double theta, factor;
+    int64_t context;
+  };
+  for (const Case& cs : {Case{16, 10000.0, 4.0, 32}, Case{128, 500000.0, 2.0, 4096},
+                         Case{64, 1e6, 8.0, 2048}, Case{10, 10000.0, 1.5, 100}}) {
+    const int64_t half = cs.head_dim / 2;
+    std::vector<float> unscaled(half), got(half);
+    RopeInvFreq(cs.head_dim, cs.theta, RopeScaling{}, unscaled.data());
+    for (const int64_t length : {int64_t{1}, cs.context - 5, cs.context, cs.context + 1,
+                                 cs.context + 13, 2 * cs.context, 4 * cs.context - 1}) {
+      SCOPED_TRACE(::testing::Message() << "head_dim " << cs.head_dim << " L " << length);
+      const RopeScaling dynamic{.type = RopeScalingType::kDynamic,
+                                .factor = cs.factor,
+                                .context_length = static_cast<double>(cs.context),
+                                .dynamic_length = length};
+      RopeInvFreq(cs.head_dim, cs.theta, dynamic, got.data());
+      for (int64_t i = 0; i < half; ++i) {
+        if (length <= cs.context) {
+          // Not scaled: the unscaled frequencies bit for bit.
+          ASSERT_EQ(got[i], unscaled[i]) << "i=" << i;
+          continue;
+        }
+        const double want =
+            DynamicInvFreqDouble(i, cs.head_dim, cs.theta, cs.factor,
+                                 static_cast<double>(cs.context), static_cast<double>(length));
+        // f32 steps on the base (a few ulps), raised to at most the power 1.
+        ASSERT_NEAR(got[i], want, 2e-6 * want) << "i=" << i;
+        if (i > 0) {
+          ASSERT_LT(got[i], unscaled[i]) << "i=" << i;  // scaled: lower frequencies
+        }
+      }
+    }
+  }
+}
+
+// transformers 4.46.3's _compute_dynamic_ntk_parameters(seq_len=max(position_ids) + 1) for
+// head_dim 16, theta 1e4, factor 4, max_position_embeddings 32 (torch 1.13, f32 on CPU;
+// half = 8 frequencies take torch's scalar pow), printed with float.hex().
+const std::vector<float> kDynamic45 = {0x1.000000p+0f,  0x1.1a1d22p-2f, 0x1.36e434p-4f,
+                                       0x1.569ac4p-6f,  0x1.798d78p-8f, 0x1.a010cep-10f,
+                                       0x1.ca81dcp-12f, 0x1.f9473cp-14f};
+const std::vector<float> kDynamic60 = {0x1.000000p+0f,  0x1.0534dap-2f, 0x1.0a84cep-4f,
+                                       0x1.0ff06cp-6f,  0x1.157842p-8f, 0x1.1b1ce2p-10f,
+                                       0x1.20dee4p-12f, 0x1.26bee2p-14f};
+
+TEST(Rope, DynamicInvFreqEqualsTransformersBitForBit) {
+  for (const auto& [length, want] : {std::pair{45, &kDynamic45}, std::pair{60, &kDynamic60}}) {
+    SCOPED_TRACE(length);
+    const RopeScaling dynamic{.type = RopeScalingType::kDynamic,
+                              .factor = 4.0,
+                              .context_length = 32,
+                              .dynamic_length = length};
+    std::vector<float> got(8);
+    RopeInvFreq(16, 10000.0, dynamic, got.data());
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], (*want)[i]) << "i=" << i;
+  }
+}
+
+TEST(Rope, DynamicTablesRotateEachRowForItsLength) {
+  // Without dynamic_length, row p is rotated for the length max(p + 1, ctx) (a decoded
+  // token); with it, every row for that length (a prompt token); first_position slices.
+  const int64_t head_dim = 16, half = 8, context = 32, rows = 100;
+  const RopeScaling decode{.type = RopeScalingType::kDynamic, .factor = 4.0, .context_length = 32};
+  std::vector<float> cos_t(rows * half), sin_t(rows * half), inv(half);
+  RopeTables(rows, head_dim, 10000.0, decode, cos_t.data(), sin_t.data());
+  auto expect_row = [&](const float* c, const float* s, int64_t pos, int64_t length) {
+    RopeScaling at = decode;
+    at.dynamic_length = length;
+    RopeInvFreq(head_dim, 10000.0, at, inv.data());
+    for (int64_t i = 0; i < half; ++i) {
+      const double angle = static_cast<float>(pos) * inv[i];
+      ASSERT_EQ(c[i], static_cast<float>(std::cos(angle))) << pos << "," << i;
+      ASSERT_EQ(s[i], static_cast<float>(std::sin(angle))) << pos << "," << i;
+    }
+  };
+  for (int64_t pos = 0; pos < rows; ++pos) {
+    expect_row(&cos_t[pos * half], &sin_t[pos * half], pos, std::max(pos + 1, context));
+  }
+  // Rows 40.. of the prompt of a 90-token forward.
+  RopeScaling prompt = decode;
+  prompt.dynamic_length = 90;
+  prompt.first_position = 40;
+  std::vector<float> pc(50 * half), ps(50 * half);
+  RopeTables(50, head_dim, 10000.0, prompt, pc.data(), ps.data());
+  for (int64_t r = 0; r < 50; ++r) expect_row(&pc[r * half], &ps[r * half], 40 + r, 90);
+  // The last prompt token's row is the decode row of its position.
+  for (int64_t i = 0; i < half; ++i) EXPECT_EQ(pc[49 * half + i], cos_t[89 * half + i]);
+  // A slice of the decode table equals the same rows of the whole table.
+  RopeScaling slice = decode;
+  slice.first_position = 30;
+  std::vector<float> sc(10 * half), ss(10 * half);
+  RopeTables(10, head_dim, 10000.0, slice, sc.data(), ss.data());
+  for (int64_t k = 0; k < 10 * half; ++k) {
+    EXPECT_EQ(sc[k], cos_t[30 * half + k]);
+    EXPECT_EQ(ss[k], sin_t[30 * half + k]);
+  }
 }
 
 TEST(Rope, ApplyRotatesHalvesAsRotateHalf) {

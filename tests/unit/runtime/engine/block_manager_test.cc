@@ -18,12 +18,13 @@ std::vector<int32_t> Iota(int n, int32_t start) {
 }
 
 // Allocates blocks for `tokens` (after a prefix lookup) and commits the full ones, as the
-// scheduler does; returns the table.
-std::vector<int32_t> Fill(BlockManager& bm, const std::vector<int32_t>& tokens, int32_t* hits) {
+// scheduler does, under the chain root `root`; returns the table.
+std::vector<int32_t> Fill(BlockManager& bm, const std::vector<int32_t>& tokens, int32_t* hits,
+                          uint64_t root = 0) {
   std::vector<int32_t> table;
   uint64_t key = 0;
-  *hits =
-      bm.MatchPrefix(tokens, static_cast<int32_t>(tokens.size()) / bm.block_size(), &table, &key);
+  *hits = bm.MatchPrefix(tokens, static_cast<int32_t>(tokens.size()) / bm.block_size(), &table,
+                         &key, root);
   const int32_t need = bm.BlocksFor(tokens.size());
   while (static_cast<int32_t>(table.size()) < need) {
     const int32_t b = bm.Allocate();
@@ -55,6 +56,39 @@ TEST(BlockManagerTest, DoubleFreeIsFatal) {
   const int32_t b = bm.Allocate();
   bm.Release(b);
   EXPECT_DEATH(bm.Release(b), "check failed");
+}
+
+// A chain root (what else the KV contents depend on) separates equal token prefixes: blocks
+// are shared only under the same root, and a lookup that matches nothing returns the root
+// as the parent key of the first block.
+TEST(BlockManagerTest, ChainRootsSeparateEqualPrefixes) {
+  BlockManager bm(32, 4, true);
+  const std::vector<int32_t> tokens = Iota(10, 100);
+  const uint64_t root_a = BlockKey(0, std::vector<int32_t>{-1, 44});
+  const uint64_t root_b = BlockKey(0, std::vector<int32_t>{-1, 50});
+  int32_t hits = 0;
+  std::vector<int32_t> a = Fill(bm, tokens, &hits, root_a);
+  EXPECT_EQ(hits, 0);
+  std::vector<int32_t> b = Fill(bm, tokens, &hits, root_b);
+  EXPECT_EQ(hits, 0);
+  EXPECT_NE(a[0], b[0]);
+  std::vector<int32_t> plain = Fill(bm, tokens, &hits);
+  EXPECT_EQ(hits, 0);
+  std::vector<int32_t> again = Fill(bm, tokens, &hits, root_a);
+  EXPECT_EQ(hits, 2);
+  EXPECT_EQ(again[0], a[0]);
+  EXPECT_EQ(again[1], a[1]);
+  std::vector<int32_t> plain_again = Fill(bm, tokens, &hits);
+  EXPECT_EQ(hits, 2);
+  EXPECT_EQ(plain_again[0], plain[0]);
+  std::vector<int32_t> none;
+  uint64_t key = 0;
+  EXPECT_EQ(bm.MatchPrefix(Iota(8, 500), 2, &none, &key, root_b), 0);
+  EXPECT_EQ(key, root_b);
+  bm.CheckConsistency();
+  for (auto* t : {&a, &b, &plain, &again, &plain_again}) bm.ReleaseTable(t);
+  EXPECT_EQ(bm.num_used(), 0);
+  bm.CheckConsistency();
 }
 
 TEST(BlockManagerTest, PrefixHitSharesFullBlocksCopyFree) {

@@ -415,8 +415,43 @@ TEST(ModelConfig, Transformers5RopeParameters) {
   EXPECT_DOUBLE_EQ(c->rope_theta, 500000.0);
   EXPECT_EQ(c->rope_scaling.type, RopeScalingType::kLinear);
   EXPECT_DOUBLE_EQ(c->rope_scaling.factor, 2.0);
-  j["rope_parameters"]["rope_type"] = "dynamic";
+  j["rope_parameters"]["rope_type"] = "longrope";
   EXPECT_THAT(ParseModelConfig(j.dump()).status().message(), HasSubstr("rope_parameters.type"));
+  j["rope_parameters"]["rope_type"] = "dynamic";
+  const absl::StatusOr<ModelConfig> d = ParseModelConfig(j.dump());
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->rope_scaling.type, RopeScalingType::kDynamic);
+}
+
+// Dynamic NTK (Llama / Qwen2 spell it "type" or "rope_type"): factor is required and
+// positive; the model reaches max_position_embeddings × factor positions.
+TEST(ModelConfig, DynamicRopeScaling) {
+  json j = json::parse(kLlama2Config);
+  j["rope_scaling"] = {{"type", "dynamic"}, {"factor", 2.0}};
+  absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope_scaling.type, RopeScalingType::kDynamic);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.factor, 2.0);
+  EXPECT_EQ(c->max_position_embeddings, 4096);
+  EXPECT_EQ(c->MaxPositions(), 8192);
+  // rope_type; original_max_position_embeddings is allowed (transformers ignores it).
+  j["rope_scaling"] = {
+      {"rope_type", "dynamic"}, {"factor", 2.5}, {"original_max_position_embeddings", 2048}};
+  c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope_scaling.type, RopeScalingType::kDynamic);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.factor, 2.5);
+  EXPECT_EQ(c->MaxPositions(), 10240);
+  // A factor below 1 (transformers warns, and scales all the same) keeps the context.
+  j["rope_scaling"] = {{"type", "dynamic"}, {"factor", 0.5}};
+  c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->MaxPositions(), 4096);
+  // Every other model reaches max_position_embeddings.
+  j["rope_scaling"] = {{"type", "linear"}, {"factor", 4.0}};
+  c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->MaxPositions(), 4096);
 }
 
 TEST(ModelConfig, LlamaAttentionBiasCoversOProj) {
@@ -771,16 +806,31 @@ INSTANTIATE_TEST_SUITE_P(
         ConfigFault{"EpsUnderflowsFloat", {{"rms_norm_eps", 1e-50}}, "'norm_eps'"},
         ConfigFault{"SkipScaleUnderflowsFloat", {{"skip_scale", 1e-46}}, "'skip_scale'"},
         ConfigFault{"BranchScaleUnderflowsFloat", {{"branch_scale", 1e-300}}, "'branch_scale'"},
-        ConfigFault{"RopeScalingDynamic",
-                    {{"rope_scaling", {{"type", "dynamic"}, {"factor", 2.0}}}},
-                    "rope_scaling.type 'dynamic' is not supported: dynamic NTK scaling"},
+        ConfigFault{"RopeScalingDynamicNoFactor",
+                    {{"rope_scaling", {{"type", "dynamic"}}}},
+                    "missing required key 'rope_scaling.factor'"},
+        ConfigFault{"RopeScalingDynamicZeroFactor",
+                    {{"rope_scaling", {{"rope_type", "dynamic"}, {"factor", 0}}}},
+                    "key 'rope_scaling.factor' must be positive"},
+        ConfigFault{"RopeScalingDynamicNegativeFactor",
+                    {{"rope_scaling", {{"type", "dynamic"}, {"factor", -2.0}}}},
+                    "key 'rope_scaling.factor' must be positive"},
+        ConfigFault{"RopeScalingDynamicFactorNotANumber",
+                    {{"rope_scaling", {{"type", "dynamic"}, {"factor", "4"}}}},
+                    "'rope_scaling.factor'"},
+        ConfigFault{"RopeScalingDynamicTooManyPositions",
+                    {{"rope_scaling", {{"type", "dynamic"}, {"factor", 1e6}}}},
+                    "key 'rope_scaling.factor' (1e+06) times max_position_embeddings (256)"},
+        ConfigFault{"RopeScalingDynamicHeadDim2",
+                    {{"head_dim", 2}, {"rope_scaling", {{"type", "dynamic"}, {"factor", 2.0}}}},
+                    "head_dim (2) must be greater than 2 with rope_scaling type dynamic"},
         ConfigFault{"RopeScalingLongrope",
                     {{"rope_scaling", {{"type", "longrope"}, {"factor", 2.0}}}},
                     "rope_scaling.type 'longrope' is not supported: it switches"},
         ConfigFault{"RopeScalingUnknown",
                     {{"rope_scaling", {{"type", "ntk"}, {"factor", 2.0}}}},
                     "rope_scaling.type 'ntk' is not supported (supported: default, linear, "
-                    "llama3, yarn)"},
+                    "dynamic, llama3, yarn)"},
         ConfigFault{"RopeScalingLlama3NoLowFreqFactor",
                     {{"rope_scaling",
                       {{"rope_type", "llama3"},

@@ -153,6 +153,7 @@ std::vector<Case> Cases() {
       "tests/data/models/hf_llama3_rope",
       "tests/data/models/hf_qwen2",
       "tests/data/models/hf_qwen2_yarn",
+      "tests/data/models/hf_llama_dynamic",
       "tests/data/models/hf_mixtral",
       "tests/data/models/hf_olmoe",
       "tests/data/models/hf_qwen2_moe",

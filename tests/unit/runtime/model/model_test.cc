@@ -76,7 +76,8 @@ struct Runner {
     }
     return t;
   }
-  // Logits of every position of `ids`, processed in chunks of `chunk` tokens.
+  // Logits of every position of `ids`, processed in chunks of `chunk` tokens (one forward
+  // over `ids` as transformers scores it: all of it is the prompt for dynamic NTK RoPE).
   std::vector<float> AllLogits(const std::vector<int32_t>& ids, int64_t chunk,
                                std::vector<int32_t> table = {}) {
     if (table.empty()) table = Blocks(ids.size());
@@ -85,7 +86,7 @@ struct Runner {
     for (int64_t begin = 0; begin < static_cast<int64_t>(ids.size()); begin += chunk) {
       const int64_t n = std::min<int64_t>(chunk, ids.size() - begin);
       SequenceInput s{std::span<const int32_t>(ids.data() + begin, n), static_cast<int32_t>(begin),
-                      table, LogitsMode::kAll};
+                      table, LogitsMode::kAll, static_cast<int32_t>(ids.size())};
       const absl::Status st = model.Forward({&s, 1}, *cache, ws, out.data() + begin * vocab);
       EXPECT_TRUE(st.ok()) << st;
     }
@@ -223,9 +224,114 @@ TEST(ModelTest, GoldenCasesCoverEveryPlacementAndTransformers) {
   for (const char* want :
        {"pre", "post", "span", "b2t", "deepnorm", "sandwich", "mix", "span_bf16", "hf_llama",
         "hf_qwen2", "hf_llama3_rope", "hf_qwen2_yarn", "hf_mistral_sliding", "hf_qwen2_sliding",
-        "hf_gemma", "hf_qwen3", "hf_qwen3_moe"}) {
+        "hf_gemma", "hf_qwen3", "hf_qwen3_moe", "hf_llama_dynamic"}) {
     EXPECT_NE(std::find(cases.begin(), cases.end(), want), cases.end()) << want;
   }
+}
+
+// transformers' batch-1 greedy generate with the KV cache (golden.json "generations") on a
+// dynamic NTK model: the prompt is one forward rotated for its own length, each new token at
+// position p its own forward (length p + 1), cached keys keep their rotation. SpanServe's
+// rule L(p) = max(prompt, p + 1) gives the same tokens, with the prompt whole or chunked.
+TEST(ModelTest, DynamicRopeGreedyGenerationEqualsTransformersGenerate) {
+  const std::string dir = CaseDir("hf_llama_dynamic");
+  auto model = Model::Load(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const ModelConfig& c = (*model)->config();
+  ASSERT_EQ(c.rope_scaling.type, RopeScalingType::kDynamic);
+  ASSERT_EQ(c.max_position_embeddings, 32);
+  std::ifstream in(dir + "/golden.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  ASSERT_EQ(j.at("generations").size(), 2u);
+  bool short_prompt = false, long_prompt = false;
+  for (const auto& gen : j.at("generations")) {
+    const std::vector<int32_t> prompt = gen.at("prompt").get<std::vector<int32_t>>();
+    const std::vector<int32_t> want = gen.at("tokens").get<std::vector<int32_t>>();
+    const int32_t n = static_cast<int32_t>(prompt.size());
+    const int32_t total = n + static_cast<int32_t>(want.size());
+    ASSERT_GT(total, c.max_position_embeddings);  // generates past the unscaled context
+    short_prompt |= n < c.max_position_embeddings;
+    long_prompt |= n > c.max_position_embeddings;
+    // prompt_chunk 0: the prompt in one forward with the default rope_prompt_length (the
+    // tokens up to the step's end); otherwise in chunks, each naming the prompt's length.
+    std::vector<float> first_logits;
+    for (const int32_t prompt_chunk : {0, 7, 1}) {
+      SCOPED_TRACE(::testing::Message() << "prompt " << n << " chunk " << prompt_chunk);
+      Runner run(**model);
+      const std::vector<int32_t> table = run.Blocks(total);
+      std::vector<int32_t> ids = prompt;
+      std::vector<float> logits(c.vocab_size);
+      std::vector<float> all_logits;
+      const int32_t chunk = prompt_chunk == 0 ? n : prompt_chunk;
+      for (int32_t begin = 0; begin < n; begin += chunk) {
+        const int32_t k = std::min(chunk, n - begin);
+        const SequenceInput s{std::span<const int32_t>(ids.data() + begin, k), begin, table,
+                              LogitsMode::kLast, prompt_chunk == 0 ? 0 : n};
+        ASSERT_TRUE((*model)->Forward({&s, 1}, *run.cache, run.ws, logits.data()).ok());
+      }
+      std::vector<int32_t> got;
+      while (got.size() < want.size()) {
+        all_logits.insert(all_logits.end(), logits.begin(), logits.end());
+        got.push_back(
+            static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+        ids.push_back(got.back());
+        if (got.size() == want.size()) break;
+        const int32_t pos = static_cast<int32_t>(ids.size()) - 1;
+        const SequenceInput s{std::span<const int32_t>(&ids.back(), 1), pos, table,
+                              LogitsMode::kLast, prompt_chunk == 0 ? 0 : n};
+        ASSERT_TRUE((*model)->Forward({&s, 1}, *run.cache, run.ws, logits.data()).ok());
+      }
+      EXPECT_EQ(got, want);
+      if (prompt_chunk == 0) {
+        first_logits = all_logits;
+      } else {
+        ASSERT_EQ(all_logits.size(), first_logits.size());
+        EXPECT_EQ(0, std::memcmp(all_logits.data(), first_logits.data(),
+                                 all_logits.size() * sizeof(float)));
+      }
+    }
+    // Rotating the prompt as if each token were the last (the per-position rows alone)
+    // changes the output when the prompt is past the context: the rule is what matches.
+    if (n > c.max_position_embeddings) {
+      Runner run(**model);
+      const std::vector<int32_t> table = run.Blocks(total);
+      std::vector<float> stepwise(c.vocab_size);
+      for (int32_t pos = 0; pos < n; ++pos) {
+        const SequenceInput s{std::span<const int32_t>(prompt.data() + pos, 1), pos, table,
+                              LogitsMode::kLast};
+        ASSERT_TRUE((*model)->Forward({&s, 1}, *run.cache, run.ws, stepwise.data()).ok());
+      }
+      Runner whole_run(**model);
+      const std::vector<int32_t> whole_table = whole_run.Blocks(total);
+      std::vector<float> whole(c.vocab_size);
+      const SequenceInput s{prompt, 0, whole_table, LogitsMode::kLast};
+      ASSERT_TRUE((*model)->Forward({&s, 1}, *whole_run.cache, whole_run.ws, whole.data()).ok());
+      EXPECT_GT(RelError(stepwise, whole), 1e-3);
+    }
+  }
+  EXPECT_TRUE(short_prompt && long_prompt);
+}
+
+// Dynamic NTK reaches max_position_embeddings × factor positions, and no further.
+TEST(ModelTest, DynamicRopeReachesFactorTimesTheContext) {
+  auto model = Model::Load(CaseDir("hf_llama_dynamic"));
+  ASSERT_TRUE(model.ok()) << model.status();
+  const ModelConfig& c = (*model)->config();
+  ASSERT_EQ(c.MaxPositions(), 128);
+  Runner run(**model, /*block_size=*/16, /*num_blocks=*/16);
+  const std::vector<int32_t> table = run.Blocks(160);
+  std::vector<int32_t> ids(129, 5);
+  std::vector<float> logits(c.vocab_size);
+  SequenceInput s{std::span<const int32_t>(ids.data(), 128), 0, table, LogitsMode::kLast};
+  EXPECT_TRUE((*model)->Forward({&s, 1}, *run.cache, run.ws, logits.data()).ok());
+  s = {std::span<const int32_t>(ids.data(), 1), 128, table, LogitsMode::kLast};
+  absl::Status st = (*model)->Forward({&s, 1}, *run.cache, run.ws, logits.data());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_THAT(st.message(), HasSubstr("past the 128 positions"));
+  s = {std::span<const int32_t>(ids.data(), 4), 0, table, LogitsMode::kLast, 129};
+  st = (*model)->Forward({&s, 1}, *run.cache, run.ws, logits.data());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_THAT(st.message(), HasSubstr("rope_prompt_length 129"));
 }
 
 // Gemma: tied (no lm_head), head_dim 16 with hidden 48, Llama's tensor names; its norm gains
