@@ -179,11 +179,15 @@ enum class RopeScalingType : uint8_t {
   kYarn,          // NTK-by-parts ramp between inv_freq and inv_freq / factor, cos and sin
                   // times attention_factor (transformers' _compute_yarn_parameters)
   kFreqDivisors,  // inv_freq[i] / freq_divisors[i] (ggml's rope freq_factors)
-  kDynamic,  // dynamic NTK: theta' = theta · ((factor · L / context_length) − (factor − 1))
-             // ^ (head_dim / (head_dim − 2)) for a sequence length L > context_length,
-             // theta itself up to it (transformers' _compute_dynamic_ntk_parameters).
-             // L is the row's position + 1 (the rotation a token gets as the last of
-             // its forward), or dynamic_length for every row when that is set.
+  kDynamic,   // dynamic NTK: theta' = theta · ((factor · L / context_length) − (factor − 1))
+              // ^ (head_dim / (head_dim − 2)) for a sequence length L > context_length,
+              // theta itself up to it (transformers' _compute_dynamic_ntk_parameters).
+              // L is the row's position + 1 (the rotation a token gets as the last of
+              // its forward), or dynamic_length for every row when that is set.
+  kLongRope,  // LongRoPE (Phi-3): inv_freq[i] = 1 / (ext[i] · theta^(2i/head_dim)) with ext =
+              // long_factor for a sequence length L > context_length, short_factor up to
+              // it (transformers 4.46.3's Phi3LongRoPEScaledRotaryEmbedding); cos and sin
+              // times attention_factor. L as for kDynamic.
 };
 
 struct RopeScaling {
@@ -194,14 +198,18 @@ struct RopeScaling {
   double high_freq_factor = 4.0;
   // kLlama3: original_max_position_embeddings. kYarn: the length find_correction_range
   // uses (transformers 4.46.3 passes max_position_embeddings). kDynamic:
-  // max_position_embeddings, the length up to which theta is not scaled.
+  // max_position_embeddings, the length up to which theta is not scaled. kLongRope:
+  // original_max_position_embeddings, the longest length that uses short_factor.
   double context_length = 8192.0;
-  double beta_fast = 32.0;               // kYarn
-  double beta_slow = 1.0;                // kYarn
-  double attention_factor = 1.0;         // kYarn: multiplies cos and sin (rounded to f32)
+  double beta_fast = 32.0;        // kYarn
+  double beta_slow = 1.0;         // kYarn
+  double attention_factor = 1.0;  // kYarn, kLongRope: multiplies cos and sin (rounded to f32)
   const float* freq_divisors = nullptr;  // kFreqDivisors: head_dim / 2 values, borrowed
-  // kDynamic: > 0: every row is rotated for the sequence length dynamic_length (a prompt
-  // token of a forward over dynamic_length tokens); 0: row by row, position + 1.
+  // kLongRope: head_dim / 2 values each (f32), borrowed.
+  const float* short_factor = nullptr;
+  const float* long_factor = nullptr;
+  // kDynamic, kLongRope: > 0: every row is rotated for the sequence length dynamic_length
+  // (a prompt token of a forward over dynamic_length tokens); 0: row by row, position + 1.
   int64_t dynamic_length = 0;
   // Every type: table row r holds position first_position + r (a slice of the table).
   int64_t first_position = 0;

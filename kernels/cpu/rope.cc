@@ -74,6 +74,25 @@ void CheckDynamic(int64_t head_dim, const RopeScaling& s) {
   SPANSERVE_CHECK(head_dim > 2 && s.factor > 0 && s.context_length >= 1 && s.dynamic_length >= 0);
 }
 
+void CheckLongRope(const RopeScaling& s) {
+  SPANSERVE_CHECK(s.short_factor != nullptr && s.long_factor != nullptr && s.context_length >= 1 &&
+                  s.dynamic_length >= 0);
+}
+
+// transformers 4.46.3's Phi3LongRoPEScaledRotaryEmbedding for sequence length `length`:
+// ext_factors (an f32 tensor of long_factor past context_length, else short_factor),
+// base ** (arange(0, d, 2).float() / d) in f32, then 1.0 / (ext_factors * that) in f32.
+void LongRopeInvFreq(int64_t head_dim, double theta, const RopeScaling& s, int64_t length,
+                     float* inv_freq) {
+  const float* ext =
+      length > static_cast<int64_t>(s.context_length) ? s.long_factor : s.short_factor;
+  for (int64_t i = 0; i < head_dim / 2; ++i) {
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+    const float power = static_cast<float>(std::pow(theta, static_cast<double>(exponent)));
+    inv_freq[i] = 1.0f / (ext[i] * power);
+  }
+}
+
 }  // namespace
 
 void RopeInvFreq(int64_t head_dim, double theta, const RopeScaling& s, float* inv_freq) {
@@ -82,6 +101,11 @@ void RopeInvFreq(int64_t head_dim, double theta, const RopeScaling& s, float* in
     CheckDynamic(head_dim, s);
     const int64_t context = static_cast<int64_t>(s.context_length);
     DynamicInvFreq(head_dim, theta, s, std::max(s.dynamic_length, context), inv_freq);
+    return;
+  }
+  if (s.type == RopeScalingType::kLongRope) {
+    CheckLongRope(s);
+    LongRopeInvFreq(head_dim, theta, s, s.dynamic_length, inv_freq);
     return;
   }
   const int64_t half = head_dim / 2;
@@ -135,6 +159,7 @@ void RopeInvFreq(int64_t head_dim, double theta, const RopeScaling& s, float* in
         out = base / s.freq_divisors[i];
         break;
       case RopeScalingType::kDynamic:  // handled above
+      case RopeScalingType::kLongRope:
         break;
     }
     inv_freq[i] = out;
@@ -146,11 +171,15 @@ void RopeTables(int64_t max_positions, int64_t head_dim, double theta, const Rop
   SPANSERVE_CHECK(head_dim > 0 && head_dim % 2 == 0 && s.first_position >= 0);
   const int64_t half = head_dim / 2;
   std::vector<float> inv_freq(static_cast<size_t>(half));
-  // Dynamic NTK row by row: the frequencies of length position + 1, recomputed as it grows.
-  const bool per_row = s.type == RopeScalingType::kDynamic && s.dynamic_length == 0;
+  // Dynamic NTK and LongRoPE row by row: the frequencies of length position + 1,
+  // recomputed as it grows.
+  const bool dynamic = s.type == RopeScalingType::kDynamic;
+  const bool longrope = s.type == RopeScalingType::kLongRope;
+  const bool per_row = (dynamic || longrope) && s.dynamic_length == 0;
   int64_t row_length = -1;  // the length inv_freq was computed for (per_row)
   if (per_row) {
-    CheckDynamic(head_dim, s);
+    if (dynamic) CheckDynamic(head_dim, s);
+    if (longrope) CheckLongRope(s);
   } else {
     RopeInvFreq(head_dim, theta, s, inv_freq.data());
   }
@@ -164,10 +193,17 @@ void RopeTables(int64_t max_positions, int64_t head_dim, double theta, const Rop
   for (int64_t row = 0; row < max_positions; ++row) {
     const int64_t pos = s.first_position + row;
     if (per_row) {
+      // Dynamic NTK: a new base for each length past the context. LongRoPE: the short
+      // factors up to the context, the long ones past it (one switch).
       const int64_t length = std::max(pos + 1, context);
-      if (length != row_length) {
-        DynamicInvFreq(head_dim, theta, s, length, inv_freq.data());
-        row_length = length;
+      const int64_t key = longrope ? (pos + 1 > context ? 1 : 0) : length;
+      if (key != row_length) {
+        if (dynamic) {
+          DynamicInvFreq(head_dim, theta, s, length, inv_freq.data());
+        } else {
+          LongRopeInvFreq(head_dim, theta, s, pos + 1, inv_freq.data());
+        }
+        row_length = key;
       }
     }
     const float p = static_cast<float>(pos);

@@ -44,8 +44,15 @@ absl::Status CheckOptions(const EngineOptions& o, int32_t max_model_len) {
 // The prefix-cache chain root of a request with a prompt of `prompt_len` tokens. With dynamic
 // NTK RoPE a prompt longer than max_position_embeddings rotates its tokens for its own
 // length, so its blocks are shared only with prompts of that length (their own chain);
-// every shorter prompt rotates each position alike (root 0).
+// every shorter prompt rotates each position alike (root 0). With LongRoPE every prompt
+// longer than original_max_position_embeddings rotates all its tokens with the long
+// factors: such prompts share one chain of their own.
 uint64_t PrefixRoot(const model::ModelConfig& c, int32_t prompt_len) {
+  if (c.rope_scaling.type == model::RopeScalingType::kLongRope) {
+    if (prompt_len <= c.rope_scaling.original_max_position_embeddings) return 0;
+    const int32_t tag[] = {-2, 1};  // no block holds negative token ids
+    return BlockKey(0, tag);
+  }
   if (c.rope_scaling.type != model::RopeScalingType::kDynamic ||
       prompt_len <= c.max_position_embeddings) {
     return 0;

@@ -51,13 +51,28 @@ class Binder {
 
   absl::StatusOr<kernels::WeightMatrix> Matrix(const std::string& name, int64_t rows,
                                                int64_t cols) {
+    return MatrixRows(name, rows, cols, 0, rows);
+  }
+  // Rows [first_row, first_row + rows) of the matrix `name` of shape [total_rows, cols], in
+  // place (a fused projection's part; the rows of a matrix are contiguous). Recorded once,
+  // with its full shape, by the slice starting at row 0.
+  absl::StatusOr<kernels::WeightMatrix> MatrixRows(const std::string& name, int64_t total_rows,
+                                                   int64_t cols, int64_t first_row, int64_t rows) {
+    SPANSERVE_CHECK(first_row >= 0 && rows > 0 && first_row + rows <= total_rows);
     count_ += rows * cols;
     if (store_ == nullptr) {
-      if (record_ != nullptr) record_->push_back({name, {rows, cols}});
+      if (record_ != nullptr && first_row == 0) record_->push_back({name, {total_rows, cols}});
       return kernels::WeightMatrix{nullptr, DType::kF32, rows, cols};
     }
-    const int64_t shape[2] = {rows, cols};
+    const int64_t shape[2] = {total_rows, cols};
     ASSIGN_OR_RETURN(TensorView t, store_->Get(name, shape));
+    if (first_row > 0) {
+      const int64_t row_bytes =
+          t.quant != kernels::QuantType::kNone
+              ? cols / kernels::QuantBlockElems(t.quant) * kernels::QuantBlockBytes(t.quant)
+              : cols * static_cast<int64_t>(DTypeSize(t.dtype));
+      t.data = static_cast<const uint8_t*>(t.data) + first_row * row_bytes;
+    }
     if (t.quant != kernels::QuantType::kNone && cols % kernels::QuantBlockElems(t.quant) != 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("tensor '", name, "' is block-quantized but its rows (", cols,
@@ -117,6 +132,15 @@ class Binder {
     }
     return w;
   }
+  // Phi-3's gate_up_proj [2·inter, hidden]: gate rows first, then up.
+  absl::StatusOr<FfnWeights> FusedFfn(const std::string& prefix, int64_t hidden, int64_t inter) {
+    FfnWeights w;
+    const std::string gate_up = prefix + "gate_up_proj.weight";
+    ASSIGN_OR_RETURN(w.gate, MatrixRows(gate_up, 2 * inter, hidden, 0, inter));
+    ASSIGN_OR_RETURN(w.up, MatrixRows(gate_up, 2 * inter, hidden, inter, inter));
+    ASSIGN_OR_RETURN(w.down, Matrix(prefix + "down_proj.weight", hidden, inter));
+    return w;
+  }
   absl::StatusOr<FfnWeights> Ffn(const std::string& prefix, const char* gate, const char* up,
                                  const char* down, int64_t hidden, int64_t inter) {
     FfnWeights w;
@@ -172,9 +196,18 @@ absl::StatusOr<int64_t> BindWeights(const ModelConfig& c, WeightStore* store,
     for (size_t i = 0; i < names.size(); ++i) {
       ASSIGN_OR_RETURN(lw.norms[i], bind.Norm(p + names[i], H, norm_bias));
     }
-    ASSIGN_OR_RETURN(lw.q, bind.Matrix(p + "self_attn.q_proj.weight", q_dim, H));
-    ASSIGN_OR_RETURN(lw.k, bind.Matrix(p + "self_attn.k_proj.weight", kv_dim, H));
-    ASSIGN_OR_RETURN(lw.v, bind.Matrix(p + "self_attn.v_proj.weight", kv_dim, H));
+    if (c.fused_qkv) {
+      // Phi-3's qkv_proj: q rows, then k, then v.
+      const std::string qkv = p + "self_attn.qkv_proj.weight";
+      const int64_t total = q_dim + 2 * kv_dim;
+      ASSIGN_OR_RETURN(lw.q, bind.MatrixRows(qkv, total, H, 0, q_dim));
+      ASSIGN_OR_RETURN(lw.k, bind.MatrixRows(qkv, total, H, q_dim, kv_dim));
+      ASSIGN_OR_RETURN(lw.v, bind.MatrixRows(qkv, total, H, q_dim + kv_dim, kv_dim));
+    } else {
+      ASSIGN_OR_RETURN(lw.q, bind.Matrix(p + "self_attn.q_proj.weight", q_dim, H));
+      ASSIGN_OR_RETURN(lw.k, bind.Matrix(p + "self_attn.k_proj.weight", kv_dim, H));
+      ASSIGN_OR_RETURN(lw.v, bind.Matrix(p + "self_attn.v_proj.weight", kv_dim, H));
+    }
     ASSIGN_OR_RETURN(lw.o, bind.Matrix(p + "self_attn.o_proj.weight", H, q_dim));
     if (c.attention_bias) {
       lw.has_qkv_bias = true;
@@ -196,8 +229,12 @@ absl::StatusOr<int64_t> BindWeights(const ModelConfig& c, WeightStore* store,
     }
     lw.is_moe = c.LayerIsMoe(l);
     if (!lw.is_moe) {
-      ASSIGN_OR_RETURN(lw.mlp, bind.Ffn(p + "mlp.", "gate_proj", "up_proj", "down_proj", H,
-                                        c.intermediate_size));
+      if (c.fused_gate_up) {
+        ASSIGN_OR_RETURN(lw.mlp, bind.FusedFfn(p + "mlp.", H, c.intermediate_size));
+      } else {
+        ASSIGN_OR_RETURN(lw.mlp, bind.Ffn(p + "mlp.", "gate_proj", "up_proj", "down_proj", H,
+                                          c.intermediate_size));
+      }
       continue;
     }
     const MoeConfig& m = c.moe;

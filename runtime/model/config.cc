@@ -181,6 +181,52 @@ absl::StatusOr<E> ParseEnum(const KeyReader& r, std::string_view key, const std:
                               "' (allowed: ", absl::StrJoin(names, ", "), ")"));
 }
 
+// Phi-3's longrope: exactly type (or rope_type), short_factor and long_factor, as transformers
+// 4.46.3's Phi3Config validates it, each list head_dim / 2 positive numbers (stored as the
+// f32 tensors transformers builds from them). original_max_position_embeddings is the
+// top-level key; the attention factor is set once max_position_embeddings is known.
+absl::Status ParseLongRope(const KeyReader& r, const KeyReader& rs, const char* key,
+                           ModelConfig& c) {
+  const json& obj = *r.Find(key);
+  for (const auto& [name, value] : obj.items()) {
+    if (name != "type" && name != "rope_type" && name != "short_factor" && name != "long_factor" &&
+        !(std::string_view(key) == "rope_parameters" && name == "rope_theta")) {
+      return r.Error(absl::StrCat("key '", rs.Name(name),
+                                  "' is not supported with longrope for model_type 'phi3' "
+                                  "(transformers 4.46.3's Phi3Config accepts only type, "
+                                  "short_factor and long_factor)"));
+    }
+  }
+  RopeScalingConfig& out = c.rope_scaling;
+  out.type = RopeScalingType::kLongRope;
+  const size_t half = static_cast<size_t>(c.head_dim / 2);
+  for (const auto& [name, field] :
+       {std::pair<const char*, std::vector<float>*>{"short_factor", &out.short_factor},
+        std::pair<const char*, std::vector<float>*>{"long_factor", &out.long_factor}}) {
+    const json* v = rs.Find(name);
+    if (v == nullptr) return rs.Missing(name);
+    if (!v->is_array()) return rs.TypeError(name, *v, "a list of numbers");
+    if (v->size() != half) {
+      return r.Error(absl::StrCat("key '", rs.Name(name), "' must have head_dim / 2 = ", half,
+                                  " values, got ", v->size()));
+    }
+    field->clear();
+    for (const json& item : *v) {
+      if (!item.is_number()) return rs.TypeError(name, *v, "a list of numbers");
+      const double x = item.get<double>();
+      const float stored = static_cast<float>(x);
+      if (!(x > 0) || !std::isfinite(stored) || !(stored > 0)) {
+        return r.Error(absl::StrCat("key '", rs.Name(name),
+                                    "' must hold positive numbers in the float range, got ", x));
+      }
+      field->push_back(stored);
+    }
+  }
+  ASSIGN_OR_RETURN(out.original_max_position_embeddings,
+                   r.PositiveInt("original_max_position_embeddings", 4096));
+  return absl::OkStatus();
+}
+
 // `key` is "rope_scaling" (transformers 4) or "rope_parameters" (transformers 5, which also
 // moves rope_theta inside it).
 absl::Status ParseRopeScaling(const KeyReader& r, const char* key, ModelConfig& c) {
@@ -201,13 +247,23 @@ absl::Status ParseRopeScaling(const KeyReader& r, const char* key, ModelConfig& 
   out = RopeScalingConfig();
   if (*type == "default") return absl::OkStatus();  // unscaled RoPE, spelled out
   const std::string type_key = absl::StrCat(key, ".type");
-  if (*type == "longrope") {
+  const bool phi3 = c.model_type == "phi3";
+  // Phi3Config (transformers 4.46.3) renames the legacy "su" and "yarn" to "longrope".
+  const bool longrope = *type == "longrope" || (phi3 && (*type == "su" || *type == "yarn"));
+  if (longrope && !phi3) {
     return r.Error(
         absl::StrCat(type_key,
-                     " 'longrope' is not supported: it switches between short_factor and "
-                     "long_factor with the sequence length, which keys already in the KV cache "
-                     "cannot follow"));
+                     " 'longrope' is supported for model_type 'phi3' only: transformers 4.46.3 "
+                     "switches between short_factor and long_factor with the sequence length in "
+                     "its Phi-3 class alone, and its '",
+                     c.model_type, "' class uses long_factor at every length"));
   }
+  if (phi3 && !longrope) {
+    return r.Error(absl::StrCat(type_key, " '", *type,
+                                "' is not supported for model_type 'phi3' (supported: longrope, "
+                                "as transformers 4.46.3's Phi3Config)"));
+  }
+  if (longrope) return ParseLongRope(r, rs, key, c);
   if (*type != "linear" && *type != "llama3" && *type != "yarn" && *type != "dynamic") {
     return r.Error(
         absl::StrCat(type_key, " '", *type,
@@ -309,7 +365,9 @@ absl::Status ParseNorms(const KeyReader& r, ModelConfig& c) {
 
   // norm_eps wins; Llama-family configs name it rms_norm_eps.
   ASSIGN_OR_RETURN(const std::optional<double> rms_eps, r.OptNumber("rms_norm_eps"));
-  ASSIGN_OR_RETURN(const double eps, r.PositiveNumber("norm_eps", rms_eps.value_or(1e-6)));
+  // Phi3Config's rms_norm_eps defaults to 1e-5.
+  const double eps_default = c.model_type == "phi3" ? 1e-5 : 1e-6;
+  ASSIGN_OR_RETURN(const double eps, r.PositiveNumber("norm_eps", rms_eps.value_or(eps_default)));
   if (!(rms_eps.value_or(1.0) > 0)) {
     return r.Error(absl::StrCat("key 'rms_norm_eps' must be positive, got ", *rms_eps));
   }
@@ -424,13 +482,14 @@ absl::Status ParseMoe(const KeyReader& r, ModelConfig& c) {
 }
 
 // sliding_window, use_sliding_window and max_window_layers as transformers 4.46.3 reads
-// them. Mistral and Mixtral: sliding_window on every layer (null: none; an absent key is
-// MistralConfig's default 4096 for mistral, None for mixtral). Qwen2, Qwen2-MoE, Qwen3,
-// Qwen3-MoE: only when use_sliding_window is true (default false), sliding_window (absent:
-// 4096), on layers >= max_window_layers (absent: 28). Other model types ignore the keys.
+// them. Mistral, Mixtral and Phi-3: sliding_window on every layer (null: none; an absent key
+// is MistralConfig's default 4096 for mistral, None for mixtral and phi3; Phi-3's eager mask
+// applies it as Mistral's). Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE: only when use_sliding_window
+// is true (default false), sliding_window (absent: 4096), on layers >= max_window_layers
+// (absent: 28). Other model types ignore the keys.
 absl::Status ParseSlidingWindow(const KeyReader& r, ModelConfig& c) {
   const std::string& type = c.model_type;
-  const bool mistral_like = type == "mistral" || type == "mixtral";
+  const bool mistral_like = type == "mistral" || type == "mixtral" || type == "phi3";
   const bool qwen_like =
       type == "qwen2" || type == "qwen2_moe" || type == "qwen3" || type == "qwen3_moe";
   if (!mistral_like && !qwen_like) return absl::OkStatus();
@@ -441,7 +500,7 @@ absl::Status ParseSlidingWindow(const KeyReader& r, ModelConfig& c) {
   }
   // Absent and null differ here: transformers writes null for "no window".
   std::optional<int> fallback;
-  if (!r.Has("sliding_window") && type != "mixtral") fallback = 4096;
+  if (!r.Has("sliding_window") && type != "mixtral" && type != "phi3") fallback = 4096;
   if (r.Find("sliding_window") == nullptr && !fallback.has_value()) return absl::OkStatus();
   ASSIGN_OR_RETURN(c.sliding_window, r.PositiveInt("sliding_window", fallback));
   return absl::OkStatus();
@@ -478,7 +537,7 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
   if (!model_type.has_value()) return r.Missing("model_type");
   static constexpr const char* kModelTypes[] = {"llama",     "mistral",   "qwen2",   "qwen3",
                                                 "gemma",     "spanserve", "mixtral", "qwen2_moe",
-                                                "qwen3_moe", "olmoe"};
+                                                "qwen3_moe", "olmoe",     "phi3"};
   if (std::find(std::begin(kModelTypes), std::end(kModelTypes), *model_type) ==
       std::end(kModelTypes)) {
     return r.Error(absl::StrCat("unsupported model_type '", *model_type,
@@ -501,6 +560,30 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
                                 ") is not divisible by num_attention_heads (", c.num_heads,
                                 ") and head_dim is not given"));
   }
+  const bool phi3 = c.model_type == "phi3";
+  if (phi3) {
+    // transformers 4.46.3's Phi3Attention: head_dim = hidden_size / num_attention_heads,
+    // whatever the config says (later releases read head_dim and partial_rotary_factor).
+    if (c.hidden_size % c.num_heads != 0) {
+      return r.Error(absl::StrCat("hidden_size (", c.hidden_size,
+                                  ") is not divisible by num_attention_heads (", c.num_heads,
+                                  ") (model_type 'phi3')"));
+    }
+    ASSIGN_OR_RETURN(const int head_dim, r.PositiveInt("head_dim", c.hidden_size / c.num_heads));
+    if (head_dim != c.hidden_size / c.num_heads) {
+      return r.Error(absl::StrCat(
+          "key 'head_dim' (", head_dim, ") must equal hidden_size / num_attention_heads (",
+          c.hidden_size / c.num_heads, ") for model_type 'phi3' (transformers 4.46.3 ignores it)"));
+    }
+    ASSIGN_OR_RETURN(const std::optional<double> partial, r.OptNumber("partial_rotary_factor"));
+    if (partial.has_value() && *partial != 1.0) {
+      return r.Error(absl::StrCat("key 'partial_rotary_factor' (", *partial,
+                                  ") is not supported: transformers 4.46.3's Phi-3 rotates "
+                                  "every dimension and ignores it, later versions do not"));
+    }
+    c.fused_qkv = true;
+    c.fused_gate_up = true;
+  }
   ASSIGN_OR_RETURN(c.head_dim, r.PositiveInt("head_dim", c.hidden_size / c.num_heads));
   if (c.head_dim % 2 != 0) {
     // RoPE rotates dimension pairs.
@@ -513,7 +596,22 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
     // find_correction_range divides by ln(rope_theta) (transformers fails on it too).
     return r.Error("key 'rope_theta' must not be 1 with rope_scaling type yarn");
   }
-  ASSIGN_OR_RETURN(c.max_position_embeddings, r.PositiveInt("max_position_embeddings", 2048));
+  // Phi3Config's default is 4096.
+  ASSIGN_OR_RETURN(c.max_position_embeddings,
+                   r.PositiveInt("max_position_embeddings", phi3 ? 4096 : 2048));
+  if (c.rope_scaling.type == RopeScalingType::kLongRope) {
+    // Phi3LongRoPEScaledRotaryEmbedding, in Python doubles: scale = max / original; 1 when
+    // scale <= 1, else sqrt(1 + ln(scale) / ln(original)).
+    RopeScalingConfig& rs = c.rope_scaling;
+    const double original = rs.original_max_position_embeddings;
+    const double scale = c.max_position_embeddings / original;
+    if (scale > 1.0 && original == 1) {
+      return r.Error(
+          "key 'original_max_position_embeddings' must be greater than 1 with "
+          "rope_scaling type longrope (its logarithm divides)");
+    }
+    rs.attention_factor = scale <= 1.0 ? 1.0 : std::sqrt(1 + std::log(scale) / std::log(original));
+  }
   if (c.rope_scaling.type == RopeScalingType::kDynamic) {
     if (c.head_dim <= 2) {
       // The base is raised to head_dim / (head_dim - 2).
@@ -534,6 +632,8 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
   c.scale_embeddings = gemma;
   c.norm_gain_offset = gemma ? 1.0f : 0.0f;
   ASSIGN_OR_RETURN(c.attention_bias, r.Bool("attention_bias", false));
+  // Phi-3 has no biases (Phi3Config has no attention_bias key; transformers ignores one).
+  if (phi3) c.attention_bias = false;
   // Qwen2 configs have no attention_bias key, yet their q/k/v projections carry biases.
   if (c.model_type == "qwen2" || c.model_type == "qwen2_moe") c.attention_bias = true;
   // Llama, Qwen3 and OLMoE put the bias on o_proj too; Qwen2 and SpanServe on q/k/v only.

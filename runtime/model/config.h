@@ -61,6 +61,11 @@ enum class RopeScalingType {
   // at position p of a request whose prompt has n tokens is rotated for L = max(n, p + 1)
   // (transformers' batch-1 generate; docs/MODEL_FORMAT.md).
   kDynamic,
+  // LongRoPE (model_type phi3 only): short_factor / long_factor, one per frequency. A token
+  // at position p of a request whose prompt has n tokens uses long_factor iff
+  // max(n, p + 1) > original_max_position_embeddings (as kDynamic); cos and sin times
+  // attention_factor.
+  kLongRope,
 };
 
 struct RopeScalingConfig {
@@ -69,13 +74,17 @@ struct RopeScalingConfig {
   double low_freq_factor = 1.0;   // llama3
   double high_freq_factor = 4.0;  // llama3
   // llama3: required. yarn: optional and, as in transformers 4.46.3, not used: its
-  // correction range uses max_position_embeddings. 0 when absent.
+  // correction range uses max_position_embeddings. 0 when absent. longrope: the top-level
+  // key (Phi3Config's default 4096).
   int original_max_position_embeddings = 0;
   double beta_fast = 32.0;  // yarn (absent or 0: 32, as transformers' `or 32`)
   double beta_slow = 1.0;   // yarn (absent or 0: 1)
-  // yarn: multiplies cos and sin; absent: 0.1 * ln(factor) + 1.
+  // yarn: multiplies cos and sin; absent: 0.1 * ln(factor) + 1. longrope: always set,
+  // sqrt(1 + ln(s) / ln(original_max_position_embeddings)) with s = max_position_embeddings /
+  // original_max_position_embeddings, 1 when s <= 1.
   std::optional<double> attention_factor;
-  std::vector<float> freq_divisors;  // kFreqDivisors: head_dim / 2 values, each > 0
+  std::vector<float> short_factor, long_factor;  // longrope: head_dim / 2 values each
+  std::vector<float> freq_divisors;              // kFreqDivisors: head_dim / 2 values, each > 0
 };
 
 struct ModelConfig {
@@ -98,6 +107,11 @@ struct ModelConfig {
   // Qwen3: qk_norm is per head (each head's head_dim values, one gain of head_dim shared by
   // all heads); OLMoE: over the whole projection (gains of q_dim / kv_dim).
   bool qk_norm_per_head = false;
+  // Phi-3: q, k and v are row ranges of one `self_attn.qkv_proj.weight` [q_dim + 2·kv_dim,
+  // hidden] (q, k, v in that order), gate and up of one `mlp.gate_up_proj.weight`
+  // [2·intermediate, hidden] (gate first), bound in place.
+  bool fused_qkv = false;
+  bool fused_gate_up = false;
   // Sliding-window attention (transformers semantics): a row at position p attends to the
   // positions k with p - sliding_window < k <= p. 0: none. Mistral/Mixtral: `sliding_window`
   // (null: none); Qwen2/Qwen2-MoE/Qwen3: `sliding_window` when `use_sliding_window` is true, on

@@ -33,9 +33,17 @@ using gguf::TensorType;
 // general.architecture values, each loaded as the config.json model_type of the same name
 // (qwen2moe / qwen3moe: qwen2_moe / qwen3_moe; llama with experts: mixtral).
 // llama.cpp's converter permutes the Q / K rows of llama only (UnpermuteRows).
-constexpr const char* kArchs[] = {"llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe"};
-// The llama3 RoPE divisors (in the config, not a weight).
+constexpr const char* kArchs[] = {"llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "phi3"};
+// The llama3 RoPE divisors and Phi-3's longrope factors (in the config, not weights).
 constexpr char kRopeFreqs[] = "rope_freqs.weight";
+constexpr char kRopeFactorsLong[] = "rope_factors_long.weight";
+constexpr char kRopeFactorsShort[] = "rope_factors_short.weight";
+
+// Whether GgufModelConfig reads tensor `name` (of a model of `model_type`) into the config.
+bool IsRopeTensor(const std::string& name, const std::string& model_type) {
+  if (name == kRopeFreqs) return true;
+  return model_type == "phi3" && (name == kRopeFactorsLong || name == kRopeFactorsShort);
+}
 
 // A bad file is INVALID_ARGUMENT, whatever the accessor's code for a missing key.
 absl::Status AsInvalid(const absl::Status& s) {
@@ -71,7 +79,9 @@ absl::StatusOr<std::optional<int64_t>> OptionalTokenId(const GgufFile& f, const 
 // GGUF tensor name -> the runtime's name; empty if the architecture has no such tensor.
 // `mixtral`: experts under Mixtral's names (block_sparse_moe, w1 / w2 / w3), else under
 // Qwen2-MoE's (mlp.gate, mlp.experts.E.*_proj, mlp.shared_expert*).
-std::string RuntimeName(const std::string& name, bool mixtral) {
+// `phi3`: the fused attn_qkv (q, k, v rows) and ffn_up (gate rows, then up) are the
+// checkpoint's qkv_proj and gate_up_proj.
+std::string RuntimeName(const std::string& name, bool mixtral, bool phi3) {
   if (name == "token_embd.weight") return "model.embed_tokens.weight";
   if (name == "output_norm.weight") return "model.norm.weight";
   if (name == "output.weight") return "lm_head.weight";
@@ -88,6 +98,12 @@ std::string RuntimeName(const std::string& name, bool mixtral) {
   }
   if (suffix.empty()) return "";
   rest.resize(rest.size() - suffix.size());
+  if (phi3 && rest == "attn_qkv") {
+    return absl::StrCat("model.layers.", layer, ".self_attn.qkv_proj", suffix);
+  }
+  if (phi3 && rest == "ffn_up") {
+    return absl::StrCat("model.layers.", layer, ".mlp.gate_up_proj", suffix);
+  }
   static constexpr std::pair<const char*, const char*> kBlock[] = {
       {"attn_norm", "input_layernorm"},    {"ffn_norm", "post_attention_layernorm"},
       {"attn_q", "self_attn.q_proj"},      {"attn_k", "self_attn.k_proj"},
@@ -432,6 +448,71 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
     }
   }
 
+  // Phi-3 (llama.cpp's Phi3MiniModel converter): the longrope factors as tensors
+  // rope_factors_long / rope_factors_short (F32, head_dim / 2 values each), the original
+  // context as rope.scaling.original_context_length, the attention factor it computed as
+  // rope.scaling.attn_factor; sliding_window 0 for none.
+  const bool phi3 = a == "phi3";
+  json longrope;  // null: none
+  std::optional<int64_t> original_context;
+  std::optional<int64_t> sliding_window;
+  if (phi3) {
+    const TensorInfo* factors[2] = {f.FindTensor(kRopeFactorsShort),
+                                    f.FindTensor(kRopeFactorsLong)};
+    if ((factors[0] == nullptr) != (factors[1] == nullptr)) {
+      return absl::InvalidArgumentError(absl::StrCat(f.path(), ": tensors '", kRopeFactorsShort,
+                                                     "' and '", kRopeFactorsLong,
+                                                     "' must both be present or both absent"));
+    }
+    if (f.Has(a + ".rope.scaling.original_context_length")) {
+      ASSIGN_OR_RETURN(original_context,
+                       RequiredPositive(f, a + ".rope.scaling.original_context_length"));
+    }
+    if (f.Has(a + ".attention.sliding_window")) {
+      ASSIGN_OR_RETURN(const int64_t window, f.GetInt(a + ".attention.sliding_window"));
+      if (window < 0 || window > (1 << 30)) {
+        return absl::InvalidArgumentError(absl::StrCat(f.path(), ": ", a,
+                                                       ".attention.sliding_window = ", window,
+                                                       ", expected 0 (none) or a positive size"));
+      }
+      if (window > 0) sliding_window = window;
+    }
+    if (factors[0] != nullptr) {
+      if (!rope_scaling.is_null()) {
+        return absl::UnimplementedError(
+            absl::StrCat(f.path(), ": longrope factors together with ", a, ".rope.scaling.type '",
+                         rope_scaling["type"].get<std::string>(), "' are not supported"));
+      }
+      if (!original_context.has_value()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(f.path(), ": ", a,
+                         ".rope.scaling.original_context_length is required with longrope "
+                         "factors"));
+      }
+      longrope = {{"type", "longrope"}};
+      for (int k = 0; k < 2; ++k) {
+        const TensorInfo* t = factors[k];
+        if (t->type != TensorType::kF32 || t->numel() != head_dim / 2 || t->data == nullptr) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              f.path(), ": tensor '", t->name, "' must be F32 with head_dim / 2 = ", head_dim / 2,
+              " values, got type ", static_cast<int>(t->type), " and ", t->numel(), " values"));
+        }
+        std::vector<float> v(static_cast<size_t>(head_dim / 2));
+        std::memcpy(v.data(), t->data, v.size() * sizeof(float));
+        json list = json::array();
+        for (const float x : v) {
+          if (!(x > 0) || !std::isfinite(x)) {
+            return absl::InvalidArgumentError(absl::StrCat(f.path(), ": tensor '", t->name,
+                                                           "' holds ", x,
+                                                           ", expected positive finite numbers"));
+          }
+          list.push_back(static_cast<double>(x));
+        }
+        longrope[k == 0 ? "short_factor" : "long_factor"] = std::move(list);
+      }
+    }
+  }
+
   int64_t vocab = 0;
   if (const gguf::Value* tokens = f.Find("tokenizer.ggml.tokens"); tokens != nullptr) {
     vocab = static_cast<int64_t>(tokens->count);
@@ -460,6 +541,9 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
             {"vocab_size", vocab},
             {"tie_word_embeddings", f.FindTensor("output.weight") == nullptr}};
   if (!rope_scaling.is_null()) j["rope_scaling"] = rope_scaling;
+  if (!longrope.is_null()) j["rope_scaling"] = longrope;
+  if (original_context.has_value()) j["original_max_position_embeddings"] = *original_context;
+  if (phi3) j["sliding_window"] = sliding_window.has_value() ? json(*sliding_window) : json();
   if (qwen_moe) j["model_type"] = qwen2moe ? "qwen2_moe" : "qwen3_moe";
   if (!moe.is_null()) {
     if (a == "llama") j["model_type"] = "mixtral";
@@ -479,6 +563,29 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
   }
   // The norm eps is f32 in the file: keep it bit-exact.
   config->norm_eps = static_cast<float>(*eps);
+  if (phi3 && config->rope_scaling.type != RopeScalingType::kLongRope &&
+      f.Has(a + ".rope.scaling.attn_factor")) {
+    absl::StatusOr<double> v = f.GetFloat(a + ".rope.scaling.attn_factor");
+    if (!v.ok()) return AsInvalid(v.status());
+    if (*v != 1.0) {
+      return absl::UnimplementedError(absl::StrCat(f.path(), ": ", a,
+                                                   ".rope.scaling.attn_factor = ", *v,
+                                                   " without longrope factors is not supported"));
+    }
+  }
+  if (config->rope_scaling.type == RopeScalingType::kLongRope &&
+      f.Has(a + ".rope.scaling.attn_factor")) {
+    // The converter's attention factor (f32) must be the one transformers computes.
+    absl::StatusOr<double> v = f.GetFloat(a + ".rope.scaling.attn_factor");
+    if (!v.ok()) return AsInvalid(v.status());
+    const double want = config->rope_scaling.attention_factor.value_or(1.0);
+    if (static_cast<float>(*v) != static_cast<float>(want)) {
+      return absl::UnimplementedError(absl::StrCat(
+          f.path(), ": ", a, ".rope.scaling.attn_factor = ", *v,
+          " differs from transformers' sqrt(1 + ln(context / original) / ln(original)) = ", want,
+          ", which the runtime uses"));
+    }
+  }
   if (!freq_divisors.empty()) {
     config->rope_scaling.type = RopeScalingType::kFreqDivisors;
     config->rope_scaling.freq_divisors = std::move(freq_divisors);
@@ -530,7 +637,9 @@ absl::Status CheckWidenedBytes(const GgufFile& f, const ModelConfig& config, int
   int64_t widened = 0;
   std::vector<std::string> types;
   for (const TensorInfo& t : f.tensors()) {
-    if (t.name == kRopeFreqs || PlanTensor(t, config).holding != Holding::kWidened) continue;
+    if (IsRopeTensor(t.name, config.model_type) ||
+        PlanTensor(t, config).holding != Holding::kWidened)
+      continue;
     widened += t.numel() * static_cast<int64_t>(sizeof(float));
     const std::string type(TensorTypeName(t.type));
     if (std::find(types.begin(), types.end(), type) == types.end()) types.push_back(type);
@@ -560,8 +669,9 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
   UsePool use(pool.get());
   std::unique_ptr<WeightStore> store = WeightStore::CreateEmpty(f.path());
   for (const TensorInfo& t : f.tensors()) {
-    if (t.name == kRopeFreqs) continue;  // read by GgufModelConfig
-    const std::string name = RuntimeName(t.name, config.moe.layout == MoeLayout::kMixtral);
+    if (IsRopeTensor(t.name, config.model_type)) continue;  // read by GgufModelConfig
+    const std::string name =
+        RuntimeName(t.name, config.moe.layout == MoeLayout::kMixtral, config.model_type == "phi3");
     if (name.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(f.path(), ": tensor '", t.name,
                                                      "' is not a tensor of a ", config.model_type,

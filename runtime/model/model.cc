@@ -291,6 +291,17 @@ kernels::RopeScaling KernelRopeScaling(const ModelConfig& config) {
       k.type = kernels::RopeScalingType::kDynamic;
       k.context_length = config.max_position_embeddings;
       break;
+    case RopeScalingType::kLongRope:
+      // Short factors up to original_max_position_embeddings, long ones past it; the
+      // attention factor from max / original (Phi3LongRoPEScaledRotaryEmbedding).
+      SPANSERVE_CHECK(static_cast<int64_t>(rs.short_factor.size()) == config.head_dim / 2 &&
+                      static_cast<int64_t>(rs.long_factor.size()) == config.head_dim / 2);
+      k.type = kernels::RopeScalingType::kLongRope;
+      k.context_length = rs.original_max_position_embeddings;
+      k.short_factor = rs.short_factor.data();
+      k.long_factor = rs.long_factor.data();
+      k.attention_factor = rs.attention_factor.value_or(1.0);
+      break;
     case RopeScalingType::kFreqDivisors:
       SPANSERVE_CHECK(static_cast<int64_t>(rs.freq_divisors.size()) == config.head_dim / 2);
       k.type = kernels::RopeScalingType::kFreqDivisors;
@@ -438,7 +449,12 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache
   b.host_positions.clear();
   b.host_logit_rows.clear();
   b.rope_runs.clear();
+  // Dynamic NTK and LongRoPE rotate a token for a sequence length: prompt tokens of prompts
+  // longer than `rope_context` may need other rows than the per-position ones.
   const bool dynamic_rope = c.rope_scaling.type == RopeScalingType::kDynamic;
+  const bool longrope = c.rope_scaling.type == RopeScalingType::kLongRope;
+  const int64_t rope_context =
+      longrope ? c.rope_scaling.original_max_position_embeddings : c.max_position_embeddings;
   int64_t row = 0;
   int64_t rope_step_rows = 0;
   for (const SequenceInput& s : batch) {
@@ -448,10 +464,13 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache
     // Dynamic NTK: the token at position p is rotated for the length max(prompt, p + 1).
     // The per-position rows hold max(p + 1, max_position_embeddings); prompt tokens with
     // p + 1 < prompt past max_position_embeddings take per-step rows of the prompt's length.
+    // LongRoPE likewise past original_max_position_embeddings, where only the positions
+    // p < original_max_position_embeddings differ from their per-position (short) rows.
     const int64_t prompt = s.rope_prompt_length > 0 ? s.rope_prompt_length : s.cached + n;
     int32_t step_tokens = 0;
-    if (dynamic_rope && prompt > c.max_position_embeddings) {
-      step_tokens = static_cast<int32_t>(std::clamp<int64_t>(prompt - 1 - s.cached, 0, n));
+    if ((dynamic_rope || longrope) && prompt > rope_context) {
+      const int64_t end = longrope ? std::min(prompt - 1, rope_context) : prompt - 1;
+      step_tokens = static_cast<int32_t>(std::clamp<int64_t>(end - s.cached, 0, n));
     }
     if (step_tokens > 0) {
       b.rope_runs.push_back({prompt, s.cached, step_tokens});

@@ -79,9 +79,9 @@ struct SequenceInput {
   int32_t cached = 0;                    // tokens of this sequence already in the KV cache
   std::span<const int32_t> block_table;  // physical blocks, covering cached + n tokens
   LogitsMode logits = LogitsMode::kLast;
-  // Dynamic NTK RoPE only (other models ignore it): the length n of the request's original
-  // prompt. The token at position p is rotated (query and key) for the sequence length
-  // max(n, p + 1), whatever the step's chunking, batching or recomputation. 0: n is
+  // Dynamic NTK and LongRoPE only (other models ignore it): the length n of the request's
+  // original prompt. The token at position p is rotated (query and key) for the sequence
+  // length max(n, p + 1), whatever the step's chunking, batching or recomputation. 0: n is
   // cached + tokens.size(), as if the text up to this step's end were the prompt (a
   // single forward over a text, as transformers scores one; then one token per step
   // reproduces transformers' generate). At most Model::config().MaxPositions().

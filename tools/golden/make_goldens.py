@@ -13,8 +13,9 @@ Two sources:
                   dtype, reloaded (widened to f32) and run in float32;
   * transformers — a tiny random Hugging Face model (LlamaForCausalLM, Qwen2ForCausalLM,
                   MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM,
-                  GemmaForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM) written with
-                  save_pretrained; the logits come from the HF model itself.
+                  GemmaForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM,
+                  Phi3ForCausalLM) written with save_pretrained; the logits come from the HF
+                  model itself.
 
 hf_qwen3 and hf_qwen3_moe need transformers >= 4.51 (Qwen3, Qwen3-MoE), which the pinned
 4.46.3 lacks: a run with the pinned version keeps the committed directories (and says so).
@@ -26,14 +27,20 @@ load_state_dict.
 
 Checks (the script fails if one does not hold):
   * every golden against an independent float64 numpy implementation
-    (tools/reference/numpy_ref.py): max|f32 - f64| / max|f64| <= tolerance / 10;
+    (tools/reference/numpy_ref.py): max|f32 - f64| / max|f64| <= tolerance / 10 (not the
+    Phi-3 cases: neither reference reads fused tensors or longrope; their mutations are
+    transformers models, hf_mutations);
   * the reference loads every transformers case and matches HF within 1e-5, and every
     reference case whose model type HF knows (llama, qwen2_moe, mixtral, olmoe; spanserve
     `pre` via a LlamaConfig) loads into HF and matches within 1e-5;
   * the goldens are sensitive: mutating RoPE, the norm names or the scalars of a case moves
     its logits by far more than its tolerance; MoE top-k choices are not near ties;
   * recorded generations are GEN_MARGIN away from a tie at every step and differ from the
-    tokens of a full forward per step (they depend on how the cached keys are rotated).
+    tokens of a full forward per step (they depend on how the cached keys are rotated;
+    longrope prompts past original_max_position_embeddings excepted, whose keys are all
+    rotated with the long factors either way). For Phi-3 the script also logs whether
+    generate()'s own steps (Phi3ForCausalLM.prepare_inputs_for_generation drops the cache
+    at the first step past original_max_position_embeddings) agree with them.
 
 Deterministic: fixed seeds, one torch thread; rerunning rewrites identical bytes.
 """
@@ -152,7 +159,8 @@ REF_CASES = {
 
 HF_CASES = ["hf_llama", "hf_qwen2", "hf_mixtral", "hf_qwen2_moe", "hf_olmoe",
             "hf_llama3_rope", "hf_qwen2_yarn", "hf_mistral_sliding", "hf_qwen2_sliding",
-            "hf_gemma", "hf_qwen3", "hf_qwen3_moe", "hf_llama_dynamic"]
+            "hf_gemma", "hf_qwen3", "hf_qwen3_moe", "hf_llama_dynamic", "hf_phi3",
+            "hf_phi3_longrope"]
 # Cases whose Hugging Face class is newer than the pinned transformers (see the docstring).
 HF_MIN_VERSION = {"hf_qwen3": (4, 51), "hf_qwen3_moe": (4, 51)}
 # Sequence lengths per case (default LENGTHS): the RoPE scaling cases go well past their
@@ -161,10 +169,12 @@ HF_MIN_VERSION = {"hf_qwen3": (4, 51), "hf_qwen3_moe": (4, 51)}
 # Dynamic NTK (max_position_embeddings 32): one sequence within it, two past it.
 CASE_LENGTHS = {"hf_llama3_rope": (40, 96, 70), "hf_qwen2_yarn": (50, 96, 80),
                 "hf_mistral_sliding": (24, 45, 33), "hf_qwen2_sliding": (24, 45, 33),
-                "hf_llama_dynamic": (24, 60, 45)}
+                "hf_llama_dynamic": (24, 60, 45), "hf_phi3": (7, 29, 13),
+                "hf_phi3_longrope": (24, 70, 45)}
 # Greedy generations recorded per case: (prompt length, new tokens). Dynamic NTK: a prompt
 # within max_position_embeddings generating past it, and one longer than it.
-HF_GENERATE = {"hf_llama_dynamic": ((20, 40), (44, 30))}
+HF_GENERATE = {"hf_llama_dynamic": ((20, 40), (44, 30)),
+               "hf_phi3_longrope": ((20, 40), (44, 30))}
 
 
 def log(*a):
@@ -338,7 +348,8 @@ def hf_class(model_type):
             "mixtral": T.MixtralForCausalLM, "qwen2_moe": T.Qwen2MoeForCausalLM,
             "olmoe": T.OlmoeForCausalLM, "gemma": T.GemmaForCausalLM,
             "qwen3": getattr(T, "Qwen3ForCausalLM", None),
-            "qwen3_moe": getattr(T, "Qwen3MoeForCausalLM", None)}.get(model_type)
+            "qwen3_moe": getattr(T, "Qwen3MoeForCausalLM", None),
+            "phi3": T.Phi3ForCausalLM}.get(model_type)
 
 
 def hf_reset_rope(model):
@@ -386,24 +397,62 @@ def hf_greedy(model, prompt, new, use_cache=True):
     return toks, margin
 
 
+@torch.no_grad()
+def hf_generate_steps(model, prompt, new):
+    """generate(do_sample=False)'s greedy loop, step by step (prepare_inputs_for_generation,
+    forward, cache_position + 1), without generate() itself (which imports torch modules the
+    project's torch lacks)."""
+    from transformers.cache_utils import DynamicCache
+    hf_reset_rope(model)
+    ids = torch.tensor([prompt])
+    past = DynamicCache()
+    cache_position = torch.arange(len(prompt))
+    for _ in range(new):
+        inputs = model.prepare_inputs_for_generation(
+            ids, past_key_values=past, attention_mask=torch.ones_like(ids),
+            cache_position=cache_position, use_cache=True, num_logits_to_keep=1)
+        out = model(**inputs, return_dict=True)
+        past = out.past_key_values
+        ids = torch.cat([ids, out.logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        cache_position = cache_position[-1:] + 1
+    hf_reset_rope(model)
+    return ids[0, len(prompt):].tolist()
+
+
 def hf_generations(model, case, seed, vocab):
     """The HF_GENERATE generations of `case`: the first deterministic prompts whose greedy
     steps are all GEN_MARGIN away from a tie and whose tokens differ from those of a full
     forward per step (so that they depend on the rotation of the cached keys)."""
     out = []
     for k, (prompt_len, new) in enumerate(HF_GENERATE.get(case, ())):
+        # LongRoPE: a prompt past original_max_position_embeddings rotates every key with the
+        # long factors whichever way it is cut, so its tokens equal the full forwards'.
+        rs = getattr(model.config, "rope_scaling", None) or {}
+        same_ok = (rs.get("type") == "longrope"
+                   and prompt_len > model.config.original_max_position_embeddings)
         for attempt in range(200):
             g = torch.Generator().manual_seed(seed * 31 + 1009 * k + 1000003 * attempt)
             prompt = torch.randint(3, vocab, (prompt_len,), generator=g).tolist()
             tokens, margin = hf_greedy(model, prompt, new)
             full, _ = hf_greedy(model, prompt, new, use_cache=False)
-            if margin >= GEN_MARGIN and tokens != full:
+            if margin >= GEN_MARGIN and (tokens != full or same_ok):
                 break
         else:
             raise RuntimeError(f"{case}: no generation away from ties")
-        first = next(i for i, (a, b) in enumerate(zip(tokens, full)) if a != b)
+        first = next((i for i, (a, b) in enumerate(zip(tokens, full)) if a != b), None)
         log(f"{case}: generation {k}: prompt {prompt_len} + {new} tokens, margin {margin:.2e}, "
             f"first difference from full forwards at token {first}")
+        if model.config.model_type == "phi3":
+            # Phi3ForCausalLM.prepare_inputs_for_generation (4.46.3) drops the cache when the
+            # text first passes original_max_position_embeddings; say whether generate()
+            # nonetheless agrees with the cached forwards recorded here.
+            gen = hf_generate_steps(model, prompt, new)
+            d = next((i for i, (a, b) in enumerate(zip(tokens, gen)) if a != b), None)
+            d_full = next((i for i, (a, b) in enumerate(zip(full, gen)) if a != b), None)
+            log(f"{case}: generation {k}: generate()'s steps "
+                + ("agree" if d is None else f"differ from token {d}")
+                + ("; equal the full forwards" if d_full is None
+                   else f"; differ from the full forwards from token {d_full}"))
         out.append({"prompt": prompt, "tokens": tokens})
     return out
 
@@ -426,6 +475,10 @@ def hf_load(d):
     cls = hf_class(mt)
     if cls is None:
         return None
+    if mt == "phi3":
+        # The eager attention (its mask applies sliding_window as Mistral's).
+        return cls.from_pretrained(d, torch_dtype=torch.float32,
+                                   attn_implementation="eager").eval()
     if mt in ("qwen3", "qwen3_moe") and int(torch.__version__.split(".")[0]) < 2:
         # transformers 4.51's from_pretrained needs torch >= 2: build the model from the
         # saved config and load the saved tensors into it.
@@ -527,11 +580,97 @@ def hf_config(case):
                                        decoder_sparse_step=1, mlp_only_layers=[1],
                                        rope_theta=1000000.0, use_sliding_window=False,
                                        attention_bias=False)), 212
+    if case == "hf_phi3":
+        # Phi-3 (fused qkv_proj / gate_up_proj, head_dim = hidden / heads = 16) with
+        # Phi-3-mini-4k's sliding window shrunk to 12 positions (sequences up to 29).
+        return T.Phi3Config(**dict(common, hidden_size=64, num_hidden_layers=2,
+                                   intermediate_size=48, rope_theta=10000.0,
+                                   original_max_position_embeddings=128, sliding_window=12,
+                                   pad_token_id=0)), 214
+    if case == "hf_phi3_longrope":
+        # Phi-3-128k's longrope over an original context of 32 (max 128: attention factor
+        # sqrt(1 + ln 4 / ln 32)), 8 distinct short and long factors; sequences and
+        # generations up to 74.
+        return T.Phi3Config(**dict(common, hidden_size=64, num_hidden_layers=2,
+                                   intermediate_size=48, rope_theta=10000.0,
+                                   original_max_position_embeddings=32, sliding_window=None,
+                                   pad_token_id=0,
+                                   rope_scaling={"type": "longrope",
+                                                 "short_factor": list(PHI3_SHORT),
+                                                 "long_factor": list(PHI3_LONG)})), 215
     if case == "hf_olmoe":
         return T.OlmoeConfig(**dict(common, intermediate_size=20, num_experts=4,
                                     num_experts_per_tok=2, norm_topk_prob=False,
                                     clip_qkv=None, pad_token_id=0)), 205
     raise KeyError(case)
+
+
+PHI3_SHORT = (1.0, 1.05, 1.12, 1.25, 1.4, 1.6, 1.85, 2.1)
+PHI3_LONG = (1.0, 1.3, 1.9, 2.8, 4.1, 6.0, 9.5, 14.0)
+
+
+@torch.no_grad()
+def hf_mutations(d, model):
+    """Phi-3 (which the reference implementations do not cover): transformers models with a
+    changed config or permuted weights."""
+    cls = hf_class("phi3")
+    config = model.config
+    sd = model.state_dict()
+    out = {}
+
+    def with_config(name, **kw):
+        c = copy.deepcopy(config)
+        for k, v in kw.items():
+            setattr(c, k, v)
+        m = cls(c).float().eval()
+        m.load_state_dict(sd)
+        out[name] = m
+
+    def with_weights(name, fn):
+        m = cls(copy.deepcopy(config)).float().eval()
+        m.load_state_dict({k: fn(k, v) for k, v in sd.items()})
+        out[name] = m
+
+    with_config("rope_theta_x2", rope_theta=config.rope_theta * 2)
+    q_dim = config.hidden_size
+    kv = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    inter = config.intermediate_size
+
+    def swap_kv(k, v):  # qkv_proj read as q, v, k
+        if not k.endswith("qkv_proj.weight"):
+            return v
+        return torch.cat([v[:q_dim], v[q_dim + kv:], v[q_dim:q_dim + kv]])
+
+    def swap_gate_up(k, v):  # gate_up_proj read as up, gate
+        if not k.endswith("gate_up_proj.weight"):
+            return v
+        return torch.cat([v[inter:], v[:inter]])
+
+    with_weights("qkv_k_v_swapped", swap_kv)
+    with_weights("gate_up_swapped", swap_gate_up)
+    if config.sliding_window:
+        with_config("no_sliding_window", sliding_window=None)
+        with_config("sliding_window_plus_1", sliding_window=config.sliding_window + 1)
+    rs = config.rope_scaling
+    if rs:
+        with_config("rope_unscaled", rope_scaling=None)
+        with_config("short_factors_only", rope_scaling=dict(rs, long_factor=rs["short_factor"]))
+        with_config("long_factors_only", rope_scaling=dict(rs, short_factor=rs["long_factor"]))
+        # max == original: attention factor 1, the same switch.
+        with_config("attention_factor_1",
+                    max_position_embeddings=config.original_max_position_embeddings)
+    return out
+
+
+@torch.no_grad()
+def check_hf_sensitivity(d, model, seqs, logits, tol, case):
+    worst = math.inf
+    for name, m in hf_mutations(d, model).items():
+        diff = max(rel_err(l2, l) for l2, l in zip(hf_logits(m, seqs), logits))
+        assert diff > 100 * tol, f"{case}: mutation {name} moves logits only {diff:.3g}"
+        log(f"{case}: mutation {name}: {diff:.2e}")
+        worst = min(worst, diff)
+    return worst
 
 
 def make_hf_case(case, report):
@@ -548,14 +687,23 @@ def make_hf_case(case, report):
         if os.path.exists(p):
             os.remove(p)
     model = hf_load(d)  # what is on disk
-    ref = load_model(d)
-    seqs, gap = pick_sequences(ref, seed, hc.vocab_size, CASE_LENGTHS.get(case, LENGTHS))
-    logits = hf_logits(model, seqs)
     tol = 1e-4
-    ref_err = max(rel_err(l, r) for l, r in zip(logits, ref_logits(ref, seqs)))
-    assert ref_err <= HF_MATCH, f"{case}: reference vs transformers rel err {ref_err:.3g}"
-    np_err = check_numpy(d, seqs, logits, tol, case)
-    sens = check_sensitivity(d, seqs, logits, tol, case)
+    if hc.model_type == "phi3":
+        # Neither reference implementation reads Phi-3's fused tensors or longrope: the
+        # goldens are transformers' own logits, and the mutations are transformers models.
+        seqs = sequences_for(seed, hc.vocab_size, 0, CASE_LENGTHS.get(case, LENGTHS))
+        gap = math.inf
+        logits = hf_logits(model, seqs)
+        ref_err = np_err = float("nan")
+        sens = check_hf_sensitivity(d, model, seqs, logits, tol, case)
+    else:
+        ref = load_model(d)
+        seqs, gap = pick_sequences(ref, seed, hc.vocab_size, CASE_LENGTHS.get(case, LENGTHS))
+        logits = hf_logits(model, seqs)
+        ref_err = max(rel_err(l, r) for l, r in zip(logits, ref_logits(ref, seqs)))
+        assert ref_err <= HF_MATCH, f"{case}: reference vs transformers rel err {ref_err:.3g}"
+        np_err = check_numpy(d, seqs, logits, tol, case)
+        sens = check_sensitivity(d, seqs, logits, tol, case)
     generations = hf_generations(model, case, seed, hc.vocab_size)
     write_golden(d, case, "transformers", "float32", tol, seqs, logits, generations)
     report[case] = dict(source="transformers", dtype="float32", tolerance=tol,

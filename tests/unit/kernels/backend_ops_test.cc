@@ -847,6 +847,11 @@ double ScaledInvFreq(int64_t i, int64_t head_dim, double theta, const RopeScalin
           theta * std::pow(s.factor * length / s.context_length - (s.factor - 1), d / (d - 2));
       return std::pow(base, -2.0 * static_cast<double>(i) / d);
     }
+    case RopeScalingType::kLongRope: {
+      const double length =
+          static_cast<double>(s.dynamic_length > 0 ? s.dynamic_length : s.first_position + row + 1);
+      return inv / (length > s.context_length ? s.long_factor[i] : s.short_factor[i]);
+    }
     case RopeScalingType::kNone:
     case RopeScalingType::kLinear:
       return inv;
@@ -907,11 +912,24 @@ TEST_P(BackendOpsTest, RopeTables) {
                              .context_length = 64.0,
                              .dynamic_length = 150,
                              .first_position = 80};
+  // LongRoPE: short factors up to the context of 32, long ones past it (a decoded token at
+  // each position), and the prompt rows of a 40-token forward (long factors throughout).
+  const std::vector<float> short_factor = {1.0f, 1.1f, 1.25f, 1.5f, 1.75f, 2.0f, 2.5f, 3.0f};
+  const std::vector<float> long_factor = {1.0f, 1.5f, 2.5f, 4.0f, 6.5f, 9.0f, 12.0f, 16.0f};
+  RopeScaling longrope{.type = RopeScalingType::kLongRope,
+                       .context_length = 32.0,
+                       .attention_factor = std::sqrt(1 + std::log(4.0) / std::log(32.0)),
+                       .short_factor = short_factor.data(),
+                       .long_factor = long_factor.data()};
+  RopeScaling longrope_prompt = longrope;
+  longrope_prompt.dynamic_length = 40;
+  longrope_prompt.first_position = 3;
   for (Case cs : {Case{16, 100, 10000.0, {}}, Case{24, 64, 1e6, linear4},
                   Case{64, 33, 500.0, linear25}, Case{32, 300, 10000.0, llama3},
                   Case{128, 80, 500000.0, llama3}, Case{32, 300, 10000.0, yarn},
                   Case{64, 200, 1e6, yarn_betas}, Case{16, 50, 10000.0, by_divisors},
-                  Case{16, 100, 10000.0, dynamic}, Case{64, 50, 1e6, dynamic_prompt}}) {
+                  Case{16, 100, 10000.0, dynamic}, Case{64, 50, 1e6, dynamic_prompt},
+                  Case{16, 80, 10000.0, longrope}, Case{16, 30, 10000.0, longrope_prompt}}) {
     const RopeScaling& sc = cs.scaling;
     SCOPED_TRACE(::testing::Message()
                  << "head_dim " << cs.head_dim << " theta " << cs.theta << " scaling "

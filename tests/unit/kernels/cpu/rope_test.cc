@@ -293,6 +293,60 @@ TEST(Rope, DynamicTablesRotateEachRowForItsLength) {
   }
 }
 
+// LongRoPE: 1 / (ext[i] · theta^(2i/d)) in f32, ext the short factors up to the context
+// and the long ones past it; each decode row switches at position context (length
+// context + 1), the prompt rows of a longer forward take the long ones throughout; cos and
+// sin times the attention factor.
+TEST(Rope, LongRopeTablesSwitchFactorsPastTheContext) {
+  const int64_t head_dim = 16, half = 8, context = 32, rows = 60;
+  const std::vector<float> short_factor = {1.0f, 1.05f, 1.12f, 1.25f, 1.4f, 1.6f, 1.85f, 2.1f};
+  const std::vector<float> long_factor = {1.0f, 1.3f, 1.9f, 2.8f, 4.1f, 6.0f, 9.5f, 14.0f};
+  const double attention = std::sqrt(1 + std::log(4.0) / std::log(32.0));
+  const RopeScaling decode{.type = RopeScalingType::kLongRope,
+                           .context_length = static_cast<double>(context),
+                           .attention_factor = attention,
+                           .short_factor = short_factor.data(),
+                           .long_factor = long_factor.data()};
+  std::vector<float> unscaled(half), inv_short(half), inv_long(half);
+  RopeInvFreq(head_dim, 10000.0, RopeScaling{}, unscaled.data());
+  RopeScaling at = decode;
+  at.dynamic_length = context;
+  RopeInvFreq(head_dim, 10000.0, at, inv_short.data());
+  at.dynamic_length = context + 1;
+  RopeInvFreq(head_dim, 10000.0, at, inv_long.data());
+  for (int64_t i = 0; i < half; ++i) {
+    // theta ** (arange(0, d, 2).float() / d) in f32, as the unscaled frequencies use it.
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+    const float power = static_cast<float>(std::pow(10000.0, static_cast<double>(exponent)));
+    EXPECT_EQ(unscaled[i], 1.0f / power) << i;
+    EXPECT_EQ(inv_short[i], 1.0f / (short_factor[i] * power)) << i;
+    EXPECT_EQ(inv_long[i], 1.0f / (long_factor[i] * power)) << i;
+  }
+  std::vector<float> cos_t(rows * half), sin_t(rows * half);
+  RopeTables(rows, head_dim, 10000.0, decode, cos_t.data(), sin_t.data());
+  const float scale = static_cast<float>(attention);
+  auto expect_row = [&](const float* c, const float* s, int64_t pos, const float* inv) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(pos) * inv[i];
+      ASSERT_EQ(c[i], static_cast<float>(std::cos(static_cast<double>(angle))) * scale)
+          << pos << "," << i;
+      ASSERT_EQ(s[i], static_cast<float>(std::sin(static_cast<double>(angle))) * scale)
+          << pos << "," << i;
+    }
+  };
+  for (int64_t pos = 0; pos < rows; ++pos) {
+    expect_row(&cos_t[pos * half], &sin_t[pos * half], pos,
+               pos + 1 > context ? inv_long.data() : inv_short.data());
+  }
+  RopeScaling prompt = decode;
+  prompt.dynamic_length = 45;
+  prompt.first_position = 10;
+  std::vector<float> pc(30 * half), ps(30 * half);
+  RopeTables(30, head_dim, 10000.0, prompt, pc.data(), ps.data());
+  for (int64_t r = 0; r < 30; ++r)
+    expect_row(&pc[r * half], &ps[r * half], 10 + r, inv_long.data());
+}
+
 TEST(Rope, ApplyRotatesHalvesAsRotateHalf) {
   const int64_t tokens = 4, heads = 3, head_dim = 10, max_pos = 50;
   const int64_t half = head_dim / 2;

@@ -198,13 +198,13 @@ TEST(GgufModel, TiesEmbeddingsWhenOutputIsAbsent) {
 
 TEST(GgufModel, UnsupportedArchitectureIsNamed) {
   Variant v;
-  v.arch = "phi3";
-  const absl::Status s = LoadStatus(v, "phi3.gguf");
+  v.arch = "gemma";
+  const absl::Status s = LoadStatus(v, "gemma.gguf");
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
-  EXPECT_THAT(std::string(s.message()), HasSubstr("general.architecture 'phi3'"));
-  EXPECT_THAT(std::string(s.message()), HasSubstr("phi3.gguf"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("general.architecture 'gemma'"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("gemma.gguf"));
   EXPECT_THAT(std::string(s.message()),
-              HasSubstr("supported: llama, qwen2, qwen3, qwen2moe, qwen3moe"));
+              HasSubstr("supported: llama, qwen2, qwen3, qwen2moe, qwen3moe, phi3"));
 }
 
 // The GGUF name llama.cpp's converter gives a checkpoint tensor ("" for none).
@@ -215,6 +215,8 @@ std::string GgufName(const std::string& hf) {
   static constexpr std::pair<const char*, const char*> kBlock[] = {
       {"input_layernorm", "attn_norm"},
       {"post_attention_layernorm", "ffn_norm"},
+      {"self_attn.qkv_proj", "attn_qkv"},
+      {"mlp.gate_up_proj", "ffn_up"},
       {"self_attn.q_proj", "attn_q"},
       {"self_attn.k_proj", "attn_k"},
       {"self_attn.v_proj", "attn_v"},
@@ -378,6 +380,62 @@ TEST(GgufModel, Qwen2AndQwen3MatchTheirSafetensorsCheckpointsBitForBit) {
     EXPECT_EQ(c.qk_norm_per_head, arch == "qwen3");
     EXPECT_EQ(c.head_dim, (*original)->config().head_dim);
     EXPECT_EQ(Logits(**m, ids), want);
+  }
+}
+
+// Phi-3 as llama.cpp's converter (Phi3MiniModel) writes it: the fused attn_qkv and ffn_up
+// (gate rows, then up) as stored, not permuted; longrope's factors as the tensors
+// rope_factors_short / rope_factors_long with rope.scaling.original_context_length and
+// rope.scaling.attn_factor; sliding_window 0 for none. hf_phi3 (window 12) and
+// hf_phi3_longrope give bit-identical logits to the safetensors checkpoints, over a text
+// within and past the original context of 32.
+TEST(GgufModel, Phi3MatchesItsSafetensorsCheckpointsBitForBit) {
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 45; ++i) tokens.push_back((7 * i + 3) % 97);
+  for (const std::string name : {"hf_phi3", "hf_phi3_longrope"}) {
+    SCOPED_TRACE(name);
+    const std::string dir = std::string(SPANSERVE_TEST_DATA) + "/models/" + name;
+    auto original = model::Model::Load(dir);
+    ASSERT_TRUE(original.ok()) << original.status();
+    const model::ModelConfig& oc = (*original)->config();
+    const auto phi3_keys = [&](float attn_factor) {
+      return [&oc, attn_factor](GgufWriter& w) {
+        w.U32("phi3.rope.dimension_count", static_cast<uint32_t>(oc.head_dim));
+        w.U32("phi3.attention.sliding_window", static_cast<uint32_t>(oc.sliding_window));
+        const model::RopeScalingConfig& rs = oc.rope_scaling;
+        if (rs.type != model::RopeScalingType::kLongRope) return;
+        w.U32("phi3.rope.scaling.original_context_length",
+              static_cast<uint32_t>(rs.original_max_position_embeddings));
+        w.F32("phi3.rope.scaling.attn_factor", attn_factor);
+        w.AddF32("rope_factors_long.weight", {rs.long_factor.size()}, rs.long_factor);
+        w.AddF32("rope_factors_short.weight", {rs.short_factor.size()}, rs.short_factor);
+      };
+    };
+    const float attn = static_cast<float>(oc.rope_scaling.attention_factor.value_or(1.0));
+    for (const int32_t length : {20, 45}) {
+      SCOPED_TRACE(length);
+      const std::vector<int32_t> ids(tokens.begin(), tokens.begin() + length);
+      const std::vector<float> want = Logits(**original, ids);
+      auto m =
+          model::Model::Load(ConvertCheckpoint(dir, "phi3", name + ".gguf", true, phi3_keys(attn)));
+      ASSERT_TRUE(m.ok()) << m.status();
+      const model::ModelConfig& c = (*m)->config();
+      EXPECT_EQ(c.model_type, "phi3");
+      EXPECT_TRUE(c.fused_qkv && c.fused_gate_up);
+      EXPECT_EQ(c.sliding_window, oc.sliding_window);
+      EXPECT_EQ(c.rope_scaling.type, oc.rope_scaling.type);
+      EXPECT_EQ(c.rope_scaling.short_factor, oc.rope_scaling.short_factor);
+      EXPECT_EQ(c.rope_scaling.long_factor, oc.rope_scaling.long_factor);
+      EXPECT_EQ(Logits(**m, ids), want);
+    }
+    if (oc.rope_scaling.type == model::RopeScalingType::kLongRope) {
+      // An attention factor other than transformers' is refused, naming the key.
+      auto m = model::Model::Load(
+          ConvertCheckpoint(dir, "phi3", name + "_attn.gguf", true, phi3_keys(attn * 1.5f)));
+      ASSERT_FALSE(m.ok());
+      EXPECT_EQ(m.status().code(), absl::StatusCode::kUnimplemented) << m.status();
+      EXPECT_THAT(m.status().message(), HasSubstr("phi3.rope.scaling.attn_factor"));
+    }
   }
 }
 

@@ -2,9 +2,11 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -454,6 +456,173 @@ TEST(ModelConfig, DynamicRopeScaling) {
   EXPECT_EQ(c->MaxPositions(), 4096);
 }
 
+// microsoft/Phi-3-mini-4k-instruct's config.json keys (transformers' Phi3Config).
+json Phi3Mini4k() {
+  return json{{"architectures", {"Phi3ForCausalLM"}},
+              {"attention_bias", false},
+              {"attention_dropout", 0.0},
+              {"bos_token_id", 1},
+              {"embd_pdrop", 0.0},
+              {"eos_token_id", 32000},
+              {"hidden_act", "silu"},
+              {"hidden_size", 3072},
+              {"initializer_range", 0.02},
+              {"intermediate_size", 8192},
+              {"max_position_embeddings", 4096},
+              {"model_type", "phi3"},
+              {"num_attention_heads", 32},
+              {"num_hidden_layers", 32},
+              {"num_key_value_heads", 32},
+              {"original_max_position_embeddings", 4096},
+              {"pad_token_id", 32000},
+              {"resid_pdrop", 0.0},
+              {"rms_norm_eps", 1e-05},
+              {"rope_scaling", nullptr},
+              {"rope_theta", 10000.0},
+              {"sliding_window", 2047},
+              {"tie_word_embeddings", false},
+              {"torch_dtype", "bfloat16"},
+              {"use_cache", true},
+              {"vocab_size", 32064}};
+}
+
+// Phi-3.5-mini-instruct / Phi-3-mini-128k: longrope with 48 factors each (head_dim 96).
+json Phi3Mini128k() {
+  json j = Phi3Mini4k();
+  j["max_position_embeddings"] = 131072;
+  j["sliding_window"] = 262144;
+  std::vector<double> short_factor, long_factor;
+  for (int i = 0; i < 48; ++i) {
+    short_factor.push_back(1.0 + 0.01 * i);
+    long_factor.push_back(1.0 + 0.5 * i);
+  }
+  j["rope_scaling"] = {
+      {"type", "longrope"}, {"short_factor", short_factor}, {"long_factor", long_factor}};
+  return j;
+}
+
+TEST(ModelConfig, Phi3ParsesWithFusedProjectionsAndSlidingWindow) {
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(Phi3Mini4k().dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->model_type, "phi3");
+  EXPECT_TRUE(c->fused_qkv);
+  EXPECT_TRUE(c->fused_gate_up);
+  EXPECT_FALSE(c->attention_bias);
+  EXPECT_FALSE(c->o_proj_bias);
+  EXPECT_EQ(c->head_dim, 96);
+  EXPECT_EQ(c->rope_scaling.type, RopeScalingType::kNone);
+  EXPECT_EQ(c->activation, Activation::kSilu);
+  EXPECT_FALSE(c->tie_word_embeddings);
+  EXPECT_EQ(c->norm_placement, NormPlacement::kPre);
+  // Phi-3's eager mask applies sliding_window to every layer; absent or null: none.
+  EXPECT_EQ(c->sliding_window, 2047);
+  EXPECT_EQ(c->LayerSlidingWindow(31), 2047);
+  json j = Phi3Mini4k();
+  j.erase("sliding_window");
+  j.erase("rms_norm_eps");
+  j.erase("max_position_embeddings");
+  absl::StatusOr<ModelConfig> d = ParseModelConfig(j.dump());
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->sliding_window, 0);
+  EXPECT_FLOAT_EQ(d->norm_eps, 1e-5f);  // Phi3Config's defaults
+  EXPECT_EQ(d->max_position_embeddings, 4096);
+  // Harmless keys of other configs; partial_rotary_factor 1 and a matching head_dim.
+  j["partial_rotary_factor"] = 1.0;
+  j["head_dim"] = 96;
+  j["attention_bias"] = true;  // Phi3Config has none: transformers ignores the key
+  d = ParseModelConfig(j.dump());
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_FALSE(d->attention_bias);
+}
+
+TEST(ModelConfig, Phi3LongRopeParses) {
+  json j = Phi3Mini128k();
+  absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  const RopeScalingConfig& rs = c->rope_scaling;
+  EXPECT_EQ(rs.type, RopeScalingType::kLongRope);
+  ASSERT_EQ(rs.short_factor.size(), 48u);
+  ASSERT_EQ(rs.long_factor.size(), 48u);
+  EXPECT_EQ(rs.short_factor[3], 1.03f);
+  EXPECT_EQ(rs.long_factor[47], 24.5f);
+  EXPECT_EQ(rs.original_max_position_embeddings, 4096);
+  ASSERT_TRUE(rs.attention_factor.has_value());
+  EXPECT_DOUBLE_EQ(*rs.attention_factor, std::sqrt(1 + std::log(32.0) / std::log(4096.0)));
+  EXPECT_EQ(c->MaxPositions(), 131072);
+  EXPECT_EQ(c->sliding_window, 262144);
+  // Phi3Config renames the legacy "su" and "yarn" to longrope; rope_type is read too.
+  for (const char* type : {"su", "yarn"}) {
+    j["rope_scaling"]["type"] = type;
+    c = ParseModelConfig(j.dump());
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->rope_scaling.type, RopeScalingType::kLongRope) << type;
+  }
+  j["rope_scaling"].erase("type");
+  j["rope_scaling"]["rope_type"] = "longrope";
+  c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope_scaling.type, RopeScalingType::kLongRope);
+  // max_position_embeddings <= original: attention factor 1.
+  j["max_position_embeddings"] = 4096;
+  c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_DOUBLE_EQ(c->rope_scaling.attention_factor.value_or(0), 1.0);
+}
+
+TEST(ModelConfig, Phi3ErrorsNameTheKey) {
+  struct Fault {
+    const char* name;
+    json patch;
+    const char* needle;
+  };
+  const std::vector<Fault> faults = {
+      {"LongropeUnknownKey",
+       {{"rope_scaling", {{"factor", 32.0}}}},
+       "key 'rope_scaling.factor' is not supported with longrope for model_type 'phi3'"},
+      {"LongropeAttentionFactor",
+       {{"rope_scaling", {{"attention_factor", 1.2}}}},
+       "key 'rope_scaling.attention_factor' is not supported"},
+      {"ShortFactorLength",
+       {{"rope_scaling", {{"short_factor", {1.0, 2.0}}}}},
+       "key 'rope_scaling.short_factor' must have head_dim / 2 = 48 values, got 2"},
+      {"LongFactorMissing",
+       {{"rope_scaling", {{"long_factor", nullptr}}}},
+       "missing required key 'rope_scaling.long_factor'"},
+      {"LongFactorNotAList",
+       {{"rope_scaling", {{"long_factor", 2.0}}}},
+       "key 'rope_scaling.long_factor' must be a list of numbers"},
+      {"OtherRopeType",
+       {{"rope_scaling", {{"type", "linear"}}}},
+       "rope_scaling.type 'linear' is not supported for model_type 'phi3'"},
+      {"PartialRotary",
+       {{"partial_rotary_factor", 0.75}},
+       "key 'partial_rotary_factor' (0.75) is not supported"},
+      {"HeadDim", {{"head_dim", 128}}, "key 'head_dim' (128) must equal"},
+      {"OriginalZero",
+       {{"original_max_position_embeddings", 0}},
+       "key 'original_max_position_embeddings' must be positive"},
+  };
+  for (const Fault& f : faults) {
+    SCOPED_TRACE(f.name);
+    json j = Phi3Mini128k();
+    j.merge_patch(f.patch);
+    const absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+    ASSERT_FALSE(c.ok());
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(c.status().message(), HasSubstr(f.needle));
+  }
+  // A non-positive factor.
+  json j = Phi3Mini128k();
+  j["rope_scaling"]["short_factor"][5] = 0.0;
+  EXPECT_THAT(ParseModelConfig(j.dump()).status().message(),
+              HasSubstr("key 'rope_scaling.short_factor' must hold positive numbers"));
+  // longrope elsewhere: transformers' other classes do not switch factors.
+  j = json::parse(kLlama2Config);
+  j["rope_scaling"] = Phi3Mini128k()["rope_scaling"];
+  EXPECT_THAT(ParseModelConfig(j.dump()).status().message(),
+              HasSubstr("uses long_factor at every length"));
+}
+
 TEST(ModelConfig, LlamaAttentionBiasCoversOProj) {
   json j = json::parse(kLlama2Config);
   j["attention_bias"] = true;
@@ -826,7 +995,7 @@ INSTANTIATE_TEST_SUITE_P(
                     "head_dim (2) must be greater than 2 with rope_scaling type dynamic"},
         ConfigFault{"RopeScalingLongrope",
                     {{"rope_scaling", {{"type", "longrope"}, {"factor", 2.0}}}},
-                    "rope_scaling.type 'longrope' is not supported: it switches"},
+                    "rope_scaling.type 'longrope' is supported for model_type 'phi3' only"},
         ConfigFault{"RopeScalingUnknown",
                     {{"rope_scaling", {{"type", "ntk"}, {"factor", 2.0}}}},
                     "rope_scaling.type 'ntk' is not supported (supported: default, linear, "

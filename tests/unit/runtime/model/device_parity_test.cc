@@ -164,6 +164,8 @@ std::vector<Case> Cases() {
       "tests/data/models/hf_gemma",
       "tests/data/models/hf_qwen3",
       "tests/data/models/hf_qwen3_moe",
+      "tests/data/models/hf_phi3",
+      "tests/data/models/hf_phi3_longrope",
   };
   std::vector<Case> cases;
   for (bool emulated : {true, false}) {

@@ -15,6 +15,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "runtime/model/model_impl.h"
 #include "runtime/model/weights.h"
 
 namespace spanserve::model {
@@ -221,25 +222,39 @@ INSTANTIATE_TEST_SUITE_P(Cases, MoeGoldenTest, ::testing::ValuesIn(MoeCases()),
 
 TEST(ModelTest, GoldenCasesCoverEveryPlacementAndTransformers) {
   const std::vector<std::string> cases = GoldenCases();
-  for (const char* want :
-       {"pre", "post", "span", "b2t", "deepnorm", "sandwich", "mix", "span_bf16", "hf_llama",
-        "hf_qwen2", "hf_llama3_rope", "hf_qwen2_yarn", "hf_mistral_sliding", "hf_qwen2_sliding",
-        "hf_gemma", "hf_qwen3", "hf_qwen3_moe", "hf_llama_dynamic"}) {
+  for (const char* want : {"pre",
+                           "post",
+                           "span",
+                           "b2t",
+                           "deepnorm",
+                           "sandwich",
+                           "mix",
+                           "span_bf16",
+                           "hf_llama",
+                           "hf_qwen2",
+                           "hf_llama3_rope",
+                           "hf_qwen2_yarn",
+                           "hf_mistral_sliding",
+                           "hf_qwen2_sliding",
+                           "hf_gemma",
+                           "hf_qwen3",
+                           "hf_qwen3_moe",
+                           "hf_llama_dynamic",
+                           "hf_phi3",
+                           "hf_phi3_longrope"}) {
     EXPECT_NE(std::find(cases.begin(), cases.end(), want), cases.end()) << want;
   }
 }
 
-// transformers' batch-1 greedy generate with the KV cache (golden.json "generations") on a
-// dynamic NTK model: the prompt is one forward rotated for its own length, each new token at
-// position p its own forward (length p + 1), cached keys keep their rotation. SpanServe's
-// rule L(p) = max(prompt, p + 1) gives the same tokens, with the prompt whole or chunked.
-TEST(ModelTest, DynamicRopeGreedyGenerationEqualsTransformersGenerate) {
-  const std::string dir = CaseDir("hf_llama_dynamic");
+// transformers' batch-1 greedy decoding with the KV cache (golden.json "generations": the
+// prompt one forward, each new token its own, cached keys keep their rotation) on a model
+// whose rotation depends on the sequence length past `context` tokens. SpanServe's rule
+// L(p) = max(prompt, p + 1) gives the same tokens, with the prompt whole or chunked, and
+// rotating the tokens of a prompt past the context as if each were the last does not.
+void ExpectGenerationsEqualTransformers(const std::string& dir, int32_t context) {
   auto model = Model::Load(dir);
   ASSERT_TRUE(model.ok()) << model.status();
   const ModelConfig& c = (*model)->config();
-  ASSERT_EQ(c.rope_scaling.type, RopeScalingType::kDynamic);
-  ASSERT_EQ(c.max_position_embeddings, 32);
   std::ifstream in(dir + "/golden.json");
   const nlohmann::json j = nlohmann::json::parse(in);
   ASSERT_EQ(j.at("generations").size(), 2u);
@@ -249,9 +264,9 @@ TEST(ModelTest, DynamicRopeGreedyGenerationEqualsTransformersGenerate) {
     const std::vector<int32_t> want = gen.at("tokens").get<std::vector<int32_t>>();
     const int32_t n = static_cast<int32_t>(prompt.size());
     const int32_t total = n + static_cast<int32_t>(want.size());
-    ASSERT_GT(total, c.max_position_embeddings);  // generates past the unscaled context
-    short_prompt |= n < c.max_position_embeddings;
-    long_prompt |= n > c.max_position_embeddings;
+    ASSERT_GT(total, context);  // generates past the context
+    short_prompt |= n < context;
+    long_prompt |= n > context;
     // prompt_chunk 0: the prompt in one forward with the default rope_prompt_length (the
     // tokens up to the step's end); otherwise in chunks, each naming the prompt's length.
     std::vector<float> first_logits;
@@ -292,7 +307,7 @@ TEST(ModelTest, DynamicRopeGreedyGenerationEqualsTransformersGenerate) {
     }
     // Rotating the prompt as if each token were the last (the per-position rows alone)
     // changes the output when the prompt is past the context: the rule is what matches.
-    if (n > c.max_position_embeddings) {
+    if (n > context) {
       Runner run(**model);
       const std::vector<int32_t> table = run.Blocks(total);
       std::vector<float> stepwise(c.vocab_size);
@@ -310,6 +325,94 @@ TEST(ModelTest, DynamicRopeGreedyGenerationEqualsTransformersGenerate) {
     }
   }
   EXPECT_TRUE(short_prompt && long_prompt);
+}
+
+// Dynamic NTK: the length is measured against max_position_embeddings (32).
+TEST(ModelTest, DynamicRopeGreedyGenerationEqualsTransformersGenerate) {
+  const std::string dir = CaseDir("hf_llama_dynamic");
+  const absl::StatusOr<ModelConfig> c = LoadModelConfig(dir);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->rope_scaling.type, RopeScalingType::kDynamic);
+  ASSERT_EQ(c->max_position_embeddings, 32);
+  ExpectGenerationsEqualTransformers(dir, c->max_position_embeddings);
+}
+
+// LongRoPE (Phi-3): short factors up to original_max_position_embeddings (32), long ones
+// past it. The goldens are transformers' forwards with its KV cache, one token per step.
+TEST(ModelTest, LongRopeGreedyGenerationEqualsTransformersCachedDecoding) {
+  const std::string dir = CaseDir("hf_phi3_longrope");
+  const absl::StatusOr<ModelConfig> c = LoadModelConfig(dir);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->rope_scaling.type, RopeScalingType::kLongRope);
+  ASSERT_EQ(c->rope_scaling.original_max_position_embeddings, 32);
+  ASSERT_EQ(c->max_position_embeddings, 128);
+  ASSERT_EQ(c->MaxPositions(), 128);
+  ExpectGenerationsEqualTransformers(dir, c->rope_scaling.original_max_position_embeddings);
+}
+
+// Phi-3: fused qkv_proj [(4 + 2·2)·16, 64] and gate_up_proj [2·48, 64], no biases, untied.
+TEST(ModelTest, Phi3ExpectsExactlyItsTensors) {
+  const absl::StatusOr<ModelConfig> c = LoadModelConfig(CaseDir("hf_phi3"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->fused_qkv);
+  EXPECT_TRUE(c->fused_gate_up);
+  EXPECT_FALSE(c->attention_bias);
+  EXPECT_EQ(c->head_dim, 16);
+  EXPECT_EQ(c->sliding_window, 12);
+  EXPECT_EQ(c->KvWindow(), 12);
+  std::vector<std::pair<std::string, std::vector<int64_t>>> want = {
+      {"model.embed_tokens.weight", {97, 64}},
+      {"model.norm.weight", {64}},
+      {"lm_head.weight", {97, 64}}};
+  for (int l = 0; l < 2; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    want.push_back({p + "input_layernorm.weight", {64}});
+    want.push_back({p + "post_attention_layernorm.weight", {64}});
+    want.push_back({p + "self_attn.qkv_proj.weight", {128, 64}});
+    want.push_back({p + "self_attn.o_proj.weight", {64, 64}});
+    want.push_back({p + "mlp.gate_up_proj.weight", {96, 64}});
+    want.push_back({p + "mlp.down_proj.weight", {64, 48}});
+  }
+  auto got = ExpectedTensors(*c);
+  std::sort(got.begin(), got.end());
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(got, want);
+}
+
+// The fused tensors are bound in place: q, k and v (gate and up) are consecutive row ranges
+// of the mapped tensor, not copies.
+TEST(ModelTest, Phi3BindsFusedRowsInPlace) {
+  const std::string dir = CaseDir("hf_phi3");
+  auto model = Model::Load(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const ModelConfig& c = (*model)->config();
+  auto store = WeightStore::OpenDirectory(dir);
+  ASSERT_TRUE(store.ok()) << store.status();
+  ModelWeights weights;
+  ExpertLoad load;
+  ASSERT_TRUE(
+      BindWeights(c, store->get(), &(*model)->backend(), MatrixPrecisions{}, &weights, &load).ok());
+  for (int l = 0; l < c.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const int64_t qkv_shape[2] = {128, 64};
+    auto qkv = (*store)->Get(p + "self_attn.qkv_proj.weight", qkv_shape);
+    ASSERT_TRUE(qkv.ok()) << qkv.status();
+    const auto* base = static_cast<const float*>(qkv->data);
+    const LayerWeights& lw = weights.layers[l];
+    EXPECT_EQ(lw.q.data, base);
+    EXPECT_EQ(lw.k.data, base + 64 * 64);
+    EXPECT_EQ(lw.v.data, base + 96 * 64);
+    EXPECT_EQ(lw.q.rows, 64);
+    EXPECT_EQ(lw.k.rows, 32);
+    EXPECT_EQ(lw.v.rows, 32);
+    const int64_t gate_up_shape[2] = {96, 64};
+    auto gate_up = (*store)->Get(p + "mlp.gate_up_proj.weight", gate_up_shape);
+    ASSERT_TRUE(gate_up.ok()) << gate_up.status();
+    EXPECT_EQ(lw.mlp.gate.data, gate_up->data);
+    EXPECT_EQ(lw.mlp.up.data, static_cast<const float*>(gate_up->data) + 48 * 64);
+    EXPECT_EQ(lw.mlp.gate.rows, 48);
+    EXPECT_EQ(lw.mlp.up.rows, 48);
+  }
 }
 
 // Dynamic NTK reaches max_position_embeddings × factor positions, and no further.
