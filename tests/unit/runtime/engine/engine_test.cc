@@ -3,6 +3,7 @@
 #include "runtime/engine/engine.h"
 
 #include <atomic>
+#include <chrono>
 #include <future>
 #include <thread>
 
@@ -135,9 +136,24 @@ TEST(EngineTest, FullWaitingQueueAnswersResourceExhausted) {
   o.max_num_seqs = 1;
   o.max_waiting_requests = 2;
   auto engine = MakeEngine(o);
+  // The first request's output callback holds the engine thread until every submission is
+  // made, so no request can finish (and free its place) while the queue is being filled,
+  // however the threads are scheduled.
+  std::atomic<bool> release{false};
+  std::atomic<int> first_finals{0};
+  std::atomic<bool> first_by_length{false};
+  Request first = Greedy({5, 6, 7}, 100);
+  first.on_output = [&](RequestOutput&& out) {
+    while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (out.final.has_value()) {
+      first_finals.fetch_add(1);
+      first_by_length.store(out.final->reason == FinishReason::kLength);
+    }
+  };
+  ASSERT_TRUE(engine->Submit(std::move(first)).ok());
   std::vector<RequestHandle> accepted;
   int rejected = 0;
-  for (int i = 0; i < 12; ++i) {
+  for (int i = 1; i < 12; ++i) {
     auto h = engine->Submit(Greedy({5, 6, 7}, 100));
     if (h.ok()) {
       accepted.push_back(*h);
@@ -146,12 +162,20 @@ TEST(EngineTest, FullWaitingQueueAnswersResourceExhausted) {
       ++rejected;
     }
   }
-  EXPECT_GE(rejected, 9);  // at most one running, two waiting
+  release.store(true);
+  // At most one running and two waiting: of the 12, at least 9 were turned away.
+  EXPECT_GE(rejected, 9);
+  EXPECT_LE(accepted.size(), 2u);
   for (RequestHandle& h : accepted) {
     const Collected c = testing::Drain(*h.stream);
     EXPECT_EQ(c.num_finals, 1);
     EXPECT_EQ(c.final.reason, FinishReason::kLength);
   }
+  for (int i = 0; i < 10000 && first_finals.load() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(first_finals.load(), 1);
+  EXPECT_TRUE(first_by_length.load());
   ExpectIdleAndWhole(*engine);
 }
 
