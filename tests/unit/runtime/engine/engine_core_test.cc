@@ -187,6 +187,109 @@ class EngineCoreTest : public ::testing::Test {
     return compared;
   }
 
+  // For a model whose RoPE depends on the prompt's length (dynamic NTK, LongRoPE; context
+  // 32, 128 positions, golden generations in `dir`/golden.json): chunked = whole prefill,
+  // prefix cache on = off with the given hits of requests 1-4 and 6-7, and transformers'
+  // greedy tokens alone, batched and under preemption.
+  static void ExpectLengthDependentRopeInvariances(model::Model& m, const std::string& dir,
+                                                   uint32_t seed,
+                                                   const int (&cached_prompt_tokens)[6]) {
+    // A shared 44-token prefix: requests 0-2 that prompt, 3 and 4 longer prompts over it, 5-7
+    // shorter than the context (32) over its first 20 tokens; then 8 random ones.
+    std::mt19937 rng(seed);
+    std::vector<int32_t> shared(44);
+    for (int32_t& t : shared) t = 3 + rng() % 90;
+    std::vector<Request> reqs(16);
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      Request& r = reqs[i];
+      if (i < 3) {
+        r.prompt = shared;
+      } else if (i < 5) {
+        r.prompt = shared;
+        for (size_t j = 0; j < 2 * i; ++j) r.prompt.push_back(3 + rng() % 90);
+      } else if (i < 8) {
+        r.prompt.assign(shared.begin(), shared.begin() + 20);
+        for (size_t j = 0; j < i; ++j) r.prompt.push_back(3 + rng() % 90);
+      } else {
+        const int len = std::uniform_int_distribution<int>(1, 70)(rng);
+        for (int k = 0; k < len; ++k) r.prompt.push_back(3 + rng() % 90);
+      }
+      r.sampling.temperature = 0;
+      r.sampling.max_tokens = 24;
+      r.sampling.ignore_eos = true;
+      r.sampling.prompt_logprobs = 0;  // logits at every prompt position
+    }
+    // Requests 0 and 5 first fill the prefix cache; the others then may hit it.
+    const std::vector<std::vector<int>> waves = {{0, 5},
+                                                 {1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}};
+    EngineOptions chunked = Options();
+    chunked.max_batched_tokens = 7;
+    EngineOptions whole = Options();
+    whole.enable_chunked_prefill = false;
+    whole.max_batched_tokens = 128;
+    whole.enable_prefix_caching = false;
+    EngineOptions uncached = chunked;
+    uncached.enable_prefix_caching = false;
+    // Chunked = whole prefill, with the logits of every prompt position.
+    const Run a = RunWaves(chunked, reqs, waves, true, &m);
+    const Run b = RunWaves(whole, reqs, waves, true, &m);
+    ExpectSameTokens(a, b);
+    int prompt_positions = 0;
+    for (const Request& r : reqs) prompt_positions += r.prompt.size();
+    EXPECT_GE(ExpectSameLogits(a, b), prompt_positions);
+    // Prefix cache on = off (without prompt logprobs, which keep a prompt from the cache): the
+    // same tokens and the same logits at every generated position.
+    std::vector<Request> plain = reqs;
+    for (Request& r : plain) r.sampling.prompt_logprobs.reset();
+    const Run on = RunWaves(chunked, plain, waves, true, &m);
+    const Run off = RunWaves(uncached, plain, waves, true, &m);
+    ExpectSameTokens(on, off);
+    ExpectSameTokens(on, a);
+    EXPECT_GE(ExpectSameLogits(on, off), 16 * 24);
+    EXPECT_EQ(off.prefix_hits, 0);
+    // Prefix-cache hits of requests 1-4 and 6-7, as the rotation regime allows them.
+    const int cached_of[] = {1, 2, 3, 4, 6, 7};
+    for (int k = 0; k < 6; ++k) {
+      EXPECT_EQ(on.out[cached_of[k]].final.cached_prompt_tokens, cached_prompt_tokens[k])
+          << "request " << cached_of[k];
+    }
+
+    // transformers' batch-1 greedy decoding with its KV cache (golden.json "generations"),
+    // alone, together with the requests above, and under block pressure (preempted sequences
+    // recompute their output as a prompt yet keep the rotation of the original one).
+    std::ifstream in(dir + "/golden.json");
+    const nlohmann::json j = nlohmann::json::parse(in);
+    std::vector<Request> gens;
+    std::vector<std::vector<int32_t>> want;
+    for (const auto& g : j.at("generations")) {
+      Request r;
+      r.prompt = g.at("prompt").get<std::vector<int32_t>>();
+      want.push_back(g.at("tokens").get<std::vector<int32_t>>());
+      r.sampling.temperature = 0;
+      r.sampling.max_tokens = static_cast<int32_t>(want.back().size());
+      r.sampling.ignore_eos = true;
+      gens.push_back(std::move(r));
+    }
+    ASSERT_EQ(gens.size(), 2u);
+    std::vector<Request> mixed = gens;
+    mixed.insert(mixed.end(), reqs.begin() + 8, reqs.end());
+    for (Request& r : mixed) r.sampling.prompt_logprobs.reset();
+    const int n = static_cast<int>(mixed.size());
+    EngineOptions tight = chunked;
+    tight.num_kv_blocks = 8;  // one full-length sequence (128 tokens)
+    for (const auto& [name, options, run_waves] :
+         {std::tuple{"alone", Options(), Alone(n)}, std::tuple{"chunked", chunked, Together(n)},
+          std::tuple{"pressured", tight, Together(n)}}) {
+      SCOPED_TRACE(name);
+      const Run run = RunWaves(options, mixed, run_waves, false, &m);
+      for (size_t i = 0; i < gens.size(); ++i) EXPECT_EQ(run.out[i].tokens, want[i]) << i;
+      if (std::string(name) == "pressured") {
+        EXPECT_GT(run.preemptions, 0);
+        EXPECT_GT(run.out[0].final.num_preemptions + run.out[1].final.num_preemptions, 0);
+      }
+    }
+  }
+
   static model::Model* model_;
   static kernels::Backend* backend_;
   static std::string skip_;
@@ -616,104 +719,10 @@ TEST_F(EngineCoreTest, DynamicRopeKeepsTheInvariancesAndEqualsTransformersGenera
   ASSERT_EQ(m.config().max_position_embeddings, 32);
   ASSERT_EQ(m.config().MaxPositions(), 128);
 
-  // Invariances. A shared 40-token prefix: requests 0-2 the same 44-token prompt, 3 and 4
-  // longer prompts over it (past the context: another length), 5-7 shorter than the context
-  // over its first 20 tokens; then 8 random ones.
-  std::mt19937 rng(11);
-  std::vector<int32_t> shared(44);
-  for (int32_t& t : shared) t = 3 + rng() % 90;
-  std::vector<Request> reqs(16);
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    Request& r = reqs[i];
-    if (i < 3) {
-      r.prompt = shared;
-    } else if (i < 5) {
-      r.prompt = shared;
-      for (size_t j = 0; j < 2 * i; ++j) r.prompt.push_back(3 + rng() % 90);
-    } else if (i < 8) {
-      r.prompt.assign(shared.begin(), shared.begin() + 20);
-      for (size_t j = 0; j < i; ++j) r.prompt.push_back(3 + rng() % 90);
-    } else {
-      const int len = std::uniform_int_distribution<int>(1, 70)(rng);
-      for (int k = 0; k < len; ++k) r.prompt.push_back(3 + rng() % 90);
-    }
-    r.sampling.temperature = 0;
-    r.sampling.max_tokens = 24;
-    r.sampling.ignore_eos = true;
-    r.sampling.prompt_logprobs = 0;  // logits at every prompt position
-  }
-  // Requests 0 and 5 first fill the prefix cache; the others then may hit it.
-  const std::vector<std::vector<int>> waves = {{0, 5},
-                                               {1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}};
-  EngineOptions chunked = Options();
-  chunked.max_batched_tokens = 7;
-  EngineOptions whole = Options();
-  whole.enable_chunked_prefill = false;
-  whole.max_batched_tokens = 128;
-  whole.enable_prefix_caching = false;
-  EngineOptions uncached = chunked;
-  uncached.enable_prefix_caching = false;
-  // Chunked = whole prefill, with the logits of every prompt position.
-  const Run a = RunWaves(chunked, reqs, waves, true, &m);
-  const Run b = RunWaves(whole, reqs, waves, true, &m);
-  ExpectSameTokens(a, b);
-  int prompt_positions = 0;
-  for (const Request& r : reqs) prompt_positions += r.prompt.size();
-  EXPECT_GE(ExpectSameLogits(a, b), prompt_positions);
-  // Prefix cache on = off (without prompt logprobs, which keep a prompt from the cache): the
-  // same tokens and the same logits at every generated position.
-  std::vector<Request> plain = reqs;
-  for (Request& r : plain) r.sampling.prompt_logprobs.reset();
-  const Run on = RunWaves(chunked, plain, waves, true, &m);
-  const Run off = RunWaves(uncached, plain, waves, true, &m);
-  ExpectSameTokens(on, off);
-  ExpectSameTokens(on, a);
-  EXPECT_GE(ExpectSameLogits(on, off), 16 * 24);
-  EXPECT_EQ(off.prefix_hits, 0);
-  // The same 44-token prompt shares its two full blocks, a prompt below the context its first
-  // (16 of the 20 tokens in common); the longer prompts over the 44 share none (rotated for
-  // another length).
-  EXPECT_EQ(on.out[1].final.cached_prompt_tokens, 32);
-  EXPECT_EQ(on.out[2].final.cached_prompt_tokens, 32);
-  EXPECT_EQ(on.out[3].final.cached_prompt_tokens, 0);
-  EXPECT_EQ(on.out[4].final.cached_prompt_tokens, 0);
-  EXPECT_EQ(on.out[6].final.cached_prompt_tokens, 16);
-  EXPECT_EQ(on.out[7].final.cached_prompt_tokens, 16);
-
-  // transformers' batch-1 greedy generate (golden.json "generations"), alone, together with
-  // the requests above, and under block pressure (preempted sequences recompute their output
-  // as a prompt yet keep the rotation of the original one).
-  std::ifstream in(dir + "/golden.json");
-  const nlohmann::json j = nlohmann::json::parse(in);
-  std::vector<Request> gens;
-  std::vector<std::vector<int32_t>> want;
-  for (const auto& g : j.at("generations")) {
-    Request r;
-    r.prompt = g.at("prompt").get<std::vector<int32_t>>();
-    want.push_back(g.at("tokens").get<std::vector<int32_t>>());
-    r.sampling.temperature = 0;
-    r.sampling.max_tokens = static_cast<int32_t>(want.back().size());
-    r.sampling.ignore_eos = true;
-    gens.push_back(std::move(r));
-  }
-  ASSERT_EQ(gens.size(), 2u);
-  std::vector<Request> mixed = gens;
-  mixed.insert(mixed.end(), reqs.begin() + 8, reqs.end());
-  for (Request& r : mixed) r.sampling.prompt_logprobs.reset();
-  const int n = static_cast<int>(mixed.size());
-  EngineOptions tight = chunked;
-  tight.num_kv_blocks = 8;  // one full-length sequence (128 tokens)
-  for (const auto& [name, options, run_waves] :
-       {std::tuple{"alone", Options(), Alone(n)}, std::tuple{"chunked", chunked, Together(n)},
-        std::tuple{"pressured", tight, Together(n)}}) {
-    SCOPED_TRACE(name);
-    const Run run = RunWaves(options, mixed, run_waves, false, &m);
-    for (size_t i = 0; i < gens.size(); ++i) EXPECT_EQ(run.out[i].tokens, want[i]) << i;
-    if (std::string(name) == "pressured") {
-      EXPECT_GT(run.preemptions, 0);
-      EXPECT_GT(run.out[0].final.num_preemptions + run.out[1].final.num_preemptions, 0);
-    }
-  }
+  // The same 44-token prompt shares its two full blocks, a prompt below the context its
+  // first (16 of the 20 tokens in common); the longer prompts over the 44 share none
+  // (rotated for another length).
+  ExpectLengthDependentRopeInvariances(m, dir, 11, {32, 32, 0, 0, 16, 16});
 }
 
 // LongRoPE (Phi-3; original_max_position_embeddings 32, max_position_embeddings 128):
@@ -733,96 +742,9 @@ TEST_F(EngineCoreTest, LongRopeKeepsTheInvariancesAndEqualsTransformersCachedDec
   ASSERT_EQ(m.config().rope_scaling.original_max_position_embeddings, 32);
   ASSERT_EQ(m.config().MaxPositions(), 128);
 
-  // A shared 44-token prefix: requests 0-2 that prompt, 3 and 4 longer prompts over it (also
-  // past the context: the same rotation), 5-7 shorter than the context over its first 20
-  // tokens, and 8 random ones.
-  std::mt19937 rng(12);
-  std::vector<int32_t> shared(44);
-  for (int32_t& t : shared) t = 3 + rng() % 90;
-  std::vector<Request> reqs(16);
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    Request& r = reqs[i];
-    if (i < 3) {
-      r.prompt = shared;
-    } else if (i < 5) {
-      r.prompt = shared;
-      for (size_t j = 0; j < 2 * i; ++j) r.prompt.push_back(3 + rng() % 90);
-    } else if (i < 8) {
-      r.prompt.assign(shared.begin(), shared.begin() + 20);
-      for (size_t j = 0; j < i; ++j) r.prompt.push_back(3 + rng() % 90);
-    } else {
-      const int len = std::uniform_int_distribution<int>(1, 70)(rng);
-      for (int k = 0; k < len; ++k) r.prompt.push_back(3 + rng() % 90);
-    }
-    r.sampling.temperature = 0;
-    r.sampling.max_tokens = 24;
-    r.sampling.ignore_eos = true;
-    r.sampling.prompt_logprobs = 0;
-  }
-  const std::vector<std::vector<int>> waves = {{0, 5},
-                                               {1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}};
-  EngineOptions chunked = Options();
-  chunked.max_batched_tokens = 7;
-  EngineOptions whole = Options();
-  whole.enable_chunked_prefill = false;
-  whole.max_batched_tokens = 128;
-  whole.enable_prefix_caching = false;
-  EngineOptions uncached = chunked;
-  uncached.enable_prefix_caching = false;
-  const Run a = RunWaves(chunked, reqs, waves, true, &m);
-  const Run b = RunWaves(whole, reqs, waves, true, &m);
-  ExpectSameTokens(a, b);
-  int prompt_positions = 0;
-  for (const Request& r : reqs) prompt_positions += r.prompt.size();
-  EXPECT_GE(ExpectSameLogits(a, b), prompt_positions);
-  std::vector<Request> plain = reqs;
-  for (Request& r : plain) r.sampling.prompt_logprobs.reset();
-  const Run on = RunWaves(chunked, plain, waves, true, &m);
-  const Run off = RunWaves(uncached, plain, waves, true, &m);
-  ExpectSameTokens(on, off);
-  ExpectSameTokens(on, a);
-  EXPECT_GE(ExpectSameLogits(on, off), 16 * 24);
-  EXPECT_EQ(off.prefix_hits, 0);
   // Every prompt past the context shares the 44-token prompt's two full blocks; one below it
   // the first (16 of the 20 tokens in common), which the long prompts do not share.
-  EXPECT_EQ(on.out[1].final.cached_prompt_tokens, 32);
-  EXPECT_EQ(on.out[2].final.cached_prompt_tokens, 32);
-  EXPECT_EQ(on.out[3].final.cached_prompt_tokens, 32);
-  EXPECT_EQ(on.out[4].final.cached_prompt_tokens, 32);
-  EXPECT_EQ(on.out[6].final.cached_prompt_tokens, 16);
-  EXPECT_EQ(on.out[7].final.cached_prompt_tokens, 16);
-
-  std::ifstream in(dir + "/golden.json");
-  const nlohmann::json j = nlohmann::json::parse(in);
-  std::vector<Request> gens;
-  std::vector<std::vector<int32_t>> want;
-  for (const auto& g : j.at("generations")) {
-    Request r;
-    r.prompt = g.at("prompt").get<std::vector<int32_t>>();
-    want.push_back(g.at("tokens").get<std::vector<int32_t>>());
-    r.sampling.temperature = 0;
-    r.sampling.max_tokens = static_cast<int32_t>(want.back().size());
-    r.sampling.ignore_eos = true;
-    gens.push_back(std::move(r));
-  }
-  ASSERT_EQ(gens.size(), 2u);
-  std::vector<Request> mixed = gens;
-  mixed.insert(mixed.end(), reqs.begin() + 8, reqs.end());
-  for (Request& r : mixed) r.sampling.prompt_logprobs.reset();
-  const int n = static_cast<int>(mixed.size());
-  EngineOptions tight = chunked;
-  tight.num_kv_blocks = 8;  // one full-length sequence (128 tokens)
-  for (const auto& [name, options, run_waves] :
-       {std::tuple{"alone", Options(), Alone(n)}, std::tuple{"chunked", chunked, Together(n)},
-        std::tuple{"pressured", tight, Together(n)}}) {
-    SCOPED_TRACE(name);
-    const Run run = RunWaves(options, mixed, run_waves, false, &m);
-    for (size_t i = 0; i < gens.size(); ++i) EXPECT_EQ(run.out[i].tokens, want[i]) << i;
-    if (std::string(name) == "pressured") {
-      EXPECT_GT(run.preemptions, 0);
-      EXPECT_GT(run.out[0].final.num_preemptions + run.out[1].final.num_preemptions, 0);
-    }
-  }
+  ExpectLengthDependentRopeInvariances(m, dir, 12, {32, 32, 32, 32, 16, 16});
 }
 
 }  // namespace
