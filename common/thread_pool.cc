@@ -66,7 +66,7 @@ int CgroupCpuLimit() {
 ThreadPool::ThreadPool(int threads) : threads_(threads) {
   SPANSERVE_CHECK_GE(threads, 1);
   workers_.reserve(threads - 1);
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { Work(i); });
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { Work(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -79,7 +79,7 @@ ThreadPool::~ThreadPool() {
   for (std::thread& w : workers_) w.join();
 }
 
-void ThreadPool::Work(int index) {
+void ThreadPool::Work() {
   in_job = true;  // a worker only ever runs jobs: Run from inside one runs serially
   uint32_t seen = 0;
   while (true) {
@@ -109,7 +109,6 @@ void ThreadPool::Work(int index) {
       }
     }
   }
-  (void)index;
 }
 
 void ThreadPool::Run(absl::FunctionRef<void(int64_t, int64_t)> fn) {
@@ -120,7 +119,8 @@ void ThreadPool::Run(absl::FunctionRef<void(int64_t, int64_t)> fn) {
   std::lock_guard<std::mutex> lock(run_mutex_);
   const auto n = static_cast<uint32_t>(threads_);
   // Every part of the previous job was claimed (claimed_ >= n), so until the reset below no
-  // claim succeeds and no thread reads job_.
+  // claim succeeds and no thread reads job_ (before the first job, no worker claims: each
+  // waits for a new generation first).
   job_ = &fn;
   done_.store(0, std::memory_order_seq_cst);
   claimed_.store(0, std::memory_order_seq_cst);  // opens the job

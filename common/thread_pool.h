@@ -45,7 +45,7 @@ class ThreadPool {
   static constexpr int64_t kSpinMicros = 100;
 
  private:
-  void Work(int index);
+  void Work();
 
   const int threads_;
   std::mutex run_mutex_;  // one job at a time
