@@ -61,7 +61,10 @@ WeightSet MakeWeights(int64_t n, int64_t k, DType dtype, int64_t copies) {
 // y = x·Wᵀ. cold: each iteration uses the next of enough weight copies to fill kColdBytes,
 // so weights stream from DRAM as they do in a real decode step over all layers; hot: one
 // copy, which for these shapes may sit in the last-level cache.
-void BM_MatMul(benchmark::State& state, int64_t n, int64_t k, int64_t m, DType dtype, bool cold) {
+// precision kBf16Dot: bf16 dot products (AMX tiles where the CPU has AMX-BF16; VDPBF16PS where
+// it has only AVX512_BF16 or SPANSERVE_MAX_ISA=avx512 is set).
+void BM_MatMul(benchmark::State& state, int64_t n, int64_t k, int64_t m, DType dtype, bool cold,
+               MatMulPrecision precision) {
   const int64_t matrix_bytes = n * k * static_cast<int64_t>(DTypeSize(dtype));
   const int64_t copies = cold ? (kColdBytes + matrix_bytes - 1) / matrix_bytes : 1;
   const WeightSet weights = MakeWeights(n, k, dtype, copies);
@@ -69,7 +72,8 @@ void BM_MatMul(benchmark::State& state, int64_t n, int64_t k, int64_t m, DType d
   std::vector<float> y(m * n);
   int64_t c = 0;
   for (auto _ : state) {
-    const WeightMatrix w{weights.bytes.data() + c * matrix_bytes, dtype, n, k};
+    const WeightMatrix w{
+        weights.bytes.data() + c * matrix_bytes, dtype, n, k, QuantType::kNone, precision};
     MatMul(x.data(), m, w, nullptr, y.data());
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
@@ -160,18 +164,6 @@ void BM_AttentionDecode(benchmark::State& state, int32_t seqs, int32_t context) 
       kv_bytes, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1024);
 }
 
-std::string DTypeLabel(DType t) {
-  switch (t) {
-    case DType::kF32:
-      return "f32";
-    case DType::kBF16:
-      return "bf16";
-    case DType::kF16:
-      return "f16";
-  }
-  return "?";
-}
-
 void RegisterAll() {
   struct Shape {
     int64_t n, k;
@@ -179,19 +171,29 @@ void RegisterAll() {
   // Qwen2-0.5B: attention output / q projection, and the MLP gate / up projection.
   const Shape shapes[] = {{896, 896}, {4864, 896}};
   for (const Shape& s : shapes) {
-    for (DType dtype : {DType::kBF16, DType::kF32}) {
+    struct Kind {
+      DType dtype;
+      MatMulPrecision precision;
+      const char* label;
+    };
+    for (const Kind& kind : {Kind{DType::kBF16, MatMulPrecision::kExact, "bf16"},
+                             Kind{DType::kBF16, MatMulPrecision::kBf16Dot, "bf16dot"},
+                             Kind{DType::kF32, MatMulPrecision::kExact, "f32"}}) {
+      if (kind.precision == MatMulPrecision::kBf16Dot && !CpuHasBf16Dot()) continue;
       const std::string shape = std::to_string(s.n) + "x" + std::to_string(s.k);
       for (int64_t m : {1, 16}) {
         for (bool cold : {true, false}) {
           const std::string name = std::string(cold ? "MatMulDecodeCold/" : "MatMulDecodeHot/") +
-                                   DTypeLabel(dtype) + "/" + shape + "/m:" + std::to_string(m);
-          benchmark::RegisterBenchmark(name.c_str(), BM_MatMul, s.n, s.k, m, dtype, cold)
+                                   kind.label + "/" + shape + "/m:" + std::to_string(m);
+          benchmark::RegisterBenchmark(name.c_str(), BM_MatMul, s.n, s.k, m, kind.dtype, cold,
+                                       kind.precision)
               ->UseRealTime()
               ->Unit(benchmark::kMicrosecond);
         }
       }
-      const std::string name = "MatMulPrefill/" + DTypeLabel(dtype) + "/" + shape + "/m:512";
-      benchmark::RegisterBenchmark(name.c_str(), BM_MatMul, s.n, s.k, 512, dtype, false)
+      const std::string name = std::string("MatMulPrefill/") + kind.label + "/" + shape + "/m:512";
+      benchmark::RegisterBenchmark(name.c_str(), BM_MatMul, s.n, s.k, 512, kind.dtype, false,
+                                   kind.precision)
           ->UseRealTime()
           ->Unit(benchmark::kMillisecond);
     }
