@@ -413,6 +413,8 @@ Isa SetMaxIsa(Isa isa) {
 
 bool CpuHasBf16Dot() { return internal::CpuHasAvx512Bf16() && BestIsa() == Isa::kAvx512; }
 
+bool Bf16DotUsesAmx() { return CpuHasBf16Dot() && internal::CpuHasAmxBf16(); }
+
 bool Int8DotUsesVnni() {
   return internal::CpuHasAvx512Vnni() && MaxIsa().load(std::memory_order_relaxed) == Isa::kAvx512;
 }

@@ -17,11 +17,11 @@ namespace spanserve::kernels::cpu {
 // bit-identical to the AVX2 kernels (see matmul_avx512.h). Block-quantized weights
 // (w.quant) give exactly the results of their dequantized f32 copy. A bf16 matrix with
 // w.precision == kBf16Dot takes the bf16 dot-product path for every m (matmul_bf16dot.h;
-// the CPU must have it: CpuHasBf16Dot()). A matrix of a format Int8DotSupports (Q8_0, Q4_0,
-// Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) with w.precision == kInt8Dot quantizes x to 8-bit
-// blocks and takes the integer dot-product path for every m (matmul_int8dot.h; VNNI where
-// Int8DotUsesVnni(), else AVX2, the same bits either way); other formats ignore kInt8Dot and
-// multiply exactly.
+// the CPU must have it: CpuHasBf16Dot(); on AMX tiles where Bf16DotUsesAmx() and k % 32 == 0). A
+// matrix of a format Int8DotSupports (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) with
+// w.precision == kInt8Dot quantizes x to 8-bit blocks and takes the integer dot-product path for
+// every m (matmul_int8dot.h; VNNI where Int8DotUsesVnni(), else AVX2, the same bits either way);
+// other formats ignore kInt8Dot and multiply exactly.
 void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias, float* y);
 
 // The instruction sets MatMul can use.
@@ -38,6 +38,10 @@ const char* IsaName(Isa isa);
 // Whether MatMulPrecision::kBf16Dot may run here: the CPU has AVX512_BF16 and the
 // environment does not cap the process at AVX2 (SPANSERVE_MAX_ISA=avx2).
 bool CpuHasBf16Dot();
+
+// Whether MatMulPrecision::kBf16Dot multiplies on AMX tiles (matrices with k % 32 == 0): the
+// CPU has AMX-BF16, the OS grants the tile state, and SPANSERVE_MAX_ISA is not set.
+bool Bf16DotUsesAmx();
 
 // Whether MatMulPrecision::kInt8Dot runs its VNNI kernels now: the CPU has AVX512_VNNI and
 // MatMul may use AVX-512 (ActiveIsa(); SetMaxIsa(Isa::kAvx2) selects the AVX2 kernels, which

@@ -300,7 +300,9 @@ int Main() {
       model_dir.c_str(), absl::GetFlag(FLAGS_prompt_len), absl::GetFlag(FLAGS_gen_len),
       absl::GetFlag(FLAGS_block_size), std::string(KvCacheDtypeName(*kv_dtype)).c_str(),
       std::string(model::F32OrBf16Name(*compute_dtype)).c_str(),
-      !absl::GetFlag(FLAGS_int8_dot)    ? ""
+      *compute_dtype == DType::kBF16
+          ? (kernels::cpu::Bf16DotUsesAmx() ? " (bf16 dot, AMX tiles)" : " (bf16 dot, VDPBF16PS)")
+      : !absl::GetFlag(FLAGS_int8_dot)  ? ""
       : kernels::cpu::Int8DotUsesVnni() ? " (int8 dot, VNNI)"
                                         : " (int8 dot, AVX2)",
       kernels::cpu::IsaName(kernels::cpu::ActiveIsa()));

@@ -225,6 +225,10 @@ int Run() {
               m.weight_bytes() / 1048576.0);
   std::printf("threads               %d\n", threads);
   std::printf("batched MatMul on     %s\n", kernels::cpu::IsaName(kernels::cpu::ActiveIsa()));
+  if (m.compute_dtype() == DType::kBF16) {
+    std::printf("bf16 weights          bf16 dot products (%s)\n",
+                kernels::cpu::Bf16DotUsesAmx() ? "AMX tiles" : "VDPBF16PS");
+  }
   if (m.int8_dot()) {
     std::printf("quantized weights     int8 dot products (%s)\n",
                 kernels::cpu::Int8DotUsesVnni() ? "VNNI" : "AVX2");
