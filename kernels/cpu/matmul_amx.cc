@@ -41,6 +41,13 @@ struct TileConfig {
   uint8_t rows[16];
 };
 
+// LDTILECFG with the whole 64-byte configuration as its operand. (GCC's _tile_loadconfig tells
+// the compiler it reads only a pointer's worth of the struct, which lets it drop the stores
+// that fill in the rest: tiles left unconfigured, and the first tile instruction faults.)
+[[gnu::always_inline]] inline void LoadTileConfig(const TileConfig& config) {
+  asm volatile("ldtilecfg %0" : : "m"(config));
+}
+
 void ConfigureTiles() {
   alignas(64) TileConfig config;
   std::memset(&config, 0, sizeof(config));
@@ -49,7 +56,7 @@ void ConfigureTiles() {
     config.rows[t] = 16;
     config.colsb[t] = 64;
   }
-  _tile_loadconfig(&config);
+  LoadTileConfig(config);
 }
 
 // The 16 × 16 dwords r[i][c] → r[c][i].
