@@ -98,6 +98,9 @@ class Backend {
   // gelu_tanh(g) = (0.5·g)·(1 + tanh(√(2/π)·(g + 0.044715·(g·g·g)))) in f32, in PyTorch's
   // order (gelu with approximate='tanh').
   virtual void GeluTanhMul(const float* gate, const float* up, int64_t n, float* out) = 0;
+  // x[i] = cap · tanh(x[i] / cap) in f32 (s / cap, tanhf, times cap: transformers' order for
+  // Gemma 2's final_logit_softcapping); cap > 0.
+  virtual void SoftCap(float* x, int64_t n, float cap) = 0;
   // y[i] += x[i]
   virtual void Add(const float* x, float* y, int64_t n) = 0;
   // y[i] = a * x[i] + b * y[i]

@@ -149,6 +149,9 @@ struct PagedKvLayer {
   // 0: full causal attention; else the row at position p attends to positions k with
   // p - sliding_window < k <= p (transformers' sliding window: Mistral, Qwen2).
   int32_t sliding_window = 0;
+  // 0: none; else each scaled score s becomes cap · tanh(s / cap) before the softmax (Gemma
+  // 2's attn_logit_softcapping), in f32: s / cap, tanhf, then times cap.
+  float logit_softcap = 0.0f;
 };
 
 // One sequence's share of a batch. Its new tokens are rows [row_begin, row_begin +

@@ -247,6 +247,13 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
                      probs[hs + 1]);
     }
     if (hs < nh) Scores<kT>(q + hs * dim, k_rows, n, dim, scale, probs[hs]);
+    if (layer.logit_softcap > 0.0f) {
+      // Gemma 2: s -> cap · tanh(s / cap), as transformers orders it.
+      const float cap = layer.logit_softcap;
+      for (int64_t h = 0; h < nh; ++h) {
+        for (int64_t i = 0; i < n; ++i) probs[h][i] = std::tanh(probs[h][i] / cap) * cap;
+      }
+    }
     for (int64_t h = 0; h < nh; ++h) {
       float* s = probs[h];
       float tile_max = s[0];
@@ -320,6 +327,7 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
   SPANSERVE_CHECK(layer.kv_heads > 0 && heads % layer.kv_heads == 0);
   SPANSERVE_CHECK(layer.dtype == DType::kF32 || layer.dtype == DType::kBF16);
   SPANSERVE_CHECK_GE(layer.sliding_window, 0);
+  SPANSERVE_CHECK(layer.logit_softcap >= 0.0f);
   const auto attend =
       layer.dtype == DType::kBF16 ? AttendHeads<DType::kBF16> : AttendHeads<DType::kF32>;
   const int64_t group = heads / layer.kv_heads;

@@ -17,9 +17,10 @@ void PagedKvWrite(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t n
 
 // out[r, h, :] = softmax(scale · q[r, h, :] · Kᵀ) · V over the positions 0..p of row r's
 // sequence (p = its position; positions p - layer.sliding_window + 1..p when the window is
-// set), with K/V of kv head h / (heads / kv_heads), read from the
-// cache (call PagedKvWrite first). q, out: [rows, heads, head_dim]; head_dim <= 512 and
-// heads a multiple of kv_heads.
+// set), with K/V of kv head h / (heads / kv_heads), read from the cache (call PagedKvWrite
+// first). With layer.logit_softcap = c > 0 each score s = scale · q·k becomes c · tanh(s / c)
+// before the softmax. q, out: [rows, heads, head_dim]; head_dim <= 512 and heads a multiple
+// of kv_heads.
 // Each output row is computed in one fixed order over positions, so it does not depend on
 // the batch, on chunking of the prompt, or on thread count. No heap allocation.
 void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t num_seqs,

@@ -100,6 +100,7 @@ class CpuBackend final : public Backend {
   void GeluTanhMul(const float* gate, const float* up, int64_t n, float* out) override {
     cpu::GeluTanhMul(gate, up, n, out);
   }
+  void SoftCap(float* x, int64_t n, float cap) override { cpu::SoftCap(x, n, cap); }
   void Add(const float* x, float* y, int64_t n) override { cpu::Add(x, y, n); }
   void Axpby(float a, const float* x, float b, float* y, int64_t n) override {
     cpu::Axpby(a, x, b, y, n);

@@ -91,6 +91,10 @@ void GeluTanhMul(const float* gate, const float* up, int64_t n, float* out) {
   }
 }
 
+void SoftCap(float* x, int64_t n, float cap) {
+  for (int64_t i = 0; i < n; ++i) x[i] = std::tanh(x[i] / cap) * cap;
+}
+
 void Axpby(float a, const float* x, float b, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = a * x[i] + b * y[i];
 }

@@ -11,6 +11,9 @@ void SiluMul(const float* gate, const float* up, int64_t n, float* out);
 // out[i] = gelu_tanh(gate[i]) * up[i] (kernels::Backend::GeluTanhMul); out may alias gate or up.
 void GeluTanhMul(const float* gate, const float* up, int64_t n, float* out);
 
+// x[i] = cap · tanh(x[i] / cap) (kernels::Backend::SoftCap).
+void SoftCap(float* x, int64_t n, float cap);
+
 // y[i] = a * x[i] + b * y[i]
 void Axpby(float a, const float* x, float b, float* y, int64_t n);
 

@@ -47,6 +47,9 @@
 // absolute positions, a row's first tile and first partition are the ones holding lo, and
 // its fold starts at its first partition (partition lo / kPartition), so within one
 // partition the result is still the CPU's bit for bit.
+//
+// Soft-capping (layer.logit_softcap = c > 0, Gemma 2): each score becomes tanhf(s / c) · c
+// before the softmax, as the CPU kernel computes it (tanhf within 2 ulp on the device).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -105,6 +108,7 @@ struct Params {
   int32_t split;           // whether blockIdx.z is a partition (the split path)
   int32_t max_parts;       // partitions of the longest row
   int32_t window;          // sliding window (0: none)
+  float softcap;           // logit soft-cap (0: none)
 };
 
 struct Plan {
@@ -206,6 +210,11 @@ __device__ __forceinline__ float Score(const float* q, const float* k, int dim, 
   float dot = ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7));
   for (int d = d8; d < dim; ++d) dot = fmaf(q[d], k[d], dot);
   return dot * scale;
+}
+
+// The soft-capped score cap · tanh(s / cap) in the CPU's order (cap 0: s).
+__device__ __forceinline__ float SoftCap(float s, float cap) {
+  return cap > 0.0f ? tanhf(s / cap) * cap : s;
 }
 
 // Positions of `pos`'s row a tile [t0, t0 + nt) covers: 0 when the row ends before it.
@@ -347,7 +356,8 @@ __global__ void AttentionKernel(Params p) {
             for (int u = t / kKeys; u < units; u += kThreads / kKeys) {
               if (sb + key < KeysOfRow(upos[u], t0, nt) &&
                   sb + key >= KeyBegin(WindowStart(upos[u], p.window), t0)) {
-                ss[u * kTile + sb + key] = Score(qs + u * qstride, ks + key * kstride, hd, p.scale);
+                ss[u * kTile + sb + key] =
+                    SoftCap(Score(qs + u * qstride, ks + key * kstride, hd, p.scale), p.softcap);
               }
             }
           }
@@ -658,6 +668,7 @@ void PagedAttention(cudaStream_t stream, const PagedKvLayer& layer, const Device
   params.split = plan.split ? 1 : 0;
   params.max_parts = plan.max_parts;
   params.window = layer.sliding_window > 0 ? layer.sliding_window : 0;
+  params.softcap = layer.logit_softcap > 0.0f ? layer.logit_softcap : 0.0f;
   if (layer.dtype == DType::kBF16) {
     LaunchAttention<true>(stream, plan, params, layer.kv_heads);
   } else {

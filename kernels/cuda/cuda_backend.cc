@@ -315,6 +315,12 @@ class CudaBackend final : public Backend {
     Launched("GeluTanhMul");
   }
 
+  void SoftCap(float* x, int64_t n, float cap) override {
+    if (n <= 0) return;
+    cuda::SoftCap(stream_, x, n, cap);
+    Launched("SoftCap");
+  }
+
   void Add(const float* x, float* y, int64_t n) override {
     if (n <= 0) return;
     cuda::Add(stream_, x, y, n);

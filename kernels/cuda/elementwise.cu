@@ -261,6 +261,12 @@ __global__ void GeluTanhMulKernel(const float* gate, const float* up, int64_t n,
   out[i] = (0.5f * x * (1.0f + tanhf(inner))) * up[i];
 }
 
+// As kernels/cpu/elementwise.cc: x / cap, tanhf, times cap.
+__global__ void SoftCapKernel(float* x, int64_t n, float cap) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) x[i] = tanhf(x[i] / cap) * cap;
+}
+
 __global__ void AddKernel(const float* x, float* y, int64_t n) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) y[i] = y[i] + x[i];
@@ -435,6 +441,12 @@ void GeluTanhMul(cudaStream_t stream, const float* gate, const float* up, int64_
   if (n <= 0) return;
   SPANSERVE_LAUNCH(&ew::GeluTanhMulKernel, BlocksFor(n, ew::kElementThreads), ew::kElementThreads,
                    0, stream, gate, up, n, out);
+}
+
+void SoftCap(cudaStream_t stream, float* x, int64_t n, float cap) {
+  if (n <= 0) return;
+  SPANSERVE_LAUNCH(&ew::SoftCapKernel, BlocksFor(n, ew::kElementThreads), ew::kElementThreads, 0,
+                   stream, x, n, cap);
 }
 
 void Add(cudaStream_t stream, const float* x, float* y, int64_t n) {

@@ -47,6 +47,8 @@ void ApplyRope(cudaStream_t stream, float* x, int64_t tokens, int64_t heads, int
                const int32_t* positions, const float* cos_table, const float* sin_table);
 void SiluMul(cudaStream_t stream, const float* gate, const float* up, int64_t n, float* out);
 void GeluTanhMul(cudaStream_t stream, const float* gate, const float* up, int64_t n, float* out);
+// x[i] = cap · tanh(x[i] / cap) (kernels/cpu/elementwise.cc's order).
+void SoftCap(cudaStream_t stream, float* x, int64_t n, float cap);
 void Add(cudaStream_t stream, const float* x, float* y, int64_t n);
 void Axpby(cudaStream_t stream, float a, const float* x, float b, float* y, int64_t n);
 // *out = Σ x[i]² in double (one device double), deterministic for a given n.

@@ -7,6 +7,7 @@
 #include <limits>
 #include <optional>
 #include <system_error>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -486,12 +487,19 @@ absl::Status ParseMoe(const KeyReader& r, ModelConfig& c) {
 // is MistralConfig's default 4096 for mistral, None for mixtral and phi3; Phi-3's eager mask
 // applies it as Mistral's). Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE: only when use_sliding_window
 // is true (default false), sliding_window (absent: 4096), on layers >= max_window_layers
-// (absent: 28). Other model types ignore the keys.
+// (absent: 28). Gemma 2: sliding_window (absent: 4096, null: none) on the even layers
+// (ModelConfig::LayerSlidingWindow). Other model types ignore the keys.
 absl::Status ParseSlidingWindow(const KeyReader& r, ModelConfig& c) {
   const std::string& type = c.model_type;
   const bool mistral_like = type == "mistral" || type == "mixtral" || type == "phi3";
   const bool qwen_like =
       type == "qwen2" || type == "qwen2_moe" || type == "qwen3" || type == "qwen3_moe";
+  if (type == "gemma2") {
+    // Gemma2Config: sliding_window 4096 when absent; null: none (every layer global).
+    if (r.Has("sliding_window") && r.Find("sliding_window") == nullptr) return absl::OkStatus();
+    ASSIGN_OR_RETURN(c.sliding_window, r.PositiveInt("sliding_window", 4096));
+    return absl::OkStatus();
+  }
   if (!mistral_like && !qwen_like) return absl::OkStatus();
   if (qwen_like) {
     ASSIGN_OR_RETURN(const bool use, r.Bool("use_sliding_window", false));
@@ -506,10 +514,30 @@ absl::Status ParseSlidingWindow(const KeyReader& r, ModelConfig& c) {
   return absl::OkStatus();
 }
 
+// Gemma 2's attention scale and logit soft-caps, as Gemma2Config reads them:
+// query_pre_attn_scalar (absent: 224), attn_logit_softcapping (absent: 50) and
+// final_logit_softcapping (absent: 30), each a positive number; a null cap is off.
+absl::Status ParseGemma2(const KeyReader& r, ModelConfig& c) {
+  ASSIGN_OR_RETURN(c.query_pre_attn_scalar, r.PositiveNumber("query_pre_attn_scalar", 224.0));
+  for (const auto& [key, fallback, out] :
+       {std::tuple<const char*, double, float*>{"attn_logit_softcapping", 50.0,
+                                                &c.attn_logit_softcap},
+        std::tuple<const char*, double, float*>{"final_logit_softcapping", 30.0,
+                                                &c.final_logit_softcap}}) {
+    if (r.Has(key) && r.Find(key) == nullptr) {
+      *out = 0.0f;  // null: no capping
+      continue;
+    }
+    ASSIGN_OR_RETURN(const double cap, r.PositiveNumber(key, fallback));
+    *out = static_cast<float>(cap);
+  }
+  return absl::OkStatus();
+}
+
 // The FFN activation, as transformers 4.46.3 picks it: Gemma's MLP reads hidden_activation
 // (null: gelu_pytorch_tanh, hidden_act ignored); every other family reads hidden_act.
 absl::Status ParseActivation(const KeyReader& r, ModelConfig& c) {
-  const bool gemma = c.model_type == "gemma";
+  const bool gemma = c.model_type == "gemma" || c.model_type == "gemma2";
   const char* const key = gemma ? "hidden_activation" : "hidden_act";
   ASSIGN_OR_RETURN(const std::optional<std::string> name, r.OptString(key));
   static constexpr std::pair<const char*, Activation> kActivations[] = {
@@ -535,9 +563,9 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
 
   ASSIGN_OR_RETURN(const std::optional<std::string> model_type, r.OptString("model_type"));
   if (!model_type.has_value()) return r.Missing("model_type");
-  static constexpr const char* kModelTypes[] = {"llama",     "mistral",   "qwen2",   "qwen3",
-                                                "gemma",     "spanserve", "mixtral", "qwen2_moe",
-                                                "qwen3_moe", "olmoe",     "phi3"};
+  static constexpr const char* kModelTypes[] = {"llama",     "mistral",   "qwen2",     "qwen3",
+                                                "gemma",     "gemma2",    "spanserve", "mixtral",
+                                                "qwen2_moe", "qwen3_moe", "olmoe",     "phi3"};
   if (std::find(std::begin(kModelTypes), std::end(kModelTypes), *model_type) ==
       std::end(kModelTypes)) {
     return r.Error(absl::StrCat("unsupported model_type '", *model_type,
@@ -626,8 +654,10 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
     }
   }
   ASSIGN_OR_RETURN(c.vocab_size, r.PositiveInt("vocab_size"));
-  const bool gemma = c.model_type == "gemma";
-  // GemmaConfig ties the embeddings unless told otherwise.
+  // Gemma 2 is Gemma with sandwich norms, soft-capped logits and alternating windows.
+  const bool gemma2 = c.model_type == "gemma2";
+  const bool gemma = c.model_type == "gemma" || gemma2;
+  // GemmaConfig (and Gemma2Config) ties the embeddings unless told otherwise.
   ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool("tie_word_embeddings", gemma));
   c.scale_embeddings = gemma;
   c.norm_gain_offset = gemma ? 1.0f : 0.0f;
@@ -647,15 +677,21 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
   ASSIGN_OR_RETURN(c.eos_token_ids, r.IntList("eos_token_id", /*allow_scalar=*/true));
 
   RETURN_IF_ERROR(ParseSlidingWindow(r, c));
+  if (gemma2) {
+    RETURN_IF_ERROR(ParseGemma2(r, c));
+    c.norm_placement = NormPlacement::kSandwich;
+  }
   RETURN_IF_ERROR(ParseNorms(r, c));
   RETURN_IF_ERROR(ParseMoe(r, c));
   RETURN_IF_ERROR(ParseActivation(r, c));
-  if (gemma && (c.norm_placement != NormPlacement::kPre || c.norm_type != NormType::kRmsNorm ||
-                c.norm_bias)) {
-    // The (1 + w) gains are RMSNorm's; Gemma's block is PreNorm.
-    return r.Error(
-        "keys 'norm_placement', 'norm_type' and 'norm_bias' must keep their defaults (pre, "
-        "rmsnorm, false) with model_type 'gemma'");
+  const NormPlacement gemma_placement = gemma2 ? NormPlacement::kSandwich : NormPlacement::kPre;
+  if (gemma &&
+      (c.norm_placement != gemma_placement || c.norm_type != NormType::kRmsNorm || c.norm_bias)) {
+    // The (1 + w) gains are RMSNorm's; Gemma's block is PreNorm, Gemma 2's SandwichNorm.
+    return r.Error(absl::StrCat(
+        "keys 'norm_placement', 'norm_type' and 'norm_bias' must keep their defaults (",
+        std::string(NormPlacementName(gemma_placement)), ", rmsnorm, false) with model_type '",
+        c.model_type, "'"));
   }
   return c;
 }
@@ -704,7 +740,16 @@ int ModelConfig::LayerSlidingWindow(int layer) const {
   if (sliding_window <= 0) return 0;
   const bool qwen_like = model_type == "qwen2" || model_type == "qwen2_moe" ||
                          model_type == "qwen3" || model_type == "qwen3_moe";
+  if (model_type == "gemma2") return layer % 2 == 0 ? sliding_window : 0;
   return qwen_like && layer < max_window_layers ? 0 : sliding_window;
+}
+
+float ModelConfig::AttentionScale() const {
+  if (query_pre_attn_scalar > 0) {
+    // transformers: the Python float query_pre_attn_scalar**-0.5, times the f32 scores.
+    return static_cast<float>(std::pow(query_pre_attn_scalar, -0.5));
+  }
+  return 1.0f / std::sqrt(static_cast<float>(head_dim));
 }
 
 int ModelConfig::MaxPositions() const {

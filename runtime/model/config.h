@@ -1,5 +1,6 @@
 // Model configuration, read from a Hugging Face style config.json. Llama, Qwen2, Qwen3, Gemma
-// and Mistral configs load unmodified (as PreNorm models); SpanServe's keys add the norm
+// and Mistral configs load unmodified (as PreNorm models), Gemma 2 configs as SandwichNorm
+// models; SpanServe's keys add the norm
 // placement and its scalars. See docs/MODEL_FORMAT.md for every key.
 #pragma once
 
@@ -117,8 +118,18 @@ struct ModelConfig {
   // (null: none); Qwen2/Qwen2-MoE/Qwen3: `sliding_window` when `use_sliding_window` is true, on
   // the layers >= `max_window_layers` only (as transformers' flash-attention path and later
   // releases; 4.46.3's eager/sdpa path applies it to every layer).
+  // Gemma 2: `sliding_window` (absent: 4096, null: none) on the even layers only (layer % 2
+  // == 0, as transformers 4.46.3), full attention on the odd ones.
   int sliding_window = 0;
   int max_window_layers = 0;  // the first layer the window applies to
+  // Gemma 2: attention scores are scale · q·k = query_pre_attn_scalar^-0.5 · q·k (0: the
+  // default head_dim^-0.5), rounded to f32 as transformers multiplies the f32 scores.
+  double query_pre_attn_scalar = 0.0;
+  // Gemma 2: logit soft-capping, s -> cap · tanh(s / cap) (0: off). attn_logit_softcapping
+  // caps each scaled attention score before the causal mask and softmax,
+  // final_logit_softcapping the output logits (absent: 50 and 30, null: off).
+  float attn_logit_softcap = 0.0f;
+  float final_logit_softcap = 0.0f;
   // The FFN activation: `hidden_act` (absent: silu); Gemma reads `hidden_activation`
   // (absent or null: gelu_pytorch_tanh, whatever hidden_act says, as transformers 4.46.3).
   Activation activation = Activation::kSilu;
@@ -146,6 +157,8 @@ struct ModelConfig {
   bool LayerIsMoe(int layer) const;
   // The sliding window of layer `layer` (0: full causal attention).
   int LayerSlidingWindow(int layer) const;
+  // The factor of the attention scores: query_pre_attn_scalar^-0.5 or head_dim^-0.5, in f32.
+  float AttentionScale() const;
   // The positions a sequence may reach: max_position_embeddings, or for dynamic NTK scaling
   // floor(max_position_embeddings × factor) (at least max_position_embeddings), the context
   // the scaling is meant to extend to.

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <system_error>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -33,7 +34,8 @@ using gguf::TensorType;
 // general.architecture values, each loaded as the config.json model_type of the same name
 // (qwen2moe / qwen3moe: qwen2_moe / qwen3_moe; llama with experts: mixtral).
 // llama.cpp's converter permutes the Q / K rows of llama only (UnpermuteRows).
-constexpr const char* kArchs[] = {"llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "phi3"};
+constexpr const char* kArchs[] = {"llama",    "qwen2", "qwen3", "qwen2moe",
+                                  "qwen3moe", "phi3",  "gemma", "gemma2"};
 // The llama3 RoPE divisors and Phi-3's longrope factors (in the config, not weights).
 constexpr char kRopeFreqs[] = "rope_freqs.weight";
 constexpr char kRopeFactorsLong[] = "rope_factors_long.weight";
@@ -80,8 +82,9 @@ absl::StatusOr<std::optional<int64_t>> OptionalTokenId(const GgufFile& f, const 
 // `mixtral`: experts under Mixtral's names (block_sparse_moe, w1 / w2 / w3), else under
 // Qwen2-MoE's (mlp.gate, mlp.experts.E.*_proj, mlp.shared_expert*).
 // `phi3`: the fused attn_qkv (q, k, v rows) and ffn_up (gate rows, then up) are the
-// checkpoint's qkv_proj and gate_up_proj.
-std::string RuntimeName(const std::string& name, bool mixtral, bool phi3) {
+// checkpoint's qkv_proj and gate_up_proj. `gemma2`: the sandwich norms, attn_norm /
+// post_attention_norm around the attention and ffn_norm / post_ffw_norm around the FFN.
+std::string RuntimeName(const std::string& name, bool mixtral, bool phi3, bool gemma2) {
   if (name == "token_embd.weight") return "model.embed_tokens.weight";
   if (name == "output_norm.weight") return "model.norm.weight";
   if (name == "output.weight") return "lm_head.weight";
@@ -103,6 +106,16 @@ std::string RuntimeName(const std::string& name, bool mixtral, bool phi3) {
   }
   if (phi3 && rest == "ffn_up") {
     return absl::StrCat("model.layers.", layer, ".mlp.gate_up_proj", suffix);
+  }
+  if (gemma2) {
+    static constexpr std::pair<const char*, const char*> kSandwich[] = {
+        {"post_attention_norm", "post_attention_layernorm"},
+        {"ffn_norm", "pre_feedforward_layernorm"},
+        {"post_ffw_norm", "post_feedforward_layernorm"},
+    };
+    for (const auto& [from, to] : kSandwich) {
+      if (rest == from) return absl::StrCat("model.layers.", layer, ".", to, suffix);
+    }
   }
   static constexpr std::pair<const char*, const char*> kBlock[] = {
       {"attn_norm", "input_layernorm"},    {"ffn_norm", "post_attention_layernorm"},
@@ -513,6 +526,40 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
     }
   }
 
+  // Gemma 2 (llama.cpp's Gemma2Model converter and loader): attention.sliding_window
+  // (default 4096) on the even layers, attn_logit_softcapping and final_logit_softcapping
+  // (defaults 50 and 30), always applied. The file has no query_pre_attn_scalar: llama.cpp
+  // scales queries by (embedding_length / head_count)^-0.5 for 46 layers (Gemma 2 27B, whose
+  // query_pre_attn_scalar is 4608 / 32 = 144) and by head_size^-0.5 otherwise (2B and 9B,
+  // whose query_pre_attn_scalar is their head size 256).
+  const bool gemma2 = a == "gemma2";
+  json gemma2_keys;
+  if (gemma2) {
+    int64_t window = 4096;
+    if (f.Has(a + ".attention.sliding_window")) {
+      ASSIGN_OR_RETURN(window, RequiredPositive(f, a + ".attention.sliding_window"));
+    }
+    gemma2_keys["sliding_window"] = window;
+    for (const auto& [key, config_key, fallback] :
+         {std::tuple<const char*, const char*, double>{".attn_logit_softcapping",
+                                                       "attn_logit_softcapping", 50.0},
+          std::tuple<const char*, const char*, double>{".final_logit_softcapping",
+                                                       "final_logit_softcapping", 30.0}}) {
+      double cap = fallback;
+      if (f.Has(a + key)) {
+        absl::StatusOr<double> v = f.GetFloat(a + key);
+        if (!v.ok()) return AsInvalid(v.status());
+        if (!(*v > 0) || !std::isfinite(*v)) {
+          return absl::InvalidArgumentError(absl::StrCat(f.path(), ": ", a, key, " = ", *v,
+                                                         ", expected a positive finite number"));
+        }
+        cap = *v;
+      }
+      gemma2_keys[config_key] = cap;
+    }
+    gemma2_keys["query_pre_attn_scalar"] = layers == 46 ? hidden / heads : head_dim;
+  }
+
   int64_t vocab = 0;
   if (const gguf::Value* tokens = f.Find("tokenizer.ggml.tokens"); tokens != nullptr) {
     vocab = static_cast<int64_t>(tokens->count);
@@ -544,6 +591,7 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
   if (!longrope.is_null()) j["rope_scaling"] = longrope;
   if (original_context.has_value()) j["original_max_position_embeddings"] = *original_context;
   if (phi3) j["sliding_window"] = sliding_window.has_value() ? json(*sliding_window) : json();
+  if (gemma2) j.update(gemma2_keys);
   if (qwen_moe) j["model_type"] = qwen2moe ? "qwen2_moe" : "qwen3_moe";
   if (!moe.is_null()) {
     if (a == "llama") j["model_type"] = "mixtral";
@@ -563,6 +611,9 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
   }
   // The norm eps is f32 in the file: keep it bit-exact.
   config->norm_eps = static_cast<float>(*eps);
+  // llama.cpp's converter stores Gemma's RMSNorm weights with the 1 already added (in f32,
+  // as transformers' 1 + w): the file's values are the gains.
+  if (a == "gemma" || gemma2) config->norm_gain_offset = 0.0f;
   if (phi3 && config->rope_scaling.type != RopeScalingType::kLongRope &&
       f.Has(a + ".rope.scaling.attn_factor")) {
     absl::StatusOr<double> v = f.GetFloat(a + ".rope.scaling.attn_factor");
@@ -671,7 +722,8 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
   for (const TensorInfo& t : f.tensors()) {
     if (IsRopeTensor(t.name, config.model_type)) continue;  // read by GgufModelConfig
     const std::string name =
-        RuntimeName(t.name, config.moe.layout == MoeLayout::kMixtral, config.model_type == "phi3");
+        RuntimeName(t.name, config.moe.layout == MoeLayout::kMixtral, config.model_type == "phi3",
+                    config.model_type == "gemma2");
     if (name.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(f.path(), ": tensor '", t.name,
                                                      "' is not a tensor of a ", config.model_type,

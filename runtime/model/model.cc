@@ -106,12 +106,12 @@ absl::Status Model::Impl::Attention(const LayerWeights& lw, const float* in, int
   be.ApplyRope(kk, tokens, c.num_kv_heads, c.head_dim, b.positions.data(), rope_cos.data(),
                rope_sin.data());
   const kernels::PagedKvLayer kv{
-      cache.k(layer), cache.v(layer), cache.num_blocks(), cache.block_size(),
-      c.num_kv_heads, c.head_dim,     cache.dtype(),      c.LayerSlidingWindow(layer)};
+      cache.k(layer),      cache.v(layer), cache.num_blocks(), cache.block_size(),
+      c.num_kv_heads,      c.head_dim,     cache.dtype(),      c.LayerSlidingWindow(layer),
+      c.attn_logit_softcap};
   const int32_t num_seqs = static_cast<int32_t>(b.seqs.size());
   be.PagedKvWrite(kv, b.seqs.data(), num_seqs, kk, v);
-  be.PagedAttention(kv, b.seqs.data(), num_seqs, q, c.num_heads,
-                    1.0f / std::sqrt(static_cast<float>(c.head_dim)), b.att.data());
+  be.PagedAttention(kv, b.seqs.data(), num_seqs, q, c.num_heads, c.AttentionScale(), b.att.data());
   be.MatMul(b.att.data(), tokens, lw.o, lw.has_o_bias ? &lw.ob : nullptr, out);
   return absl::OkStatus();
 }
@@ -548,6 +548,8 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache
     ASSIGN_OR_RETURN(out, b.logits.Grow(be, rows * c.vocab_size));
   }
   be.MatMul(sel, rows, m.weights.lm_head, nullptr, out);
+  // Gemma 2's final_logit_softcapping.
+  if (c.final_logit_softcap > 0.0f) be.SoftCap(out, rows * c.vocab_size, c.final_logit_softcap);
   if (out != logits) be.CopyToHost(out, rows * c.vocab_size * sizeof(float), logits);
   return be.Synchronize();
 }

@@ -13,9 +13,9 @@ Two sources:
                   dtype, reloaded (widened to f32) and run in float32;
   * transformers — a tiny random Hugging Face model (LlamaForCausalLM, Qwen2ForCausalLM,
                   MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM,
-                  GemmaForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM,
-                  Phi3ForCausalLM) written with save_pretrained; the logits come from the HF
-                  model itself.
+                  GemmaForCausalLM, Gemma2ForCausalLM, Qwen3ForCausalLM,
+                  Qwen3MoeForCausalLM, Phi3ForCausalLM) written with save_pretrained; the
+                  logits come from the HF model itself.
 
 hf_qwen3 and hf_qwen3_moe need transformers >= 4.51 (Qwen3, Qwen3-MoE), which the pinned
 4.46.3 lacks: a run with the pinned version keeps the committed directories (and says so).
@@ -28,7 +28,8 @@ load_state_dict.
 Checks (the script fails if one does not hold):
   * every golden against an independent float64 numpy implementation
     (tools/reference/numpy_ref.py): max|f32 - f64| / max|f64| <= tolerance / 10 (not the
-    Phi-3 cases: neither reference reads fused tensors or longrope; their mutations are
+    Phi-3 cases: neither reference reads fused tensors or longrope; nor Gemma 2: neither
+    has sandwich norms with soft-capping and alternating windows; their mutations are
     transformers models, hf_mutations);
   * the reference loads every transformers case and matches HF within 1e-5, and every
     reference case whose model type HF knows (llama, qwen2_moe, mixtral, olmoe; spanserve
@@ -38,9 +39,13 @@ Checks (the script fails if one does not hold):
   * recorded generations are GEN_MARGIN away from a tie at every step and differ from the
     tokens of a full forward per step (they depend on how the cached keys are rotated;
     longrope prompts past original_max_position_embeddings excepted, whose keys are all
-    rotated with the long factors either way). For Phi-3 the script also logs whether
-    generate()'s own steps (Phi3ForCausalLM.prepare_inputs_for_generation drops the cache
-    at the first step past original_max_position_embeddings) agree with them.
+    rotated with the long factors either way; Gemma 2's, whose RoPE does not depend on the
+    length, must instead equal the full forwards: its prompts are longer than the sliding
+    window, as transformers 4.46.3's HybridCache drops position 0 of a sliding layer when a
+    shorter prompt's generation reaches position sliding_window - 1). For Phi-3 the script
+    also logs whether generate()'s own steps (Phi3ForCausalLM.prepare_inputs_for_generation
+    drops the cache at the first step past original_max_position_embeddings) agree with
+    them.
 
 Deterministic: fixed seeds, one torch thread; rerunning rewrites identical bytes.
 """
@@ -160,7 +165,9 @@ REF_CASES = {
 HF_CASES = ["hf_llama", "hf_qwen2", "hf_mixtral", "hf_qwen2_moe", "hf_olmoe",
             "hf_llama3_rope", "hf_qwen2_yarn", "hf_mistral_sliding", "hf_qwen2_sliding",
             "hf_gemma", "hf_qwen3", "hf_qwen3_moe", "hf_llama_dynamic", "hf_phi3",
-            "hf_phi3_longrope"]
+            "hf_phi3_longrope", "hf_gemma2"]
+# Model types whose goldens only transformers computes (see hf_mutations).
+HF_ONLY = ("phi3", "gemma2")
 # Cases whose Hugging Face class is newer than the pinned transformers (see the docstring).
 HF_MIN_VERSION = {"hf_qwen3": (4, 51), "hf_qwen3_moe": (4, 51)}
 # Sequence lengths per case (default LENGTHS): the RoPE scaling cases go well past their
@@ -170,11 +177,12 @@ HF_MIN_VERSION = {"hf_qwen3": (4, 51), "hf_qwen3_moe": (4, 51)}
 CASE_LENGTHS = {"hf_llama3_rope": (40, 96, 70), "hf_qwen2_yarn": (50, 96, 80),
                 "hf_mistral_sliding": (24, 45, 33), "hf_qwen2_sliding": (24, 45, 33),
                 "hf_llama_dynamic": (24, 60, 45), "hf_phi3": (7, 29, 13),
-                "hf_phi3_longrope": (24, 70, 45)}
+                "hf_phi3_longrope": (24, 70, 45), "hf_gemma2": (9, 29, 13)}
 # Greedy generations recorded per case: (prompt length, new tokens). Dynamic NTK: a prompt
 # within max_position_embeddings generating past it, and one longer than it.
 HF_GENERATE = {"hf_llama_dynamic": ((20, 40), (44, 30)),
-               "hf_phi3_longrope": ((20, 40), (44, 30))}
+               "hf_phi3_longrope": ((20, 40), (44, 30)),
+               "hf_gemma2": ((8, 24), (15, 16))}
 
 
 def log(*a):
@@ -347,6 +355,7 @@ def hf_class(model_type):
             "mistral": T.MistralForCausalLM,
             "mixtral": T.MixtralForCausalLM, "qwen2_moe": T.Qwen2MoeForCausalLM,
             "olmoe": T.OlmoeForCausalLM, "gemma": T.GemmaForCausalLM,
+            "gemma2": T.Gemma2ForCausalLM,
             "qwen3": getattr(T, "Qwen3ForCausalLM", None),
             "qwen3_moe": getattr(T, "Qwen3MoeForCausalLM", None),
             "phi3": T.Phi3ForCausalLM}.get(model_type)
@@ -382,9 +391,24 @@ def hf_greedy(model, prompt, new, use_cache=True):
     hf_reset_rope(model)
     toks, margin, past = [], math.inf, None
     inp = torch.tensor([prompt])
+    gemma2 = model.config.model_type == "gemma2"
+    if use_cache and gemma2:
+        # What generate() builds for Gemma 2: a HybridCache of the whole text (the model's
+        # own default holds the prompt only), addressed by cache_position.
+        from transformers.cache_utils import HybridCache
+        if not hasattr(torch, "_dynamo"):
+            # torch < 2: HybridCache only marks its tensors for torch.compile.
+            import types
+            torch._dynamo = types.SimpleNamespace(mark_static_address=lambda t: None)
+        past = HybridCache(model.config, batch_size=1, max_cache_len=len(prompt) + new,
+                           device="cpu", dtype=torch.float32)
     for _ in range(new):
         if use_cache:
-            out = model(input_ids=inp, past_key_values=past, use_cache=True)
+            kw = {}
+            if gemma2:
+                start = len(prompt) + len(toks) - inp.shape[1]
+                kw["cache_position"] = torch.arange(start, start + inp.shape[1])
+            out = model(input_ids=inp, past_key_values=past, use_cache=True, **kw)
             past = out.past_key_values
         else:
             hf_reset_rope(model)
@@ -430,15 +454,21 @@ def hf_generations(model, case, seed, vocab):
         rs = getattr(model.config, "rope_scaling", None) or {}
         same_ok = (rs.get("type") == "longrope"
                    and prompt_len > model.config.original_max_position_embeddings)
+        gemma2 = model.config.model_type == "gemma2"
+        if gemma2:
+            # See the docstring: prompts past the window, where the HybridCache is exact.
+            assert prompt_len > model.config.sliding_window, case
         for attempt in range(200):
             g = torch.Generator().manual_seed(seed * 31 + 1009 * k + 1000003 * attempt)
             prompt = torch.randint(3, vocab, (prompt_len,), generator=g).tolist()
             tokens, margin = hf_greedy(model, prompt, new)
             full, _ = hf_greedy(model, prompt, new, use_cache=False)
-            if margin >= GEN_MARGIN and (tokens != full or same_ok):
+            if margin >= GEN_MARGIN and (tokens != full or same_ok or gemma2):
                 break
         else:
             raise RuntimeError(f"{case}: no generation away from ties")
+        if gemma2:
+            assert tokens == full, f"{case}: cached generation {tokens} != full forwards {full}"
         first = next((i for i, (a, b) in enumerate(zip(tokens, full)) if a != b), None)
         log(f"{case}: generation {k}: prompt {prompt_len} + {new} tokens, margin {margin:.2e}, "
             f"first difference from full forwards at token {first}")
@@ -475,8 +505,9 @@ def hf_load(d):
     cls = hf_class(mt)
     if cls is None:
         return None
-    if mt == "phi3":
-        # The eager attention (its mask applies sliding_window as Mistral's).
+    if mt in ("phi3", "gemma2"):
+        # The eager attention (its mask applies sliding_window as Mistral's; Gemma 2's
+        # soft-capping is in the eager path only).
         return cls.from_pretrained(d, torch_dtype=torch.float32,
                                    attn_implementation="eager").eval()
     if mt in ("qwen3", "qwen3_moe") and int(torch.__version__.split(".")[0]) < 2:
@@ -580,6 +611,17 @@ def hf_config(case):
                                        decoder_sparse_step=1, mlp_only_layers=[1],
                                        rope_theta=1000000.0, use_sliding_window=False,
                                        attention_bias=False)), 212
+    if case == "hf_gemma2":
+        # Gemma 2 with 4 layers (windows on 0 and 2, full attention on 1 and 3), head_dim 16
+        # with 4 heads over hidden 32 (q is 64 wide), a window of 6 (sequences up to 29),
+        # query_pre_attn_scalar 24 (not head_dim 16), and soft-caps small enough to bind:
+        # attention scores at 5, logits at 3.
+        return T.Gemma2Config(**dict(common, hidden_size=32, num_hidden_layers=4,
+                                     intermediate_size=48, head_dim=16, rope_theta=10000.0,
+                                     hidden_activation="gelu_pytorch_tanh",
+                                     query_pre_attn_scalar=24, sliding_window=6,
+                                     attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+                                     tie_word_embeddings=True, pad_token_id=0)), 216
     if case == "hf_phi3":
         # Phi-3 (fused qkv_proj / gate_up_proj, head_dim = hidden / heads = 16) with
         # Phi-3-mini-4k's sliding window shrunk to 12 positions (sequences up to 29).
@@ -611,9 +653,9 @@ PHI3_LONG = (1.0, 1.3, 1.9, 2.8, 4.1, 6.0, 9.5, 14.0)
 
 @torch.no_grad()
 def hf_mutations(d, model):
-    """Phi-3 (which the reference implementations do not cover): transformers models with a
-    changed config or permuted weights."""
-    cls = hf_class("phi3")
+    """Phi-3 and Gemma 2 (which the reference implementations do not cover): transformers
+    models with a changed config or permuted weights."""
+    cls = hf_class(model.config.model_type)
     config = model.config
     sd = model.state_dict()
     out = {}
@@ -632,6 +674,9 @@ def hf_mutations(d, model):
         out[name] = m
 
     with_config("rope_theta_x2", rope_theta=config.rope_theta * 2)
+    if config.model_type == "gemma2":
+        gemma2_mutations(model, with_config, with_weights, out)
+        return out
     q_dim = config.hidden_size
     kv = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
     inter = config.intermediate_size
@@ -663,6 +708,37 @@ def hf_mutations(d, model):
 
 
 @torch.no_grad()
+def gemma2_mutations(model, with_config, with_weights, out):
+    """Each Gemma 2 feature must matter: either soft-cap off, the head_dim scale instead of
+    query_pre_attn_scalar's, the window widened by one or moved to the odd layers, the norms
+    before and after a sublayer swapped."""
+    config = model.config
+    sd = model.state_dict()
+    with_config("no_attn_softcap", attn_logit_softcapping=None)
+    with_config("no_final_softcap", final_logit_softcapping=None)
+    with_config("scale_head_dim", query_pre_attn_scalar=config.head_dim)
+    with_config("sliding_window_plus_1", sliding_window=config.sliding_window + 1)
+
+    def swap(a, b):
+        def fn(k, v):
+            for x, y in ((a, b), (b, a)):
+                if k.endswith(f".{x}.weight"):
+                    return sd[k[:-len(f"{x}.weight")] + f"{y}.weight"]
+            return v
+        return fn
+
+    with_weights("attn_pre_post_norms_swapped", swap("input_layernorm", "post_attention_layernorm"))
+    with_weights("ffn_pre_post_norms_swapped",
+                 swap("pre_feedforward_layernorm", "post_feedforward_layernorm"))
+    # The window on the odd layers (the eager mask reads the decoder layer's is_sliding).
+    m = copy.deepcopy(model)
+    for i, layer in enumerate(m.model.layers):
+        layer.is_sliding = bool(i % 2)
+        layer.self_attn.sliding_window = config.sliding_window if i % 2 else None
+    out["window_on_odd_layers"] = m
+
+
+@torch.no_grad()
 def check_hf_sensitivity(d, model, seqs, logits, tol, case):
     worst = math.inf
     for name, m in hf_mutations(d, model).items():
@@ -688,9 +764,10 @@ def make_hf_case(case, report):
             os.remove(p)
     model = hf_load(d)  # what is on disk
     tol = 1e-4
-    if hc.model_type == "phi3":
-        # Neither reference implementation reads Phi-3's fused tensors or longrope: the
-        # goldens are transformers' own logits, and the mutations are transformers models.
+    if hc.model_type in HF_ONLY:
+        # Neither reference implementation reads Phi-3's fused tensors or longrope, nor has
+        # Gemma 2's soft-caps and alternating windows: the goldens are transformers' own
+        # logits, and the mutations are transformers models.
         seqs = sequences_for(seed, hc.vocab_size, 0, CASE_LENGTHS.get(case, LENGTHS))
         gap = math.inf
         logits = hf_logits(model, seqs)

@@ -459,7 +459,7 @@ class BackendOpsTest : public ::testing::TestWithParam<Target> {
   }
 
   void CheckMatMul(const HostWeight& w, const HostWeight& bias, MatMulPrecision precision, Tol tol);
-  void CheckPagedAttention(DType kv_dtype, Tol tol);
+  void CheckPagedAttention(DType kv_dtype, Tol tol, float softcap = 0.0f, int32_t window = 0);
   void CheckMoeRoute(RouterScoring scoring, const std::vector<float>& logits, int64_t tokens,
                      int32_t experts, std::vector<int32_t> top_ks);
 
@@ -1051,6 +1051,31 @@ TEST_P(BackendOpsTest, GeluTanhMul) {
   EXPECT_TRUE(SameBits(got.second, got.first)) << "GeluTanhMul in place vs out of place";
 }
 
+// Gemma 2's final_logit_softcapping: cap · tanh(x / cap), in place; values far past the cap
+// saturate at ±cap, small ones pass nearly unchanged.
+TEST_P(BackendOpsTest, SoftCap) {
+  const int64_t n = 203;
+  std::vector<float> x = Uniform(rng_, n, -12.0f, 12.0f);
+  x[0] = 0.0f;
+  x[1] = -1e3f;
+  x[2] = 1e3f;
+  x[3] = 1e-4f;
+  const float cap = 3.0f;
+  auto [got, oracle] = RunBoth([&](Backend& be, Mem& mem) {
+    float* xd = mem.In(x);
+    be.SoftCap(xd, n, cap);
+    return mem.Get(xd, n);
+  });
+  Expected want;
+  for (int64_t i = 0; i < n; ++i) {
+    const double t = std::tanh(static_cast<double>(x[i]) / cap);
+    want.Push(cap * t, cap * std::abs(t));
+  }
+  ExpectOp("SoftCap", got, oracle, want, kF32);
+  EXPECT_EQ(got[1], -cap);
+  EXPECT_EQ(got[2], cap);
+}
+
 TEST_P(BackendOpsTest, Add) {
   const int64_t n = 203;
   std::vector<float> x = Uniform(rng_, n), y = Uniform(rng_, n);
@@ -1156,7 +1181,9 @@ TEST_P(BackendOpsTest, SumOfSquares) {
 // The cache is filled by one PagedKvWrite of every cached token, then one of the new
 // tokens, then PagedAttention runs over the new rows; the pool is fetched too and must
 // hold exactly the written values (rounded to nearest-even for bf16) in their slots.
-void BackendOpsTest::CheckPagedAttention(DType kv_dtype, Tol tol) {
+// With `softcap` > 0 each score s becomes softcap · tanh(s / softcap) (Gemma 2); with
+// `window` > 0 a row at position p attends to positions > p - window only.
+void BackendOpsTest::CheckPagedAttention(DType kv_dtype, Tol tol, float softcap, int32_t window) {
   constexpr int32_t kBlockSize = 8, kNumBlocks = 12, kKvHeads = 2, kHeads = 6, kHeadDim = 40;
   constexpr int64_t kKvRow = int64_t{kKvHeads} * kHeadDim;  // floats per token
   struct Seq {
@@ -1203,7 +1230,9 @@ void BackendOpsTest::CheckPagedAttention(DType kv_dtype, Tol tol) {
                              kBlockSize,
                              kKvHeads,
                              kHeadDim,
-                             kv_dtype};
+                             kv_dtype,
+                             window,
+                             softcap};
     be.PagedKvWrite(layer, prefix_seqs.data(), num_seqs, mem.In(k_prefix), mem.In(v_prefix));
     be.PagedKvWrite(layer, new_seqs.data(), num_seqs, mem.In(k_new), mem.In(v_new));
     float* out = mem.Zeros<float>(q_size);
@@ -1248,21 +1277,23 @@ void BackendOpsTest::CheckPagedAttention(DType kv_dtype, Tol tol) {
       for (int64_t h = 0; h < kHeads; ++h) {
         const int64_t kvh = h / group;
         const float* qh = &q[(row * kHeads + h) * kHeadDim];
-        std::vector<double> score(last + 1);
-        for (int64_t t = 0; t <= last; ++t) {
+        const int64_t first = window > 0 ? std::max<int64_t>(0, last - window + 1) : 0;
+        std::vector<double> score(last + 1, -std::numeric_limits<double>::infinity());
+        for (int64_t t = first; t <= last; ++t) {
           double dot = 0.0;
           for (int64_t d = 0; d < kHeadDim; ++d) {
             dot += static_cast<double>(qh[d]) *
                    cached_value(k_all[s][t * kKvRow + kvh * kHeadDim + d]);
           }
           score[t] = static_cast<double>(scale) * dot;
+          if (softcap > 0.0f) score[t] = softcap * std::tanh(score[t] / softcap);
         }
         const double max = *std::max_element(score.begin(), score.end());
         double denominator = 0.0;
         for (double& sc : score) denominator += (sc = std::exp(sc - max));
         for (int64_t d = 0; d < kHeadDim; ++d) {
           double sum = 0.0, mag = 0.0;
-          for (int64_t t = 0; t <= last; ++t) {
+          for (int64_t t = first; t <= last; ++t) {
             const double v = cached_value(v_all[s][t * kKvRow + kvh * kHeadDim + d]);
             sum += score[t] * v;
             mag += score[t] * std::abs(v);
@@ -1279,6 +1310,13 @@ void BackendOpsTest::CheckPagedAttention(DType kv_dtype, Tol tol) {
 TEST_P(BackendOpsTest, PagedAttentionF32Kv) { CheckPagedAttention(DType::kF32, kF32); }
 
 TEST_P(BackendOpsTest, PagedAttentionBf16Kv) { CheckPagedAttention(DType::kBF16, kBf16); }
+
+// Gemma 2's attention: scores soft-capped at 0.75 (most scores here exceed it), alone and
+// with a sliding window of 5 positions.
+TEST_P(BackendOpsTest, PagedAttentionSoftCap) {
+  CheckPagedAttention(DType::kF32, kF32, /*softcap=*/0.75f);
+  CheckPagedAttention(DType::kBF16, kBf16, /*softcap=*/0.75f, /*window=*/5);
+}
 
 // ---- Rows
 

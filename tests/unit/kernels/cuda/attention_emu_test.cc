@@ -38,13 +38,14 @@ struct Config {
   int32_t kv_heads;
   int32_t head_dim;
   DType kv;
-  int32_t window = 0;  // PagedKvLayer::sliding_window
+  int32_t window = 0;    // PagedKvLayer::sliding_window
+  float softcap = 0.0f;  // PagedKvLayer::logit_softcap
 };
 
 std::string Name(const Config& c) {
   return "heads=" + std::to_string(c.heads) + " kv_heads=" + std::to_string(c.kv_heads) +
          " head_dim=" + std::to_string(c.head_dim) + " kv=" + std::string(DTypeName(c.kv)) +
-         " window=" + std::to_string(c.window);
+         " window=" + std::to_string(c.window) + " softcap=" + std::to_string(c.softcap);
 }
 
 // The first position a row at `pos` attends to.
@@ -142,10 +143,10 @@ StepResult RunStep(const Config& c, const std::vector<SeqIn>& seqs, bool gap_row
 
   std::vector<unsigned char> cpu_k = NanPool(c, num_blocks), cpu_v = cpu_k;
   std::vector<unsigned char> cuda_k = cpu_k, cuda_v = cpu_k;
-  const PagedKvLayer cpu_layer{cpu_k.data(), cpu_v.data(), num_blocks, kBlockSize,
-                               c.kv_heads,   c.head_dim,   c.kv,       c.window};
-  const PagedKvLayer cuda_layer{cuda_k.data(), cuda_v.data(), num_blocks, kBlockSize,
-                                c.kv_heads,    c.head_dim,    c.kv,       c.window};
+  const PagedKvLayer cpu_layer{cpu_k.data(), cpu_v.data(), num_blocks, kBlockSize, c.kv_heads,
+                               c.head_dim,   c.kv,         c.window,   c.softcap};
+  const PagedKvLayer cuda_layer{cuda_k.data(), cuda_v.data(), num_blocks, kBlockSize, c.kv_heads,
+                                c.head_dim,    c.kv,          c.window,   c.softcap};
   const auto caches_equal = [&](const char* when) {
     EXPECT_TRUE(cpu_k == cuda_k) << "K cache differs after " << when;
     EXPECT_TRUE(cpu_v == cuda_v) << "V cache differs after " << when;
@@ -358,6 +359,30 @@ TEST(CudaAttentionEmuTest, SlidingWindowMatchesCpuBackend) {
           EXPECT_TRUE(f.cpu[i] == r.cpu[i]) << "seq " << i;
         }
       }
+    }
+  }
+}
+
+// Soft-capped scores (Gemma 2), with and without a window: the CPU backend's bits, under
+// every plan; and the cap changes the output.
+TEST(CudaAttentionEmuTest, SoftCapMatchesCpuBackend) {
+  const std::vector<Config> configs = {
+      {8, 2, 64, DType::kBF16},
+      {6, 1, 80, DType::kF32},
+  };
+  uint32_t seed = 900;
+  for (Config c : configs) {
+    for (const int32_t window : {0, 7}) {
+      c.window = window;
+      c.softcap = 0.5f;
+      SCOPED_TRACE(Name(c));
+      const StepResult r = RunStep(c, kMixed, /*gap_row=*/true, seed, kAllPlans);
+      ExpectMatchesCpu(kMixed, c, r);
+      Config uncapped = c;
+      uncapped.softcap = 0.0f;
+      const StepResult u = RunStep(uncapped, kMixed, /*gap_row=*/true, seed, kAllPlans);
+      EXPECT_FALSE(u.cpu[0] == r.cpu[0]) << "the cap changed nothing";
+      ++seed;
     }
   }
 }

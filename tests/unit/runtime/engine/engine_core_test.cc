@@ -703,6 +703,105 @@ TEST_F(EngineCoreTest, SlidingWindowGivesBackBlocksBeforeTheWindowAndKeepsEveryL
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
 }
 
+// Gemma 2 (hf_gemma2: a window of 6 on layers 0 and 2, full attention on 1 and 3, soft-capped
+// scores and logits), in blocks of 4: transformers' greedy tokens alone, batched, chunked
+// and under preemption; chunked = whole prefill and prefix cache on = off, logit for logit;
+// and since the full-attention layers read every position no block is given back early:
+// every logit equals a whole-sequence forward pass over blocks all kept.
+TEST_F(EngineCoreTest, Gemma2KeepsTheInvariancesAndEqualsTransformersGenerate) {
+  model::Model::Options mo;
+  mo.num_threads = 1;
+  mo.backend = backend_;
+  const std::string dir = testing::TinyModelDir("hf_gemma2");
+  auto loaded = model::Model::Load(dir, mo);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  model::Model& m = **loaded;
+  const model::ModelConfig& c = m.config();
+  ASSERT_EQ(c.model_type, "gemma2");
+  ASSERT_EQ(c.LayerSlidingWindow(0), 6);
+  ASSERT_EQ(c.LayerSlidingWindow(1), 0);
+  ASSERT_EQ(c.KvWindow(), 0);
+
+  std::ifstream in(dir + "/golden.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  std::vector<Request> reqs;
+  std::vector<std::vector<int32_t>> want;
+  for (const auto& g : j.at("generations")) {
+    Request r;
+    r.prompt = g.at("prompt").get<std::vector<int32_t>>();
+    want.push_back(g.at("tokens").get<std::vector<int32_t>>());
+    r.sampling.temperature = 0;
+    r.sampling.max_tokens = static_cast<int32_t>(want.back().size());
+    r.sampling.ignore_eos = true;
+    reqs.push_back(std::move(r));
+  }
+  ASSERT_EQ(reqs.size(), 2u);
+  // Requests over the first generation's prompt and more (prefix-cache hits of its first
+  // block), and random ones.
+  std::mt19937 rng(13);
+  for (int i = 0; i < 8; ++i) {
+    Request r;
+    if (i < 3) r.prompt = reqs[0].prompt;
+    const int len = std::uniform_int_distribution<int>(1, 30)(rng);
+    for (int k = 0; k < len; ++k) r.prompt.push_back(3 + rng() % 90);
+    r.sampling.temperature = 0;
+    r.sampling.max_tokens = 20;
+    r.sampling.ignore_eos = true;
+    reqs.push_back(std::move(r));
+  }
+  const int n = static_cast<int>(reqs.size());
+  EngineOptions chunked = Options();
+  chunked.block_size = 4;
+  chunked.max_batched_tokens = 7;
+  EngineOptions whole = chunked;
+  whole.enable_chunked_prefill = false;
+  whole.max_batched_tokens = 128;
+  whole.enable_prefix_caching = false;
+  EngineOptions tight = chunked;
+  tight.max_model_len = 64;
+  tight.num_kv_blocks = 16;  // one 64-token sequence
+  const std::vector<std::vector<int>> waves = {{0}, {1, 2, 3, 4, 5, 6, 7, 8, 9}};
+  const Run a = RunWaves(chunked, reqs, waves, true, &m);
+  const Run b = RunWaves(whole, reqs, waves, true, &m);
+  const Run alone = RunWaves(chunked, reqs, Alone(n), false, &m);
+  const Run pressured = RunWaves(tight, reqs, Together(n), false, &m);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(a.out[i].tokens, want[i]) << i;
+    EXPECT_EQ(alone.out[i].tokens, want[i]) << i;
+    EXPECT_EQ(pressured.out[i].tokens, want[i]) << i;
+  }
+  ExpectSameTokens(a, b);
+  ExpectSameTokens(a, alone);
+  ExpectSameTokens(a, pressured);
+  EXPECT_GE(ExpectSameLogits(a, b), 2 * 16);
+  EXPECT_GT(a.prefix_hits, 0);
+  EXPECT_EQ(b.prefix_hits, 0);
+  EXPECT_GT(pressured.preemptions, 0);
+
+  // Each generated position's logits: a whole-sequence forward pass, every block kept.
+  auto cache = *model::KvCache::Create(m.backend(), c, 4, 32);
+  model::ForwardWorkspace ws(m.backend());
+  std::vector<int32_t> table(32);
+  std::iota(table.begin(), table.end(), 0);
+  int compared = 0;
+  for (int i = 0; i < n; ++i) {
+    std::vector<int32_t> seq(reqs[i].prompt.begin(), reqs[i].prompt.end());
+    seq.insert(seq.end(), a.out[i].tokens.begin(), a.out[i].tokens.end() - 1);
+    const model::SequenceInput s{seq, 0, table, model::LogitsMode::kAll};
+    std::vector<float> ref(seq.size() * c.vocab_size);
+    ASSERT_TRUE(m.Forward({&s, 1}, *cache, ws, ref.data()).ok());
+    for (size_t pos = reqs[i].prompt.size() - 1; pos < seq.size(); ++pos) {
+      auto it = a.logits.find({static_cast<RequestId>(i + 1), static_cast<int32_t>(pos)});
+      ASSERT_NE(it, a.logits.end()) << "request " << i << " position " << pos;
+      ++compared;
+      ASSERT_EQ(0, std::memcmp(it->second.data(), ref.data() + pos * c.vocab_size,
+                               c.vocab_size * sizeof(float)))
+          << "request " << i << " position " << pos;
+    }
+  }
+  EXPECT_GE(compared, 24 + 16 + 8 * 20);
+}
+
 // Dynamic NTK RoPE (max_position_embeddings 32, factor 4): prompts within and past the
 // context; chunked = whole prefill, prefix cache on = off (a prompt past the context rotates
 // its tokens for its own length, so it shares blocks only with prompts of that length),

@@ -198,17 +198,32 @@ TEST(GgufModel, TiesEmbeddingsWhenOutputIsAbsent) {
 
 TEST(GgufModel, UnsupportedArchitectureIsNamed) {
   Variant v;
-  v.arch = "gemma";
-  const absl::Status s = LoadStatus(v, "gemma.gguf");
+  v.arch = "gemma3";
+  const absl::Status s = LoadStatus(v, "gemma3.gguf");
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
-  EXPECT_THAT(std::string(s.message()), HasSubstr("general.architecture 'gemma'"));
-  EXPECT_THAT(std::string(s.message()), HasSubstr("gemma.gguf"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("general.architecture 'gemma3'"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("gemma3.gguf"));
   EXPECT_THAT(std::string(s.message()),
-              HasSubstr("supported: llama, qwen2, qwen3, qwen2moe, qwen3moe, phi3"));
+              HasSubstr("supported: llama, qwen2, qwen3, qwen2moe, qwen3moe, phi3, gemma, gemma2"));
 }
 
-// The GGUF name llama.cpp's converter gives a checkpoint tensor ("" for none).
-std::string GgufName(const std::string& hf) {
+// The GGUF name llama.cpp's converter gives a checkpoint tensor ("" for none); `gemma2`:
+// its sandwich norms (post_attention_layernorm follows the attention there).
+std::string GgufName(const std::string& hf, bool gemma2 = false) {
+  if (gemma2) {
+    static constexpr std::pair<const char*, const char*> kSandwich[] = {
+        {"post_attention_layernorm", "post_attention_norm"},
+        {"pre_feedforward_layernorm", "ffn_norm"},
+        {"post_feedforward_layernorm", "post_ffw_norm"},
+    };
+    int layer = 0;
+    char rest[128] = {};
+    if (std::sscanf(hf.c_str(), "model.layers.%d.%127[a-z_].weight", &layer, rest) == 2) {
+      for (const auto& [from, to] : kSandwich) {
+        if (std::string(rest) == from) return absl::StrCat("blk.", layer, ".", to, ".weight");
+      }
+    }
+  }
   if (hf == "model.embed_tokens.weight") return "token_embd.weight";
   if (hf == "model.norm.weight") return "output_norm.weight";
   if (hf == "lm_head.weight") return "output.weight";
@@ -256,7 +271,9 @@ std::string GgufName(const std::string& hf) {
 // Qwen2-MoE / Qwen3-MoE experts (mlp.experts.E.{gate,down,up}_proj) likewise; Qwen2-MoE's
 // shared expert as blk.N.ffn_{gate,down,up}_shexp and its gate as blk.N.ffn_gate_inp_shexp,
 // the [hidden] vector llama.cpp reads (shexp_gate_matrix: the checkpoint's [1, hidden]).
-// `extra` adds metadata.
+// Gemma and Gemma 2 (GemmaModel / Gemma2Model): every norm weight stored as 1 + w (in f32);
+// Gemma 2's attn_logit_softcapping, final_logit_softcapping and attention.sliding_window from
+// the config, its sandwich norms under their names (GgufName). `extra` adds metadata.
 std::string ConvertCheckpoint(const std::string& dir, const std::string& arch,
                               const std::string& file_name, bool stacked_experts = true,
                               const std::function<void(GgufWriter&)>& extra = nullptr,
@@ -293,6 +310,12 @@ std::string ConvertCheckpoint(const std::string& dir, const std::string& arch,
       w.U32(arch + ".expert_shared_feed_forward_length",
             j["shared_expert_intermediate_size"].get<uint32_t>());
     }
+  }
+  const bool gemma = arch == "gemma" || arch == "gemma2";
+  if (arch == "gemma2") {  // Gemma2Model.set_gguf_parameters
+    w.F32(arch + ".attn_logit_softcapping", j["attn_logit_softcapping"].get<float>());
+    w.F32(arch + ".final_logit_softcapping", j["final_logit_softcapping"].get<float>());
+    w.U32(arch + ".attention.sliding_window", j["sliding_window"].get<uint32_t>());
   }
   if (extra) extra(w);
   for (const auto& [name, shape] : model::ExpectedTensors(*config)) {
@@ -341,7 +364,10 @@ std::string ConvertCheckpoint(const std::string& dir, const std::string& arch,
     if (arch == "llama" && (q || absl::StrContains(name, "k_proj.weight"))) {
       values = Permute(values, shape[0], shape[1], q ? config->num_heads : config->num_kv_heads);
     }
-    const std::string gguf_name = GgufName(name);
+    if (gemma && absl::EndsWith(name, "norm.weight")) {
+      for (float& x : values) x = 1.0f + x;  // data_torch + 1
+    }
+    const std::string gguf_name = GgufName(name, arch == "gemma2");
     EXPECT_FALSE(gguf_name.empty()) << name;
     if (absl::EndsWith(name, "shared_expert_gate.weight") && !shexp_gate_matrix) {
       w.AddF32(gguf_name, {static_cast<uint64_t>(shape[1])}, values);
@@ -381,6 +407,121 @@ TEST(GgufModel, Qwen2AndQwen3MatchTheirSafetensorsCheckpointsBitForBit) {
     EXPECT_EQ(c.head_dim, (*original)->config().head_dim);
     EXPECT_EQ(Logits(**m, ids), want);
   }
+}
+
+// Gemma and Gemma 2 as llama.cpp's converter writes them: norm weights with the 1 added,
+// Gemma 2's sandwich norms and soft-caps. The file has no query_pre_attn_scalar: llama.cpp
+// scales by head_size^-0.5 (but for 46 layers), so the Gemma 2 file is checked against
+// hf_gemma2 with query_pre_attn_scalar = head_dim (16; hf_gemma2's own 24 gives other
+// logits). Bit-identical logits over 20 tokens, past hf_gemma2's window of 6.
+TEST(GgufModel, GemmaAndGemma2MatchTheirSafetensorsCheckpointsBitForBit) {
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 20; ++i) tokens.push_back((11 * i + 5) % 97);
+  const std::string gemma_dir = std::string(SPANSERVE_TEST_DATA) + "/models/hf_gemma";
+  {
+    auto original = model::Model::Load(gemma_dir);
+    ASSERT_TRUE(original.ok()) << original.status();
+    auto m = model::Model::Load(ConvertCheckpoint(gemma_dir, "gemma", "hf_gemma.gguf"));
+    ASSERT_TRUE(m.ok()) << m.status();
+    const model::ModelConfig& c = (*m)->config();
+    EXPECT_EQ(c.model_type, "gemma");
+    EXPECT_EQ(c.norm_gain_offset, 0.0f);  // the file's weights are the gains
+    EXPECT_TRUE(c.scale_embeddings);
+    EXPECT_EQ(c.activation, model::Activation::kGeluTanh);
+    EXPECT_TRUE(c.tie_word_embeddings);
+    EXPECT_EQ(c.norm_placement, model::NormPlacement::kPre);
+    EXPECT_EQ(Logits(**m, tokens), Logits(**original, tokens));
+  }
+  const std::filesystem::path src = std::string(SPANSERVE_TEST_DATA) + "/models/hf_gemma2";
+  const std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / "gemma2_hd";
+  std::filesystem::create_directories(dir);
+  std::ifstream in(src / "config.json");
+  nlohmann::json cfg = nlohmann::json::parse(in);
+  ASSERT_EQ(cfg["query_pre_attn_scalar"].get<int>(), 24);
+  cfg["query_pre_attn_scalar"] = cfg["head_dim"];
+  std::ofstream(dir / "config.json") << cfg.dump();
+  std::filesystem::copy_file(src / "model.safetensors", dir / "model.safetensors",
+                             std::filesystem::copy_options::overwrite_existing);
+  auto head_dim_scaled = model::Model::Load(dir.string());
+  ASSERT_TRUE(head_dim_scaled.ok()) << head_dim_scaled.status();
+  auto original = model::Model::Load(src.string());
+  ASSERT_TRUE(original.ok()) << original.status();
+  auto m = model::Model::Load(ConvertCheckpoint(src.string(), "gemma2", "hf_gemma2.gguf"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  const model::ModelConfig& c = (*m)->config();
+  EXPECT_EQ(c.model_type, "gemma2");
+  EXPECT_EQ(c.norm_placement, model::NormPlacement::kSandwich);
+  EXPECT_EQ(c.norm_gain_offset, 0.0f);
+  EXPECT_EQ(c.attn_logit_softcap, 5.0f);
+  EXPECT_EQ(c.final_logit_softcap, 3.0f);
+  EXPECT_EQ(c.sliding_window, 6);
+  EXPECT_EQ(c.LayerSlidingWindow(0), 6);
+  EXPECT_EQ(c.LayerSlidingWindow(1), 0);
+  EXPECT_EQ(c.AttentionScale(), 0.25f);
+  const std::vector<float> got = Logits(**m, tokens);
+  EXPECT_EQ(got, Logits(**head_dim_scaled, tokens));
+  EXPECT_NE(got, Logits(**original, tokens));
+}
+
+// Gemma 2 metadata: llama.cpp's defaults for absent keys (window 4096, caps 50 and 30), its
+// query scale (embedding_length / head_count for 46 layers, the head size otherwise), and
+// bad values named.
+TEST(GgufModel, Gemma2MetadataAsLlamaCppReadsIt) {
+  const auto config = [](const std::string& name, uint32_t layers,
+                         const std::function<void(GgufWriter&)>& extra) {
+    GgufWriter w;
+    w.Str("general.architecture", "gemma2");
+    w.U32("gemma2.block_count", layers);
+    w.U32("gemma2.context_length", 8192);
+    w.U32("gemma2.embedding_length", 4608);
+    w.U32("gemma2.feed_forward_length", 36864);
+    w.U32("gemma2.attention.head_count", 32);
+    w.U32("gemma2.attention.head_count_kv", 16);
+    w.U32("gemma2.attention.key_length", 128);
+    w.U32("gemma2.attention.value_length", 128);
+    w.U32("gemma2.vocab_size", 256000);
+    w.F32("gemma2.attention.layer_norm_rms_epsilon", 1e-6f);
+    if (extra) extra(w);
+    const std::vector<uint8_t> bytes = w.Build();
+    const std::string path = ::testing::TempDir() + name;
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()),
+               static_cast<std::streamsize>(bytes.size()));
+    auto file = gguf::GgufFile::Open(path);
+    EXPECT_TRUE(file.ok()) << file.status();
+    return model::GgufModelConfig(**file);
+  };
+  // Gemma 2 27B's shape: 46 layers, query_pre_attn_scalar 4608 / 32 = 144, not 128.
+  absl::StatusOr<model::ModelConfig> c = config("g2_27b.gguf", 46, nullptr);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->query_pre_attn_scalar, 144.0);
+  EXPECT_EQ(c->AttentionScale(), static_cast<float>(1.0 / 12.0));
+  EXPECT_EQ(c->sliding_window, 4096);
+  EXPECT_EQ(c->attn_logit_softcap, 50.0f);
+  EXPECT_EQ(c->final_logit_softcap, 30.0f);
+  EXPECT_EQ(c->KvWindow(), 0);
+  c = config("g2_42.gguf", 42, [](GgufWriter& w) {
+    w.U32("gemma2.attention.sliding_window", 1024);
+    w.F32("gemma2.attn_logit_softcapping", 20.0f);
+  });
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->query_pre_attn_scalar, 128.0);
+  EXPECT_EQ(c->sliding_window, 1024);
+  EXPECT_EQ(c->attn_logit_softcap, 20.0f);
+  for (const auto& [key, needle] :
+       {std::pair<std::string, std::string>{"gemma2.attn_logit_softcapping", "= -5"},
+        std::pair<std::string, std::string>{"gemma2.final_logit_softcapping", "= 0"}}) {
+    c = config("g2_bad.gguf", 42, [&key](GgufWriter& w) {
+      w.F32(key, key == "gemma2.attn_logit_softcapping" ? -5.0f : 0.0f);
+    });
+    ASSERT_FALSE(c.ok());
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << c.status();
+    EXPECT_THAT(std::string(c.status().message()), HasSubstr(key + " " + needle));
+  }
+  c = config("g2_window.gguf", 42,
+             [](GgufWriter& w) { w.U32("gemma2.attention.sliding_window", 0); });
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("gemma2.attention.sliding_window"));
 }
 
 // Phi-3 as llama.cpp's converter (Phi3MiniModel) writes it: the fused attn_qkv and ffn_up

@@ -733,6 +733,141 @@ TEST(ModelConfig, ActivationErrorsNameTheKey) {
   EXPECT_THAT(c.status().message(), HasSubstr("'norm_placement'"));
 }
 
+// google/gemma-2-9b's config.json (as published for transformers 4.42).
+constexpr char kGemma2Config[] = R"({
+  "architectures": ["Gemma2ForCausalLM"],
+  "attention_bias": false,
+  "attention_dropout": 0.0,
+  "attn_logit_softcapping": 50.0,
+  "bos_token_id": 2,
+  "cache_implementation": "hybrid",
+  "eos_token_id": 1,
+  "final_logit_softcapping": 30.0,
+  "head_dim": 256,
+  "hidden_act": "gelu_pytorch_tanh",
+  "hidden_activation": "gelu_pytorch_tanh",
+  "hidden_size": 3584,
+  "initializer_range": 0.02,
+  "intermediate_size": 14336,
+  "max_position_embeddings": 8192,
+  "model_type": "gemma2",
+  "num_attention_heads": 16,
+  "num_hidden_layers": 42,
+  "num_key_value_heads": 8,
+  "pad_token_id": 0,
+  "query_pre_attn_scalar": 256,
+  "rms_norm_eps": 1e-06,
+  "rope_theta": 10000.0,
+  "sliding_window": 4096,
+  "sliding_window_size": 4096,
+  "torch_dtype": "float32",
+  "transformers_version": "4.42.0.dev0",
+  "use_cache": true,
+  "vocab_size": 256000
+})";
+
+TEST(ModelConfig, Gemma2ParsesAsSandwichWithSoftCapsAndAlternatingWindows) {
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(kGemma2Config);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->model_type, "gemma2");
+  EXPECT_EQ(c->norm_placement, NormPlacement::kSandwich);
+  EXPECT_TRUE(c->final_norm);
+  EXPECT_EQ(c->activation, Activation::kGeluTanh);
+  EXPECT_TRUE(c->scale_embeddings);
+  EXPECT_EQ(c->norm_gain_offset, 1.0f);
+  EXPECT_TRUE(c->tie_word_embeddings);
+  EXPECT_EQ(c->attn_logit_softcap, 50.0f);
+  EXPECT_EQ(c->final_logit_softcap, 30.0f);
+  EXPECT_EQ(c->query_pre_attn_scalar, 256.0);
+  EXPECT_EQ(c->AttentionScale(), 1.0f / 16);
+  EXPECT_EQ(c->sliding_window, 4096);
+  for (int l = 0; l < 42; ++l) EXPECT_EQ(c->LayerSlidingWindow(l), l % 2 == 0 ? 4096 : 0) << l;
+  EXPECT_EQ(c->KvWindow(), 0);  // the odd layers attend to everything
+
+  // Gemma2Config's defaults for absent keys; null turns a cap (or the window) off.
+  json j = json::parse(kGemma2Config);
+  for (const char* key : {"attn_logit_softcapping", "final_logit_softcapping",
+                          "query_pre_attn_scalar", "sliding_window"}) {
+    j.erase(key);
+  }
+  absl::StatusOr<ModelConfig> d = ParseModelConfig(j.dump());
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->attn_logit_softcap, 50.0f);
+  EXPECT_EQ(d->final_logit_softcap, 30.0f);
+  EXPECT_EQ(d->query_pre_attn_scalar, 224.0);
+  EXPECT_EQ(d->AttentionScale(), static_cast<float>(1.0 / std::sqrt(224.0)));
+  EXPECT_EQ(d->sliding_window, 4096);
+  j["attn_logit_softcapping"] = nullptr;
+  j["final_logit_softcapping"] = nullptr;
+  j["sliding_window"] = nullptr;
+  d = ParseModelConfig(j.dump());
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->attn_logit_softcap, 0.0f);
+  EXPECT_EQ(d->final_logit_softcap, 0.0f);
+  EXPECT_EQ(d->sliding_window, 0);
+  EXPECT_EQ(d->LayerSlidingWindow(0), 0);
+
+  // Gemma (1) and the other families: no caps, head_dim's scale.
+  const absl::StatusOr<ModelConfig> gemma = ParseModelConfig(kGemmaConfig);
+  ASSERT_TRUE(gemma.ok()) << gemma.status();
+  EXPECT_EQ(gemma->attn_logit_softcap, 0.0f);
+  EXPECT_EQ(gemma->final_logit_softcap, 0.0f);
+  EXPECT_EQ(gemma->AttentionScale(), 1.0f / 16);
+  json g = json::parse(kGemmaConfig);
+  g["attn_logit_softcapping"] = 50.0;  // not a GemmaConfig key: ignored
+  g["query_pre_attn_scalar"] = 100;
+  g["sliding_window"] = 8;
+  const absl::StatusOr<ModelConfig> gemma_extra = ParseModelConfig(g.dump());
+  ASSERT_TRUE(gemma_extra.ok()) << gemma_extra.status();
+  EXPECT_EQ(gemma_extra->attn_logit_softcap, 0.0f);
+  EXPECT_EQ(gemma_extra->AttentionScale(), 1.0f / 16);
+  EXPECT_EQ(gemma_extra->sliding_window, 0);
+}
+
+TEST(ModelConfig, Gemma2ErrorsNameTheKey) {
+  struct Fault {
+    const char* name;
+    json patch;
+    const char* needle;
+  };
+  const std::vector<Fault> faults = {
+      {"NegativeAttnCap",
+       {{"attn_logit_softcapping", -50.0}},
+       "key 'attn_logit_softcapping' must be a positive number"},
+      {"ZeroAttnCap",
+       {{"attn_logit_softcapping", 0}},
+       "key 'attn_logit_softcapping' must be a positive number"},
+      {"StringFinalCap",
+       {{"final_logit_softcapping", "30"}},
+       "key 'final_logit_softcapping' must be a number"},
+      {"NegativeFinalCap",
+       {{"final_logit_softcapping", -1.0}},
+       "key 'final_logit_softcapping' must be a positive number"},
+      {"HugeFinalCap",
+       {{"final_logit_softcapping", 1e300}},
+       "key 'final_logit_softcapping' must be a positive number"},
+      {"ZeroScalar",
+       {{"query_pre_attn_scalar", 0}},
+       "key 'query_pre_attn_scalar' must be a positive number"},
+      {"NegativeScalar",
+       {{"query_pre_attn_scalar", -256}},
+       "key 'query_pre_attn_scalar' must be a positive number"},
+      {"ZeroWindow", {{"sliding_window", 0}}, "key 'sliding_window' must be positive"},
+      {"FloatWindow", {{"sliding_window", 4096.5}}, "key 'sliding_window' must be an integer"},
+      {"PostNorm", {{"norm_placement", "pre"}}, "(sandwich, rmsnorm, false)"},
+      {"LayerNorm", {{"norm_type", "layernorm"}}, "with model_type 'gemma2'"},
+  };
+  for (const Fault& f : faults) {
+    SCOPED_TRACE(f.name);
+    json j = json::parse(kGemma2Config);
+    j.merge_patch(f.patch);
+    const absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+    ASSERT_FALSE(c.ok());
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(c.status().message(), HasSubstr(f.needle));
+  }
+}
+
 TEST(ModelConfig, MixtralParsesAsMoe) {
   const absl::StatusOr<ModelConfig> c = ParseModelConfig(kMixtralConfig);
   ASSERT_TRUE(c.ok()) << c.status();

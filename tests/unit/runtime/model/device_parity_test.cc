@@ -166,6 +166,7 @@ std::vector<Case> Cases() {
       "tests/data/models/hf_qwen3_moe",
       "tests/data/models/hf_phi3",
       "tests/data/models/hf_phi3_longrope",
+      "tests/data/models/hf_gemma2",
   };
   std::vector<Case> cases;
   for (bool emulated : {true, false}) {

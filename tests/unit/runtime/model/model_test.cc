@@ -241,7 +241,8 @@ TEST(ModelTest, GoldenCasesCoverEveryPlacementAndTransformers) {
                            "hf_qwen3_moe",
                            "hf_llama_dynamic",
                            "hf_phi3",
-                           "hf_phi3_longrope"}) {
+                           "hf_phi3_longrope",
+                           "hf_gemma2"}) {
     EXPECT_NE(std::find(cases.begin(), cases.end(), want), cases.end()) << want;
   }
 }
@@ -460,6 +461,151 @@ TEST(ModelTest, GemmaExpectsExactlyItsTensors) {
   std::sort(got.begin(), got.end());
   std::sort(want.begin(), want.end());
   EXPECT_EQ(got, want);
+}
+
+// Gemma 2: Gemma's tensors plus the sandwich norms' pre_feedforward_layernorm and
+// post_feedforward_layernorm (post_attention_layernorm now follows the attention); the
+// config's scale, soft-caps and windows on the even layers only.
+TEST(ModelTest, Gemma2ExpectsExactlyItsTensors) {
+  const absl::StatusOr<ModelConfig> c = LoadModelConfig(CaseDir("hf_gemma2"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->norm_placement, NormPlacement::kSandwich);
+  EXPECT_EQ(c->activation, Activation::kGeluTanh);
+  EXPECT_TRUE(c->scale_embeddings);
+  EXPECT_EQ(c->norm_gain_offset, 1.0f);
+  EXPECT_TRUE(c->tie_word_embeddings);
+  EXPECT_EQ(c->attn_logit_softcap, 5.0f);
+  EXPECT_EQ(c->final_logit_softcap, 3.0f);
+  EXPECT_EQ(c->AttentionScale(), static_cast<float>(1.0 / std::sqrt(24.0)));
+  EXPECT_NE(c->AttentionScale(), 0.25f);  // head_dim 16's
+  for (int l = 0; l < 4; ++l) EXPECT_EQ(c->LayerSlidingWindow(l), l % 2 == 0 ? 6 : 0) << l;
+  // The odd layers read every position: no KV block may be given back.
+  EXPECT_EQ(c->KvWindow(), 0);
+  std::vector<std::pair<std::string, std::vector<int64_t>>> want = {
+      {"model.embed_tokens.weight", {97, 32}}, {"model.norm.weight", {32}}};
+  for (int l = 0; l < 4; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    want.push_back({p + "input_layernorm.weight", {32}});
+    want.push_back({p + "post_attention_layernorm.weight", {32}});
+    want.push_back({p + "pre_feedforward_layernorm.weight", {32}});
+    want.push_back({p + "post_feedforward_layernorm.weight", {32}});
+    want.push_back({p + "self_attn.q_proj.weight", {64, 32}});
+    want.push_back({p + "self_attn.k_proj.weight", {32, 32}});
+    want.push_back({p + "self_attn.v_proj.weight", {32, 32}});
+    want.push_back({p + "self_attn.o_proj.weight", {32, 64}});
+    want.push_back({p + "mlp.gate_proj.weight", {48, 32}});
+    want.push_back({p + "mlp.up_proj.weight", {48, 32}});
+    want.push_back({p + "mlp.down_proj.weight", {32, 48}});
+  }
+  auto got = ExpectedTensors(*c);
+  std::sort(got.begin(), got.end());
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(got, want);
+}
+
+// hf_gemma2's greedy generations (transformers with its HybridCache, prompts of 8 and 15
+// tokens past the window of 6): the same tokens with the prompt whole or in chunks of 3, in
+// blocks of 4 positions (so the windows cross blocks), with the same logits either way.
+TEST(ModelTest, Gemma2GreedyGenerationEqualsTransformers) {
+  const std::string dir = CaseDir("hf_gemma2");
+  auto model = Model::Load(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const ModelConfig& c = (*model)->config();
+  std::ifstream in(dir + "/golden.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  ASSERT_EQ(j.at("generations").size(), 2u);
+  for (const auto& gen : j.at("generations")) {
+    const std::vector<int32_t> prompt = gen.at("prompt").get<std::vector<int32_t>>();
+    const std::vector<int32_t> want = gen.at("tokens").get<std::vector<int32_t>>();
+    const int32_t n = static_cast<int32_t>(prompt.size());
+    ASSERT_GT(n + static_cast<int32_t>(want.size()), 2 * c.sliding_window);
+    std::vector<float> first_logits;
+    for (const int32_t chunk : {n, 3}) {
+      SCOPED_TRACE(::testing::Message() << "prompt " << n << " chunk " << chunk);
+      Runner run(**model, /*block_size=*/4, /*num_blocks=*/64);
+      const std::vector<int32_t> table = run.Blocks(n + want.size());
+      std::vector<int32_t> ids = prompt;
+      std::vector<float> logits(c.vocab_size), all_logits;
+      for (int32_t begin = 0; begin < n; begin += chunk) {
+        const SequenceInput s{
+            std::span<const int32_t>(ids.data() + begin, std::min(chunk, n - begin)), begin, table,
+            LogitsMode::kLast};
+        ASSERT_TRUE((*model)->Forward({&s, 1}, *run.cache, run.ws, logits.data()).ok());
+      }
+      std::vector<int32_t> got;
+      while (true) {
+        all_logits.insert(all_logits.end(), logits.begin(), logits.end());
+        got.push_back(
+            static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+        if (got.size() == want.size()) break;
+        ids.push_back(got.back());
+        const SequenceInput s{std::span<const int32_t>(&ids.back(), 1),
+                              static_cast<int32_t>(ids.size()) - 1, table, LogitsMode::kLast};
+        ASSERT_TRUE((*model)->Forward({&s, 1}, *run.cache, run.ws, logits.data()).ok());
+      }
+      EXPECT_EQ(got, want);
+      // Soft-capped logits stay within the cap.
+      for (const float x : all_logits) ASSERT_LE(std::abs(x), c.final_logit_softcap);
+      if (first_logits.empty()) {
+        first_logits = all_logits;
+      } else {
+        EXPECT_EQ(0, std::memcmp(all_logits.data(), first_logits.data(),
+                                 all_logits.size() * sizeof(float)));
+      }
+    }
+  }
+}
+
+// Each of Gemma 2's config keys is read: the golden logits move past their tolerance when
+// either soft-cap is turned off (null) or query_pre_attn_scalar is head_dim.
+TEST(ModelTest, Gemma2GoldenNeedsEachConfigKey) {
+  const fs::path src = CaseDir("hf_gemma2");
+  std::ifstream in(src / "config.json");
+  const nlohmann::json base = nlohmann::json::parse(in);
+  int index = 0;
+  for (const auto& [key, value] :
+       {std::pair<std::string, nlohmann::json>{"attn_logit_softcapping", nullptr},
+        {"final_logit_softcapping", nullptr},
+        {"query_pre_attn_scalar", 16},
+        {"sliding_window", 7}}) {
+    SCOPED_TRACE(key);
+    const fs::path dir = fs::path(::testing::TempDir()) / ("gemma2_key" + std::to_string(index++));
+    fs::create_directories(dir);
+    nlohmann::json cfg = base;
+    cfg[key] = value;
+    std::ofstream(dir / "config.json") << cfg.dump();
+    fs::copy_file(src / "model.safetensors", dir / "model.safetensors",
+                  fs::copy_options::overwrite_existing);
+    auto model = Model::Load(dir.string());
+    ASSERT_TRUE(model.ok()) << model.status();
+    const Golden g = ReadGolden(src.string(), (*model)->config().vocab_size);
+    Runner run(**model);
+    double worst = 0;
+    for (size_t i = 0; i < g.sequences.size(); ++i) {
+      worst = std::max(worst, RelError(run.AllLogits(g.sequences[i], 1 << 30), g.logits[i]));
+    }
+    EXPECT_GT(worst, 100 * g.tolerance);
+  }
+}
+
+// With windows on alternating layers the full-attention layers still read every position:
+// a block before the window of the even layers must not be released (-1).
+TEST(ModelTest, Gemma2KeepsEveryBlockForItsFullAttentionLayers) {
+  auto model = Model::Load(CaseDir("hf_gemma2"));
+  ASSERT_TRUE(model.ok()) << model.status();
+  const ModelConfig& c = (*model)->config();
+  Runner run(**model, /*block_size=*/4, /*num_blocks=*/16);
+  std::vector<int32_t> table = run.Blocks(21);
+  const std::vector<int32_t> ids(20, 5);
+  std::vector<float> logits(c.vocab_size);
+  SequenceInput s{ids, 0, table, LogitsMode::kLast};
+  ASSERT_TRUE((*model)->Forward({&s, 1}, *run.cache, run.ws, logits.data()).ok());
+  table[0] = -1;  // positions 0..3, long before the window of 6 at position 20
+  const std::vector<int32_t> next = {7};
+  s = {next, 20, table, LogitsMode::kLast};
+  const absl::Status st = (*model)->Forward({&s, 1}, *run.cache, run.ws, logits.data());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_THAT(st.message(), HasSubstr("outside the KV pool"));
 }
 
 // Qwen3: head_dim 12 from the config (q is 48 wide over hidden 40), no biases, and q_norm /
