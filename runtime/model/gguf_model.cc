@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/dtype.h"
 #include "common/meminfo.h"
 #include "common/status.h"
 #include "common/thread_pool.h"
@@ -646,8 +647,9 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
 
 namespace {
 
-// How a tensor is held: its blocks as stored (matrices of KeptQuant types), its values in
-// place (F32 / F16 / BF16 not permuted), or widened to an owned f32 copy (anything else).
+// How a tensor is held: its blocks as stored (matrices of KeptQuant types), its values as
+// stored (F32 / F16 / BF16 in place; F16 / BF16 Q / K rows to reorder in an owned copy of the
+// same type), or widened to an owned f32 copy (anything else, permuted F32 included).
 enum class Holding { kBlocks, kInPlace, kWidened };
 
 struct TensorPlan {
@@ -674,8 +676,8 @@ TensorPlan PlanTensor(const TensorInfo& t, const ModelConfig& config) {
   if (kept != kernels::QuantType::kNone && (shape.size() == 2 || shape.size() == 3) &&
       shape.back() % kernels::QuantBlockElems(kept) == 0) {
     plan.holding = Holding::kBlocks;
-  } else if (!plan.permute && (t.type == TensorType::kF32 || t.type == TensorType::kF16 ||
-                               t.type == TensorType::kBF16)) {
+  } else if (t.type == TensorType::kF16 || t.type == TensorType::kBF16 ||
+             (t.type == TensorType::kF32 && !plan.permute)) {
     plan.holding = Holding::kInPlace;
   }
   return plan;
@@ -763,6 +765,17 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
                    : t.type == TensorType::kF16 ? DType::kF16
                                                 : DType::kBF16;
       view.data = t.data;
+      if (permute) {
+        // The rows reordered in their own type: a bf16 / f16 Q or K matrix stays one, so the
+        // bf16 dot products take it and decode reads half the bytes of an f32 copy.
+        const int64_t bytes = t.numel() * static_cast<int64_t>(DTypeSize(view.dtype));
+        std::unique_ptr<uint8_t[]> copy(new uint8_t[bytes]);
+        std::memcpy(copy.get(), t.data, bytes);
+        UnpermuteRows(copy.get(), view.shape[0], bytes / view.shape[0], heads);
+        f.ReleasePages(t);
+        view.data = copy.get();
+        store->Own(std::move(copy));
+      }
       RETURN_IF_ERROR(AddTensorOrExperts(*store, name, std::move(view), origin));
       continue;
     }

@@ -58,6 +58,8 @@ struct Variant {
   float freq_base = 10000.0f;     // llama.rope.freq_base
   std::vector<float> rope_freqs;  // written as tensor rope_freqs.weight if not empty
   std::function<void(GgufWriter&)> extra_metadata;
+  bool bf16_matrices = false;  // every 2-D tensor written as BF16 (rounded to nearest even)
+  bool bf16_rounded = false;   // every 2-D tensor written as F32 of those BF16 values
 };
 
 std::vector<float> Floats(const model::TensorView& t) {
@@ -136,6 +138,18 @@ std::string WriteLlamaGguf(const Variant& v, const std::string& file_name) {
     if (gguf_name == "blk.0.attn_norm.weight" && v.attn_norm_type != 0) {
       w.AddTensor(
           {gguf_name, ne, v.attn_norm_type, std::vector<uint8_t>(values.size() * 4), std::nullopt});
+      return;
+    }
+    if (v.bf16_rounded && ne.size() == 2) {
+      for (float& x : values) x = Bf16ToF32(F32ToBf16(x));
+    }
+    if (v.bf16_matrices && ne.size() == 2) {
+      std::vector<uint8_t> data(values.size() * 2);
+      for (size_t i = 0; i < values.size(); ++i) {
+        const uint16_t h = F32ToBf16(values[i]);
+        std::memcpy(&data[2 * i], &h, 2);
+      }
+      w.AddTensor({gguf_name, ne, /*BF16*/ 30, std::move(data), std::nullopt});
       return;
     }
     w.AddF32(gguf_name, ne, values);
@@ -910,6 +924,48 @@ TEST(GgufModel, WideningBeyondTheMemoryLimitIsRefusedBeforeAllocating) {
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr("F32 tensors are widened"));
   EXPECT_TRUE(model::GgufWeights(shared, *config, widened).ok());
   EXPECT_TRUE(model::GgufWeights(shared, *config).ok());  // the machine's own limit
+}
+
+// llama.cpp interleaves a llama GGUF's Q / K rows; a BF16 file's are put back in their own
+// type (not widened to f32), so the bf16 kernels take them and decode reads half the bytes.
+TEST(GgufModel, Bf16QAndKRowsAreReorderedAsBf16) {
+  Variant v;
+  v.bf16_matrices = true;
+  auto file = gguf::GgufFile::Open(WriteLlamaGguf(v, "bf16.gguf"));
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::shared_ptr<const gguf::GgufFile> shared = *std::move(file);
+  auto config = model::GgufModelConfig(*shared);
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto store = model::GgufWeights(shared, *config);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto hf = model::WeightStore::OpenDirectory(kLlamaDir);
+  ASSERT_TRUE(hf.ok()) << hf.status();
+  for (const auto& [name, rows] :
+       {std::pair<std::string, int64_t>{"q_proj", 36}, {"k_proj", 12}, {"v_proj", 12}}) {
+    const std::string full = "model.layers.1.self_attn." + name + ".weight";
+    SCOPED_TRACE(full);
+    const std::vector<int64_t> shape = {rows, 36};
+    auto got = (*store)->Get(full, shape);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->dtype, DType::kBF16);
+    auto want = (*hf)->Get(full, shape);
+    ASSERT_TRUE(want.ok()) << want.status();
+    const std::vector<float> ref = Floats(*want);
+    const auto* bf16 = static_cast<const uint16_t*>(got->data);
+    for (size_t i = 0; i < ref.size(); ++i) {
+      ASSERT_EQ(bf16[i], F32ToBf16(ref[i])) << "element " << i;
+    }
+  }
+  // The exact path gives the logits of the same values held as f32 (whose Q / K rows are
+  // reordered in f32 copies), bit for bit.
+  const std::vector<int32_t> tokens = {1, 5, 17, 42, 3, 88, 60, 7, 9, 23, 31, 2};
+  auto m = model::Model::Load(WriteLlamaGguf(v, "bf16_model.gguf"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  Variant f32;
+  f32.bf16_rounded = true;
+  auto widened = model::Model::Load(WriteLlamaGguf(f32, "bf16_rounded_f32.gguf"));
+  ASSERT_TRUE(widened.ok()) << widened.status();
+  EXPECT_EQ(Logits(**m, tokens), Logits(**widened, tokens));
 }
 
 TEST(GgufModel, UnknownTensorIsNamed) {
