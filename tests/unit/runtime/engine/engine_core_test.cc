@@ -407,41 +407,47 @@ TEST_F(EngineCoreTest, Bf16KvCacheKeepsTheInvariancesAndStaysCloseToF32) {
 }
 
 // bf16 compute (Model::Options::compute_dtype) on a bf16 checkpoint: the same invariances
-// as exact compute (alone = together, chunked = whole), and logits close to exact ones.
+// as exact compute (alone = together, chunked = whole), and logits close to exact ones. On
+// span_bf16 (k = 40, 72) and on the bundled dense model (k = 128, 384: multiples of 32, so
+// its products run on AMX tiles where the CPU has them).
 TEST_F(EngineCoreTest, Bf16ComputeKeepsTheInvariancesAndStaysCloseToF32) {
   if (!kernels::cpu::CpuHasBf16Dot()) GTEST_SKIP() << "this CPU has no AVX512_BF16";
-  auto bf16 = model::Model::Load(testing::TinyModelDir("span_bf16"),
-                                 {.num_threads = 1, .compute_dtype = DType::kBF16});
-  auto f32 = model::Model::Load(testing::TinyModelDir("span_bf16"), {.num_threads = 1});
-  ASSERT_TRUE(bf16.ok() && f32.ok()) << bf16.status() << f32.status();
-  {
-    auto core = EngineCore::Create(bf16->get(), Options());
-    ASSERT_TRUE(core.ok());
-    EXPECT_EQ((*core)->info().compute_dtype, DType::kBF16);
-  }
-  std::vector<Request> reqs = RandomRequests(16, 9, /*greedy=*/true);
-  for (Request& r : reqs) r.sampling.prompt_logprobs = 0;
-  const Run alone = RunWaves(Options(), reqs, Alone(16), true, bf16->get());
-  const Run together = RunWaves(Options(), reqs, Together(16), true, bf16->get());
-  ExpectSameTokens(alone, together);
-  EXPECT_GT(ExpectSameLogits(alone, together), 16 * 2);
-  EngineOptions chunked = Options();
-  chunked.max_batched_tokens = 7;
-  chunked.enable_prefix_caching = false;
-  const Run c = RunWaves(chunked, reqs, Together(16), true, bf16->get());
-  ExpectSameTokens(c, together);
-  EXPECT_EQ(ExpectSameLogits(c, together), static_cast<int>(together.logits.size()));
+  for (const std::string& dir :
+       {testing::TinyModelDir("span_bf16"),
+        std::string(SPANSERVE_SOURCE_DIR) + "/models/spanserve-span-12l"}) {
+    SCOPED_TRACE(dir);
+    auto bf16 = model::Model::Load(dir, {.num_threads = 1, .compute_dtype = DType::kBF16});
+    auto f32 = model::Model::Load(dir, {.num_threads = 1});
+    ASSERT_TRUE(bf16.ok() && f32.ok()) << bf16.status() << f32.status();
+    {
+      auto core = EngineCore::Create(bf16->get(), Options());
+      ASSERT_TRUE(core.ok());
+      EXPECT_EQ((*core)->info().compute_dtype, DType::kBF16);
+    }
+    std::vector<Request> reqs = RandomRequests(16, 9, /*greedy=*/true);
+    for (Request& r : reqs) r.sampling.prompt_logprobs = 0;
+    const Run alone = RunWaves(Options(), reqs, Alone(16), true, bf16->get());
+    const Run together = RunWaves(Options(), reqs, Together(16), true, bf16->get());
+    ExpectSameTokens(alone, together);
+    EXPECT_GT(ExpectSameLogits(alone, together), 16 * 2);
+    EngineOptions chunked = Options();
+    chunked.max_batched_tokens = 7;
+    chunked.enable_prefix_caching = false;
+    const Run c = RunWaves(chunked, reqs, Together(16), true, bf16->get());
+    ExpectSameTokens(c, together);
+    EXPECT_EQ(ExpectSameLogits(c, together), static_cast<int>(together.logits.size()));
 
-  // Against exact compute, over the prompts (greedy continuations may part ways at a near
-  // tie): every logit within 5 % of the row's largest magnitude.
-  const Run exact = RunWaves(Options(), reqs, Together(16), true, f32->get());
-  int compared = 0;
-  const double worst = WorstLogitDifference(exact, together, &reqs, &compared);
-  EXPECT_GT(compared, 16 * 2);
-  EXPECT_LT(worst, 0.05);  // 3 random layers; measured 0.021
-  EXPECT_GT(worst, 0.0);   // the bf16 path did run
-  std::printf("bf16 vs f32 compute: largest logit difference %.3g of the row's largest logit\n",
-              worst);
+    // Against exact compute, over the prompts (greedy continuations may part ways at a near
+    // tie): every logit within 5 % of the row's largest magnitude.
+    const Run exact = RunWaves(Options(), reqs, Together(16), true, f32->get());
+    int compared = 0;
+    const double worst = WorstLogitDifference(exact, together, &reqs, &compared);
+    EXPECT_GT(compared, 16 * 2);
+    EXPECT_LT(worst, 0.05);  // span_bf16, 3 random layers: 0.021
+    EXPECT_GT(worst, 0.0);   // the bf16 path did run
+    std::printf("bf16 vs f32 compute: largest logit difference %.3g of the row's largest logit\n",
+                worst);
+  }
 }
 
 TEST_F(EngineCoreTest, EveryRequestCompletesCorrectlyUnderBlockPressure) {
