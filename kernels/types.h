@@ -112,6 +112,10 @@ struct WeightMatrix {
   int64_t cols = 0;
   QuantType quant = QuantType::kNone;
   MatMulPrecision precision = MatMulPrecision::kExact;
+  // CPU, kInt8Dot: a repacked copy of the weights the integer kernels read instead of data
+  // (kernels/cpu/matmul_int8dot.h, "Packed weights"), owned by the backend; data stays the
+  // weights as stored (the embedding lookup reads its rows). Null: none.
+  const void* packed = nullptr;
 };
 
 // A vector of `size` elements (a norm gain, a bias).

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -12,6 +14,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/matmul_int8dot.h"
 #include "kernels/cpu/norm.h"
 #include "kernels/cpu/rope.h"
 
@@ -54,7 +57,26 @@ class CpuBackend final : public Backend {
   void Free(void* p, int64_t bytes) override {
     if (p != nullptr) ::munmap(p, static_cast<size_t>(bytes));
   }
-  absl::StatusOr<WeightMatrix> UploadMatrix(const WeightMatrix& host) override { return host; }
+  // Weights stay where they are (a memory-mapped file, the model's own memory); a Q4_0 / Q4_1
+  // / Q8_0 matrix that asks for integer dot products gets a repacked copy besides on a CPU
+  // with VNNI (matmul_int8dot.h, "Packed weights"), which this backend keeps.
+  absl::StatusOr<WeightMatrix> UploadMatrix(const WeightMatrix& host) override {
+    if (host.precision != MatMulPrecision::kInt8Dot || !internal::Int8PackedSupports(host.quant) ||
+        !Int8DotUsesVnni() || host.data == nullptr) {
+      return host;
+    }
+    const int64_t bytes = internal::Int8PackedBytes(host.quant, host.rows, host.cols);
+    std::unique_ptr<uint8_t[]> copy(new (std::nothrow) uint8_t[bytes]);
+    if (copy == nullptr) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cannot allocate ", bytes, " bytes for a repacked int8 matrix"));
+    }
+    internal::PackInt8(host, copy.get());
+    WeightMatrix packed = host;
+    packed.packed = copy.get();
+    packed_.push_back(std::move(copy));
+    return packed;
+  }
   absl::StatusOr<WeightVector> UploadVector(const WeightVector& host) override { return host; }
   void CopyToDevice(const void* src, int64_t bytes, void* dst) override {
     if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));
@@ -203,7 +225,8 @@ class CpuBackend final : public Backend {
   // The process's pool of this size, shared with every other CPU backend that asks it; the
   // parallel ops install it on the calling thread.
   const std::shared_ptr<ThreadPool> pool_;
-  std::vector<int32_t> fill_;  // MoeGroup's cursors; grows once
+  std::vector<int32_t> fill_;                       // MoeGroup's cursors; grows once
+  std::vector<std::unique_ptr<uint8_t[]>> packed_;  // UploadMatrix's repacked int8 matrices
 };
 
 }  // namespace

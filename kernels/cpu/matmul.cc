@@ -432,6 +432,7 @@ void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector
     return;
   }
   if (w.precision == MatMulPrecision::kInt8Dot && Int8DotSupports(w.quant)) {
+    if (w.packed != nullptr) return internal::MatMulInt8Packed(x, m, w, bias, y);
     internal::MatMulInt8Dot(x, m, w, bias, y, Int8DotUsesVnni());
     return;
   }

@@ -20,7 +20,8 @@ namespace spanserve::kernels::cpu {
 // the CPU must have it: CpuHasBf16Dot(); on AMX tiles where Bf16DotUsesAmx() and k % 32 == 0). A
 // matrix of a format Int8DotSupports (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) with
 // w.precision == kInt8Dot quantizes x to 8-bit blocks and takes the integer dot-product path for
-// every m (matmul_int8dot.h; VNNI where Int8DotUsesVnni(), else AVX2, the same bits either way);
+// every m (matmul_int8dot.h; VNNI where Int8DotUsesVnni(), else AVX2, the same bits either way;
+// a matrix with a repacked copy, w.packed, takes the packed kernels and their arithmetic);
 // other formats ignore kInt8Dot and multiply exactly.
 void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias, float* y);
 

@@ -340,6 +340,23 @@ void QuantizeRowsInt8(const float* x, int64_t rows, int64_t k, QuantType weights
   }
 }
 
+void QuantizeRowsPlain(const float* x, int64_t rows, int64_t k, int8_t* q, float* d,
+                       int32_t* sums) {
+  const int64_t blocks = k / 32;
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      __m256i n[4];
+      QuantizeBlock(x + i * k + 32 * b, n, &d[i * blocks + b], &sums[i * blocks + b]);
+      // |q| <= 127: the packs do not saturate; the permute puts the bytes in element order.
+      const __m256i bytes =
+          _mm256_packs_epi16(_mm256_packs_epi32(n[0], n[1]), _mm256_packs_epi32(n[2], n[3]));
+      _mm256_storeu_si256(
+          reinterpret_cast<__m256i*>(q + i * k + 32 * b),
+          _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    }
+  }
+}
+
 void Int8DotRowsAvx2(const Int8DotArgs& a, int64_t n0, int64_t n1) {
   int8dot::RowsOfAnyFormat<KernelAvx2>(a, n0, n1);
 }

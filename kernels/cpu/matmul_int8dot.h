@@ -57,6 +57,34 @@ bool CpuHasAvx512Vnni();
 void MatMulInt8Dot(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
                    float* y, bool vnni);
 
+// Packed weights (VNNI CPUs; matmul_int8packed.cc). A Q4_0 / Q4_1 / Q8_0 matrix whose
+// WeightMatrix::packed is set (the CPU backend's UploadMatrix does so for kInt8Dot matrices
+// where Int8DotUsesVnni()) holds a copy of its weights repacked by PackInt8: per group of 16
+// rows and block of 32, the rows' f16 d_w (and Q4_1's m_w) side by side, then the quants
+// with byte 4r + e of 64-byte vector j holding row r's element 4j + e (Q8_0: eight vectors,
+// each quant + 128; Q4_0 / Q4_1: four, element 4j + e in the low nibble and 16 + 4j + e in
+// the high one). Such a matrix takes another arithmetic than the one above, for every m: x
+// is quantized as above; for each block b the exact integer dot D_b = Σ_p q[p]·w_q[p] over
+// its 32 elements (16 rows at once, in a vector's lanes), and, sequentially over b in one
+// f32 chain each,
+//   A = fma(f32(d_w,b · d_x,b), f32(D_b), A);   Q4_1: M = fma(m_w,b, s_x,b, M)
+// then y = A (Q4_1: A + M) (+ bias[j]), A and M starting at 0. A row's result depends on
+// nothing but the row, as above; which arithmetic a matrix takes depends only on its format
+// and the CPU (on a CPU without VNNI the matrix is not packed).
+constexpr bool Int8PackedSupports(QuantType q) {
+  return q == QuantType::kQ8_0 || q == QuantType::kQ4_0 || q == QuantType::kQ4_1;
+}
+// Bytes of the packed copy of an [n, k] matrix of format q.
+int64_t Int8PackedBytes(QuantType q, int64_t n, int64_t k);
+// Writes w's packed copy (Int8PackedBytes) to out.
+void PackInt8(const WeightMatrix& w, uint8_t* out);
+// y = x·Wᵀ (+ bias) for a matrix with its packed copy; the CPU must have AVX512_VNNI.
+void MatMulInt8Packed(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
+                      float* y);
+// x rows quantized as above into plain arrays: q [rows, k] int8, d and sums [rows, k / 32]
+// (d_x and Σq of each block).
+void QuantizeRowsPlain(const float* x, int64_t rows, int64_t k, int8_t* q, float* d, int32_t* sums);
+
 // The quantized activations' layout: per row of x, one 320-byte record (five cache lines, the
 // last 32 bytes unused) per quad of blocks, the last one zero-filled past the row's last block:
 //   int8 q[128]:    elements 0-15 of blocks b, b+1, b+2, b+3, then their elements 16-31;

@@ -13,6 +13,7 @@
 #include "common/thread_pool.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/matmul_int8dot.h"
 #include "tools/bench/roofline.h"
 
 namespace spanserve::kernels::cpu {
@@ -115,7 +116,15 @@ std::vector<uint8_t> RandomQuantBlocks(QuantType q, int64_t n, int64_t k) {
 void BM_MatMulQuant(benchmark::State& state, int64_t n, int64_t k, int64_t m, QuantType q,
                     MatMulPrecision precision) {
   const std::vector<uint8_t> bytes = RandomQuantBlocks(q, n, k);
-  const WeightMatrix w{bytes.data(), DType::kF32, n, k, q, precision};
+  WeightMatrix w{bytes.data(), DType::kF32, n, k, q, precision};
+  // int8: as the CPU backend uploads it (Q8_0 / Q4_0 / Q4_1 repacked on a CPU with VNNI).
+  std::vector<uint8_t> packed;
+  if (precision == MatMulPrecision::kInt8Dot && internal::Int8PackedSupports(q) &&
+      Int8DotUsesVnni()) {
+    packed.resize(internal::Int8PackedBytes(q, n, k));
+    internal::PackInt8(w, packed.data());
+    w.packed = packed.data();
+  }
   const std::vector<float> x = RandomFloats(m * k, 2);
   std::vector<float> y(m * n);
   for (auto _ : state) {

@@ -499,5 +499,114 @@ TEST(Int8Dot, VnniIsBitIdenticalToAvx2) {
   }
 }
 
+// Packed weights (matmul_int8dot.h): Q8_0, Q4_0 and Q4_1 repacked 16 rows at a time, with
+// whole-block integer dots and one f32 chain per output over the blocks.
+class Int8PackedTest : public ::testing::TestWithParam<QuantType> {
+ protected:
+  void SetUp() override {
+    if (!HasVnni()) GTEST_SKIP() << "this CPU has no AVX512_VNNI";
+  }
+  // w with its packed copy in *storage.
+  static WeightMatrix Packed(QuantType q, const std::vector<uint8_t>& blocks, int64_t n, int64_t k,
+                             std::vector<uint8_t>* storage) {
+    WeightMatrix w = Int8DotMatrix(q, blocks, n, k);
+    storage->assign(internal::Int8PackedBytes(q, n, k), 0xee);
+    internal::PackInt8(w, storage->data());
+    w.packed = storage->data();
+    return w;
+  }
+};
+
+// y for one x row and one weight row as the packed kernels compute it.
+Expected ModelInt8Packed(QuantType q, const QuantRow& x, const uint8_t* row, int64_t k,
+                         const float* bias) {
+  float acc = 0.0f, mins = 0.0f;
+  Expected e{0.0f, bias != nullptr ? *bias : 0.0, bias != nullptr ? std::fabs(*bias) : 0.0};
+  for (int64_t b = 0; b < k / 32; ++b) {
+    int wq[32];
+    float dw[2], mw;
+    WeightBlock(q, row, b, wq, dw, &mw);
+    int64_t dot = 0;
+    for (int p = 0; p < 32; ++p) dot += static_cast<int64_t>(x.q[32 * b + p]) * wq[p];
+    const float c = dw[0] * x.d[b];
+    acc = std::fma(c, static_cast<float>(dot), acc);
+    if (q == QuantType::kQ4_1) mins = std::fma(mw, x.s[b], mins);
+    e.exact += static_cast<double>(c) * static_cast<double>(dot) +
+               static_cast<double>(mw) * static_cast<double>(x.s[b]);
+    e.magnitude += std::fabs(static_cast<double>(c) * static_cast<double>(dot)) +
+                   std::fabs(static_cast<double>(mw) * static_cast<double>(x.s[b]));
+  }
+  float y = q == QuantType::kQ4_1 ? acc + mins : acc;
+  if (bias != nullptr) y = y + *bias;
+  e.bits = y;
+  return e;
+}
+
+// n ragged against the 16-row groups, m against the 4-row blocks, k from one block to 576.
+TEST_P(Int8PackedTest, EqualsTheModelBitForBit) {
+  const QuantType q = GetParam();
+  for (int64_t k : {32, 96, 576}) {
+    for (int64_t n : {1, 5, 16, 17, 50}) {
+      const uint32_t seed = static_cast<uint32_t>(k * 100 + n);
+      const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, seed);
+      const std::vector<float> bias = RandomFloats(n, seed + 1);
+      const WeightVector bv{bias.data(), DType::kF32, n};
+      std::vector<uint8_t> storage;
+      const WeightMatrix w = Packed(q, blocks, n, k, &storage);
+      const int64_t row_bytes = k / 32 * QuantBlockBytes(q);
+      for (int64_t m : {1, 2, 3, 4, 7, 17}) {
+        SCOPED_TRACE(::testing::Message() << "k=" << k << " n=" << n << " m=" << m);
+        const std::vector<float> x = Activations(m * k, seed + 2);
+        std::vector<float> y(m * n, -1.0f);
+        const bool with_bias = (k / 32 + n) % 2 == 0;
+        MatMul(x.data(), m, w, with_bias ? &bv : nullptr, y.data());
+        for (int64_t i = 0; i < m; ++i) {
+          const QuantRow xq = QuantizeReference(x.data() + i * k, k);
+          for (int64_t j = 0; j < n; ++j) {
+            const Expected e = ModelInt8Packed(q, xq, blocks.data() + j * row_bytes, k,
+                                               with_bias ? &bias[j] : nullptr);
+            ASSERT_TRUE(BitIdentical(&y[i * n + j], &e.bits, 1)) << "i=" << i << " j=" << j;
+            ASSERT_NEAR(y[i * n + j], e.exact, 0x1p-24 * (k / 16 + 8) * e.magnitude + 1e-30);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_P(Int8PackedTest, RowsDoNotDependOnTheBatchOrTheThreads) {
+  const QuantType q = GetParam();
+  const int64_t n = 61, k = 576;
+  const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, 5);
+  std::vector<uint8_t> storage;
+  const WeightMatrix w = Packed(q, blocks, n, k, &storage);
+  for (int64_t m : {3, 16, 37}) {
+    const std::vector<float> x = Activations(m * k, 6);
+    std::vector<float> batch(m * n), alone(n), other(m * n);
+    MatMul(x.data(), m, w, nullptr, batch.data());
+    for (int64_t i = 0; i < m; ++i) {
+      MatMul(x.data() + i * k, 1, w, nullptr, alone.data());
+      ASSERT_TRUE(BitIdentical(alone.data(), batch.data() + i * n, n)) << "m=" << m << " row " << i;
+    }
+    {
+      ThreadPool pool(5);
+      UsePool use(&pool);
+      MatMul(x.data(), m, w, nullptr, other.data());
+    }
+    EXPECT_TRUE(BitIdentical(other.data(), batch.data(), m * n)) << "m=" << m;
+    {
+      UsePool none(nullptr);
+      MatMul(x.data(), m, w, nullptr, other.data());
+    }
+    EXPECT_TRUE(BitIdentical(other.data(), batch.data(), m * n)) << "m=" << m;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Q8_0Q4_0Q4_1, Int8PackedTest,
+                         ::testing::Values(QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_1),
+                         [](const ::testing::TestParamInfo<QuantType>& info) {
+                           return std::string(QuantTypeName(info.param));
+                         });
+
 }  // namespace
 }  // namespace spanserve::kernels::cpu
