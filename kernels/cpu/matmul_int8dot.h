@@ -4,7 +4,8 @@
 // Activations. Each row of x is quantized once per call into blocks of 32 (llama.cpp's q8_1):
 //   amax = max |x[p]| over the block, d = amax / 127, q[p] = round_nearest_even(x[p] · id)
 //   with id = 127 / amax (0 when amax is 0), s = d · Σ q[p]    (f32 arithmetic throughout)
-// Weights stay in their GGUF blocks (kernels/quant.h): w[p] = d_w·w_q[p] (Q8_0; Q4_0 with
+// Weights stay in their GGUF blocks (kernels/quant.h; for Q8_0 / Q4_0 / Q4_1 on a VNNI CPU, see
+// "Packed weights" below): w[p] = d_w·w_q[p] (Q8_0; Q4_0 with
 // w_q = nibble − 8; Q5_0 with w_q = q5 − 16), or d_w·w_q[p] + m_w (Q4_1, w_q = nibble; Q5_1,
 // w_q = q5: the nibble plus 16 × the fifth bit). A Q4_K / Q5_K super-block is eight such
 // blocks of 32 (its sub-blocks) with d_w = d·sc and m_w = −(dmin·m), each product rounded to
