@@ -177,20 +177,31 @@ absl::StatusOr<int64_t> BindWeights(const ModelConfig& c, WeightStore* store,
   const int64_t kv_dim = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
   const bool norm_bias = c.norm_type == NormType::kLayerNorm && c.norm_bias;
 
-  ASSIGN_OR_RETURN(embed, bind.Matrix("model.embed_tokens.weight", c.vocab_size, H));
+  // A multimodal checkpoint's text model sits under weights_prefix (Gemma 3: P =
+  // language_model.): P + model.* and P + lm_head.weight, as transformers 4.50 / 4.51 save
+  // it, or model. + P + * with lm_head.weight, as later releases do.
+  std::string body = "model.";
+  std::string head = "lm_head.weight";
+  if (const std::string& pre = c.weights_prefix; !pre.empty()) {
+    const bool later = store != nullptr && !store->Has(pre + "model.embed_tokens.weight") &&
+                       store->Has("model." + pre + "embed_tokens.weight");
+    body = later ? "model." + pre : pre + "model.";
+    if (!later) head = pre + head;
+  }
+  ASSIGN_OR_RETURN(embed, bind.Matrix(body + "embed_tokens.weight", c.vocab_size, H));
   if (c.tie_word_embeddings) {
     lm_head = embed;
   } else {
-    ASSIGN_OR_RETURN(lm_head, bind.Matrix("lm_head.weight", c.vocab_size, H));
+    ASSIGN_OR_RETURN(lm_head, bind.Matrix(head, c.vocab_size, H));
   }
   if (c.final_norm) {
-    ASSIGN_OR_RETURN(final_norm, bind.Norm("model.norm", H, norm_bias));
+    ASSIGN_OR_RETURN(final_norm, bind.Norm(body + "norm", H, norm_bias));
   }
   int moe_index = 0;
   layers.resize(c.num_layers);
   for (int l = 0; l < c.num_layers; ++l) {
     LayerWeights& lw = layers[l];
-    const std::string p = absl::StrCat("model.layers.", l, ".");
+    const std::string p = absl::StrCat(body, "layers.", l, ".");
     lw.placement = c.LayerPlacement(l);
     const std::vector<const char*> names = NormNames(lw.placement);
     for (size_t i = 0; i < names.size(); ++i) {
@@ -265,7 +276,7 @@ absl::StatusOr<int64_t> BindWeights(const ModelConfig& c, WeightStore* store,
     expert_load->layer_ids.push_back(l);
     expert_load->tokens.emplace_back(m.num_experts, 0);
   }
-  if (store != nullptr) RETURN_IF_ERROR(store->CheckAllUsed());
+  if (store != nullptr) RETURN_IF_ERROR(store->CheckAllUsed(c.ignored_prefixes));
   return bind.count();
 }
 

@@ -488,7 +488,8 @@ absl::Status ParseMoe(const KeyReader& r, ModelConfig& c) {
 // applies it as Mistral's). Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE: only when use_sliding_window
 // is true (default false), sliding_window (absent: 4096), on layers >= max_window_layers
 // (absent: 28). Gemma 2: sliding_window (absent: 4096, null: none) on the even layers
-// (ModelConfig::LayerSlidingWindow). Other model types ignore the keys.
+// (ModelConfig::LayerSlidingWindow); Gemma 3: sliding_window (absent: 4096) on its local
+// layers (ParseGemma3). Other model types ignore the keys.
 absl::Status ParseSlidingWindow(const KeyReader& r, ModelConfig& c) {
   const std::string& type = c.model_type;
   const bool mistral_like = type == "mistral" || type == "mixtral" || type == "phi3";
@@ -497,6 +498,17 @@ absl::Status ParseSlidingWindow(const KeyReader& r, ModelConfig& c) {
   if (type == "gemma2") {
     // Gemma2Config: sliding_window 4096 when absent; null: none (every layer global).
     if (r.Has("sliding_window") && r.Find("sliding_window") == nullptr) return absl::OkStatus();
+    ASSIGN_OR_RETURN(c.sliding_window, r.PositiveInt("sliding_window", 4096));
+    return absl::OkStatus();
+  }
+  if (type == "gemma3_text") {
+    // Gemma3TextConfig: 4096 when absent; its local layers need one (transformers' hybrid
+    // cache refuses null).
+    if (r.Has("sliding_window") && r.Find("sliding_window") == nullptr) {
+      return r.Error(absl::StrCat("key '", r.Name("sliding_window"),
+                                  "' must be a positive integer with model_type 'gemma3_text', "
+                                  "got null"));
+    }
     ASSIGN_OR_RETURN(c.sliding_window, r.PositiveInt("sliding_window", 4096));
     return absl::OkStatus();
   }
@@ -534,10 +546,60 @@ absl::Status ParseGemma2(const KeyReader& r, ModelConfig& c) {
   return absl::OkStatus();
 }
 
+// Gemma 3 (Gemma3TextConfig and Gemma3ForCausalLM, transformers 4.51.3):
+// query_pre_attn_scalar (absent: 256); final_logit_softcapping (absent or null: off);
+// attn_logit_softcapping must be absent or null (Gemma 3's attention never reads it);
+// rope_local_base_freq (absent: 10000) for the local layers; the layer kinds from
+// layer_types (as later releases write them) or sliding_window_pattern (absent: 6: layer i is
+// global iff (i + 1) % pattern == 0). rope_scaling applies to the global layers only, and
+// not dynamic (its per-length rows would differ between the two tables).
+absl::Status ParseGemma3(const KeyReader& r, ModelConfig& c) {
+  ASSIGN_OR_RETURN(c.query_pre_attn_scalar, r.PositiveNumber("query_pre_attn_scalar", 256.0));
+  if (r.Find("attn_logit_softcapping") != nullptr) {
+    return r.Error(absl::StrCat(
+        "key '", r.Name("attn_logit_softcapping"),
+        "' must be null with model_type 'gemma3_text': transformers' Gemma 3 attention never "
+        "applies it (and llama.cpp's converter refuses it)"));
+  }
+  c.attn_logit_softcap = 0.0f;
+  c.final_logit_softcap = 0.0f;
+  if (r.Find("final_logit_softcapping") != nullptr) {
+    ASSIGN_OR_RETURN(const double cap, r.PositiveNumber("final_logit_softcapping", 1.0));
+    c.final_logit_softcap = static_cast<float>(cap);
+  }
+  ASSIGN_OR_RETURN(c.rope_local_base_freq, r.PositiveNumber("rope_local_base_freq", 10000.0));
+  ASSIGN_OR_RETURN(const int pattern, r.PositiveInt("sliding_window_pattern", 6));
+  c.sliding_layers.assign(static_cast<size_t>(c.num_layers), false);
+  for (int i = 0; i < c.num_layers; ++i) c.sliding_layers[i] = (i + 1) % pattern != 0;
+  if (const json* types = r.Find("layer_types"); types != nullptr) {
+    if (!types->is_array()) return r.TypeError("layer_types", *types, "a list of strings");
+    if (types->size() != static_cast<size_t>(c.num_layers)) {
+      return r.Error(absl::StrCat("key '", r.Name("layer_types"), "' has ", types->size(),
+                                  " entries, expected num_hidden_layers = ", c.num_layers));
+    }
+    for (int i = 0; i < c.num_layers; ++i) {
+      const json& t = (*types)[static_cast<size_t>(i)];
+      if (t == "sliding_attention" || t == "full_attention") {
+        c.sliding_layers[i] = t == "sliding_attention";
+        continue;
+      }
+      return r.Error(absl::StrCat("key '", r.Name("layer_types"), "' entry ", i, " is ", t.dump(),
+                                  " (allowed: \"sliding_attention\", \"full_attention\")"));
+    }
+  }
+  if (c.rope_scaling.type == RopeScalingType::kDynamic) {
+    return r.Error(
+        "rope_scaling type 'dynamic' is not supported with model_type 'gemma3_text' (supported: "
+        "default, linear, llama3, yarn)");
+  }
+  return absl::OkStatus();
+}
+
 // The FFN activation, as transformers 4.46.3 picks it: Gemma's MLP reads hidden_activation
 // (null: gelu_pytorch_tanh, hidden_act ignored); every other family reads hidden_act.
 absl::Status ParseActivation(const KeyReader& r, ModelConfig& c) {
-  const bool gemma = c.model_type == "gemma" || c.model_type == "gemma2";
+  const bool gemma =
+      c.model_type == "gemma" || c.model_type == "gemma2" || c.model_type == "gemma3_text";
   const char* const key = gemma ? "hidden_activation" : "hidden_act";
   ASSIGN_OR_RETURN(const std::optional<std::string> name, r.OptString(key));
   static constexpr std::pair<const char*, Activation> kActivations[] = {
@@ -554,8 +616,34 @@ absl::Status ParseActivation(const KeyReader& r, ModelConfig& c) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::string& source) {
-  const KeyReader r(root, source);
+// Gemma3TextConfig's defaults (transformers 4.51.3), which an absent key takes: a `gemma3`
+// checkpoint's text_config holds only the keys that differ from them.
+json Gemma3TextDefaults() {
+  return json{{"vocab_size", 262208},
+              {"hidden_size", 2304},
+              {"intermediate_size", 9216},
+              {"num_hidden_layers", 26},
+              {"num_attention_heads", 8},
+              {"num_key_value_heads", 4},
+              {"head_dim", 256},
+              {"max_position_embeddings", 131072},
+              {"rms_norm_eps", 1e-6},
+              {"eos_token_id", 1},
+              {"bos_token_id", 2},
+              {"tie_word_embeddings", true},
+              {"rope_theta", 1000000.0},
+              {"query_pre_attn_scalar", 256},
+              {"sliding_window", 4096},
+              {"rope_local_base_freq", 10000.0},
+              {"sliding_window_pattern", 6}};
+}
+
+// `prefix` names the object's keys in messages ("text_config." inside a gemma3 config);
+// `defaults_applied`: a gemma3_text object already carries Gemma3TextDefaults.
+absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::string& source,
+                                              const std::string& prefix = "",
+                                              bool defaults_applied = false) {
+  const KeyReader r(root, source, prefix);
   if (!root.is_object()) {
     return r.Error(absl::StrCat("top level must be a JSON object, got ", root.type_name()));
   }
@@ -563,13 +651,44 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
 
   ASSIGN_OR_RETURN(const std::optional<std::string> model_type, r.OptString("model_type"));
   if (!model_type.has_value()) return r.Missing("model_type");
-  static constexpr const char* kModelTypes[] = {"llama",     "mistral",   "qwen2",     "qwen3",
-                                                "gemma",     "gemma2",    "spanserve", "mixtral",
-                                                "qwen2_moe", "qwen3_moe", "olmoe",     "phi3"};
+  static constexpr const char* kModelTypes[] = {
+      "llama",  "mistral",   "qwen2",   "qwen3",     "gemma",     "gemma2", "gemma3_text",
+      "gemma3", "spanserve", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe",  "phi3"};
   if (std::find(std::begin(kModelTypes), std::end(kModelTypes), *model_type) ==
       std::end(kModelTypes)) {
     return r.Error(absl::StrCat("unsupported model_type '", *model_type,
                                 "' (supported: ", absl::StrJoin(kModelTypes, ", "), ")"));
+  }
+  if (*model_type == "gemma3") {
+    // Gemma3ForConditionalGeneration: the text model is text_config (a Gemma3TextConfig),
+    // its tensors under language_model.; the vision tower and projector are not loaded.
+    if (!prefix.empty()) return r.Error("a gemma3 config cannot nest another");
+    const json* text = r.Find("text_config");
+    if (text == nullptr) return r.Missing("text_config");
+    if (!text->is_object()) return r.TypeError("text_config", *text, "an object");
+    json merged = Gemma3TextDefaults();
+    for (auto it = text->begin(); it != text->end(); ++it) merged[it.key()] = it.value();
+    const json& inner_type = merged.contains("model_type") ? merged["model_type"] : json();
+    if (!inner_type.is_null() && inner_type != "gemma3_text") {
+      return r.Error(absl::StrCat("key 'text_config.model_type' must be \"gemma3_text\", got ",
+                                  inner_type.dump()));
+    }
+    merged["model_type"] = "gemma3_text";
+    // Gemma3Config's own token ids (e.g. eos_token_id [1, 106]) win over the text model's.
+    for (const char* key : {"bos_token_id", "eos_token_id"}) {
+      if (r.Find(key) != nullptr) merged[key] = root[key];
+    }
+    ASSIGN_OR_RETURN(ModelConfig inner, ParseConfigObject(merged, source, "text_config.",
+                                                          /*defaults_applied=*/true));
+    inner.weights_prefix = "language_model.";
+    inner.ignored_prefixes = {"vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                              "model.multi_modal_projector."};
+    return inner;
+  }
+  if (*model_type == "gemma3_text" && !defaults_applied) {
+    json merged = Gemma3TextDefaults();
+    for (auto it = root.begin(); it != root.end(); ++it) merged[it.key()] = it.value();
+    return ParseConfigObject(merged, source, prefix, /*defaults_applied=*/true);
   }
   c.model_type = *model_type;
 
@@ -654,10 +773,13 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
     }
   }
   ASSIGN_OR_RETURN(c.vocab_size, r.PositiveInt("vocab_size"));
-  // Gemma 2 is Gemma with sandwich norms, soft-capped logits and alternating windows.
+  // Gemma 2 is Gemma with sandwich norms, soft-capped logits and alternating windows; Gemma
+  // 3 Gemma 2 with per-head q / k norms, two RoPE bases and a layer pattern.
   const bool gemma2 = c.model_type == "gemma2";
-  const bool gemma = c.model_type == "gemma" || gemma2;
-  // GemmaConfig (and Gemma2Config) ties the embeddings unless told otherwise.
+  const bool gemma3 = c.model_type == "gemma3_text";
+  const bool gemma = c.model_type == "gemma" || gemma2 || gemma3;
+  // GemmaConfig (and Gemma2Config, Gemma3TextConfig) ties the embeddings unless told
+  // otherwise.
   ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool("tie_word_embeddings", gemma));
   c.scale_embeddings = gemma;
   c.norm_gain_offset = gemma ? 1.0f : 0.0f;
@@ -668,26 +790,28 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const json& root, const std::strin
   if (c.model_type == "qwen2" || c.model_type == "qwen2_moe") c.attention_bias = true;
   // Llama, Qwen3 and OLMoE put the bias on o_proj too; Qwen2 and SpanServe on q/k/v only.
   const bool qwen3 = c.model_type == "qwen3" || c.model_type == "qwen3_moe";
-  c.o_proj_bias = c.attention_bias && (c.model_type == "llama" || c.model_type == "olmoe" || qwen3);
-  // OLMoE normalizes the whole q / k projections, Qwen3 (and Qwen3-MoE) each head (before
-  // RoPE, both).
-  c.qk_norm = c.model_type == "olmoe" || qwen3;
-  c.qk_norm_per_head = qwen3;
+  c.o_proj_bias =
+      c.attention_bias && (c.model_type == "llama" || c.model_type == "olmoe" || qwen3 || gemma3);
+  // OLMoE normalizes the whole q / k projections, Qwen3 (and Qwen3-MoE) and Gemma 3 each head
+  // (before RoPE, all; Gemma 3's with (1 + w) gains).
+  c.qk_norm = c.model_type == "olmoe" || qwen3 || gemma3;
+  c.qk_norm_per_head = qwen3 || gemma3;
   ASSIGN_OR_RETURN(c.bos_token_ids, r.IntList("bos_token_id", /*allow_scalar=*/true));
   ASSIGN_OR_RETURN(c.eos_token_ids, r.IntList("eos_token_id", /*allow_scalar=*/true));
 
   RETURN_IF_ERROR(ParseSlidingWindow(r, c));
-  if (gemma2) {
-    RETURN_IF_ERROR(ParseGemma2(r, c));
-    c.norm_placement = NormPlacement::kSandwich;
-  }
+  if (gemma2) RETURN_IF_ERROR(ParseGemma2(r, c));
+  if (gemma3) RETURN_IF_ERROR(ParseGemma3(r, c));
+  if (gemma2 || gemma3) c.norm_placement = NormPlacement::kSandwich;
   RETURN_IF_ERROR(ParseNorms(r, c));
   RETURN_IF_ERROR(ParseMoe(r, c));
   RETURN_IF_ERROR(ParseActivation(r, c));
-  const NormPlacement gemma_placement = gemma2 ? NormPlacement::kSandwich : NormPlacement::kPre;
+  const NormPlacement gemma_placement =
+      gemma2 || gemma3 ? NormPlacement::kSandwich : NormPlacement::kPre;
   if (gemma &&
       (c.norm_placement != gemma_placement || c.norm_type != NormType::kRmsNorm || c.norm_bias)) {
-    // The (1 + w) gains are RMSNorm's; Gemma's block is PreNorm, Gemma 2's SandwichNorm.
+    // The (1 + w) gains are RMSNorm's; Gemma's block is PreNorm, Gemma 2's and 3's
+    // SandwichNorm.
     return r.Error(absl::StrCat(
         "keys 'norm_placement', 'norm_type' and 'norm_bias' must keep their defaults (",
         std::string(NormPlacementName(gemma_placement)), ", rmsnorm, false) with model_type '",
@@ -741,7 +865,13 @@ int ModelConfig::LayerSlidingWindow(int layer) const {
   const bool qwen_like = model_type == "qwen2" || model_type == "qwen2_moe" ||
                          model_type == "qwen3" || model_type == "qwen3_moe";
   if (model_type == "gemma2") return layer % 2 == 0 ? sliding_window : 0;
+  if (model_type == "gemma3_text") return LayerUsesLocalRope(layer) ? sliding_window : 0;
   return qwen_like && layer < max_window_layers ? 0 : sliding_window;
+}
+
+bool ModelConfig::LayerUsesLocalRope(int layer) const {
+  return layer >= 0 && static_cast<size_t>(layer) < sliding_layers.size() &&
+         sliding_layers[static_cast<size_t>(layer)];
 }
 
 float ModelConfig::AttentionScale() const {

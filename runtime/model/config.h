@@ -1,7 +1,7 @@
 // Model configuration, read from a Hugging Face style config.json. Llama, Qwen2, Qwen3, Gemma
-// and Mistral configs load unmodified (as PreNorm models), Gemma 2 configs as SandwichNorm
-// models; SpanServe's keys add the norm
-// placement and its scalars. See docs/MODEL_FORMAT.md for every key.
+// and Mistral configs load unmodified (as PreNorm models), Gemma 2 and Gemma 3 configs as
+// SandwichNorm models; SpanServe's keys add the norm placement and its scalars. See
+// docs/MODEL_FORMAT.md for every key.
 #pragma once
 
 #include <optional>
@@ -89,7 +89,9 @@ struct RopeScalingConfig {
 };
 
 struct ModelConfig {
-  std::string model_type;  // "llama", "qwen2", "mistral", "gemma", "spanserve", "mixtral", ...
+  // "llama", "qwen2", "mistral", "gemma", "spanserve", "mixtral", ... (a `gemma3` config
+  // loads as its text model, "gemma3_text").
+  std::string model_type;
   int hidden_size = 0;
   int intermediate_size = 0;
   int num_layers = 0;
@@ -119,15 +121,31 @@ struct ModelConfig {
   // the layers >= `max_window_layers` only (as transformers' flash-attention path and later
   // releases; 4.46.3's eager/sdpa path applies it to every layer).
   // Gemma 2: `sliding_window` (absent: 4096, null: none) on the even layers only (layer % 2
-  // == 0, as transformers 4.46.3), full attention on the odd ones.
+  // == 0, as transformers 4.46.3), full attention on the odd ones. Gemma 3: `sliding_window`
+  // (absent: 4096) on the layers sliding_layers marks.
   int sliding_window = 0;
   int max_window_layers = 0;  // the first layer the window applies to
+  // Gemma 3: one entry per layer, true for a sliding-window ("local") layer: from
+  // `layer_types` ("sliding_attention" / "full_attention") when given, else layer i is local
+  // unless (i + 1) % `sliding_window_pattern` == 0 (absent: 6). Empty for other model types.
+  std::vector<bool> sliding_layers;
+  // Gemma 3: the local layers rotate with base `rope_local_base_freq` (absent: 10000) and no
+  // scaling, the global ones with rope_theta and rope_scaling. 0: one RoPE for every layer.
+  double rope_local_base_freq = 0.0;
+  // Gemma 3 multimodal checkpoints (model_type `gemma3`): the text model's tensors carry this
+  // prefix P = "language_model." (P + "model.layers..." as transformers 4.50 / 4.51 save them,
+  // or "model." + P + "layers..." as later releases do; binding.cc finds which), the vision
+  // tower's and projector's (under `ignored_prefixes`) are not read. Empty for a text-only
+  // checkpoint.
+  std::string weights_prefix;
+  std::vector<std::string> ignored_prefixes;
   // Gemma 2: attention scores are scale · q·k = query_pre_attn_scalar^-0.5 · q·k (0: the
   // default head_dim^-0.5), rounded to f32 as transformers multiplies the f32 scores.
   double query_pre_attn_scalar = 0.0;
   // Gemma 2: logit soft-capping, s -> cap · tanh(s / cap) (0: off). attn_logit_softcapping
   // caps each scaled attention score before the causal mask and softmax,
-  // final_logit_softcapping the output logits (absent: 50 and 30, null: off).
+  // final_logit_softcapping the output logits (absent: 50 and 30, null: off). Gemma 3:
+  // final_logit_softcapping only (absent or null: off).
   float attn_logit_softcap = 0.0f;
   float final_logit_softcap = 0.0f;
   // The FFN activation: `hidden_act` (absent: silu); Gemma reads `hidden_activation`
@@ -157,6 +175,8 @@ struct ModelConfig {
   bool LayerIsMoe(int layer) const;
   // The sliding window of layer `layer` (0: full causal attention).
   int LayerSlidingWindow(int layer) const;
+  // Whether layer `layer` rotates with the local RoPE (rope_local_base_freq, unscaled).
+  bool LayerUsesLocalRope(int layer) const;
   // The factor of the attention scores: query_pre_attn_scalar^-0.5 or head_dim^-0.5, in f32.
   float AttentionScale() const;
   // The positions a sequence may reach: max_position_embeddings, or for dynamic NTK scaling

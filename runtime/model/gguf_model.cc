@@ -35,8 +35,8 @@ using gguf::TensorType;
 // general.architecture values, each loaded as the config.json model_type of the same name
 // (qwen2moe / qwen3moe: qwen2_moe / qwen3_moe; llama with experts: mixtral).
 // llama.cpp's converter permutes the Q / K rows of llama only (UnpermuteRows).
-constexpr const char* kArchs[] = {"llama",    "qwen2", "qwen3", "qwen2moe",
-                                  "qwen3moe", "phi3",  "gemma", "gemma2"};
+constexpr const char* kArchs[] = {"llama", "qwen2", "qwen3",  "qwen2moe", "qwen3moe",
+                                  "phi3",  "gemma", "gemma2", "gemma3"};
 // The llama3 RoPE divisors and Phi-3's longrope factors (in the config, not weights).
 constexpr char kRopeFreqs[] = "rope_freqs.weight";
 constexpr char kRopeFactorsLong[] = "rope_factors_long.weight";
@@ -83,8 +83,9 @@ absl::StatusOr<std::optional<int64_t>> OptionalTokenId(const GgufFile& f, const 
 // `mixtral`: experts under Mixtral's names (block_sparse_moe, w1 / w2 / w3), else under
 // Qwen2-MoE's (mlp.gate, mlp.experts.E.*_proj, mlp.shared_expert*).
 // `phi3`: the fused attn_qkv (q, k, v rows) and ffn_up (gate rows, then up) are the
-// checkpoint's qkv_proj and gate_up_proj. `gemma2`: the sandwich norms, attn_norm /
-// post_attention_norm around the attention and ffn_norm / post_ffw_norm around the FFN.
+// checkpoint's qkv_proj and gate_up_proj. `gemma2` (Gemma 2 and Gemma 3): the sandwich norms,
+// attn_norm / post_attention_norm around the attention and ffn_norm / post_ffw_norm around
+// the FFN.
 std::string RuntimeName(const std::string& name, bool mixtral, bool phi3, bool gemma2) {
   if (name == "token_embd.weight") return "model.embed_tokens.weight";
   if (name == "output_norm.weight") return "model.norm.weight";
@@ -561,6 +562,27 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
     gemma2_keys["query_pre_attn_scalar"] = layers == 46 ? hidden / heads : head_dim;
   }
 
+  // Gemma 3 (llama.cpp's Gemma3Model converter and loader; the file loads as a gemma3_text
+  // config): attention.sliding_window (required) on the local layers, which llama.cpp fixes
+  // as every layer but each sixth (layer i global iff i % 6 == 5, sliding_window_pattern 6)
+  // and rotates with base 10000 unscaled (also fixed: the file stores neither); the global
+  // layers with rope.freq_base and the file's rope scaling. Queries are scaled by
+  // (embedding_length / head_count)^-0.5 for 62 layers (Gemma 3 27B, whose
+  // query_pre_attn_scalar is 5376 / 32 = 168) and by head_size^-0.5 otherwise (1B, 4B, 12B:
+  // their head size 256). No logit soft-capping (llama.cpp's Gemma 3 graph has none).
+  const bool gemma3 = a == "gemma3";
+  json gemma3_keys;
+  if (gemma3) {
+    ASSIGN_OR_RETURN(const int64_t window, RequiredPositive(f, a + ".attention.sliding_window"));
+    gemma3_keys = {{"model_type", "gemma3_text"},
+                   {"sliding_window", window},
+                   {"sliding_window_pattern", 6},
+                   {"rope_local_base_freq", 10000.0},
+                   {"query_pre_attn_scalar", layers == 62 ? hidden / heads : head_dim},
+                   {"final_logit_softcapping", nullptr},
+                   {"attn_logit_softcapping", nullptr}};
+  }
+
   int64_t vocab = 0;
   if (const gguf::Value* tokens = f.Find("tokenizer.ggml.tokens"); tokens != nullptr) {
     vocab = static_cast<int64_t>(tokens->count);
@@ -593,6 +615,7 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
   if (original_context.has_value()) j["original_max_position_embeddings"] = *original_context;
   if (phi3) j["sliding_window"] = sliding_window.has_value() ? json(*sliding_window) : json();
   if (gemma2) j.update(gemma2_keys);
+  if (gemma3) j.update(gemma3_keys);
   if (qwen_moe) j["model_type"] = qwen2moe ? "qwen2_moe" : "qwen3_moe";
   if (!moe.is_null()) {
     if (a == "llama") j["model_type"] = "mixtral";
@@ -614,7 +637,7 @@ absl::StatusOr<ModelConfig> GgufModelConfig(const GgufFile& f) {
   config->norm_eps = static_cast<float>(*eps);
   // llama.cpp's converter stores Gemma's RMSNorm weights with the 1 already added (in f32,
   // as transformers' 1 + w): the file's values are the gains.
-  if (a == "gemma" || gemma2) config->norm_gain_offset = 0.0f;
+  if (a == "gemma" || gemma2 || gemma3) config->norm_gain_offset = 0.0f;
   if (phi3 && config->rope_scaling.type != RopeScalingType::kLongRope &&
       f.Has(a + ".rope.scaling.attn_factor")) {
     absl::StatusOr<double> v = f.GetFloat(a + ".rope.scaling.attn_factor");
@@ -725,7 +748,7 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
     if (IsRopeTensor(t.name, config.model_type)) continue;  // read by GgufModelConfig
     const std::string name =
         RuntimeName(t.name, config.moe.layout == MoeLayout::kMixtral, config.model_type == "phi3",
-                    config.model_type == "gemma2");
+                    config.model_type == "gemma2" || config.model_type == "gemma3_text");
     if (name.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(f.path(), ": tensor '", t.name,
                                                      "' is not a tensor of a ", config.model_type,

@@ -1,7 +1,9 @@
 // A GGUF file as a model: its metadata as a ModelConfig, its tensors as a WeightStore under
 // the runtime's (Hugging Face) names. general.architecture "llama", "qwen2", "qwen3",
-// "qwen2moe" and "qwen3moe" are supported, each as the config.json model_type of that name
-// (llama with experts: mixtral; qwen2moe / qwen3moe: qwen2_moe / qwen3_moe).
+// "qwen2moe", "qwen3moe", "phi3", "gemma", "gemma2" and "gemma3" are supported, each as the
+// config.json model_type of that name (llama with experts: mixtral; qwen2moe / qwen3moe:
+// qwen2_moe / qwen3_moe; gemma3: gemma3_text, with llama.cpp's fixed layer pattern, local
+// RoPE base and query scale: docs/MODEL_FORMAT.md).
 //
 // Metadata keys (A = the architecture prefix: "llama", "qwen2", "qwen3", ...):
 //   A.embedding_length → hidden_size        A.feed_forward_length → intermediate_size

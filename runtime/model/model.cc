@@ -32,6 +32,9 @@ struct Model::Impl {
   // dynamic NTK, rope_step_rows rows each step fills for the prompt tokens of prompts longer
   // than max_position_embeddings (rotated for the prompt's length instead).
   DeviceArray<float> rope_cos, rope_sin;
+  // Gemma 3's local layers: rope_rows per-position rows of rope_local_base_freq, unscaled
+  // (empty when config.rope_local_base_freq is 0).
+  DeviceArray<float> rope_local_cos, rope_local_sin;
   int64_t rope_rows = 0;
   int64_t rope_step_rows = 0;
   int64_t num_parameters = 0;
@@ -62,6 +65,13 @@ absl::Status Model::Impl::AllocateRopeTables(int64_t step_rows) {
   ASSIGN_OR_RETURN(float* sin, rope_sin.Grow(*backend, (rope_rows + step_rows) * half));
   backend->RopeTables(rope_rows, config.head_dim, config.rope_theta, KernelRopeScaling(config), cos,
                       sin);
+  if (config.rope_local_base_freq > 0 && rope_local_cos.data() == nullptr) {
+    // No per-step rows: the local RoPE does not depend on the sequence length.
+    ASSIGN_OR_RETURN(float* local_cos, rope_local_cos.Grow(*backend, rope_rows * half));
+    ASSIGN_OR_RETURN(float* local_sin, rope_local_sin.Grow(*backend, rope_rows * half));
+    backend->RopeTables(rope_rows, config.head_dim, config.rope_local_base_freq,
+                        kernels::RopeScaling{}, local_cos, local_sin);
+  }
   rope_step_rows = step_rows;
   return absl::OkStatus();
 }
@@ -101,10 +111,12 @@ absl::Status Model::Impl::Attention(const LayerWeights& lw, const float* in, int
     be.RmsNorm(q, tokens, q_dim, lw.q_norm.gain, c.norm_eps, q);
     be.RmsNorm(kk, tokens, kv_dim, lw.k_norm.gain, c.norm_eps, kk);
   }
-  be.ApplyRope(q, tokens, c.num_heads, c.head_dim, b.positions.data(), rope_cos.data(),
-               rope_sin.data());
-  be.ApplyRope(kk, tokens, c.num_kv_heads, c.head_dim, b.positions.data(), rope_cos.data(),
-               rope_sin.data());
+  // Gemma 3's local layers rotate with their own (unscaled) table.
+  const bool local = c.LayerUsesLocalRope(layer) && rope_local_cos.data() != nullptr;
+  const float* cos = local ? rope_local_cos.data() : rope_cos.data();
+  const float* sin = local ? rope_local_sin.data() : rope_sin.data();
+  be.ApplyRope(q, tokens, c.num_heads, c.head_dim, b.positions.data(), cos, sin);
+  be.ApplyRope(kk, tokens, c.num_kv_heads, c.head_dim, b.positions.data(), cos, sin);
   const kernels::PagedKvLayer kv{
       cache.k(layer),      cache.v(layer), cache.num_blocks(), cache.block_size(),
       c.num_kv_heads,      c.head_dim,     cache.dtype(),      c.LayerSlidingWindow(layer),
@@ -548,7 +560,7 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, KvCache& cache
     ASSIGN_OR_RETURN(out, b.logits.Grow(be, rows * c.vocab_size));
   }
   be.MatMul(sel, rows, m.weights.lm_head, nullptr, out);
-  // Gemma 2's final_logit_softcapping.
+  // Gemma 2's (and Gemma 3's, when set) final_logit_softcapping.
   if (c.final_logit_softcap > 0.0f) be.SoftCap(out, rows * c.vocab_size, c.final_logit_softcap);
   if (out != logits) be.CopyToHost(out, rows * c.vocab_size * sizeof(float), logits);
   return be.Synchronize();

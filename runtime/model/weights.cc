@@ -333,10 +333,15 @@ absl::StatusOr<TensorView> WeightStore::Get(std::string_view name, std::span<con
   return entry.view;
 }
 
-absl::Status WeightStore::CheckAllUsed() const {
+absl::Status WeightStore::CheckAllUsed(std::span<const std::string> ignored_prefixes) const {
   std::vector<const std::pair<const std::string, Entry>*> unused;
   for (const auto& item : tensors_) {
-    if (!item.second.used) unused.push_back(&item);
+    if (item.second.used) continue;
+    bool ignored = false;
+    for (const std::string& prefix : ignored_prefixes) {
+      ignored = ignored || item.first.starts_with(prefix);
+    }
+    if (!ignored) unused.push_back(&item);
   }
   if (unused.empty()) return absl::OkStatus();
   std::string message =

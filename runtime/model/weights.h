@@ -60,8 +60,9 @@ class WeightStore {
                                                std::span<const int64_t> shape);
 
   // INVALID_ARGUMENT naming an unexpected tensor if any stored tensor was never taken by
-  // Get (a checkpoint that does not match its config).
-  [[nodiscard]] absl::Status CheckAllUsed() const;
+  // Get (a checkpoint that does not match its config), but for the tensors whose names
+  // start with one of `ignored_prefixes` (parts of a checkpoint the model does not run).
+  [[nodiscard]] absl::Status CheckAllUsed(std::span<const std::string> ignored_prefixes = {}) const;
 
   // Bytes of tensor data across all files (as held in memory for added tensors).
   int64_t total_bytes() const { return total_bytes_; }

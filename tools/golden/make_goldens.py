@@ -13,12 +13,13 @@ Two sources:
                   dtype, reloaded (widened to f32) and run in float32;
   * transformers — a tiny random Hugging Face model (LlamaForCausalLM, Qwen2ForCausalLM,
                   MixtralForCausalLM, Qwen2MoeForCausalLM, OlmoeForCausalLM,
-                  GemmaForCausalLM, Gemma2ForCausalLM, Qwen3ForCausalLM,
+                  GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Qwen3ForCausalLM,
                   Qwen3MoeForCausalLM, Phi3ForCausalLM) written with save_pretrained; the
                   logits come from the HF model itself.
 
-hf_qwen3 and hf_qwen3_moe need transformers >= 4.51 (Qwen3, Qwen3-MoE), which the pinned
-4.46.3 lacks: a run with the pinned version keeps the committed directories (and says so).
+hf_qwen3, hf_qwen3_moe and hf_gemma3 need transformers >= 4.51 (Qwen3, Qwen3-MoE; Gemma 3
+came with 4.50, its golden is 4.51.3's), which the pinned 4.46.3 lacks: a run with the
+pinned version keeps the committed directories (and says so).
 To regenerate them, run this script with transformers 4.51.3 and tokenizers 0.21 installed
 over the project venv (e.g. a venv with a .pth file naming the project venv's
 site-packages); on torch < 2 the script then fills in the few torch names transformers 4.51
@@ -28,9 +29,9 @@ load_state_dict.
 Checks (the script fails if one does not hold):
   * every golden against an independent float64 numpy implementation
     (tools/reference/numpy_ref.py): max|f32 - f64| / max|f64| <= tolerance / 10 (not the
-    Phi-3 cases: neither reference reads fused tensors or longrope; nor Gemma 2: neither
-    has sandwich norms with soft-capping and alternating windows; their mutations are
-    transformers models, hf_mutations);
+    Phi-3 cases: neither reference reads fused tensors or longrope; nor Gemma 2 and 3:
+    neither has sandwich norms with soft-capping, alternating windows or two RoPE bases;
+    their mutations are transformers models, hf_mutations);
   * the reference loads every transformers case and matches HF within 1e-5, and every
     reference case whose model type HF knows (llama, qwen2_moe, mixtral, olmoe; spanserve
     `pre` via a LlamaConfig) loads into HF and matches within 1e-5;
@@ -39,10 +40,10 @@ Checks (the script fails if one does not hold):
   * recorded generations are GEN_MARGIN away from a tie at every step and differ from the
     tokens of a full forward per step (they depend on how the cached keys are rotated;
     longrope prompts past original_max_position_embeddings excepted, whose keys are all
-    rotated with the long factors either way; Gemma 2's, whose RoPE does not depend on the
-    length, must instead equal the full forwards: its prompts are longer than the sliding
-    window, as transformers 4.46.3's HybridCache drops position 0 of a sliding layer when a
-    shorter prompt's generation reaches position sliding_window - 1). For Phi-3 the script
+    rotated with the long factors either way; Gemma 2's and 3's, whose RoPE does not depend
+    on the length, must instead equal the full forwards: their prompts are longer than the
+    sliding window, as transformers 4.46.3's HybridCache drops position 0 of a sliding layer
+    when a shorter prompt's generation reaches position sliding_window - 1). For Phi-3 the script
     also logs whether generate()'s own steps (Phi3ForCausalLM.prepare_inputs_for_generation
     drops the cache at the first step past original_max_position_embeddings) agree with
     them.
@@ -165,11 +166,11 @@ REF_CASES = {
 HF_CASES = ["hf_llama", "hf_qwen2", "hf_mixtral", "hf_qwen2_moe", "hf_olmoe",
             "hf_llama3_rope", "hf_qwen2_yarn", "hf_mistral_sliding", "hf_qwen2_sliding",
             "hf_gemma", "hf_qwen3", "hf_qwen3_moe", "hf_llama_dynamic", "hf_phi3",
-            "hf_phi3_longrope", "hf_gemma2"]
+            "hf_phi3_longrope", "hf_gemma2", "hf_gemma3"]
 # Model types whose goldens only transformers computes (see hf_mutations).
-HF_ONLY = ("phi3", "gemma2")
+HF_ONLY = ("phi3", "gemma2", "gemma3_text")
 # Cases whose Hugging Face class is newer than the pinned transformers (see the docstring).
-HF_MIN_VERSION = {"hf_qwen3": (4, 51), "hf_qwen3_moe": (4, 51)}
+HF_MIN_VERSION = {"hf_qwen3": (4, 51), "hf_qwen3_moe": (4, 51), "hf_gemma3": (4, 51)}
 # Sequence lengths per case (default LENGTHS): the RoPE scaling cases go well past their
 # original_max_position_embeddings (16 / 32).
 # The sliding-window cases (window 8) run well past their window.
@@ -177,12 +178,14 @@ HF_MIN_VERSION = {"hf_qwen3": (4, 51), "hf_qwen3_moe": (4, 51)}
 CASE_LENGTHS = {"hf_llama3_rope": (40, 96, 70), "hf_qwen2_yarn": (50, 96, 80),
                 "hf_mistral_sliding": (24, 45, 33), "hf_qwen2_sliding": (24, 45, 33),
                 "hf_llama_dynamic": (24, 60, 45), "hf_phi3": (7, 29, 13),
-                "hf_phi3_longrope": (24, 70, 45), "hf_gemma2": (9, 29, 13)}
+                "hf_phi3_longrope": (24, 70, 45), "hf_gemma2": (9, 29, 13),
+                "hf_gemma3": (9, 29, 13)}
 # Greedy generations recorded per case: (prompt length, new tokens). Dynamic NTK: a prompt
 # within max_position_embeddings generating past it, and one longer than it.
 HF_GENERATE = {"hf_llama_dynamic": ((20, 40), (44, 30)),
                "hf_phi3_longrope": ((20, 40), (44, 30)),
-               "hf_gemma2": ((8, 24), (15, 16))}
+               "hf_gemma2": ((8, 24), (15, 16)),
+               "hf_gemma3": ((8, 24), (15, 16))}
 
 
 def log(*a):
@@ -356,6 +359,7 @@ def hf_class(model_type):
             "mixtral": T.MixtralForCausalLM, "qwen2_moe": T.Qwen2MoeForCausalLM,
             "olmoe": T.OlmoeForCausalLM, "gemma": T.GemmaForCausalLM,
             "gemma2": T.Gemma2ForCausalLM,
+            "gemma3_text": getattr(T, "Gemma3ForCausalLM", None),
             "qwen3": getattr(T, "Qwen3ForCausalLM", None),
             "qwen3_moe": getattr(T, "Qwen3MoeForCausalLM", None),
             "phi3": T.Phi3ForCausalLM}.get(model_type)
@@ -392,6 +396,15 @@ def hf_greedy(model, prompt, new, use_cache=True):
     toks, margin, past = [], math.inf, None
     inp = torch.tensor([prompt])
     gemma2 = model.config.model_type == "gemma2"
+    gemma3 = model.config.model_type == "gemma3_text"
+    if use_cache and gemma3:
+        # generate()'s HybridCache of the whole text (transformers 4.51's signature).
+        from transformers.cache_utils import HybridCache
+        if not hasattr(torch, "_dynamo"):
+            import types
+            torch._dynamo = types.SimpleNamespace(mark_static_address=lambda t: None)
+        past = HybridCache(model.config, max_batch_size=1, max_cache_len=len(prompt) + new,
+                           device="cpu", dtype=torch.float32)
     if use_cache and gemma2:
         # What generate() builds for Gemma 2: a HybridCache of the whole text (the model's
         # own default holds the prompt only), addressed by cache_position.
@@ -405,9 +418,13 @@ def hf_greedy(model, prompt, new, use_cache=True):
     for _ in range(new):
         if use_cache:
             kw = {}
-            if gemma2:
+            if gemma2 or gemma3:
                 start = len(prompt) + len(toks) - inp.shape[1]
                 kw["cache_position"] = torch.arange(start, start + inp.shape[1])
+            if gemma3:
+                # As generate() passes it: the sliding layers slice their mask at the text's
+                # length (attention_mask.shape[-1]).
+                kw["attention_mask"] = torch.ones(1, start + inp.shape[1], dtype=torch.long)
             out = model(input_ids=inp, past_key_values=past, use_cache=True, **kw)
             past = out.past_key_values
         else:
@@ -454,7 +471,7 @@ def hf_generations(model, case, seed, vocab):
         rs = getattr(model.config, "rope_scaling", None) or {}
         same_ok = (rs.get("type") == "longrope"
                    and prompt_len > model.config.original_max_position_embeddings)
-        gemma2 = model.config.model_type == "gemma2"
+        gemma2 = model.config.model_type in ("gemma2", "gemma3_text")
         if gemma2:
             # See the docstring: prompts past the window, where the HybridCache is exact.
             assert prompt_len > model.config.sliding_window, case
@@ -505,7 +522,16 @@ def hf_load(d):
     cls = hf_class(mt)
     if cls is None:
         return None
-    if mt in ("phi3", "gemma2"):
+    if mt == "gemma3_text" and int(torch.__version__.split(".")[0]) < 2:
+        # As Qwen3 below, with the eager attention; the tied lm_head is not in the file.
+        m = cls(cls.config_class.from_pretrained(d, attn_implementation="eager"))
+        missing, unexpected = m.load_state_dict(
+            {k: v.float() for k, v in read_tensors(d).items()}, strict=False)
+        assert not unexpected and missing == (["lm_head.weight"] if
+                                              m.config.tie_word_embeddings else []), missing
+        m.tie_weights()
+        return m.float().eval()
+    if mt in ("phi3", "gemma2", "gemma3_text"):
         # The eager attention (its mask applies sliding_window as Mistral's; Gemma 2's
         # soft-capping is in the eager path only).
         return cls.from_pretrained(d, torch_dtype=torch.float32,
@@ -622,6 +648,22 @@ def hf_config(case):
                                      query_pre_attn_scalar=24, sliding_window=6,
                                      attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
                                      tie_word_embeddings=True, pad_token_id=0)), 216
+    if case == "hf_gemma3":
+        # Gemma 3 with 6 layers, global every third (layers 2 and 5: sliding_window_pattern 3),
+        # the others local with a window of 5 (sequences up to 29); head_dim 16 with 4 heads
+        # over hidden 32, query_pre_attn_scalar 24 (not head_dim 16); the global layers rotate
+        # with rope_theta 10000 scaled linearly by 4, the local ones with base 100 unscaled.
+        # No soft-capping (Gemma 3's default).
+        return T.Gemma3TextConfig(**dict(common, hidden_size=32, num_hidden_layers=6,
+                                         intermediate_size=48, head_dim=16, rope_theta=10000.0,
+                                         rope_local_base_freq=100.0,
+                                         rope_scaling={"rope_type": "linear", "factor": 4.0},
+                                         hidden_activation="gelu_pytorch_tanh",
+                                         query_pre_attn_scalar=24, sliding_window=5,
+                                         sliding_window_pattern=3,
+                                         final_logit_softcapping=None,
+                                         attn_logit_softcapping=None,
+                                         tie_word_embeddings=True, pad_token_id=0)), 217
     if case == "hf_phi3":
         # Phi-3 (fused qkv_proj / gate_up_proj, head_dim = hidden / heads = 16) with
         # Phi-3-mini-4k's sliding window shrunk to 12 positions (sequences up to 29).
@@ -674,6 +716,9 @@ def hf_mutations(d, model):
         out[name] = m
 
     with_config("rope_theta_x2", rope_theta=config.rope_theta * 2)
+    if config.model_type == "gemma3_text":
+        gemma3_mutations(model, with_config, with_weights, out)
+        return out
     if config.model_type == "gemma2":
         gemma2_mutations(model, with_config, with_weights, out)
         return out
@@ -736,6 +781,59 @@ def gemma2_mutations(model, with_config, with_weights, out):
         layer.is_sliding = bool(i % 2)
         layer.self_attn.sliding_window = config.sliding_window if i % 2 else None
     out["window_on_odd_layers"] = m
+
+
+@torch.no_grad()
+def gemma3_mutations(model, with_config, with_weights, out):
+    """Each Gemma 3 feature must matter: the local base equal to the global one, the global
+    scaling off (or on the local layers too), the q / k norms off or swapped, the head_dim
+    scale, the layer pattern shifted by one, the window widened by one, the sandwich norms
+    swapped, a final soft-cap."""
+    config = model.config
+    sd = model.state_dict()
+    with_config("local_base_is_rope_theta", rope_local_base_freq=config.rope_theta)
+    with_config("rope_unscaled", rope_scaling=None)
+    with_config("scale_head_dim", query_pre_attn_scalar=config.head_dim)
+    with_config("sliding_window_plus_1", sliding_window=config.sliding_window + 1)
+    with_config("pattern_plus_1", sliding_window_pattern=config.sliding_window_pattern + 1)
+    with_config("final_softcap_2", final_logit_softcapping=2.0)
+
+    def swap(a, b):
+        def fn(k, v):
+            for x, y in ((a, b), (b, a)):
+                if k.endswith(f".{x}.weight"):
+                    return sd[k[:-len(f"{x}.weight")] + f"{y}.weight"]
+            return v
+        return fn
+
+    with_weights("attn_pre_post_norms_swapped", swap("input_layernorm", "post_attention_layernorm"))
+    with_weights("ffn_pre_post_norms_swapped",
+                 swap("pre_feedforward_layernorm", "post_feedforward_layernorm"))
+    with_weights("qk_norms_swapped", swap("q_norm", "k_norm"))
+    # Without the q / k norms; with the pattern moved one layer earlier (globals 1 and 4);
+    # with the global scaling on the local layers too.
+    m = copy.deepcopy(model)
+    for layer in m.model.layers:
+        layer.self_attn.q_norm = layer.self_attn.k_norm = torch.nn.Identity()
+    out["no_qk_norm"] = m
+    m = copy.deepcopy(model)
+    for i, layer in enumerate(m.model.layers):
+        sliding = bool((i + 2) % config.sliding_window_pattern)
+        layer.is_sliding = layer.self_attn.is_sliding = sliding
+        layer.self_attn.sliding_window = config.sliding_window if sliding else None
+    out["pattern_shifted_by_one"] = m
+    c = copy.deepcopy(config)
+    c.rope_theta = config.rope_local_base_freq
+    m = copy.deepcopy(model)
+    m.model.rotary_emb_local = type(model.model.rotary_emb)(config=c)
+    out["local_layers_scaled"] = m
+    # transformers' Gemma 3 attention ignores attn_logit_softcapping (SpanServe refuses it).
+    c = copy.deepcopy(config)
+    c.attn_logit_softcapping = 1.0
+    m = type(model)(c).float().eval()
+    m.load_state_dict(sd)
+    seqs = sequences_for(1, config.vocab_size)
+    assert all(np.array_equal(a, b) for a, b in zip(hf_logits(m, seqs), hf_logits(model, seqs)))
 
 
 @torch.no_grad()

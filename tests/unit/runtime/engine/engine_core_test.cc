@@ -290,6 +290,11 @@ class EngineCoreTest : public ::testing::Test {
     }
   }
 
+  // The Gemma 2 / Gemma 3 checks (below): layer `local_layer` has `window`, `global_layer`
+  // none.
+  void ExpectGemmaInvariances(const std::string& name, const std::string& type, int local_layer,
+                              int global_layer, int window);
+
   static model::Model* model_;
   static kernels::Backend* backend_;
   static std::string skip_;
@@ -710,22 +715,25 @@ TEST_F(EngineCoreTest, SlidingWindowGivesBackBlocksBeforeTheWindowAndKeepsEveryL
 }
 
 // Gemma 2 (hf_gemma2: a window of 6 on layers 0 and 2, full attention on 1 and 3, soft-capped
-// scores and logits), in blocks of 4: transformers' greedy tokens alone, batched, chunked
-// and under preemption; chunked = whole prefill and prefix cache on = off, logit for logit;
-// and since the full-attention layers read every position no block is given back early:
-// every logit equals a whole-sequence forward pass over blocks all kept.
-TEST_F(EngineCoreTest, Gemma2KeepsTheInvariancesAndEqualsTransformersGenerate) {
+// scores and logits) and Gemma 3 (hf_gemma3: a window of 5 and RoPE base 100 on the local
+// layers, full attention with scaled RoPE on 2 and 5), in blocks of 4: transformers' greedy
+// tokens alone, batched, chunked and under preemption; chunked = whole prefill and prefix
+// cache on = off, logit for logit; and since the full-attention layers read every position
+// no block is given back early: every logit equals a whole-sequence forward pass over blocks
+// all kept.
+void EngineCoreTest::ExpectGemmaInvariances(const std::string& name, const std::string& type,
+                                            int local_layer, int global_layer, int window) {
   model::Model::Options mo;
   mo.num_threads = 1;
   mo.backend = backend_;
-  const std::string dir = testing::TinyModelDir("hf_gemma2");
+  const std::string dir = testing::TinyModelDir(name);
   auto loaded = model::Model::Load(dir, mo);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   model::Model& m = **loaded;
   const model::ModelConfig& c = m.config();
-  ASSERT_EQ(c.model_type, "gemma2");
-  ASSERT_EQ(c.LayerSlidingWindow(0), 6);
-  ASSERT_EQ(c.LayerSlidingWindow(1), 0);
+  ASSERT_EQ(c.model_type, type);
+  ASSERT_EQ(c.LayerSlidingWindow(local_layer), window);
+  ASSERT_EQ(c.LayerSlidingWindow(global_layer), 0);
   ASSERT_EQ(c.KvWindow(), 0);
 
   std::ifstream in(dir + "/golden.json");
@@ -806,6 +814,14 @@ TEST_F(EngineCoreTest, Gemma2KeepsTheInvariancesAndEqualsTransformersGenerate) {
     }
   }
   EXPECT_GE(compared, 24 + 16 + 8 * 20);
+}
+
+TEST_F(EngineCoreTest, Gemma2KeepsTheInvariancesAndEqualsTransformersGenerate) {
+  ExpectGemmaInvariances("hf_gemma2", "gemma2", 0, 1, 6);
+}
+
+TEST_F(EngineCoreTest, Gemma3KeepsTheInvariancesAndEqualsTransformersGenerate) {
+  ExpectGemmaInvariances("hf_gemma3", "gemma3_text", 0, 2, 5);
 }
 
 // Dynamic NTK RoPE (max_position_embeddings 32, factor 4): prompts within and past the

@@ -212,13 +212,14 @@ TEST(GgufModel, TiesEmbeddingsWhenOutputIsAbsent) {
 
 TEST(GgufModel, UnsupportedArchitectureIsNamed) {
   Variant v;
-  v.arch = "gemma3";
-  const absl::Status s = LoadStatus(v, "gemma3.gguf");
+  v.arch = "gemma3n";
+  const absl::Status s = LoadStatus(v, "gemma3n.gguf");
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
-  EXPECT_THAT(std::string(s.message()), HasSubstr("general.architecture 'gemma3'"));
-  EXPECT_THAT(std::string(s.message()), HasSubstr("gemma3.gguf"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("general.architecture 'gemma3n'"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("gemma3n.gguf"));
   EXPECT_THAT(std::string(s.message()),
-              HasSubstr("supported: llama, qwen2, qwen3, qwen2moe, qwen3moe, phi3, gemma, gemma2"));
+              HasSubstr("supported: llama, qwen2, qwen3, qwen2moe, qwen3moe, phi3, gemma, gemma2, "
+                        "gemma3"));
 }
 
 // The GGUF name llama.cpp's converter gives a checkpoint tensor ("" for none); `gemma2`:
@@ -325,7 +326,14 @@ std::string ConvertCheckpoint(const std::string& dir, const std::string& arch,
             j["shared_expert_intermediate_size"].get<uint32_t>());
     }
   }
-  const bool gemma = arch == "gemma" || arch == "gemma2";
+  const bool gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
+  if (arch == "gemma3") {  // Gemma3Model.set_gguf_parameters
+    w.U32(arch + ".attention.sliding_window", j["sliding_window"].get<uint32_t>());
+    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
+      w.Str(arch + ".rope.scaling.type", "linear");
+      w.F32(arch + ".rope.scaling.factor", j["rope_scaling"]["factor"].get<float>());
+    }
+  }
   if (arch == "gemma2") {  // Gemma2Model.set_gguf_parameters
     w.F32(arch + ".attn_logit_softcapping", j["attn_logit_softcapping"].get<float>());
     w.F32(arch + ".final_logit_softcapping", j["final_logit_softcapping"].get<float>());
@@ -381,7 +389,7 @@ std::string ConvertCheckpoint(const std::string& dir, const std::string& arch,
     if (gemma && absl::EndsWith(name, "norm.weight")) {
       for (float& x : values) x = 1.0f + x;  // data_torch + 1
     }
-    const std::string gguf_name = GgufName(name, arch == "gemma2");
+    const std::string gguf_name = GgufName(name, arch == "gemma2" || arch == "gemma3");
     EXPECT_FALSE(gguf_name.empty()) << name;
     if (absl::EndsWith(name, "shared_expert_gate.weight") && !shexp_gate_matrix) {
       w.AddF32(gguf_name, {static_cast<uint64_t>(shape[1])}, values);
@@ -475,6 +483,97 @@ TEST(GgufModel, GemmaAndGemma2MatchTheirSafetensorsCheckpointsBitForBit) {
   const std::vector<float> got = Logits(**m, tokens);
   EXPECT_EQ(got, Logits(**head_dim_scaled, tokens));
   EXPECT_NE(got, Logits(**original, tokens));
+}
+
+// Gemma 3 as llama.cpp's converter (Gemma3Model) writes it: every norm weight (q / k norms
+// included) with the 1 added, the sandwich norms, attention.sliding_window and the linear
+// scaling of the global layers. llama.cpp fixes what the file does not say: the layer pattern
+// (a global layer every sixth), the local RoPE base (10000) and the query scale (head_size
+// for all but 62 layers). So the file is checked bit for bit against hf_gemma3 (pattern 3,
+// local base 100, query_pre_attn_scalar 24) with those three set to llama.cpp's values, and
+// differs from hf_gemma3 itself; 20 tokens, past the window of 5.
+TEST(GgufModel, Gemma3MatchesItsSafetensorsCheckpointBitForBit) {
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 20; ++i) tokens.push_back((11 * i + 5) % 97);
+  const std::filesystem::path src = std::string(SPANSERVE_TEST_DATA) + "/models/hf_gemma3";
+  const std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / "gemma3_llama";
+  std::filesystem::create_directories(dir);
+  std::ifstream in(src / "config.json");
+  nlohmann::json cfg = nlohmann::json::parse(in);
+  ASSERT_EQ(cfg["sliding_window_pattern"].get<int>(), 3);
+  ASSERT_EQ(cfg["rope_local_base_freq"].get<double>(), 100.0);
+  ASSERT_EQ(cfg["query_pre_attn_scalar"].get<int>(), 24);
+  cfg["sliding_window_pattern"] = 6;
+  cfg["rope_local_base_freq"] = 10000.0;
+  cfg["query_pre_attn_scalar"] = cfg["head_dim"];
+  std::ofstream(dir / "config.json") << cfg.dump();
+  std::filesystem::copy_file(src / "model.safetensors", dir / "model.safetensors",
+                             std::filesystem::copy_options::overwrite_existing);
+  auto as_llama_cpp = model::Model::Load(dir.string());
+  ASSERT_TRUE(as_llama_cpp.ok()) << as_llama_cpp.status();
+  auto original = model::Model::Load(src.string());
+  ASSERT_TRUE(original.ok()) << original.status();
+  auto m = model::Model::Load(ConvertCheckpoint(src.string(), "gemma3", "hf_gemma3.gguf"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  const model::ModelConfig& c = (*m)->config();
+  EXPECT_EQ(c.model_type, "gemma3_text");
+  EXPECT_EQ(c.norm_placement, model::NormPlacement::kSandwich);
+  EXPECT_EQ(c.norm_gain_offset, 0.0f);  // the file's weights are the gains
+  EXPECT_TRUE(c.qk_norm_per_head);
+  EXPECT_EQ(c.attn_logit_softcap, 0.0f);
+  EXPECT_EQ(c.final_logit_softcap, 0.0f);
+  EXPECT_EQ(c.sliding_window, 5);
+  for (int l = 0; l < 6; ++l) EXPECT_EQ(c.LayerSlidingWindow(l), l == 5 ? 0 : 5) << l;
+  EXPECT_EQ(c.rope_local_base_freq, 10000.0);
+  EXPECT_EQ(c.rope_scaling.type, model::RopeScalingType::kLinear);
+  EXPECT_EQ(c.rope_scaling.factor, 4.0);
+  EXPECT_EQ(c.AttentionScale(), 0.25f);
+  const std::vector<float> got = Logits(**m, tokens);
+  EXPECT_EQ(got, Logits(**as_llama_cpp, tokens));
+  EXPECT_NE(got, Logits(**original, tokens));
+}
+
+// Gemma 3 metadata: attention.sliding_window is required (as llama.cpp's loader reads it);
+// 62 layers (27B) scale queries by (embedding_length / head_count)^-0.5.
+TEST(GgufModel, Gemma3MetadataAsLlamaCppReadsIt) {
+  const auto config = [](const std::string& name, uint32_t layers, bool window) {
+    GgufWriter w;
+    w.Str("general.architecture", "gemma3");
+    w.U32("gemma3.block_count", layers);
+    w.U32("gemma3.context_length", 131072);
+    w.U32("gemma3.embedding_length", 5376);
+    w.U32("gemma3.feed_forward_length", 21504);
+    w.U32("gemma3.attention.head_count", 32);
+    w.U32("gemma3.attention.head_count_kv", 16);
+    w.U32("gemma3.attention.key_length", 128);
+    w.U32("gemma3.attention.value_length", 128);
+    w.U32("gemma3.vocab_size", 262208);
+    w.F32("gemma3.rope.freq_base", 1000000.0f);
+    w.F32("gemma3.attention.layer_norm_rms_epsilon", 1e-6f);
+    if (window) w.U32("gemma3.attention.sliding_window", 1024);
+    const std::vector<uint8_t> bytes = w.Build();
+    const std::string path = ::testing::TempDir() + name;
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()),
+               static_cast<std::streamsize>(bytes.size()));
+    auto file = gguf::GgufFile::Open(path);
+    EXPECT_TRUE(file.ok()) << file.status();
+    return model::GgufModelConfig(**file);
+  };
+  absl::StatusOr<model::ModelConfig> c = config("g3_27b.gguf", 62, true);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->query_pre_attn_scalar, 168.0);
+  EXPECT_EQ(c->rope_theta, 1000000.0);
+  EXPECT_EQ(c->rope_local_base_freq, 10000.0);
+  EXPECT_EQ(c->LayerSlidingWindow(0), 1024);
+  EXPECT_EQ(c->LayerSlidingWindow(5), 0);
+  EXPECT_EQ(c->LayerSlidingWindow(61), 1024);
+  c = config("g3_48.gguf", 48, true);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->query_pre_attn_scalar, 128.0);
+  c = config("g3_nowindow.gguf", 48, false);
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("gemma3.attention.sliding_window"));
 }
 
 // Gemma 2 metadata: llama.cpp's defaults for absent keys (window 4096, caps 50 and 30), its

@@ -868,6 +868,231 @@ TEST(ModelConfig, Gemma2ErrorsNameTheKey) {
   }
 }
 
+// google/gemma-3-1b-it's config.json (transformers 4.50).
+constexpr char kGemma3TextConfig[] = R"({
+  "architectures": ["Gemma3ForCausalLM"],
+  "attention_bias": false,
+  "attention_dropout": 0.0,
+  "attn_logit_softcapping": null,
+  "bos_token_id": 2,
+  "cache_implementation": "hybrid",
+  "eos_token_id": [1, 106],
+  "final_logit_softcapping": null,
+  "head_dim": 256,
+  "hidden_activation": "gelu_pytorch_tanh",
+  "hidden_size": 1152,
+  "initializer_range": 0.02,
+  "intermediate_size": 6912,
+  "max_position_embeddings": 32768,
+  "model_type": "gemma3_text",
+  "num_attention_heads": 4,
+  "num_hidden_layers": 26,
+  "num_key_value_heads": 1,
+  "pad_token_id": 0,
+  "query_pre_attn_scalar": 256,
+  "rms_norm_eps": 1e-06,
+  "rope_local_base_freq": 10000,
+  "rope_scaling": null,
+  "rope_theta": 1000000,
+  "sliding_window": 512,
+  "sliding_window_pattern": 6,
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.50.0.dev0",
+  "use_cache": true,
+  "vocab_size": 262144
+})";
+
+// google/gemma-3-4b-it's config.json, vision_config shortened: the text model holds only
+// the keys that differ from Gemma3TextConfig's defaults.
+constexpr char kGemma3Config[] = R"({
+  "architectures": ["Gemma3ForConditionalGeneration"],
+  "boi_token_index": 255999,
+  "eoi_token_index": 256000,
+  "eos_token_id": [1, 106],
+  "image_token_index": 262144,
+  "initializer_range": 0.02,
+  "mm_tokens_per_image": 256,
+  "model_type": "gemma3",
+  "text_config": {
+    "hidden_size": 2560,
+    "intermediate_size": 10240,
+    "model_type": "gemma3_text",
+    "num_hidden_layers": 34,
+    "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+    "sliding_window": 1024
+  },
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.50.0.dev0",
+  "vision_config": {"hidden_size": 1152, "model_type": "siglip_vision_model"}
+})";
+
+TEST(ModelConfig, Gemma3TextParsesAsSandwichWithQkNormsAndTwoRopes) {
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(kGemma3TextConfig);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->model_type, "gemma3_text");
+  EXPECT_EQ(c->norm_placement, NormPlacement::kSandwich);
+  EXPECT_EQ(c->activation, Activation::kGeluTanh);
+  EXPECT_TRUE(c->scale_embeddings);
+  EXPECT_EQ(c->norm_gain_offset, 1.0f);
+  EXPECT_TRUE(c->tie_word_embeddings);
+  EXPECT_TRUE(c->qk_norm);
+  EXPECT_TRUE(c->qk_norm_per_head);
+  EXPECT_EQ(c->attn_logit_softcap, 0.0f);
+  EXPECT_EQ(c->final_logit_softcap, 0.0f);
+  EXPECT_EQ(c->AttentionScale(), 1.0f / 16);
+  EXPECT_EQ(c->rope_theta, 1000000.0);
+  EXPECT_EQ(c->rope_local_base_freq, 10000.0);
+  EXPECT_EQ(c->sliding_window, 512);
+  ASSERT_EQ(c->sliding_layers.size(), 26u);
+  for (int l = 0; l < 26; ++l) {
+    const bool global = l % 6 == 5;
+    EXPECT_EQ(c->LayerSlidingWindow(l), global ? 0 : 512) << l;
+    EXPECT_EQ(c->LayerUsesLocalRope(l), !global) << l;
+  }
+  EXPECT_EQ(c->KvWindow(), 0);
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int>{1, 106}));
+  EXPECT_TRUE(c->weights_prefix.empty());
+
+  // Gemma3TextConfig's defaults for absent keys.
+  json j = json::parse(kGemma3TextConfig);
+  for (const char* key :
+       {"query_pre_attn_scalar", "sliding_window", "sliding_window_pattern", "rope_local_base_freq",
+        "rope_theta", "head_dim", "num_key_value_heads", "vocab_size"}) {
+    j.erase(key);
+  }
+  j["final_logit_softcapping"] = 30.0;
+  absl::StatusOr<ModelConfig> d = ParseModelConfig(j.dump());
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->query_pre_attn_scalar, 256.0);
+  EXPECT_EQ(d->sliding_window, 4096);
+  EXPECT_EQ(d->rope_local_base_freq, 10000.0);
+  EXPECT_EQ(d->rope_theta, 1000000.0);
+  EXPECT_EQ(d->head_dim, 256);
+  EXPECT_EQ(d->num_kv_heads, 4);
+  EXPECT_EQ(d->vocab_size, 262208);
+  EXPECT_EQ(d->final_logit_softcap, 30.0f);  // honoured when set
+  EXPECT_EQ(d->LayerSlidingWindow(5), 0);
+  EXPECT_EQ(d->LayerSlidingWindow(6), 4096);
+
+  // layer_types (later releases) wins over sliding_window_pattern.
+  j = json::parse(kGemma3TextConfig);
+  j["num_hidden_layers"] = 4;
+  j["layer_types"] = {"full_attention", "sliding_attention", "sliding_attention", "full_attention"};
+  d = ParseModelConfig(j.dump());
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->LayerSlidingWindow(0), 0);
+  EXPECT_EQ(d->LayerSlidingWindow(1), 512);
+  EXPECT_EQ(d->LayerSlidingWindow(2), 512);
+  EXPECT_EQ(d->LayerSlidingWindow(3), 0);
+  EXPECT_FALSE(d->LayerUsesLocalRope(3));
+  EXPECT_TRUE(d->LayerUsesLocalRope(2));
+
+  // Gemma 2 and the others have one RoPE.
+  const absl::StatusOr<ModelConfig> gemma2 = ParseModelConfig(kGemma2Config);
+  ASSERT_TRUE(gemma2.ok()) << gemma2.status();
+  EXPECT_FALSE(gemma2->LayerUsesLocalRope(0));
+  EXPECT_EQ(gemma2->rope_local_base_freq, 0.0);
+}
+
+// A Gemma3ForConditionalGeneration config loads its text model: text_config over
+// Gemma3TextConfig's defaults (4B: 34 layers, 8 heads of 256, linear factor 8 on the global
+// layers), the top level's eos ids, tensors under language_model., the vision tower's and
+// projector's ignored.
+TEST(ModelConfig, Gemma3LoadsItsTextConfig) {
+  const absl::StatusOr<ModelConfig> c = ParseModelConfig(kGemma3Config);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->model_type, "gemma3_text");
+  EXPECT_EQ(c->hidden_size, 2560);
+  EXPECT_EQ(c->num_layers, 34);
+  EXPECT_EQ(c->num_heads, 8);
+  EXPECT_EQ(c->num_kv_heads, 4);
+  EXPECT_EQ(c->head_dim, 256);
+  EXPECT_EQ(c->vocab_size, 262208);
+  EXPECT_EQ(c->max_position_embeddings, 131072);
+  EXPECT_EQ(c->rope_theta, 1000000.0);
+  EXPECT_EQ(c->rope_scaling.type, RopeScalingType::kLinear);
+  EXPECT_EQ(c->rope_scaling.factor, 8.0);
+  EXPECT_EQ(c->rope_local_base_freq, 10000.0);
+  EXPECT_EQ(c->sliding_window, 1024);
+  EXPECT_EQ(c->LayerSlidingWindow(5), 0);
+  EXPECT_EQ(c->LayerSlidingWindow(4), 1024);
+  EXPECT_EQ(c->query_pre_attn_scalar, 256.0);
+  EXPECT_TRUE(c->tie_word_embeddings);
+  EXPECT_EQ(c->bos_token_ids, (std::vector<int>{2}));
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int>{1, 106}));
+  EXPECT_EQ(c->weights_prefix, "language_model.");
+  EXPECT_EQ(c->ignored_prefixes,
+            (std::vector<std::string>{"vision_tower.", "multi_modal_projector.",
+                                      "model.vision_tower.", "model.multi_modal_projector."}));
+}
+
+TEST(ModelConfig, Gemma3ErrorsNameTheKey) {
+  struct Fault {
+    const char* name;
+    const char* key;  // set to `value` (merge_patch would delete a null)
+    json value;
+    const char* needle;
+  };
+  const std::vector<Fault> faults = {
+      {"AttnCap", "attn_logit_softcapping", 50.0,
+       "key 'attn_logit_softcapping' must be null with model_type 'gemma3_text'"},
+      {"NegativeFinalCap", "final_logit_softcapping", -1.0,
+       "key 'final_logit_softcapping' must be a positive number"},
+      {"NullWindow", "sliding_window", nullptr,
+       "key 'sliding_window' must be a positive integer with model_type 'gemma3_text'"},
+      {"ZeroWindow", "sliding_window", 0, "key 'sliding_window' must be positive"},
+      {"ZeroPattern", "sliding_window_pattern", 0, "key 'sliding_window_pattern' must be positive"},
+      {"StringPattern", "sliding_window_pattern", "6",
+       "key 'sliding_window_pattern' must be an integer"},
+      {"NegativeLocalBase", "rope_local_base_freq", -1.0,
+       "key 'rope_local_base_freq' must be a positive number"},
+      {"ZeroScalar", "query_pre_attn_scalar", 0,
+       "key 'query_pre_attn_scalar' must be a positive number"},
+      {"LayerTypesShort", "layer_types", json::array({"full_attention"}),
+       "key 'layer_types' has 1 entries, expected num_hidden_layers = 26"},
+      {"LayerTypesNotList", "layer_types", "sliding_attention",
+       "key 'layer_types' must be a list of strings"},
+      {"DynamicRope", "rope_scaling", json{{"rope_type", "dynamic"}, {"factor", 2.0}},
+       "rope_scaling type 'dynamic' is not supported with model_type 'gemma3_text'"},
+      {"PreNorm", "norm_placement", "pre", "(sandwich, rmsnorm, false)"},
+  };
+  for (const Fault& f : faults) {
+    SCOPED_TRACE(f.name);
+    json j = json::parse(kGemma3TextConfig);
+    j[f.key] = f.value;
+    const absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+    ASSERT_FALSE(c.ok());
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(c.status().message(), HasSubstr(f.needle));
+  }
+  json j = json::parse(kGemma3TextConfig);
+  std::vector<std::string> types(26, "sliding_attention");
+  types[7] = "local";
+  j["layer_types"] = types;
+  absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(c.status().message(), HasSubstr("key 'layer_types' entry 7 is \"local\""));
+
+  // The multimodal config: its text model's keys are named under text_config.
+  for (const auto& [patch, needle] :
+       {std::pair<json, std::string>{{{"text_config", nullptr}}, "text_config"},
+        {{{"text_config", 5}}, "key 'text_config' must be an object"},
+        {{{"text_config", {{"model_type", "gemma2"}}}},
+         "key 'text_config.model_type' must be \"gemma3_text\""},
+        {{{"text_config", {{"sliding_window", -4}}}},
+         "key 'text_config.sliding_window' must be positive"},
+        {{{"text_config", {{"attn_logit_softcapping", 20.0}}}},
+         "key 'text_config.attn_logit_softcapping' must be null"}}) {
+    SCOPED_TRACE(needle);
+    json g = json::parse(kGemma3Config);
+    g.merge_patch(patch);
+    c = ParseModelConfig(g.dump());
+    ASSERT_FALSE(c.ok());
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(c.status().message(), HasSubstr(needle));
+  }
+}
+
 TEST(ModelConfig, MixtralParsesAsMoe) {
   const absl::StatusOr<ModelConfig> c = ParseModelConfig(kMixtralConfig);
   ASSERT_TRUE(c.ok()) << c.status();

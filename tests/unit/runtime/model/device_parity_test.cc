@@ -167,6 +167,7 @@ std::vector<Case> Cases() {
       "tests/data/models/hf_phi3",
       "tests/data/models/hf_phi3_longrope",
       "tests/data/models/hf_gemma2",
+      "tests/data/models/hf_gemma3",
   };
   std::vector<Case> cases;
   for (bool emulated : {true, false}) {

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -242,7 +243,8 @@ TEST(ModelTest, GoldenCasesCoverEveryPlacementAndTransformers) {
                            "hf_llama_dynamic",
                            "hf_phi3",
                            "hf_phi3_longrope",
-                           "hf_gemma2"}) {
+                           "hf_gemma2",
+                           "hf_gemma3"}) {
     EXPECT_NE(std::find(cases.begin(), cases.end(), want), cases.end()) << want;
   }
 }
@@ -503,11 +505,12 @@ TEST(ModelTest, Gemma2ExpectsExactlyItsTensors) {
   EXPECT_EQ(got, want);
 }
 
-// hf_gemma2's greedy generations (transformers with its HybridCache, prompts of 8 and 15
-// tokens past the window of 6): the same tokens with the prompt whole or in chunks of 3, in
-// blocks of 4 positions (so the windows cross blocks), with the same logits either way.
-TEST(ModelTest, Gemma2GreedyGenerationEqualsTransformers) {
-  const std::string dir = CaseDir("hf_gemma2");
+// hf_gemma2's (and hf_gemma3's) greedy generations (transformers with its HybridCache, prompts
+// of 8 and 15 tokens past the window of 6 or 5): the same tokens with the prompt whole or in
+// chunks of 3, in blocks of 4 positions (so the windows cross blocks), with the same logits
+// either way.
+void ExpectGemmaGenerationsEqualTransformers(const std::string& name) {
+  const std::string dir = CaseDir(name);
   auto model = Model::Load(dir);
   ASSERT_TRUE(model.ok()) << model.status();
   const ModelConfig& c = (*model)->config();
@@ -545,7 +548,9 @@ TEST(ModelTest, Gemma2GreedyGenerationEqualsTransformers) {
       }
       EXPECT_EQ(got, want);
       // Soft-capped logits stay within the cap.
-      for (const float x : all_logits) ASSERT_LE(std::abs(x), c.final_logit_softcap);
+      if (c.final_logit_softcap > 0) {
+        for (const float x : all_logits) ASSERT_LE(std::abs(x), c.final_logit_softcap);
+      }
       if (first_logits.empty()) {
         first_logits = all_logits;
       } else {
@@ -556,36 +561,205 @@ TEST(ModelTest, Gemma2GreedyGenerationEqualsTransformers) {
   }
 }
 
+TEST(ModelTest, Gemma2GreedyGenerationEqualsTransformers) {
+  ExpectGemmaGenerationsEqualTransformers("hf_gemma2");
+}
+
+TEST(ModelTest, Gemma3GreedyGenerationEqualsTransformers) {
+  ExpectGemmaGenerationsEqualTransformers("hf_gemma3");
+}
+
+// The largest relative error of the golden case `name`'s logits when its config.json takes
+// `key` = `value` (null included), over the same safetensors.
+double GoldenErrorWithKey(const std::string& name, const std::string& key,
+                          const nlohmann::json& value) {
+  static int index = 0;
+  const fs::path src = CaseDir(name);
+  std::ifstream in(src / "config.json");
+  nlohmann::json cfg = nlohmann::json::parse(in);
+  const fs::path dir = fs::path(::testing::TempDir()) / (name + "_key" + std::to_string(index++));
+  fs::create_directories(dir);
+  cfg[key] = value;
+  std::ofstream(dir / "config.json") << cfg.dump();
+  fs::copy_file(src / "model.safetensors", dir / "model.safetensors",
+                fs::copy_options::overwrite_existing);
+  auto model = Model::Load(dir.string());
+  EXPECT_TRUE(model.ok()) << model.status();
+  if (!model.ok()) return 0;
+  const Golden g = ReadGolden(src.string(), (*model)->config().vocab_size);
+  Runner run(**model);
+  double worst = 0;
+  for (size_t i = 0; i < g.sequences.size(); ++i) {
+    worst = std::max(worst, RelError(run.AllLogits(g.sequences[i], 1 << 30), g.logits[i]));
+  }
+  return worst;
+}
+
 // Each of Gemma 2's config keys is read: the golden logits move past their tolerance when
 // either soft-cap is turned off (null) or query_pre_attn_scalar is head_dim.
 TEST(ModelTest, Gemma2GoldenNeedsEachConfigKey) {
-  const fs::path src = CaseDir("hf_gemma2");
-  std::ifstream in(src / "config.json");
-  const nlohmann::json base = nlohmann::json::parse(in);
-  int index = 0;
   for (const auto& [key, value] :
        {std::pair<std::string, nlohmann::json>{"attn_logit_softcapping", nullptr},
         {"final_logit_softcapping", nullptr},
         {"query_pre_attn_scalar", 16},
         {"sliding_window", 7}}) {
     SCOPED_TRACE(key);
-    const fs::path dir = fs::path(::testing::TempDir()) / ("gemma2_key" + std::to_string(index++));
-    fs::create_directories(dir);
-    nlohmann::json cfg = base;
-    cfg[key] = value;
-    std::ofstream(dir / "config.json") << cfg.dump();
-    fs::copy_file(src / "model.safetensors", dir / "model.safetensors",
-                  fs::copy_options::overwrite_existing);
-    auto model = Model::Load(dir.string());
-    ASSERT_TRUE(model.ok()) << model.status();
-    const Golden g = ReadGolden(src.string(), (*model)->config().vocab_size);
-    Runner run(**model);
-    double worst = 0;
-    for (size_t i = 0; i < g.sequences.size(); ++i) {
-      worst = std::max(worst, RelError(run.AllLogits(g.sequences[i], 1 << 30), g.logits[i]));
-    }
-    EXPECT_GT(worst, 100 * g.tolerance);
+    EXPECT_GT(GoldenErrorWithKey("hf_gemma2", key, value), 100 * 1e-4);
   }
+}
+
+// Gemma 3: 6 layers, global every third (2 and 5), the others local with a window of 5 and
+// RoPE base 100 unscaled; the global ones with rope_theta 10000 and linear factor 4;
+// query_pre_attn_scalar 24; per-head q / k norms with (1 + w) gains; no soft-caps.
+TEST(ModelTest, Gemma3ExpectsExactlyItsTensors) {
+  const absl::StatusOr<ModelConfig> c = LoadModelConfig(CaseDir("hf_gemma3"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->model_type, "gemma3_text");
+  EXPECT_EQ(c->norm_placement, NormPlacement::kSandwich);
+  EXPECT_EQ(c->activation, Activation::kGeluTanh);
+  EXPECT_TRUE(c->scale_embeddings);
+  EXPECT_EQ(c->norm_gain_offset, 1.0f);
+  EXPECT_TRUE(c->tie_word_embeddings);
+  EXPECT_TRUE(c->qk_norm_per_head);
+  EXPECT_EQ(c->attn_logit_softcap, 0.0f);
+  EXPECT_EQ(c->final_logit_softcap, 0.0f);
+  EXPECT_EQ(c->AttentionScale(), static_cast<float>(1.0 / std::sqrt(24.0)));
+  EXPECT_EQ(c->rope_local_base_freq, 100.0);
+  EXPECT_EQ(c->rope_theta, 10000.0);
+  EXPECT_EQ(c->rope_scaling.type, RopeScalingType::kLinear);
+  for (int l = 0; l < 6; ++l) {
+    const bool global = l == 2 || l == 5;
+    EXPECT_EQ(c->LayerSlidingWindow(l), global ? 0 : 5) << l;
+    EXPECT_EQ(c->LayerUsesLocalRope(l), !global) << l;
+  }
+  EXPECT_EQ(c->KvWindow(), 0);
+  std::vector<std::pair<std::string, std::vector<int64_t>>> want = {
+      {"model.embed_tokens.weight", {97, 32}}, {"model.norm.weight", {32}}};
+  for (int l = 0; l < 6; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    want.push_back({p + "input_layernorm.weight", {32}});
+    want.push_back({p + "post_attention_layernorm.weight", {32}});
+    want.push_back({p + "pre_feedforward_layernorm.weight", {32}});
+    want.push_back({p + "post_feedforward_layernorm.weight", {32}});
+    want.push_back({p + "self_attn.q_proj.weight", {64, 32}});
+    want.push_back({p + "self_attn.k_proj.weight", {32, 32}});
+    want.push_back({p + "self_attn.v_proj.weight", {32, 32}});
+    want.push_back({p + "self_attn.o_proj.weight", {32, 64}});
+    want.push_back({p + "self_attn.q_norm.weight", {16}});
+    want.push_back({p + "self_attn.k_norm.weight", {16}});
+    want.push_back({p + "mlp.gate_proj.weight", {48, 32}});
+    want.push_back({p + "mlp.up_proj.weight", {48, 32}});
+    want.push_back({p + "mlp.down_proj.weight", {32, 48}});
+  }
+  auto got = ExpectedTensors(*c);
+  std::sort(got.begin(), got.end());
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(got, want);
+}
+
+// Each Gemma 3 feature is read: the golden logits move past their tolerance with the local
+// base equal to rope_theta, without the global scaling, with head_dim's scale, a wider
+// window, the layer pattern shifted by one (globals 1 and 4, by layer_types or by the
+// pattern's phase), every layer global, or a final soft-cap.
+TEST(ModelTest, Gemma3GoldenNeedsEachConfigKey) {
+  const std::vector<std::string> shifted = {"sliding_attention", "full_attention",
+                                            "sliding_attention", "sliding_attention",
+                                            "full_attention",    "sliding_attention"};
+  for (const auto& [key, value] :
+       {std::pair<std::string, nlohmann::json>{"rope_local_base_freq", 10000.0},
+        {"rope_scaling", nullptr},
+        {"query_pre_attn_scalar", 16},
+        {"sliding_window", 6},
+        {"sliding_window_pattern", 2},
+        {"sliding_window_pattern", 1},
+        {"layer_types", shifted},
+        {"final_logit_softcapping", 2.0}}) {
+    SCOPED_TRACE(key + " = " + value.dump());
+    EXPECT_GT(GoldenErrorWithKey("hf_gemma3", key, value), 100 * 1e-4);
+  }
+  // layer_types spelling out the pattern changes nothing.
+  const std::vector<std::string> same = {"sliding_attention", "sliding_attention",
+                                         "full_attention",    "sliding_attention",
+                                         "sliding_attention", "full_attention"};
+  EXPECT_LT(GoldenErrorWithKey("hf_gemma3", "layer_types", same), 1e-4);
+}
+
+// A Gemma3ForConditionalGeneration checkpoint (config.json `gemma3` with the text model as
+// text_config; tensors under language_model.model. as transformers 4.50 / 4.51 save them, or
+// model.language_model. as later releases do, plus the vision tower's and projector's) gives
+// hf_gemma3's logits bit for bit; a tensor of the text model's that the config does not
+// expect is still refused.
+TEST(ModelTest, Gemma3MultimodalCheckpointLoadsItsTextModel) {
+  const fs::path src = CaseDir("hf_gemma3");
+  const fs::path dir = fs::path(::testing::TempDir()) / "gemma3_multimodal";
+  fs::create_directories(dir);
+  std::ifstream config_in(src / "config.json");
+  nlohmann::json text = nlohmann::json::parse(config_in);
+  text.erase("architectures");
+  const nlohmann::json cfg = {{"architectures", {"Gemma3ForConditionalGeneration"}},
+                              {"model_type", "gemma3"},
+                              {"text_config", text},
+                              {"vision_config", {{"model_type", "siglip_vision_model"}}}};
+  std::ofstream(dir / "config.json") << cfg.dump();
+  // The safetensors with every name prefixed, and extra tensors appended.
+  std::ifstream weights_in(src / "model.safetensors", std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(weights_in)),
+                          std::istreambuf_iterator<char>());
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, bytes.data(), 8);
+  const nlohmann::json header = nlohmann::json::parse(bytes.substr(8, header_len));
+  std::string data = bytes.substr(8 + header_len);
+  const auto write = [&](const fs::path& path, const std::vector<std::string>& extra,
+                         bool later = false) {
+    nlohmann::json h;
+    for (auto it = header.begin(); it != header.end(); ++it) {
+      const std::string& k = it.key();
+      ASSERT_TRUE(k == "__metadata__" || k.starts_with("model.")) << k;  // tied: no lm_head
+      h[k == "__metadata__" ? k
+        : later             ? "model.language_model." + k.substr(6)
+                            : "language_model." + k] = it.value();
+    }
+    std::string d = data;
+    for (const std::string& name : extra) {
+      const float v[2] = {1.0f, 2.0f};
+      h[name] = {{"dtype", "F32"}, {"shape", {2}}, {"data_offsets", {d.size(), d.size() + 8}}};
+      d.append(reinterpret_cast<const char*>(v), sizeof(v));
+    }
+    std::string hs = h.dump();
+    while (hs.size() % 8 != 0) hs.push_back(' ');
+    const uint64_t n = hs.size();
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(&n), 8);
+    out << hs << d;
+  };
+  write(dir / "model.safetensors", {"vision_tower.vision_model.post_layernorm.weight",
+                                    "multi_modal_projector.mm_soft_emb_norm.weight"});
+  auto original = Model::Load(src.string());
+  ASSERT_TRUE(original.ok()) << original.status();
+  auto multimodal = Model::Load(dir.string());
+  ASSERT_TRUE(multimodal.ok()) << multimodal.status();
+  EXPECT_EQ((*multimodal)->config().weights_prefix, "language_model.");
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 20; ++i) ids.push_back((13 * i + 4) % 97);
+  Runner a(**original), b(**multimodal);
+  const std::vector<float> want = a.AllLogits(ids, 7);
+  EXPECT_EQ(b.AllLogits(ids, 7), want);
+
+  write(dir / "model.safetensors",
+        {"model.vision_tower.vision_model.post_layernorm.weight",
+         "model.multi_modal_projector.mm_soft_emb_norm.weight"},
+        /*later=*/true);
+  auto later = Model::Load(dir.string());
+  ASSERT_TRUE(later.ok()) << later.status();
+  Runner c(**later);
+  EXPECT_EQ(c.AllLogits(ids, 7), want);
+
+  write(dir / "model.safetensors", {"language_model.model.layers.0.self_attn.extra.weight"});
+  auto bad = Model::Load(dir.string());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(
+      std::string(bad.status().message()),
+      HasSubstr("unexpected tensor 'language_model.model.layers.0.self_attn.extra.weight'"));
 }
 
 // With windows on alternating layers the full-attention layers still read every position:
