@@ -404,33 +404,38 @@ TEST_P(Int8DotTest, EqualsTheScalarModelBitForBit) {
   }
 }
 
+// Each row of an m-row product of w (n x k) equals the row alone, and the product is the
+// same on 5 threads and on none.
+void ExpectRowsIndependentOfTheBatchAndThreads(const WeightMatrix& w, int64_t m) {
+  const int64_t n = w.rows, k = w.cols;
+  const std::vector<float> x = Activations(m * k, 6);
+  std::vector<float> batch(m * n), alone(n), other(m * n);
+  MatMul(x.data(), m, w, nullptr, batch.data());
+  for (int64_t i = 0; i < m; ++i) {
+    MatMul(x.data() + i * k, 1, w, nullptr, alone.data());
+    ASSERT_TRUE(BitIdentical(alone.data(), batch.data() + i * n, n)) << "m=" << m << " row " << i;
+  }
+  {
+    ThreadPool pool(5);
+    UsePool use(&pool);
+    MatMul(x.data(), m, w, nullptr, other.data());
+  }
+  EXPECT_TRUE(BitIdentical(other.data(), batch.data(), m * n)) << "m=" << m;
+  {
+    UsePool none(nullptr);
+    MatMul(x.data(), m, w, nullptr, other.data());
+  }
+  EXPECT_TRUE(BitIdentical(other.data(), batch.data(), m * n)) << "m=" << m;
+}
+
 TEST_P(Int8DotTest, RowsDoNotDependOnTheBatchOrTheThreads) {
   const QuantType q = quant();
   // k = 576: batches of 3 and 7 are quantized by every thread for itself, one of 37 once,
   // shared.
-  for (int64_t m : {3, 7, 37}) {
-    const int64_t n = 61, k = Elems(q) == 256 ? 512 : 576;
-    const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, 5);
-    const WeightMatrix w = Int8DotMatrix(q, blocks, n, k);
-    const std::vector<float> x = Activations(m * k, 6);
-    std::vector<float> batch(m * n), alone(n), five(m * n);
-    MatMul(x.data(), m, w, nullptr, batch.data());
-    for (int64_t i = 0; i < m; ++i) {
-      MatMul(x.data() + i * k, 1, w, nullptr, alone.data());
-      ASSERT_TRUE(BitIdentical(alone.data(), batch.data() + i * n, n)) << "m=" << m << " row " << i;
-    }
-    {
-      ThreadPool pool(5);
-      UsePool use(&pool);
-      MatMul(x.data(), m, w, nullptr, five.data());
-    }
-    EXPECT_TRUE(BitIdentical(five.data(), batch.data(), m * n)) << "m=" << m;
-    {
-      UsePool none(nullptr);
-      MatMul(x.data(), m, w, nullptr, five.data());
-    }
-    EXPECT_TRUE(BitIdentical(five.data(), batch.data(), m * n)) << "m=" << m;
-  }
+  const int64_t n = 61, k = Elems(q) == 256 ? 512 : 576;
+  const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, 5);
+  const WeightMatrix w = Int8DotMatrix(q, blocks, n, k);
+  for (int64_t m : {3, 7, 37}) ExpectRowsIndependentOfTheBatchAndThreads(w, m);
 }
 
 // Against the exact path on the same weights: the error of rounding x to 8 bits per block.
@@ -580,26 +585,7 @@ TEST_P(Int8PackedTest, RowsDoNotDependOnTheBatchOrTheThreads) {
   const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, 5);
   std::vector<uint8_t> storage;
   const WeightMatrix w = Packed(q, blocks, n, k, &storage);
-  for (int64_t m : {3, 16, 37}) {
-    const std::vector<float> x = Activations(m * k, 6);
-    std::vector<float> batch(m * n), alone(n), other(m * n);
-    MatMul(x.data(), m, w, nullptr, batch.data());
-    for (int64_t i = 0; i < m; ++i) {
-      MatMul(x.data() + i * k, 1, w, nullptr, alone.data());
-      ASSERT_TRUE(BitIdentical(alone.data(), batch.data() + i * n, n)) << "m=" << m << " row " << i;
-    }
-    {
-      ThreadPool pool(5);
-      UsePool use(&pool);
-      MatMul(x.data(), m, w, nullptr, other.data());
-    }
-    EXPECT_TRUE(BitIdentical(other.data(), batch.data(), m * n)) << "m=" << m;
-    {
-      UsePool none(nullptr);
-      MatMul(x.data(), m, w, nullptr, other.data());
-    }
-    EXPECT_TRUE(BitIdentical(other.data(), batch.data(), m * n)) << "m=" << m;
-  }
+  for (int64_t m : {3, 16, 37}) ExpectRowsIndependentOfTheBatchAndThreads(w, m);
 }
 
 INSTANTIATE_TEST_SUITE_P(Q8_0Q4_0Q4_1, Int8PackedTest,
