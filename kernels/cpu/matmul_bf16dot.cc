@@ -147,7 +147,7 @@ void MatMulBf16Dot(const float* x, int64_t m, const WeightMatrix& w, const Weigh
   ParallelFor(m, 2, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) RowToBf16(x + i * k, k, xb + i * kp, kp);
   });
-  if (k % 32 == 0 && CpuHasAmxBf16()) return MatMulBf16Amx(xb, kp, m, w, bias, y);
+  if (k > 0 && k % 32 == 0 && CpuHasAmxBf16()) return MatMulBf16Amx(xb, kp, m, w, bias, y);
   Parallel([&](int64_t t, int64_t threads) {
     const int64_t j_begin = panels * t / threads * kNr;
     const int64_t j_end = std::min(n, panels * (t + 1) / threads * kNr);

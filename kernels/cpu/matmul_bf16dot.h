@@ -2,7 +2,7 @@
 // the path of WeightMatrix::precision == MatMulPrecision::kBf16Dot.
 //
 // Each row of x is rounded to bf16 (round to nearest even) once per call. Then, for a matrix
-// whose k is a multiple of 32 on a CPU with AMX-BF16 (CpuHasAmxBf16), y[i, j] is one f32
+// whose k is a positive multiple of 32 on a CPU with AMX-BF16 (CpuHasAmxBf16), y[i, j] is one f32
 // accumulator over k in tiles of 32, each tile one TDPBF16PS (matmul_amx.cc); otherwise it is
 // one 16-lane accumulator over k in chunks of 32, each chunk one VDPBF16PS (lane l adds the
 // products of elements 2l and 2l + 1), the k-tail a zero-padded last chunk, then
@@ -26,7 +26,7 @@ bool CpuHasAvx512Bf16();
 bool CpuHasAmxBf16();
 
 // The AMX path of MatMulBf16Dot (matmul_amx.cc): y = x·Wᵀ (+ bias) from x already rounded to
-// bf16 (xb: m rows of k, stride kp); k % 32 == 0 and CpuHasAmxBf16().
+// bf16 (xb: m rows of k, stride kp); k > 0, k % 32 == 0 and CpuHasAmxBf16().
 void MatMulBf16Amx(const uint16_t* xb, int64_t kp, int64_t m, const WeightMatrix& w,
                    const WeightVector* bias, float* y);
 
