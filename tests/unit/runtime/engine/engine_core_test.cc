@@ -147,6 +147,25 @@ class EngineCoreTest : public ::testing::Test {
     return {all};
   }
 
+  // A golden case's greedy generations (golden.json "generations"): one greedy request per
+  // prompt, as many tokens as transformers generated, EOS ignored; *want: those tokens.
+  static std::vector<Request> GoldenGenerations(const std::string& dir,
+                                                std::vector<std::vector<int32_t>>* want) {
+    std::ifstream in(dir + "/golden.json");
+    const nlohmann::json j = nlohmann::json::parse(in);
+    std::vector<Request> gens;
+    for (const auto& g : j.at("generations")) {
+      Request r;
+      r.prompt = g.at("prompt").get<std::vector<int32_t>>();
+      want->push_back(g.at("tokens").get<std::vector<int32_t>>());
+      r.sampling.temperature = 0;
+      r.sampling.max_tokens = static_cast<int32_t>(want->back().size());
+      r.sampling.ignore_eos = true;
+      gens.push_back(std::move(r));
+    }
+    return gens;
+  }
+
   static std::vector<Request> RandomRequests(int n, uint32_t seed, bool greedy) {
     std::mt19937 rng(seed);
     std::vector<Request> reqs(n);
@@ -257,19 +276,8 @@ class EngineCoreTest : public ::testing::Test {
     // transformers' batch-1 greedy decoding with its KV cache (golden.json "generations"),
     // alone, together with the requests above, and under block pressure (preempted sequences
     // recompute their output as a prompt yet keep the rotation of the original one).
-    std::ifstream in(dir + "/golden.json");
-    const nlohmann::json j = nlohmann::json::parse(in);
-    std::vector<Request> gens;
     std::vector<std::vector<int32_t>> want;
-    for (const auto& g : j.at("generations")) {
-      Request r;
-      r.prompt = g.at("prompt").get<std::vector<int32_t>>();
-      want.push_back(g.at("tokens").get<std::vector<int32_t>>());
-      r.sampling.temperature = 0;
-      r.sampling.max_tokens = static_cast<int32_t>(want.back().size());
-      r.sampling.ignore_eos = true;
-      gens.push_back(std::move(r));
-    }
+    const std::vector<Request> gens = GoldenGenerations(dir, &want);
     ASSERT_EQ(gens.size(), 2u);
     std::vector<Request> mixed = gens;
     mixed.insert(mixed.end(), reqs.begin() + 8, reqs.end());
@@ -736,19 +744,8 @@ void EngineCoreTest::ExpectGemmaInvariances(const std::string& name, const std::
   ASSERT_EQ(c.LayerSlidingWindow(global_layer), 0);
   ASSERT_EQ(c.KvWindow(), 0);
 
-  std::ifstream in(dir + "/golden.json");
-  const nlohmann::json j = nlohmann::json::parse(in);
-  std::vector<Request> reqs;
   std::vector<std::vector<int32_t>> want;
-  for (const auto& g : j.at("generations")) {
-    Request r;
-    r.prompt = g.at("prompt").get<std::vector<int32_t>>();
-    want.push_back(g.at("tokens").get<std::vector<int32_t>>());
-    r.sampling.temperature = 0;
-    r.sampling.max_tokens = static_cast<int32_t>(want.back().size());
-    r.sampling.ignore_eos = true;
-    reqs.push_back(std::move(r));
-  }
+  std::vector<Request> reqs = GoldenGenerations(dir, &want);
   ASSERT_EQ(reqs.size(), 2u);
   // Requests over the first generation's prompt and more (prefix-cache hits of its first
   // block), and random ones.
