@@ -419,6 +419,8 @@ bool Int8DotUsesVnni() {
   return internal::CpuHasAvx512Vnni() && MaxIsa().load(std::memory_order_relaxed) == Isa::kAvx512;
 }
 
+bool Int8DotUsesAmx() { return Int8DotUsesVnni() && internal::CpuHasAmxInt8(); }
+
 const char* IsaName(Isa isa) { return isa == Isa::kAvx512 ? "avx512" : "avx2"; }
 
 void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias, float* y) {

@@ -49,6 +49,11 @@ bool Bf16DotUsesAmx();
 // every CPU this build runs on has).
 bool Int8DotUsesVnni();
 
+// Whether packed kInt8Dot matrices (Q8_0, Q4_0, Q4_1 on a VNNI CPU) take their integer dots
+// from AMX tiles in calls of 32 rows or more: Int8DotUsesVnni(), the CPU has AMX-INT8, the OS
+// grants the tile state, and SPANSERVE_MAX_ISA is not set. The bits are the VNNI kernels'.
+bool Int8DotUsesAmx();
+
 // out[t, :] = row ids[t] of `table` ([vocab, dim]) widened to f32. ids must be in range.
 void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t n, float* out);
 

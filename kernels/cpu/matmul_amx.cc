@@ -21,6 +21,7 @@
 
 #include "common/check.h"
 #include "common/thread_pool.h"
+#include "kernels/cpu/amx.h"
 #include "kernels/cpu/matmul_bf16dot.h"
 
 // GCC 12 reports its own _mm512_undefined_epi32 (the unpack intrinsics' pass-through operand,
@@ -33,25 +34,8 @@ namespace {
 constexpr int64_t kPanel = 32;   // weight rows per step (A0, A1)
 constexpr int64_t kXBlock = 16;  // x rows per B tile
 
-struct TileConfig {
-  uint8_t palette_id;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
-// LDTILECFG with the whole 64-byte configuration as its operand. (GCC's _tile_loadconfig tells
-// the compiler it reads only a pointer's worth of the struct, which lets it drop the stores
-// that fill in the rest: tiles left unconfigured, and the first tile instruction faults.)
-[[gnu::always_inline]] inline void LoadTileConfig(const TileConfig& config) {
-  asm volatile("ldtilecfg %0" : : "m"(config));
-}
-
 void ConfigureTiles() {
   alignas(64) TileConfig config;
-  std::memset(&config, 0, sizeof(config));
-  config.palette_id = 1;
   for (int t = 0; t < 8; ++t) {
     config.rows[t] = 16;
     config.colsb[t] = 64;
@@ -124,21 +108,22 @@ struct Buffer {
 
 }  // namespace
 
+bool CpuGrantsAmxTiles(int bit) {
+  if (const char* cap = std::getenv("SPANSERVE_MAX_ISA"); cap != nullptr && *cap != '\0') {
+    return false;  // avx2 or avx512: no tiles
+  }
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  if (((edx >> 24) & 1) == 0 || ((edx >> bit) & 1) == 0) return false;
+  // The OS must enable the tile state (XCR0 bits 17, 18) and grant it to this process.
+  if ((_xgetbv(0) & (3u << 17)) != (3u << 17)) return false;
+  constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  static const bool granted = syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  return granted;
+}
+
 bool CpuHasAmxBf16() {
-  static const bool usable = [] {
-    if (!CpuHasAvx512Bf16()) return false;
-    if (const char* cap = std::getenv("SPANSERVE_MAX_ISA"); cap != nullptr && *cap != '\0') {
-      return false;  // avx2 or avx512: no tiles
-    }
-    unsigned eax, ebx, ecx, edx;
-    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
-    const bool tile = (edx >> 24) & 1, bf16 = (edx >> 22) & 1;
-    if (!tile || !bf16) return false;
-    // The OS must enable the tile state (XCR0 bits 17, 18) and grant it to this process.
-    if ((_xgetbv(0) & (3u << 17)) != (3u << 17)) return false;
-    constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
-  }();
+  static const bool usable = CpuHasAvx512Bf16() && CpuGrantsAmxTiles(22);
   return usable;
 }
 

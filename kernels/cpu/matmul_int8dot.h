@@ -75,13 +75,29 @@ void MatMulInt8Dot(const float* x, int64_t m, const WeightMatrix& w, const Weigh
 constexpr bool Int8PackedSupports(QuantType q) {
   return q == QuantType::kQ8_0 || q == QuantType::kQ4_0 || q == QuantType::kQ4_1;
 }
+// Bytes of one packed record (16 rows, one block): the f16 d_w (and Q4_1's m_w) side by side,
+// then the quants at Int8PackedQuantsAt.
+constexpr int64_t Int8PackedRecordBytes(QuantType q) {
+  return q == QuantType::kQ8_0 ? 32 + 512 : q == QuantType::kQ4_1 ? 64 + 256 : 32 + 256;
+}
+constexpr int64_t Int8PackedQuantsAt(QuantType q) { return q == QuantType::kQ4_1 ? 64 : 32; }
 // Bytes of the packed copy of an [n, k] matrix of format q.
 int64_t Int8PackedBytes(QuantType q, int64_t n, int64_t k);
 // Writes w's packed copy (Int8PackedBytes) to out.
 void PackInt8(const WeightMatrix& w, uint8_t* out);
-// y = x·Wᵀ (+ bias) for a matrix with its packed copy; the CPU must have AVX512_VNNI.
+// y = x·Wᵀ (+ bias) for a matrix with its packed copy; the CPU must have AVX512_VNNI. Calls of
+// at least kInt8AmxMinRows rows on a CPU with AMX-INT8 (CpuHasAmxInt8) take the integer dots
+// from TDPBSSD / TDPBSUD tiles instead (matmul_amx_int8.cc): the same integers and the same f32
+// chains, so the same bits.
 void MatMulInt8Packed(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
                       float* y);
+inline constexpr int64_t kInt8AmxMinRows = 32;
+// Whether this CPU has AMX-TILE and AMX-INT8 (and AVX512_VNNI) and the OS grants this process
+// the tile state; false when SPANSERVE_MAX_ISA caps the instruction sets.
+bool CpuHasAmxInt8();
+// The tile path of MatMulInt8Packed (x quantized as there, with QuantizeRowsPlain).
+void MatMulInt8PackedAmx(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
+                         float* y);
 // x rows quantized as above into plain arrays: q [rows, k] int8, d and sums [rows, k / 32]
 // (d_x and Σq of each block).
 void QuantizeRowsPlain(const float* x, int64_t rows, int64_t k, int8_t* q, float* d, int32_t* sums);

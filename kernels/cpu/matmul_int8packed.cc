@@ -18,12 +18,6 @@
 namespace spanserve::kernels::cpu::internal {
 namespace {
 
-// Bytes of one group-block record: the 16 rows' f16 d (and Q4_1's f16 m), then the quants.
-constexpr int64_t RecordBytes(QuantType q) {
-  return q == QuantType::kQ8_0 ? 32 + 512 : q == QuantType::kQ4_1 ? 64 + 256 : 32 + 256;
-}
-constexpr int64_t QuantsAt(QuantType q) { return q == QuantType::kQ4_1 ? 64 : 32; }
-
 // Up to MR x rows (x: their quantized rows, stride k; d, Σq and d·Σq per block, stride
 // blocks) against one group's records: out[i] lane r = y[i, 16g + r] before the bias.
 template <QuantType kQ, int MR>
@@ -36,14 +30,14 @@ void Group(const uint8_t* records, int64_t blocks, const int8_t* xq, int64_t k, 
   }
   const __m512i mask = _mm512_set1_epi8(0x0f);
   for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* rec = records + b * RecordBytes(kQ);
+    const uint8_t* rec = records + b * Int8PackedRecordBytes(kQ);
     // u[j]: elements 4j .. 4j + 3 of the 16 rows, unsigned.
     __m512i u[8];
     if constexpr (kQ == QuantType::kQ8_0) {
       for (int j = 0; j < 8; ++j) u[j] = _mm512_loadu_si512(rec + 32 + 64 * j);
     } else {
       for (int j = 0; j < 4; ++j) {
-        const __m512i v = _mm512_loadu_si512(rec + QuantsAt(kQ) + 64 * j);
+        const __m512i v = _mm512_loadu_si512(rec + Int8PackedQuantsAt(kQ) + 64 * j);
         u[j] = _mm512_and_si512(v, mask);
         u[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
       }
@@ -89,7 +83,7 @@ void Groups(const WeightMatrix& w, const int8_t* xq, const float* xd, const int3
       for (int64_t r = 0; r < rows; ++r) bias_panel[r] = WeightAt(bias->data, bias->dtype, r0 + r);
     }
     const __m512 bv = _mm512_load_ps(bias_panel);
-    const uint8_t* records = packed + g * blocks * RecordBytes(kQ);
+    const uint8_t* records = packed + g * blocks * Int8PackedRecordBytes(kQ);
     for (int64_t i0 = 0; i0 < m; i0 += kMr) {
       const int64_t mr = std::min<int64_t>(kMr, m - i0);
       __m512 out[kMr] = {};
@@ -133,7 +127,7 @@ struct Buffer {
 }  // namespace
 
 int64_t Int8PackedBytes(QuantType q, int64_t n, int64_t k) {
-  return (n + 15) / 16 * (k / 32) * RecordBytes(q);
+  return (n + 15) / 16 * (k / 32) * Int8PackedRecordBytes(q);
 }
 
 void PackInt8(const WeightMatrix& w, uint8_t* out) {
@@ -146,12 +140,12 @@ void PackInt8(const WeightMatrix& w, uint8_t* out) {
   std::memset(out, 0, Int8PackedBytes(q, n, k));
   for (int64_t g = 0; g < groups; ++g) {
     for (int64_t b = 0; b < blocks; ++b) {
-      uint8_t* rec = out + (g * blocks + b) * RecordBytes(q);
+      uint8_t* rec = out + (g * blocks + b) * Int8PackedRecordBytes(q);
       for (int64_t r = 0; r < 16 && 16 * g + r < n; ++r) {
         const uint8_t* block = src + ((16 * g + r) * blocks + b) * block_bytes;
         std::memcpy(rec + 2 * r, block, 2);                                      // d
         if (q == QuantType::kQ4_1) std::memcpy(rec + 32 + 2 * r, block + 2, 2);  // m
-        uint8_t* quants = rec + QuantsAt(q);
+        uint8_t* quants = rec + Int8PackedQuantsAt(q);
         if (q == QuantType::kQ8_0) {
           for (int j = 0; j < 8; ++j) {
             for (int e = 0; e < 4; ++e) {
@@ -176,6 +170,7 @@ void MatMulInt8Packed(const float* x, int64_t m, const WeightMatrix& w, const We
   SPANSERVE_CHECK(CpuHasAvx512Vnni());
   const int64_t n = w.rows, k = w.cols, blocks = k / 32;
   if (m <= 0 || n <= 0) return;
+  if (m >= kInt8AmxMinRows && CpuHasAmxInt8()) return MatMulInt8PackedAmx(x, m, w, bias, y);
   // x quantized once: int8 rows, then per block d, Σq and d·Σq (the pointers, not the
   // thread_local, go into the jobs).
   thread_local Buffer buffer;

@@ -302,7 +302,9 @@ int Main() {
       std::string(model::F32OrBf16Name(*compute_dtype)).c_str(),
       *compute_dtype == DType::kBF16
           ? (kernels::cpu::Bf16DotUsesAmx() ? " (bf16 dot, AMX tiles)" : " (bf16 dot, VDPBF16PS)")
-      : !absl::GetFlag(FLAGS_int8_dot)  ? ""
+      : !absl::GetFlag(FLAGS_int8_dot) ? ""
+      : kernels::cpu::Int8DotUsesAmx()
+          ? " (int8 dot, VNNI; AMX tiles from 32 rows on packed Q8_0/Q4_x)"
       : kernels::cpu::Int8DotUsesVnni() ? " (int8 dot, VNNI)"
                                         : " (int8 dot, AVX2)",
       kernels::cpu::IsaName(kernels::cpu::ActiveIsa()));

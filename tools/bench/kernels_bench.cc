@@ -213,7 +213,7 @@ void RegisterAll() {
     for (QuantType q : {QuantType::kQ4_1, QuantType::kQ8_0, QuantType::kQ4_K, QuantType::kQ6_K}) {
       if (s.k % QuantBlockElems(q) != 0) continue;  // K-quants: k a multiple of 256
       for (MatMulPrecision p : {MatMulPrecision::kExact, MatMulPrecision::kInt8Dot}) {
-        for (int64_t m : {1, 4, 16, 64, 512}) {
+        for (int64_t m : {1, 4, 8, 16, 32, 64, 512}) {
           const std::string name = std::string("MatMulQuant/") + QuantTypeName(q) +
                                    (p == MatMulPrecision::kInt8Dot ? "/int8/" : "/exact/") +
                                    std::to_string(s.n) + "x" + std::to_string(s.k) +

@@ -231,7 +231,9 @@ int Run() {
   }
   if (m.int8_dot()) {
     std::printf("quantized weights     int8 dot products (%s)\n",
-                kernels::cpu::Int8DotUsesVnni() ? "VNNI" : "AVX2");
+                kernels::cpu::Int8DotUsesAmx() ? "VNNI; AMX tiles from 32 rows on packed Q8_0/Q4_x"
+                : kernels::cpu::Int8DotUsesVnni() ? "VNNI"
+                                                  : "AVX2");
   }
   std::printf("load                  %.3f s\n", load_s);
   std::printf("RSS after load        %.1f MiB (%.0f%% of the weight bytes)\n", rss_load / 1048576.0,

@@ -547,11 +547,13 @@ Expected ModelInt8Packed(QuantType q, const QuantRow& x, const uint8_t* row, int
   return e;
 }
 
-// n ragged against the 16-row groups, m against the 4-row blocks, k from one block to 576.
+// n ragged against the 16-row groups (and their pairs), m against the 4-row blocks of the VNNI
+// kernel and the 16-row tiles of the AMX one (calls of 8 rows or more, where the CPU has
+// AMX-INT8), k from one block to 576.
 TEST_P(Int8PackedTest, EqualsTheModelBitForBit) {
   const QuantType q = GetParam();
   for (int64_t k : {32, 96, 576}) {
-    for (int64_t n : {1, 5, 16, 17, 50}) {
+    for (int64_t n : {1, 5, 16, 17, 40, 50}) {
       const uint32_t seed = static_cast<uint32_t>(k * 100 + n);
       const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, seed);
       const std::vector<float> bias = RandomFloats(n, seed + 1);
@@ -559,7 +561,7 @@ TEST_P(Int8PackedTest, EqualsTheModelBitForBit) {
       std::vector<uint8_t> storage;
       const WeightMatrix w = Packed(q, blocks, n, k, &storage);
       const int64_t row_bytes = k / 32 * QuantBlockBytes(q);
-      for (int64_t m : {1, 2, 3, 4, 7, 17}) {
+      for (int64_t m : {1, 2, 3, 4, 7, 8, 17, 33, 50}) {
         SCOPED_TRACE(::testing::Message() << "k=" << k << " n=" << n << " m=" << m);
         const std::vector<float> x = Activations(m * k, seed + 2);
         std::vector<float> y(m * n, -1.0f);
@@ -585,6 +587,8 @@ TEST_P(Int8PackedTest, RowsDoNotDependOnTheBatchOrTheThreads) {
   const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, 5);
   std::vector<uint8_t> storage;
   const WeightMatrix w = Packed(q, blocks, n, k, &storage);
+  // 3 rows take the VNNI kernel; 16 and 37 the AMX one where the CPU has AMX-INT8, whose
+  // rows must then equal the VNNI kernel's rows computed alone.
   for (int64_t m : {3, 16, 37}) ExpectRowsIndependentOfTheBatchAndThreads(w, m);
 }
 
