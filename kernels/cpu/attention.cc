@@ -256,8 +256,11 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
     }
     for (int64_t h = 0; h < nh; ++h) {
       float* s = probs[h];
-      float tile_max = s[0];
-      for (int64_t i = 1; i < n; ++i) tile_max = std::max(tile_max, s[i]);
+      // The tile's maximum (order-free), the padding lanes -inf for it.
+      std::fill(s + n, s + kTile, -std::numeric_limits<float>::infinity());
+      __m256 mx = _mm256_load_ps(s);
+      for (int64_t i = 8; i < kTile; i += 8) mx = _mm256_max_ps(mx, _mm256_load_ps(s + i));
+      const float tile_max = simd::HMax(mx);
       const float new_max = std::max(running_max[h], tile_max);
       // Rescale what was accumulated under the old maximum (exp(-inf) = 0 on the first tile).
       const float correction = std::exp(running_max[h] - new_max);
@@ -276,8 +279,11 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
       for (int64_t i = 0; i < kTile; i += 8) {
         _mm256_store_ps(s + i, simd::Exp(_mm256_sub_ps(_mm256_load_ps(s + i), mv)));
       }
-      for (int64_t i = 0; i < n; ++i) denominator[h] += s[i];
       running_max[h] = new_max;
+    }
+    // Each head's denominator adds its probabilities in order; the heads' chains interleave.
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t h = 0; h < nh; ++h) denominator[h] += probs[h][i];
     }
     // Each head's acc += its probabilities · V; heads in pairs share the V loads.
     int64_t h = 0;
