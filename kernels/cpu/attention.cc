@@ -223,12 +223,16 @@ constexpr int64_t kMaxHeadsPerPass = 8;
 // kTile), so the operations depend only on first and last.
 template <DType kT>
 void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t first, int64_t last,
-                 int64_t kvh, const float* q, int64_t nh, float scale, float* out) {
+                 int64_t kvh, const float* q, int64_t nh, float scale, bool prefetch, float* out) {
   const int64_t dim = layer.head_dim;
   alignas(32) float acc[kMaxHeadsPerPass][kMaxHeadDim];
   alignas(32) float probs[kMaxHeadsPerPass][kTile];
-  const void* k_rows[kTile];
-  const void* v_rows[kTile];
+  // This tile's K/V rows and the next one's, which `prefetch` asks to be fetched while this
+  // one is computed: a sequence's rows are spread over its blocks, which hardware prefetchers
+  // do not follow. (For a prompt's rows the K/V rows are in cache already, from the rows
+  // before them, and the prefetches would only cost.)
+  const void* rows[2][2][kTile];
+  int cur = 0;
   float running_max[kMaxHeadsPerPass];
   float denominator[kMaxHeadsPerPass];
   for (int64_t h = 0; h < nh; ++h) {
@@ -237,9 +241,26 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
     denominator[h] = 0.0f;
   }
 
+  const int64_t row_bytes = dim * static_cast<int64_t>(DTypeSize(kT));
+  const auto tile_length = [&](int64_t t0) {
+    return std::min((t0 / kTile + 1) * kTile, last + 1) - t0;
+  };
+  GatherRows<kT>(layer, block_table, first, tile_length(first), kvh, rows[0][0], rows[0][1]);
   for (int64_t t0 = first; t0 <= last; t0 = (t0 / kTile + 1) * kTile) {
-    const int64_t n = std::min((t0 / kTile + 1) * kTile, last + 1) - t0;
-    GatherRows<kT>(layer, block_table, t0, n, kvh, k_rows, v_rows);
+    const int64_t n = tile_length(t0);
+    const void* const* k_rows = rows[cur][0];
+    const void* const* v_rows = rows[cur][1];
+    if (const int64_t next = (t0 / kTile + 1) * kTile; next <= last) {
+      const int64_t nn = tile_length(next);
+      GatherRows<kT>(layer, block_table, next, nn, kvh, rows[cur ^ 1][0], rows[cur ^ 1][1]);
+      for (int64_t i = 0; prefetch && i < nn; ++i) {
+        for (int64_t b = 0; b < row_bytes; b += 64) {
+          _mm_prefetch(static_cast<const char*>(rows[cur ^ 1][0][i]) + b, _MM_HINT_T0);
+          _mm_prefetch(static_cast<const char*>(rows[cur ^ 1][1][i]) + b, _MM_HINT_T0);
+        }
+      }
+    }
+    cur ^= 1;
     // Every head's scores first, heads in pairs sharing the K loads.
     int64_t hs = 0;
     for (; hs + 2 <= nh; hs += 2) {
@@ -360,6 +381,9 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
     int64_t item = 0;
     for (int32_t s = 0; s < num_seqs; ++s) {
       const AttentionSeq& seq = seqs[s];
+      // Decode (a few new rows): the sequence's K/V rows are fetched ahead (a prompt's are in
+      // cache already).
+      const bool prefetch = seq.num_new <= 4;
       for (int64_t j = 0; j < seq.num_new; ++j) {
         const int64_t r = seq.row_begin + j;
         for (int64_t kvh = 0; kvh < layer.kv_heads; ++kvh) {
@@ -370,7 +394,7 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
             const int64_t first =
                 layer.sliding_window > 0 ? std::max<int64_t>(0, pos - layer.sliding_window + 1) : 0;
             attend(layer, seq.block_table, first, pos, kvh, q + (r * heads + h0) * dim, per_pass,
-                   scale, out + (r * heads + h0) * dim);
+                   scale, prefetch, out + (r * heads + h0) * dim);
           }
         }
       }
