@@ -547,9 +547,9 @@ Expected ModelInt8Packed(QuantType q, const QuantRow& x, const uint8_t* row, int
   return e;
 }
 
-// n ragged against the 16-row groups (and their pairs), m against the 4-row blocks of the VNNI
-// kernel and the 16-row tiles of the AMX one (calls of 8 rows or more, where the CPU has
-// AMX-INT8), k from one block to 576.
+// n ragged against the 16-row groups, m against the 4-row blocks of the VNNI kernel and the
+// 16-row tiles of the AMX one (calls of 32 rows or more, where the CPU has AMX-INT8), k from
+// one block to 576.
 TEST_P(Int8PackedTest, EqualsTheModelBitForBit) {
   const QuantType q = GetParam();
   for (int64_t k : {32, 96, 576}) {
@@ -587,8 +587,8 @@ TEST_P(Int8PackedTest, RowsDoNotDependOnTheBatchOrTheThreads) {
   const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, 5);
   std::vector<uint8_t> storage;
   const WeightMatrix w = Packed(q, blocks, n, k, &storage);
-  // 3 rows take the VNNI kernel; 16 and 37 the AMX one where the CPU has AMX-INT8, whose
-  // rows must then equal the VNNI kernel's rows computed alone.
+  // 3 and 16 rows take the VNNI kernel; 37 the AMX one where the CPU has AMX-INT8, whose rows
+  // must then equal the VNNI kernel's rows computed alone.
   for (int64_t m : {3, 16, 37}) ExpectRowsIndependentOfTheBatchAndThreads(w, m);
 }
 
