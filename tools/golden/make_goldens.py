@@ -752,6 +752,24 @@ def hf_mutations(d, model):
     return out
 
 
+def swap_weights(sd, a, b):
+    """A with_weights function that reads every `a` weight as the matching `b` and back."""
+    def fn(k, v):
+        for x, y in ((a, b), (b, a)):
+            if k.endswith(f".{x}.weight"):
+                return sd[k[:-len(f"{x}.weight")] + f"{y}.weight"]
+        return v
+    return fn
+
+
+def sandwich_norm_swaps(sd, with_weights):
+    """Gemma 2 / 3: each sandwich pair of norms read the other way round."""
+    with_weights("attn_pre_post_norms_swapped",
+                 swap_weights(sd, "input_layernorm", "post_attention_layernorm"))
+    with_weights("ffn_pre_post_norms_swapped",
+                 swap_weights(sd, "pre_feedforward_layernorm", "post_feedforward_layernorm"))
+
+
 @torch.no_grad()
 def gemma2_mutations(model, with_config, with_weights, out):
     """Each Gemma 2 feature must matter: either soft-cap off, the head_dim scale instead of
@@ -764,17 +782,7 @@ def gemma2_mutations(model, with_config, with_weights, out):
     with_config("scale_head_dim", query_pre_attn_scalar=config.head_dim)
     with_config("sliding_window_plus_1", sliding_window=config.sliding_window + 1)
 
-    def swap(a, b):
-        def fn(k, v):
-            for x, y in ((a, b), (b, a)):
-                if k.endswith(f".{x}.weight"):
-                    return sd[k[:-len(f"{x}.weight")] + f"{y}.weight"]
-            return v
-        return fn
-
-    with_weights("attn_pre_post_norms_swapped", swap("input_layernorm", "post_attention_layernorm"))
-    with_weights("ffn_pre_post_norms_swapped",
-                 swap("pre_feedforward_layernorm", "post_feedforward_layernorm"))
+    sandwich_norm_swaps(sd, with_weights)
     # The window on the odd layers (the eager mask reads the decoder layer's is_sliding).
     m = copy.deepcopy(model)
     for i, layer in enumerate(m.model.layers):
@@ -798,18 +806,8 @@ def gemma3_mutations(model, with_config, with_weights, out):
     with_config("pattern_plus_1", sliding_window_pattern=config.sliding_window_pattern + 1)
     with_config("final_softcap_2", final_logit_softcapping=2.0)
 
-    def swap(a, b):
-        def fn(k, v):
-            for x, y in ((a, b), (b, a)):
-                if k.endswith(f".{x}.weight"):
-                    return sd[k[:-len(f"{x}.weight")] + f"{y}.weight"]
-            return v
-        return fn
-
-    with_weights("attn_pre_post_norms_swapped", swap("input_layernorm", "post_attention_layernorm"))
-    with_weights("ffn_pre_post_norms_swapped",
-                 swap("pre_feedforward_layernorm", "post_feedforward_layernorm"))
-    with_weights("qk_norms_swapped", swap("q_norm", "k_norm"))
+    sandwich_norm_swaps(sd, with_weights)
+    with_weights("qk_norms_swapped", swap_weights(sd, "q_norm", "k_norm"))
     # Without the q / k norms; with the pattern moved one layer earlier (globals 1 and 4);
     # with the global scaling on the local layers too.
     m = copy.deepcopy(model)
