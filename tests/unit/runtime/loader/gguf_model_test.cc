@@ -431,6 +431,24 @@ TEST(GgufModel, Qwen2AndQwen3MatchTheirSafetensorsCheckpointsBitForBit) {
   }
 }
 
+// The config.json of the checkpoint in `src`.
+nlohmann::json ReadConfig(const std::filesystem::path& src) {
+  std::ifstream in(src / "config.json");
+  return nlohmann::json::parse(in);
+}
+
+// A copy of the checkpoint in `src` with `config` as its config.json, in the temporary
+// directory `name`; returns its path.
+std::string WithConfig(const std::filesystem::path& src, const nlohmann::json& config,
+                       const std::string& name) {
+  const std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / name;
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << config.dump();
+  std::filesystem::copy_file(src / "model.safetensors", dir / "model.safetensors",
+                             std::filesystem::copy_options::overwrite_existing);
+  return dir.string();
+}
+
 // Gemma and Gemma 2 as llama.cpp's converter writes them: norm weights with the 1 added,
 // Gemma 2's sandwich norms and soft-caps. The file has no query_pre_attn_scalar: llama.cpp
 // scales by head_size^-0.5 (but for 46 layers), so the Gemma 2 file is checked against
@@ -455,16 +473,10 @@ TEST(GgufModel, GemmaAndGemma2MatchTheirSafetensorsCheckpointsBitForBit) {
     EXPECT_EQ(Logits(**m, tokens), Logits(**original, tokens));
   }
   const std::filesystem::path src = std::string(SPANSERVE_TEST_DATA) + "/models/hf_gemma2";
-  const std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / "gemma2_hd";
-  std::filesystem::create_directories(dir);
-  std::ifstream in(src / "config.json");
-  nlohmann::json cfg = nlohmann::json::parse(in);
+  nlohmann::json cfg = ReadConfig(src);
   ASSERT_EQ(cfg["query_pre_attn_scalar"].get<int>(), 24);
   cfg["query_pre_attn_scalar"] = cfg["head_dim"];
-  std::ofstream(dir / "config.json") << cfg.dump();
-  std::filesystem::copy_file(src / "model.safetensors", dir / "model.safetensors",
-                             std::filesystem::copy_options::overwrite_existing);
-  auto head_dim_scaled = model::Model::Load(dir.string());
+  auto head_dim_scaled = model::Model::Load(WithConfig(src, cfg, "gemma2_hd"));
   ASSERT_TRUE(head_dim_scaled.ok()) << head_dim_scaled.status();
   auto original = model::Model::Load(src.string());
   ASSERT_TRUE(original.ok()) << original.status();
@@ -496,20 +508,14 @@ TEST(GgufModel, Gemma3MatchesItsSafetensorsCheckpointBitForBit) {
   std::vector<int32_t> tokens;
   for (int i = 0; i < 20; ++i) tokens.push_back((11 * i + 5) % 97);
   const std::filesystem::path src = std::string(SPANSERVE_TEST_DATA) + "/models/hf_gemma3";
-  const std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / "gemma3_llama";
-  std::filesystem::create_directories(dir);
-  std::ifstream in(src / "config.json");
-  nlohmann::json cfg = nlohmann::json::parse(in);
+  nlohmann::json cfg = ReadConfig(src);
   ASSERT_EQ(cfg["sliding_window_pattern"].get<int>(), 3);
   ASSERT_EQ(cfg["rope_local_base_freq"].get<double>(), 100.0);
   ASSERT_EQ(cfg["query_pre_attn_scalar"].get<int>(), 24);
   cfg["sliding_window_pattern"] = 6;
   cfg["rope_local_base_freq"] = 10000.0;
   cfg["query_pre_attn_scalar"] = cfg["head_dim"];
-  std::ofstream(dir / "config.json") << cfg.dump();
-  std::filesystem::copy_file(src / "model.safetensors", dir / "model.safetensors",
-                             std::filesystem::copy_options::overwrite_existing);
-  auto as_llama_cpp = model::Model::Load(dir.string());
+  auto as_llama_cpp = model::Model::Load(WithConfig(src, cfg, "gemma3_llama"));
   ASSERT_TRUE(as_llama_cpp.ok()) << as_llama_cpp.status();
   auto original = model::Model::Load(src.string());
   ASSERT_TRUE(original.ok()) << original.status();
