@@ -231,7 +231,7 @@ bool CpuHasAmxInt8() {
 
 void MatMulInt8PackedAmx(const float* x_rows, int64_t m, const WeightMatrix& w,
                          const WeightVector* bias, float* y) {
-  SPANSERVE_CHECK(w.packed != nullptr && Int8PackedSupports(w.quant) && CpuHasAmxInt8());
+  SPANSERVE_CHECK(w.packed != nullptr && Int8PackedAmxSupports(w.quant) && CpuHasAmxInt8());
   const int64_t n = w.rows, k = w.cols, blocks = k / 32;
   if (m <= 0 || n <= 0) return;
   // x quantized once, 16 rows at a time, into tile order (the pointers, not the

@@ -1,5 +1,5 @@
-// The integer dot products on repacked Q4_0 / Q4_1 / Q8_0 weights (matmul_int8dot.h, "Packed
-// weights"). Compiled with AVX512_VNNI and entered only where the CPU has it.
+// The integer dot products on repacked Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 weights (matmul_int8dot.h,
+// "Packed weights"). Compiled with AVX512_VNNI and entered only where the CPU has it.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -23,12 +23,19 @@ namespace {
 template <QuantType kQ, int MR>
 void Group(const uint8_t* records, int64_t blocks, const int8_t* xq, int64_t k, const float* xd,
            const int32_t* xs, const float* xsd, __m512* out) {
+  constexpr bool kMins = Int8PackedHasMins(kQ);
+  // The offset the weights' unsigned quants carry: w_q = u − kOffset.
+  constexpr int kOffset = kQ == QuantType::kQ8_0   ? 128
+                          : kQ == QuantType::kQ4_0 ? 8
+                          : kQ == QuantType::kQ5_0 ? 16
+                                                   : 0;
   __m512 acc[MR], mins[MR];
   for (int i = 0; i < MR; ++i) {
     acc[i] = _mm512_setzero_ps();
     mins[i] = _mm512_setzero_ps();
   }
   const __m512i mask = _mm512_set1_epi8(0x0f);
+  const __m512i sixteen = _mm512_set1_epi8(16);
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* rec = records + b * Int8PackedRecordBytes(kQ);
     // u[j]: elements 4j .. 4j + 3 of the 16 rows, unsigned.
@@ -41,30 +48,31 @@ void Group(const uint8_t* records, int64_t blocks, const int8_t* xq, int64_t k, 
         u[j] = _mm512_and_si512(v, mask);
         u[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
       }
+      if constexpr (Int8PackedHasHighBits(kQ)) {  // + 16 where the fifth bit is set
+        for (int j = 0; j < 8; ++j) {
+          uint64_t bits;
+          std::memcpy(&bits, rec + Int8PackedHighBitsAt(kQ) + 8 * j, 8);
+          u[j] = _mm512_mask_add_epi8(u[j], _cvtu64_mask64(bits), u[j], sixteen);
+        }
+      }
     }
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec)));
     __m512 mw = _mm512_setzero_ps();
-    if constexpr (kQ == QuantType::kQ4_1) {
+    if constexpr (kMins) {
       mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32)));
     }
     for (int i = 0; i < MR; ++i) {
       const int64_t at = i * blocks + b;
       const auto* xv = reinterpret_cast<const int32_t*>(xq + i * k + 32 * b);
       // The offset the weights went in with, taken back: D = Σ q·w exactly.
-      __m512i dot = kQ == QuantType::kQ8_0   ? _mm512_set1_epi32(-128 * xs[at])
-                    : kQ == QuantType::kQ4_0 ? _mm512_set1_epi32(-8 * xs[at])
-                                             : _mm512_setzero_si512();
+      __m512i dot = kOffset != 0 ? _mm512_set1_epi32(-kOffset * xs[at]) : _mm512_setzero_si512();
       for (int j = 0; j < 8; ++j) dot = _mm512_dpbusd_epi32(dot, u[j], _mm512_set1_epi32(xv[j]));
       acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(xd[at])), _mm512_cvtepi32_ps(dot),
                                acc[i]);
-      if constexpr (kQ == QuantType::kQ4_1) {
-        mins[i] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xsd[at]), mins[i]);
-      }
+      if constexpr (kMins) mins[i] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xsd[at]), mins[i]);
     }
   }
-  for (int i = 0; i < MR; ++i) {
-    out[i] = kQ == QuantType::kQ4_1 ? _mm512_add_ps(acc[i], mins[i]) : acc[i];
-  }
+  for (int i = 0; i < MR; ++i) out[i] = kMins ? _mm512_add_ps(acc[i], mins[i]) : acc[i];
 }
 
 template <QuantType kQ>
@@ -143,8 +151,8 @@ void PackInt8(const WeightMatrix& w, uint8_t* out) {
       uint8_t* rec = out + (g * blocks + b) * Int8PackedRecordBytes(q);
       for (int64_t r = 0; r < 16 && 16 * g + r < n; ++r) {
         const uint8_t* block = src + ((16 * g + r) * blocks + b) * block_bytes;
-        std::memcpy(rec + 2 * r, block, 2);                                      // d
-        if (q == QuantType::kQ4_1) std::memcpy(rec + 32 + 2 * r, block + 2, 2);  // m
+        std::memcpy(rec + 2 * r, block, 2);                                     // d
+        if (Int8PackedHasMins(q)) std::memcpy(rec + 32 + 2 * r, block + 2, 2);  // m
         uint8_t* quants = rec + Int8PackedQuantsAt(q);
         if (q == QuantType::kQ8_0) {
           for (int j = 0; j < 8; ++j) {
@@ -152,11 +160,25 @@ void PackInt8(const WeightMatrix& w, uint8_t* out) {
               quants[64 * j + 4 * r + e] = static_cast<uint8_t>(block[2 + 4 * j + e] ^ 0x80);
             }
           }
-        } else {
-          // Byte p of the block's 16: element p (low nibble) and p + 16 (high).
-          const uint8_t* qs = block + (q == QuantType::kQ4_1 ? 4 : 2);
-          for (int j = 0; j < 4; ++j) {
-            for (int e = 0; e < 4; ++e) quants[64 * j + 4 * r + e] = qs[4 * j + e];
+          continue;
+        }
+        // Q4_0: d, qs; Q4_1: d, m, qs; Q5_0: d, qh, qs; Q5_1: d, m, qh, qs.
+        const int64_t qh_at = Int8PackedHasMins(q) ? 4 : 2;
+        const uint8_t* qs = block + qh_at + (Int8PackedHasHighBits(q) ? 4 : 0);
+        // Byte p of the block's 16: element p (low nibble) and p + 16 (high).
+        for (int j = 0; j < 4; ++j) {
+          for (int e = 0; e < 4; ++e) quants[64 * j + 4 * r + e] = qs[4 * j + e];
+        }
+        if (Int8PackedHasHighBits(q)) {
+          uint32_t qh;
+          std::memcpy(&qh, block + qh_at, 4);
+          uint8_t* masks = rec + Int8PackedHighBitsAt(q);
+          for (int j = 0; j < 8; ++j) {
+            for (int e = 0; e < 4; ++e) {
+              const int bit = 4 * static_cast<int>(r) + e;
+              masks[8 * j + bit / 8] |=
+                  static_cast<uint8_t>(((qh >> (4 * j + e)) & 1) << (bit % 8));
+            }
           }
         }
       }
@@ -170,7 +192,9 @@ void MatMulInt8Packed(const float* x, int64_t m, const WeightMatrix& w, const We
   SPANSERVE_CHECK(CpuHasAvx512Vnni());
   const int64_t n = w.rows, k = w.cols, blocks = k / 32;
   if (m <= 0 || n <= 0) return;
-  if (m >= kInt8AmxMinRows && CpuHasAmxInt8()) return MatMulInt8PackedAmx(x, m, w, bias, y);
+  if (m >= kInt8AmxMinRows && Int8PackedAmxSupports(w.quant) && CpuHasAmxInt8()) {
+    return MatMulInt8PackedAmx(x, m, w, bias, y);
+  }
   // x quantized once: int8 rows, then per block d, Σq and d·Σq (the pointers, not the
   // thread_local, go into the jobs).
   thread_local Buffer buffer;
@@ -192,6 +216,10 @@ void MatMulInt8Packed(const float* x, int64_t m, const WeightMatrix& w, const We
         return Groups<QuantType::kQ8_0>(w, xq, xd, xs, xsd, m, bias, y, g0, g1);
       case QuantType::kQ4_0:
         return Groups<QuantType::kQ4_0>(w, xq, xd, xs, xsd, m, bias, y, g0, g1);
+      case QuantType::kQ5_0:
+        return Groups<QuantType::kQ5_0>(w, xq, xd, xs, xsd, m, bias, y, g0, g1);
+      case QuantType::kQ5_1:
+        return Groups<QuantType::kQ5_1>(w, xq, xd, xs, xsd, m, bias, y, g0, g1);
       default:
         return Groups<QuantType::kQ4_1>(w, xq, xd, xs, xsd, m, bias, y, g0, g1);
     }

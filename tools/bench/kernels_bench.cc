@@ -113,13 +113,14 @@ std::vector<uint8_t> RandomQuantBlocks(QuantType q, int64_t n, int64_t k) {
 
 // y = x·Wᵀ for GGUF-quantized weights (one hot copy), exact or with integer dot products:
 // the batch shapes of decode at m streams and of prefill. Reports multiply-adds per second.
+// int8: as the CPU backend uploads it (the formats of internal::Int8PackedSupports repacked on
+// a CPU with VNNI), or with in_place the kernels on the blocks as stored.
 void BM_MatMulQuant(benchmark::State& state, int64_t n, int64_t k, int64_t m, QuantType q,
-                    MatMulPrecision precision) {
+                    MatMulPrecision precision, bool in_place) {
   const std::vector<uint8_t> bytes = RandomQuantBlocks(q, n, k);
   WeightMatrix w{bytes.data(), DType::kF32, n, k, q, precision};
-  // int8: as the CPU backend uploads it (Q8_0 / Q4_0 / Q4_1 repacked on a CPU with VNNI).
   std::vector<uint8_t> packed;
-  if (precision == MatMulPrecision::kInt8Dot && internal::Int8PackedSupports(q) &&
+  if (precision == MatMulPrecision::kInt8Dot && !in_place && internal::Int8PackedSupports(q) &&
       Int8DotUsesVnni()) {
     packed.resize(internal::Int8PackedBytes(q, n, k));
     internal::PackInt8(w, packed.data());
@@ -210,15 +211,22 @@ void RegisterAll() {
   // SmolLM2-135M's MLP up projection (1536x576) and down projection (576x1536).
   const Shape quant_shapes[] = {{1536, 576}, {576, 1536}};
   for (const Shape& s : quant_shapes) {
-    for (QuantType q : {QuantType::kQ4_1, QuantType::kQ8_0, QuantType::kQ4_K, QuantType::kQ6_K}) {
+    for (QuantType q : {QuantType::kQ4_1, QuantType::kQ8_0, QuantType::kQ5_0, QuantType::kQ4_K,
+                        QuantType::kQ6_K}) {
       if (s.k % QuantBlockElems(q) != 0) continue;  // K-quants: k a multiple of 256
-      for (MatMulPrecision p : {MatMulPrecision::kExact, MatMulPrecision::kInt8Dot}) {
+      // "int8-in-place": the packed formats' kernels on the blocks as stored, for comparison.
+      const bool packs = internal::Int8PackedSupports(q) && Int8DotUsesVnni();
+      for (const char* variant : {"exact", "int8", "int8-in-place"}) {
+        const std::string v = variant;
+        if (v == "int8-in-place" && !packs) continue;
+        const MatMulPrecision p =
+            v == "exact" ? MatMulPrecision::kExact : MatMulPrecision::kInt8Dot;
         for (int64_t m : {1, 4, 8, 16, 32, 64, 512}) {
-          const std::string name = std::string("MatMulQuant/") + QuantTypeName(q) +
-                                   (p == MatMulPrecision::kInt8Dot ? "/int8/" : "/exact/") +
+          const std::string name = std::string("MatMulQuant/") + QuantTypeName(q) + "/" + v + "/" +
                                    std::to_string(s.n) + "x" + std::to_string(s.k) +
                                    "/m:" + std::to_string(m);
-          benchmark::RegisterBenchmark(name.c_str(), BM_MatMulQuant, s.n, s.k, m, q, p)
+          benchmark::RegisterBenchmark(name.c_str(), BM_MatMulQuant, s.n, s.k, m, q, p,
+                                       v == "int8-in-place")
               ->UseRealTime()
               ->Unit(benchmark::kMicrosecond);
         }

@@ -504,8 +504,8 @@ TEST(Int8Dot, VnniIsBitIdenticalToAvx2) {
   }
 }
 
-// Packed weights (matmul_int8dot.h): Q8_0, Q4_0 and Q4_1 repacked 16 rows at a time, with
-// whole-block integer dots and one f32 chain per output over the blocks.
+// Packed weights (matmul_int8dot.h): Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 repacked 16 rows at a time,
+// with whole-block integer dots and one f32 chain per output over the blocks.
 class Int8PackedTest : public ::testing::TestWithParam<QuantType> {
  protected:
   void SetUp() override {
@@ -535,13 +535,13 @@ Expected ModelInt8Packed(QuantType q, const QuantRow& x, const uint8_t* row, int
     for (int p = 0; p < 32; ++p) dot += static_cast<int64_t>(x.q[32 * b + p]) * wq[p];
     const float c = dw[0] * x.d[b];
     acc = std::fma(c, static_cast<float>(dot), acc);
-    if (q == QuantType::kQ4_1) mins = std::fma(mw, x.s[b], mins);
+    if (internal::Int8PackedHasMins(q)) mins = std::fma(mw, x.s[b], mins);
     e.exact += static_cast<double>(c) * static_cast<double>(dot) +
                static_cast<double>(mw) * static_cast<double>(x.s[b]);
     e.magnitude += std::fabs(static_cast<double>(c) * static_cast<double>(dot)) +
                    std::fabs(static_cast<double>(mw) * static_cast<double>(x.s[b]));
   }
-  float y = q == QuantType::kQ4_1 ? acc + mins : acc;
+  float y = internal::Int8PackedHasMins(q) ? acc + mins : acc;
   if (bias != nullptr) y = y + *bias;
   e.bits = y;
   return e;
@@ -592,8 +592,9 @@ TEST_P(Int8PackedTest, RowsDoNotDependOnTheBatchOrTheThreads) {
   for (int64_t m : {3, 16, 37}) ExpectRowsIndependentOfTheBatchAndThreads(w, m);
 }
 
-INSTANTIATE_TEST_SUITE_P(Q8_0Q4_0Q4_1, Int8PackedTest,
-                         ::testing::Values(QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_1),
+INSTANTIATE_TEST_SUITE_P(Q8_0Q4_0Q4_1Q5_0Q5_1, Int8PackedTest,
+                         ::testing::Values(QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_1,
+                                           QuantType::kQ5_0, QuantType::kQ5_1),
                          [](const ::testing::TestParamInfo<QuantType>& info) {
                            return std::string(QuantTypeName(info.param));
                          });
