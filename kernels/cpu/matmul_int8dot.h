@@ -4,8 +4,8 @@
 // Activations. Each row of x is quantized once per call into blocks of 32 (llama.cpp's q8_1):
 //   amax = max |x[p]| over the block, d = amax / 127, q[p] = round_nearest_even(x[p] · id)
 //   with id = 127 / amax (0 when amax is 0), s = d · Σ q[p]    (f32 arithmetic throughout)
-// Weights stay in their GGUF blocks (kernels/quant.h; for Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 on a
-// VNNI CPU, see "Packed weights" below): w[p] = d_w·w_q[p] (Q8_0; Q4_0 with
+// Weights stay in their GGUF blocks (kernels/quant.h; on a VNNI CPU, see "Packed weights"
+// below): w[p] = d_w·w_q[p] (Q8_0; Q4_0 with
 // w_q = nibble − 8; Q5_0 with w_q = q5 − 16), or d_w·w_q[p] + m_w (Q4_1, w_q = nibble; Q5_1,
 // w_q = q5: the nibble plus 16 × the fifth bit). A Q4_K / Q5_K super-block is eight such
 // blocks of 32 (its sub-blocks) with d_w = d·sc and m_w = −(dmin·m), each product rounded to
@@ -58,38 +58,54 @@ bool CpuHasAvx512Vnni();
 void MatMulInt8Dot(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
                    float* y, bool vnni);
 
-// Packed weights (VNNI CPUs; matmul_int8packed.cc). A Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 matrix
-// whose WeightMatrix::packed is set (the CPU backend's UploadMatrix does so for kInt8Dot
-// matrices where Int8DotUsesVnni()) holds a copy of its weights repacked by PackInt8: per
-// group of 16 rows and block of 32, a record of
-//   the rows' f16 d_w side by side (32 bytes), then for Q4_1 / Q5_1 their f16 m_w (32 bytes);
-//   for Q5_0 / Q5_1, eight 64-bit masks, bit 4r + e of mask j = the fifth bit of row r's
-//   element 4j + e;
+// Packed weights (VNNI CPUs; matmul_int8packed.cc). A Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K /
+// Q5_K / Q6_K matrix whose WeightMatrix::packed is set (the CPU backend's UploadMatrix does so
+// for kInt8Dot matrices where Int8DotUsesVnni()) holds a copy of its weights repacked by
+// PackInt8: per group of 16 rows and block of 32 (a K-quant's sub-block), a record of
+//   the rows' d_w side by side: f16 as stored (32 bytes), or for the K-quants f32 (64 bytes)
+//   as above (Q6_K: d_w,0, the first half's);
+//   then Q4_1 / Q5_1 / Q4_K / Q5_K's m_w, or Q6_K's d_w,1, the same way;
+//   for Q5_0 / Q5_1 / Q5_K, eight 64-bit masks, bit 4r + e of mask j = the fifth bit of row r's
+//   element 4j + e; for Q6_K, eight such masks of the fifth bits, then eight of the sixth;
 //   the quants, byte 4r + e of 64-byte vector j holding row r's element 4j + e (Q8_0: eight
 //   vectors, each quant + 128; the others four, element 4j + e in the low nibble and
-//   16 + 4j + e in the high one).
+//   16 + 4j + e in the high one; Q6_K's quants are q6 = w_q + 32).
 // Such a matrix takes another arithmetic than the one above, for every m: x is quantized as
 // above; for each block b the exact integer dot D_b = Σ_p q[p]·w_q[p] over its 32 elements
 // (16 rows at once, in a vector's lanes), and, sequentially over b in one f32 chain each,
-//   A = fma(f32(d_w,b · d_x,b), f32(D_b), A);   Q4_1 / Q5_1: M = fma(m_w,b, s_x,b, M)
-// then y = A (Q4_1 / Q5_1: A + M) (+ bias[j]), A and M starting at 0. A row's result depends
-// on nothing but the row, as above; which arithmetic a matrix takes depends only on its
-// format and the CPU (on a CPU without VNNI the matrix is not packed).
+//   A = fma(f32(d_w,b · d_x,b), f32(D_b), A);   with mins: M = fma(m_w,b, s_x,b, M)
+// (Q6_K: D_b,0 and D_b,1 over the block's halves, A = fma(f32(d_w,b,0 · d_x,b), f32(D_b,0), A),
+// then the same with d_w,b,1 and D_b,1), then y = A (with mins: A + M) (+ bias[j]), A and M
+// starting at 0. A row's result depends on nothing but the row, as above; which arithmetic a
+// matrix takes depends only on its format and the CPU (on a CPU without VNNI the matrix is not
+// packed).
 constexpr bool Int8PackedSupports(QuantType q) {
   return q == QuantType::kQ8_0 || q == QuantType::kQ4_0 || q == QuantType::kQ4_1 ||
-         q == QuantType::kQ5_0 || q == QuantType::kQ5_1;
+         q == QuantType::kQ5_0 || q == QuantType::kQ5_1 || q == QuantType::kQ4_K ||
+         q == QuantType::kQ5_K || q == QuantType::kQ6_K;
+}
+// Whether a packed format keeps f32 scales (the K-quants' d·sc products).
+constexpr bool Int8PackedHasF32Scales(QuantType q) {
+  return q == QuantType::kQ4_K || q == QuantType::kQ5_K || q == QuantType::kQ6_K;
 }
 // Whether a packed format has per-block mins m_w (w = d_w·w_q + m_w).
 constexpr bool Int8PackedHasMins(QuantType q) {
-  return q == QuantType::kQ4_1 || q == QuantType::kQ5_1;
+  return q == QuantType::kQ4_1 || q == QuantType::kQ5_1 || q == QuantType::kQ4_K ||
+         q == QuantType::kQ5_K;
 }
-// Whether a packed format's quants have a fifth bit, kept in masks at Int8PackedHighBitsAt.
-constexpr bool Int8PackedHasHighBits(QuantType q) {
-  return q == QuantType::kQ5_0 || q == QuantType::kQ5_1;
+// Bits of the quants above the nibble, each kept as eight masks at Int8PackedHighBitsAt.
+constexpr int Int8PackedHighBitPlanes(QuantType q) {
+  return q == QuantType::kQ6_K                                                     ? 2
+         : q == QuantType::kQ5_0 || q == QuantType::kQ5_1 || q == QuantType::kQ5_K ? 1
+                                                                                   : 0;
 }
-constexpr int64_t Int8PackedHighBitsAt(QuantType q) { return Int8PackedHasMins(q) ? 64 : 32; }
+// Bytes of one region of the 16 rows' scales (d_w, m_w or Q6_K's d_w,1).
+constexpr int64_t Int8PackedScaleBytes(QuantType q) { return Int8PackedHasF32Scales(q) ? 64 : 32; }
+constexpr int64_t Int8PackedHighBitsAt(QuantType q) {
+  return Int8PackedScaleBytes(q) * (Int8PackedHasMins(q) || q == QuantType::kQ6_K ? 2 : 1);
+}
 constexpr int64_t Int8PackedQuantsAt(QuantType q) {
-  return Int8PackedHighBitsAt(q) + (Int8PackedHasHighBits(q) ? 64 : 0);
+  return Int8PackedHighBitsAt(q) + 64 * Int8PackedHighBitPlanes(q);
 }
 // Bytes of one packed record (16 rows, one block).
 constexpr int64_t Int8PackedRecordBytes(QuantType q) {

@@ -1,5 +1,6 @@
-// The integer dot products on repacked Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 weights (matmul_int8dot.h,
-// "Packed weights"). Compiled with AVX512_VNNI and entered only where the CPU has it.
+// The integer dot products on repacked Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / K-quant weights
+// (matmul_int8dot.h, "Packed weights"). Compiled with AVX512_VNNI and entered only where the CPU
+// has it.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -10,6 +11,8 @@
 #include "common/check.h"
 #include "common/thread_pool.h"
 #include "kernels/cpu/matmul_int8dot.h"
+#include "kernels/cpu/simd.h"
+#include "kernels/quant.h"
 
 // GCC 12 reports the pass-through operand of its own _mm512_cvtph_ps (never read with an
 // all-ones mask) as maybe uninitialized once Group is inlined.
@@ -18,24 +21,43 @@
 namespace spanserve::kernels::cpu::internal {
 namespace {
 
-// Up to MR x rows (x: their quantized rows, stride k; d, Σq and d·Σq per block, stride
-// blocks) against one group's records: out[i] lane r = y[i, 16g + r] before the bias.
+// x quantized (QuantizeRowsPlain): int8 rows (stride k), and per block (stride k / 32) d, Σq
+// and d·Σq; for Q6_K also the Σq of each block's first 16 elements.
+struct QuantizedX {
+  const int8_t* q;
+  const float* d;
+  const int32_t* sums;
+  const float* d_sums;
+  const int32_t* first_half_sums;
+  QuantizedX Rows(int64_t i, int64_t k) const {
+    const int64_t at = i * (k / 32);
+    return {q + i * k, d + at, sums + at, d_sums + at,
+            first_half_sums != nullptr ? first_half_sums + at : nullptr};
+  }
+};
+
+// Up to MR x rows against one group's records: out[i] lane r = y[i, 16g + r] before the bias.
 template <QuantType kQ, int MR>
-void Group(const uint8_t* records, int64_t blocks, const int8_t* xq, int64_t k, const float* xd,
-           const int32_t* xs, const float* xsd, __m512* out) {
+void Group(const uint8_t* records, int64_t blocks, const QuantizedX& x, int64_t k, __m512* out) {
   constexpr bool kMins = Int8PackedHasMins(kQ);
+  constexpr bool kHalves = kQ == QuantType::kQ6_K;
   // The offset the weights' unsigned quants carry: w_q = u − kOffset.
   constexpr int kOffset = kQ == QuantType::kQ8_0   ? 128
                           : kQ == QuantType::kQ4_0 ? 8
                           : kQ == QuantType::kQ5_0 ? 16
+                          : kQ == QuantType::kQ6_K ? 32
                                                    : 0;
+  constexpr int64_t kSecond = Int8PackedScaleBytes(kQ);  // m_w or Q6_K's d_w,1
   __m512 acc[MR], mins[MR];
   for (int i = 0; i < MR; ++i) {
     acc[i] = _mm512_setzero_ps();
     mins[i] = _mm512_setzero_ps();
   }
   const __m512i mask = _mm512_set1_epi8(0x0f);
-  const __m512i sixteen = _mm512_set1_epi8(16);
+  const auto scales = [](const uint8_t* p) {
+    if constexpr (Int8PackedHasF32Scales(kQ)) return _mm512_loadu_ps(p);
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  };
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* rec = records + b * Int8PackedRecordBytes(kQ);
     // u[j]: elements 4j .. 4j + 3 of the 16 rows, unsigned.
@@ -48,37 +70,50 @@ void Group(const uint8_t* records, int64_t blocks, const int8_t* xq, int64_t k, 
         u[j] = _mm512_and_si512(v, mask);
         u[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
       }
-      if constexpr (Int8PackedHasHighBits(kQ)) {  // + 16 where the fifth bit is set
+      // + 16 (+ 32) where the fifth (sixth) bit is set.
+      for (int plane = 0; plane < Int8PackedHighBitPlanes(kQ); ++plane) {
+        const __m512i bit = _mm512_set1_epi8(static_cast<char>(16 << plane));
         for (int j = 0; j < 8; ++j) {
           uint64_t bits;
-          std::memcpy(&bits, rec + Int8PackedHighBitsAt(kQ) + 8 * j, 8);
-          u[j] = _mm512_mask_add_epi8(u[j], _cvtu64_mask64(bits), u[j], sixteen);
+          std::memcpy(&bits, rec + Int8PackedHighBitsAt(kQ) + 64 * plane + 8 * j, 8);
+          u[j] = _mm512_mask_add_epi8(u[j], _cvtu64_mask64(bits), u[j], bit);
         }
       }
     }
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec)));
-    __m512 mw = _mm512_setzero_ps();
-    if constexpr (kMins) {
-      mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32)));
-    }
+    const __m512 dw = scales(rec);
+    __m512 second = _mm512_setzero_ps();
+    if constexpr (kMins || kHalves) second = scales(rec + kSecond);
     for (int i = 0; i < MR; ++i) {
       const int64_t at = i * blocks + b;
-      const auto* xv = reinterpret_cast<const int32_t*>(xq + i * k + 32 * b);
+      const auto* xv = reinterpret_cast<const int32_t*>(x.q + i * k + 32 * b);
+      const __m512 dx = _mm512_set1_ps(x.d[at]);
+      if constexpr (kHalves) {
+        // The offset taken back per half: D_h = Σ q·w exactly over the half's 16 elements.
+        const int32_t s0 = x.first_half_sums[at];
+        __m512i d0 = _mm512_set1_epi32(-kOffset * s0);
+        __m512i d1 = _mm512_set1_epi32(-kOffset * (x.sums[at] - s0));
+        for (int j = 0; j < 4; ++j) d0 = _mm512_dpbusd_epi32(d0, u[j], _mm512_set1_epi32(xv[j]));
+        for (int j = 4; j < 8; ++j) d1 = _mm512_dpbusd_epi32(d1, u[j], _mm512_set1_epi32(xv[j]));
+        acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(d0), acc[i]);
+        acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(second, dx), _mm512_cvtepi32_ps(d1), acc[i]);
+        continue;
+      }
       // The offset the weights went in with, taken back: D = Σ q·w exactly.
-      __m512i dot = kOffset != 0 ? _mm512_set1_epi32(-kOffset * xs[at]) : _mm512_setzero_si512();
+      __m512i dot =
+          kOffset != 0 ? _mm512_set1_epi32(-kOffset * x.sums[at]) : _mm512_setzero_si512();
       for (int j = 0; j < 8; ++j) dot = _mm512_dpbusd_epi32(dot, u[j], _mm512_set1_epi32(xv[j]));
-      acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(xd[at])), _mm512_cvtepi32_ps(dot),
-                               acc[i]);
-      if constexpr (kMins) mins[i] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xsd[at]), mins[i]);
+      acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(dot), acc[i]);
+      if constexpr (kMins) {
+        mins[i] = _mm512_fmadd_ps(second, _mm512_set1_ps(x.d_sums[at]), mins[i]);
+      }
     }
   }
   for (int i = 0; i < MR; ++i) out[i] = kMins ? _mm512_add_ps(acc[i], mins[i]) : acc[i];
 }
 
 template <QuantType kQ>
-void Groups(const WeightMatrix& w, const int8_t* xq, const float* xd, const int32_t* xs,
-            const float* xsd, int64_t m, const WeightVector* bias, float* y, int64_t g0,
-            int64_t g1) {
+void Groups(const WeightMatrix& w, const QuantizedX& xq, int64_t m, const WeightVector* bias,
+            float* y, int64_t g0, int64_t g1) {
   const int64_t n = w.rows, k = w.cols, blocks = k / 32;
   const auto* packed = static_cast<const uint8_t*>(w.packed);
   constexpr int kMr = 4;
@@ -95,20 +130,19 @@ void Groups(const WeightMatrix& w, const int8_t* xq, const float* xd, const int3
     for (int64_t i0 = 0; i0 < m; i0 += kMr) {
       const int64_t mr = std::min<int64_t>(kMr, m - i0);
       __m512 out[kMr] = {};
-      const int8_t* x = xq + i0 * k;
-      const int64_t at = i0 * blocks;
+      const QuantizedX x = xq.Rows(i0, k);
       switch (mr) {
         case 1:
-          Group<kQ, 1>(records, blocks, x, k, xd + at, xs + at, xsd + at, out);
+          Group<kQ, 1>(records, blocks, x, k, out);
           break;
         case 2:
-          Group<kQ, 2>(records, blocks, x, k, xd + at, xs + at, xsd + at, out);
+          Group<kQ, 2>(records, blocks, x, k, out);
           break;
         case 3:
-          Group<kQ, 3>(records, blocks, x, k, xd + at, xs + at, xsd + at, out);
+          Group<kQ, 3>(records, blocks, x, k, out);
           break;
         default:
-          Group<kQ, 4>(records, blocks, x, k, xd + at, xs + at, xsd + at, out);
+          Group<kQ, 4>(records, blocks, x, k, out);
           break;
       }
       for (int64_t i = 0; i < mr; ++i) {
@@ -117,6 +151,73 @@ void Groups(const WeightMatrix& w, const int8_t* xq, const float* xd, const int3
       }
     }
   }
+}
+
+// One row's block b of a packed format as the records keep it: u[p] the unsigned quant of
+// element p (w_q + the format's offset); the scales d_w and m_w (Q6_K: d_w,0 and d_w,1), as
+// the f16 bits stored (half) or, for the K-quants, the f32 products as kernels/cpu/dequant.cc
+// rounds them (f32).
+struct PackedRowBlock {
+  uint8_t u[32];
+  uint16_t half[2];
+  float f32[2];
+};
+
+PackedRowBlock DecodeRowBlock(QuantType q, const uint8_t* row, int64_t b) {
+  PackedRowBlock out{};
+  if (Int8PackedHasF32Scales(q)) {
+    const uint8_t* sb = row + b / 8 * QuantBlockBytes(q);
+    const int s = static_cast<int>(b % 8);
+    uint16_t h;
+    if (q == QuantType::kQ6_K) {
+      std::memcpy(&h, sb + 208, 2);
+      const float d = F16ToF32(h);
+      const auto* sc = reinterpret_cast<const int8_t*>(sb + 192);
+      out.f32[0] = d * static_cast<float>(sc[2 * s]);
+      out.f32[1] = d * static_cast<float>(sc[2 * s + 1]);
+      for (int p = 0; p < 32; ++p) {
+        const int e = 32 * s + p, half = e / 128, r = e % 128;
+        const int low = (sb[64 * half + r % 64] >> (4 * (r / 64))) & 0x0f;
+        const int high = (sb[128 + 32 * half + r % 32] >> (2 * (r / 32))) & 3;
+        out.u[p] = static_cast<uint8_t>(low | high << 4);
+      }
+      return out;
+    }
+    std::memcpy(&h, sb, 2);
+    const float d = F16ToF32(h);
+    std::memcpy(&h, sb + 2, 2);
+    const float dmin = F16ToF32(h);
+    int sc, mn;
+    simd::ScaleMinK4(sb + 4, s, &sc, &mn);
+    out.f32[0] = d * static_cast<float>(sc);
+    out.f32[1] = -(dmin * static_cast<float>(mn));
+    const bool q5 = q == QuantType::kQ5_K;
+    for (int p = 0; p < 32; ++p) {
+      int v = (sb[(q5 ? 48 : 16) + 32 * (s / 2) + p] >> (4 * (s % 2))) & 0x0f;
+      if (q5) v |= ((sb[16 + p] >> s) & 1) << 4;
+      out.u[p] = static_cast<uint8_t>(v);
+    }
+    return out;
+  }
+  const uint8_t* block = row + b * QuantBlockBytes(q);
+  std::memcpy(&out.half[0], block, 2);
+  if (q == QuantType::kQ8_0) {
+    for (int p = 0; p < 32; ++p) out.u[p] = static_cast<uint8_t>(block[2 + p] ^ 0x80);
+    return out;
+  }
+  if (Int8PackedHasMins(q)) std::memcpy(&out.half[1], block + 2, 2);
+  // Q4_0: d, qs; Q4_1: d, m, qs; Q5_0: d, qh, qs; Q5_1: d, m, qh, qs. Byte p of qs: element p
+  // (low nibble) and p + 16 (high).
+  const int64_t qh_at = Int8PackedHasMins(q) ? 4 : 2;
+  const bool q5 = Int8PackedHighBitPlanes(q) == 1;
+  const uint8_t* qs = block + qh_at + (q5 ? 4 : 0);
+  uint32_t qh = 0;
+  if (q5) std::memcpy(&qh, block + qh_at, 4);
+  for (int p = 0; p < 16; ++p) {
+    out.u[p] = static_cast<uint8_t>((qs[p] & 0x0f) | ((qh >> p) & 1) << 4);
+    out.u[p + 16] = static_cast<uint8_t>((qs[p] >> 4) | ((qh >> (p + 16)) & 1) << 4);
+  }
+  return out;
 }
 
 // A buffer that grows to the largest call, then is reused.
@@ -142,42 +243,38 @@ void PackInt8(const WeightMatrix& w, uint8_t* out) {
   SPANSERVE_CHECK(Int8PackedSupports(w.quant));
   const QuantType q = w.quant;
   const int64_t n = w.rows, k = w.cols, blocks = k / 32;
-  const int64_t block_bytes = QuantBlockBytes(q);
+  const int64_t row_bytes = k / QuantBlockElems(q) * QuantBlockBytes(q);
   const auto* src = static_cast<const uint8_t*>(w.data);
   const int64_t groups = (n + 15) / 16;
+  const int64_t scale_bytes = Int8PackedScaleBytes(q);
   std::memset(out, 0, Int8PackedBytes(q, n, k));
   for (int64_t g = 0; g < groups; ++g) {
     for (int64_t b = 0; b < blocks; ++b) {
       uint8_t* rec = out + (g * blocks + b) * Int8PackedRecordBytes(q);
+      uint8_t* quants = rec + Int8PackedQuantsAt(q);
       for (int64_t r = 0; r < 16 && 16 * g + r < n; ++r) {
-        const uint8_t* block = src + ((16 * g + r) * blocks + b) * block_bytes;
-        std::memcpy(rec + 2 * r, block, 2);                                     // d
-        if (Int8PackedHasMins(q)) std::memcpy(rec + 32 + 2 * r, block + 2, 2);  // m
-        uint8_t* quants = rec + Int8PackedQuantsAt(q);
-        if (q == QuantType::kQ8_0) {
-          for (int j = 0; j < 8; ++j) {
-            for (int e = 0; e < 4; ++e) {
-              quants[64 * j + 4 * r + e] = static_cast<uint8_t>(block[2 + 4 * j + e] ^ 0x80);
-            }
+        const PackedRowBlock rb = DecodeRowBlock(q, src + (16 * g + r) * row_bytes, b);
+        const int regions = Int8PackedHasMins(q) || q == QuantType::kQ6_K ? 2 : 1;
+        for (int t = 0; t < regions; ++t) {
+          if (Int8PackedHasF32Scales(q)) {
+            std::memcpy(rec + t * scale_bytes + 4 * r, &rb.f32[t], 4);
+          } else {
+            std::memcpy(rec + t * scale_bytes + 2 * r, &rb.half[t], 2);
           }
-          continue;
         }
-        // Q4_0: d, qs; Q4_1: d, m, qs; Q5_0: d, qh, qs; Q5_1: d, m, qh, qs.
-        const int64_t qh_at = Int8PackedHasMins(q) ? 4 : 2;
-        const uint8_t* qs = block + qh_at + (Int8PackedHasHighBits(q) ? 4 : 0);
-        // Byte p of the block's 16: element p (low nibble) and p + 16 (high).
-        for (int j = 0; j < 4; ++j) {
-          for (int e = 0; e < 4; ++e) quants[64 * j + 4 * r + e] = qs[4 * j + e];
-        }
-        if (Int8PackedHasHighBits(q)) {
-          uint32_t qh;
-          std::memcpy(&qh, block + qh_at, 4);
-          uint8_t* masks = rec + Int8PackedHighBitsAt(q);
-          for (int j = 0; j < 8; ++j) {
-            for (int e = 0; e < 4; ++e) {
-              const int bit = 4 * static_cast<int>(r) + e;
+        for (int j = 0; j < 8; ++j) {
+          for (int e = 0; e < 4; ++e) {
+            const int p = 4 * j + e, bit = 4 * static_cast<int>(r) + e;
+            if (q == QuantType::kQ8_0) {
+              quants[64 * j + 4 * r + e] = rb.u[p];
+            } else if (j < 4) {  // element p in the low nibble, p + 16 in the high one
+              quants[64 * j + 4 * r + e] =
+                  static_cast<uint8_t>((rb.u[p] & 0x0f) | (rb.u[p + 16] & 0x0f) << 4);
+            }
+            for (int plane = 0; plane < Int8PackedHighBitPlanes(q); ++plane) {
+              uint8_t* masks = rec + Int8PackedHighBitsAt(q) + 64 * plane;
               masks[8 * j + bit / 8] |=
-                  static_cast<uint8_t>(((qh >> (4 * j + e)) & 1) << (bit % 8));
+                  static_cast<uint8_t>(((rb.u[p] >> (4 + plane)) & 1) << (bit % 8));
             }
           }
         }
@@ -195,33 +292,49 @@ void MatMulInt8Packed(const float* x, int64_t m, const WeightMatrix& w, const We
   if (m >= kInt8AmxMinRows && Int8PackedAmxSupports(w.quant) && CpuHasAmxInt8()) {
     return MatMulInt8PackedAmx(x, m, w, bias, y);
   }
-  // x quantized once: int8 rows, then per block d, Σq and d·Σq (the pointers, not the
-  // thread_local, go into the jobs).
+  // x quantized once: int8 rows, then per block d, Σq and d·Σq (and for Q6_K the first
+  // half's Σq); the pointers, not the thread_local, go into the jobs.
+  const bool halves = w.quant == QuantType::kQ6_K;
   thread_local Buffer buffer;
-  uint8_t* base = buffer.Reserve(m * k + m * blocks * 12);
-  auto* xq = reinterpret_cast<int8_t*>(base);
-  auto* xs = reinterpret_cast<int32_t*>(base + m * k);
-  auto* xd = reinterpret_cast<float*>(xs + m * blocks);
-  float* xsd = xd + m * blocks;
+  uint8_t* base = buffer.Reserve(m * k + m * blocks * 16);
+  auto* q = reinterpret_cast<int8_t*>(base);
+  auto* sums = reinterpret_cast<int32_t*>(base + m * k);
+  auto* d = reinterpret_cast<float*>(sums + m * blocks);
+  float* d_sums = d + m * blocks;
+  auto* first_half_sums = reinterpret_cast<int32_t*>(d_sums + m * blocks);
   ParallelFor(m, 2, [&](int64_t i0, int64_t i1) {
-    QuantizeRowsPlain(x + i0 * k, i1 - i0, k, xq + i0 * k, xd + i0 * blocks, xs + i0 * blocks);
-    for (int64_t a = i0 * blocks; a < i1 * blocks; ++a) xsd[a] = xd[a] * static_cast<float>(xs[a]);
+    QuantizeRowsPlain(x + i0 * k, i1 - i0, k, q + i0 * k, d + i0 * blocks, sums + i0 * blocks);
+    for (int64_t a = i0 * blocks; a < i1 * blocks; ++a) {
+      d_sums[a] = d[a] * static_cast<float>(sums[a]);
+      if (halves) {
+        int32_t s0 = 0;
+        for (int p = 0; p < 16; ++p) s0 += q[32 * a + p];
+        first_half_sums[a] = s0;
+      }
+    }
   });
+  const QuantizedX xq{q, d, sums, d_sums, halves ? first_half_sums : nullptr};
   const int64_t groups = (n + 15) / 16;
   Parallel([&](int64_t t, int64_t threads) {
     const int64_t g0 = groups * t / threads, g1 = groups * (t + 1) / threads;
     if (g0 >= g1) return;
     switch (w.quant) {
       case QuantType::kQ8_0:
-        return Groups<QuantType::kQ8_0>(w, xq, xd, xs, xsd, m, bias, y, g0, g1);
+        return Groups<QuantType::kQ8_0>(w, xq, m, bias, y, g0, g1);
       case QuantType::kQ4_0:
-        return Groups<QuantType::kQ4_0>(w, xq, xd, xs, xsd, m, bias, y, g0, g1);
+        return Groups<QuantType::kQ4_0>(w, xq, m, bias, y, g0, g1);
+      case QuantType::kQ4_1:
+        return Groups<QuantType::kQ4_1>(w, xq, m, bias, y, g0, g1);
       case QuantType::kQ5_0:
-        return Groups<QuantType::kQ5_0>(w, xq, xd, xs, xsd, m, bias, y, g0, g1);
+        return Groups<QuantType::kQ5_0>(w, xq, m, bias, y, g0, g1);
       case QuantType::kQ5_1:
-        return Groups<QuantType::kQ5_1>(w, xq, xd, xs, xsd, m, bias, y, g0, g1);
+        return Groups<QuantType::kQ5_1>(w, xq, m, bias, y, g0, g1);
+      case QuantType::kQ4_K:
+        return Groups<QuantType::kQ4_K>(w, xq, m, bias, y, g0, g1);
+      case QuantType::kQ5_K:
+        return Groups<QuantType::kQ5_K>(w, xq, m, bias, y, g0, g1);
       default:
-        return Groups<QuantType::kQ4_1>(w, xq, xd, xs, xsd, m, bias, y, g0, g1);
+        return Groups<QuantType::kQ6_K>(w, xq, m, bias, y, g0, g1);
     }
   });
 }

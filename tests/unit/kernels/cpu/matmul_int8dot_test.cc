@@ -531,15 +531,21 @@ Expected ModelInt8Packed(QuantType q, const QuantRow& x, const uint8_t* row, int
     int wq[32];
     float dw[2], mw;
     WeightBlock(q, row, b, wq, dw, &mw);
-    int64_t dot = 0;
-    for (int p = 0; p < 32; ++p) dot += static_cast<int64_t>(x.q[32 * b + p]) * wq[p];
-    const float c = dw[0] * x.d[b];
-    acc = std::fma(c, static_cast<float>(dot), acc);
+    // Q6_K: the halves' dots, each with its own scale; the others: one dot, d_w[0] = d_w[1].
+    const int halves = q == QuantType::kQ6_K ? 2 : 1;
+    for (int h = 0; h < halves; ++h) {
+      int64_t dot = 0;
+      for (int p = 32 / halves * h; p < 32 / halves * (h + 1); ++p) {
+        dot += static_cast<int64_t>(x.q[32 * b + p]) * wq[p];
+      }
+      const float c = dw[h] * x.d[b];
+      acc = std::fma(c, static_cast<float>(dot), acc);
+      e.exact += static_cast<double>(c) * static_cast<double>(dot);
+      e.magnitude += std::fabs(static_cast<double>(c) * static_cast<double>(dot));
+    }
     if (internal::Int8PackedHasMins(q)) mins = std::fma(mw, x.s[b], mins);
-    e.exact += static_cast<double>(c) * static_cast<double>(dot) +
-               static_cast<double>(mw) * static_cast<double>(x.s[b]);
-    e.magnitude += std::fabs(static_cast<double>(c) * static_cast<double>(dot)) +
-                   std::fabs(static_cast<double>(mw) * static_cast<double>(x.s[b]));
+    e.exact += static_cast<double>(mw) * static_cast<double>(x.s[b]);
+    e.magnitude += std::fabs(static_cast<double>(mw) * static_cast<double>(x.s[b]));
   }
   float y = internal::Int8PackedHasMins(q) ? acc + mins : acc;
   if (bias != nullptr) y = y + *bias;
@@ -552,7 +558,10 @@ Expected ModelInt8Packed(QuantType q, const QuantRow& x, const uint8_t* row, int
 // one block to 576.
 TEST_P(Int8PackedTest, EqualsTheModelBitForBit) {
   const QuantType q = GetParam();
-  for (int64_t k : {32, 96, 576}) {
+  // K-quants: one and two super-blocks.
+  const std::vector<int64_t> ks =
+      Elems(q) == 256 ? std::vector<int64_t>{256, 512} : std::vector<int64_t>{32, 96, 576};
+  for (int64_t k : ks) {
     for (int64_t n : {1, 5, 16, 17, 40, 50}) {
       const uint32_t seed = static_cast<uint32_t>(k * 100 + n);
       const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, seed);
@@ -560,7 +569,7 @@ TEST_P(Int8PackedTest, EqualsTheModelBitForBit) {
       const WeightVector bv{bias.data(), DType::kF32, n};
       std::vector<uint8_t> storage;
       const WeightMatrix w = Packed(q, blocks, n, k, &storage);
-      const int64_t row_bytes = k / 32 * QuantBlockBytes(q);
+      const int64_t row_bytes = k / Elems(q) * QuantBlockBytes(q);
       for (int64_t m : {1, 2, 3, 4, 7, 8, 17, 33, 50}) {
         SCOPED_TRACE(::testing::Message() << "k=" << k << " n=" << n << " m=" << m);
         const std::vector<float> x = Activations(m * k, seed + 2);
@@ -583,7 +592,7 @@ TEST_P(Int8PackedTest, EqualsTheModelBitForBit) {
 
 TEST_P(Int8PackedTest, RowsDoNotDependOnTheBatchOrTheThreads) {
   const QuantType q = GetParam();
-  const int64_t n = 61, k = 576;
+  const int64_t n = 61, k = Elems(q) == 256 ? 512 : 576;
   const std::vector<uint8_t> blocks = RandomBlocks(q, n, k, 5);
   std::vector<uint8_t> storage;
   const WeightMatrix w = Packed(q, blocks, n, k, &storage);
@@ -592,9 +601,10 @@ TEST_P(Int8PackedTest, RowsDoNotDependOnTheBatchOrTheThreads) {
   for (int64_t m : {3, 16, 37}) ExpectRowsIndependentOfTheBatchAndThreads(w, m);
 }
 
-INSTANTIATE_TEST_SUITE_P(Q8_0Q4_0Q4_1Q5_0Q5_1, Int8PackedTest,
+INSTANTIATE_TEST_SUITE_P(PackedFormats, Int8PackedTest,
                          ::testing::Values(QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_1,
-                                           QuantType::kQ5_0, QuantType::kQ5_1),
+                                           QuantType::kQ5_0, QuantType::kQ5_1, QuantType::kQ4_K,
+                                           QuantType::kQ5_K, QuantType::kQ6_K),
                          [](const ::testing::TestParamInfo<QuantType>& info) {
                            return std::string(QuantTypeName(info.param));
                          });
