@@ -57,9 +57,9 @@ class CpuBackend final : public Backend {
   void Free(void* p, int64_t bytes) override {
     if (p != nullptr) ::munmap(p, static_cast<size_t>(bytes));
   }
-  // Weights stay where they are (a memory-mapped file, the model's own memory); a Q4_0 / Q4_1
-  // / Q5_0 / Q5_1 / Q8_0 matrix that asks for integer dot products gets a repacked copy besides
-  // on a CPU with VNNI (matmul_int8dot.h, "Packed weights"), which this backend keeps.
+  // Weights stay where they are (a memory-mapped file, the model's own memory); a quantized
+  // matrix that asks for integer dot products gets a repacked copy besides on a CPU with VNNI
+  // (matmul_int8dot.h, "Packed weights"), which this backend keeps.
   absl::StatusOr<WeightMatrix> UploadMatrix(const WeightMatrix& host) override {
     if (host.precision != MatMulPrecision::kInt8Dot || !internal::Int8PackedSupports(host.quant) ||
         !Int8DotUsesVnni() || host.data == nullptr) {
