@@ -98,7 +98,8 @@ void ScoresPair(const float* qa, const float* qb, const void* const* k, int64_t 
       const __m256 qbv = _mm256_loadu_ps(qb + d);
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
-        const __m256 kv = simd::Load8<kT>(k[i + j], d);
+        __m256 kv = simd::Load8<kT>(k[i + j], d);
+        asm("" : "+x"(kv));  // one load for both heads, as in AccumulatePairChunk
         acc[j] = _mm256_fmadd_ps(qav, kv, acc[j]);
         acc[4 + j] = _mm256_fmadd_ps(qbv, kv, acc[4 + j]);
       }
@@ -187,7 +188,9 @@ void AccumulatePairChunk(const float* pa, const float* pb, const void* const* v,
     const __m256 wb = _mm256_set1_ps(pb[i]);
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) {
-      const __m256 vv = simd::Load8<kT>(v[i], c + 8 * j);
+      __m256 vv = simd::Load8<kT>(v[i], c + 8 * j);
+      // One load for both heads (the compiler would otherwise fold it into each FMA).
+      asm("" : "+x"(vv));
       a[j] = _mm256_fmadd_ps(wa, vv, a[j]);
       b[j] = _mm256_fmadd_ps(wb, vv, b[j]);
     }

@@ -149,8 +149,9 @@ void BM_MemoryRead(benchmark::State& state) {
 
 // One decode step of attention (one new token per sequence) over `context` cached tokens,
 // Qwen2-0.5B shape: 14 query heads, 2 kv heads, head_dim 64, blocks of 16.
-void BM_AttentionDecode(benchmark::State& state, int32_t seqs, int32_t context) {
-  const int32_t heads = 14, kv_heads = 2, head_dim = 64, block_size = 16;
+void BM_AttentionDecode(benchmark::State& state, int32_t seqs, int32_t context, int32_t heads,
+                        int32_t kv_heads) {
+  const int32_t head_dim = 64, block_size = 16;
   const int32_t blocks_per_seq = (context + block_size) / block_size;
   const int32_t num_blocks = blocks_per_seq * seqs;
   const int64_t pool = int64_t{num_blocks} * block_size * kv_heads * head_dim;
@@ -172,6 +173,10 @@ void BM_AttentionDecode(benchmark::State& state, int32_t seqs, int32_t context) 
   const double kv_bytes = 2.0 * seqs * context * kv_heads * head_dim * sizeof(float);
   state.counters["kv_bytes/s"] = benchmark::Counter(
       kv_bytes, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1024);
+  // q·k and p·v: two multiply-adds per head, position and element.
+  state.counters["FLOP/s"] = benchmark::Counter(4.0 * seqs * context * heads * head_dim,
+                                                benchmark::Counter::kIsIterationInvariantRate,
+                                                benchmark::Counter::kIs1000);
 }
 
 void RegisterAll() {
@@ -236,9 +241,18 @@ void RegisterAll() {
   benchmark::RegisterBenchmark("MemoryRead/256MiB", BM_MemoryRead)
       ->UseRealTime()
       ->Unit(benchmark::kMillisecond);
-  for (int32_t seqs : {1, 8}) {
-    const std::string name = "AttentionDecode/context:512/seqs:" + std::to_string(seqs);
-    benchmark::RegisterBenchmark(name.c_str(), BM_AttentionDecode, seqs, 512)
+  // Qwen2-0.5B's heads (14 / 2) at 512 positions, and SmolLM2-135M's (9 / 3) as 16 streams
+  // decode them after a 128-token prompt.
+  struct AttentionShape {
+    int32_t seqs, context, heads, kv_heads;
+  };
+  for (const AttentionShape& a : {AttentionShape{1, 512, 14, 2}, AttentionShape{8, 512, 14, 2},
+                                  AttentionShape{16, 160, 9, 3}, AttentionShape{1, 160, 9, 3}}) {
+    const std::string name = "AttentionDecode/heads:" + std::to_string(a.heads) + "/" +
+                             std::to_string(a.kv_heads) + "/context:" + std::to_string(a.context) +
+                             "/seqs:" + std::to_string(a.seqs);
+    benchmark::RegisterBenchmark(name.c_str(), BM_AttentionDecode, a.seqs, a.context, a.heads,
+                                 a.kv_heads)
         ->UseRealTime()
         ->Unit(benchmark::kMicrosecond);
   }
