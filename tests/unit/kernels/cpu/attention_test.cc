@@ -231,6 +231,24 @@ TEST_P(AttentionTest, ResultDoesNotDependOnThreadCount) {
   EXPECT_TRUE(BitIdentical(one.data(), many.data(), static_cast<int64_t>(one.size())));
 }
 
+// One decode row: with one thread each kv head's query heads share a pass over its K/V; with
+// six, the kernel deals the heads out in passes of one (Shape{6, 2, ...}: 6 items rather than
+// 2). Each head must run the same operations either way.
+TEST_P(AttentionTest, DecodeRowDoesNotDependOnTheHeadsPerPass) {
+  Pool pool(shape(), 64);
+  const Sequence a = MakeSequence(shape(), pool, 40, 1000);
+  Step(shape(), pool, {{&a, 0, 39}}, scale());
+  std::vector<float> one;
+  {
+    UsePool alone(nullptr);
+    one = Step(shape(), pool, {{&a, 39, 1}}, scale());
+  }
+  ThreadPool six(6);
+  UsePool use(&six);
+  const std::vector<float> many = Step(shape(), pool, {{&a, 39, 1}}, scale());
+  EXPECT_TRUE(BitIdentical(one.data(), many.data(), static_cast<int64_t>(one.size())));
+}
+
 // Windows of 1, smaller than a block, crossing blocks and the 32-position tiles (70
 // positions: tiles [0, 32), [32, 64), [64, 70)), and as long as the context.
 TEST_P(AttentionTest, SlidingWindowMatchesNaiveReference) {
