@@ -148,7 +148,7 @@ void BM_MemoryRead(benchmark::State& state) {
 }
 
 // One decode step of attention (one new token per sequence) over `context` cached tokens,
-// Qwen2-0.5B shape: 14 query heads, 2 kv heads, head_dim 64, blocks of 16.
+// `heads` query heads over `kv_heads` kv heads, head_dim 64, blocks of 16.
 void BM_AttentionDecode(benchmark::State& state, int32_t seqs, int32_t context, int32_t heads,
                         int32_t kv_heads) {
   const int32_t head_dim = 64, block_size = 16;
