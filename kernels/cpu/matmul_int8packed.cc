@@ -37,8 +37,10 @@ struct QuantizedX {
 };
 
 // Up to MR x rows against one group's records: out[i] lane r = y[i, 16g + r] before the bias.
+// prefetch: when not null, record b of the records there is prefetched into L2 with record b.
 template <QuantType kQ, int MR>
-void Group(const uint8_t* records, int64_t blocks, const QuantizedX& x, int64_t k, __m512* out) {
+void Group(const uint8_t* records, int64_t blocks, const QuantizedX& x, int64_t k,
+           const uint8_t* prefetch, __m512* out) {
   constexpr bool kMins = Int8PackedHasMins(kQ);
   constexpr bool kHalves = kQ == QuantType::kQ6_K;
   // The offset the weights' unsigned quants carry: w_q = u − kOffset.
@@ -60,6 +62,12 @@ void Group(const uint8_t* records, int64_t blocks, const QuantizedX& x, int64_t 
   };
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* rec = records + b * Int8PackedRecordBytes(kQ);
+    if (prefetch != nullptr) {
+      const uint8_t* next = prefetch + b * Int8PackedRecordBytes(kQ);
+      for (int64_t l = 0; l < Int8PackedRecordBytes(kQ); l += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(next + l), _MM_HINT_T1);
+      }
+    }
     // u[j]: elements 4j .. 4j + 3 of the 16 rows, unsigned.
     __m512i u[8];
     if constexpr (kQ == QuantType::kQ8_0) {
@@ -117,6 +125,7 @@ void Groups(const WeightMatrix& w, const QuantizedX& xq, int64_t m, const Weight
   const int64_t n = w.rows, k = w.cols, blocks = k / 32;
   const auto* packed = static_cast<const uint8_t*>(w.packed);
   constexpr int kMr = 4;
+  const int64_t group_bytes = blocks * Int8PackedRecordBytes(kQ);
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t r0 = 16 * g;
     const int64_t rows = std::min<int64_t>(16, n - r0);
@@ -126,23 +135,26 @@ void Groups(const WeightMatrix& w, const QuantizedX& xq, int64_t m, const Weight
       for (int64_t r = 0; r < rows; ++r) bias_panel[r] = WeightAt(bias->data, bias->dtype, r0 + r);
     }
     const __m512 bv = _mm512_load_ps(bias_panel);
-    const uint8_t* records = packed + g * blocks * Int8PackedRecordBytes(kQ);
+    const uint8_t* records = packed + g * group_bytes;
     for (int64_t i0 = 0; i0 < m; i0 += kMr) {
       const int64_t mr = std::min<int64_t>(kMr, m - i0);
       __m512 out[kMr] = {};
       const QuantizedX x = xq.Rows(i0, k);
+      // The first pass over this group's records (from memory) fetches the next group's into
+      // L2, a record per record, while the later passes find this one's in cache.
+      const uint8_t* pf = i0 == 0 && g + 1 < g1 ? records + group_bytes : nullptr;
       switch (mr) {
         case 1:
-          Group<kQ, 1>(records, blocks, x, k, out);
+          Group<kQ, 1>(records, blocks, x, k, pf, out);
           break;
         case 2:
-          Group<kQ, 2>(records, blocks, x, k, out);
+          Group<kQ, 2>(records, blocks, x, k, pf, out);
           break;
         case 3:
-          Group<kQ, 3>(records, blocks, x, k, out);
+          Group<kQ, 3>(records, blocks, x, k, pf, out);
           break;
         default:
-          Group<kQ, 4>(records, blocks, x, k, out);
+          Group<kQ, 4>(records, blocks, x, k, pf, out);
           break;
       }
       for (int64_t i = 0; i < mr; ++i) {
