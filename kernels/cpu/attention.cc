@@ -40,6 +40,14 @@ void GatherRows(const PagedKvLayer& layer, const int32_t* block_table, int64_t t
   }
 }
 
+// Asks for one K or V row to be fetched into L2 ahead of its use. (Asking for a tile's rows
+// into L1 was slower: a decode step's attention from memory, Zen 4, docs/KERNELS.md.)
+inline void PrefetchRow(const void* row, int64_t bytes) {
+  for (int64_t b = 0; b < bytes; b += 64) {
+    _mm_prefetch(static_cast<const char*>(row) + b, _MM_HINT_T1);
+  }
+}
+
 // s[j] = scale · (q · k[j]) for G positions side by side (G independent FMA chains hide the
 // FMA latency); each dot product keeps the order of simd::Dot.
 template <DType kT, int G>
@@ -215,6 +223,20 @@ void AccumulatePair(const float* pa, const float* pb, const void* const* v, int6
   }
 }
 
+// Asks for the K/V rows of the first tile AttendHeads reads for positions [first, last].
+template <DType kT>
+void PrefetchFirstTile(const PagedKvLayer& layer, const int32_t* block_table, int64_t first,
+                       int64_t last, int64_t kvh) {
+  const void* rows[2][kTile];
+  const int64_t n = std::min((first / kTile + 1) * kTile, last + 1) - first;
+  GatherRows<kT>(layer, block_table, first, n, kvh, rows[0], rows[1]);
+  const int64_t row_bytes = layer.head_dim * static_cast<int64_t>(DTypeSize(kT));
+  for (int64_t i = 0; i < n; ++i) {
+    PrefetchRow(rows[0][i], row_bytes);
+    PrefetchRow(rows[1][i], row_bytes);
+  }
+}
+
 // Most query heads one pass over K/V serves (their accumulators live on the stack).
 constexpr int64_t kMaxHeadsPerPass = 8;
 
@@ -233,7 +255,8 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
   // This tile's K/V rows and the next one's, which `prefetch` asks to be fetched while this
   // one is computed: a sequence's rows are spread over its blocks, which hardware prefetchers
   // do not follow. (For a prompt's rows the K/V rows are in cache already, from the rows
-  // before them, and the prefetches would only cost.)
+  // before them, and the prefetches would only cost.) The first tile's rows the caller asks
+  // for (PrefetchFirstTile) while it computes the item before.
   const void* rows[2][2][kTile];
   int cur = 0;
   float running_max[kMaxHeadsPerPass];
@@ -257,10 +280,8 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
       const int64_t nn = tile_length(next);
       GatherRows<kT>(layer, block_table, next, nn, kvh, rows[cur ^ 1][0], rows[cur ^ 1][1]);
       for (int64_t i = 0; prefetch && i < nn; ++i) {
-        for (int64_t b = 0; b < row_bytes; b += 64) {
-          _mm_prefetch(static_cast<const char*>(rows[cur ^ 1][0][i]) + b, _MM_HINT_T0);
-          _mm_prefetch(static_cast<const char*>(rows[cur ^ 1][1][i]) + b, _MM_HINT_T0);
-        }
+        PrefetchRow(rows[cur ^ 1][0][i], row_bytes);
+        PrefetchRow(rows[cur ^ 1][1][i], row_bytes);
       }
     }
     cur ^= 1;
@@ -387,7 +408,25 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
   // Work items are (sequence, row, kv head, pass) in that order, dealt round-robin to
   // threads: rows late in a prompt cost more, and dealing spreads them evenly without a work
   // list.
+  const auto prefetch_first = layer.dtype == DType::kBF16 ? PrefetchFirstTile<DType::kBF16>
+                                                          : PrefetchFirstTile<DType::kF32>;
+  // An item's arguments to AttendHeads.
+  struct Item {
+    const int32_t* block_table;
+    int64_t first, last, kvh;
+    const float* q;
+    float* out;
+    bool prefetch;
+  };
   Parallel([&](int64_t self, int64_t threads) {
+    // A thread computes its items one behind finding them: a decode item's first tile is
+    // asked for when it is found and arrives while the item before it is computed.
+    Item pending{};
+    bool has_pending = false;
+    const auto run = [&](const Item& it) {
+      attend(layer, it.block_table, it.first, it.last, it.kvh, it.q, per_pass, scale, it.prefetch,
+             it.out);
+    };
     int64_t item = 0;
     for (int32_t s = 0; s < num_seqs; ++s) {
       const AttentionSeq& seq = seqs[s];
@@ -403,12 +442,21 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
             const int64_t pos = seq.cached + j;
             const int64_t first =
                 layer.sliding_window > 0 ? std::max<int64_t>(0, pos - layer.sliding_window + 1) : 0;
-            attend(layer, seq.block_table, first, pos, kvh, q + (r * heads + h0) * dim, per_pass,
-                   scale, prefetch, out + (r * heads + h0) * dim);
+            if (prefetch) prefetch_first(layer, seq.block_table, first, pos, kvh);
+            if (has_pending) run(pending);
+            pending = {seq.block_table,
+                       first,
+                       pos,
+                       kvh,
+                       q + (r * heads + h0) * dim,
+                       out + (r * heads + h0) * dim,
+                       prefetch};
+            has_pending = true;
           }
         }
       }
     }
+    if (has_pending) run(pending);
   });
 }
 

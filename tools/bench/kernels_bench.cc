@@ -12,6 +12,7 @@
 #include "common/dtype.h"
 #include "common/thread_pool.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/matmul_int8dot.h"
 #include "tools/bench/roofline.h"
@@ -149,14 +150,36 @@ void BM_MemoryRead(benchmark::State& state) {
 
 // One decode step of attention (one new token per sequence) over `context` cached tokens,
 // `heads` query heads over `kv_heads` kv heads, head_dim 64, blocks of 16.
+// layers: that many layers' K/V pools, one after another per iteration, as a decode step
+// reads them: with 30 layers of 16 streams the K/V outgrow the last-level cache, so the
+// figure includes fetching them from memory. The time is per layer.
 void BM_AttentionDecode(benchmark::State& state, int32_t seqs, int32_t context, int32_t heads,
-                        int32_t kv_heads) {
+                        int32_t kv_heads, int32_t layers, DType kv_dtype) {
   const int32_t head_dim = 64, block_size = 16;
   const int32_t blocks_per_seq = (context + block_size) / block_size;
   const int32_t num_blocks = blocks_per_seq * seqs;
   const int64_t pool = int64_t{num_blocks} * block_size * kv_heads * head_dim;
-  std::vector<float> k = RandomFloats(pool, 3), v = RandomFloats(pool, 4);
-  PagedKvLayer layer{k.data(), v.data(), num_blocks, block_size, kv_heads, head_dim};
+  // The pools come from the CPU backend, as the engine's KV cache does (its pages matter).
+  const std::unique_ptr<Backend> backend = CreateCpuBackend({});
+  const int64_t pool_bytes = pool * static_cast<int64_t>(DTypeSize(kv_dtype));
+  std::vector<void*> memory;
+  std::vector<PagedKvLayer> pools(layers);
+  for (int32_t l = 0; l < layers; ++l) {
+    void* kv[2];
+    for (int i = 0; i < 2; ++i) {
+      kv[i] = backend->Allocate(pool_bytes).value();
+      memory.push_back(kv[i]);
+      const std::vector<float> values = RandomFloats(pool, 3 + 2 * l + i);
+      for (int64_t e = 0; e < pool; ++e) {
+        if (kv_dtype == DType::kBF16) {
+          static_cast<uint16_t*>(kv[i])[e] = F32ToBf16(values[e]);
+        } else {
+          static_cast<float*>(kv[i])[e] = values[e];
+        }
+      }
+    }
+    pools[l] = PagedKvLayer{kv[0], kv[1], num_blocks, block_size, kv_heads, head_dim, kv_dtype};
+  }
   // Interleave sequences' blocks, as a pool that served many requests would.
   std::vector<int32_t> tables(num_blocks);
   for (int32_t b = 0; b < num_blocks; ++b) tables[b] = (b % seqs) * blocks_per_seq + b / seqs;
@@ -167,16 +190,23 @@ void BM_AttentionDecode(benchmark::State& state, int32_t seqs, int32_t context, 
   const std::vector<float> q = RandomFloats(int64_t{seqs} * heads * head_dim, 5);
   std::vector<float> out(q.size());
   for (auto _ : state) {
-    PagedAttention(layer, batch.data(), seqs, q.data(), heads, 0.125f, out.data());
-    benchmark::DoNotOptimize(out.data());
+    for (const PagedKvLayer& layer : pools) {
+      PagedAttention(layer, batch.data(), seqs, q.data(), heads, 0.125f, out.data());
+      benchmark::DoNotOptimize(out.data());
+    }
   }
-  const double kv_bytes = 2.0 * seqs * context * kv_heads * head_dim * sizeof(float);
-  state.counters["kv_bytes/s"] = benchmark::Counter(
-      kv_bytes, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1024);
+  const double kv_bytes =
+      2.0 * seqs * context * kv_heads * head_dim * static_cast<double>(DTypeSize(kv_dtype));
+  state.counters["kv_bytes/s"] =
+      benchmark::Counter(kv_bytes * layers, benchmark::Counter::kIsIterationInvariantRate,
+                         benchmark::Counter::kIs1024);
   // q·k and p·v: two multiply-adds per head, position and element.
-  state.counters["FLOP/s"] = benchmark::Counter(4.0 * seqs * context * heads * head_dim,
+  state.counters["FLOP/s"] = benchmark::Counter(4.0 * seqs * context * heads * head_dim * layers,
                                                 benchmark::Counter::kIsIterationInvariantRate,
                                                 benchmark::Counter::kIs1000);
+  state.counters["us/layer"] = benchmark::Counter(
+      layers * 1e-6, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+  for (void* p : memory) backend->Free(p, pool_bytes);
 }
 
 void RegisterAll() {
@@ -242,19 +272,28 @@ void RegisterAll() {
       ->UseRealTime()
       ->Unit(benchmark::kMillisecond);
   // Qwen2-0.5B's heads (14 / 2) at 512 positions, and SmolLM2-135M's (9 / 3) as 16 streams
-  // decode them after a 128-token prompt.
+  // decode them after a 128-token prompt: one layer (its K/V stay in cache), and SmolLM2's 30
+  // layers (cold: the K/V come from memory, as in the engine's step), f32 and bf16 K/V.
   struct AttentionShape {
-    int32_t seqs, context, heads, kv_heads;
+    int32_t seqs, context, heads, kv_heads, layers;
   };
-  for (const AttentionShape& a : {AttentionShape{1, 512, 14, 2}, AttentionShape{8, 512, 14, 2},
-                                  AttentionShape{16, 160, 9, 3}, AttentionShape{1, 160, 9, 3}}) {
-    const std::string name = "AttentionDecode/heads:" + std::to_string(a.heads) + "/" +
-                             std::to_string(a.kv_heads) + "/context:" + std::to_string(a.context) +
-                             "/seqs:" + std::to_string(a.seqs);
-    benchmark::RegisterBenchmark(name.c_str(), BM_AttentionDecode, a.seqs, a.context, a.heads,
-                                 a.kv_heads)
-        ->UseRealTime()
-        ->Unit(benchmark::kMicrosecond);
+  for (const AttentionShape& a :
+       {AttentionShape{1, 512, 14, 2, 1}, AttentionShape{8, 512, 14, 2, 1},
+        AttentionShape{16, 160, 9, 3, 1}, AttentionShape{1, 160, 9, 3, 1},
+        AttentionShape{16, 160, 9, 3, 30}, AttentionShape{1, 160, 9, 3, 30}}) {
+    for (DType kv : {DType::kF32, DType::kBF16}) {
+      if (a.layers == 1 && kv == DType::kBF16) continue;
+      const std::string name =
+          "AttentionDecode" + std::string(a.layers > 1 ? "Cold" : "") +
+          "/heads:" + std::to_string(a.heads) + "/" + std::to_string(a.kv_heads) +
+          "/context:" + std::to_string(a.context) + "/seqs:" + std::to_string(a.seqs) +
+          (a.layers > 1 ? "/layers:" + std::to_string(a.layers) : "") +
+          (kv == DType::kBF16 ? "/kv:bf16" : "");
+      benchmark::RegisterBenchmark(name.c_str(), BM_AttentionDecode, a.seqs, a.context, a.heads,
+                                   a.kv_heads, a.layers, kv)
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+    }
   }
 }
 
