@@ -1,12 +1,15 @@
 #include "kernels/cpu/cpu_backend.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -20,6 +23,52 @@
 
 namespace spanserve::kernels::cpu {
 namespace {
+
+// An anonymous read-write mapping of `bytes` (zeroed), or nullptr for none. One of 2 MiB or
+// more asks for transparent huge pages (where the kernel offers them only on request): the
+// KV cache, the step's activations and the repacked weights are read through at random
+// blocks every step, and on 4 KiB pages their TLB misses are a large part of a decode
+// step's attention (docs/KERNELS.md, "Attention from memory").
+absl::StatusOr<void*> MapAnonymous(int64_t bytes) {
+  if (bytes <= 0) return nullptr;
+  constexpr size_t kHugePage = size_t{2} << 20;
+  const size_t size = static_cast<size_t>(bytes);
+  // Huge pages cover only aligned 2 MiB ranges: a large mapping is made 2 MiB longer and its
+  // ends cut so that it starts on a boundary (munmap of [p, p + bytes) still frees it all).
+  const size_t slack = size >= kHugePage ? kHugePage : 0;
+  void* raw =
+      ::mmap(nullptr, size + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot map ", bytes, " bytes"));
+  }
+  if (slack == 0) return raw;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (begin + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto round_up = [page](uintptr_t n) { return (n + page - 1) & ~(page - 1); };
+  const uintptr_t end = aligned + round_up(size);
+  const uintptr_t mapped_end = begin + round_up(size + slack);
+  if (aligned > begin) ::munmap(raw, aligned - begin);
+  if (mapped_end > end) ::munmap(reinterpret_cast<void*>(end), mapped_end - end);
+  void* p = reinterpret_cast<void*>(aligned);
+  // Advice only: a kernel without transparent huge pages refuses it, and 4 KiB pages serve.
+  ::madvise(p, size, MADV_HUGEPAGE);
+  return p;
+}
+
+// A mapping MapAnonymous made, unmapped with its owner.
+struct Mapping {
+  void* p = nullptr;
+  int64_t bytes = 0;
+  Mapping(void* p, int64_t bytes) : p(p), bytes(bytes) {}
+  Mapping(Mapping&& o) noexcept : p(std::exchange(o.p, nullptr)), bytes(o.bytes) {}
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  Mapping& operator=(Mapping&&) = delete;
+  ~Mapping() {
+    if (p != nullptr) ::munmap(p, static_cast<size_t>(bytes));
+  }
+};
 
 class CpuBackend final : public Backend {
  public:
@@ -44,16 +93,9 @@ class CpuBackend final : public Backend {
   bool SupportsInt8Dot() const override { return true; }
 
   // Anonymous mappings: zeroed, and a page costs resident memory only once touched (the
-  // KV pool is mostly untouched blocks).
-  absl::StatusOr<void*> Allocate(int64_t bytes) override {
-    if (bytes <= 0) return nullptr;
-    void* p = ::mmap(nullptr, static_cast<size_t>(bytes), PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-      return absl::ResourceExhaustedError(absl::StrCat("cannot map ", bytes, " bytes"));
-    }
-    return p;
-  }
+  // KV pool is mostly untouched blocks; the block manager hands out the lowest free blocks
+  // first, so the touched part stays compact).
+  absl::StatusOr<void*> Allocate(int64_t bytes) override { return MapAnonymous(bytes); }
   void Free(void* p, int64_t bytes) override {
     if (p != nullptr) ::munmap(p, static_cast<size_t>(bytes));
   }
@@ -66,15 +108,16 @@ class CpuBackend final : public Backend {
       return host;
     }
     const int64_t bytes = internal::Int8PackedBytes(host.quant, host.rows, host.cols);
-    std::unique_ptr<uint8_t[]> copy(new (std::nothrow) uint8_t[bytes]);
-    if (copy == nullptr) {
+    absl::StatusOr<void*> copy = MapAnonymous(bytes);
+    if (!copy.ok()) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("cannot allocate ", bytes, " bytes for a repacked int8 matrix"));
+          absl::StrCat("cannot allocate ", bytes,
+                       " bytes for a repacked int8 matrix: ", copy.status().message()));
     }
-    internal::PackInt8(host, copy.get());
+    packed_.emplace_back(*copy, bytes);
+    internal::PackInt8(host, static_cast<uint8_t*>(*copy));
     WeightMatrix packed = host;
-    packed.packed = copy.get();
-    packed_.push_back(std::move(copy));
+    packed.packed = *copy;
     return packed;
   }
   absl::StatusOr<WeightVector> UploadVector(const WeightVector& host) override { return host; }
@@ -225,8 +268,8 @@ class CpuBackend final : public Backend {
   // The process's pool of this size, shared with every other CPU backend that asks it; the
   // parallel ops install it on the calling thread.
   const std::shared_ptr<ThreadPool> pool_;
-  std::vector<int32_t> fill_;                       // MoeGroup's cursors; grows once
-  std::vector<std::unique_ptr<uint8_t[]>> packed_;  // UploadMatrix's repacked int8 matrices
+  std::vector<int32_t> fill_;    // MoeGroup's cursors; grows once
+  std::vector<Mapping> packed_;  // UploadMatrix's repacked int8 matrices
 };
 
 }  // namespace
