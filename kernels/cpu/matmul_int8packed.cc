@@ -36,6 +36,14 @@ struct QuantizedX {
   }
 };
 
+// acc + the products of u's bytes with the four bytes at p in each lane (VPDPBUSD), p's
+// dword broadcast by the instruction itself: the intrinsic with _mm512_set1_epi32 makes GCC
+// 12 emit a separate VPBROADCASTD per product.
+inline __m512i DotBroadcast(__m512i acc, __m512i u, const int32_t* p) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*p));
+  return acc;
+}
+
 // Up to MR x rows against one group's records: out[i] lane r = y[i, 16g + r] before the bias.
 // prefetch: when not null, record b of the records there is prefetched into L2 with record b.
 template <QuantType kQ, int MR>
@@ -100,8 +108,8 @@ void Group(const uint8_t* records, int64_t blocks, const QuantizedX& x, int64_t 
         const int32_t s0 = x.first_half_sums[at];
         __m512i d0 = _mm512_set1_epi32(-kOffset * s0);
         __m512i d1 = _mm512_set1_epi32(-kOffset * (x.sums[at] - s0));
-        for (int j = 0; j < 4; ++j) d0 = _mm512_dpbusd_epi32(d0, u[j], _mm512_set1_epi32(xv[j]));
-        for (int j = 4; j < 8; ++j) d1 = _mm512_dpbusd_epi32(d1, u[j], _mm512_set1_epi32(xv[j]));
+        for (int j = 0; j < 4; ++j) d0 = DotBroadcast(d0, u[j], xv + j);
+        for (int j = 4; j < 8; ++j) d1 = DotBroadcast(d1, u[j], xv + j);
         acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(d0), acc[i]);
         acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(second, dx), _mm512_cvtepi32_ps(d1), acc[i]);
         continue;
@@ -109,7 +117,7 @@ void Group(const uint8_t* records, int64_t blocks, const QuantizedX& x, int64_t 
       // The offset the weights went in with, taken back: D = Σ q·w exactly.
       __m512i dot =
           kOffset != 0 ? _mm512_set1_epi32(-kOffset * x.sums[at]) : _mm512_setzero_si512();
-      for (int j = 0; j < 8; ++j) dot = _mm512_dpbusd_epi32(dot, u[j], _mm512_set1_epi32(xv[j]));
+      for (int j = 0; j < 8; ++j) dot = DotBroadcast(dot, u[j], xv + j);
       acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(dot), acc[i]);
       if constexpr (kMins) {
         mins[i] = _mm512_fmadd_ps(second, _mm512_set1_ps(x.d_sums[at]), mins[i]);
