@@ -14,6 +14,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/matmul_avx512.h"
 #include "kernels/cpu/matmul_int8dot.h"
 #include "tools/bench/roofline.h"
 
@@ -139,6 +140,19 @@ void BM_MatMulQuant(benchmark::State& state, int64_t n, int64_t k, int64_t m, Qu
 }
 
 // Sums a 256 MiB buffer with every OpenMP thread: the read bandwidth the GEMV competes for.
+// The compute ceilings the kernels' rates compare with, measured with every pool thread:
+// "FMA" (zmm where the CPU has AVX-512, else ymm) and "bf16 dot" (VDPBF16PS) in FLOP/s,
+// "int8 dot" (VPDPBUSD) in multiply-adds per second.
+void BM_Peak(benchmark::State& state, int kind) {
+  double rate = 0;
+  for (auto _ : state) {
+    rate = kind == 0   ? bench::MeasureFmaPeakFlops(internal::CpuHasAvx512(), 1)
+           : kind == 1 ? bench::MeasureBf16DotPeakFlops(1)
+                       : bench::MeasureVnniPeakMacs(1);
+  }
+  state.counters[kind == 2 ? "MAC/s" : "FLOP/s"] = benchmark::Counter(rate);
+}
+
 void BM_MemoryRead(benchmark::State& state) {
   const int64_t floats = kColdBytes / 4;
   std::vector<float> buffer(floats, 1.0f);
@@ -267,6 +281,11 @@ void RegisterAll() {
         }
       }
     }
+  }
+  benchmark::RegisterBenchmark("Peak/FMA", BM_Peak, 0)->Iterations(3);
+  if (CpuHasBf16Dot()) benchmark::RegisterBenchmark("Peak/bf16-dot", BM_Peak, 1)->Iterations(3);
+  if (internal::CpuHasAvx512Vnni()) {
+    benchmark::RegisterBenchmark("Peak/int8-dot", BM_Peak, 2)->Iterations(3);
   }
   benchmark::RegisterBenchmark("MemoryRead/256MiB", BM_MemoryRead)
       ->UseRealTime()

@@ -23,4 +23,8 @@ double MeasureFmaPeakFlops(bool avx512, int reps = 5);
 // AVX512_BF16.
 double MeasureBf16DotPeakFlops(int reps = 5);
 
+// Integer multiply-adds per second (u8 × s8 products, 64 per instruction) of 24
+// independent VPDPBUSD zmm chains per pool thread; the CPU must have AVX512_VNNI.
+double MeasureVnniPeakMacs(int reps = 5);
+
 }  // namespace spanserve::bench
