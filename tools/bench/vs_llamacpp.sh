@@ -8,7 +8,9 @@
 # Q8_0, Q4_K_M, BF16 and F32 (requantized from Q4_1: the weights are Q4_1's values, which
 # is fine for speed). SpanServe also runs with its opt-in arithmetic, in the rows marked
 # "opt-in": --int8_dot on the quantized files, --compute_dtype=bf16 on BF16 (llama.cpp
-# always uses integer / bf16 dot products there).
+# always uses integer / bf16 dot products there), and in the engine's decode rows a bf16
+# KV cache (--kv_cache_dtype=bf16; llama.cpp's default cache is f16, two bytes a value
+# too, where SpanServe's default keeps f32).
 #
 # Figures, each llama.cpp's / SpanServe's and their ratio (SpanServe / llama.cpp; above 1:
 # SpanServe faster), with the load average before the round:
@@ -87,6 +89,7 @@ for round in $(seq "$rounds"); do
     esac
     if [ -n "$opt" ]; then
       "$build/tools/spanserve_engine_bench" --model "$f" --threads "$threads" "$opt" \
+        --kv_cache_dtype=bf16 \
         --prompt_len 128 --gen_len 32 --concurrency 1,4,16 \
         --json "$out/engine_opt_${t}_$round.json" >/dev/null
       "$build/tools/spanserve_model_bench" --model "$f" --threads "$threads" "$opt" \
