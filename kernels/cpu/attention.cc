@@ -40,8 +40,8 @@ void GatherRows(const PagedKvLayer& layer, const int32_t* block_table, int64_t t
   }
 }
 
-// Asks for one K or V row to be fetched into L2 ahead of its use. (Asking for a tile's rows
-// into L1 was slower: a decode step's attention from memory, Zen 4, docs/KERNELS.md.)
+// Asks for one K or V row to be fetched into L2 ahead of its use (into L1 was slower:
+// docs/KERNELS.md, "Attention from memory").
 inline void PrefetchRow(const void* row, int64_t bytes) {
   for (int64_t b = 0; b < bytes; b += 64) {
     _mm_prefetch(static_cast<const char*>(row) + b, _MM_HINT_T1);
