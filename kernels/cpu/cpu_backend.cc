@@ -26,9 +26,9 @@ namespace {
 
 // An anonymous read-write mapping of `bytes` (zeroed), or nullptr for none. One of 2 MiB or
 // more asks for transparent huge pages (where the kernel offers them only on request): the
-// KV cache, the step's activations and the repacked weights are read through at random
-// blocks every step, and on 4 KiB pages their TLB misses are a large part of a decode
-// step's attention (docs/KERNELS.md, "Attention from memory").
+// KV cache, the step's activations and the repacked weights are read through every step,
+// the KV cache at scattered blocks, and on 4 KiB pages the TLB misses were a large part of
+// a decode step's attention (docs/KERNELS.md, "Attention from memory").
 absl::StatusOr<void*> MapAnonymous(int64_t bytes) {
   if (bytes <= 0) return nullptr;
   constexpr size_t kHugePage = size_t{2} << 20;
@@ -94,7 +94,8 @@ class CpuBackend final : public Backend {
 
   // Anonymous mappings: zeroed, and a page costs resident memory only once touched (the
   // KV pool is mostly untouched blocks; the block manager hands out the lowest free blocks
-  // first, so the touched part stays compact).
+  // first, so the touched part of each layer's K and V stays compact). On huge pages a page
+  // is 2 MiB: each layer's K and V then hold up to 2 MiB more than their blocks in use.
   absl::StatusOr<void*> Allocate(int64_t bytes) override { return MapAnonymous(bytes); }
   void Free(void* p, int64_t bytes) override {
     if (p != nullptr) ::munmap(p, static_cast<size_t>(bytes));
