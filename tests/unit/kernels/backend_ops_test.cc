@@ -471,12 +471,20 @@ class BackendOpsTest : public ::testing::TestWithParam<Target> {
 // ---- Memory
 
 TEST_P(BackendOpsTest, AllocateCopyRoundTrip) {
-  for (int64_t bytes : {int64_t{1}, int64_t{100}, int64_t{4099}, int64_t{1} << 20}) {
+  // The last two sizes take the CPU backend's huge-page path (2 MiB and more: a longer
+  // mapping trimmed to a 2 MiB boundary), which the full-length copies below read and write
+  // end to end.
+  constexpr int64_t kHugePage = int64_t{2} << 20;
+  for (int64_t bytes :
+       {int64_t{1}, int64_t{100}, int64_t{4099}, int64_t{1} << 20, kHugePage, kHugePage + 4099}) {
     SCOPED_TRACE(bytes);
     absl::StatusOr<void*> p = backend_->Allocate(bytes);
     ASSERT_TRUE(p.ok()) << p.status();
     ASSERT_NE(*p, nullptr);
     EXPECT_EQ(reinterpret_cast<uintptr_t>(*p) % 64, 0u) << "aligned to at least 64 bytes";
+    if (on_cpu() && bytes >= kHugePage) {
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(*p) % kHugePage, 0u) << "on a 2 MiB boundary";
+    }
     std::vector<uint8_t> back(bytes, 0xAB);
     backend_->CopyToHost(*p, bytes, back.data());
     EXPECT_TRUE(std::all_of(back.begin(), back.end(), [](uint8_t b) { return b == 0; }))
