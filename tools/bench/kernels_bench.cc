@@ -173,16 +173,17 @@ void BM_AttentionDecode(benchmark::State& state, int32_t seqs, int32_t context, 
   const int32_t blocks_per_seq = (context + block_size) / block_size;
   const int32_t num_blocks = blocks_per_seq * seqs;
   const int64_t pool = int64_t{num_blocks} * block_size * kv_heads * head_dim;
-  // The pools come from the CPU backend, as the engine's KV cache does (its pages matter).
+  // The pools are one allocation from the CPU backend, layer after layer with each layer's K
+  // then V, as the engine's KV cache is (KvCache in runtime/model/model.h): its pages matter.
   const std::unique_ptr<Backend> backend = CreateCpuBackend({});
   const int64_t pool_bytes = pool * static_cast<int64_t>(DTypeSize(kv_dtype));
-  std::vector<void*> memory;
+  const int64_t total_bytes = 2 * pool_bytes * layers;
+  char* const memory = static_cast<char*>(backend->Allocate(total_bytes).value());
   std::vector<PagedKvLayer> pools(layers);
   for (int32_t l = 0; l < layers; ++l) {
     void* kv[2];
     for (int i = 0; i < 2; ++i) {
-      kv[i] = backend->Allocate(pool_bytes).value();
-      memory.push_back(kv[i]);
+      kv[i] = memory + (2 * l + i) * pool_bytes;
       const std::vector<float> values = RandomFloats(pool, 3 + 2 * l + i);
       for (int64_t e = 0; e < pool; ++e) {
         if (kv_dtype == DType::kBF16) {
@@ -220,7 +221,7 @@ void BM_AttentionDecode(benchmark::State& state, int32_t seqs, int32_t context, 
                                                 benchmark::Counter::kIs1000);
   state.counters["us/layer"] = benchmark::Counter(
       layers * 1e-6, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
-  for (void* p : memory) backend->Free(p, pool_bytes);
+  backend->Free(memory, total_bytes);
 }
 
 void RegisterAll() {
