@@ -26,17 +26,22 @@ void GatherRows(const PagedKvLayer& layer, const int32_t* block_table, int64_t t
                 int64_t kvh, const void** k, const void** v) {
   const int64_t row_bytes = layer.head_dim * static_cast<int64_t>(DTypeSize(kT));
   const int64_t bs = layer.block_size;
+  // Consecutive positions of a block are a slot (kv_heads rows) apart.
+  const int64_t slot_bytes = layer.kv_heads * row_bytes;
   int64_t logical = t0 / bs;
   int64_t offset = t0 % bs;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t slot =
-        (static_cast<int64_t>(block_table[logical]) * bs + offset) * layer.kv_heads + kvh;
-    k[i] = static_cast<const char*>(layer.k) + slot * row_bytes;
-    v[i] = static_cast<const char*>(layer.v) + slot * row_bytes;
-    if (++offset == bs) {
-      offset = 0;
-      ++logical;
+  for (int64_t i = 0; i < n;) {
+    const int64_t at =
+        (static_cast<int64_t>(block_table[logical]) * bs + offset) * slot_bytes + kvh * row_bytes;
+    const char* kr = static_cast<const char*>(layer.k) + at;
+    const char* vr = static_cast<const char*>(layer.v) + at;
+    const int64_t run = std::min(bs - offset, n - i);
+    for (int64_t j = 0; j < run; ++j, ++i) {
+      k[i] = kr + j * slot_bytes;
+      v[i] = vr + j * slot_bytes;
     }
+    offset = 0;
+    ++logical;
   }
 }
 
@@ -326,9 +331,13 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
       }
       running_max[h] = new_max;
     }
-    // Each head's denominator adds its probabilities in order; the heads' chains interleave.
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t h = 0; h < nh; ++h) denominator[h] += probs[h][i];
+    // Each head's denominator adds its probabilities in order, in a register (indexed by a
+    // runtime head, the sums would round-trip through the stack at every add); the heads'
+    // chains are independent and overlap.
+    for (int64_t h = 0; h < nh; ++h) {
+      float sum = denominator[h];
+      for (int64_t i = 0; i < n; ++i) sum += probs[h][i];
+      denominator[h] = sum;
     }
     // Each head's acc += its probabilities · V; heads in pairs share the V loads.
     int64_t h = 0;
