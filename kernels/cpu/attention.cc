@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "common/check.h"
 #include "common/thread_pool.h"
@@ -17,6 +18,20 @@ namespace {
 
 // Positions per online-softmax step (scores and pointers live on the stack).
 constexpr int64_t kTile = 32;
+// Positions per partition (a multiple of kTile). A row's context is cut at absolute positions
+// [0, 512), [512, 1024), ...; each partition runs the online softmax from a fresh state, and
+// the row's result is their left fold in increasing order (FoldPartition). The CUDA kernels
+// (kernels/cuda/attention.cu) cut and fold the same way, so the backends agree bit for bit
+// (but for the device's expf). Partitions also let several threads share one long row.
+constexpr int64_t kPartition = 512;
+// A batch's rows of several partitions are dealt out a partition at a time (each to scratch,
+// folded after) only while it has fewer items than kSplitBelowItemsPerThread per thread (more
+// keep every thread busy as they are), within kMaxScratchFloats of scratch, and where that
+// takes the busiest thread's share below kSplitGain of its share with whole rows (the scratch
+// and the fold cost a little).
+constexpr int64_t kSplitBelowItemsPerThread = 4;
+constexpr int64_t kMaxScratchFloats = int64_t{16} << 20;
+constexpr double kSplitGain = 0.85;
 // Largest head_dim the stack accumulator holds.
 constexpr int64_t kMaxHeadDim = 512;
 
@@ -245,17 +260,20 @@ void PrefetchFirstTile(const PagedKvLayer& layer, const int32_t* block_table, in
 // Most query heads one pass over K/V serves (their accumulators live on the stack).
 constexpr int64_t kMaxHeadsPerPass = 8;
 
-// out_h = softmax(scale · q_h·Kᵀ) · V over positions [first, last] of one sequence and kv head,
-// for the `nh` query heads of that kv head whose q rows (and out rows) are consecutive at
-// q (out), each head_dim long. Each tile of K/V rows is gathered once and used by every head
-// while it is in L1; each head runs exactly the operations it would alone. Tiles stay
-// aligned to absolute positions: a window's first tile is [first, the next multiple of
-// kTile), so the operations depend only on first and last.
+// The online softmax of the `nh` query heads of kv head `kvh` whose q rows are consecutive at
+// q (each head_dim long) over positions [first, last] of one sequence, all in one partition,
+// from a fresh state: acc[h] = Σ p_i · v_i (not yet divided), running_max[h] and
+// denominator[h] = Σ p_i. Each tile of K/V rows is gathered once and used by every head while
+// it is in L1; each head runs exactly the operations it would alone. Tiles stay aligned to
+// absolute positions: the first tile is [first, the next multiple of kTile), so the operations
+// depend only on first and last. prefetch_last: after the last tile, the first tile of
+// (last, prefetch_last] is asked for (the next partition this thread computes).
 template <DType kT>
-void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t first, int64_t last,
-                 int64_t kvh, const float* q, int64_t nh, float scale, bool prefetch, float* out) {
+void AttendRange(const PagedKvLayer& layer, const int32_t* block_table, int64_t first, int64_t last,
+                 int64_t kvh, const float* q, int64_t nh, float scale, bool prefetch,
+                 int64_t prefetch_last, float (*acc)[kMaxHeadDim], float* running_max,
+                 float* denominator) {
   const int64_t dim = layer.head_dim;
-  alignas(32) float acc[kMaxHeadsPerPass][kMaxHeadDim];
   alignas(32) float probs[kMaxHeadsPerPass][kTile];
   // This tile's K/V rows and the next one's, which `prefetch` asks to be fetched while this
   // one is computed: a sequence's rows are spread over its blocks, which hardware prefetchers
@@ -264,8 +282,6 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
   // for (PrefetchFirstTile) while it computes the item before.
   const void* rows[2][2][kTile];
   int cur = 0;
-  float running_max[kMaxHeadsPerPass];
-  float denominator[kMaxHeadsPerPass];
   for (int64_t h = 0; h < nh; ++h) {
     std::fill(acc[h], acc[h] + dim, 0.0f);
     running_max[h] = -std::numeric_limits<float>::infinity();
@@ -288,6 +304,8 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
         PrefetchRow(rows[cur ^ 1][0][i], row_bytes);
         PrefetchRow(rows[cur ^ 1][1][i], row_bytes);
       }
+    } else if (prefetch && next <= prefetch_last) {
+      PrefetchFirstTile<kT>(layer, block_table, next, prefetch_last, kvh);
     }
     cur ^= 1;
     // Every head's scores first, heads in pairs sharing the K loads.
@@ -346,8 +364,75 @@ void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
     }
     if (h < nh) Accumulate<kT>(probs[h], v_rows, n, dim, acc[h]);
   }
+}
+
+// (a, big_m, big_l) of one head, the fold of a row's partitions so far, folded with the next
+// partition's (acc, m, l), as the CUDA kernels fold: M' = max(M, m), c = exp(M − M'),
+// w = exp(m − M'), L = fma(l, w, L·c), A = fma(acc, w, A·c).
+inline void FoldPartition(int64_t dim, const float* acc, float m, float l, float* a, float* big_m,
+                          float* big_l) {
+  const float new_m = std::max(*big_m, m);
+  const float c = std::exp(*big_m - new_m);
+  const float w = std::exp(m - new_m);
+  *big_m = new_m;
+  *big_l = std::fma(l, w, *big_l * c);
+  const __m256 cv = _mm256_set1_ps(c);
+  const __m256 wv = _mm256_set1_ps(w);
+  int64_t d = 0;
+  for (; d + 8 <= dim; d += 8) {
+    _mm256_storeu_ps(a + d, _mm256_fmadd_ps(_mm256_loadu_ps(acc + d), wv,
+                                            _mm256_mul_ps(_mm256_loadu_ps(a + d), cv)));
+  }
+  for (; d < dim; ++d) a[d] = std::fma(acc[d], w, a[d] * c);
+}
+
+// out_h = softmax(scale · q_h·Kᵀ) · V over positions [first, last] of one sequence and kv head,
+// for the `nh` query heads of that kv head whose q rows (and out rows) are consecutive at q
+// (out): each partition the window touches by AttendRange, folded in order.
+template <DType kT>
+void AttendHeads(const PagedKvLayer& layer, const int32_t* block_table, int64_t first, int64_t last,
+                 int64_t kvh, const float* q, int64_t nh, float scale, bool prefetch, float* out) {
+  const int64_t dim = layer.head_dim;
+  alignas(32) float a[kMaxHeadsPerPass][kMaxHeadDim];
+  float big_m[kMaxHeadsPerPass];
+  float big_l[kMaxHeadsPerPass];
+  int64_t hi = std::min(last, (first / kPartition + 1) * kPartition - 1);
+  AttendRange<kT>(layer, block_table, first, hi, kvh, q, nh, scale, prefetch, last, a, big_m,
+                  big_l);
+  if (hi < last) {
+    alignas(32) float acc[kMaxHeadsPerPass][kMaxHeadDim];
+    float m[kMaxHeadsPerPass];
+    float l[kMaxHeadsPerPass];
+    for (int64_t lo = hi + 1; lo <= last; lo = hi + 1) {
+      hi = std::min(last, lo + kPartition - 1);
+      AttendRange<kT>(layer, block_table, lo, hi, kvh, q, nh, scale, prefetch, last, acc, m, l);
+      for (int64_t h = 0; h < nh; ++h) {
+        FoldPartition(dim, acc[h], m[h], l[h], a[h], &big_m[h], &big_l[h]);
+      }
+    }
+  }
   for (int64_t h = 0; h < nh; ++h) {
-    for (int64_t d = 0; d < dim; ++d) out[h * dim + d] = acc[h][d] / denominator[h];
+    for (int64_t d = 0; d < dim; ++d) out[h * dim + d] = a[h][d] / big_l[h];
+  }
+}
+
+// One partition of one row for the `nh` heads from head h0, to scratch: per head (row, h) its
+// (m, l) at ml[2·pi] and acc at acc[pi·dim], pi = (row·heads + h)·max_parts + partition.
+template <DType kT>
+void AttendPartitionToScratch(const PagedKvLayer& layer, const int32_t* block_table, int64_t first,
+                              int64_t last, int64_t kvh, const float* q, int64_t nh, float scale,
+                              bool prefetch, int64_t pi0, int64_t max_parts, float* scratch_ml,
+                              float* scratch_acc) {
+  const int64_t dim = layer.head_dim;
+  alignas(32) float acc[kMaxHeadsPerPass][kMaxHeadDim];
+  float m[kMaxHeadsPerPass];
+  float l[kMaxHeadsPerPass];
+  AttendRange<kT>(layer, block_table, first, last, kvh, q, nh, scale, prefetch, last, acc, m, l);
+  for (int64_t h = 0; h < nh; ++h) {
+    const int64_t pi = pi0 + h * max_parts;
+    scratch_ml[2 * pi] = m[h];
+    scratch_ml[2 * pi + 1] = l[h];
+    std::memcpy(scratch_acc + pi * dim, acc[h], dim * sizeof(float));
   }
 }
 
@@ -414,58 +499,163 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
   }
   const int64_t passes = group / per_pass;
 
-  // Work items are (sequence, row, kv head, pass) in that order, dealt round-robin to
-  // threads: rows late in a prompt cost more, and dealing spreads them evenly without a work
-  // list.
-  const auto prefetch_first = layer.dtype == DType::kBF16 ? PrefetchFirstTile<DType::kBF16>
-                                                          : PrefetchFirstTile<DType::kF32>;
-  // An item's arguments to AttendHeads.
+  // Rows of several partitions may instead be dealt out a partition at a time (each to
+  // scratch, folded after): when the batch has too few items to keep every thread busy. Same
+  // operations either way, so the same bits.
+  const auto window_start = [&](int64_t pos) {
+    return layer.sliding_window > 0 ? std::max<int64_t>(0, pos - layer.sliding_window + 1) : 0;
+  };
+  int64_t max_parts = 1;
+  bool several = false;
+  for (int32_t s = 0; s < num_seqs; ++s) {
+    if (seqs[s].num_new <= 0) continue;
+    const int64_t last = seqs[s].cached + seqs[s].num_new - 1;
+    max_parts = std::max(max_parts, last / kPartition + 1);
+    several = several || last / kPartition > window_start(last) / kPartition;
+  }
+  const int64_t scratch_floats = rows * heads * max_parts * (dim + 2);
+
+  // Work items are (sequence, row, kv head, pass) in that order; dealt by partition, each
+  // partition of a row of several is an item of its own. visit(cost, item) for each, the
+  // cost in positions.
   struct Item {
     const int32_t* block_table;
     int64_t first, last, kvh;
     const float* q;
-    float* out;
-    bool prefetch;
+    float* out;     // whole rows (AttendHeads)
+    bool prefetch;  // decode (a few new rows): its K/V rows are fetched ahead (a prompt's are
+                    // in cache already)
+    bool partition;
+    int64_t pi0;  // partitions (to scratch): the first head's scratch index
   };
+  const auto for_each_item = [&](bool by_partition, auto&& visit) {
+    for (int32_t s = 0; s < num_seqs; ++s) {
+      const AttentionSeq& seq = seqs[s];
+      const bool prefetch = seq.num_new <= 4;
+      for (int64_t j = 0; j < seq.num_new; ++j) {
+        const int64_t r = seq.row_begin + j;
+        const int64_t pos = seq.cached + j;
+        const int64_t first = window_start(pos);
+        const bool parts = by_partition && pos / kPartition > first / kPartition;
+        for (int64_t kvh = 0; kvh < layer.kv_heads; ++kvh) {
+          for (int64_t pass = 0; pass < passes; ++pass) {
+            const int64_t h0 = kvh * group + pass * per_pass;
+            const float* qh = q + (r * heads + h0) * dim;
+            if (!parts) {
+              visit(pos - first + 1, Item{seq.block_table, first, pos, kvh, qh,
+                                          out + (r * heads + h0) * dim, prefetch, false, 0});
+              continue;
+            }
+            for (int64_t lo = first; lo <= pos;) {
+              const int64_t hi = std::min(pos, (lo / kPartition + 1) * kPartition - 1);
+              visit(hi - lo + 1, Item{seq.block_table, lo, hi, kvh, qh, nullptr, prefetch, true,
+                                      (r * heads + h0) * max_parts + lo / kPartition});
+              lo = hi + 1;
+            }
+          }
+        }
+      }
+    }
+  };
+  // Unsplit, items are dealt round-robin to threads: rows late in a prompt cost more, and
+  // dealing spreads them evenly without a work list. Split, each thread takes the items whose
+  // cost midpoint falls in its equal share of the total.
+  int64_t total_cost = 0;
+  for_each_item(false, [&](int64_t cost, const Item&) { total_cost += cost; });
+  const auto owner = [&](bool by_partition, int64_t threads, int64_t item, int64_t cost_before,
+                         int64_t cost) {
+    if (!by_partition) return item % threads;
+    const double mid = static_cast<double>(cost_before) + 0.5 * static_cast<double>(cost);
+    return std::min<int64_t>(threads - 1,
+                             static_cast<int64_t>(mid * threads / static_cast<double>(total_cost)));
+  };
+  // Split when a few rows of several partitions leave threads idle: when the busiest thread's
+  // share, dealt by partition, is under kSplitGain of its share dealt by row.
+  bool split = false;
+  if (several && threads_max > 1 && scratch_floats <= kMaxScratchFloats &&
+      rows * layer.kv_heads * passes < kSplitBelowItemsPerThread * threads_max) {
+    thread_local std::vector<int64_t> load;
+    const auto busiest = [&](bool by_partition) {
+      load.assign(threads_max, 0);
+      int64_t item = 0, before = 0;
+      for_each_item(by_partition, [&](int64_t cost, const Item&) {
+        load[owner(by_partition, threads_max, item++, before, cost)] += cost;
+        before += cost;
+      });
+      return *std::max_element(load.begin(), load.end());
+    };
+    split = static_cast<double>(busiest(true)) < kSplitGain * static_cast<double>(busiest(false));
+  }
+  float* scratch_ml = nullptr;
+  float* scratch_acc = nullptr;
+  if (split) {
+    // Grows to the largest split call, then is reused (the pointer, not the thread_local, goes
+    // into the jobs).
+    thread_local std::vector<float> scratch;
+    if (static_cast<int64_t>(scratch.size()) < scratch_floats) scratch.resize(scratch_floats);
+    scratch_ml = scratch.data();
+    scratch_acc = scratch_ml + 2 * rows * heads * max_parts;
+  }
+
+  const auto prefetch_first = layer.dtype == DType::kBF16 ? PrefetchFirstTile<DType::kBF16>
+                                                          : PrefetchFirstTile<DType::kF32>;
+  const auto to_scratch = layer.dtype == DType::kBF16 ? AttendPartitionToScratch<DType::kBF16>
+                                                      : AttendPartitionToScratch<DType::kF32>;
   Parallel([&](int64_t self, int64_t threads) {
     // A thread computes its items one behind finding them: a decode item's first tile is
     // asked for when it is found and arrives while the item before it is computed.
     Item pending{};
     bool has_pending = false;
     const auto run = [&](const Item& it) {
-      attend(layer, it.block_table, it.first, it.last, it.kvh, it.q, per_pass, scale, it.prefetch,
-             it.out);
+      if (it.partition) {
+        to_scratch(layer, it.block_table, it.first, it.last, it.kvh, it.q, per_pass, scale,
+                   it.prefetch, it.pi0, max_parts, scratch_ml, scratch_acc);
+      } else {
+        attend(layer, it.block_table, it.first, it.last, it.kvh, it.q, per_pass, scale, it.prefetch,
+               it.out);
+      }
     };
+    int64_t item = 0, before = 0;
+    for_each_item(split, [&](int64_t cost, const Item& it) {
+      const bool mine = owner(split, threads, item++, before, cost) == self;
+      before += cost;
+      if (!mine) return;
+      if (it.prefetch) prefetch_first(layer, it.block_table, it.first, it.last, it.kvh);
+      if (has_pending) run(pending);
+      pending = it;
+      has_pending = true;
+    });
+    if (has_pending) run(pending);
+  });
+  if (!split) return;
+
+  // Rows dealt by partition: out = the fold of their partitions, in increasing order, as
+  // AttendHeads folds them.
+  const auto fold_row = [&](int64_t r, int64_t pos, int64_t h) {
+    alignas(32) float a[kMaxHeadDim];
+    const int64_t j_first = window_start(pos) / kPartition;
+    const int64_t pi0 = (r * heads + h) * max_parts;
+    float big_m = scratch_ml[2 * (pi0 + j_first)];
+    float big_l = scratch_ml[2 * (pi0 + j_first) + 1];
+    std::memcpy(a, scratch_acc + (pi0 + j_first) * dim, dim * sizeof(float));
+    for (int64_t j = j_first + 1; j <= pos / kPartition; ++j) {
+      FoldPartition(dim, scratch_acc + (pi0 + j) * dim, scratch_ml[2 * (pi0 + j)],
+                    scratch_ml[2 * (pi0 + j) + 1], a, &big_m, &big_l);
+    }
+    float* o = out + (r * heads + h) * dim;
+    for (int64_t d = 0; d < dim; ++d) o[d] = a[d] / big_l;
+  };
+  Parallel([&](int64_t self, int64_t threads) {
     int64_t item = 0;
     for (int32_t s = 0; s < num_seqs; ++s) {
-      const AttentionSeq& seq = seqs[s];
-      // Decode (a few new rows): the sequence's K/V rows are fetched ahead (a prompt's are in
-      // cache already).
-      const bool prefetch = seq.num_new <= 4;
-      for (int64_t j = 0; j < seq.num_new; ++j) {
-        const int64_t r = seq.row_begin + j;
-        for (int64_t kvh = 0; kvh < layer.kv_heads; ++kvh) {
-          for (int64_t pass = 0; pass < passes; ++pass, ++item) {
-            if (item % threads != self) continue;
-            const int64_t h0 = kvh * group + pass * per_pass;
-            const int64_t pos = seq.cached + j;
-            const int64_t first =
-                layer.sliding_window > 0 ? std::max<int64_t>(0, pos - layer.sliding_window + 1) : 0;
-            if (prefetch) prefetch_first(layer, seq.block_table, first, pos, kvh);
-            if (has_pending) run(pending);
-            pending = {seq.block_table,
-                       first,
-                       pos,
-                       kvh,
-                       q + (r * heads + h0) * dim,
-                       out + (r * heads + h0) * dim,
-                       prefetch};
-            has_pending = true;
-          }
+      for (int64_t j = 0; j < seqs[s].num_new; ++j) {
+        const int64_t pos = seqs[s].cached + j;
+        if (pos / kPartition == window_start(pos) / kPartition) continue;
+        for (int64_t h = 0; h < heads; ++h) {
+          if (item++ % threads == self) fold_row(seqs[s].row_begin + j, pos, h);
         }
       }
     }
-    if (has_pending) run(pending);
   });
 }
 

@@ -22,7 +22,11 @@ void PagedKvWrite(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t n
 // before the softmax. q, out: [rows, heads, head_dim]; head_dim <= 512 and heads a multiple
 // of kv_heads.
 // Each output row is computed in one fixed order over positions, so it does not depend on
-// the batch, on chunking of the prompt, or on thread count. No heap allocation.
+// the batch, on chunking of the prompt, or on thread count: tiles of 32 positions and
+// partitions of 512 at absolute positions, an online softmax per partition and the
+// partitions folded in increasing order (as the CUDA kernels do, so the backends agree bit
+// for bit). A batch with fewer items than threads can use deals its long rows out by
+// partition. No heap allocation once the scratch for that has grown to the largest call.
 void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t num_seqs,
                     const float* q, int32_t heads, float scale, float* out);
 

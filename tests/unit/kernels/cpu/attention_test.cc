@@ -249,6 +249,46 @@ TEST_P(AttentionTest, DecodeRowDoesNotDependOnTheHeadsPerPass) {
   EXPECT_TRUE(BitIdentical(one.data(), many.data(), static_cast<int64_t>(one.size())));
 }
 
+// Rows past the first 512-position partition: each partition runs from a fresh state and
+// the row folds them in order. A small batch of such rows is dealt out by partition when
+// there are many threads (to scratch, folded after): the same bits as one thread walking
+// every partition, and the naive result. A decode row of three partitions, a chunk crossing
+// the boundary at 512, and with a window, rows whose window starts past partition 0.
+TEST_P(AttentionTest, LongRowsGiveTheSameBitsOnAnyThreadCount) {
+  for (const int32_t window : {0, 300}) {
+    SCOPED_TRACE(window);
+    Pool pool(shape(), 1200);
+    pool.set_sliding_window(window);
+    const Sequence seq = MakeSequence(shape(), pool, 1101, 1500);
+    {
+      UsePool alone(nullptr);
+      Step(shape(), pool, {{&seq, 0, 1100}}, scale());
+    }
+    for (const Part& part : {Part{&seq, 1100, 1}, Part{&seq, 505, 12}}) {
+      std::vector<float> one;
+      {
+        UsePool alone(nullptr);
+        one = Step(shape(), pool, {part}, scale());
+      }
+      for (const int threads : {2, 16}) {
+        ThreadPool pool_threads(threads);
+        UsePool use(&pool_threads);
+        const std::vector<float> many = Step(shape(), pool, {part}, scale());
+        EXPECT_TRUE(BitIdentical(one.data(), many.data(), static_cast<int64_t>(one.size())))
+            << threads << " threads, rows from " << part.begin;
+      }
+      for (int64_t j = 0; j < part.count; ++j) {
+        const std::vector<double> want =
+            NaiveAttention(shape(), seq, part.begin + j, scale(), window);
+        for (int64_t i = 0; i < q_row(); ++i) {
+          ASSERT_NEAR(one[j * q_row() + i], want[i], 1e-5)
+              << "position " << part.begin + j << " element " << i;
+        }
+      }
+    }
+  }
+}
+
 // Windows of 1, smaller than a block, crossing blocks and the 32-position tiles (70
 // positions: tiles [0, 32), [32, 64), [64, 70)), and as long as the context.
 TEST_P(AttentionTest, SlidingWindowMatchesNaiveReference) {
