@@ -507,13 +507,15 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
   };
   int64_t max_parts = 1;
   bool several = false;
+  int64_t row_end = 0;  // past the last row of q (rows may leave gaps)
   for (int32_t s = 0; s < num_seqs; ++s) {
     if (seqs[s].num_new <= 0) continue;
+    row_end = std::max<int64_t>(row_end, seqs[s].row_begin + seqs[s].num_new);
     const int64_t last = seqs[s].cached + seqs[s].num_new - 1;
     max_parts = std::max(max_parts, last / kPartition + 1);
     several = several || last / kPartition > window_start(last) / kPartition;
   }
-  const int64_t scratch_floats = rows * heads * max_parts * (dim + 2);
+  const int64_t scratch_floats = row_end * heads * max_parts * (dim + 2);
 
   // Work items are (sequence, row, kv head, pass) in that order; dealt by partition, each
   // partition of a row of several is an item of its own. visit(cost, item) for each, the
@@ -594,7 +596,7 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
     thread_local std::vector<float> scratch;
     if (static_cast<int64_t>(scratch.size()) < scratch_floats) scratch.resize(scratch_floats);
     scratch_ml = scratch.data();
-    scratch_acc = scratch_ml + 2 * rows * heads * max_parts;
+    scratch_acc = scratch_ml + 2 * row_end * heads * max_parts;
   }
 
   const auto prefetch_first = layer.dtype == DType::kBF16 ? PrefetchFirstTile<DType::kBF16>
