@@ -562,8 +562,7 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
   // Unsplit, items are dealt round-robin to threads: rows late in a prompt cost more, and
   // dealing spreads them evenly without a work list. Split, each thread takes the items whose
   // cost midpoint falls in its equal share of the total.
-  int64_t total_cost = 0;
-  for_each_item(false, [&](int64_t cost, const Item&) { total_cost += cost; });
+  int64_t total_cost = 0;  // only needed where a split is considered
   const auto owner = [&](bool by_partition, int64_t threads, int64_t item, int64_t cost_before,
                          int64_t cost) {
     if (!by_partition) return item % threads;
@@ -576,6 +575,7 @@ void PagedAttention(const PagedKvLayer& layer, const AttentionSeq* seqs, int32_t
   bool split = false;
   if (several && threads_max > 1 && scratch_floats <= kMaxScratchFloats &&
       rows * layer.kv_heads * passes < kSplitBelowItemsPerThread * threads_max) {
+    for_each_item(false, [&](int64_t cost, const Item&) { total_cost += cost; });
     thread_local std::vector<int64_t> load;
     const auto busiest = [&](bool by_partition) {
       load.assign(threads_max, 0);
