@@ -11,8 +11,20 @@
 namespace spanserve::kernels {
 
 // Block-quantized weight formats (ggml's, as GGUF files store them; kernels/quant.h): blocks
-// of 32 elements (Q8_0 .. Q5_1) or super-blocks of 256 (the K-quants Q4_K, Q5_K, Q6_K).
-enum class QuantType : uint8_t { kNone, kQ8_0, kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ4_K, kQ5_K, kQ6_K };
+// of 32 elements (Q8_0 .. Q5_1) or super-blocks of 256 (the K-quants Q2_K .. Q6_K).
+enum class QuantType : uint8_t {
+  kNone,
+  kQ8_0,
+  kQ4_0,
+  kQ4_1,
+  kQ5_0,
+  kQ5_1,
+  kQ4_K,
+  kQ5_K,
+  kQ6_K,
+  kQ2_K,
+  kQ3_K
+};
 
 // Bytes of one block of a quantized format (0 for kNone).
 constexpr int64_t QuantBlockBytes(QuantType q) {
@@ -35,6 +47,10 @@ constexpr int64_t QuantBlockBytes(QuantType q) {
       return 176;
     case QuantType::kQ6_K:
       return 210;
+    case QuantType::kQ2_K:
+      return 84;
+    case QuantType::kQ3_K:
+      return 110;
   }
   return 0;
 }
@@ -60,6 +76,10 @@ constexpr const char* QuantTypeName(QuantType q) {
       return "Q5_K";
     case QuantType::kQ6_K:
       return "Q6_K";
+    case QuantType::kQ2_K:
+      return "Q2_K";
+    case QuantType::kQ3_K:
+      return "Q3_K";
   }
   return "none";
 }
@@ -69,6 +89,8 @@ constexpr int64_t QuantBlockElems(QuantType q) {
   switch (q) {
     case QuantType::kNone:
       return 0;
+    case QuantType::kQ2_K:
+    case QuantType::kQ3_K:
     case QuantType::kQ4_K:
     case QuantType::kQ5_K:
     case QuantType::kQ6_K:

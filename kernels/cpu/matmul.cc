@@ -1,6 +1,6 @@
 // MatMul: y = x·Wᵀ with register-blocked AVX2 micro-kernels (batches of more than 4 rows go
 // to matmul_avx512.cc where the CPU has AVX-512, with the same results). Weights are f32,
-// bf16, f16, or ggml blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) decoded in
+// bf16, f16, or ggml blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K .. Q6_K) decoded in
 // registers, 32 elements at a time, with dequant.cc's arithmetic.
 //
 // Loop nest, per thread (each thread owns a contiguous range of output features n):
@@ -158,6 +158,44 @@ inline void DecodeGroup(const void* row, int64_t p, __m256* wv) {
 #pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) {
       wv[c] = _mm256_sub_ps(_mm256_mul_ps(dl, simd::U8x8ToF32(chunk(lo, hi, c))), ml);
+    }
+  } else if constexpr (kW == WFmt::kQ2_K || kW == WFmt::kQ3_K) {
+    // Group g (elements 32g .. 32g + 31 of the super-block) spans sub-blocks 2g and 2g + 1
+    // of 16; its 2-bit quants are bits 2·(g % 4) of qs[32·(g / 4) + j]. Q2_K:
+    // (d·sc)·q − dmin·m, q unsigned; Q3_K: (d·sc)·q, q = 2 bits − (bit g of hmask[j] ? 0 : 4).
+    const int g = static_cast<int>(p % 256 / 32);
+    const int shift = 2 * (g % 4);
+    const uint8_t* qs = b + (kW == WFmt::kQ2_K ? 16 : 32) + 32 * (g / 4);
+    const __m128i three = _mm_set1_epi8(3);
+    __m128i q[2];
+    float dl[2], ml[2] = {0.0f, 0.0f};
+#pragma GCC unroll 2
+    for (int t = 0; t < 2; ++t) {
+      const int s = 2 * g + t;
+      q[t] = _mm_and_si128(
+          ShiftBytesRight(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + 16 * t)), shift),
+          three);
+      if constexpr (kW == WFmt::kQ2_K) {
+        dl[t] = simd::HalfAt(b + 80) * static_cast<float>(b[s] & 0x0f);
+        ml[t] = simd::HalfAt(b + 82) * static_cast<float>(b[s] >> 4);
+      } else {
+        const uint8_t* scales = b + 96;
+        const int sc = (((scales[s % 8] >> (4 * (s / 8))) & 0x0f) |
+                        ((scales[8 + s % 4] >> (2 * (s / 4))) & 3) << 4) -
+                       32;
+        dl[t] = simd::HalfAt(b + 108) * static_cast<float>(sc);
+        // Minus 4 where the high bit (bit g of hmask[j]) is clear.
+        const __m128i bit = _mm_set1_epi8(static_cast<char>(1 << g));
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16 * t));
+        q[t] = _mm_sub_epi8(
+            q[t], _mm_andnot_si128(_mm_cmpeq_epi8(_mm_and_si128(h, bit), bit), _mm_set1_epi8(4)));
+      }
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      const __m128i bytes = c % 2 == 0 ? q[c / 2] : _mm_srli_si128(q[c / 2], 8);
+      const __m256 v = _mm256_mul_ps(_mm256_set1_ps(dl[c / 2]), simd::I8x8ToF32(bytes));
+      wv[c] = kW == WFmt::kQ2_K ? _mm256_sub_ps(v, _mm256_set1_ps(ml[c / 2])) : v;
     }
   } else {
     static_assert(kW == WFmt::kQ6_K);
@@ -490,6 +528,8 @@ template void RowToF32<WFmt::kQ5_1>(const void*, int64_t, int64_t, float*);
 template void RowToF32<WFmt::kQ4_K>(const void*, int64_t, int64_t, float*);
 template void RowToF32<WFmt::kQ5_K>(const void*, int64_t, int64_t, float*);
 template void RowToF32<WFmt::kQ6_K>(const void*, int64_t, int64_t, float*);
+template void RowToF32<WFmt::kQ2_K>(const void*, int64_t, int64_t, float*);
+template void RowToF32<WFmt::kQ3_K>(const void*, int64_t, int64_t, float*);
 
 WFmt FormatOf(const WeightMatrix& w) {
   switch (w.quant) {
@@ -509,6 +549,10 @@ WFmt FormatOf(const WeightMatrix& w) {
       return WFmt::kQ5_K;
     case QuantType::kQ6_K:
       return WFmt::kQ6_K;
+    case QuantType::kQ2_K:
+      return WFmt::kQ2_K;
+    case QuantType::kQ3_K:
+      return WFmt::kQ3_K;
     case QuantType::kNone:
       break;
   }

@@ -28,7 +28,21 @@
 namespace spanserve::kernels::cpu::internal {
 
 // A weight storage format: the three float types and the block-quantized ones.
-enum class WFmt { kF32, kBF16, kF16, kQ8_0, kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ4_K, kQ5_K, kQ6_K };
+enum class WFmt {
+  kF32,
+  kBF16,
+  kF16,
+  kQ8_0,
+  kQ4_0,
+  kQ4_1,
+  kQ5_0,
+  kQ5_1,
+  kQ4_K,
+  kQ5_K,
+  kQ6_K,
+  kQ2_K,
+  kQ3_K
+};
 
 constexpr bool IsQuant(WFmt f) { return f != WFmt::kF32 && f != WFmt::kBF16 && f != WFmt::kF16; }
 
@@ -55,6 +69,10 @@ constexpr QuantType QuantOf(WFmt f) {
       return QuantType::kQ5_K;
     case WFmt::kQ6_K:
       return QuantType::kQ6_K;
+    case WFmt::kQ2_K:
+      return QuantType::kQ2_K;
+    case WFmt::kQ3_K:
+      return QuantType::kQ3_K;
     default:
       return QuantType::kNone;
   }
@@ -106,6 +124,10 @@ decltype(auto) WithFormat(WFmt f, Fn&& fn) {
       return fn(std::integral_constant<WFmt, WFmt::kQ5_K>{});
     case WFmt::kQ6_K:
       return fn(std::integral_constant<WFmt, WFmt::kQ6_K>{});
+    case WFmt::kQ2_K:
+      return fn(std::integral_constant<WFmt, WFmt::kQ2_K>{});
+    case WFmt::kQ3_K:
+      return fn(std::integral_constant<WFmt, WFmt::kQ3_K>{});
     case WFmt::kF32:
       break;
   }

@@ -181,6 +181,12 @@ class CudaBackend final : public Backend {
           case QuantType::kQ6_K:
             DequantizeQ6_K(row, host.cols, out);
             break;
+          case QuantType::kQ2_K:
+            DequantizeQ2_K(row, host.cols, out);
+            break;
+          case QuantType::kQ3_K:
+            DequantizeQ3_K(row, host.cols, out);
+            break;
           case QuantType::kNone:
             break;
         }

@@ -319,6 +319,36 @@ HostWeight MakeQuant(std::mt19937& rng, int64_t rows, int64_t cols, QuantType qu
         }
         break;
       }
+      case QuantType::kQ2_K: {
+        PutHalf(b + 80, 0.1f * scale(rng));
+        PutHalf(b + 82, -0.1f * minimum(rng));
+        const float d = GetHalf(b + 80), dmin = GetHalf(b + 82);
+        for (int e = 0; e < 256; ++e) {
+          const int s = e / 16, h = e / 128, r = e % 128, j = e % 32;
+          const int q = (b[16 + 32 * h + j] >> (2 * (r / 32))) & 3;
+          const float dl = d * static_cast<float>(b[s] & 15);
+          const float ml = dmin * static_cast<float>(b[s] >> 4);
+          const float dq = dl * static_cast<float>(q);
+          out[e] = dq - ml;
+        }
+        break;
+      }
+      case QuantType::kQ3_K: {
+        PutHalf(b + 108, 0.1f * scale(rng));
+        const float d = GetHalf(b + 108);
+        const uint8_t* sc = b + 96;
+        for (int e = 0; e < 256; ++e) {
+          const int s = e / 16, h = e / 128, r = e % 128, j = e % 32;
+          const int scale6 =
+              (((sc[s % 8] >> (4 * (s / 8))) & 15) | ((sc[8 + s % 4] >> (2 * (s / 4))) & 3) << 4) -
+              32;
+          const int q = ((b[32 + 32 * h + j] >> (2 * (r / 32))) & 3) -
+                        (((b[j] >> (e / 32)) & 1) != 0 ? 0 : 4);
+          const float dl = d * static_cast<float>(scale6);
+          out[e] = dl * static_cast<float>(q);
+        }
+        break;
+      }
       case QuantType::kNone:
         break;
     }
@@ -695,8 +725,8 @@ TEST_P(BackendOpsTest, MatMulQ4_1) {
 // Q5_0, Q5_1 and the K-quants (super-blocks of 256): MatMul and EmbeddingLookup compute with
 // exactly the dequantized values (a device may dequantize them once at upload).
 TEST_P(BackendOpsTest, MatMulAndEmbeddingOnQ5AndKQuants) {
-  for (QuantType q :
-       {QuantType::kQ5_0, QuantType::kQ5_1, QuantType::kQ4_K, QuantType::kQ5_K, QuantType::kQ6_K}) {
+  for (QuantType q : {QuantType::kQ5_0, QuantType::kQ5_1, QuantType::kQ2_K, QuantType::kQ3_K,
+                      QuantType::kQ4_K, QuantType::kQ5_K, QuantType::kQ6_K}) {
     const HostWeight w = MakeQuant(rng_, 37, QuantBlockElems(q) == 256 ? 512 : 96, q);
     SCOPED_TRACE(FormatName(w));
     CheckMatMul(w, MakeDense(rng_, 1, 37, DType::kF32), MatMulPrecision::kExact, kF32);

@@ -1,4 +1,4 @@
-// MatMul and EmbeddingLookup on Q5_0, Q5_1 and the K-quants Q4_K, Q5_K, Q6_K kept in their
+// MatMul and EmbeddingLookup on Q5_0, Q5_1 and the K-quants Q2_K .. Q6_K kept in their
 // blocks: every result equals, bit for bit, the one on the dequantized f32 copy
 // (kernels/quant.h's arithmetic), on either instruction set, for any batch and thread count.
 #include <cmath>
@@ -57,6 +57,13 @@ std::vector<uint8_t> RandomRows(QuantType q, int64_t n, int64_t k, uint32_t seed
       case QuantType::kQ6_K:
         PutHalf(p + 208, 0.002f * d);
         break;
+      case QuantType::kQ2_K:
+        PutHalf(p + 80, 0.003f * d);
+        PutHalf(p + 82, 0.003f * m);
+        break;
+      case QuantType::kQ3_K:
+        PutHalf(p + 108, 0.002f * d);
+        break;
       default:
         ADD_FAILURE() << "no blocks for this format";
     }
@@ -81,6 +88,12 @@ std::vector<float> Dequantized(QuantType q, const std::vector<uint8_t>& bytes, i
       break;
     case QuantType::kQ6_K:
       DequantizeQ6_K(bytes.data(), numel, out.data());
+      break;
+    case QuantType::kQ2_K:
+      DequantizeQ2_K(bytes.data(), numel, out.data());
+      break;
+    case QuantType::kQ3_K:
+      DequantizeQ3_K(bytes.data(), numel, out.data());
       break;
     default:
       ADD_FAILURE() << "no dequantizer for this format";
@@ -183,6 +196,7 @@ TEST_P(KQuantMatMulTest, EmbeddingLookupGivesTheDequantizedRows) {
 
 INSTANTIATE_TEST_SUITE_P(AllFormatsAndIsas, KQuantMatMulTest,
                          ::testing::Combine(::testing::Values(QuantType::kQ5_0, QuantType::kQ5_1,
+                                                              QuantType::kQ2_K, QuantType::kQ3_K,
                                                               QuantType::kQ4_K, QuantType::kQ5_K,
                                                               QuantType::kQ6_K),
                                             ::testing::Values(Isa::kAvx2, Isa::kAvx512)),

@@ -1,6 +1,7 @@
-// A GGUF model whose matrices are Q5_0, Q5_1, Q4_K, Q5_K and Q6_K (as published Q4_K_M files
-// mix them) keeps them in their blocks and gives exactly the logits of the same model written
-// with the dequantized f32 values, for a prefill batch and a single-token step.
+// A GGUF model whose matrices are Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (as published
+// Q2_K, Q3_K_M and Q4_K_M files mix them) keeps them in their blocks and gives exactly the logits
+// of the same model written with the dequantized f32 values, for a prefill batch and a single-token
+// step.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -46,6 +47,10 @@ uint32_t GgmlType(QuantType q) {
       return 13;
     case QuantType::kQ6_K:
       return 14;
+    case QuantType::kQ2_K:
+      return 10;
+    case QuantType::kQ3_K:
+      return 11;
     default:
       return 0;
   }
@@ -82,6 +87,13 @@ std::vector<uint8_t> RandomBlocks(QuantType q, int64_t rows, int64_t cols, std::
       case QuantType::kQ6_K:
         PutHalf(p + 208, 0.0002f * unit(rng));
         break;
+      case QuantType::kQ2_K:
+        PutHalf(p + 80, 0.004f * unit(rng));
+        PutHalf(p + 82, 0.004f * unit(rng));
+        break;
+      case QuantType::kQ3_K:
+        PutHalf(p + 108, 0.001f * unit(rng));
+        break;
       default:
         ADD_FAILURE();
     }
@@ -107,6 +119,12 @@ std::vector<float> Dequantized(QuantType q, const std::vector<uint8_t>& bytes, i
     case QuantType::kQ6_K:
       kernels::DequantizeQ6_K(bytes.data(), n, out.data());
       break;
+    case QuantType::kQ2_K:
+      kernels::DequantizeQ2_K(bytes.data(), n, out.data());
+      break;
+    case QuantType::kQ3_K:
+      kernels::DequantizeQ3_K(bytes.data(), n, out.data());
+      break;
     default:
       ADD_FAILURE();
   }
@@ -122,13 +140,13 @@ struct Matrix {
 // One Llama layer, every matrix in one of the formats (Q and K rows in llama.cpp's permuted
 // order, as a real file has them; the loader reorders whole rows of blocks).
 const Matrix kMatrices[] = {
-    {"token_embd.weight", kVocab, kHidden, QuantType::kQ4_K},
+    {"token_embd.weight", kVocab, kHidden, QuantType::kQ3_K},
     {"output.weight", kVocab, kHidden, QuantType::kQ6_K},
     {"blk.0.attn_q.weight", kHidden, kHidden, QuantType::kQ4_K},
     {"blk.0.attn_k.weight", kKvHeads* kHeadDim, kHidden, QuantType::kQ5_K},
     {"blk.0.attn_v.weight", kKvHeads* kHeadDim, kHidden, QuantType::kQ5_0},
     {"blk.0.attn_output.weight", kHidden, kHidden, QuantType::kQ5_1},
-    {"blk.0.ffn_gate.weight", kFfn, kHidden, QuantType::kQ5_0},
+    {"blk.0.ffn_gate.weight", kFfn, kHidden, QuantType::kQ2_K},
     {"blk.0.ffn_up.weight", kFfn, kHidden, QuantType::kQ5_K},
     {"blk.0.ffn_down.weight", kHidden, kFfn, QuantType::kQ6_K},
 };
@@ -205,12 +223,13 @@ TEST_F(GgufKQuantTest, MatricesStayInTheirBlocks) {
     int64_t rows, cols;
     QuantType quant;
   } want[] = {
-      {"model.embed_tokens.weight", kVocab, kHidden, QuantType::kQ4_K},
+      {"model.embed_tokens.weight", kVocab, kHidden, QuantType::kQ3_K},
       {"lm_head.weight", kVocab, kHidden, QuantType::kQ6_K},
       {"model.layers.0.self_attn.q_proj.weight", kHidden, kHidden, QuantType::kQ4_K},
       {"model.layers.0.self_attn.k_proj.weight", kKvHeads * kHeadDim, kHidden, QuantType::kQ5_K},
       {"model.layers.0.self_attn.v_proj.weight", kKvHeads * kHeadDim, kHidden, QuantType::kQ5_0},
       {"model.layers.0.self_attn.o_proj.weight", kHidden, kHidden, QuantType::kQ5_1},
+      {"model.layers.0.mlp.gate_proj.weight", kFfn, kHidden, QuantType::kQ2_K},
       {"model.layers.0.mlp.down_proj.weight", kHidden, kFfn, QuantType::kQ6_K},
   };
   for (const auto& w : want) {
