@@ -34,6 +34,13 @@
 //         x = (d·scales[s])·q
 //   Q8_K: f32 d, int8 q[256], int16 bsums[16] (unused here)                   (292 bytes)
 //         x = d·q[e]
+//
+// Non-linear 4-bit formats (each 4-bit code indexes kIq4NlValues):
+//   IQ4_NL: f16 d, u8 qs[16] (32 elements)    x[i] = d·kIq4NlValues[nib(i)]        (18 bytes)
+//   IQ4_XS: f16 d, u16 scales_h, u8 scales_l[4], u8 qs[128] (256 elements)    (136 bytes)
+//         s = e / 32; ls = (scales_l[s / 2] >> 4·(s % 2) & 15 | (scales_h >> 2·s & 3) << 4);
+//         x = (d·(ls − 32))·kIq4NlValues[nib], nib = qs[16s + j] & 15 for j = e % 32 < 16,
+//         else qs[16s + j − 16] >> 4
 #pragma once
 
 #include <cstdint>
@@ -43,6 +50,9 @@
 namespace spanserve::kernels {
 
 inline constexpr int64_t kQuantBlock = 32;
+// The 16 values IQ4_NL / IQ4_XS codes stand for (ggml's kvalues_iq4nl).
+inline constexpr int8_t kIq4NlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                            1,    13,   25,  38,  53,  69,  89,  113};
 inline constexpr int64_t kQuantSuperBlock = 256;  // the K-quants' block
 
 // `n` elements (a multiple of kQuantBlock) from n / 32 consecutive blocks at `blocks` (no
@@ -61,6 +71,9 @@ void DequantizeQ4_K(const void* blocks, int64_t n, float* out);
 void DequantizeQ5_K(const void* blocks, int64_t n, float* out);
 void DequantizeQ6_K(const void* blocks, int64_t n, float* out);
 void DequantizeQ8_K(const void* blocks, int64_t n, float* out);
+void DequantizeIQ4_XS(const void* blocks, int64_t n, float* out);
+// As the 32-element formats above.
+void DequantizeIQ4_NL(const void* blocks, int64_t n, float* out);
 
 // out[0, n) = src widened from f32 / bf16 / f16 (exact).
 void WidenToF32(const void* src, DType dtype, int64_t n, float* out);

@@ -11,7 +11,8 @@
 namespace spanserve::kernels {
 
 // Block-quantized weight formats (ggml's, as GGUF files store them; kernels/quant.h): blocks
-// of 32 elements (Q8_0 .. Q5_1) or super-blocks of 256 (the K-quants Q2_K .. Q6_K).
+// of 32 elements (Q8_0 .. Q5_1, IQ4_NL) or super-blocks of 256 (the K-quants Q2_K .. Q6_K,
+// IQ4_XS).
 enum class QuantType : uint8_t {
   kNone,
   kQ8_0,
@@ -23,7 +24,9 @@ enum class QuantType : uint8_t {
   kQ5_K,
   kQ6_K,
   kQ2_K,
-  kQ3_K
+  kQ3_K,
+  kIQ4_NL,
+  kIQ4_XS
 };
 
 // Bytes of one block of a quantized format (0 for kNone).
@@ -51,6 +54,10 @@ constexpr int64_t QuantBlockBytes(QuantType q) {
       return 84;
     case QuantType::kQ3_K:
       return 110;
+    case QuantType::kIQ4_NL:
+      return 18;
+    case QuantType::kIQ4_XS:
+      return 136;
   }
   return 0;
 }
@@ -80,6 +87,10 @@ constexpr const char* QuantTypeName(QuantType q) {
       return "Q2_K";
     case QuantType::kQ3_K:
       return "Q3_K";
+    case QuantType::kIQ4_NL:
+      return "IQ4_NL";
+    case QuantType::kIQ4_XS:
+      return "IQ4_XS";
   }
   return "none";
 }
@@ -94,6 +105,7 @@ constexpr int64_t QuantBlockElems(QuantType q) {
     case QuantType::kQ4_K:
     case QuantType::kQ5_K:
     case QuantType::kQ6_K:
+    case QuantType::kIQ4_XS:
       return 256;
     default:
       return 32;

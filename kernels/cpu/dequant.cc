@@ -219,6 +219,34 @@ void DequantizeQ8_K(const void* blocks, int64_t n, float* out) {
   }
 }
 
+void DequantizeIQ4_NL(const void* blocks, int64_t n, float* out) {
+  const uint8_t* b = static_cast<const uint8_t*>(blocks);
+  for (int64_t i = 0; i < n; i += kQuantBlock, b += 18, out += kQuantBlock) {
+    const float d = HalfAt(b);
+    for (int j = 0; j < 16; ++j) {
+      out[j] = d * static_cast<float>(kIq4NlValues[b[2 + j] & 0x0f]);
+      out[j + 16] = d * static_cast<float>(kIq4NlValues[b[2 + j] >> 4]);
+    }
+  }
+}
+
+void DequantizeIQ4_XS(const void* blocks, int64_t n, float* out) {
+  const uint8_t* b = static_cast<const uint8_t*>(blocks);
+  for (int64_t i = 0; i < n; i += kQuantSuperBlock, b += 136, out += kQuantSuperBlock) {
+    const float d = HalfAt(b);
+    const int scales_h = b[2] | b[3] << 8;
+    for (int s = 0; s < 8; ++s) {  // sub-blocks of 32
+      const int ls = ((b[4 + s / 2] >> (4 * (s % 2))) & 0x0f) | ((scales_h >> (2 * s)) & 3) << 4;
+      const float dl = d * static_cast<float>(ls - 32);
+      const uint8_t* qs = b + 8 + 16 * s;
+      for (int j = 0; j < 16; ++j) {
+        out[32 * s + j] = dl * static_cast<float>(kIq4NlValues[qs[j] & 0x0f]);
+        out[32 * s + j + 16] = dl * static_cast<float>(kIq4NlValues[qs[j] >> 4]);
+      }
+    }
+  }
+}
+
 void WidenToF32(const void* src, DType dtype, int64_t n, float* out) {
   cpu::simd::Widen(src, dtype, n, out);
 }

@@ -1,6 +1,6 @@
 // MatMul: y = x·Wᵀ with register-blocked AVX2 micro-kernels (batches of more than 4 rows go
 // to matmul_avx512.cc where the CPU has AVX-512, with the same results). Weights are f32,
-// bf16, f16, or ggml blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K .. Q6_K) decoded in
+// bf16, f16, or ggml blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K .. Q6_K, IQ4_NL, IQ4_XS) decoded in
 // registers, 32 elements at a time, with dequant.cc's arithmetic.
 //
 // Loop nest, per thread (each thread owns a contiguous range of output features n):
@@ -159,6 +159,29 @@ inline void DecodeGroup(const void* row, int64_t p, __m256* wv) {
     for (int c = 0; c < 4; ++c) {
       wv[c] = _mm256_sub_ps(_mm256_mul_ps(dl, simd::U8x8ToF32(chunk(lo, hi, c))), ml);
     }
+  } else if constexpr (kW == WFmt::kIQ4_NL || kW == WFmt::kIQ4_XS) {
+    // d·value (IQ4_NL), (d·(ls − 32))·value (IQ4_XS, sub-block g of 32): each 4-bit code
+    // looked up in kIq4NlValues, elements 0..15 the low nibbles of 16 bytes, 16..31 the high.
+    float d;
+    const uint8_t* qs;
+    if constexpr (kW == WFmt::kIQ4_NL) {
+      d = simd::HalfAt(b);
+      qs = b + 2;
+    } else {
+      const int g = static_cast<int>(p % 256 / 32);
+      const int scales_h = b[2] | b[3] << 8;
+      const int ls = ((b[4 + g / 2] >> (4 * (g % 2))) & 0x0f) | ((scales_h >> (2 * g)) & 3) << 4;
+      d = simd::HalfAt(b) * static_cast<float>(ls - 32);
+      qs = b + 8 + 16 * g;
+    }
+    __m128i lo, hi;
+    simd::Nibbles(qs, &lo, &hi);
+    const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4NlValues));
+    lo = _mm_shuffle_epi8(table, lo);
+    hi = _mm_shuffle_epi8(table, hi);
+    const __m256 dv = _mm256_set1_ps(d);
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) wv[c] = _mm256_mul_ps(dv, simd::I8x8ToF32(chunk(lo, hi, c)));
   } else if constexpr (kW == WFmt::kQ2_K || kW == WFmt::kQ3_K) {
     // Group g (elements 32g .. 32g + 31 of the super-block) spans sub-blocks 2g and 2g + 1
     // of 16; its 2-bit quants are bits 2·(g % 4) of qs[32·(g / 4) + j]. Q2_K:
@@ -530,6 +553,8 @@ template void RowToF32<WFmt::kQ5_K>(const void*, int64_t, int64_t, float*);
 template void RowToF32<WFmt::kQ6_K>(const void*, int64_t, int64_t, float*);
 template void RowToF32<WFmt::kQ2_K>(const void*, int64_t, int64_t, float*);
 template void RowToF32<WFmt::kQ3_K>(const void*, int64_t, int64_t, float*);
+template void RowToF32<WFmt::kIQ4_NL>(const void*, int64_t, int64_t, float*);
+template void RowToF32<WFmt::kIQ4_XS>(const void*, int64_t, int64_t, float*);
 
 WFmt FormatOf(const WeightMatrix& w) {
   switch (w.quant) {
@@ -553,6 +578,10 @@ WFmt FormatOf(const WeightMatrix& w) {
       return WFmt::kQ2_K;
     case QuantType::kQ3_K:
       return WFmt::kQ3_K;
+    case QuantType::kIQ4_NL:
+      return WFmt::kIQ4_NL;
+    case QuantType::kIQ4_XS:
+      return WFmt::kIQ4_XS;
     case QuantType::kNone:
       break;
   }

@@ -41,7 +41,9 @@ enum class WFmt {
   kQ5_K,
   kQ6_K,
   kQ2_K,
-  kQ3_K
+  kQ3_K,
+  kIQ4_NL,
+  kIQ4_XS
 };
 
 constexpr bool IsQuant(WFmt f) { return f != WFmt::kF32 && f != WFmt::kBF16 && f != WFmt::kF16; }
@@ -73,6 +75,10 @@ constexpr QuantType QuantOf(WFmt f) {
       return QuantType::kQ2_K;
     case WFmt::kQ3_K:
       return QuantType::kQ3_K;
+    case WFmt::kIQ4_NL:
+      return QuantType::kIQ4_NL;
+    case WFmt::kIQ4_XS:
+      return QuantType::kIQ4_XS;
     default:
       return QuantType::kNone;
   }
@@ -128,6 +134,10 @@ decltype(auto) WithFormat(WFmt f, Fn&& fn) {
       return fn(std::integral_constant<WFmt, WFmt::kQ2_K>{});
     case WFmt::kQ3_K:
       return fn(std::integral_constant<WFmt, WFmt::kQ3_K>{});
+    case WFmt::kIQ4_NL:
+      return fn(std::integral_constant<WFmt, WFmt::kIQ4_NL>{});
+    case WFmt::kIQ4_XS:
+      return fn(std::integral_constant<WFmt, WFmt::kIQ4_XS>{});
     case WFmt::kF32:
       break;
   }

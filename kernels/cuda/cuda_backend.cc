@@ -187,6 +187,12 @@ class CudaBackend final : public Backend {
           case QuantType::kQ3_K:
             DequantizeQ3_K(row, host.cols, out);
             break;
+          case QuantType::kIQ4_NL:
+            DequantizeIQ4_NL(row, host.cols, out);
+            break;
+          case QuantType::kIQ4_XS:
+            DequantizeIQ4_XS(row, host.cols, out);
+            break;
           case QuantType::kNone:
             break;
         }

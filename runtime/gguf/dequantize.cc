@@ -34,6 +34,8 @@ bool CanDequantize(TensorType type) {
     case TensorType::kQ5_K:
     case TensorType::kQ6_K:
     case TensorType::kQ8_K:
+    case TensorType::kIQ4_NL:
+    case TensorType::kIQ4_XS:
       return true;
     default:
       return false;
@@ -45,7 +47,7 @@ absl::Status DequantizeToF32(const GgufFile& file, const TensorInfo& tensor, std
     return absl::UnimplementedError(absl::StrCat(
         file.path(), ": tensor '", tensor.name, "' has type ", TensorTypeName(tensor.type),
         ", which this runtime cannot load yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, "
-        "Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K)"));
+        "Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS)"));
   }
   const int64_t n = tensor.numel();
   if (static_cast<int64_t>(out.size()) != n) {
@@ -106,6 +108,12 @@ absl::Status DequantizeToF32(const GgufFile& file, const TensorInfo& tensor, std
           break;
         case TensorType::kQ8_K:
           k::DequantizeQ8_K(in, len, dst + begin);
+          break;
+        case TensorType::kIQ4_NL:
+          k::DequantizeIQ4_NL(in, len, dst + begin);
+          break;
+        case TensorType::kIQ4_XS:
+          k::DequantizeIQ4_XS(in, len, dst + begin);
           break;
         default:
           break;  // excluded by CanDequantize above

@@ -1,5 +1,6 @@
 // GGUF tensor data to f32: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants Q2_K,
-// Q3_K, Q4_K, Q5_K, Q6_K, Q8_K (kernels/quant.h), bit-exact against the `gguf` package.
+// Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS (kernels/quant.h), bit-exact against the
+// `gguf` package.
 #pragma once
 
 #include <cstdint>

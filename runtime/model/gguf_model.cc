@@ -224,6 +224,10 @@ kernels::QuantType KeptQuant(TensorType type) {
       return kernels::QuantType::kQ2_K;
     case TensorType::kQ3_K:
       return kernels::QuantType::kQ3_K;
+    case TensorType::kIQ4_NL:
+      return kernels::QuantType::kIQ4_NL;
+    case TensorType::kIQ4_XS:
+      return kernels::QuantType::kIQ4_XS;
     default:
       return kernels::QuantType::kNone;
   }
@@ -731,8 +735,8 @@ absl::Status CheckWidenedBytes(const GgufFile& f, const ModelConfig& config, int
   return absl::ResourceExhaustedError(absl::StrFormat(
       "%s: its %s tensors are widened to f32 at load, which needs %.2f GiB; this process can "
       "take %.2f GiB (MemAvailable, and the cgroup's memory limit). SpanServe computes in "
-      "place on F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K "
-      "only: use such a file, or more memory",
+      "place on F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, "
+      "IQ4_NL and IQ4_XS only: use such a file, or more memory",
       f.path(), absl::StrJoin(types, ", "), static_cast<double>(widened) / kGiB,
       static_cast<double>(*limit) / kGiB));
 }
@@ -769,9 +773,9 @@ absl::StatusOr<std::unique_ptr<WeightStore>> GgufWeights(std::shared_ptr<const G
     const TensorPlan plan = PlanTensor(t, config);
     const bool permute = plan.permute;
     const int64_t heads = plan.heads;
-    // Matrices in Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q2_K .. Q6_K stay in their blocks
-    // (the kernels compute with exactly the dequantized values); Q and K rows are reordered as
-    // whole rows of blocks.
+    // Matrices in Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q2_K .. Q6_K / IQ4_NL / IQ4_XS stay in
+    // their blocks (the kernels compute with exactly the dequantized values); Q and K rows are
+    // reordered as whole rows of blocks.
     if (plan.holding == Holding::kBlocks) {
       view.quant = KeptQuant(t.type);
       view.data = t.data;

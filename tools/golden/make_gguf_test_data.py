@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes tests/data/gguf/dequant.gguf (a tiny GGUF v3 file with one tensor per supported
 type: F32, F16, BF16, Q8_0, Q4_0, Q4_1 quantized from random values; Q5_0, Q5_1, Q2_K, Q3_K,
-Q4_K, Q5_K, Q6_K, Q8_K as random bytes with finite scales; plus one IQ2_XXS the runtime must
-refuse) and tests/data/gguf/dequant.json (each tensor's values as the Python `gguf` package's
+Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS as random bytes with finite scales; plus one IQ2_XXS the
+runtime must refuse) and tests/data/gguf/dequant.json (each tensor's values as the Python `gguf` package's
 gguf.quants.dequantize gives them; Q8_K, which the package cannot dequantize, as ggml's
 dequantize_row_q8_K computes it: f32 d times each int8), for
 tests/unit/runtime/gguf/dequantize_test.cc.
@@ -36,6 +36,8 @@ RAW = [
     ("q5_k", T.Q5_K, [512, 2], [0, 2], None),
     ("q6_k", T.Q6_K, [512, 2], [208], None),
     ("q8_k", T.Q8_K, [512, 2], [], 0),
+    ("iq4_nl", T.IQ4_NL, [128, 2], [0], None),
+    ("iq4_xs", T.IQ4_XS, [512, 2], [0], None),
 ]
 
 

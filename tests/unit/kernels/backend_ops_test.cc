@@ -349,6 +349,27 @@ HostWeight MakeQuant(std::mt19937& rng, int64_t rows, int64_t cols, QuantType qu
         }
         break;
       }
+      case QuantType::kIQ4_NL:
+      case QuantType::kIQ4_XS: {
+        static constexpr int kValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                            1,    13,   25,  38,  53,  69,  89,  113};
+        const bool xs = quant == QuantType::kIQ4_XS;
+        PutHalf(b, (xs ? 0.05f : 1.0f) * scale(rng) / 16.0f);
+        const float d = GetHalf(b);
+        for (int e = 0; e < elems; ++e) {
+          const int s = e / 32, j = e % 32;
+          const uint8_t* qs = b + (xs ? 8 + 16 * s : 2);
+          const int code = j < 16 ? qs[j] & 15 : qs[j - 16] >> 4;
+          float dl = d;
+          if (xs) {
+            const int ls =
+                ((b[4 + s / 2] >> (4 * (s % 2))) & 15) | (((b[2] | b[3] << 8) >> (2 * s)) & 3) << 4;
+            dl = d * static_cast<float>(ls - 32);
+          }
+          out[e] = dl * static_cast<float>(kValues[code]);
+        }
+        break;
+      }
       case QuantType::kNone:
         break;
     }
@@ -722,11 +743,12 @@ TEST_P(BackendOpsTest, MatMulQ4_1) {
   CheckMatMul(w, MakeDense(rng_, 1, 37, DType::kF32), MatMulPrecision::kExact, kF32);
 }
 
-// Q5_0, Q5_1 and the K-quants (super-blocks of 256): MatMul and EmbeddingLookup compute with
+// Q5_0, Q5_1, the K-quants and IQ4_NL / IQ4_XS: MatMul and EmbeddingLookup compute with
 // exactly the dequantized values (a device may dequantize them once at upload).
 TEST_P(BackendOpsTest, MatMulAndEmbeddingOnQ5AndKQuants) {
-  for (QuantType q : {QuantType::kQ5_0, QuantType::kQ5_1, QuantType::kQ2_K, QuantType::kQ3_K,
-                      QuantType::kQ4_K, QuantType::kQ5_K, QuantType::kQ6_K}) {
+  for (QuantType q :
+       {QuantType::kQ5_0, QuantType::kQ5_1, QuantType::kQ2_K, QuantType::kQ3_K, QuantType::kQ4_K,
+        QuantType::kQ5_K, QuantType::kQ6_K, QuantType::kIQ4_NL, QuantType::kIQ4_XS}) {
     const HostWeight w = MakeQuant(rng_, 37, QuantBlockElems(q) == 256 ? 512 : 96, q);
     SCOPED_TRACE(FormatName(w));
     CheckMatMul(w, MakeDense(rng_, 1, 37, DType::kF32), MatMulPrecision::kExact, kF32);

@@ -1,5 +1,5 @@
-// MatMul and EmbeddingLookup on Q5_0, Q5_1 and the K-quants Q2_K .. Q6_K kept in their
-// blocks: every result equals, bit for bit, the one on the dequantized f32 copy
+// MatMul and EmbeddingLookup on Q5_0, Q5_1, the K-quants Q2_K .. Q6_K, IQ4_NL and IQ4_XS kept in
+// their blocks: every result equals, bit for bit, the one on the dequantized f32 copy
 // (kernels/quant.h's arithmetic), on either instruction set, for any batch and thread count.
 #include <cmath>
 #include <cstdint>
@@ -64,6 +64,12 @@ std::vector<uint8_t> RandomRows(QuantType q, int64_t n, int64_t k, uint32_t seed
       case QuantType::kQ3_K:
         PutHalf(p + 108, 0.002f * d);
         break;
+      case QuantType::kIQ4_NL:
+        PutHalf(p, 0.0005f * d);
+        break;
+      case QuantType::kIQ4_XS:
+        PutHalf(p, 0.00002f * d);
+        break;
       default:
         ADD_FAILURE() << "no blocks for this format";
     }
@@ -94,6 +100,12 @@ std::vector<float> Dequantized(QuantType q, const std::vector<uint8_t>& bytes, i
       break;
     case QuantType::kQ3_K:
       DequantizeQ3_K(bytes.data(), numel, out.data());
+      break;
+    case QuantType::kIQ4_NL:
+      DequantizeIQ4_NL(bytes.data(), numel, out.data());
+      break;
+    case QuantType::kIQ4_XS:
+      DequantizeIQ4_XS(bytes.data(), numel, out.data());
       break;
     default:
       ADD_FAILURE() << "no dequantizer for this format";
@@ -194,16 +206,16 @@ TEST_P(KQuantMatMulTest, EmbeddingLookupGivesTheDequantizedRows) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllFormatsAndIsas, KQuantMatMulTest,
-                         ::testing::Combine(::testing::Values(QuantType::kQ5_0, QuantType::kQ5_1,
-                                                              QuantType::kQ2_K, QuantType::kQ3_K,
-                                                              QuantType::kQ4_K, QuantType::kQ5_K,
-                                                              QuantType::kQ6_K),
-                                            ::testing::Values(Isa::kAvx2, Isa::kAvx512)),
-                         [](const ::testing::TestParamInfo<std::tuple<QuantType, Isa>>& info) {
-                           return std::string(QuantTypeName(std::get<0>(info.param))) + "_" +
-                                  IsaName(std::get<1>(info.param));
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    AllFormatsAndIsas, KQuantMatMulTest,
+    ::testing::Combine(::testing::Values(QuantType::kQ5_0, QuantType::kQ5_1, QuantType::kQ2_K,
+                                         QuantType::kQ3_K, QuantType::kQ4_K, QuantType::kQ5_K,
+                                         QuantType::kQ6_K, QuantType::kIQ4_NL, QuantType::kIQ4_XS),
+                       ::testing::Values(Isa::kAvx2, Isa::kAvx512)),
+    [](const ::testing::TestParamInfo<std::tuple<QuantType, Isa>>& info) {
+      return std::string(QuantTypeName(std::get<0>(info.param))) + "_" +
+             IsaName(std::get<1>(info.param));
+    });
 
 }  // namespace
 }  // namespace spanserve::kernels::cpu

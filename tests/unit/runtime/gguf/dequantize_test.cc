@@ -1,7 +1,7 @@
 // Dequantization of a GGUF written by the Python `gguf` package against that package's own
 // gguf.quants.dequantize (tests/data/gguf, tools/golden/make_gguf_test_data.py): bit-exact,
 // for every type DequantizeToF32 handles (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and
-// the K-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K).
+// the K-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, and IQ4_NL, IQ4_XS).
 #include "runtime/gguf/dequantize.h"
 
 #include <cstring>
@@ -45,7 +45,7 @@ TEST(Dequantize, MatchesPythonGgufPackageBitForBit) {
     }
     ++checked;
   }
-  EXPECT_EQ(checked, 14);
+  EXPECT_EQ(checked, 16);
 }
 
 TEST(Dequantize, RefusesUnsupportedTypesByName) {

@@ -1,7 +1,7 @@
-// A GGUF model whose matrices are Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (as published
-// Q2_K, Q3_K_M and Q4_K_M files mix them) keeps them in their blocks and gives exactly the logits
-// of the same model written with the dequantized f32 values, for a prefill batch and a single-token
-// step.
+// A GGUF model whose matrices are Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS
+// (as published Q2_K, Q3_K_M, Q4_K_M and IQ4_XS files mix them) keeps them in their blocks and
+// gives exactly the logits of the same model written with the dequantized f32 values, for a prefill
+// batch and a single-token step.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -51,6 +51,10 @@ uint32_t GgmlType(QuantType q) {
       return 10;
     case QuantType::kQ3_K:
       return 11;
+    case QuantType::kIQ4_NL:
+      return 20;
+    case QuantType::kIQ4_XS:
+      return 23;
     default:
       return 0;
   }
@@ -94,6 +98,12 @@ std::vector<uint8_t> RandomBlocks(QuantType q, int64_t rows, int64_t cols, std::
       case QuantType::kQ3_K:
         PutHalf(p + 108, 0.001f * unit(rng));
         break;
+      case QuantType::kIQ4_NL:
+        PutHalf(p, 0.001f * unit(rng));
+        break;
+      case QuantType::kIQ4_XS:
+        PutHalf(p, 0.00005f * unit(rng));
+        break;
       default:
         ADD_FAILURE();
     }
@@ -125,6 +135,12 @@ std::vector<float> Dequantized(QuantType q, const std::vector<uint8_t>& bytes, i
     case QuantType::kQ3_K:
       kernels::DequantizeQ3_K(bytes.data(), n, out.data());
       break;
+    case QuantType::kIQ4_NL:
+      kernels::DequantizeIQ4_NL(bytes.data(), n, out.data());
+      break;
+    case QuantType::kIQ4_XS:
+      kernels::DequantizeIQ4_XS(bytes.data(), n, out.data());
+      break;
     default:
       ADD_FAILURE();
   }
@@ -141,13 +157,13 @@ struct Matrix {
 // order, as a real file has them; the loader reorders whole rows of blocks).
 const Matrix kMatrices[] = {
     {"token_embd.weight", kVocab, kHidden, QuantType::kQ3_K},
-    {"output.weight", kVocab, kHidden, QuantType::kQ6_K},
+    {"output.weight", kVocab, kHidden, QuantType::kQ5_0},
     {"blk.0.attn_q.weight", kHidden, kHidden, QuantType::kQ4_K},
     {"blk.0.attn_k.weight", kKvHeads* kHeadDim, kHidden, QuantType::kQ5_K},
-    {"blk.0.attn_v.weight", kKvHeads* kHeadDim, kHidden, QuantType::kQ5_0},
+    {"blk.0.attn_v.weight", kKvHeads* kHeadDim, kHidden, QuantType::kIQ4_NL},
     {"blk.0.attn_output.weight", kHidden, kHidden, QuantType::kQ5_1},
     {"blk.0.ffn_gate.weight", kFfn, kHidden, QuantType::kQ2_K},
-    {"blk.0.ffn_up.weight", kFfn, kHidden, QuantType::kQ5_K},
+    {"blk.0.ffn_up.weight", kFfn, kHidden, QuantType::kIQ4_XS},
     {"blk.0.ffn_down.weight", kHidden, kFfn, QuantType::kQ6_K},
 };
 
@@ -224,12 +240,13 @@ TEST_F(GgufKQuantTest, MatricesStayInTheirBlocks) {
     QuantType quant;
   } want[] = {
       {"model.embed_tokens.weight", kVocab, kHidden, QuantType::kQ3_K},
-      {"lm_head.weight", kVocab, kHidden, QuantType::kQ6_K},
+      {"lm_head.weight", kVocab, kHidden, QuantType::kQ5_0},
       {"model.layers.0.self_attn.q_proj.weight", kHidden, kHidden, QuantType::kQ4_K},
       {"model.layers.0.self_attn.k_proj.weight", kKvHeads * kHeadDim, kHidden, QuantType::kQ5_K},
-      {"model.layers.0.self_attn.v_proj.weight", kKvHeads * kHeadDim, kHidden, QuantType::kQ5_0},
+      {"model.layers.0.self_attn.v_proj.weight", kKvHeads * kHeadDim, kHidden, QuantType::kIQ4_NL},
       {"model.layers.0.self_attn.o_proj.weight", kHidden, kHidden, QuantType::kQ5_1},
       {"model.layers.0.mlp.gate_proj.weight", kFfn, kHidden, QuantType::kQ2_K},
+      {"model.layers.0.mlp.up_proj.weight", kFfn, kHidden, QuantType::kIQ4_XS},
       {"model.layers.0.mlp.down_proj.weight", kHidden, kFfn, QuantType::kQ6_K},
   };
   for (const auto& w : want) {
