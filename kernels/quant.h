@@ -75,6 +75,13 @@ void DequantizeIQ4_XS(const void* blocks, int64_t n, float* out);
 // As the 32-element formats above.
 void DequantizeIQ4_NL(const void* blocks, int64_t n, float* out);
 
+// Exact re-encodings for the integer dot products (kernels/types.h, Int8DotFormat): `n`
+// elements of `blocks` written to `out` in another format whose dequantization gives the same
+// f32 values bit for bit. IQ4_NL → Q8_0: d kept, q = kIq4NlValues[code]. Q3_K → Q6_K: d kept,
+// scales[s] = sc[s] (6-bit, signed), q6 = q + 32.
+void ConvertIQ4_NLToQ8_0(const void* blocks, int64_t n, void* out);
+void ConvertQ3_KToQ6_K(const void* blocks, int64_t n, void* out);
+
 // out[0, n) = src widened from f32 / bf16 / f16 (exact).
 void WidenToF32(const void* src, DType dtype, int64_t n, float* out);
 

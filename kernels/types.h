@@ -112,11 +112,19 @@ constexpr int64_t QuantBlockElems(QuantType q) {
   }
 }
 
+// The format the integer dot products compute on for weights of format q: q itself, or for
+// IQ4_NL and Q3_K an exact re-encoding the backend makes at upload (Q8_0, Q6_K: the same f32
+// values bit for bit; kernels/quant.h, ConvertIQ4_NLToQ8_0 / ConvertQ3_KToQ6_K).
+constexpr QuantType Int8DotFormat(QuantType q) {
+  return q == QuantType::kIQ4_NL ? QuantType::kQ8_0 : q == QuantType::kQ3_K ? QuantType::kQ6_K : q;
+}
+
 // Whether MatMulPrecision::kInt8Dot takes matrices of this format (others multiply exactly).
 constexpr bool Int8DotSupports(QuantType q) {
-  return q == QuantType::kQ8_0 || q == QuantType::kQ4_0 || q == QuantType::kQ4_1 ||
-         q == QuantType::kQ5_0 || q == QuantType::kQ5_1 || q == QuantType::kQ4_K ||
-         q == QuantType::kQ5_K || q == QuantType::kQ6_K;
+  const QuantType f = Int8DotFormat(q);
+  return f == QuantType::kQ8_0 || f == QuantType::kQ4_0 || f == QuantType::kQ4_1 ||
+         f == QuantType::kQ5_0 || f == QuantType::kQ5_1 || f == QuantType::kQ4_K ||
+         f == QuantType::kQ5_K || f == QuantType::kQ6_K;
 }
 
 // How MatMul multiplies a matrix. kExact: f32 activations times the weights widened to f32,
@@ -124,13 +132,13 @@ constexpr bool Int8DotSupports(QuantType q) {
 // are rounded to bf16 and multiplied with the CPU's bf16 dot products, accumulating in f32:
 // about twice the arithmetic rate, at a relative error of up to 2^-9 per activation
 // (kernels/cpu/matmul_bf16dot.h). kInt8Dot (Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K
-// weights only, Int8DotSupports): each row of activations is quantized once per call to
-// blocks of 32 int8 (per block d = max|x| / 127, values rounded to nearest) and each output
-// is Σ over blocks of d_w·d_x·(exact integer dot) (+ the Q4_1 / Q5_1 / Q4_K / Q5_K min times
-// d_x·Σq), with integer dot products (VNNI where the CPU has it, AVX2 otherwise, the same
-// bits either way): about twice the exact path's speed for quantized decode, at a relative
-// error of about 1e-3 of Σ|x·w| (kernels/cpu/matmul_int8dot.h).
-// Either way a row's result never depends on the batch.
+// weights, and IQ4_NL/Q3_K re-encoded at upload: Int8DotSupports, Int8DotFormat): each row of
+// activations is quantized once per call to blocks of 32 int8 (per block d = max|x| / 127, values
+// rounded to nearest) and each output is Σ over blocks of d_w·d_x·(exact integer dot) (+ the Q4_1 /
+// Q5_1 / Q4_K / Q5_K min times d_x·Σq), with integer dot products (VNNI where the CPU has it, AVX2
+// otherwise, the same bits either way): about twice the exact path's speed for quantized decode, at
+// a relative error of about 1e-3 of Σ|x·w| (kernels/cpu/matmul_int8dot.h). Either way a row's
+// result never depends on the batch.
 enum class MatMulPrecision : uint8_t { kExact, kBf16Dot, kInt8Dot };
 
 // A row-major matrix in PyTorch nn.Linear layout: [rows = out_features, cols = in_features].

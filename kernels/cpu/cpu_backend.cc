@@ -19,6 +19,7 @@
 #include "kernels/cpu/matmul_int8dot.h"
 #include "kernels/cpu/norm.h"
 #include "kernels/cpu/rope.h"
+#include "kernels/quant.h"
 
 namespace spanserve::kernels::cpu {
 namespace {
@@ -101,8 +102,37 @@ class CpuBackend final : public Backend {
   }
   // Weights stay where they are (a memory-mapped file, the model's own memory); a quantized
   // matrix that asks for integer dot products gets a repacked copy besides on a CPU with VNNI
-  // (matmul_int8dot.h, "Packed weights"), which this backend keeps.
-  absl::StatusOr<WeightMatrix> UploadMatrix(const WeightMatrix& host) override {
+  // (matmul_int8dot.h, "Packed weights"), which this backend keeps. IQ4_NL and Q3_K matrices
+  // that ask for them are first re-encoded, exactly, to the format the integer kernels take
+  // (Int8DotFormat: Q8_0, Q6_K), a copy this backend keeps too.
+  absl::StatusOr<WeightMatrix> UploadMatrix(const WeightMatrix& in) override {
+    WeightMatrix host = in;
+    if (in.precision == MatMulPrecision::kInt8Dot && in.data != nullptr &&
+        Int8DotFormat(in.quant) != in.quant) {
+      host.quant = Int8DotFormat(in.quant);
+      const int64_t bytes =
+          in.rows * in.cols / QuantBlockElems(host.quant) * QuantBlockBytes(host.quant);
+      absl::StatusOr<void*> copy = MapAnonymous(bytes);
+      if (!copy.ok()) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "cannot allocate ", bytes, " bytes for a ", QuantTypeName(in.quant),
+            " matrix re-encoded as ", QuantTypeName(host.quant), ": ", copy.status().message()));
+      }
+      packed_.emplace_back(*copy, bytes);
+      const int64_t in_row = in.cols / QuantBlockElems(in.quant) * QuantBlockBytes(in.quant);
+      const int64_t out_row = bytes / in.rows;
+      UsePool use(pool_.get());
+      ParallelFor(in.rows, 2, [&](int64_t r0, int64_t r1) {
+        const auto* src = static_cast<const uint8_t*>(in.data) + r0 * in_row;
+        uint8_t* dst = static_cast<uint8_t*>(*copy) + r0 * out_row;
+        if (in.quant == QuantType::kIQ4_NL) {
+          ConvertIQ4_NLToQ8_0(src, (r1 - r0) * in.cols, dst);
+        } else {
+          ConvertQ3_KToQ6_K(src, (r1 - r0) * in.cols, dst);
+        }
+      });
+      host.data = *copy;
+    }
     if (host.precision != MatMulPrecision::kInt8Dot || !internal::Int8PackedSupports(host.quant) ||
         !Int8DotUsesVnni() || host.data == nullptr) {
       return host;
@@ -269,7 +299,7 @@ class CpuBackend final : public Backend {
   // parallel ops install it on the calling thread.
   const std::shared_ptr<ThreadPool> pool_;
   std::vector<int32_t> fill_;    // MoeGroup's cursors; grows once
-  std::vector<Mapping> packed_;  // UploadMatrix's repacked int8 matrices
+  std::vector<Mapping> packed_;  // UploadMatrix's repacked and re-encoded int8 matrices
 };
 
 }  // namespace

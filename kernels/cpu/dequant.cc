@@ -247,6 +247,44 @@ void DequantizeIQ4_XS(const void* blocks, int64_t n, float* out) {
   }
 }
 
+void ConvertIQ4_NLToQ8_0(const void* blocks, int64_t n, void* out) {
+  const uint8_t* b = static_cast<const uint8_t*>(blocks);
+  uint8_t* o = static_cast<uint8_t*>(out);
+  for (int64_t i = 0; i < n; i += kQuantBlock, b += 18, o += 34) {
+    std::memcpy(o, b, 2);  // d
+    for (int j = 0; j < 16; ++j) {
+      o[2 + j] = static_cast<uint8_t>(kIq4NlValues[b[2 + j] & 0x0f]);
+      o[2 + j + 16] = static_cast<uint8_t>(kIq4NlValues[b[2 + j] >> 4]);
+    }
+  }
+}
+
+void ConvertQ3_KToQ6_K(const void* blocks, int64_t n, void* out) {
+  const uint8_t* b = static_cast<const uint8_t*>(blocks);
+  uint8_t* o = static_cast<uint8_t*>(out);
+  for (int64_t i = 0; i < n; i += kQuantSuperBlock, b += 110, o += 210) {
+    const uint8_t* hmask = b;
+    const uint8_t* qs = b + 32;
+    const uint8_t* scales = b + 96;
+    std::memset(o, 0, 192);  // ql[128], qh[64]
+    for (int s = 0; s < 16; ++s) {
+      const int sc = (((scales[s % 8] >> (4 * (s / 8))) & 0x0f) |
+                      ((scales[8 + s % 4] >> (2 * (s / 4))) & 3) << 4) -
+                     32;
+      o[192 + s] = static_cast<uint8_t>(static_cast<int8_t>(sc));
+    }
+    std::memcpy(o + 208, b + 108, 2);  // d
+    for (int e = 0; e < 256; ++e) {
+      const int h = e / 128, r = e % 128, j = e % 32;
+      const int q =
+          ((qs[32 * h + j] >> (2 * (r / 32))) & 3) - (((hmask[j] >> (e / 32)) & 1) != 0 ? 0 : 4);
+      const int u = q + 32;  // Q6_K's 6-bit code
+      o[64 * h + r % 64] |= static_cast<uint8_t>((u & 0x0f) << (4 * (r / 64)));
+      o[128 + 32 * h + j] |= static_cast<uint8_t>((u >> 4) << (2 * (r / 32)));
+    }
+  }
+}
+
 void WidenToF32(const void* src, DType dtype, int64_t n, float* out) {
   cpu::simd::Widen(src, dtype, n, out);
 }

@@ -494,7 +494,9 @@ void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector
     internal::MatMulBf16Dot(x, m, w, bias, y);
     return;
   }
-  if (w.precision == MatMulPrecision::kInt8Dot && Int8DotSupports(w.quant)) {
+  // (IQ4_NL / Q3_K take the integer path once UploadMatrix re-encodes them: Int8DotFormat.)
+  if (w.precision == MatMulPrecision::kInt8Dot && Int8DotSupports(w.quant) &&
+      Int8DotFormat(w.quant) == w.quant) {
     if (w.packed != nullptr) return internal::MatMulInt8Packed(x, m, w, bias, y);
     internal::MatMulInt8Dot(x, m, w, bias, y, Int8DotUsesVnni());
     return;

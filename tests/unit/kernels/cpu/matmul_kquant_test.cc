@@ -4,12 +4,14 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "common/thread_pool.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/quant.h"
 #include "test_util.h"
@@ -107,6 +109,9 @@ std::vector<float> Dequantized(QuantType q, const std::vector<uint8_t>& bytes, i
     case QuantType::kIQ4_XS:
       DequantizeIQ4_XS(bytes.data(), numel, out.data());
       break;
+    case QuantType::kQ8_0:
+      DequantizeQ8_0(bytes.data(), numel, out.data());
+      break;
     default:
       ADD_FAILURE() << "no dequantizer for this format";
   }
@@ -203,6 +208,63 @@ TEST_P(KQuantMatMulTest, EmbeddingLookupGivesTheDequantizedRows) {
   EmbeddingLookup(table, ids, 5, out.data());
   for (int t = 0; t < 5; ++t) {
     ASSERT_TRUE(BitIdentical(out.data() + t * k, wf.data() + ids[t] * k, k)) << "id " << ids[t];
+  }
+}
+
+// IQ4_NL and Q3_K re-encoded for the integer dot products (Q8_0, Q6_K) dequantize to the same
+// values bit for bit.
+TEST(Int8ReEncoding, GivesTheSameValuesBitForBit) {
+  for (const QuantType q : {QuantType::kIQ4_NL, QuantType::kQ3_K}) {
+    SCOPED_TRACE(QuantTypeName(q));
+    const int64_t n = 9, k = 768;
+    const std::vector<uint8_t> blocks = RandomRows(q, n, k, 31);
+    const QuantType f = Int8DotFormat(q);
+    std::vector<uint8_t> re(n * k / QuantBlockElems(f) * QuantBlockBytes(f), 0xAB);
+    if (q == QuantType::kIQ4_NL) {
+      ConvertIQ4_NLToQ8_0(blocks.data(), n * k, re.data());
+    } else {
+      ConvertQ3_KToQ6_K(blocks.data(), n * k, re.data());
+    }
+    const std::vector<float> want = Dequantized(q, blocks, n * k);
+    for (float v : want) ASSERT_TRUE(std::isfinite(v));
+    ASSERT_TRUE(BitIdentical(Dequantized(f, re, n * k).data(), want.data(), n * k));
+  }
+}
+
+// Through the CPU backend, IQ4_NL and Q3_K matrices that ask for int8 dot products take them:
+// the results equal, bit for bit, those of the re-encoded matrix, and differ from the exact
+// ones (activations rounded to 8 bits).
+TEST(Int8ReEncoding, TheCpuBackendTakesThemToTheIntegerKernels) {
+  std::unique_ptr<Backend> be = CreateCpuBackend(BackendOptions{.num_threads = 2});
+  for (const QuantType q : {QuantType::kIQ4_NL, QuantType::kQ3_K}) {
+    SCOPED_TRACE(QuantTypeName(q));
+    const int64_t n = 37, k = 512;
+    const std::vector<uint8_t> blocks = RandomRows(q, n, k, 41);
+    const QuantType f = Int8DotFormat(q);
+    std::vector<uint8_t> re(n * k / QuantBlockElems(f) * QuantBlockBytes(f));
+    if (q == QuantType::kIQ4_NL) {
+      ConvertIQ4_NLToQ8_0(blocks.data(), n * k, re.data());
+    } else {
+      ConvertQ3_KToQ6_K(blocks.data(), n * k, re.data());
+    }
+    WeightMatrix wq{blocks.data(), DType::kF32, n, k, q};
+    WeightMatrix wf{re.data(), DType::kF32, n, k, f};
+    wq.precision = wf.precision = MatMulPrecision::kInt8Dot;
+    absl::StatusOr<WeightMatrix> uq = be->UploadMatrix(wq);
+    absl::StatusOr<WeightMatrix> uf = be->UploadMatrix(wf);
+    ASSERT_TRUE(uq.ok() && uf.ok());
+    EXPECT_EQ(uq->quant, f);
+    const WeightMatrix exact{blocks.data(), DType::kF32, n, k, q};
+    for (const int64_t m : {1, 5, 16}) {
+      const std::vector<float> x = RandomFloats(m * k, 43);
+      std::vector<float> got(m * n), want(m * n), y_exact(m * n);
+      be->MatMul(x.data(), m, *uq, nullptr, got.data());
+      be->MatMul(x.data(), m, *uf, nullptr, want.data());
+      be->MatMul(x.data(), m, exact, nullptr, y_exact.data());
+      ASSERT_TRUE(be->Synchronize().ok());
+      ASSERT_TRUE(BitIdentical(got.data(), want.data(), m * n)) << "m=" << m;
+      EXPECT_NE(got, y_exact) << "m=" << m;
+    }
   }
 }
 

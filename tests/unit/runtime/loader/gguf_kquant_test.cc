@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -156,7 +157,7 @@ struct Matrix {
 // One Llama layer, every matrix in one of the formats (Q and K rows in llama.cpp's permuted
 // order, as a real file has them; the loader reorders whole rows of blocks).
 const Matrix kMatrices[] = {
-    {"token_embd.weight", kVocab, kHidden, QuantType::kQ3_K},
+    {"token_embd.weight", kVocab, kHidden, QuantType::kQ6_K},
     {"output.weight", kVocab, kHidden, QuantType::kQ5_0},
     {"blk.0.attn_q.weight", kHidden, kHidden, QuantType::kQ4_K},
     {"blk.0.attn_k.weight", kKvHeads* kHeadDim, kHidden, QuantType::kQ5_K},
@@ -164,7 +165,7 @@ const Matrix kMatrices[] = {
     {"blk.0.attn_output.weight", kHidden, kHidden, QuantType::kQ5_1},
     {"blk.0.ffn_gate.weight", kFfn, kHidden, QuantType::kQ2_K},
     {"blk.0.ffn_up.weight", kFfn, kHidden, QuantType::kIQ4_XS},
-    {"blk.0.ffn_down.weight", kHidden, kFfn, QuantType::kQ6_K},
+    {"blk.0.ffn_down.weight", kHidden, kFfn, QuantType::kQ3_K},
 };
 
 // Writes the model twice: its matrices as blocks (quantized.gguf) and as the f32 values
@@ -239,7 +240,7 @@ TEST_F(GgufKQuantTest, MatricesStayInTheirBlocks) {
     int64_t rows, cols;
     QuantType quant;
   } want[] = {
-      {"model.embed_tokens.weight", kVocab, kHidden, QuantType::kQ3_K},
+      {"model.embed_tokens.weight", kVocab, kHidden, QuantType::kQ6_K},
       {"lm_head.weight", kVocab, kHidden, QuantType::kQ5_0},
       {"model.layers.0.self_attn.q_proj.weight", kHidden, kHidden, QuantType::kQ4_K},
       {"model.layers.0.self_attn.k_proj.weight", kKvHeads * kHeadDim, kHidden, QuantType::kQ5_K},
@@ -247,7 +248,7 @@ TEST_F(GgufKQuantTest, MatricesStayInTheirBlocks) {
       {"model.layers.0.self_attn.o_proj.weight", kHidden, kHidden, QuantType::kQ5_1},
       {"model.layers.0.mlp.gate_proj.weight", kFfn, kHidden, QuantType::kQ2_K},
       {"model.layers.0.mlp.up_proj.weight", kFfn, kHidden, QuantType::kIQ4_XS},
-      {"model.layers.0.mlp.down_proj.weight", kHidden, kFfn, QuantType::kQ6_K},
+      {"model.layers.0.mlp.down_proj.weight", kHidden, kFfn, QuantType::kQ3_K},
   };
   for (const auto& w : want) {
     const int64_t shape[2] = {w.rows, w.cols};
@@ -272,16 +273,20 @@ TEST_F(GgufKQuantTest, LogitsEqualThoseOfTheDequantizedModelBitForBit) {
   for (const int32_t token : {0, 42, 63}) {  // single rows: the decode kernels
     EXPECT_EQ(Logits(**q, {token}), Logits(**f, {token})) << "token " << token;
   }
-  // With the int8 dot products every matrix takes them: close to the exact logits, not equal
-  // (activations rounded to 8 bits in each of the random model's layers; the worst logit
-  // here is off by 2.3 % of the largest).
+  // With the int8 dot products every matrix but the Q2_K and IQ4_XS ones takes them (IQ4_NL
+  // and Q3_K re-encoded as Q8_0 and Q6_K): close to the exact logits, not equal (activations
+  // rounded to 8 bits in each of the random model's layers; the worst logit here is off by
+  // 3.0 % of the largest).
   auto int8 = model::Model::Load(*quantized_, {.int8_dot = true});
   ASSERT_TRUE(int8.ok()) << int8.status();
   const std::vector<float> got = Logits(**int8, prompt);
   ASSERT_EQ(got.size(), want.size());
   float scale = 0.0f;
   for (const float v : want) scale = std::max(scale, std::fabs(v));
-  for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 0.03f * scale) << i;
+  float worst = 0.0f;
+  for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
+  std::printf("int8 logits: worst error %.2f %% of the largest logit\n", 100.0f * worst / scale);
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 0.05f * scale) << i;
   EXPECT_NE(got, want);
 }
 
