@@ -104,7 +104,8 @@ ABSL_FLAG(std::string, compute_dtype, "auto",
           "batched decode and prefill rate)");
 ABSL_FLAG(bool, int8_dot, false,
           "activations quantized to 8-bit blocks for integer dot products with Q8_0/Q4_0/Q4_1/"
-          "Q5_0/Q5_1/Q4_K/Q5_K/Q6_K GGUF weights: faster quantized decode, not bit-exact");
+          "Q5_0/Q5_1/Q3_K/Q4_K/Q5_K/Q6_K/IQ4_NL GGUF weights: faster quantized decode, not "
+          "bit-exact");
 ABSL_FLAG(int, num_kv_blocks, 0,
           "KV pool size in blocks of each model (wins over the byte sizes if > 0)");
 ABSL_FLAG(int, max_num_seqs, 64, "most sequences in one engine step");

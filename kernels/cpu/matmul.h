@@ -18,7 +18,8 @@ namespace spanserve::kernels::cpu {
 // (w.quant) give exactly the results of their dequantized f32 copy. A bf16 matrix with
 // w.precision == kBf16Dot takes the bf16 dot-product path for every m (matmul_bf16dot.h;
 // the CPU must have it: CpuHasBf16Dot(); on AMX tiles where Bf16DotUsesAmx() and k % 32 == 0). A
-// matrix of a format Int8DotSupports (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) with
+// matrix of a format the integer kernels take (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K;
+// the CPU backend re-encodes IQ4_NL and Q3_K to Q8_0 and Q6_K at upload: Int8DotFormat) with
 // w.precision == kInt8Dot quantizes x to 8-bit blocks and takes the integer dot-product path for
 // every m (matmul_int8dot.h; VNNI where Int8DotUsesVnni(), else AVX2, the same bits either way;
 // a matrix with a repacked copy, w.packed, takes the packed kernels and their arithmetic);

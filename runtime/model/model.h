@@ -154,7 +154,8 @@ class Model {
     // without them), about twice the arithmetic rate for batched decode and prefill. Other
     // weight types, norms, attention and the KV cache are unaffected.
     DType compute_dtype = DType::kF32;
-    // Products with Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K weight matrices (Int8DotSupports).
+    // Products with Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q3_K/Q4_K/Q5_K/Q6_K/IQ4_NL weight matrices
+    // (Int8DotSupports).
     // false (default): exact, the results of their dequantized f32 copy. true: activations
     // quantized to 8-bit blocks of 32 for integer dot products
     // (kernels::MatMulPrecision::kInt8Dot; loading fails on a backend without them): faster

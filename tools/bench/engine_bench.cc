@@ -48,7 +48,8 @@ ABSL_FLAG(std::string, compute_dtype, "auto",
           "activations in products with bf16 weights: auto/f32 (exact) or bf16 (AVX512_BF16)");
 ABSL_FLAG(bool, int8_dot, false,
           "activations quantized to 8-bit blocks for integer dot products with Q8_0/Q4_0/Q4_1/"
-          "Q5_0/Q5_1/Q4_K/Q5_K/Q6_K GGUF weights: faster quantized decode, not bit-exact");
+          "Q5_0/Q5_1/Q3_K/Q4_K/Q5_K/Q6_K/IQ4_NL GGUF weights: faster quantized decode, not "
+          "bit-exact");
 ABSL_FLAG(std::string, json, "", "also write the results as JSON to this file");
 
 namespace spanserve::engine {
