@@ -23,7 +23,9 @@
 #                 llama-batched-bench S_TG; spanserve_engine_bench at concurrency 4 / 16
 #
 # Usage: tools/bench/vs_llamacpp.sh [BUILD_DIR=build/release] [ROUNDS=3] [THREADS=2] [TYPES]
-#   TYPES: space-separated subset of "Q4_1 Q8_0 Q4_K_M BF16 F32" (default: all five)
+#   TYPES: space-separated subset of "Q4_1 Q8_0 Q4_K_M BF16 F32" (default: all five), or
+#   any other type llama-quantize makes (Q3_K_M, Q2_K, IQ4_NL, ...): quantized from Q4_1 too
+#   unless .cache/llamacpp/models already holds the file
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build="${1:-build/release}"
