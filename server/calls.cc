@@ -278,7 +278,7 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
       r.prompt.insert(r.prompt.end(), continuations_[i].begin(), continuations_[i].end());
       std::vector<int32_t>().swap(continuations_[i]);
       r.sampling.temperature = 0.0f;
-      r.sampling.max_tokens = 1;
+      r.sampling.max_tokens = 0;  // the prompt's logprobs only: it may fill the context
       r.sampling.detokenize = false;
       r.sampling.prompt_logprobs = 1;  // the argmax alternative decides is_greedy
       r.sampling.prompt_logprobs_from = static_cast<int32_t>(context_ids.size());

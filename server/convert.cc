@@ -259,7 +259,7 @@ absl::StatusOr<ScoreIds> ScoreTokenIds(const v1::ScoreRequest& proto, const Serv
     if (differ) out.contexts.push_back(std::move(plain_context));
   }
   for (const std::vector<int32_t>& ids : out.contexts) {
-    RETURN_IF_ERROR(CheckPromptLength(ids.size(), max_model_len, "context"));
+    RETURN_IF_ERROR(CheckPromptLength(ids.size(), max_model_len, "context", false));
   }
   out.context_tokens = static_cast<int32_t>(
       (any_text || out.contexts.size() == 1 ? out.contexts.front() : out.contexts.back()).size());
@@ -315,7 +315,7 @@ absl::StatusOr<ScoreIds> ScoreTokenIds(const v1::ScoreRequest& proto, const Serv
       }
     }
     RETURN_IF_ERROR(CheckPromptLength(out.contexts[which].size() + ids.size(), max_model_len,
-                                      absl::StrCat("context + ", field)));
+                                      absl::StrCat("context + ", field), false));
     out.continuations.push_back(std::move(ids));
     out.context_of.push_back(which);
   }
@@ -336,11 +336,12 @@ void AddChatStop(const v1::Prompt& prompt, const ServedModel& model,
   }
 }
 
-absl::Status CheckPromptLength(int64_t num_tokens, int32_t max_model_len, absl::string_view field) {
-  if (num_tokens + 1 > max_model_len) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, ": ", num_tokens, " tokens is too long; the context holds ",
-                     max_model_len, " tokens including at least one generated token"));
+absl::Status CheckPromptLength(int64_t num_tokens, int32_t max_model_len, absl::string_view field,
+                               bool generates) {
+  if (num_tokens + (generates ? 1 : 0) > max_model_len) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": ", num_tokens, " tokens is too long; the context holds ", max_model_len,
+        generates ? " tokens including at least one generated token" : " tokens"));
   }
   return absl::OkStatus();
 }
@@ -380,9 +381,12 @@ absl::StatusOr<engine::Request> ToEngineRequest(const v1::GenerateRequest& proto
   const engine::EngineInfo& info = model.engine().info();
   engine::Request request;
   ASSIGN_OR_RETURN(request.prompt, PromptIds(proto.prompt(), "prompt", model));
-  RETURN_IF_ERROR(CheckPromptLength(request.prompt.size(), info.max_model_len, "prompt"));
   ASSIGN_OR_RETURN(request.sampling,
                    ToSamplingParams(proto.sampling(), info.vocab_size, min_max_tokens));
+  // A request that generates nothing (max_tokens 0: the prompt's logprobs only) may fill the
+  // whole context.
+  RETURN_IF_ERROR(CheckPromptLength(request.prompt.size(), info.max_model_len, "prompt",
+                                    request.sampling.max_tokens > 0));
   AddChatStop(proto.prompt(), model, &request.sampling);
   request.priority = proto.priority();
   return request;

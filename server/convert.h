@@ -73,9 +73,10 @@ absl::StatusOr<ScoreIds> ScoreTokenIds(const v1::ScoreRequest& request, const Se
 void AddChatStop(const v1::Prompt& prompt, const ServedModel& model,
                  engine::SamplingParams* sampling);
 
-// INVALID_ARGUMENT naming `field` when `num_tokens` + 1 (one generated token) does not fit
-// the context.
-absl::Status CheckPromptLength(int64_t num_tokens, int32_t max_model_len, absl::string_view field);
+// INVALID_ARGUMENT naming `field` when `num_tokens` (+ 1 when the request `generates` a token)
+// does not fit the context.
+absl::Status CheckPromptLength(int64_t num_tokens, int32_t max_model_len, absl::string_view field,
+                               bool generates);
 
 // Proto defaults are the engine's defaults; validated with the engine's own checks, the
 // message prefixed with "sampling.". max_tokens must be >= `min_max_tokens`: 1 for

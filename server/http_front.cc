@@ -1,6 +1,7 @@
 #include "server/http_front.h"
 
 #include <dirent.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -16,6 +17,7 @@
 #include <limits>
 #include <mutex>
 #include <optional>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -442,23 +444,28 @@ class Exchange {
       *offset += static_cast<int64_t>(text.size());
     }
   }
+  // OpenAI's `bytes`: the token's own bytes (a token holding part of a multi-byte character
+  // has its part, not U+FFFD), so that consecutive tokens' bytes join into their text.
+  json TokenBytes(int32_t id, const std::string& text) const {
+    const tokenizer::Tokenizer* tok = model_->tokenizer();
+    const std::string raw = tok != nullptr ? tok->TokenBytes(id) : text;
+    json b = json::array();
+    for (unsigned char ch : raw) b.push_back(static_cast<int>(ch));
+    return b;
+  }
   json ChatLogprobs(const std::vector<LogprobEntry>& entries) const {
     json content = json::array();
-    auto bytes = [](const std::string& s) {
-      json b = json::array();
-      for (unsigned char ch : s) b.push_back(static_cast<int>(ch));
-      return b;
-    };
     for (const LogprobEntry& e : entries) {
       const std::string text = TokenText(e.token);
       json top = json::array();
       for (const engine::TokenLogprob& t : e.top) {
         const std::string alt = TokenText(t.token);
-        top.push_back({{"token", alt}, {"logprob", t.logprob}, {"bytes", bytes(alt)}});
+        top.push_back(
+            {{"token", alt}, {"logprob", t.logprob}, {"bytes", TokenBytes(t.token, alt)}});
       }
       content.push_back({{"token", text},
                          {"logprob", e.logprob.value_or(0.0f)},
-                         {"bytes", bytes(text)},
+                         {"bytes", TokenBytes(e.token, text)},
                          {"top_logprobs", std::move(top)}});
     }
     return content;
@@ -645,6 +652,63 @@ void WidenListenBacklog(int port) {
   if (fd >= 0) listen(fd, SOMAXCONN);
 }
 
+// Set by a handler of this thread's request whose connection must end after the response (the
+// logger, which runs once it is written, shuts the connection down).
+thread_local bool close_after_response = false;
+
+// A served model as /v1/models lists it (OpenAI's model object).
+json ModelEntry(const ServedModel& model) {
+  const auto ready = std::chrono::duration_cast<std::chrono::seconds>(
+      (model.ready_time() - std::chrono::steady_clock::now()) +
+      std::chrono::system_clock::now().time_since_epoch());
+  return {{"id", model.name()},      {"object", "model"},    {"created", ready.count()},
+          {"owned_by", "spanserve"}, {"root", model.path()}, {"max_model_len", MaxModelLen(model)}};
+}
+
+// A large request or response (an echo of many prompts' logprobs is a JSON document of a
+// hundred megabytes and more, built node by node) leaves the freed pages in the C allocator's
+// arena of the HTTP thread that served it, and each thread has its own: without giving them
+// back, resident memory grows by about one such exchange per thread that ever served one.
+// After a large exchange the trimming thread returns every arena's free pages to the system
+// (malloc_trim), once per burst.
+class Trimmer {
+ public:
+  static constexpr size_t kAfterBytes = 1 << 20;
+
+  static Trimmer& Get() {
+    static Trimmer* trimmer = new Trimmer();  // never destroyed: its thread outlives main
+    return *trimmer;
+  }
+  void Request() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      wanted_ = true;
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  Trimmer() {
+    std::thread([this] { Run(); }).detach();
+  }
+  void Run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [this] { return wanted_; });
+      wanted_ = false;
+      lock.unlock();
+      // Let the burst end (and the response's own buffers go) first.
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      malloc_trim(0);
+      lock.lock();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool wanted_ = false;
+};
+
 }  // namespace
 
 HttpFront::HttpFront(SpanServeService* service, std::unique_ptr<httplib::Server> server)
@@ -696,6 +760,7 @@ absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(SpanServeService* se
   // (an SDK's pooled one) waits for the client's delayed ACK before each event.
   server->set_tcp_nodelay(true);
   std::unique_ptr<HttpFront> front(new HttpFront(service, std::move(server)));
+  front->max_body_bytes_ = options.max_body_bytes;
   front->Routes();
   if (port == 0) {
     port = front->server_->bind_to_any_port(host);
@@ -725,17 +790,21 @@ void HttpFront::Routes() {
     json data = json::array();
     for (const auto& model : service->models()) {
       if (model->state() != ModelState::kReady) continue;
-      const auto ready = std::chrono::duration_cast<std::chrono::seconds>(
-          (model->ready_time() - std::chrono::steady_clock::now()) +
-          std::chrono::system_clock::now().time_since_epoch());
-      data.push_back({{"id", model->name()},
-                      {"object", "model"},
-                      {"created", ready.count()},
-                      {"owned_by", "spanserve"},
-                      {"root", model->path()},
-                      {"max_model_len", MaxModelLen(*model)}});
+      data.push_back(ModelEntry(*model));
     }
     SendJson(res, 200, {{"object", "list"}, {"data", std::move(data)}});
+  });
+  // OpenAI's GET /v1/models/{model}: the model's entry as /v1/models lists it.
+  s.Get(R"(/v1/models/(.+))", [service](const httplib::Request& req, httplib::Response& res) {
+    if (absl::Status st = AdmitHttp(*service, req); !st.ok()) return SendError(res, st);
+    const std::string name = req.matches[1];
+    for (const auto& model : service->models()) {
+      if (model->name() != name || model->state() != ModelState::kReady) continue;
+      SendJson(res, 200, ModelEntry(*model));
+      return;
+    }
+    SendError(res, absl::NotFoundError(
+                       absl::StrCat("no model named ", EchoValue(name), " is being served")));
   });
   s.Get("/health", [service](const httplib::Request&, httplib::Response& res) {
     const ServedModel& default_model = *service->models().front();
@@ -819,6 +888,62 @@ void HttpFront::Routes() {
       return SendError(res, st);
     }
     SendJson(res, 200, {{"prompt", response.text()}});
+  });
+  // After every exchange (the response written): a large one has the allocator's free pages
+  // returned.
+  s.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+    if (req.body.size() + res.body.size() >= Trimmer::kAfterBytes) Trimmer::Get().Request();
+    if (close_after_response) {
+      close_after_response = false;
+      if (const int fd = ConnectionFd(req); fd >= 0) shutdown(fd, SHUT_RDWR);
+    }
+  });
+  // The framing of a request body, checked once the headers are in and before the body is read
+  // (each refusal closes the connection, whose remaining bytes are not a request):
+  // - several Content-Length values that differ, or one that is not a plain decimal, are a
+  //   400 (a proxy in front might read the framing otherwise: request smuggling, RFC 9112
+  //   §6.3);
+  // - a Content-Length over --max_message_bytes is a 413 at once, without waiting for a body
+  //   that would be refused anyway;
+  // - a POST with neither Content-Length nor Transfer-Encoding is a 411 (its body would end
+  //   only when the client closed the connection).
+  const int64_t max_body = max_body_bytes_;
+  s.set_pre_routing_handler([max_body](const httplib::Request& req, httplib::Response& res) {
+    const auto refuse = [&res](int status, const std::string& message) {
+      // The connection ends once this answer is written (the logger shuts it down): what the
+      // client sends after is not read (a body after an unusable length would be taken for the
+      // next request).
+      res.set_header("Connection", "close");
+      close_after_response = true;
+      json body = OpenAIError(absl::InvalidArgumentError(message));
+      body["error"]["code"] = status;
+      SendJson(res, status, body);
+      return httplib::Server::HandlerResponse::Handled;
+    };
+    const size_t count = req.get_header_value_count("Content-Length");
+    if (count == 0) {
+      if (req.method == "POST" && !req.has_header("Transfer-Encoding")) {
+        return refuse(411, "a POST needs a Content-Length (or a chunked Transfer-Encoding)");
+      }
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    const std::string first = req.get_header_value("Content-Length", 0);
+    bool bad = first.empty() || first.find_first_not_of("0123456789") != std::string::npos;
+    for (size_t i = 1; i < count && !bad; ++i) {
+      bad = req.get_header_value("Content-Length", i) != first;
+    }
+    if (bad) {
+      return refuse(400,
+                    "the request's Content-Length is malformed or given twice with different "
+                    "values");
+    }
+    uint64_t length = 0;
+    if (!absl::SimpleAtoi(first, &length) || length > static_cast<uint64_t>(max_body)) {
+      return refuse(
+          413, absl::StrCat("the request body (Content-Length ", first, ") is over the limit of ",
+                            max_body, " bytes (--max_message_bytes)"));
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
   });
   // What cpp-httplib answers itself (no route, body too large, a malformed request) in
   // OpenAI's error shape too.

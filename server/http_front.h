@@ -64,6 +64,7 @@ class HttpFront {
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   int port_ = 0;
+  int64_t max_body_bytes_ = 0;  // HttpFrontOptions::max_body_bytes
   bool stopped_ = false;
 };
 

@@ -145,7 +145,8 @@ absl::Status SpanServeService::Admit(const std::string* authorization,
     }
     const absl::string_view value(*authorization);
     constexpr absl::string_view kBearer = "Bearer ";
-    if (!absl::StartsWith(value, kBearer) ||
+    // The scheme is case-insensitive (RFC 9110 §11.1): "bearer" and "BEARER" too.
+    if (!absl::StartsWithIgnoreCase(value, kBearer) ||
         !ConstantTimeEquals(value.substr(kBearer.size()), options_.auth_token)) {
       return absl::UnauthenticatedError("invalid bearer token");
     }

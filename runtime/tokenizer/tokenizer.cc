@@ -115,6 +115,18 @@ std::string Tokenizer::DecodeWindow(std::span<const int32_t> ids, const DecodeCo
   return absl::StrJoin(tokens, "");
 }
 
+std::string Tokenizer::TokenBytes(int32_t id) const {
+  if (!Keeps(id, /*skip_special_tokens=*/false)) return "";
+  if (!byte_level_bytes_.empty()) return byte_level_bytes_[id];
+  uint8_t byte = 0;
+  if (IsByteFallbackToken(id) && ParseByteToken(IdToToken(id), &byte)) {
+    return std::string(1, static_cast<char>(byte));
+  }
+  // As a token inside a sequence: a SentencePiece word's "▁" is its space.
+  return DecodeWindow(std::span<const int32_t>(&id, 1),
+                      DecodeContext{.at_start = false, .at_end = false});
+}
+
 std::optional<int32_t> Tokenizer::TokenToId(std::string_view token) const {
   if (const int32_t id = added_->FindByContent(token); id >= 0) return id;
   return model_->TokenToId(token);

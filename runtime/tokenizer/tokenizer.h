@@ -64,6 +64,13 @@ class Tokenizer {
   // when skip_special_tokens. Always valid UTF-8 (undecodable bytes become U+FFFD).
   std::string Decode(std::span<const int32_t> ids, bool skip_special_tokens) const;
 
+  // The bytes token `id` stands for, as they are: for a byte-level vocabulary its bytes, for a
+  // byte-fallback token (<0xE2>) its one byte, else its text as a token inside a sequence
+  // (a SentencePiece word's leading space kept). Unlike Decode's, a token that
+  // holds part of a multi-byte character is not replaced by U+FFFD (OpenAI's logprobs `bytes`:
+  // the bytes of consecutive tokens join into their text). Empty for an unknown id.
+  std::string TokenBytes(int32_t id) const;
+
   // One past the largest id of the model vocabulary and the added tokens: the number of
   // rows an embedding for this tokenizer needs.
   int32_t vocab_size() const { return vocab_size_; }

@@ -386,6 +386,85 @@ TEST(HttpTest, EchoLogprobsEqualScore) {
   EXPECT_EQ(Post(client, "/v1/completions", {{"prompt", "x"}, {"max_tokens", 0}}).status, 400);
 }
 
+// Request framing is checked once the headers are in, without waiting for a body: a
+// Content-Length over --max_message_bytes is a 413, a malformed or twice-given one a 400, a POST
+// with no length a 411, each answered at once, and the connection closed after.
+TEST(HttpTest, BadFramingIsAnsweredAtOnce) {
+  HttpServer s({"--max_message_bytes=65536"});
+  const std::string head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\n";
+  const std::string body = R"({"prompt":"Hi","max_tokens":1})";
+  const struct {
+    std::string request;
+    std::string status;
+  } cases[] = {
+      {head + "Content-Length: 70000\r\n\r\n", "413"},
+      {head + "Content-Length: 99999999999999999999999\r\n\r\n", "413"},
+      {head + "Content-Length: -5\r\n\r\n" + body, "400"},
+      {head + "Content-Length: " + std::to_string(body.size()) + "\r\nContent-Length: 3\r\n\r\n" +
+           body,
+       "400"},
+      {head + "\r\n" + body, "411"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.request);
+    const int fd = Connect(s.http_port);
+    ASSERT_GE(fd, 0);
+    timeval tv{.tv_sec = 5, .tv_usec = 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    SendAll(fd, c.request);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::string got;
+    char buf[4096];
+    for (ssize_t n; (n = recv(fd, buf, sizeof(buf), 0)) > 0;) got.append(buf, n);  // to the close
+    close(fd);
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 4.0);
+    EXPECT_EQ(got.substr(0, 12), "HTTP/1.1 " + c.status) << got;
+    EXPECT_NE(got.find("\"error\""), std::string::npos) << got;
+  }
+  auto client = s.Client();
+  EXPECT_EQ(Post(client, "/v1/completions", {{"prompt", "Hi"}, {"max_tokens", 1}}).status, 200);
+}
+
+// Scoring generates nothing, so a prompt may fill the whole context: echo with max_tokens 0 over
+// HTTP and Score over gRPC take exactly max_model_len tokens (and no more); a request that
+// generates needs one position more.
+TEST(HttpTest, ScoringMayFillTheWholeContext) {
+  HttpServer s({"--max_model_len=64"});
+  auto client = s.Client();
+  auto stub = s.Stub();
+  json prompt = json::array();
+  for (int i = 0; i < 64; ++i) prompt.push_back(5 + i % 40);
+  const json body = {{"prompt", prompt}, {"echo", true}, {"logprobs", 1}, {"temperature", 0}};
+  json scoring = body;
+  scoring["max_tokens"] = 0;
+  const Answer full = Post(client, "/v1/completions", scoring);
+  ASSERT_EQ(full.status, 200) << full.raw;
+  EXPECT_EQ(full.body["choices"][0]["logprobs"]["token_logprobs"].size(), 64u);
+  json generating = body;
+  generating["max_tokens"] = 1;
+  EXPECT_EQ(Post(client, "/v1/completions", generating).status, 400);
+  json over = scoring;
+  over["prompt"].push_back(7);
+  EXPECT_EQ(Post(client, "/v1/completions", over).status, 400);
+
+  for (const int context_len : {63, 64}) {
+    v1::ScoreRequest score;
+    for (int i = 0; i < context_len; ++i) score.mutable_context()->mutable_token_ids()->add_ids(5);
+    score.add_continuations()->mutable_token_ids()->add_ids(9);
+    v1::ScoreResponse scored;
+    grpc::ClientContext ctx;
+    const grpc::Status status = stub->Score(&ctx, score, &scored);
+    if (context_len + 1 <= 64) {
+      ASSERT_TRUE(status.ok()) << status.error_message();
+      EXPECT_EQ(scored.scores(0).num_tokens(), 1);
+    } else {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+      EXPECT_NE(status.error_message().find("context holds 64 tokens"), std::string::npos)
+          << status.error_message();
+    }
+  }
+}
+
 TEST(HttpTest, ErrorsHaveOpenAIsShapeAndTheRightStatus) {
   HttpServer s({"--auth_token=sesame", "--max_message_bytes=65536"});
   auto client = s.Client();
@@ -408,6 +487,9 @@ TEST(HttpTest, ErrorsHaveOpenAIsShapeAndTheRightStatus) {
   expect_error(Post(client, "/v1/completions", good), 401, "");
   expect_error(Post(client, "/v1/completions", good, {{"Authorization", "Bearer nope"}}), 401, "");
   ASSERT_EQ(Post(client, "/v1/completions", good, auth).status, 200);
+  // The scheme is case-insensitive.
+  ASSERT_EQ(Post(client, "/v1/completions", good, {{"Authorization", "bearer sesame"}}).status,
+            200);
   json bad = good;
   bad["temperature"] = -1;
   expect_error(Post(client, "/v1/completions", bad, auth), 400, "temperature");
@@ -592,6 +674,15 @@ TEST(HttpTest, ModelsTokenizeDetokenizeAndHealth) {
   // The second model may still be loading; the default one is listed.
   ASSERT_GE(m["data"].size(), 1u);
   EXPECT_EQ(m["data"][0]["id"], "spanserve-span-12l");
+  // GET /v1/models/{model}: the same entry, or a 404 in OpenAI's shape.
+  auto one = c.Get("/v1/models/spanserve-span-12l");
+  ASSERT_TRUE(one);
+  EXPECT_EQ(one->status, 200);
+  EXPECT_EQ(json::parse(one->body), m["data"][0]);
+  auto none = c.Get("/v1/models/gpt-4");
+  ASSERT_TRUE(none);
+  EXPECT_EQ(none->status, 404);
+  EXPECT_EQ(json::parse(none->body)["error"]["code"], "model_not_found");
   const Answer tok = Post(c, "/tokenize", {{"prompt", "And God said"}});
   ASSERT_EQ(tok.status, 200) << tok.raw;
   EXPECT_EQ(tok.body["count"], tok.body["tokens"].size());

@@ -187,6 +187,41 @@ TEST(Tokenizer, AccessorsAndSpecialTokens) {
   EXPECT_EQ(*empty, std::vector<int32_t>{*bot});
 }
 
+// TokenBytes: each token's own bytes, joining into the text where a character spans tokens
+// (which Decode of one such token shows as U+FFFD), for a byte-level vocabulary and for a
+// SentencePiece one with byte fallback.
+TEST(Tokenizer, TokenBytesJoinIntoTheText) {
+  const std::string text = "Smile \xF0\x9F\x99\x82 and \xE6\xBC\xA2\xE5\xAD\x97 \xE2\x80\x94 ok";
+  for (const std::string name : {"bpe_gpt2", "smollm2", "sp_llama2"}) {
+    SCOPED_TRACE(name);
+    auto tok = Load(name);
+    ASSERT_NE(tok, nullptr);
+    auto ids = tok->Encode(text, /*add_special_tokens=*/false);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    std::string joined;
+    bool split_character = false;
+    for (const int32_t id : *ids) {
+      const std::string bytes = tok->TokenBytes(id);
+      EXPECT_FALSE(bytes.empty()) << id;
+      joined += bytes;
+      const std::string decoded = tok->Decode(std::span<const int32_t>(&id, 1), false);
+      split_character = split_character || decoded.find("\xEF\xBF\xBD") != std::string::npos;
+    }
+    // SentencePiece's "▁" is the space before each word, the first word's too (which Decode
+    // of a whole text drops).
+    if (name == "sp_llama2") {
+      ASSERT_FALSE(joined.empty());
+      if (joined.front() == ' ') joined.erase(0, 1);
+    }
+    EXPECT_EQ(joined, text);
+    EXPECT_TRUE(split_character) << "no token of the text holds part of a character";
+  }
+  auto tok = Load("bpe_gpt2");
+  ASSERT_NE(tok, nullptr);
+  EXPECT_EQ(tok->TokenBytes(-1), "");
+  EXPECT_EQ(tok->TokenBytes(tok->vocab_size()), "");
+}
+
 TEST(Tokenizer, ConcurrentEncodeAndDecodeAgree) {
   auto tok = Load("smollm2");
   ASSERT_NE(tok, nullptr);
