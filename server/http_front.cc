@@ -11,12 +11,15 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <functional>
 #include <limits>
+#include <map>
 #include <mutex>
 #include <optional>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -656,6 +659,14 @@ void WidenListenBacklog(int port) {
 // logger, which runs once it is written, shuts the connection down).
 thread_local bool close_after_response = false;
 
+// Whether a request's whole headers wait unread in the socket (no thread reads it yet).
+bool HeadersWaiting(int fd) {
+  char buf[8192];
+  const ssize_t n = recv(fd, buf, sizeof(buf), MSG_PEEK | MSG_DONTWAIT);
+  return n > 0 &&
+         std::string_view(buf, static_cast<size_t>(n)).find("\r\n\r\n") != std::string_view::npos;
+}
+
 // A served model as /v1/models lists it (OpenAI's model object).
 json ModelEntry(const ServedModel& model) {
   const auto ready = std::chrono::duration_cast<std::chrono::seconds>(
@@ -719,8 +730,72 @@ HttpFront::~HttpFront() { Stop(); }
 void HttpFront::Stop() {
   if (stopped_) return;
   stopped_ = true;
+  {
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    watch_stop_ = true;
+  }
+  watch_cv_.notify_all();
+  if (watcher_.joinable()) watcher_.join();
   server_->stop();
   if (thread_.joinable()) thread_.join();
+}
+
+void HttpFront::HeadersIn(const std::string& peer) {
+  std::lock_guard<std::mutex> lock(watch_mu_);
+  connections_[peer].busy = true;
+}
+
+void HttpFront::Done(const std::string& peer) {
+  std::lock_guard<std::mutex> lock(watch_mu_);
+  Connection& c = connections_[peer];
+  c.busy = false;
+  c.since = std::chrono::steady_clock::now();
+}
+
+void HttpFront::Watch() {
+  const auto timeout = std::chrono::seconds(header_timeout_s_);
+  std::unique_lock<std::mutex> lock(watch_mu_);
+  while (!watch_cv_.wait_for(lock, std::chrono::seconds(1), [this] { return watch_stop_; })) {
+    lock.unlock();
+    // The HTTP port's connected sockets and their peers (scanned without the lock).
+    std::vector<std::pair<int, std::string>> sockets;
+    FindSocket(port_, [&sockets](int fd) {
+      int listening = 0;
+      socklen_t len = sizeof(listening);
+      if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || listening) {
+        return false;
+      }
+      sockaddr_storage peer{};
+      socklen_t peer_len = sizeof(peer);
+      char host[NI_MAXHOST];
+      char port[NI_MAXSERV];
+      if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0 &&
+          getnameinfo(reinterpret_cast<sockaddr*>(&peer), peer_len, host, sizeof(host), port,
+                      sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
+        sockets.emplace_back(fd, absl::StrCat(host, ":", port));
+      }
+      return false;  // every one
+    });
+    const auto now = std::chrono::steady_clock::now();
+    lock.lock();
+    std::map<std::string, Connection> alive;
+    for (const auto& [fd, peer] : sockets) {
+      auto it = connections_.find(peer);
+      Connection c = it != connections_.end() ? it->second : Connection{false, now};
+      // A connection whose whole headers wait unread in its socket waits for a thread (all
+      // busy), not on its client: it stays.
+      if (!c.busy && now - c.since > timeout && !HeadersWaiting(fd)) {
+        shutdown(fd, SHUT_RDWR);
+        std::fprintf(stderr,
+                     "spanserve-server: closed the HTTP connection of %s: no request headers "
+                     "within %d s\n",
+                     peer.c_str(), header_timeout_s_);
+        continue;
+      }
+      alive.emplace(peer, c);
+    }
+    connections_ = std::move(alive);
+  }
 }
 
 absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(SpanServeService* service,
@@ -761,6 +836,7 @@ absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(SpanServeService* se
   server->set_tcp_nodelay(true);
   std::unique_ptr<HttpFront> front(new HttpFront(service, std::move(server)));
   front->max_body_bytes_ = options.max_body_bytes;
+  front->header_timeout_s_ = std::max(1, options.header_timeout_s);
   front->Routes();
   if (port == 0) {
     port = front->server_->bind_to_any_port(host);
@@ -773,6 +849,8 @@ absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(SpanServeService* se
   WidenListenBacklog(port);
   httplib::Server* s = front->server_.get();
   front->thread_ = std::thread([s] { s->listen_after_bind(); });
+  HttpFront* f = front.get();
+  front->watcher_ = std::thread([f] { f->Watch(); });
   return front;
 }
 
@@ -891,7 +969,8 @@ void HttpFront::Routes() {
   });
   // After every exchange (the response written): a large one has the allocator's free pages
   // returned.
-  s.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+  s.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    Done(absl::StrCat(req.remote_addr, ":", req.remote_port));
     if (req.body.size() + res.body.size() >= Trimmer::kAfterBytes) Trimmer::Get().Request();
     if (close_after_response) {
       close_after_response = false;
@@ -908,7 +987,8 @@ void HttpFront::Routes() {
   // - a POST with neither Content-Length nor Transfer-Encoding is a 411 (its body would end
   //   only when the client closed the connection).
   const int64_t max_body = max_body_bytes_;
-  s.set_pre_routing_handler([max_body](const httplib::Request& req, httplib::Response& res) {
+  s.set_pre_routing_handler([this, max_body](const httplib::Request& req, httplib::Response& res) {
+    HeadersIn(absl::StrCat(req.remote_addr, ":", req.remote_port));
     const auto refuse = [&res](int status, const std::string& message) {
       // The connection ends once this answer is written (the logger shuts it down): what the
       // client sends after is not read (a body after an unusable length would be taken for the

@@ -17,8 +17,12 @@
 // while it is open; bodies over --max_message_bytes answer 413.
 #pragma once
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -40,6 +44,10 @@ struct HttpFrontOptions {
   int64_t max_body_bytes = 16 << 20;
   int read_timeout_s = 30;       // a client silent this long mid-request is dropped
   int keep_alive_timeout_s = 5;  // an idle kept-alive connection is closed after this
+  // A request's headers must be in within this many seconds of its connection opening (or of
+  // the previous response on it being written); a connection that takes longer (a client
+  // trickling header lines to hold a thread) is closed.
+  int header_timeout_s = 10;
 };
 
 class HttpFront {
@@ -60,12 +68,30 @@ class HttpFront {
   HttpFront(SpanServeService* service, std::unique_ptr<httplib::Server> server);
   void Routes();
 
+  // Slow senders: every second the watcher closes the connections whose request headers are
+  // not in header_timeout_s after the connection opened or its last response was written.
+  // HeadersIn (the headers of a request are in) and Done (its response is written) keep the
+  // connections' states, by peer ("address:port").
+  void Watch();
+  void HeadersIn(const std::string& peer);
+  void Done(const std::string& peer);
+
   SpanServeService* const service_;
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   int port_ = 0;
   int64_t max_body_bytes_ = 0;  // HttpFrontOptions::max_body_bytes
+  int header_timeout_s_ = 10;   // HttpFrontOptions::header_timeout_s
   bool stopped_ = false;
+  struct Connection {
+    bool busy = false;  // between a request's headers and its response written
+    std::chrono::steady_clock::time_point since;  // idle since (opened, or last response)
+  };
+  std::mutex watch_mu_;
+  std::condition_variable watch_cv_;
+  bool watch_stop_ = false;
+  std::map<std::string, Connection> connections_;
+  std::thread watcher_;
 };
 
 }  // namespace spanserve::server

@@ -91,6 +91,10 @@ ABSL_FLAG(std::string, http_address, "",
 ABSL_FLAG(int, http_threads, 256,
           "HTTP connections served at once (each open connection, streaming or idle "
           "keep-alive, holds one thread)");
+ABSL_FLAG(int, http_header_timeout_s, 10,
+          "an HTTP request's headers must be in within this many seconds of its connection "
+          "opening (or of the previous response on it); a connection that takes longer (a "
+          "client trickling header lines to hold a thread) is closed");
 ABSL_FLAG(std::string, http_port_file, "", "write the bound HTTP port here once listening");
 ABSL_FLAG(int64_t, kv_cache_bytes, 0,
           "KV memory of all models together in bytes, split evenly between the models that "
@@ -396,14 +400,15 @@ int Run(const sigset_t& signals) {
   // The HTTP front: the same service, so the same models, auth, limits and drain.
   std::unique_ptr<HttpFront> http;
   if (const std::string addr = absl::GetFlag(FLAGS_http_address); !addr.empty()) {
-    absl::StatusOr<std::unique_ptr<HttpFront>> h =
-        HttpFront::Start(&service, HttpFrontOptions{
-                                       .address = addr,
-                                       .tls_cert = absl::GetFlag(FLAGS_tls_cert),
-                                       .tls_key = absl::GetFlag(FLAGS_tls_key),
-                                       .threads = absl::GetFlag(FLAGS_http_threads),
-                                       .max_body_bytes = absl::GetFlag(FLAGS_max_message_bytes),
-                                   });
+    absl::StatusOr<std::unique_ptr<HttpFront>> h = HttpFront::Start(
+        &service, HttpFrontOptions{
+                      .address = addr,
+                      .tls_cert = absl::GetFlag(FLAGS_tls_cert),
+                      .tls_key = absl::GetFlag(FLAGS_tls_key),
+                      .threads = absl::GetFlag(FLAGS_http_threads),
+                      .max_body_bytes = absl::GetFlag(FLAGS_max_message_bytes),
+                      .header_timeout_s = absl::GetFlag(FLAGS_http_header_timeout_s),
+                  });
     if (!h.ok()) {
       Log(h.status().ToString());
       server->Shutdown();

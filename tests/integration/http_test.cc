@@ -425,6 +425,51 @@ TEST(HttpTest, BadFramingIsAnsweredAtOnce) {
   EXPECT_EQ(Post(client, "/v1/completions", {{"prompt", "Hi"}, {"max_tokens", 1}}).status, 200);
 }
 
+// Clients that trickle header lines to hold the HTTP threads (slowloris) are cut off once their
+// headers are not in after --http_header_timeout_s, and a request queued behind them is
+// served then.
+TEST(HttpTest, SlowHeadersAreCutOffAndTheQueuedRequestServed) {
+  HttpServer s({"--http_threads=2", "--http_header_timeout_s=2"});
+  std::vector<int> slow;
+  for (int i = 0; i < 2; ++i) {
+    const int fd = Connect(s.http_port);
+    ASSERT_GE(fd, 0);
+    SendAll(fd, "POST /v1/completions HTTP/1.1\r\nHost: x\r\n");
+    slow.push_back(fd);
+  }
+  std::atomic<bool> trickling{true};
+  std::thread trickle([&] {
+    while (trickling.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      for (int fd : slow) SendAll(fd, "X-A: b\r\n");
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the slow ones hold both threads
+  const int fd = Connect(s.http_port);
+  ASSERT_GE(fd, 0);
+  timeval tv{.tv_sec = 15, .tv_usec = 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  const auto t0 = std::chrono::steady_clock::now();
+  SendAll(fd, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  std::string got;
+  char buf[1024];
+  for (ssize_t n; (n = recv(fd, buf, sizeof(buf), 0)) > 0;) got.append(buf, n);
+  close(fd);
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(got.substr(0, 12), "HTTP/1.1 200") << got;
+  EXPECT_LT(waited, 8.0);
+  trickling = false;
+  trickle.join();
+  for (int slow_fd : slow) {
+    // Cut off: the server closed them (no response was ever due).
+    timeval short_tv{.tv_sec = 2, .tv_usec = 0};
+    setsockopt(slow_fd, SOL_SOCKET, SO_RCVTIMEO, &short_tv, sizeof(short_tv));
+    EXPECT_LE(recv(slow_fd, buf, sizeof(buf), 0), 0);
+    close(slow_fd);
+  }
+}
+
 // Scoring generates nothing, so a prompt may fill the whole context: echo with max_tokens 0 over
 // HTTP and Score over gRPC take exactly max_model_len tokens (and no more); a request that
 // generates needs one position more.
