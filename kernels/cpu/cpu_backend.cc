@@ -107,8 +107,10 @@ class CpuBackend final : public Backend {
   // (Int8DotFormat: Q8_0, Q6_K), a copy this backend keeps too.
   absl::StatusOr<WeightMatrix> UploadMatrix(const WeightMatrix& in) override {
     WeightMatrix host = in;
+    // (IQ4_NL packs as it is where the packed kernels run.)
     if (in.precision == MatMulPrecision::kInt8Dot && in.data != nullptr &&
-        Int8DotFormat(in.quant) != in.quant) {
+        Int8DotFormat(in.quant) != in.quant &&
+        !(Int8DotUsesVnni() && internal::Int8PackedSupports(in.quant))) {
       host.quant = Int8DotFormat(in.quant);
       const int64_t bytes =
           in.rows * in.cols / QuantBlockElems(host.quant) * QuantBlockBytes(host.quant);

@@ -494,12 +494,14 @@ void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector
     internal::MatMulBf16Dot(x, m, w, bias, y);
     return;
   }
-  // (IQ4_NL / Q3_K take the integer path once UploadMatrix re-encodes them: Int8DotFormat.)
-  if (w.precision == MatMulPrecision::kInt8Dot && Int8DotSupports(w.quant) &&
-      Int8DotFormat(w.quant) == w.quant) {
+  // (IQ4_NL / Q3_K take the integer path once UploadMatrix has packed or re-encoded them:
+  // Int8DotFormat.)
+  if (w.precision == MatMulPrecision::kInt8Dot && Int8DotSupports(w.quant)) {
     if (w.packed != nullptr) return internal::MatMulInt8Packed(x, m, w, bias, y);
-    internal::MatMulInt8Dot(x, m, w, bias, y, Int8DotUsesVnni());
-    return;
+    if (Int8DotFormat(w.quant) == w.quant) {
+      internal::MatMulInt8Dot(x, m, w, bias, y, Int8DotUsesVnni());
+      return;
+    }
   }
   internal::WithFormat(internal::FormatOf(w),
                        [&](auto f) { MatMulTyped<decltype(f)::value>(x, m, w, bias, y); });

@@ -79,10 +79,13 @@ void MatMulInt8Dot(const float* x, int64_t m, const WeightMatrix& w, const Weigh
 // starting at 0. A row's result depends on nothing but the row, as above; which arithmetic a
 // matrix takes depends only on its format and the CPU (on a CPU without VNNI the matrix is not
 // packed).
+// IQ4_NL packs as Q4_0 does (d, the 4-bit codes in nibbles); the kernel maps each code to its
+// value + 128 (a byte shuffle), and from there computes as for Q8_0: the same integers and
+// f32 chain as Q8_0 blocks holding those values (kernels/quant.h, ConvertIQ4_NLToQ8_0).
 constexpr bool Int8PackedSupports(QuantType q) {
   return q == QuantType::kQ8_0 || q == QuantType::kQ4_0 || q == QuantType::kQ4_1 ||
          q == QuantType::kQ5_0 || q == QuantType::kQ5_1 || q == QuantType::kQ4_K ||
-         q == QuantType::kQ5_K || q == QuantType::kQ6_K;
+         q == QuantType::kQ5_K || q == QuantType::kQ6_K || q == QuantType::kIQ4_NL;
 }
 // Whether a packed format keeps f32 scales (the K-quants' d·sc products).
 constexpr bool Int8PackedHasF32Scales(QuantType q) {

@@ -1,4 +1,4 @@
-// The integer dot products on repacked Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / K-quant weights
+// The integer dot products on repacked Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / K-quant / IQ4_NL weights
 // (matmul_int8dot.h, "Packed weights"). Compiled with AVX512_VNNI and entered only where the CPU
 // has it.
 #include <immintrin.h>
@@ -52,11 +52,11 @@ void Group(const uint8_t* records, int64_t blocks, const QuantizedX& x, int64_t 
   constexpr bool kMins = Int8PackedHasMins(kQ);
   constexpr bool kHalves = kQ == QuantType::kQ6_K;
   // The offset the weights' unsigned quants carry: w_q = u − kOffset.
-  constexpr int kOffset = kQ == QuantType::kQ8_0   ? 128
-                          : kQ == QuantType::kQ4_0 ? 8
-                          : kQ == QuantType::kQ5_0 ? 16
-                          : kQ == QuantType::kQ6_K ? 32
-                                                   : 0;
+  constexpr int kOffset = kQ == QuantType::kQ8_0 || kQ == QuantType::kIQ4_NL ? 128
+                          : kQ == QuantType::kQ4_0                           ? 8
+                          : kQ == QuantType::kQ5_0                           ? 16
+                          : kQ == QuantType::kQ6_K                           ? 32
+                                                                             : 0;
   constexpr int64_t kSecond = Int8PackedScaleBytes(kQ);  // m_w or Q6_K's d_w,1
   __m512 acc[MR], mins[MR];
   for (int i = 0; i < MR; ++i) {
@@ -85,6 +85,14 @@ void Group(const uint8_t* records, int64_t blocks, const QuantizedX& x, int64_t 
         const __m512i v = _mm512_loadu_si512(rec + Int8PackedQuantsAt(kQ) + 64 * j);
         u[j] = _mm512_and_si512(v, mask);
         u[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+      }
+      if constexpr (kQ == QuantType::kIQ4_NL) {
+        // Each code's value + 128 (kIq4NlValues), looked up in every 128-bit lane.
+        alignas(16) static constexpr uint8_t kUnsigned[16] = {
+            1, 24, 45, 63, 79, 93, 106, 118, 129, 141, 153, 166, 181, 197, 217, 241};
+        const __m512i table =
+            _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kUnsigned)));
+        for (int j = 0; j < 8; ++j) u[j] = _mm512_shuffle_epi8(table, u[j]);
       }
       // + 16 (+ 32) where the fifth (sixth) bit is set.
       for (int plane = 0; plane < Int8PackedHighBitPlanes(kQ); ++plane) {
@@ -353,6 +361,8 @@ void MatMulInt8Packed(const float* x, int64_t m, const WeightMatrix& w, const We
         return Groups<QuantType::kQ4_K>(w, xq, m, bias, y, g0, g1);
       case QuantType::kQ5_K:
         return Groups<QuantType::kQ5_K>(w, xq, m, bias, y, g0, g1);
+      case QuantType::kIQ4_NL:
+        return Groups<QuantType::kIQ4_NL>(w, xq, m, bias, y, g0, g1);
       default:
         return Groups<QuantType::kQ6_K>(w, xq, m, bias, y, g0, g1);
     }

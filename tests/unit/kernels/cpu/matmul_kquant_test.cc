@@ -253,7 +253,8 @@ TEST(Int8ReEncoding, TheCpuBackendTakesThemToTheIntegerKernels) {
     absl::StatusOr<WeightMatrix> uq = be->UploadMatrix(wq);
     absl::StatusOr<WeightMatrix> uf = be->UploadMatrix(wf);
     ASSERT_TRUE(uq.ok() && uf.ok());
-    EXPECT_EQ(uq->quant, f);
+    // Re-encoded, or (IQ4_NL on a VNNI CPU) packed as it is.
+    EXPECT_TRUE(uq->quant == f || uq->packed != nullptr);
     const WeightMatrix exact{blocks.data(), DType::kF32, n, k, q};
     for (const int64_t m : {1, 5, 16}) {
       const std::vector<float> x = RandomFloats(m * k, 43);
