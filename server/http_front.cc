@@ -19,7 +19,6 @@
 #include <map>
 #include <mutex>
 #include <optional>
-#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -659,12 +658,12 @@ void WidenListenBacklog(int port) {
 // logger, which runs once it is written, shuts the connection down).
 thread_local bool close_after_response = false;
 
-// Whether a request's whole headers wait unread in the socket (no thread reads it yet).
-bool HeadersWaiting(int fd) {
-  char buf[8192];
-  const ssize_t n = recv(fd, buf, sizeof(buf), MSG_PEEK | MSG_DONTWAIT);
-  return n > 0 &&
-         std::string_view(buf, static_cast<size_t>(n)).find("\r\n\r\n") != std::string_view::npos;
+// Whether bytes the client sent wait unread in the socket: no thread reads the connection yet
+// (one that does takes each byte as it comes, a slow client's included). Also right for TLS,
+// whose bytes cannot be looked into.
+bool BytesWaiting(int fd) {
+  char byte;
+  return recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
 }
 
 // A served model as /v1/models lists it (OpenAI's model object).
@@ -782,9 +781,9 @@ void HttpFront::Watch() {
     for (const auto& [fd, peer] : sockets) {
       auto it = connections_.find(peer);
       Connection c = it != connections_.end() ? it->second : Connection{false, now};
-      // A connection whose whole headers wait unread in its socket waits for a thread (all
-      // busy), not on its client: it stays.
-      if (!c.busy && now - c.since > timeout && !HeadersWaiting(fd)) {
+      // A connection whose bytes wait unread waits for a thread (all busy), not on its
+      // client: it stays.
+      if (!c.busy && now - c.since > timeout && !BytesWaiting(fd)) {
         shutdown(fd, SHUT_RDWR);
         std::fprintf(stderr,
                      "spanserve-server: closed the HTTP connection of %s: no request headers "

@@ -69,7 +69,8 @@ class HttpFront {
   void Routes();
 
   // Slow senders: every second the watcher closes the connections whose request headers are
-  // not in header_timeout_s after the connection opened or its last response was written.
+  // not in header_timeout_s after the connection opened or its last response was written
+  // (but not those whose bytes wait unread: they wait for a thread).
   // HeadersIn (the headers of a request are in) and Done (its response is written) keep the
   // connections' states, by peer ("address:port").
   void Watch();
