@@ -254,7 +254,9 @@ absl::Status SpanServeService::CheckTokenize(const v1::TokenizeRequest& request,
   }
   // Bounded so that the answer fits in one message.
   const int64_t max_bytes = options_.max_message_bytes / kTokenizeAnswerBytesPerByte;
-  const int64_t bytes = static_cast<int64_t>(request.ByteSizeLong());
+  // The text (or the chat's messages) itself, not the rest of the request.
+  const int64_t bytes = static_cast<int64_t>(request.has_chat() ? request.chat().ByteSizeLong()
+                                                                : request.text().size());
   if (bytes > max_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         request.has_chat() ? "chat" : "text", ": ", bytes, " bytes; Tokenize takes at most ",

@@ -198,6 +198,28 @@ TEST(ServerTest, TokenizeDetokenizeInfoAndLogprobs) {
   EXPECT_EQ(n, 5);
 }
 
+// Tokenize takes at most 1/12 of --max_message_bytes of text (so that its answer fits): the
+// text's own bytes, whatever else the request carries.
+TEST(ServerTest, TokenizeBoundsTheTextItself) {
+  ServerProcess server({"--max_message_bytes=120000"});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  for (const int64_t n : {10000, 10001}) {
+    v1::TokenizeRequest request;
+    request.set_text(std::string(static_cast<size_t>(n), 'x'));
+    request.set_model("spanserve-span-12l");
+    v1::TokenizeResponse response;
+    grpc::ClientContext context;
+    const grpc::Status status = stub->Tokenize(&context, request, &response);
+    if (n == 10000) {
+      EXPECT_TRUE(status.ok()) << status.error_message();
+    } else {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+      EXPECT_NE(status.error_message().find("text: 10001 bytes"), std::string::npos)
+          << status.error_message();
+    }
+  }
+}
+
 TEST(ServerTest, ScoreMatchesGenerateLogprobsAndGreedyness) {
   ServerProcess server({});
   auto stub = v1::SpanServe::NewStub(server.Channel());
