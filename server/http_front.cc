@@ -741,7 +741,9 @@ void HttpFront::Stop() {
 
 void HttpFront::HeadersIn(const std::string& peer) {
   std::lock_guard<std::mutex> lock(watch_mu_);
-  connections_[peer].busy = true;
+  Connection& c = connections_[peer];
+  c.busy = true;
+  c.since = std::chrono::steady_clock::now();
 }
 
 void HttpFront::Done(const std::string& peer) {
@@ -792,6 +794,11 @@ void HttpFront::Watch() {
         continue;
       }
       alive.emplace(peer, c);
+    }
+    // A busy connection the scan missed (accepted after it) stays; one busy for an hour
+    // without a response written is forgotten (its entry would otherwise stay for good).
+    for (const auto& [peer, c] : connections_) {
+      if (c.busy && now - c.since < std::chrono::hours(1)) alive.emplace(peer, c);
     }
     connections_ = std::move(alive);
   }

@@ -86,7 +86,8 @@ class HttpFront {
   bool stopped_ = false;
   struct Connection {
     bool busy = false;  // between a request's headers and its response written
-    std::chrono::steady_clock::time_point since;  // idle since (opened, or last response)
+    // Busy since (its headers), or idle since (opened, or its last response written).
+    std::chrono::steady_clock::time_point since;
   };
   std::mutex watch_mu_;
   std::condition_variable watch_cv_;
