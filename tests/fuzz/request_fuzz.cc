@@ -122,7 +122,6 @@ void FuzzGenerate(const World& w, const server::ServedModel& model, std::string_
   }
   SPANSERVE_CHECK(!ids->empty());
   request.prompt = *std::move(ids);
-  if (!server::CheckPromptLength(request.prompt.size(), info.max_model_len, "prompt").ok()) return;
   absl::StatusOr<engine::SamplingParams> sampling =
       server::ToSamplingParams(proto.sampling(), info.vocab_size);
   if (!sampling.ok()) {
@@ -130,6 +129,12 @@ void FuzzGenerate(const World& w, const server::ServedModel& model, std::string_
     return;
   }
   request.sampling = *std::move(sampling);
+  // As ToEngineRequest checks it: a request that generates nothing may fill the context.
+  if (!server::CheckPromptLength(request.prompt.size(), info.max_model_len, "prompt",
+                                 request.sampling.max_tokens > 0)
+           .ok()) {
+    return;
+  }
   server::AddChatStop(proto.prompt(), model, &request.sampling);
   request.priority = proto.priority();
   CheckEngineAccepts(w, request);
@@ -160,7 +165,7 @@ void FuzzScore(const World& w, const server::ServedModel& model, std::string_vie
     r.prompt = context;
     r.prompt.insert(r.prompt.end(), ids->continuations[i].begin(), ids->continuations[i].end());
     r.sampling.temperature = 0.0f;
-    r.sampling.max_tokens = 1;
+    r.sampling.max_tokens = 0;  // as calls.cc submits it: the prompt's logprobs only
     r.sampling.detokenize = false;
     r.sampling.prompt_logprobs = 1;
     r.sampling.prompt_logprobs_from = static_cast<int32_t>(context.size());
