@@ -10,6 +10,8 @@ namespace spanserve::kernels {
 using cpu::simd::HalfAt;
 using cpu::simd::I8x8ToF32;
 using cpu::simd::Nibbles;
+using cpu::simd::ScaleIQ4XS;
+using cpu::simd::ScaleK3;
 using cpu::simd::ScaleMinK4;
 using cpu::simd::U8x8ToF32;
 
@@ -121,9 +123,7 @@ void DequantizeQ3_K(const void* blocks, int64_t n, float* out) {
     const uint8_t* scales = b + 96;
     const float d = HalfAt(b + 108);
     for (int s = 0; s < 16; ++s) {
-      const int sc = (((scales[s % 8] >> (4 * (s / 8))) & 0x0f) |
-                      ((scales[8 + s % 4] >> (2 * (s / 4))) & 3) << 4) -
-                     32;
+      const int sc = ScaleK3(scales, s);
       const float dl = d * static_cast<float>(sc);
       const int e0 = 16 * s;
       const uint8_t* q = qs + 32 * (e0 / 128) + e0 % 32;
@@ -234,9 +234,8 @@ void DequantizeIQ4_XS(const void* blocks, int64_t n, float* out) {
   const uint8_t* b = static_cast<const uint8_t*>(blocks);
   for (int64_t i = 0; i < n; i += kQuantSuperBlock, b += 136, out += kQuantSuperBlock) {
     const float d = HalfAt(b);
-    const int scales_h = b[2] | b[3] << 8;
     for (int s = 0; s < 8; ++s) {  // sub-blocks of 32
-      const int ls = ((b[4 + s / 2] >> (4 * (s % 2))) & 0x0f) | ((scales_h >> (2 * s)) & 3) << 4;
+      const int ls = ScaleIQ4XS(b, s);
       const float dl = d * static_cast<float>(ls - 32);
       const uint8_t* qs = b + 8 + 16 * s;
       for (int j = 0; j < 16; ++j) {
@@ -268,9 +267,7 @@ void ConvertQ3_KToQ6_K(const void* blocks, int64_t n, void* out) {
     const uint8_t* scales = b + 96;
     std::memset(o, 0, 192);  // ql[128], qh[64]
     for (int s = 0; s < 16; ++s) {
-      const int sc = (((scales[s % 8] >> (4 * (s / 8))) & 0x0f) |
-                      ((scales[8 + s % 4] >> (2 * (s / 4))) & 3) << 4) -
-                     32;
+      const int sc = ScaleK3(scales, s);
       o[192 + s] = static_cast<uint8_t>(static_cast<int8_t>(sc));
     }
     std::memcpy(o + 208, b + 108, 2);  // d

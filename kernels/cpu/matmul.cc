@@ -169,9 +169,7 @@ inline void DecodeGroup(const void* row, int64_t p, __m256* wv) {
       qs = b + 2;
     } else {
       const int g = static_cast<int>(p % 256 / 32);
-      const int scales_h = b[2] | b[3] << 8;
-      const int ls = ((b[4 + g / 2] >> (4 * (g % 2))) & 0x0f) | ((scales_h >> (2 * g)) & 3) << 4;
-      d = simd::HalfAt(b) * static_cast<float>(ls - 32);
+      d = simd::HalfAt(b) * static_cast<float>(simd::ScaleIQ4XS(b, g) - 32);
       qs = b + 8 + 16 * g;
     }
     __m128i lo, hi;
@@ -203,10 +201,7 @@ inline void DecodeGroup(const void* row, int64_t p, __m256* wv) {
         ml[t] = simd::HalfAt(b + 82) * static_cast<float>(b[s] >> 4);
       } else {
         const uint8_t* scales = b + 96;
-        const int sc = (((scales[s % 8] >> (4 * (s / 8))) & 0x0f) |
-                        ((scales[8 + s % 4] >> (2 * (s / 4))) & 3) << 4) -
-                       32;
-        dl[t] = simd::HalfAt(b + 108) * static_cast<float>(sc);
+        dl[t] = simd::HalfAt(b + 108) * static_cast<float>(simd::ScaleK3(scales, s));
         // Minus 4 where the high bit (bit g of hmask[j]) is clear.
         const __m128i bit = _mm_set1_epi8(static_cast<char>(1 << g));
         const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16 * t));

@@ -117,6 +117,17 @@ inline void Nibbles(const uint8_t* qs, __m128i* lo, __m128i* hi) {
   *hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
 }
 
+// Q3_K's signed 6-bit scale of sub-block s (0..15), from the 12 scale bytes at q.
+inline int ScaleK3(const uint8_t* q, int s) {
+  return (((q[s % 8] >> (4 * (s / 8))) & 0x0f) | ((q[8 + s % 4] >> (2 * (s / 4))) & 3) << 4) - 32;
+}
+
+// IQ4_XS's 6-bit scale (before − 32) of sub-block s (0..7) of the super-block at b.
+inline int ScaleIQ4XS(const uint8_t* b, int s) {
+  const int scales_h = b[2] | b[3] << 8;
+  return ((b[4 + s / 2] >> (4 * (s % 2))) & 0x0f) | ((scales_h >> (2 * s)) & 3) << 4;
+}
+
 // Q4_K / Q5_K's 6-bit scale and min of sub-block s (0..7), packed in 12 bytes (ggml's
 // get_scale_min_k4).
 inline void ScaleMinK4(const uint8_t* q, int s, int* sc, int* m) {
