@@ -279,8 +279,14 @@ void AttendRange(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
   // one is computed: a sequence's rows are spread over its blocks, which hardware prefetchers
   // do not follow. (For a prompt's rows the K/V rows are in cache already, from the rows
   // before them, and the prefetches would only cost.) The first tile's rows the caller asks
-  // for (PrefetchFirstTile) while it computes the item before.
+  // for (PrefetchFirstTile) while it computes the item before. The next tile's K rows are
+  // asked for before this tile's scores, its V rows before this tile's products with V: in two
+  // halves, not in one burst (one burst of every K and V row, 8 KiB of requests for a bf16
+  // tile of 64-wide heads, made the 16-stream step's attention from memory half as slow again:
+  // docs/KERNELS.md, "Attention from memory").
   const void* rows[2][2][kTile];
+  const void* const* next_v = nullptr;
+  int64_t next_n = 0;
   int cur = 0;
   for (int64_t h = 0; h < nh; ++h) {
     std::fill(acc[h], acc[h] + dim, 0.0f);
@@ -300,9 +306,10 @@ void AttendRange(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
     if (const int64_t next = (t0 / kTile + 1) * kTile; next <= last) {
       const int64_t nn = tile_length(next);
       GatherRows<kT>(layer, block_table, next, nn, kvh, rows[cur ^ 1][0], rows[cur ^ 1][1]);
-      for (int64_t i = 0; prefetch && i < nn; ++i) {
-        PrefetchRow(rows[cur ^ 1][0][i], row_bytes);
-        PrefetchRow(rows[cur ^ 1][1][i], row_bytes);
+      if (prefetch) {
+        for (int64_t i = 0; i < nn; ++i) PrefetchRow(rows[cur ^ 1][0][i], row_bytes);
+        next_v = rows[cur ^ 1][1];
+        next_n = nn;
       }
     } else if (prefetch && next <= prefetch_last) {
       PrefetchFirstTile<kT>(layer, block_table, next, prefetch_last, kvh);
@@ -357,6 +364,8 @@ void AttendRange(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
       for (int64_t i = 0; i < n; ++i) sum += probs[h][i];
       denominator[h] = sum;
     }
+    for (int64_t i = 0; i < next_n; ++i) PrefetchRow(next_v[i], row_bytes);
+    next_n = 0;
     // Each head's acc += its probabilities · V; heads in pairs share the V loads.
     int64_t h = 0;
     for (; h + 2 <= nh; h += 2) {
