@@ -104,42 +104,43 @@ void Scores(const float* q, const void* const* k, int64_t n, int64_t dim, float 
   for (; i < n; ++i) ScoreGroup<kT, 1>(q, k + i, dim, scale, s + i);
 }
 
-// Scores of two heads over the same K rows: sa/sb[i] = scale · (qa/qb · k[i]), each exactly
-// as Scores computes it; the heads share every K load (and, for a bf16 cache, its widening).
-template <DType kT>
-void ScoresPair(const float* qa, const float* qb, const void* const* k, int64_t n, int64_t dim,
-                float scale, float* sa, float* sb) {
+// Scores of H heads (2 or 3) whose q rows are consecutive at q, over the same K rows:
+// s[h][i] = scale · (q_h · k[i]), each exactly as Scores computes it; the heads share every K
+// load (and, for a bf16 cache, its widening).
+template <DType kT, int H>
+void ScoresHeads(const float* q, const void* const* k, int64_t n, int64_t dim, float scale,
+                 float (*s)[kTile]) {
+  static_assert(H == 2 || H == 3);
   const int64_t d8 = dim & ~int64_t{7};
   if (d8 != dim) {  // a head_dim tail: per head
-    Scores<kT>(qa, k, n, dim, scale, sa);
-    Scores<kT>(qb, k, n, dim, scale, sb);
+    for (int h = 0; h < H; ++h) Scores<kT>(q + h * dim, k, n, dim, scale, s[h]);
     return;
   }
   const __m256 sv = _mm256_set1_ps(scale);
   int64_t i = 0;
   for (; i + 4 <= n; i += 4) {
-    __m256 acc[8];  // head a's four positions, then head b's
-#pragma GCC unroll 8
-    for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+    __m256 acc[16];  // head h's four positions at 4h .. 4h + 3; the rest zero, for HSum8
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j) acc[j] = _mm256_setzero_ps();
     for (int64_t d = 0; d < d8; d += 8) {
-      const __m256 qav = _mm256_loadu_ps(qa + d);
-      const __m256 qbv = _mm256_loadu_ps(qb + d);
+      __m256 qv[H];
+#pragma GCC unroll 3
+      for (int h = 0; h < H; ++h) qv[h] = _mm256_loadu_ps(q + h * dim + d);
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
         __m256 kv = simd::Load8<kT>(k[i + j], d);
-        asm("" : "+x"(kv));  // one load for both heads, as in AccumulatePairChunk
-        acc[j] = _mm256_fmadd_ps(qav, kv, acc[j]);
-        acc[4 + j] = _mm256_fmadd_ps(qbv, kv, acc[4 + j]);
+        asm("" : "+x"(kv));  // one load for every head, as in AccumulateHeadsChunk
+#pragma GCC unroll 3
+        for (int h = 0; h < H; ++h) acc[4 * h + j] = _mm256_fmadd_ps(qv[h], kv, acc[4 * h + j]);
       }
     }
-    alignas(32) float sums[8];
+    alignas(32) float sums[16];
     _mm256_store_ps(sums, _mm256_mul_ps(simd::HSum8(acc), sv));
-    std::memcpy(sa + i, sums, 4 * sizeof(float));
-    std::memcpy(sb + i, sums + 4, 4 * sizeof(float));
+    if constexpr (H == 3) _mm256_store_ps(sums + 8, _mm256_mul_ps(simd::HSum8(acc + 8), sv));
+    for (int h = 0; h < H; ++h) std::memcpy(s[h] + i, sums + 4 * h, 4 * sizeof(float));
   }
   for (; i < n; ++i) {
-    ScoreGroup<kT, 1>(qa, k + i, dim, scale, sa + i);
-    ScoreGroup<kT, 1>(qb, k + i, dim, scale, sb + i);
+    for (int h = 0; h < H; ++h) ScoreGroup<kT, 1>(q + h * dim, k + i, dim, scale, s[h] + i);
   }
 }
 
@@ -199,47 +200,47 @@ void Accumulate(const float* p, const void* const* v, int64_t n, int64_t dim, fl
   }
 }
 
-// Accumulate for two heads at once over the same V rows: acc_a/acc_b[c..c+32) += Σ_i
-// pa[i] (pb[i]) · v[i][c..], each element in increasing i as Accumulate does; the two heads'
-// eight independent FMA chains hide the latency one head's four leave exposed.
-template <DType kT>
-void AccumulatePairChunk(const float* pa, const float* pb, const void* const* v, int64_t n,
-                         int64_t c, float* acc_a, float* acc_b) {
-  __m256 a[4], b[4];
+// Accumulate for H heads (2 or 3) at once over the same V rows: acc[h][c..c+32) += Σ_i
+// p[h][i] · v[i][c..], each element in increasing i as Accumulate does; the heads' independent
+// FMA chains hide the latency one head's four leave exposed.
+template <DType kT, int H>
+void AccumulateHeadsChunk(const float (*p)[kTile], const void* const* v, int64_t n, int64_t c,
+                          float (*acc)[kMaxHeadDim]) {
+  __m256 a[H][4];
+#pragma GCC unroll 3
+  for (int h = 0; h < H; ++h) {
 #pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
-    a[j] = _mm256_loadu_ps(acc_a + c + 8 * j);
-    b[j] = _mm256_loadu_ps(acc_b + c + 8 * j);
+    for (int j = 0; j < 4; ++j) a[h][j] = _mm256_loadu_ps(acc[h] + c + 8 * j);
   }
   for (int64_t i = 0; i < n; ++i) {
-    const __m256 wa = _mm256_set1_ps(pa[i]);
-    const __m256 wb = _mm256_set1_ps(pb[i]);
+    __m256 w[H];
+#pragma GCC unroll 3
+    for (int h = 0; h < H; ++h) w[h] = _mm256_set1_ps(p[h][i]);
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) {
       __m256 vv = simd::Load8<kT>(v[i], c + 8 * j);
-      // One load for both heads (the compiler would otherwise fold it into each FMA).
+      // One load for every head (the compiler would otherwise fold it into each FMA).
       asm("" : "+x"(vv));
-      a[j] = _mm256_fmadd_ps(wa, vv, a[j]);
-      b[j] = _mm256_fmadd_ps(wb, vv, b[j]);
+#pragma GCC unroll 3
+      for (int h = 0; h < H; ++h) a[h][j] = _mm256_fmadd_ps(w[h], vv, a[h][j]);
     }
   }
+#pragma GCC unroll 3
+  for (int h = 0; h < H; ++h) {
 #pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
-    _mm256_storeu_ps(acc_a + c + 8 * j, a[j]);
-    _mm256_storeu_ps(acc_b + c + 8 * j, b[j]);
+    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(acc[h] + c + 8 * j, a[h][j]);
   }
 }
 
-// Accumulate for heads a and b: whole 32-float chunks in pairs, the rest per head.
-template <DType kT>
-void AccumulatePair(const float* pa, const float* pb, const void* const* v, int64_t n, int64_t dim,
-                    float* acc_a, float* acc_b) {
-  const int64_t paired = dim / 32 * 32;
-  for (int64_t c = 0; c < paired; c += 32) AccumulatePairChunk<kT>(pa, pb, v, n, c, acc_a, acc_b);
-  if (paired < dim) {
+// Accumulate for H heads: whole 32-float chunks together, the rest per head.
+template <DType kT, int H>
+void AccumulateHeads(const float (*p)[kTile], const void* const* v, int64_t n, int64_t dim,
+                     float (*acc)[kMaxHeadDim]) {
+  const int64_t chunked = dim / 32 * 32;
+  for (int64_t c = 0; c < chunked; c += 32) AccumulateHeadsChunk<kT, H>(p, v, n, c, acc);
+  if (chunked < dim) {
     // The remaining columns, per head, exactly as Accumulate would treat them.
-    Accumulate<kT>(pa, v, n, dim, acc_a, paired);
-    Accumulate<kT>(pb, v, n, dim, acc_b, paired);
+    for (int h = 0; h < H; ++h) Accumulate<kT>(p[h], v, n, dim, acc[h], chunked);
   }
 }
 
@@ -259,6 +260,13 @@ void PrefetchFirstTile(const PagedKvLayer& layer, const int32_t* block_table, in
 
 // Most query heads one pass over K/V serves (their accumulators live on the stack).
 constexpr int64_t kMaxHeadsPerPass = 8;
+
+// How many of the `remaining` heads of a pass share their K and V loads next (ScoresHeads,
+// AccumulateHeads): three, but four as two and two (a three would leave one alone), and a last
+// two or one as they are.
+inline int HeadsTogether(int64_t remaining) {
+  return remaining == 4 || remaining == 2 ? 2 : remaining >= 3 ? 3 : 1;
+}
 
 // The online softmax of the `nh` query heads of kv head `kvh` whose q rows are consecutive at
 // q (each head_dim long) over positions [first, last] of one sequence, all in one partition,
@@ -315,13 +323,18 @@ void AttendRange(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
       PrefetchFirstTile<kT>(layer, block_table, next, prefetch_last, kvh);
     }
     cur ^= 1;
-    // Every head's scores first, heads in pairs sharing the K loads.
-    int64_t hs = 0;
-    for (; hs + 2 <= nh; hs += 2) {
-      ScoresPair<kT>(q + hs * dim, q + (hs + 1) * dim, k_rows, n, dim, scale, probs[hs],
-                     probs[hs + 1]);
+    // Every head's scores first, heads in threes and twos sharing the K loads (HeadsTogether).
+    for (int64_t hs = 0; hs < nh;) {
+      const int together = HeadsTogether(nh - hs);
+      if (together == 3) {
+        ScoresHeads<kT, 3>(q + hs * dim, k_rows, n, dim, scale, probs + hs);
+      } else if (together == 2) {
+        ScoresHeads<kT, 2>(q + hs * dim, k_rows, n, dim, scale, probs + hs);
+      } else {
+        Scores<kT>(q + hs * dim, k_rows, n, dim, scale, probs[hs]);
+      }
+      hs += together;
     }
-    if (hs < nh) Scores<kT>(q + hs * dim, k_rows, n, dim, scale, probs[hs]);
     if (layer.logit_softcap > 0.0f) {
       // Gemma 2: s -> cap · tanh(s / cap), as transformers orders it.
       const float cap = layer.logit_softcap;
@@ -366,12 +379,18 @@ void AttendRange(const PagedKvLayer& layer, const int32_t* block_table, int64_t 
     }
     for (int64_t i = 0; i < next_n; ++i) PrefetchRow(next_v[i], row_bytes);
     next_n = 0;
-    // Each head's acc += its probabilities · V; heads in pairs share the V loads.
-    int64_t h = 0;
-    for (; h + 2 <= nh; h += 2) {
-      AccumulatePair<kT>(probs[h], probs[h + 1], v_rows, n, dim, acc[h], acc[h + 1]);
+    // Each head's acc += its probabilities · V; heads in threes and twos share the V loads.
+    for (int64_t h = 0; h < nh;) {
+      const int together = HeadsTogether(nh - h);
+      if (together == 3) {
+        AccumulateHeads<kT, 3>(probs + h, v_rows, n, dim, acc + h);
+      } else if (together == 2) {
+        AccumulateHeads<kT, 2>(probs + h, v_rows, n, dim, acc + h);
+      } else {
+        Accumulate<kT>(probs[h], v_rows, n, dim, acc[h]);
+      }
+      h += together;
     }
-    if (h < nh) Accumulate<kT>(probs[h], v_rows, n, dim, acc[h]);
   }
 }
 
