@@ -364,6 +364,9 @@ absl::StatusOr<engine::SamplingParams> ToSamplingParams(const v1::SamplingParams
   p.stop_token_ids.assign(proto.stop_token_ids().begin(), proto.stop_token_ids().end());
   p.stop.assign(proto.stop().begin(), proto.stop().end());
   if (proto.has_logprobs()) p.logprobs = proto.logprobs();
+  // A map has no order: by id, so that the same request always applies its biases alike.
+  p.logit_bias.assign(proto.logit_bias().begin(), proto.logit_bias().end());
+  std::sort(p.logit_bias.begin(), p.logit_bias.end());
   // The engine accepts 0 (prompt scoring only); over gRPC that is Score's job, and a
   // Generate that generates nothing is a client bug.
   if (p.max_tokens < min_max_tokens) {

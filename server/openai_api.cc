@@ -1,5 +1,6 @@
 #include "server/openai_api.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -7,10 +8,12 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "common/status.h"
 #include "common/text.h"
+#include "runtime/engine/sampling_params.h"
 
 namespace spanserve::server {
 namespace {
@@ -120,6 +123,28 @@ absl::Status SetStopTokenIds(const json& body, v1::SamplingParams* s) {
   return absl::OkStatus();
 }
 
+// `logit_bias`: OpenAI's {"token id": bias}. Each bias is clamped to [-100, 100], as vLLM
+// does (a client's -1e9 "never" is -100); the engine checks the ids against the vocabulary.
+absl::Status SetLogitBias(const json& body, v1::SamplingParams* s) {
+  const json* v = Field(body, "logit_bias");
+  if (v == nullptr) return absl::OkStatus();
+  if (!v->is_object()) return ParamError("logit_bias", "must be an object of token ids to biases");
+  if (v->size() > static_cast<size_t>(engine::kMaxLogitBias)) {
+    return ParamError("logit_bias", absl::StrCat("at most ", engine::kMaxLogitBias, " token ids"));
+  }
+  for (const auto& [key, value] : v->items()) {
+    int64_t id = -1;
+    if (!absl::SimpleAtoi(key, &id) || id < 0 || id > std::numeric_limits<int32_t>::max()) {
+      return ParamError("logit_bias",
+                        absl::StrCat("keys must be token ids, got '", EchoValue(key), "'"));
+    }
+    if (!value.is_number()) return ParamError("logit_bias", "values must be numbers");
+    const double bias = std::clamp(value.get<double>(), -100.0, 100.0);
+    (*s->mutable_logit_bias())[static_cast<int32_t>(id)] = static_cast<float>(bias);
+  }
+  return absl::OkStatus();
+}
+
 // What both endpoints share: the sampling fields, OpenAI's and vLLM's extra ones.
 absl::StatusOr<v1::SamplingParams> ParseSampling(const json& body, OpenAIEndpoint endpoint) {
   v1::SamplingParams s;
@@ -153,6 +178,7 @@ absl::StatusOr<v1::SamplingParams> ParseSampling(const json& body, OpenAIEndpoin
   if (ignore_eos) s.set_ignore_eos(*ignore_eos);
   RETURN_IF_ERROR(SetStop(body, &s));
   RETURN_IF_ERROR(SetStopTokenIds(body, &s));
+  RETURN_IF_ERROR(SetLogitBias(body, &s));
   return s;
 }
 
@@ -387,7 +413,6 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
   OpenAIRequest request;
   request.endpoint = endpoint;
   ASSIGN_OR_RETURN(request.model, String(body, "model"));
-  RETURN_IF_ERROR(Unsupported(body, "logit_bias", "is not supported"));
   RETURN_IF_ERROR(Unsupported(body, "suffix", "is not supported"));
   RETURN_IF_ERROR(Unsupported(body, "tools", "tool calling is not supported"));
   RETURN_IF_ERROR(Unsupported(body, "functions", "function calling is not supported"));

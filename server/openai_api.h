@@ -7,7 +7,7 @@
 // repetition_penalty, min_tokens, ignore_eos, stop_token_ids, priority,
 // add_special_tokens, add_generation_prompt); docs/API.md maps every field. Unknown fields
 // are ignored, as OpenAI's and vLLM's servers do; a known field of the wrong type, or a
-// feature that is not served (tools, logit_bias, suffix, best_of > n), is INVALID_ARGUMENT
+// feature that is not served (tools, suffix, best_of > n), is INVALID_ARGUMENT
 // naming it (OpenAIParam below).
 #pragma once
 

@@ -134,6 +134,8 @@ int32_t SampleToken(const SampleContext& ctx, std::span<float> logits, Rng& rng,
     }
     for (int32_t t : p.stop_token_ids) logits[t] = kNegInf;
   }
+  // Validated ids; a masked token stays masked (-inf + bias).
+  for (const auto& [t, bias] : p.logit_bias) logits[t] += bias;
   ApplyPenalties(ctx, logits, scratch);
   if (p.temperature < kMinTemperature) return ArgMax(logits);
 

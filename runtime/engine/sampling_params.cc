@@ -32,6 +32,20 @@ absl::Status ValidateSamplingParams(const SamplingParams& p, int32_t vocab_size,
   if (!(p.frequency_penalty >= -2.0f && p.frequency_penalty <= 2.0f)) {
     return Bad("frequency_penalty", "in [-2, 2]", p.frequency_penalty);
   }
+  if (static_cast<int32_t>(p.logit_bias.size()) > kMaxLogitBias) {
+    return Bad("logit_bias", absl::StrCat("at most ", kMaxLogitBias, " token ids"),
+               p.logit_bias.size());
+  }
+  for (const auto& [id, bias] : p.logit_bias) {
+    if (id < 0 || id >= vocab_size) {
+      return Bad("logit_bias", absl::StrCat("keyed by token ids in [0, ", vocab_size, ")"), id);
+    }
+    if (!(bias >= -kMaxLogitBiasValue && bias <= kMaxLogitBiasValue)) {
+      return Bad("logit_bias",
+                 absl::StrCat("values in [", -kMaxLogitBiasValue, ", ", kMaxLogitBiasValue, "]"),
+                 bias);
+    }
+  }
   if (p.max_tokens < 0) return Bad("max_tokens", ">= 0", p.max_tokens);
   if (p.min_tokens < 0 || p.min_tokens > p.max_tokens) {
     return Bad("min_tokens", absl::StrCat("in [0, max_tokens = ", p.max_tokens, "]"), p.min_tokens);

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -17,6 +18,9 @@ inline constexpr int32_t kMaxLogprobs = 20;
 // The most stop strings and stop token ids per request.
 inline constexpr int32_t kMaxStopStrings = 16;
 inline constexpr int32_t kMaxStopTokenIds = 64;
+// The most token ids a request's logit_bias may name, and the largest bias (OpenAI's range).
+inline constexpr int32_t kMaxLogitBias = 1024;
+inline constexpr float kMaxLogitBiasValue = 100.0f;
 
 struct SamplingParams {
   // 0: greedy (argmax; ties go to the lowest token id). Otherwise logits are divided by it.
@@ -34,6 +38,10 @@ struct SamplingParams {
   float repetition_penalty = 1.0f;
   float presence_penalty = 0.0f;
   float frequency_penalty = 0.0f;
+  // (token id, bias): the bias is added to that token's logit before the penalties (after
+  // min_tokens' masks), as vLLM orders them; greedy takes the argmax of the biased logits.
+  // Ids in [0, vocab) (one named twice gets both), biases in ±kMaxLogitBiasValue.
+  std::vector<std::pair<int32_t, float>> logit_bias;
   // Same seed, same prompt, same params → same output, whatever else is in the batch.
   // Unset: a seed drawn from the engine's own generator at submit.
   std::optional<uint64_t> seed;
@@ -55,7 +63,8 @@ struct SamplingParams {
 
   // Log-probabilities of each generated token and of its `logprobs` most likely
   // alternatives (0: the chosen token only); unset: none. Computed from the model's
-  // raw log-softmax (before temperature, penalties and masks), like vLLM's default.
+  // raw log-softmax (before temperature, logit_bias, penalties and masks), like vLLM's
+  // default.
   std::optional<int32_t> logprobs;
   // The same for every prompt token after the first (scoring / loglikelihood).
   std::optional<int32_t> prompt_logprobs;

@@ -207,6 +207,32 @@ TEST(HttpTest, CompletionsAnswerAsGrpcGenerateDoes) {
   EXPECT_EQ(stopped.body["choices"][0]["finish_reason"], "stop");
   EXPECT_EQ(stopped.body["choices"][0]["stop_reason"], stop);
   EXPECT_EQ(stopped.body["choices"][0]["text"], full.substr(0, full.find(stop)));
+
+  // logit_bias, OpenAI's {"token id": bias}: a token pulled up by 100 is every greedy token (a
+  // bias past 100 is clamped to it, as vLLM does); an id outside the vocabulary, a key that is
+  // no id, or a value that is no number is a 400 naming the field.
+  const Answer tok = Post(client, "/tokenize", {{"prompt", " the"}, {"add_special_tokens", false}});
+  ASSERT_EQ(tok.status, 200) << tok.raw;
+  const int the = tok.body["tokens"].back().get<int>();
+  const Answer thrice = Post(client, "/detokenize", {{"tokens", json::array({the, the, the})}});
+  ASSERT_EQ(thrice.status, 200) << thrice.raw;
+  for (double bias : {100.0, 1e9}) {
+    const Answer forced = Post(client, "/v1/completions",
+                               {{"prompt", "And God said"},
+                                {"max_tokens", 3},
+                                {"temperature", 0},
+                                {"logit_bias", {{std::to_string(the), bias}}}});
+    ASSERT_EQ(forced.status, 200) << forced.raw;
+    EXPECT_EQ(forced.body["choices"][0]["text"], thrice.body["prompt"]) << bias;
+  }
+  for (const json& bad_bias : {json{{"999999999", 1}}, json{{"the", 1}}, json{{"-3", 1}},
+                               json{{std::to_string(the), "up"}}, json::array({the})}) {
+    const Answer refused =
+        Post(client, "/v1/completions",
+             {{"prompt", "And God said"}, {"max_tokens", 2}, {"logit_bias", bad_bias}});
+    EXPECT_EQ(refused.status, 400) << refused.raw;
+    EXPECT_EQ(refused.body["error"]["param"], "logit_bias") << refused.raw;
+  }
 }
 
 TEST(HttpTest, StreamingIsServerSentEventsEndingInDoneWithUsage) {

@@ -137,6 +137,20 @@ class CompletionsTest(unittest.TestCase):
         self.assertEqual(len(g.choices[0].logprobs.tokens), 4)
         self.assertEqual("".join(g.choices[0].logprobs.tokens), g.choices[0].text)
 
+    def test_logit_bias(self):
+        # The SDK sends OpenAI's {"token id": bias}: a token pulled up by 100 is every greedy
+        # token, so the three generated tokens are one token thrice.
+        kw = dict(model="spanserve-span-12l", prompt="And God said", max_tokens=3, temperature=0,
+                  logprobs=0)
+        plain = self.client.completions.create(**kw)
+        forced = self.client.completions.create(**kw, logit_bias={"100": 100})
+        self.assertEqual(len(forced.choices[0].logprobs.tokens), 3)
+        self.assertEqual(len(set(forced.choices[0].logprobs.tokens)), 1)
+        self.assertNotEqual(forced.choices[0].text, plain.choices[0].text)
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.client.completions.create(**kw, logit_bias={"99999999": 1})
+        self.assertEqual(e.exception.body["param"], "logit_bias")
+
     def test_streaming(self):
         whole = self.client.completions.create(model="spanserve-span-12l", prompt="And God said",
                                                max_tokens=12, temperature=0)

@@ -299,6 +299,17 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(stopped.final.stop_string, stop)
         self.assertNotIn(stop, stopped.text)
         self.assertTrue(whole.text.startswith(stopped.text))
+        # logit_bias ({token id: bias}): the greedy output's first token pushed down by 100 is
+        # never chosen; a token pulled up by 100 is every token; a bias past 100 is refused.
+        banned = self.client.complete("And God said", max_tokens=6, temperature=0,
+                                      ignore_eos=True, logit_bias={ids[0]: -100})
+        self.assertNotIn(ids[0], banned.token_ids)
+        forced = self.client.complete("And God said", max_tokens=3, temperature=0,
+                                      ignore_eos=True, logit_bias={"100": 100})
+        self.assertEqual(forced.token_ids, [100, 100, 100])
+        with self.assertRaises(SpanServeError) as caught:
+            self.client.complete("And God said", logit_bias={100: 101})
+        self.assertIn("logit_bias", caught.exception.message)
 
     def test_generate_errors_are_typed(self):
         with self.assertRaises(SpanServeError) as caught:

@@ -78,6 +78,8 @@ def _sampling(sampling: Mapping[str, Any]) -> pb.SamplingParams:
             if isinstance(value, (str, int)):
                 value = [value]
             getattr(params, name).extend(value)
+        elif name == "logit_bias":  # {token id: bias}; a JSON-style str key is taken too
+            getattr(params, name).update({int(k): float(v) for k, v in value.items()})
         else:
             setattr(params, name, value)
     return params
@@ -252,7 +254,8 @@ class Client:
         ``max_tokens`` [16], ``temperature`` [1.0; 0 is greedy], ``top_k``, ``top_p``,
         ``min_p``, ``repetition_penalty``, ``presence_penalty``, ``frequency_penalty``,
         ``seed``, ``min_tokens``, ``ignore_eos``, ``stop`` (strings), ``stop_token_ids``,
-        ``logprobs`` (N: each token's logprob and its N best alternatives). Unknown names
+        ``logprobs`` (N: each token's logprob and its N best alternatives), ``logit_bias``
+        ({token id: bias in [-100, 100]}, added before the penalties). Unknown names
         raise TypeError; server-side validation errors raise SpanServeError while iterating.
 
         Returns:

@@ -233,6 +233,50 @@ TEST(SamplerTest, MinTokensSuppressesEosAndStopIds) {
   EXPECT_EQ(SampleToken(ctx, l, rng, scratch), 0);
 }
 
+TEST(SamplerTest, LogitBiasShiftsTheLogitsBeforeThePenaltiesAndAfterTheMasks) {
+  SamplerScratch scratch(kVocab);
+  Rng rng(0);
+  SamplingParams p;
+  p.temperature = 0;
+  // Greedy takes the argmax of the biased logits: 0 unbiased, 1 with 0 pushed down, 5 with 5
+  // pulled up.
+  EXPECT_EQ(Draw(p, rng, scratch), 0);
+  p.logit_bias = {{0, -100.0f}};
+  EXPECT_EQ(Draw(p, rng, scratch), 1);
+  p.logit_bias = {{0, -100.0f}, {5, 100.0f}};
+  EXPECT_EQ(Draw(p, rng, scratch), 5);
+
+  // Before the repetition penalty, as vLLM orders them: token 1 (seen in the prompt, logit
+  // 0) biased by 4 is (0 + 4) / 2 = 2 < 3, token 0's; after the penalty it would be 4 > 3.
+  p.logit_bias = {{1, 4.0f}};
+  p.repetition_penalty = 2.0f;
+  const std::vector<int32_t> prompt = {1};
+  SampleContext ctx;
+  ctx.params = &p;
+  ctx.prompt = prompt;
+  std::vector<float> l = {3, 0, -5, -5, -5, -5, -5, -5};
+  EXPECT_EQ(SampleToken(ctx, l, rng, scratch), 0);
+  EXPECT_FLOAT_EQ(l[1], 2.0f);
+
+  // A token min_tokens masks stays masked, however it is biased.
+  p.repetition_penalty = 1.0f;
+  p.logit_bias = {{0, 100.0f}};
+  const std::vector<int32_t> eos = {0};
+  ctx.prompt = {};
+  ctx.eos_ids = eos;
+  ctx.suppress_stop = true;
+  l = Logits();
+  EXPECT_EQ(SampleToken(ctx, l, rng, scratch), 1);
+
+  // Sampling: a token biased by -100 is never drawn, one biased by +100 always.
+  SamplingParams s;
+  s.logit_bias = {{0, -100.0f}};
+  EXPECT_EQ(Support(s).count(0), 0u);
+  EXPECT_EQ(Support(s).size(), static_cast<size_t>(kVocab - 1));
+  s.logit_bias = {{6, 100.0f}};
+  EXPECT_EQ(Support(s), std::set<int32_t>({6}));
+}
+
 TEST(SamplerTest, LogprobsAreTheLogSoftmaxWithTopAlternatives) {
   const std::vector<float> l = {1, 3, 2, 3, 0, -1, 0.5f, 0};
   PositionLogprobs lp;
@@ -290,6 +334,24 @@ TEST(SamplingParamsTest, ValidationNamesTheField) {
   EXPECT_THAT(bad([](auto& p) { p.stop = {""}; }).message(), HasSubstr("stop"));
   EXPECT_THAT(bad([](auto& p) { p.logprobs = 21; }).message(), HasSubstr("logprobs"));
   EXPECT_THAT(bad([](auto& p) { p.prompt_logprobs = -1; }).message(), HasSubstr("prompt_logprobs"));
+  EXPECT_TRUE(bad([](auto& p) { p.logit_bias = {{0, -100.0f}, {99, 100.0f}}; }).ok());
+  EXPECT_THAT(bad([](auto& p) {
+                p.logit_bias = {{100, 1.0f}};
+              }).message(),
+              HasSubstr("logit_bias"));
+  EXPECT_THAT(bad([](auto& p) { p.logit_bias = {{-1, 1.0f}}; }).message(), HasSubstr("logit_bias"));
+  EXPECT_THAT(bad([](auto& p) {
+                p.logit_bias = {{1, 100.5f}};
+              }).message(),
+              HasSubstr("logit_bias"));
+  EXPECT_THAT(bad([](auto& p) {
+                p.logit_bias = {{1, std::nanf("")}};
+              }).message(),
+              HasSubstr("logit_bias"));
+  EXPECT_THAT(bad([](auto& p) {
+                p.logit_bias.assign(kMaxLogitBias + 1, {1, 1.0f});
+              }).message(),
+              HasSubstr("at most 1024"));
   EXPECT_EQ(bad([](auto& p) { p.top_p = 2; }).code(), absl::StatusCode::kInvalidArgument);
 }
 
