@@ -166,4 +166,10 @@ bool CpuHasAvx512();
 void MatMulRowsAvx512(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
                       float* y, int64_t n0, int64_t n1);
 
+// MatMul's output features [n0, n1) for a batch of at most 4 rows (kMaxMr) of a 4- or 5-bit
+// format (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K): matmul.cc's kernels with each group of
+// 32 decoded by table look-ups (matmul_gemv_avx512.cc); bit-identical to them. AVX-512 only.
+void MatMulRowsGemvAvx512(const float* x, int64_t m, const WeightMatrix& w,
+                          const WeightVector* bias, float* y, int64_t n0, int64_t n1);
+
 }  // namespace spanserve::kernels::cpu::internal
