@@ -516,7 +516,7 @@ __global__ void CombineKernel(Params p) {
   const float* ml = p.scratch;
   const float* scratch_acc = p.scratch + p.rows * p.heads * static_cast<int64_t>(p.max_parts) * 2;
   constexpr int kCols = kMaxHeadDim / kThreads;
-  float a[kCols];
+  float a[kCols] = {};  // set by the first partition; zeroed so compilers see it set
   float big_m = 0.0f;
   float big_l = 0.0f;
   for (int j = j_first; j < parts; ++j) {
