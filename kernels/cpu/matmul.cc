@@ -1,5 +1,6 @@
-// MatMul: y = x·Wᵀ with register-blocked AVX2 micro-kernels (batches of more than 4 rows go
-// to matmul_avx512.cc where the CPU has AVX-512, with the same results). Weights are f32,
+// MatMul: y = x·Wᵀ with register-blocked AVX2 micro-kernels (matmul_rows.inc). Where the CPU
+// has AVX-512, batches of more than 4 rows go to matmul_avx512.cc, and smaller ones of the 4-
+// and 5-bit formats to matmul_gemv_avx512.cc, with the same results. Weights are f32,
 // bf16, f16, or ggml blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K .. Q6_K, IQ4_NL, IQ4_XS)
 // decoded in registers, 32 elements at a time, with dequant.cc's arithmetic.
 //
