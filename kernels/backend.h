@@ -75,6 +75,13 @@ class Backend {
   // y[m, n] = x[m, k] · W[n, k]ᵀ + bias[n]; bias may be null; y must not alias x.
   virtual void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
                       float* y) = 0;
+  // MatMul of one x by `count` matrices of its width (attention's Q, K and V; the FFN's gate
+  // and up): each outs[i].y exactly as MatMul gives it, bit for bit. A backend may compute
+  // them together (the CPU backend quantizes x once and runs them in one job); by default,
+  // one MatMul each.
+  virtual void MatMulShared(const float* x, int64_t m, const MatMulOutput* outs, int32_t count) {
+    for (int32_t i = 0; i < count; ++i) MatMul(x, m, *outs[i].w, outs[i].bias, outs[i].y);
+  }
   // out[t, :] = row ids[t] of `table` widened to f32. ids: device memory, in range.
   virtual void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t n,
                                float* out) = 0;

@@ -167,6 +167,14 @@ struct WeightVector {
   int64_t size = 0;
 };
 
+// One of the products of a shared input (Backend::MatMulShared): y = x · wᵀ + bias, bias
+// may be null.
+struct MatMulOutput {
+  const WeightMatrix* w = nullptr;
+  const WeightVector* bias = nullptr;
+  float* y = nullptr;
+};
+
 // Element i of a weight vector or matrix, widened to f32 (for scalar code paths).
 inline float WeightAt(const void* data, DType dtype, int64_t i) {
   switch (dtype) {

@@ -168,6 +168,10 @@ class CpuBackend final : public Backend {
     UsePool use(pool_.get());
     cpu::MatMul(x, m, w, bias, y);
   }
+  void MatMulShared(const float* x, int64_t m, const MatMulOutput* outs, int32_t count) override {
+    UsePool use(pool_.get());
+    cpu::MatMulShared(x, m, outs, count);
+  }
   void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t n,
                        float* out) override {
     cpu::EmbeddingLookup(table, ids, n, out);

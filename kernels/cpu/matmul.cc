@@ -49,35 +49,60 @@ std::atomic<Isa>& MaxIsa() {
   return isa;
 }
 
+// Thread t's share (of `threads`) of y = x·Wᵀ + b: a static split of n into one contiguous,
+// 8-aligned range per thread, so each thread streams its own weight rows once per x tile.
 template <WFmt kW>
-void MatMulTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
-                 float* y) {
+void MatMulTypedPart(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
+                     float* y, int64_t t, int64_t threads) {
   const int64_t n = w.rows;
   const int64_t k = w.cols;
-  const int64_t x_tile =
-      std::max<int64_t>(kMaxMr, kXTileBytes / (std::max<int64_t>(k, 1) * 4) / kMaxMr * kMaxMr);
-  // Widening a panel once pays off when more than one row block reuses it.
-  const bool widen = kW != WFmt::kF32 && m > kMaxMr;
+  const int64_t per_thread = ((n + threads - 1) / threads + 7) & ~int64_t{7};
+  const int64_t n0 = std::min(n, t * per_thread);
+  const int64_t n1 = std::min(n, n0 + per_thread);
+  if (n0 >= n1) return;
   const bool has512 = MaxIsa().load(std::memory_order_relaxed) == Isa::kAvx512;
-  const bool avx512 = m > kMaxMr && has512;
-  // Decode-sized batches of the 4- and 5-bit block formats: the same kernels, with the blocks
-  // decoded by table look-ups where the CPU has AVX-512 (matmul_gemv_avx512.cc).
-  const bool by_table = m <= kMaxMr && has512 && TableDecodes(kW);
+  if (m > kMaxMr && has512) {
+    internal::MatMulRowsAvx512(x, m, w, bias, y, n0, n1);
+  } else if (m <= kMaxMr && has512 && TableDecodes(kW)) {
+    // Decode-sized batches of the 4- and 5-bit block formats: the same kernels, with the
+    // blocks decoded by table look-ups where the CPU has AVX-512 (matmul_gemv_avx512.cc).
+    internal::MatMulRowsGemvAvx512(x, m, w, bias, y, n0, n1);
+  } else {
+    const int64_t x_tile =
+        std::max<int64_t>(kMaxMr, kXTileBytes / (std::max<int64_t>(k, 1) * 4) / kMaxMr * kMaxMr);
+    // Widening a panel once pays off when more than one row block reuses it.
+    const bool widen = kW != WFmt::kF32 && m > kMaxMr;
+    MatMulRows<kW>(x, m, w, bias, y, n0, n1, x_tile, widen);
+  }
+}
 
-  // Static split of n into one contiguous, 8-aligned range per thread: each thread streams
-  // its own weight rows once per x tile.
-  Parallel([&](int64_t t, int64_t threads) {
-    const int64_t per_thread = ((n + threads - 1) / threads + 7) & ~int64_t{7};
-    const int64_t n0 = std::min(n, t * per_thread);
-    const int64_t n1 = std::min(n, n0 + per_thread);
-    if (avx512) {
-      internal::MatMulRowsAvx512(x, m, w, bias, y, n0, n1);
-    } else if (by_table) {
-      internal::MatMulRowsGemvAvx512(x, m, w, bias, y, n0, n1);
-    } else {
-      MatMulRows<kW>(x, m, w, bias, y, n0, n1, x_tile, widen);
-    }
+void MatMulTypedPartOf(const float* x, int64_t m, const MatMulOutput& out, int64_t t,
+                       int64_t threads) {
+  internal::WithFormat(internal::FormatOf(*out.w), [&](auto f) {
+    MatMulTypedPart<decltype(f)::value>(x, m, *out.w, out.bias, out.y, t, threads);
   });
+}
+
+void CheckArgs(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
+               const float* y) {
+  SPANSERVE_CHECK(x != y);
+  if (bias != nullptr) SPANSERVE_CHECK_EQ(bias->size, w.rows);
+  if (m > 0 && w.quant != QuantType::kNone)
+    SPANSERVE_CHECK_EQ(w.cols % QuantBlockElems(w.quant), 0);
+}
+
+// Which of MatMul's paths a matrix takes.
+enum class Path { kBf16Dot, kInt8Packed, kInt8Dot, kTyped };
+
+Path PathOf(const WeightMatrix& w) {
+  if (w.precision == MatMulPrecision::kBf16Dot) return Path::kBf16Dot;
+  // (IQ4_NL / Q3_K take the integer path once UploadMatrix has packed or re-encoded them:
+  // Int8DotFormat.)
+  if (w.precision == MatMulPrecision::kInt8Dot && Int8DotSupports(w.quant)) {
+    if (w.packed != nullptr) return Path::kInt8Packed;
+    if (Int8DotFormat(w.quant) == w.quant) return Path::kInt8Dot;
+  }
+  return Path::kTyped;
 }
 
 }  // namespace
@@ -102,26 +127,44 @@ bool Int8DotUsesAmx() { return Int8DotUsesVnni() && internal::CpuHasAmxInt8(); }
 const char* IsaName(Isa isa) { return isa == Isa::kAvx512 ? "avx512" : "avx2"; }
 
 void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias, float* y) {
-  SPANSERVE_CHECK(x != y);
-  if (bias != nullptr) SPANSERVE_CHECK_EQ(bias->size, w.rows);
+  CheckArgs(x, m, w, bias, y);
   if (m <= 0 || w.rows <= 0) return;
-  if (w.quant != QuantType::kNone) SPANSERVE_CHECK_EQ(w.cols % QuantBlockElems(w.quant), 0);
-  if (w.precision == MatMulPrecision::kBf16Dot) {
-    SPANSERVE_CHECK(internal::CpuHasAvx512Bf16());
-    internal::MatMulBf16Dot(x, m, w, bias, y);
+  switch (PathOf(w)) {
+    case Path::kBf16Dot:
+      SPANSERVE_CHECK(internal::CpuHasAvx512Bf16());
+      return internal::MatMulBf16Dot(x, m, w, bias, y);
+    case Path::kInt8Packed:
+      return internal::MatMulInt8Packed(x, m, w, bias, y);
+    case Path::kInt8Dot:
+      return internal::MatMulInt8Dot(x, m, w, bias, y, Int8DotUsesVnni());
+    case Path::kTyped:
+      break;
+  }
+  const MatMulOutput out{&w, bias, y};
+  Parallel([&](int64_t t, int64_t threads) { MatMulTypedPartOf(x, m, out, t, threads); });
+}
+
+void MatMulShared(const float* x, int64_t m, const MatMulOutput* outs, int32_t count) {
+  if (count <= 0) return;
+  const int64_t k = outs[0].w->cols;
+  bool all_typed = true, all_packed = true;
+  for (int32_t i = 0; i < count; ++i) {
+    CheckArgs(x, m, *outs[i].w, outs[i].bias, outs[i].y);
+    SPANSERVE_CHECK_EQ(outs[i].w->cols, k);
+    const Path path = PathOf(*outs[i].w);
+    all_typed = all_typed && path == Path::kTyped;
+    all_packed = all_packed && path == Path::kInt8Packed;
+  }
+  if (m <= 0) return;
+  if (all_packed) return internal::MatMulInt8PackedShared(x, m, outs, count);
+  if (all_typed) {
+    // One job: each thread takes its share of every matrix in turn, as MatMul's would.
+    Parallel([&](int64_t t, int64_t threads) {
+      for (int32_t i = 0; i < count; ++i) MatMulTypedPartOf(x, m, outs[i], t, threads);
+    });
     return;
   }
-  // (IQ4_NL / Q3_K take the integer path once UploadMatrix has packed or re-encoded them:
-  // Int8DotFormat.)
-  if (w.precision == MatMulPrecision::kInt8Dot && Int8DotSupports(w.quant)) {
-    if (w.packed != nullptr) return internal::MatMulInt8Packed(x, m, w, bias, y);
-    if (Int8DotFormat(w.quant) == w.quant) {
-      internal::MatMulInt8Dot(x, m, w, bias, y, Int8DotUsesVnni());
-      return;
-    }
-  }
-  internal::WithFormat(internal::FormatOf(w),
-                       [&](auto f) { MatMulTyped<decltype(f)::value>(x, m, w, bias, y); });
+  for (int32_t i = 0; i < count; ++i) MatMul(x, m, *outs[i].w, outs[i].bias, outs[i].y);
 }
 
 void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t n, float* out) {

@@ -26,6 +26,12 @@ namespace spanserve::kernels::cpu {
 // other formats ignore kInt8Dot and multiply exactly.
 void MatMul(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias, float* y);
 
+// MatMul of one x by `count` matrices of the same cols (Q, K and V; gate and up): each
+// outs[i].y bit for bit as MatMul gives it. Matrices that all take the packed integer kernels
+// share one quantization of x and one job; matrices that all multiply exactly share one job;
+// any other mix runs one MatMul each.
+void MatMulShared(const float* x, int64_t m, const MatMulOutput* outs, int32_t count);
+
 // The instruction sets MatMul can use.
 enum class Isa { kAvx2, kAvx512 };
 

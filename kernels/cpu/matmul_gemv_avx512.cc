@@ -34,7 +34,7 @@ void MatMulRowsGemvAvx512(const float* x, int64_t m, const WeightMatrix& w,
     if constexpr (TableDecodes(kW)) {
       MatMulRows<kW>(x, m, w, bias, y, n0, n1, /*x_tile=*/kMaxMr, /*widen=*/false);
     } else {
-      SPANSERVE_CHECK(TableDecodes(kW));  // MatMulTyped sends only these
+      SPANSERVE_CHECK(TableDecodes(kW));  // MatMulTypedPart sends only these
     }
   });
 }

@@ -124,6 +124,10 @@ void PackInt8(const WeightMatrix& w, uint8_t* out);
 // (matmul_amx_int8.cc): the same integers and the same f32 chains, so the same bits.
 void MatMulInt8Packed(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
                       float* y);
+// MatMulInt8Packed of one x by `count` packed matrices of the same cols: x quantized once, and
+// one job for all of them (calls that take the AMX tiles run one matrix at a time); each y
+// bit for bit as MatMulInt8Packed gives it.
+void MatMulInt8PackedShared(const float* x, int64_t m, const MatMulOutput* outs, int32_t count);
 inline constexpr int64_t kInt8AmxMinRows = 32;
 constexpr bool Int8PackedAmxSupports(QuantType q) {
   return q == QuantType::kQ8_0 || q == QuantType::kQ4_0 || q == QuantType::kQ4_1;

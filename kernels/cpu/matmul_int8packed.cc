@@ -311,18 +311,69 @@ void PackInt8(const WeightMatrix& w, uint8_t* out) {
   }
 }
 
+namespace {
+
+// Thread t's share of y = x·Wᵀ (+ bias): its contiguous range of the 16-row groups.
+void GroupsPart(const WeightMatrix& w, const QuantizedX& xq, int64_t m, const WeightVector* bias,
+                float* y, int64_t t, int64_t threads) {
+  const int64_t groups = (w.rows + 15) / 16;
+  const int64_t g0 = groups * t / threads, g1 = groups * (t + 1) / threads;
+  if (g0 >= g1) return;
+  switch (w.quant) {
+    case QuantType::kQ8_0:
+      return Groups<QuantType::kQ8_0>(w, xq, m, bias, y, g0, g1);
+    case QuantType::kQ4_0:
+      return Groups<QuantType::kQ4_0>(w, xq, m, bias, y, g0, g1);
+    case QuantType::kQ4_1:
+      return Groups<QuantType::kQ4_1>(w, xq, m, bias, y, g0, g1);
+    case QuantType::kQ5_0:
+      return Groups<QuantType::kQ5_0>(w, xq, m, bias, y, g0, g1);
+    case QuantType::kQ5_1:
+      return Groups<QuantType::kQ5_1>(w, xq, m, bias, y, g0, g1);
+    case QuantType::kQ4_K:
+      return Groups<QuantType::kQ4_K>(w, xq, m, bias, y, g0, g1);
+    case QuantType::kQ5_K:
+      return Groups<QuantType::kQ5_K>(w, xq, m, bias, y, g0, g1);
+    case QuantType::kIQ4_NL:
+      return Groups<QuantType::kIQ4_NL>(w, xq, m, bias, y, g0, g1);
+    default:
+      return Groups<QuantType::kQ6_K>(w, xq, m, bias, y, g0, g1);
+  }
+}
+
+}  // namespace
+
 void MatMulInt8Packed(const float* x, int64_t m, const WeightMatrix& w, const WeightVector* bias,
                       float* y) {
-  SPANSERVE_CHECK(w.packed != nullptr && Int8PackedSupports(w.quant));
+  const MatMulOutput out{&w, bias, y};
+  MatMulInt8PackedShared(x, m, &out, 1);
+}
+
+void MatMulInt8PackedShared(const float* x, int64_t m, const MatMulOutput* outs, int32_t count) {
   SPANSERVE_CHECK(CpuHasAvx512Vnni());
-  const int64_t n = w.rows, k = w.cols, blocks = k / 32;
-  if (m <= 0 || n <= 0) return;
-  if (m >= kInt8AmxMinRows && Int8PackedAmxSupports(w.quant) && CpuHasAmxInt8()) {
-    return MatMulInt8PackedAmx(x, m, w, bias, y);
+  if (m <= 0 || count <= 0) return;
+  const int64_t k = outs[0].w->cols, blocks = k / 32;
+  bool halves = false;
+  for (int32_t i = 0; i < count; ++i) {
+    const WeightMatrix& w = *outs[i].w;
+    SPANSERVE_CHECK(w.packed != nullptr && Int8PackedSupports(w.quant));
+    SPANSERVE_CHECK_EQ(w.cols, k);
+    if (m >= kInt8AmxMinRows && Int8PackedAmxSupports(w.quant) && CpuHasAmxInt8()) {
+      // The tile path quantizes x its own way: one call per matrix.
+      for (int32_t j = 0; j < count; ++j) {
+        const MatMulOutput& o = outs[j];
+        if (m >= kInt8AmxMinRows && Int8PackedAmxSupports(o.w->quant)) {
+          MatMulInt8PackedAmx(x, m, *o.w, o.bias, o.y);
+        } else {
+          MatMulInt8PackedShared(x, m, &o, 1);
+        }
+      }
+      return;
+    }
+    halves = halves || w.quant == QuantType::kQ6_K;
   }
-  // x quantized once: int8 rows, then per block d, Σq and d·Σq (and for Q6_K the first
-  // half's Σq); the pointers, not the thread_local, go into the jobs.
-  const bool halves = w.quant == QuantType::kQ6_K;
+  // x quantized once: int8 rows, then per block d, Σq and d·Σq (and where a matrix is Q6_K
+  // the first half's Σq); the pointers, not the thread_local, go into the jobs.
   thread_local Buffer buffer;
   uint8_t* base = buffer.Reserve(m * k + m * blocks * 16);
   auto* q = reinterpret_cast<int8_t*>(base);
@@ -342,29 +393,10 @@ void MatMulInt8Packed(const float* x, int64_t m, const WeightMatrix& w, const We
     }
   });
   const QuantizedX xq{q, d, sums, d_sums, halves ? first_half_sums : nullptr};
-  const int64_t groups = (n + 15) / 16;
+  // One job: each thread takes its share of every matrix in turn.
   Parallel([&](int64_t t, int64_t threads) {
-    const int64_t g0 = groups * t / threads, g1 = groups * (t + 1) / threads;
-    if (g0 >= g1) return;
-    switch (w.quant) {
-      case QuantType::kQ8_0:
-        return Groups<QuantType::kQ8_0>(w, xq, m, bias, y, g0, g1);
-      case QuantType::kQ4_0:
-        return Groups<QuantType::kQ4_0>(w, xq, m, bias, y, g0, g1);
-      case QuantType::kQ4_1:
-        return Groups<QuantType::kQ4_1>(w, xq, m, bias, y, g0, g1);
-      case QuantType::kQ5_0:
-        return Groups<QuantType::kQ5_0>(w, xq, m, bias, y, g0, g1);
-      case QuantType::kQ5_1:
-        return Groups<QuantType::kQ5_1>(w, xq, m, bias, y, g0, g1);
-      case QuantType::kQ4_K:
-        return Groups<QuantType::kQ4_K>(w, xq, m, bias, y, g0, g1);
-      case QuantType::kQ5_K:
-        return Groups<QuantType::kQ5_K>(w, xq, m, bias, y, g0, g1);
-      case QuantType::kIQ4_NL:
-        return Groups<QuantType::kIQ4_NL>(w, xq, m, bias, y, g0, g1);
-      default:
-        return Groups<QuantType::kQ6_K>(w, xq, m, bias, y, g0, g1);
+    for (int32_t i = 0; i < count; ++i) {
+      GroupsPart(*outs[i].w, xq, m, outs[i].bias, outs[i].y, t, threads);
     }
   });
 }

@@ -99,9 +99,10 @@ absl::Status Model::Impl::Attention(const LayerWeights& lw, const float* in, int
   float* q = b.q.data();
   float* kk = b.kk.data();
   float* v = b.v.data();
-  be.MatMul(in, tokens, lw.q, lw.has_qkv_bias ? &lw.qb : nullptr, q);
-  be.MatMul(in, tokens, lw.k, lw.has_qkv_bias ? &lw.kb : nullptr, kk);
-  be.MatMul(in, tokens, lw.v, lw.has_qkv_bias ? &lw.vb : nullptr, v);
+  const kernels::MatMulOutput qkv[] = {{&lw.q, lw.has_qkv_bias ? &lw.qb : nullptr, q},
+                                       {&lw.k, lw.has_qkv_bias ? &lw.kb : nullptr, kk},
+                                       {&lw.v, lw.has_qkv_bias ? &lw.vb : nullptr, v}};
+  be.MatMulShared(in, tokens, qkv, 3);
   if (lw.has_qk_norm && c.qk_norm_per_head) {
     // Qwen3: q / k rows are [tokens, heads, head_dim], so each head's values are one row of
     // head_dim for the norm.
@@ -133,8 +134,8 @@ absl::Status DenseFfn(kernels::Backend& be, Activation activation, const FfnWeig
   const int64_t inter = w.gate.rows;
   ASSIGN_OR_RETURN(float* g, b.g.Grow(be, tokens * inter));
   ASSIGN_OR_RETURN(float* u, b.u.Grow(be, tokens * inter));
-  be.MatMul(in, tokens, w.gate, nullptr, g);
-  be.MatMul(in, tokens, w.up, nullptr, u);
+  const kernels::MatMulOutput gate_up[] = {{&w.gate, nullptr, g}, {&w.up, nullptr, u}};
+  be.MatMulShared(in, tokens, gate_up, 2);
   switch (activation) {
     case Activation::kSilu:
       be.SiluMul(g, u, tokens * inter, g);

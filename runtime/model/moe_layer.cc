@@ -42,8 +42,8 @@ absl::Status MoeFfn(kernels::Backend& be, const MoeConfig& m, int64_t H, const M
     ASSIGN_OR_RETURN(float* u, b.eu.Grow(be, count * inter));
     ASSIGN_OR_RETURN(float* eout, b.eout.Grow(be, count * H));
     be.GatherRows(in, H, rows + begin, count, /*divisor=*/K, ein);  // slot i is token i / K
-    be.MatMul(ein, count, ew.gate, nullptr, g);
-    be.MatMul(ein, count, ew.up, nullptr, u);
+    const kernels::MatMulOutput gate_up[] = {{&ew.gate, nullptr, g}, {&ew.up, nullptr, u}};
+    be.MatMulShared(ein, count, gate_up, 2);
     be.SiluMul(g, u, count * inter, g);
     be.MatMul(g, count, ew.down, nullptr, eout);
     be.ScatterRows(eout, H, rows + begin, count, slot_out);

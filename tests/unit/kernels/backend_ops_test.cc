@@ -775,6 +775,74 @@ TEST_P(BackendOpsTest, MatMulBf16Dot) {
   CheckMatMul(w, MakeDense(rng_, 1, 37, DType::kBF16), MatMulPrecision::kBf16Dot, kBf16);
 }
 
+// MatMulShared (Q, K and V; gate and up): every output bit for bit as MatMul gives it, for
+// matrices that all multiply exactly, that all take the integer kernels (formats of
+// different offsets and Q6_K's halves in one call), and a mix of paths; m from decode sizes
+// to a prefill tile.
+TEST_P(BackendOpsTest, MatMulSharedGivesEachMatMulsBits) {
+  using Weights = std::vector<std::pair<HostWeight, MatMulPrecision>>;
+  const int64_t k = 256;
+  const MatMulPrecision exact = MatMulPrecision::kExact, int8 = MatMulPrecision::kInt8Dot;
+  std::vector<std::pair<std::string, Weights>> cases;
+  cases.push_back({"exact",
+                   {{MakeDense(rng_, 37, k, DType::kF32), exact},
+                    {MakeDense(rng_, 24, k, DType::kBF16), exact},
+                    {MakeQuant(rng_, 16, k, QuantType::kQ4_K), exact},
+                    {MakeQuant(rng_, 40, k, QuantType::kQ5_0), exact}}});
+  if (backend_->SupportsInt8Dot()) {
+    cases.push_back({"int8",
+                     {{MakeQuant(rng_, 40, k, QuantType::kQ8_0), int8},
+                      {MakeQuant(rng_, 24, k, QuantType::kQ6_K), int8},
+                      {MakeQuant(rng_, 37, k, QuantType::kIQ4_NL), int8},
+                      {MakeQuant(rng_, 16, k, QuantType::kQ4_K), int8}}});
+    cases.push_back({"int8 and exact",
+                     {{MakeQuant(rng_, 40, k, QuantType::kQ8_0), int8},
+                      {MakeDense(rng_, 24, k, DType::kF32), exact}}});
+  }
+  const std::vector<float> x40 = Uniform(rng_, 40 * k);
+  for (const auto& [name, weights] : cases) {
+    std::vector<HostWeight> biases;
+    for (const auto& [w, precision] : weights) {
+      biases.push_back(MakeDense(rng_, 1, w.rows, DType::kF32));
+    }
+    for (int64_t m : {1, 3, 5, 17, 40}) {
+      SCOPED_TRACE(::testing::Message() << name << " m=" << m);
+      const std::vector<float> x(x40.begin(), x40.begin() + m * k);
+      // Both on the backend under test, the outputs concatenated.
+      const auto run = [&](bool shared) {
+        return RunOn(*backend_, [&](Backend& be, Mem& mem) {
+          std::vector<WeightMatrix> ws;
+          std::vector<WeightVector> bs;
+          std::vector<float*> ys;
+          for (size_t i = 0; i < weights.size(); ++i) {
+            ws.push_back(mem.Matrix(weights[i].first, weights[i].second));
+            bs.push_back(mem.Vector(biases[i]));
+            ys.push_back(mem.Zeros<float>(m * weights[i].first.rows));
+          }
+          const float* xd = mem.In(x);
+          std::vector<MatMulOutput> outs;
+          for (size_t i = 0; i < weights.size(); ++i) {
+            const WeightVector* b = i == 0 ? nullptr : &bs[i];  // the first without a bias
+            outs.push_back({&ws[i], b, ys[i]});
+          }
+          if (shared) {
+            be.MatMulShared(xd, m, outs.data(), static_cast<int32_t>(outs.size()));
+          } else {
+            for (const MatMulOutput& o : outs) be.MatMul(xd, m, *o.w, o.bias, o.y);
+          }
+          std::vector<float> all;
+          for (size_t i = 0; i < weights.size(); ++i) {
+            const std::vector<float> y = mem.Get(ys[i], m * weights[i].first.rows);
+            all.insert(all.end(), y.begin(), y.end());
+          }
+          return all;
+        });
+      };
+      EXPECT_TRUE(SameBits(run(true), run(false))) << "MatMulShared vs one MatMul each";
+    }
+  }
+}
+
 // ---- Embedding, norms, RoPE
 
 TEST_P(BackendOpsTest, EmbeddingLookup) {
