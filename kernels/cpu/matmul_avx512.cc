@@ -34,8 +34,6 @@ constexpr int64_t kPanelRows = kMaxNr;  // one micro-kernel's weight rows
 constexpr int64_t kKc = 512;
 static_assert(kKc % 256 == 0, "k blocks must be whole K-quant super-blocks");
 constexpr int64_t kXTileBytes = 512 << 10;
-// Lines of the next panel prefetched per 8 elements of k in the micro-kernels.
-constexpr int kPrefetchLinesPerStep = 1;
 
 // Sixteen weights starting at element i, widened to f32 (exact, as simd::Load8).
 template <DType kW>
@@ -89,9 +87,12 @@ void PackXPairs(const float* x, int64_t ldx, int64_t rows, int64_t k8, float* pa
   }
 }
 
+// The next panel's lines still to prefetch, `per_step` of them per 8 elements of k in the
+// micro-kernels: enough that the panel's micro-kernel steps cover the whole next panel.
 struct Prefetch {
   const char* next = nullptr;
   const char* end = nullptr;
+  int64_t per_step = 1;
 };
 
 struct MicroArgs {
@@ -156,17 +157,16 @@ void Micro(const MicroArgs& a) {
       for (int t = 0; t < NP; ++t) acc[t][r] = _mm512_fmadd_ps(xv[t], wv, acc[t][r]);
     }
   };
-  // The first steps also prefetch the next panel, kPrefetchLinesPerStep lines each.
+  // The first steps also prefetch the next panel, prefetch->per_step lines each.
   const int64_t len = a.p1 - a.p0;
   const char* pf = a.prefetch->next;
+  const int64_t per_step = a.prefetch->per_step;
   const int64_t pf_lines = a.prefetch->end > pf ? (a.prefetch->end - pf + 63) / 64 : 0;
-  const int64_t pf_len =
-      std::min(len, (pf_lines + kPrefetchLinesPerStep - 1) / kPrefetchLinesPerStep * 8);
+  const int64_t pf_len = std::min(len, (pf_lines + per_step - 1) / per_step * 8);
   int64_t p = 0;
   for (; p < pf_len; p += 8) {
-#pragma GCC unroll 4
-    for (int l = 0; l < kPrefetchLinesPerStep; ++l) _mm_prefetch(pf + 64 * l, _MM_HINT_T1);
-    pf += 64 * kPrefetchLinesPerStep;
+    for (int64_t l = 0; l < per_step; ++l) _mm_prefetch(pf + 64 * l, _MM_HINT_T1);
+    pf += 64 * per_step;
     step(p);
   }
   for (; p < len; p += 8) step(p);
@@ -243,6 +243,10 @@ void RowsTyped(const float* x, int64_t m, const WeightMatrix& w, const WeightVec
       if (j0 + rows < n1) {
         prefetch.next = static_cast<const char*>(wj) + rows * row_bytes;
         prefetch.end = prefetch.next + std::min(kPanelRows, n1 - j0 - rows) * row_bytes;
+        // This panel's micro-kernel steps: k8 / 8 per row block.
+        const int64_t steps = std::max<int64_t>(1, k8 / 8 * ((mt + kBlockRows - 1) / kBlockRows));
+        prefetch.per_step =
+            std::max<int64_t>(1, ((prefetch.end - prefetch.next + 63) / 64 + steps - 1) / steps);
       }
       // k blocks outermost: every row block reuses the widened block from L1; the
       // accumulators wait in `acc` between blocks.
