@@ -367,6 +367,16 @@ absl::StatusOr<engine::SamplingParams> ToSamplingParams(const v1::SamplingParams
   // A map has no order: by id, so that the same request always applies its biases alike.
   p.logit_bias.assign(proto.logit_bias().begin(), proto.logit_bias().end());
   std::sort(p.logit_bias.begin(), p.logit_bias.end());
+  switch (proto.response_format()) {
+    case v1::RESPONSE_FORMAT_TEXT:
+      break;
+    case v1::RESPONSE_FORMAT_JSON_OBJECT:
+      p.response_format = engine::ResponseFormat::kJsonObject;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("sampling.response_format: unknown value ",
+                                                     static_cast<int>(proto.response_format())));
+  }
   // The engine accepts 0 (prompt scoring only); over gRPC that is Score's job, and a
   // Generate that generates nothing is a client bug.
   if (p.max_tokens < min_max_tokens) {

@@ -72,6 +72,13 @@ absl::StatusOr<LoadedModel> LoadModel(const ModelSpec& spec, ModelLoadOptions op
     options.engine.detokenize = [tok](std::span<const int32_t> ids) {
       return tok->Decode(ids, /*skip_special_tokens=*/true);
     };
+    // JSON mode's token bytes, over the model's vocabulary (which may be padded past the
+    // tokenizer's): special and unknown ids have none.
+    options.engine.token_bytes = std::make_shared<const engine::TokenBytesTable>(
+        source.model->config().vocab_size, [tok](int32_t id) {
+          return id < tok->vocab_size() && !tok->IsSpecial(id) ? tok->TokenBytes(id)
+                                                               : std::string();
+        });
   }
   ASSIGN_OR_RETURN(loaded.engine, engine::Engine::Create(std::move(source.model), options.engine));
   if (absl::Status s = WarmUp(*loaded.engine); !s.ok()) {

@@ -416,9 +416,22 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
   RETURN_IF_ERROR(Unsupported(body, "suffix", "is not supported"));
   RETURN_IF_ERROR(Unsupported(body, "tools", "tool calling is not supported"));
   RETURN_IF_ERROR(Unsupported(body, "functions", "function calling is not supported"));
+  // OpenAI's JSON mode; a JSON schema is not enforced, so it is refused rather than ignored.
+  v1::ResponseFormat response_format = v1::RESPONSE_FORMAT_TEXT;
   if (const json* format = Field(body, "response_format"); format != nullptr) {
-    if (!format->is_object() || format->value("type", std::string()) != "text") {
-      return ParamError("response_format", "only {\"type\": \"text\"} is supported");
+    const json* type = format->is_object() ? Field(*format, "type") : nullptr;
+    if (type == nullptr || !type->is_string()) {
+      return ParamError("response_format", "must be an object with a string \"type\"");
+    }
+    const std::string& t = type->get_ref<const std::string&>();
+    if (t == "json_object") {
+      response_format = v1::RESPONSE_FORMAT_JSON_OBJECT;
+    } else if (t == "json_schema") {
+      return ParamError("response_format",
+                        "json_schema is not supported; {\"type\": \"json_object\"} constrains "
+                        "the output to a JSON object");
+    } else if (t != "text") {
+      return ParamError("response_format", "type must be \"text\" or \"json_object\"");
     }
   }
   ASSIGN_OR_RETURN(std::optional<int32_t> n, Int32In(body, "n", 1, kMaxOpenAIChoices));
@@ -449,6 +462,7 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
     request.echo = echo.value_or(false);
   }
   ASSIGN_OR_RETURN(v1::SamplingParams sampling, ParseSampling(body, endpoint));
+  sampling.set_response_format(response_format);
   if (!sampling.has_max_tokens()) {
     // OpenAI's defaults: 16 for completions; chat runs to the end of the turn or the
     // context (ToEngineRequest's length check leaves room for one token; the engine stops

@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/dtype.h"
+#include "runtime/engine/json_grammar.h"
 #include "runtime/engine/request.h"
 #include "runtime/engine/sampling_params.h"
 
@@ -78,6 +79,9 @@ struct EngineOptions {
 
   // Text: needed for stop strings and RequestOutput::text. Unset: no text.
   DetokenizeFn detokenize;
+  // Each token's bytes: needed for ResponseFormat::kJsonObject. Unset: such requests are
+  // refused.
+  std::shared_ptr<const TokenBytesTable> token_bytes;
   // Seeds the generator that draws a seed for requests without one.
   uint64_t seed = 0;
   StepObserver step_observer;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -156,6 +157,7 @@ EngineCore::EngineCore(model::Model* model, const EngineOptions& options, Engine
   finishing_.reserve(options.max_num_seqs);
   logits_.resize(static_cast<size_t>(options.max_num_seqs) * vocab_);
   raw_row_.resize(vocab_);
+  if (options_.token_bytes != nullptr) json_keep_.assign(vocab_, 0);
   if (options.residual_rms_every_n_steps > 0) counters_.residual_rms.resize(info_.num_layers);
 }
 
@@ -177,6 +179,18 @@ absl::Status EngineCore::ValidateRequest(const Request& request) const {
   }
   // The server may have added its own stop (a chat's end of turn) to a client's maximum.
   RETURN_IF_ERROR(ValidateSamplingParams(request.sampling, vocab_, StopLimits::kEngine));
+  if (request.sampling.response_format == ResponseFormat::kJsonObject) {
+    if (options_.token_bytes == nullptr) {
+      return absl::InvalidArgumentError(
+          "response_format json_object needs the tokenizer's token bytes, and this engine has "
+          "none");
+    }
+    if (options_.token_bytes->vocab_size() != vocab_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("response_format json_object: the tokenizer has ",
+                       options_.token_bytes->vocab_size(), " tokens and the model ", vocab_));
+    }
+  }
   if (!request.sampling.stop.empty() && !options_.detokenize) {
     return absl::InvalidArgumentError("stop strings need a detokenizer, and this engine has none");
   }
@@ -203,6 +217,7 @@ std::unique_ptr<Sequence> EngineCore::MakeSequence(RequestId id, Request request
   seq->want_text =
       options_.detokenize && (request.sampling.detokenize || !request.sampling.stop.empty());
   seq->detok.Reset(seq->prompt_len);
+  seq->json_mode = request.sampling.response_format == ResponseFormat::kJsonObject;
   if (request.sampling.prompt_logprobs.has_value()) {
     seq->prompt_logprobs.reserve(
         std::max(0, seq->prompt_len - request.sampling.prompt_logprobs_from));
@@ -362,6 +377,29 @@ void EngineCore::ProcessRows(Sequence* seq, const model::SequenceInput& input, f
   }
 }
 
+bool EngineCore::MaskToJson(const Sequence& seq, bool suppress_stop, std::span<float> logits) {
+  const SamplingParams& params = seq.request.sampling;
+  json_ids_.clear();
+  if (seq.json.complete()) {
+    if (suppress_stop) return false;
+    if (!params.ignore_eos) {
+      for (int32_t t : info_.eos_token_ids) {
+        if (t >= 0 && t < vocab_) json_ids_.push_back(t);
+      }
+    }
+    json_ids_.insert(json_ids_.end(), params.stop_token_ids.begin(), params.stop_token_ids.end());
+  } else {
+    AllowedJsonTokens(seq.json, *options_.token_bytes, &json_ids_);
+  }
+  if (json_ids_.empty()) return false;
+  for (int32_t t : json_ids_) json_keep_[t] = 1;
+  for (int32_t i = 0; i < vocab_; ++i) {
+    if (json_keep_[i] == 0) logits[i] = -std::numeric_limits<float>::infinity();
+  }
+  for (int32_t t : json_ids_) json_keep_[t] = 0;
+  return true;
+}
+
 void EngineCore::SampleNext(Sequence* seq, float* row) {
   const SamplingParams& params = seq->request.sampling;
   RequestOutput& out = seq->pending;
@@ -380,7 +418,26 @@ void EngineCore::SampleNext(Sequence* seq, float* row) {
       .eos_ids = info_.eos_token_ids,
       .suppress_stop = seq->num_generated() < params.min_tokens,
   };
+  if (seq->json_mode && !MaskToJson(*seq, ctx.suppress_stop, logits)) {
+    out.final.emplace().reason = FinishReason::kStop;
+    FlushText(seq, seq->tokens);
+    finishing_.push_back(seq);
+    return;
+  }
   const int32_t token = SampleToken(ctx, logits, seq->rng, scratch_);
+  if (seq->json_mode && !seq->json.complete()) {
+    // An allowed token: MaskToJson left at least one, and a NaN row's argmax is one of them
+    // only if the model gave it a number; should neither hold, end here rather than emit a
+    // token that breaks the object.
+    JsonMatcher next = seq->json;
+    if (!next.Feed(options_.token_bytes->bytes(token))) {
+      out.final.emplace().reason = FinishReason::kStop;
+      FlushText(seq, seq->tokens);
+      finishing_.push_back(seq);
+      return;
+    }
+    seq->json = next;
+  }
   seq->tokens.push_back(token);
   ++counters_.generation_tokens;
   if (!seq->has_first_token) {

@@ -84,6 +84,10 @@ class EngineCore {
   // Samples the next token from `row` (overwritten), runs the stop checks, and queues the
   // sequence on finishing_ when it is done.
   void SampleNext(Sequence* seq, float* row);
+  // JSON mode: -inf for every token that would not keep seq's output a JSON object prefix
+  // (EOS and stop ids only once it is complete and stops are allowed). False: none may
+  // follow (the object is complete and stops are suppressed), so the output ends here.
+  bool MaskToJson(const Sequence& seq, bool suppress_stop, std::span<float> logits);
   // Releases text held back (detokenizer, stop-string matcher) at the end of a request.
   void FlushText(Sequence* seq, std::span<const int32_t> tokens);
   // Pushes the pending output.
@@ -106,6 +110,9 @@ class EngineCore {
   std::vector<model::SequenceInput> inputs_;
   std::vector<float> logits_;
   std::vector<float> raw_row_;  // a copy of a row for logprobs (sampling overwrites it)
+  // JSON mode: the tokens allowed at this step, and a [vocab] mask, all zero between uses.
+  std::vector<int32_t> json_ids_;
+  std::vector<char> json_keep_;
   std::vector<Sequence*> finishing_;
   std::string text_;
 

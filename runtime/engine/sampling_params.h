@@ -22,6 +22,12 @@ inline constexpr int32_t kMaxStopTokenIds = 64;
 inline constexpr int32_t kMaxLogitBias = 1024;
 inline constexpr float kMaxLogitBiasValue = 100.0f;
 
+// The form of the output text. kJsonObject (OpenAI's JSON mode): every token keeps the
+// output a valid prefix of a JSON object (engine/json_grammar.h), and EOS (or a stop token)
+// can only follow its closing brace, which ends the output if neither may (ignore_eos,
+// min_tokens). Needs the tokenizer's token bytes (EngineOptions::token_bytes).
+enum class ResponseFormat : uint8_t { kText, kJsonObject };
+
 struct SamplingParams {
   // 0: greedy (argmax; ties go to the lowest token id). Otherwise logits are divided by it.
   float temperature = 1.0f;
@@ -58,6 +64,7 @@ struct SamplingParams {
   // match, and anything after it, is excluded from the output text. Needs a detokenizer
   // (EngineOptions::detokenize); without one, a request with stop strings is rejected.
   std::vector<std::string> stop;
+  ResponseFormat response_format = ResponseFormat::kText;
   // Whether to detokenize the output (RequestOutput::text). Stop strings force it on.
   bool detokenize = true;
 

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/engine/json_grammar.h"
 #include "runtime/engine/request.h"
 #include "runtime/engine/sampler.h"
 #include "runtime/engine/stop_checker.h"
@@ -59,6 +60,9 @@ struct Sequence {
   IncrementalDetokenizer detok;
   StopStringMatcher stop_matcher;
   bool want_text = false;
+  // ResponseFormat::kJsonObject: the output's bytes so far, recognized.
+  bool json_mode = false;
+  JsonMatcher json;
   // Prompt logprobs collected so far (positions prompt_logprobs_from..), emitted with the
   // first output.
   std::vector<PositionLogprobs> prompt_logprobs;

@@ -235,6 +235,79 @@ TEST(HttpTest, CompletionsAnswerAsGrpcGenerateDoes) {
   }
 }
 
+// response_format {"type": "json_object"} (OpenAI's JSON mode): a choice that stops is a
+// JSON object, one that max_tokens cuts is a prefix of one (a JSON parser runs out of input,
+// nothing sooner), streamed or not; json_schema and unknown types are a 400 naming the field.
+TEST(HttpTest, JsonModeAnswersJsonObjects) {
+  HttpServer s;
+  auto client = s.Client();
+  const auto check = [](const std::string& text, const std::string& finish) {
+    if (finish == "stop") {
+      json parsed;
+      ASSERT_NO_THROW(parsed = json::parse(text)) << text;
+      EXPECT_TRUE(parsed.is_object()) << text;
+      return;
+    }
+    EXPECT_EQ(finish, "length") << text;
+    try {
+      const json parsed = json::parse(text);
+      ADD_FAILURE() << "a cut output parses: " << parsed.dump();
+    } catch (const json::parse_error& e) {
+      EXPECT_EQ(e.byte, text.size() + 1) << e.what() << "\n" << text;
+    }
+  };
+  int stopped = 0;
+  for (int max_tokens : {12, 160}) {
+    const Answer a = Post(client, "/v1/completions",
+                          {{"prompt", "And God said"},
+                           {"max_tokens", max_tokens},
+                           {"temperature", 0.8},
+                           {"seed", 11},
+                           {"n", 8},
+                           {"response_format", {{"type", "json_object"}}}});
+    ASSERT_EQ(a.status, 200) << a.raw;
+    ASSERT_EQ(a.body["choices"].size(), 8u);
+    for (const json& choice : a.body["choices"]) {
+      const std::string text = choice["text"];
+      const std::string finish = choice["finish_reason"];
+      check(text, finish);
+      stopped += finish == "stop" ? 1 : 0;
+    }
+  }
+  EXPECT_GT(stopped, 0) << "no choice closed its object";
+  // Streamed, greedy: the pieces join into the same kind of text.
+  auto res = client.Post("/v1/completions",
+                         json{{"prompt", "And God said"},
+                              {"max_tokens", 40},
+                              {"temperature", 0},
+                              {"stream", true},
+                              {"response_format", {{"type", "json_object"}}}}
+                             .dump(),
+                         "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200);
+  std::string text, finish;
+  for (const std::string& data : SseData(res->body)) {
+    if (data == "[DONE]") break;
+    const json e = json::parse(data);
+    text += e["choices"][0]["text"].get<std::string>();
+    if (!e["choices"][0]["finish_reason"].is_null()) finish = e["choices"][0]["finish_reason"];
+  }
+  check(text, finish);
+  // Without the constraint the same request is not JSON.
+  const Answer plain = Post(client, "/v1/completions",
+                            {{"prompt", "And God said"}, {"max_tokens", 8}, {"temperature", 0}});
+  ASSERT_EQ(plain.status, 200) << plain.raw;
+  EXPECT_NE(plain.body["choices"][0]["text"].get<std::string>().substr(0, 1), "{");
+  for (const json& bad : {json{{"type", "json_schema"}, {"json_schema", {{"name", "x"}}}},
+                          json{{"type", "yaml"}}, json("json_object"), json::object()}) {
+    const Answer refused =
+        Post(client, "/v1/completions", {{"prompt", "And God said"}, {"response_format", bad}});
+    EXPECT_EQ(refused.status, 400) << refused.raw;
+    EXPECT_EQ(refused.body["error"]["param"], "response_format") << refused.raw;
+  }
+}
+
 TEST(HttpTest, StreamingIsServerSentEventsEndingInDoneWithUsage) {
   HttpServer s;
   auto client = s.Client();

@@ -6,6 +6,7 @@ Usage: openai_sdk_test.py --server BUILD/server/spanserve-server --source SOURCE
 """
 
 import argparse
+import json
 import math
 import os
 import socket
@@ -220,7 +221,7 @@ class ChatTest(unittest.TestCase):
         if smollm2_path() is None:
             self.skipTest("SmolLM2 is not cached (scripts/fetch_models)")
 
-    def test_chat_plain_streamed_and_with_logprobs(self):
+    def test_chat_plain_streamed_with_logprobs_and_json_mode(self):
         server = Server(model=f"smollm2={smollm2_path()}", max_model_len=2048)
         try:
             client = server.client()
@@ -244,6 +245,20 @@ class ChatTest(unittest.TestCase):
                 for c in chunk.choices:
                     text += c.delta.content or ""
             self.assertEqual(text, choice.message.content)
+            # JSON mode: the answer is a JSON object; a JSON schema is refused, not ignored.
+            j = client.chat.completions.create(
+                model="smollm2", max_tokens=120, temperature=0,
+                messages=[{"role": "user", "content":
+                           "Give me a JSON object describing a cat with name, age and color."}],
+                response_format={"type": "json_object"})
+            self.assertEqual(j.choices[0].finish_reason, "stop")
+            self.assertIsInstance(json.loads(j.choices[0].message.content), dict)
+            with self.assertRaises(openai.BadRequestError) as e:
+                client.chat.completions.create(
+                    model="smollm2", messages=messages, max_tokens=4,
+                    response_format={"type": "json_schema",
+                                     "json_schema": {"name": "x", "schema": {"type": "object"}}})
+            self.assertEqual(e.exception.body["param"], "response_format")
         finally:
             self.assertEqual(server.stop(), 0)
 

@@ -310,6 +310,16 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(SpanServeError) as caught:
             self.client.complete("And God said", logit_bias={100: 101})
         self.assertIn("logit_bias", caught.exception.message)
+        # response_format="json_object" (JSON mode): a finished output is a JSON object.
+        for seed in range(4):
+            obj = self.client.complete("And God said", max_tokens=160, temperature=0.8, seed=seed,
+                                       response_format="json_object")
+            if obj.finish_reason == "stop":
+                self.assertIsInstance(json.loads(obj.text), dict)
+            else:
+                self.assertEqual(len(obj.token_ids), 160)
+        with self.assertRaises(ValueError):
+            self.client.complete("And God said", response_format="yaml")
 
     def test_generate_errors_are_typed(self):
         with self.assertRaises(SpanServeError) as caught:

@@ -80,6 +80,10 @@ def _sampling(sampling: Mapping[str, Any]) -> pb.SamplingParams:
             getattr(params, name).extend(value)
         elif name == "logit_bias":  # {token id: bias}; a JSON-style str key is taken too
             getattr(params, name).update({int(k): float(v) for k, v in value.items()})
+        elif name == "response_format" and isinstance(value, str):  # "text", "json_object"
+            params.response_format = pb.ResponseFormat.Value(
+                value if value.startswith("RESPONSE_FORMAT_") else
+                "RESPONSE_FORMAT_" + value.upper())
         else:
             setattr(params, name, value)
     return params
@@ -255,7 +259,8 @@ class Client:
         ``min_p``, ``repetition_penalty``, ``presence_penalty``, ``frequency_penalty``,
         ``seed``, ``min_tokens``, ``ignore_eos``, ``stop`` (strings), ``stop_token_ids``,
         ``logprobs`` (N: each token's logprob and its N best alternatives), ``logit_bias``
-        ({token id: bias in [-100, 100]}, added before the penalties). Unknown names
+        ({token id: bias in [-100, 100]}, added before the penalties), ``response_format``
+        ("json_object": OpenAI's JSON mode, the output a JSON object; "text"). Unknown names
         raise TypeError; server-side validation errors raise SpanServeError while iterating.
 
         Returns:

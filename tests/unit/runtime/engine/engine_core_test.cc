@@ -536,6 +536,79 @@ TEST_F(EngineCoreTest, StopTokenIdsAndMinTokens) {
   EXPECT_EQ(std::count(t.begin(), t.begin() + 3, first), 0);
 }
 
+// JSON mode (ResponseFormat::kJsonObject) over token bytes given to the tiny vocabulary: every
+// output's bytes are a JSON object's prefix, EOS comes only after the closing brace, a request
+// that ignores EOS (or may not stop yet) ends at the brace, and the outputs are the same
+// alone, batched and under preemption.
+TEST_F(EngineCoreTest, JsonModeKeepsOutputsJsonObjectsAndTheInvariances) {
+  const std::vector<std::string> fragments = {
+      "{", "}",    "\"",     "a",        "1",    ":",    ",",   " ",  "[",
+      "]", "true", "\"k\":", "{\"",      "\"}",  "null", "-",   "0",  ".",
+      "5", "e",    "\\n",    "\xC3\xA9", "\xC3", "\xA9", "x\"", "]}", "\n"};
+  constexpr int32_t kEos = 2;
+  const auto bytes_of = [&](int32_t id) {
+    return id == kEos ? std::string() : fragments[id % fragments.size()];
+  };
+  EngineOptions options = Options();
+  options.token_bytes = std::make_shared<const TokenBytesTable>(97, bytes_of);
+  std::vector<Request> reqs = RandomRequests(24, 9, /*greedy=*/false);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    Request& r = reqs[i];
+    r.sampling.response_format = ResponseFormat::kJsonObject;
+    r.sampling.max_tokens = 40;
+    if (i % 3 == 0) r.sampling.temperature = 0;
+    if (i % 4 == 1) r.sampling.ignore_eos = true;
+    if (i % 5 == 2) r.sampling.min_tokens = 30;
+  }
+  const Run alone = RunWaves(options, reqs, Alone(static_cast<int>(reqs.size())));
+  const Run together = RunWaves(options, reqs, Together(static_cast<int>(reqs.size())));
+  ExpectSameTokens(alone, together);
+  EngineOptions tight = options;
+  tight.num_kv_blocks = 12;
+  const Run pressed = RunWaves(tight, reqs, Together(static_cast<int>(reqs.size())));
+  EXPECT_GT(pressed.preemptions, 0);
+  ExpectSameTokens(alone, pressed);
+  // A stop string that the text's last letter begins and nothing completes: the stop
+  // matcher holds that letter back until the output ends.
+  std::vector<Request> held = reqs;
+  for (size_t i = 0; i < held.size(); ++i) {
+    const std::string& text = alone.out[i].text;
+    if (!text.empty()) held[i].sampling.stop = {text.substr(text.size() - 1) + "#"};
+  }
+  const Run held_back = RunWaves(options, held, Together(static_cast<int>(held.size())));
+  ExpectSameTokens(alone, held_back);
+  int complete = 0;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    SCOPED_TRACE(::testing::Message() << "request " << i);
+    const Collected& c = alone.out[i];
+    JsonMatcher m;
+    for (size_t j = 0; j < c.tokens.size(); ++j) {
+      if (c.tokens[j] == kEos) {
+        EXPECT_TRUE(m.complete()) << "EOS before the closing brace";
+        EXPECT_EQ(j + 1, c.tokens.size());
+        EXPECT_FALSE(reqs[i].sampling.ignore_eos);
+        break;
+      }
+      ASSERT_TRUE(m.Feed(bytes_of(c.tokens[j]))) << "token " << j;
+    }
+    // All of the text, none held back: an object ends the output where EOS may not yet.
+    std::vector<int32_t> text_tokens = c.tokens;
+    if (!text_tokens.empty() && text_tokens.back() == kEos) text_tokens.pop_back();
+    EXPECT_EQ(c.text, testing::FakeDecode(text_tokens));
+    if (c.final.reason == FinishReason::kStop) {
+      EXPECT_TRUE(m.complete());
+      ++complete;
+    } else {
+      EXPECT_EQ(c.tokens.size(), 40u);
+    }
+  }
+  EXPECT_GT(complete, 4);
+  // Without the table such a request is refused.
+  auto core = EngineCore::Create(model_, Options());
+  ASSERT_TRUE(core.ok());
+  EXPECT_EQ((*core)->ValidateRequest(reqs[0]).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(EngineCoreTest, LengthFinishesAtMaxTokensAndAtTheContext) {
   Request r;
   r.prompt.assign(120, 9);
