@@ -44,6 +44,8 @@ ABSL_FLAG(int, top_k, 0, "generate: top-k (0: off)");
 ABSL_FLAG(double, top_p, 1.0, "generate: top-p");
 ABSL_FLAG(int, logprobs, -1, "generate: alternatives per token (-1: no logprobs)");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "generate: stop strings");
+ABSL_FLAG(bool, json_object, false,
+          "generate / chat: JSON mode, the output a JSON object (response_format json_object)");
 ABSL_FLAG(std::string, context, "", "score: context text");
 ABSL_FLAG(std::string, continuations, "", "score: continuations, separated by '|'");
 ABSL_FLAG(std::string, text, "", "tokenize: text");
@@ -115,6 +117,7 @@ int Generate(v1::SpanServe::Stub& stub, v1::GenerateRequest request) {
   s->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
   if (absl::GetFlag(FLAGS_logprobs) >= 0) s->set_logprobs(absl::GetFlag(FLAGS_logprobs));
   for (const std::string& stop : absl::GetFlag(FLAGS_stop)) s->add_stop(stop);
+  if (absl::GetFlag(FLAGS_json_object)) s->set_response_format(v1::RESPONSE_FORMAT_JSON_OBJECT);
   grpc::ClientContext context;
   Prepare(&context);
   std::unique_ptr<grpc::ClientReader<v1::GenerateChunk>> reader = stub.Generate(&context, request);
