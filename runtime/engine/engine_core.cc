@@ -157,7 +157,6 @@ EngineCore::EngineCore(model::Model* model, const EngineOptions& options, Engine
   finishing_.reserve(options.max_num_seqs);
   logits_.resize(static_cast<size_t>(options.max_num_seqs) * vocab_);
   raw_row_.resize(vocab_);
-  if (options_.token_bytes != nullptr) json_keep_.assign(vocab_, 0);
   if (options.residual_rms_every_n_steps > 0) counters_.residual_rms.resize(info_.num_layers);
 }
 
@@ -217,7 +216,6 @@ std::unique_ptr<Sequence> EngineCore::MakeSequence(RequestId id, Request request
   seq->want_text =
       options_.detokenize && (request.sampling.detokenize || !request.sampling.stop.empty());
   seq->detok.Reset(seq->prompt_len);
-  seq->json_mode = request.sampling.response_format == ResponseFormat::kJsonObject;
   if (request.sampling.prompt_logprobs.has_value()) {
     seq->prompt_logprobs.reserve(
         std::max(0, seq->prompt_len - request.sampling.prompt_logprobs_from));
@@ -392,11 +390,13 @@ bool EngineCore::MaskToJson(const Sequence& seq, bool suppress_stop, std::span<f
     AllowedJsonTokens(seq.json, *options_.token_bytes, &json_ids_);
   }
   if (json_ids_.empty()) return false;
-  for (int32_t t : json_ids_) json_keep_[t] = 1;
+  // The sampler's [vocab] flags, all zero between its calls, mark the allowed ids.
+  std::vector<char>& keep = scratch_.seen;
+  for (int32_t t : json_ids_) keep[t] = 1;
   for (int32_t i = 0; i < vocab_; ++i) {
-    if (json_keep_[i] == 0) logits[i] = -std::numeric_limits<float>::infinity();
+    if (keep[i] == 0) logits[i] = -std::numeric_limits<float>::infinity();
   }
-  for (int32_t t : json_ids_) json_keep_[t] = 0;
+  for (int32_t t : json_ids_) keep[t] = 0;
   return true;
 }
 
@@ -418,24 +418,20 @@ void EngineCore::SampleNext(Sequence* seq, float* row) {
       .eos_ids = info_.eos_token_ids,
       .suppress_stop = seq->num_generated() < params.min_tokens,
   };
-  if (seq->json_mode && !MaskToJson(*seq, ctx.suppress_stop, logits)) {
+  // JSON mode: the output ends here when no token may follow (or, should the sampler ever
+  // pick one, when the token would break the object).
+  const auto end_json = [&] {
     out.final.emplace().reason = FinishReason::kStop;
     FlushText(seq, seq->tokens);
     finishing_.push_back(seq);
-    return;
-  }
+  };
+  if (seq->json_mode() && !MaskToJson(*seq, ctx.suppress_stop, logits)) return end_json();
   const int32_t token = SampleToken(ctx, logits, seq->rng, scratch_);
-  if (seq->json_mode && !seq->json.complete()) {
+  if (seq->json_mode() && !seq->json.complete()) {
     // An allowed token: MaskToJson left at least one, and a NaN row's argmax is one of them
-    // only if the model gave it a number; should neither hold, end here rather than emit a
-    // token that breaks the object.
+    // only if the model gave it a number.
     JsonMatcher next = seq->json;
-    if (!next.Feed(options_.token_bytes->bytes(token))) {
-      out.final.emplace().reason = FinishReason::kStop;
-      FlushText(seq, seq->tokens);
-      finishing_.push_back(seq);
-      return;
-    }
+    if (!next.Feed(options_.token_bytes->bytes(token))) return end_json();
     seq->json = next;
   }
   seq->tokens.push_back(token);

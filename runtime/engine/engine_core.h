@@ -110,9 +110,8 @@ class EngineCore {
   std::vector<model::SequenceInput> inputs_;
   std::vector<float> logits_;
   std::vector<float> raw_row_;  // a copy of a row for logprobs (sampling overwrites it)
-  // JSON mode: the tokens allowed at this step, and a [vocab] mask, all zero between uses.
+  // JSON mode: the tokens allowed at this step.
   std::vector<int32_t> json_ids_;
-  std::vector<char> json_keep_;
   std::vector<Sequence*> finishing_;
   std::string text_;
 

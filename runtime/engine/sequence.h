@@ -61,7 +61,7 @@ struct Sequence {
   StopStringMatcher stop_matcher;
   bool want_text = false;
   // ResponseFormat::kJsonObject: the output's bytes so far, recognized.
-  bool json_mode = false;
+  bool json_mode() const { return request.sampling.response_format == ResponseFormat::kJsonObject; }
   JsonMatcher json;
   // Prompt logprobs collected so far (positions prompt_logprobs_from..), emitted with the
   // first output.
