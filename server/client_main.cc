@@ -8,6 +8,8 @@
 // --model NAME picks one of the server's models (default: the server's default model).
 // Streams generated text to stdout; --json prints every response message as JSON instead.
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,6 +48,9 @@ ABSL_FLAG(int, logprobs, -1, "generate: alternatives per token (-1: no logprobs)
 ABSL_FLAG(std::vector<std::string>, stop, {}, "generate: stop strings");
 ABSL_FLAG(bool, json_object, false,
           "generate / chat: JSON mode, the output a JSON object (response_format json_object)");
+ABSL_FLAG(std::string, json_schema, "",
+          "generate / chat: structured outputs, the output a JSON text this JSON Schema accepts "
+          "(its text, or @FILE)");
 ABSL_FLAG(std::string, context, "", "score: context text");
 ABSL_FLAG(std::string, continuations, "", "score: continuations, separated by '|'");
 ABSL_FLAG(std::string, text, "", "tokenize: text");
@@ -118,6 +123,18 @@ int Generate(v1::SpanServe::Stub& stub, v1::GenerateRequest request) {
   if (absl::GetFlag(FLAGS_logprobs) >= 0) s->set_logprobs(absl::GetFlag(FLAGS_logprobs));
   for (const std::string& stop : absl::GetFlag(FLAGS_stop)) s->add_stop(stop);
   if (absl::GetFlag(FLAGS_json_object)) s->set_response_format(v1::RESPONSE_FORMAT_JSON_OBJECT);
+  if (std::string schema = absl::GetFlag(FLAGS_json_schema); !schema.empty()) {
+    if (schema[0] == '@') {
+      std::ifstream in(schema.substr(1), std::ios::binary);
+      if (!in) {
+        std::fprintf(stderr, "error: cannot read the schema file %s\n", schema.c_str() + 1);
+        return 2;
+      }
+      schema.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    s->set_response_format(v1::RESPONSE_FORMAT_JSON_SCHEMA);
+    s->set_json_schema(std::move(schema));
+  }
   grpc::ClientContext context;
   Prepare(&context);
   std::unique_ptr<grpc::ClientReader<v1::GenerateChunk>> reader = stub.Generate(&context, request);

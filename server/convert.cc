@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "runtime/engine/json_schema.h"
 
 namespace spanserve::server {
 
@@ -373,9 +374,23 @@ absl::StatusOr<engine::SamplingParams> ToSamplingParams(const v1::SamplingParams
     case v1::RESPONSE_FORMAT_JSON_OBJECT:
       p.response_format = engine::ResponseFormat::kJsonObject;
       break;
+    case v1::RESPONSE_FORMAT_JSON_SCHEMA: {
+      p.response_format = engine::ResponseFormat::kJsonSchema;
+      auto schema = engine::JsonSchema::Compile(proto.json_schema());
+      if (!schema.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sampling.json_schema: ", schema.status().message()));
+      }
+      p.json_schema = *std::move(schema);
+      break;
+    }
     default:
       return absl::InvalidArgumentError(absl::StrCat("sampling.response_format: unknown value ",
                                                      static_cast<int>(proto.response_format())));
+  }
+  if (!proto.json_schema().empty() && proto.response_format() != v1::RESPONSE_FORMAT_JSON_SCHEMA) {
+    return absl::InvalidArgumentError(
+        "sampling.json_schema is only taken with response_format RESPONSE_FORMAT_JSON_SCHEMA");
   }
   // The engine accepts 0 (prompt scoring only); over gRPC that is Score's job, and a
   // Generate that generates nothing is a client bug.

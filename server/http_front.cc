@@ -574,7 +574,7 @@ void Completions(SpanServeService* service, OpenAIEndpoint endpoint, const httpl
   if (absl::Status s = AdmitHttp(*service, req); !s.ok()) return SendError(res, s);
   absl::StatusOr<json> body = ParseBody(req);
   if (!body.ok()) return SendError(res, body.status());
-  absl::StatusOr<OpenAIRequest> request = ParseOpenAIRequest(*body, endpoint);
+  absl::StatusOr<OpenAIRequest> request = ParseOpenAIRequest(*body, endpoint, req.body);
   if (!request.ok()) return SendError(res, request.status());
   absl::StatusOr<ServedModel*> model = service->ReadyModel(request->model);
   if (!model.ok()) return SendError(res, model.status());

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <span>
+#include <string_view>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -13,6 +15,7 @@
 #include "absl/strings/strip.h"
 #include "common/status.h"
 #include "common/text.h"
+#include "runtime/engine/json_schema.h"
 #include "runtime/engine/sampling_params.h"
 
 namespace spanserve::server {
@@ -405,7 +408,94 @@ int JsonDepth(absl::string_view text, int limit) {
   return deepest;
 }
 
-absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoint endpoint) {
+// The text of the value at `path` (a chain of object keys) in the JSON document `doc`, or
+// empty if there is none; where a key repeats, its last value (as the parsed body has it).
+// A schema keeps its properties' order this way, which the parsed body (keys sorted) lost.
+std::string_view RawJsonValue(std::string_view doc, std::span<const std::string_view> path) {
+  size_t i = 0;
+  const auto ws = [&] {
+    while (i < doc.size() &&
+           (doc[i] == ' ' || doc[i] == '\t' || doc[i] == '\n' || doc[i] == '\r')) {
+      ++i;
+    }
+  };
+  const auto skip_string = [&] {  // at '"'
+    for (++i; i < doc.size() && doc[i] != '"'; ++i) {
+      if (doc[i] == '\\') ++i;
+    }
+    ++i;
+  };
+  const auto skip_value = [&] {
+    ws();
+    int depth = 0;
+    while (i < doc.size()) {
+      const char c = doc[i];
+      if (c == '"') {
+        skip_string();
+      } else if (c == '{' || c == '[') {
+        ++depth;
+        ++i;
+      } else if (c == '}' || c == ']') {
+        if (depth == 0) return;
+        --depth;
+        ++i;
+      } else if (depth == 0 && (c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '\r')) {
+        return;
+      } else {
+        ++i;
+      }
+      if (depth == 0 && (c == '"' || c == '}' || c == ']')) return;
+    }
+  };
+  for (const std::string_view want : path) {
+    ws();
+    if (i >= doc.size() || doc[i] != '{') return {};
+    ++i;
+    size_t found = std::string_view::npos;
+    while (true) {
+      ws();
+      if (i >= doc.size() || doc[i] != '"') break;
+      const size_t k0 = i;
+      skip_string();
+      const std::string_view key = doc.substr(k0, std::min(i, doc.size()) - k0);
+      bool match = key.size() == want.size() + 2 && key.substr(1, want.size()) == want;
+      if (!match && key.find('\\') != std::string_view::npos) {
+        const json decoded = json::parse(key, nullptr, /*allow_exceptions=*/false);
+        match = decoded.is_string() && decoded.get_ref<const std::string&>() == want;
+      }
+      ws();
+      if (i >= doc.size() || doc[i] != ':') return {};
+      ++i;
+      ws();
+      if (match) found = i;
+      skip_value();
+      ws();
+      if (i < doc.size() && doc[i] == ',') ++i;
+    }
+    if (found == std::string_view::npos) return {};
+    i = found;
+  }
+  ws();
+  const size_t start = i;
+  skip_value();
+  return doc.substr(start, std::min(i, doc.size()) - start);
+}
+
+// A structured-outputs schema's text: `value` itself if it is a string, else its text in the
+// raw body (property order kept) when that reads back as the same value, else its dump.
+std::string SchemaText(const json& value, std::string_view raw,
+                       std::span<const std::string_view> path) {
+  if (value.is_string()) return value.get<std::string>();
+  const std::string_view text = RawJsonValue(raw, path);
+  if (!text.empty()) {
+    const json again = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!again.is_discarded() && again == value) return std::string(text);
+  }
+  return value.dump();
+}
+
+absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoint endpoint,
+                                                 std::string_view raw_body) {
   if (!body.is_object()) {
     return absl::InvalidArgumentError("the request body must be a JSON object");
   }
@@ -416,8 +506,10 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
   RETURN_IF_ERROR(Unsupported(body, "suffix", "is not supported"));
   RETURN_IF_ERROR(Unsupported(body, "tools", "tool calling is not supported"));
   RETURN_IF_ERROR(Unsupported(body, "functions", "function calling is not supported"));
-  // OpenAI's JSON mode; a JSON schema is not enforced, so it is refused rather than ignored.
+  // OpenAI's JSON mode and structured outputs (and vLLM's guided_json).
   v1::ResponseFormat response_format = v1::RESPONSE_FORMAT_TEXT;
+  std::string schema_text;
+  const char* schema_param = "response_format";
   if (const json* format = Field(body, "response_format"); format != nullptr) {
     const json* type = format->is_object() ? Field(*format, "type") : nullptr;
     if (type == nullptr || !type->is_string()) {
@@ -427,12 +519,36 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
     if (t == "json_object") {
       response_format = v1::RESPONSE_FORMAT_JSON_OBJECT;
     } else if (t == "json_schema") {
-      return ParamError("response_format",
-                        "json_schema is not supported; {\"type\": \"json_object\"} constrains "
-                        "the output to a JSON object");
+      const json* spec = Field(*format, "json_schema");
+      const json* schema = spec != nullptr && spec->is_object() ? Field(*spec, "schema") : nullptr;
+      if (schema == nullptr || !(schema->is_object() || schema->is_boolean())) {
+        return ParamError("response_format",
+                          "json_schema must be an object whose \"schema\" is a JSON Schema");
+      }
+      constexpr std::string_view kPath[] = {"response_format", "json_schema", "schema"};
+      schema_text = SchemaText(*schema, raw_body, kPath);
+      response_format = v1::RESPONSE_FORMAT_JSON_SCHEMA;
     } else if (t != "text") {
-      return ParamError("response_format", "type must be \"text\" or \"json_object\"");
+      return ParamError("response_format",
+                        "type must be \"text\", \"json_object\" or \"json_schema\"");
     }
+  }
+  if (const json* guided = Field(body, "guided_json"); guided != nullptr) {
+    if (response_format != v1::RESPONSE_FORMAT_TEXT) {
+      return ParamError("guided_json", "is not allowed beside a response_format");
+    }
+    if (!(guided->is_object() || guided->is_string() || guided->is_boolean())) {
+      return ParamError("guided_json", "must be a JSON Schema (an object or its text)");
+    }
+    constexpr std::string_view kPath[] = {"guided_json"};
+    schema_text = SchemaText(*guided, raw_body, kPath);
+    response_format = v1::RESPONSE_FORMAT_JSON_SCHEMA;
+    schema_param = "guided_json";
+  }
+  if (response_format == v1::RESPONSE_FORMAT_JSON_SCHEMA) {
+    // Compiled here too so the error names the field; ToEngineRequest compiles it again.
+    auto compiled = engine::JsonSchema::Compile(schema_text);
+    if (!compiled.ok()) return ParamError(schema_param, compiled.status().message());
   }
   ASSIGN_OR_RETURN(std::optional<int32_t> n, Int32In(body, "n", 1, kMaxOpenAIChoices));
   request.n = n.value_or(1);
@@ -463,6 +579,7 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
   }
   ASSIGN_OR_RETURN(v1::SamplingParams sampling, ParseSampling(body, endpoint));
   sampling.set_response_format(response_format);
+  if (!schema_text.empty()) sampling.set_json_schema(std::move(schema_text));
   if (!sampling.has_max_tokens()) {
     // OpenAI's defaults: 16 for completions; chat runs to the end of the turn or the
     // context (ToEngineRequest's length check leaves room for one token; the engine stops

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -50,9 +51,12 @@ struct OpenAIRequest {
   // Chat: the generation prompt (vLLM's add_generation_prompt, default true).
 };
 
-// INVALID_ARGUMENT naming the field; the body must be a JSON object.
+// INVALID_ARGUMENT naming the field; the body must be a JSON object. raw_body, the text
+// `body` was parsed from, gives a structured-outputs schema its properties' order (the
+// parsed body holds keys sorted); without it the schema's keys go in sorted order.
 absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const nlohmann::json& body,
-                                                 OpenAIEndpoint endpoint);
+                                                 OpenAIEndpoint endpoint,
+                                                 std::string_view raw_body = {});
 
 // The deepest nesting of arrays and objects in `text` (JSON strings skipped), counted up to
 // `limit` + 1: a cheap check before parsing untrusted bodies.

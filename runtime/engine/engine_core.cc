@@ -178,15 +178,19 @@ absl::Status EngineCore::ValidateRequest(const Request& request) const {
   }
   // The server may have added its own stop (a chat's end of turn) to a client's maximum.
   RETURN_IF_ERROR(ValidateSamplingParams(request.sampling, vocab_, StopLimits::kEngine));
-  if (request.sampling.response_format == ResponseFormat::kJsonObject) {
+  if (request.sampling.response_format != ResponseFormat::kText) {
+    const char* name = request.sampling.response_format == ResponseFormat::kJsonObject
+                           ? "json_object"
+                           : "json_schema";
     if (options_.token_bytes == nullptr) {
       return absl::InvalidArgumentError(
-          "response_format json_object needs the tokenizer's token bytes, and this engine has "
-          "none");
+          absl::StrCat("response_format ", name,
+                       " needs the tokenizer's token bytes, and this engine has "
+                       "none"));
     }
     if (options_.token_bytes->vocab_size() != vocab_) {
       return absl::InvalidArgumentError(
-          absl::StrCat("response_format json_object: the tokenizer has ",
+          absl::StrCat("response_format ", name, ": the tokenizer has ",
                        options_.token_bytes->vocab_size(), " tokens and the model ", vocab_));
     }
   }
@@ -220,6 +224,7 @@ std::unique_ptr<Sequence> EngineCore::MakeSequence(RequestId id, Request request
     seq->prompt_logprobs.reserve(
         std::max(0, seq->prompt_len - request.sampling.prompt_logprobs_from));
   }
+  seq->json = JsonState(request.sampling.json_schema.get());
   seq->stream = std::move(stream);
   seq->request = std::move(request);
   return seq;
@@ -430,7 +435,7 @@ void EngineCore::SampleNext(Sequence* seq, float* row) {
   if (seq->json_mode() && !seq->json.complete()) {
     // An allowed token: MaskToJson left at least one, and a NaN row's argmax is one of them
     // only if the model gave it a number.
-    JsonMatcher next = seq->json;
+    JsonState next = seq->json;
     if (!next.Feed(options_.token_bytes->bytes(token))) return end_json();
     seq->json = next;
   }

@@ -1,5 +1,7 @@
 #include "runtime/engine/json_grammar.h"
 
+#include <algorithm>
+
 namespace spanserve::engine {
 namespace {
 
@@ -10,6 +12,12 @@ bool IsDigit(uint8_t c) { return c >= '0' && c <= '9'; }
 bool IsHex(uint8_t c) { return IsDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
 
 }  // namespace
+
+using Kind = JsonSchema::Kind;
+
+JsonMatcher::JsonMatcher(const JsonSchema* schema) : schema_(schema) {
+  if (schema_ != nullptr) node_ = schema_->root();
+}
 
 bool JsonMatcher::Feed(uint8_t c) {
   const JsonMatcher saved = *this;
@@ -25,6 +33,22 @@ bool JsonMatcher::Feed(std::string_view bytes) {
   return true;
 }
 
+bool JsonMatcher::in_plain_string() const {
+  return mode_ == Mode::kString && utf8_need_ == 0 &&
+         (schema_ == nullptr || key_ || node(node_).max == JsonSchema::kUnbounded);
+}
+
+bool JsonMatcher::pending_union() const {
+  return schema_ != nullptr &&
+         (mode_ == Mode::kStart || mode_ == Mode::kValue || mode_ == Mode::kArrFirst) &&
+         node(node_).kind == Kind::kUnion;
+}
+
+std::span<const uint16_t> JsonMatcher::alternatives() const {
+  if (!pending_union()) return {};
+  return node(node_).alternatives;
+}
+
 bool JsonMatcher::Whitespace(uint8_t c) {
   if (ws_ >= kMaxWhitespace) return false;
   const uint8_t bit = c == '\n' ? 1 : (c == '\r' ? 2 : 0);
@@ -35,36 +59,59 @@ bool JsonMatcher::Whitespace(uint8_t c) {
   return true;
 }
 
-bool JsonMatcher::Push(bool object) {
+bool JsonMatcher::Push(bool object, uint16_t container) {
   if (depth_ >= kMaxDepth) return false;
   if (object) {
     objects_ |= uint32_t{1} << depth_;
   } else {
     objects_ &= ~(uint32_t{1} << depth_);
   }
+  frames_[depth_] = Frame{container, 0};
   ++depth_;
   mode_ = object ? Mode::kObjFirst : Mode::kArrFirst;
+  // An array's first item is due.
+  node_ = schema_ != nullptr && !object ? node(container).values : 0;
   return true;
 }
 
 void JsonMatcher::AfterValue() {
+  node_ = 0;
+  count_ = 0;
   if (depth_ == 0) {
     mode_ = Mode::kDone;
     return;
   }
-  mode_ = ((objects_ >> (depth_ - 1)) & 1) != 0 ? Mode::kObjNext : Mode::kArrNext;
+  if (((objects_ >> (depth_ - 1)) & 1) != 0) {
+    mode_ = Mode::kObjNext;
+  } else {
+    mode_ = Mode::kArrNext;
+    if (top().n < 0xFFFF) ++top().n;
+  }
 }
 
-bool JsonMatcher::StartValue(uint8_t c) {
+// An object may close: every required property has come.
+bool JsonMatcher::CanClose() const {
+  if (schema_ == nullptr) return true;
+  const JsonSchema::Node& o = node(top().node);
+  return o.kind != Kind::kObject || o.free || o.next_required[top().n] == o.properties.size();
+}
+
+bool JsonMatcher::StartString(bool key) {
+  mode_ = Mode::kString;
+  key_ = key;
+  count_ = 0;
+  return true;
+}
+
+// Any value (JSON mode, or a schema's kAny).
+bool JsonMatcher::StartAny(uint8_t c) {
   switch (c) {
     case '{':
-      return Push(true);
+      return Push(true, 0);
     case '[':
-      return Push(false);
+      return Push(false, 0);
     case '"':
-      mode_ = Mode::kString;
-      key_ = false;
-      return true;
+      return StartString(false);
     case '-':
       mode_ = Mode::kNumMinus;
       return true;
@@ -87,7 +134,148 @@ bool JsonMatcher::StartValue(uint8_t c) {
   }
 }
 
+bool JsonMatcher::StartValue(uint8_t c) {
+  if (schema_ == nullptr) return StartAny(c);
+  const JsonSchema::Node& n = node(node_);
+  switch (n.kind) {
+    case Kind::kAny:
+      return StartAny(c);
+    case Kind::kObject:
+      return c == '{' && Fits(node_) && Push(true, node_);
+    case Kind::kArray:
+      return c == '[' && Fits(node_) && Push(false, node_);
+    case Kind::kString:
+      return c == '"' && StartString(false);
+    case Kind::kNumber:
+    case Kind::kInteger:
+      return (c == '-' || IsDigit(c)) && StartAny(c);
+    case Kind::kBoolean:
+      return (c == 't' || c == 'f') && StartAny(c);
+    case Kind::kNull:
+      return c == 'n' && StartAny(c);
+    case Kind::kEnum:
+      mode_ = Mode::kEnum;
+      lo_ = 0;
+      hi_ = static_cast<uint16_t>(n.literals.size());
+      pos_ = 0;
+      return Literal(c);
+    case Kind::kUnion:
+      return false;
+  }
+  return false;
+}
+
+// A value of `n` started here can be finished within kMaxDepth.
+bool JsonMatcher::Fits(uint16_t n) const { return depth_ + node(n).min_depth <= kMaxDepth; }
+
+// Some key may come next in the object on top (a schema's): a declared object's next
+// properties that may come, one of them with a value that fits; a free object's values fit.
+bool JsonMatcher::KeyMayCome() const {
+  const JsonSchema::Node& o = node(top().node);
+  if (o.kind != Kind::kObject) return true;  // any
+  if (o.free) return Fits(o.values);
+  const size_t last = std::min<size_t>(o.next_required[top().n], o.properties.size() - 1);
+  for (size_t j = top().n; j <= last && j < o.properties.size(); ++j) {
+    if (Fits(o.properties[j].node)) return true;
+  }
+  return false;
+}
+
+// One byte of a declared object's key: the keys of by_key [lo_, hi_) share the pos_ bytes
+// so far; at least one of them must be allowed next.
+bool JsonMatcher::Key(uint8_t c) {
+  const JsonSchema::Node& o = node(top().node);
+  const uint16_t next = top().n;
+  const uint16_t last = o.next_required[next];  // keys next ..= last may come
+  const auto key = [&](uint16_t i) -> const std::string& { return o.properties[o.by_key[i]].key; };
+  const auto allowed = [&](uint16_t i) {
+    const uint16_t j = o.by_key[i];
+    return j >= next && j <= last && j < o.properties.size() && Fits(o.properties[j].node);
+  };
+  // A '"' after the whole of a key closes it (within a key it would follow a backslash, and no
+  // encoded key ends in one).
+  if (c == '"' && lo_ < hi_ && key(lo_).size() == pos_) {
+    if (!allowed(lo_)) return false;
+    const uint16_t j = o.by_key[lo_];
+    top().n = static_cast<uint16_t>(j + 1);
+    node_ = o.properties[j].node;
+    mode_ = Mode::kColon;
+    lo_ = hi_ = pos_ = 0;
+    return true;
+  }
+  // The keys that continue with c: sorted, so a range (a key ending here sorts first).
+  uint16_t a = lo_;
+  if (a < hi_ && key(a).size() == pos_) ++a;
+  const auto at = [&](uint16_t i) { return static_cast<uint8_t>(key(i)[pos_]); };
+  while (a < hi_ && at(a) < c) ++a;
+  uint16_t b = a;
+  while (b < hi_ && at(b) == c) ++b;
+  bool any = false;
+  for (uint16_t i = a; i < b && !any; ++i) any = allowed(i);
+  if (!any) return false;
+  lo_ = a;
+  hi_ = b;
+  ++pos_;
+  return true;
+}
+
+// One byte of an enum's value, as Key for the literals. A literal that is a number may be
+// followed by more of a longer one, so it ends only at the next byte that continues none.
+bool JsonMatcher::Literal(uint8_t c) {
+  const std::vector<std::string>& lits = node(node_).literals;
+  const bool ended = lo_ < hi_ && lits[lo_].size() == pos_;
+  uint16_t a = ended ? static_cast<uint16_t>(lo_ + 1) : lo_;
+  const auto at = [&](uint16_t i) { return static_cast<uint8_t>(lits[i][pos_]); };
+  // Binary search: the literals in [a, hi_) are longer than pos_ and share its bytes.
+  uint16_t lo = a, hi = hi_;
+  while (lo < hi) {
+    const uint16_t mid = static_cast<uint16_t>(lo + (hi - lo) / 2);
+    if (at(mid) < c) {
+      lo = static_cast<uint16_t>(mid + 1);
+    } else {
+      hi = mid;
+    }
+  }
+  a = lo;
+  hi = hi_;
+  while (lo < hi) {
+    const uint16_t mid = static_cast<uint16_t>(lo + (hi - lo) / 2);
+    if (at(mid) <= c) {
+      lo = static_cast<uint16_t>(mid + 1);
+    } else {
+      hi = mid;
+    }
+  }
+  const uint16_t b = lo;
+  if (a < b) {
+    lo_ = a;
+    hi_ = b;
+    ++pos_;
+    if (hi_ - lo_ == 1 && lits[lo_].size() == pos_) {  // one literal left, and it is whole
+      lo_ = hi_ = pos_ = 0;
+      AfterValue();
+    }
+    return true;
+  }
+  if (!ended) return false;
+  // The literal (a number) ended before c; numbers only end so inside a container.
+  lo_ = hi_ = pos_ = 0;
+  AfterValue();
+  return FeedInner(c);
+}
+
+// One more character of a string: within a bounded string's maxLength.
+bool JsonMatcher::CountChar() {
+  if (schema_ == nullptr || key_) return true;
+  const JsonSchema::Node& n = node(node_);
+  if (n.kind != Kind::kString) return true;
+  if (count_ >= n.max) return false;
+  ++count_;
+  return true;
+}
+
 bool JsonMatcher::FeedInner(uint8_t c) {
+  if (pending_union()) return false;
   // The structural modes: whitespace (bounded) between tokens.
   switch (mode_) {
     case Mode::kStart:
@@ -107,47 +295,70 @@ bool JsonMatcher::FeedInner(uint8_t c) {
   }
   switch (mode_) {
     case Mode::kStart:
-      return c == '{' && Push(true);
+      // JSON mode, and a schema that allows anything at the top: an object.
+      if (schema_ == nullptr || node(node_).kind == Kind::kAny) return c == '{' && Push(true, 0);
+      return StartValue(c);
     case Mode::kValue:
       return StartValue(c);
     case Mode::kObjFirst:
     case Mode::kObjKey:
       if (c == '"') {
-        mode_ = Mode::kString;
-        key_ = true;
-        return true;
+        if (schema_ != nullptr) {
+          const JsonSchema::Node& o = node(top().node);
+          if (!KeyMayCome()) return false;
+          if (o.kind == Kind::kObject && !o.free) {
+            mode_ = Mode::kKey;
+            lo_ = 0;
+            hi_ = static_cast<uint16_t>(o.by_key.size());
+            pos_ = 0;
+            return true;
+          }
+        }
+        return StartString(true);
       }
-      if (c == '}' && mode_ == Mode::kObjFirst) {
+      if (c == '}' && mode_ == Mode::kObjFirst && CanClose()) {
         --depth_;
         AfterValue();
         return true;
       }
       return false;
+    case Mode::kKey:
+      return Key(c);
+    case Mode::kEnum:
+      return Literal(c);
     case Mode::kColon:
       if (c != ':') return false;
       mode_ = Mode::kValue;
       return true;
     case Mode::kObjNext:
-    case Mode::kArrNext: {
-      const bool object = mode_ == Mode::kObjNext;
       if (c == ',') {
-        mode_ = object ? Mode::kObjKey : Mode::kValue;
+        if (schema_ != nullptr && !KeyMayCome()) return false;
+        mode_ = Mode::kObjKey;
         return true;
       }
-      if (c == (object ? '}' : ']')) {
+      if (c == '}' && CanClose()) {
         --depth_;
         AfterValue();
         return true;
       }
       return false;
-    }
-    case Mode::kArrFirst:
+    case Mode::kArrNext:
+    case Mode::kArrFirst: {
+      const JsonSchema::Node* a = schema_ != nullptr ? &node(top().node) : nullptr;
+      const uint32_t items = top().n;
       if (c == ']') {
+        if (a != nullptr && items < a->min) return false;
         --depth_;
         AfterValue();
         return true;
       }
-      return StartValue(c);
+      if (a != nullptr && items >= a->max) return false;
+      if (mode_ == Mode::kArrFirst) return StartValue(c);
+      if (c != ',') return false;
+      mode_ = Mode::kValue;
+      node_ = a != nullptr ? a->values : 0;
+      return true;
+    }
     case Mode::kString:
       if (utf8_need_ > 0) {
         if (c < utf8_lo_ || c > utf8_hi_) return false;
@@ -160,29 +371,38 @@ bool JsonMatcher::FeedInner(uint8_t c) {
         if (key_) {
           key_ = false;
           mode_ = Mode::kColon;
-        } else {
-          AfterValue();
+          // A free object's value (any, in JSON mode).
+          node_ = schema_ != nullptr ? node(top().node).values : 0;
+          return true;
         }
+        if (schema_ != nullptr && node(node_).kind == Kind::kString && count_ < node(node_).min) {
+          return false;
+        }
+        AfterValue();
         return true;
       }
       if (c == '\\') {
+        if (!CountChar()) return false;
         mode_ = Mode::kEscape;
         return true;
       }
       if (c < 0x20) return false;
-      if (c < 0x80) return true;
+      if (c < 0x80) return CountChar();
       // UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing past U+10FFFF.
       if (c >= 0xC2 && c <= 0xDF) {
+        if (!CountChar()) return false;
         utf8_need_ = 1;
         return true;
       }
       if (c >= 0xE0 && c <= 0xEF) {
+        if (!CountChar()) return false;
         utf8_need_ = 2;
         utf8_lo_ = c == 0xE0 ? 0xA0 : 0x80;
         utf8_hi_ = c == 0xED ? 0x9F : 0xBF;
         return true;
       }
       if (c >= 0xF0 && c <= 0xF4) {
+        if (!CountChar()) return false;
         utf8_need_ = 3;
         utf8_lo_ = c == 0xF0 ? 0x90 : 0x80;
         utf8_hi_ = c == 0xF4 ? 0x8F : 0xBF;
@@ -225,19 +445,21 @@ bool JsonMatcher::FeedInner(uint8_t c) {
     case Mode::kNumZero:
     case Mode::kNumInt:
     case Mode::kNumFrac:
-    case Mode::kNumExp:
+    case Mode::kNumExp: {
+      const bool integer = schema_ != nullptr && node(node_).kind == Kind::kInteger;
       if (IsDigit(c) && mode_ != Mode::kNumZero) return true;
-      if (c == '.' && (mode_ == Mode::kNumZero || mode_ == Mode::kNumInt)) {
+      if (c == '.' && !integer && (mode_ == Mode::kNumZero || mode_ == Mode::kNumInt)) {
         mode_ = Mode::kNumDot;
         return true;
       }
-      if ((c == 'e' || c == 'E') && mode_ != Mode::kNumExp) {
+      if ((c == 'e' || c == 'E') && !integer && mode_ != Mode::kNumExp) {
         mode_ = Mode::kNumE;
         return true;
       }
       // The number ended before c (numbers only occur inside a container).
       AfterValue();
       return FeedInner(c);
+    }
     case Mode::kNumDot:
       if (!IsDigit(c)) return false;
       mode_ = Mode::kNumFrac;
@@ -266,6 +488,74 @@ bool JsonMatcher::FeedInner(uint8_t c) {
   return false;
 }
 
+namespace {
+
+// Every state `m` reaches by all of `bytes`, each union's alternatives tried in turn, passed
+// to `out` (which returns false to stop); returns false once `out` has.
+template <typename Out>
+bool Advance(JsonMatcher m, std::string_view bytes, Out& out) {
+  for (size_t i = 0; i <= bytes.size(); ++i) {
+    if (m.pending_union()) {
+      for (const uint16_t alternative : m.alternatives()) {
+        JsonMatcher t = m;
+        t.Choose(alternative);
+        if (!Advance(t, bytes.substr(i), out)) return false;
+      }
+      return true;
+    }
+    if (i == bytes.size()) break;
+    if (!m.Feed(std::string_view(&bytes[i], 1))) return true;
+  }
+  return out(m);
+}
+
+}  // namespace
+
+bool AcceptsJson(const JsonMatcher& m, std::string_view bytes) {
+  if (!m.pending_union()) {
+    JsonMatcher t = m;
+    size_t i = 0;
+    // The common case: no union on the way.
+    for (; i < bytes.size() && !t.pending_union(); ++i) {
+      if (!t.Feed(std::string_view(&bytes[i], 1))) return false;
+    }
+    if (i == bytes.size() && !t.pending_union()) return true;
+  }
+  bool accepted = false;
+  auto found = [&](const JsonMatcher&) {
+    accepted = true;
+    return false;
+  };
+  Advance(m, bytes, found);
+  return accepted;
+}
+
+JsonState::JsonState(const JsonSchema* schema) {
+  count_ = 0;
+  auto keep = [&](const JsonMatcher& m) {
+    if (count_ < kMaxThreads) threads_[count_++] = m;
+    return true;
+  };
+  Advance(JsonMatcher(schema), {}, keep);
+}
+
+bool JsonState::Feed(std::string_view bytes) {
+  std::array<JsonMatcher, kMaxThreads> next;
+  size_t n = 0;
+  auto keep = [&](const JsonMatcher& m) {
+    for (size_t i = 0; i < n; ++i) {
+      if (next[i] == m) return true;
+    }
+    if (n < kMaxThreads) next[n++] = m;
+    return true;
+  };
+  for (size_t i = 0; i < count_; ++i) Advance(threads_[i], bytes, keep);
+  if (n == 0) return false;
+  threads_ = next;
+  count_ = n;
+  return true;
+}
+
 TokenBytesTable::TokenBytesTable(int32_t vocab_size,
                                  const std::function<std::string(int32_t)>& bytes_of)
     : bytes_(static_cast<size_t>(vocab_size > 0 ? vocab_size : 0)), by_first_byte_(256) {
@@ -287,24 +577,26 @@ TokenBytesTable::TokenBytesTable(int32_t vocab_size,
   }
 }
 
-int32_t AllowedJsonTokens(const JsonMatcher& m, const TokenBytesTable& table,
+int32_t AllowedJsonTokens(const JsonState& state, const TokenBytesTable& table,
                           std::vector<int32_t>* ids) {
   const size_t before = ids->size();
-  if (m.in_plain_string()) {
-    ids->insert(ids->end(), table.plain_.begin(), table.plain_.end());
-    for (const int32_t id : table.other_) {
-      JsonMatcher t = m;
-      if (t.Feed(table.bytes_[id])) ids->push_back(id);
-    }
-  } else if (!m.complete()) {
-    for (int b = 0; b < 256; ++b) {
-      const std::vector<int32_t>& group = table.by_first_byte_[b];
-      if (group.empty()) continue;
-      JsonMatcher first = m;
-      if (!first.Feed(static_cast<uint8_t>(b))) continue;
-      for (const int32_t id : group) {
-        JsonMatcher t = first;
-        if (t.Feed(std::string_view(table.bytes_[id]).substr(1))) ids->push_back(id);
+  for (const JsonMatcher& m : state.threads()) {
+    if (m.in_plain_string()) {
+      ids->insert(ids->end(), table.plain_.begin(), table.plain_.end());
+      for (const int32_t id : table.other_) {
+        if (AcceptsJson(m, table.bytes_[id])) ids->push_back(id);
+      }
+    } else if (!m.complete()) {
+      for (int b = 0; b < 256; ++b) {
+        const std::vector<int32_t>& group = table.by_first_byte_[b];
+        if (group.empty()) continue;
+        JsonMatcher first = m;
+        if (!first.Feed(static_cast<uint8_t>(b))) continue;
+        for (const int32_t id : group) {
+          if (AcceptsJson(first, std::string_view(table.bytes_[id]).substr(1))) {
+            ids->push_back(id);
+          }
+        }
       }
     }
   }

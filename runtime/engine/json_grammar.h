@@ -1,9 +1,12 @@
-// JSON mode (OpenAI's response_format {"type": "json_object"}): the output is constrained,
-// token by token, to be a JSON object (RFC 8259). JsonMatcher recognizes the bytes of a
-// valid prefix; TokenBytesTable holds each token's bytes, so AllowedJsonTokens can tell
-// which tokens keep the output a valid prefix.
+// JSON mode (OpenAI's response_format {"type": "json_object"}) and structured outputs
+// ({"type": "json_schema"}): the output is constrained, token by token, to be a JSON object
+// (RFC 8259), or a JSON text a schema accepts (json_schema.h). JsonMatcher recognizes the
+// bytes of a valid prefix; JsonState follows the alternatives a schema's anyOf leaves open;
+// TokenBytesTable holds each token's bytes, so AllowedJsonTokens can tell which tokens keep
+// the output a valid prefix.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -12,28 +15,47 @@
 #include <string_view>
 #include <vector>
 
+#include "runtime/engine/json_schema.h"
+
 namespace spanserve::engine {
 
-// A byte-at-a-time recognizer of a JSON text whose top-level value is an object. Strings
-// must be valid UTF-8 (shortest forms, no surrogates); nesting is bounded (kMaxDepth), and
-// so is whitespace between tokens, as llama.cpp's JSON grammar bounds it: a run holds at most
-// one line break ('\n', after at most one '\r') and kMaxWhitespace bytes, enough for
-// indented output but not for a model that would pad forever. After the closing brace
-// nothing more is accepted. A few bytes of state, copied freely.
+// A byte-at-a-time recognizer of a JSON text whose top-level value is an object, or, given
+// a schema, of the JSON texts it accepts. Strings must be valid UTF-8 (shortest forms, no
+// surrogates); nesting is bounded (kMaxDepth), and so is whitespace between tokens, as
+// llama.cpp's JSON grammar bounds it: a run holds at most one line break ('\n', after at
+// most one '\r') and kMaxWhitespace bytes, enough for indented output but not for a model
+// that would pad forever. After the top-level value nothing more is accepted. A couple of
+// hundred bytes of state, copied freely.
+//
+// With a schema, where a value may take one of several alternatives (a union) the matcher
+// stops before it, pending_union(), until Choose picks one; JsonState tries them all.
 class JsonMatcher {
  public:
-  static constexpr int kMaxDepth = 32;
+  static constexpr int kMaxDepth = JsonSchema::kMaxValueDepth;
   static constexpr int kMaxWhitespace = 48;
+
+  // JSON mode: any object.
+  JsonMatcher() = default;
+  // The texts `schema` accepts (it must outlive the matcher); null: JSON mode.
+  explicit JsonMatcher(const JsonSchema* schema);
 
   // Whether `c` continues a valid prefix; if not, the state is left unchanged.
   bool Feed(uint8_t c);
-  // Whether all of `bytes` do (the state is then advanced past them; else unspecified).
+  // Whether all of `bytes` do (the state is then advanced past them; else unspecified). Fails
+  // at a pending union: JsonState and AcceptsJson pick its alternatives.
   bool Feed(std::string_view bytes);
-  // The top-level object is closed: the text is complete.
+  // The top-level value is closed: the text is complete.
   bool complete() const { return mode_ == Mode::kDone; }
-  // Inside a string with no escape or multi-byte character under way: every byte but '"',
-  // '\\' and control characters is accepted, and so is every whole UTF-8 character.
-  bool in_plain_string() const { return mode_ == Mode::kString && utf8_need_ == 0; }
+  // Inside a string with no escape or multi-byte character under way, whose length is not
+  // bounded: every byte but '"', '\\' and control characters is accepted, and so is every
+  // whole UTF-8 character.
+  bool in_plain_string() const;
+  // A value is due whose schema is a union: Choose one of its alternatives before feeding.
+  bool pending_union() const;
+  std::span<const uint16_t> alternatives() const;
+  void Choose(uint16_t alternative) { node_ = alternative; }
+
+  bool operator==(const JsonMatcher&) const = default;
 
  private:
   enum class Mode : uint8_t {
@@ -57,13 +79,31 @@ class JsonMatcher {
     kNumESign,  // "...e[+-]"
     kNumExp,    // "...e[+-]?[0-9]+"
     kLiteral,   // inside true / false / null: literal_, aux_ bytes matched
+    kKey,       // schema: inside a declared object's key, candidates [lo_, hi_) of by_key
+    kEnum,      // schema: inside an enum's value, candidates [lo_, hi_) of its literals
     kDone,
   };
+  struct Frame {
+    uint16_t node = 0;  // the container's schema node (0: any)
+    uint16_t n = 0;     // object: the next property index; array: items so far
+    bool operator==(const Frame&) const = default;
+  };
+  const JsonSchema::Node& node(uint16_t i) const { return schema_->node(i); }
+  Frame& top() { return frames_[depth_ - 1]; }
+  const Frame& top() const { return frames_[depth_ - 1]; }
   bool FeedInner(uint8_t c);
   bool Whitespace(uint8_t c);
   bool StartValue(uint8_t c);
-  bool Push(bool object);
+  bool StartAny(uint8_t c);
+  bool StartString(bool key);
+  bool Push(bool object, uint16_t node);
   void AfterValue();
+  bool CanClose() const;
+  bool Fits(uint16_t n) const;
+  bool KeyMayCome() const;
+  bool Key(uint8_t c);
+  bool Literal(uint8_t c);
+  bool CountChar();
 
   Mode mode_ = Mode::kStart;
   uint8_t depth_ = 0;
@@ -76,7 +116,42 @@ class JsonMatcher {
   uint8_t utf8_hi_ = 0xBF;
   bool key_ = false;      // the string is a member's key
   uint32_t objects_ = 0;  // bit d: level d + 1 is an object (else an array)
+  // With a schema: the node of the value due or being read, the candidates of kKey / kEnum
+  // ([lo_, hi_), pos_ bytes matched) and a bounded string's characters so far.
+  const JsonSchema* schema_ = nullptr;
+  uint16_t node_ = 0;
+  uint16_t lo_ = 0;
+  uint16_t hi_ = 0;
+  uint16_t pos_ = 0;
+  uint32_t count_ = 0;
+  std::array<Frame, kMaxDepth> frames_{};
 };
+
+// The states a schema's output may be in: one JsonMatcher per alternative of its unions
+// still open (two objects of an anyOf stay open while their keys agree). At most kMaxThreads;
+// past that the later alternatives are dropped, which narrows the output but never lets an
+// invalid one through. Every state has the same syntax (they read the same bytes), so they
+// complete together.
+class JsonState {
+ public:
+  static constexpr int kMaxThreads = 16;
+  // JSON mode.
+  JsonState() = default;
+  // The texts `schema` accepts (it must outlive the state); null: JSON mode.
+  explicit JsonState(const JsonSchema* schema);
+  // Whether some state accepts all of `bytes`; they are advanced past them (if not, the
+  // states are unspecified).
+  bool Feed(std::string_view bytes);
+  bool complete() const { return threads_[0].complete(); }
+  std::span<const JsonMatcher> threads() const { return {threads_.data(), count_}; }
+
+ private:
+  std::array<JsonMatcher, kMaxThreads> threads_{};
+  size_t count_ = 1;
+};
+
+// Whether `m`, or one of the alternatives of the unions it reaches, accepts all of `bytes`.
+bool AcceptsJson(const JsonMatcher& m, std::string_view bytes);
 
 // The bytes of every token id (Tokenizer::TokenBytes), empty for special and unknown ids,
 // which a grammar never allows; with the ids grouped as AllowedJsonTokens scans them.
@@ -88,8 +163,7 @@ class TokenBytesTable {
   const std::string& bytes(int32_t id) const { return bytes_[id]; }
 
  private:
-  friend int32_t AllowedJsonTokens(const JsonMatcher&, const TokenBytesTable&,
-                                   std::vector<int32_t>*);
+  friend int32_t AllowedJsonTokens(const JsonState&, const TokenBytesTable&, std::vector<int32_t>*);
   std::vector<std::string> bytes_;
   // Tokens any plain string state accepts whole (no '"', '\\' or control byte, whole UTF-8
   // characters only), and the other non-empty tokens by their first byte.
@@ -98,10 +172,10 @@ class TokenBytesTable {
   std::vector<std::vector<int32_t>> by_first_byte_;
 };
 
-// The ids whose bytes `m` accepts (appended to *ids, ascending within each group, not
-// sorted overall); returns how many. Special tokens (EOS) are not among them: the caller
-// allows those once m.complete().
-int32_t AllowedJsonTokens(const JsonMatcher& m, const TokenBytesTable& table,
+// The ids whose bytes `state` accepts (appended to *ids, not sorted, an id possibly more
+// than once where several states accept it); returns how many were appended. Special tokens
+// (EOS) are not among them: the caller allows those once state.complete().
+int32_t AllowedJsonTokens(const JsonState& state, const TokenBytesTable& table,
                           std::vector<int32_t>* ids);
 
 }  // namespace spanserve::engine

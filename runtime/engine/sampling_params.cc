@@ -75,6 +75,10 @@ absl::Status ValidateSamplingParams(const SamplingParams& p, int32_t vocab_size,
   }
   if (p.prompt_logprobs_from < 1)
     return Bad("prompt_logprobs_from", ">= 1", p.prompt_logprobs_from);
+  if ((p.response_format == ResponseFormat::kJsonSchema) != (p.json_schema != nullptr)) {
+    return absl::InvalidArgumentError(
+        "response_format: json_schema needs a compiled schema, and only it takes one");
+  }
   return absl::OkStatus();
 }
 

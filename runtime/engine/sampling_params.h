@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -25,8 +26,12 @@ inline constexpr float kMaxLogitBiasValue = 100.0f;
 // The form of the output text. kJsonObject (OpenAI's JSON mode): every token keeps the
 // output a valid prefix of a JSON object (engine/json_grammar.h), and EOS (or a stop token)
 // can only follow its closing brace, which ends the output if neither may (ignore_eos,
-// min_tokens). Needs the tokenizer's token bytes (EngineOptions::token_bytes).
-enum class ResponseFormat : uint8_t { kText, kJsonObject };
+// min_tokens). kJsonSchema (structured outputs): the same, the output a JSON text that
+// `json_schema` accepts (engine/json_schema.h). Both need the tokenizer's token bytes
+// (EngineOptions::token_bytes).
+enum class ResponseFormat : uint8_t { kText, kJsonObject, kJsonSchema };
+
+class JsonSchema;
 
 struct SamplingParams {
   // 0: greedy (argmax; ties go to the lowest token id). Otherwise logits are divided by it.
@@ -65,6 +70,8 @@ struct SamplingParams {
   // (EngineOptions::detokenize); without one, a request with stop strings is rejected.
   std::vector<std::string> stop;
   ResponseFormat response_format = ResponseFormat::kText;
+  // Set exactly when response_format is kJsonSchema.
+  std::shared_ptr<const JsonSchema> json_schema;
   // Whether to detokenize the output (RequestOutput::text). Stop strings force it on.
   bool detokenize = true;
 

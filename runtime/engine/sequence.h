@@ -60,9 +60,9 @@ struct Sequence {
   IncrementalDetokenizer detok;
   StopStringMatcher stop_matcher;
   bool want_text = false;
-  // ResponseFormat::kJsonObject: the output's bytes so far, recognized.
-  bool json_mode() const { return request.sampling.response_format == ResponseFormat::kJsonObject; }
-  JsonMatcher json;
+  // ResponseFormat kJsonObject / kJsonSchema: the output's bytes so far, recognized.
+  bool json_mode() const { return request.sampling.response_format != ResponseFormat::kText; }
+  JsonState json;
   // Prompt logprobs collected so far (positions prompt_logprobs_from..), emitted with the
   // first output.
   std::vector<PositionLogprobs> prompt_logprobs;

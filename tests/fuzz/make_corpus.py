@@ -360,6 +360,42 @@ def make_request():
     }
     for name, body in score.items():
         write(t, "score_" + name, b"\x01" + body)
+    # A GenerateRequest with a JSON schema (response_format 16 = 2, json_schema 17).
+    write(t, "generate_json_schema", b"\x00" + f_bytes(1, prompt_text("x")) + f_bytes(
+        2, f_varint(16, 2) + f_bytes(17, '{"type": "object", "properties": {"a": {"type": "string"}}}')))
+
+
+# --- json_schema: a schema's text, NUL, then bytes to feed ----------------------------------
+def make_json_schema():
+    t = "json_schema"
+    person = {"type": "object", "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 6},
+        "age": {"type": "integer"}, "height": {"type": ["number", "null"]},
+        "role": {"enum": ["admin", "user", 7, None, {"x": [1]}]},
+        "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2},
+        "pet": {"anyOf": [{"$ref": "#/$defs/cat"}, {"$ref": "#/$defs/dog"}]},
+        "extra": {"type": "object", "additionalProperties": {"type": "boolean"}}},
+        "required": ["name", "age", "tags"],
+        "$defs": {"cat": {"type": "object", "properties": {"kind": {"const": "cat"}},
+                          "required": ["kind"]},
+                  "dog": {"type": "object", "properties": {"kind": {"const": "dog"},
+                                                           "good": {"type": "boolean"}}}}}
+    doc = ('{"name": "Ad\\u00e9", "age": -3, "height": null, "role": {"x":[1]}, "tags": ["a"], '
+           '"pet": {"kind": "dog", "good": true}, "extra": {"k": false}}')
+    tree = {"type": "object", "properties": {"v": {"type": "integer"},
+                                             "kids": {"type": "array", "items": {"$ref": "#"}}}}
+    seeds = {
+        "person": (person, doc),
+        "tree": (tree, '{"v": 1, "kids": [{"kids": [{"v": 2}]}, {}]}'),
+        "any": ({}, '{"a": [1, 2.5e3, "x", true, null, {"b": {}}]}'),
+        "string": ({"type": "string", "maxLength": 3}, '"ab\\n"'),
+        "enum_top": ({"enum": ["a", "ab", True, None]}, '"ab"'),
+        "array_top": ({"type": "array", "items": {"type": "integer"}, "maxItems": 3}, "[1, -2, 3]"),
+        "deep_optional": ({"type": "object", "properties": {"a": {"$ref": "#"}}},
+                          '{"a":' * 40 + '}' * 40),
+    }
+    for name, (schema, text) in seeds.items():
+        write(t, name, json.dumps(schema).encode() + b"\x00" + text.encode())
 
 
 if __name__ == "__main__":
@@ -369,3 +405,4 @@ if __name__ == "__main__":
     make_encode()
     make_chat_template()
     make_request()
+    make_json_schema()

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -305,6 +306,75 @@ TEST(HttpTest, JsonModeAnswersJsonObjects) {
         Post(client, "/v1/completions", {{"prompt", "And God said"}, {"response_format", bad}});
     EXPECT_EQ(refused.status, 400) << refused.raw;
     EXPECT_EQ(refused.body["error"]["param"], "response_format") << refused.raw;
+  }
+}
+
+// Structured outputs: every choice that stops is a text the schema accepts, its keys in the
+// schema's order (the body's order, which a parsed body would have sorted).
+TEST(HttpTest, JsonSchemaAnswersTextsTheSchemaAccepts) {
+  HttpServer s;
+  auto client = s.Client();
+  const std::string schema =
+      R"({"type": "object", "properties": {"zeta": {"type": "integer"},
+          "alpha": {"enum": ["light", "dark", null]},
+          "mid": {"type": "array", "items": {"type": "string", "maxLength": 5}, "maxItems": 2}},
+          "required": ["zeta", "alpha", "mid"], "additionalProperties": false})";
+  const auto check = [](const std::string& text, const std::string& finish) {
+    if (finish != "stop") {
+      EXPECT_EQ(finish, "length") << text;
+      return false;
+    }
+    nlohmann::ordered_json doc;
+    EXPECT_NO_THROW(doc = nlohmann::ordered_json::parse(text)) << text;
+    std::vector<std::string> keys;
+    for (auto it = doc.begin(); it != doc.end(); ++it) keys.push_back(it.key());
+    EXPECT_EQ(keys, (std::vector<std::string>{"zeta", "alpha", "mid"})) << text;
+    EXPECT_TRUE(doc["zeta"].is_number_integer()) << text;
+    EXPECT_TRUE(doc["alpha"].is_null() || doc["alpha"] == "light" || doc["alpha"] == "dark")
+        << text;
+    EXPECT_TRUE(doc["mid"].is_array() && doc["mid"].size() <= 2) << text;
+    for (const auto& m : doc["mid"]) EXPECT_TRUE(m.is_string() && m.size() <= 5) << text;
+    return true;
+  };
+  int stopped = 0;
+  for (const std::string& field :
+       {R"("response_format": {"type": "json_schema", "json_schema": {"name": "t", "strict": true,
+            "schema": )" +
+            schema + "}}",
+        R"("guided_json": )" + schema}) {
+    const std::string body = R"({"prompt": "And God said", "max_tokens": 400,
+        "temperature": 0.8, "seed": 5, "n": 8, )" +
+                             field + "}";
+    auto res = client.Post("/v1/completions", body, "application/json");
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 200) << res->body;
+    const json a = json::parse(res->body);
+    ASSERT_EQ(a["choices"].size(), 8u);
+    for (const json& choice : a["choices"]) {
+      stopped += check(choice["text"], choice["finish_reason"]) ? 1 : 0;
+    }
+  }
+  EXPECT_GT(stopped, 4) << "too few choices completed their object";
+  // Refusals name the field and the keyword.
+  const std::vector<std::tuple<json, std::string, std::string>> refusals = {
+      {json{{"response_format",
+             {{"type", "json_schema"},
+              {"json_schema",
+               {{"name", "x"}, {"schema", {{"type", "string"}, {"pattern", "a"}}}}}}}},
+       "response_format", "\"pattern\" is not supported"},
+      {json{{"guided_json", {{"type", "integer"}}}}, "guided_json", "bare number"},
+      {json{{"guided_json", "{\"type\": "}}, "guided_json", "not valid JSON"},
+      {json{{"guided_json", json::object()}, {"response_format", {{"type", "json_object"}}}},
+       "guided_json", "beside"},
+  };
+  for (const auto& [fields, param, message] : refusals) {
+    json body = {{"prompt", "And God said"}};
+    body.update(fields);
+    const Answer refused = Post(client, "/v1/completions", body);
+    EXPECT_EQ(refused.status, 400) << refused.raw;
+    EXPECT_EQ(refused.body["error"]["param"], param) << refused.raw;
+    EXPECT_NE(refused.body["error"]["message"].get<std::string>().find(message), std::string::npos)
+        << refused.raw;
   }
 }
 

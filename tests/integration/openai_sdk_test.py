@@ -14,10 +14,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 import unittest
 import urllib.request
 
 import openai
+import pydantic
 
 ARGS = None
 
@@ -221,7 +223,7 @@ class ChatTest(unittest.TestCase):
         if smollm2_path() is None:
             self.skipTest("SmolLM2 is not cached (scripts/fetch_models)")
 
-    def test_chat_plain_streamed_with_logprobs_and_json_mode(self):
+    def test_chat_plain_streamed_with_logprobs_json_mode_and_schemas(self):
         server = Server(model=f"smollm2={smollm2_path()}", max_model_len=2048)
         try:
             client = server.client()
@@ -245,7 +247,7 @@ class ChatTest(unittest.TestCase):
                 for c in chunk.choices:
                     text += c.delta.content or ""
             self.assertEqual(text, choice.message.content)
-            # JSON mode: the answer is a JSON object; a JSON schema is refused, not ignored.
+            # JSON mode: the answer is a JSON object.
             j = client.chat.completions.create(
                 model="smollm2", max_tokens=120, temperature=0,
                 messages=[{"role": "user", "content":
@@ -253,12 +255,32 @@ class ChatTest(unittest.TestCase):
                 response_format={"type": "json_object"})
             self.assertEqual(j.choices[0].finish_reason, "stop")
             self.assertIsInstance(json.loads(j.choices[0].message.content), dict)
+
+            # Structured outputs from a pydantic model (the SDK sends its strict JSON schema and
+            # pydantic validates the answer), keys in the model's order.
+            class Cat(pydantic.BaseModel):
+                name: str
+                age: int
+                color: typing.Literal["black", "white", "orange", "gray"]
+                indoor: typing.Optional[bool]
+
+            parsed = client.beta.chat.completions.parse(
+                model="smollm2", max_tokens=120, temperature=0,
+                messages=[{"role": "user", "content": "Describe a cat as JSON."}],
+                response_format=Cat)
+            message = parsed.choices[0].message
+            self.assertEqual(parsed.choices[0].finish_reason, "stop")
+            self.assertIsInstance(message.parsed, Cat)
+            self.assertEqual(list(json.loads(message.content)), ["name", "age", "color", "indoor"])
+            # A keyword it cannot enforce is refused, naming it, not ignored.
             with self.assertRaises(openai.BadRequestError) as e:
                 client.chat.completions.create(
                     model="smollm2", messages=messages, max_tokens=4,
-                    response_format={"type": "json_schema",
-                                     "json_schema": {"name": "x", "schema": {"type": "object"}}})
+                    response_format={"type": "json_schema", "json_schema": {
+                        "name": "x", "schema": {"type": "object", "properties": {
+                            "age": {"type": "integer", "minimum": 0}}}}})
             self.assertEqual(e.exception.body["param"], "response_format")
+            self.assertIn("minimum", e.exception.body["message"])
         finally:
             self.assertEqual(server.stop(), 0)
 

@@ -320,6 +320,23 @@ class ClientTest(unittest.TestCase):
                 self.assertEqual(len(obj.token_ids), 160)
         with self.assertRaises(ValueError):
             self.client.complete("And God said", response_format="yaml")
+        # json_schema: a finished output is what the schema accepts, keys in its order.
+        schema = {"type": "object", "properties": {"b": {"type": "boolean"},
+                                                   "a": {"enum": ["x", "y"]}},
+                  "required": ["b", "a"]}
+        done = 0
+        for seed in range(4):
+            out = self.client.complete("And God said", max_tokens=300, temperature=0.8,
+                                       seed=seed, json_schema=schema)
+            if out.finish_reason == "stop":
+                done += 1
+                self.assertEqual(list(json.loads(out.text).items())[0][0], "b")
+                self.assertIn(json.loads(out.text)["a"], ("x", "y"))
+        self.assertGreater(done, 0)
+        with self.assertRaises(SpanServeError) as caught:
+            self.client.complete("And God said", json_schema={"type": "string", "format": "uri"})
+        self.assertEqual(caught.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("format", caught.exception.message)
 
     def test_generate_errors_are_typed(self):
         with self.assertRaises(SpanServeError) as caught:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -80,10 +81,14 @@ def _sampling(sampling: Mapping[str, Any]) -> pb.SamplingParams:
             getattr(params, name).extend(value)
         elif name == "logit_bias":  # {token id: bias}; a JSON-style str key is taken too
             getattr(params, name).update({int(k): float(v) for k, v in value.items()})
-        elif name == "response_format" and isinstance(value, str):  # "text", "json_object"
+        elif name == "response_format" and isinstance(value, str):  # "json_object", ...
             params.response_format = pb.ResponseFormat.Value(
                 value if value.startswith("RESPONSE_FORMAT_") else
                 "RESPONSE_FORMAT_" + value.upper())
+        elif name == "json_schema":  # a schema (dict, its keys' order kept) or its JSON text
+            params.json_schema = value if isinstance(value, str) else json.dumps(value)
+            if "response_format" not in sampling:
+                params.response_format = pb.RESPONSE_FORMAT_JSON_SCHEMA
         else:
             setattr(params, name, value)
     return params
@@ -260,7 +265,9 @@ class Client:
         ``seed``, ``min_tokens``, ``ignore_eos``, ``stop`` (strings), ``stop_token_ids``,
         ``logprobs`` (N: each token's logprob and its N best alternatives), ``logit_bias``
         ({token id: bias in [-100, 100]}, added before the penalties), ``response_format``
-        ("json_object": OpenAI's JSON mode, the output a JSON object; "text"). Unknown names
+        ("json_object": OpenAI's JSON mode, the output a JSON object; "text"),
+        ``json_schema`` (a JSON Schema, a dict or its text: the output a JSON text it
+        accepts; docs/API.md lists the keywords compiled). Unknown names
         raise TypeError; server-side validation errors raise SpanServeError while iterating.
 
         Returns:

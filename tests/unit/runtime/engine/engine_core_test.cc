@@ -609,6 +609,77 @@ TEST_F(EngineCoreTest, JsonModeKeepsOutputsJsonObjectsAndTheInvariances) {
   EXPECT_EQ((*core)->ValidateRequest(reqs[0]).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Structured outputs: every output is a prefix of a text the schema accepts (one with an
+// anyOf of two objects that share a key, so two states stay open), EOS only after it is
+// whole, and the outputs the same alone, batched and under preemption.
+TEST_F(EngineCoreTest, JsonSchemaKeepsOutputsValidAndTheInvariances) {
+  const std::vector<std::string> fragments = {
+      "{",   "}",   "\"",    "a",     "1",  ":",      ",",      " ",        "[",     "]",
+      "{\"", "\"}", "\"k\"", "\"a\"", "-",  "0",      "true",   "false",    "null",  "\"x\":",
+      "b",   "k",   "2",     "x",     "\n", "\"b\":", "\"k\":", "\"a\": [", "], \"", "\"kind"};
+  constexpr int32_t kEos = 2;
+  const auto bytes_of = [&](int32_t id) {
+    return id == kEos ? std::string() : fragments[id % fragments.size()];
+  };
+  const char* kSchema = R"({"anyOf": [
+      {"type": "object", "properties": {"k": {"type": "integer"}, "a": {"type": "array",
+       "items": {"enum": ["a", "b", true]}, "maxItems": 3}}, "required": ["k", "a"]},
+      {"type": "object", "properties": {"k": {"type": "string", "maxLength": 2},
+       "x": {"type": ["boolean", "null"]}}, "required": ["k"]}]})";
+  auto schema = JsonSchema::Compile(kSchema);
+  ASSERT_TRUE(schema.ok()) << schema.status();
+  EngineOptions options = Options();
+  options.token_bytes = std::make_shared<const TokenBytesTable>(97, bytes_of);
+  std::vector<Request> reqs = RandomRequests(24, 9, /*greedy=*/false);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    Request& r = reqs[i];
+    r.sampling.response_format = ResponseFormat::kJsonSchema;
+    r.sampling.json_schema = *schema;
+    r.sampling.max_tokens = 40;
+    if (i % 3 == 0) r.sampling.temperature = 0;
+    if (i % 4 == 1) r.sampling.ignore_eos = true;
+  }
+  const Run alone = RunWaves(options, reqs, Alone(static_cast<int>(reqs.size())));
+  const Run together = RunWaves(options, reqs, Together(static_cast<int>(reqs.size())));
+  ExpectSameTokens(alone, together);
+  EngineOptions tight = options;
+  tight.num_kv_blocks = 12;
+  const Run pressed = RunWaves(tight, reqs, Together(static_cast<int>(reqs.size())));
+  EXPECT_GT(pressed.preemptions, 0);
+  ExpectSameTokens(alone, pressed);
+  int complete = 0;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    SCOPED_TRACE(::testing::Message() << "request " << i);
+    const Collected& c = alone.out[i];
+    JsonState m(schema->get());
+    std::string text;
+    for (size_t j = 0; j < c.tokens.size(); ++j) {
+      if (c.tokens[j] == kEos) {
+        EXPECT_TRUE(m.complete()) << "EOS before the text is whole";
+        EXPECT_EQ(j + 1, c.tokens.size());
+        break;
+      }
+      text += bytes_of(c.tokens[j]);
+      ASSERT_TRUE(m.Feed(bytes_of(c.tokens[j]))) << text;
+    }
+    if (c.final.reason == FinishReason::kStop) {
+      ASSERT_TRUE(m.complete()) << text;
+      ++complete;
+      const nlohmann::json doc = nlohmann::json::parse(text);
+      ASSERT_TRUE(doc.is_object()) << text;
+      if (doc["k"].is_number_integer()) {
+        EXPECT_TRUE(doc["a"].is_array() && doc["a"].size() <= 3) << text;
+        EXPECT_EQ(doc.size(), 2u) << text;
+      } else {
+        EXPECT_TRUE(doc["k"].is_string() && doc["k"].get<std::string>().size() <= 2) << text;
+      }
+    } else {
+      EXPECT_EQ(c.tokens.size(), 40u);
+    }
+  }
+  EXPECT_GT(complete, 4);
+}
+
 TEST_F(EngineCoreTest, LengthFinishesAtMaxTokensAndAtTheContext) {
   Request r;
   r.prompt.assign(120, 9);
