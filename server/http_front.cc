@@ -239,6 +239,10 @@ class Exchange {
       ASSIGN_OR_RETURN(engine::Request base,
                        ToEngineRequest(proto, *model_, /*min_max_tokens=*/request_.echo ? 0 : 1));
       if (request_.echo && request_.logprobs) base.sampling.prompt_logprobs = *request_.logprobs;
+      if (request_.json_schema != nullptr) {
+        base.sampling.response_format = engine::ResponseFormat::kJsonSchema;
+        base.sampling.json_schema = request_.json_schema;
+      }
       for (int j = 0; j < n; ++j) {
         Choice& c = choices_.emplace_back();
         c.index = static_cast<int>(p) * n + j;

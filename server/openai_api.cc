@@ -546,9 +546,10 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
     schema_param = "guided_json";
   }
   if (response_format == v1::RESPONSE_FORMAT_JSON_SCHEMA) {
-    // Compiled here too so the error names the field; ToEngineRequest compiles it again.
     auto compiled = engine::JsonSchema::Compile(schema_text);
     if (!compiled.ok()) return ParamError(schema_param, compiled.status().message());
+    request.json_schema = *std::move(compiled);
+    response_format = v1::RESPONSE_FORMAT_TEXT;  // set on each engine request from json_schema
   }
   ASSIGN_OR_RETURN(std::optional<int32_t> n, Int32In(body, "n", 1, kMaxOpenAIChoices));
   request.n = n.value_or(1);
@@ -579,7 +580,6 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
   }
   ASSIGN_OR_RETURN(v1::SamplingParams sampling, ParseSampling(body, endpoint));
   sampling.set_response_format(response_format);
-  if (!schema_text.empty()) sampling.set_json_schema(std::move(schema_text));
   if (!sampling.has_max_tokens()) {
     // OpenAI's defaults: 16 for completions; chat runs to the end of the turn or the
     // context (ToEngineRequest's length check leaves room for one token; the engine stops

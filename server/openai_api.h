@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -21,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "nlohmann/json.hpp"
+#include "runtime/engine/json_schema.h"
 #include "spanserve/v1/spanserve.pb.h"
 
 namespace spanserve::server {
@@ -39,6 +41,10 @@ struct OpenAIRequest {
   // sampling and priority set. max_tokens is set: completions default to 16 as OpenAI's;
   // chat to the whole context (generation then stops at EOS, end of turn or a full context).
   std::vector<v1::GenerateRequest> prompts;
+  // Structured outputs (response_format json_schema, guided_json): the schema, compiled
+  // once for every prompt and choice; the prompts' sampling then leaves response_format
+  // unset, and the caller sets both on each engine request.
+  std::shared_ptr<const engine::JsonSchema> json_schema;
   int32_t n = 1;  // choices per prompt
   // Completions: the prompt's text (and, with logprobs, its tokens' logprobs) come first in
   // each choice; max_tokens may then be 0.

@@ -33,9 +33,10 @@ bool JsonMatcher::Feed(std::string_view bytes) {
   return true;
 }
 
-bool JsonMatcher::in_plain_string() const {
-  return mode_ == Mode::kString && utf8_need_ == 0 &&
-         (schema_ == nullptr || key_ || node(node_).max == JsonSchema::kUnbounded);
+uint32_t JsonMatcher::string_room() const {
+  if (schema_ == nullptr || key_ || node(node_).kind != Kind::kString) return UINT32_MAX;
+  const uint32_t max = node(node_).max;
+  return max == JsonSchema::kUnbounded ? UINT32_MAX : max - count_;
 }
 
 bool JsonMatcher::pending_union() const {
@@ -570,6 +571,11 @@ TokenBytesTable::TokenBytesTable(int32_t vocab_size,
     // Without a '"' a token's fate inside a string does not depend on the string's kind.
     if (b.find('"') == std::string::npos && m.Feed(b)) {
       plain_.push_back(id);
+      // No escape in it: a character per lead byte.
+      const auto chars = static_cast<uint32_t>(std::count_if(
+          b.begin(), b.end(), [](char c) { return (static_cast<uint8_t>(c) & 0xC0) != 0x80; }));
+      plain_chars_.push_back(chars);
+      max_plain_chars_ = std::max(max_plain_chars_, chars);
     } else {
       other_.push_back(id);
     }
@@ -582,7 +588,15 @@ int32_t AllowedJsonTokens(const JsonState& state, const TokenBytesTable& table,
   const size_t before = ids->size();
   for (const JsonMatcher& m : state.threads()) {
     if (m.in_plain_string()) {
-      ids->insert(ids->end(), table.plain_.begin(), table.plain_.end());
+      // The tokens any string takes, those that fit where its length is bounded.
+      const uint32_t room = m.string_room();
+      if (room >= table.max_plain_chars_) {
+        ids->insert(ids->end(), table.plain_.begin(), table.plain_.end());
+      } else {
+        for (size_t i = 0; i < table.plain_.size(); ++i) {
+          if (table.plain_chars_[i] <= room) ids->push_back(table.plain_[i]);
+        }
+      }
       for (const int32_t id : table.other_) {
         if (AcceptsJson(m, table.bytes_[id])) ids->push_back(id);
       }

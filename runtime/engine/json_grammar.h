@@ -46,10 +46,12 @@ class JsonMatcher {
   bool Feed(std::string_view bytes);
   // The top-level value is closed: the text is complete.
   bool complete() const { return mode_ == Mode::kDone; }
-  // Inside a string with no escape or multi-byte character under way, whose length is not
-  // bounded: every byte but '"', '\\' and control characters is accepted, and so is every
-  // whole UTF-8 character.
-  bool in_plain_string() const;
+  // Inside a string with no escape or multi-byte character under way: every byte but '"',
+  // '\\' and control characters is accepted, and so is every whole UTF-8 character, up to
+  // string_room() more characters.
+  bool in_plain_string() const { return mode_ == Mode::kString && utf8_need_ == 0; }
+  // The characters a string may still take (UINT32_MAX: unbounded).
+  uint32_t string_room() const;
   // A value is due whose schema is a union: Choose one of its alternatives before feeding.
   bool pending_union() const;
   std::span<const uint16_t> alternatives() const;
@@ -168,6 +170,8 @@ class TokenBytesTable {
   // Tokens any plain string state accepts whole (no '"', '\\' or control byte, whole UTF-8
   // characters only), and the other non-empty tokens by their first byte.
   std::vector<int32_t> plain_;
+  std::vector<uint32_t> plain_chars_;  // each plain token's characters
+  uint32_t max_plain_chars_ = 0;
   std::vector<int32_t> other_;
   std::vector<std::vector<int32_t>> by_first_byte_;
 };

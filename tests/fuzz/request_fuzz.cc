@@ -25,6 +25,7 @@
 #include "runtime/chat/chat_template.h"
 #include "runtime/engine/engine.h"
 #include "runtime/engine/engine_core.h"
+#include "runtime/engine/json_grammar.h"
 #include "runtime/loader/model_source.h"
 #include "runtime/model/model.h"
 #include "server/convert.h"
@@ -51,11 +52,16 @@ T OrDie(absl::StatusOr<T> v, const char* what) {
   return *std::move(v);
 }
 
-engine::EngineOptions Options(const spanserve::tokenizer::Tokenizer* tok) {
+engine::EngineOptions Options(const spanserve::tokenizer::Tokenizer* tok, int32_t vocab_size) {
   engine::EngineOptions options;
   options.num_kv_blocks = 80;  // one full 1024-token sequence in 16-token blocks, and spare
   options.max_num_seqs = 4;
   options.detokenize = [tok](std::span<const int32_t> ids) { return tok->Decode(ids, true); };
+  // JSON mode's and structured outputs' token bytes, as server/model_loading.cc builds them.
+  options.token_bytes =
+      std::make_shared<const engine::TokenBytesTable>(vocab_size, [tok](int32_t id) {
+        return id < tok->vocab_size() && !tok->IsSpecial(id) ? tok->TokenBytes(id) : std::string();
+      });
   return options;
 }
 
@@ -74,7 +80,9 @@ server::ServedModel* Serve(absl::string_view chat_template) {
   if (tok->bos_id()) bos = std::string(tok->IdToToken(*tok->bos_id()));
   loaded.chat_template = spanserve::chat::ChatTemplate::Parse(chat_template, bos);
   SPANSERVE_CHECK(loaded.chat_template.ok());
-  loaded.engine = OrDie(engine::Engine::Create(std::move(source.model), Options(tok)), "engine");
+  const int32_t vocab_size = source.model->config().vocab_size;
+  loaded.engine =
+      OrDie(engine::Engine::Create(std::move(source.model), Options(tok, vocab_size)), "engine");
   auto* model = new server::ServedModel("spanserve-span-12l", kModelDir, 0);
   model->SetReady(std::move(loaded));
   return model;
@@ -93,8 +101,10 @@ World* MakeWorld() {
   w->model = OrDie(
       spanserve::model::Model::Load(spanserve::fuzz::SourcePath(kModelDir), {.num_threads = 1}),
       "load model");
-  w->core = OrDie(engine::EngineCore::Create(w->model.get(), Options(w->served[0]->tokenizer())),
-                  "engine core");
+  w->core =
+      OrDie(engine::EngineCore::Create(
+                w->model.get(), Options(w->served[0]->tokenizer(), w->model->config().vocab_size)),
+            "engine core");
   return w;
 }
 
