@@ -491,68 +491,73 @@ bool JsonMatcher::FeedInner(uint8_t c) {
 
 namespace {
 
-// Every state `m` reaches by all of `bytes`, each union's alternatives tried in turn, passed
-// to `out` (which returns false to stop); returns false once `out` has.
-template <typename Out>
-bool Advance(JsonMatcher m, std::string_view bytes, Out& out) {
-  for (size_t i = 0; i <= bytes.size(); ++i) {
-    if (m.pending_union()) {
-      for (const uint16_t alternative : m.alternatives()) {
-        JsonMatcher t = m;
-        t.Choose(alternative);
-        if (!Advance(t, bytes.substr(i), out)) return false;
-      }
-      return true;
+using Threads = std::array<JsonMatcher, JsonState::kMaxThreads>;
+
+// Adds m to out[0, *n), or each alternative of its pending union: no state twice, at most
+// kMaxThreads (the later ones are dropped).
+void AddExpanded(const JsonMatcher& m, Threads& out, size_t* n) {
+  const auto add = [&](const JsonMatcher& t) {
+    for (size_t i = 0; i < *n; ++i) {
+      if (out[i] == t) return;
     }
-    if (i == bytes.size()) break;
-    if (!m.Feed(std::string_view(&bytes[i], 1))) return true;
+    if (*n < out.size()) out[(*n)++] = t;
+  };
+  if (!m.pending_union()) return add(m);
+  for (const uint16_t alternative : m.alternatives()) {
+    JsonMatcher t = m;
+    t.Choose(alternative);
+    add(t);
   }
-  return out(m);
+}
+
+// The states that `in[0, n)` (none with a pending union) reach by `bytes`, a byte at a time,
+// each union met expanded as AddExpanded does: into out; returns how many (0: none takes
+// the bytes). Bounded work per byte whatever the schema: at most kMaxThreads states, each
+// expanding into at most kMaxAlternatives.
+size_t Step(const JsonMatcher* in, size_t n, std::string_view bytes, Threads& out) {
+  if (n == 1) {
+    // The common case: one state, and no union on the way.
+    JsonMatcher t = in[0];
+    size_t i = 0;
+    for (; i < bytes.size() && !t.pending_union(); ++i) {
+      if (!t.Feed(bytes.substr(i, 1))) return 0;
+    }
+    if (i == bytes.size() && !t.pending_union()) {
+      out[0] = t;
+      return 1;
+    }
+  }
+  Threads a, b;
+  Threads* cur = &a;
+  Threads* next = &b;
+  size_t count = 0;
+  for (size_t i = 0; i < n; ++i) AddExpanded(in[i], *cur, &count);
+  for (const char c : bytes) {
+    size_t taken = 0;
+    for (size_t i = 0; i < count; ++i) {
+      JsonMatcher t = (*cur)[i];
+      if (t.Feed(std::string_view(&c, 1))) AddExpanded(t, *next, &taken);
+    }
+    if (taken == 0) return 0;
+    std::swap(cur, next);
+    count = taken;
+  }
+  std::copy_n(cur->begin(), count, out.begin());
+  return count;
 }
 
 }  // namespace
 
-bool AcceptsJson(const JsonMatcher& m, std::string_view bytes) {
-  if (!m.pending_union()) {
-    JsonMatcher t = m;
-    size_t i = 0;
-    // The common case: no union on the way.
-    for (; i < bytes.size() && !t.pending_union(); ++i) {
-      if (!t.Feed(std::string_view(&bytes[i], 1))) return false;
-    }
-    if (i == bytes.size() && !t.pending_union()) return true;
-  }
-  bool accepted = false;
-  auto found = [&](const JsonMatcher&) {
-    accepted = true;
-    return false;
-  };
-  Advance(m, bytes, found);
-  return accepted;
-}
-
 JsonState::JsonState(const JsonSchema* schema) {
   count_ = 0;
-  auto keep = [&](const JsonMatcher& m) {
-    if (count_ < kMaxThreads) threads_[count_++] = m;
-    return true;
-  };
-  Advance(JsonMatcher(schema), {}, keep);
+  AddExpanded(JsonMatcher(schema), threads_, &count_);
 }
 
 bool JsonState::Feed(std::string_view bytes) {
-  std::array<JsonMatcher, kMaxThreads> next;
-  size_t n = 0;
-  auto keep = [&](const JsonMatcher& m) {
-    for (size_t i = 0; i < n; ++i) {
-      if (next[i] == m) return true;
-    }
-    if (n < kMaxThreads) next[n++] = m;
-    return true;
-  };
-  for (size_t i = 0; i < count_; ++i) Advance(threads_[i], bytes, keep);
+  Threads next;
+  const size_t n = Step(threads_.data(), count_, bytes, next);
   if (n == 0) return false;
-  threads_ = next;
+  std::copy_n(next.begin(), n, threads_.begin());
   count_ = n;
   return true;
 }
@@ -586,30 +591,34 @@ TokenBytesTable::TokenBytesTable(int32_t vocab_size,
 int32_t AllowedJsonTokens(const JsonState& state, const TokenBytesTable& table,
                           std::vector<int32_t>* ids) {
   const size_t before = ids->size();
-  for (const JsonMatcher& m : state.threads()) {
-    if (m.in_plain_string()) {
-      // The tokens any string takes, those that fit where its length is bounded.
-      const uint32_t room = m.string_room();
-      if (room >= table.max_plain_chars_) {
-        ids->insert(ids->end(), table.plain_.begin(), table.plain_.end());
-      } else {
-        for (size_t i = 0; i < table.plain_.size(); ++i) {
-          if (table.plain_chars_[i] <= room) ids->push_back(table.plain_[i]);
-        }
+  const std::span<const JsonMatcher> threads = state.threads();
+  Threads out;
+  // Every state reads the same bytes, so all are in a string or none is.
+  if (threads[0].in_plain_string()) {
+    // The tokens any string takes, those that fit where its length is bounded.
+    uint32_t room = 0;
+    for (const JsonMatcher& m : threads) room = std::max(room, m.string_room());
+    if (room >= table.max_plain_chars_) {
+      ids->insert(ids->end(), table.plain_.begin(), table.plain_.end());
+    } else {
+      for (size_t i = 0; i < table.plain_.size(); ++i) {
+        if (table.plain_chars_[i] <= room) ids->push_back(table.plain_[i]);
       }
-      for (const int32_t id : table.other_) {
-        if (AcceptsJson(m, table.bytes_[id])) ids->push_back(id);
-      }
-    } else if (!m.complete()) {
-      for (int b = 0; b < 256; ++b) {
-        const std::vector<int32_t>& group = table.by_first_byte_[b];
-        if (group.empty()) continue;
-        JsonMatcher first = m;
-        if (!first.Feed(static_cast<uint8_t>(b))) continue;
-        for (const int32_t id : group) {
-          if (AcceptsJson(first, std::string_view(table.bytes_[id]).substr(1))) {
-            ids->push_back(id);
-          }
+    }
+    for (const int32_t id : table.other_) {
+      if (Step(threads.data(), threads.size(), table.bytes_[id], out) > 0) ids->push_back(id);
+    }
+  } else if (!state.complete()) {
+    Threads first;
+    for (int b = 0; b < 256; ++b) {
+      const std::vector<int32_t>& group = table.by_first_byte_[b];
+      if (group.empty()) continue;
+      const char c = static_cast<char>(b);
+      const size_t n = Step(threads.data(), threads.size(), std::string_view(&c, 1), first);
+      if (n == 0) continue;
+      for (const int32_t id : group) {
+        if (Step(first.data(), n, std::string_view(table.bytes_[id]).substr(1), out) > 0) {
+          ids->push_back(id);
         }
       }
     }

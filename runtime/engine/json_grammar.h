@@ -42,7 +42,7 @@ class JsonMatcher {
   // Whether `c` continues a valid prefix; if not, the state is left unchanged.
   bool Feed(uint8_t c);
   // Whether all of `bytes` do (the state is then advanced past them; else unspecified). Fails
-  // at a pending union: JsonState and AcceptsJson pick its alternatives.
+  // at a pending union: JsonState picks its alternatives.
   bool Feed(std::string_view bytes);
   // The top-level value is closed: the text is complete.
   bool complete() const { return mode_ == Mode::kDone; }
@@ -152,9 +152,6 @@ class JsonState {
   size_t count_ = 1;
 };
 
-// Whether `m`, or one of the alternatives of the unions it reaches, accepts all of `bytes`.
-bool AcceptsJson(const JsonMatcher& m, std::string_view bytes);
-
 // The bytes of every token id (Tokenizer::TokenBytes), empty for special and unknown ids,
 // which a grammar never allows; with the ids grouped as AllowedJsonTokens scans them.
 class TokenBytesTable {
@@ -176,8 +173,8 @@ class TokenBytesTable {
   std::vector<std::vector<int32_t>> by_first_byte_;
 };
 
-// The ids whose bytes `state` accepts (appended to *ids, not sorted, an id possibly more
-// than once where several states accept it); returns how many were appended. Special tokens
+// The ids whose bytes `state` accepts, exactly those a copy of it would Feed (appended to
+// *ids, not sorted); returns how many. Special tokens
 // (EOS) are not among them: the caller allows those once state.complete().
 int32_t AllowedJsonTokens(const JsonState& state, const TokenBytesTable& table,
                           std::vector<int32_t>* ids);

@@ -226,6 +226,27 @@ TEST(JsonSchemaTest, TopLevelsRecursionAndFreeObjects) {
     EXPECT_TRUE(more.Feed(std::string(JsonMatcher::kMaxDepth - 1, '}')));
     EXPECT_TRUE(more.complete());
   }
+  // Unions inside unions: each byte's work stays bounded (a token of nested openings that
+  // fails at its end must not try every combination of alternatives).
+  {
+    std::string alternatives;
+    for (int k = 1; k <= 8; ++k) {
+      alternatives += R"({"type": "array", "items": {"$ref": "#/$defs/u"}, "maxItems": )" +
+                      std::to_string(k) + "},";
+    }
+    const auto nested =
+        MustCompile(R"({"type": "object", "properties": {"a": {"$ref": "#/$defs/u"}},
+        "$defs": {"u": {"anyOf": [)" +
+                    alternatives + R"({"type": "null"}]}}})");
+    JsonState st(nested.get());
+    ASSERT_TRUE(st.Feed("{\"a\":"));
+    EXPECT_LE(st.threads().size(), static_cast<size_t>(JsonState::kMaxThreads));
+    JsonState t = st;
+    EXPECT_FALSE(t.Feed(std::string(20, '[') + "x"));
+    t = st;
+    EXPECT_TRUE(t.Feed(std::string(20, '[') + "null" + std::string(20, ']') + "}"));
+    EXPECT_TRUE(t.complete());
+  }
   // nullable, allOf of one, a key that JSON escapes.
   const auto odd = MustCompile(
       R"({"type": "object", "properties": {"a\"b": {"allOf": [{"type": "string", "nullable": true}]}},
