@@ -261,8 +261,8 @@ void RegisterAll() {
   // SmolLM2-135M's MLP up projection (1536x576) and down projection (576x1536).
   const Shape quant_shapes[] = {{1536, 576}, {576, 1536}};
   for (const Shape& s : quant_shapes) {
-    for (QuantType q : {QuantType::kQ4_1, QuantType::kQ8_0, QuantType::kQ5_0, QuantType::kQ4_K,
-                        QuantType::kQ6_K}) {
+    for (QuantType q : {QuantType::kQ4_1, QuantType::kQ8_0, QuantType::kQ5_0, QuantType::kQ2_K,
+                        QuantType::kQ3_K, QuantType::kQ4_K, QuantType::kQ6_K}) {
       if (s.k % QuantBlockElems(q) != 0) continue;  // K-quants: k a multiple of 256
       // "int8-in-place": the packed formats' kernels on the blocks as stored, for comparison.
       const bool packs = internal::Int8PackedSupports(q) && Int8DotUsesVnni();
