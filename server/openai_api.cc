@@ -408,6 +408,8 @@ int JsonDepth(absl::string_view text, int limit) {
   return deepest;
 }
 
+namespace {
+
 // The text of the value at `path` (a chain of object keys) in the JSON document `doc`, or
 // empty if there is none; where a key repeats, its last value (as the parsed body has it).
 // A schema keeps its properties' order this way, which the parsed body (keys sorted) lost.
@@ -493,6 +495,8 @@ std::string SchemaText(const json& value, std::string_view raw,
   }
   return value.dump();
 }
+
+}  // namespace
 
 absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoint endpoint,
                                                  std::string_view raw_body) {
