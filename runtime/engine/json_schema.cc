@@ -98,6 +98,8 @@ class JsonSchemaCompiler {
                                  int depth);
   absl::StatusOr<uint32_t> Count(const ojson& s, std::string_view key, const std::string& at,
                                  uint32_t fallback);
+  absl::Status Bounds(const ojson& s, std::string_view min_key, std::string_view max_key,
+                      const std::string& at, JsonSchema::Node* n);
   absl::Status Flatten(uint16_t id, std::vector<uint16_t>* path, std::vector<uint16_t>* out);
 
   const ojson& doc_;
@@ -114,6 +116,19 @@ absl::StatusOr<uint32_t> JsonSchemaCompiler::Count(const ojson& s, std::string_v
   }
   const uint64_t v = it->get<uint64_t>();
   return v >= JsonSchema::kUnbounded ? JsonSchema::kUnbounded - 1 : static_cast<uint32_t>(v);
+}
+
+// n->min and n->max from the keywords `min_key` and `max_key` (absent: 0 and unbounded).
+absl::Status JsonSchemaCompiler::Bounds(const ojson& s, std::string_view min_key,
+                                        std::string_view max_key, const std::string& at,
+                                        JsonSchema::Node* n) {
+  auto min = Count(s, min_key, at, 0);
+  if (!min.ok()) return min.status();
+  auto max = Count(s, max_key, at, JsonSchema::kUnbounded);
+  if (!max.ok()) return max.status();
+  n->min = *min;
+  n->max = *max;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<uint16_t> JsonSchemaCompiler::Ref(const ojson& s, const std::string& at, int depth) {
@@ -227,12 +242,7 @@ absl::StatusOr<uint16_t> JsonSchemaCompiler::Typed(const ojson& s, std::string_v
     }
   } else if (type == "array") {
     n.kind = Kind::kArray;
-    auto min = Count(s, "minItems", at, 0);
-    auto max = Count(s, "maxItems", at, JsonSchema::kUnbounded);
-    if (!min.ok()) return min.status();
-    if (!max.ok()) return max.status();
-    n.min = *min;
-    n.max = *max;
+    if (auto st = Bounds(s, "minItems", "maxItems", at, &n); !st.ok()) return st;
     if (const auto items = s.find("items"); items != s.end()) {
       if (items->is_array()) {
         return Error(at, "\"items\" as an array (a tuple) is not supported");
@@ -250,12 +260,7 @@ absl::StatusOr<uint16_t> JsonSchemaCompiler::Typed(const ojson& s, std::string_v
     if (n.min > n.max) return Error(at, "\"minItems\" is over \"maxItems\"");
   } else if (type == "string") {
     n.kind = Kind::kString;
-    auto min = Count(s, "minLength", at, 0);
-    auto max = Count(s, "maxLength", at, JsonSchema::kUnbounded);
-    if (!min.ok()) return min.status();
-    if (!max.ok()) return max.status();
-    n.min = *min;
-    n.max = *max;
+    if (auto st = Bounds(s, "minLength", "maxLength", at, &n); !st.ok()) return st;
     if (n.min > n.max) return Error(at, "\"minLength\" is over \"maxLength\"");
   } else if (type == "number") {
     n.kind = Kind::kNumber;
