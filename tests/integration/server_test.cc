@@ -351,7 +351,7 @@ TEST(ServerTest, AbortByRequestId) {
 TEST(ServerTest, DeadlineReachesTheEngine) {
   ServerProcess server({});
   auto stub = v1::SpanServe::NewStub(server.Channel());
-  v1::GenerateRequest r = GreedyRequest("And God said", 1000);
+  v1::GenerateRequest r = GreedyRequest("And God said", 400);
   r.mutable_sampling()->set_ignore_eos(true);
   // The deadline is a quarter of the request's own time, so it ends mid-generation however
   // fast the engine is (a fixed 300 ms was once longer than the whole request).
