@@ -166,6 +166,39 @@ bool JsonMatcher::StartValue(uint8_t c) {
   return false;
 }
 
+namespace {
+
+// Within [lo, hi) of strings sorted by their bytes that share their first `pos` bytes (one of
+// just `pos` bytes sorting first), the range of those whose byte `pos` is c (binary searches).
+template <typename At>
+std::pair<uint16_t, uint16_t> Narrow(uint16_t lo, uint16_t hi, uint16_t pos, uint8_t c,
+                                     const At& str) {
+  if (lo < hi && str(lo).size() == pos) ++lo;
+  const auto byte = [&](uint16_t i) { return static_cast<uint8_t>(str(i)[pos]); };
+  uint16_t a = lo, b = hi;
+  while (a < b) {
+    const uint16_t mid = static_cast<uint16_t>(a + (b - a) / 2);
+    if (byte(mid) < c) {
+      a = static_cast<uint16_t>(mid + 1);
+    } else {
+      b = mid;
+    }
+  }
+  uint16_t e = a;
+  b = hi;
+  while (e < b) {
+    const uint16_t mid = static_cast<uint16_t>(e + (b - e) / 2);
+    if (byte(mid) <= c) {
+      e = static_cast<uint16_t>(mid + 1);
+    } else {
+      b = mid;
+    }
+  }
+  return {a, e};
+}
+
+}  // namespace
+
 // A value of `n` started here can be finished within kMaxDepth.
 bool JsonMatcher::Fits(uint16_t n) const { return depth_ + node(n).min_depth <= kMaxDepth; }
 
@@ -204,13 +237,7 @@ bool JsonMatcher::Key(uint8_t c) {
     lo_ = hi_ = pos_ = 0;
     return true;
   }
-  // The keys that continue with c: sorted, so a range (a key ending here sorts first).
-  uint16_t a = lo_;
-  if (a < hi_ && key(a).size() == pos_) ++a;
-  const auto at = [&](uint16_t i) { return static_cast<uint8_t>(key(i)[pos_]); };
-  while (a < hi_ && at(a) < c) ++a;
-  uint16_t b = a;
-  while (b < hi_ && at(b) == c) ++b;
+  const auto [a, b] = Narrow(lo_, hi_, pos_, c, key);
   bool any = false;
   for (uint16_t i = a; i < b && !any; ++i) any = allowed(i);
   if (!any) return false;
@@ -224,30 +251,9 @@ bool JsonMatcher::Key(uint8_t c) {
 // followed by more of a longer one, so it ends only at the next byte that continues none.
 bool JsonMatcher::Literal(uint8_t c) {
   const std::vector<std::string>& lits = node(node_).literals;
+  const auto literal = [&](uint16_t i) -> const std::string& { return lits[i]; };
   const bool ended = lo_ < hi_ && lits[lo_].size() == pos_;
-  uint16_t a = ended ? static_cast<uint16_t>(lo_ + 1) : lo_;
-  const auto at = [&](uint16_t i) { return static_cast<uint8_t>(lits[i][pos_]); };
-  // Binary search: the literals in [a, hi_) are longer than pos_ and share its bytes.
-  uint16_t lo = a, hi = hi_;
-  while (lo < hi) {
-    const uint16_t mid = static_cast<uint16_t>(lo + (hi - lo) / 2);
-    if (at(mid) < c) {
-      lo = static_cast<uint16_t>(mid + 1);
-    } else {
-      hi = mid;
-    }
-  }
-  a = lo;
-  hi = hi_;
-  while (lo < hi) {
-    const uint16_t mid = static_cast<uint16_t>(lo + (hi - lo) / 2);
-    if (at(mid) <= c) {
-      lo = static_cast<uint16_t>(mid + 1);
-    } else {
-      hi = mid;
-    }
-  }
-  const uint16_t b = lo;
+  const auto [a, b] = Narrow(lo_, hi_, pos_, c, literal);
   if (a < b) {
     lo_ = a;
     hi_ = b;

@@ -185,6 +185,21 @@ class EngineCoreTest : public ::testing::Test {
     return reqs;
   }
 
+  // The requests run one at a time; the same tokens come batched, and batched with so few
+  // KV blocks that some are preempted. Returns the run alone.
+  static Run RunAloneExpectingTheSameBatchedAndPreempted(const EngineOptions& options,
+                                                         const std::vector<Request>& reqs) {
+    const int n = static_cast<int>(reqs.size());
+    Run alone = RunWaves(options, reqs, Alone(n));
+    ExpectSameTokens(alone, RunWaves(options, reqs, Together(n)));
+    EngineOptions tight = options;
+    tight.num_kv_blocks = 12;
+    const Run pressed = RunWaves(tight, reqs, Together(n));
+    EXPECT_GT(pressed.preemptions, 0);
+    ExpectSameTokens(alone, pressed);
+    return alone;
+  }
+
   static void ExpectSameTokens(const Run& a, const Run& b) {
     ASSERT_EQ(a.out.size(), b.out.size());
     for (size_t i = 0; i < a.out.size(); ++i) {
@@ -560,14 +575,7 @@ TEST_F(EngineCoreTest, JsonModeKeepsOutputsJsonObjectsAndTheInvariances) {
     if (i % 4 == 1) r.sampling.ignore_eos = true;
     if (i % 5 == 2) r.sampling.min_tokens = 30;
   }
-  const Run alone = RunWaves(options, reqs, Alone(static_cast<int>(reqs.size())));
-  const Run together = RunWaves(options, reqs, Together(static_cast<int>(reqs.size())));
-  ExpectSameTokens(alone, together);
-  EngineOptions tight = options;
-  tight.num_kv_blocks = 12;
-  const Run pressed = RunWaves(tight, reqs, Together(static_cast<int>(reqs.size())));
-  EXPECT_GT(pressed.preemptions, 0);
-  ExpectSameTokens(alone, pressed);
+  const Run alone = RunAloneExpectingTheSameBatchedAndPreempted(options, reqs);
   // A stop string that the text's last letter begins and nothing completes: the stop
   // matcher holds that letter back until the output ends.
   std::vector<Request> held = reqs;
@@ -639,14 +647,7 @@ TEST_F(EngineCoreTest, JsonSchemaKeepsOutputsValidAndTheInvariances) {
     if (i % 3 == 0) r.sampling.temperature = 0;
     if (i % 4 == 1) r.sampling.ignore_eos = true;
   }
-  const Run alone = RunWaves(options, reqs, Alone(static_cast<int>(reqs.size())));
-  const Run together = RunWaves(options, reqs, Together(static_cast<int>(reqs.size())));
-  ExpectSameTokens(alone, together);
-  EngineOptions tight = options;
-  tight.num_kv_blocks = 12;
-  const Run pressed = RunWaves(tight, reqs, Together(static_cast<int>(reqs.size())));
-  EXPECT_GT(pressed.preemptions, 0);
-  ExpectSameTokens(alone, pressed);
+  const Run alone = RunAloneExpectingTheSameBatchedAndPreempted(options, reqs);
   int complete = 0;
   for (size_t i = 0; i < reqs.size(); ++i) {
     SCOPED_TRACE(::testing::Message() << "request " << i);
