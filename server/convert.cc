@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "nlohmann/json.hpp"
 #include "runtime/engine/json_schema.h"
 
 namespace spanserve::server {
@@ -58,7 +59,16 @@ absl::StatusOr<std::string> ChatPromptText(const v1::Chat& chat, absl::string_vi
   messages.reserve(chat.messages_size());
   for (const v1::ChatMessage& m : chat.messages()) messages.push_back({m.role(), m.content()});
   const bool generation_prompt = !chat.has_add_generation_prompt() || chat.add_generation_prompt();
-  return model.chat_template()->Apply(messages, generation_prompt, messages_field);
+  nlohmann::ordered_json kwargs;
+  if (!chat.chat_template_kwargs().empty()) {
+    const std::string kwargs_field = FieldName(field, "chat.chat_template_kwargs");
+    kwargs = nlohmann::ordered_json::parse(chat.chat_template_kwargs(), nullptr,
+                                           /*allow_exceptions=*/false);
+    if (!kwargs.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat(kwargs_field, ": must be a JSON object"));
+    }
+  }
+  return model.chat_template()->Apply(messages, generation_prompt, messages_field, kwargs);
 }
 
 absl::StatusOr<std::vector<int32_t>> EncodeText(std::string_view text, bool add_special_tokens,
@@ -330,6 +340,7 @@ void AddChatStop(const v1::Prompt& prompt, const ServedModel& model,
     return;
   }
   const std::string end_of_turn(model.chat_template()->end_of_turn());
+  if (end_of_turn.empty()) return;
   if (std::optional<int32_t> id = model.tokenizer()->TokenToId(end_of_turn)) {
     sampling->stop_token_ids.push_back(*id);
   } else {

@@ -65,9 +65,10 @@ absl::StatusOr<LoadedModel> LoadModel(const ModelSpec& spec, ModelLoadOptions op
   loaded.format = source.format;
   loaded.tokenizer = std::move(source.tokenizer);
   const tokenizer::Tokenizer* tok = loaded.tokenizer.get();
-  std::string bos;
+  std::string bos, eos;
   if (tok != nullptr && tok->bos_id()) bos = std::string(tok->IdToToken(*tok->bos_id()));
-  loaded.chat_template = chat::ChatTemplate::Parse(source.chat_template, bos);
+  if (tok != nullptr && tok->eos_id()) eos = std::string(tok->IdToToken(*tok->eos_id()));
+  loaded.chat_template = chat::ChatTemplate::Parse(source.chat_template, bos, eos);
   if (tok != nullptr) {
     options.engine.detokenize = [tok](std::span<const int32_t> ids) {
       return tok->Decode(ids, /*skip_special_tokens=*/true);

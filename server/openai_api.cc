@@ -286,6 +286,11 @@ absl::StatusOr<v1::Prompt> ChatPrompt(const json& body) {
   }
   ASSIGN_OR_RETURN(std::optional<bool> add_generation_prompt, Bool(body, "add_generation_prompt"));
   chat->set_add_generation_prompt(add_generation_prompt.value_or(true));
+  // vLLM's extra chat-template variables, e.g. {"enable_thinking": false}.
+  if (const json* kwargs = Field(body, "chat_template_kwargs"); kwargs != nullptr) {
+    if (!kwargs->is_object()) return ParamError("chat_template_kwargs", "must be an object");
+    chat->set_chat_template_kwargs(kwargs->dump());
+  }
   return prompt;
 }
 

@@ -1,33 +1,34 @@
 // Chat prompts: a model's chat template (Jinja source, as tokenizer_config.json or GGUF
-// metadata give it) recognised as one of the families below and applied in C++ — there is
-// no Jinja engine here. A template outside these families, or one using features whose
-// output this formatter does not reproduce (tool prompts, dated system prompts, reasoning
-// blocks), is rejected rather than approximated: a wrong prompt degrades a model silently.
+// metadata give it) rendered by the Jinja interpreter (jinja.h) in the environment
+// transformers renders it in, so the prompt is the one the model was trained on: Llama 3.x
+// (dated system prompts), Qwen2.5 / Qwen3, Gemma, Mistral, Phi-3, DeepSeek-R1, Granite and
+// any other template the interpreter parses.
 //
-//   chatml  <|im_start|>{role}\n{content}<|im_end|>\n ... then <|im_start|>assistant\n;
-//           a default system turn that the template injects when the conversation does
-//           not start with one is read from the template text.
-//   llama3  <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>
-//           ... then <|start_header_id|>assistant<|end_header_id|>\n\n (content trimmed
-//           when the template trims it, as Meta's does).
+// The family is a label, read off the template's markers:
+//   chatml  <|im_start|>{role}\n{content}<|im_end|>\n ... then <|im_start|>assistant\n
+//   llama3  <|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>
+//   jinja   any other template.
+// end_of_turn() is the special text the template writes right after an assistant turn
+// (found by rendering a probe conversation), where generation should stop.
 //
 // Thread-safety: a ChatTemplate is immutable; Apply may be called from any thread.
 #pragma once
 
+#include <memory>
 #include <span>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "nlohmann/json.hpp"
+#include "runtime/chat/jinja.h"
 
 namespace spanserve::chat {
 
-enum class TemplateFamily { kChatMl, kLlama3 };
+enum class TemplateFamily { kChatMl, kLlama3, kJinja };
 
-// "chatml", "llama3".
+// "chatml", "llama3", "jinja".
 absl::string_view FamilyName(TemplateFamily family);
-// "chatml, llama3": for error messages.
-absl::string_view SupportedFamilies();
 
 struct ChatMessage {
   std::string role;  // "system", "user" or "assistant"
@@ -36,33 +37,38 @@ struct ChatMessage {
 
 class ChatTemplate {
  public:
-  // Recognises `source`. `bos_token` is the tokenizer's BOS text, used where the template
-  // emits bos_token. INVALID_ARGUMENT saying why (no template, unsupported family or
-  // feature) and naming the supported families.
+  // Parses `source`. `bos_token` / `eos_token` are the tokenizer's BOS / EOS text, which
+  // templates write as bos_token / eos_token. INVALID_ARGUMENT for no template or one the
+  // interpreter cannot parse, naming the line.
   [[nodiscard]] static absl::StatusOr<ChatTemplate> Parse(absl::string_view source,
-                                                          std::string bos_token);
+                                                          std::string bos_token,
+                                                          std::string eos_token = "");
 
   // The prompt text for `messages`, special tokens written as text (encode it with the
-  // tokenizer's added-token matching and without adding special tokens again).
-  // INVALID_ARGUMENT naming `<field>` ("messages: ..." / "messages[2].role: ...") for an
-  // empty list or a role other than system, user, assistant.
-  [[nodiscard]] absl::StatusOr<std::string> Apply(std::span<const ChatMessage> messages,
-                                                  bool add_generation_prompt,
-                                                  absl::string_view field = "messages") const;
+  // tokenizer's added-token matching and without adding special tokens again). `kwargs`
+  // (a JSON object, or null) adds template variables, such as enable_thinking, beside
+  // messages, add_generation_prompt, bos_token, eos_token, tools (None) and documents
+  // (None). INVALID_ARGUMENT naming `<field>` ("messages: ..." / "messages[2].role: ...")
+  // for an empty list, a role other than system, user, assistant, or a conversation the
+  // template refuses (its raise_exception message, e.g. roles that do not alternate).
+  [[nodiscard]] absl::StatusOr<std::string> Apply(
+      std::span<const ChatMessage> messages, bool add_generation_prompt,
+      absl::string_view field = "messages",
+      const nlohmann::ordered_json& kwargs = nlohmann::ordered_json()) const;
 
   TemplateFamily family() const { return family_; }
-  // The token that ends a turn: "<|im_end|>" or "<|eot_id|>". Generation should stop there.
-  absl::string_view end_of_turn() const;
-  // ChatML only: the system message the template injects when there is none; may be empty.
-  const std::string& default_system() const { return default_system_; }
+  // The text that ends an assistant turn ("<|im_end|>", "<|eot_id|>", "<end_of_turn>",
+  // "</s>", ...); empty when the template writes nothing special there.
+  absl::string_view end_of_turn() const { return end_of_turn_; }
 
  private:
   ChatTemplate() = default;
 
-  TemplateFamily family_ = TemplateFamily::kChatMl;
-  std::string bos_;  // emitted before the first turn; empty when the template emits none
-  std::string default_system_;
-  bool trim_content_ = false;
+  std::shared_ptr<const jinja::Template> template_;
+  TemplateFamily family_ = TemplateFamily::kJinja;
+  std::string bos_;
+  std::string eos_;
+  std::string end_of_turn_;
 };
 
 }  // namespace spanserve::chat

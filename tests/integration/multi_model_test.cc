@@ -390,7 +390,7 @@ TEST(ChatTest, ChatMlPromptIsFormattedWithTheTemplate) {
   EXPECT_EQ(no_template.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(no_template.status.error_message().find("'plain'"), std::string::npos)
       << no_template.status.error_message();
-  EXPECT_NE(no_template.status.error_message().find("chatml, llama3"), std::string::npos)
+  EXPECT_NE(no_template.status.error_message().find("no chat template"), std::string::npos)
       << no_template.status.error_message();
 }
 
@@ -440,24 +440,78 @@ TEST(ChatTest, TheEndOfTurnTokenStopsGenerationAndIsNotStreamed) {
   EXPECT_EQ(unstopped.ids[0], kEndOfTurnId);
 }
 
-TEST(ChatTest, UnsupportedTemplateIsInvalidArgument) {
-  const std::string dir = ModelWithChatTemplate("llama2", kLlama2TemplateJson);
-  ServerProcess server({"--model=llama2=" + dir});
+// A template of no named family (Llama-2's [INST]) serves chat through the Jinja
+// interpreter; one that does not parse is reported with its line, and chat requests to that
+// model answer INVALID_ARGUMENT naming it while raw text still works.
+TEST(ChatTest, AnyJinjaTemplateServesAndABrokenOneNamesItsLine) {
+  const std::string llama2 = ModelWithChatTemplate("llama2", kLlama2TemplateJson);
+  const std::string broken =
+      ModelWithChatTemplate("broken", R"("{% for m in messages %}{{ m.content }}")");
+  const std::string kwargs = ModelWithChatTemplate(
+      "kwargs",
+      R"("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if enable_thinking is false %}/no_think{% endif %}")");
+  ServerProcess server({"--model=llama2=" + llama2 + ",broken=" + broken + ",kwargs=" + kwargs});
   auto stub = v1::SpanServe::NewStub(server.Channel());
   const v1::ModelInfo info = Info(*stub);
-  EXPECT_EQ(info.chat_template_family(), "");
-  EXPECT_NE(info.chat_template_error().find("chatml, llama3"), std::string::npos)
-      << info.chat_template_error();
-  v1::GenerateRequest request = Greedy("", "", 4);
+  EXPECT_EQ(info.chat_template_family(), "jinja");
+  EXPECT_EQ(info.chat_template_error(), "");
+
+  v1::TokenizeRequest tokenize;
+  tokenize.set_model("llama2");
+  AddMessage(tokenize.mutable_chat(), "user", "Hi");
+  AddMessage(tokenize.mutable_chat(), "assistant", "Hello");
+  std::vector<int32_t> ids;
+  ASSERT_TRUE(Tokenize(*stub, tokenize, &ids).ok());
+  v1::DetokenizeRequest detokenize;
+  detokenize.set_model("llama2");
+  for (int32_t id : ids) detokenize.add_token_ids(id);
+  detokenize.set_skip_special_tokens(false);
+  grpc::ClientContext context;
+  v1::DetokenizeResponse text;
+  ASSERT_TRUE(stub->Detokenize(&context, detokenize, &text).ok());
+  EXPECT_NE(text.text().find("[INST] Hi [/INST]Hello"), std::string::npos) << text.text();
+
+  v1::GenerateRequest request = Greedy("llama2", "", 4);
   AddMessage(request.mutable_prompt()->mutable_chat(), "user", "Hi");
+  EXPECT_TRUE(RunGenerate(*stub, request).status.ok());
+
+  // chat_template_kwargs reach the template; anything but a JSON object is refused.
+  WaitForLoads(*stub);
+  const auto rendered = [&](const std::string& kwargs_json) -> std::string {
+    v1::TokenizeRequest r;
+    r.set_model("kwargs");
+    AddMessage(r.mutable_chat(), "user", "Hi");
+    r.mutable_chat()->set_chat_template_kwargs(kwargs_json);
+    std::vector<int32_t> token_ids;
+    const grpc::Status st = Tokenize(*stub, r, &token_ids);
+    if (!st.ok()) return "ERROR " + st.error_message();
+    v1::DetokenizeRequest d;
+    d.set_model("kwargs");
+    for (int32_t id : token_ids) d.add_token_ids(id);
+    grpc::ClientContext c;
+    v1::DetokenizeResponse out;
+    EXPECT_TRUE(stub->Detokenize(&c, d, &out).ok());
+    return out.text();
+  };
+  EXPECT_EQ(rendered(""), "<user>Hi");
+  EXPECT_EQ(rendered(R"({"enable_thinking": false})"), "<user>Hi/no_think");
+  EXPECT_NE(rendered("[1]").find("chat.chat_template_kwargs: must be a JSON object"),
+            std::string::npos);
+  EXPECT_NE(rendered(R"({"messages": []})").find("'messages' cannot be set"), std::string::npos);
+
+  WaitForLoads(*stub);
+  const v1::ModelInfo broken_info = Info(*stub, "broken");
+  EXPECT_EQ(broken_info.chat_template_family(), "");
+  EXPECT_NE(broken_info.chat_template_error().find("chat template line 1"), std::string::npos)
+      << broken_info.chat_template_error();
+  request.set_model("broken");
   const StreamResult r = RunGenerate(*stub, request);
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_NE(r.status.error_message().find("'llama2'"), std::string::npos)
+  EXPECT_NE(r.status.error_message().find("'broken'"), std::string::npos)
       << r.status.error_message();
-  EXPECT_NE(r.status.error_message().find("chatml, llama3"), std::string::npos)
+  EXPECT_NE(r.status.error_message().find("cannot be parsed"), std::string::npos)
       << r.status.error_message();
-  // Raw text still works on that model.
-  EXPECT_TRUE(RunGenerate(*stub, Greedy("", "And God said", 4)).status.ok());
+  EXPECT_TRUE(RunGenerate(*stub, Greedy("broken", "And God said", 4)).status.ok());
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
-// ParseOpenAIRequest's structured outputs: the schema is compiled once for the request, from
-// its text in the raw body so that its properties keep their order.
+// ParseOpenAIRequest's structured outputs (the schema is compiled once for the request, from
+// its text in the raw body so that its properties keep their order) and chat-template kwargs.
 #include "server/openai_api.h"
 
 #include <string>
@@ -90,6 +90,22 @@ TEST(OpenAIApiTest, StructuredOutputsRefusalsNameTheField) {
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_EQ(OpenAIParam(r.status()), param);
   }
+}
+
+// vLLM's chat_template_kwargs travel in the chat prompt as a JSON object's text.
+TEST(OpenAIApiTest, ChatTemplateKwargsTravelAsJson) {
+  auto r = ParseOpenAIRequest(json::parse(R"({"messages": [{"role": "user", "content": "Hi"}],
+                      "chat_template_kwargs": {"enable_thinking": false}})"),
+                              OpenAIEndpoint::kChatCompletions, std::string_view());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->prompts.size(), 1u);
+  EXPECT_EQ(r->prompts[0].prompt().chat().chat_template_kwargs(), R"({"enable_thinking":false})");
+  auto bad = ParseOpenAIRequest(
+      json::parse(
+          R"({"messages": [{"role": "user", "content": "Hi"}], "chat_template_kwargs": 1})"),
+      OpenAIEndpoint::kChatCompletions, std::string_view());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("chat_template_kwargs"), std::string::npos) << bad.status();
 }
 
 }  // namespace

@@ -49,9 +49,12 @@ def _prompt(prompt: PromptLike, add_special_tokens: Optional[bool] = None) -> pb
     return p
 
 
-def _chat(messages: Iterable[MessageLike], add_generation_prompt: Optional[bool]) -> pb.Chat:
+def _chat(messages: Iterable[MessageLike], add_generation_prompt: Optional[bool],
+          chat_template_kwargs: Optional[Mapping[str, Any]] = None) -> pb.Chat:
     """A spanserve.v1.Chat from ChatMessage, {"role", "content"} dicts or (role, content)."""
     chat = pb.Chat()
+    if chat_template_kwargs:
+        chat.chat_template_kwargs = json.dumps(dict(chat_template_kwargs))
     for m in messages:
         if isinstance(m, ChatMessage):
             role, content = m.role, m.content
@@ -285,6 +288,7 @@ class Client:
         messages: Iterable[MessageLike],
         *,
         add_generation_prompt: Optional[bool] = None,
+        chat_template_kwargs: Optional[Mapping[str, Any]] = None,
         model: Optional[str] = None,
         priority: int = 0,
         client_request_id: str = "",
@@ -296,9 +300,10 @@ class Client:
         ``messages``: ``ChatMessage`` s, ``{"role": ..., "content": ...}`` dicts or
         ``(role, content)`` pairs (roles system / user / assistant). The server formats them
         with the model's chat template (a model without one answers INVALID_ARGUMENT) and
-        stops at the end-of-turn token. ``sampling`` as in ``generate``.
+        stops at the end-of-turn token. ``chat_template_kwargs``: extra template variables,
+        e.g. ``{"enable_thinking": False}``. ``sampling`` as in ``generate``.
         """
-        prompt = pb.Prompt(chat=_chat(messages, add_generation_prompt))
+        prompt = pb.Prompt(chat=_chat(messages, add_generation_prompt, chat_template_kwargs))
         return self._generate(prompt, model, priority, client_request_id, timeout, sampling)
 
     # -- Score, Tokenize, Detokenize -----------------------------------------------------

@@ -1,5 +1,6 @@
-// The chat formatter against prompts rendered by transformers' own Jinja machinery: a few
-// cases written here, and tests/data/chat/goldens.json when present.
+// Chat prompts against prompts rendered by transformers' own Jinja machinery: a few cases
+// written here, and tests/data/chat/goldens.json (jinja_test.cc has the real-world
+// templates).
 #include "runtime/chat/chat_template.h"
 
 #include <fstream>
@@ -46,8 +47,6 @@ TEST(ChatTemplateTest, ChatMlInjectsTheTemplatesDefaultSystemTurn) {
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(t->family(), TemplateFamily::kChatMl);
   EXPECT_EQ(t->end_of_turn(), "<|im_end|>");
-  EXPECT_EQ(t->default_system(),
-            "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
   EXPECT_EQ(Format(kSmolLm2, {{"user", "Hi"}}, true),
             std::string(kSmolSystem) + "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
   EXPECT_EQ(Format(kSmolLm2, {{"user", "Hi"}, {"assistant", "Hello!"}}, false),
@@ -81,32 +80,79 @@ TEST(ChatTemplateTest, Llama3TrimsContentAndStartsWithBos) {
             "header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>");
 }
 
-TEST(ChatTemplateTest, UnsupportedTemplatesAreRejectedNamingTheFamilies) {
-  const std::vector<std::string> sources = {
-      "",
-      // Llama-2 / Mistral [INST].
-      "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' "
-      "+ message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}{% endif "
-      "%}{% endfor %}",
-      // Gemma.
-      "{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + message['role'] + '\n' "
-      "+ message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}",
-      // Llama 3.1: a dated system prompt this formatter does not write.
-      "{{- bos_token }}{%- if not date_string is defined %}{%- set date_string = \"26 Jul 2024\" "
-      "%}{%- endif %}{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}{{- \"Cutting "
-      "Knowledge Date: December 2023\\n\" }}{{- \"<|eot_id|>\" }}{{- "
-      "'<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}",
-      // ChatML ending assistant turns with eos_token.
-      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
-      "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{{ eos_token }}{% if "
-      "add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+// Templates of other families render through the Jinja interpreter, each turn ending
+// where the template ends it; a template that does not parse names its line.
+TEST(ChatTemplateTest, OtherFamiliesRenderAndFindTheirEndOfTurn) {
+  struct Case {
+    std::string source, want, end_of_turn;
+    TemplateFamily family;
   };
-  for (const std::string& source : sources) {
-    absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(source, "<s>");
-    ASSERT_FALSE(t.ok()) << source;
-    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(t.status().message().find("chatml, llama3"), std::string::npos) << t.status();
+  const std::vector<Case> cases = {
+      // Llama-2 / Mistral [INST].
+      {"{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' "
+       "+ message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}{% endif "
+       "%}{% endfor %}",
+       "<s>[INST] Hi [/INST]Hello</s>", "</s>", TemplateFamily::kJinja},
+      // Gemma.
+      {"{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + message['role'] + '\n' "
+       "+ message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}",
+       "<s><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>assistant\nHello<end_of_turn>\n",
+       "<end_of_turn>", TemplateFamily::kJinja},
+      // Llama 3.1: a dated system prompt.
+      {"{{- bos_token }}{%- if not date_string is defined %}{%- set date_string = \"26 Jul 2024\" "
+       "%}{%- endif %}{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}{{- \"Today "
+       "Date: \" + date_string }}{{- \"<|eot_id|>\" }}{%- for m in messages %}{{- "
+       "'<|start_header_id|>' + m.role + '<|end_header_id|>\\n\\n' + m.content + '<|eot_id|>' }}"
+       "{%- endfor %}",
+       "<s><|start_header_id|>system<|end_header_id|>\n\nToday Date: 26 Jul "
+       "2024<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>"
+       "assistant<|end_header_id|>\n\nHello<|eot_id|>",
+       "<|eot_id|>", TemplateFamily::kLlama3},
+      // ChatML ending the conversation with eos_token.
+      {"{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+       "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{{ eos_token }}",
+       "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n</s>", "<|im_end|>",
+       TemplateFamily::kChatMl},
+  };
+  const std::vector<ChatMessage> chat = {{"user", "Hi"}, {"assistant", "Hello"}};
+  for (const Case& c : cases) {
+    absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(c.source, "<s>", "</s>");
+    ASSERT_TRUE(t.ok()) << t.status() << "\n" << c.source;
+    EXPECT_EQ(t->family(), c.family) << c.source;
+    EXPECT_EQ(t->end_of_turn(), c.end_of_turn) << c.source;
+    absl::StatusOr<std::string> text = t->Apply(chat, false);
+    ASSERT_TRUE(text.ok()) << text.status();
+    EXPECT_EQ(*text, c.want);
   }
+  absl::StatusOr<ChatTemplate> none = ChatTemplate::Parse("  \n", "<s>");
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(none.status().message().find("no chat template"), std::string::npos) << none.status();
+  absl::StatusOr<ChatTemplate> broken =
+      ChatTemplate::Parse("{% for m in messages %}\n{{ m.content }}\n", "<s>");
+  EXPECT_EQ(broken.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(broken.status().message().find("cannot be parsed: chat template line 1"),
+            std::string::npos)
+      << broken.status();
+}
+
+// chat_template_kwargs reach the template; the names it is given itself cannot be replaced.
+// A raise_exception in the template answers with its message.
+TEST(ChatTemplateTest, KwargsReachTheTemplateAndRaiseExceptionNamesTheField) {
+  absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(
+      "{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}"
+      "{% endif %}{{ messages[0].content }}{% if enable_thinking is false %} /no_think{% endif %}",
+      "<s>");
+  ASSERT_TRUE(t.ok()) << t.status();
+  const std::vector<ChatMessage> chat = {{"user", "Hi"}};
+  EXPECT_EQ(*t->Apply(chat, true), "Hi");
+  EXPECT_EQ(*t->Apply(chat, true, "messages", {{"enable_thinking", false}}), "Hi /no_think");
+  absl::StatusOr<std::string> reserved = t->Apply(chat, true, "messages", {{"messages", 1}});
+  EXPECT_EQ(reserved.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(reserved.status().message().find("chat_template_kwargs: 'messages'"),
+            std::string::npos);
+  absl::StatusOr<std::string> raised = t->Apply({{{"system", "x"}}}, true, "prompt.chat.messages");
+  EXPECT_EQ(raised.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(raised.status().message(), "prompt.chat.messages: System role not supported");
 }
 
 TEST(ChatTemplateTest, BadMessagesNameTheField) {
@@ -146,9 +192,11 @@ TEST(ChatTemplateTest, MatchesTransformersGoldens) {
       ++checked;
     }
   }
+  // Templates of other families, which the formatter once refused, now parse and render.
   for (const nlohmann::json& source : goldens.value("unsupported", nlohmann::json::array())) {
-    absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(source.get<std::string>(), "<s>");
-    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument) << source.dump();
+    absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(source.get<std::string>(), "<s>", "</s>");
+    ASSERT_TRUE(t.ok()) << t.status() << source.dump();
+    EXPECT_TRUE(t->Apply({{{"user", "Hi"}, {"assistant", "Hello"}, {"user", "Bye"}}}, true).ok());
   }
   EXPECT_GT(checked, 0);
 }
