@@ -283,6 +283,10 @@ def make_chat_template():
         write(t, "template_" + fam["family"], b"\x03" + fam["template"].encode())
     for i, src in enumerate(goldens["unsupported"]):
         write(t, "template_unsupported_%d" % i, b"\x02" + src[:3000].encode())
+    # Real-world templates of every family (the Jinja interpreter's whole language).
+    jinja = json.load(open(path("tests", "data", "chat", "jinja_goldens.json")))
+    for tmpl in jinja["templates"]:
+        write(t, "template_jinja_" + tmpl["name"], b"\x03" + tmpl["template"].encode())
     write(t, "template_chatml_bos", b"\x03{{ bos_token }}{% for m in messages %}{{'<|im_start|>' + m['role'] + "
           b"'\\n' + m['content'] + '<|im_end|>\\n'}}{% endfor %}{{ '<|im_start|>assistant\\n' }}")
 
