@@ -459,7 +459,8 @@ std::vector<size_t> CodePoints(const std::string& s) {
   std::vector<size_t> at;
   at.reserve(s.size() + 1);
   for (size_t k = 0; k < s.size(); ++k) {
-    if ((static_cast<unsigned char>(s[k]) & 0xC0) != 0x80) at.push_back(k);
+    // A stray continuation byte belongs to the character before it (or starts one at 0).
+    if (k == 0 || (static_cast<unsigned char>(s[k]) & 0xC0) != 0x80) at.push_back(k);
   }
   at.push_back(s.size());
   return at;
@@ -774,11 +775,10 @@ std::string Unescape(absl::string_view body) {
       case 'U': {
         const int digits = e == 'x' ? 2 : e == 'u' ? 4 : 8;
         uint32_t cp = 0;
-        bool ok =
-            k + static_cast<size_t>(digits) < body.size() + 0 && k + digits <= body.size() - 1 + 1;
+        bool ok = k + static_cast<size_t>(digits) < body.size();
         for (int d = 1; ok && d <= digits; ++d) {
-          const int h = k + static_cast<size_t>(d) < body.size() ? HexValue(body[k + d]) : -1;
-          if (h < 0) ok = false;
+          const int h = HexValue(body[k + static_cast<size_t>(d)]);
+          ok = h >= 0;
           cp = cp * 16 + static_cast<uint32_t>(std::max(h, 0));
         }
         if (!ok) {
@@ -1967,7 +1967,10 @@ bool IsPySpace(uint32_t cp) {
 uint32_t DecodeAt(const std::string& s, size_t from, size_t to) {
   const unsigned char c = static_cast<unsigned char>(s[from]);
   if (to - from == 1) return c;
-  uint32_t cp = c & (0x3F >> (to - from - 1));
+  // A lead byte of the right length, else not a character (runs of stray bytes).
+  const size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 0;
+  if (len != to - from) return 0xFFFD;
+  uint32_t cp = c & (0x3F >> (len - 1));
   for (size_t k = from + 1; k < to; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[k]) & 0x3F);
   return cp;
 }

@@ -75,6 +75,9 @@ TEST(ChatTemplateTest, Llama3TrimsContentAndStartsWithBos) {
             "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe "
             "brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_"
             "header_id|>assistant<|end_header_id|>\n\n");
+  // Bytes that are not UTF-8 stay as they are; trim takes only whitespace.
+  EXPECT_EQ(Format(kLlama3, {{"user", "\x81 ok \xe2"}}, false),
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n\x81 ok \xe2<|eot_id|>");
   EXPECT_EQ(Format(kLlama3, {{"user", "Hi"}, {"assistant", "Hello!"}}, false),
             "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_"
             "header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>");
