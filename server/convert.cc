@@ -55,20 +55,36 @@ absl::StatusOr<std::string> ChatPromptText(const v1::Chat& chat, absl::string_vi
     return absl::InvalidArgumentError(
         absl::StrCat(FieldName(field, "chat"), ": model '", model.name(), "' has no tokenizer"));
   }
+  // A JSON field's value, which must be an object (or an array); null when the field is empty.
+  const auto parse = [&](const std::string& text, absl::string_view name,
+                         bool array) -> absl::StatusOr<nlohmann::ordered_json> {
+    if (text.empty()) return nlohmann::ordered_json();
+    nlohmann::ordered_json value =
+        nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (array ? !value.is_array() : !value.is_object()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(FieldName(field, name), ": must be a JSON ", array ? "array" : "object"));
+    }
+    return value;
+  };
   std::vector<chat::ChatMessage> messages;
   messages.reserve(chat.messages_size());
-  for (const v1::ChatMessage& m : chat.messages()) messages.push_back({m.role(), m.content()});
-  const bool generation_prompt = !chat.has_add_generation_prompt() || chat.add_generation_prompt();
-  nlohmann::ordered_json kwargs;
-  if (!chat.chat_template_kwargs().empty()) {
-    const std::string kwargs_field = FieldName(field, "chat.chat_template_kwargs");
-    kwargs = nlohmann::ordered_json::parse(chat.chat_template_kwargs(), nullptr,
-                                           /*allow_exceptions=*/false);
-    if (!kwargs.is_object()) {
-      return absl::InvalidArgumentError(absl::StrCat(kwargs_field, ": must be a JSON object"));
-    }
+  for (int i = 0; i < chat.messages_size(); ++i) {
+    const v1::ChatMessage& m = chat.messages(i);
+    chat::ChatMessage& out = messages.emplace_back();
+    out.role = m.role();
+    out.content = m.content();
+    ASSIGN_OR_RETURN(
+        out.tool_calls,
+        parse(m.tool_calls(), absl::StrCat("chat.messages[", i, "].tool_calls"), true));
+    out.tool_call_id = m.tool_call_id();
+    out.name = m.name();
   }
-  return model.chat_template()->Apply(messages, generation_prompt, messages_field, kwargs);
+  const bool generation_prompt = !chat.has_add_generation_prompt() || chat.add_generation_prompt();
+  ASSIGN_OR_RETURN(const nlohmann::ordered_json kwargs,
+                   parse(chat.chat_template_kwargs(), "chat.chat_template_kwargs", false));
+  ASSIGN_OR_RETURN(const nlohmann::ordered_json tools, parse(chat.tools(), "chat.tools", true));
+  return model.chat_template()->Apply(messages, generation_prompt, messages_field, kwargs, tools);
 }
 
 absl::StatusOr<std::vector<int32_t>> EncodeText(std::string_view text, bool add_special_tokens,

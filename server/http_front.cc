@@ -204,6 +204,10 @@ struct Choice {
   int64_t text_offset = 0;  // bytes of text so far (logprobs' text_offset)
   bool started = false;     // its first output was seen
   std::optional<engine::FinalInfo> final;
+  // Tool calling: bytes of `text` (which then holds all of the output, streaming too) sent
+  // as content so far, and the calls read out of it at the end.
+  size_t streamed = 0;
+  std::optional<ToolCallOutput> tools;
 };
 
 class Exchange {
@@ -218,6 +222,9 @@ class Exchange {
         public_id_(service->NewPublicRequestId()),
         id_(absl::StrFormat("%s-%016x", chat_ ? "chatcmpl" : "cmpl", public_id_)),
         created_(UnixNow()),
+        tool_format_(model->chat_template().ok() ? model->chat_template()->tool_call_format()
+                                                 : chat::ToolCallFormat::kNone),
+        reads_tools_(chat_ && ReadsToolCalls(request_, tool_format_)),
         fanout_(std::make_shared<Fanout>()) {}
 
   ~Exchange() {
@@ -305,16 +312,37 @@ class Exchange {
         }
         AddLogprobs(c, entries, stream ? &delta_logprobs : nullptr, /*prompt=*/false);
       }
-      if (!stream) c.text += delta_text;
+      if (!stream || reads_tools_) c.text += delta_text;
+      if (stream && reads_tools_) {
+        // Content goes out up to where a tool call may begin; the calls go at the end.
+        const size_t upto =
+            std::max(c.streamed, StreamableToolText(c.text, request_, tool_format_));
+        delta_text = c.text.substr(c.streamed, upto - c.streamed);
+        c.streamed = upto;
+      }
       std::optional<std::string> finish;
+      json tool_calls_delta;
       if (e.output.final) {
         Finish(c, *e.output.final);
-        if (error_.ok()) finish = FinishReason(*c.final);
+        if (reads_tools_) {
+          c.tools = ParseToolCalls(c.text, request_, tool_format_);
+          if (c.tools->calls.empty()) {
+            delta_text += c.text.substr(c.streamed);  // none after all: the rest is content
+            c.streamed = c.text.size();
+          } else {
+            tool_calls_delta = ToolCalls(c, /*with_index=*/true);
+          }
+        }
+        if (error_.ok()) finish = FinishReason(c);
       }
       if (stream && error_.ok()) {
         if (first && chat_)
           sse += SseEvent(ChunkChoice(c, json{{"role", "assistant"}, {"content", ""}},
                                       json(nullptr), std::nullopt));
+        if (!tool_calls_delta.is_null()) {
+          sse += SseEvent(ChunkChoice(c, json{{"tool_calls", std::move(tool_calls_delta)}},
+                                      json(nullptr), std::nullopt));
+        }
         if (!delta_text.empty() || !delta_logprobs.is_null() || finish) {
           json delta = chat_ ? (delta_text.empty() ? json::object() : json{{"content", delta_text}})
                              : json(delta_text);
@@ -344,10 +372,14 @@ class Exchange {
     json choices = json::array();
     for (const Choice& c : choices_) {
       json choice = {{"index", c.index},
-                     {"finish_reason", FinishReason(*c.final)},
+                     {"finish_reason", FinishReason(c)},
                      {"stop_reason", StopReason(*c.final)}};
       if (chat_) {
         choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+        if (c.tools && !c.tools->calls.empty()) {
+          choice["message"]["content"] = c.tools->content ? json(*c.tools->content) : json(nullptr);
+          choice["message"]["tool_calls"] = ToolCalls(c, /*with_index=*/false);
+        }
         choice["logprobs"] =
             request_.logprobs ? json{{"content", ChatLogprobs(c.logprobs)}} : json(nullptr);
       } else {
@@ -398,8 +430,28 @@ class Exchange {
 
   const char* Rpc() const { return chat_ ? "OpenAI.ChatCompletions" : "OpenAI.Completions"; }
 
-  static std::string FinishReason(const engine::FinalInfo& final) {
-    return final.reason == engine::FinishReason::kLength ? "length" : "stop";
+  // "length", "tool_calls" when the model chose to call tools (a named tool_choice, as
+  // OpenAI's, says "stop"), else "stop".
+  std::string FinishReason(const Choice& c) const {
+    if (c.final->reason == engine::FinishReason::kLength) return "length";
+    if (c.tools && !c.tools->calls.empty() &&
+        request_.tool_choice != OpenAIRequest::ToolChoice::kNamed) {
+      return "tool_calls";
+    }
+    return "stop";
+  }
+  // The choice's tool calls as OpenAI writes them; in a stream's delta each has its index.
+  json ToolCalls(const Choice& c, bool with_index) const {
+    json calls = json::array();
+    for (size_t k = 0; k < c.tools->calls.size(); ++k) {
+      json call = {{"id", absl::StrFormat("call_%016x%04x%04x", public_id_, c.index, k)},
+                   {"type", "function"},
+                   {"function",
+                    {{"name", c.tools->calls[k].first}, {"arguments", c.tools->calls[k].second}}}};
+      if (with_index) call["index"] = k;
+      calls.push_back(std::move(call));
+    }
+    return calls;
   }
   static json StopReason(const engine::FinalInfo& final) {
     if (final.stop_string) return *final.stop_string;
@@ -523,6 +575,8 @@ class Exchange {
   const uint64_t public_id_;
   const std::string id_;
   const int64_t created_;
+  const chat::ToolCallFormat tool_format_;
+  const bool reads_tools_;  // the output is read for tool calls
   // Shared with the engine's callbacks, which may outlive the exchange.
   std::shared_ptr<Fanout> fanout_;
   std::vector<Choice> choices_;
@@ -919,7 +973,7 @@ void HttpFront::Routes() {
       json chat_body = b;
       chat_body.erase("prompt");
       absl::StatusOr<OpenAIRequest> parsed =
-          ParseOpenAIRequest(chat_body, OpenAIEndpoint::kChatCompletions);
+          ParseOpenAIRequest(chat_body, OpenAIEndpoint::kChatCompletions, req.body);
       if (!parsed.ok()) return SendError(res, parsed.status());
       *request.mutable_chat() = parsed->prompts.front().prompt().chat();
     } else {

@@ -22,6 +22,7 @@ namespace spanserve::server {
 namespace {
 
 using json = nlohmann::json;
+using ordered_json = nlohmann::ordered_json;
 
 constexpr char kParamPayload[] = "spanserve.dev/openai-param";
 
@@ -246,7 +247,7 @@ absl::StatusOr<std::vector<v1::Prompt>> CompletionPrompts(const json& body) {
 absl::StatusOr<std::string> MessageContent(const json& message, size_t index) {
   const std::string param = absl::StrCat("messages[", index, "].content");
   const json* content = Field(message, "content");
-  if (content == nullptr) return std::string();
+  if (content == nullptr || content->is_null()) return std::string();
   if (content->is_string()) return content->get<std::string>();
   if (!content->is_array()) return ParamError(param, "must be a string or a list of parts");
   std::string text;
@@ -283,6 +284,32 @@ absl::StatusOr<v1::Prompt> ChatPrompt(const json& body) {
     // OpenAI's newer name for the system role.
     out->set_role(role->get<std::string>() == "developer" ? "system" : role->get<std::string>());
     out->set_content(std::move(content));
+    if (const json* calls = Field(m, "tool_calls"); calls != nullptr && !calls->is_null()) {
+      const std::string param = absl::StrCat("messages[", i, "].tool_calls");
+      if (!calls->is_array()) return ParamError(param, "must be a list of tool calls");
+      for (const json& call : *calls) {
+        const json* function = call.is_object() ? Field(call, "function") : nullptr;
+        const json* name =
+            function != nullptr && function->is_object() ? Field(*function, "name") : nullptr;
+        if (name == nullptr || !name->is_string()) {
+          return ParamError(param,
+                            "each must be {\"id\", \"type\": \"function\", "
+                            "\"function\": {\"name\", \"arguments\"}}");
+        }
+      }
+      out->set_tool_calls(calls->dump());
+    }
+    for (const char* key : {"tool_call_id", "name"}) {
+      if (const json* v = Field(m, key); v != nullptr && !v->is_null()) {
+        if (!v->is_string())
+          return ParamError(absl::StrCat("messages[", i, "].", key), "must be a string");
+        if (std::string_view(key) == "name") {
+          out->set_name(v->get<std::string>());
+        } else {
+          out->set_tool_call_id(v->get<std::string>());
+        }
+      }
+    }
   }
   ASSIGN_OR_RETURN(std::optional<bool> add_generation_prompt, Bool(body, "add_generation_prompt"));
   chat->set_add_generation_prompt(add_generation_prompt.value_or(true));
@@ -501,6 +528,128 @@ std::string SchemaText(const json& value, std::string_view raw,
   return value.dump();
 }
 
+// OpenAI tools: `tools` (its text, property order kept), `tool_choice` and
+// `parallel_tool_calls` into *request; returns the tools' text (empty: none).
+absl::StatusOr<std::string> ParseTools(const json& body, std::string_view raw_body,
+                                       OpenAIRequest* request) {
+  const json* tools = Field(body, "tools");
+  const json* choice = Field(body, "tool_choice");
+  const bool have_tools =
+      tools != nullptr && !tools->is_null() && !(tools->is_array() && tools->empty());
+  ASSIGN_OR_RETURN(std::optional<bool> parallel, Bool(body, "parallel_tool_calls"));
+  request->tool_parallel = parallel.value_or(true);
+  std::vector<std::string> names;
+  std::string text;
+  if (have_tools) {
+    if (!tools->is_array()) return ParamError("tools", "must be a list of tools");
+    if (tools->size() > kMaxTools) {
+      return ParamError("tools", absl::StrCat("at most ", kMaxTools, " tools"));
+    }
+    for (size_t i = 0; i < tools->size(); ++i) {
+      const json& tool = (*tools)[i];
+      const std::string param = absl::StrCat("tools[", i, "]");
+      const json* type = tool.is_object() ? Field(tool, "type") : nullptr;
+      if (type == nullptr || *type != "function") {
+        return ParamError(param, "must be {\"type\": \"function\", \"function\": {...}}");
+      }
+      const json* function = Field(tool, "function");
+      const json* name =
+          function != nullptr && function->is_object() ? Field(*function, "name") : nullptr;
+      if (name == nullptr || !name->is_string() || name->get_ref<const std::string&>().empty()) {
+        return ParamError(absl::StrCat(param, ".function.name"), "must be a non-empty string");
+      }
+      const json* parameters = Field(*function, "parameters");
+      if (parameters != nullptr && !parameters->is_null() && !parameters->is_object()) {
+        return ParamError(absl::StrCat(param, ".function.parameters"),
+                          "must be a JSON Schema object");
+      }
+      if (std::find(names.begin(), names.end(), name->get<std::string>()) != names.end()) {
+        return ParamError(
+            absl::StrCat(param, ".function.name"),
+            absl::StrCat("'", EchoValue(name->get<std::string>()), "' is given twice"));
+      }
+      names.push_back(name->get<std::string>());
+    }
+    constexpr std::string_view kPath[] = {"tools"};
+    text = SchemaText(*tools, raw_body, kPath);
+  }
+  request->tool_choice =
+      have_tools ? OpenAIRequest::ToolChoice::kAuto : OpenAIRequest::ToolChoice::kNone;
+  if (choice != nullptr && !choice->is_null()) {
+    if (choice->is_string()) {
+      const std::string& c = choice->get_ref<const std::string&>();
+      if (c == "none") {
+        request->tool_choice = OpenAIRequest::ToolChoice::kNone;
+      } else if (c == "auto" || c == "required") {
+        if (!have_tools) return ParamError("tool_choice", absl::StrCat("\"", c, "\" needs tools"));
+        request->tool_choice =
+            c == "auto" ? OpenAIRequest::ToolChoice::kAuto : OpenAIRequest::ToolChoice::kRequired;
+      } else {
+        return ParamError("tool_choice",
+                          "must be \"none\", \"auto\", \"required\" or "
+                          "{\"type\": \"function\", \"function\": {\"name\"}}");
+      }
+    } else {
+      const json* function = choice->is_object() ? Field(*choice, "function") : nullptr;
+      const json* name =
+          function != nullptr && function->is_object() ? Field(*function, "name") : nullptr;
+      if (name == nullptr || !name->is_string()) {
+        return ParamError("tool_choice",
+                          "must be \"none\", \"auto\", \"required\" or "
+                          "{\"type\": \"function\", \"function\": {\"name\"}}");
+      }
+      if (std::find(names.begin(), names.end(), name->get<std::string>()) == names.end()) {
+        return ParamError("tool_choice",
+                          absl::StrCat("function '", EchoValue(name->get<std::string>()),
+                                       "' is not among the tools"));
+      }
+      request->tool_choice = OpenAIRequest::ToolChoice::kNamed;
+      request->tool_function = name->get<std::string>();
+    }
+  }
+  return text;
+}
+
+// The schema a named or required tool_choice constrains the output to: the function's
+// parameters, or a list of {"name", "arguments"} calls. A parameters schema with keywords the
+// constraint does not support (numeric bounds, pattern, ...) leaves that function's
+// arguments a free JSON object.
+absl::StatusOr<std::shared_ptr<const engine::JsonSchema>> ToolCallSchema(
+    const OpenAIRequest& request, const std::string& tools_text) {
+  const ordered_json tools = ordered_json::parse(tools_text, nullptr, /*allow_exceptions=*/false);
+  const ordered_json free_object = {{"type", "object"}};
+  const auto parameters = [&](const ordered_json& tool) {
+    const ordered_json& function = tool.at("function");
+    if (!function.contains("parameters") || !function.at("parameters").is_object()) {
+      return free_object;
+    }
+    const ordered_json& p = function.at("parameters");
+    return engine::JsonSchema::Compile(p.dump()).ok() ? p : free_object;
+  };
+  ordered_json schema;
+  if (request.tool_choice == OpenAIRequest::ToolChoice::kNamed) {
+    for (const ordered_json& tool : tools) {
+      if (tool.at("function").at("name") == request.tool_function) schema = parameters(tool);
+    }
+  } else {
+    ordered_json calls = ordered_json::array();
+    for (const ordered_json& tool : tools) {
+      calls.push_back({{"type", "object"},
+                       {"properties",
+                        {{"name", {{"const", tool.at("function").at("name")}}},
+                         {"arguments", parameters(tool)}}},
+                       {"required", {"name", "arguments"}},
+                       {"additionalProperties", false}});
+    }
+    schema = {{"type", "array"}, {"items", {{"anyOf", std::move(calls)}}}, {"minItems", 1}};
+    if (!request.tool_parallel) schema["maxItems"] = 1;
+  }
+  // At most a space between tokens: a small model may otherwise pad with whitespace.
+  auto compiled = engine::JsonSchema::Compile(schema.dump(), /*max_whitespace=*/1);
+  if (!compiled.ok()) return ParamError("tools", compiled.status().message());
+  return *std::move(compiled);
+}
+
 }  // namespace
 
 absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoint endpoint,
@@ -513,8 +662,9 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
   request.endpoint = endpoint;
   ASSIGN_OR_RETURN(request.model, String(body, "model"));
   RETURN_IF_ERROR(Unsupported(body, "suffix", "is not supported"));
-  RETURN_IF_ERROR(Unsupported(body, "tools", "tool calling is not supported"));
-  RETURN_IF_ERROR(Unsupported(body, "functions", "function calling is not supported"));
+  RETURN_IF_ERROR(Unsupported(body, "functions", "is deprecated; send tools"));
+  RETURN_IF_ERROR(Unsupported(body, "function_call", "is deprecated; send tool_choice"));
+  if (!chat) RETURN_IF_ERROR(Unsupported(body, "tools", "is only for chat completions"));
   // OpenAI's JSON mode and structured outputs (and vLLM's guided_json).
   v1::ResponseFormat response_format = v1::RESPONSE_FORMAT_TEXT;
   std::string schema_text;
@@ -553,6 +703,19 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
     schema_text = SchemaText(*guided, raw_body, kPath);
     response_format = v1::RESPONSE_FORMAT_JSON_SCHEMA;
     schema_param = "guided_json";
+  }
+  std::string tools_text;
+  if (chat) {
+    ASSIGN_OR_RETURN(tools_text, ParseTools(body, raw_body, &request));
+    if (request.tool_choice == OpenAIRequest::ToolChoice::kNamed ||
+        request.tool_choice == OpenAIRequest::ToolChoice::kRequired) {
+      if (response_format != v1::RESPONSE_FORMAT_TEXT) {
+        return ParamError("tool_choice",
+                          "a required or named tool_choice cannot be combined "
+                          "with response_format or guided_json");
+      }
+      ASSIGN_OR_RETURN(request.json_schema, ToolCallSchema(request, tools_text));
+    }
   }
   if (response_format == v1::RESPONSE_FORMAT_JSON_SCHEMA) {
     auto compiled = engine::JsonSchema::Compile(schema_text);
@@ -605,6 +768,7 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
   std::vector<v1::Prompt> prompts;
   if (chat) {
     ASSIGN_OR_RETURN(prompts.emplace_back(), ChatPrompt(body));
+    if (!tools_text.empty()) prompts.back().mutable_chat()->set_tools(tools_text);
   } else {
     ASSIGN_OR_RETURN(prompts, CompletionPrompts(body));
   }
@@ -622,6 +786,126 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
     g.set_priority(priority.value_or(0));
   }
   return request;
+}
+
+bool ReadsToolCalls(const OpenAIRequest& request, chat::ToolCallFormat format) {
+  switch (request.tool_choice) {
+    case OpenAIRequest::ToolChoice::kNone:
+      return false;
+    case OpenAIRequest::ToolChoice::kAuto:
+      return format != chat::ToolCallFormat::kNone;
+    default:
+      return true;
+  }
+}
+
+namespace {
+
+constexpr std::string_view kToolCallOpen = "<tool_call>";
+constexpr std::string_view kToolCallClose = "</tool_call>";
+
+std::string_view Trim(std::string_view s) {
+  const size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string_view::npos) return {};
+  const size_t e = s.find_last_not_of(" \t\r\n");
+  return s.substr(b, e - b + 1);
+}
+
+// {"name", "arguments" | "parameters"} into (name, arguments' JSON text).
+bool ReadCall(const ordered_json& call, std::vector<std::pair<std::string, std::string>>* out) {
+  if (!call.is_object() || !call.contains("name") || !call.at("name").is_string()) return false;
+  const char* key = call.contains("arguments") ? "arguments" : "parameters";
+  std::string arguments = "{}";
+  if (call.contains(key)) {
+    const ordered_json& a = call.at(key);
+    arguments = a.is_string() ? a.get<std::string>() : a.dump();
+  }
+  out->emplace_back(call.at("name").get<std::string>(), std::move(arguments));
+  return true;
+}
+
+}  // namespace
+
+ToolCallOutput ParseToolCalls(std::string_view text, const OpenAIRequest& request,
+                              chat::ToolCallFormat format) {
+  ToolCallOutput out;
+  const auto as_content = [&] {
+    ToolCallOutput plain;
+    plain.content = std::string(text);
+    return plain;
+  };
+  switch (request.tool_choice) {
+    case OpenAIRequest::ToolChoice::kNone:
+      return as_content();
+    case OpenAIRequest::ToolChoice::kNamed:
+      out.calls.emplace_back(request.tool_function, std::string(Trim(text)));
+      return out;
+    case OpenAIRequest::ToolChoice::kRequired: {
+      const ordered_json calls = ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+      if (!calls.is_array()) return as_content();
+      for (const ordered_json& call : calls) {
+        if (!ReadCall(call, &out.calls)) return as_content();
+      }
+      return out;
+    }
+    case OpenAIRequest::ToolChoice::kAuto:
+      break;
+  }
+  if (format == chat::ToolCallFormat::kHermes) {
+    size_t at = text.find(kToolCallOpen);
+    if (at == std::string_view::npos) return as_content();
+    const std::string_view before = Trim(text.substr(0, at));
+    if (!before.empty()) out.content = std::string(before);
+    while (at != std::string_view::npos) {
+      const size_t body = at + kToolCallOpen.size();
+      size_t end = text.find(kToolCallClose, body);
+      const std::string_view inner =
+          text.substr(body, end == std::string_view::npos ? std::string_view::npos : end - body);
+      const ordered_json call =
+          ordered_json::parse(Trim(inner), nullptr, /*allow_exceptions=*/false);
+      if (!ReadCall(call, &out.calls)) return as_content();
+      if (end == std::string_view::npos) break;
+      at = text.find(kToolCallOpen, end + kToolCallClose.size());
+    }
+    return out;
+  }
+  if (format == chat::ToolCallFormat::kLlama3Json) {
+    std::string_view body = Trim(text);
+    if (body.substr(0, 14) == "<|python_tag|>") body = Trim(body.substr(14));
+    if (body.empty() || (body[0] != '{' && body[0] != '[')) return as_content();
+    const ordered_json parsed = ordered_json::parse(body, nullptr, /*allow_exceptions=*/false);
+    if (parsed.is_array()) {
+      for (const ordered_json& call : parsed) {
+        if (!ReadCall(call, &out.calls)) return as_content();
+      }
+      return out.calls.empty() ? as_content() : out;
+    }
+    if (!ReadCall(parsed, &out.calls)) return as_content();
+    return out;
+  }
+  return as_content();
+}
+
+size_t StreamableToolText(std::string_view text, const OpenAIRequest& request,
+                          chat::ToolCallFormat format) {
+  if (!ReadsToolCalls(request, format)) return text.size();
+  if (request.tool_choice != OpenAIRequest::ToolChoice::kAuto) return 0;
+  if (format == chat::ToolCallFormat::kHermes) {
+    const size_t at = text.find(kToolCallOpen);
+    if (at != std::string_view::npos) return at;
+    // Hold back an ending that may grow into the tag.
+    for (size_t keep = std::min(text.size(), kToolCallOpen.size() - 1); keep > 0; --keep) {
+      if (text.substr(text.size() - keep) == kToolCallOpen.substr(0, keep)) {
+        return text.size() - keep;
+      }
+    }
+    return text.size();
+  }
+  // Llama 3 JSON: a call is the whole output; text that starts otherwise is content.
+  const size_t first = text.find_first_not_of(" \t\r\n");
+  if (first == std::string_view::npos) return 0;
+  return text[first] == '{' || text[first] == '[' || text.substr(first, 2) == "<|" ? 0
+                                                                                   : text.size();
 }
 
 }  // namespace spanserve::server

@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "nlohmann/json.hpp"
+#include "runtime/chat/chat_template.h"
 #include "runtime/engine/json_schema.h"
 #include "spanserve/v1/spanserve.pb.h"
 
@@ -29,6 +30,8 @@ namespace spanserve::server {
 
 // The most prompts × n one request may ask for (each is one engine request).
 inline constexpr int32_t kMaxOpenAIChoices = 256;
+// The most tools one chat request may give.
+inline constexpr size_t kMaxTools = 128;
 // Bodies nested deeper than this are refused before they are parsed.
 inline constexpr int kMaxJsonDepth = 64;
 
@@ -45,7 +48,16 @@ struct OpenAIRequest {
   // once for every prompt and choice; the prompts' sampling then leaves response_format
   // unset, and the caller sets both on each engine request.
   std::shared_ptr<const engine::JsonSchema> json_schema;
-  int32_t n = 1;  // choices per prompt
+  // Chat tool calling (OpenAI `tools`, `tool_choice`, `parallel_tool_calls`). The tools go
+  // to the chat template (prompt.chat.tools). kNamed constrains the output to the named
+  // function's arguments and kRequired to a JSON array of {"name", "arguments"} calls
+  // (json_schema above); kAuto reads calls out of free text in the template's tool-call
+  // format (chat::ToolCallFormat), if it has one.
+  enum class ToolChoice { kNone, kAuto, kRequired, kNamed };
+  ToolChoice tool_choice = ToolChoice::kNone;
+  std::string tool_function;  // kNamed
+  bool tool_parallel = true;  // parallel_tool_calls: kRequired may make several calls
+  int32_t n = 1;              // choices per prompt
   // Completions: the prompt's text (and, with logprobs, its tokens' logprobs) come first in
   // each choice; max_tokens may then be 0.
   bool echo = false;
@@ -80,5 +92,22 @@ std::string OpenAIParam(const absl::Status& status);
 int HttpStatusFor(absl::StatusCode code);
 // {"error": {"message", "type", "param", "code"}} as OpenAI answers errors.
 nlohmann::json OpenAIError(const absl::Status& status);
+
+// A chat choice's output read for tool calls (OpenAIRequest::tool_choice; for kAuto in the
+// model's template `format`): the calls (function name, arguments as JSON text) and the
+// text outside them (none for kNamed / kRequired and when only calls were written). Output
+// that does not read as calls (cut short, malformed) is all content, no calls.
+struct ToolCallOutput {
+  std::optional<std::string> content;
+  std::vector<std::pair<std::string, std::string>> calls;
+};
+ToolCallOutput ParseToolCalls(std::string_view text, const OpenAIRequest& request,
+                              chat::ToolCallFormat format);
+// Whether ParseToolCalls reads anything out of this request's output in `format`.
+bool ReadsToolCalls(const OpenAIRequest& request, chat::ToolCallFormat format);
+// Streaming: how much of `text` (all of the output so far) can go out as content now —
+// up to a tool call's start, or the whole of it when none can begin.
+size_t StreamableToolText(std::string_view text, const OpenAIRequest& request,
+                          chat::ToolCallFormat format);
 
 }  // namespace spanserve::server

@@ -14,7 +14,7 @@ namespace spanserve::chat {
 namespace {
 
 bool ValidRole(absl::string_view role) {
-  return role == "system" || role == "user" || role == "assistant";
+  return role == "system" || role == "user" || role == "assistant" || role == "tool";
 }
 
 // Names the template supplies itself; kwargs cannot replace them.
@@ -58,6 +58,11 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Parse(absl::string_view source, std::
              absl::StrContains(source, "<|eot_id|>")) {
     t.family_ = TemplateFamily::kLlama3;
   }
+  if (absl::StrContains(source, "<tool_call>")) {
+    t.tool_call_format_ = ToolCallFormat::kHermes;
+  } else if (t.family_ == TemplateFamily::kLlama3 && absl::StrContains(source, "tools")) {
+    t.tool_call_format_ = ToolCallFormat::kLlama3Json;
+  }
   // The end of an assistant turn: what the template writes right after its content, up to
   // the first whitespace, in a user / assistant exchange.
   static constexpr char kProbe[] = "\x02probe\x03";
@@ -78,26 +83,46 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Parse(absl::string_view source, std::
 
 absl::StatusOr<std::string> ChatTemplate::Apply(std::span<const ChatMessage> messages,
                                                 bool add_generation_prompt, absl::string_view field,
-                                                const nlohmann::ordered_json& kwargs) const {
+                                                const nlohmann::ordered_json& kwargs,
+                                                const nlohmann::ordered_json& tools) const {
   if (messages.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(field, ": must hold at least one message"));
   }
   for (size_t i = 0; i < messages.size(); ++i) {
     if (!ValidRole(messages[i].role)) {
-      return absl::InvalidArgumentError(absl::StrCat(field, "[", i, "].role: '",
-                                                     EchoValue(messages[i].role),
-                                                     "' is not one of system, user, assistant"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, "[", i, "].role: '", EchoValue(messages[i].role),
+                       "' is not one of system, user, assistant, tool"));
     }
   }
   nlohmann::ordered_json context = nlohmann::ordered_json::object();
   nlohmann::ordered_json& list = context["messages"] = nlohmann::ordered_json::array();
   for (const ChatMessage& m : messages) {
-    list.push_back({{"role", m.role}, {"content", m.content}});
+    nlohmann::ordered_json& out = list.emplace_back();
+    out["role"] = m.role;
+    out["content"] = m.content;
+    if (m.tool_calls.is_array()) {
+      nlohmann::ordered_json calls = m.tool_calls;
+      for (nlohmann::ordered_json& call : calls) {
+        // OpenAI sends arguments as JSON text; templates expect the object (as vLLM gives it).
+        if (!call.is_object() || !call.contains("function")) continue;
+        nlohmann::ordered_json& function = call["function"];
+        if (!function.is_object() || !function.contains("arguments")) continue;
+        nlohmann::ordered_json& arguments = function["arguments"];
+        if (!arguments.is_string()) continue;
+        nlohmann::ordered_json parsed = nlohmann::ordered_json::parse(
+            arguments.get<std::string>(), nullptr, /*allow_exceptions=*/false);
+        if (!parsed.is_discarded()) arguments = std::move(parsed);
+      }
+      out["tool_calls"] = std::move(calls);
+    }
+    if (!m.tool_call_id.empty()) out["tool_call_id"] = m.tool_call_id;
+    if (!m.name.empty()) out["name"] = m.name;
   }
   context["add_generation_prompt"] = add_generation_prompt;
   context["bos_token"] = bos_;
   context["eos_token"] = eos_;
-  context["tools"] = nullptr;
+  context["tools"] = tools.is_array() ? tools : nlohmann::ordered_json();
   context["documents"] = nullptr;
   if (kwargs.is_object()) {
     for (const auto& [name, value] : kwargs.items()) {

@@ -31,9 +31,19 @@ enum class TemplateFamily { kChatMl, kLlama3, kJinja };
 absl::string_view FamilyName(TemplateFamily family);
 
 struct ChatMessage {
-  std::string role;  // "system", "user" or "assistant"
+  std::string role;  // "system", "user", "assistant" or "tool"
   std::string content;
+  // assistant: the OpenAI tool calls it made (a JSON array; null: none). Arguments given as
+  // JSON text are read into objects, as vLLM gives them to templates.
+  nlohmann::ordered_json tool_calls;
+  std::string tool_call_id;  // tool: the call it answers
+  std::string name;          // tool: the function's name
 };
+
+// How a template's model writes tool calls, read off the template: Hermes / Qwen
+// `<tool_call>{"name", "arguments"}</tool_call>` blocks, or Llama 3.1+'s bare JSON object
+// {"name", "parameters"}.
+enum class ToolCallFormat { kNone, kHermes, kLlama3Json };
 
 class ChatTemplate {
  public:
@@ -47,19 +57,22 @@ class ChatTemplate {
   // The prompt text for `messages`, special tokens written as text (encode it with the
   // tokenizer's added-token matching and without adding special tokens again). `kwargs`
   // (a JSON object, or null) adds template variables, such as enable_thinking, beside
-  // messages, add_generation_prompt, bos_token, eos_token, tools (None) and documents
-  // (None). INVALID_ARGUMENT naming `<field>` ("messages: ..." / "messages[2].role: ...")
-  // for an empty list, a role other than system, user, assistant, or a conversation the
-  // template refuses (its raise_exception message, e.g. roles that do not alternate).
+  // messages, add_generation_prompt, bos_token, eos_token, tools (`tools`, a JSON array of
+  // OpenAI tools, or None) and documents (None). INVALID_ARGUMENT naming `<field>`
+  // ("messages: ..." / "messages[2].role: ...") for an empty list, a role other than system,
+  // user, assistant, tool, or a conversation the template refuses (its raise_exception
+  // message, e.g. roles that do not alternate).
   [[nodiscard]] absl::StatusOr<std::string> Apply(
       std::span<const ChatMessage> messages, bool add_generation_prompt,
       absl::string_view field = "messages",
-      const nlohmann::ordered_json& kwargs = nlohmann::ordered_json()) const;
+      const nlohmann::ordered_json& kwargs = nlohmann::ordered_json(),
+      const nlohmann::ordered_json& tools = nlohmann::ordered_json()) const;
 
   TemplateFamily family() const { return family_; }
   // The text that ends an assistant turn ("<|im_end|>", "<|eot_id|>", "<end_of_turn>",
   // "</s>", ...); empty when the template writes nothing special there.
   absl::string_view end_of_turn() const { return end_of_turn_; }
+  ToolCallFormat tool_call_format() const { return tool_call_format_; }
 
  private:
   ChatTemplate() = default;
@@ -69,6 +82,7 @@ class ChatTemplate {
   std::string bos_;
   std::string eos_;
   std::string end_of_turn_;
+  ToolCallFormat tool_call_format_ = ToolCallFormat::kNone;
 };
 
 }  // namespace spanserve::chat

@@ -51,7 +51,7 @@ std::span<const uint16_t> JsonMatcher::alternatives() const {
 }
 
 bool JsonMatcher::Whitespace(uint8_t c) {
-  if (ws_ >= kMaxWhitespace) return false;
+  if (ws_ >= (schema_ != nullptr ? schema_->max_whitespace() : kMaxWhitespace)) return false;
   const uint8_t bit = c == '\n' ? 1 : (c == '\r' ? 2 : 0);
   // One line break: a '\n', or "\r\n"; nothing of it twice, and no '\r' after the '\n'.
   if ((ws_breaks_ & bit) != 0 || (bit == 2 && (ws_breaks_ & 1) != 0)) return false;

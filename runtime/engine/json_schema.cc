@@ -518,7 +518,8 @@ absl::Status JsonSchemaCompiler::Finish(uint16_t root, JsonSchema* out) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<const JsonSchema>> JsonSchema::Compile(std::string_view text) {
+absl::StatusOr<std::shared_ptr<const JsonSchema>> JsonSchema::Compile(std::string_view text,
+                                                                      int max_whitespace) {
   // Size, nesting and members per object are bounded before parsing: a deep document is
   // costly to build and free, and an ordered object's insertions cost its size each.
   if (text.size() > kMaxText) {
@@ -558,6 +559,7 @@ absl::StatusOr<std::shared_ptr<const JsonSchema>> JsonSchema::Compile(std::strin
   auto root = compiler.Build(doc, "", 0);
   if (!root.ok()) return root.status();
   auto schema = std::make_shared<JsonSchema>();
+  schema->max_whitespace_ = std::clamp(max_whitespace, 0, 48);
   if (auto st = compiler.Finish(*root, schema.get()); !st.ok()) return st;
   return std::shared_ptr<const JsonSchema>(std::move(schema));
 }

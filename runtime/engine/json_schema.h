@@ -91,17 +91,22 @@ class JsonSchema {
 
   // Compiles the schema in `text` (a JSON document). Errors name the keyword and its place
   // as a JSON pointer.
-  static absl::StatusOr<std::shared_ptr<const JsonSchema>> Compile(std::string_view text);
+  // `max_whitespace`: the longest run of whitespace allowed between tokens (the matcher's
+  // default, or fewer: tool calls take a single space at most).
+  static absl::StatusOr<std::shared_ptr<const JsonSchema>> Compile(std::string_view text,
+                                                                   int max_whitespace = 48);
 
   const Node& node(uint16_t i) const { return nodes_[i]; }
   // Node 0 is kAny.
   uint16_t root() const { return root_; }
   int32_t size() const { return static_cast<int32_t>(nodes_.size()); }
+  int max_whitespace() const { return max_whitespace_; }
 
  private:
   friend class JsonSchemaCompiler;
   std::vector<Node> nodes_;
   uint16_t root_ = 0;
+  int max_whitespace_ = 48;
 };
 
 }  // namespace spanserve::engine

@@ -33,7 +33,7 @@ using spanserve::fuzz::kChatMl;
 using spanserve::fuzz::kLlama3;
 
 bool ValidRole(absl::string_view role) {
-  return role == "system" || role == "user" || role == "assistant";
+  return role == "system" || role == "user" || role == "assistant" || role == "tool";
 }
 
 // An arbitrary template's rendering: text or INVALID_ARGUMENT, within small limits (the

@@ -346,7 +346,7 @@ def make_request():
         "ids": f_bytes(1, prompt_ids([1, 2, 3, 2047])) + f_bytes(2, f_float(1, 0.0)),
         "ids_out_of_vocab": f_bytes(1, prompt_ids([5, 2048])),
         "chat": f_bytes(1, prompt_chat([("system", "Be brief."), ("user", "Who made the light?")], True)),
-        "chat_bad_role": f_bytes(1, prompt_chat([("tool", "x")])),
+        "chat_bad_role": f_bytes(1, prompt_chat([("robot", "x")])),
         "bad_sampling": f_bytes(1, prompt_text("x")) + f_bytes(2, f_float(3, 1.5) + f_varint(9, 0)),
         "many_stops": f_bytes(1, prompt_chat([("user", "hi")])) + f_bytes(2, b"".join(
             f_bytes(13, "s%d" % i) for i in range(16))),

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -376,6 +377,181 @@ TEST(HttpTest, JsonSchemaAnswersTextsTheSchemaAccepts) {
     EXPECT_NE(refused.body["error"]["message"].get<std::string>().find(message), std::string::npos)
         << refused.raw;
   }
+}
+
+// The bundled dense model with a real chat template from tests/data/chat/jinja_goldens.json.
+std::string BundledModelWithTemplate(const std::string& template_name) {
+  const std::string source = SPANSERVE_SOURCE_DIR;
+  std::ifstream in(source + "/tests/data/chat/jinja_goldens.json");
+  const json goldens = json::parse(in);
+  std::string tmpl;
+  for (const json& t : goldens["templates"]) {
+    if (t["name"] == template_name) tmpl = t["template"];
+  }
+  EXPECT_FALSE(tmpl.empty()) << template_name;
+  const std::string dir = MakeTempDir("tools");
+  for (const char* file : {"config.json", "model.safetensors", "tokenizer.json"}) {
+    EXPECT_EQ(symlink((source + "/models/spanserve-span-12l/" + file).c_str(),
+                      (dir + "/" + file).c_str()),
+              0);
+  }
+  std::ofstream(dir + "/tokenizer_config.json") << json{
+      {"bos_token", nullptr},
+      {"eos_token", "<|endoftext|>"},
+      {"chat_template", tmpl}}.dump();
+  return dir;
+}
+
+// OpenAI tool calling on a model whose template is Qwen2.5's (Hermes <tool_call> blocks):
+// the tools reach the prompt in the client's key order, a named or required tool_choice
+// answers tool_calls whose arguments the function's schema accepts, streaming or not, and a
+// follow-up conversation renders the calls and their results.
+TEST(HttpTest, ToolCallsAsOpenAIAnswersThem) {
+  HttpServer s({"--model=qwen=" + BundledModelWithTemplate("Qwen-Qwen2.5-7B-Instruct")});
+  auto client = s.Client();
+  const std::string tools = R"([{"type": "function", "function": {"name": "get_weather",
+      "description": "The weather in a city.", "parameters": {"type": "object", "properties":
+      {"unit": {"enum": ["celsius", "fahrenheit"]}, "city": {"type": "string", "maxLength": 12}},
+      "required": ["unit", "city"], "additionalProperties": false}}},
+      {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object",
+      "properties": {"zone": {"type": "string", "maxLength": 8}}, "required": ["zone"]}}}])";
+  const std::string messages = R"([{"role": "user", "content": "Weather in Paris?"}])";
+  const auto post = [&](const std::string& extra) {
+    const std::string body = R"({"messages": )" + messages + R"(, "tools": )" + tools +
+                             R"(, "max_tokens": 200, "temperature": 0.8, "seed": 3)" + extra + "}";
+    auto res = client.Post("/v1/chat/completions", body, "application/json");
+    Answer a;
+    if (!res) return a;
+    a.status = res->status;
+    a.raw = res->body;
+    a.body = json::parse(res->body, nullptr, false);
+    return a;
+  };
+  const auto check_weather = [](const json& call) {
+    EXPECT_EQ(call["type"], "function");
+    EXPECT_TRUE(call["id"].is_string() && call["id"].get<std::string>().rfind("call_", 0) == 0);
+    EXPECT_EQ(call["function"]["name"], "get_weather");
+    const json args = json::parse(call["function"]["arguments"].get<std::string>(), nullptr, false);
+    ASSERT_TRUE(args.is_object()) << call.dump();
+    EXPECT_TRUE(args["unit"] == "celsius" || args["unit"] == "fahrenheit") << call.dump();
+    EXPECT_TRUE(args["city"].is_string() && args["city"].get<std::string>().size() <= 12);
+    EXPECT_EQ(args.size(), 2u);
+  };
+
+  // The tools are in the prompt, keys in the client's order (unit before city).
+  {
+    auto res =
+        client.Post("/tokenize",
+                    R"({"model": "qwen", "messages": )" + messages + R"(, "tools": )" + tools + "}",
+                    "application/json");
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 200) << res->body;
+    const json ids = json::parse(res->body)["tokens"];
+    const Answer text = Post(client, "/detokenize", {{"model", "qwen"}, {"tokens", ids}});
+    const std::string prompt = text.body["prompt"];
+    EXPECT_NE(prompt.find("<tools>"), std::string::npos) << prompt;
+    EXPECT_NE(prompt.find("\"name\": \"get_weather\""), std::string::npos) << prompt;
+    EXPECT_LT(prompt.find("\"unit\""), prompt.find("\"city\"")) << prompt;
+  }
+
+  // Named: every choice calls it, with arguments its schema accepts; finish "stop" as OpenAI's.
+  const Answer named =
+      post(R"(, "n": 4, "tool_choice": {"type": "function", "function": {"name": "get_weather"}})");
+  ASSERT_EQ(named.status, 200) << named.raw;
+  ASSERT_EQ(named.body["choices"].size(), 4u);
+  int completed = 0;
+  for (const json& choice : named.body["choices"]) {
+    if (choice["finish_reason"] == "length") continue;
+    ++completed;
+    EXPECT_EQ(choice["finish_reason"], "stop");
+    EXPECT_TRUE(choice["message"]["content"].is_null()) << choice.dump();
+    ASSERT_EQ(choice["message"]["tool_calls"].size(), 1u) << choice.dump();
+    check_weather(choice["message"]["tool_calls"][0]);
+  }
+  EXPECT_GE(completed, 3) << named.raw;
+
+  // Required, one call at most: finish "tool_calls", the call one of the tools.
+  const Answer required =
+      post(R"(, "n": 4, "tool_choice": "required", "parallel_tool_calls": false)");
+  ASSERT_EQ(required.status, 200) << required.raw;
+  int called = 0;
+  for (const json& choice : required.body["choices"]) {
+    if (choice["finish_reason"] == "length") continue;
+    EXPECT_EQ(choice["finish_reason"], "tool_calls") << choice.dump();
+    ASSERT_EQ(choice["message"]["tool_calls"].size(), 1u) << choice.dump();
+    const json& call = choice["message"]["tool_calls"][0];
+    if (call["function"]["name"] == "get_weather") check_weather(call);
+    EXPECT_TRUE(call["function"]["name"] == "get_weather" ||
+                call["function"]["name"] == "get_time");
+    ++called;
+  }
+  EXPECT_GE(called, 3) << required.raw;
+
+  // Streaming: no content, one delta with the call (index, id, name, arguments), then finish.
+  const Answer streamed = post(
+      R"(, "stream": true, "tool_choice": {"type": "function", "function": {"name": "get_weather"}})");
+  ASSERT_EQ(streamed.status, 200) << streamed.raw;
+  int deltas = 0;
+  std::string finish;
+  for (const std::string& data : SseData(streamed.raw)) {
+    if (data == "[DONE]") break;
+    const json chunk = json::parse(data);
+    const json& choice = chunk["choices"][0];
+    if (choice["delta"].contains("content")) EXPECT_EQ(choice["delta"]["content"], "") << data;
+    if (choice["delta"].contains("tool_calls")) {
+      ++deltas;
+      EXPECT_EQ(choice["delta"]["tool_calls"][0]["index"], 0);
+      if (!choice["finish_reason"].is_null()) ADD_FAILURE() << data;
+      check_weather(choice["delta"]["tool_calls"][0]);
+    }
+    if (!choice["finish_reason"].is_null()) finish = choice["finish_reason"];
+  }
+  EXPECT_EQ(deltas, 1) << streamed.raw;
+  EXPECT_EQ(finish, "stop") << streamed.raw;
+
+  // A follow-up: the call (arguments as JSON text, as OpenAI clients send them) and its
+  // result render as the template writes them, the arguments as an object.
+  {
+    const std::string follow_up = R"({"model": "qwen", "tools": )" + tools + R"(, "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": "{\"unit\": \"celsius\", \"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21 degrees"}]})";
+    auto res = client.Post("/tokenize", follow_up, "application/json");
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 200) << res->body;
+    const Answer text = Post(client, "/detokenize",
+                             {{"model", "qwen"}, {"tokens", json::parse(res->body)["tokens"]}});
+    const std::string prompt = text.body["prompt"];
+    EXPECT_NE(prompt.find("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"unit\": "
+                          "\"celsius\", \"city\": \"Paris\"}}\n</tool_call>"),
+              std::string::npos)
+        << prompt;
+    EXPECT_NE(prompt.find("<tool_response>\n21 degrees\n</tool_response>"), std::string::npos)
+        << prompt;
+  }
+
+  // Refusals name the field.
+  const std::vector<std::tuple<std::string, std::string, std::string>> refusals = {
+      {R"(, "tool_choice": {"type": "function", "function": {"name": "nope"}})", "tool_choice",
+       "not among the tools"},
+      {R"(, "tool_choice": "sometimes")", "tool_choice", "must be"},
+      {R"(, "tool_choice": "required", "response_format": {"type": "json_object"})", "tool_choice",
+       "cannot be combined"},
+      {R"(, "functions": [{"name": "f"}])", "functions", "deprecated"},
+  };
+  for (const auto& [extra, param, message] : refusals) {
+    const Answer refused = post(extra);
+    EXPECT_EQ(refused.status, 400) << refused.raw;
+    EXPECT_EQ(refused.body["error"]["param"], param) << refused.raw;
+    EXPECT_NE(refused.body["error"]["message"].get<std::string>().find(message), std::string::npos)
+        << refused.raw;
+  }
+  const Answer bad_tool = Post(
+      client, "/v1/chat/completions",
+      json{{"messages", json::parse(messages)}, {"tools", json::array({{{"type", "retrieval"}}})}});
+  EXPECT_EQ(bad_tool.status, 400) << bad_tool.raw;
+  EXPECT_EQ(bad_tool.body["error"]["param"], "tools[0]") << bad_tool.raw;
 }
 
 TEST(HttpTest, StreamingIsServerSentEventsEndingInDoneWithUsage) {

@@ -366,7 +366,7 @@ TEST(ChatTest, ChatMlPromptIsFormattedWithTheTemplate) {
 
   // Bad messages name the field.
   v1::GenerateRequest bad_role = Greedy("chat", "", 4);
-  AddMessage(bad_role.mutable_prompt()->mutable_chat(), "tool", "x");
+  AddMessage(bad_role.mutable_prompt()->mutable_chat(), "robot", "x");
   const StreamResult role = RunGenerate(*stub, bad_role);
   EXPECT_EQ(role.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(role.status.error_message().find("prompt.chat.messages[0].role"), std::string::npos)

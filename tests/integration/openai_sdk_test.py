@@ -281,6 +281,33 @@ class ChatTest(unittest.TestCase):
                             "age": {"type": "integer", "minimum": 0}}}}})
             self.assertEqual(e.exception.body["param"], "response_format")
             self.assertIn("minimum", e.exception.body["message"])
+
+            # Tool calling: a named tool_choice answers a call whose arguments the function's
+            # schema accepts; the SDK parses them into the pydantic model. Streamed, the call
+            # comes as a tool_calls delta with the same arguments.
+            class GetWeather(pydantic.BaseModel):
+                city: str = pydantic.Field(max_length=24)
+                unit: typing.Literal["celsius", "fahrenheit"]
+
+            tool = openai.pydantic_function_tool(GetWeather)
+            ask = dict(model="smollm2", max_tokens=60, temperature=0, tools=[tool],
+                       messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+                       tool_choice={"type": "function", "function": {"name": "GetWeather"}})
+            t = client.beta.chat.completions.parse(**ask)
+            call = t.choices[0].message.tool_calls[0]
+            self.assertEqual(call.function.name, "GetWeather")
+            self.assertIsInstance(call.function.parsed_arguments, GetWeather)
+            self.assertTrue(call.id.startswith("call_"))
+            self.assertIsNone(t.choices[0].message.content)
+            arguments, names = "", []
+            for chunk in client.chat.completions.create(**ask, stream=True):
+                for c in chunk.choices:
+                    self.assertFalse(c.delta.content)
+                    for tc in c.delta.tool_calls or []:
+                        arguments += tc.function.arguments or ""
+                        names.append(tc.function.name)
+            self.assertEqual(names, ["GetWeather"])
+            self.assertEqual(json.loads(arguments), json.loads(call.function.arguments))
         finally:
             self.assertEqual(server.stop(), 0)
 

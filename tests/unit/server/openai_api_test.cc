@@ -108,5 +108,123 @@ TEST(OpenAIApiTest, ChatTemplateKwargsTravelAsJson) {
   EXPECT_NE(bad.status().message().find("chat_template_kwargs"), std::string::npos) << bad.status();
 }
 
+OpenAIRequest ToolRequest(OpenAIRequest::ToolChoice choice, std::string function = "") {
+  OpenAIRequest r;
+  r.endpoint = OpenAIEndpoint::kChatCompletions;
+  r.tool_choice = choice;
+  r.tool_function = std::move(function);
+  return r;
+}
+
+// Tool calls read out of outputs: constrained (named, required) and free (auto) in the
+// Hermes and Llama 3 JSON formats; anything that does not read as calls is content.
+TEST(OpenAIApiTest, ToolCallsAreReadOutOfTheOutput) {
+  using chat::ToolCallFormat;
+  using Calls = std::vector<std::pair<std::string, std::string>>;
+  const OpenAIRequest named = ToolRequest(OpenAIRequest::ToolChoice::kNamed, "f");
+  ToolCallOutput out = ParseToolCalls(" {\"a\": 1} ", named, ToolCallFormat::kNone);
+  EXPECT_EQ(out.calls, (Calls{{"f", "{\"a\": 1}"}}));
+  EXPECT_FALSE(out.content);
+
+  const OpenAIRequest required = ToolRequest(OpenAIRequest::ToolChoice::kRequired);
+  out = ParseToolCalls(
+      R"([{"name": "f", "arguments": {"z": 1, "a": [2]}}, {"name": "g", "arguments": {}}])",
+      required, ToolCallFormat::kNone);
+  EXPECT_EQ(out.calls, (Calls{{"f", R"({"z":1,"a":[2]})"}, {"g", "{}"}}));
+  out = ParseToolCalls(R"([{"name": "f", "argu)", required, ToolCallFormat::kNone);  // cut short
+  EXPECT_TRUE(out.calls.empty());
+  EXPECT_EQ(out.content, R"([{"name": "f", "argu)");
+
+  const OpenAIRequest automatic = ToolRequest(OpenAIRequest::ToolChoice::kAuto);
+  out = ParseToolCalls(
+      "Let me look.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": \"y\"}}\n"
+      "</tool_call>\n<tool_call>\n{\"name\": \"g\", \"arguments\": \"{}\"}\n</tool_call>",
+      automatic, ToolCallFormat::kHermes);
+  EXPECT_EQ(out.calls, (Calls{{"f", R"({"x":"y"})"}, {"g", "{}"}}));
+  EXPECT_EQ(out.content, "Let me look.");
+  out = ParseToolCalls("<tool_call>\n{\"name\": \"f\", \"arguments\": {}}", automatic,
+                       ToolCallFormat::kHermes);  // the closing tag not written (EOS first)
+  EXPECT_EQ(out.calls, (Calls{{"f", "{}"}}));
+  EXPECT_FALSE(out.content);
+  out = ParseToolCalls("Hi <tool_call>{oops}</tool_call>", automatic, ToolCallFormat::kHermes);
+  EXPECT_TRUE(out.calls.empty());
+  EXPECT_EQ(out.content, "Hi <tool_call>{oops}</tool_call>");
+  out = ParseToolCalls(" {\"name\": \"f\", \"parameters\": {\"q\": 1}}", automatic,
+                       ToolCallFormat::kLlama3Json);
+  EXPECT_EQ(out.calls, (Calls{{"f", R"({"q":1})"}}));
+  out = ParseToolCalls("The answer is {1}.", automatic, ToolCallFormat::kLlama3Json);
+  EXPECT_TRUE(out.calls.empty());
+  EXPECT_EQ(out.content, "The answer is {1}.");
+  out =
+      ParseToolCalls("<tool_call>{\"name\": \"f\"}</tool_call>", automatic, ToolCallFormat::kNone);
+  EXPECT_TRUE(out.calls.empty());  // a template without a tool-call format: plain text
+  EXPECT_FALSE(ReadsToolCalls(automatic, ToolCallFormat::kNone));
+  EXPECT_TRUE(ReadsToolCalls(named, ToolCallFormat::kNone));
+
+  // Streaming: content goes out up to where a call may begin.
+  EXPECT_EQ(StreamableToolText("Sure. <tool_call>{", automatic, ToolCallFormat::kHermes), 6u);
+  EXPECT_EQ(StreamableToolText("Sure. <tool_c", automatic, ToolCallFormat::kHermes), 6u);
+  EXPECT_EQ(StreamableToolText("Sure. <b>", automatic, ToolCallFormat::kHermes), 9u);
+  EXPECT_EQ(StreamableToolText("  {\"name", automatic, ToolCallFormat::kLlama3Json), 0u);
+  EXPECT_EQ(StreamableToolText("  Hello", automatic, ToolCallFormat::kLlama3Json), 7u);
+  EXPECT_EQ(StreamableToolText("{\"a\"", named, ToolCallFormat::kNone), 0u);
+}
+
+// tools reach the chat prompt in the client's key order; tool_choice picks the mode and a
+// named or required one compiles the constraint; messages carry their calls and results.
+TEST(OpenAIApiTest, ToolsAndToolChoiceAreParsed) {
+  const std::string raw = R"({"messages": [{"role": "user", "content": "Hi"},
+      {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+       "function": {"name": "f", "arguments": "{\"z\": 1}"}}]},
+      {"role": "tool", "tool_call_id": "c1", "name": "f", "content": "2"}],
+      "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+       "properties": {"z": {"type": "integer"}, "a": {"type": "string"}}}}}],
+      "tool_choice": {"type": "function", "function": {"name": "f"}}})";
+  auto r = ParseOpenAIRequest(json::parse(raw), OpenAIEndpoint::kChatCompletions, raw);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->tool_choice, OpenAIRequest::ToolChoice::kNamed);
+  EXPECT_EQ(r->tool_function, "f");
+  ASSERT_NE(r->json_schema, nullptr);
+  EXPECT_EQ(r->json_schema->max_whitespace(), 1);
+  const v1::Chat& chat = r->prompts[0].prompt().chat();
+  EXPECT_LT(chat.tools().find("\"z\""), chat.tools().find("\"a\"")) << chat.tools();
+  ASSERT_EQ(chat.messages_size(), 3);
+  EXPECT_EQ(chat.messages(1).content(), "");
+  EXPECT_NE(chat.messages(1).tool_calls().find("\"c1\""), std::string::npos);
+  EXPECT_EQ(chat.messages(2).role(), "tool");
+  EXPECT_EQ(chat.messages(2).tool_call_id(), "c1");
+  EXPECT_EQ(chat.messages(2).name(), "f");
+
+  const auto mode = [](const std::string& extra) {
+    const std::string body = R"({"messages": [{"role": "user", "content": "Hi"}])" + extra + "}";
+    return ParseOpenAIRequest(json::parse(body), OpenAIEndpoint::kChatCompletions, body);
+  };
+  const std::string tools = R"(, "tools": [{"type": "function", "function": {"name": "f"}}])";
+  EXPECT_EQ(mode(tools)->tool_choice, OpenAIRequest::ToolChoice::kAuto);
+  EXPECT_EQ(mode(tools)->json_schema, nullptr);
+  EXPECT_EQ(mode(tools + R"(, "tool_choice": "none")")->tool_choice,
+            OpenAIRequest::ToolChoice::kNone);
+  EXPECT_EQ(mode(tools + R"(, "tool_choice": "required")")->tool_choice,
+            OpenAIRequest::ToolChoice::kRequired);
+  EXPECT_EQ(mode("")->tool_choice, OpenAIRequest::ToolChoice::kNone);
+  EXPECT_FALSE(mode(R"(, "tool_choice": "required")").ok());  // no tools
+  auto twice = mode(R"(, "tools": [{"type": "function", "function": {"name": "f"}},
+      {"type": "function", "function": {"name": "f"}}])");
+  ASSERT_FALSE(twice.ok());
+  EXPECT_NE(twice.status().message().find("'f' is given twice"), std::string::npos)
+      << twice.status();
+  // A parameters schema the constraint cannot enforce leaves the arguments a free object.
+  auto loose = mode(R"(, "tools": [{"type": "function", "function": {"name": "f", "parameters":
+      {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}}}],
+      "tool_choice": "required")");
+  ASSERT_TRUE(loose.ok()) << loose.status();
+  EXPECT_NE(loose->json_schema, nullptr);
+  // Completions take no tools.
+  auto completions = ParseOpenAIRequest(
+      json::parse(R"({"prompt": "p", "tools": [{"type": "function", "function": {"name": "f"}}]})"),
+      OpenAIEndpoint::kCompletions, std::string_view());
+  EXPECT_FALSE(completions.ok());
+}
+
 }  // namespace
 }  // namespace spanserve::server

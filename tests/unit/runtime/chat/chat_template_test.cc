@@ -164,7 +164,7 @@ TEST(ChatTemplateTest, BadMessagesNameTheField) {
   absl::StatusOr<std::string> empty = t->Apply({}, true, "prompt.chat.messages");
   EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(empty.status().message().find("prompt.chat.messages"), std::string::npos);
-  const std::vector<ChatMessage> bad = {{"user", "Hi"}, {"tool", "42"}};
+  const std::vector<ChatMessage> bad = {{"user", "Hi"}, {"robot", "42"}};
   absl::StatusOr<std::string> role = t->Apply(bad, true, "messages");
   EXPECT_EQ(role.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(role.status().message().find("messages[1].role"), std::string::npos) << role.status();
