@@ -13,6 +13,7 @@
 #include "common/status.h"
 #include "nlohmann/json.hpp"
 #include "runtime/engine/json_schema.h"
+#include "server/openai_api.h"
 
 namespace spanserve::server {
 
@@ -59,6 +60,11 @@ absl::StatusOr<std::string> ChatPromptText(const v1::Chat& chat, absl::string_vi
   const auto parse = [&](const std::string& text, absl::string_view name,
                          bool array) -> absl::StatusOr<nlohmann::ordered_json> {
     if (text.empty()) return nlohmann::ordered_json();
+    // Deep documents are refused before they are parsed (copies of them recurse).
+    if (JsonDepth(text, kMaxJsonDepth) > kMaxJsonDepth) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(FieldName(field, name), ": nests deeper than ", kMaxJsonDepth, " levels"));
+    }
     nlohmann::ordered_json value =
         nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (array ? !value.is_array() : !value.is_object()) {

@@ -811,6 +811,13 @@ std::string_view Trim(std::string_view s) {
   return s.substr(b, e - b + 1);
 }
 
+// The output's JSON, unless it nests deeper than a request may (then it is no call).
+ordered_json ParseOutputJson(std::string_view text) {
+  if (JsonDepth(absl::string_view(text.data(), text.size()), kMaxJsonDepth) > kMaxJsonDepth)
+    return ordered_json(ordered_json::value_t::discarded);
+  return ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+}
+
 // {"name", "arguments" | "parameters"} into (name, arguments' JSON text).
 bool ReadCall(const ordered_json& call, std::vector<std::pair<std::string, std::string>>* out) {
   if (!call.is_object() || !call.contains("name") || !call.at("name").is_string()) return false;
@@ -841,7 +848,7 @@ ToolCallOutput ParseToolCalls(std::string_view text, const OpenAIRequest& reques
       out.calls.emplace_back(request.tool_function, std::string(Trim(text)));
       return out;
     case OpenAIRequest::ToolChoice::kRequired: {
-      const ordered_json calls = ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+      const ordered_json calls = ParseOutputJson(text);
       if (!calls.is_array()) return as_content();
       for (const ordered_json& call : calls) {
         if (!ReadCall(call, &out.calls)) return as_content();
@@ -861,8 +868,7 @@ ToolCallOutput ParseToolCalls(std::string_view text, const OpenAIRequest& reques
       size_t end = text.find(kToolCallClose, body);
       const std::string_view inner =
           text.substr(body, end == std::string_view::npos ? std::string_view::npos : end - body);
-      const ordered_json call =
-          ordered_json::parse(Trim(inner), nullptr, /*allow_exceptions=*/false);
+      const ordered_json call = ParseOutputJson(Trim(inner));
       if (!ReadCall(call, &out.calls)) return as_content();
       if (end == std::string_view::npos) break;
       at = text.find(kToolCallOpen, end + kToolCallClose.size());
@@ -873,7 +879,7 @@ ToolCallOutput ParseToolCalls(std::string_view text, const OpenAIRequest& reques
     std::string_view body = Trim(text);
     if (body.substr(0, 14) == "<|python_tag|>") body = Trim(body.substr(14));
     if (body.empty() || (body[0] != '{' && body[0] != '[')) return as_content();
-    const ordered_json parsed = ordered_json::parse(body, nullptr, /*allow_exceptions=*/false);
+    const ordered_json parsed = ParseOutputJson(body);
     if (parsed.is_array()) {
       for (const ordered_json& call : parsed) {
         if (!ReadCall(call, &out.calls)) return as_content();

@@ -498,6 +498,9 @@ TEST(ChatTest, AnyJinjaTemplateServesAndABrokenOneNamesItsLine) {
   EXPECT_NE(rendered("[1]").find("chat.chat_template_kwargs: must be a JSON object"),
             std::string::npos);
   EXPECT_NE(rendered(R"({"messages": []})").find("'messages' cannot be set"), std::string::npos);
+  EXPECT_NE(rendered(R"({"x": )" + std::string(100000, '[') + std::string(100000, ']') + "}")
+                .find("nests deeper than 64"),
+            std::string::npos);
 
   WaitForLoads(*stub);
   const v1::ModelInfo broken_info = Info(*stub, "broken");

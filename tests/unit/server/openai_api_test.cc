@@ -131,6 +131,10 @@ TEST(OpenAIApiTest, ToolCallsAreReadOutOfTheOutput) {
       R"([{"name": "f", "arguments": {"z": 1, "a": [2]}}, {"name": "g", "arguments": {}}])",
       required, ToolCallFormat::kNone);
   EXPECT_EQ(out.calls, (Calls{{"f", R"({"z":1,"a":[2]})"}, {"g", "{}"}}));
+  const std::string deep = R"([{"name": "f", "arguments": {"a": )" + std::string(100000, '[') +
+                           std::string(100000, ']') + "}}]";
+  out = ParseToolCalls(deep, required, ToolCallFormat::kNone);  // deeper than a request may be
+  EXPECT_TRUE(out.calls.empty());
   out = ParseToolCalls(R"([{"name": "f", "argu)", required, ToolCallFormat::kNone);  // cut short
   EXPECT_TRUE(out.calls.empty());
   EXPECT_EQ(out.content, R"([{"name": "f", "argu)");

@@ -50,19 +50,27 @@ def _prompt(prompt: PromptLike, add_special_tokens: Optional[bool] = None) -> pb
 
 
 def _chat(messages: Iterable[MessageLike], add_generation_prompt: Optional[bool],
-          chat_template_kwargs: Optional[Mapping[str, Any]] = None) -> pb.Chat:
-    """A spanserve.v1.Chat from ChatMessage, {"role", "content"} dicts or (role, content)."""
+          chat_template_kwargs: Optional[Mapping[str, Any]] = None,
+          tools: Optional[Sequence[Mapping[str, Any]]] = None) -> pb.Chat:
+    """A spanserve.v1.Chat from ChatMessage, {"role", "content"} dicts (OpenAI's: with
+    "tool_calls", "tool_call_id", "name" too) or (role, content) pairs."""
     chat = pb.Chat()
     if chat_template_kwargs:
         chat.chat_template_kwargs = json.dumps(dict(chat_template_kwargs))
+    if tools:
+        chat.tools = json.dumps(list(tools))
     for m in messages:
         if isinstance(m, ChatMessage):
-            role, content = m.role, m.content
+            chat.messages.add(role=m.role, content=m.content)
         elif isinstance(m, Mapping):
-            role, content = m["role"], m["content"]
+            out = chat.messages.add(role=m["role"], content=m.get("content") or "")
+            if m.get("tool_calls"):
+                out.tool_calls = json.dumps(list(m["tool_calls"]))
+            out.tool_call_id = m.get("tool_call_id") or ""
+            out.name = m.get("name") or ""
         else:
             role, content = m
-        chat.messages.add(role=role, content=content)
+            chat.messages.add(role=role, content=content)
     if add_generation_prompt is not None:
         chat.add_generation_prompt = add_generation_prompt
     return chat
@@ -289,6 +297,7 @@ class Client:
         *,
         add_generation_prompt: Optional[bool] = None,
         chat_template_kwargs: Optional[Mapping[str, Any]] = None,
+        tools: Optional[Sequence[Mapping[str, Any]]] = None,
         model: Optional[str] = None,
         priority: int = 0,
         client_request_id: str = "",
@@ -301,9 +310,12 @@ class Client:
         ``(role, content)`` pairs (roles system / user / assistant). The server formats them
         with the model's chat template (a model without one answers INVALID_ARGUMENT) and
         stops at the end-of-turn token. ``chat_template_kwargs``: extra template variables,
-        e.g. ``{"enable_thinking": False}``. ``sampling`` as in ``generate``.
+        e.g. ``{"enable_thinking": False}``; ``tools``: OpenAI function tools the template
+        presents to the model (the answer is text: constrain it with ``json_schema`` if need
+        be). ``sampling`` as in ``generate``.
         """
-        prompt = pb.Prompt(chat=_chat(messages, add_generation_prompt, chat_template_kwargs))
+        prompt = pb.Prompt(
+            chat=_chat(messages, add_generation_prompt, chat_template_kwargs, tools))
         return self._generate(prompt, model, priority, client_request_id, timeout, sampling)
 
     # -- Score, Tokenize, Detokenize -----------------------------------------------------
