@@ -540,6 +540,9 @@ absl::StatusOr<std::string> ParseTools(const json& body, std::string_view raw_bo
   request->tool_parallel = parallel.value_or(true);
   std::vector<std::string> names;
   std::string text;
+  constexpr char kToolChoiceForms[] =
+      "must be \"none\", \"auto\", \"required\" or "
+      "{\"type\": \"function\", \"function\": {\"name\"}}";
   if (have_tools) {
     if (!tools->is_array()) return ParamError("tools", "must be a list of tools");
     if (tools->size() > kMaxTools) {
@@ -585,18 +588,14 @@ absl::StatusOr<std::string> ParseTools(const json& body, std::string_view raw_bo
         request->tool_choice =
             c == "auto" ? OpenAIRequest::ToolChoice::kAuto : OpenAIRequest::ToolChoice::kRequired;
       } else {
-        return ParamError("tool_choice",
-                          "must be \"none\", \"auto\", \"required\" or "
-                          "{\"type\": \"function\", \"function\": {\"name\"}}");
+        return ParamError("tool_choice", kToolChoiceForms);
       }
     } else {
       const json* function = choice->is_object() ? Field(*choice, "function") : nullptr;
       const json* name =
           function != nullptr && function->is_object() ? Field(*function, "name") : nullptr;
       if (name == nullptr || !name->is_string()) {
-        return ParamError("tool_choice",
-                          "must be \"none\", \"auto\", \"required\" or "
-                          "{\"type\": \"function\", \"function\": {\"name\"}}");
+        return ParamError("tool_choice", kToolChoiceForms);
       }
       if (std::find(names.begin(), names.end(), name->get<std::string>()) == names.end()) {
         return ParamError("tool_choice",

@@ -2051,6 +2051,23 @@ std::vector<std::string> RSplitOn(const std::string& s, const std::string& sep, 
   return out;
 }
 
+// str.splitlines() for '\n', '\r' and "\r\n" breaks.
+std::vector<std::string> SplitLines(const std::string& s) {
+  std::vector<std::string> lines;
+  std::string cur;
+  for (size_t k = 0; k < s.size(); ++k) {
+    if (s[k] == '\n' || s[k] == '\r') {
+      lines.push_back(cur);
+      cur.clear();
+      if (s[k] == '\r' && k + 1 < s.size() && s[k + 1] == '\n') ++k;
+    } else {
+      cur += s[k];
+    }
+  }
+  if (!cur.empty()) lines.push_back(cur);
+  return lines;
+}
+
 Value StrList(const std::vector<std::string>& parts) {
   ValueList l;
   l.reserve(parts.size());
@@ -2216,19 +2233,7 @@ absl::StatusOr<Value> StringMethod(const std::string& s, const std::string& name
     return Value::Str(std::move(out));
   }
   if (name == "splitlines") {
-    std::vector<std::string> lines;
-    std::string cur;
-    for (size_t k = 0; k < s.size(); ++k) {
-      if (s[k] == '\n' || s[k] == '\r') {
-        lines.push_back(cur);
-        cur.clear();
-        if (s[k] == '\r' && k + 1 < s.size() && s[k + 1] == '\n') ++k;
-      } else {
-        cur += s[k];
-      }
-    }
-    if (!cur.empty()) lines.push_back(cur);
-    return StrList(lines);
+    return StrList(SplitLines(s));
   }
   if (name == "format") {
     ASSIGN_OR_RETURN(std::string out, PyFormat(s, a));
@@ -2486,6 +2491,14 @@ absl::StatusOr<bool> Compare(const std::string& op, const Value& l, const Value&
   return c >= 0;
 }
 
+// An error of the expression at `line`, named with it.
+template <typename T>
+absl::StatusOr<T> AtLine(int line, absl::StatusOr<T> v) {
+  if (v.ok()) return v;
+  return absl::InvalidArgumentError(
+      absl::StrCat("chat template line ", line, ": ", v.status().message()));
+}
+
 absl::StatusOr<Value> Renderer::Eval(const Expr& e) {
   switch (e.op) {
     case Expr::Op::kLiteral:
@@ -2515,20 +2528,12 @@ absl::StatusOr<Value> Renderer::Eval(const Expr& e) {
     }
     case Expr::Op::kAttr: {
       ASSIGN_OR_RETURN(Value obj, Eval(*e.args[0]));
-      absl::StatusOr<Value> v = GetAttr(obj, e.name);
-      if (!v.ok())
-        return absl::InvalidArgumentError(
-            absl::StrCat("chat template line ", e.line, ": ", v.status().message()));
-      return v;
+      return AtLine(e.line, GetAttr(obj, e.name));
     }
     case Expr::Op::kItem: {
       ASSIGN_OR_RETURN(Value obj, Eval(*e.args[0]));
       ASSIGN_OR_RETURN(Value key, Eval(*e.args[1]));
-      absl::StatusOr<Value> v = GetItem(obj, key);
-      if (!v.ok())
-        return absl::InvalidArgumentError(
-            absl::StrCat("chat template line ", e.line, ": ", v.status().message()));
-      return v;
+      return AtLine(e.line, GetItem(obj, key));
     }
     case Expr::Op::kSlice: {
       ASSIGN_OR_RETURN(Value obj, Eval(*e.args[0]));
@@ -2614,21 +2619,14 @@ absl::StatusOr<Value> Renderer::Eval(const Expr& e) {
     case Expr::Op::kBinary: {
       ASSIGN_OR_RETURN(Value l, Eval(*e.args[0]));
       ASSIGN_OR_RETURN(Value r, Eval(*e.args[1]));
-      absl::StatusOr<Value> v = Binary(e.name, l, r);
-      if (!v.ok())
-        return absl::InvalidArgumentError(
-            absl::StrCat("chat template line ", e.line, ": ", v.status().message()));
-      return v;
+      return AtLine(e.line, Binary(e.name, l, r));
     }
     case Expr::Op::kCompare: {
       ASSIGN_OR_RETURN(Value l, Eval(*e.args[0]));
       for (size_t k = 0; k < e.ops.size(); ++k) {
         ASSIGN_OR_RETURN(Value r, Eval(*e.args[k + 1]));
-        absl::StatusOr<bool> c = Compare(e.ops[k], l, r);
-        if (!c.ok())
-          return absl::InvalidArgumentError(
-              absl::StrCat("chat template line ", e.line, ": ", c.status().message()));
-        if (!*c) return Value::Bool(false);
+        ASSIGN_OR_RETURN(const bool c, AtLine(e.line, Compare(e.ops[k], l, r)));
+        if (!c) return Value::Bool(false);
         l = std::move(r);
       }
       return Value::Bool(true);
@@ -3140,20 +3138,7 @@ absl::StatusOr<Value> Renderer::ApplyFilter(const std::string& name, const Value
                   static_cast<size_t>(std::clamp<int64_t>(width.is_int() ? width.i() : 4, 0, 256)),
                   ' ');
     std::string s = PyStr(in) + "\n";
-    std::vector<std::string> lines;
-    {
-      std::string cur;
-      for (size_t k = 0; k < s.size(); ++k) {
-        if (s[k] == '\n' || s[k] == '\r') {
-          lines.push_back(cur);
-          cur.clear();
-          if (s[k] == '\r' && k + 1 < s.size() && s[k + 1] == '\n') ++k;
-        } else {
-          cur += s[k];
-        }
-      }
-      if (!cur.empty()) lines.push_back(cur);
-    }
+    const std::vector<std::string> lines = SplitLines(s);
     std::string out;
     for (size_t k = 0; k < lines.size(); ++k) {
       if (k > 0) out += "\n";
