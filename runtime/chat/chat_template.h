@@ -35,9 +35,9 @@ struct ChatMessage {
   std::string content;
   // assistant: the OpenAI tool calls it made (a JSON array; null: none). Arguments given as
   // JSON text are read into objects, as vLLM gives them to templates.
-  nlohmann::ordered_json tool_calls;
-  std::string tool_call_id;  // tool: the call it answers
-  std::string name;          // tool: the function's name
+  nlohmann::ordered_json tool_calls = nullptr;
+  std::string tool_call_id = {};  // tool: the call it answers
+  std::string name = {};          // tool: the function's name
 };
 
 // How a template's model writes tool calls, read off the template: Hermes / Qwen
