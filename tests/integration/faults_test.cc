@@ -279,7 +279,9 @@ TEST(FaultsTest, ClientsThatNeverReadCannotGrowServerMemory) {
   // 16 x 400 tokens x 21 logprobs is ~2 MB of protos; bounded well under 64 MB. Under a
   // sanitizer RSS is mostly its shadow memory and quarantine, not the server's: there
   // LeakSanitizer (at the server's exit) checks instead.
-  if (!kSanitizedBuild) EXPECT_LT(growth_kb, 64 * 1024) << "kB";
+  if (!kSanitizedBuild) {
+    EXPECT_LT(growth_kb, 64 * 1024) << "kB";
+  }
   for (int i = 0; i < kSlow; ++i) contexts[i]->TryCancel();
   for (auto& r : readers) {
     v1::GenerateChunk chunk;

@@ -497,7 +497,9 @@ TEST(HttpTest, ToolCallsAsOpenAIAnswersThem) {
     if (data == "[DONE]") break;
     const json chunk = json::parse(data);
     const json& choice = chunk["choices"][0];
-    if (choice["delta"].contains("content")) EXPECT_EQ(choice["delta"]["content"], "") << data;
+    if (choice["delta"].contains("content")) {
+      EXPECT_EQ(choice["delta"]["content"], "") << data;
+    }
     if (choice["delta"].contains("tool_calls")) {
       ++deltas;
       EXPECT_EQ(choice["delta"]["tool_calls"][0]["index"], 0);

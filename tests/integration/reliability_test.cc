@@ -215,8 +215,9 @@ TEST(ReliabilityTest, ScoreChecksItsLimitsBeforeExpanding) {
     EXPECT_EQ(stub->Score(&context, over, &response).error_code(),
               grpc::StatusCode::RESOURCE_EXHAUSTED);
   }
-  if (!kSanitizedBuild)
+  if (!kSanitizedBuild) {
     EXPECT_LT(RssKb(server.pid()) - rss_before, 64 * 1024) << "kB of RSS growth";
+  }
 
   // Scores of many continuations of one context equal the scores of each alone.
   v1::ScoreRequest many;
