@@ -316,7 +316,7 @@ class Exchange {
       if (stream && reads_tools_) {
         // Content goes out up to where a tool call may begin; the calls go at the end.
         const size_t upto =
-            std::max(c.streamed, StreamableToolText(c.text, request_, tool_format_));
+            std::max(c.streamed, StreamableToolText(c.text, c.streamed, request_, tool_format_));
         delta_text = c.text.substr(c.streamed, upto - c.streamed);
         c.streamed = upto;
       }

@@ -891,12 +891,12 @@ ToolCallOutput ParseToolCalls(std::string_view text, const OpenAIRequest& reques
   return as_content();
 }
 
-size_t StreamableToolText(std::string_view text, const OpenAIRequest& request,
+size_t StreamableToolText(std::string_view text, size_t sent, const OpenAIRequest& request,
                           chat::ToolCallFormat format) {
   if (!ReadsToolCalls(request, format)) return text.size();
   if (request.tool_choice != OpenAIRequest::ToolChoice::kAuto) return 0;
   if (format == chat::ToolCallFormat::kHermes) {
-    const size_t at = text.find(kToolCallOpen);
+    const size_t at = text.find(kToolCallOpen, std::min(sent, text.size()));
     if (at != std::string_view::npos) return at;
     // Hold back an ending that may grow into the tag.
     for (size_t keep = std::min(text.size(), kToolCallOpen.size() - 1); keep > 0; --keep) {

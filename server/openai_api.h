@@ -106,8 +106,9 @@ ToolCallOutput ParseToolCalls(std::string_view text, const OpenAIRequest& reques
 // Whether ParseToolCalls reads anything out of this request's output in `format`.
 bool ReadsToolCalls(const OpenAIRequest& request, chat::ToolCallFormat format);
 // Streaming: how much of `text` (all of the output so far) can go out as content now —
-// up to a tool call's start, or the whole of it when none can begin.
-size_t StreamableToolText(std::string_view text, const OpenAIRequest& request,
+// up to a tool call's start, or the whole of it when none can begin. `sent`: what went out
+// before (no call begins inside it), so each call looks at the new text only.
+size_t StreamableToolText(std::string_view text, size_t sent, const OpenAIRequest& request,
                           chat::ToolCallFormat format);
 
 }  // namespace spanserve::server

@@ -166,12 +166,15 @@ TEST(OpenAIApiTest, ToolCallsAreReadOutOfTheOutput) {
   EXPECT_TRUE(ReadsToolCalls(named, ToolCallFormat::kNone));
 
   // Streaming: content goes out up to where a call may begin.
-  EXPECT_EQ(StreamableToolText("Sure. <tool_call>{", automatic, ToolCallFormat::kHermes), 6u);
-  EXPECT_EQ(StreamableToolText("Sure. <tool_c", automatic, ToolCallFormat::kHermes), 6u);
-  EXPECT_EQ(StreamableToolText("Sure. <b>", automatic, ToolCallFormat::kHermes), 9u);
-  EXPECT_EQ(StreamableToolText("  {\"name", automatic, ToolCallFormat::kLlama3Json), 0u);
-  EXPECT_EQ(StreamableToolText("  Hello", automatic, ToolCallFormat::kLlama3Json), 7u);
-  EXPECT_EQ(StreamableToolText("{\"a\"", named, ToolCallFormat::kNone), 0u);
+  EXPECT_EQ(StreamableToolText("Sure. <tool_call>{", 0, automatic, ToolCallFormat::kHermes), 6u);
+  EXPECT_EQ(StreamableToolText("Sure. <tool_c", 0, automatic, ToolCallFormat::kHermes), 6u);
+  EXPECT_EQ(StreamableToolText("Sure. <b>", 0, automatic, ToolCallFormat::kHermes), 9u);
+  // Once held at a call's start, the search starts there.
+  EXPECT_EQ(StreamableToolText("Sure. <tool_call>{\"name\"", 6, automatic, ToolCallFormat::kHermes),
+            6u);
+  EXPECT_EQ(StreamableToolText("  {\"name", 0, automatic, ToolCallFormat::kLlama3Json), 0u);
+  EXPECT_EQ(StreamableToolText("  Hello", 0, automatic, ToolCallFormat::kLlama3Json), 7u);
+  EXPECT_EQ(StreamableToolText("{\"a\"", 0, named, ToolCallFormat::kNone), 0u);
 }
 
 // tools reach the chat prompt in the client's key order; tool_choice picks the mode and a
