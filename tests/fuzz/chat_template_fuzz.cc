@@ -62,8 +62,8 @@ void RenderAny(const spanserve::chat::jinja::Template& t, const std::vector<Chat
 // whitespace beyond ASCII's (\x1c-\x1f, or part of a non-ASCII character).
 bool UnicodeEdges(absl::string_view s) {
   const auto odd = [](unsigned char c) { return c >= 0x80 || (c >= 0x1c && c <= 0x1f); };
-  return !s.empty() && (odd(static_cast<unsigned char>(s.front())) ||
-                        odd(static_cast<unsigned char>(s.back())));
+  return !s.empty() &&
+         (odd(static_cast<unsigned char>(s.front())) || odd(static_cast<unsigned char>(s.back())));
 }
 
 // Checks what holds for every rendering of the two real templates.
