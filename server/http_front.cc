@@ -208,6 +208,9 @@ struct Choice {
   // as content so far, and the calls read out of it at the end.
   size_t streamed = 0;
   std::optional<ToolCallOutput> tools;
+  // A reasoning model's <think> text, split from `text` (ServedModel::split_reasoning).
+  std::optional<ReasoningSplitter> splitter;
+  std::string reasoning;
 };
 
 class Exchange {
@@ -250,10 +253,17 @@ class Exchange {
         base.sampling.response_format = engine::ResponseFormat::kJsonSchema;
         base.sampling.json_schema = request_.json_schema;
       }
+      // DeepSeek-R1's generation prompt opens <think>: its output starts in the reasoning.
+      const bool split = chat_ && model_->split_reasoning();
+      const bool starts_in_reasoning =
+          split &&
+          PromptEndsInReasoning(DecodeIds(std::vector<int32_t>(
+              base.prompt.end() - std::min<size_t>(base.prompt.size(), 16), base.prompt.end())));
       for (int j = 0; j < n; ++j) {
         Choice& c = choices_.emplace_back();
         c.index = static_cast<int>(p) * n + j;
         c.prompt_index = static_cast<int>(p);
+        if (split) c.splitter.emplace(starts_in_reasoning);
         if (request_.echo) {
           c.prompt_ids = base.prompt;
           c.prompt_text =
@@ -312,6 +322,14 @@ class Exchange {
         }
         AddLogprobs(c, entries, stream ? &delta_logprobs : nullptr, /*prompt=*/false);
       }
+      std::string reasoning_delta;
+      if (c.splitter) {
+        std::string content_delta;
+        c.splitter->Feed(delta_text, &reasoning_delta, &content_delta);
+        if (e.output.final) c.splitter->Finish(&reasoning_delta, &content_delta);
+        delta_text = std::move(content_delta);
+        if (!stream) c.reasoning += reasoning_delta;
+      }
       if (!stream || reads_tools_) c.text += delta_text;
       if (stream && reads_tools_) {
         // Content goes out up to where a tool call may begin; the calls go at the end.
@@ -343,9 +361,14 @@ class Exchange {
           sse += SseEvent(ChunkChoice(c, json{{"tool_calls", std::move(tool_calls_delta)}},
                                       json(nullptr), std::nullopt));
         }
-        if (!delta_text.empty() || !delta_logprobs.is_null() || finish) {
-          json delta = chat_ ? (delta_text.empty() ? json::object() : json{{"content", delta_text}})
-                             : json(delta_text);
+        if (!delta_text.empty() || !reasoning_delta.empty() || !delta_logprobs.is_null() ||
+            finish) {
+          json delta = json(delta_text);
+          if (chat_) {
+            delta = json::object();
+            if (!reasoning_delta.empty()) delta["reasoning_content"] = std::move(reasoning_delta);
+            if (!delta_text.empty()) delta["content"] = std::move(delta_text);
+          }
           sse += SseEvent(ChunkChoice(c, std::move(delta), std::move(delta_logprobs), finish));
         }
       }
@@ -376,6 +399,10 @@ class Exchange {
                      {"stop_reason", StopReason(*c.final)}};
       if (chat_) {
         choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+        if (c.splitter) {
+          choice["message"]["reasoning_content"] =
+              c.reasoning.empty() ? json(nullptr) : json(c.reasoning);
+        }
         if (c.tools && !c.tools->calls.empty()) {
           choice["message"]["content"] = c.tools->content ? json(*c.tools->content) : json(nullptr);
           choice["message"]["tool_calls"] = ToolCalls(c, /*with_index=*/false);
@@ -444,7 +471,7 @@ class Exchange {
   json ToolCalls(const Choice& c, bool with_index) const {
     json calls = json::array();
     for (size_t k = 0; k < c.tools->calls.size(); ++k) {
-      json call = {{"id", absl::StrFormat("call_%016x%04x%04x", public_id_, c.index, k)},
+      json call = {{"id", ToolCallId(c.index, k)},
                    {"type", "function"},
                    {"function",
                     {{"name", c.tools->calls[k].first}, {"arguments", c.tools->calls[k].second}}}};
@@ -452,6 +479,27 @@ class Exchange {
       calls.push_back(std::move(call));
     }
     return calls;
+  }
+  // OpenAI's form, "call_" and 24 hex digits, unique in the server's run; for a Mistral
+  // template, whose conversations refuse any other, 9 letters and digits.
+  std::string ToolCallId(int index, size_t k) const {
+    if (tool_format_ != chat::ToolCallFormat::kMistral) {
+      return absl::StrFormat("call_%016x%04x%04x", public_id_, index, k);
+    }
+    // splitmix64 of the same three numbers, in base 62.
+    uint64_t z = public_id_ * 0x10000u + static_cast<uint64_t>(index) * 0x100u + k;
+    z += 0x9e3779b97f4a7c15u;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+    z ^= z >> 31;
+    static constexpr char kDigits[] =
+        "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    std::string id(9, '0');
+    for (char& ch : id) {
+      ch = kDigits[z % 62];
+      z /= 62;
+    }
+    return id;
   }
   static json StopReason(const engine::FinalInfo& final) {
     if (final.stop_string) return *final.stop_string;

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "runtime/chat/chat_template.h"
@@ -50,7 +51,8 @@ std::string ServingLine(const ServedModel& model, double load_seconds) {
       model.chat_template().ok()
           ? std::string(chat::FamilyName(model.chat_template()->family()))
           : absl::StrCat("none (", std::string(model.chat_template().status().message()), ")"),
-      "; on ", info.backend, ") after ", load_seconds, " s");
+      model.split_reasoning() ? ", reasoning split" : "", "; on ", info.backend, ") after ",
+      load_seconds, " s");
 }
 
 }  // namespace
@@ -69,6 +71,10 @@ absl::StatusOr<LoadedModel> LoadModel(const ModelSpec& spec, ModelLoadOptions op
   if (tok != nullptr && tok->bos_id()) bos = std::string(tok->IdToToken(*tok->bos_id()));
   if (tok != nullptr && tok->eos_id()) eos = std::string(tok->IdToToken(*tok->eos_id()));
   loaded.chat_template = chat::ChatTemplate::Parse(source.chat_template, bos, eos);
+  loaded.split_reasoning =
+      options.reasoning == ModelLoadOptions::Reasoning::kThink ||
+      (options.reasoning == ModelLoadOptions::Reasoning::kAuto && loaded.chat_template.ok() &&
+       absl::StrContains(source.chat_template, "</think>"));
   if (tok != nullptr) {
     options.engine.detokenize = [tok](std::span<const int32_t> ids) {
       return tok->Decode(ids, /*skip_special_tokens=*/true);
@@ -86,6 +92,14 @@ absl::StatusOr<LoadedModel> LoadModel(const ModelSpec& spec, ModelLoadOptions op
     return absl::Status(s.code(), absl::StrCat("warm-up failed: ", s.message()));
   }
   return loaded;
+}
+
+absl::StatusOr<ModelLoadOptions::Reasoning> ParseReasoningParser(absl::string_view name) {
+  if (name == "none" || name.empty()) return ModelLoadOptions::Reasoning::kNone;
+  if (name == "auto") return ModelLoadOptions::Reasoning::kAuto;
+  if (name == "deepseek_r1" || name == "qwen3") return ModelLoadOptions::Reasoning::kThink;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--reasoning_parser '", name, "' is not one of none, auto, deepseek_r1, qwen3"));
 }
 
 int64_t EvenKvShare(int64_t kv_bytes_left, int64_t models_left) {

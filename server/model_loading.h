@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "common/dtype.h"
 #include "runtime/engine/engine.h"
 #include "server/served_model.h"
@@ -29,7 +30,15 @@ struct ModelLoadOptions {
   int num_threads = 0;         // model compute threads (0: all cores)
   DType compute_dtype = DType::kF32;
   bool int8_dot = false;  // model::Model::Options::int8_dot
+  // Whose chat answers split <think> reasoning into reasoning_content: kAuto, the models
+  // whose chat template writes </think>; kThink, every model.
+  enum class Reasoning { kNone, kAuto, kThink };
+  Reasoning reasoning = Reasoning::kNone;
 };
+
+// --reasoning_parser: none, auto, or vLLM's names of the <think> parsers (deepseek_r1,
+// qwen3, which split alike here); INVALID_ARGUMENT naming the values otherwise.
+absl::StatusOr<ModelLoadOptions::Reasoning> ParseReasoningParser(absl::string_view name);
 
 // Loads one model (loader::LoadModelSource), recognises its chat template, starts its
 // engine and warms it up with one short greedy request, so that the first client does not

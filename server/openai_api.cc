@@ -575,6 +575,7 @@ absl::StatusOr<std::string> ParseTools(const json& body, std::string_view raw_bo
     }
     constexpr std::string_view kPath[] = {"tools"};
     text = SchemaText(*tools, raw_body, kPath);
+    request->tool_names = names;
   }
   request->tool_choice =
       have_tools ? OpenAIRequest::ToolChoice::kAuto : OpenAIRequest::ToolChoice::kNone;
@@ -802,6 +803,19 @@ namespace {
 
 constexpr std::string_view kToolCallOpen = "<tool_call>";
 constexpr std::string_view kToolCallClose = "</tool_call>";
+constexpr std::string_view kThinkOpen = "<think>";
+constexpr std::string_view kThinkClose = "</think>";
+
+bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+
+// The length of the longest end of `text` that is a proper beginning of `tag` (text to hold
+// back while it may still grow into the tag).
+size_t TagStartAtEnd(std::string_view text, std::string_view tag) {
+  for (size_t keep = std::min(text.size(), tag.size() - 1); keep > 0; --keep) {
+    if (text.substr(text.size() - keep) == tag.substr(0, keep)) return keep;
+  }
+  return 0;
+}
 
 std::string_view Trim(std::string_view s) {
   const size_t b = s.find_first_not_of(" \t\r\n");
@@ -828,6 +842,97 @@ bool ReadCall(const ordered_json& call, std::vector<std::pair<std::string, std::
   }
   out->emplace_back(call.at("name").get<std::string>(), std::move(arguments));
   return true;
+}
+
+constexpr std::string_view kMistralCalls = "[TOOL_CALLS]";
+constexpr std::string_view kMistralArgs = "[ARGS]";
+constexpr std::string_view kMistralCallId = "[CALL_ID]";
+
+// The length of the JSON object or array that starts `text` (strings and their escapes
+// skipped), or 0 when it does not close.
+size_t JsonValueLength(std::string_view text) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      ++depth;
+    } else if (c == '}' || c == ']') {
+      if (--depth == 0) return i + 1;
+    }
+  }
+  return 0;
+}
+
+// The tool whose name `text` starts with, longest first ("" when none).
+std::string_view ToolNameAtStart(std::string_view text, const std::vector<std::string>& names) {
+  std::string_view best;
+  for (const std::string& name : names) {
+    if (name.size() > best.size() && text.substr(0, name.size()) == name) best = name;
+  }
+  return best;
+}
+
+// A Mistral model's calls: `[TOOL_CALLS]` (absent when the tokenizer drops its control
+// tokens from the text) then either a JSON list of {"name", "arguments"} (Mistral Nemo's
+// format) or one or more `name[CALL_ID]id[ARGS]{...}` (Small 3.2 / Devstral; the tags
+// likewise optional), each name one of the tools. nullopt when the output is not all calls.
+std::optional<std::vector<std::pair<std::string, std::string>>> MistralCalls(
+    std::string_view text, const std::vector<std::string>& names) {
+  std::vector<std::pair<std::string, std::string>> calls;
+  std::string_view rest = Trim(text);
+  const auto skip = [&rest](std::string_view tag) {
+    if (rest.substr(0, tag.size()) != tag) return false;
+    rest = Trim(rest.substr(tag.size()));
+    return true;
+  };
+  skip(kMistralCalls);
+  if (!rest.empty() && rest[0] == '[') {
+    const ordered_json list = ParseOutputJson(rest);
+    if (!list.is_array()) return std::nullopt;
+    for (const ordered_json& call : list) {
+      if (!ReadCall(call, &calls)) return std::nullopt;
+    }
+    return calls;
+  }
+  while (!rest.empty()) {
+    const std::string_view name = ToolNameAtStart(rest, names);
+    if (name.empty()) return std::nullopt;
+    rest = Trim(rest.substr(name.size()));
+    if (skip(kMistralCallId)) {
+      const size_t id_end = rest.find('[');
+      if (id_end == std::string_view::npos) return std::nullopt;
+      rest = rest.substr(id_end);
+    }
+    skip(kMistralArgs);
+    const size_t length = JsonValueLength(rest);
+    if (length == 0 || rest[0] != '{') return std::nullopt;
+    const ordered_json arguments = ParseOutputJson(rest.substr(0, length));
+    if (!arguments.is_object()) return std::nullopt;
+    calls.emplace_back(std::string(name), arguments.dump());
+    rest = Trim(rest.substr(length));
+    skip(kMistralCalls);
+  }
+  return calls;
+}
+
+// Streaming: whether a Mistral output so far may be the start of calls (then it is held).
+bool MistralMayCall(std::string_view text, const std::vector<std::string>& names) {
+  const std::string_view t = Trim(text);
+  if (t.empty() || t[0] == '[') return true;  // [TOOL_CALLS], or Nemo's bare list
+  for (const std::string& name : names) {
+    const size_t n = std::min(name.size(), t.size());
+    if (t.substr(0, n) == std::string_view(name).substr(0, n)) return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -874,6 +979,13 @@ ToolCallOutput ParseToolCalls(std::string_view text, const OpenAIRequest& reques
     }
     return out;
   }
+  if (format == chat::ToolCallFormat::kMistral) {
+    std::optional<std::vector<std::pair<std::string, std::string>>> calls =
+        MistralCalls(text, request.tool_names);
+    if (!calls || calls->empty()) return as_content();
+    out.calls = *std::move(calls);
+    return out;
+  }
   if (format == chat::ToolCallFormat::kLlama3Json) {
     std::string_view body = Trim(text);
     if (body.substr(0, 14) == "<|python_tag|>") body = Trim(body.substr(14));
@@ -898,19 +1010,86 @@ size_t StreamableToolText(std::string_view text, size_t sent, const OpenAIReques
   if (format == chat::ToolCallFormat::kHermes) {
     const size_t at = text.find(kToolCallOpen, std::min(sent, text.size()));
     if (at != std::string_view::npos) return at;
-    // Hold back an ending that may grow into the tag.
-    for (size_t keep = std::min(text.size(), kToolCallOpen.size() - 1); keep > 0; --keep) {
-      if (text.substr(text.size() - keep) == kToolCallOpen.substr(0, keep)) {
-        return text.size() - keep;
-      }
-    }
-    return text.size();
+    return text.size() - TagStartAtEnd(text, kToolCallOpen);
+  }
+  if (format == chat::ToolCallFormat::kMistral) {
+    return MistralMayCall(text, request.tool_names) ? 0 : text.size();
   }
   // Llama 3 JSON: a call is the whole output; text that starts otherwise is content.
   const size_t first = text.find_first_not_of(" \t\r\n");
   if (first == std::string_view::npos) return 0;
   return text[first] == '{' || text[first] == '[' || text.substr(first, 2) == "<|" ? 0
                                                                                    : text.size();
+}
+
+void ReasoningSplitter::Feed(std::string_view text, std::string* reasoning, std::string* content) {
+  held_.append(text);
+  std::string_view rest = held_;
+  for (;;) {
+    switch (state_) {
+      case State::kStart: {
+        size_t first = 0;
+        while (first < rest.size() && IsSpace(rest[first])) ++first;
+        const std::string_view after = rest.substr(first);
+        if (after.size() < kThinkOpen.size() && kThinkOpen.substr(0, after.size()) == after) {
+          held_ = std::string(rest);  // whitespace, or the tag's beginning: wait
+          return;
+        }
+        if (after.substr(0, kThinkOpen.size()) == kThinkOpen) {
+          rest = after.substr(kThinkOpen.size());
+          state_ = State::kReasoning;
+        } else {
+          state_ = starts_in_reasoning_ ? State::kReasoning : State::kContent;
+        }
+        continue;
+      }
+      case State::kReasoning: {
+        const size_t at = rest.find(kThinkClose);
+        if (at == std::string_view::npos) {
+          const size_t keep = TagStartAtEnd(rest, kThinkClose);
+          reasoning->append(rest.substr(0, rest.size() - keep));
+          held_ = std::string(rest.substr(rest.size() - keep));
+          return;
+        }
+        reasoning->append(rest.substr(0, at));
+        rest = rest.substr(at + kThinkClose.size());
+        state_ = State::kAfterReasoning;
+        continue;
+      }
+      case State::kAfterReasoning: {
+        size_t first = 0;
+        while (first < rest.size() && IsSpace(rest[first])) ++first;
+        rest = rest.substr(first);
+        if (rest.empty()) {
+          held_.clear();
+          return;
+        }
+        state_ = State::kContent;
+        continue;
+      }
+      case State::kContent:
+        content->append(rest);
+        held_.clear();
+        return;
+    }
+  }
+}
+
+void ReasoningSplitter::Finish(std::string* reasoning, std::string* content) {
+  if (state_ == State::kReasoning) {
+    reasoning->append(held_);
+  } else if (state_ == State::kStart) {
+    // Whitespace, or a beginning of <think> that never grew into it.
+    (starts_in_reasoning_ ? reasoning : content)->append(held_);
+  }
+  held_.clear();
+}
+
+bool PromptEndsInReasoning(std::string_view tail) {
+  const size_t open = tail.rfind(kThinkOpen);
+  if (open == std::string_view::npos) return false;
+  const size_t close = tail.rfind(kThinkClose);
+  return close == std::string_view::npos || close < open;
 }
 
 }  // namespace spanserve::server

@@ -55,9 +55,10 @@ struct OpenAIRequest {
   // format (chat::ToolCallFormat), if it has one.
   enum class ToolChoice { kNone, kAuto, kRequired, kNamed };
   ToolChoice tool_choice = ToolChoice::kNone;
-  std::string tool_function;  // kNamed
-  bool tool_parallel = true;  // parallel_tool_calls: kRequired may make several calls
-  int32_t n = 1;              // choices per prompt
+  std::string tool_function;            // kNamed
+  std::vector<std::string> tool_names;  // the tools' function names, in the request's order
+  bool tool_parallel = true;            // parallel_tool_calls: kRequired may make several calls
+  int32_t n = 1;                        // choices per prompt
   // Completions: the prompt's text (and, with logprobs, its tokens' logprobs) come first in
   // each choice; max_tokens may then be 0.
   bool echo = false;
@@ -110,5 +111,34 @@ bool ReadsToolCalls(const OpenAIRequest& request, chat::ToolCallFormat format);
 // before (no call begins inside it), so each call looks at the new text only.
 size_t StreamableToolText(std::string_view text, size_t sent, const OpenAIRequest& request,
                           chat::ToolCallFormat format);
+
+// Reasoning models (Qwen3, QwQ, DeepSeek-R1 and its distills) think between <think> and
+// </think> before they answer. Where the server splits reasoning (--reasoning_parser), a
+// chat choice's output is cut there, as vLLM's reasoning parsers cut it: the thinking goes
+// to `reasoning_content`, the rest to `content`. Output that does not start with <think>
+// (after whitespace) is all content, unless the prompt ended inside an open <think>
+// (DeepSeek-R1's generation prompt), when the output starts in the thinking. A </think>
+// that never comes leaves everything after <think> as reasoning (cut short by max_tokens);
+// the newlines between </think> and the answer are dropped.
+class ReasoningSplitter {
+ public:
+  explicit ReasoningSplitter(bool starts_in_reasoning)
+      : starts_in_reasoning_(starts_in_reasoning) {}
+  // The next piece of output: appends to *reasoning and *content what can go out now. The
+  // start of a tag cut between pieces is held back until the next piece or Finish.
+  void Feed(std::string_view text, std::string* reasoning, std::string* content);
+  // The end of the output: what was held back goes out.
+  void Finish(std::string* reasoning, std::string* content);
+
+ private:
+  enum class State { kStart, kReasoning, kAfterReasoning, kContent };
+  const bool starts_in_reasoning_;
+  State state_ = State::kStart;
+  std::string held_;
+};
+
+// Whether a prompt ends inside an open <think>: its last <think> comes after its last
+// </think>. `tail` is the prompt's end (a few tokens' text are enough).
+bool PromptEndsInReasoning(std::string_view tail);
 
 }  // namespace spanserve::server

@@ -32,6 +32,9 @@ struct LoadedModel {
   // The recognised chat template, or why chat prompts are refused (INVALID_ARGUMENT).
   absl::StatusOr<chat::ChatTemplate> chat_template = absl::InvalidArgumentError("no chat template");
   std::string format;  // "safetensors" or "gguf"
+  // Chat answers split the model's <think> reasoning from its answer (--reasoning_parser;
+  // server/openai_api.h, ReasoningSplitter).
+  bool split_reasoning = false;
 };
 
 class ServedModel {
@@ -59,6 +62,7 @@ class ServedModel {
   const tokenizer::Tokenizer* tokenizer() const { return loaded_.tokenizer.get(); }
   const absl::StatusOr<chat::ChatTemplate>& chat_template() const { return loaded_.chat_template; }
   const std::string& format() const { return loaded_.format; }
+  bool split_reasoning() const { return loaded_.split_reasoning; }
   std::chrono::steady_clock::time_point ready_time() const { return ready_time_; }
   // Failed only.
   const absl::Status& error() const { return error_; }

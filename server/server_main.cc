@@ -113,6 +113,10 @@ ABSL_FLAG(bool, int8_dot, false,
           "activations quantized to 8-bit blocks for integer dot products with Q8_0/Q4_0/Q4_1/"
           "Q5_0/Q5_1/Q3_K/Q4_K/Q5_K/Q6_K/IQ4_NL GGUF weights: faster quantized decode, not "
           "bit-exact");
+ABSL_FLAG(std::string, reasoning_parser, "none",
+          "chat answers of reasoning models: none (the <think> text stays in content), auto "
+          "(split where the model's chat template writes </think>), or deepseek_r1 / qwen3 "
+          "(split for every model): the thinking goes to reasoning_content");
 ABSL_FLAG(int, num_kv_blocks, 0,
           "KV pool size in blocks of each model (wins over the byte sizes if > 0)");
 ABSL_FLAG(int, max_num_seqs, 64, "most sequences in one engine step");
@@ -265,6 +269,7 @@ absl::StatusOr<ModelLoadOptions> LoadOptionsFromFlags(const std::string& device,
   ASSIGN_OR_RETURN(options.compute_dtype,
                    model::ParseF32OrBf16(absl::GetFlag(FLAGS_compute_dtype), "compute_dtype"));
   options.int8_dot = absl::GetFlag(FLAGS_int8_dot);
+  ASSIGN_OR_RETURN(options.reasoning, ParseReasoningParser(absl::GetFlag(FLAGS_reasoning_parser)));
   options.num_threads = absl::GetFlag(FLAGS_threads);
   o.num_kv_blocks = absl::GetFlag(FLAGS_num_kv_blocks);
   if (o.num_kv_blocks <= 0) {

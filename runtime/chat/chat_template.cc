@@ -60,6 +60,8 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Parse(absl::string_view source, std::
   }
   if (absl::StrContains(source, "<tool_call>")) {
     t.tool_call_format_ = ToolCallFormat::kHermes;
+  } else if (absl::StrContains(source, "[TOOL_CALLS]")) {
+    t.tool_call_format_ = ToolCallFormat::kMistral;
   } else if (t.family_ == TemplateFamily::kLlama3 && absl::StrContains(source, "tools")) {
     t.tool_call_format_ = ToolCallFormat::kLlama3Json;
   }

@@ -41,9 +41,10 @@ struct ChatMessage {
 };
 
 // How a template's model writes tool calls, read off the template: Hermes / Qwen
-// `<tool_call>{"name", "arguments"}</tool_call>` blocks, or Llama 3.1+'s bare JSON object
-// {"name", "parameters"}.
-enum class ToolCallFormat { kNone, kHermes, kLlama3Json };
+// `<tool_call>{"name", "arguments"}</tool_call>` blocks, Llama 3.1+'s bare JSON object
+// {"name", "parameters"}, or Mistral's `[TOOL_CALLS]` followed by a JSON list of
+// {"name", "arguments"} (Mistral Nemo) or by `name[ARGS]{...}` (Mistral Small 3.2, Devstral).
+enum class ToolCallFormat { kNone, kHermes, kLlama3Json, kMistral };
 
 class ChatTemplate {
  public:

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -554,6 +555,124 @@ TEST(HttpTest, ToolCallsAsOpenAIAnswersThem) {
       json{{"messages", json::parse(messages)}, {"tools", json::array({{{"type", "retrieval"}}})}});
   EXPECT_EQ(bad_tool.status, 400) << bad_tool.raw;
   EXPECT_EQ(bad_tool.body["error"]["param"], "tools[0]") << bad_tool.raw;
+}
+
+// A Mistral template refuses tool-call ids that are not 9 letters and digits: the ids the
+// server gives for such a model come back through the template in the next turn.
+TEST(HttpTest, MistralToolCallIdsSurviveTheNextTurn) {
+  HttpServer s({"--model=" + BundledModelWithTemplate("mistralai-Mistral-Nemo-Instruct-2407")});
+  auto client = s.Client();
+  const json tools = json::parse(R"([{"type": "function", "function": {"name": "get_time",
+      "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 8}},
+      "required": ["zone"]}}}])");
+  json messages = json::array({{{"role", "user"}, {"content", "Time in Paris?"}}});
+  const Answer a =
+      Post(client, "/v1/chat/completions",
+           {{"messages", messages},
+            {"tools", tools},
+            {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_time"}}}}},
+            {"max_tokens", 60},
+            {"temperature", 0}});
+  ASSERT_EQ(a.status, 200) << a.raw;
+  const json& message = a.body["choices"][0]["message"];
+  ASSERT_TRUE(message.contains("tool_calls")) << a.raw;
+  const std::string id = message["tool_calls"][0]["id"];
+  ASSERT_EQ(id.size(), 9u) << id;
+  for (char c : id) EXPECT_TRUE(std::isalnum(static_cast<unsigned char>(c))) << id;
+  messages.push_back(message);
+  messages.push_back({{"role", "tool"}, {"tool_call_id", id}, {"content", "12:00"}});
+  const Answer ids = Post(client, "/tokenize", {{"messages", messages}, {"tools", tools}});
+  ASSERT_EQ(ids.status, 200) << ids.raw;
+  const Answer text = Post(client, "/detokenize", {{"tokens", ids.body["tokens"]}});
+  const std::string prompt = text.body["prompt"];
+  EXPECT_NE(prompt.find("\"id\": \"" + id + "\""), std::string::npos) << prompt;
+  EXPECT_NE(prompt.find("\"call_id\": \"" + id + "\"}[/TOOL_RESULTS]"), std::string::npos)
+      << prompt;
+  const Answer next = Post(client, "/v1/chat/completions",
+                           {{"messages", messages}, {"tools", tools}, {"max_tokens", 4}});
+  EXPECT_EQ(next.status, 200) << next.raw;
+}
+
+// --reasoning_parser=auto: a model whose template writes </think> (QwQ's opens <think> in its
+// generation prompt, Qwen3's opens none, or a closed one when thinking is off) answers its
+// thinking in reasoning_content, streamed or not; a template without </think> answers as before.
+TEST(HttpTest, ReasoningGoesToReasoningContent) {
+  HttpServer s({"--model=qwq=" + BundledModelWithTemplate("Qwen-QwQ-32B") +
+                    ",qwen3=" + BundledModelWithTemplate("Qwen-Qwen3-0.6B") +
+                    ",qwen25=" + BundledModelWithTemplate("Qwen-Qwen2.5-7B-Instruct"),
+                "--reasoning_parser=auto"});
+  auto client = s.Client();
+  const json messages = json::array({{{"role", "user"}, {"content", "Why is the sky blue?"}}});
+  // The greedy text of the chat's own prompt, through completions (no splitting there).
+  const auto completion = [&](const std::string& model, const json& kwargs) {
+    json tokenize = {{"model", model}, {"messages", messages}};
+    if (!kwargs.is_null()) tokenize["chat_template_kwargs"] = kwargs;
+    const Answer ids = Post(client, "/tokenize", tokenize);
+    EXPECT_EQ(ids.status, 200) << ids.raw;
+    const Answer a = Post(client, "/v1/completions",
+                          {{"model", model},
+                           {"prompt", ids.body["tokens"]},
+                           {"max_tokens", 24},
+                           {"temperature", 0},
+                           {"add_special_tokens", false}});
+    EXPECT_EQ(a.status, 200) << a.raw;
+    return a.body["choices"][0]["text"].get<std::string>();
+  };
+  const auto chat = [&](const std::string& model, const json& kwargs, bool stream) {
+    json body = {{"model", model},
+                 {"messages", messages},
+                 {"max_tokens", 24},
+                 {"temperature", 0},
+                 {"stream", stream}};
+    if (!kwargs.is_null()) body["chat_template_kwargs"] = kwargs;
+    return Post(client, "/v1/chat/completions", body);
+  };
+  // The concatenated reasoning_content and content deltas of a stream.
+  const auto streamed = [](const Answer& a) {
+    std::pair<std::string, std::string> out;
+    for (const std::string& event : SseData(a.raw)) {
+      if (event == "[DONE]") break;
+      const json delta = json::parse(event)["choices"][0]["delta"];
+      if (delta.contains("reasoning_content")) out.first += delta["reasoning_content"];
+      if (delta.contains("content")) out.second += delta["content"];
+    }
+    return out;
+  };
+
+  // QwQ: the prompt ends in "<think>\n", so the output is thinking (the toy model never
+  // closes it): all of it in reasoning_content, none in content.
+  const std::string qwq_text = completion("qwq", nullptr);
+  ASSERT_EQ(qwq_text.find("</think>"), std::string::npos) << qwq_text;
+  ASSERT_FALSE(qwq_text.empty());
+  {
+    const Answer a = chat("qwq", nullptr, false);
+    ASSERT_EQ(a.status, 200) << a.raw;
+    const json& message = a.body["choices"][0]["message"];
+    EXPECT_EQ(message["reasoning_content"], qwq_text) << a.raw;
+    EXPECT_EQ(message["content"], "") << a.raw;
+    const Answer st = chat("qwq", nullptr, true);
+    ASSERT_EQ(st.status, 200) << st.raw;
+    EXPECT_EQ(streamed(st), std::make_pair(qwq_text, std::string())) << st.raw;
+  }
+  // Qwen3 opens no <think> in its prompt, and with enable_thinking false closes one: an
+  // output that does not start with <think> is all content, reasoning_content null.
+  for (const json& kwargs : {json(nullptr), json{{"enable_thinking", false}}}) {
+    const std::string text = completion("qwen3", kwargs);
+    ASSERT_NE(text.rfind("<think>", 0), 0u) << text;
+    const Answer a = chat("qwen3", kwargs, false);
+    ASSERT_EQ(a.status, 200) << a.raw;
+    const json& message = a.body["choices"][0]["message"];
+    EXPECT_TRUE(message["reasoning_content"].is_null()) << a.raw;
+    EXPECT_EQ(message["content"], text) << a.raw;
+    EXPECT_EQ(streamed(chat("qwen3", kwargs, true)), std::make_pair(std::string(), text));
+  }
+  // Qwen2.5's template writes no </think>: no reasoning_content field at all.
+  {
+    const Answer a = chat("qwen25", nullptr, false);
+    ASSERT_EQ(a.status, 200) << a.raw;
+    EXPECT_FALSE(a.body["choices"][0]["message"].contains("reasoning_content")) << a.raw;
+    EXPECT_EQ(a.body["choices"][0]["message"]["content"], completion("qwen25", nullptr));
+  }
 }
 
 TEST(HttpTest, StreamingIsServerSentEventsEndingInDoneWithUsage) {

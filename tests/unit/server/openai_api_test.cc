@@ -177,6 +177,45 @@ TEST(OpenAIApiTest, ToolCallsAreReadOutOfTheOutput) {
   EXPECT_EQ(StreamableToolText("{\"a\"", 0, named, ToolCallFormat::kNone), 0u);
 }
 
+// Mistral's two formats, with or without their control tokens in the text (a tokenizer that
+// skips special tokens drops them): Nemo's JSON list and Small 3.2's name[ARGS]{...}.
+TEST(OpenAIApiTest, MistralToolCallsAreReadInBothFormats) {
+  using chat::ToolCallFormat;
+  using Calls = std::vector<std::pair<std::string, std::string>>;
+  OpenAIRequest automatic = ToolRequest(OpenAIRequest::ToolChoice::kAuto);
+  automatic.tool_names = {"get", "get_weather", "get_time"};
+  const auto calls = [&](std::string_view text) {
+    return ParseToolCalls(text, automatic, ToolCallFormat::kMistral).calls;
+  };
+  const Calls weather = {{"get_weather", R"({"city":"Paris"})"}};
+  EXPECT_EQ(calls(R"([TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}])"),
+            weather);
+  EXPECT_EQ(calls(R"( [{"name": "get_weather", "arguments": {"city": "Paris"}}])"), weather);
+  EXPECT_EQ(calls(R"([TOOL_CALLS]get_weather[ARGS]{"city": "Paris"})"), weather);
+  EXPECT_EQ(calls(R"(get_weather{"city": "Paris"})"), weather);
+  EXPECT_EQ(calls(R"([TOOL_CALLS]get_weather[CALL_ID]a1b2c3d4e[ARGS]{"city": "Paris"})"), weather);
+  EXPECT_EQ(calls(R"([TOOL_CALLS]get_weather[ARGS]{"city": "}{\""}[TOOL_CALLS]get_time[ARGS]{})"),
+            (Calls{{"get_weather", R"({"city":"}{\""})"}, {"get_time", "{}"}}));
+  EXPECT_EQ(calls(R"(get{"q": 1}get_time{})"), (Calls{{"get", R"({"q":1})"}, {"get_time", "{}"}}));
+  // Not calls: all content.
+  for (std::string_view text :
+       {R"(get_forecast{"city": "Paris"})", R"(get_weather{"city": "Par)", R"([link](x))",
+        R"(get_weather is a tool.)", R"([TOOL_CALLS]get_weather[ARGS]["a"])", "Hello", ""}) {
+    const ToolCallOutput out = ParseToolCalls(text, automatic, ToolCallFormat::kMistral);
+    EXPECT_TRUE(out.calls.empty()) << text;
+    EXPECT_EQ(out.content, std::string(text));
+  }
+  // Streaming: held while the output may still be calls.
+  const auto streamable = [&](std::string_view text) {
+    return StreamableToolText(text, 0, automatic, ToolCallFormat::kMistral);
+  };
+  EXPECT_EQ(streamable("[TOOL_C"), 0u);
+  EXPECT_EQ(streamable(" ge"), 0u);
+  EXPECT_EQ(streamable("get_weather{\"ci"), 0u);
+  EXPECT_EQ(streamable("Getting"), 7u);
+  EXPECT_EQ(streamable("The weather"), 11u);
+}
+
 // tools reach the chat prompt in the client's key order; tool_choice picks the mode and a
 // named or required one compiles the constraint; messages carry their calls and results.
 TEST(OpenAIApiTest, ToolsAndToolChoiceAreParsed) {
@@ -231,6 +270,70 @@ TEST(OpenAIApiTest, ToolsAndToolChoiceAreParsed) {
       json::parse(R"({"prompt": "p", "tools": [{"type": "function", "function": {"name": "f"}}]})"),
       OpenAIEndpoint::kCompletions, std::string_view());
   EXPECT_FALSE(completions.ok());
+}
+
+// The output split at <think> / </think>: fed whole, byte by byte, or in any two pieces, the
+// same reasoning and content come out, and nothing is held back at the end.
+TEST(OpenAIApiTest, ReasoningIsSplitAtTheThinkTagsHoweverTheOutputArrives) {
+  struct Case {
+    std::string output;
+    bool starts_in_reasoning;
+    std::string reasoning, content;
+  };
+  const Case cases[] = {
+      {"<think>\nLet me see.\n</think>\n\nThe sky scatters blue.", false, "\nLet me see.\n",
+       "The sky scatters blue."},
+      {"  <think>a</think>b", false, "a", "b"},
+      {"No thinking here.", false, "", "No thinking here."},
+      {"\n\nNo thinking.", false, "", "\n\nNo thinking."},
+      {"<thinking>is not the tag", false, "", "<thinking>is not the tag"},
+      {"<thi", false, "", "<thi"},  // cut short in the tag: content
+      {"<think>cut short by max_tokens </thi", false, "cut short by max_tokens </thi", ""},
+      {"<think>a </ b</think>", false, "a </ b", ""},  // nothing after
+      {"<think></think>\n\n", false, "", ""},
+      {"R1 thinks first.\n</think>\n\nThen answers.", true, "R1 thinks first.\n", "Then answers."},
+      {"<think>\nR1, tagged anyway</think>x", true, "\nR1, tagged anyway", "x"},
+      {"never closed", true, "never closed", ""},
+      {"a</think>b</think>c", true, "a", "b</think>c"},  // only the first closes
+      {"", false, "", ""},
+      {"  ", true, "  ", ""},
+  };
+  for (const Case& c : cases) {
+    const auto split = [&](const std::vector<std::string_view>& pieces) {
+      ReasoningSplitter splitter(c.starts_in_reasoning);
+      std::string reasoning, content;
+      for (std::string_view piece : pieces) splitter.Feed(piece, &reasoning, &content);
+      splitter.Finish(&reasoning, &content);
+      return std::make_pair(reasoning, content);
+    };
+    const auto want = std::make_pair(c.reasoning, c.content);
+    EXPECT_EQ(split({c.output}), want) << c.output;
+    std::vector<std::string_view> bytes;
+    for (size_t i = 0; i < c.output.size(); ++i)
+      bytes.push_back(std::string_view(c.output).substr(i, 1));
+    EXPECT_EQ(split(bytes), want) << c.output;
+    for (size_t cut = 0; cut <= c.output.size(); ++cut) {
+      const std::string_view o = c.output;
+      EXPECT_EQ(split({o.substr(0, cut), o.substr(cut)}), want) << c.output << " cut at " << cut;
+    }
+  }
+  // What goes out before the end: content as it comes, a possible tag's start held back.
+  ReasoningSplitter splitter(false);
+  std::string reasoning, content;
+  splitter.Feed("<think>abc</th", &reasoning, &content);
+  EXPECT_EQ(reasoning, "abc");
+  EXPECT_EQ(content, "");
+  splitter.Feed("ink>\n\nAnswer", &reasoning, &content);
+  EXPECT_EQ(reasoning, "abc");
+  EXPECT_EQ(content, "Answer");
+}
+
+TEST(OpenAIApiTest, APromptEndsInReasoningWhenItsLastThinkIsOpen) {
+  EXPECT_TRUE(PromptEndsInReasoning("<｜Assistant｜><think>\n"));
+  EXPECT_TRUE(PromptEndsInReasoning("</think>x<think>"));
+  EXPECT_FALSE(PromptEndsInReasoning("<|im_start|>assistant\n<think>\n\n</think>\n\n"));
+  EXPECT_FALSE(PromptEndsInReasoning("<|im_start|>assistant\n"));
+  EXPECT_FALSE(PromptEndsInReasoning(""));
 }
 
 }  // namespace
