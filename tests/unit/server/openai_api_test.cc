@@ -2,6 +2,7 @@
 // its text in the raw body so that its properties keep their order) and chat-template kwargs.
 #include "server/openai_api.h"
 
+#include <random>
 #include <string>
 #include <vector>
 
@@ -326,6 +327,57 @@ TEST(OpenAIApiTest, ReasoningIsSplitAtTheThinkTagsHoweverTheOutputArrives) {
   splitter.Feed("ink>\n\nAnswer", &reasoning, &content);
   EXPECT_EQ(reasoning, "abc");
   EXPECT_EQ(content, "Answer");
+}
+
+// Random outputs made of tag fragments: the split never depends on how the output is cut into
+// pieces, loses or adds no byte but the tags and the newlines after </think>, and the tool-call
+// readers take any of them (ASan and UBSan watch) with streaming never passing a call's start.
+TEST(OpenAIApiTest, RandomOutputsSplitTheSameHoweverTheyArrive) {
+  const std::string_view fragments[] = {
+      "<think>", "</think>",     "<th",    "ink>",     "</", "\n", " ",
+      "a",       "[TOOL_CALLS]", "[ARGS]", "[",        "]",  "{",  "}",
+      "\"",      "\\",           "get",    "get_time", ":",  "1"};
+  std::mt19937 rng(7);
+  OpenAIRequest automatic = ToolRequest(OpenAIRequest::ToolChoice::kAuto);
+  automatic.tool_names = {"get", "get_time"};
+  for (int round = 0; round < 3000; ++round) {
+    std::string output;
+    const int n = static_cast<int>(rng() % 12);
+    for (int i = 0; i < n; ++i) output += fragments[rng() % std::size(fragments)];
+    const bool starts_in_reasoning = rng() % 2 == 0;
+    std::string whole_r, whole_c;
+    {
+      ReasoningSplitter splitter(starts_in_reasoning);
+      splitter.Feed(output, &whole_r, &whole_c);
+      splitter.Finish(&whole_r, &whole_c);
+    }
+    EXPECT_LE(whole_r.size() + whole_c.size(), output.size()) << output;
+    ReasoningSplitter splitter(starts_in_reasoning);
+    std::string r, c;
+    for (size_t at = 0; at < output.size();) {
+      const size_t piece = 1 + rng() % 4;
+      splitter.Feed(std::string_view(output).substr(at, piece), &r, &c);
+      at += piece;
+    }
+    splitter.Finish(&r, &c);
+    EXPECT_EQ(r, whole_r) << output;
+    EXPECT_EQ(c, whole_c) << output;
+    for (chat::ToolCallFormat format :
+         {chat::ToolCallFormat::kHermes, chat::ToolCallFormat::kLlama3Json,
+          chat::ToolCallFormat::kMistral}) {
+      const ToolCallOutput out = ParseToolCalls(output, automatic, format);
+      if (out.calls.empty()) EXPECT_EQ(out.content, output);
+      for (size_t cut = 0; cut <= output.size(); ++cut) {
+        const size_t streamable =
+            StreamableToolText(std::string_view(output).substr(0, cut), 0, automatic, format);
+        EXPECT_LE(streamable, cut);
+        // Mistral's calls are the whole output: none of it went out as content.
+        if (format == chat::ToolCallFormat::kMistral && !out.calls.empty()) {
+          EXPECT_EQ(streamable, 0u) << output;
+        }
+      }
+    }
+  }
 }
 
 TEST(OpenAIApiTest, APromptEndsInReasoningWhenItsLastThinkIsOpen) {
