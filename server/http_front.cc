@@ -254,7 +254,10 @@ class Exchange {
         base.sampling.json_schema = request_.json_schema;
       }
       // DeepSeek-R1's generation prompt opens <think>: its output starts in the reasoning.
-      const bool split = chat_ && model_->split_reasoning();
+      // A constrained output (JSON mode, a schema, a forced tool call) has no room for
+      // thinking: it is all content.
+      const bool split = chat_ && model_->split_reasoning() &&
+                         base.sampling.response_format == engine::ResponseFormat::kText;
       const bool starts_in_reasoning =
           split &&
           PromptEndsInReasoning(DecodeIds(std::vector<int32_t>(
@@ -399,7 +402,7 @@ class Exchange {
                      {"stop_reason", StopReason(*c.final)}};
       if (chat_) {
         choice["message"] = {{"role", "assistant"}, {"content", c.text}};
-        if (c.splitter) {
+        if (model_->split_reasoning()) {
           choice["message"]["reasoning_content"] =
               c.reasoning.empty() ? json(nullptr) : json(c.reasoning);
         }

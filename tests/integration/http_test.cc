@@ -654,6 +654,22 @@ TEST(HttpTest, ReasoningGoesToReasoningContent) {
     ASSERT_EQ(st.status, 200) << st.raw;
     EXPECT_EQ(streamed(st), std::make_pair(qwq_text, std::string())) << st.raw;
   }
+  // A constrained output has no thinking, even where the prompt opened it: all content.
+  {
+    const Answer a = Post(client, "/v1/chat/completions",
+                          {{"model", "qwq"},
+                           {"messages", messages},
+                           {"max_tokens", 100},  // past the whitespace JSON mode allows first
+                           {"temperature", 0},
+                           {"response_format", {{"type", "json_object"}}}});
+    ASSERT_EQ(a.status, 200) << a.raw;
+    const json& message = a.body["choices"][0]["message"];
+    EXPECT_TRUE(message["reasoning_content"].is_null()) << a.raw;
+    const std::string content = message["content"];
+    const size_t first = content.find_first_not_of(" \t\r\n");
+    ASSERT_NE(first, std::string::npos) << a.raw;
+    EXPECT_EQ(content[first], '{') << a.raw;
+  }
   // Qwen3 opens no <think> in its prompt, and with enable_thinking false closes one: an
   // output that does not start with <think> is all content, reasoning_content null.
   for (const json& kwargs : {json(nullptr), json{{"enable_thinking", false}}}) {
