@@ -27,6 +27,28 @@ using ordered_json = nlohmann::ordered_json;
 constexpr char kParamPayload[] = "spanserve.dev/openai-param";
 
 // Reads body[key] when present and not null.
+// Calls on_bracket(index, opening) for each [ ] { } of `text` outside JSON strings (their
+// escapes skipped), until it returns true.
+template <typename OnBracket>
+void ScanJsonBrackets(std::string_view text, OnBracket on_bracket) {
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if ((c == '[' || c == '{' || c == ']' || c == '}') &&
+               on_bracket(i, c == '[' || c == '{')) {
+      return;
+    }
+  }
+}
+
 const json* Field(const json& body, absl::string_view key) {
   auto it = body.find(std::string(key));
   if (it == body.end() || it->is_null()) return nullptr;
@@ -419,24 +441,14 @@ json OpenAIError(const absl::Status& status) {
 int JsonDepth(absl::string_view text, int limit) {
   int depth = 0;
   int deepest = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\') {
-        ++i;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > deepest) deepest = depth;
-      if (deepest > limit) return deepest;
-    } else if (c == ']' || c == '}') {
+  ScanJsonBrackets(std::string_view(text.data(), text.size()), [&](size_t, bool open) {
+    if (!open) {
       --depth;
+      return false;
     }
-  }
+    if (++depth > deepest) deepest = depth;
+    return deepest > limit;
+  });
   return deepest;
 }
 
@@ -852,24 +864,17 @@ constexpr std::string_view kMistralCallId = "[CALL_ID]";
 // skipped), or 0 when it does not close.
 size_t JsonValueLength(std::string_view text) {
   int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\') {
-        ++i;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
+  size_t length = 0;
+  ScanJsonBrackets(text, [&](size_t at, bool open) {
+    if (open) {
       ++depth;
-    } else if (c == '}' || c == ']') {
-      if (--depth == 0) return i + 1;
+      return false;
     }
-  }
-  return 0;
+    if (--depth != 0) return false;
+    length = at + 1;
+    return true;
+  });
+  return length;
 }
 
 // The tool whose name `text` starts with, longest first ("" when none).
