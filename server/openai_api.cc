@@ -26,7 +26,6 @@ using ordered_json = nlohmann::ordered_json;
 
 constexpr char kParamPayload[] = "spanserve.dev/openai-param";
 
-// Reads body[key] when present and not null.
 // Calls on_bracket(index, opening) for each [ ] { } of `text` outside JSON strings (their
 // escapes skipped), until it returns true.
 template <typename OnBracket>
@@ -49,6 +48,7 @@ void ScanJsonBrackets(std::string_view text, OnBracket on_bracket) {
   }
 }
 
+// Reads body[key] when present and not null.
 const json* Field(const json& body, absl::string_view key) {
   auto it = body.find(std::string(key));
   if (it == body.end() || it->is_null()) return nullptr;
