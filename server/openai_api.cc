@@ -818,7 +818,12 @@ constexpr std::string_view kToolCallClose = "</tool_call>";
 constexpr std::string_view kThinkOpen = "<think>";
 constexpr std::string_view kThinkClose = "</think>";
 
-bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+constexpr std::string_view kSpaces = " \t\r\n";
+
+// The length of the whitespace that starts `s`.
+size_t LeadingSpaces(std::string_view s) {
+  return std::min(s.find_first_not_of(kSpaces), s.size());
+}
 
 // The length of the longest end of `text` that is a proper beginning of `tag` (text to hold
 // back while it may still grow into the tag).
@@ -830,9 +835,9 @@ size_t TagStartAtEnd(std::string_view text, std::string_view tag) {
 }
 
 std::string_view Trim(std::string_view s) {
-  const size_t b = s.find_first_not_of(" \t\r\n");
+  const size_t b = s.find_first_not_of(kSpaces);
   if (b == std::string_view::npos) return {};
-  const size_t e = s.find_last_not_of(" \t\r\n");
+  const size_t e = s.find_last_not_of(kSpaces);
   return s.substr(b, e - b + 1);
 }
 
@@ -1021,7 +1026,7 @@ size_t StreamableToolText(std::string_view text, size_t sent, const OpenAIReques
     return MistralMayCall(text, request.tool_names) ? 0 : text.size();
   }
   // Llama 3 JSON: a call is the whole output; text that starts otherwise is content.
-  const size_t first = text.find_first_not_of(" \t\r\n");
+  const size_t first = text.find_first_not_of(kSpaces);
   if (first == std::string_view::npos) return 0;
   return text[first] == '{' || text[first] == '[' || text.substr(first, 2) == "<|" ? 0
                                                                                    : text.size();
@@ -1033,9 +1038,7 @@ void ReasoningSplitter::Feed(std::string_view text, std::string* reasoning, std:
   for (;;) {
     switch (state_) {
       case State::kStart: {
-        size_t first = 0;
-        while (first < rest.size() && IsSpace(rest[first])) ++first;
-        const std::string_view after = rest.substr(first);
+        const std::string_view after = rest.substr(LeadingSpaces(rest));
         if (after.size() < kThinkOpen.size() && kThinkOpen.substr(0, after.size()) == after) {
           held_ = std::string(rest);  // whitespace, or the tag's beginning: wait
           return;
@@ -1062,9 +1065,7 @@ void ReasoningSplitter::Feed(std::string_view text, std::string* reasoning, std:
         continue;
       }
       case State::kAfterReasoning: {
-        size_t first = 0;
-        while (first < rest.size() && IsSpace(rest[first])) ++first;
-        rest = rest.substr(first);
+        rest = rest.substr(LeadingSpaces(rest));
         if (rest.empty()) {
           held_.clear();
           return;
