@@ -4,6 +4,7 @@
 
 #include <immintrin.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -98,11 +99,18 @@ inline void Widen(const void* src, DType dtype, int64_t n, float* dst) {
   }
 }
 
-// An f16 at p (unaligned), widened: a quantized block's scale or min.
+// The f32 of every f16 bit pattern, as F16C's VCVTPH2PS gives it (half.cc; 256 KiB, of which
+// a model's scales touch a few lines).
+extern const std::array<float, 65536> kHalfToFloat;
+
+// An f16 at p (unaligned), widened: a quantized block's scale or min. Read from kHalfToFloat,
+// so a broadcast of it is one load: F16C's scalar conversion and the broadcast were two or
+// three vector operations per block and row, a third of those of a table-decoded group of 32
+// (matmul_rows.inc) on the ports its shuffles need.
 inline float HalfAt(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
+  return kHalfToFloat[h];
 }
 
 // Eight bytes zero- or sign-extended to eight f32.

@@ -7,6 +7,7 @@
 
 #include "common/dtype.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/simd.h"
 
 namespace spanserve::kernels::cpu {
 namespace {
@@ -206,6 +207,24 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"Q6_K", 256, 210, 208, 1, false, DequantizeQ6_K, RefQ6_K},
                       Case{"Q8_K", 256, 292, 0, 0, true, DequantizeQ8_K, RefQ8_K}),
     [](const auto& info) { return std::string(info.param.name); });
+
+// Every quantized block's scale is read through simd::kHalfToFloat: it must hold what F16C
+// gives for each of the 65,536 patterns, bit for bit (subnormals, infinities, NaN payloads).
+TEST(Dequant, HalfTableEqualsF16cForEveryPattern) {
+  int mismatches = 0;
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float table = simd::kHalfToFloat[h];
+    const float f16c = _cvtsh_ss(static_cast<uint16_t>(h));
+    uint32_t a, b;
+    std::memcpy(&a, &table, 4);
+    std::memcpy(&b, &f16c, 4);
+    if (a != b && ++mismatches <= 5)
+      ADD_FAILURE() << std::hex << "f16 0x" << h << ": table 0x" << a << ", F16C 0x" << b;
+  }
+  EXPECT_EQ(mismatches, 0);
+  uint8_t bytes[2] = {0x00, 0x3c};  // 1.0
+  EXPECT_EQ(simd::HalfAt(bytes), 1.0f);
+}
 
 TEST(Dequant, KnownValues) {
   // Q4_0 with d = 0.5: nibble 0 -> -4, 15 -> 3.5; element 16 reads the high nibble of qs[0].
