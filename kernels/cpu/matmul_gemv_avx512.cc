@@ -1,9 +1,11 @@
 // MatMul for batches of at most 4 rows on the 4- and 5-bit formats of blocks of 32 (Q4_0,
 // Q4_1, Q5_0, Q5_1, IQ4_NL) and Q4_K / Q5_K where the CPU has AVX-512: matmul.cc's kernels
 // (matmul_rows.inc), compiled here with AVX-512, where DecodeGroup decodes each group of 32 by
-// table look-ups (DecodeGroupByTable, DecodeGroupByTableK). The weights it produces are the AVX2
-// decoding's to the bit and the FMAs are the same code, so the results are bit-identical
-// (QuantMatMulTest and KQuantMatMulTest, whose avx512 cases at m <= 4 run this path).
+// table look-ups (DecodeGroupByTable, DecodeGroupByTableK) and the micro-kernels hold two weight
+// rows' 8-lane accumulators in one 512-bit register (MicroPaired). The weights it produces are
+// the AVX2 decoding's to the bit and each dot product's FMAs run in the same order, so the
+// results are bit-identical (QuantMatMulTest and KQuantMatMulTest, whose avx512 cases at m <= 4
+// run this path).
 #include "kernels/cpu/matmul_avx512.h"  // first: it includes <immintrin.h> (see there)
 
 #include <algorithm>
