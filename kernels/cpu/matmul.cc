@@ -63,9 +63,10 @@ void MatMulTypedPart(const float* x, int64_t m, const WeightMatrix& w, const Wei
   const bool has512 = MaxIsa().load(std::memory_order_relaxed) == Isa::kAvx512;
   if (m > kMaxMr && has512) {
     internal::MatMulRowsAvx512(x, m, w, bias, y, n0, n1);
-  } else if (m <= kMaxMr && has512 && TableDecodes(kW)) {
-    // Decode-sized batches of the 4- and 5-bit block formats: the same kernels, with the
-    // blocks decoded by table look-ups where the CPU has AVX-512 (matmul_gemv_avx512.cc).
+  } else if (m <= kMaxMr && has512 && PairsRows(kW)) {
+    // Decode-sized batches of the block formats but Q2_K, Q3_K and IQ4_XS: the same kernels,
+    // two weight rows to a register and the 4- and 5-bit blocks decoded by table look-ups
+    // where the CPU has AVX-512 (matmul_gemv_avx512.cc).
     internal::MatMulRowsGemvAvx512(x, m, w, bias, y, n0, n1);
   } else {
     const int64_t x_tile =

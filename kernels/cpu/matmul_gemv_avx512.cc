@@ -33,10 +33,10 @@ void MatMulRowsGemvAvx512(const float* x, int64_t m, const WeightMatrix& w,
   SPANSERVE_CHECK_LE(m, kMaxMr);
   WithFormat(FormatOf(w), [&](auto f) {
     constexpr WFmt kW = decltype(f)::value;
-    if constexpr (TableDecodes(kW)) {
+    if constexpr (PairsRows(kW)) {
       MatMulRows<kW>(x, m, w, bias, y, n0, n1, /*x_tile=*/kMaxMr, /*widen=*/false);
     } else {
-      SPANSERVE_CHECK(TableDecodes(kW));  // MatMulTypedPart sends only these
+      SPANSERVE_CHECK(PairsRows(kW));  // MatMulTypedPart sends only these
     }
   });
 }
