@@ -1011,6 +1011,18 @@ void HttpFront::Routes() {
     res.status = 200;
     res.set_content("", "text/plain");
   });
+  // /metrics on the API port too, as vLLM and TGI serve it (scrape configs and ServiceMonitors
+  // written for them find it here): the text --metrics_address serves, without auth as there
+  // and as /health; 404 when the server runs without metrics.
+  s.Get("/metrics", [service](const httplib::Request&, httplib::Response& res) {
+    const ServerMetrics* metrics = service->metrics();
+    if (metrics == nullptr) {
+      return SendError(
+          res, absl::NotFoundError("metrics are off: start the server with --metrics_address"));
+    }
+    res.status = 200;
+    res.set_content(metrics->ScrapeText(), "text/plain; version=0.0.4; charset=utf-8");
+  });
   s.Post("/tokenize", [service](const httplib::Request& req, httplib::Response& res) {
     if (absl::Status st = AdmitHttp(*service, req); !st.ok()) return SendError(res, st);
     absl::StatusOr<json> body = ParseBody(req);

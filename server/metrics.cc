@@ -11,6 +11,7 @@
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
@@ -146,6 +147,10 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Start(const std::s
   }
   m->exposer_->RegisterCollectable(m->refresh_);
   return m;
+}
+
+std::string ServerMetrics::ScrapeText() const {
+  return prometheus::TextSerializer().Serialize(refresh_->Collect());
 }
 
 ServerMetrics::~ServerMetrics() {

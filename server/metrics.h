@@ -67,6 +67,8 @@ class ServerMetrics {
   void StopPolling();
   // Records a finished request of model `model_name`.
   void RecordFinished(const std::string& model_name, const engine::FinalInfo& final);
+  // What a scrape of /metrics answers, in Prometheus's text format (the HTTP front's /metrics).
+  std::string ScrapeText() const;
 
  private:
   class ScrapeRefresh;

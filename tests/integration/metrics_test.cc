@@ -398,6 +398,34 @@ TEST(MetricsTest, ExpertBalanceWindowForgetsOldTraffic) {
 
 // Counters only grow, and a second scrape of an idle server reads the same values: the
 // refresh on scrape adds deltas, never totals twice.
+// The HTTP front serves /metrics too (as vLLM does on its API port): the same series and
+// values as the metrics port; without --metrics_address it answers 404.
+TEST(MetricsTest, TheHttpFrontServesTheSameMetrics) {
+  const int port = FreePort();
+  const int http_port = FreePort();
+  ServerProcess server({"--metrics_address=127.0.0.1:" + std::to_string(port),
+                        "--http_address=127.0.0.1:" + std::to_string(http_port), "--threads=1"});
+  auto stub = v1::SpanServe::NewStub(server.Channel());
+  ASSERT_TRUE(Generate(*stub, IdsRequest(10, 5, 3)).status.ok());
+  const Scrape a = ScrapeWhenIdle(port, kDense);
+  const HttpResponse text = HttpGet(http_port, "/metrics");
+  ASSERT_EQ(text.status, 200) << text.body;
+  const Scrape b(ParseMetrics(text.body));
+  const Labels m = {{"model_name", kDense}};
+  for (const char* name : {"spanserve_prompt_tokens_total", "spanserve_generation_tokens_total",
+                           "spanserve_batch_size_count", "spanserve_num_requests_running"}) {
+    EXPECT_EQ(a.Value(name, m), b.Value(name, m)) << name;
+  }
+  EXPECT_EQ(b.Value("spanserve_prompt_tokens_total", m), 5);
+  EXPECT_TRUE(b.Has("spanserve_time_to_first_token_seconds"));
+
+  const int bare_port = FreePort();
+  ServerProcess bare({"--http_address=127.0.0.1:" + std::to_string(bare_port), "--threads=1"});
+  const HttpResponse off = HttpGet(bare_port, "/metrics");
+  EXPECT_EQ(off.status, 404);
+  EXPECT_NE(off.body.find("--metrics_address"), std::string::npos) << off.body;
+}
+
 TEST(MetricsTest, RepeatedScrapesDoNotDoubleCount) {
   const int port = FreePort();
   ServerProcess server({"--metrics_address=127.0.0.1:" + std::to_string(port), "--threads=1",
