@@ -953,6 +953,7 @@ absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(SpanServeService* se
   std::unique_ptr<HttpFront> front(new HttpFront(service, std::move(server)));
   front->max_body_bytes_ = options.max_body_bytes;
   front->header_timeout_s_ = std::max(1, options.header_timeout_s);
+  front->allowed_origins_ = options.allowed_origins;
   front->Routes();
   if (port == 0) {
     port = front->server_->bind_to_any_port(host);
@@ -1105,6 +1106,48 @@ void HttpFront::Routes() {
       if (const int fd = ConnectionFd(req); fd >= 0) shutdown(fd, SHUT_RDWR);
     }
   });
+  // CORS, as vLLM's (Starlette's) middleware answers it: a preflight (OPTIONS with Origin and
+  // Access-Control-Request-Method) from an allowed origin gets 204 with the methods and the
+  // headers it asked for, from another origin 400; every response to a request whose Origin is
+  // allowed names it in Access-Control-Allow-Origin ("*" when any is), error answers included,
+  // so a page can read them.
+  if (!allowed_origins_.empty()) {
+    const std::vector<std::string> origins = allowed_origins_;
+    const bool any = std::find(origins.begin(), origins.end(), "*") != origins.end();
+    const auto allowed = [origins, any](const httplib::Request& req) -> std::optional<std::string> {
+      if (!req.has_header("Origin")) return std::nullopt;
+      if (any) return std::string("*");
+      const std::string origin = req.get_header_value("Origin");
+      if (std::find(origins.begin(), origins.end(), origin) == origins.end()) return std::nullopt;
+      return origin;
+    };
+    s.Options(R"(/.*)", [allowed, any](const httplib::Request& req, httplib::Response& res) {
+      if (!req.has_header("Origin") || !req.has_header("Access-Control-Request-Method")) {
+        res.status = 204;  // not a preflight: what may be asked here
+        res.set_header("Allow", "GET, POST, OPTIONS");
+        return;
+      }
+      if (!allowed(req)) {
+        SendError(res, absl::InvalidArgumentError(absl::StrCat(
+                           "the CORS origin ", EchoValue(req.get_header_value("Origin")),
+                           " is not allowed (--allowed_origins)")));
+        return;
+      }
+      res.status = 204;
+      res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+      const std::string asked = req.get_header_value("Access-Control-Request-Headers");
+      if (!asked.empty()) res.set_header("Access-Control-Allow-Headers", asked);
+      res.set_header("Access-Control-Max-Age", "600");
+      if (!any) res.set_header("Vary", "Origin");
+    });
+    s.set_post_routing_handler([allowed, any](const httplib::Request& req, httplib::Response& res) {
+      if (std::optional<std::string> origin = allowed(req);
+          origin && !res.has_header("Access-Control-Allow-Origin")) {
+        res.set_header("Access-Control-Allow-Origin", *origin);
+        if (!any) res.set_header("Vary", "Origin");
+      }
+    });
+  }
   // The framing of a request body, checked once the headers are in and before the body is read
   // (each refusal closes the connection, whose remaining bytes are not a request):
   // - several Content-Length values that differ, or one that is not a plain decimal, are a

@@ -25,6 +25,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "server/service.h"
@@ -48,6 +49,9 @@ struct HttpFrontOptions {
   // the previous response on it being written); a connection that takes longer (a client
   // trickling header lines to hold a thread) is closed.
   int header_timeout_s = 10;
+  // CORS (as vLLM's --allowed-origins): the origins whose pages may call from a browser, "*"
+  // for any; empty: no CORS headers and no preflight answers.
+  std::vector<std::string> allowed_origins;
 };
 
 class HttpFront {
@@ -81,8 +85,9 @@ class HttpFront {
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   int port_ = 0;
-  int64_t max_body_bytes_ = 0;  // HttpFrontOptions::max_body_bytes
-  int header_timeout_s_ = 10;   // HttpFrontOptions::header_timeout_s
+  int64_t max_body_bytes_ = 0;                // HttpFrontOptions::max_body_bytes
+  int header_timeout_s_ = 10;                 // HttpFrontOptions::header_timeout_s
+  std::vector<std::string> allowed_origins_;  // HttpFrontOptions::allowed_origins
   bool stopped_ = false;
   struct Connection {
     bool busy = false;  // between a request's headers and its response written

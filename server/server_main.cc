@@ -91,6 +91,10 @@ ABSL_FLAG(std::string, http_address, "",
 ABSL_FLAG(int, http_threads, 256,
           "HTTP connections served at once (each open connection, streaming or idle "
           "keep-alive, holds one thread)");
+ABSL_FLAG(std::string, allowed_origins, "*",
+          "CORS: the web origins (scheme://host[:port], comma-separated) whose pages may call "
+          "the HTTP front from a browser, or * for any, as vLLM's --allowed-origins (empty: "
+          "no CORS headers, and preflights are not answered)");
 ABSL_FLAG(int, http_header_timeout_s, 10,
           "an HTTP request's headers must be in within this many seconds of its connection "
           "opening (or of the previous response on it); a connection that takes longer (a "
@@ -142,6 +146,16 @@ ABSL_FLAG(double, debug_load_delay_s, 0,
 
 namespace spanserve::server {
 namespace {
+
+// --allowed_origins: comma-separated, each trimmed; blanks dropped.
+std::vector<std::string> AllowedOrigins(const std::string& flag) {
+  std::vector<std::string> out;
+  for (absl::string_view origin : absl::StrSplit(flag, ',')) {
+    origin = absl::StripAsciiWhitespace(origin);
+    if (!origin.empty()) out.emplace_back(origin);
+  }
+  return out;
+}
 
 constexpr char kServiceName[] = "spanserve.v1.SpanServe";
 // The transport's metadata limit (GRPC_ARG_MAX_METADATA_SIZE): see where it is set.
@@ -413,6 +427,7 @@ int Run(const sigset_t& signals) {
                       .threads = absl::GetFlag(FLAGS_http_threads),
                       .max_body_bytes = absl::GetFlag(FLAGS_max_message_bytes),
                       .header_timeout_s = absl::GetFlag(FLAGS_http_header_timeout_s),
+                      .allowed_origins = AllowedOrigins(absl::GetFlag(FLAGS_allowed_origins)),
                   });
     if (!h.ok()) {
       Log(h.status().ToString());

@@ -1015,6 +1015,74 @@ TEST(HttpTest, BodiesAreJsonWhateverTheirContentTypeSays) {
   EXPECT_EQ(tokenized->status, 200) << tokenized->body;
 }
 
+// CORS as vLLM answers it (--allowed_origins, "*" by default): preflights from an allowed
+// origin get 204 with what they asked for, others 400; responses name the allowed origin,
+// errors too; an empty list turns CORS off.
+TEST(HttpTest, CorsLetsAllowedPagesCall) {
+  const httplib::Headers preflight_from_a = {{"Origin", "http://a.example"},
+                                             {"Access-Control-Request-Method", "POST"},
+                                             {"Access-Control-Request-Headers", "authorization"}};
+  httplib::Headers preflight_from_b = preflight_from_a;
+  preflight_from_b.find("Origin")->second = "http://b.example";
+  const std::string body = json{{"prompt", "And God said"}, {"max_tokens", 2}}.dump();
+  const std::string bad_body = json{{"prompt", ""}, {"max_tokens", 2}}.dump();
+  {
+    HttpServer s;
+    auto client = s.Client();
+    auto pre = client.Options("/v1/chat/completions", preflight_from_b);
+    ASSERT_TRUE(pre);
+    EXPECT_EQ(pre->status, 204);
+    EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Origin"), "*");
+    EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Headers"), "authorization");
+    EXPECT_NE(pre->get_header_value("Access-Control-Allow-Methods").find("POST"),
+              std::string::npos);
+    for (const std::string* b : {&body, &bad_body}) {
+      auto res =
+          client.Post("/v1/completions", {{"Origin", "http://b.example"}}, *b, "application/json");
+      ASSERT_TRUE(res);
+      EXPECT_EQ(res->status, b == &body ? 200 : 400);
+      EXPECT_EQ(res->get_header_value("Access-Control-Allow-Origin"), "*");
+    }
+    auto no_origin = client.Post("/v1/completions", body, "application/json");
+    ASSERT_TRUE(no_origin);
+    EXPECT_FALSE(no_origin->has_header("Access-Control-Allow-Origin"));
+  }
+  {
+    HttpServer s({"--allowed_origins=http://a.example, http://c.example"});
+    auto client = s.Client();
+    auto pre_a = client.Options("/v1/completions", preflight_from_a);
+    ASSERT_TRUE(pre_a);
+    EXPECT_EQ(pre_a->status, 204);
+    EXPECT_EQ(pre_a->get_header_value("Access-Control-Allow-Origin"), "http://a.example");
+    EXPECT_EQ(pre_a->get_header_value("Vary"), "Origin");
+    auto pre_b = client.Options("/v1/completions", preflight_from_b);
+    ASSERT_TRUE(pre_b);
+    EXPECT_EQ(pre_b->status, 400);
+    EXPECT_FALSE(pre_b->has_header("Access-Control-Allow-Origin"));
+    auto from_b =
+        client.Post("/v1/completions", {{"Origin", "http://b.example"}}, body, "application/json");
+    ASSERT_TRUE(from_b);
+    EXPECT_EQ(from_b->status, 200);
+    EXPECT_FALSE(from_b->has_header("Access-Control-Allow-Origin"));
+    auto from_c =
+        client.Post("/v1/completions", {{"Origin", "http://c.example"}}, body, "application/json");
+    ASSERT_TRUE(from_c);
+    EXPECT_EQ(from_c->get_header_value("Access-Control-Allow-Origin"), "http://c.example");
+  }
+  {
+    HttpServer s({"--allowed_origins="});
+    auto client = s.Client();
+    auto pre = client.Options("/v1/completions", preflight_from_a);
+    ASSERT_TRUE(pre);
+    EXPECT_EQ(pre->status, 404);
+    auto res =
+        client.Post("/v1/completions", {{"Origin", "http://a.example"}}, body, "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+    EXPECT_FALSE(res->has_header("Access-Control-Allow-Origin"));
+  }
+}
+
 TEST(HttpTest, ErrorsHaveOpenAIsShapeAndTheRightStatus) {
   HttpServer s({"--auth_token=sesame", "--max_message_bytes=65536"});
   auto client = s.Client();
