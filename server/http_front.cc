@@ -511,19 +511,26 @@ class Exchange {
     return nullptr;
   }
 
+  // OpenAI's usage; prompt_tokens_details.cached_tokens: the prompt tokens the prefix cache
+  // served (the first choice's, where n > 1, as prompt_tokens counts each prompt once).
   json Usage() const {
     int64_t prompt = 0;
+    int64_t cached = 0;
     int64_t completion = 0;
     int last_prompt = -1;
     for (const Choice& c : choices_) {
       if (!c.final) continue;
-      if (c.prompt_index != last_prompt) prompt += c.final->prompt_tokens;  // once a prompt
+      if (c.prompt_index != last_prompt) {  // once a prompt
+        prompt += c.final->prompt_tokens;
+        cached += c.final->cached_prompt_tokens;
+      }
       last_prompt = c.prompt_index;
       completion += c.final->generated_tokens;
     }
     return {{"prompt_tokens", prompt},
             {"completion_tokens", completion},
-            {"total_tokens", prompt + completion}};
+            {"total_tokens", prompt + completion},
+            {"prompt_tokens_details", {{"cached_tokens", cached}}}};
   }
 
   static json CompletionLogprobsInit() {

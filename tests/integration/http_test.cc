@@ -1015,6 +1015,32 @@ TEST(HttpTest, BodiesAreJsonWhateverTheirContentTypeSays) {
   EXPECT_EQ(tokenized->status, 200) << tokenized->body;
 }
 
+// usage.prompt_tokens_details.cached_tokens: the prompt tokens the prefix cache served, as
+// OpenAI reports them: none the first time, the prompt's whole blocks the second.
+TEST(HttpTest, UsageCountsCachedPromptTokens) {
+  HttpServer s;
+  auto client = s.Client();
+  json prompt = json::array();
+  for (int i = 0; i < 40; ++i) prompt.push_back(5 + i);
+  const json body = {{"prompt", prompt}, {"max_tokens", 2}, {"temperature", 0}};
+  const Answer first = Post(client, "/v1/completions", body);
+  ASSERT_EQ(first.status, 200) << first.raw;
+  EXPECT_EQ(first.body["usage"]["prompt_tokens"], 40);
+  EXPECT_EQ(first.body["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+  json streamed = body;
+  streamed["stream"] = true;
+  streamed["stream_options"] = {{"include_usage", true}};
+  auto res = client.Post("/v1/completions", streamed.dump(), "application/json");
+  ASSERT_TRUE(res);
+  const std::vector<std::string> events = SseData(res->body);
+  ASSERT_GE(events.size(), 2u);
+  const json usage = json::parse(events[events.size() - 2])["usage"];
+  const int cached = usage["prompt_tokens_details"]["cached_tokens"];
+  EXPECT_GE(cached, 16) << usage;
+  EXPECT_LT(cached, 40) << usage;
+  EXPECT_EQ(cached % 16, 0) << usage;
+}
+
 // CORS as vLLM answers it (--allowed_origins, "*" by default): preflights from an allowed
 // origin get 204 with what they asked for, others 400; responses name the allowed origin,
 // errors too; an empty list turns CORS off.
