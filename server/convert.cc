@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -424,6 +425,15 @@ absl::StatusOr<engine::SamplingParams> ToSamplingParams(const v1::SamplingParams
   if (!proto.json_schema().empty() && proto.response_format() != v1::RESPONSE_FORMAT_JSON_SCHEMA) {
     return absl::InvalidArgumentError(
         "sampling.json_schema is only taken with response_format RESPONSE_FORMAT_JSON_SCHEMA");
+  }
+  if (proto.guided_choice_size() > 0) {
+    if (proto.response_format() != v1::RESPONSE_FORMAT_TEXT) {
+      return absl::InvalidArgumentError(
+          "sampling.guided_choice is only taken with response_format RESPONSE_FORMAT_TEXT");
+    }
+    p.response_format = engine::ResponseFormat::kChoice;
+    p.choices = std::make_shared<const std::vector<std::string>>(proto.guided_choice().begin(),
+                                                                 proto.guided_choice().end());
   }
   // The engine accepts 0 (prompt scoring only); over gRPC that is Score's job, and a
   // Generate that generates nothing is a client bug.

@@ -716,15 +716,64 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
     response_format = v1::RESPONSE_FORMAT_JSON_SCHEMA;
     schema_param = "guided_json";
   }
+  // vLLM's guided_choice, and its later structured_outputs {"choice": [...]} (or {"json":
+  // schema}, as guided_json): the output is one of the strings.
+  const json* choice_list = Field(body, "guided_choice");
+  const char* choice_param = "guided_choice";
+  if (const json* outputs = Field(body, "structured_outputs"); outputs != nullptr) {
+    if (!outputs->is_object() || outputs->size() != 1 ||
+        !(outputs->contains("choice") || outputs->contains("json"))) {
+      return ParamError("structured_outputs",
+                        "must be an object with one of \"choice\" (a list of strings) or "
+                        "\"json\" (a JSON Schema); regex, grammar and structural_tag are not "
+                        "served");
+    }
+    if (response_format != v1::RESPONSE_FORMAT_TEXT || choice_list != nullptr) {
+      return ParamError("structured_outputs",
+                        "is not allowed beside response_format, guided_json or guided_choice");
+    }
+    if (const json* schema = Field(*outputs, "json"); schema != nullptr) {
+      if (!(schema->is_object() || schema->is_string() || schema->is_boolean())) {
+        return ParamError("structured_outputs",
+                          "json must be a JSON Schema (an object or its text)");
+      }
+      constexpr std::string_view kPath[] = {"structured_outputs", "json"};
+      schema_text = SchemaText(*schema, raw_body, kPath);
+      response_format = v1::RESPONSE_FORMAT_JSON_SCHEMA;
+      schema_param = "structured_outputs";
+    } else {
+      choice_list = Field(*outputs, "choice");
+      choice_param = "structured_outputs";
+    }
+  }
+  std::vector<std::string> choices;
+  if (choice_list != nullptr) {
+    if (response_format != v1::RESPONSE_FORMAT_TEXT) {
+      return ParamError(choice_param, "is not allowed beside a response_format or guided_json");
+    }
+    if (!choice_list->is_array() || choice_list->empty() ||
+        choice_list->size() > static_cast<size_t>(engine::kMaxChoices)) {
+      return ParamError(choice_param, absl::StrCat("choices must be a list of 1 to ",
+                                                   engine::kMaxChoices, " strings"));
+    }
+    for (const json& c : *choice_list) {
+      if (!c.is_string() || c.get_ref<const std::string&>().empty() ||
+          c.get_ref<const std::string&>().size() > static_cast<size_t>(engine::kMaxChoiceBytes)) {
+        return ParamError(choice_param, absl::StrCat("each choice must be a string of 1 to ",
+                                                     engine::kMaxChoiceBytes, " bytes"));
+      }
+      choices.push_back(c.get<std::string>());
+    }
+  }
   std::string tools_text;
   if (chat) {
     ASSIGN_OR_RETURN(tools_text, ParseTools(body, raw_body, &request));
     if (request.tool_choice == OpenAIRequest::ToolChoice::kNamed ||
         request.tool_choice == OpenAIRequest::ToolChoice::kRequired) {
-      if (response_format != v1::RESPONSE_FORMAT_TEXT) {
+      if (response_format != v1::RESPONSE_FORMAT_TEXT || !choices.empty()) {
         return ParamError("tool_choice",
                           "a required or named tool_choice cannot be combined "
-                          "with response_format or guided_json");
+                          "with response_format, guided_json or guided_choice");
       }
       ASSIGN_OR_RETURN(request.json_schema, ToolCallSchema(request, tools_text));
     }
@@ -764,6 +813,7 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
   }
   ASSIGN_OR_RETURN(v1::SamplingParams sampling, ParseSampling(body, endpoint));
   sampling.set_response_format(response_format);
+  for (std::string& c : choices) sampling.add_guided_choice(std::move(c));
   if (!sampling.has_max_tokens()) {
     // OpenAI's defaults: 16 for completions; chat runs to the end of the turn or the
     // context (ToEngineRequest's length check leaves room for one token; the engine stops

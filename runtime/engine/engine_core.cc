@@ -1,6 +1,7 @@
 #include "runtime/engine/engine_core.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <limits>
 #include <utility>
@@ -179,9 +180,10 @@ absl::Status EngineCore::ValidateRequest(const Request& request) const {
   // The server may have added its own stop (a chat's end of turn) to a client's maximum.
   RETURN_IF_ERROR(ValidateSamplingParams(request.sampling, vocab_, StopLimits::kEngine));
   if (request.sampling.response_format != ResponseFormat::kText) {
-    const char* name = request.sampling.response_format == ResponseFormat::kJsonObject
-                           ? "json_object"
-                           : "json_schema";
+    const ResponseFormat f = request.sampling.response_format;
+    const char* name = f == ResponseFormat::kJsonObject   ? "json_object"
+                       : f == ResponseFormat::kJsonSchema ? "json_schema"
+                                                          : "guided_choice";
     if (options_.token_bytes == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat("response_format ", name,
@@ -405,6 +407,56 @@ bool EngineCore::MaskToJson(const Sequence& seq, bool suppress_stop, std::span<f
   return true;
 }
 
+bool EngineCore::MaskToChoice(const Sequence& seq, bool suppress_stop, std::span<float> logits) {
+  const SamplingParams& params = seq.request.sampling;
+  const std::string& out = seq.choice_out;
+  json_ids_.clear();
+  // The choices the output so far begins, and whether it is one of them.
+  bool whole = false;
+  choice_live_.clear();
+  for (const std::string& c : *params.choices) {
+    if (c.size() < out.size() || c.compare(0, out.size(), out) != 0) continue;
+    if (c.size() == out.size()) {
+      whole = true;
+    } else {
+      choice_live_.push_back(std::string_view(c).substr(out.size()));
+    }
+  }
+  if (!choice_live_.empty()) {
+    // A token can only go on with a live choice's next byte: most are passed over on that.
+    std::array<bool, 256> first{};
+    for (std::string_view rest : choice_live_) first[static_cast<uint8_t>(rest[0])] = true;
+    const TokenBytesTable& table = *options_.token_bytes;
+    for (int32_t t = 0; t < vocab_; ++t) {
+      const std::string& b = table.bytes(t);
+      // Special tokens (no bytes) are not text: only EOS / stop ids, below.
+      if (b.empty() || !first[static_cast<uint8_t>(b[0])]) continue;
+      for (std::string_view rest : choice_live_) {
+        if (rest.size() >= b.size() && rest.compare(0, b.size(), b) == 0) {
+          json_ids_.push_back(t);
+          break;
+        }
+      }
+    }
+  }
+  if (whole && !suppress_stop) {
+    if (!params.ignore_eos) {
+      for (int32_t t : info_.eos_token_ids) {
+        if (t >= 0 && t < vocab_) json_ids_.push_back(t);
+      }
+    }
+    json_ids_.insert(json_ids_.end(), params.stop_token_ids.begin(), params.stop_token_ids.end());
+  }
+  if (json_ids_.empty()) return false;
+  std::vector<char>& keep = scratch_.seen;
+  for (int32_t t : json_ids_) keep[t] = 1;
+  for (int32_t i = 0; i < vocab_; ++i) {
+    if (keep[i] == 0) logits[i] = -std::numeric_limits<float>::infinity();
+  }
+  for (int32_t t : json_ids_) keep[t] = 0;
+  return true;
+}
+
 void EngineCore::SampleNext(Sequence* seq, float* row) {
   const SamplingParams& params = seq->request.sampling;
   RequestOutput& out = seq->pending;
@@ -431,7 +483,26 @@ void EngineCore::SampleNext(Sequence* seq, float* row) {
     finishing_.push_back(seq);
   };
   if (seq->json_mode() && !MaskToJson(*seq, ctx.suppress_stop, logits)) return end_json();
+  // A choice: likewise, the output ends when no token may follow (a whole choice that
+  // nothing longer goes on from, under ignore_eos or min_tokens).
+  if (seq->choice_mode() && !MaskToChoice(*seq, ctx.suppress_stop, logits)) return end_json();
   const int32_t token = SampleToken(ctx, logits, seq->rng, scratch_);
+  if (seq->choice_mode()) {
+    // An allowed token: after a whole choice, EOS or a stop id (handled below as for any
+    // output); else a choice's next bytes. Anything else (a NaN row's argmax) ends the output.
+    const std::vector<std::string>& choices = *params.choices;
+    const bool whole = std::find(choices.begin(), choices.end(), seq->choice_out) != choices.end();
+    const bool stop_id = Contains(info_.eos_token_ids, token) ||
+                         Contains(std::span<const int32_t>(params.stop_token_ids), token);
+    if (!(whole && stop_id)) {
+      const std::string& b = options_.token_bytes->bytes(token);
+      const std::string next = seq->choice_out + b;
+      bool ok = false;
+      for (const std::string& c : choices) ok |= c.compare(0, next.size(), next) == 0;
+      if (b.empty() || !ok) return end_json();
+      seq->choice_out = next;
+    }
+  }
   if (seq->json_mode() && !seq->json.complete()) {
     // An allowed token: MaskToJson left at least one, and a NaN row's argmax is one of them
     // only if the model gave it a number.

@@ -7,6 +7,8 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -88,6 +90,9 @@ class EngineCore {
   // (EOS and stop ids only once it is complete and stops are allowed). False: none may
   // follow (the object is complete and stops are suppressed), so the output ends here.
   bool MaskToJson(const Sequence& seq, bool suppress_stop, std::span<float> logits);
+  // The same for ResponseFormat::kChoice: the tokens that keep the output a prefix of one of
+  // the choices, and EOS / stop ids after a whole one (unless suppress_stop).
+  bool MaskToChoice(const Sequence& seq, bool suppress_stop, std::span<float> logits);
   // Releases text held back (detokenizer, stop-string matcher) at the end of a request.
   void FlushText(Sequence* seq, std::span<const int32_t> tokens);
   // Pushes the pending output.
@@ -112,6 +117,7 @@ class EngineCore {
   std::vector<float> raw_row_;  // a copy of a row for logprobs (sampling overwrites it)
   // JSON mode: the tokens allowed at this step.
   std::vector<int32_t> json_ids_;
+  std::vector<std::string_view> choice_live_;  // MaskToChoice: the choices' remaining bytes
   std::vector<Sequence*> finishing_;
   std::string text_;
 

@@ -79,6 +79,22 @@ absl::Status ValidateSamplingParams(const SamplingParams& p, int32_t vocab_size,
     return absl::InvalidArgumentError(
         "response_format: json_schema needs a compiled schema, and only it takes one");
   }
+  if ((p.response_format == ResponseFormat::kChoice) != (p.choices != nullptr)) {
+    return absl::InvalidArgumentError(
+        "guided_choice: the choice format needs its strings, and only it takes them");
+  }
+  if (p.choices != nullptr) {
+    if (p.choices->empty() || static_cast<int64_t>(p.choices->size()) > kMaxChoices) {
+      return Bad("guided_choice", absl::StrCat("1 to ", kMaxChoices, " strings"),
+                 static_cast<int64_t>(p.choices->size()));
+    }
+    for (const std::string& c : *p.choices) {
+      if (c.empty() || static_cast<int64_t>(c.size()) > kMaxChoiceBytes) {
+        return Bad("guided_choice", absl::StrCat("strings of 1 to ", kMaxChoiceBytes, " bytes"),
+                   static_cast<int64_t>(c.size()));
+      }
+    }
+  }
   return absl::OkStatus();
 }
 

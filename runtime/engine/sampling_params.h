@@ -28,8 +28,13 @@ inline constexpr float kMaxLogitBiasValue = 100.0f;
 // can only follow its closing brace, which ends the output if neither may (ignore_eos,
 // min_tokens). kJsonSchema (structured outputs): the same, the output a JSON text that
 // `json_schema` accepts (engine/json_schema.h). Both need the tokenizer's token bytes
-// (EngineOptions::token_bytes).
-enum class ResponseFormat : uint8_t { kText, kJsonObject, kJsonSchema };
+// (EngineOptions::token_bytes). kChoice (vLLM's guided_choice): the output is one of
+// `choices`, token by token a prefix of one; EOS (or a stop token) only after a whole one.
+enum class ResponseFormat : uint8_t { kText, kJsonObject, kJsonSchema, kChoice };
+
+// guided_choice's bounds: strings, and bytes each.
+inline constexpr int32_t kMaxChoices = 256;
+inline constexpr int32_t kMaxChoiceBytes = 4096;
 
 class JsonSchema;
 
@@ -72,6 +77,8 @@ struct SamplingParams {
   ResponseFormat response_format = ResponseFormat::kText;
   // Set exactly when response_format is kJsonSchema.
   std::shared_ptr<const JsonSchema> json_schema;
+  // Set exactly when response_format is kChoice: non-empty strings, kMaxChoices at most.
+  std::shared_ptr<const std::vector<std::string>> choices;
   // Whether to detokenize the output (RequestOutput::text). Stop strings force it on.
   bool detokenize = true;
 

@@ -61,8 +61,14 @@ struct Sequence {
   StopStringMatcher stop_matcher;
   bool want_text = false;
   // ResponseFormat kJsonObject / kJsonSchema: the output's bytes so far, recognized.
-  bool json_mode() const { return request.sampling.response_format != ResponseFormat::kText; }
+  bool json_mode() const {
+    return request.sampling.response_format == ResponseFormat::kJsonObject ||
+           request.sampling.response_format == ResponseFormat::kJsonSchema;
+  }
   JsonState json;
+  // ResponseFormat kChoice: the output's bytes so far, a prefix of one of the choices.
+  bool choice_mode() const { return request.sampling.response_format == ResponseFormat::kChoice; }
+  std::string choice_out;
   // Prompt logprobs collected so far (positions prompt_logprobs_from..), emitted with the
   // first output.
   std::vector<PositionLogprobs> prompt_logprobs;

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <set>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -313,6 +314,84 @@ TEST(HttpTest, JsonModeAnswersJsonObjects) {
 
 // Structured outputs: every choice that stops is a text the schema accepts, its keys in the
 // schema's order (the body's order, which a parsed body would have sorted).
+// vLLM's guided_choice (and structured_outputs {"choice"}): every answer is one of the
+// strings, sampled or greedy, whole or streamed, over HTTP and gRPC; bad lists are refused.
+TEST(HttpTest, GuidedChoiceAnswersOneOfTheStrings) {
+  HttpServer s;
+  auto client = s.Client();
+  const std::vector<std::string> choices = {"Let there be light", "Let us make man", "Behold",
+                                            "Behold, the man"};
+  const auto is_choice = [&](const std::string& text) {
+    return std::find(choices.begin(), choices.end(), text) != choices.end();
+  };
+  std::set<std::string> seen;
+  for (const char* key : {"guided_choice", "structured_outputs"}) {
+    json body = {{"prompt", "And God said"},
+                 {"n", 8},
+                 {"temperature", 1.5},
+                 {"seed", 11},
+                 {"max_tokens", 64}};
+    if (std::string(key) == "guided_choice") {
+      body["guided_choice"] = choices;
+    } else {
+      body["structured_outputs"] = {{"choice", choices}};
+    }
+    const Answer a = Post(client, "/v1/completions", body);
+    ASSERT_EQ(a.status, 200) << a.raw;
+    for (const json& c : a.body["choices"]) {
+      EXPECT_TRUE(is_choice(c["text"])) << c["text"];
+      EXPECT_EQ(c["finish_reason"], "stop") << c["text"];
+      seen.insert(c["text"].get<std::string>());
+    }
+    // Streamed: the deltas join into one of the strings too.
+    body["n"] = 1;
+    body["stream"] = true;
+    auto res = client.Post("/v1/completions", body.dump(), "application/json");
+    ASSERT_TRUE(res);
+    std::string joined;
+    for (const std::string& e : SseData(res->body)) {
+      if (e != "[DONE]") joined += json::parse(e)["choices"][0]["text"].get<std::string>();
+    }
+    EXPECT_TRUE(is_choice(joined)) << joined;
+  }
+  EXPECT_GE(seen.size(), 2u);  // sampled, not one forced answer
+  // ignore_eos: "Behold" may not end the output, so it goes on to the longer choice.
+  const Answer longer = Post(client, "/v1/completions",
+                             {{"prompt", "And God said"},
+                              {"guided_choice", {"Behold", "Behold, the man"}},
+                              {"ignore_eos", true},
+                              {"temperature", 0},
+                              {"max_tokens", 64}});
+  ASSERT_EQ(longer.status, 200) << longer.raw;
+  EXPECT_EQ(longer.body["choices"][0]["text"], "Behold, the man");
+  // gRPC: SamplingParams.guided_choice.
+  auto stub = s.Stub();
+  v1::GenerateRequest r;
+  r.mutable_prompt()->set_text("And God said");
+  r.mutable_sampling()->set_max_tokens(64);
+  r.mutable_sampling()->set_seed(3);
+  for (const std::string& c : choices) r.mutable_sampling()->add_guided_choice(c);
+  grpc::ClientContext context;
+  auto reader = stub->Generate(&context, r);
+  std::string text;
+  v1::GenerateChunk chunk;
+  while (reader->Read(&chunk)) text += chunk.text();
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_TRUE(is_choice(text)) << text;
+  // Refused: an empty list, a non-string, an empty string, beside JSON mode, other
+  // structured_outputs.
+  for (const json& bad :
+       {json{{"guided_choice", json::array()}}, json{{"guided_choice", {1, 2}}},
+        json{{"guided_choice", {"a", ""}}},
+        json{{"guided_choice", {"a"}}, {"response_format", {{"type", "json_object"}}}},
+        json{{"structured_outputs", {{"regex", "a+"}}}}}) {
+    json body = bad;
+    body["prompt"] = "x";
+    const Answer a = Post(client, "/v1/completions", body);
+    EXPECT_EQ(a.status, 400) << bad;
+  }
+}
+
 TEST(HttpTest, JsonSchemaAnswersTextsTheSchemaAccepts) {
   HttpServer s;
   auto client = s.Client();

@@ -337,6 +337,11 @@ class ClientTest(unittest.TestCase):
             self.client.complete("And God said", json_schema={"type": "string", "format": "uri"})
         self.assertEqual(caught.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("format", caught.exception.message)
+        # guided_choice: the output is one of the strings.
+        for seed in range(3):
+            out = self.client.complete("And God said", max_tokens=32, temperature=1.2, seed=seed,
+                                       guided_choice=["Let there be light", "Behold"])
+            self.assertIn(out.text, ("Let there be light", "Behold"))
 
     def test_generate_errors_are_typed(self):
         with self.assertRaises(SpanServeError) as caught:

@@ -366,7 +366,9 @@ TEST(OpenAIApiTest, RandomOutputsSplitTheSameHoweverTheyArrive) {
          {chat::ToolCallFormat::kHermes, chat::ToolCallFormat::kLlama3Json,
           chat::ToolCallFormat::kMistral}) {
       const ToolCallOutput out = ParseToolCalls(output, automatic, format);
-      if (out.calls.empty()) EXPECT_EQ(out.content, output);
+      if (out.calls.empty()) {
+        EXPECT_EQ(out.content, output);
+      }
       for (size_t cut = 0; cut <= output.size(); ++cut) {
         const size_t streamable =
             StreamableToolText(std::string_view(output).substr(0, cut), 0, automatic, format);

@@ -86,7 +86,7 @@ def _sampling(sampling: Mapping[str, Any]) -> pb.SamplingParams:
     for name, value in sampling.items():
         if value is None:
             continue
-        if name in ("stop", "stop_token_ids"):
+        if name in ("stop", "stop_token_ids", "guided_choice"):
             if isinstance(value, (str, int)):
                 value = [value]
             getattr(params, name).extend(value)
@@ -278,7 +278,8 @@ class Client:
         ({token id: bias in [-100, 100]}, added before the penalties), ``response_format``
         ("json_object": OpenAI's JSON mode, the output a JSON object; "text"),
         ``json_schema`` (a JSON Schema, a dict or its text: the output a JSON text it
-        accepts; docs/API.md lists the keywords compiled). Unknown names
+        accepts; docs/API.md lists the keywords compiled), ``guided_choice`` (strings: the
+        output is one of them). Unknown names
         raise TypeError; server-side validation errors raise SpanServeError while iterating.
 
         Returns:
