@@ -344,6 +344,12 @@ __global__ void AttentionKernel(Params p) {
           const int nk = nt - sb < kKeys ? nt - sb : kKeys;
           for (int key = warp; key < nk; key += kWarps) {
             const int pos = t0 + sb + key;
+            if (pos < lo_min) {
+              // Before every row's window (the first tile starts at a multiple of kTile): no
+              // score reads it, and its block may be back in the pool (kReleasedBlock, -1).
+              if (lane == 0) tile_slots[sb + key] = -1;
+              continue;
+            }
             const int64_t slot =
                 (static_cast<int64_t>(table[pos / bs]) * bs + pos % bs) * p.kv_heads + kvh;
             if (lane == 0) tile_slots[sb + key] = slot;
@@ -408,6 +414,7 @@ __global__ void AttentionKernel(Params p) {
           }
         }
         for (int i = 0; i < nt; ++i) {
+          if (tile_slots[i] < 0) continue;  // before every row's window (above)
           const int64_t base = tile_slots[i] * hd;
           SPANSERVE_ATTENTION_UNROLL
           for (int c = 0; c < kCols; ++c) {
