@@ -382,20 +382,16 @@ void EngineCore::ProcessRows(Sequence* seq, const model::SequenceInput& input, f
   }
 }
 
-bool EngineCore::MaskToJson(const Sequence& seq, bool suppress_stop, std::span<float> logits) {
-  const SamplingParams& params = seq.request.sampling;
-  json_ids_.clear();
-  if (seq.json.complete()) {
-    if (suppress_stop) return false;
-    if (!params.ignore_eos) {
-      for (int32_t t : info_.eos_token_ids) {
-        if (t >= 0 && t < vocab_) json_ids_.push_back(t);
-      }
+void EngineCore::AllowStopIds(const SamplingParams& params) {
+  if (!params.ignore_eos) {
+    for (int32_t t : info_.eos_token_ids) {
+      if (t >= 0 && t < vocab_) json_ids_.push_back(t);
     }
-    json_ids_.insert(json_ids_.end(), params.stop_token_ids.begin(), params.stop_token_ids.end());
-  } else {
-    AllowedJsonTokens(seq.json, *options_.token_bytes, &json_ids_);
   }
+  json_ids_.insert(json_ids_.end(), params.stop_token_ids.begin(), params.stop_token_ids.end());
+}
+
+bool EngineCore::KeepAllowedIds(std::span<float> logits) {
   if (json_ids_.empty()) return false;
   // The sampler's [vocab] flags, all zero between its calls, mark the allowed ids.
   std::vector<char>& keep = scratch_.seen;
@@ -405,6 +401,17 @@ bool EngineCore::MaskToJson(const Sequence& seq, bool suppress_stop, std::span<f
   }
   for (int32_t t : json_ids_) keep[t] = 0;
   return true;
+}
+
+bool EngineCore::MaskToJson(const Sequence& seq, bool suppress_stop, std::span<float> logits) {
+  json_ids_.clear();
+  if (seq.json.complete()) {
+    if (suppress_stop) return false;
+    AllowStopIds(seq.request.sampling);
+  } else {
+    AllowedJsonTokens(seq.json, *options_.token_bytes, &json_ids_);
+  }
+  return KeepAllowedIds(logits);
 }
 
 bool EngineCore::MaskToChoice(const Sequence& seq, bool suppress_stop, std::span<float> logits) {
@@ -439,22 +446,8 @@ bool EngineCore::MaskToChoice(const Sequence& seq, bool suppress_stop, std::span
       }
     }
   }
-  if (whole && !suppress_stop) {
-    if (!params.ignore_eos) {
-      for (int32_t t : info_.eos_token_ids) {
-        if (t >= 0 && t < vocab_) json_ids_.push_back(t);
-      }
-    }
-    json_ids_.insert(json_ids_.end(), params.stop_token_ids.begin(), params.stop_token_ids.end());
-  }
-  if (json_ids_.empty()) return false;
-  std::vector<char>& keep = scratch_.seen;
-  for (int32_t t : json_ids_) keep[t] = 1;
-  for (int32_t i = 0; i < vocab_; ++i) {
-    if (keep[i] == 0) logits[i] = -std::numeric_limits<float>::infinity();
-  }
-  for (int32_t t : json_ids_) keep[t] = 0;
-  return true;
+  if (whole && !suppress_stop) AllowStopIds(params);
+  return KeepAllowedIds(logits);
 }
 
 void EngineCore::SampleNext(Sequence* seq, float* row) {

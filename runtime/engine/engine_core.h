@@ -90,6 +90,11 @@ class EngineCore {
   // (EOS and stop ids only once it is complete and stops are allowed). False: none may
   // follow (the object is complete and stops are suppressed), so the output ends here.
   bool MaskToJson(const Sequence& seq, bool suppress_stop, std::span<float> logits);
+  // Appends the ids a whole constrained output may end with to json_ids_: the model's EOS
+  // (unless ignore_eos) and the request's stop ids.
+  void AllowStopIds(const SamplingParams& params);
+  // Sets every logit but json_ids_' to -inf; false (nothing changed) when json_ids_ is empty.
+  bool KeepAllowedIds(std::span<float> logits);
   // The same for ResponseFormat::kChoice: the tokens that keep the output a prefix of one of
   // the choices, and EOS / stop ids after a whole one (unless suppress_stop).
   bool MaskToChoice(const Sequence& seq, bool suppress_stop, std::span<float> logits);
