@@ -227,6 +227,11 @@ std::unique_ptr<Sequence> EngineCore::MakeSequence(RequestId id, Request request
         std::max(0, seq->prompt_len - request.sampling.prompt_logprobs_from));
   }
   seq->json = JsonState(request.sampling.json_schema.get());
+  if (request.sampling.choices != nullptr) {
+    size_t longest = 0;
+    for (const std::string& c : *request.sampling.choices) longest = std::max(longest, c.size());
+    seq->choice_out.reserve(longest);  // the output grows in SampleNext without allocating
+  }
   seq->stream = std::move(stream);
   seq->request = std::move(request);
   return seq;
@@ -489,11 +494,13 @@ void EngineCore::SampleNext(Sequence* seq, float* row) {
                          Contains(std::span<const int32_t>(params.stop_token_ids), token);
     if (!(whole && stop_id)) {
       const std::string& b = options_.token_bytes->bytes(token);
-      const std::string next = seq->choice_out + b;
-      bool ok = false;
-      for (const std::string& c : choices) ok |= c.compare(0, next.size(), next) == 0;
-      if (b.empty() || !ok) return end_json();
-      seq->choice_out = next;
+      const std::string& out = seq->choice_out;
+      const bool goes_on = std::any_of(choices.begin(), choices.end(), [&](const std::string& c) {
+        return c.size() >= out.size() + b.size() && c.compare(0, out.size(), out) == 0 &&
+               c.compare(out.size(), b.size(), b) == 0;
+      });
+      if (b.empty() || !goes_on) return end_json();
+      seq->choice_out += b;  // within the capacity MakeSequence reserved
     }
   }
   if (seq->json_mode() && !seq->json.complete()) {
