@@ -247,13 +247,7 @@ class Exchange {
     std::vector<engine::Request> built;
     for (size_t p = 0; p < request_.prompts.size(); ++p) {
       const v1::GenerateRequest& proto = request_.prompts[p];
-      ASSIGN_OR_RETURN(engine::Request base,
-                       ToEngineRequest(proto, *model_, /*min_max_tokens=*/request_.echo ? 0 : 1));
-      if (request_.echo && request_.logprobs) base.sampling.prompt_logprobs = *request_.logprobs;
-      if (request_.json_schema != nullptr) {
-        base.sampling.response_format = engine::ResponseFormat::kJsonSchema;
-        base.sampling.json_schema = request_.json_schema;
-      }
+      ASSIGN_OR_RETURN(engine::Request base, OpenAIEngineRequest(request_, p, *model_));
       // DeepSeek-R1's generation prompt opens <think>: its output starts in the reasoning.
       // A constrained output (JSON mode, a schema, a forced tool call) has no room for
       // thinking: it is all content.
@@ -656,19 +650,7 @@ absl::Status AdmitHttp(const SpanServeService& service, const httplib::Request& 
   return service.Admit(authorization ? &*authorization : nullptr, HeaderBytes(req));
 }
 
-absl::StatusOr<json> ParseBody(const httplib::Request& req) {
-  if (JsonDepth(req.body, kMaxJsonDepth) > kMaxJsonDepth) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the request body nests deeper than ", kMaxJsonDepth, " levels"));
-  }
-  json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
-  if (body.is_discarded()) {
-    return absl::InvalidArgumentError("the request body is not valid JSON (UTF-8)");
-  }
-  if (!body.is_object())
-    return absl::InvalidArgumentError("the request body must be a JSON object");
-  return body;
-}
+absl::StatusOr<json> ParseBody(const httplib::Request& req) { return ParseOpenAIBody(req.body); }
 
 // Shared by the streaming provider and its releaser: the exchange, the in-flight count.
 struct StreamState {
@@ -1243,6 +1225,18 @@ void HttpFront::Routes() {
   s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
     SendError(res, absl::InternalError("the request failed inside the server"));
   });
+}
+
+absl::StatusOr<engine::Request> OpenAIEngineRequest(const OpenAIRequest& request, size_t p,
+                                                    const ServedModel& model) {
+  ASSIGN_OR_RETURN(engine::Request r, ToEngineRequest(request.prompts.at(p), model,
+                                                      /*min_max_tokens=*/request.echo ? 0 : 1));
+  if (request.echo && request.logprobs) r.sampling.prompt_logprobs = *request.logprobs;
+  if (request.json_schema != nullptr) {
+    r.sampling.response_format = engine::ResponseFormat::kJsonSchema;
+    r.sampling.json_schema = request.json_schema;
+  }
+  return r;
 }
 
 }  // namespace spanserve::server

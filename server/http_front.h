@@ -28,6 +28,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "runtime/engine/request.h"
+#include "server/openai_api.h"
+#include "server/served_model.h"
 #include "server/service.h"
 
 namespace httplib {
@@ -35,6 +38,13 @@ class Server;
 }  // namespace httplib
 
 namespace spanserve::server {
+
+// The engine request for prompt `p` of an OpenAI request, as the HTTP front submits it (each
+// of its n choices is a copy, with its own seed): gRPC's ToEngineRequest (with max_tokens 0
+// allowed under echo), echo's prompt logprobs and the structured-outputs schema. The errors
+// are INVALID_ARGUMENT (and gRPC's for an over-long prompt) naming the field.
+absl::StatusOr<engine::Request> OpenAIEngineRequest(const OpenAIRequest& request, size_t p,
+                                                    const ServedModel& model);
 
 struct HttpFrontOptions {
   std::string address;  // host:port; port 0 picks a free one

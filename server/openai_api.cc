@@ -452,6 +452,21 @@ int JsonDepth(absl::string_view text, int limit) {
   return deepest;
 }
 
+absl::StatusOr<nlohmann::json> ParseOpenAIBody(std::string_view text) {
+  if (JsonDepth(absl::string_view(text.data(), text.size()), kMaxJsonDepth) > kMaxJsonDepth) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request body nests deeper than ", kMaxJsonDepth, " levels"));
+  }
+  nlohmann::json body = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) {
+    return absl::InvalidArgumentError("the request body is not valid JSON (UTF-8)");
+  }
+  if (!body.is_object()) {
+    return absl::InvalidArgumentError("the request body must be a JSON object");
+  }
+  return body;
+}
+
 namespace {
 
 // The text of the value at `path` (a chain of object keys) in the JSON document `doc`, or
@@ -1078,8 +1093,10 @@ size_t StreamableToolText(std::string_view text, size_t sent, const OpenAIReques
   // Llama 3 JSON: a call is the whole output; text that starts otherwise is content.
   const size_t first = text.find_first_not_of(kSpaces);
   if (first == std::string_view::npos) return 0;
-  return text[first] == '{' || text[first] == '[' || text.substr(first, 2) == "<|" ? 0
-                                                                                   : text.size();
+  // "<" may be the start of <|python_tag|>: held until the next byte says.
+  const std::string_view rest = text.substr(first);
+  return rest[0] == '{' || rest[0] == '[' || rest == "<" || rest.substr(0, 2) == "<|" ? 0
+                                                                                    : text.size();
 }
 
 void ReasoningSplitter::Feed(std::string_view text, std::string* reasoning, std::string* content) {

@@ -70,6 +70,11 @@ struct OpenAIRequest {
   // Chat: the generation prompt (vLLM's add_generation_prompt, default true).
 };
 
+// A request body's text as JSON: INVALID_ARGUMENT for bodies nested deeper than
+// kMaxJsonDepth (checked before parsing), text that is not JSON in UTF-8, or JSON that is not
+// an object. Never throws.
+absl::StatusOr<nlohmann::json> ParseOpenAIBody(std::string_view text);
+
 // INVALID_ARGUMENT naming the field; the body must be a JSON object. raw_body, the text
 // `body` was parsed from, gives a structured-outputs schema its properties' order (the
 // parsed body holds keys sorted); without it the schema's keys go in sorted order.

@@ -402,6 +402,78 @@ def make_json_schema():
         write(t, name, json.dumps(schema).encode() + b"\x00" + text.encode())
 
 
+# --- openai_request: byte 0 = chat (bit 0) | Llama-3 template (bit 1) | piece length - 1
+# (bits 2-4); an HTTP body's text; optionally NUL and a model output -----------------------
+def make_openai_request():
+    t = "openai_request"
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "Weather.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]}}}
+    completions = {
+        "text": {"model": "spanserve-span-12l", "prompt": "And God said", "max_tokens": 8},
+        "many": {"prompt": ["a", "b c"], "n": 2, "temperature": 0.7, "top_p": 0.9, "top_k": 5,
+                 "min_p": 0.1, "seed": 3, "stop": ["\n", "END"], "logprobs": 2,
+                 "presence_penalty": 0.5, "frequency_penalty": -0.5, "repetition_penalty": 1.1,
+                 "stream": True, "stream_options": {"include_usage": True},
+                 "logit_bias": {"5": -100}, "ignore_eos": True, "min_tokens": 1,
+                 "stop_token_ids": [0], "priority": 1, "add_special_tokens": False},
+        "ids": {"prompt": [[1, 2, 3], [2047]], "echo": True, "logprobs": 0, "max_tokens": 0},
+        "ids_out_of_vocab": {"prompt": [5, 2048]},
+        "guided_choice": {"prompt": "x", "guided_choice": ["yes", "no"]},
+        "guided_json": {"prompt": "x", "guided_json": {"type": "object",
+                                                       "properties": {"a": {"type": "integer"}}}},
+        "bad_types": {"prompt": 3, "max_tokens": "8", "temperature": None, "suffix": "s"},
+    }
+    for name, body in completions.items():
+        write(t, "completions_" + name, b"\x00" + compact(body).encode())
+    chat = {
+        "plain": ({"messages": [{"role": "system", "content": "Be brief."},
+                                {"role": "user", "content": "Who made the light?"}],
+                   "max_completion_tokens": 8, "logprobs": True, "top_logprobs": 3}, None),
+        "parts": ({"messages": [{"role": "developer", "content": [{"type": "text", "text": "a"}]},
+                                {"role": "user", "content": [{"type": "text", "text": "b"}]}],
+                   "add_generation_prompt": False, "chat_template_kwargs": {"enable_thinking": False}},
+                  "<think>\nhm</think>\n\nanswer"),
+        "json_object": ({"messages": [{"role": "user", "content": "JSON"}],
+                         "response_format": {"type": "json_object"}}, None),
+        "json_schema": ({"messages": [{"role": "user", "content": "JSON"}],
+                         "response_format": {"type": "json_schema", "json_schema": {
+                             "name": "p", "schema": {"type": "object", "properties": {
+                                 "b": {"type": "string"}, "a": {"type": "integer"}}}}}}, None),
+        "structured_outputs": ({"messages": [{"role": "user", "content": "?"}],
+                                "structured_outputs": {"choice": ["a", "b"]}}, None),
+        "tools_auto": ({"messages": [{"role": "user", "content": "Weather in Paris?"}],
+                        "tools": [tool], "tool_choice": "auto"},
+                       'Sure.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
+                       '\n</tool_call>'),
+        "tools_llama3": ({"messages": [{"role": "user", "content": "Weather?"}], "tools": [tool]},
+                         '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Oslo"}}'),
+        "tools_mistral": ({"messages": [{"role": "user", "content": "Weather?"}], "tools": [tool]},
+                          '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Rome"}}]'),
+        "tools_required": ({"messages": [{"role": "user", "content": "Weather?"}], "tools": [tool],
+                            "tool_choice": "required", "parallel_tool_calls": False},
+                           '[{"name": "get_weather", "parameters": {"city": "Lima"}}]'),
+        "tools_named": ({"messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"city": "Bern"}'}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"}],
+            "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+            '{"city": "Bern"}'),
+        "bad_role": ({"messages": [{"role": "robot", "content": "x"}]}, None),
+    }
+    for name, (body, output) in chat.items():
+        data = compact(body).encode()
+        if output is not None:
+            data += b"\x00" + output.encode()
+        write(t, "chat_" + name, bytes([0x01 | (2 << 2)]) + data)
+        write(t, "chat_llama3_" + name, bytes([0x03]) + data)
+    write(t, "not_json", b"\x00{\"prompt\": \"x\",")
+    write(t, "not_object", b"\x01[1, 2]")
+    write(t, "deep", b"\x00" + b"[" * 65 + b"]" * 65)
+
+
 if __name__ == "__main__":
     make_safetensors_config()
     make_gguf()
@@ -410,3 +482,4 @@ if __name__ == "__main__":
     make_chat_template()
     make_request()
     make_json_schema()
+    make_openai_request()

@@ -175,6 +175,11 @@ TEST(OpenAIApiTest, ToolCallsAreReadOutOfTheOutput) {
             6u);
   EXPECT_EQ(StreamableToolText("  {\"name", 0, automatic, ToolCallFormat::kLlama3Json), 0u);
   EXPECT_EQ(StreamableToolText("  Hello", 0, automatic, ToolCallFormat::kLlama3Json), 7u);
+  // A "<" alone may begin <|python_tag|> (the fuzzer found it sent as content before the
+  // "|" came).
+  EXPECT_EQ(StreamableToolText(" <", 0, automatic, ToolCallFormat::kLlama3Json), 0u);
+  EXPECT_EQ(StreamableToolText("<|python_tag|>{", 0, automatic, ToolCallFormat::kLlama3Json), 0u);
+  EXPECT_EQ(StreamableToolText("<b>", 0, automatic, ToolCallFormat::kLlama3Json), 3u);
   EXPECT_EQ(StreamableToolText("{\"a\"", 0, named, ToolCallFormat::kNone), 0u);
 }
 
