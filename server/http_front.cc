@@ -217,7 +217,7 @@ struct Choice {
 class Exchange {
  public:
   Exchange(SpanServeService* service, ServedModel* model, OpenAIRequest request,
-           std::string client_request_id)
+           std::string client_request_id, int64_t max_logprobs)
       : service_(service),
         model_(model),
         request_(std::move(request)),
@@ -229,7 +229,8 @@ class Exchange {
         tool_format_(model->chat_template().ok() ? model->chat_template()->tool_call_format()
                                                  : chat::ToolCallFormat::kNone),
         reads_tools_(chat_ && ReadsToolCalls(request_, tool_format_)),
-        fanout_(std::make_shared<Fanout>()) {}
+        fanout_(std::make_shared<Fanout>()),
+        max_logprobs_(max_logprobs) {}
 
   ~Exchange() {
     fanout_->CancelAll();
@@ -245,6 +246,7 @@ class Exchange {
   absl::Status Submit() {
     const int n = request_.n;
     std::vector<engine::Request> built;
+    int64_t echo_logprobs = 0;
     for (size_t p = 0; p < request_.prompts.size(); ++p) {
       const v1::GenerateRequest& proto = request_.prompts[p];
       ASSIGN_OR_RETURN(engine::Request base, OpenAIEngineRequest(request_, p, *model_));
@@ -266,6 +268,16 @@ class Exchange {
           c.prompt_ids = base.prompt;
           c.prompt_text =
               proto.prompt().has_text() ? proto.prompt().text() : DecodeIds(base.prompt);
+        }
+        if (request_.echo && request_.logprobs && !request_.stream) {
+          // Known now, before any work: the echoed prompts' entries alone, at the least
+          // (the first token has none; each other has its logprob and the alternatives,
+          // and the token itself among them if it is not one).
+          echo_logprobs +=
+              1 + static_cast<int64_t>(base.prompt.size() - 1) * (1 + *request_.logprobs);
+          if (echo_logprobs > max_logprobs_) {
+            return ParamError("logprobs", TooManyLogprobs("the echoed prompts' logprobs"));
+          }
         }
         engine::Request r = j + 1 < n ? base : std::move(base);
         // n samples of one prompt with one seed would be n copies.
@@ -389,45 +401,56 @@ class Exchange {
     return sse;
   }
 
-  json Response() const {
-    json choices = json::array();
+  // The response's text: each choice's JSON is built and written in turn (a long one's
+  // logprobs are most of the response, and its JSON several times its text), so only one
+  // choice's is held at a time; the keys come in nlohmann's order ("choices" first), as one
+  // json written whole would have them.
+  std::string ResponseText() const {
+    std::string text = "{\"choices\":[";
     for (const Choice& c : choices_) {
-      json choice = {{"index", c.index},
-                     {"finish_reason", FinishReason(c)},
-                     {"stop_reason", StopReason(*c.final)}};
-      if (chat_) {
-        choice["message"] = {{"role", "assistant"}, {"content", c.text}};
-        if (model_->split_reasoning()) {
-          choice["message"]["reasoning_content"] =
-              c.reasoning.empty() ? json(nullptr) : json(c.reasoning);
-        }
-        if (c.tools && !c.tools->calls.empty()) {
-          choice["message"]["content"] = c.tools->content ? json(*c.tools->content) : json(nullptr);
-          choice["message"]["tool_calls"] = ToolCalls(c, /*with_index=*/false);
-        }
-        choice["logprobs"] =
-            request_.logprobs ? json{{"content", ChatLogprobs(c.logprobs)}} : json(nullptr);
-      } else {
-        choice["text"] = c.text;
-        json lp = nullptr;
-        if (request_.logprobs) {
-          lp = CompletionLogprobsInit();
-          int64_t offset = 0;
-          AppendCompletionLogprobs(c.logprobs, &offset, &lp);
-        }
-        choice["logprobs"] = std::move(lp);
-      }
-      choices.push_back(std::move(choice));
+      if (&c != &choices_.front()) text += ',';
+      text += Dump(ChoiceJson(c));
     }
-    return {{"id", id_},
-            {"object", chat_ ? "chat.completion" : "text_completion"},
-            {"created", created_},
-            {"model", model_->name()},
-            {"choices", std::move(choices)},
-            {"usage", Usage()}};
+    const json rest = {{"id", id_},
+                       {"object", chat_ ? "chat.completion" : "text_completion"},
+                       {"created", created_},
+                       {"model", model_->name()},
+                       {"usage", Usage()}};
+    text += "],";
+    text += std::string_view(Dump(rest)).substr(1);
+    return text;
   }
 
  private:
+  json ChoiceJson(const Choice& c) const {
+    json choice = {{"index", c.index},
+                   {"finish_reason", FinishReason(c)},
+                   {"stop_reason", StopReason(*c.final)}};
+    if (chat_) {
+      choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+      if (model_->split_reasoning()) {
+        choice["message"]["reasoning_content"] =
+            c.reasoning.empty() ? json(nullptr) : json(c.reasoning);
+      }
+      if (c.tools && !c.tools->calls.empty()) {
+        choice["message"]["content"] = c.tools->content ? json(*c.tools->content) : json(nullptr);
+        choice["message"]["tool_calls"] = ToolCalls(c, /*with_index=*/false);
+      }
+      choice["logprobs"] =
+          request_.logprobs ? json{{"content", ChatLogprobs(c.logprobs)}} : json(nullptr);
+    } else {
+      choice["text"] = c.text;
+      json lp = nullptr;
+      if (request_.logprobs) {
+        lp = CompletionLogprobsInit();
+        int64_t offset = 0;
+        AppendCompletionLogprobs(c.logprobs, &offset, &lp);
+      }
+      choice["logprobs"] = std::move(lp);
+    }
+    return choice;
+  }
+
   std::string DecodeIds(const std::vector<int32_t>& ids) const {
     const tokenizer::Tokenizer* tok = model_->tokenizer();
     return tok == nullptr ? std::string() : tok->Decode(ids, /*skip_special_tokens=*/false);
@@ -583,8 +606,24 @@ class Exchange {
   }
 
   // Non-streaming: kept on the choice. Streaming: written into *delta as well.
+  std::string TooManyLogprobs(absl::string_view what) const {
+    return absl::StrCat(what, " pass ", max_logprobs_,
+                        " entries (tokens and alternatives), the most one response that is not "
+                        "streamed holds (--max_response_logprobs); stream it (\"stream\": "
+                        "true), or ask for fewer prompts, choices, tokens or alternatives");
+  }
+
   void AddLogprobs(Choice& c, const std::vector<LogprobEntry>& entries, json* delta, bool prompt) {
     if (delta == nullptr) {
+      // Kept until the response is written: bounded (kMaxResponseLogprobs).
+      for (const LogprobEntry& e : entries) response_logprobs_ += 1 + e.top.size();
+      if (response_logprobs_ > max_logprobs_) {
+        if (error_.ok()) {
+          error_ = ParamError("logprobs", TooManyLogprobs("the response's logprobs"));
+          fanout_->CancelAll();
+        }
+        return;
+      }
       c.logprobs.insert(c.logprobs.end(), entries.begin(), entries.end());
       return;
     }
@@ -635,6 +674,8 @@ class Exchange {
   std::vector<Choice> choices_;
   int submitted_ = 0;
   int finished_ = 0;
+  const int64_t max_logprobs_;     // HttpFrontOptions::max_response_logprobs
+  int64_t response_logprobs_ = 0;  // kept in choices_ (not streamed)
   absl::Status error_;
 };
 
@@ -668,8 +709,8 @@ struct StreamState {
   bool ended = false;
 };
 
-void Completions(SpanServeService* service, OpenAIEndpoint endpoint, const httplib::Request& req,
-                 httplib::Response& res) {
+void Completions(SpanServeService* service, OpenAIEndpoint endpoint, int64_t max_logprobs,
+                 const httplib::Request& req, httplib::Response& res) {
   if (absl::Status s = AdmitHttp(*service, req); !s.ok()) return SendError(res, s);
   absl::StatusOr<json> body = ParseBody(req);
   if (!body.ok()) return SendError(res, body.status());
@@ -680,7 +721,7 @@ void Completions(SpanServeService* service, OpenAIEndpoint endpoint, const httpl
   const bool stream = request->stream;
   auto in_flight = std::make_unique<InFlight>(service);
   auto exchange = std::make_unique<Exchange>(service, *model, *std::move(request),
-                                             req.get_header_value("X-Request-Id"));
+                                             req.get_header_value("X-Request-Id"), max_logprobs);
   if (absl::Status s = exchange->Submit(); !s.ok()) return SendError(res, s);
   if (!stream) {
     int fd = kFdUnknown;
@@ -701,7 +742,10 @@ void Completions(SpanServeService* service, OpenAIEndpoint endpoint, const httpl
       if (!events.empty()) exchange->Apply(events, /*stream=*/false);
     }
     if (!exchange->error().ok()) return SendError(res, exchange->error());
-    return SendJson(res, 200, exchange->Response());
+    res.status = 200;
+    res.body = exchange->ResponseText();
+    res.set_header("Content-Type", "application/json");
+    return;
   }
 
   auto state = std::make_shared<StreamState>(service, std::move(exchange), req);
@@ -943,6 +987,7 @@ absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(SpanServeService* se
   front->max_body_bytes_ = options.max_body_bytes;
   front->header_timeout_s_ = std::max(1, options.header_timeout_s);
   front->allowed_origins_ = options.allowed_origins;
+  front->max_response_logprobs_ = std::max<int64_t>(1, options.max_response_logprobs);
   front->Routes();
   if (port == 0) {
     port = front->server_->bind_to_any_port(host);
@@ -963,12 +1008,15 @@ absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(SpanServeService* se
 void HttpFront::Routes() {
   SpanServeService* service = service_;
   httplib::Server& s = *server_;
-  s.Post("/v1/completions", [service](const httplib::Request& req, httplib::Response& res) {
-    Completions(service, OpenAIEndpoint::kCompletions, req, res);
-  });
-  s.Post("/v1/chat/completions", [service](const httplib::Request& req, httplib::Response& res) {
-    Completions(service, OpenAIEndpoint::kChatCompletions, req, res);
-  });
+  const int64_t max_logprobs = max_response_logprobs_;
+  s.Post("/v1/completions",
+         [service, max_logprobs](const httplib::Request& req, httplib::Response& res) {
+           Completions(service, OpenAIEndpoint::kCompletions, max_logprobs, req, res);
+         });
+  s.Post("/v1/chat/completions",
+         [service, max_logprobs](const httplib::Request& req, httplib::Response& res) {
+           Completions(service, OpenAIEndpoint::kChatCompletions, max_logprobs, req, res);
+         });
   s.Get("/v1/models", [service](const httplib::Request& req, httplib::Response& res) {
     if (absl::Status st = AdmitHttp(*service, req); !st.ok()) return SendError(res, st);
     json data = json::array();

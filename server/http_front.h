@@ -62,6 +62,10 @@ struct HttpFrontOptions {
   // CORS (as vLLM's --allowed-origins): the origins whose pages may call from a browser, "*"
   // for any; empty: no CORS headers and no preflight answers.
   std::vector<std::string> allowed_origins;
+  // The most logprob entries one response that is not streamed may hold (see
+  // kDefaultMaxResponseLogprobs); a request that would pass it is a 400 naming logprobs, at
+  // once when its echoed prompts alone pass it. At least 1.
+  int64_t max_response_logprobs = kDefaultMaxResponseLogprobs;
 };
 
 class HttpFront {
@@ -98,6 +102,7 @@ class HttpFront {
   int64_t max_body_bytes_ = 0;                // HttpFrontOptions::max_body_bytes
   int header_timeout_s_ = 10;                 // HttpFrontOptions::header_timeout_s
   std::vector<std::string> allowed_origins_;  // HttpFrontOptions::allowed_origins
+  int64_t max_response_logprobs_ = kDefaultMaxResponseLogprobs;  // HttpFrontOptions
   bool stopped_ = false;
   struct Connection {
     bool busy = false;  // between a request's headers and its response written

@@ -1096,7 +1096,7 @@ size_t StreamableToolText(std::string_view text, size_t sent, const OpenAIReques
   // "<" may be the start of <|python_tag|>: held until the next byte says.
   const std::string_view rest = text.substr(first);
   return rest[0] == '{' || rest[0] == '[' || rest == "<" || rest.substr(0, 2) == "<|" ? 0
-                                                                                    : text.size();
+                                                                                      : text.size();
 }
 
 void ReasoningSplitter::Feed(std::string_view text, std::string* reasoning, std::string* content) {

@@ -32,6 +32,13 @@ namespace spanserve::server {
 inline constexpr int32_t kMaxOpenAIChoices = 256;
 // The most tools one chat request may give.
 inline constexpr size_t kMaxTools = 128;
+// The most logprob entries (a token's logprob, or one of its alternatives) one response that
+// is not streamed may hold by default (--max_response_logprobs): the front keeps them all
+// until it answers, at about 60 bytes each on the way out (kept, written, sent), so this
+// bounds that at about 120 MB. 256 prompts of 8,192 tokens echoed with logprobs 20 would be
+// 44 million entries; streamed, each event holds only its own. lm-evaluation-harness asks
+// for 2 per token (logprobs 1): a batch of 128 prompts of 8,192 tokens is within it.
+inline constexpr int64_t kDefaultMaxResponseLogprobs = int64_t{1} << 21;
 // Bodies nested deeper than this are refused before they are parsed.
 inline constexpr int kMaxJsonDepth = 64;
 

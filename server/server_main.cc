@@ -95,6 +95,11 @@ ABSL_FLAG(std::string, allowed_origins, "*",
           "CORS: the web origins (scheme://host[:port], comma-separated) whose pages may call "
           "the HTTP front from a browser, or * for any, as vLLM's --allowed-origins (empty: "
           "no CORS headers, and preflights are not answered)");
+ABSL_FLAG(int64_t, max_response_logprobs, spanserve::server::kDefaultMaxResponseLogprobs,
+          "the most logprob entries (tokens and their alternatives) one HTTP response that is "
+          "not streamed may hold, all kept until it is written (about 60 bytes each); a "
+          "request that would pass it is a 400 naming logprobs (streamed responses hold only "
+          "each event's)");
 ABSL_FLAG(int, http_header_timeout_s, 10,
           "an HTTP request's headers must be in within this many seconds of its connection "
           "opening (or of the previous response on it); a connection that takes longer (a "
@@ -351,6 +356,11 @@ int Run(const sigset_t& signals) {
     return 2;
   }
 
+  if (absl::GetFlag(FLAGS_max_response_logprobs) < 1) {
+    Log(absl::StrCat("--max_response_logprobs must be at least 1, got ",
+                     absl::GetFlag(FLAGS_max_response_logprobs)));
+    return 2;
+  }
   absl::StatusOr<std::vector<ModelSpec>> specs = ParseModelList(absl::GetFlag(FLAGS_model));
   if (!specs.ok()) {
     Log(std::string(specs.status().message()));
@@ -428,6 +438,7 @@ int Run(const sigset_t& signals) {
                       .max_body_bytes = absl::GetFlag(FLAGS_max_message_bytes),
                       .header_timeout_s = absl::GetFlag(FLAGS_http_header_timeout_s),
                       .allowed_origins = AllowedOrigins(absl::GetFlag(FLAGS_allowed_origins)),
+                      .max_response_logprobs = absl::GetFlag(FLAGS_max_response_logprobs),
                   });
     if (!h.ok()) {
       Log(h.status().ToString());

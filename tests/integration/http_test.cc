@@ -947,6 +947,70 @@ TEST(HttpTest, EchoLogprobsEqualScore) {
   EXPECT_EQ(Post(client, "/v1/completions", {{"prompt", "x"}, {"max_tokens", 0}}).status, 400);
 }
 
+// A response that is not streamed keeps its logprobs until it is written: at most
+// --max_response_logprobs entries (tokens and alternatives). Echoed prompts that alone pass
+// it are refused before any work, generated tokens that pass it as they come (nothing stays
+// in the engine); a streamed response is not bounded by it, each event holding its own.
+TEST(HttpTest, AResponsesLogprobsAreBounded) {
+  HttpServer s({"--max_response_logprobs=1000"});
+  auto client = s.Client();
+  auto stub = s.Stub();
+  const auto prompts = [](int count) {
+    json prompts = json::array();
+    for (int p = 0; p < count; ++p) {
+      json ids = json::array();
+      for (int i = 0; i < 10; ++i) ids.push_back(5 + (p * 7 + i) % 40);
+      prompts.push_back(ids);
+    }
+    return prompts;
+  };
+  const auto refused = [](const Answer& a, const std::string& what) {
+    EXPECT_EQ(a.status, 400) << a.raw;
+    EXPECT_EQ(a.body["error"]["param"], "logprobs") << a.raw;
+    const std::string message = a.body["error"]["message"];
+    EXPECT_NE(message.find(what), std::string::npos) << message;
+    EXPECT_NE(message.find("--max_response_logprobs"), std::string::npos) << message;
+    EXPECT_NE(message.find("stream"), std::string::npos) << message;
+  };
+  // Each echoed prompt: its first token (no alternatives), then 9 with 5 alternatives each,
+  // and the token itself where it is not among them: 55 to 64 entries.
+  const json echo = {{"echo", true}, {"logprobs", 5}, {"max_tokens", 0}};
+  json within = echo;
+  within["prompt"] = prompts(15);  // at most 960
+  const Answer ok = Post(client, "/v1/completions", within);
+  ASSERT_EQ(ok.status, 200) << ok.raw;
+  ASSERT_EQ(ok.body["choices"].size(), 15u);
+  for (const json& c : ok.body["choices"]) {
+    EXPECT_EQ(c["logprobs"]["token_logprobs"].size(), 10u);
+    EXPECT_GE(c["logprobs"]["top_logprobs"][9].size(), 5u);
+  }
+  json over = echo;
+  over["prompt"] = prompts(19);  // at least 1045
+  refused(Post(client, "/v1/completions", over), "the echoed prompts' logprobs");
+  over["stream"] = true;
+  const Answer streamed = Post(client, "/v1/completions", over);
+  ASSERT_EQ(streamed.status, 200) << streamed.raw;
+  int events_with_logprobs = 0;
+  for (const std::string& d : SseData(streamed.raw)) {
+    if (d == "[DONE]") continue;
+    const json chunk = json::parse(d);
+    ASSERT_FALSE(chunk.contains("error")) << d;
+    if (!chunk["choices"][0]["logprobs"].is_null()) ++events_with_logprobs;
+  }
+  EXPECT_EQ(events_with_logprobs, 19);
+
+  // Generated tokens: 10 prompts echoed (at least 550, at most 640), then 20 tokens each
+  // with 5 or 6 alternatives pass 1000 as they come.
+  json generating = {{"prompt", prompts(10)}, {"echo", true},       {"logprobs", 5},
+                     {"max_tokens", 20},      {"ignore_eos", true}, {"temperature", 0}};
+  refused(Post(client, "/v1/completions", generating), "the response's logprobs");
+  EXPECT_TRUE(WaitIdle(*stub));
+  generating.erase("logprobs");
+  const Answer plain = Post(client, "/v1/completions", generating);
+  ASSERT_EQ(plain.status, 200) << plain.raw;
+  EXPECT_EQ(plain.body["usage"]["completion_tokens"], 200);
+}
+
 // Request framing is checked once the headers are in, without waiting for a body: a
 // Content-Length over --max_message_bytes is a 413, a malformed or twice-given one a 400, a POST
 // with no length a 411, each answered at once, and the connection closed after.
