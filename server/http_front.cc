@@ -33,6 +33,7 @@
 #include "server/calls.h"
 #include "server/convert.h"
 #include "server/openai_api.h"
+#include "server/responses_api.h"
 
 namespace spanserve::server {
 namespace {
@@ -707,22 +708,34 @@ struct StreamState {
   const httplib::Request& req;  // lives until the response is written
   int fd = kFdUnknown;
   bool ended = false;
+  std::optional<ResponsesStream> responses;  // /v1/responses: its events
 };
 
+// `responses`: the request came to /v1/responses and `text` is the chat body it became; its
+// errors name its own fields, and its answer is a Response object or the Responses events.
 void Completions(SpanServeService* service, OpenAIEndpoint endpoint, int64_t max_logprobs,
-                 const httplib::Request& req, httplib::Response& res) {
-  if (absl::Status s = AdmitHttp(*service, req); !s.ok()) return SendError(res, s);
-  absl::StatusOr<json> body = ParseBody(req);
-  if (!body.ok()) return SendError(res, body.status());
-  absl::StatusOr<OpenAIRequest> request = ParseOpenAIRequest(*body, endpoint, req.body);
-  if (!request.ok()) return SendError(res, request.status());
+                 const httplib::Request& req, httplib::Response& res,
+                 const ResponsesRequest* responses = nullptr) {
+  const auto send_error = [&res, responses](const absl::Status& s) {
+    SendError(res, responses != nullptr ? ResponsesError(s) : s);
+  };
+  // A Responses request was admitted before it was read.
+  if (responses == nullptr) {
+    if (absl::Status s = AdmitHttp(*service, req); !s.ok()) return send_error(s);
+  }
+  const std::string_view text =
+      responses != nullptr ? std::string_view(responses->chat_body) : std::string_view(req.body);
+  absl::StatusOr<json> body = ParseOpenAIBody(text);
+  if (!body.ok()) return send_error(body.status());
+  absl::StatusOr<OpenAIRequest> request = ParseOpenAIRequest(*body, endpoint, text);
+  if (!request.ok()) return send_error(request.status());
   absl::StatusOr<ServedModel*> model = service->ReadyModel(request->model);
-  if (!model.ok()) return SendError(res, model.status());
+  if (!model.ok()) return send_error(model.status());
   const bool stream = request->stream;
   auto in_flight = std::make_unique<InFlight>(service);
   auto exchange = std::make_unique<Exchange>(service, *model, *std::move(request),
                                              req.get_header_value("X-Request-Id"), max_logprobs);
-  if (absl::Status s = exchange->Submit(); !s.ok()) return SendError(res, s);
+  if (absl::Status s = exchange->Submit(); !s.ok()) return send_error(s);
   if (!stream) {
     int fd = kFdUnknown;
     // Looked at every kPollInterval whether tokens arrive or not: a long generation gives
@@ -741,14 +754,16 @@ void Completions(SpanServeService* service, OpenAIEndpoint endpoint, int64_t max
       }
       if (!events.empty()) exchange->Apply(events, /*stream=*/false);
     }
-    if (!exchange->error().ok()) return SendError(res, exchange->error());
+    if (!exchange->error().ok()) return send_error(exchange->error());
     res.status = 200;
     res.body = exchange->ResponseText();
+    if (responses != nullptr) res.body = Dump(ResponseFromChat(json::parse(res.body), *responses));
     res.set_header("Content-Type", "application/json");
     return;
   }
 
   auto state = std::make_shared<StreamState>(service, std::move(exchange), req);
+  if (responses != nullptr) state->responses.emplace(*responses);
   in_flight.reset();  // the stream's state counts it from here
   res.status = 200;
   res.set_header("Cache-Control", "no-cache");
@@ -771,6 +786,7 @@ void Completions(SpanServeService* service, OpenAIEndpoint endpoint, int64_t max
           sse += x.StreamEnd();
           state->ended = true;
         }
+        if (state->responses) sse = state->responses->Translate(sse);
         if (!sse.empty() && !sink.write(sse.data(), sse.size())) {
           x.fanout().CancelAll();  // the client went away
           return false;
@@ -1017,6 +1033,13 @@ void HttpFront::Routes() {
          [service, max_logprobs](const httplib::Request& req, httplib::Response& res) {
            Completions(service, OpenAIEndpoint::kChatCompletions, max_logprobs, req, res);
          });
+  s.Post("/v1/responses", [service, max_logprobs](const httplib::Request& req,
+                                                  httplib::Response& res) {
+    if (absl::Status st = AdmitHttp(*service, req); !st.ok()) return SendError(res, st);
+    absl::StatusOr<ResponsesRequest> responses = ParseResponsesRequest(req.body);
+    if (!responses.ok()) return SendError(res, responses.status());
+    Completions(service, OpenAIEndpoint::kChatCompletions, max_logprobs, req, res, &*responses);
+  });
   s.Get("/v1/models", [service](const httplib::Request& req, httplib::Response& res) {
     if (absl::Status st = AdmitHttp(*service, req); !st.ok()) return SendError(res, st);
     json data = json::array();

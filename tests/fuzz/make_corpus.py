@@ -469,6 +469,26 @@ def make_openai_request():
             data += b"\x00" + output.encode()
         write(t, "chat_" + name, bytes([0x01 | (2 << 2)]) + data)
         write(t, "chat_llama3_" + name, bytes([0x03]) + data)
+    responses = {
+        "text": {"model": "m", "input": "Why?", "instructions": "Be brief.",
+                 "max_output_tokens": 8, "temperature": 0, "top_logprobs": 2,
+                 "metadata": {"k": "v"}, "stream": True},
+        "items": {"input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "Weather?"}]},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather",
+             "arguments": '{"city": "Bern"}'},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+            {"type": "reasoning", "summary": []}],
+            "tools": [dict(tool["function"], type="function")],
+            "tool_choice": {"type": "function", "name": "get_weather"}},
+        "json_schema": {"input": "JSON", "text": {"format": {
+            "type": "json_schema", "name": "p", "strict": True,
+            "schema": {"type": "object", "properties": {"b": {"type": "string"}}}}}},
+        "refused": {"input": "x", "previous_response_id": "resp_1",
+                    "tools": [{"type": "web_search"}]},
+    }
+    for name, body in responses.items():
+        write(t, "responses_" + name, bytes([0x20 | 0x02]) + compact(body).encode())
     write(t, "not_json", b"\x00{\"prompt\": \"x\",")
     write(t, "not_object", b"\x01[1, 2]")
     write(t, "deep", b"\x00" + b"[" * 65 + b"]" * 65)

@@ -12,9 +12,13 @@
 // nor past the text) and split into reasoning and content (ReasoningSplitter fed in pieces
 // gives what it gives fed whole).
 //
+// With bit 5 of byte 0 the body is a Responses API body (/v1/responses): ParseResponsesRequest
+// turns it into a chat body (or refuses it, a 4xx), which then takes the chat path above, its
+// refusals told in the Responses fields' names (ResponsesError).
+//
 // Input: byte 0: bit 0 the endpoint (0 completions, 1 chat), bit 1 the chat template (0
-// ChatML, 1 Llama-3), bits 2-4 the piece length (1-8 bytes) the output is fed in; then the
-// body's text; optionally a NUL byte and the output text.
+// ChatML, 1 Llama-3), bits 2-4 the piece length (1-8 bytes) the output is fed in, bit 5 a
+// Responses body; then the body's text; optionally a NUL byte and the output text.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -30,6 +34,7 @@
 #include "served_world.h"
 #include "server/http_front.h"
 #include "server/openai_api.h"
+#include "server/responses_api.h"
 #include "server/served_model.h"
 
 namespace {
@@ -111,8 +116,8 @@ void FuzzOutput(const server::OpenAIRequest& request, std::string_view output, s
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const World* const world = MakeWorld();
   if (size < 1) return 0;
-  const auto endpoint = (data[0] & 1) ? server::OpenAIEndpoint::kChatCompletions
-                                      : server::OpenAIEndpoint::kCompletions;
+  auto endpoint = (data[0] & 1) ? server::OpenAIEndpoint::kChatCompletions
+                                : server::OpenAIEndpoint::kCompletions;
   const server::ServedModel& model = *world->served[(data[0] >> 1) & 1];
   const size_t piece = ((data[0] >> 2) & 7) + 1;
   std::string_view rest(reinterpret_cast<const char*>(data + 1), size - 1);
@@ -123,11 +128,26 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     output = rest.substr(nul + 1);
   }
 
+  const bool responses_api = (data[0] >> 5) & 1;
+  absl::StatusOr<server::ResponsesRequest> responses;
+  if (responses_api) {
+    responses = server::ParseResponsesRequest(body_text);
+    if (!responses.ok()) return CheckRefusal(responses.status()), 0;
+    body_text = responses->chat_body;
+    endpoint = server::OpenAIEndpoint::kChatCompletions;
+  }
   absl::StatusOr<nlohmann::json> body = server::ParseOpenAIBody(body_text);
-  if (!body.ok()) return CheckRefusal(body.status()), 0;
+  if (!body.ok()) {
+    if (responses_api) Fail("a Responses body became a chat body that is not JSON");
+    return CheckRefusal(body.status()), 0;
+  }
   absl::StatusOr<server::OpenAIRequest> request =
       server::ParseOpenAIRequest(*body, endpoint, body_text);
-  if (!request.ok()) return CheckRefusal(request.status()), 0;
+  if (!request.ok()) {
+    return CheckRefusal(responses_api ? server::ResponsesError(request.status())
+                                      : request.status()),
+           0;
+  }
   if (request->prompts.empty()) Fail("an accepted request without prompts");
   if (request->n < 1 ||
       static_cast<int64_t>(request->prompts.size()) * request->n > server::kMaxOpenAIChoices) {

@@ -770,6 +770,133 @@ TEST(HttpTest, ReasoningGoesToReasoningContent) {
   }
 }
 
+// OpenAI's Responses API on the chat path: the same text as chat, a reasoning model's thinking
+// as a reasoning item, a forced function call as a function_call item, streamed as typed
+// events (each "event:" line naming its data's type, sequence numbers from 0 in order) that
+// add up to the same response; what is not served is refused naming the Responses field.
+TEST(HttpTest, ResponsesAnswerAsChatDoes) {
+  HttpServer s({"--model=qwq=" + BundledModelWithTemplate("Qwen-QwQ-32B") +
+                    ",qwen25=" + BundledModelWithTemplate("Qwen-Qwen2.5-7B-Instruct"),
+                "--reasoning_parser=auto"});
+  auto client = s.Client();
+  const std::string question = "Why is the sky blue?";
+  // The events of a Responses stream, checked for their framing.
+  const auto events = [](const Answer& a) {
+    std::vector<json> out;
+    size_t pos = 0;
+    while ((pos = a.raw.find("event: ", pos)) != std::string::npos) {
+      const size_t eol = a.raw.find('\n', pos);
+      const std::string type = a.raw.substr(pos + 7, eol - pos - 7);
+      EXPECT_EQ(a.raw.compare(eol + 1, 6, "data: "), 0) << a.raw;
+      const size_t end = a.raw.find("\n\n", eol);
+      out.push_back(json::parse(a.raw.substr(eol + 7, end - eol - 7)));
+      EXPECT_EQ(out.back()["type"], type);
+      EXPECT_EQ(out.back()["sequence_number"], out.size() - 1);
+      pos = end;
+    }
+    EXPECT_EQ(a.raw.find("[DONE]"), std::string::npos);
+    return out;
+  };
+
+  // Reasoning: QwQ's prompt opens <think>, and the toy model never closes it.
+  const Answer chat = Post(client, "/v1/chat/completions",
+                           {{"model", "qwq"},
+                            {"messages", {{{"role", "user"}, {"content", question}}}},
+                            {"max_tokens", 24},
+                            {"temperature", 0}});
+  ASSERT_EQ(chat.status, 200) << chat.raw;
+  const std::string thinking = chat.body["choices"][0]["message"]["reasoning_content"];
+  ASSERT_FALSE(thinking.empty());
+  const json ask = {
+      {"model", "qwq"}, {"input", question}, {"max_output_tokens", 24}, {"temperature", 0}};
+  const Answer whole = Post(client, "/v1/responses", ask);
+  ASSERT_EQ(whole.status, 200) << whole.raw;
+  const json& r = whole.body;
+  EXPECT_EQ(r["object"], "response");
+  EXPECT_EQ(r["status"], "incomplete") << whole.raw;
+  EXPECT_EQ(r["incomplete_details"]["reason"], "max_output_tokens");
+  ASSERT_EQ(r["output"].size(), 2u) << whole.raw;
+  EXPECT_EQ(r["output"][0]["type"], "reasoning");
+  EXPECT_EQ(r["output"][0]["content"][0]["text"], thinking);
+  EXPECT_EQ(r["output"][1]["type"], "message");
+  EXPECT_EQ(r["output"][1]["content"][0]["text"], "");
+  EXPECT_EQ(r["usage"]["output_tokens"], 24);
+  EXPECT_EQ(r["usage"]["input_tokens"], chat.body["usage"]["prompt_tokens"]);
+
+  json streamed_ask = ask;
+  streamed_ask["stream"] = true;
+  const Answer st = Post(client, "/v1/responses", streamed_ask);
+  ASSERT_EQ(st.status, 200) << st.raw;
+  const std::vector<json> evs = events(st);
+  ASSERT_GE(evs.size(), 4u) << st.raw;
+  EXPECT_EQ(evs[0]["type"], "response.created");
+  EXPECT_EQ(evs[0]["response"]["status"], "in_progress");
+  EXPECT_EQ(evs[1]["type"], "response.in_progress");
+  EXPECT_EQ(evs.back()["type"], "response.incomplete");
+  std::string deltas;
+  for (const json& e : evs) {
+    if (e["type"] == "response.reasoning_text.delta") deltas += e["delta"];
+  }
+  EXPECT_EQ(deltas, thinking);
+  const json& final = evs.back()["response"];
+  ASSERT_EQ(final["output"].size(), 2u) << st.raw;
+  EXPECT_EQ(final["output"][0]["content"], r["output"][0]["content"]);
+  EXPECT_EQ(final["output"][1]["content"], r["output"][1]["content"]);
+  EXPECT_EQ(final["usage"]["input_tokens"], r["usage"]["input_tokens"]);
+  EXPECT_EQ(final["usage"]["output_tokens"], r["usage"]["output_tokens"]);
+
+  // A forced function call, whole and streamed.
+  const json city = {{"type", "string"}, {"maxLength", 12}};
+  const json parameters = {
+      {"type", "object"}, {"properties", {{"city", city}}}, {"required", json::array({"city"})}};
+  const json tool = {{"type", "function"}, {"name", "get_weather"}, {"parameters", parameters}};
+  json call_ask = {{"model", "qwen25"},
+                   {"input", json::array({{{"role", "user"}, {"content", "Weather in Paris?"}}})},
+                   {"tools", json::array({tool})},
+                   {"tool_choice", {{"type", "function"}, {"name", "get_weather"}}},
+                   {"max_output_tokens", 60},
+                   {"temperature", 0}};
+  const Answer called = Post(client, "/v1/responses", call_ask);
+  ASSERT_EQ(called.status, 200) << called.raw;
+  ASSERT_EQ(called.body["output"].size(), 1u) << called.raw;
+  const json& call = called.body["output"][0];
+  EXPECT_EQ(call["type"], "function_call");
+  EXPECT_EQ(call["name"], "get_weather");
+  EXPECT_TRUE(json::parse(call["arguments"].get<std::string>())["city"].is_string()) << call;
+  EXPECT_EQ(called.body["tools"][0], tool);
+  call_ask["stream"] = true;
+  const Answer call_st = Post(client, "/v1/responses", call_ask);
+  ASSERT_EQ(call_st.status, 200) << call_st.raw;
+  bool done = false;
+  for (const json& e : events(call_st)) {
+    if (e["type"] != "response.function_call_arguments.done") continue;
+    EXPECT_EQ(e["arguments"], call["arguments"]);
+    EXPECT_EQ(e["name"], "get_weather");
+    done = true;
+  }
+  EXPECT_TRUE(done) << call_st.raw;
+
+  // Refusals name the Responses field.
+  const std::vector<std::pair<json, std::string>> bad = {
+      {{{"max_output_tokens", 4}}, "input"},
+      {{{"input", {{{"role", "user"}, {"content", {{{"type", "input_image"}}}}}}}}, "input"},
+      {{{"input", {{{"role", "robot"}, {"content", "x"}}}}}, "input"},
+      {{{"input", "x"}, {"tools", {{{"type", "web_search"}}}}}, "tools"},
+      {{{"input", "x"}, {"previous_response_id", "resp_1"}}, "previous_response_id"},
+      {{{"input", "x"}, {"text", {{"format", {{"type", "grammar"}}}}}}, "text.format"},
+      {{{"input", "x"}, {"max_output_tokens", 0}}, "max_output_tokens"},
+      {{{"input", "x"}, {"background", true}}, "background"},
+  };
+  for (const auto& [fields, param] : bad) {
+    json body = fields;
+    body["model"] = "qwen25";
+    const Answer a = Post(client, "/v1/responses", body);
+    EXPECT_EQ(a.status, 400) << body << a.raw;
+    EXPECT_EQ(a.body["error"]["param"], param) << body << a.raw;
+  }
+  EXPECT_EQ(PostRaw(client, "/v1/responses", "{\"input\": ").status, 400);
+}
+
 TEST(HttpTest, StreamingIsServerSentEventsEndingInDoneWithUsage) {
   HttpServer s;
   auto client = s.Client();

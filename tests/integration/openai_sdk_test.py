@@ -312,6 +312,111 @@ class ChatTest(unittest.TestCase):
             self.assertEqual(server.stop(), 0)
 
 
+class ResponsesTest(unittest.TestCase):
+    """OpenAI's Responses API (client.responses) on the chat path."""
+
+    def setUp(self):
+        if smollm2_path() is None:
+            self.skipTest("SmolLM2 is not cached (scripts/fetch_models)")
+
+    def test_responses_whole_streamed_structured_and_function_calls(self):
+        server = Server(model=f"smollm2={smollm2_path()}", max_model_len=2048)
+        try:
+            client = server.client()
+            question = "What is the capital of France?"
+            r = client.responses.create(model="smollm2", input=question,
+                                        instructions="Answer in one sentence.",
+                                        max_output_tokens=40, temperature=0,
+                                        top_logprobs=2, metadata={"run": "1"})
+            self.assertEqual(r.object, "response")
+            self.assertEqual(r.status, "completed")
+            self.assertTrue(r.id.startswith("resp_"))
+            self.assertEqual(r.instructions, "Answer in one sentence.")
+            self.assertEqual(r.metadata, {"run": "1"})
+            self.assertIn("Paris", r.output_text)
+            [message] = r.output
+            self.assertEqual((message.type, message.role, message.status),
+                             ("message", "assistant", "completed"))
+            part = message.content[0]
+            self.assertEqual(part.type, "output_text")
+            # Every generated token, the end of turn included (as chat has them).
+            self.assertTrue("".join(t.token for t in part.logprobs).startswith(r.output_text))
+            for t in part.logprobs:
+                self.assertEqual(len(t.top_logprobs), 2)
+            self.assertEqual(r.usage.total_tokens, r.usage.input_tokens + r.usage.output_tokens)
+            # The same as chat gives for the same conversation.
+            chat = client.chat.completions.create(
+                model="smollm2", max_tokens=40, temperature=0,
+                messages=[{"role": "system", "content": "Answer in one sentence."},
+                          {"role": "user", "content": question}])
+            self.assertEqual(r.output_text, chat.choices[0].message.content)
+
+            # Streamed: the SDK's stream helper rebuilds the same response from the events.
+            with client.responses.stream(model="smollm2", input=question,
+                                         instructions="Answer in one sentence.",
+                                         max_output_tokens=40, temperature=0) as stream:
+                types = [e.type for e in stream]
+                final = stream.get_final_response()
+            self.assertEqual(final.output_text, r.output_text)
+            self.assertEqual(types[:4], ["response.created", "response.in_progress",
+                                         "response.output_item.added",
+                                         "response.content_part.added"])
+            self.assertEqual(types[-4:], ["response.output_text.done", "response.content_part.done",
+                                          "response.output_item.done", "response.completed"])
+            # Cut short: incomplete, naming why.
+            short = client.responses.create(model="smollm2", input=question, max_output_tokens=3,
+                                            temperature=0)
+            self.assertEqual(short.status, "incomplete")
+            self.assertEqual(short.incomplete_details.reason, "max_output_tokens")
+            self.assertEqual(short.usage.output_tokens, 3)
+
+            # Structured outputs from a pydantic model.
+            class City(pydantic.BaseModel):
+                name: str = pydantic.Field(max_length=20)
+                country: str = pydantic.Field(max_length=20)
+
+            parsed = client.responses.parse(model="smollm2", input="Name a city as JSON.",
+                                            text_format=City, max_output_tokens=60, temperature=0)
+            self.assertIsInstance(parsed.output_parsed, City)
+
+            # A function call, then its output in the next request's input.
+            tool = {"type": "function", "name": "get_weather", "description": "A city's weather.",
+                    "parameters": {"type": "object", "properties": {
+                        "city": {"type": "string", "maxLength": 24}},
+                        "required": ["city"], "additionalProperties": False}}
+            ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+            called = client.responses.create(
+                model="smollm2", input=ask, tools=[tool], max_output_tokens=40, temperature=0,
+                tool_choice={"type": "function", "name": "get_weather"})
+            [call] = called.output
+            self.assertEqual((call.type, call.name), ("function_call", "get_weather"))
+            self.assertIsInstance(json.loads(call.arguments)["city"], str)
+            self.assertTrue(call.call_id.startswith("call_"))
+            answer = client.responses.create(
+                model="smollm2", tools=[tool], max_output_tokens=30, temperature=0,
+                input=ask + [{"type": "function_call", "call_id": call.call_id,
+                              "name": call.name, "arguments": call.arguments},
+                             {"type": "function_call_output", "call_id": call.call_id,
+                              "output": "sunny, 21 C"}])
+            self.assertEqual(answer.output[0].type, "message")
+            self.assertTrue(answer.output_text)
+
+            # What is not served is refused, naming the field.
+            for kwargs, param in (
+                    (dict(previous_response_id="resp_1"), "previous_response_id"),
+                    (dict(tools=[{"type": "web_search"}]), "tools"),
+                    (dict(max_output_tokens=0), "max_output_tokens"),
+                    (dict(text={"format": {"type": "json_schema", "name": "x", "schema": {
+                        "type": "object", "properties": {"a": {"type": "integer",
+                                                               "minimum": 1}}}}}),
+                     "text.format")):
+                with self.assertRaises(openai.BadRequestError) as e:
+                    client.responses.create(model="smollm2", input=question, **kwargs)
+                self.assertEqual(e.exception.body["param"], param, e.exception.body)
+        finally:
+            server.stop()
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--server", required=True)
