@@ -137,10 +137,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     endpoint = server::OpenAIEndpoint::kChatCompletions;
   }
   absl::StatusOr<nlohmann::json> body = server::ParseOpenAIBody(body_text);
-  if (!body.ok()) {
-    if (responses_api) Fail("a Responses body became a chat body that is not JSON");
-    return CheckRefusal(body.status()), 0;
-  }
+  // (A Responses body within the nesting limit may become a chat body past it: tools nest
+  // one level deeper there.)
+  if (!body.ok()) return CheckRefusal(body.status()), 0;
   absl::StatusOr<server::OpenAIRequest> request =
       server::ParseOpenAIRequest(*body, endpoint, body_text);
   if (!request.ok()) {
