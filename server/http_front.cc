@@ -302,6 +302,9 @@ class Exchange {
   }
 
   int remaining() const { return submitted_ - finished_; }
+  const std::string& id() const { return id_; }
+  int64_t created() const { return created_; }
+  const std::string& model_name() const { return model_->name(); }
   const absl::Status& error() const { return error_; }
   Fanout& fanout() { return *fanout_; }
 
@@ -773,6 +776,14 @@ void Completions(SpanServeService* service, OpenAIEndpoint endpoint, int64_t max
       [state](size_t, httplib::DataSink& sink) {
         Exchange& x = *state->exchange;
         if (state->ended) return false;
+        if (state->responses && !state->responses->started()) {
+          // The Responses stream opens at once, before the first token.
+          const std::string opening = state->responses->Start(x.id(), x.created(), x.model_name());
+          if (!sink.write(opening.data(), opening.size())) {
+            x.fanout().CancelAll();
+            return false;
+          }
+        }
         std::vector<Event> events = x.fanout().Wait(kPollInterval);
         if (events.empty()) {
           if (state->ClientLeft()) {

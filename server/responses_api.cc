@@ -473,6 +473,19 @@ std::string ResponsesStream::CloseItem() {
   return sse;
 }
 
+std::string ResponsesStream::Start(std::string_view chat_id, int64_t created,
+                                   std::string_view model) {
+  if (started_) return std::string();
+  started_ = true;
+  chat_id_ = std::string(chat_id);
+  id_ = ItemId(chat_id_, "resp");
+  created_ = created;
+  model_ = std::string(model);
+  std::string sse = Event({{"type", "response.created"}, {"response", Snapshot("in_progress")}});
+  sse += Event({{"type", "response.in_progress"}, {"response", Snapshot("in_progress")}});
+  return sse;
+}
+
 std::string ResponsesStream::Translate(std::string_view chat_sse) {
   std::string sse;
   size_t pos = 0;
@@ -494,13 +507,8 @@ std::string ResponsesStream::Translate(std::string_view chat_sse) {
       break;
     }
     if (!started_) {
-      started_ = true;
-      chat_id_ = chunk.value("id", std::string());
-      id_ = ItemId(chat_id_, "resp");
-      created_ = chunk.value("created", int64_t{0});
-      model_ = chunk.value("model", std::string());
-      sse += Event({{"type", "response.created"}, {"response", Snapshot("in_progress")}});
-      sse += Event({{"type", "response.in_progress"}, {"response", Snapshot("in_progress")}});
+      sse += Start(chunk.value("id", std::string()), chunk.value("created", int64_t{0}),
+                   chunk.value("model", std::string()));
     }
     if (chunk.contains("usage") && chunk["usage"].is_object()) {
       usage_ = Usage(chunk["usage"]);

@@ -56,6 +56,11 @@ nlohmann::json ResponseFromChat(const nlohmann::json& chat, const ResponsesReque
 class ResponsesStream {
  public:
   explicit ResponsesStream(ResponsesRequest request) : request_(std::move(request)) {}
+  // The opening events (response.created, response.in_progress) of the chat completion
+  // `chat_id` ("chatcmpl-<hex>"), sent before its first token. Translate sends them itself
+  // before its first event if Start was not called.
+  std::string Start(std::string_view chat_id, int64_t created, std::string_view model);
+  bool started() const { return started_; }
   std::string Translate(std::string_view chat_sse);
 
  private:
