@@ -22,9 +22,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "runtime/engine/engine_core.h"
+#include "served_world.h"
 #include "server/convert.h"
 #include "server/served_model.h"
-#include "served_world.h"
 #include "spanserve/v1/spanserve.pb.h"
 
 namespace {
