@@ -44,14 +44,9 @@ using Clock = std::chrono::steady_clock;
 // How often a handler waiting on the engine looks whether its client is still there.
 constexpr std::chrono::milliseconds kPollInterval(100);
 
-std::string Dump(const json& j) {
-  // Token strings may hold part of a UTF-8 sequence: replaced (U+FFFD), never a throw.
-  return j.dump(-1, ' ', false, json::error_handler_t::replace);
-}
-
 void SendJson(httplib::Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(Dump(body), "application/json");
+  res.set_content(DumpJson(body), "application/json");
 }
 
 void SendError(httplib::Response& res, const absl::Status& status) {
@@ -394,12 +389,12 @@ class Exchange {
   std::string StreamEnd() const {
     std::string sse;
     if (!error_.ok()) {
-      sse += absl::StrCat("data: ", Dump(OpenAIError(error_)), "\n\n");
+      sse += absl::StrCat("data: ", DumpJson(OpenAIError(error_)), "\n\n");
     } else if (request_.include_usage) {
       json chunk = ChunkHeader();
       chunk["choices"] = json::array();
       chunk["usage"] = Usage();
-      sse += absl::StrCat("data: ", Dump(chunk), "\n\n");
+      sse += absl::StrCat("data: ", DumpJson(chunk), "\n\n");
     }
     sse += "data: [DONE]\n\n";
     return sse;
@@ -413,19 +408,29 @@ class Exchange {
     std::string text = "{\"choices\":[";
     for (const Choice& c : choices_) {
       if (&c != &choices_.front()) text += ',';
-      text += Dump(ChoiceJson(c));
+      text += DumpJson(ChoiceJson(c));
     }
-    const json rest = {{"id", id_},
-                       {"object", chat_ ? "chat.completion" : "text_completion"},
-                       {"created", created_},
-                       {"model", model_->name()},
-                       {"usage", Usage()}};
     text += "],";
-    text += std::string_view(Dump(rest)).substr(1);
+    text += std::string_view(DumpJson(ResponseFields())).substr(1);
     return text;
+  }
+  // The same response whole, as JSON (for /v1/responses, which has one choice).
+  json ResponseJson() const {
+    json response = ResponseFields();
+    response["choices"] = json::array();
+    for (const Choice& c : choices_) response["choices"].push_back(ChoiceJson(c));
+    return response;
   }
 
  private:
+  // The response's fields but its choices.
+  json ResponseFields() const {
+    return {{"id", id_},
+            {"object", chat_ ? "chat.completion" : "text_completion"},
+            {"created", created_},
+            {"model", model_->name()},
+            {"usage", Usage()}};
+  }
   json ChoiceJson(const Choice& c) const {
     json choice = {{"index", c.index},
                    {"finish_reason", FinishReason(c)},
@@ -660,7 +665,7 @@ class Exchange {
     return chunk;
   }
   static std::string SseEvent(const json& chunk) {
-    return absl::StrCat("data: ", Dump(chunk), "\n\n");
+    return absl::StrCat("data: ", DumpJson(chunk), "\n\n");
   }
 
   SpanServeService* const service_;
@@ -759,8 +764,9 @@ void Completions(SpanServeService* service, OpenAIEndpoint endpoint, int64_t max
     }
     if (!exchange->error().ok()) return send_error(exchange->error());
     res.status = 200;
-    res.body = exchange->ResponseText();
-    if (responses != nullptr) res.body = Dump(ResponseFromChat(json::parse(res.body), *responses));
+    res.body = responses != nullptr
+                   ? DumpJson(ResponseFromChat(exchange->ResponseJson(), *responses))
+                   : exchange->ResponseText();
     res.set_header("Content-Type", "application/json");
     return;
   }
@@ -1302,7 +1308,7 @@ void HttpFront::Routes() {
     }
     json body = OpenAIError(status);
     body["error"]["code"] = res.status;
-    res.set_content(Dump(body), "application/json");
+    res.set_content(DumpJson(body), "application/json");
   });
   s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
     SendError(res, absl::InternalError("the request failed inside the server"));

@@ -452,6 +452,10 @@ int JsonDepth(absl::string_view text, int limit) {
   return deepest;
 }
 
+std::string DumpJson(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 absl::StatusOr<nlohmann::json> ParseOpenAIBody(std::string_view text) {
   if (JsonDepth(absl::string_view(text.data(), text.size()), kMaxJsonDepth) > kMaxJsonDepth) {
     return absl::InvalidArgumentError(

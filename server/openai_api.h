@@ -77,6 +77,10 @@ struct OpenAIRequest {
   // Chat: the generation prompt (vLLM's add_generation_prompt, default true).
 };
 
+// `j` as JSON text, as the front sends it: token strings may hold part of a UTF-8 sequence,
+// which is replaced (U+FFFD), never a throw.
+std::string DumpJson(const nlohmann::json& j);
+
 // A request body's text as JSON: INVALID_ARGUMENT for bodies nested deeper than
 // kMaxJsonDepth (checked before parsing), text that is not JSON in UTF-8, or JSON that is not
 // an object. Never throws.

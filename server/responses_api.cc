@@ -15,8 +15,6 @@ namespace {
 using json = nlohmann::json;
 using ordered_json = nlohmann::ordered_json;
 
-std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
-
 // The text of an input item's content: a string, or text parts (input_text, output_text).
 absl::StatusOr<std::string> ContentText(const ordered_json& content, const std::string& where) {
   if (content.is_string()) return content.get<std::string>();
@@ -151,9 +149,9 @@ absl::StatusOr<ResponsesRequest> ParseResponsesRequest(std::string_view body) {
   }
   if (b.contains("max_output_tokens")) chat["max_completion_tokens"] = b["max_output_tokens"];
   r.max_output_tokens =
-      Given(b, "max_output_tokens") ? json::parse(b["max_output_tokens"].dump()) : json(nullptr);
-  r.temperature = Given(b, "temperature") ? json::parse(b["temperature"].dump()) : json(nullptr);
-  r.top_p = Given(b, "top_p") ? json::parse(b["top_p"].dump()) : json(nullptr);
+      Given(b, "max_output_tokens") ? json(b["max_output_tokens"]) : json(nullptr);
+  r.temperature = Given(b, "temperature") ? json(b["temperature"]) : json(nullptr);
+  r.top_p = Given(b, "top_p") ? json(b["top_p"]) : json(nullptr);
 
   // Logprobs: top_logprobs, or include's message.output_text.logprobs.
   bool logprobs = Given(b, "top_logprobs");
@@ -168,7 +166,7 @@ absl::StatusOr<ResponsesRequest> ParseResponsesRequest(std::string_view body) {
   if (logprobs) {
     chat["logprobs"] = true;
     chat["top_logprobs"] = Given(b, "top_logprobs") ? b["top_logprobs"] : ordered_json(0);
-    r.top_logprobs = json::parse(chat["top_logprobs"].dump());
+    r.top_logprobs = json(chat["top_logprobs"]);
   }
 
   // text.format → response_format.
@@ -195,7 +193,7 @@ absl::StatusOr<ResponsesRequest> ParseResponsesRequest(std::string_view body) {
             "text.format",
             absl::StrCat("type '", type, "' is not supported (text, json_object, json_schema)"));
       }
-      r.text_format = json::parse(format.dump());
+      r.text_format = json(format);
     }
   }
 
@@ -221,7 +219,7 @@ absl::StatusOr<ResponsesRequest> ParseResponsesRequest(std::string_view body) {
       tools.push_back({{"type", "function"}, {"function", std::move(function)}});
     }
     chat["tools"] = std::move(tools);
-    r.tools = json::parse(b["tools"].dump());
+    r.tools = json(b["tools"]);
   }
   r.tool_choice = "auto";
   if (Given(b, "tool_choice")) {
@@ -236,7 +234,7 @@ absl::StatusOr<ResponsesRequest> ParseResponsesRequest(std::string_view body) {
                         "must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", "
                         "\"name\": ...}");
     }
-    r.tool_choice = json::parse(choice.dump());
+    r.tool_choice = json(choice);
   }
   if (b.contains("parallel_tool_calls") && b["parallel_tool_calls"].is_boolean()) {
     r.parallel_tool_calls = b["parallel_tool_calls"].get<bool>();
@@ -247,13 +245,13 @@ absl::StatusOr<ResponsesRequest> ParseResponsesRequest(std::string_view body) {
   r.metadata = nullptr;
   if (Given(b, "metadata")) {
     if (!b["metadata"].is_object()) return ParamError("metadata", "must be an object");
-    r.metadata = json::parse(b["metadata"].dump());
+    r.metadata = json(b["metadata"]);
   }
   if (b.contains("stream")) {
     if (!b["stream"].is_boolean()) return ParamError("stream", "must be true or false");
-    r.stream = b["stream"].get<bool>();
-    chat["stream"] = r.stream;
-    if (r.stream) chat["stream_options"] = {{"include_usage", true}};
+    const bool stream = b["stream"].get<bool>();
+    chat["stream"] = stream;
+    if (stream) chat["stream_options"] = {{"include_usage", true}};
   }
   r.chat_body = chat.dump(-1, ' ', false, ordered_json::error_handler_t::replace);
   return r;
@@ -404,7 +402,7 @@ json ResponseFromChat(const json& chat, const ResponsesRequest& request) {
 std::string ResponsesStream::Event(json event) {
   event["sequence_number"] = sequence_++;
   const std::string type = event["type"];
-  return absl::StrCat("event: ", type, "\ndata: ", Dump(event), "\n\n");
+  return absl::StrCat("event: ", type, "\ndata: ", DumpJson(event), "\n\n");
 }
 
 json ResponsesStream::Snapshot(std::string_view status) const {

@@ -20,7 +20,6 @@ namespace spanserve::server {
 
 struct ResponsesRequest {
   std::string chat_body;  // the chat completions body's text (a schema's keys in order)
-  bool stream = false;
   // What the Response object repeats of the request.
   nlohmann::json instructions;       // string or null
   nlohmann::json max_output_tokens;  // integer or null

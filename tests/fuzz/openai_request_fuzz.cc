@@ -60,7 +60,7 @@ void CheckRefusal(const absl::Status& status) {
   if (status.message().empty()) Fail("a refusal without a message");
   const nlohmann::json error = server::OpenAIError(status);
   if (!error.contains("error") || !error["error"].contains("message")) Fail("no error.message");
-  const std::string text = error.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  const std::string text = server::DumpJson(error);
   if (nlohmann::json::parse(text, nullptr, false).is_discarded())
     Fail("the error body is not JSON");
   (void)server::OpenAIParam(status);
