@@ -51,6 +51,8 @@ ABSL_FLAG(bool, json_object, false,
 ABSL_FLAG(std::string, json_schema, "",
           "generate / chat: structured outputs, the output a JSON text this JSON Schema accepts "
           "(its text, or @FILE)");
+ABSL_FLAG(std::string, guided_regex, "",
+          "generate / chat: the output matches this regular expression (vLLM's guided_regex)");
 ABSL_FLAG(std::string, context, "", "score: context text");
 ABSL_FLAG(std::string, continuations, "", "score: continuations, separated by '|'");
 ABSL_FLAG(std::string, text, "", "tokenize: text");
@@ -135,6 +137,7 @@ int Generate(v1::SpanServe::Stub& stub, v1::GenerateRequest request) {
     s->set_response_format(v1::RESPONSE_FORMAT_JSON_SCHEMA);
     s->set_json_schema(std::move(schema));
   }
+  s->set_guided_regex(absl::GetFlag(FLAGS_guided_regex));
   grpc::ClientContext context;
   Prepare(&context);
   std::unique_ptr<grpc::ClientReader<v1::GenerateChunk>> reader = stub.Generate(&context, request);

@@ -14,6 +14,7 @@
 #include "common/status.h"
 #include "nlohmann/json.hpp"
 #include "runtime/engine/json_schema.h"
+#include "runtime/engine/regex.h"
 #include "server/openai_api.h"
 
 namespace spanserve::server {
@@ -434,6 +435,20 @@ absl::StatusOr<engine::SamplingParams> ToSamplingParams(const v1::SamplingParams
     p.response_format = engine::ResponseFormat::kChoice;
     p.choices = std::make_shared<const std::vector<std::string>>(proto.guided_choice().begin(),
                                                                  proto.guided_choice().end());
+  }
+  if (!proto.guided_regex().empty()) {
+    if (p.response_format != engine::ResponseFormat::kText) {
+      return absl::InvalidArgumentError(
+          "sampling.guided_regex is only taken with response_format RESPONSE_FORMAT_TEXT and no "
+          "guided_choice");
+    }
+    auto regex = engine::RegexDfa::Compile(proto.guided_regex());
+    if (!regex.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sampling.guided_regex: ", regex.status().message()));
+    }
+    p.response_format = engine::ResponseFormat::kRegex;
+    p.regex = *std::move(regex);
   }
   // The engine accepts 0 (prompt scoring only); over gRPC that is Score's job, and a
   // Generate that generates nothing is a client bug.

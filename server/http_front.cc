@@ -1324,6 +1324,10 @@ absl::StatusOr<engine::Request> OpenAIEngineRequest(const OpenAIRequest& request
     r.sampling.response_format = engine::ResponseFormat::kJsonSchema;
     r.sampling.json_schema = request.json_schema;
   }
+  if (request.regex != nullptr) {
+    r.sampling.response_format = engine::ResponseFormat::kRegex;
+    r.sampling.regex = request.regex;
+  }
   return r;
 }
 

@@ -16,6 +16,7 @@
 #include "common/status.h"
 #include "common/text.h"
 #include "runtime/engine/json_schema.h"
+#include "runtime/engine/regex.h"
 #include "runtime/engine/sampling_params.h"
 
 namespace spanserve::server {
@@ -737,19 +738,27 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
   }
   // vLLM's guided_choice, and its later structured_outputs {"choice": [...]} (or {"json":
   // schema}, as guided_json): the output is one of the strings.
+  // vLLM's guided_regex (structured_outputs {"regex": ...}): the output matches it.
   const json* choice_list = Field(body, "guided_choice");
   const char* choice_param = "guided_choice";
+  const json* regex = Field(body, "guided_regex");
+  const char* regex_param = "guided_regex";
   if (const json* outputs = Field(body, "structured_outputs"); outputs != nullptr) {
     if (!outputs->is_object() || outputs->size() != 1 ||
-        !(outputs->contains("choice") || outputs->contains("json"))) {
+        !(outputs->contains("choice") || outputs->contains("json") || outputs->contains("regex"))) {
       return ParamError("structured_outputs",
-                        "must be an object with one of \"choice\" (a list of strings) or "
-                        "\"json\" (a JSON Schema); regex, grammar and structural_tag are not "
-                        "served");
+                        "must be an object with one of \"choice\" (a list of strings), "
+                        "\"regex\" (a regular expression) or \"json\" (a JSON Schema); grammar "
+                        "and structural_tag are not served");
     }
-    if (response_format != v1::RESPONSE_FORMAT_TEXT || choice_list != nullptr) {
+    if (response_format != v1::RESPONSE_FORMAT_TEXT || choice_list != nullptr || regex != nullptr) {
       return ParamError("structured_outputs",
-                        "is not allowed beside response_format, guided_json or guided_choice");
+                        "is not allowed beside response_format, guided_json, guided_choice or "
+                        "guided_regex");
+    }
+    if (outputs->contains("regex")) {
+      regex = &(*outputs)["regex"];
+      regex_param = "structured_outputs";
     }
     if (const json* schema = Field(*outputs, "json"); schema != nullptr) {
       if (!(schema->is_object() || schema->is_string() || schema->is_boolean())) {
@@ -760,7 +769,7 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
       schema_text = SchemaText(*schema, raw_body, kPath);
       response_format = v1::RESPONSE_FORMAT_JSON_SCHEMA;
       schema_param = "structured_outputs";
-    } else {
+    } else if (regex == nullptr) {
       choice_list = Field(*outputs, "choice");
       choice_param = "structured_outputs";
     }
@@ -784,15 +793,30 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
       choices.push_back(c.get<std::string>());
     }
   }
+  if (regex != nullptr) {
+    if (response_format != v1::RESPONSE_FORMAT_TEXT || choice_list != nullptr) {
+      return ParamError(regex_param,
+                        "is not allowed beside a response_format, guided_json or guided_choice");
+    }
+    if (!regex->is_string()) {
+      return ParamError(regex_param, "the regex must be a string (a regular expression)");
+    }
+    auto compiled = engine::RegexDfa::Compile(regex->get_ref<const std::string&>());
+    if (!compiled.ok()) {
+      return ParamError(regex_param, absl::StrCat("regex ", compiled.status().message()));
+    }
+    request.regex = *std::move(compiled);
+  }
   std::string tools_text;
   if (chat) {
     ASSIGN_OR_RETURN(tools_text, ParseTools(body, raw_body, &request));
     if (request.tool_choice == OpenAIRequest::ToolChoice::kNamed ||
         request.tool_choice == OpenAIRequest::ToolChoice::kRequired) {
-      if (response_format != v1::RESPONSE_FORMAT_TEXT || !choices.empty()) {
+      if (response_format != v1::RESPONSE_FORMAT_TEXT || !choices.empty() ||
+          request.regex != nullptr) {
         return ParamError("tool_choice",
                           "a required or named tool_choice cannot be combined "
-                          "with response_format, guided_json or guided_choice");
+                          "with response_format, guided_json, guided_choice or guided_regex");
       }
       ASSIGN_OR_RETURN(request.json_schema, ToolCallSchema(request, tools_text));
     }

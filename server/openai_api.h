@@ -24,6 +24,7 @@
 #include "nlohmann/json.hpp"
 #include "runtime/chat/chat_template.h"
 #include "runtime/engine/json_schema.h"
+#include "runtime/engine/regex.h"
 #include "spanserve/v1/spanserve.pb.h"
 
 namespace spanserve::server {
@@ -55,6 +56,8 @@ struct OpenAIRequest {
   // once for every prompt and choice; the prompts' sampling then leaves response_format
   // unset, and the caller sets both on each engine request.
   std::shared_ptr<const engine::JsonSchema> json_schema;
+  // guided_regex (structured_outputs {"regex"}): the pattern, compiled once likewise.
+  std::shared_ptr<const engine::RegexDfa> regex;
   // Chat tool calling (OpenAI `tools`, `tool_choice`, `parallel_tool_calls`). The tools go
   // to the chat template (prompt.chat.tools). kNamed constrains the output to the named
   // function's arguments and kRequired to a JSON array of {"name", "arguments"} calls

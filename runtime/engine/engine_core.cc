@@ -10,6 +10,7 @@
 #include "common/check.h"
 #include "common/status.h"
 #include "kernels/backend.h"
+#include "runtime/engine/regex.h"
 
 namespace spanserve::engine {
 namespace {
@@ -183,6 +184,7 @@ absl::Status EngineCore::ValidateRequest(const Request& request) const {
     const ResponseFormat f = request.sampling.response_format;
     const char* name = f == ResponseFormat::kJsonObject   ? "json_object"
                        : f == ResponseFormat::kJsonSchema ? "json_schema"
+                       : f == ResponseFormat::kRegex      ? "guided_regex"
                                                           : "guided_choice";
     if (options_.token_bytes == nullptr) {
       return absl::InvalidArgumentError(
@@ -232,6 +234,7 @@ std::unique_ptr<Sequence> EngineCore::MakeSequence(RequestId id, Request request
     for (const std::string& c : *request.sampling.choices) longest = std::max(longest, c.size());
     seq->choice_out.reserve(longest);  // the output grows in SampleNext without allocating
   }
+  if (request.sampling.regex != nullptr) seq->regex_state = request.sampling.regex->start();
   seq->stream = std::move(stream);
   seq->request = std::move(request);
   return seq;
@@ -455,6 +458,27 @@ bool EngineCore::MaskToChoice(const Sequence& seq, bool suppress_stop, std::span
   return KeepAllowedIds(logits);
 }
 
+bool EngineCore::MaskToRegex(const Sequence& seq, bool suppress_stop, std::span<float> logits) {
+  const RegexDfa& dfa = *seq.request.sampling.regex;
+  const uint32_t state = seq.regex_state;
+  json_ids_.clear();
+  if (!dfa.final(state)) {
+    // A token can only go on with a byte the state takes: most are passed over on that.
+    std::array<bool, 256> first{};
+    for (int b = 0; b < 256; ++b)
+      first[b] = dfa.Next(state, static_cast<uint8_t>(b)) != RegexDfa::kDead;
+    const TokenBytesTable& table = *options_.token_bytes;
+    for (int32_t t = 0; t < vocab_; ++t) {
+      const std::string& b = table.bytes(t);
+      // Special tokens (no bytes) are not text: only EOS / stop ids, below.
+      if (b.empty() || !first[static_cast<uint8_t>(b[0])]) continue;
+      if (dfa.Walk(state, b) != RegexDfa::kDead) json_ids_.push_back(t);
+    }
+  }
+  if (dfa.accepting(state) && !suppress_stop) AllowStopIds(seq.request.sampling);
+  return KeepAllowedIds(logits);
+}
+
 void EngineCore::SampleNext(Sequence* seq, float* row) {
   const SamplingParams& params = seq->request.sampling;
   RequestOutput& out = seq->pending;
@@ -484,6 +508,7 @@ void EngineCore::SampleNext(Sequence* seq, float* row) {
   // A choice: likewise, the output ends when no token may follow (a whole choice that
   // nothing longer goes on from, under ignore_eos or min_tokens).
   if (seq->choice_mode() && !MaskToChoice(*seq, ctx.suppress_stop, logits)) return end_json();
+  if (seq->regex_mode() && !MaskToRegex(*seq, ctx.suppress_stop, logits)) return end_json();
   const int32_t token = SampleToken(ctx, logits, seq->rng, scratch_);
   if (seq->choice_mode()) {
     // An allowed token: after a whole choice, EOS or a stop id (handled below as for any
@@ -501,6 +526,19 @@ void EngineCore::SampleNext(Sequence* seq, float* row) {
       });
       if (b.empty() || !goes_on) return end_json();
       seq->choice_out += b;  // within the capacity MakeSequence reserved
+    }
+  }
+  if (seq->regex_mode()) {
+    // An allowed token: after a match, EOS or a stop id (handled below as for any output);
+    // else bytes that keep it a prefix of one. Anything else (a NaN row's argmax) ends it.
+    const RegexDfa& dfa = *params.regex;
+    const bool stop_id = Contains(info_.eos_token_ids, token) ||
+                         Contains(std::span<const int32_t>(params.stop_token_ids), token);
+    if (!(dfa.accepting(seq->regex_state) && stop_id)) {
+      const std::string& b = options_.token_bytes->bytes(token);
+      const uint32_t next = dfa.Walk(seq->regex_state, b);
+      if (b.empty() || next == RegexDfa::kDead) return end_json();
+      seq->regex_state = next;
     }
   }
   if (seq->json_mode() && !seq->json.complete()) {

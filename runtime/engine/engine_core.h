@@ -98,6 +98,9 @@ class EngineCore {
   // The same for ResponseFormat::kChoice: the tokens that keep the output a prefix of one of
   // the choices, and EOS / stop ids after a whole one (unless suppress_stop).
   bool MaskToChoice(const Sequence& seq, bool suppress_stop, std::span<float> logits);
+  // The same for ResponseFormat::kRegex: the tokens whose bytes keep the output a prefix of a
+  // match, and EOS / stop ids after a match (unless suppress_stop).
+  bool MaskToRegex(const Sequence& seq, bool suppress_stop, std::span<float> logits);
   // Releases text held back (detokenizer, stop-string matcher) at the end of a request.
   void FlushText(Sequence* seq, std::span<const int32_t> tokens);
   // Pushes the pending output.

@@ -10,6 +10,51 @@ constexpr const char* kLiterals[3] = {"true", "false", "null"};
 bool IsWhitespace(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 bool IsDigit(uint8_t c) { return c >= '0' && c <= '9'; }
 bool IsHex(uint8_t c) { return IsDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+int HexValue(uint8_t c) { return IsDigit(c) ? c - '0' : (c | 0x20) - 'a' + 10; }
+
+// Bounded numbers are compared exactly, as integers scaled by a power of ten.
+using Int128 = __int128;
+Int128 Pow10(int k) {
+  Int128 p = 1;
+  while (k-- > 0) p *= 10;
+  return p;
+}
+// Significant digits a bounded number may have: its value is then exact in a double.
+constexpr int kIntegerDigits = 18;
+constexpr int kNumberDigits = 15;
+
+// The bounds on a number's magnitude x (its value is x, or -x when negative), scaled by 10^k.
+struct MagnitudeRange {
+  Int128 lo, hi;
+  bool lo_open, hi_open;
+  MagnitudeRange(const JsonSchema::Node& n, bool negative, int k) {
+    const Int128 s = Pow10(k);
+    lo = (negative ? -Int128{n.hi} : Int128{n.lo}) * s;
+    hi = (negative ? -Int128{n.lo} : Int128{n.hi}) * s;
+    lo_open = negative ? n.hi_open : n.lo_open;
+    hi_open = negative ? n.lo_open : n.hi_open;
+  }
+  bool Contains(Int128 x) const {
+    return (lo_open ? x > lo : x >= lo) && (hi_open ? x < hi : x <= hi);
+  }
+  // Whether [a, b) meets the range: any of its reals, or (integers) any of its integers.
+  bool Meets(Int128 a, Int128 b, bool integers) const {
+    if (integers) {
+      return std::max(a, lo_open ? lo + 1 : lo) <= std::min(b - 1, hi_open ? hi - 1 : hi);
+    }
+    Int128 low = a, high = b;
+    bool low_open = false, high_open = true;
+    if (lo > a || (lo == a && lo_open)) {
+      low = lo;
+      low_open = lo_open;
+    }
+    if (hi < b) {
+      high = hi;
+      high_open = hi_open;
+    }
+    return low < high || (low == high && !low_open && !high_open);
+  }
+};
 
 }  // namespace
 
@@ -31,6 +76,140 @@ bool JsonMatcher::Feed(std::string_view bytes) {
     if (!FeedInner(static_cast<uint8_t>(c))) return false;
   }
   return true;
+}
+
+const RegexDfa* JsonMatcher::regex() const {
+  if (schema_ == nullptr || key_ || mode_ != Mode::kString) return nullptr;
+  const JsonSchema::Node& n = node(node_);
+  return n.kind == Kind::kString ? n.regex.get() : nullptr;
+}
+
+bool JsonMatcher::TakesPlain(std::string_view bytes, uint32_t chars) const {
+  if (chars > string_room()) return false;
+  const RegexDfa* re = regex();
+  if (re == nullptr) return true;
+  const uint32_t end = re->Walk(re_, bytes);
+  return end != RegexDfa::kDead && Room(end, count_ + chars);
+}
+
+// A pattern string whose state would be `state` after `chars` characters can still match
+// within its maxLength.
+bool JsonMatcher::Room(uint32_t state, uint32_t chars) const {
+  const JsonSchema::Node& n = node(node_);
+  return n.max == JsonSchema::kUnbounded ||
+         uint64_t{chars} + n.regex->min_chars(state) <= uint64_t{n.max};
+}
+
+// One byte of a pattern string's value (an escape's, decoded), of its `chars`-th character.
+bool JsonMatcher::RegexByte(uint8_t c, uint32_t chars) {
+  if (schema_ == nullptr) return true;
+  const JsonSchema::Node& n = node(node_);
+  if (n.kind != Kind::kString || n.regex == nullptr) return true;
+  const uint32_t next = n.regex->Next(re_, c);
+  if (next == RegexDfa::kDead || !Room(next, chars)) return false;
+  re_ = next;
+  return true;
+}
+
+// In a pattern string, whether some ASCII character may come next as its `chars`-th (each
+// can be written as an escape); true elsewhere.
+bool JsonMatcher::AsciiMayFollow(uint32_t chars) const {
+  if (schema_ == nullptr || node(node_).kind != Kind::kString || node(node_).regex == nullptr) {
+    return true;
+  }
+  const RegexDfa& re = *node(node_).regex;
+  for (int b = 0; b < 0x80; ++b) {
+    const uint32_t next = re.Next(re_, static_cast<uint8_t>(b));
+    if (next != RegexDfa::kDead && Room(next, chars)) return true;
+  }
+  return false;
+}
+
+// One hex digit of a \u escape in a pattern string: only ASCII characters are written so
+// ("\u00XX", XX below 80), and only those the pattern takes here.
+bool JsonMatcher::UnicodeEscape(uint8_t c) {
+  const RegexDfa& re = *node(node_).regex;
+  const int digit = 4 - aux_;  // 0 ..= 3
+  const int v = HexValue(c);
+  if (digit < 2) return v == 0;
+  if (digit == 2) {
+    if (v > 7) return false;
+    for (int low = 0; low < 16; ++low) {
+      const uint32_t next = re.Next(re_, static_cast<uint8_t>(v * 16 + low));
+      if (next != RegexDfa::kDead && Room(next, count_)) {
+        pos_ = static_cast<uint16_t>(v);
+        return true;
+      }
+    }
+    return false;
+  }
+  return RegexByte(static_cast<uint8_t>(pos_ * 16 + v), count_);
+}
+
+// A bounded number's first byte ('-' or a digit, already taken by StartAny).
+bool JsonMatcher::StartNumber(uint8_t c) {
+  neg_ = c == '-';
+  mag_ = neg_ ? 0 : c - '0';
+  digits_ = neg_ ? 0 : 1;
+  frac_ = 0;
+  frac_digits_ = 0;
+  return NumberFeasible();
+}
+
+// One more digit of a bounded number, in the mode it leaves (kNumInt or kNumFrac).
+bool JsonMatcher::NumberDigit(uint8_t c) {
+  const int budget = node(node_).kind == Kind::kInteger ? kIntegerDigits : kNumberDigits;
+  if (digits_ >= budget) return false;
+  ++digits_;
+  if (mode_ == Mode::kNumFrac) {
+    frac_ = frac_ * 10 + (c - '0');
+    ++frac_digits_;
+  } else {
+    mag_ = mag_ * 10 + (c - '0');
+  }
+  return NumberFeasible();
+}
+
+// Some number that begins with the bytes read so far is within the bounds, and within the
+// digits a bounded number may have.
+bool JsonMatcher::NumberFeasible() const {
+  const JsonSchema::Node& n = node(node_);
+  const bool integer = n.kind == Kind::kInteger;
+  const int budget = integer ? kIntegerDigits : kNumberDigits;
+  if (mode_ == Mode::kNumMinus) {  // "-": some first digit
+    JsonMatcher m = *this;
+    for (uint8_t d = 0; d < 10; ++d) {
+      m.mode_ = d == 0 ? Mode::kNumZero : Mode::kNumInt;
+      m.mag_ = d;
+      m.digits_ = 1;
+      if (m.NumberFeasible()) return true;
+    }
+    return false;
+  }
+  if (mode_ == Mode::kNumDot || mode_ == Mode::kNumFrac) {
+    // The value lies in [a, a + 1) at the scale of its fraction digits; with none yet
+    // ("1."), a digit must come.
+    const MagnitudeRange r(n, neg_, frac_digits_);
+    const Int128 a = Int128{mag_} * Pow10(frac_digits_) + frac_;
+    if (digits_ >= budget) return mode_ == Mode::kNumFrac && r.Contains(a);
+    return r.Meets(a, a + 1, false);
+  }
+  const MagnitudeRange r(n, neg_, 0);
+  if (mode_ == Mode::kNumZero) return integer ? r.Contains(0) : r.Meets(0, 1, false);
+  // An integer part m: j more digits give [m 10^j, (m + 1) 10^j); at the digits' end, its
+  // integers only.
+  Int128 a = mag_, w = 1;
+  for (int j = 0; digits_ + j <= budget && a <= r.hi; ++j, a *= 10, w *= 10) {
+    if (r.Meets(a, a + w, integer || digits_ + j == budget)) return true;
+  }
+  return false;
+}
+
+// A bounded number that ends here is within its bounds.
+bool JsonMatcher::NumberInBounds() const {
+  const JsonSchema::Node& n = node(node_);
+  const int k = mode_ == Mode::kNumFrac ? frac_digits_ : 0;
+  return MagnitudeRange(n, neg_, k).Contains(Int128{mag_} * Pow10(k) + (k > 0 ? frac_ : 0));
 }
 
 uint32_t JsonMatcher::string_room() const {
@@ -101,6 +280,7 @@ bool JsonMatcher::StartString(bool key) {
   mode_ = Mode::kString;
   key_ = key;
   count_ = 0;
+  if (const RegexDfa* re = regex(); re != nullptr) re_ = re->start();
   return true;
 }
 
@@ -149,7 +329,8 @@ bool JsonMatcher::StartValue(uint8_t c) {
       return c == '"' && StartString(false);
     case Kind::kNumber:
     case Kind::kInteger:
-      return (c == '-' || IsDigit(c)) && StartAny(c);
+      if (!(c == '-' || IsDigit(c)) || !StartAny(c)) return false;
+      return !n.bounded || StartNumber(c);
     case Kind::kBoolean:
       return (c == 't' || c == 'f') && StartAny(c);
     case Kind::kNull:
@@ -372,7 +553,7 @@ bool JsonMatcher::FeedInner(uint8_t c) {
         --utf8_need_;
         utf8_lo_ = 0x80;
         utf8_hi_ = 0xBF;
-        return true;
+        return key_ || RegexByte(c, count_);
       }
       if (c == '"') {
         if (key_) {
@@ -385,15 +566,18 @@ bool JsonMatcher::FeedInner(uint8_t c) {
         if (schema_ != nullptr && node(node_).kind == Kind::kString && count_ < node(node_).min) {
           return false;
         }
+        if (const RegexDfa* re = regex(); re != nullptr && !re->accepting(re_)) return false;
         AfterValue();
         return true;
       }
       if (c == '\\') {
-        if (!CountChar()) return false;
+        // In a pattern string some ASCII character must be able to come: each can be escaped.
+        if (!CountChar() || (!key_ && !AsciiMayFollow(count_))) return false;
         mode_ = Mode::kEscape;
         return true;
       }
       if (c < 0x20) return false;
+      if (!key_ && !RegexByte(c, count_ + 1)) return false;
       if (c < 0x80) return CountChar();
       // UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing past U+10FFFF.
       if (c >= 0xC2 && c <= 0xDF) {
@@ -416,7 +600,10 @@ bool JsonMatcher::FeedInner(uint8_t c) {
         return true;
       }
       return false;
-    case Mode::kEscape:
+    case Mode::kEscape: {
+      // A pattern string reads the escaped character.
+      const bool pattern = !key_ && schema_ != nullptr && node(node_).kind == Kind::kString &&
+                           node(node_).regex != nullptr;
       switch (c) {
         case '"':
         case '\\':
@@ -425,52 +612,59 @@ bool JsonMatcher::FeedInner(uint8_t c) {
         case 'f':
         case 'n':
         case 'r':
-        case 't':
+        case 't': {
+          constexpr std::string_view kFrom = "\"\\/bfnrt", kTo = "\"\\/\b\f\n\r\t";
+          if (pattern &&
+              !RegexByte(static_cast<uint8_t>(kTo[kFrom.find(static_cast<char>(c))]), count_)) {
+            return false;
+          }
           mode_ = Mode::kString;
           return true;
+        }
         case 'u':
+          if (pattern && !AsciiMayFollow(count_)) return false;
           mode_ = Mode::kUnicode;
           aux_ = 4;
           return true;
         default:
           return false;
       }
+    }
     case Mode::kUnicode:
       if (!IsHex(c)) return false;
+      if (!key_ && schema_ != nullptr && node(node_).kind == Kind::kString &&
+          node(node_).regex != nullptr && !UnicodeEscape(c)) {
+        return false;
+      }
       if (--aux_ == 0) mode_ = Mode::kString;
       return true;
     case Mode::kNumMinus:
-      if (c == '0') {
-        mode_ = Mode::kNumZero;
-        return true;
-      }
-      if (c >= '1' && c <= '9') {
-        mode_ = Mode::kNumInt;
-        return true;
-      }
-      return false;
+      if (!IsDigit(c)) return false;
+      mode_ = c == '0' ? Mode::kNumZero : Mode::kNumInt;
+      return !bounded() || NumberDigit(c);
     case Mode::kNumZero:
     case Mode::kNumInt:
     case Mode::kNumFrac:
     case Mode::kNumExp: {
       const bool integer = schema_ != nullptr && node(node_).kind == Kind::kInteger;
-      if (IsDigit(c) && mode_ != Mode::kNumZero) return true;
+      if (IsDigit(c) && mode_ != Mode::kNumZero) return !bounded() || NumberDigit(c);
       if (c == '.' && !integer && (mode_ == Mode::kNumZero || mode_ == Mode::kNumInt)) {
         mode_ = Mode::kNumDot;
-        return true;
+        return !bounded() || NumberFeasible();
       }
-      if ((c == 'e' || c == 'E') && !integer && mode_ != Mode::kNumExp) {
+      if ((c == 'e' || c == 'E') && !integer && mode_ != Mode::kNumExp && !bounded()) {
         mode_ = Mode::kNumE;
         return true;
       }
       // The number ended before c (numbers only occur inside a container).
+      if (bounded() && !NumberInBounds()) return false;
       AfterValue();
       return FeedInner(c);
     }
     case Mode::kNumDot:
       if (!IsDigit(c)) return false;
       mode_ = Mode::kNumFrac;
-      return true;
+      return !bounded() || NumberDigit(c);
     case Mode::kNumE:
       if (c == '+' || c == '-') {
         mode_ = Mode::kNumESign;
@@ -586,6 +780,7 @@ TokenBytesTable::TokenBytesTable(int32_t vocab_size,
       const auto chars = static_cast<uint32_t>(std::count_if(
           b.begin(), b.end(), [](char c) { return (static_cast<uint8_t>(c) & 0xC0) != 0x80; }));
       plain_chars_.push_back(chars);
+      plain_escaped_.push_back(b.find('\\') != std::string::npos);
       max_plain_chars_ = std::max(max_plain_chars_, chars);
     } else {
       other_.push_back(id);
@@ -601,14 +796,31 @@ int32_t AllowedJsonTokens(const JsonState& state, const TokenBytesTable& table,
   Threads out;
   // Every state reads the same bytes, so all are in a string or none is.
   if (threads[0].in_plain_string()) {
-    // The tokens any string takes, those that fit where its length is bounded.
-    uint32_t room = 0;
-    for (const JsonMatcher& m : threads) room = std::max(room, m.string_room());
-    if (room >= table.max_plain_chars_) {
-      ids->insert(ids->end(), table.plain_.begin(), table.plain_.end());
-    } else {
+    const bool pattern = std::any_of(threads.begin(), threads.end(),
+                                     [](const JsonMatcher& m) { return m.in_pattern(); });
+    if (pattern) {
+      // A pattern reads each character, an escape's decoded: those with one are stepped.
       for (size_t i = 0; i < table.plain_.size(); ++i) {
-        if (table.plain_chars_[i] <= room) ids->push_back(table.plain_[i]);
+        const int32_t id = table.plain_[i];
+        const std::string& b = table.bytes_[id];
+        const bool taken =
+            table.plain_escaped_[i] != 0
+                ? Step(threads.data(), threads.size(), b, out) > 0
+                : std::any_of(threads.begin(), threads.end(), [&](const JsonMatcher& m) {
+                    return m.TakesPlain(b, table.plain_chars_[i]);
+                  });
+        if (taken) ids->push_back(id);
+      }
+    } else {
+      // The tokens any string takes, those that fit where its length is bounded.
+      uint32_t room = 0;
+      for (const JsonMatcher& m : threads) room = std::max(room, m.string_room());
+      if (room >= table.max_plain_chars_) {
+        ids->insert(ids->end(), table.plain_.begin(), table.plain_.end());
+      } else {
+        for (size_t i = 0; i < table.plain_.size(); ++i) {
+          if (table.plain_chars_[i] <= room) ids->push_back(table.plain_[i]);
+        }
       }
     }
     for (const int32_t id : table.other_) {

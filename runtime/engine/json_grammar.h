@@ -52,6 +52,11 @@ class JsonMatcher {
   bool in_plain_string() const { return mode_ == Mode::kString && utf8_need_ == 0; }
   // The characters a string may still take (UINT32_MAX: unbounded).
   uint32_t string_room() const;
+  // The string being read has a pattern or format: each character is checked against it.
+  bool in_pattern() const { return regex() != nullptr; }
+  // In a plain string, whether it takes `bytes`: `chars` whole characters, none of them '"',
+  // '\\' or a control byte.
+  bool TakesPlain(std::string_view bytes, uint32_t chars) const;
   // A value is due whose schema is a union: Choose one of its alternatives before feeding.
   bool pending_union() const;
   std::span<const uint16_t> alternatives() const;
@@ -106,6 +111,17 @@ class JsonMatcher {
   bool Key(uint8_t c);
   bool Literal(uint8_t c);
   bool CountChar();
+  const RegexDfa* regex() const;
+  bool Room(uint32_t state, uint32_t chars) const;
+  bool RegexByte(uint8_t c, uint32_t chars);
+  bool UnicodeEscape(uint8_t c);
+  bool AsciiMayFollow(uint32_t chars) const;
+  bool StartNumber(uint8_t c);
+  bool NumberDigit(uint8_t c);
+  bool NumberFeasible() const;
+  bool NumberInBounds() const;
+  // The value being read is a number with bounds.
+  bool bounded() const { return schema_ != nullptr && node(node_).bounded; }
 
   Mode mode_ = Mode::kStart;
   uint8_t depth_ = 0;
@@ -126,6 +142,15 @@ class JsonMatcher {
   uint16_t hi_ = 0;
   uint16_t pos_ = 0;
   uint32_t count_ = 0;
+  // A string with a pattern or format: its DFA state (a \\u escape's value so far in pos_).
+  uint32_t re_ = 0;
+  // A number with bounds: its sign, integer part, fraction digits' value and count, and its
+  // digits in all.
+  bool neg_ = false;
+  uint8_t digits_ = 0;
+  uint8_t frac_digits_ = 0;
+  uint64_t mag_ = 0;
+  uint64_t frac_ = 0;
   std::array<Frame, kMaxDepth> frames_{};
 };
 
@@ -167,7 +192,8 @@ class TokenBytesTable {
   // Tokens any plain string state accepts whole (no '"', '\\' or control byte, whole UTF-8
   // characters only), and the other non-empty tokens by their first byte.
   std::vector<int32_t> plain_;
-  std::vector<uint32_t> plain_chars_;  // each plain token's characters
+  std::vector<uint32_t> plain_chars_;   // each plain token's characters
+  std::vector<uint8_t> plain_escaped_;  // each plain token has an escape (a '\\')
   uint32_t max_plain_chars_ = 0;
   std::vector<int32_t> other_;
   std::vector<std::vector<int32_t>> by_first_byte_;

@@ -1,6 +1,7 @@
 #include "runtime/engine/json_schema.h"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <set>
 #include <utility>
@@ -26,12 +27,89 @@ const std::set<std::string, std::less<>>& Annotations() {
 }
 
 const std::set<std::string, std::less<>>& Supported() {
-  static const auto* const kSet = new std::set<std::string, std::less<>>{
-      "type",      "properties", "required", "additionalProperties",
-      "items",     "minItems",   "maxItems", "minLength",
-      "maxLength", "enum",       "const",    "anyOf",
-      "oneOf",     "allOf",      "$ref",     "nullable"};
+  static const auto* const kSet = new std::set<std::string, std::less<>>{"type",
+                                                                         "properties",
+                                                                         "required",
+                                                                         "additionalProperties",
+                                                                         "items",
+                                                                         "minItems",
+                                                                         "maxItems",
+                                                                         "minLength",
+                                                                         "maxLength",
+                                                                         "enum",
+                                                                         "const",
+                                                                         "anyOf",
+                                                                         "oneOf",
+                                                                         "allOf",
+                                                                         "$ref",
+                                                                         "nullable",
+                                                                         "pattern",
+                                                                         "format",
+                                                                         "minimum",
+                                                                         "maximum",
+                                                                         "exclusiveMinimum",
+                                                                         "exclusiveMaximum"};
   return *kSet;
+}
+
+// A string format: the strings a strict checker of it accepts, or a subset of them where
+// the format is wider than a regular expression can say simply (an IPv6 address in full
+// form only; no leap second or 29 February; at most 6 fraction digits of a second; e-mail
+// addresses of the dot-atom form, a local part of at most three dot-separated runs of 20
+// (a strict checker takes 64 at most), common top-level domains).
+struct StringFormat {
+  std::string_view name;
+  std::string_view regex;
+  uint32_t max_length;
+};
+#define SPANSERVE_DATE                                                                         \
+  "\\d{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\\d|30)|" \
+  "02-(?:0[1-9]|1\\d|2[0-8]))"
+#define SPANSERVE_TIME \
+  "(?:[01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d(?:\\.\\d{1,6})?(?:Z|[+-](?:[01]\\d|2[0-3]):[0-5]\\d)"
+#define SPANSERVE_LABEL "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+#define SPANSERVE_TIME_PART "T(?:\\d+H(?:\\d+M)?(?:\\d+S)?|\\d+M(?:\\d+S)?|\\d+S)"
+#define SPANSERVE_OCTET "(?:25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)"
+constexpr StringFormat kStringFormats[] = {
+    {"date", SPANSERVE_DATE, JsonSchema::kUnbounded},
+    {"time", SPANSERVE_TIME, JsonSchema::kUnbounded},
+    {"date-time", SPANSERVE_DATE "T" SPANSERVE_TIME, JsonSchema::kUnbounded},
+    {"duration",
+     "P(?:\\d+W|(?:\\d+Y(?:\\d+M)?(?:\\d+D)?|\\d+M(?:\\d+D)?|\\d+D)(?:" SPANSERVE_TIME_PART
+     ")?|" SPANSERVE_TIME_PART ")",
+     JsonSchema::kUnbounded},
+    {"email",
+     "[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,20}(?:\\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,20}){0,2}@"
+     "(?:" SPANSERVE_LABEL "\\.)+(?:com|org|net|edu|gov|io|co|ai|dev|app|info|biz|us|uk|de|fr|"
+     "jp|cn|ca|au|in|br|es|it|nl|se|ch)",
+     254},
+    {"hostname", SPANSERVE_LABEL "(?:\\." SPANSERVE_LABEL ")*", 253},
+    {"ipv4", SPANSERVE_OCTET "(?:\\." SPANSERVE_OCTET "){3}", JsonSchema::kUnbounded},
+    {"ipv6", "(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}", JsonSchema::kUnbounded},
+    {"uuid", "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+     JsonSchema::kUnbounded},
+    {"uri",
+     "[A-Za-z][A-Za-z0-9+.-]*://" SPANSERVE_LABEL "(?:\\." SPANSERVE_LABEL
+     ")*(?::\\d{1,5})?(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]*)*(?:\\?[A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?"
+     "(?:#[A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?",
+     JsonSchema::kUnbounded},
+};
+#undef SPANSERVE_DATE
+#undef SPANSERVE_TIME
+#undef SPANSERVE_LABEL
+#undef SPANSERVE_TIME_PART
+#undef SPANSERVE_OCTET
+
+// A format's compiled pattern, compiled once per process.
+absl::StatusOr<std::shared_ptr<const RegexDfa>> FormatRegex(const StringFormat& f) {
+  static const auto* const kCompiled = [] {
+    auto* compiled = new std::vector<absl::StatusOr<std::shared_ptr<const RegexDfa>>>;
+    for (const StringFormat& format : kStringFormats) {
+      compiled->push_back(RegexDfa::Compile(format.regex));
+    }
+    return compiled;
+  }();
+  return (*kCompiled)[&f - kStringFormats];
 }
 
 // A JSON pointer's token, escaped (RFC 6901).
@@ -100,6 +178,8 @@ class JsonSchemaCompiler {
                                  uint32_t fallback);
   absl::Status Bounds(const ojson& s, std::string_view min_key, std::string_view max_key,
                       const std::string& at, JsonSchema::Node* n);
+  absl::Status StringPattern(const ojson& s, const std::string& at, JsonSchema::Node* n);
+  absl::Status NumberBounds(const ojson& s, const std::string& at, JsonSchema::Node* n);
   absl::Status Flatten(uint16_t id, std::vector<uint16_t>* path, std::vector<uint16_t>* out);
 
   const ojson& doc_;
@@ -128,6 +208,145 @@ absl::Status JsonSchemaCompiler::Bounds(const ojson& s, std::string_view min_key
   if (!max.ok()) return max.status();
   n->min = *min;
   n->max = *max;
+  return absl::OkStatus();
+}
+
+// n->regex from `pattern` or `format`, with the length bounds folded in.
+absl::Status JsonSchemaCompiler::StringPattern(const ojson& s, const std::string& at,
+                                               JsonSchema::Node* n) {
+  const auto pattern = s.find("pattern");
+  const auto format = s.find("format");
+  if (pattern == s.end() && format == s.end()) return absl::OkStatus();
+  if (pattern != s.end() && format != s.end()) {
+    return Error(at, "\"pattern\" beside \"format\" is not supported");
+  }
+  std::shared_ptr<const RegexDfa> regex;
+  if (pattern != s.end()) {
+    if (!pattern->is_string()) return Error(at, "\"pattern\" must be a string");
+    auto compiled =
+        RegexDfa::Compile(pattern->get_ref<const std::string&>(), RegexDfa::Match::kSearch);
+    if (!compiled.ok()) {
+      return Error(at, absl::StrCat("\"pattern\" ", compiled.status().message()));
+    }
+    regex = *std::move(compiled);
+  } else {
+    if (!format->is_string()) return Error(at, "\"format\" must be a string");
+    const std::string& name = format->get_ref<const std::string&>();
+    const StringFormat* f = nullptr;
+    std::string names;
+    for (const StringFormat& known : kStringFormats) {
+      if (known.name == name) f = &known;
+      absl::StrAppend(&names, names.empty() ? "" : ", ", std::string(known.name));
+    }
+    if (f == nullptr) {
+      return Error(
+          at, absl::StrCat("\"format\" \"", name, "\" is not supported for strings (", names, ")"));
+    }
+    auto compiled = FormatRegex(*f);
+    if (!compiled.ok()) return compiled.status();
+    regex = *compiled;
+    n->max = std::min(n->max, f->max_length);
+    if (n->min > n->max) return Error(at, "\"minLength\" is over the format's longest string");
+  }
+  if (n->min > 0 || n->max != JsonSchema::kUnbounded) {
+    // Folded into the automaton; where that makes too many states and there is only a
+    // maxLength, the matcher checks it by each state's shortest way to a match.
+    auto bounded = regex->WithLength(n->min, n->max);
+    if (!bounded.ok() && n->min == 0 && regex->min_chars(regex->start()) <= n->max) {
+      bounded = regex;
+    }
+    if (!bounded.ok()) {
+      return Error(at, absl::StrCat("\"pattern\" / \"format\" with \"minLength\" / "
+                                    "\"maxLength\": ",
+                                    bounded.status().message()));
+    }
+    regex = *std::move(bounded);
+  }
+  n->regex = std::move(regex);
+  return absl::OkStatus();
+}
+
+// n->bounded and its bounds from `minimum`, `maximum`, `exclusiveMinimum` and
+// `exclusiveMaximum` (numbers, or draft 4's booleans beside minimum / maximum), and an int32
+// format.
+absl::Status JsonSchemaCompiler::NumberBounds(const ojson& s, const std::string& at,
+                                              JsonSchema::Node* n) {
+  const bool integer = n->kind == Kind::kInteger;
+  const int64_t limit = integer ? JsonSchema::kMaxIntegerBound : JsonSchema::kMaxNumberBound;
+  double lo = -static_cast<double>(limit), hi = static_cast<double>(limit);
+  bool lo_open = false, hi_open = false;
+  if (const auto format = s.find("format"); format != s.end()) {
+    static const std::set<std::string, std::less<>> kNumeric = {"int32", "int64", "float",
+                                                                "double"};
+    if (!format->is_string() || kNumeric.count(format->get_ref<const std::string&>()) == 0) {
+      return Error(at, absl::StrCat("\"format\" ", format->dump(),
+                                    " is not supported for numbers (int32, int64, float, double)"));
+    }
+    if (integer && *format == "int32") {
+      n->bounded = true;
+      lo = -2147483648.0;
+      hi = 2147483647.0;
+    }
+  }
+  for (const char* key : {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}) {
+    const auto it = s.find(key);
+    if (it == s.end()) continue;
+    const std::string_view k(key);
+    const bool lower = k == "minimum" || k == "exclusiveMinimum";
+    const bool exclusive = k.substr(0, 9) == "exclusive";
+    double v;
+    bool open = exclusive;
+    if (exclusive && it->is_boolean()) {  // draft 4: it makes minimum / maximum exclusive
+      const auto plain = s.find(lower ? "minimum" : "maximum");
+      if (plain == s.end() || !plain->is_number()) {
+        return Error(at, absl::StrCat("\"", key, "\" as a boolean needs \"",
+                                      lower ? "minimum" : "maximum", "\""));
+      }
+      if (!it->get<bool>()) continue;
+      v = plain->get<double>();
+    } else if (it->is_number()) {
+      v = it->get<double>();
+      if (!exclusive) {
+        const auto other = s.find(lower ? "exclusiveMinimum" : "exclusiveMaximum");
+        open = other != s.end() && other->is_boolean() && other->get<bool>();
+      }
+    } else {
+      return Error(at, absl::StrCat("\"", key, "\" must be a number"));
+    }
+    if (!std::isfinite(v)) return Error(at, absl::StrCat("\"", key, "\" must be finite"));
+    if (integer) {
+      // An integer's bounds, closed.
+      v = lower ? (open ? std::floor(v) + 1 : std::ceil(v))
+                : (open ? std::ceil(v) - 1 : std::floor(v));
+      open = false;
+    } else if (v != std::floor(v)) {
+      return Error(at, absl::StrCat("\"", key, "\" ", it->dump(),
+                                    ": a number's bounds must be integers (an integer's may be "
+                                    "any number)"));
+    }
+    if (lower ? v > static_cast<double>(limit) : v < -static_cast<double>(limit)) {
+      return Error(at, absl::StrCat("\"", key, "\" ", it->dump(), " is beyond ±", limit,
+                                    ", the bounds supported"));
+    }
+    n->bounded = true;
+    if (lower && (v > lo || (v == lo && open))) {
+      lo = v;
+      lo_open = open;
+    } else if (!lower && (v < hi || (v == hi && open))) {
+      hi = v;
+      hi_open = open;
+    }
+  }
+  if (!n->bounded) return absl::OkStatus();
+  lo = std::max(lo, -static_cast<double>(limit));
+  hi = std::min(hi, static_cast<double>(limit));
+  n->lo = static_cast<int64_t>(lo);
+  n->hi = static_cast<int64_t>(hi);
+  n->lo_open = lo_open;
+  n->hi_open = hi_open;
+  if (n->lo > n->hi || (n->lo == n->hi && (n->lo_open || n->hi_open))) {
+    return Error(at, absl::StrCat("no ", integer ? "integer" : "number", " is within the bounds"));
+  }
   return absl::OkStatus();
 }
 
@@ -262,10 +481,10 @@ absl::StatusOr<uint16_t> JsonSchemaCompiler::Typed(const ojson& s, std::string_v
     n.kind = Kind::kString;
     if (auto st = Bounds(s, "minLength", "maxLength", at, &n); !st.ok()) return st;
     if (n.min > n.max) return Error(at, "\"minLength\" is over \"maxLength\"");
-  } else if (type == "number") {
-    n.kind = Kind::kNumber;
-  } else if (type == "integer") {
-    n.kind = Kind::kInteger;
+    if (auto st = StringPattern(s, at, &n); !st.ok()) return st;
+  } else if (type == "number" || type == "integer") {
+    n.kind = type == "number" ? Kind::kNumber : Kind::kInteger;
+    if (auto st = NumberBounds(s, at, &n); !st.ok()) return st;
   } else if (type == "boolean") {
     n.kind = Kind::kBoolean;
   } else if (type == "null") {
@@ -405,8 +624,12 @@ absl::StatusOr<uint16_t> JsonSchemaCompiler::Build(const ojson& s, const std::st
       types = {"object"};
     } else if (s.contains("items") || s.contains("minItems") || s.contains("maxItems")) {
       types = {"array"};
-    } else if (s.contains("minLength") || s.contains("maxLength")) {
+    } else if (s.contains("minLength") || s.contains("maxLength") || s.contains("pattern") ||
+               s.contains("format")) {
       types = {"string"};
+    } else if (s.contains("minimum") || s.contains("maximum") || s.contains("exclusiveMinimum") ||
+               s.contains("exclusiveMaximum")) {
+      types = {"number"};
     } else {
       return uint16_t{0};
     }

@@ -4,12 +4,20 @@
 //
 // The subset compiled is what OpenAI's strict structured outputs and pydantic's schemas use:
 // `type` (one name or a list), `properties` / `required` / `additionalProperties`, `items` /
-// `minItems` / `maxItems`, `minLength` / `maxLength`, `enum`, `const`, `anyOf`, `oneOf` (as
-// anyOf: an output may match more than one alternative), a one-element `allOf`, `nullable`,
-// and `$ref` to "#", "#/$defs/…" or "#/definitions/…", recursion included. Annotations
-// (title, description, default, examples, …) are ignored. Any other keyword (`pattern`,
-// `format`, `minimum`, `prefixItems`, …) is refused with an error naming it and where it
-// is, rather than ignored, so a compiled schema never lets through an output it rejects.
+// `minItems` / `maxItems`, `minLength` / `maxLength`, `pattern` (regex.h's syntax, searched
+// as ECMAScript does: "^...$" to match the whole string), `format` (date-time, date, time,
+// duration, email, hostname, ipv4, ipv6, uuid, uri; int32 / int64 / float / double on
+// numbers), `minimum` / `maximum` / `exclusiveMinimum` / `exclusiveMaximum` (any on
+// integers, integer bounds on numbers), `enum`, `const`, `anyOf`, `oneOf` (as anyOf: an
+// output may match more than one alternative), a one-element `allOf`, `nullable`, and `$ref`
+// to "#", "#/$defs/…" or "#/definitions/…", recursion included. Annotations (title,
+// description, default, examples, …) are ignored. Any other keyword (`multipleOf`,
+// `prefixItems`, …) is refused with an error naming it and where it is, rather than
+// ignored, so a compiled schema never lets through an output it rejects.
+//
+// A string with a pattern or format is generated with no `\u` escape of a character past
+// ASCII (it is written as UTF-8 instead). Under bounds a number has no exponent and at most
+// 15 significant digits, so that its value is exact in a double.
 //
 // Two choices make every output valid and every prefix completable:
 // - An object with `properties` takes only those keys, each at most once and in the
@@ -29,6 +37,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "runtime/engine/regex.h"
 
 namespace spanserve::engine {
 
@@ -58,6 +67,10 @@ class JsonSchema {
   // The deepest nesting of objects and arrays in an output (JsonMatcher::kMaxDepth).
   static constexpr int kMaxValueDepth = 32;
   static constexpr uint8_t kNoValue = 255;
+  // Bounds past these are taken as these (an integer has at most 18 digits under bounds, a
+  // number 15 significant ones).
+  static constexpr int64_t kMaxIntegerBound = 999'999'999'999'999'999;
+  static constexpr int64_t kMaxNumberBound = 999'999'999'999;
 
   struct Property {
     std::string key;  // the name as JSON encodes it, without the quotes
@@ -79,6 +92,16 @@ class JsonSchema {
     // kArray: items; kString: characters (code points; an escape counts as one).
     uint32_t min = 0;
     uint32_t max = kUnbounded;
+    // kString: its `pattern` or `format` with its length bounds folded in; null: none.
+    std::shared_ptr<const RegexDfa> regex;
+    // kInteger / kNumber: `minimum` and friends. The value v must have lo <= v (lo < v when
+    // lo_open) and v <= hi (v < hi when hi_open); integers then have closed bounds. Both
+    // are within ±kMaxBound.
+    bool bounded = false;
+    bool lo_open = false;
+    bool hi_open = false;
+    int64_t lo = 0;
+    int64_t hi = 0;
     // kEnum: each value's compact JSON text, sorted by bytes, no two equal.
     std::vector<std::string> literals;
     // kUnion: its alternatives, none of them a union.

@@ -83,6 +83,10 @@ absl::Status ValidateSamplingParams(const SamplingParams& p, int32_t vocab_size,
     return absl::InvalidArgumentError(
         "guided_choice: the choice format needs its strings, and only it takes them");
   }
+  if ((p.response_format == ResponseFormat::kRegex) != (p.regex != nullptr)) {
+    return absl::InvalidArgumentError(
+        "guided_regex: the regex format needs its compiled pattern, and only it takes one");
+  }
   if (p.choices != nullptr) {
     if (p.choices->empty() || static_cast<int64_t>(p.choices->size()) > kMaxChoices) {
       return Bad("guided_choice", absl::StrCat("1 to ", kMaxChoices, " strings"),

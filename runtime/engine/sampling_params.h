@@ -30,13 +30,16 @@ inline constexpr float kMaxLogitBiasValue = 100.0f;
 // `json_schema` accepts (engine/json_schema.h). Both need the tokenizer's token bytes
 // (EngineOptions::token_bytes). kChoice (vLLM's guided_choice): the output is one of
 // `choices`, token by token a prefix of one; EOS (or a stop token) only after a whole one.
-enum class ResponseFormat : uint8_t { kText, kJsonObject, kJsonSchema, kChoice };
+// kRegex (vLLM's guided_regex): the output matches `regex` (engine/regex.h), token by token
+// a prefix of a match; EOS (or a stop token) only after a match.
+enum class ResponseFormat : uint8_t { kText, kJsonObject, kJsonSchema, kChoice, kRegex };
 
 // guided_choice's bounds: strings, and bytes each.
 inline constexpr int32_t kMaxChoices = 256;
 inline constexpr int32_t kMaxChoiceBytes = 4096;
 
 class JsonSchema;
+class RegexDfa;
 
 struct SamplingParams {
   // 0: greedy (argmax; ties go to the lowest token id). Otherwise logits are divided by it.
@@ -79,6 +82,8 @@ struct SamplingParams {
   std::shared_ptr<const JsonSchema> json_schema;
   // Set exactly when response_format is kChoice: non-empty strings, kMaxChoices at most.
   std::shared_ptr<const std::vector<std::string>> choices;
+  // Set exactly when response_format is kRegex.
+  std::shared_ptr<const RegexDfa> regex;
   // Whether to detokenize the output (RequestOutput::text). Stop strings force it on.
   bool detokenize = true;
 

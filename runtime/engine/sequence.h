@@ -69,6 +69,9 @@ struct Sequence {
   // ResponseFormat kChoice: the output's bytes so far, a prefix of one of the choices.
   bool choice_mode() const { return request.sampling.response_format == ResponseFormat::kChoice; }
   std::string choice_out;
+  // ResponseFormat kRegex: the DFA state of the output's bytes so far (never dead).
+  bool regex_mode() const { return request.sampling.response_format == ResponseFormat::kRegex; }
+  uint32_t regex_state = 0;
   // Prompt logprobs collected so far (positions prompt_logprobs_from..), emitted with the
   // first output.
   std::vector<PositionLogprobs> prompt_logprobs;

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <regex>
 #include <set>
 #include <string>
 #include <thread>
@@ -54,6 +55,20 @@ struct HttpServer {
   }
   std::unique_ptr<v1::SpanServe::Stub> Stub() const {
     return v1::SpanServe::NewStub(server.Channel());
+  }
+  // Waits until no model is still loading (SERVING needs the default model only).
+  void WaitForModels() const {
+    const auto stub = Stub();
+    const auto deadline = std::chrono::steady_clock::now() + seconds(120);
+    while (std::chrono::steady_clock::now() < deadline) {
+      grpc::ClientContext context;
+      v1::ModelInfo info;
+      if (!stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok()) return;
+      bool loading = false;
+      for (const v1::ModelInfo& m : info.models()) loading |= m.state() == v1::MODEL_STATE_LOADING;
+      if (!loading) return;
+      std::this_thread::sleep_for(milliseconds(20));
+    }
   }
   int http_port;
   ServerProcess server;
@@ -384,7 +399,7 @@ TEST(HttpTest, GuidedChoiceAnswersOneOfTheStrings) {
        {json{{"guided_choice", json::array()}}, json{{"guided_choice", {1, 2}}},
         json{{"guided_choice", {"a", ""}}},
         json{{"guided_choice", {"a"}}, {"response_format", {{"type", "json_object"}}}},
-        json{{"structured_outputs", {{"regex", "a+"}}}}}) {
+        json{{"structured_outputs", {{"grammar", "root ::= \"a\""}}}}}) {
     json body = bad;
     body["prompt"] = "x";
     const Answer a = Post(client, "/v1/completions", body);
@@ -441,8 +456,8 @@ TEST(HttpTest, JsonSchemaAnswersTextsTheSchemaAccepts) {
       {json{{"response_format",
              {{"type", "json_schema"},
               {"json_schema",
-               {{"name", "x"}, {"schema", {{"type", "string"}, {"pattern", "a"}}}}}}}},
-       "response_format", "\"pattern\" is not supported"},
+               {{"name", "x"}, {"schema", {{"type", "string"}, {"pattern", "(?!a)"}}}}}}}},
+       "response_format", "\"pattern\" at offset 0: "},
       {json{{"guided_json", {{"type", "integer"}}}}, "guided_json", "bare number"},
       {json{{"guided_json", "{\"type\": "}}, "guided_json", "not valid JSON"},
       {json{{"guided_json", json::object()}, {"response_format", {{"type", "json_object"}}}},
@@ -457,6 +472,146 @@ TEST(HttpTest, JsonSchemaAnswersTextsTheSchemaAccepts) {
     EXPECT_NE(refused.body["error"]["message"].get<std::string>().find(message), std::string::npos)
         << refused.raw;
   }
+}
+
+TEST(HttpTest, GuidedRegexAnswersTextsThatMatch) {
+  HttpServer s;
+  auto client = s.Client();
+  const std::string pattern = R"([A-Z][a-z]{1,8} (?:is|was) (?:[1-9]\d{0,2}|zero)\.)";
+  const std::regex re(pattern, std::regex::ECMAScript);
+  std::set<std::string> seen;
+  for (const char* key : {"guided_regex", "structured_outputs"}) {
+    json body = {{"prompt", "And God said"},
+                 {"n", 8},
+                 {"temperature", 1.5},
+                 {"seed", 4},
+                 {"max_tokens", 64}};
+    if (std::string(key) == "guided_regex") {
+      body["guided_regex"] = pattern;
+    } else {
+      body["structured_outputs"] = {{"regex", pattern}};
+    }
+    const Answer a = Post(client, "/v1/completions", body);
+    ASSERT_EQ(a.status, 200) << a.raw;
+    for (const json& c : a.body["choices"]) {
+      const std::string text = c["text"];
+      EXPECT_TRUE(std::regex_match(text, re)) << text;
+      EXPECT_EQ(c["finish_reason"], "stop") << text;
+      seen.insert(text);
+    }
+    // Streamed: the deltas join into a match too.
+    body["n"] = 1;
+    body["stream"] = true;
+    auto res = client.Post("/v1/completions", body.dump(), "application/json");
+    ASSERT_TRUE(res);
+    std::string joined;
+    for (const std::string& e : SseData(res->body)) {
+      if (e != "[DONE]") joined += json::parse(e)["choices"][0]["text"].get<std::string>();
+    }
+    EXPECT_TRUE(std::regex_match(joined, re)) << joined;
+  }
+  EXPECT_GE(seen.size(), 4u);  // sampled, not one forced answer
+  // ignore_eos: "Behold" may not end the output, so it goes on to the longer match.
+  const Answer longer = Post(client, "/v1/completions",
+                             {{"prompt", "And God said"},
+                              {"guided_regex", "Behold(?:, the man)?"},
+                              {"ignore_eos", true},
+                              {"temperature", 0},
+                              {"max_tokens", 64}});
+  ASSERT_EQ(longer.status, 200) << longer.raw;
+  EXPECT_EQ(longer.body["choices"][0]["text"], "Behold, the man");
+  // gRPC: SamplingParams.guided_regex.
+  auto stub = s.Stub();
+  v1::GenerateRequest r;
+  r.mutable_prompt()->set_text("And God said");
+  r.mutable_sampling()->set_max_tokens(64);
+  r.mutable_sampling()->set_seed(3);
+  r.mutable_sampling()->set_guided_regex(pattern);
+  {
+    grpc::ClientContext context;
+    auto reader = stub->Generate(&context, r);
+    std::string text;
+    v1::GenerateChunk chunk;
+    while (reader->Read(&chunk)) text += chunk.text();
+    ASSERT_TRUE(reader->Finish().ok());
+    EXPECT_TRUE(std::regex_match(text, re)) << text;
+  }
+  {
+    r.mutable_sampling()->set_guided_regex("a(?<=a)");
+    grpc::ClientContext context;
+    auto reader = stub->Generate(&context, r);
+    v1::GenerateChunk chunk;
+    while (reader->Read(&chunk)) {
+    }
+    const grpc::Status st = reader->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(st.error_message().find("sampling.guided_regex: at offset 1"), std::string::npos)
+        << st.error_message();
+  }
+  // Refused, naming the field: what the syntax does not serve, a non-string, beside another
+  // constraint.
+  const std::vector<std::tuple<json, std::string, std::string>> refusals = {
+      {json{{"guided_regex", "(a)\\1"}}, "guided_regex", "at offset 3"},
+      {json{{"guided_regex", "a{2,1}"}}, "guided_regex", "offset"},
+      {json{{"guided_regex", 5}}, "guided_regex", "must be a string"},
+      {json{{"structured_outputs", {{"regex", "(?i)a"}}}}, "structured_outputs", "offset"},
+      {json{{"guided_regex", "a"}, {"guided_choice", {"a"}}}, "guided_regex", "beside"},
+      {json{{"guided_regex", "a"}, {"response_format", {{"type", "json_object"}}}}, "guided_regex",
+       "beside"},
+      {json{{"guided_regex", "a"}, {"structured_outputs", {{"regex", "b"}}}}, "structured_outputs",
+       "beside"},
+  };
+  for (const auto& [fields, param, message] : refusals) {
+    json body = {{"prompt", "And God said"}};
+    body.update(fields);
+    const Answer refused = Post(client, "/v1/completions", body);
+    EXPECT_EQ(refused.status, 400) << refused.raw;
+    EXPECT_EQ(refused.body["error"]["param"], param) << refused.raw;
+    EXPECT_NE(refused.body["error"]["message"].get<std::string>().find(message), std::string::npos)
+        << refused.raw;
+  }
+}
+
+TEST(HttpTest, JsonSchemaPatternsFormatsAndBoundsHold) {
+  HttpServer s;
+  auto client = s.Client();
+  const json schema = {{"type", "object"},
+                       {"properties",
+                        {{"code", {{"type", "string"}, {"pattern", "^[A-Z]{3}-\\d{4}$"}}},
+                         {"when", {{"type", "string"}, {"format", "date"}}},
+                         {"id", {{"type", "string"}, {"format", "uuid"}}},
+                         {"score", {{"type", "integer"}, {"minimum", 1}, {"maximum", 10}}},
+                         {"share", {{"type", "number"}, {"minimum", 0}, {"exclusiveMaximum", 1}}}}},
+                       {"required", {"code", "when", "id", "score", "share"}}};
+  const json body = {
+      {"prompt", "And God said"},
+      {"n", 6},
+      {"temperature", 1.0},
+      {"seed", 9},
+      {"max_tokens", 300},
+      {"response_format",
+       {{"type", "json_schema"}, {"json_schema", {{"name", "t"}, {"schema", schema}}}}}};
+  const Answer a = Post(client, "/v1/completions", body);
+  ASSERT_EQ(a.status, 200) << a.raw;
+  int stopped = 0;
+  for (const json& c : a.body["choices"]) {
+    const std::string text = c["text"];
+    if (c["finish_reason"] != "stop") continue;
+    ++stopped;
+    const json doc = json::parse(text);
+    EXPECT_TRUE(std::regex_match(doc["code"].get<std::string>(), std::regex(R"([A-Z]{3}-\d{4})")))
+        << text;
+    EXPECT_TRUE(std::regex_match(doc["when"].get<std::string>(),
+                                 std::regex(R"(\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01]))")))
+        << text;
+    EXPECT_TRUE(std::regex_match(doc["id"].get<std::string>(),
+                                 std::regex("[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")))
+        << text;
+    EXPECT_TRUE(doc["score"].is_number_integer() && doc["score"] >= 1 && doc["score"] <= 10)
+        << text;
+    EXPECT_TRUE(doc["share"].get<double>() >= 0 && doc["share"].get<double>() < 1) << text;
+  }
+  EXPECT_GE(stopped, 3);
 }
 
 // The bundled dense model with a real chat template from tests/data/chat/jinja_goldens.json.
@@ -680,6 +835,7 @@ TEST(HttpTest, ReasoningGoesToReasoningContent) {
                     ",qwen3=" + BundledModelWithTemplate("Qwen-Qwen3-0.6B") +
                     ",qwen25=" + BundledModelWithTemplate("Qwen-Qwen2.5-7B-Instruct"),
                 "--reasoning_parser=auto"});
+  s.WaitForModels();
   auto client = s.Client();
   const json messages = json::array({{{"role", "user"}, {"content", "Why is the sky blue?"}}});
   // The greedy text of the chat's own prompt, through completions (no splitting there).
@@ -778,6 +934,7 @@ TEST(HttpTest, ResponsesAnswerAsChatDoes) {
   HttpServer s({"--model=qwq=" + BundledModelWithTemplate("Qwen-QwQ-32B") +
                     ",qwen25=" + BundledModelWithTemplate("Qwen-Qwen2.5-7B-Instruct"),
                 "--reasoning_parser=auto"});
+  s.WaitForModels();
   auto client = s.Client();
   const std::string question = "Why is the sky blue?";
   // The events of a Responses stream, checked for their framing.

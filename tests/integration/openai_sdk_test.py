@@ -6,6 +6,8 @@ Usage: openai_sdk_test.py --server BUILD/server/spanserve-server --source SOURCE
 """
 
 import argparse
+import datetime
+import ipaddress
 import json
 import math
 import os
@@ -272,15 +274,38 @@ class ChatTest(unittest.TestCase):
             self.assertEqual(parsed.choices[0].finish_reason, "stop")
             self.assertIsInstance(message.parsed, Cat)
             self.assertEqual(list(json.loads(message.content)), ["name", "age", "color", "indoor"])
+
+            # Constrained fields (pattern, a date, bounds): pydantic checks each answer.
+            class Booking(pydantic.BaseModel):
+                code: str = pydantic.Field(pattern=r"^[A-Z]{2}-\d{3}$")
+                day: datetime.date
+                guests: int = pydantic.Field(ge=1, le=8)
+                rating: float = pydantic.Field(gt=0, le=5)
+                host: str = pydantic.Field(json_schema_extra={"format": "ipv4"})
+
+            for seed in range(3):
+                booked = client.beta.chat.completions.parse(
+                    model="smollm2", max_tokens=160, temperature=1.0, seed=seed,
+                    messages=[{"role": "user", "content": "Book a table, as JSON."}],
+                    response_format=Booking)
+                if booked.choices[0].finish_reason == "stop":
+                    self.assertIsInstance(booked.choices[0].message.parsed, Booking)
+                    ipaddress.IPv4Address(booked.choices[0].message.parsed.host)
+            # vLLM's guided_regex, in the body.
+            r = client.chat.completions.create(
+                model="smollm2", max_tokens=30, temperature=1.0, seed=1,
+                messages=[{"role": "user", "content": "Give me a phone number."}],
+                extra_body={"guided_regex": r"\+1 \d{3}-\d{3}-\d{4}"})
+            self.assertRegex(r.choices[0].message.content, r"^\+1 \d{3}-\d{3}-\d{4}$")
             # A keyword it cannot enforce is refused, naming it, not ignored.
             with self.assertRaises(openai.BadRequestError) as e:
                 client.chat.completions.create(
                     model="smollm2", messages=messages, max_tokens=4,
                     response_format={"type": "json_schema", "json_schema": {
                         "name": "x", "schema": {"type": "object", "properties": {
-                            "age": {"type": "integer", "minimum": 0}}}}})
+                            "age": {"type": "integer", "multipleOf": 2}}}}})
             self.assertEqual(e.exception.body["param"], "response_format")
-            self.assertIn("minimum", e.exception.body["message"])
+            self.assertIn("multipleOf", e.exception.body["message"])
 
             # Tool calling: a named tool_choice answers a call whose arguments the function's
             # schema accepts; the SDK parses them into the pydantic model. Streamed, the call
@@ -408,7 +433,7 @@ class ResponsesTest(unittest.TestCase):
                     (dict(max_output_tokens=0), "max_output_tokens"),
                     (dict(text={"format": {"type": "json_schema", "name": "x", "schema": {
                         "type": "object", "properties": {"a": {"type": "integer",
-                                                               "minimum": 1}}}}}),
+                                                               "multipleOf": 2}}}}}),
                      "text.format")):
                 with self.assertRaises(openai.BadRequestError) as e:
                     client.responses.create(model="smollm2", input=question, **kwargs)

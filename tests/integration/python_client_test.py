@@ -334,7 +334,7 @@ class ClientTest(unittest.TestCase):
                 self.assertIn(json.loads(out.text)["a"], ("x", "y"))
         self.assertGreater(done, 0)
         with self.assertRaises(SpanServeError) as caught:
-            self.client.complete("And God said", json_schema={"type": "string", "format": "uri"})
+            self.client.complete("And God said", json_schema={"type": "string", "format": "color"})
         self.assertEqual(caught.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("format", caught.exception.message)
         # guided_choice: the output is one of the strings.

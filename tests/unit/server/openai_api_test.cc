@@ -77,7 +77,7 @@ TEST(OpenAIApiTest, StructuredOutputsRefusalsNameTheField) {
       {R"({"prompt": "p", "response_format": {"type": "json_schema", "json_schema": {"schema": 3}}})",
        "response_format"},
       {R"({"prompt": "p", "response_format": {"type": "json_schema", "json_schema":
-          {"schema": {"type": "string", "pattern": "x"}}}})",
+          {"schema": {"type": "string", "pattern": "a\\1"}}}})",
        "response_format"},
       {R"({"prompt": "p", "guided_json": [1]})", "guided_json"},
       {R"({"prompt": "p", "guided_json": "{\"type\": \"integer\"}"})", "guided_json"},

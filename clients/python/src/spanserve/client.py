@@ -279,7 +279,8 @@ class Client:
         ("json_object": OpenAI's JSON mode, the output a JSON object; "text"),
         ``json_schema`` (a JSON Schema, a dict or its text: the output a JSON text it
         accepts; docs/API.md lists the keywords compiled), ``guided_choice`` (strings: the
-        output is one of them). Unknown names
+        output is one of them), ``guided_regex`` (a regular expression the whole output
+        matches). Unknown names
         raise TypeError; server-side validation errors raise SpanServeError while iterating.
 
         Returns:

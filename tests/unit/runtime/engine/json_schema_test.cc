@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <regex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -257,10 +259,30 @@ TEST(JsonSchemaTest, TopLevelsRecursionAndFreeObjects) {
 
 TEST(JsonSchemaTest, RefusesWhatItDoesNotCompileNamingIt) {
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {R"({"type": "object", "properties": {"age": {"type": "integer", "minimum": 0}}})",
-       "\"/properties/age\": \"minimum\" is not supported"},
-      {R"({"type": "string", "pattern": "^a"})", "\"pattern\" is not supported"},
-      {R"({"type": "string", "format": "date-time"})", "\"format\" is not supported"},
+      {R"({"type": "object", "properties": {"age": {"type": "integer", "multipleOf": 2}}})",
+       "\"/properties/age\": \"multipleOf\" is not supported"},
+      {R"({"type": "string", "pattern": "(?=a)b"})", "\"pattern\" at offset 0"},
+      {R"({"type": "string", "pattern": "a\\1"})", "\"pattern\" at offset 1"},
+      {R"({"type": "string", "pattern": "[^\\s\\S]"})", "\"pattern\""},
+      {R"({"type": "string", "format": "color"})", "\"format\" \"color\" is not supported"},
+      {R"({"type": "string", "format": "date", "pattern": "1"})", "beside"},
+      {R"({"type": "string", "format": "date", "maxLength": 5})", "\"maxLength\""},
+      {R"({"type": "string", "pattern": "^abc$", "minLength": 4})", "\"minLength\""},
+      {R"({"type": "object", "properties": {"x": {"type": "number", "minimum": 0.5}}})",
+       "\"/properties/x\": \"minimum\" 0.5: a number's bounds must be integers"},
+      {R"({"type": "object", "properties": {"x": {"type": "integer", "minimum": 5,
+          "exclusiveMaximum": 5}}})",
+       "\"/properties/x\": no integer is within the bounds"},
+      {R"({"type": "object", "properties": {"x": {"type": "number", "exclusiveMinimum": 1,
+          "maximum": 1}}})",
+       "no number is within the bounds"},
+      {R"({"type": "object", "properties": {"x": {"type": "number", "minimum": 1e14}}})", "beyond"},
+      {R"({"type": "object", "properties": {"x": {"type": "integer", "maximum": "3"}}})",
+       "\"maximum\" must be a number"},
+      {R"({"type": "object", "properties": {"x": {"type": "integer", "format": "date"}}})",
+       "not supported for numbers"},
+      {R"({"type": "object", "properties": {"x": {"exclusiveMinimum": true}}})",
+       "needs \"minimum\""},
       {R"({"type": "array", "items": [{"type": "string"}]})", "tuple"},
       {R"({"$ref": "#/$defs/missing"})", "does not name"},
       {R"({"$ref": "#"})", "reaches itself"},
@@ -351,7 +373,7 @@ TEST(JsonSchemaTest, WalksNeverStickAndEndValid) {
         }
         ASSERT_EQ(allowed, want) << "after " << text;
       }
-      ASSERT_FALSE(allowed.empty()) << "stuck after " << text;
+      ASSERT_FALSE(allowed.empty()) << "stuck after " << ojson(text).dump();
       // Lean towards closing so that walks end: quotes and brackets when allowed.
       std::vector<int32_t> closers;
       for (const int32_t id : allowed) {
@@ -376,6 +398,324 @@ TEST(JsonSchemaTest, WalksNeverStickAndEndValid) {
     EXPECT_TRUE(Valid(doc, person, person)) << text;
   }
   EXPECT_GT(completed, 30);
+}
+
+const char* const kConstrained = R"({
+  "type": "object",
+  "properties": {
+    "code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{2,3}$"},
+    "word": {"type": "string", "pattern": "ab", "maxLength": 5},
+    "esc": {"type": "string", "pattern": "^[a\\n\"é]+$"},
+    "day": {"type": "string", "format": "date"},
+    "ip": {"type": "string", "format": "ipv4"},
+    "n": {"type": "integer", "minimum": -5, "exclusiveMaximum": 120},
+    "x": {"type": "number", "minimum": 0, "maximum": 1},
+    "y": {"type": "number", "exclusiveMinimum": -3, "maximum": 250},
+    "big": {"type": "integer", "minimum": 1000000, "maximum": 1000050},
+    "old": {"type": "integer", "minimum": 2, "exclusiveMinimum": true, "maximum": 40}
+  },
+  "required": ["code", "word", "esc", "day", "ip", "n", "x", "y", "big", "old"]
+})";
+
+// Whether s is a real date (yyyy-mm-dd; no 29 February, as the format's pattern has none).
+bool RealDate(const std::string& s) {
+  if (s.size() != 10 || s[4] != '-' || s[7] != '-') return false;
+  for (const int i : {0, 1, 2, 3, 5, 6, 8, 9}) {
+    if (s[i] < '0' || s[i] > '9') return false;
+  }
+  const int m = std::stoi(s.substr(5, 2)), d = std::stoi(s.substr(8, 2));
+  constexpr int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  return m >= 1 && m <= 12 && d >= 1 && d <= kDays[m - 1];
+}
+
+bool Ipv4(const std::string& s) {
+  int parts = 0;
+  size_t i = 0;
+  while (true) {
+    size_t j = i;
+    while (j < s.size() && s[j] >= '0' && s[j] <= '9') ++j;
+    if (j == i || j - i > 3 || (j - i > 1 && s[i] == '0') || std::stoi(s.substr(i, j - i)) > 255) {
+      return false;
+    }
+    ++parts;
+    if (j == s.size()) return parts == 4;
+    if (s[j] != '.') return false;
+    i = j + 1;
+  }
+}
+
+// kConstrained's rules, checked on the parsed document with std::regex (ECMAScript) and the
+// numbers as doubles, as a JSON Schema validator checks them.
+void ExpectConstrainedValid(const ojson& v, const std::string& text) {
+  SCOPED_TRACE(text);
+  ASSERT_TRUE(v.is_object());
+  for (const char* key : {"code", "word", "esc", "day", "ip"}) ASSERT_TRUE(v[key].is_string());
+  const auto search = [](const std::string& s, const char* re) {
+    return std::regex_search(s, std::regex(re, std::regex::ECMAScript));
+  };
+  EXPECT_TRUE(search(v["code"].get<std::string>(), R"(^[A-Z]{2}-\d{2,3}$)"));
+  EXPECT_TRUE(search(v["word"].get<std::string>(), "ab"));
+  EXPECT_LE(CodePoints(v["word"].get<std::string>()), 5u);
+  const std::string esc = v["esc"].get<std::string>();
+  EXPECT_FALSE(esc.empty());
+  for (size_t i = 0; i < esc.size(); ++i) {
+    const bool e = esc.compare(i, 2, "\xC3\xA9") == 0;
+    EXPECT_TRUE(esc[i] == 'a' || esc[i] == '\n' || esc[i] == '"' || e) << esc;
+    if (e) ++i;
+  }
+  EXPECT_TRUE(RealDate(v["day"].get<std::string>()));
+  EXPECT_TRUE(Ipv4(v["ip"].get<std::string>()));
+  ASSERT_TRUE(v["n"].is_number_integer());
+  EXPECT_GE(v["n"].get<int64_t>(), -5);
+  EXPECT_LT(v["n"].get<int64_t>(), 120);
+  const double x = v["x"].get<double>(), y = v["y"].get<double>();
+  EXPECT_TRUE(x >= 0 && x <= 1);
+  EXPECT_TRUE(y > -3 && y <= 250);
+  ASSERT_TRUE(v["big"].is_number_integer());
+  EXPECT_GE(v["big"].get<int64_t>(), 1000000);
+  EXPECT_LE(v["big"].get<int64_t>(), 1000050);
+  EXPECT_GT(v["old"].get<int64_t>(), 2);
+  EXPECT_LE(v["old"].get<int64_t>(), 40);
+}
+
+std::string Member(const std::string& key, const std::string& value) {
+  return "\"" + key + "\": " + value;
+}
+
+TEST(JsonSchemaTest, PatternsFormatsAndBoundsAcceptExactlyTheirValues) {
+  const auto schema = MustCompile(kConstrained);
+  const std::vector<std::pair<std::string, std::string>> good = {{"code", "\"AB-12\""},
+                                                                 {"word", "\"xaby\""},
+                                                                 {"esc", "\"a\\n\\\"\xC3\xA9\""},
+                                                                 {"day", "\"2024-02-28\""},
+                                                                 {"ip", "\"10.0.255.1\""},
+                                                                 {"n", "-5"},
+                                                                 {"x", "0.25"},
+                                                                 {"y", "-2.999"},
+                                                                 {"big", "1000050"},
+                                                                 {"old", "3"}};
+  const auto doc = [&](const std::string& key, const std::string& value) {
+    std::string text = "{";
+    for (const auto& [k, v] : good) {
+      if (text.size() > 1) text += ", ";
+      text += Member(k, k == key ? value : v);
+    }
+    return text + "}";
+  };
+  EXPECT_TRUE(Complete(schema.get(), doc("", "")));
+  const std::vector<std::pair<std::string, std::string>> also = {{"code", "\"ZZ-999\""},
+                                                                 {"word", "\"ab\""},
+                                                                 {"word", "\"aab\""},
+                                                                 {"esc", "\"\\u0061\""},
+                                                                 {"esc", "\"\\n\""},
+                                                                 {"day", "\"1999-12-31\""},
+                                                                 {"ip", "\"0.0.0.0\""},
+                                                                 {"n", "119"},
+                                                                 {"n", "0"},
+                                                                 {"x", "1"},
+                                                                 {"x", "1.0"},
+                                                                 {"x", "0"},
+                                                                 {"x", "0.999999"},
+                                                                 {"y", "250"},
+                                                                 {"y", "-2"},
+                                                                 {"y", "0.5"},
+                                                                 {"big", "1000000"},
+                                                                 {"old", "40"}};
+  for (const auto& [key, value] : also) {
+    EXPECT_TRUE(Complete(schema.get(), doc(key, value))) << key << " " << value;
+  }
+  const std::vector<std::pair<std::string, std::string>> bad = {{"code", "\"AB-1\""},
+                                                                {"code", "\"ab-12\""},
+                                                                {"code", "\"AB-1234\""},
+                                                                {"word", "\"xayb\""},
+                                                                {"word", "\"abcdef\""},
+                                                                {"esc", "\"b\""},
+                                                                {"esc", "\"\""},
+                                                                {"esc", "\"\\u00e9\""},
+                                                                {"esc", "\"\\t\""},
+                                                                {"day", "\"2023-02-30\""},
+                                                                {"day", "\"2023-13-01\""},
+                                                                {"day", "\"2023-1-01\""},
+                                                                {"ip", "\"256.1.1.1\""},
+                                                                {"ip", "\"1.2.3\""},
+                                                                {"ip", "\"01.2.3.4\""},
+                                                                {"n", "120"},
+                                                                {"n", "-6"},
+                                                                {"n", "5.0"},
+                                                                {"n", "1e2"},
+                                                                {"x", "1.5"},
+                                                                {"x", "1.0001"},
+                                                                {"x", "-0.1"},
+                                                                {"x", "2"},
+                                                                {"x", "0.5e0"},
+                                                                {"y", "-3"},
+                                                                {"y", "-3.0"},
+                                                                {"y", "-3.5"},
+                                                                {"y", "250.01"},
+                                                                {"big", "999999"},
+                                                                {"big", "10000000"},
+                                                                {"old", "2"},
+                                                                {"x", "0.1234567890123456"}};
+  for (const auto& [key, value] : bad) {
+    EXPECT_FALSE(Complete(schema.get(), doc(key, value))) << key << " " << value;
+  }
+  // A prefix that no value within the bounds begins is refused at once.
+  const std::string head = "{" + Member("code", "\"AB-12\"") + ", " + Member("word", "\"ab\"") +
+                           ", " + Member("esc", "\"a\"") + ", " + Member("day", "\"2024-01-01\"") +
+                           ", " + Member("ip", "\"1.1.1.1\"") + ", ";
+  for (const auto& [prefix, ok] : std::vector<std::pair<std::string, bool>>{
+           {Member("n", "-"), true},
+           {Member("n", "-6"), false},
+           {Member("n", "12"), true},
+           {Member("n", "121"), false},
+           {Member("n", "1000"), false},
+           {Member("n", "0"), true},
+           {Member("n", "00"), false},
+           {Member("n", "5, ") + Member("x", "1."), true},
+           {Member("n", "5, ") + Member("x", "1.0"), true},
+           {Member("n", "5, ") + Member("x", "1.01"), false},
+           {Member("n", "5, ") + Member("x", "-"), true},  // -0 and -0.0 are 0
+           {Member("n", "5, ") + Member("x", "-1"), false},
+           {Member("n", "5, ") + Member("x", "3"), false},
+           {Member("n", "5, ") + Member("x", "0.") + std::string(13, '9'), true},
+           {Member("n", "5, ") + Member("x", "0.") + std::string(14, '9'), true},
+           {Member("n", "5, ") + Member("x", "0.") + std::string(15, '9'), false},
+           {Member("n", "5, ") + Member("x", "0, ") + Member("y", "-3."), false},
+           {Member("n", "5, ") + Member("x", "0, ") + Member("y", "-2."), true},
+           {Member("n", "5, ") + Member("x", "0, ") + Member("y", "2500"), false},
+           {Member("n", "5, ") + Member("x", "0, ") + Member("y", "25"), true}}) {
+    JsonState s(schema.get());
+    EXPECT_EQ(s.Feed(head + prefix), ok) << prefix;
+  }
+}
+
+// Each string format takes values a strict checker of it takes, and refuses others.
+TEST(JsonSchemaTest, StringFormats) {
+  const std::vector<std::tuple<std::string, std::vector<std::string>, std::vector<std::string>>>
+      cases = {
+          {"date",
+           {"2024-02-28", "1999-12-31", "0001-01-01"},
+           {"2024-02-30", "2024-13-01", "2024-1-01", "24-01-01", "2024-01-01T00:00:00Z"}},
+          {"time",
+           {"23:59:59Z", "00:00:00.123456+05:30", "12:00:00-23:59"},
+           {"24:00:00Z", "12:00:00", "12:60:00Z", "12:00:00.1234567Z", "1:00:00Z"}},
+          {"date-time",
+           {"2024-02-28T12:00:00Z", "2000-01-31T23:59:59.5-01:00"},
+           {"2024-02-28 12:00:00Z", "2024-02-28T12:00Z", "2024-04-31T12:00:00Z"}},
+          {"duration", {"P1D", "PT1H30M", "P1Y2M3DT4H5M6S", "P2W"}, {"P", "PT", "P1H", "1D"}},
+          {"email",
+           {"a@example.com", "first.last+tag@mail.example.org"},
+           {"a@b", "@example.com", "a..b@example.com", "a@example.test", "a@-x.com"}},
+          {"hostname", {"example", "a-b.example.com"}, {"-a.com", "a..b", "a_b.com", ""}},
+          {"ipv4",
+           {"0.0.0.0", "255.255.255.255", "10.1.20.200"},
+           {"256.0.0.0", "1.2.3", "01.2.3.4", "1.2.3.4.5"}},
+          {"ipv6", {"2001:db8:0:0:0:0:2:1", "FFFF:0:0:0:0:0:0:1"}, {"2001:db8::1", "1:2:3"}},
+          {"uuid",
+           {"123e4567-e89b-12d3-a456-426614174000"},
+           {"123e4567e89b12d3a456426614174000", "123e4567-e89b-12d3-a456-42661417400g"}},
+          {"uri",
+           {"https://example.com", "http://a.b:8080/p/q?x=1&y=2#top"},
+           {"example.com", "https://", "https://a b", "http://a/%zz"}},
+      };
+  for (const auto& [format, good, bad] : cases) {
+    SCOPED_TRACE(format);
+    const auto schema = MustCompile(R"({"type": "object", "properties": {"f": {"type":
+        "string", "format": ")" + format +
+                                    R"("}}})");
+    for (const std::string& v : good) {
+      EXPECT_TRUE(Complete(schema.get(), "{\"f\": \"" + v + "\"}")) << v;
+    }
+    for (const std::string& v : bad) {
+      EXPECT_FALSE(Complete(schema.get(), "{\"f\": \"" + v + "\"}")) << v;
+    }
+  }
+}
+
+// A maxLength too long to fold into a pattern's automaton is kept by each state's shortest way
+// to a match: a URL's path runs to the bound exactly, and a format's own bound holds.
+TEST(JsonSchemaTest, LongMaxLengthsBesideAPattern) {
+  const auto schema = MustCompile(
+      R"({"type": "object", "properties": {"u": {"type": "string", "format": "uri",
+          "minLength": 0, "maxLength": 2000}, "h": {"type": "string", "format": "hostname"}}})");
+  const std::string head = "{\"u\": \"http://a/";
+  JsonState s(schema.get());
+  ASSERT_TRUE(s.Feed(head + std::string(1991 - 1, 'b')));
+  {
+    JsonState t = s;
+    EXPECT_TRUE(t.Feed("b\""));  // 2,000 characters
+  }
+  JsonState t = s;
+  ASSERT_TRUE(t.Feed("b"));
+  EXPECT_FALSE(JsonState(t).Feed("b"));
+  EXPECT_FALSE(JsonState(t).Feed("\\u0062"));
+  EXPECT_FALSE(JsonState(s).Feed("\xC3\xA9"));  // not in a URL at all
+  // "http://a" is the shortest match: 8 characters.
+  EXPECT_TRUE(Complete(schema.get(), "{\"u\": \"http://a\"}"));
+  EXPECT_FALSE(Complete(schema.get(), "{\"u\": \"http://\"}"));
+  // Hostnames: at most 253 characters (labels of at most 63).
+  std::string host;
+  while (host.size() < 240) host += std::string(59, 'x') + ".";
+  host += std::string(12, 'y');  // 252
+  EXPECT_TRUE(Complete(schema.get(), "{\"h\": \"" + host + "z\"}"));
+  EXPECT_FALSE(Complete(schema.get(), "{\"h\": \"" + host + "zz\"}"));
+  EXPECT_FALSE(Complete(schema.get(), "{\"h\": \"" + std::string(64, 'x') + "\"}"));
+}
+
+// Random walks over a vocabulary of single bytes and longer pieces: every state has an
+// allowed token (no dead ends), AllowedJsonTokens gives exactly what a copy accepts, and every
+// text a walk completes is valid by the rules checked independently.
+TEST(JsonSchemaTest, ConstrainedWalksNeverStickAndEndValid) {
+  const auto schema = MustCompile(kConstrained);
+  std::vector<std::string> vocab;
+  for (int b = 1; b < 128; ++b) vocab.emplace_back(1, static_cast<char>(b));
+  for (const char* t :
+       {"\"code\": \"", "\"word\": \"", "\"esc\": \"", "\"day\": \"", "\"ip\": \"", "\"n\": ",
+        "\"x\": ",      "\"y\": ",      "\"big\": ",   "\"old\": ",   "\", ",       ", \"",
+        "AB-",          "12",           "123",         "0.",          ".5",         "-1",
+        "99",           "2024-",        "-02-",        "29",          "30",         "31",
+        "192.168.",     "255",          "25",          "\\n",         "\\\"",       "\\u00",
+        "\\u0061",      "61",           "ab",          "abc",         "\xC3\xA9",   "\xC3",
+        "\xA9",         "a\xC3\xA9",    "100",         "00",          "0000",       "1000",
+        "\"}",          "1\"",          "-0"}) {
+    vocab.emplace_back(t);
+  }
+  const TokenBytesTable table(static_cast<int32_t>(vocab.size()),
+                              [&](int32_t id) { return vocab[id]; });
+  std::mt19937 rng(11);
+  int completed = 0;
+  for (int walk = 0; walk < 120; ++walk) {
+    JsonState s(schema.get());
+    std::string text;
+    for (int step = 0; step < 600 && !s.complete(); ++step) {
+      std::vector<int32_t> allowed;
+      AllowedJsonTokens(s, table, &allowed);
+      std::sort(allowed.begin(), allowed.end());
+      allowed.erase(std::unique(allowed.begin(), allowed.end()), allowed.end());
+      if (walk < 20) {
+        std::vector<int32_t> want;
+        for (int32_t id = 0; id < table.vocab_size(); ++id) {
+          JsonState t = s;
+          if (t.Feed(vocab[id])) want.push_back(id);
+        }
+        ASSERT_EQ(allowed, want) << "after " << text;
+      }
+      ASSERT_FALSE(allowed.empty()) << "stuck after " << ojson(text).dump();
+      std::vector<int32_t> closers;
+      for (const int32_t id : allowed) {
+        const char c = vocab[id].back();
+        if (c == '"' || c == '}' || c == ',' || c == ' ') closers.push_back(id);
+      }
+      const std::vector<int32_t>& pick = !closers.empty() && rng() % 4 == 0 ? closers : allowed;
+      const int32_t id = pick[rng() % pick.size()];
+      ASSERT_TRUE(s.Feed(vocab[id]));
+      text += vocab[id];
+    }
+    if (!s.complete()) continue;
+    ++completed;
+    ExpectConstrainedValid(ojson::parse(text), text);
+  }
+  EXPECT_GT(completed, 60);
 }
 
 }  // namespace
