@@ -459,23 +459,49 @@ bool EngineCore::MaskToChoice(const Sequence& seq, bool suppress_stop, std::span
 }
 
 bool EngineCore::MaskToRegex(const Sequence& seq, bool suppress_stop, std::span<float> logits) {
-  const RegexDfa& dfa = *seq.request.sampling.regex;
+  const std::shared_ptr<const RegexDfa>& dfa = seq.request.sampling.regex;
   const uint32_t state = seq.regex_state;
   json_ids_.clear();
-  if (!dfa.final(state)) {
-    // A token can only go on with a byte the state takes: most are passed over on that.
-    std::array<bool, 256> first{};
-    for (int b = 0; b < 256; ++b)
-      first[b] = dfa.Next(state, static_cast<uint8_t>(b)) != RegexDfa::kDead;
-    const TokenBytesTable& table = *options_.token_bytes;
-    for (int32_t t = 0; t < vocab_; ++t) {
-      const std::string& b = table.bytes(t);
-      // Special tokens (no bytes) are not text: only EOS / stop ids, below.
-      if (b.empty() || !first[static_cast<uint8_t>(b[0])]) continue;
-      if (dfa.Walk(state, b) != RegexDfa::kDead) json_ids_.push_back(t);
+  if (!dfa->final(state)) {
+    auto entry = regex_cache_.find(dfa.get());
+    if (entry == regex_cache_.end()) {
+      for (auto it = regex_cache_.begin(); it != regex_cache_.end();) {
+        if (it->second.dfa.use_count() == 1) {
+          regex_cache_ids_ -= it->second.ids;
+          regex_cache_.erase(it++);
+        } else {
+          ++it;
+        }
+      }
+      entry = regex_cache_.try_emplace(dfa.get()).first;
+      entry->second.dfa = dfa;
+    }
+    RegexCache& cache = entry->second;
+    auto [it, added] = cache.allowed.try_emplace(state);
+    std::vector<int32_t>& allowed = it->second;
+    if (added) {
+      // A token can only go on with a byte the state takes: most are passed over on that.
+      std::array<bool, 256> first{};
+      for (int b = 0; b < 256; ++b) {
+        first[b] = dfa->Next(state, static_cast<uint8_t>(b)) != RegexDfa::kDead;
+      }
+      const TokenBytesTable& table = *options_.token_bytes;
+      for (int32_t t = 0; t < vocab_; ++t) {
+        const std::string& b = table.bytes(t);
+        // Special tokens (no bytes) are not text: only EOS / stop ids, below.
+        if (b.empty() || !first[static_cast<uint8_t>(b[0])]) continue;
+        if (dfa->Walk(state, b) != RegexDfa::kDead) allowed.push_back(t);
+      }
+      cache.ids += allowed.size() + 1;
+      regex_cache_ids_ += allowed.size() + 1;
+    }
+    json_ids_.assign(allowed.begin(), allowed.end());
+    if (regex_cache_ids_ > kRegexCacheIds) {
+      regex_cache_.clear();
+      regex_cache_ids_ = 0;
     }
   }
-  if (dfa.accepting(state) && !suppress_stop) AllowStopIds(seq.request.sampling);
+  if (dfa->accepting(state) && !suppress_stop) AllowStopIds(seq.request.sampling);
   return KeepAllowedIds(logits);
 }
 

@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "runtime/engine/block_manager.h"
 #include "runtime/engine/engine.h"
@@ -126,6 +127,18 @@ class EngineCore {
   // JSON mode: the tokens allowed at this step.
   std::vector<int32_t> json_ids_;
   std::vector<std::string_view> choice_live_;  // MaskToChoice: the choices' remaining bytes
+  // MaskToRegex: the text tokens each DFA state allows, kept per compiled pattern (which the
+  // entry holds, so that its address is not reused) while the ids held stay under
+  // kRegexCacheIds (past that it starts again empty). A pattern's entry goes when a new
+  // pattern comes and no request holds it any more.
+  static constexpr size_t kRegexCacheIds = size_t{4} << 20;
+  struct RegexCache {
+    std::shared_ptr<const RegexDfa> dfa;
+    absl::flat_hash_map<uint32_t, std::vector<int32_t>> allowed;
+    size_t ids = 0;
+  };
+  absl::flat_hash_map<const RegexDfa*, RegexCache> regex_cache_;
+  size_t regex_cache_ids_ = 0;
   std::vector<Sequence*> finishing_;
   std::string text_;
 

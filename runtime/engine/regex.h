@@ -38,7 +38,7 @@ class RegexDfa {
   static constexpr uint32_t kUnbounded = UINT32_MAX;
   // Limits on one compiled pattern. A pattern over them is refused (INVALID_ARGUMENT).
   static constexpr size_t kMaxPatternBytes = 16 << 10;
-  static constexpr int kMaxRepeat = 1000;        // n and m of {n,m}
+  static constexpr int kMaxRepeat = 10000;       // n and m of {n,m}
   static constexpr int kMaxNfaStates = 1 << 17;  // after counted repetition is expanded
   static constexpr int kMaxDfaStates = 1 << 14;  // live states, the dead one included
   static constexpr int kMaxNesting = 256;        // groups within groups

@@ -494,6 +494,67 @@ def make_openai_request():
     write(t, "deep", b"\x00" + b"[" * 65 + b"]" * 65)
 
 
+# --- regex: byte 0 = search (bit 0) | WithLength (bit 1; bounds in byte 1: min low nibble,
+# max high nibble) | no max (bit 2) | both modes (bit 3); the pattern; NUL; a text -----------
+def make_regex():
+    t = "regex"
+    date = (r"\d{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\d|3[01])|(?:0[469]|11)-"
+            r"(?:0[1-9]|[12]\d|30)|02-(?:0[1-9]|1\d|2[0-8]))")
+    time = r"(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)"
+    label = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    octet = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+    hexd = "[0-9a-fA-F]"
+    SEARCH, LENGTH, NO_MAX, BOTH = 1, 2, 4, 8
+    seeds = {
+        # (flags, length bounds byte or None, pattern, text)
+        "date": (0, None, date, "2024-02-28"),
+        "date_time": (BOTH, None, date + "T" + time, "2024-12-31T23:59:60.5+01:00"),
+        "uuid": (0, None, "-".join(hexd + "{%d}" % n for n in (8, 4, 4, 4, 12)),
+                 "123e4567-e89b-12d3-a456-426614174000"),
+        "ipv4": (0, None, octet + r"(?:\." + octet + "){3}", "192.168.0.255"),
+        "ipv6": (0, None, r"(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}", "2001:db8:0:0:0:0:2:1"),
+        "email": (0, None, r"[A-Za-z0-9._%+-]+@(?:" + label + r"\.)+(?:com|org|io)",
+                  "jo.doe+x@mail.example.io"),
+        "hostname_length": (LENGTH, 0xF3, label + r"(?:\." + label + ")*", "a-b.example"),
+        "email_ascii": (BOTH, None, r"\w+@\w+\.com", "me@x.com"),
+        "search_anchors": (SEARCH, None, "^ab|cd$|ef", "xxcdefab"),
+        "search_both": (SEARCH | BOTH, None, r"^\d+(\.\d+)?$", "3.25"),
+        "search_pattern": (SEARCH, None, r"[A-Z]{2}-\d{3,}", "id: AB-1234!"),
+        "nested_groups": (BOTH, None, r"((a|b)(c|d)*)+e?", "acdbdce"),
+        "counted": (0, None, r"(ab){2,5}c{3,}d{0}e{1}", "ababcccce"),
+        "lazy": (BOTH, None, r"a+?b*?c??(?:d{1,3}?)", "aabbcdd"),
+        "named_groups": (0, None, r"(?<year>\d{4})-(?P<month>\d\d)(?:-(?<day>\d\d))?",
+                         "2024-07-14"),
+        "classes": (BOTH, None, r"[^\s,;]+(?:,[^\s,;]+)*[\d\W][a\-z][-x][x-]", "a,b,c9!-x-"),
+        "class_escapes": (0, None, r"\w+\s\W\S\D\d[\b][\]\\^]", "ab\t!x_0\x08]"),
+        "escapes": (0, None, r"\n\t\r\f\v\0\x41\u00e9\u{1F600}\/\-\.\[\]\{\}\|\ ",
+                    "\n\t\r\f\v\0A\u00e9\U0001F600/-.[]{}| "),
+        "surrogate_pair": (0, None, r"\uD83D\uDE00+\ud800", "\U0001F600\U0001F600"),
+        "utf8_class": (LENGTH, 0x52, "[\u03b1-\u03c9]+ caf\u00e9|[^\u0000-\u00ff]{2,3}",
+                       "\u03b1\u03b2\u03b3 caf\u00e9"),
+        "dot_utf8": (LENGTH | NO_MAX, 0x03, ".{2,}", "\u00e9\u65e5\U0001F600\n"),
+        "literal_braces": (0, None, "a{,}b{x}c{1,d}{", "a{,}b{x}c{1,d}{"),
+        "empty": (BOTH, None, "", ""),
+        "empty_loops": (0, None, "(|a)*(?:)+()?b{0,0}", "aaa"),
+        "blowup": (SEARCH, None, r"(a|b)*a(a|b){10}", "abababababababab"),
+        "long_repeat": (LENGTH, 0xF1, r"[a-z]{1,15}|x{500}", "abcdefghijklmnop"),
+        "refused_lookaround": (BOTH, None, r"a(?=b)|(?<!c)d", "ab"),
+        "refused_backref": (0, None, r"(a)\1|(?P<n>x)(?P=n)", "aa"),
+        "refused_assertions": (0, None, r"\bfoo\B|a^b|c$d|\Aq\Z", "foo"),
+        "refused_flags": (BOTH, None, "(?i)abc|a*+|a{2}{3}|\\p{L}|[[:alpha:]]|[]a]", "abc"),
+        "refused_utf8": (0, None, b"ab\xff\xc3(", "ab"),
+        "refused_unbalanced": (0, None, "(a|b))(c", ""),
+        "no_text": (BOTH, None, r"[^\s\S]x|a[^\d\D]", ""),
+        "length_none": (LENGTH, 0x35, "abcdefgh", "abcdefgh"),
+    }
+    for name, (flags, bounds, pattern, text) in seeds.items():
+        data = bytes([flags])
+        if bounds is not None:
+            data += bytes([bounds])
+        data += pattern if isinstance(pattern, bytes) else pattern.encode()
+        write(t, name, data + b"\x00" + text.encode("utf-8", "surrogatepass"))
+
+
 if __name__ == "__main__":
     make_safetensors_config()
     make_gguf()
@@ -503,3 +564,4 @@ if __name__ == "__main__":
     make_request()
     make_json_schema()
     make_openai_request()
+    make_regex()

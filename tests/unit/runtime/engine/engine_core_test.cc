@@ -10,6 +10,7 @@
 #include <map>
 #include <numeric>
 #include <random>
+#include <regex>
 #include <thread>
 #include <tuple>
 
@@ -18,6 +19,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "nlohmann/json.hpp"
+#include "runtime/engine/regex.h"
 #include "test_model.h"
 
 namespace spanserve::engine {
@@ -679,6 +681,65 @@ TEST_F(EngineCoreTest, JsonSchemaKeepsOutputsValidAndTheInvariances) {
     }
   }
   EXPECT_GT(complete, 4);
+}
+
+// guided_regex (ResponseFormat::kRegex): every output's bytes are a prefix of a match, EOS
+// comes only after a match, an output that may not stop there goes on to a longer match or
+// ends where none goes on, and the outputs are the same alone, batched and under preemption.
+TEST_F(EngineCoreTest, GuidedRegexKeepsOutputsMatchingAndTheInvariances) {
+  const std::vector<std::string> fragments = {"a",  "b", "ab",  "c", "-",  "1",    "12",
+                                              "x",  "(", "ba",  "5", "-9", "\xC3", "\xA9",
+                                              "é1", " ", "abc", "0", "c-", "7"};
+  constexpr int32_t kEos = 2;
+  const auto bytes_of = [&](int32_t id) {
+    return id == kEos ? std::string() : fragments[id % fragments.size()];
+  };
+  auto regex = RegexDfa::Compile("(?:ab|c|é)+-\\d{1,3}");
+  ASSERT_TRUE(regex.ok()) << regex.status();
+  EngineOptions options = Options();
+  options.token_bytes = std::make_shared<const TokenBytesTable>(97, bytes_of);
+  std::vector<Request> reqs = RandomRequests(24, 9, /*greedy=*/false);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    Request& r = reqs[i];
+    r.sampling.response_format = ResponseFormat::kRegex;
+    r.sampling.regex = *regex;
+    r.sampling.max_tokens = 40;
+    if (i % 3 == 0) r.sampling.temperature = 0;
+    if (i % 4 == 1) r.sampling.ignore_eos = true;
+    if (i % 5 == 2) r.sampling.min_tokens = 6;
+  }
+  const Run alone = RunAloneExpectingTheSameBatchedAndPreempted(options, reqs);
+  const std::regex whole("(?:ab|c|\xC3\xA9)+-[0-9]{1,3}");
+  int matched = 0;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    SCOPED_TRACE(::testing::Message() << "request " << i);
+    const Collected& c = alone.out[i];
+    uint32_t state = (*regex)->start();
+    std::string text;
+    for (size_t j = 0; j < c.tokens.size(); ++j) {
+      if (c.tokens[j] == kEos) {
+        EXPECT_TRUE((*regex)->accepting(state)) << "EOS before a match: " << text;
+        EXPECT_EQ(j + 1, c.tokens.size());
+        EXPECT_FALSE(reqs[i].sampling.ignore_eos);
+        EXPECT_GE(static_cast<int32_t>(j), reqs[i].sampling.min_tokens);
+        break;
+      }
+      text += bytes_of(c.tokens[j]);
+      state = (*regex)->Walk(state, bytes_of(c.tokens[j]));
+      ASSERT_NE(state, RegexDfa::kDead) << text;
+    }
+    if (c.final.reason == FinishReason::kStop) {
+      EXPECT_TRUE(std::regex_match(text, whole)) << text;
+      // Without EOS (ignore_eos, min_tokens) it stops only where no longer match goes on.
+      if (c.tokens.empty() || c.tokens.back() != kEos) {
+        EXPECT_TRUE((*regex)->final(state)) << text;
+      }
+      ++matched;
+    } else {
+      EXPECT_EQ(c.tokens.size(), 40u);
+    }
+  }
+  EXPECT_GT(matched, 4);
 }
 
 TEST_F(EngineCoreTest, LengthFinishesAtMaxTokensAndAtTheContext) {
