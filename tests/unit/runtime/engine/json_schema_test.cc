@@ -318,6 +318,56 @@ TEST(JsonSchemaTest, RefusesWhatItDoesNotCompileNamingIt) {
   EXPECT_FALSE(JsonSchema::Compile(deep).ok());
 }
 
+// Random walks through the tokens of `vocab` from the schema's start, each of at most `steps`
+// tokens: at every step AllowedJsonTokens allows some token (no dead ends) and, in the first
+// `checked` walks, exactly the tokens a copy of the state accepts. A token that ends in one of
+// `closers` is preferred with odds `lean` in 4, so that walks end. Returns the texts completed.
+std::vector<std::string> RandomWalks(const JsonSchema* schema,
+                                     const std::vector<std::string>& vocab, uint32_t seed,
+                                     int walks, int steps, int checked, std::string_view closers,
+                                     int lean) {
+  const TokenBytesTable table(static_cast<int32_t>(vocab.size()),
+                              [&](int32_t id) { return vocab[id]; });
+  std::mt19937 rng(seed);
+  std::vector<std::string> texts;
+  for (int walk = 0; walk < walks; ++walk) {
+    JsonState s(schema);
+    std::string text;
+    for (int step = 0; step < steps && !s.complete(); ++step) {
+      std::vector<int32_t> allowed;
+      AllowedJsonTokens(s, table, &allowed);
+      std::sort(allowed.begin(), allowed.end());
+      allowed.erase(std::unique(allowed.begin(), allowed.end()), allowed.end());
+      if (walk < checked) {
+        std::vector<int32_t> want;
+        for (int32_t id = 0; id < table.vocab_size(); ++id) {
+          JsonState t = s;
+          if (t.Feed(vocab[id])) want.push_back(id);
+        }
+        EXPECT_EQ(allowed, want) << "after " << text;
+      }
+      if (allowed.empty()) {
+        ADD_FAILURE() << "stuck after " << ojson(text).dump();
+        return texts;
+      }
+      std::vector<int32_t> closing;
+      for (const int32_t id : allowed) {
+        if (closers.find(vocab[id].back()) != std::string_view::npos) closing.push_back(id);
+      }
+      const std::vector<int32_t>& pick =
+          !closing.empty() && static_cast<int>(rng() % 4) < lean ? closing : allowed;
+      const int32_t id = pick[rng() % pick.size()];
+      if (!s.Feed(vocab[id])) {
+        ADD_FAILURE() << "an allowed token refused after " << ojson(text).dump();
+        return texts;
+      }
+      text += vocab[id];
+    }
+    if (s.complete()) texts.push_back(std::move(text));
+  }
+  return texts;
+}
+
 // From every prefix a walk of allowed bytes reaches a complete text (no dead ends), and each
 // text it completes is valid by the reference; with the bytes of a tokenizer-like vocabulary,
 // AllowedJsonTokens gives exactly the tokens a copy of the state accepts.
@@ -353,40 +403,10 @@ TEST(JsonSchemaTest, WalksNeverStickAndEndValid) {
                         "\"tags\": [\""}) {
     vocab.emplace_back(t);
   }
-  const TokenBytesTable table(static_cast<int32_t>(vocab.size()),
-                              [&](int32_t id) { return vocab[id]; });
-  std::mt19937 rng(7);
-  int completed = 0;
-  for (int walk = 0; walk < 60; ++walk) {
-    JsonState s(schema.get());
-    std::string text;
-    for (int step = 0; step < 400 && !s.complete(); ++step) {
-      std::vector<int32_t> allowed;
-      AllowedJsonTokens(s, table, &allowed);
-      std::sort(allowed.begin(), allowed.end());
-      allowed.erase(std::unique(allowed.begin(), allowed.end()), allowed.end());
-      if (walk < 6) {
-        std::vector<int32_t> want;
-        for (int32_t id = 0; id < table.vocab_size(); ++id) {
-          JsonState t = s;
-          if (t.Feed(vocab[id])) want.push_back(id);
-        }
-        ASSERT_EQ(allowed, want) << "after " << text;
-      }
-      ASSERT_FALSE(allowed.empty()) << "stuck after " << ojson(text).dump();
-      // Lean towards closing so that walks end: quotes and brackets when allowed.
-      std::vector<int32_t> closers;
-      for (const int32_t id : allowed) {
-        const char c = vocab[id].back();
-        if (c == '"' || c == '}' || c == ']') closers.push_back(id);
-      }
-      const std::vector<int32_t>& pick = !closers.empty() && rng() % 3 != 0 ? closers : allowed;
-      const int32_t id = pick[rng() % pick.size()];
-      ASSERT_TRUE(s.Feed(vocab[id]));
-      text += vocab[id];
-    }
-    if (!s.complete()) continue;
-    ++completed;
+  const std::vector<std::string> texts =
+      RandomWalks(schema.get(), vocab, /*seed=*/7, /*walks=*/60, /*steps=*/400, /*checked=*/6,
+                  "\"}]", /*lean=*/3);
+  for (const std::string& text : texts) {
     ojson doc;
     try {
       doc = ojson::parse(text);
@@ -397,7 +417,7 @@ TEST(JsonSchemaTest, WalksNeverStickAndEndValid) {
     }
     EXPECT_TRUE(Valid(doc, person, person)) << text;
   }
-  EXPECT_GT(completed, 30);
+  EXPECT_GT(texts.size(), 30u);
 }
 
 const char* const kConstrained = R"({
@@ -680,42 +700,11 @@ TEST(JsonSchemaTest, ConstrainedWalksNeverStickAndEndValid) {
         "\"}",          "1\"",          "-0"}) {
     vocab.emplace_back(t);
   }
-  const TokenBytesTable table(static_cast<int32_t>(vocab.size()),
-                              [&](int32_t id) { return vocab[id]; });
-  std::mt19937 rng(11);
-  int completed = 0;
-  for (int walk = 0; walk < 120; ++walk) {
-    JsonState s(schema.get());
-    std::string text;
-    for (int step = 0; step < 600 && !s.complete(); ++step) {
-      std::vector<int32_t> allowed;
-      AllowedJsonTokens(s, table, &allowed);
-      std::sort(allowed.begin(), allowed.end());
-      allowed.erase(std::unique(allowed.begin(), allowed.end()), allowed.end());
-      if (walk < 20) {
-        std::vector<int32_t> want;
-        for (int32_t id = 0; id < table.vocab_size(); ++id) {
-          JsonState t = s;
-          if (t.Feed(vocab[id])) want.push_back(id);
-        }
-        ASSERT_EQ(allowed, want) << "after " << text;
-      }
-      ASSERT_FALSE(allowed.empty()) << "stuck after " << ojson(text).dump();
-      std::vector<int32_t> closers;
-      for (const int32_t id : allowed) {
-        const char c = vocab[id].back();
-        if (c == '"' || c == '}' || c == ',' || c == ' ') closers.push_back(id);
-      }
-      const std::vector<int32_t>& pick = !closers.empty() && rng() % 4 == 0 ? closers : allowed;
-      const int32_t id = pick[rng() % pick.size()];
-      ASSERT_TRUE(s.Feed(vocab[id]));
-      text += vocab[id];
-    }
-    if (!s.complete()) continue;
-    ++completed;
-    ExpectConstrainedValid(ojson::parse(text), text);
-  }
-  EXPECT_GT(completed, 60);
+  const std::vector<std::string> texts =
+      RandomWalks(schema.get(), vocab, /*seed=*/11, /*walks=*/120, /*steps=*/600, /*checked=*/20,
+                  "\"}, ", /*lean=*/1);
+  for (const std::string& text : texts) ExpectConstrainedValid(ojson::parse(text), text);
+  EXPECT_GT(texts.size(), 60u);
 }
 
 }  // namespace
