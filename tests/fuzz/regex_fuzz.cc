@@ -11,17 +11,17 @@
 // and a text to walk (its first 256 bytes).
 //
 // Checked on every DFA: the start is live and the states are within kMaxDfaStates; the dead
-// state takes nothing; every live state can reach a match (min_chars finite), has min_chars
-// 0 when accepting and otherwise the fewest over its transitions (a byte that continues a
-// character begins none; so 0 without a match only in the middle of a character), and is
-// final exactly when it takes no byte (and is then accepting). Along the text: nothing leaves the
-// dead state, Walk agrees with Next, min_chars falls by at most one per byte (none on a
-// continuation byte), an accepted prefix is UTF-8. WithLength accepts a prefix exactly when the DFA
-// does and its code points are within the bounds, and refuses only when no text is left. Both modes
-// refuse a pattern's syntax alike, and a whole-text match is a search match. For a short ASCII
-// pattern and text, a whole-text match agrees with std::regex_match (ECMAScript) and a
-// search with std::regex_search, where std::regex reads the pattern alike and backtracks
-// over it cheaply enough.
+// state takes nothing; every live state can reach a match (min_chars finite), has min_chars 0
+// when accepting and otherwise the fewest over its transitions (a byte that continues a
+// character begins none, so 0 without a match only in the middle of a character), and is
+// final exactly when it takes no byte (and is then accepting). Along the text: nothing leaves
+// the dead state, Walk agrees with Next, min_chars falls by at most one per byte (not at all
+// on a continuation byte), an accepted prefix is UTF-8. WithLength accepts a prefix exactly
+// when the DFA does and its code points are within the bounds, and says no text matches only
+// when no prefix is such a match. Both modes refuse a pattern's syntax alike, and a
+// whole-text match is a search match. For a short ASCII pattern and text, a whole-text match
+// agrees with std::regex_match (ECMAScript) and a search with std::regex_search, where
+// std::regex reads the pattern alike and backtracks over it cheaply enough.
 #include <algorithm>
 #include <cctype>
 #include <cmath>
