@@ -185,6 +185,7 @@ class JsonSchemaCompiler {
   const ojson& doc_;
   std::vector<JsonSchema::Node> nodes_;
   std::map<std::string, uint16_t> refs_;
+  uint64_t regex_work_ = RegexDfa::kMaxWork;
 };
 
 absl::StatusOr<uint32_t> JsonSchemaCompiler::Count(const ojson& s, std::string_view key,
@@ -223,8 +224,9 @@ absl::Status JsonSchemaCompiler::StringPattern(const ojson& s, const std::string
   std::shared_ptr<const RegexDfa> regex;
   if (pattern != s.end()) {
     if (!pattern->is_string()) return Error(at, "\"pattern\" must be a string");
-    auto compiled =
-        RegexDfa::Compile(pattern->get_ref<const std::string&>(), RegexDfa::Match::kSearch);
+    // The schema's patterns share one allowance of work.
+    auto compiled = RegexDfa::Compile(pattern->get_ref<const std::string&>(),
+                                      RegexDfa::Match::kSearch, &regex_work_);
     if (!compiled.ok()) {
       return Error(at, absl::StrCat("\"pattern\" ", compiled.status().message()));
     }

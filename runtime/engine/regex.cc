@@ -38,10 +38,12 @@ namespace {
 constexpr uint32_t kMaxCodePoint = 0x10FFFF;
 constexpr uint32_t kEnd = UINT32_MAX;  // Peek() past the end of the pattern
 // Kernel entries (NFA state ids) kept by the subset construction, all states together.
-constexpr size_t kMaxKernelEntries = size_t{1} << 23;
-// NFA states visited and transitions gathered by the subset construction: bounds its time
-// where each DFA state has a large closure.
-constexpr size_t kMaxBuildSteps = size_t{1} << 27;
+constexpr size_t kMaxKernelEntries = size_t{1} << 21;
+
+absl::Status TooCostly(uint64_t* work) {
+  *work = 0;
+  return absl::InvalidArgumentError("too complex: its automaton is too costly to build");
+}
 
 absl::Status TooComplex() {
   return absl::InvalidArgumentError(
@@ -83,9 +85,14 @@ CpRanges Complement(const CpRanges& set) {
   return Normalize(out);
 }
 
+// The class escapes, as sets both dialects agree a character is in: ECMAScript's `\d` and
+// `\w` are ASCII, Python's take Unicode digits and letters, so `\d` and `\w` are ASCII here
+// and `\D` and `\W` hold only characters neither dialect counts as a digit or a word
+// character (without Unicode's tables: ASCII, and for `\D` the Latin blocks up to U+024F,
+// which hold no digit). `\s` is the whitespace of both (ECMAScript's but U+FEFF), `\S` what
+// neither counts as whitespace (Python's adds U+001C..U+001F and U+0085).
 CpRanges DigitSet() { return {{'0', '9'}}; }
 CpRanges WordSet() { return {{'0', '9'}, {'A', 'Z'}, {'_', '_'}, {'a', 'z'}}; }
-// ECMAScript's WhiteSpace and LineTerminator.
 CpRanges SpaceSet() {
   return Normalize({{0x09, 0x0D},
                     {0x20, 0x20},
@@ -95,8 +102,29 @@ CpRanges SpaceSet() {
                     {0x2028, 0x2029},
                     {0x202F, 0x202F},
                     {0x205F, 0x205F},
-                    {0x3000, 0x3000},
-                    {0xFEFF, 0xFEFF}});
+                    {0x3000, 0x3000}});
+}
+// Every character either dialect counts as whitespace.
+CpRanges AnySpaceSet() {
+  CpRanges s = SpaceSet();
+  s.push_back({0x1C, 0x1F});
+  s.push_back({0x85, 0x85});
+  s.push_back({0xFEFF, 0xFEFF});
+  return Normalize(s);
+}
+CpRanges Intersect(const CpRanges& a, const CpRanges& b) {
+  return Complement(Normalize([&] {
+    CpRanges u = Complement(a);
+    const CpRanges nb = Complement(b);
+    u.insert(u.end(), nb.begin(), nb.end());
+    return u;
+  }()));
+}
+// The complement of the escape `kind` (d, w or s), limited as above.
+CpRanges NegatedClassSet(uint32_t kind) {
+  if (kind == 'd') return Intersect(Complement(DigitSet()), {{0, 0x24F}});
+  if (kind == 'w') return Intersect(Complement(WordSet()), {{0, 0x7F}});
+  return Complement(AnySpaceSet());
 }
 CpRanges DotSet() { return Complement(Normalize({{'\n', '\n'}, {'\r', '\r'}, {0x2028, 0x2029}})); }
 CpRanges AnySet() { return Normalize({{0, kMaxCodePoint}}); }
@@ -293,6 +321,7 @@ class Parser {
     bool is_set = false;
     uint32_t cp = 0;
     CpRanges set;
+    uint32_t escape = 0;  // a class escape's letter (d, D, w, W, s, S)
   };
 
   uint32_t Peek(size_t ahead = 0) const { return pos_ + ahead < n_ ? cps_[pos_ + ahead].cp : kEnd; }
@@ -564,6 +593,9 @@ class Parser {
                       "class, Python as a literal `]`): write `\\]`");
     }
     CpRanges set;
+    // In a negated class, \d and \w leave what neither dialect counts as a digit or a word
+    // character, and \s what neither counts as whitespace (see NegatedClassSet).
+    CpRanges limit = {{0, kMaxCodePoint}};
     for (;;) {
       if (pos_ >= n_) {
         return FailNode(open, "unbalanced bracket: a `[` without its `]` is not supported");
@@ -593,13 +625,24 @@ class Parser {
         }
         set.push_back({first.cp, last.cp});
       } else if (first.is_set) {
-        set.insert(set.end(), first.set.begin(), first.set.end());
+        if (negate && (first.escape == 'D' || first.escape == 'W' || first.escape == 'S')) {
+          return FailNode(pos_ - 2, absl::StrCat("`\\", CharName(first.escape),
+                                                 "` in a negated class is not supported"));
+        }
+        if (negate && first.escape == 's') {
+          const CpRanges spaces = AnySpaceSet();
+          set.insert(set.end(), spaces.begin(), spaces.end());
+        } else {
+          set.insert(set.end(), first.set.begin(), first.set.end());
+        }
+        if (negate && first.escape == 'd') limit = Intersect(limit, {{0, 0x24F}});
+        if (negate && first.escape == 'w') limit = Intersect(limit, {{0, 0x7F}});
       } else {
         set.push_back({first.cp, first.cp});
       }
     }
     set = Normalize(set);
-    return AddSet(negate ? Complement(set) : set);
+    return AddSet(negate ? Intersect(Complement(set), limit) : set);
   }
 
   bool ParseClassAtom(ClassAtom* atom) {
@@ -628,7 +671,8 @@ class Parser {
     ++pos_;
     auto set = [&](CpRanges s, bool negate) {
       atom->is_set = true;
-      atom->set = negate ? Complement(Normalize(s)) : Normalize(s);
+      atom->escape = c;
+      atom->set = negate ? NegatedClassSet(c | 0x20) : Normalize(s);
       return true;
     };
     auto cp = [&](uint32_t v) {
@@ -966,8 +1010,10 @@ uint64_t HashKernel(std::span<const int32_t> k) {
 // The DFA of `nfa` from `start`. A DFA state is keyed by its kernel: the sorted NFA states
 // its last byte led to (or the start). A kernel whose closure holds `universal` (a state
 // from which every UTF-8 text matches) is replaced by {universal}: its texts are the same.
+// `work`: the allowance of steps (NFA states visited, transitions gathered, kernel entries
+// sorted and interned), decreased by those taken.
 absl::StatusOr<RegexDfaBuilder::Raw> BuildDfa(const NfaBuilder& nfa, int32_t start,
-                                              int32_t universal) {
+                                              int32_t universal, uint64_t* work) {
   const std::vector<NfaState>& states = nfa.states;
   RegexDfaBuilder::Raw raw;
 
@@ -1033,7 +1079,7 @@ absl::StatusOr<RegexDfaBuilder::Raw> BuildDfa(const NfaBuilder& nfa, int32_t sta
   auto kernel = [&](uint32_t id) {
     return std::span<const int32_t>(pool.data() + offsets[id], offsets[id + 1] - offsets[id]);
   };
-  bool too_complex = false;
+  bool too_complex = false, too_costly = false;
   // The id of kernel `k`, added if new (0 with too_complex set past the limits).
   auto intern = [&](std::vector<int32_t>& k) -> uint32_t {
     if (universal >= 0) {
@@ -1051,9 +1097,12 @@ absl::StatusOr<RegexDfaBuilder::Raw> BuildDfa(const NfaBuilder& nfa, int32_t sta
       if (hashes[id] == h && std::ranges::equal(kernel(id), k)) return id;
     }
     const uint32_t id = static_cast<uint32_t>(hashes.size());
-    if (id >= static_cast<uint32_t>(RegexDfa::kMaxDfaStates) ||
-        pool.size() + k.size() > kMaxKernelEntries) {
+    if (id >= static_cast<uint32_t>(RegexDfa::kMaxDfaStates)) {
       too_complex = true;
+      return 0;
+    }
+    if (pool.size() + k.size() > kMaxKernelEntries) {
+      too_costly = true;
       return 0;
     }
     pool.insert(pool.end(), k.begin(), k.end());
@@ -1080,7 +1129,8 @@ absl::StatusOr<RegexDfaBuilder::Raw> BuildDfa(const NfaBuilder& nfa, int32_t sta
   std::vector<uint32_t> mark(states.size(), 0);
   uint32_t generation = 0;
   std::vector<int32_t> stack, byte_states;
-  size_t steps = 0;
+  uint64_t steps = 0;
+  const uint64_t allowed = *work;
   std::vector<std::vector<int32_t>> buckets(num_classes);
   for (uint32_t id = 1; id < hashes.size(); ++id) {
     // The closure of the kernel: the byte states in it, and whether it holds the match.
@@ -1115,9 +1165,8 @@ absl::StatusOr<RegexDfaBuilder::Raw> BuildDfa(const NfaBuilder& nfa, int32_t sta
       steps += classes.size();
       for (uint16_t c : classes) buckets[c].push_back(states[s].out);
     }
-    if (steps > kMaxBuildSteps) {
-      return absl::InvalidArgumentError("too complex: its automaton is too costly to build");
-    }
+    for (uint32_t c = 0; c < num_classes; ++c) steps += buckets[c].size();
+    if (steps > allowed) return TooCostly(work);
     for (uint32_t c = 0; c < num_classes; ++c) {
       std::vector<int32_t>& b = buckets[c];
       uint32_t target = 0;
@@ -1126,11 +1175,13 @@ absl::StatusOr<RegexDfaBuilder::Raw> BuildDfa(const NfaBuilder& nfa, int32_t sta
         b.erase(std::unique(b.begin(), b.end()), b.end());
         target = intern(b);
         if (too_complex) return TooComplex();
+        if (too_costly) return TooCostly(work);
         b.clear();
       }
       raw.next.push_back(target);
     }
   }
+  *work -= steps;
   return raw;
 }
 
@@ -1288,7 +1339,9 @@ absl::StatusOr<std::shared_ptr<const RegexDfa>> RegexDfaBuilder::Finish(const Ra
 }
 
 absl::StatusOr<std::shared_ptr<const RegexDfa>> RegexDfa::Compile(std::string_view pattern,
-                                                                  Match match) {
+                                                                  Match match, uint64_t* work) {
+  uint64_t own = kMaxWork;
+  if (work == nullptr) work = &own;
   if (pattern.size() > kMaxPatternBytes) {
     return absl::InvalidArgumentError(absl::StrCat("at offset ", kMaxPatternBytes,
                                                    ": a pattern over ", kMaxPatternBytes,
@@ -1336,7 +1389,7 @@ absl::StatusOr<std::shared_ptr<const RegexDfa>> RegexDfa::Compile(std::string_vi
     return absl::InvalidArgumentError(absl::StrCat("too complex: more than ", kMaxNfaStates,
                                                    " NFA states once repetition is expanded"));
   }
-  auto raw = BuildDfa(nfa, start, universal);
+  auto raw = BuildDfa(nfa, start, universal, work);
   if (!raw.ok()) return raw.status();
   return RegexDfaBuilder::Finish(*raw);
 }

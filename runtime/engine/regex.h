@@ -9,11 +9,13 @@
 // \v \0 \xHH \uHHHH \u{H...}` and escaped punctuation), groups `( )` and `(?: )` and
 // `(?<name> )` / `(?P<name> )`, alternation, `* + ? {n} {n,} {n,m}` (lazy forms accepted:
 // they match the same texts), and `^` / `$` at the start / end of the pattern or of a
-// top-level alternative. Where the two dialects differ the set is the narrower one (`\d`
-// is ASCII digits, `\w` ASCII word characters, `.` no line terminator), so a generated text
-// matches under either. Refused, with the offset and what is not supported: backreferences,
-// lookaround, word boundaries, anchors elsewhere, inline flags, possessive quantifiers,
-// Unicode property classes, and anything over the size limits.
+// top-level alternative. Where the two dialects differ the set is the one both agree on (`\d`
+// is ASCII digits, `\w` ASCII word characters, `\D` and `\W` hold no character Python's
+// Unicode classes would call a digit or a word character, `\s` / `\S` no character either
+// calls the other, `.` no line terminator), so a generated text matches under either.
+// Refused, with the offset and what is not supported: backreferences, lookaround, word
+// boundaries, anchors elsewhere, inline flags, possessive quantifiers, Unicode property
+// classes, `\D` `\W` `\S` in a negated class, and anything over the size or work limits.
 #pragma once
 
 #include <cstdint>
@@ -42,12 +44,18 @@ class RegexDfa {
   static constexpr int kMaxNfaStates = 1 << 17;  // after counted repetition is expanded
   static constexpr int kMaxDfaStates = 1 << 14;  // live states, the dead one included
   static constexpr int kMaxNesting = 256;        // groups within groups
+  // The construction's work on one pattern (NFA states visited, transitions and kernel
+  // entries handled: about 0.1 s), or on all the patterns that share a `work` counter.
+  static constexpr uint64_t kMaxWork = uint64_t{1} << 25;
 
   // Compiles `pattern`. Errors are INVALID_ARGUMENT and say what is wrong and where
   // ("at offset 3: lookahead is not supported"), and so does a pattern no text matches
-  // ("no text matches it").
+  // ("no text matches it") or one too costly ("too complex: ..."). `work`, when given, is
+  // the allowance left to the patterns that share it (a schema's), decreased by this one's
+  // work; else each pattern has kMaxWork.
   static absl::StatusOr<std::shared_ptr<const RegexDfa>> Compile(std::string_view pattern,
-                                                                 Match match = Match::kFull);
+                                                                 Match match = Match::kFull,
+                                                                 uint64_t* work = nullptr);
 
   // The texts this DFA accepts that are also valid UTF-8 of `min` ..= `max` code points
   // (max kUnbounded: no upper bound). INVALID_ARGUMENT when no text is left or the product

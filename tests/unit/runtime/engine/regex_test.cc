@@ -333,13 +333,30 @@ TEST(RegexDfaTest, Utf8) {
     EXPECT_FALSE(Accepts(*dfa, "\xF0\x9F\x98\x81")) << p;
     EXPECT_EQ(dfa->num_states(), 6) << p;
   }
+  // The class escapes hold what both dialects agree on: \W only ASCII (Python's \w takes
+  // letters like é), \D up to U+024F (Python's \d takes other scripts' digits), \S nothing
+  // either counts as whitespace, \s nothing only one does.
   const auto word = MustCompile("\\W\\S\\D");
   ASSERT_NE(word, nullptr);
-  EXPECT_TRUE(Accepts(*word, "\xC3\xA9\xE4\xB8\xAD\xF0\x9F\x98\x80"));
+  EXPECT_TRUE(Accepts(*word, "!\xE4\xB8\xAD\xC3\xA9"));
+  EXPECT_FALSE(Accepts(*word, "\xC3\xA9\xE4\xB8\xAD\xC3\xA9"));  // é is \w in Python
+  EXPECT_FALSE(Accepts(*word, "!\xE4\xB8\xAD\xD9\xA3"));         // ٣ is \d in Python
+  EXPECT_FALSE(Accepts(*word,
+                       "!\xC2\x85"
+                       "a"));  // NEL: Python's \s
+  const auto not_word = MustCompile("[^\\w]");
+  ASSERT_NE(not_word, nullptr);
+  EXPECT_TRUE(Accepts(*not_word, "!"));
+  EXPECT_FALSE(Accepts(*not_word, "\xC3\xA9"));
   const auto space = MustCompile("\\s+");
   ASSERT_NE(space, nullptr);
-  EXPECT_TRUE(Accepts(*space, " \t\n\v\f\r\xC2\xA0\xE2\x80\x83\xE3\x80\x80\xEF\xBB\xBF"));
-  EXPECT_FALSE(Accepts(*space, "\xC2\x85"));  // NEL: not ECMAScript's
+  EXPECT_TRUE(Accepts(*space, " \t\n\v\f\r\xC2\xA0\xE2\x80\x83\xE3\x80\x80"));
+  EXPECT_FALSE(Accepts(*space, "\xC2\x85"));      // NEL: not ECMAScript's
+  EXPECT_FALSE(Accepts(*space, "\xEF\xBB\xBF"));  // U+FEFF: not Python's
+  const auto not_space = MustCompile("[^\\s]+");
+  ASSERT_NE(not_space, nullptr);
+  EXPECT_TRUE(Accepts(*not_space, "a\xC3\xA9"));
+  EXPECT_FALSE(Accepts(*not_space, "\x1C"));  // Python's whitespace
   // Every byte sequence up to three bytes: accepted by `.` exactly when it is one valid
   // UTF-8 code point other than a line terminator.
   for (uint32_t v = 0; v < (1u << 24); v += 7) {
@@ -619,7 +636,8 @@ TEST(RegexDfaTest, RefusesPastTheLimits) {
 }
 
 TEST(RegexDfaTest, RefusesPatternsNoTextMatches) {
-  for (const char* p : {"[^\\s\\S]", "a[^\\d\\D]b|[^\\w\\W]", "\\uD800", "[\\uD800-\\uDFFF]+"}) {
+  for (const char* p : {"[^\\s\\x00-\\u{10FFFF}]", "a[^\\d\\x00-\\u{10FFFF}]b|[^\\w\\x00-\\x7F]",
+                        "\\uD800", "[\\uD800-\\uDFFF]+"}) {
     for (Match match : {Match::kFull, Match::kSearch}) {
       auto dfa = RegexDfa::Compile(p, match);
       ASSERT_FALSE(dfa.ok()) << p;
@@ -628,7 +646,7 @@ TEST(RegexDfaTest, RefusesPatternsNoTextMatches) {
     }
   }
   // A dead branch is pruned; the rest stays.
-  const auto dfa = MustCompile("a[^\\s\\S]|b");
+  const auto dfa = MustCompile("a[^\\s\\x00-\\u{10FFFF}]|b");
   ASSERT_NE(dfa, nullptr);
   EXPECT_EQ(dfa->Walk(dfa->start(), "a"), RegexDfa::kDead);
   EXPECT_TRUE(Accepts(*dfa, "b"));
