@@ -422,6 +422,13 @@ def make_openai_request():
         "guided_choice": {"prompt": "x", "guided_choice": ["yes", "no"]},
         "guided_json": {"prompt": "x", "guided_json": {"type": "object",
                                                        "properties": {"a": {"type": "integer"}}}},
+        "guided_regex": {"prompt": "x", "guided_regex": "[A-Z][a-z]{1,8} (?:is|was) \\d+\\."},
+        "structured_regex": {"prompt": "x", "structured_outputs": {"regex": "(?:ab|c)+-\\d{1,3}"}},
+        "json_constrained": {"prompt": "x", "guided_json": {"type": "object", "properties": {
+            "d": {"type": "string", "format": "date"},
+            "c": {"type": "string", "pattern": "^[A-Z]{2}-\\d{3}$", "maxLength": 6},
+            "n": {"type": "integer", "minimum": -5, "exclusiveMaximum": 120},
+            "x": {"type": "number", "minimum": 0, "maximum": 1}}}},
         "bad_types": {"prompt": 3, "max_tokens": "8", "temperature": None, "suffix": "s"},
     }
     for name, body in completions.items():
