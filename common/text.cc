@@ -6,13 +6,14 @@
 #include "absl/strings/str_cat.h"
 
 namespace spanserve {
-namespace {
 
-// Length of the valid UTF-8 sequence at s[i] (1-4), or 0 if it is not one.
-size_t Utf8Length(absl::string_view s, size_t i) {
+size_t DecodeUtf8(absl::string_view s, size_t i, uint32_t* code_point) {
   const auto b = [&](size_t k) { return static_cast<uint8_t>(s[k]); };
   const uint8_t c = b(i);
-  if (c < 0x80) return 1;
+  if (c < 0x80) {
+    *code_point = c;
+    return 1;
+  }
   size_t n = 0;
   uint32_t cp = 0;
   if ((c & 0xE0) == 0xC0) {
@@ -35,7 +36,16 @@ size_t Utf8Length(absl::string_view s, size_t i) {
   // Overlong forms, surrogates and values past U+10FFFF are not UTF-8.
   static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
   if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  *code_point = cp;
   return n;
+}
+
+namespace {
+
+// Length of the valid UTF-8 sequence at s[i] (1-4), or 0 if it is not one.
+size_t Utf8Length(absl::string_view s, size_t i) {
+  uint32_t code_point;
+  return DecodeUtf8(s, i, &code_point);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "absl/strings/string_view.h"
@@ -11,6 +12,11 @@ namespace spanserve {
 
 // The most bytes of a client's value that an error message or a log line repeats.
 inline constexpr size_t kMaxEchoBytes = 128;
+
+// The code point of the well-formed UTF-8 sequence at s[i] (i < s.size()) in *code_point,
+// and its length in bytes (1-4); 0 if the bytes there are not one (an overlong form, a
+// surrogate, a value past U+10FFFF, or cut short).
+size_t DecodeUtf8(absl::string_view s, size_t i, uint32_t* code_point);
 
 // Whether `value` is well-formed UTF-8 (no overlong forms, surrogates or values past
 // U+10FFFF), as protobuf requires of string fields.

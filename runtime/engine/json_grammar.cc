@@ -78,15 +78,15 @@ bool JsonMatcher::Feed(std::string_view bytes) {
   return true;
 }
 
-const RegexDfa* JsonMatcher::regex() const {
-  if (schema_ == nullptr || key_ || mode_ != Mode::kString) return nullptr;
+const RegexDfa* JsonMatcher::pattern() const {
+  if (schema_ == nullptr || key_) return nullptr;
   const JsonSchema::Node& n = node(node_);
   return n.kind == Kind::kString ? n.regex.get() : nullptr;
 }
 
 bool JsonMatcher::TakesPlain(std::string_view bytes, uint32_t chars) const {
   if (chars > string_room()) return false;
-  const RegexDfa* re = regex();
+  const RegexDfa* re = pattern();
   if (re == nullptr) return true;
   const uint32_t end = re->Walk(re_, bytes);
   return end != RegexDfa::kDead && Room(end, count_ + chars);
@@ -102,10 +102,9 @@ bool JsonMatcher::Room(uint32_t state, uint32_t chars) const {
 
 // One byte of a pattern string's value (an escape's, decoded), of its `chars`-th character.
 bool JsonMatcher::RegexByte(uint8_t c, uint32_t chars) {
-  if (schema_ == nullptr) return true;
-  const JsonSchema::Node& n = node(node_);
-  if (n.kind != Kind::kString || n.regex == nullptr) return true;
-  const uint32_t next = n.regex->Next(re_, c);
+  const RegexDfa* re = pattern();
+  if (re == nullptr) return true;
+  const uint32_t next = re->Next(re_, c);
   if (next == RegexDfa::kDead || !Room(next, chars)) return false;
   re_ = next;
   return true;
@@ -114,12 +113,10 @@ bool JsonMatcher::RegexByte(uint8_t c, uint32_t chars) {
 // In a pattern string, whether some ASCII character may come next as its `chars`-th (each
 // can be written as an escape); true elsewhere.
 bool JsonMatcher::AsciiMayFollow(uint32_t chars) const {
-  if (schema_ == nullptr || node(node_).kind != Kind::kString || node(node_).regex == nullptr) {
-    return true;
-  }
-  const RegexDfa& re = *node(node_).regex;
+  const RegexDfa* re = pattern();
+  if (re == nullptr) return true;
   for (int b = 0; b < 0x80; ++b) {
-    const uint32_t next = re.Next(re_, static_cast<uint8_t>(b));
+    const uint32_t next = re->Next(re_, static_cast<uint8_t>(b));
     if (next != RegexDfa::kDead && Room(next, chars)) return true;
   }
   return false;
@@ -128,7 +125,7 @@ bool JsonMatcher::AsciiMayFollow(uint32_t chars) const {
 // One hex digit of a \u escape in a pattern string: only ASCII characters are written so
 // ("\u00XX", XX below 80), and only those the pattern takes here.
 bool JsonMatcher::UnicodeEscape(uint8_t c) {
-  const RegexDfa& re = *node(node_).regex;
+  const RegexDfa& re = *pattern();
   const int digit = 4 - aux_;  // 0 ..= 3
   const int v = HexValue(c);
   if (digit < 2) return v == 0;
@@ -280,7 +277,7 @@ bool JsonMatcher::StartString(bool key) {
   mode_ = Mode::kString;
   key_ = key;
   count_ = 0;
-  if (const RegexDfa* re = regex(); re != nullptr) re_ = re->start();
+  if (const RegexDfa* re = pattern(); re != nullptr) re_ = re->start();
   return true;
 }
 
@@ -553,7 +550,7 @@ bool JsonMatcher::FeedInner(uint8_t c) {
         --utf8_need_;
         utf8_lo_ = 0x80;
         utf8_hi_ = 0xBF;
-        return key_ || RegexByte(c, count_);
+        return RegexByte(c, count_);
       }
       if (c == '"') {
         if (key_) {
@@ -566,18 +563,18 @@ bool JsonMatcher::FeedInner(uint8_t c) {
         if (schema_ != nullptr && node(node_).kind == Kind::kString && count_ < node(node_).min) {
           return false;
         }
-        if (const RegexDfa* re = regex(); re != nullptr && !re->accepting(re_)) return false;
+        if (const RegexDfa* re = pattern(); re != nullptr && !re->accepting(re_)) return false;
         AfterValue();
         return true;
       }
       if (c == '\\') {
         // In a pattern string some ASCII character must be able to come: each can be escaped.
-        if (!CountChar() || (!key_ && !AsciiMayFollow(count_))) return false;
+        if (!CountChar() || !AsciiMayFollow(count_)) return false;
         mode_ = Mode::kEscape;
         return true;
       }
       if (c < 0x20) return false;
-      if (!key_ && !RegexByte(c, count_ + 1)) return false;
+      if (!RegexByte(c, count_ + 1)) return false;
       if (c < 0x80) return CountChar();
       // UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing past U+10FFFF.
       if (c >= 0xC2 && c <= 0xDF) {
@@ -600,10 +597,8 @@ bool JsonMatcher::FeedInner(uint8_t c) {
         return true;
       }
       return false;
-    case Mode::kEscape: {
+    case Mode::kEscape:
       // A pattern string reads the escaped character.
-      const bool pattern = !key_ && schema_ != nullptr && node(node_).kind == Kind::kString &&
-                           node(node_).regex != nullptr;
       switch (c) {
         case '"':
         case '\\':
@@ -614,28 +609,23 @@ bool JsonMatcher::FeedInner(uint8_t c) {
         case 'r':
         case 't': {
           constexpr std::string_view kFrom = "\"\\/bfnrt", kTo = "\"\\/\b\f\n\r\t";
-          if (pattern &&
-              !RegexByte(static_cast<uint8_t>(kTo[kFrom.find(static_cast<char>(c))]), count_)) {
+          if (!RegexByte(static_cast<uint8_t>(kTo[kFrom.find(static_cast<char>(c))]), count_)) {
             return false;
           }
           mode_ = Mode::kString;
           return true;
         }
         case 'u':
-          if (pattern && !AsciiMayFollow(count_)) return false;
+          if (!AsciiMayFollow(count_)) return false;
           mode_ = Mode::kUnicode;
           aux_ = 4;
           return true;
         default:
           return false;
       }
-    }
     case Mode::kUnicode:
       if (!IsHex(c)) return false;
-      if (!key_ && schema_ != nullptr && node(node_).kind == Kind::kString &&
-          node(node_).regex != nullptr && !UnicodeEscape(c)) {
-        return false;
-      }
+      if (pattern() != nullptr && !UnicodeEscape(c)) return false;
       if (--aux_ == 0) mode_ = Mode::kString;
       return true;
     case Mode::kNumMinus:

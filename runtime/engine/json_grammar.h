@@ -53,7 +53,7 @@ class JsonMatcher {
   // The characters a string may still take (UINT32_MAX: unbounded).
   uint32_t string_room() const;
   // The string being read has a pattern or format: each character is checked against it.
-  bool in_pattern() const { return regex() != nullptr; }
+  bool in_pattern() const { return mode_ == Mode::kString && pattern() != nullptr; }
   // In a plain string, whether it takes `bytes`: `chars` whole characters, none of them '"',
   // '\\' or a control byte.
   bool TakesPlain(std::string_view bytes, uint32_t chars) const;
@@ -111,7 +111,8 @@ class JsonMatcher {
   bool Key(uint8_t c);
   bool Literal(uint8_t c);
   bool CountChar();
-  const RegexDfa* regex() const;
+  // The pattern (or format) of the string value being read, if it has one.
+  const RegexDfa* pattern() const;
   bool Room(uint32_t state, uint32_t chars) const;
   bool RegexByte(uint8_t c, uint32_t chars);
   bool UnicodeEscape(uint8_t c);

@@ -12,6 +12,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "common/text.h"
 
 namespace spanserve::engine {
 
@@ -155,42 +157,6 @@ int EncodeUtf8(uint32_t cp, uint8_t* out) {
   return 4;
 }
 
-// The code point at `s[i]` and its length in bytes; 0 if the bytes there are not UTF-8
-// (overlong forms, surrogates and code points past U+10FFFF included).
-size_t DecodeUtf8(std::string_view s, size_t i, uint32_t* cp) {
-  const uint8_t b0 = static_cast<uint8_t>(s[i]);
-  if (b0 < 0x80) {
-    *cp = b0;
-    return 1;
-  }
-  size_t n;
-  uint32_t v;
-  if (b0 >= 0xC2 && b0 <= 0xDF) {
-    n = 2;
-    v = b0 & 0x1F;
-  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
-    n = 3;
-    v = b0 & 0x0F;
-  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
-    n = 4;
-    v = b0 & 0x07;
-  } else {
-    return 0;
-  }
-  if (i + n > s.size()) return 0;
-  for (size_t k = 1; k < n; ++k) {
-    const uint8_t b = static_cast<uint8_t>(s[i + k]);
-    if ((b & 0xC0) != 0x80) return 0;
-    v = (v << 6) | (b & 0x3F);
-  }
-  if ((n == 3 && v < 0x800) || (n == 4 && (v < 0x10000 || v > kMaxCodePoint)) ||
-      (v >= 0xD800 && v <= 0xDFFF)) {
-    return 0;
-  }
-  *cp = v;
-  return n;
-}
-
 // One code point's text, for messages: printable ASCII as is, anything else as U+XXXX.
 std::string CharName(uint32_t cp) {
   if (cp >= 0x21 && cp <= 0x7E) return std::string(1, static_cast<char>(cp));
@@ -278,7 +244,7 @@ class Parser {
   bool Parse() {
     for (size_t i = 0; i < pattern_.size();) {
       uint32_t cp;
-      const size_t len = DecodeUtf8(pattern_, i, &cp);
+      const size_t len = DecodeUtf8(absl::string_view(pattern_.data(), pattern_.size()), i, &cp);
       if (len == 0) {
         error_ = absl::InvalidArgumentError(
             absl::StrCat("at offset ", i, ": a pattern that is not valid UTF-8 is not supported"));

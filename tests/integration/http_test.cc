@@ -101,6 +101,21 @@ Answer PostRaw(httplib::Client& client, const std::string& path, const std::stri
   return a;
 }
 
+// Completions bodies ("And God said" plus `fields`) each refused with a 400 naming `param`,
+// its message containing `message`.
+void ExpectRefusals(httplib::Client& client,
+                    const std::vector<std::tuple<json, std::string, std::string>>& refusals) {
+  for (const auto& [fields, param, message] : refusals) {
+    json body = {{"prompt", "And God said"}};
+    body.update(fields);
+    const Answer refused = Post(client, "/v1/completions", body);
+    EXPECT_EQ(refused.status, 400) << refused.raw;
+    EXPECT_EQ(refused.body["error"]["param"], param) << refused.raw;
+    EXPECT_NE(refused.body["error"]["message"].get<std::string>().find(message), std::string::npos)
+        << refused.raw;
+  }
+}
+
 // The events of an SSE body ("data: ..." lines), [DONE] included as the string.
 std::vector<std::string> SseData(const std::string& body) {
   std::vector<std::string> out;
@@ -463,15 +478,7 @@ TEST(HttpTest, JsonSchemaAnswersTextsTheSchemaAccepts) {
       {json{{"guided_json", json::object()}, {"response_format", {{"type", "json_object"}}}},
        "guided_json", "beside"},
   };
-  for (const auto& [fields, param, message] : refusals) {
-    json body = {{"prompt", "And God said"}};
-    body.update(fields);
-    const Answer refused = Post(client, "/v1/completions", body);
-    EXPECT_EQ(refused.status, 400) << refused.raw;
-    EXPECT_EQ(refused.body["error"]["param"], param) << refused.raw;
-    EXPECT_NE(refused.body["error"]["message"].get<std::string>().find(message), std::string::npos)
-        << refused.raw;
-  }
+  ExpectRefusals(client, refusals);
 }
 
 TEST(HttpTest, GuidedRegexAnswersTextsThatMatch) {
@@ -561,15 +568,7 @@ TEST(HttpTest, GuidedRegexAnswersTextsThatMatch) {
       {json{{"guided_regex", "a"}, {"structured_outputs", {{"regex", "b"}}}}, "structured_outputs",
        "beside"},
   };
-  for (const auto& [fields, param, message] : refusals) {
-    json body = {{"prompt", "And God said"}};
-    body.update(fields);
-    const Answer refused = Post(client, "/v1/completions", body);
-    EXPECT_EQ(refused.status, 400) << refused.raw;
-    EXPECT_EQ(refused.body["error"]["param"], param) << refused.raw;
-    EXPECT_NE(refused.body["error"]["message"].get<std::string>().find(message), std::string::npos)
-        << refused.raw;
-  }
+  ExpectRefusals(client, refusals);
 }
 
 TEST(HttpTest, JsonSchemaPatternsFormatsAndBoundsHold) {
