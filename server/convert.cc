@@ -26,6 +26,9 @@ namespace {
 // floor below are always tokenized, whatever the context.
 constexpr int64_t kMaxPromptBytesPerToken = 64;
 constexpr int64_t kMinPromptTextBytes = 64 << 10;
+// vLLM's bad_words: the most words a request may give, and bytes each.
+constexpr int kMaxBadWords = 256;
+constexpr size_t kMaxBadWordBytes = 1024;
 
 std::string FieldName(absl::string_view prefix, absl::string_view name) {
   return prefix.empty() ? std::string(name) : absl::StrCat(prefix, ".", name);
@@ -92,7 +95,43 @@ absl::StatusOr<std::string> ChatPromptText(const v1::Chat& chat, absl::string_vi
   ASSIGN_OR_RETURN(const nlohmann::ordered_json kwargs,
                    parse(chat.chat_template_kwargs(), "chat.chat_template_kwargs", false));
   ASSIGN_OR_RETURN(const nlohmann::ordered_json tools, parse(chat.tools(), "chat.tools", true));
-  return model.chat_template()->Apply(messages, generation_prompt, messages_field, kwargs, tools);
+  if (!chat.continue_final_message()) {
+    return model.chat_template()->Apply(messages, generation_prompt, messages_field, kwargs, tools);
+  }
+  // continue_final_message, as transformers' apply_chat_template: rendered without a
+  // generation prompt, the text is cut after the last occurrence of the final message's
+  // content (else of its whitespace-stripped content: some templates trim messages), so the
+  // end-of-turn after it is gone and the model goes on with the message.
+  const std::string continue_field = FieldName(field, "chat.continue_final_message");
+  if (generation_prompt) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(continue_field, ": cannot be true with add_generation_prompt true"));
+  }
+  const std::string& last = messages.back().content;
+  constexpr std::string_view kSpace = " \t\n\v\f\r";
+  std::string_view stripped = last;
+  stripped.remove_prefix(std::min(stripped.size(), stripped.find_first_not_of(kSpace)));
+  stripped.remove_suffix(stripped.size() - (stripped.find_last_not_of(kSpace) + 1));
+  if (stripped.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(continue_field, ": the last message has no content to continue"));
+  }
+  ASSIGN_OR_RETURN(std::string text,
+                   model.chat_template()->Apply(messages, false, messages_field, kwargs, tools));
+  size_t at = text.rfind(last);
+  size_t len = last.size();
+  if (at == std::string::npos) {
+    at = text.rfind(stripped);
+    len = stripped.size();
+  }
+  if (at == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(continue_field,
+                     ": the chat template does not write the last message's content as given, "
+                     "so it cannot be continued"));
+  }
+  text.resize(at + len);
+  return text;
 }
 
 absl::StatusOr<std::vector<int32_t>> EncodeText(std::string_view text, bool add_special_tokens,
@@ -403,6 +442,11 @@ absl::StatusOr<engine::SamplingParams> ToSamplingParams(const v1::SamplingParams
   // A map has no order: by id, so that the same request always applies its biases alike.
   p.logit_bias.assign(proto.logit_bias().begin(), proto.logit_bias().end());
   std::sort(p.logit_bias.begin(), p.logit_bias.end());
+  if (proto.has_include_stop_str_in_output()) {
+    p.include_stop_str_in_output = proto.include_stop_str_in_output();
+  }
+  if (proto.has_skip_special_tokens()) p.skip_special_tokens = proto.skip_special_tokens();
+  p.allowed_token_ids.assign(proto.allowed_token_ids().begin(), proto.allowed_token_ids().end());
   switch (proto.response_format()) {
     case v1::RESPONSE_FORMAT_TEXT:
       break;
@@ -462,6 +506,51 @@ absl::StatusOr<engine::SamplingParams> ToSamplingParams(const v1::SamplingParams
   return p;
 }
 
+namespace {
+
+// vLLM's bad_words as the token sequences the engine bans (SamplingParams::bad_words).
+absl::StatusOr<std::vector<std::vector<int32_t>>> BadWordIds(
+    const google::protobuf::RepeatedPtrField<std::string>& words, const ServedModel& model) {
+  std::vector<std::vector<int32_t>> out;
+  if (words.empty()) return out;
+  if (words.size() > kMaxBadWords) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.bad_words: at most ", kMaxBadWords, " words, got ", words.size()));
+  }
+  if (model.tokenizer() == nullptr) {
+    return absl::InvalidArgumentError(
+        "sampling.bad_words: the served model has no tokenizer.json to tokenize them");
+  }
+  for (int i = 0; i < words.size(); ++i) {
+    const std::string field = absl::StrCat("sampling.bad_words[", i, "]");
+    // As vLLM: the word without its leading whitespace, alone and after a space (the form
+    // it takes inside text); the second only where it is a different token sequence of the
+    // same length.
+    std::string_view word = words[i];
+    word.remove_prefix(std::min(word.size(), word.find_first_not_of(" \t\n\v\f\r")));
+    if (word.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is blank"));
+    if (word.size() > kMaxBadWordBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": at most ", kMaxBadWordBytes, " bytes, got ", word.size()));
+    }
+    ASSIGN_OR_RETURN(std::vector<int32_t> alone, EncodeText(word, false, field, model));
+    ASSIGN_OR_RETURN(std::vector<int32_t> spaced,
+                     EncodeText(" " + std::string(word), false, field, model));
+    if (alone.empty())
+      return absl::InvalidArgumentError(absl::StrCat(field, " encodes to nothing"));
+    if (static_cast<int32_t>(alone.size()) > engine::kMaxBadWordTokens) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": at most ", engine::kMaxBadWordTokens,
+                                                     " tokens, got ", alone.size()));
+    }
+    const bool other = spaced.size() == alone.size() && spaced[0] != alone[0];
+    out.push_back(std::move(alone));
+    if (other) out.push_back(std::move(spaced));
+  }
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<engine::Request> ToEngineRequest(const v1::GenerateRequest& proto,
                                                 const ServedModel& model, int32_t min_max_tokens) {
   const engine::EngineInfo& info = model.engine().info();
@@ -469,6 +558,20 @@ absl::StatusOr<engine::Request> ToEngineRequest(const v1::GenerateRequest& proto
   ASSIGN_OR_RETURN(request.prompt, PromptIds(proto.prompt(), "prompt", model));
   ASSIGN_OR_RETURN(request.sampling,
                    ToSamplingParams(proto.sampling(), info.vocab_size, min_max_tokens));
+  ASSIGN_OR_RETURN(request.sampling.bad_words, BadWordIds(proto.sampling().bad_words(), model));
+  if (proto.sampling().has_truncate_prompt_tokens()) {
+    // vLLM's truncate_prompt_tokens: the prompt's last N tokens (-1: max_model_len of them).
+    int32_t keep = proto.sampling().truncate_prompt_tokens();
+    if (keep == -1) keep = info.max_model_len;
+    if (keep < 1 || keep > info.max_model_len) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sampling.truncate_prompt_tokens must be -1 or in [1, max_model_len = ",
+                       info.max_model_len, "], got ", proto.sampling().truncate_prompt_tokens()));
+    }
+    if (static_cast<int64_t>(request.prompt.size()) > keep) {
+      request.prompt.erase(request.prompt.begin(), request.prompt.end() - keep);
+    }
+  }
   // A request that generates nothing (max_tokens 0: the prompt's logprobs only) may fill the
   // whole context.
   RETURN_IF_ERROR(CheckPromptLength(request.prompt.size(), info.max_model_len, "prompt",

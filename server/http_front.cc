@@ -466,7 +466,7 @@ class Exchange {
   }
   std::string TokenText(int32_t id) const {
     const tokenizer::Tokenizer* tok = model_->tokenizer();
-    if (tok == nullptr) return absl::StrCat("token_id:", id);
+    if (tok == nullptr || request_.tokens_as_ids) return absl::StrCat("token_id:", id);
     return tok->Decode(std::span<const int32_t>(&id, 1), /*skip_special_tokens=*/false);
   }
 
@@ -591,7 +591,7 @@ class Exchange {
   // has its part, not U+FFFD), so that consecutive tokens' bytes join into their text.
   json TokenBytes(int32_t id, const std::string& text) const {
     const tokenizer::Tokenizer* tok = model_->tokenizer();
-    const std::string raw = tok != nullptr ? tok->TokenBytes(id) : text;
+    const std::string raw = tok != nullptr && !request_.tokens_as_ids ? tok->TokenBytes(id) : text;
     json b = json::array();
     for (unsigned char ch : raw) b.push_back(static_cast<int>(ch));
     return b;

@@ -76,8 +76,8 @@ absl::StatusOr<LoadedModel> LoadModel(const ModelSpec& spec, ModelLoadOptions op
       (options.reasoning == ModelLoadOptions::Reasoning::kAuto && loaded.chat_template.ok() &&
        absl::StrContains(source.chat_template, "</think>"));
   if (tok != nullptr) {
-    options.engine.detokenize = [tok](std::span<const int32_t> ids) {
-      return tok->Decode(ids, /*skip_special_tokens=*/true);
+    options.engine.detokenize = [tok](std::span<const int32_t> ids, bool skip_special_tokens) {
+      return tok->Decode(ids, skip_special_tokens);
     };
     // JSON mode's token bytes, over the model's vocabulary (which may be padded past the
     // tokenizer's): special and unknown ids have none.

@@ -136,16 +136,45 @@ absl::Status SetStop(const json& body, v1::SamplingParams* s) {
   return absl::OkStatus();
 }
 
-absl::Status SetStopTokenIds(const json& body, v1::SamplingParams* s) {
-  const json* v = Field(body, "stop_token_ids");
+// A list of token ids (stop_token_ids, allowed_token_ids); the engine checks them against the
+// vocabulary. Null or absent: nothing is added.
+absl::Status AddTokenIds(const json& body, absl::string_view key,
+                         google::protobuf::RepeatedField<int32_t>* ids) {
+  const json* v = Field(body, key);
   if (v == nullptr) return absl::OkStatus();
-  if (!v->is_array()) return ParamError("stop_token_ids", "must be a list of token ids");
+  if (!v->is_array()) return ParamError(key, "must be a list of token ids");
   for (const json& e : *v) {
     if (!e.is_number_integer() || e.get<int64_t>() < 0 ||
         e.get<int64_t>() > std::numeric_limits<int32_t>::max()) {
-      return ParamError("stop_token_ids", "must be a list of token ids");
+      return ParamError(key, "must be a list of token ids");
     }
-    s->add_stop_token_ids(static_cast<int32_t>(e.get<int64_t>()));
+    ids->Add(static_cast<int32_t>(e.get<int64_t>()));
+  }
+  return absl::OkStatus();
+}
+
+// vLLM's allowed_token_ids: an empty list would allow nothing, and is refused as vLLM does.
+absl::Status SetAllowedTokenIds(const json& body, v1::SamplingParams* s) {
+  const json* v = Field(body, "allowed_token_ids");
+  if (v == nullptr) return absl::OkStatus();
+  if (v->is_array() && v->empty()) {
+    return ParamError("allowed_token_ids", "must not be empty: it would allow no token");
+  }
+  return AddTokenIds(body, "allowed_token_ids", s->mutable_allowed_token_ids());
+}
+
+// vLLM's bad_words: a list of words (a single string is taken as one).
+absl::Status SetBadWords(const json& body, v1::SamplingParams* s) {
+  const json* v = Field(body, "bad_words");
+  if (v == nullptr) return absl::OkStatus();
+  if (v->is_string()) {
+    s->add_bad_words(v->get<std::string>());
+    return absl::OkStatus();
+  }
+  if (!v->is_array()) return ParamError("bad_words", "must be a list of strings");
+  for (const json& e : *v) {
+    if (!e.is_string()) return ParamError("bad_words", "must be a list of strings");
+    s->add_bad_words(e.get<std::string>());
   }
   return absl::OkStatus();
 }
@@ -204,8 +233,18 @@ absl::StatusOr<v1::SamplingParams> ParseSampling(const json& body, OpenAIEndpoin
   ASSIGN_OR_RETURN(std::optional<bool> ignore_eos, Bool(body, "ignore_eos"));
   if (ignore_eos) s.set_ignore_eos(*ignore_eos);
   RETURN_IF_ERROR(SetStop(body, &s));
-  RETURN_IF_ERROR(SetStopTokenIds(body, &s));
+  RETURN_IF_ERROR(AddTokenIds(body, "stop_token_ids", s.mutable_stop_token_ids()));
   RETURN_IF_ERROR(SetLogitBias(body, &s));
+  // vLLM's output and token-set extras.
+  ASSIGN_OR_RETURN(std::optional<bool> include_stop, Bool(body, "include_stop_str_in_output"));
+  if (include_stop) s.set_include_stop_str_in_output(*include_stop);
+  ASSIGN_OR_RETURN(std::optional<bool> skip_special, Bool(body, "skip_special_tokens"));
+  if (skip_special) s.set_skip_special_tokens(*skip_special);
+  RETURN_IF_ERROR(SetAllowedTokenIds(body, &s));
+  RETURN_IF_ERROR(SetBadWords(body, &s));
+  ASSIGN_OR_RETURN(std::optional<int32_t> truncate,
+                   Int32In(body, "truncate_prompt_tokens", -1, kInt32Max));
+  if (truncate) s.set_truncate_prompt_tokens(*truncate);
   return s;
 }
 
@@ -335,6 +374,19 @@ absl::StatusOr<v1::Prompt> ChatPrompt(const json& body) {
     }
   }
   ASSIGN_OR_RETURN(std::optional<bool> add_generation_prompt, Bool(body, "add_generation_prompt"));
+  // vLLM's continue_final_message: the last message is left open for the model to go on
+  // with. It takes no generation prompt; vLLM refuses both set, where add_generation_prompt
+  // defaults to true, so a client must send false: here leaving it out is enough.
+  ASSIGN_OR_RETURN(std::optional<bool> continue_final, Bool(body, "continue_final_message"));
+  if (continue_final.value_or(false)) {
+    if (add_generation_prompt.value_or(false)) {
+      return ParamError("continue_final_message",
+                        "cannot be true with add_generation_prompt true: the last message is "
+                        "continued, so no new turn is opened");
+    }
+    add_generation_prompt = false;
+    chat->set_continue_final_message(true);
+  }
   chat->set_add_generation_prompt(add_generation_prompt.value_or(true));
   // vLLM's extra chat-template variables, e.g. {"enable_thinking": false}.
   if (const json* kwargs = Field(body, "chat_template_kwargs"); kwargs != nullptr) {
@@ -383,6 +435,7 @@ std::string OpenAIParam(const absl::Status& status) {
   }
   absl::string_view m = status.message();
   // A chat prompt is the request's messages.
+  if (absl::StartsWith(m, "prompt.chat.continue_final_message")) return "continue_final_message";
   if (absl::StartsWith(m, "prompt.chat")) return "messages";
   if (absl::ConsumePrefix(&m, "sampling.")) {
     size_t end = 0;
@@ -854,6 +907,8 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
     ASSIGN_OR_RETURN(std::optional<bool> echo, Bool(body, "echo"));
     request.echo = echo.value_or(false);
   }
+  ASSIGN_OR_RETURN(std::optional<bool> as_ids, Bool(body, "return_tokens_as_token_ids"));
+  request.tokens_as_ids = as_ids.value_or(false);
   ASSIGN_OR_RETURN(v1::SamplingParams sampling, ParseSampling(body, endpoint));
   sampling.set_response_format(response_format);
   for (std::string& c : choices) sampling.add_guided_choice(std::move(c));

@@ -4,8 +4,10 @@
 // Generate takes (ToEngineRequest). Nothing here touches the engine or the network.
 //
 // Fields follow OpenAI's API with vLLM's extensions (extra body fields top_k, min_p,
-// repetition_penalty, min_tokens, ignore_eos, stop_token_ids, priority,
-// add_special_tokens, add_generation_prompt); docs/API.md maps every field. Unknown fields
+// repetition_penalty, min_tokens, ignore_eos, stop_token_ids, priority, add_special_tokens,
+// add_generation_prompt, continue_final_message, include_stop_str_in_output,
+// skip_special_tokens, allowed_token_ids, bad_words, truncate_prompt_tokens,
+// return_tokens_as_token_ids, guided_*); docs/API.md maps every field. Unknown fields
 // are ignored, as OpenAI's and vLLM's servers do; a known field of the wrong type, or a
 // feature that is not served (tools, suffix, best_of > n), is INVALID_ARGUMENT
 // naming it (OpenAIParam below).
@@ -75,6 +77,8 @@ struct OpenAIRequest {
   // Completions `logprobs` (alternatives per position, 0..20); chat `top_logprobs` when
   // `logprobs` is true. Unset: none.
   std::optional<int32_t> logprobs;
+  // vLLM's return_tokens_as_token_ids: logprobs name tokens "token_id:<id>", not by text.
+  bool tokens_as_ids = false;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   // Chat: the generation prompt (vLLM's add_generation_prompt, default true).

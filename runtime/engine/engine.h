@@ -29,7 +29,7 @@ namespace spanserve::engine {
 // Token ids → text. Must be callable from the engine thread; pure (same ids, same text).
 // Incomplete UTF-8 at the end of the ids may decode to U+FFFD: the engine holds such text
 // back until the following tokens complete it.
-using DetokenizeFn = std::function<std::string(std::span<const int32_t>)>;
+using DetokenizeFn = std::function<std::string(std::span<const int32_t>, bool skip_special_tokens)>;
 
 // Called on the engine thread after every step that ran the model. Must be cheap.
 struct StepStats {

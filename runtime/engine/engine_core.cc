@@ -223,7 +223,7 @@ std::unique_ptr<Sequence> EngineCore::MakeSequence(RequestId id, Request request
   seq->rng.Seed(request.sampling.seed.value_or(default_seed));
   seq->want_text =
       options_.detokenize && (request.sampling.detokenize || !request.sampling.stop.empty());
-  seq->detok.Reset(seq->prompt_len);
+  seq->detok.Reset(seq->prompt_len, request.sampling.skip_special_tokens);
   if (request.sampling.prompt_logprobs.has_value()) {
     seq->prompt_logprobs.reserve(
         std::max(0, seq->prompt_len - request.sampling.prompt_logprobs_from));
@@ -589,18 +589,20 @@ void EngineCore::SampleNext(Sequence* seq, float* row) {
   const std::span<const int32_t> stops(params.stop_token_ids);
   if (past_min &&
       ((!params.ignore_eos && Contains(info_.eos_token_ids, token)) || Contains(stops, token))) {
-    // The stop token's own text is not part of the output.
+    // The stop token's own text is not part of the output, unless asked for.
     FinalInfo& final = out.final.emplace();
     final.reason = FinishReason::kStop;
     final.stop_token = token;
-    FlushText(seq, std::span<const int32_t>(seq->tokens).first(seq->tokens.size() - 1));
+    FlushText(seq, std::span<const int32_t>(seq->tokens)
+                       .first(seq->tokens.size() - (params.include_stop_str_in_output ? 0 : 1)));
     finishing_.push_back(seq);
     return;
   }
   if (seq->want_text) {
     text_.clear();
     seq->detok.Step(options_.detokenize, seq->tokens, &text_);
-    const int hit = seq->stop_matcher.Feed(text_, params.stop, past_min, &out.text);
+    const int hit = seq->stop_matcher.Feed(text_, params.stop, past_min, &out.text,
+                                           params.include_stop_str_in_output);
     if (hit >= 0) {
       FinalInfo& final = out.final.emplace();
       final.reason = FinishReason::kStop;
@@ -624,7 +626,8 @@ void EngineCore::FlushText(Sequence* seq, std::span<const int32_t> tokens) {
   text_.clear();
   seq->detok.Flush(options_.detokenize, tokens, &text_);
   const bool past_min = seq->num_generated() >= params.min_tokens;
-  const int hit = seq->stop_matcher.Feed(text_, params.stop, past_min, &out.text);
+  const int hit = seq->stop_matcher.Feed(text_, params.stop, past_min, &out.text,
+                                         params.include_stop_str_in_output);
   if (hit >= 0) {
     out.final->reason = FinishReason::kStop;
     out.final->stop_string = params.stop[hit];

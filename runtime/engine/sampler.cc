@@ -122,6 +122,27 @@ int32_t ApplyMasks(const SamplingParams& p, std::span<const float> w, SamplerScr
   return n;
 }
 
+void ApplyTokenMasks(const SampleContext& ctx, std::span<float> logits, SamplerScratch& scratch) {
+  const SamplingParams& p = *ctx.params;
+  if (!p.allowed_token_ids.empty()) {
+    // The [vocab] flags, all zero between calls, mark the allowed ids (validated).
+    std::vector<char>& keep = scratch.seen;
+    for (int32_t t : p.allowed_token_ids) keep[t] = 1;
+    for (size_t i = 0; i < logits.size(); ++i) {
+      if (keep[i] == 0) logits[i] = kNegInf;
+    }
+    for (int32_t t : p.allowed_token_ids) keep[t] = 0;
+  }
+  for (const std::vector<int32_t>& word : p.bad_words) {
+    // The word's last token is banned where the output ends with the tokens before it.
+    const size_t prefix = word.size() - 1;
+    if (prefix > ctx.output.size()) continue;
+    if (std::equal(word.begin(), word.end() - 1, ctx.output.end() - prefix)) {
+      logits[word.back()] = kNegInf;
+    }
+  }
+}
+
 int32_t SampleToken(const SampleContext& ctx, std::span<float> logits, Rng& rng,
                     SamplerScratch& scratch) {
   const SamplingParams& p = *ctx.params;
@@ -134,6 +155,7 @@ int32_t SampleToken(const SampleContext& ctx, std::span<float> logits, Rng& rng,
     }
     for (int32_t t : p.stop_token_ids) logits[t] = kNegInf;
   }
+  ApplyTokenMasks(ctx, logits, scratch);
   // Validated ids; a masked token stays masked (-inf + bias).
   for (const auto& [t, bias] : p.logit_bias) logits[t] += bias;
   ApplyPenalties(ctx, logits, scratch);

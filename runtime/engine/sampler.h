@@ -1,6 +1,7 @@
 // Turning one row of logits into the next token, per request (vLLM semantics):
-//   suppress EOS / stop ids (below min_tokens) → repetition, frequency, presence
-//   penalties → greedy argmax, or temperature → min-p → top-k → top-p → draw.
+//   suppress EOS / stop ids (below min_tokens) → allowed_token_ids, bad_words → logit_bias
+//   → repetition, frequency, presence penalties → greedy argmax, or temperature → min-p
+//   → top-k → top-p → draw.
 // Everything a request's choice depends on is its own logits, params, tokens and RNG, so
 // the same seed gives the same output whatever else is in the batch.
 #pragma once
@@ -57,6 +58,8 @@ void ComputeLogprobs(std::span<const float> logits, int32_t token, int32_t top_n
 
 // The pieces of SampleToken, exposed for tests. Each works in place on [vocab] rows.
 void ApplyPenalties(const SampleContext& ctx, std::span<float> logits, SamplerScratch& scratch);
+// allowed_token_ids and bad_words: the ids they rule out get -inf.
+void ApplyTokenMasks(const SampleContext& ctx, std::span<float> logits, SamplerScratch& scratch);
 // Keeps the tokens the min-p / top-k / top-p masks let through, as indices into
 // scratch.cand[0 .. return value), from `weights` = exp((logit - max) / temperature).
 int32_t ApplyMasks(const SamplingParams& params, std::span<const float> weights,

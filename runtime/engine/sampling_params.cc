@@ -46,6 +46,30 @@ absl::Status ValidateSamplingParams(const SamplingParams& p, int32_t vocab_size,
                  bias);
     }
   }
+  if (static_cast<int64_t>(p.allowed_token_ids.size()) > vocab_size) {
+    return Bad("allowed_token_ids", absl::StrCat("at most ", vocab_size, " ids (the vocabulary)"),
+               p.allowed_token_ids.size());
+  }
+  for (int32_t id : p.allowed_token_ids) {
+    if (id < 0 || id >= vocab_size) {
+      return Bad("allowed_token_ids", absl::StrCat("token ids in [0, ", vocab_size, ")"), id);
+    }
+  }
+  if (static_cast<int32_t>(p.bad_words.size()) > kMaxBadWordSequences) {
+    return Bad("bad_words", absl::StrCat("at most ", kMaxBadWordSequences, " token sequences"),
+               p.bad_words.size());
+  }
+  for (const std::vector<int32_t>& word : p.bad_words) {
+    if (word.empty() || static_cast<int32_t>(word.size()) > kMaxBadWordTokens) {
+      return Bad("bad_words", absl::StrCat("words of 1 to ", kMaxBadWordTokens, " tokens"),
+                 word.size());
+    }
+    for (int32_t id : word) {
+      if (id < 0 || id >= vocab_size) {
+        return Bad("bad_words", absl::StrCat("token ids in [0, ", vocab_size, ")"), id);
+      }
+    }
+  }
   if (p.max_tokens < 0) return Bad("max_tokens", ">= 0", p.max_tokens);
   if (p.min_tokens < 0 || p.min_tokens > p.max_tokens) {
     return Bad("min_tokens", absl::StrCat("in [0, max_tokens = ", p.max_tokens, "]"), p.min_tokens);

@@ -22,6 +22,9 @@ inline constexpr int32_t kMaxStopTokenIds = 64;
 // The most token ids a request's logit_bias may name, and the largest bias (OpenAI's range).
 inline constexpr int32_t kMaxLogitBias = 1024;
 inline constexpr float kMaxLogitBiasValue = 100.0f;
+// The most token sequences bad_words may hold (each word gives one or two), and tokens each.
+inline constexpr int32_t kMaxBadWordSequences = 512;
+inline constexpr int32_t kMaxBadWordTokens = 64;
 
 // The form of the output text. kJsonObject (OpenAI's JSON mode): every token keeps the
 // output a valid prefix of a JSON object (engine/json_grammar.h), and EOS (or a stop token)
@@ -61,6 +64,13 @@ struct SamplingParams {
   // min_tokens' masks), as vLLM orders them; greedy takes the argmax of the biased logits.
   // Ids in [0, vocab) (one named twice gets both), biases in ±kMaxLogitBiasValue.
   std::vector<std::pair<int32_t, float>> logit_bias;
+  // vLLM's allowed_token_ids: only these ids may be drawn (every other logit is -inf before
+  // the penalties, EOS included unless listed); empty: every id. Ids in [0, vocab).
+  std::vector<int32_t> allowed_token_ids;
+  // vLLM's bad_words, as token sequences (the server tokenizes each word as vLLM does): the
+  // last token of a sequence cannot be drawn where the output so far ends with the others
+  // (a one-token sequence is never drawn). Only the output is looked at, not the prompt.
+  std::vector<std::vector<int32_t>> bad_words;
   // Same seed, same prompt, same params → same output, whatever else is in the batch.
   // Unset: a seed drawn from the engine's own generator at submit.
   std::optional<uint64_t> seed;
@@ -77,6 +87,13 @@ struct SamplingParams {
   // match, and anything after it, is excluded from the output text. Needs a detokenizer
   // (EngineOptions::detokenize); without one, a request with stop strings is rejected.
   std::vector<std::string> stop;
+  // vLLM's include_stop_str_in_output: the stop string that ended the output stays in its
+  // text (what followed it in the same token does not), and so does the text of a stop
+  // token id or EOS that ended it (a special token's only with skip_special_tokens false).
+  bool include_stop_str_in_output = false;
+  // Special tokens (the tokenizer's added tokens marked special) are left out of the text;
+  // false: they are written as their content, as vLLM's skip_special_tokens.
+  bool skip_special_tokens = true;
   ResponseFormat response_format = ResponseFormat::kText;
   // Set exactly when response_format is kJsonSchema.
   std::shared_ptr<const JsonSchema> json_schema;

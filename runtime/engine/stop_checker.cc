@@ -11,7 +11,8 @@ constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 
 }  // namespace
 
-void IncrementalDetokenizer::Reset(int32_t prompt_len) {
+void IncrementalDetokenizer::Reset(int32_t prompt_len, bool skip_special_tokens) {
+  skip_special_tokens_ = skip_special_tokens;
   read_offset_ = prompt_len;
   prefix_offset_ = std::max(prompt_len - kContextTokens, 0);
 }
@@ -21,8 +22,9 @@ void IncrementalDetokenizer::Step(const DetokenizeFn& decode, std::span<const in
   const int32_t n = static_cast<int32_t>(tokens.size());
   if (n <= read_offset_) return;
   const std::string prefix =
-      decode(tokens.subspan(prefix_offset_, static_cast<size_t>(read_offset_ - prefix_offset_)));
-  const std::string text = decode(tokens.subspan(prefix_offset_));
+      decode(tokens.subspan(prefix_offset_, static_cast<size_t>(read_offset_ - prefix_offset_)),
+             skip_special_tokens_);
+  const std::string text = decode(tokens.subspan(prefix_offset_), skip_special_tokens_);
   if (text.size() > prefix.size() && !std::string_view(text).ends_with(kReplacement)) {
     delta->append(text, prefix.size());
     prefix_offset_ = read_offset_;
@@ -35,14 +37,15 @@ void IncrementalDetokenizer::Flush(const DetokenizeFn& decode, std::span<const i
   const int32_t n = static_cast<int32_t>(tokens.size());
   if (n <= read_offset_) return;
   const std::string prefix =
-      decode(tokens.subspan(prefix_offset_, static_cast<size_t>(read_offset_ - prefix_offset_)));
-  const std::string text = decode(tokens.subspan(prefix_offset_));
+      decode(tokens.subspan(prefix_offset_, static_cast<size_t>(read_offset_ - prefix_offset_)),
+             skip_special_tokens_);
+  const std::string text = decode(tokens.subspan(prefix_offset_), skip_special_tokens_);
   if (text.size() > prefix.size()) delta->append(text, prefix.size());
   prefix_offset_ = read_offset_ = n;
 }
 
 int StopStringMatcher::Feed(std::string_view text, std::span<const std::string> stops, bool check,
-                            std::string* out) {
+                            std::string* out, bool include) {
   if (!check || stops.empty()) {
     out->append(held_);
     held_.clear();
@@ -62,7 +65,7 @@ int StopStringMatcher::Feed(std::string_view text, std::span<const std::string> 
     }
   }
   if (best >= 0) {
-    out->append(held_, 0, best_pos);
+    out->append(held_, 0, best_pos + (include ? stops[best].size() : 0));
     held_.clear();
     return best;
   }

@@ -18,8 +18,9 @@ namespace spanserve::engine {
 // UTF-8 sequence that the next token may complete).
 class IncrementalDetokenizer {
  public:
-  // `prompt_len`: the tokens before the first one to detokenize.
-  void Reset(int32_t prompt_len);
+  // `prompt_len`: the tokens before the first one to detokenize; special tokens are left
+  // out of the text when `skip_special_tokens`.
+  void Reset(int32_t prompt_len, bool skip_special_tokens = true);
   // Appends to *delta the text that tokens[read_offset..] add; `tokens` is prompt +
   // output so far.
   void Step(const DetokenizeFn& decode, std::span<const int32_t> tokens, std::string* delta);
@@ -29,6 +30,7 @@ class IncrementalDetokenizer {
  private:
   int32_t prefix_offset_ = 0;
   int32_t read_offset_ = 0;
+  bool skip_special_tokens_ = true;
 };
 
 // Finds the first stop string in streamed text.
@@ -38,8 +40,10 @@ class StopStringMatcher {
   // Feeds new text. Appends to *out the text that can no longer be part of a stop string.
   // When a stop string matches, appends the text before it, drops the rest and returns the
   // index of the stop string (the earliest match; the first listed on a tie); else -1.
-  // With `check` false (below min_tokens) text passes straight through.
-  int Feed(std::string_view text, std::span<const std::string> stops, bool check, std::string* out);
+  // With `check` false (below min_tokens) text passes straight through. With `include`, the
+  // matched stop string is appended too (vLLM's include_stop_str_in_output).
+  int Feed(std::string_view text, std::span<const std::string> stops, bool check, std::string* out,
+           bool include = false);
   // The held-back text, released at the end of a request that did not stop on a string.
   void Flush(std::string* out);
 

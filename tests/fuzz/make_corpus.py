@@ -430,6 +430,10 @@ def make_openai_request():
             "n": {"type": "integer", "minimum": -5, "exclusiveMaximum": 120},
             "x": {"type": "number", "minimum": 0, "maximum": 1}}}},
         "bad_types": {"prompt": 3, "max_tokens": "8", "temperature": None, "suffix": "s"},
+        "vllm_extras": {"prompt": "And God said", "stop": "the", "include_stop_str_in_output": True,
+                        "skip_special_tokens": False, "allowed_token_ids": [0, 5, 9],
+                        "bad_words": ["light", " dark"], "truncate_prompt_tokens": 2,
+                        "logprobs": 1, "return_tokens_as_token_ids": True},
     }
     for name, body in completions.items():
         write(t, "completions_" + name, b"\x00" + compact(body).encode())
@@ -449,6 +453,10 @@ def make_openai_request():
                                  "b": {"type": "string"}, "a": {"type": "integer"}}}}}}, None),
         "structured_outputs": ({"messages": [{"role": "user", "content": "?"}],
                                 "structured_outputs": {"choice": ["a", "b"]}}, None),
+        "continue_final": ({"messages": [{"role": "user", "content": "Who made the light?"},
+                                         {"role": "assistant", "content": " God made "}],
+                            "continue_final_message": True, "truncate_prompt_tokens": -1},
+                           "it."),
         "tools_auto": ({"messages": [{"role": "user", "content": "Weather in Paris?"}],
                         "tools": [tool], "tool_choice": "auto"},
                        'Sure.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'

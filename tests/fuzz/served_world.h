@@ -43,7 +43,9 @@ inline engine::EngineOptions Options(const spanserve::tokenizer::Tokenizer* tok,
   engine::EngineOptions options;
   options.num_kv_blocks = 80;  // one full 1024-token sequence in 16-token blocks, and spare
   options.max_num_seqs = 4;
-  options.detokenize = [tok](std::span<const int32_t> ids) { return tok->Decode(ids, true); };
+  options.detokenize = [tok](std::span<const int32_t> ids, bool skip_special_tokens) {
+    return tok->Decode(ids, skip_special_tokens);
+  };
   // JSON mode's and structured outputs' token bytes, as server/model_loading.cc builds them.
   options.token_bytes =
       std::make_shared<const engine::TokenBytesTable>(vocab_size, [tok](int32_t id) {

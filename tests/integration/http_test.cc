@@ -636,6 +636,205 @@ std::string BundledModelWithTemplate(const std::string& template_name) {
   return dir;
 }
 
+// vLLM's extras for sampling and output: include_stop_str_in_output, skip_special_tokens,
+// allowed_token_ids, bad_words, truncate_prompt_tokens, return_tokens_as_token_ids, and
+// chat's continue_final_message; over gRPC the same sampling fields.
+TEST(HttpTest, VllmExtrasAnswerAsVllmDoes) {
+  HttpServer s({"--model=qwen=" + BundledModelWithTemplate("Qwen-Qwen2.5-7B-Instruct")});
+  auto client = s.Client();
+  const auto complete = [&](const json& fields) {
+    json body = {
+        {"prompt", "And God said"}, {"max_tokens", 16}, {"temperature", 0}, {"ignore_eos", true}};
+    if (!fields.is_null()) body.update(fields);
+    const Answer a = Post(client, "/v1/completions", body);
+    EXPECT_EQ(a.status, 200) << a.raw;
+    return a.body;
+  };
+  // A choice's token ids, from logprobs with return_tokens_as_token_ids.
+  const auto ids_of = [](const json& choice) {
+    std::vector<int32_t> ids;
+    for (const json& t : choice["logprobs"]["tokens"]) {
+      const std::string s = t;
+      EXPECT_EQ(s.rfind("token_id:", 0), 0u) << s;
+      ids.push_back(std::stoi(s.substr(9)));
+    }
+    return ids;
+  };
+  const auto tokenize = [&](const json& body) {
+    const Answer a = Post(client, "/tokenize", body);
+    EXPECT_EQ(a.status, 200) << a.raw;
+    return a.body["tokens"].get<std::vector<int32_t>>();
+  };
+  const auto detokenize = [&](const std::vector<int32_t>& ids) {
+    const Answer a = Post(client, "/detokenize", {{"tokens", ids}});
+    EXPECT_EQ(a.status, 200) << a.raw;
+    return a.body["prompt"].get<std::string>();
+  };
+  const std::string base = complete({})["choices"][0]["text"];
+  ASSERT_GE(base.size(), 12u);
+
+  // return_tokens_as_token_ids: the ids are the text's.
+  const json as_ids = complete({{"logprobs", 1}, {"return_tokens_as_token_ids", true}});
+  const std::vector<int32_t> base_ids = ids_of(as_ids["choices"][0]);
+  EXPECT_EQ(base_ids.size(), 16u);
+  EXPECT_EQ(detokenize(base_ids), base);
+  for (const auto& [key, value] : as_ids["choices"][0]["logprobs"]["top_logprobs"][0].items()) {
+    EXPECT_EQ(key.rfind("token_id:", 0), 0u) << key;
+  }
+
+  // include_stop_str_in_output: the stop string stays, what follows it does not; streamed too.
+  const std::string stop = base.substr(4, 5);
+  const size_t at = base.find(stop);
+  EXPECT_EQ(complete({{"stop", stop}})["choices"][0]["text"], base.substr(0, at));
+  EXPECT_EQ(complete({{"stop", stop}, {"include_stop_str_in_output", true}})["choices"][0]["text"],
+            base.substr(0, at + stop.size()));
+  {
+    json body = {{"prompt", "And God said"},
+                 {"max_tokens", 16},
+                 {"temperature", 0},
+                 {"stop", stop},
+                 {"include_stop_str_in_output", true},
+                 {"stream", true}};
+    auto res = client.Post("/v1/completions", body.dump(), "application/json");
+    ASSERT_TRUE(res);
+    std::string joined;
+    for (const std::string& e : SseData(res->body)) {
+      if (e != "[DONE]") joined += json::parse(e)["choices"][0]["text"].get<std::string>();
+    }
+    EXPECT_EQ(joined, base.substr(0, at + stop.size()));
+  }
+
+  // skip_special_tokens false writes <|endoftext|> (id 0); an EOS that stops the output is
+  // written only with include_stop_str_in_output.
+  EXPECT_EQ(complete({{"allowed_token_ids", {0}}, {"max_tokens", 3}})["choices"][0]["text"], "");
+  EXPECT_EQ(complete({{"allowed_token_ids", {0}},
+                      {"max_tokens", 3},
+                      {"skip_special_tokens", false}})["choices"][0]["text"],
+            "<|endoftext|><|endoftext|><|endoftext|>");
+  for (const bool include : {false, true}) {
+    const json eos = complete({{"allowed_token_ids", {0}},
+                               {"ignore_eos", false},
+                               {"skip_special_tokens", false},
+                               {"include_stop_str_in_output", include}});
+    EXPECT_EQ(eos["choices"][0]["finish_reason"], "stop");
+    EXPECT_EQ(eos["choices"][0]["text"], include ? "<|endoftext|>" : "");
+    EXPECT_EQ(eos["usage"]["completion_tokens"], 1);
+  }
+
+  // allowed_token_ids: sampled choices keep to them.
+  const std::vector<int32_t> allowed = {base_ids[0], base_ids[1], base_ids[2], 100, 200, 300};
+  const json sampled = complete({{"allowed_token_ids", allowed},
+                                 {"temperature", 1.5},
+                                 {"seed", 5},
+                                 {"n", 4},
+                                 {"logprobs", 0},
+                                 {"return_tokens_as_token_ids", true}});
+  std::set<int32_t> drawn;
+  for (const json& c : sampled["choices"]) {
+    for (int32_t id : ids_of(c)) {
+      EXPECT_NE(std::find(allowed.begin(), allowed.end(), id), allowed.end()) << id;
+      drawn.insert(id);
+    }
+  }
+  EXPECT_GE(drawn.size(), 3u);
+
+  // bad_words: the greedy output's first word, alone or after a space, never comes again.
+  std::string word = base.substr(0, base.find(' ', 1));
+  word.erase(0, word.find_first_not_of(' '));
+  ASSERT_FALSE(word.empty());
+  const json banned = complete({{"bad_words", {word}},
+                                {"max_tokens", 32},
+                                {"logprobs", 0},
+                                {"return_tokens_as_token_ids", true}});
+  const std::vector<int32_t> out = ids_of(banned["choices"][0]);
+  EXPECT_NE(banned["choices"][0]["text"], complete({{"max_tokens", 32}})["choices"][0]["text"]);
+  for (const std::string& form : {word, " " + word}) {
+    const std::vector<int32_t> seq = tokenize({{"prompt", form}, {"add_special_tokens", false}});
+    ASSERT_FALSE(seq.empty());
+    EXPECT_EQ(std::search(out.begin(), out.end(), seq.begin(), seq.end()), out.end()) << form;
+  }
+
+  // truncate_prompt_tokens: the prompt's last N tokens, as if only they were sent.
+  const std::string text = "In the beginning God created the heaven and the earth. And the earth";
+  const std::vector<int32_t> all = tokenize({{"prompt", text}});
+  ASSERT_GT(all.size(), 8u);
+  const json cut = complete({{"prompt", text}, {"truncate_prompt_tokens", 6}});
+  EXPECT_EQ(cut["usage"]["prompt_tokens"], 6);
+  EXPECT_EQ(
+      cut["choices"][0]["text"],
+      complete({{"prompt", std::vector<int32_t>(all.end() - 6, all.end())}})["choices"][0]["text"]);
+  EXPECT_EQ(complete({{"prompt", text}, {"truncate_prompt_tokens", -1}})["usage"]["prompt_tokens"],
+            all.size());
+
+  // continue_final_message: the assistant's message is left open and continued.
+  const json messages =
+      json::array({{{"role", "user"}, {"content", "Who made the light?"}},
+                   {{"role", "assistant"}, {"content", "The light was made by"}}});
+  const std::vector<int32_t> open = tokenize(
+      {{"messages", messages}, {"continue_final_message", true}, {"add_generation_prompt", false}});
+  const std::string rendered = detokenize(open);
+  const std::string tail = "<|im_start|>assistant\nThe light was made by";
+  EXPECT_EQ(rendered.substr(rendered.size() - std::min(rendered.size(), tail.size())), tail)
+      << rendered;
+  for (const json& extra : {json{{"add_generation_prompt", false}}, json::object()}) {
+    json body = {{"messages", messages},
+                 {"continue_final_message", true},
+                 {"max_tokens", 12},
+                 {"temperature", 0}};
+    body.update(extra);
+    const Answer chat = Post(client, "/v1/chat/completions", body);
+    ASSERT_EQ(chat.status, 200) << chat.raw;
+    EXPECT_EQ(
+        chat.body["choices"][0]["message"]["content"],
+        complete(
+            {{"prompt", open}, {"max_tokens", 12}, {"ignore_eos", false}})["choices"][0]["text"]);
+  }
+
+  // Refusals, each naming its field.
+  ExpectRefusals(
+      client,
+      {{{{"allowed_token_ids", json::array()}}, "allowed_token_ids", "empty"},
+       {{{"allowed_token_ids", {5, 1 << 20}}}, "allowed_token_ids", "token ids"},
+       {{{"bad_words", {"ok", " \t"}}}, "bad_words", "blank"},
+       {{{"truncate_prompt_tokens", 0}}, "truncate_prompt_tokens", "-1 or in"},
+       {{{"truncate_prompt_tokens", 1 << 20}}, "truncate_prompt_tokens", "max_model_len"},
+       {{{"include_stop_str_in_output", "yes"}}, "include_stop_str_in_output", "true or false"},
+       {{{"skip_special_tokens", 1}}, "skip_special_tokens", "true or false"}});
+  const Answer both = Post(
+      client, "/v1/chat/completions",
+      {{"messages", messages}, {"continue_final_message", true}, {"add_generation_prompt", true}});
+  EXPECT_EQ(both.status, 400) << both.raw;
+  EXPECT_EQ(both.body["error"]["param"], "continue_final_message") << both.raw;
+  const Answer empty_last =
+      Post(client, "/v1/chat/completions",
+           {{"messages", json::array({{{"role", "user"}, {"content", "Hi"}},
+                                      {{"role", "assistant"}, {"content", " "}}})},
+            {"continue_final_message", true}});
+  EXPECT_EQ(empty_last.status, 400) << empty_last.raw;
+  EXPECT_EQ(empty_last.body["error"]["param"], "continue_final_message") << empty_last.raw;
+
+  // gRPC: the same fields on SamplingParams.
+  auto stub = s.Stub();
+  v1::GenerateRequest r;
+  r.mutable_prompt()->set_text("And God said");
+  r.mutable_sampling()->set_max_tokens(2);
+  r.mutable_sampling()->set_ignore_eos(true);
+  r.mutable_sampling()->add_allowed_token_ids(0);
+  r.mutable_sampling()->set_skip_special_tokens(false);
+  grpc::ClientContext context;
+  auto reader = stub->Generate(&context, r);
+  std::string streamed;
+  std::vector<int32_t> ids;
+  v1::GenerateChunk chunk;
+  while (reader->Read(&chunk)) {
+    streamed += chunk.text();
+    ids.insert(ids.end(), chunk.token_ids().begin(), chunk.token_ids().end());
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(ids, (std::vector<int32_t>{0, 0}));
+  EXPECT_EQ(streamed, "<|endoftext|><|endoftext|>");
+}
+
 // OpenAI tool calling on a model whose template is Qwen2.5's (Hermes <tool_call> blocks):
 // the tools reach the prompt in the client's key order, a named or required tool_choice
 // answers tool_calls whose arguments the function's schema accepts, streaming or not, and a

@@ -156,6 +156,36 @@ class CompletionsTest(unittest.TestCase):
             self.client.completions.create(**kw, logit_bias={"99999999": 1})
         self.assertEqual(e.exception.body["param"], "logit_bias")
 
+    def test_vllm_extras(self):
+        # vLLM's extra body fields, as its users send them through the SDK.
+        kw = dict(model="spanserve-span-12l", prompt="And God said", max_tokens=6, temperature=0)
+        plain = self.client.completions.create(**kw, logprobs=0,
+                                               extra_body={"return_tokens_as_token_ids": True})
+        ids = [int(t.removeprefix("token_id:")) for t in plain.choices[0].logprobs.tokens]
+        self.assertEqual(len(ids), 6)
+        kept = self.client.completions.create(
+            **kw, logprobs=0, extra_body={"allowed_token_ids": [ids[1], 7],
+                                          "return_tokens_as_token_ids": True})
+        self.assertTrue({t for t in kept.choices[0].logprobs.tokens}
+                        <= {f"token_id:{ids[1]}", "token_id:7"})
+        text = plain.choices[0].text
+        stop = text[2:5]
+        with_stop = self.client.completions.create(
+            **kw, stop=stop, extra_body={"include_stop_str_in_output": True})
+        self.assertEqual(with_stop.choices[0].text, text[:text.find(stop) + len(stop)])
+        word = text.split()[0]
+        no_word = self.client.completions.create(**kw, extra_body={"bad_words": [word]})
+        self.assertNotEqual(no_word.choices[0].text.split()[:1], [word])
+        eos = self.client.completions.create(
+            **kw, extra_body={"allowed_token_ids": [0], "skip_special_tokens": False,
+                              "include_stop_str_in_output": True})
+        self.assertEqual(eos.choices[0].text, "<|endoftext|>")
+        short = self.client.completions.create(**kw, extra_body={"truncate_prompt_tokens": 2})
+        self.assertEqual(short.usage.prompt_tokens, 2)
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.client.completions.create(**kw, extra_body={"allowed_token_ids": []})
+        self.assertEqual(e.exception.body["param"], "allowed_token_ids")
+
     def test_streaming(self):
         whole = self.client.completions.create(model="spanserve-span-12l", prompt="And God said",
                                                max_tokens=12, temperature=0)
@@ -249,6 +279,12 @@ class ChatTest(unittest.TestCase):
                 for c in chunk.choices:
                     text += c.delta.content or ""
             self.assertEqual(text, choice.message.content)
+            # vLLM's continue_final_message: the assistant's started answer goes on.
+            going_on = client.chat.completions.create(
+                model="smollm2", max_tokens=6, temperature=0,
+                messages=messages + [{"role": "assistant", "content": "The capital of France is"}],
+                extra_body={"continue_final_message": True, "add_generation_prompt": False})
+            self.assertIn("Paris", going_on.choices[0].message.content)
             # JSON mode: the answer is a JSON object.
             j = client.chat.completions.create(
                 model="smollm2", max_tokens=120, temperature=0,

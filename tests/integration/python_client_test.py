@@ -342,6 +342,25 @@ class ClientTest(unittest.TestCase):
             out = self.client.complete("And God said", max_tokens=32, temperature=1.2, seed=seed,
                                        guided_choice=["Let there be light", "Behold"])
             self.assertIn(out.text, ("Let there be light", "Behold"))
+        # vLLM's extras: allowed_token_ids, bad_words, skip_special_tokens,
+        # include_stop_str_in_output, truncate_prompt_tokens.
+        kept = self.client.complete("And God said", max_tokens=8, temperature=1.5, seed=1,
+                                    ignore_eos=True, allowed_token_ids=[ids[0], ids[1], 100])
+        self.assertTrue(set(kept.token_ids) <= {ids[0], ids[1], 100}, kept.token_ids)
+        word = whole.text.split()[0]
+        no_word = self.client.complete("And God said", max_tokens=12, temperature=0,
+                                       ignore_eos=True, bad_words=word)
+        self.assertNotEqual(no_word.token_ids[0], ids[0])
+        specials = self.client.complete("And God said", max_tokens=2, temperature=0,
+                                        ignore_eos=True, allowed_token_ids=[0],
+                                        skip_special_tokens=False)
+        self.assertEqual(specials.text, "<|endoftext|><|endoftext|>")
+        kept_stop = self.client.complete("And God said", max_tokens=12, temperature=0,
+                                         ignore_eos=True, stop=stop,
+                                         include_stop_str_in_output=True)
+        self.assertEqual(kept_stop.text, stopped.text + stop)
+        cut = self.client.complete("And God said", max_tokens=4, truncate_prompt_tokens=2)
+        self.assertEqual(cut.final.prompt_tokens, 2)
 
     def test_generate_errors_are_typed(self):
         with self.assertRaises(SpanServeError) as caught:
@@ -381,6 +400,13 @@ class ClientTest(unittest.TestCase):
         for messages in ([{"role": "user", "content": question}], [("user", question)]):
             ids = self.client.tokenize(chat=messages, model="smollm2").token_ids
             self.assertEqual(answer.final.prompt_tokens, len(ids))
+        # continue_final_message: the assistant's started answer is continued.
+        started = [("user", question), ("assistant", "The capital of France is")]
+        going_on = self.client.chat(started, model="smollm2", continue_final_message=True,
+                                    max_tokens=4, temperature=0).collect()
+        self.assertIn("Paris", going_on.text)
+        open_ids = self.client.tokenize(chat=started, model="smollm2").token_ids
+        self.assertLess(going_on.final.prompt_tokens, len(open_ids))  # no end of turn
         # A chat context for Score: the answer is likelier than a wrong one.
         right, wrong = self.client.score(messages, [answer.token_ids, " Rome."], model="smollm2")
         self.assertTrue(right.is_greedy)

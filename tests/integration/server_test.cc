@@ -113,8 +113,8 @@ TEST(ServerTest, GenerateStreamsTheEnginesGreedyOutputInOrder) {
   ASSERT_TRUE(tok.ok());
   engine::EngineOptions options;
   options.kv_cache_bytes = 64 << 20;
-  options.detokenize = [t = tok->get()](std::span<const int32_t> ids) {
-    return t->Decode(ids, /*skip_special_tokens=*/true);
+  options.detokenize = [t = tok->get()](std::span<const int32_t> ids, bool skip_special_tokens) {
+    return t->Decode(ids, skip_special_tokens);
   };
   auto engine = engine::Engine::Create(DefaultModelDir(), options, /*num_threads=*/1);
   ASSERT_TRUE(engine.ok()) << engine.status();

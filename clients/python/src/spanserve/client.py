@@ -51,7 +51,8 @@ def _prompt(prompt: PromptLike, add_special_tokens: Optional[bool] = None) -> pb
 
 def _chat(messages: Iterable[MessageLike], add_generation_prompt: Optional[bool],
           chat_template_kwargs: Optional[Mapping[str, Any]] = None,
-          tools: Optional[Sequence[Mapping[str, Any]]] = None) -> pb.Chat:
+          tools: Optional[Sequence[Mapping[str, Any]]] = None,
+          continue_final_message: Optional[bool] = None) -> pb.Chat:
     """A spanserve.v1.Chat from ChatMessage, {"role", "content"} dicts (OpenAI's: with
     "tool_calls", "tool_call_id", "name" too) or (role, content) pairs."""
     chat = pb.Chat()
@@ -71,6 +72,10 @@ def _chat(messages: Iterable[MessageLike], add_generation_prompt: Optional[bool]
         else:
             role, content = m
             chat.messages.add(role=role, content=content)
+    if continue_final_message:
+        chat.continue_final_message = True
+        if add_generation_prompt is None:
+            add_generation_prompt = False
     if add_generation_prompt is not None:
         chat.add_generation_prompt = add_generation_prompt
     return chat
@@ -86,7 +91,7 @@ def _sampling(sampling: Mapping[str, Any]) -> pb.SamplingParams:
     for name, value in sampling.items():
         if value is None:
             continue
-        if name in ("stop", "stop_token_ids", "guided_choice"):
+        if name in ("stop", "stop_token_ids", "guided_choice", "allowed_token_ids", "bad_words"):
             if isinstance(value, (str, int)):
                 value = [value]
             getattr(params, name).extend(value)
@@ -280,7 +285,8 @@ class Client:
         ``json_schema`` (a JSON Schema, a dict or its text: the output a JSON text it
         accepts; docs/API.md lists the keywords compiled), ``guided_choice`` (strings: the
         output is one of them), ``guided_regex`` (a regular expression the whole output
-        matches). Unknown names
+        matches), and vLLM's ``include_stop_str_in_output``, ``skip_special_tokens`` [True],
+        ``allowed_token_ids``, ``bad_words`` and ``truncate_prompt_tokens``. Unknown names
         raise TypeError; server-side validation errors raise SpanServeError while iterating.
 
         Returns:
@@ -300,6 +306,7 @@ class Client:
         add_generation_prompt: Optional[bool] = None,
         chat_template_kwargs: Optional[Mapping[str, Any]] = None,
         tools: Optional[Sequence[Mapping[str, Any]]] = None,
+        continue_final_message: Optional[bool] = None,
         model: Optional[str] = None,
         priority: int = 0,
         client_request_id: str = "",
@@ -314,10 +321,12 @@ class Client:
         stops at the end-of-turn token. ``chat_template_kwargs``: extra template variables,
         e.g. ``{"enable_thinking": False}``; ``tools``: OpenAI function tools the template
         presents to the model (the answer is text: constrain it with ``json_schema`` if need
-        be). ``sampling`` as in ``generate``.
+        be). ``continue_final_message``: the last message (an assistant's start) is left
+        open and the model goes on with it, with no generation prompt. ``sampling`` as in
+        ``generate``.
         """
-        prompt = pb.Prompt(
-            chat=_chat(messages, add_generation_prompt, chat_template_kwargs, tools))
+        prompt = pb.Prompt(chat=_chat(messages, add_generation_prompt, chat_template_kwargs,
+                                      tools, continue_final_message))
         return self._generate(prompt, model, priority, client_request_id, timeout, sampling)
 
     # -- Score, Tokenize, Detokenize -----------------------------------------------------

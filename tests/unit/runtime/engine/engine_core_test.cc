@@ -553,6 +553,119 @@ TEST_F(EngineCoreTest, StopTokenIdsAndMinTokens) {
   EXPECT_EQ(std::count(t.begin(), t.begin() + 3, first), 0);
 }
 
+// vLLM's include_stop_str_in_output and skip_special_tokens (FakeDecode: ids 0..2 are
+// special, 2 is EOS).
+TEST_F(EngineCoreTest, IncludeStopStrAndSpecialTokensInTheText) {
+  Request r;
+  for (int i = 0; i < 10; ++i) r.prompt.push_back(5 + 7 * i);
+  r.sampling.temperature = 0;
+  r.sampling.max_tokens = 12;
+  r.sampling.ignore_eos = true;
+  const Run base = RunWaves(Options(), {r}, Alone(1));
+  const std::string text = base.out[0].text;
+  ASSERT_EQ(text.size(), 24u);
+  // A stop string ending inside token 4: kept, and nothing after it.
+  const std::string stop = text.substr(5, 4);
+  ASSERT_EQ(text.find(stop), 5u);
+  r.sampling.stop = {stop};
+  r.sampling.include_stop_str_in_output = true;
+  const Run cut = RunWaves(Options(), {r}, Alone(1));
+  EXPECT_EQ(cut.out[0].text, text.substr(0, 9));
+  EXPECT_EQ(cut.out[0].final.stop_string, stop);
+  // A stop token id (the first token not seen before it, after the first): its text is kept.
+  const std::vector<int32_t>& t = base.out[0].tokens;
+  size_t k = 1;
+  while (k < t.size() && std::find(t.begin(), t.begin() + k, t[k]) != t.begin() + k) ++k;
+  ASSERT_LT(k, t.size());
+  r.sampling.stop.clear();
+  r.sampling.stop_token_ids = {t[k]};
+  const Run stopped = RunWaves(Options(), {r}, Alone(1));
+  EXPECT_EQ(stopped.out[0].tokens.size(), k + 1);
+  EXPECT_EQ(stopped.out[0].text, text.substr(0, 2 * (k + 1)));
+  r.sampling.include_stop_str_in_output = false;
+  EXPECT_EQ(RunWaves(Options(), {r}, Alone(1)).out[0].text, text.substr(0, 2 * k));
+
+  // Special tokens: left out of the text unless skip_special_tokens is false.
+  Request s;
+  s.prompt = {10, 20, 30, 40};
+  s.sampling.temperature = 1;
+  s.sampling.seed = 7;
+  s.sampling.max_tokens = 24;
+  s.sampling.ignore_eos = true;
+  s.sampling.allowed_token_ids = {0, 1, 2, 40, 41};
+  for (const bool skip : {true, false}) {
+    s.sampling.skip_special_tokens = skip;
+    const Collected c = RunWaves(Options(), {s}, Alone(1)).out[0];
+    ASSERT_EQ(c.tokens.size(), 24u);
+    EXPECT_GT(std::count_if(c.tokens.begin(), c.tokens.end(), [](int32_t t) { return t <= 2; }), 0);
+    EXPECT_EQ(c.text, testing::FakeDecode(c.tokens, skip));
+  }
+  // EOS ends the output; its text is there only when included and not skipped.
+  s.sampling.ignore_eos = false;
+  s.sampling.allowed_token_ids = {2};
+  for (const bool include : {false, true}) {
+    for (const bool skip : {true, false}) {
+      s.sampling.include_stop_str_in_output = include;
+      s.sampling.skip_special_tokens = skip;
+      const Collected c = RunWaves(Options(), {s}, Alone(1)).out[0];
+      EXPECT_EQ(c.tokens, std::vector<int32_t>{2});
+      EXPECT_EQ(c.final.stop_token, 2);
+      EXPECT_EQ(c.text, include && !skip ? "<2>" : "");
+    }
+  }
+}
+
+// vLLM's allowed_token_ids and bad_words: sampled outputs keep to them, the same alone and
+// batched.
+TEST_F(EngineCoreTest, AllowedTokenIdsAndBadWordsHoldAloneAndBatched) {
+  Request r;
+  for (int i = 0; i < 8; ++i) r.prompt.push_back(3 + 11 * i);
+  r.sampling.temperature = 0;
+  r.sampling.max_tokens = 16;
+  r.sampling.ignore_eos = true;
+  const std::vector<int32_t> base = RunWaves(Options(), {r}, Alone(1)).out[0].tokens;
+  ASSERT_EQ(base.size(), 16u);
+  // A one-token word is never generated; a two-token word never as a pair.
+  Request single = r;
+  single.sampling.bad_words = {{base[0]}};
+  const std::vector<int32_t> a = RunWaves(Options(), {single}, Alone(1)).out[0].tokens;
+  EXPECT_EQ(std::count(a.begin(), a.end(), base[0]), 0);
+  Request pair = r;
+  pair.sampling.bad_words = {{base[2], base[3]}};
+  const std::vector<int32_t> b = RunWaves(Options(), {pair}, Alone(1)).out[0].tokens;
+  EXPECT_TRUE(std::equal(base.begin(), base.begin() + 3, b.begin()));
+  EXPECT_NE(b[3], base[3]);
+  for (size_t i = 1; i < b.size(); ++i) {
+    EXPECT_FALSE(b[i - 1] == base[2] && b[i] == base[3]) << i;
+  }
+  // Sampled requests with a token set and bad words: alone and together alike.
+  std::vector<Request> reqs;
+  const std::vector<int32_t> allowed = {4, 9, 16, 25, 36, 49, 64, 81};
+  for (int i = 0; i < 6; ++i) {
+    Request q;
+    for (int j = 0; j < 5 + i; ++j) q.prompt.push_back(7 + 13 * (i + j) % 90);
+    q.sampling.temperature = 1.5f;
+    q.sampling.seed = 100 + i;
+    q.sampling.max_tokens = 20;
+    q.sampling.ignore_eos = true;
+    q.sampling.allowed_token_ids = allowed;
+    q.sampling.bad_words = {{16}, {25, 36}};
+    reqs.push_back(q);
+  }
+  const Run alone = RunWaves(Options(), reqs, Alone(6));
+  const Run together = RunWaves(Options(), reqs, Together(6));
+  for (int i = 0; i < 6; ++i) {
+    const std::vector<int32_t>& t = alone.out[i].tokens;
+    EXPECT_EQ(together.out[i].tokens, t) << i;
+    ASSERT_EQ(t.size(), 20u);
+    for (size_t k = 0; k < t.size(); ++k) {
+      EXPECT_NE(std::find(allowed.begin(), allowed.end(), t[k]), allowed.end()) << t[k];
+      EXPECT_NE(t[k], 16);
+      if (k > 0) EXPECT_FALSE(t[k - 1] == 25 && t[k] == 36);
+    }
+  }
+}
+
 // JSON mode (ResponseFormat::kJsonObject) over token bytes given to the tiny vocabulary: every
 // output's bytes are a JSON object's prefix, EOS comes only after the closing brace, a request
 // that ignores EOS (or may not stop yet) ends at the brace, and the outputs are the same

@@ -31,6 +31,20 @@ TEST(StopStringMatcherTest, HeldTextIsReleasedWhenItDiverges) {
   EXPECT_EQ(out, "xabda");
 }
 
+TEST(StopStringMatcherTest, IncludeKeepsTheMatchButNotWhatFollows) {
+  StopStringMatcher m;
+  const std::vector<std::string> stops = {"STOP", "ab"};
+  std::string out;
+  EXPECT_EQ(m.Feed("hello ST", stops, true, &out, /*include=*/true), -1);
+  EXPECT_EQ(out, "hello ");
+  EXPECT_EQ(m.Feed("OP and more", stops, true, &out, /*include=*/true), 0);
+  EXPECT_EQ(out, "hello STOP");
+  StopStringMatcher m2;
+  out.clear();
+  EXPECT_EQ(m2.Feed("xxabSTOP", stops, true, &out, /*include=*/true), 1);
+  EXPECT_EQ(out, "xxab");
+}
+
 TEST(StopStringMatcherTest, EarliestMatchWinsAndUncheckedTextPasses) {
   StopStringMatcher m;
   const std::vector<std::string> stops = {"world", "lo w"};
@@ -44,10 +58,13 @@ TEST(StopStringMatcherTest, EarliestMatchWinsAndUncheckedTextPasses) {
 }
 
 // Bytes per token; an incomplete UTF-8 tail decodes to U+FFFD, like a byte-level BPE.
-std::string ByteDecode(std::span<const int32_t> ids) {
-  static const std::vector<std::string> kPieces = {"a", "\xC3", "\xA9", "b", " "};
+// Token 5 is special: "<s>", or nothing when skipped.
+std::string ByteDecode(std::span<const int32_t> ids, bool skip_special_tokens) {
+  static const std::vector<std::string> kPieces = {"a", "\xC3", "\xA9", "b", " ", "<s>"};
   std::string s;
-  for (int32_t t : ids) s += kPieces[t];
+  for (int32_t t : ids) {
+    if (t != 5 || !skip_special_tokens) s += kPieces[t];
+  }
   if (!s.empty() && (static_cast<unsigned char>(s.back()) & 0xE0) == 0xC0) {
     s.pop_back();
     s += "\xEF\xBF\xBD";
@@ -81,6 +98,20 @@ TEST(IncrementalDetokenizerTest, FlushReleasesAnIncompleteTail) {
   EXPECT_EQ(text, "");
   d.Flush(ByteDecode, tokens, &text);
   EXPECT_EQ(text, "\xEF\xBF\xBD");
+}
+
+TEST(IncrementalDetokenizerTest, SpecialTokensAreSkippedUnlessAsked) {
+  const std::vector<int32_t> tokens = {0, 5, 3, 5};  // prompt "a", then <s> b <s>
+  for (const bool skip : {true, false}) {
+    IncrementalDetokenizer d;
+    d.Reset(1, skip);
+    std::string text;
+    for (size_t n = 2; n <= tokens.size(); ++n) {
+      d.Step(ByteDecode, std::span<const int32_t>(tokens).first(n), &text);
+    }
+    d.Flush(ByteDecode, tokens, &text);
+    EXPECT_EQ(text, skip ? "b" : "<s>b<s>");
+  }
 }
 
 }  // namespace

@@ -102,9 +102,13 @@ std::string TinyModelDir(const std::string& name) {
   return WriteRandomModel(dir);
 }
 
-std::string FakeDecode(std::span<const int32_t> ids) {
+std::string FakeDecode(std::span<const int32_t> ids, bool skip_special_tokens) {
   std::string s;
   for (int32_t t : ids) {
+    if (t <= 2) {
+      if (!skip_special_tokens) s += "<" + std::to_string(t) + ">";
+      continue;
+    }
     s.push_back(static_cast<char>('a' + t % 26));
     s.push_back(static_cast<char>('a' + (t / 26) % 26));
   }

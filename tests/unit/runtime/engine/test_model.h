@@ -19,8 +19,10 @@ namespace spanserve::engine::testing {
 // written once into the test's temp dir.
 std::string TinyModelDir(const std::string& name = "span");
 
-// Token t decodes to two lowercase letters: 'a' + t % 26, then 'a' + (t / 26) % 26.
-std::string FakeDecode(std::span<const int32_t> ids);
+// Token t decodes to two lowercase letters: 'a' + t % 26, then 'a' + (t / 26) % 26; but
+// tokens 0..2 (the tiny model's EOS is 2) are special: they decode to "<0>".."<2>", or to
+// nothing when `skip_special_tokens`.
+std::string FakeDecode(std::span<const int32_t> ids, bool skip_special_tokens = true);
 
 // Everything a request produced, concatenated.
 struct Collected {
