@@ -53,6 +53,9 @@ ABSL_FLAG(std::string, json_schema, "",
           "(its text, or @FILE)");
 ABSL_FLAG(std::string, guided_regex, "",
           "generate / chat: the output matches this regular expression (vLLM's guided_regex)");
+ABSL_FLAG(std::string, guided_grammar, "",
+          "generate / chat: the output is a sentence of this GBNF grammar (root rule `root`); "
+          "@FILE reads it from FILE");
 ABSL_FLAG(std::string, context, "", "score: context text");
 ABSL_FLAG(std::string, continuations, "", "score: continuations, separated by '|'");
 ABSL_FLAG(std::string, text, "", "tokenize: text");
@@ -138,6 +141,17 @@ int Generate(v1::SpanServe::Stub& stub, v1::GenerateRequest request) {
     s->set_json_schema(std::move(schema));
   }
   s->set_guided_regex(absl::GetFlag(FLAGS_guided_regex));
+  if (std::string grammar = absl::GetFlag(FLAGS_guided_grammar); !grammar.empty()) {
+    if (grammar[0] == '@') {
+      std::ifstream in(grammar.substr(1), std::ios::binary);
+      if (!in) {
+        std::fprintf(stderr, "error: cannot read the grammar file %s\n", grammar.c_str() + 1);
+        return 2;
+      }
+      grammar.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    s->set_guided_grammar(std::move(grammar));
+  }
   grpc::ClientContext context;
   Prepare(&context);
   std::unique_ptr<grpc::ClientReader<v1::GenerateChunk>> reader = stub.Generate(&context, request);

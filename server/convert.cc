@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "nlohmann/json.hpp"
+#include "runtime/engine/grammar.h"
 #include "runtime/engine/json_schema.h"
 #include "runtime/engine/regex.h"
 #include "server/openai_api.h"
@@ -494,6 +495,20 @@ absl::StatusOr<engine::SamplingParams> ToSamplingParams(const v1::SamplingParams
     p.response_format = engine::ResponseFormat::kRegex;
     p.regex = *std::move(regex);
   }
+  if (!proto.guided_grammar().empty()) {
+    if (p.response_format != engine::ResponseFormat::kText) {
+      return absl::InvalidArgumentError(
+          "sampling.guided_grammar is only taken with response_format RESPONSE_FORMAT_TEXT, no "
+          "guided_choice and no guided_regex");
+    }
+    auto grammar = engine::Grammar::Compile(proto.guided_grammar());
+    if (!grammar.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sampling.guided_grammar: ", grammar.status().message()));
+    }
+    p.response_format = engine::ResponseFormat::kGrammar;
+    p.grammar = *std::move(grammar);
+  }
   // The engine accepts 0 (prompt scoring only); over gRPC that is Score's job, and a
   // Generate that generates nothing is a client bug.
   if (p.max_tokens < min_max_tokens) {
@@ -534,10 +549,12 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> BadWordIds(
           absl::StrCat(field, ": at most ", kMaxBadWordBytes, " bytes, got ", word.size()));
     }
     ASSIGN_OR_RETURN(std::vector<int32_t> alone, EncodeText(word, false, field, model));
-    ASSIGN_OR_RETURN(std::vector<int32_t> spaced,
-                     EncodeText(" " + std::string(word), false, field, model));
-    if (alone.empty())
+    std::string after_space(1, ' ');
+    after_space.append(word);
+    ASSIGN_OR_RETURN(std::vector<int32_t> spaced, EncodeText(after_space, false, field, model));
+    if (alone.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(field, " encodes to nothing"));
+    }
     if (static_cast<int32_t>(alone.size()) > engine::kMaxBadWordTokens) {
       return absl::InvalidArgumentError(absl::StrCat(field, ": at most ", engine::kMaxBadWordTokens,
                                                      " tokens, got ", alone.size()));

@@ -262,8 +262,11 @@ class Exchange {
         if (split) c.splitter.emplace(starts_in_reasoning);
         if (request_.echo) {
           c.prompt_ids = base.prompt;
+          // A truncated prompt echoes what was kept of it.
           c.prompt_text =
-              proto.prompt().has_text() ? proto.prompt().text() : DecodeIds(base.prompt);
+              proto.prompt().has_text() && !proto.sampling().has_truncate_prompt_tokens()
+                  ? proto.prompt().text()
+                  : DecodeIds(base.prompt);
         }
         if (request_.echo && request_.logprobs && !request_.stream) {
           // Known now, before any work: the echoed prompts' entries alone, at the least
@@ -1327,6 +1330,10 @@ absl::StatusOr<engine::Request> OpenAIEngineRequest(const OpenAIRequest& request
   if (request.regex != nullptr) {
     r.sampling.response_format = engine::ResponseFormat::kRegex;
     r.sampling.regex = request.regex;
+  }
+  if (request.grammar != nullptr) {
+    r.sampling.response_format = engine::ResponseFormat::kGrammar;
+    r.sampling.grammar = request.grammar;
   }
   return r;
 }

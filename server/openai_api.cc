@@ -796,22 +796,37 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
   const char* choice_param = "guided_choice";
   const json* regex = Field(body, "guided_regex");
   const char* regex_param = "guided_regex";
+  // vLLM's guided_grammar (structured_outputs {"grammar": ...}) and llama.cpp's `grammar`:
+  // the output is a sentence of the GBNF grammar.
+  const json* grammar = Field(body, "guided_grammar");
+  const char* grammar_param = "guided_grammar";
+  if (const json* gbnf = Field(body, "grammar"); gbnf != nullptr) {
+    if (grammar != nullptr) return ParamError("grammar", "is not allowed beside guided_grammar");
+    grammar = gbnf;
+    grammar_param = "grammar";
+  }
   if (const json* outputs = Field(body, "structured_outputs"); outputs != nullptr) {
     if (!outputs->is_object() || outputs->size() != 1 ||
-        !(outputs->contains("choice") || outputs->contains("json") || outputs->contains("regex"))) {
+        !(outputs->contains("choice") || outputs->contains("json") || outputs->contains("regex") ||
+          outputs->contains("grammar"))) {
       return ParamError("structured_outputs",
                         "must be an object with one of \"choice\" (a list of strings), "
-                        "\"regex\" (a regular expression) or \"json\" (a JSON Schema); grammar "
-                        "and structural_tag are not served");
+                        "\"regex\" (a regular expression), \"grammar\" (a GBNF grammar) or "
+                        "\"json\" (a JSON Schema); structural_tag is not served");
     }
-    if (response_format != v1::RESPONSE_FORMAT_TEXT || choice_list != nullptr || regex != nullptr) {
+    if (response_format != v1::RESPONSE_FORMAT_TEXT || choice_list != nullptr || regex != nullptr ||
+        grammar != nullptr) {
       return ParamError("structured_outputs",
-                        "is not allowed beside response_format, guided_json, guided_choice or "
-                        "guided_regex");
+                        "is not allowed beside response_format, guided_json, guided_choice, "
+                        "guided_regex or guided_grammar");
     }
     if (outputs->contains("regex")) {
       regex = &(*outputs)["regex"];
       regex_param = "structured_outputs";
+    }
+    if (outputs->contains("grammar")) {
+      grammar = &(*outputs)["grammar"];
+      grammar_param = "structured_outputs";
     }
     if (const json* schema = Field(*outputs, "json"); schema != nullptr) {
       if (!(schema->is_object() || schema->is_string() || schema->is_boolean())) {
@@ -822,7 +837,7 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
       schema_text = SchemaText(*schema, raw_body, kPath);
       response_format = v1::RESPONSE_FORMAT_JSON_SCHEMA;
       schema_param = "structured_outputs";
-    } else if (regex == nullptr) {
+    } else if (regex == nullptr && grammar == nullptr) {
       choice_list = Field(*outputs, "choice");
       choice_param = "structured_outputs";
     }
@@ -860,16 +875,32 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
     }
     request.regex = *std::move(compiled);
   }
+  if (grammar != nullptr) {
+    if (response_format != v1::RESPONSE_FORMAT_TEXT || choice_list != nullptr || regex != nullptr) {
+      return ParamError(grammar_param,
+                        "is not allowed beside a response_format, guided_json, guided_choice or "
+                        "guided_regex");
+    }
+    if (!grammar->is_string()) {
+      return ParamError(grammar_param, "the grammar must be a string (GBNF)");
+    }
+    auto compiled = engine::Grammar::Compile(grammar->get_ref<const std::string&>());
+    if (!compiled.ok()) {
+      return ParamError(grammar_param, absl::StrCat("grammar ", compiled.status().message()));
+    }
+    request.grammar = *std::move(compiled);
+  }
   std::string tools_text;
   if (chat) {
     ASSIGN_OR_RETURN(tools_text, ParseTools(body, raw_body, &request));
     if (request.tool_choice == OpenAIRequest::ToolChoice::kNamed ||
         request.tool_choice == OpenAIRequest::ToolChoice::kRequired) {
       if (response_format != v1::RESPONSE_FORMAT_TEXT || !choices.empty() ||
-          request.regex != nullptr) {
+          request.regex != nullptr || request.grammar != nullptr) {
         return ParamError("tool_choice",
-                          "a required or named tool_choice cannot be combined "
-                          "with response_format, guided_json, guided_choice or guided_regex");
+                          "a required or named tool_choice cannot be combined with "
+                          "response_format, guided_json, guided_choice, guided_regex or "
+                          "guided_grammar");
       }
       ASSIGN_OR_RETURN(request.json_schema, ToolCallSchema(request, tools_text));
     }

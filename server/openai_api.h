@@ -25,6 +25,7 @@
 #include "absl/strings/string_view.h"
 #include "nlohmann/json.hpp"
 #include "runtime/chat/chat_template.h"
+#include "runtime/engine/grammar.h"
 #include "runtime/engine/json_schema.h"
 #include "runtime/engine/regex.h"
 #include "spanserve/v1/spanserve.pb.h"
@@ -60,6 +61,9 @@ struct OpenAIRequest {
   std::shared_ptr<const engine::JsonSchema> json_schema;
   // guided_regex (structured_outputs {"regex"}): the pattern, compiled once likewise.
   std::shared_ptr<const engine::RegexDfa> regex;
+  // guided_grammar (structured_outputs {"grammar"}, llama.cpp's `grammar`): the GBNF grammar,
+  // compiled once likewise.
+  std::shared_ptr<const engine::Grammar> grammar;
   // Chat tool calling (OpenAI `tools`, `tool_choice`, `parallel_tool_calls`). The tools go
   // to the chat template (prompt.chat.tools). kNamed constrains the output to the named
   // function's arguments and kRequired to a JSON array of {"name", "arguments"} calls

@@ -185,6 +185,7 @@ absl::Status EngineCore::ValidateRequest(const Request& request) const {
     const char* name = f == ResponseFormat::kJsonObject   ? "json_object"
                        : f == ResponseFormat::kJsonSchema ? "json_schema"
                        : f == ResponseFormat::kRegex      ? "guided_regex"
+                       : f == ResponseFormat::kGrammar    ? "guided_grammar"
                                                           : "guided_choice";
     if (options_.token_bytes == nullptr) {
       return absl::InvalidArgumentError(
@@ -235,6 +236,9 @@ std::unique_ptr<Sequence> EngineCore::MakeSequence(RequestId id, Request request
     seq->choice_out.reserve(longest);  // the output grows in SampleNext without allocating
   }
   if (request.sampling.regex != nullptr) seq->regex_state = request.sampling.regex->start();
+  if (request.sampling.grammar != nullptr) {
+    seq->grammar_state = GrammarState(request.sampling.grammar.get());
+  }
   seq->stream = std::move(stream);
   seq->request = std::move(request);
   return seq;
@@ -505,6 +509,45 @@ bool EngineCore::MaskToRegex(const Sequence& seq, bool suppress_stop, std::span<
   return KeepAllowedIds(logits);
 }
 
+bool EngineCore::MaskToGrammar(const Sequence& seq, bool suppress_stop, std::span<float> logits) {
+  const std::shared_ptr<const Grammar>& grammar = seq.request.sampling.grammar;
+  const GrammarState& state = seq.grammar_state;
+  json_ids_.clear();
+  if (!state.final()) {
+    auto entry = grammar_cache_.find(grammar.get());
+    if (entry == grammar_cache_.end()) {
+      // A new grammar: the entries of those no request holds any more go.
+      for (auto it = grammar_cache_.begin(); it != grammar_cache_.end();) {
+        if (it->second.grammar.use_count() == 1) {
+          grammar_cache_ids_ -= it->second.ids;
+          grammar_cache_.erase(it++);
+        } else {
+          ++it;
+        }
+      }
+      entry = grammar_cache_.try_emplace(grammar.get()).first;
+      entry->second.grammar = grammar;
+    }
+    GrammarCache& cache = entry->second;
+    auto [it, added] = cache.allowed.try_emplace(state);
+    std::vector<int32_t>& allowed = it->second;
+    if (added) {
+      AllowedGrammarTokens(state, *options_.token_bytes, &allowed);
+      // The state kept as the key counts too (a deep one holds many positions).
+      const size_t words = allowed.size() + 1 + state.size_words();
+      cache.ids += words;
+      grammar_cache_ids_ += words;
+    }
+    json_ids_.assign(allowed.begin(), allowed.end());
+    if (grammar_cache_ids_ > kRegexCacheIds) {
+      grammar_cache_.clear();
+      grammar_cache_ids_ = 0;
+    }
+  }
+  if (state.accepting() && !suppress_stop) AllowStopIds(seq.request.sampling);
+  return KeepAllowedIds(logits);
+}
+
 void EngineCore::SampleNext(Sequence* seq, float* row) {
   const SamplingParams& params = seq->request.sampling;
   RequestOutput& out = seq->pending;
@@ -535,6 +578,7 @@ void EngineCore::SampleNext(Sequence* seq, float* row) {
   // nothing longer goes on from, under ignore_eos or min_tokens).
   if (seq->choice_mode() && !MaskToChoice(*seq, ctx.suppress_stop, logits)) return end_json();
   if (seq->regex_mode() && !MaskToRegex(*seq, ctx.suppress_stop, logits)) return end_json();
+  if (seq->grammar_mode() && !MaskToGrammar(*seq, ctx.suppress_stop, logits)) return end_json();
   const int32_t token = SampleToken(ctx, logits, seq->rng, scratch_);
   if (seq->choice_mode()) {
     // An allowed token: after a whole choice, EOS or a stop id (handled below as for any
@@ -565,6 +609,18 @@ void EngineCore::SampleNext(Sequence* seq, float* row) {
       const uint32_t next = dfa.Walk(seq->regex_state, b);
       if (b.empty() || next == RegexDfa::kDead) return end_json();
       seq->regex_state = next;
+    }
+  }
+  if (seq->grammar_mode()) {
+    // As for a regex: after a whole sentence, EOS or a stop id; else bytes that keep the
+    // output a prefix of one. Anything else (a NaN row's argmax) ends it.
+    const bool stop_id = Contains(info_.eos_token_ids, token) ||
+                         Contains(std::span<const int32_t>(params.stop_token_ids), token);
+    if (!(seq->grammar_state.accepting() && stop_id)) {
+      const std::string& b = options_.token_bytes->bytes(token);
+      GrammarState next = seq->grammar_state;
+      if (b.empty() || !next.Feed(b)) return end_json();
+      seq->grammar_state = std::move(next);
     }
   }
   if (seq->json_mode() && !seq->json.complete()) {

@@ -102,6 +102,9 @@ class EngineCore {
   // The same for ResponseFormat::kRegex: the tokens whose bytes keep the output a prefix of a
   // match, and EOS / stop ids after a match (unless suppress_stop).
   bool MaskToRegex(const Sequence& seq, bool suppress_stop, std::span<float> logits);
+  // The same for ResponseFormat::kGrammar: the tokens whose bytes keep the output a prefix of
+  // a sentence, and EOS / stop ids after a whole one (unless suppress_stop).
+  bool MaskToGrammar(const Sequence& seq, bool suppress_stop, std::span<float> logits);
   // Releases text held back (detokenizer, stop-string matcher) at the end of a request.
   void FlushText(Sequence* seq, std::span<const int32_t> tokens);
   // Pushes the pending output.
@@ -139,6 +142,18 @@ class EngineCore {
   };
   absl::flat_hash_map<const RegexDfa*, RegexCache> regex_cache_;
   size_t regex_cache_ids_ = 0;
+  // MaskToGrammar: the same, per recognizer state of each grammar, within kRegexCacheIds too
+  // (a state's own words counted with its ids).
+  struct GrammarStateHash {
+    size_t operator()(const GrammarState& s) const { return s.Hash(); }
+  };
+  struct GrammarCache {
+    std::shared_ptr<const Grammar> grammar;
+    absl::flat_hash_map<GrammarState, std::vector<int32_t>, GrammarStateHash> allowed;
+    size_t ids = 0;
+  };
+  absl::flat_hash_map<const Grammar*, GrammarCache> grammar_cache_;
+  size_t grammar_cache_ids_ = 0;
   std::vector<Sequence*> finishing_;
   std::string text_;
 

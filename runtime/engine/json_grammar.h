@@ -186,6 +186,8 @@ class TokenBytesTable {
   TokenBytesTable(int32_t vocab_size, const std::function<std::string(int32_t)>& bytes_of);
   int32_t vocab_size() const { return static_cast<int32_t>(bytes_.size()); }
   const std::string& bytes(int32_t id) const { return bytes_[id]; }
+  // The ids of the non-empty tokens whose first byte is `b`.
+  const std::vector<int32_t>& with_first_byte(uint8_t b) const { return by_first_byte_[b]; }
 
  private:
   friend int32_t AllowedJsonTokens(const JsonState&, const TokenBytesTable&, std::vector<int32_t>*);

@@ -111,6 +111,10 @@ absl::Status ValidateSamplingParams(const SamplingParams& p, int32_t vocab_size,
     return absl::InvalidArgumentError(
         "guided_regex: the regex format needs its compiled pattern, and only it takes one");
   }
+  if ((p.response_format == ResponseFormat::kGrammar) != (p.grammar != nullptr)) {
+    return absl::InvalidArgumentError(
+        "guided_grammar: the grammar format needs its compiled grammar, and only it takes one");
+  }
   if (p.choices != nullptr) {
     if (p.choices->empty() || static_cast<int64_t>(p.choices->size()) > kMaxChoices) {
       return Bad("guided_choice", absl::StrCat("1 to ", kMaxChoices, " strings"),

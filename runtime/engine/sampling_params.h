@@ -34,13 +34,17 @@ inline constexpr int32_t kMaxBadWordTokens = 64;
 // (EngineOptions::token_bytes). kChoice (vLLM's guided_choice): the output is one of
 // `choices`, token by token a prefix of one; EOS (or a stop token) only after a whole one.
 // kRegex (vLLM's guided_regex): the output matches `regex` (engine/regex.h), token by token
-// a prefix of a match; EOS (or a stop token) only after a match.
-enum class ResponseFormat : uint8_t { kText, kJsonObject, kJsonSchema, kChoice, kRegex };
+// a prefix of a match; EOS (or a stop token) only after a match. kGrammar (vLLM's
+// guided_grammar, llama.cpp's grammar): the output is a sentence of `grammar` (a GBNF
+// grammar, engine/grammar.h), token by token a prefix of one; EOS (or a stop token) only
+// after a whole one.
+enum class ResponseFormat : uint8_t { kText, kJsonObject, kJsonSchema, kChoice, kRegex, kGrammar };
 
 // guided_choice's bounds: strings, and bytes each.
 inline constexpr int32_t kMaxChoices = 256;
 inline constexpr int32_t kMaxChoiceBytes = 4096;
 
+class Grammar;
 class JsonSchema;
 class RegexDfa;
 
@@ -101,6 +105,8 @@ struct SamplingParams {
   std::shared_ptr<const std::vector<std::string>> choices;
   // Set exactly when response_format is kRegex.
   std::shared_ptr<const RegexDfa> regex;
+  // Set exactly when response_format is kGrammar.
+  std::shared_ptr<const Grammar> grammar;
   // Whether to detokenize the output (RequestOutput::text). Stop strings force it on.
   bool detokenize = true;
 

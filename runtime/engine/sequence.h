@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/engine/grammar.h"
 #include "runtime/engine/json_grammar.h"
 #include "runtime/engine/request.h"
 #include "runtime/engine/sampler.h"
@@ -72,6 +73,10 @@ struct Sequence {
   // ResponseFormat kRegex: the DFA state of the output's bytes so far (never dead).
   bool regex_mode() const { return request.sampling.response_format == ResponseFormat::kRegex; }
   uint32_t regex_state = 0;
+  // ResponseFormat kGrammar: the recognizer's state after the output's bytes so far (some
+  // sentence of the grammar still begins with them).
+  bool grammar_mode() const { return request.sampling.response_format == ResponseFormat::kGrammar; }
+  GrammarState grammar_state;
   // Prompt logprobs collected so far (positions prompt_logprobs_from..), emitted with the
   // first output.
   std::vector<PositionLogprobs> prompt_logprobs;

@@ -350,6 +350,14 @@ def make_request():
         "bad_sampling": f_bytes(1, prompt_text("x")) + f_bytes(2, f_float(3, 1.5) + f_varint(9, 0)),
         "many_stops": f_bytes(1, prompt_chat([("user", "hi")])) + f_bytes(2, b"".join(
             f_bytes(13, "s%d" % i) for i in range(16))),
+        # vLLM's extras: include_stop_str_in_output 20, skip_special_tokens 21,
+        # allowed_token_ids 22, bad_words 23, truncate_prompt_tokens 24.
+        "vllm_extras": f_bytes(1, prompt_text("And God said")) + f_bytes(
+            2, f_varint(20, 1) + f_varint(21, 0) + f_bytes(22, varint(0) + varint(7))
+            + f_bytes(23, "light") + f_bytes(23, " the earth") + f_varint(24, 2)),
+        # guided_grammar 25.
+        "guided_grammar": f_bytes(1, prompt_text("x")) + f_bytes(
+            2, f_bytes(25, 'root ::= "[" ( [0-9]+ ("," [0-9]+)* )? "]"')),
     }
     for name, body in gen.items():
         write(t, "generate_" + name, b"\x00" + body)
@@ -424,6 +432,9 @@ def make_openai_request():
                                                        "properties": {"a": {"type": "integer"}}}},
         "guided_regex": {"prompt": "x", "guided_regex": "[A-Z][a-z]{1,8} (?:is|was) \\d+\\."},
         "structured_regex": {"prompt": "x", "structured_outputs": {"regex": "(?:ab|c)+-\\d{1,3}"}},
+        "guided_grammar": {"prompt": "x", "guided_grammar":
+                           'root ::= item ("," item)*\nitem ::= "(" item ")" | [a-z]{1,4}'},
+        "grammar_llamacpp": {"prompt": "x", "grammar": 'root ::= ("yes" | "no") "."'},
         "json_constrained": {"prompt": "x", "guided_json": {"type": "object", "properties": {
             "d": {"type": "string", "format": "date"},
             "c": {"type": "string", "pattern": "^[A-Z]{2}-\\d{3}$", "maxLength": 6},

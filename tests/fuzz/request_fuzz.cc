@@ -1,7 +1,8 @@
 // Fuzzes request validation, as the gRPC handlers do it (server/calls.cc), on a serialized
 // spanserve.v1.GenerateRequest or ScoreRequest: proto parsing, then the server's
-// conversion (PromptIds: text / token ids / chat through the model's chat template;
-// CheckPromptLength; ToSamplingParams with engine::ValidateSamplingParams; AddChatStop;
+// conversion (ToEngineRequest: PromptIds, text / token ids / chat through the model's chat
+// template; CheckPromptLength; ToSamplingParams with engine::ValidateSamplingParams, bad_words
+// tokenized, truncate_prompt_tokens; AddChatStop;
 // Score's ScoreTokenIds, lm-evaluation-harness's pair encoding),
 // then the engine's own check of the resulting request (EngineCore::ValidateRequest, what
 // Engine::Submit runs). Whatever the server accepts, the engine must accept too.
@@ -40,31 +41,15 @@ using spanserve::fuzz::World;
 void FuzzGenerate(const World& w, const server::ServedModel& model, std::string_view bytes) {
   v1::GenerateRequest proto;
   if (!proto.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) return;
-  const engine::EngineInfo& info = model.engine().info();
-  engine::Request request;
-  absl::StatusOr<std::vector<int32_t>> ids = server::PromptIds(proto.prompt(), "prompt", model);
-  if (!ids.ok()) {
-    SPANSERVE_CHECK(ids.status().code() == absl::StatusCode::kInvalidArgument);
+  // gRPC's Generate path: the prompt's ids, its length, the sampling (bad_words tokenized,
+  // truncate_prompt_tokens applied), the chat stop.
+  absl::StatusOr<engine::Request> request = server::ToEngineRequest(proto, model);
+  if (!request.ok()) {
+    SPANSERVE_CHECK(request.status().code() == absl::StatusCode::kInvalidArgument);
     return;
   }
-  SPANSERVE_CHECK(!ids->empty());
-  request.prompt = *std::move(ids);
-  absl::StatusOr<engine::SamplingParams> sampling =
-      server::ToSamplingParams(proto.sampling(), info.vocab_size);
-  if (!sampling.ok()) {
-    SPANSERVE_CHECK(sampling.status().code() == absl::StatusCode::kInvalidArgument);
-    return;
-  }
-  request.sampling = *std::move(sampling);
-  // As ToEngineRequest checks it: a request that generates nothing may fill the context.
-  if (!server::CheckPromptLength(request.prompt.size(), info.max_model_len, "prompt",
-                                 request.sampling.max_tokens > 0)
-           .ok()) {
-    return;
-  }
-  server::AddChatStop(proto.prompt(), model, &request.sampling);
-  request.priority = proto.priority();
-  CheckEngineAccepts(w, request);
+  SPANSERVE_CHECK(!request->prompt.empty());
+  CheckEngineAccepts(w, *request);
 }
 
 void FuzzScore(const World& w, const server::ServedModel& model, std::string_view bytes) {

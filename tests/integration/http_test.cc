@@ -414,7 +414,7 @@ TEST(HttpTest, GuidedChoiceAnswersOneOfTheStrings) {
        {json{{"guided_choice", json::array()}}, json{{"guided_choice", {1, 2}}},
         json{{"guided_choice", {"a", ""}}},
         json{{"guided_choice", {"a"}}, {"response_format", {{"type", "json_object"}}}},
-        json{{"structured_outputs", {{"grammar", "root ::= \"a\""}}}}}) {
+        json{{"structured_outputs", {{"structural_tag", "x"}}}}}) {
     json body = bad;
     body["prompt"] = "x";
     const Answer a = Post(client, "/v1/completions", body);
@@ -569,6 +569,123 @@ TEST(HttpTest, GuidedRegexAnswersTextsThatMatch) {
        "beside"},
   };
   ExpectRefusals(client, refusals);
+}
+
+// GBNF guided decoding: vLLM's guided_grammar (and structured_outputs {"grammar"}) and
+// llama.cpp's `grammar` answer sentences of the grammar, sampled or streamed; gRPC's
+// SamplingParams.guided_grammar too; bad grammars are refused saying where.
+TEST(HttpTest, GuidedGrammarAnswersSentences) {
+  HttpServer s;
+  auto client = s.Client();
+  const std::string grammar = R"gbnf(root     ::= sentence (" " sentence){0,2}
+sentence ::= subject " " verb " " object "."
+subject  ::= "God" | "The " noun
+noun     ::= "light" | "earth" | "waters"   # what there is
+verb     ::= "saw" | "made" | "divided"
+object   ::= ( "the " noun
+             | "it" )
+)gbnf";
+  const std::string s1 =
+      "(?:God|The (?:light|earth|waters)) (?:saw|made|divided) (?:the "
+      "(?:light|earth|waters)|it)\\.";
+  const std::regex re("(?:" + s1 + ")(?: " + s1 + "){0,2}");
+  std::set<std::string> seen;
+  for (const char* key : {"guided_grammar", "grammar", "structured_outputs"}) {
+    json body = {{"prompt", "And God said"},
+                 {"n", 8},
+                 {"temperature", 1.5},
+                 {"seed", 4},
+                 {"max_tokens", 64}};
+    if (std::string(key) == "structured_outputs") {
+      body["structured_outputs"] = {{"grammar", grammar}};
+    } else {
+      body[key] = grammar;
+    }
+    const Answer a = Post(client, "/v1/completions", body);
+    ASSERT_EQ(a.status, 200) << a.raw;
+    for (const json& c : a.body["choices"]) {
+      const std::string text = c["text"];
+      EXPECT_TRUE(std::regex_match(text, re)) << text;
+      EXPECT_EQ(c["finish_reason"], "stop") << text;
+      seen.insert(text);
+    }
+    body["n"] = 1;
+    body["stream"] = true;
+    auto res = client.Post("/v1/completions", body.dump(), "application/json");
+    ASSERT_TRUE(res);
+    std::string joined;
+    for (const std::string& e : SseData(res->body)) {
+      if (e != "[DONE]") joined += json::parse(e)["choices"][0]["text"].get<std::string>();
+    }
+    EXPECT_TRUE(std::regex_match(joined, re)) << joined;
+  }
+  EXPECT_GE(seen.size(), 4u);
+  // ignore_eos: the output goes on until nothing may follow, three sentences.
+  const Answer longer = Post(client, "/v1/completions",
+                             {{"prompt", "And God said"},
+                              {"guided_grammar", grammar},
+                              {"ignore_eos", true},
+                              {"temperature", 0},
+                              {"max_tokens", 96}});
+  ASSERT_EQ(longer.status, 200) << longer.raw;
+  const std::string three = longer.body["choices"][0]["text"];
+  EXPECT_TRUE(std::regex_match(three, re)) << three;
+  EXPECT_EQ(std::count(three.begin(), three.end(), '.'), 3) << three;
+  // A recursive grammar no regular expression holds: balanced parentheses.
+  const Answer nested = Post(
+      client, "/v1/completions",
+      {{"prompt", "And God said"},
+       {"guided_grammar", "root ::= \"(((\" inner \")))\"\ninner ::= \"(\" inner \")\" | \"x\""},
+       {"temperature", 1.0},
+       {"seed", 2},
+       {"n", 4},
+       {"max_tokens", 32}});
+  ASSERT_EQ(nested.status, 200) << nested.raw;
+  for (const json& c : nested.body["choices"]) {
+    const std::string text = c["text"];
+    if (c["finish_reason"] != "stop") continue;
+    const size_t open = text.find_first_not_of('(');
+    ASSERT_NE(open, std::string::npos) << text;
+    EXPECT_GE(open, 3u) << text;
+    EXPECT_EQ(text, std::string(open, '(') + "x" + std::string(open, ')')) << text;
+  }
+  // gRPC: SamplingParams.guided_grammar.
+  auto stub = s.Stub();
+  v1::GenerateRequest r;
+  r.mutable_prompt()->set_text("And God said");
+  r.mutable_sampling()->set_max_tokens(64);
+  r.mutable_sampling()->set_seed(3);
+  r.mutable_sampling()->set_guided_grammar(grammar);
+  {
+    grpc::ClientContext context;
+    auto reader = stub->Generate(&context, r);
+    std::string text;
+    v1::GenerateChunk chunk;
+    while (reader->Read(&chunk)) text += chunk.text();
+    ASSERT_TRUE(reader->Finish().ok());
+    EXPECT_TRUE(std::regex_match(text, re)) << text;
+  }
+  {
+    r.mutable_sampling()->set_guided_grammar("root ::= root \"a\" | \"a\"");
+    grpc::ClientContext context;
+    auto reader = stub->Generate(&context, r);
+    v1::GenerateChunk chunk;
+    while (reader->Read(&chunk)) {
+    }
+    const grpc::Status st = reader->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(st.error_message().find("guided_grammar"), std::string::npos) << st.error_message();
+  }
+  ExpectRefusals(
+      client,
+      {{{{"guided_grammar", "root ::= \"a\" ("}}, "guided_grammar", "1:"},
+       {{{"guided_grammar", "root ::= thing"}}, "guided_grammar", "thing"},
+       {{{"guided_grammar", "root ::= root \"a\" | \"a\""}}, "guided_grammar", "left-recursive"},
+       {{{"guided_grammar", "start: \"a\""}}, "guided_grammar", ""},
+       {{{"guided_grammar", 5}}, "guided_grammar", "must be a string"},
+       {{{"grammar", "root ::= \"a\""}, {"guided_grammar", "root ::= \"b\""}}, "grammar", "beside"},
+       {{{"guided_grammar", "root ::= \"a\""}, {"guided_regex", "a"}}, "guided_grammar", "beside"},
+       {{{"structured_outputs", {{"grammar", 1}}}}, "structured_outputs", "must be a string"}});
 }
 
 TEST(HttpTest, JsonSchemaPatternsFormatsAndBoundsHold) {
@@ -765,6 +882,12 @@ TEST(HttpTest, VllmExtrasAnswerAsVllmDoes) {
       complete({{"prompt", std::vector<int32_t>(all.end() - 6, all.end())}})["choices"][0]["text"]);
   EXPECT_EQ(complete({{"prompt", text}, {"truncate_prompt_tokens", -1}})["usage"]["prompt_tokens"],
             all.size());
+  // Echoed, a truncated prompt is what was kept of it.
+  EXPECT_EQ(
+      complete(
+          {{"prompt", text}, {"truncate_prompt_tokens", 6}, {"echo", true}})["choices"][0]["text"],
+      detokenize(std::vector<int32_t>(all.end() - 6, all.end())) +
+          cut["choices"][0]["text"].get<std::string>());
 
   // continue_final_message: the assistant's message is left open and continued.
   const json messages =

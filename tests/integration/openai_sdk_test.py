@@ -11,6 +11,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -333,6 +334,24 @@ class ChatTest(unittest.TestCase):
                 messages=[{"role": "user", "content": "Give me a phone number."}],
                 extra_body={"guided_regex": r"\+1 \d{3}-\d{3}-\d{4}"})
             self.assertRegex(r.choices[0].message.content, r"^\+1 \d{3}-\d{3}-\d{4}$")
+            # vLLM's guided_grammar (GBNF), in the body: a nested arithmetic expression.
+            grammar = '''root ::= expr
+expr ::= term (" " [-+] " " term)*
+term ::= [0-9]{1,3} | "(" expr ")"
+'''
+            r = client.chat.completions.create(
+                model="smollm2", max_tokens=40, temperature=0.7, seed=2,
+                messages=[{"role": "user", "content": "Write a sum of a few numbers."}],
+                extra_body={"guided_grammar": grammar})
+            expr = r.choices[0].message.content
+            if r.choices[0].finish_reason == "stop":
+                flat = expr  # innermost parentheses folded into a number until none is left
+                while True:
+                    folded = re.sub(r"\([0-9]{1,3}(?: [-+] [0-9]{1,3})*\)", "0", flat)
+                    if folded == flat:
+                        break
+                    flat = folded
+                self.assertRegex(flat, r"^[0-9]{1,3}(?: [-+] [0-9]{1,3})*$", expr)
             # A keyword it cannot enforce is refused, naming it, not ignored.
             with self.assertRaises(openai.BadRequestError) as e:
                 client.chat.completions.create(

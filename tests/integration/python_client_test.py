@@ -342,6 +342,15 @@ class ClientTest(unittest.TestCase):
             out = self.client.complete("And God said", max_tokens=32, temperature=1.2, seed=seed,
                                        guided_choice=["Let there be light", "Behold"])
             self.assertIn(out.text, ("Let there be light", "Behold"))
+        # guided_grammar (GBNF): the output is a sentence of the grammar.
+        grammar = 'root ::= "Let there be " ("light" | "day") | "Behold"'
+        for seed in range(3):
+            out = self.client.complete("And God said", max_tokens=32, temperature=1.2, seed=seed,
+                                       guided_grammar=grammar)
+            self.assertIn(out.text, ("Let there be light", "Let there be day", "Behold"))
+        with self.assertRaises(SpanServeError) as caught:
+            self.client.complete("And God said", guided_grammar="root ::= root")
+        self.assertIn("guided_grammar", caught.exception.message)
         # vLLM's extras: allowed_token_ids, bad_words, skip_special_tokens,
         # include_stop_str_in_output, truncate_prompt_tokens.
         kept = self.client.complete("And God said", max_tokens=8, temperature=1.5, seed=1,

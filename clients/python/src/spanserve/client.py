@@ -285,7 +285,8 @@ class Client:
         ``json_schema`` (a JSON Schema, a dict or its text: the output a JSON text it
         accepts; docs/API.md lists the keywords compiled), ``guided_choice`` (strings: the
         output is one of them), ``guided_regex`` (a regular expression the whole output
-        matches), and vLLM's ``include_stop_str_in_output``, ``skip_special_tokens`` [True],
+        matches), ``guided_grammar`` (a GBNF grammar the whole output is a sentence of),
+        and vLLM's ``include_stop_str_in_output``, ``skip_special_tokens`` [True],
         ``allowed_token_ids``, ``bad_words`` and ``truncate_prompt_tokens``. Unknown names
         raise TypeError; server-side validation errors raise SpanServeError while iterating.
 

@@ -2,11 +2,13 @@
 // chunked prefill, prefix cache, preemption, stop conditions, logprobs, no leaked blocks.
 #include "runtime/engine/engine_core.h"
 
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <numeric>
 #include <random>
@@ -19,6 +21,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "nlohmann/json.hpp"
+#include "runtime/engine/grammar.h"
 #include "runtime/engine/regex.h"
 #include "test_model.h"
 
@@ -661,7 +664,9 @@ TEST_F(EngineCoreTest, AllowedTokenIdsAndBadWordsHoldAloneAndBatched) {
     for (size_t k = 0; k < t.size(); ++k) {
       EXPECT_NE(std::find(allowed.begin(), allowed.end(), t[k]), allowed.end()) << t[k];
       EXPECT_NE(t[k], 16);
-      if (k > 0) EXPECT_FALSE(t[k - 1] == 25 && t[k] == 36);
+      if (k > 0) {
+        EXPECT_FALSE(t[k - 1] == 25 && t[k] == 36);
+      }
     }
   }
 }
@@ -853,6 +858,108 @@ TEST_F(EngineCoreTest, GuidedRegexKeepsOutputsMatchingAndTheInvariances) {
     }
   }
   EXPECT_GT(matched, 4);
+}
+
+// A sentence of the grammar in GuidedGrammarKeepsOutputsSentencesAndTheInvariances, by
+// recursive descent: item ("," item){0,3}, item = "(" item ")" | -?[0-9]{1,3} | (ab|c|é)+.
+bool IsGrammarSentence(const std::string& s) {
+  size_t i = 0;
+  std::function<bool()> item = [&]() -> bool {
+    if (i < s.size() && s[i] == '(') {
+      ++i;
+      if (!item() || i >= s.size() || s[i] != ')') return false;
+      ++i;
+      return true;
+    }
+    const size_t start = i;
+    if (i < s.size() && s[i] == '-') ++i;
+    size_t digits = 0;
+    while (i < s.size() && std::isdigit(static_cast<unsigned char>(s[i]))) ++i, ++digits;
+    if (digits > 0 || i > start) return digits >= 1 && digits <= 3;
+    size_t words = 0;
+    for (;;) {
+      if (s.compare(i, 2, "ab") == 0 || s.compare(i, 2, "\xC3\xA9") == 0) {
+        i += 2;
+      } else if (s.compare(i, 1, "c") == 0) {
+        i += 1;
+      } else {
+        break;
+      }
+      ++words;
+    }
+    return words > 0;
+  };
+  if (!item()) return false;
+  for (int k = 0; k < 3 && i < s.size() && s[i] == ','; ++k) {
+    ++i;
+    if (!item()) return false;
+  }
+  return i == s.size();
+}
+
+// GBNF guided decoding (ResponseFormat::kGrammar) over token bytes given to the tiny
+// vocabulary: outputs are sentence prefixes token by token, EOS only after a sentence, an
+// output without EOS stops only where nothing may follow, and outputs are the same alone,
+// batched and preempted.
+TEST_F(EngineCoreTest, GuidedGrammarKeepsOutputsSentencesAndTheInvariances) {
+  const std::vector<std::string> fragments = {"a",  "b",   "ab", "c",  "-",  "1",    "12",   "(",
+                                              ")",  ",",   "5",  "-9", "((", "\xC3", "\xA9", "é1",
+                                              "))", "abc", "0",  "c,", "7",  "),",   ",("};
+  constexpr int32_t kEos = 2;
+  const auto bytes_of = [&](int32_t id) {
+    return id == kEos ? std::string() : fragments[id % fragments.size()];
+  };
+  auto grammar = Grammar::Compile(R"gbnf(# nested items
+root ::= item ("," item){0,3}
+item ::= "(" item ")" | num | word
+num  ::= "-"? [0-9]{1,3}
+word ::= ("ab" | "c" | "\u00e9")+
+)gbnf");
+  ASSERT_TRUE(grammar.ok()) << grammar.status();
+  EngineOptions options = Options();
+  options.token_bytes = std::make_shared<const TokenBytesTable>(97, bytes_of);
+  std::vector<Request> reqs = RandomRequests(24, 9, /*greedy=*/false);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    Request& r = reqs[i];
+    r.sampling.response_format = ResponseFormat::kGrammar;
+    r.sampling.grammar = *grammar;
+    r.sampling.max_tokens = 40;
+    if (i % 3 == 0) r.sampling.temperature = 0;
+    if (i % 4 == 1) r.sampling.ignore_eos = true;
+    if (i % 5 == 2) r.sampling.min_tokens = 6;
+  }
+  const Run alone = RunAloneExpectingTheSameBatchedAndPreempted(options, reqs);
+  int sentences = 0;
+  int nested = 0;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    SCOPED_TRACE(::testing::Message() << "request " << i);
+    const Collected& c = alone.out[i];
+    GrammarState state(grammar->get());
+    std::string text;
+    for (size_t j = 0; j < c.tokens.size(); ++j) {
+      if (c.tokens[j] == kEos) {
+        EXPECT_TRUE(state.accepting()) << "EOS before a sentence: " << text;
+        EXPECT_EQ(j + 1, c.tokens.size());
+        EXPECT_FALSE(reqs[i].sampling.ignore_eos);
+        EXPECT_GE(static_cast<int32_t>(j), reqs[i].sampling.min_tokens);
+        break;
+      }
+      text += bytes_of(c.tokens[j]);
+      ASSERT_TRUE(state.Feed(bytes_of(c.tokens[j]))) << text;
+    }
+    if (c.final.reason == FinishReason::kStop) {
+      EXPECT_TRUE(IsGrammarSentence(text)) << text;
+      if (c.tokens.empty() || c.tokens.back() != kEos) {
+        EXPECT_TRUE(state.final()) << text;
+      }
+      ++sentences;
+      nested += text.find('(') != std::string::npos;
+    } else {
+      EXPECT_EQ(c.tokens.size(), 40u);
+    }
+  }
+  EXPECT_GT(sentences, 4);
+  EXPECT_GT(nested, 0);
 }
 
 TEST_F(EngineCoreTest, LengthFinishesAtMaxTokensAndAtTheContext) {
