@@ -194,9 +194,12 @@ struct LogprobEntry {
 struct Choice {
   int index = 0;
   int prompt_index = 0;
-  std::vector<int32_t> prompt_ids;  // echo only
+  std::vector<int32_t> prompt_ids;  // echo and return_token_ids only
   std::string prompt_text;          // echo only
-  std::string text;                 // non-streaming: all of it
+  // vLLM's prompt_logprobs: the prompt's positions after the first (not streamed).
+  std::vector<engine::PositionLogprobs> prompt_logprobs;
+  std::vector<int32_t> token_ids;  // return_token_ids, not streamed: the generated ids
+  std::string text;                // non-streaming: all of it
   std::vector<LogprobEntry> logprobs;
   int64_t text_offset = 0;  // bytes of text so far (logprobs' text_offset)
   bool started = false;     // its first output was seen
@@ -260,8 +263,8 @@ class Exchange {
         c.index = static_cast<int>(p) * n + j;
         c.prompt_index = static_cast<int>(p);
         if (split) c.splitter.emplace(starts_in_reasoning);
+        if (request_.echo || request_.return_token_ids) c.prompt_ids = base.prompt;
         if (request_.echo) {
-          c.prompt_ids = base.prompt;
           // A truncated prompt echoes what was kept of it.
           c.prompt_text =
               proto.prompt().has_text() && !proto.sampling().has_truncate_prompt_tokens()
@@ -276,6 +279,14 @@ class Exchange {
               1 + static_cast<int64_t>(base.prompt.size() - 1) * (1 + *request_.logprobs);
           if (echo_logprobs > max_logprobs_) {
             return ParamError("logprobs", TooManyLogprobs("the echoed prompts' logprobs"));
+          }
+        }
+        if (request_.prompt_logprobs) {
+          // vLLM's prompt_logprobs likewise (never streamed).
+          echo_logprobs +=
+              1 + static_cast<int64_t>(base.prompt.size() - 1) * (1 + *request_.prompt_logprobs);
+          if (echo_logprobs > max_logprobs_) {
+            return ParamError("prompt_logprobs", TooManyLogprobs("the prompts' logprobs"));
           }
         }
         engine::Request r = j + 1 < n ? base : std::move(base);
@@ -321,10 +332,16 @@ class Exchange {
           std::vector<LogprobEntry> entries;
           entries.push_back({c.prompt_ids[0], std::nullopt, {}});
           for (const engine::PositionLogprobs& lp : e.output.prompt_logprobs) {
-            entries.push_back({lp.token, lp.logprob, lp.top});
+            // The engine may have computed more alternatives, for prompt_logprobs.
+            const size_t top = std::min<size_t>(lp.top.size(), *request_.logprobs);
+            entries.push_back({lp.token, lp.logprob, {lp.top.begin(), lp.top.begin() + top}});
           }
           AddLogprobs(c, entries, stream ? &delta_logprobs : nullptr, /*prompt=*/true);
         }
+      }
+      if (first && request_.prompt_logprobs) c.prompt_logprobs = e.output.prompt_logprobs;
+      if (request_.return_token_ids && !stream) {
+        c.token_ids.insert(c.token_ids.end(), e.output.token_ids.begin(), e.output.token_ids.end());
       }
       delta_text += e.output.text;
       if (request_.logprobs) {
@@ -381,7 +398,22 @@ class Exchange {
             if (!reasoning_delta.empty()) delta["reasoning_content"] = std::move(reasoning_delta);
             if (!delta_text.empty()) delta["content"] = std::move(delta_text);
           }
-          sse += SseEvent(ChunkChoice(c, std::move(delta), std::move(delta_logprobs), finish));
+          json chunk = ChunkChoice(c, std::move(delta), std::move(delta_logprobs), finish);
+          if (request_.return_token_ids) {
+            // vLLM's: each chunk's ids, the prompt's with the first.
+            json& choice = chunk["choices"][0];
+            choice["token_ids"] = e.output.token_ids;
+            if (first) (chat_ ? chunk : choice)["prompt_token_ids"] = c.prompt_ids;
+          }
+          sse += SseEvent(chunk);
+        } else if (request_.return_token_ids && !e.output.token_ids.empty()) {
+          // Ids whose text is held back (a stop string may begin) go out as they come.
+          json chunk =
+              ChunkChoice(c, chat_ ? json::object() : json(""), json(nullptr), std::nullopt);
+          json& choice = chunk["choices"][0];
+          choice["token_ids"] = e.output.token_ids;
+          if (first) (chat_ ? chunk : choice)["prompt_token_ids"] = c.prompt_ids;
+          sse += SseEvent(chunk);
         }
       }
     }
@@ -428,11 +460,35 @@ class Exchange {
  private:
   // The response's fields but its choices.
   json ResponseFields() const {
-    return {{"id", id_},
-            {"object", chat_ ? "chat.completion" : "text_completion"},
-            {"created", created_},
-            {"model", model_->name()},
-            {"usage", Usage()}};
+    json fields = {{"id", id_},
+                   {"object", chat_ ? "chat.completion" : "text_completion"},
+                   {"created", created_},
+                   {"model", model_->name()},
+                   {"usage", Usage()}};
+    // vLLM's chat has the prompt's fields once, in the response; completions in each choice.
+    if (chat_ && !choices_.empty()) {
+      if (request_.prompt_logprobs) fields["prompt_logprobs"] = PromptLogprobs(choices_[0]);
+      if (request_.return_token_ids) fields["prompt_token_ids"] = choices_[0].prompt_ids;
+    }
+    return fields;
+  }
+  // vLLM's prompt_logprobs: null for the first token, then for each position its token's and
+  // the alternatives' {"logprob", "rank", "decoded_token"}, keyed by token id.
+  json PromptLogprobs(const Choice& c) const {
+    json out = json::array({nullptr});
+    for (const engine::PositionLogprobs& lp : c.prompt_logprobs) {
+      json position = json::object();
+      const size_t top = std::min<size_t>(lp.top.size(), *request_.prompt_logprobs);
+      for (size_t k = 0; k < top; ++k) {
+        position[std::to_string(lp.top[k].token)] = {{"logprob", lp.top[k].logprob},
+                                                     {"rank", k + 1},
+                                                     {"decoded_token", TokenText(lp.top[k].token)}};
+      }
+      position[std::to_string(lp.token)] = {
+          {"logprob", lp.logprob}, {"rank", lp.rank}, {"decoded_token", TokenText(lp.token)}};
+      out.push_back(std::move(position));
+    }
+    return out;
   }
   json ChoiceJson(const Choice& c) const {
     json choice = {{"index", c.index},
@@ -459,7 +515,10 @@ class Exchange {
         AppendCompletionLogprobs(c.logprobs, &offset, &lp);
       }
       choice["logprobs"] = std::move(lp);
+      if (request_.prompt_logprobs) choice["prompt_logprobs"] = PromptLogprobs(c);
+      if (request_.return_token_ids) choice["prompt_token_ids"] = c.prompt_ids;
     }
+    if (request_.return_token_ids) choice["token_ids"] = c.token_ids;
     return choice;
   }
 
@@ -1323,6 +1382,11 @@ absl::StatusOr<engine::Request> OpenAIEngineRequest(const OpenAIRequest& request
   ASSIGN_OR_RETURN(engine::Request r, ToEngineRequest(request.prompts.at(p), model,
                                                       /*min_max_tokens=*/request.echo ? 0 : 1));
   if (request.echo && request.logprobs) r.sampling.prompt_logprobs = *request.logprobs;
+  if (request.prompt_logprobs) {
+    // The engine computes the most alternatives either asks for; each takes its own.
+    r.sampling.prompt_logprobs =
+        std::max(r.sampling.prompt_logprobs.value_or(0), *request.prompt_logprobs);
+  }
   if (request.json_schema != nullptr) {
     r.sampling.response_format = engine::ResponseFormat::kJsonSchema;
     r.sampling.json_schema = request.json_schema;

@@ -940,6 +940,12 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(const json& body, OpenAIEndpoin
   }
   ASSIGN_OR_RETURN(std::optional<bool> as_ids, Bool(body, "return_tokens_as_token_ids"));
   request.tokens_as_ids = as_ids.value_or(false);
+  ASSIGN_OR_RETURN(request.prompt_logprobs, Int32In(body, "prompt_logprobs", 0, 20));
+  if (request.prompt_logprobs && request.stream) {
+    return ParamError("prompt_logprobs", "is not available with stream: true, as in vLLM");
+  }
+  ASSIGN_OR_RETURN(std::optional<bool> token_ids, Bool(body, "return_token_ids"));
+  request.return_token_ids = token_ids.value_or(false);
   ASSIGN_OR_RETURN(v1::SamplingParams sampling, ParseSampling(body, endpoint));
   sampling.set_response_format(response_format);
   for (std::string& c : choices) sampling.add_guided_choice(std::move(c));

@@ -83,6 +83,11 @@ struct OpenAIRequest {
   std::optional<int32_t> logprobs;
   // vLLM's return_tokens_as_token_ids: logprobs name tokens "token_id:<id>", not by text.
   bool tokens_as_ids = false;
+  // vLLM's prompt_logprobs (0..20): each prompt token's logprob, rank and that many
+  // alternatives, in the response (not with stream). Unset: none.
+  std::optional<int32_t> prompt_logprobs;
+  // vLLM's return_token_ids: the prompt's and each choice's token ids in the response.
+  bool return_token_ids = false;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   // Chat: the generation prompt (vLLM's add_generation_prompt, default true).

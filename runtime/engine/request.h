@@ -64,6 +64,8 @@ struct TokenLogprob {
 struct PositionLogprobs {
   int32_t token = 0;
   float logprob = 0.0f;
+  // The token's rank by logprob, from 1 (the most likely): 1 + the tokens strictly likelier.
+  int32_t rank = 1;
   std::vector<TokenLogprob> top;
 };
 

@@ -193,11 +193,17 @@ void ComputeLogprobs(std::span<const float> logits, int32_t token, int32_t top_n
                      PositionLogprobs* out) {
   const int32_t vocab = static_cast<int32_t>(logits.size());
   const float max = logits[ArgMax(logits)];
+  const float own = logits[token];
   double sum = 0;
-  for (float l : logits) sum += std::exp(static_cast<double>(l) - max);
+  int32_t above = 0;
+  for (float l : logits) {
+    sum += std::exp(static_cast<double>(l) - max);
+    above += l > own;
+  }
   const double log_z = max + std::log(sum);
   out->token = token;
-  out->logprob = static_cast<float>(logits[token] - log_z);
+  out->logprob = static_cast<float>(own - log_z);
+  out->rank = above + 1;
   out->top.clear();
   if (top_n <= 0) return;
   // Insertion into a small sorted list: O(vocab · top_n) worst case, top_n <= kMaxLogprobs.

@@ -913,10 +913,73 @@ TEST(HttpTest, VllmExtrasAnswerAsVllmDoes) {
             {{"prompt", open}, {"max_tokens", 12}, {"ignore_eos", false}})["choices"][0]["text"]);
   }
 
+  // prompt_logprobs: the prompt's logprobs as echo's, with each token's rank; return_token_ids:
+  // the prompt's and the output's ids, whole or streamed.
+  const std::vector<int32_t> prompt_ids = tokenize({{"prompt", "And God said"}});
+  const json scored = complete({{"prompt_logprobs", 2}, {"return_token_ids", true}});
+  const json echoed = complete({{"echo", true}, {"logprobs", 2}});
+  const json& pl = scored["choices"][0]["prompt_logprobs"];
+  ASSERT_EQ(pl.size(), prompt_ids.size()) << scored;
+  EXPECT_TRUE(pl[0].is_null());
+  for (size_t i = 1; i < prompt_ids.size(); ++i) {
+    const json& own = pl[i][std::to_string(prompt_ids[i])];
+    EXPECT_FLOAT_EQ(own["logprob"].get<float>(),
+                    echoed["choices"][0]["logprobs"]["token_logprobs"][i].get<float>());
+    EXPECT_GE(own["rank"].get<int>(), 1);
+    int ranked = 0;
+    for (const auto& [id, entry] : pl[i].items()) {
+      EXPECT_LE(entry["logprob"].get<float>(), 0.0f);
+      if (entry["rank"] == 1 || entry["rank"] == 2) ++ranked;
+      EXPECT_EQ(entry["decoded_token"], detokenize({std::stoi(id)}));
+    }
+    EXPECT_EQ(ranked, 2) << pl[i];
+  }
+  EXPECT_EQ(scored["choices"][0]["prompt_token_ids"].get<std::vector<int32_t>>(), prompt_ids);
+  EXPECT_EQ(scored["choices"][0]["token_ids"].get<std::vector<int32_t>>(), base_ids);
+  {
+    json body = {
+        {"prompt", "And God said"}, {"max_tokens", 16}, {"temperature", 0}, {"ignore_eos", true},
+        {"return_token_ids", true}, {"stream", true},   {"stop", "zzz"}};
+    auto res = client.Post("/v1/completions", body.dump(), "application/json");
+    ASSERT_TRUE(res);
+    std::vector<int32_t> streamed_ids;
+    bool prompt_seen = false;
+    for (const std::string& e : SseData(res->body)) {
+      if (e == "[DONE]") continue;
+      const json choice = json::parse(e)["choices"][0];
+      for (int32_t id : choice["token_ids"]) streamed_ids.push_back(id);
+      if (choice.contains("prompt_token_ids")) {
+        EXPECT_FALSE(prompt_seen);
+        prompt_seen = true;
+        EXPECT_EQ(choice["prompt_token_ids"].get<std::vector<int32_t>>(), prompt_ids);
+      }
+    }
+    EXPECT_TRUE(prompt_seen);
+    EXPECT_EQ(streamed_ids, base_ids);
+  }
+  {
+    // Chat: the prompt's fields once, in the response.
+    const Answer chat = Post(client, "/v1/chat/completions",
+                             {{"messages", json::array({{{"role", "user"}, {"content", "Hi"}}})},
+                              {"max_tokens", 4},
+                              {"prompt_logprobs", 1},
+                              {"return_token_ids", true}});
+    ASSERT_EQ(chat.status, 200) << chat.raw;
+    const std::vector<int32_t> chat_prompt =
+        chat.body["prompt_token_ids"].get<std::vector<int32_t>>();
+    EXPECT_EQ(chat.body["prompt_logprobs"].size(), chat_prompt.size());
+    EXPECT_EQ(chat.body["usage"]["prompt_tokens"], chat_prompt.size());
+    EXPECT_EQ(chat.body["choices"][0]["token_ids"].size(),
+              chat.body["usage"]["completion_tokens"].get<size_t>());
+  }
+
   // Refusals, each naming its field.
   ExpectRefusals(
       client,
-      {{{{"allowed_token_ids", json::array()}}, "allowed_token_ids", "empty"},
+      {{{{"prompt_logprobs", 1}, {"stream", true}}, "prompt_logprobs", "stream"},
+       {{{"prompt_logprobs", 21}}, "prompt_logprobs", "[0, 20]"},
+       {{{"return_token_ids", "yes"}}, "return_token_ids", "true or false"},
+       {{{"allowed_token_ids", json::array()}}, "allowed_token_ids", "empty"},
        {{{"allowed_token_ids", {5, 1 << 20}}}, "allowed_token_ids", "token ids"},
        {{{"bad_words", {"ok", " \t"}}}, "bad_words", "blank"},
        {{{"truncate_prompt_tokens", 0}}, "truncate_prompt_tokens", "-1 or in"},

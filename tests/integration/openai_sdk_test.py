@@ -181,6 +181,13 @@ class CompletionsTest(unittest.TestCase):
             **kw, extra_body={"allowed_token_ids": [0], "skip_special_tokens": False,
                               "include_stop_str_in_output": True})
         self.assertEqual(eos.choices[0].text, "<|endoftext|>")
+        ids_back = self.client.completions.create(
+            **kw, extra_body={"return_token_ids": True, "prompt_logprobs": 1})
+        self.assertEqual(ids_back.choices[0].model_extra["token_ids"], ids)
+        prompt_lp = ids_back.choices[0].model_extra["prompt_logprobs"]
+        self.assertEqual(len(prompt_lp), len(ids_back.choices[0].model_extra["prompt_token_ids"]))
+        self.assertIsNone(prompt_lp[0])
+        self.assertTrue(all(e["rank"] >= 1 for p in prompt_lp[1:] for e in p.values()))
         short = self.client.completions.create(**kw, extra_body={"truncate_prompt_tokens": 2})
         self.assertEqual(short.usage.prompt_tokens, 2)
         with self.assertRaises(openai.BadRequestError) as e:

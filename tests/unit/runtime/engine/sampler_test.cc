@@ -290,8 +290,12 @@ TEST(SamplerTest, LogprobsAreTheLogSoftmaxWithTopAlternatives) {
   EXPECT_EQ(lp.top[1].token, 3);
   EXPECT_EQ(lp.top[2].token, 2);
   EXPECT_NEAR(lp.top[0].logprob, 3 - std::log(z), 1e-6);
+  EXPECT_EQ(lp.rank, 3);  // two tokens (1 and 3) are likelier
   ComputeLogprobs(l, 4, 0, &lp);
   EXPECT_TRUE(lp.top.empty());
+  EXPECT_EQ(lp.rank, 6);  // ties (7) share the rank
+  ComputeLogprobs(l, 3, 0, &lp);
+  EXPECT_EQ(lp.rank, 1);
 }
 
 // A chat request may carry the most stops a client may send; the server then adds the
