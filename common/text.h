@@ -18,6 +18,10 @@ inline constexpr size_t kMaxEchoBytes = 128;
 // surrogate, a value past U+10FFFF, or cut short).
 size_t DecodeUtf8(absl::string_view s, size_t i, uint32_t* code_point);
 
+// Appends the UTF-8 encoding of `code_point` (1-4 bytes); a value past U+10FFFF is written
+// as U+FFFD.
+void AppendUtf8(uint32_t code_point, std::string* out);
+
 // Whether `value` is well-formed UTF-8 (no overlong forms, surrogates or values past
 // U+10FFFF), as protobuf requires of string fields.
 bool IsValidUtf8(absl::string_view value);

@@ -118,6 +118,19 @@ int Report(const grpc::Status& status) {
   return 1;
 }
 
+// A flag's value "@FILE" is replaced by FILE's contents; false (after saying so) when it
+// cannot be read.
+bool ReadAtFile(const char* what, std::string* value) {
+  if (value->empty() || (*value)[0] != '@') return true;
+  std::ifstream in(value->substr(1), std::ios::binary);
+  if (!in) {
+    std::fprintf(stderr, "error: cannot read the %s file %s\n", what, value->c_str() + 1);
+    return false;
+  }
+  value->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  return true;
+}
+
 int Generate(v1::SpanServe::Stub& stub, v1::GenerateRequest request) {
   request.set_model(absl::GetFlag(FLAGS_model));
   v1::SamplingParams* s = request.mutable_sampling();
@@ -129,27 +142,13 @@ int Generate(v1::SpanServe::Stub& stub, v1::GenerateRequest request) {
   for (const std::string& stop : absl::GetFlag(FLAGS_stop)) s->add_stop(stop);
   if (absl::GetFlag(FLAGS_json_object)) s->set_response_format(v1::RESPONSE_FORMAT_JSON_OBJECT);
   if (std::string schema = absl::GetFlag(FLAGS_json_schema); !schema.empty()) {
-    if (schema[0] == '@') {
-      std::ifstream in(schema.substr(1), std::ios::binary);
-      if (!in) {
-        std::fprintf(stderr, "error: cannot read the schema file %s\n", schema.c_str() + 1);
-        return 2;
-      }
-      schema.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    }
+    if (!ReadAtFile("schema", &schema)) return 2;
     s->set_response_format(v1::RESPONSE_FORMAT_JSON_SCHEMA);
     s->set_json_schema(std::move(schema));
   }
   s->set_guided_regex(absl::GetFlag(FLAGS_guided_regex));
   if (std::string grammar = absl::GetFlag(FLAGS_guided_grammar); !grammar.empty()) {
-    if (grammar[0] == '@') {
-      std::ifstream in(grammar.substr(1), std::ios::binary);
-      if (!in) {
-        std::fprintf(stderr, "error: cannot read the grammar file %s\n", grammar.c_str() + 1);
-        return 2;
-      }
-      grammar.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    }
+    if (!ReadAtFile("grammar", &grammar)) return 2;
     s->set_guided_grammar(std::move(grammar));
   }
   grpc::ClientContext context;

@@ -9,66 +9,17 @@
 #include "absl/hash/hash.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/text.h"
+#include "runtime/engine/code_points.h"
 
 namespace spanserve::engine {
 
 namespace {
 
-constexpr uint32_t kMaxCodePoint = 0x10FFFF;
 constexpr uint64_t kInfinite = uint64_t{1} << 60;  // bytes: saturates below overflow
 constexpr uint32_t kMinOfLength[5] = {0, 0, 0x80, 0x800, 0x10000};
 
-using Ranges = std::vector<std::pair<uint32_t, uint32_t>>;
-
-// Sorted, disjoint, non-adjacent ranges without surrogates.
-Ranges Normalize(Ranges ranges) {
-  Ranges split;
-  for (auto [lo, hi] : ranges) {
-    hi = std::min(hi, kMaxCodePoint);
-    if (lo > hi) continue;
-    if (lo <= 0xD7FF) split.push_back({lo, std::min<uint32_t>(hi, 0xD7FF)});
-    if (hi >= 0xE000) split.push_back({std::max<uint32_t>(lo, 0xE000), hi});
-  }
-  std::sort(split.begin(), split.end());
-  Ranges out;
-  for (const auto& r : split) {
-    if (!out.empty() && r.first <= out.back().second + 1) {
-      out.back().second = std::max(out.back().second, r.second);
-    } else {
-      out.push_back(r);
-    }
-  }
-  return out;
-}
-
-Ranges Complement(const Ranges& set) {
-  Ranges out;
-  uint32_t next = 0;
-  for (auto [lo, hi] : set) {
-    if (lo > next) out.push_back({next, lo - 1});
-    next = hi + 1;
-  }
-  if (next <= kMaxCodePoint) out.push_back({next, kMaxCodePoint});
-  return Normalize(std::move(out));
-}
-
-void AppendUtf8(uint32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
+using Ranges = CodePointRanges;
 
 uint64_t Utf8Length(uint32_t cp) { return cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4; }
 
@@ -421,14 +372,14 @@ absl::Status GrammarCompiler::Primary(bool nested, Seq* seq, int depth) {
       ranges.push_back({*lo, hi});
     }
     ++pos_;
-    ranges = Normalize(std::move(ranges));
-    if (negated) ranges = Complement(ranges);
+    ranges = NormalizeCodePoints(std::move(ranges));
+    if (negated) ranges = ComplementCodePoints(ranges);
     if (ranges.empty()) return Error(at, "an empty character class (it matches no character)");
     seq->push_back(Elem{false, Set(std::move(ranges))});
     if (auto s = CountElements(1); !s.ok()) return s;
   } else if (c == '.') {
     ++pos_;
-    seq->push_back(Elem{false, Set(Normalize({{0, kMaxCodePoint}}))});
+    seq->push_back(Elem{false, Set(NormalizeCodePoints({{0, kMaxCodePoint}}))});
     if (auto s = CountElements(1); !s.ok()) return s;
   } else if (c == '(') {
     if (depth >= Grammar::kMaxNesting) {

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/text.h"
+#include "runtime/engine/code_points.h"
 
 namespace spanserve::engine {
 
@@ -37,7 +38,6 @@ class RegexDfaBuilder {
 
 namespace {
 
-constexpr uint32_t kMaxCodePoint = 0x10FFFF;
 constexpr uint32_t kEnd = UINT32_MAX;  // Peek() past the end of the pattern
 // Kernel entries (NFA state ids) kept by the subset construction, all states together.
 constexpr size_t kMaxKernelEntries = size_t{1} << 21;
@@ -55,37 +55,7 @@ absl::Status TooComplex() {
 // ---------------------------------------------------------------------------------------
 // Code-point sets: sorted, disjoint, non-adjacent ranges, never holding a surrogate.
 
-using CpRanges = std::vector<std::pair<uint32_t, uint32_t>>;
-
-CpRanges Normalize(const CpRanges& ranges) {
-  CpRanges split;
-  for (auto [lo, hi] : ranges) {
-    if (lo <= 0xD7FF) split.push_back({lo, std::min<uint32_t>(hi, 0xD7FF)});
-    if (hi >= 0xE000) split.push_back({std::max<uint32_t>(lo, 0xE000), hi});
-  }
-  std::sort(split.begin(), split.end());
-  CpRanges out;
-  for (const auto& r : split) {
-    if (!out.empty() && r.first <= out.back().second + 1) {
-      out.back().second = std::max(out.back().second, r.second);
-    } else {
-      out.push_back(r);
-    }
-  }
-  return out;
-}
-
-// Every code point not in `set` (a normalized set).
-CpRanges Complement(const CpRanges& set) {
-  CpRanges out;
-  uint32_t next = 0;
-  for (auto [lo, hi] : set) {
-    if (lo > next) out.push_back({next, lo - 1});
-    next = hi + 1;
-  }
-  if (next <= kMaxCodePoint) out.push_back({next, kMaxCodePoint});
-  return Normalize(out);
-}
+using CpRanges = CodePointRanges;
 
 // The class escapes, as sets both dialects agree a character is in: ECMAScript's `\d` and
 // `\w` are ASCII, Python's take Unicode digits and letters, so `\d` and `\w` are ASCII here
@@ -96,15 +66,15 @@ CpRanges Complement(const CpRanges& set) {
 CpRanges DigitSet() { return {{'0', '9'}}; }
 CpRanges WordSet() { return {{'0', '9'}, {'A', 'Z'}, {'_', '_'}, {'a', 'z'}}; }
 CpRanges SpaceSet() {
-  return Normalize({{0x09, 0x0D},
-                    {0x20, 0x20},
-                    {0xA0, 0xA0},
-                    {0x1680, 0x1680},
-                    {0x2000, 0x200A},
-                    {0x2028, 0x2029},
-                    {0x202F, 0x202F},
-                    {0x205F, 0x205F},
-                    {0x3000, 0x3000}});
+  return NormalizeCodePoints({{0x09, 0x0D},
+                              {0x20, 0x20},
+                              {0xA0, 0xA0},
+                              {0x1680, 0x1680},
+                              {0x2000, 0x200A},
+                              {0x2028, 0x2029},
+                              {0x202F, 0x202F},
+                              {0x205F, 0x205F},
+                              {0x3000, 0x3000}});
 }
 // Every character either dialect counts as whitespace.
 CpRanges AnySpaceSet() {
@@ -112,24 +82,26 @@ CpRanges AnySpaceSet() {
   s.push_back({0x1C, 0x1F});
   s.push_back({0x85, 0x85});
   s.push_back({0xFEFF, 0xFEFF});
-  return Normalize(s);
+  return NormalizeCodePoints(s);
 }
 CpRanges Intersect(const CpRanges& a, const CpRanges& b) {
-  return Complement(Normalize([&] {
-    CpRanges u = Complement(a);
-    const CpRanges nb = Complement(b);
+  return ComplementCodePoints(NormalizeCodePoints([&] {
+    CpRanges u = ComplementCodePoints(a);
+    const CpRanges nb = ComplementCodePoints(b);
     u.insert(u.end(), nb.begin(), nb.end());
     return u;
   }()));
 }
 // The complement of the escape `kind` (d, w or s), limited as above.
 CpRanges NegatedClassSet(uint32_t kind) {
-  if (kind == 'd') return Intersect(Complement(DigitSet()), {{0, 0x24F}});
-  if (kind == 'w') return Intersect(Complement(WordSet()), {{0, 0x7F}});
-  return Complement(AnySpaceSet());
+  if (kind == 'd') return Intersect(ComplementCodePoints(DigitSet()), {{0, 0x24F}});
+  if (kind == 'w') return Intersect(ComplementCodePoints(WordSet()), {{0, 0x7F}});
+  return ComplementCodePoints(AnySpaceSet());
 }
-CpRanges DotSet() { return Complement(Normalize({{'\n', '\n'}, {'\r', '\r'}, {0x2028, 0x2029}})); }
-CpRanges AnySet() { return Normalize({{0, kMaxCodePoint}}); }
+CpRanges DotSet() {
+  return ComplementCodePoints(NormalizeCodePoints({{'\n', '\n'}, {'\r', '\r'}, {0x2028, 0x2029}}));
+}
+CpRanges AnySet() { return NormalizeCodePoints({{0, kMaxCodePoint}}); }
 
 // ---------------------------------------------------------------------------------------
 // UTF-8.
@@ -319,7 +291,7 @@ class Parser {
   int32_t AddSet(CpRanges set) {
     Node node;
     node.kind = Node::kSet;
-    node.set = Normalize(set);
+    node.set = NormalizeCodePoints(set);
     return Add(std::move(node));
   }
   int32_t AddList(Node::Kind kind, std::vector<int32_t> kids) {
@@ -607,8 +579,8 @@ class Parser {
         set.push_back({first.cp, first.cp});
       }
     }
-    set = Normalize(set);
-    return AddSet(negate ? Intersect(Complement(set), limit) : set);
+    set = NormalizeCodePoints(set);
+    return AddSet(negate ? Intersect(ComplementCodePoints(set), limit) : set);
   }
 
   bool ParseClassAtom(ClassAtom* atom) {
@@ -638,7 +610,7 @@ class Parser {
     auto set = [&](CpRanges s, bool negate) {
       atom->is_set = true;
       atom->escape = c;
-      atom->set = negate ? NegatedClassSet(c | 0x20) : Normalize(s);
+      atom->set = negate ? NegatedClassSet(c | 0x20) : NormalizeCodePoints(s);
       return true;
     };
     auto cp = [&](uint32_t v) {

@@ -8,6 +8,8 @@
 #include <string>
 #include <string_view>
 
+#include "common/text.h"
+
 namespace spanserve::tokenizer {
 
 // Length in bytes of the well-formed UTF-8 sequence at the start of `s`, or 0 if `s` does
@@ -41,8 +43,7 @@ inline char32_t DecodeUtf8(std::string_view s, size_t* pos) {
   return c;
 }
 
-// Appends the UTF-8 encoding of `c`.
-void AppendUtf8(char32_t c, std::string* out);
+// AppendUtf8 (the UTF-8 encoding of a code point): common/text.h.
 
 // Rust's String::from_utf8_lossy: each maximal ill-formed subpart becomes one U+FFFD.
 std::string Utf8Lossy(std::string_view bytes);

@@ -142,6 +142,29 @@ std::string GrpcGreedyText(v1::SpanServe::Stub& stub, const std::string& prompt,
   return text;
 }
 
+// A Generate call's whole text and how it ended.
+grpc::Status GrpcGenerate(v1::SpanServe::Stub& stub, const v1::GenerateRequest& r,
+                          std::string* text) {
+  grpc::ClientContext context;
+  auto reader = stub.Generate(&context, r);
+  v1::GenerateChunk chunk;
+  while (reader->Read(&chunk)) *text += chunk.text();
+  return reader->Finish();
+}
+
+// A streamed completion's text: its first choice's deltas joined.
+std::string StreamedCompletionText(httplib::Client& client, json body) {
+  body["stream"] = true;
+  auto res = client.Post("/v1/completions", body.dump(), "application/json");
+  EXPECT_TRUE(res);
+  std::string joined;
+  if (!res) return joined;
+  for (const std::string& e : SseData(res->body)) {
+    if (e != "[DONE]") joined += json::parse(e)["choices"][0]["text"].get<std::string>();
+  }
+  return joined;
+}
+
 v1::ModelInfo Info(v1::SpanServe::Stub& stub) {
   grpc::ClientContext context;
   v1::ModelInfo info;
@@ -508,13 +531,7 @@ TEST(HttpTest, GuidedRegexAnswersTextsThatMatch) {
     }
     // Streamed: the deltas join into a match too.
     body["n"] = 1;
-    body["stream"] = true;
-    auto res = client.Post("/v1/completions", body.dump(), "application/json");
-    ASSERT_TRUE(res);
-    std::string joined;
-    for (const std::string& e : SseData(res->body)) {
-      if (e != "[DONE]") joined += json::parse(e)["choices"][0]["text"].get<std::string>();
-    }
+    const std::string joined = StreamedCompletionText(client, body);
     EXPECT_TRUE(std::regex_match(joined, re)) << joined;
   }
   EXPECT_GE(seen.size(), 4u);  // sampled, not one forced answer
@@ -535,22 +552,14 @@ TEST(HttpTest, GuidedRegexAnswersTextsThatMatch) {
   r.mutable_sampling()->set_seed(3);
   r.mutable_sampling()->set_guided_regex(pattern);
   {
-    grpc::ClientContext context;
-    auto reader = stub->Generate(&context, r);
     std::string text;
-    v1::GenerateChunk chunk;
-    while (reader->Read(&chunk)) text += chunk.text();
-    ASSERT_TRUE(reader->Finish().ok());
+    ASSERT_TRUE(GrpcGenerate(*stub, r, &text).ok());
     EXPECT_TRUE(std::regex_match(text, re)) << text;
   }
   {
     r.mutable_sampling()->set_guided_regex("a(?<=a)");
-    grpc::ClientContext context;
-    auto reader = stub->Generate(&context, r);
-    v1::GenerateChunk chunk;
-    while (reader->Read(&chunk)) {
-    }
-    const grpc::Status st = reader->Finish();
+    std::string text;
+    const grpc::Status st = GrpcGenerate(*stub, r, &text);
     EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_NE(st.error_message().find("sampling.guided_regex: at offset 1"), std::string::npos)
         << st.error_message();
@@ -610,13 +619,7 @@ object   ::= ( "the " noun
       seen.insert(text);
     }
     body["n"] = 1;
-    body["stream"] = true;
-    auto res = client.Post("/v1/completions", body.dump(), "application/json");
-    ASSERT_TRUE(res);
-    std::string joined;
-    for (const std::string& e : SseData(res->body)) {
-      if (e != "[DONE]") joined += json::parse(e)["choices"][0]["text"].get<std::string>();
-    }
+    const std::string joined = StreamedCompletionText(client, body);
     EXPECT_TRUE(std::regex_match(joined, re)) << joined;
   }
   EXPECT_GE(seen.size(), 4u);
@@ -657,22 +660,14 @@ object   ::= ( "the " noun
   r.mutable_sampling()->set_seed(3);
   r.mutable_sampling()->set_guided_grammar(grammar);
   {
-    grpc::ClientContext context;
-    auto reader = stub->Generate(&context, r);
     std::string text;
-    v1::GenerateChunk chunk;
-    while (reader->Read(&chunk)) text += chunk.text();
-    ASSERT_TRUE(reader->Finish().ok());
+    ASSERT_TRUE(GrpcGenerate(*stub, r, &text).ok());
     EXPECT_TRUE(std::regex_match(text, re)) << text;
   }
   {
     r.mutable_sampling()->set_guided_grammar("root ::= root \"a\" | \"a\"");
-    grpc::ClientContext context;
-    auto reader = stub->Generate(&context, r);
-    v1::GenerateChunk chunk;
-    while (reader->Read(&chunk)) {
-    }
-    const grpc::Status st = reader->Finish();
+    std::string text;
+    const grpc::Status st = GrpcGenerate(*stub, r, &text);
     EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_NE(st.error_message().find("guided_grammar"), std::string::npos) << st.error_message();
   }
@@ -805,21 +800,12 @@ TEST(HttpTest, VllmExtrasAnswerAsVllmDoes) {
   EXPECT_EQ(complete({{"stop", stop}})["choices"][0]["text"], base.substr(0, at));
   EXPECT_EQ(complete({{"stop", stop}, {"include_stop_str_in_output", true}})["choices"][0]["text"],
             base.substr(0, at + stop.size()));
-  {
-    json body = {{"prompt", "And God said"},
-                 {"max_tokens", 16},
-                 {"temperature", 0},
-                 {"stop", stop},
-                 {"include_stop_str_in_output", true},
-                 {"stream", true}};
-    auto res = client.Post("/v1/completions", body.dump(), "application/json");
-    ASSERT_TRUE(res);
-    std::string joined;
-    for (const std::string& e : SseData(res->body)) {
-      if (e != "[DONE]") joined += json::parse(e)["choices"][0]["text"].get<std::string>();
-    }
-    EXPECT_EQ(joined, base.substr(0, at + stop.size()));
-  }
+  EXPECT_EQ(StreamedCompletionText(client, {{"prompt", "And God said"},
+                                            {"max_tokens", 16},
+                                            {"temperature", 0},
+                                            {"stop", stop},
+                                            {"include_stop_str_in_output", true}}),
+            base.substr(0, at + stop.size()));
 
   // skip_special_tokens false writes <|endoftext|> (id 0); an EOS that stops the output is
   // written only with include_stop_str_in_output.
