@@ -108,6 +108,9 @@ absl::StatusOr<std::string> ChatPromptText(const v1::Chat& chat, absl::string_vi
     return absl::InvalidArgumentError(
         absl::StrCat(continue_field, ": cannot be true with add_generation_prompt true"));
   }
+  // Rendered first: the template refuses a conversation without messages.
+  ASSIGN_OR_RETURN(std::string text,
+                   model.chat_template()->Apply(messages, false, messages_field, kwargs, tools));
   const std::string& last = messages.back().content;
   constexpr std::string_view kSpace = " \t\n\v\f\r";
   std::string_view stripped = last;
@@ -117,8 +120,6 @@ absl::StatusOr<std::string> ChatPromptText(const v1::Chat& chat, absl::string_vi
     return absl::InvalidArgumentError(
         absl::StrCat(continue_field, ": the last message has no content to continue"));
   }
-  ASSIGN_OR_RETURN(std::string text,
-                   model.chat_template()->Apply(messages, false, messages_field, kwargs, tools));
   size_t at = text.rfind(last);
   size_t len = last.size();
   if (at == std::string::npos) {

@@ -355,6 +355,11 @@ def make_request():
         "vllm_extras": f_bytes(1, prompt_text("And God said")) + f_bytes(
             2, f_varint(20, 1) + f_varint(21, 0) + f_bytes(22, varint(0) + varint(7))
             + f_bytes(23, "light") + f_bytes(23, " the earth") + f_varint(24, 2)),
+        # Chat's continue_final_message (field 5), with a message and with none.
+        "chat_continue": f_bytes(1, f_bytes(4, f_bytes(1, f_bytes(1, "user") + f_bytes(2, "Hi"))
+                                            + f_bytes(1, f_bytes(1, "assistant") + f_bytes(2, "He"))
+                                            + f_varint(2, 0) + f_varint(5, 1))),
+        "chat_continue_empty": f_bytes(1, f_bytes(4, f_varint(2, 0) + f_varint(5, 1))),
         # guided_grammar 25.
         "guided_grammar": f_bytes(1, prompt_text("x")) + f_bytes(
             2, f_bytes(25, 'root ::= "[" ( [0-9]+ ("," [0-9]+)* )? "]"')),

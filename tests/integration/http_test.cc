@@ -1005,6 +1005,12 @@ TEST(HttpTest, VllmExtrasAnswerAsVllmDoes) {
   ASSERT_TRUE(reader->Finish().ok());
   EXPECT_EQ(ids, (std::vector<int32_t>{0, 0}));
   EXPECT_EQ(streamed, "<|endoftext|><|endoftext|>");
+  // continue_final_message without a message to continue: refused, not read past the end.
+  v1::GenerateRequest none;
+  none.mutable_prompt()->mutable_chat()->set_continue_final_message(true);
+  none.mutable_prompt()->mutable_chat()->set_add_generation_prompt(false);
+  std::string nothing;
+  EXPECT_EQ(GrpcGenerate(*stub, none, &nothing).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 // OpenAI tool calling on a model whose template is Qwen2.5's (Hermes <tool_call> blocks):
