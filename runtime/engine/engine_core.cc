@@ -467,82 +467,39 @@ bool EngineCore::MaskToRegex(const Sequence& seq, bool suppress_stop, std::span<
   const uint32_t state = seq.regex_state;
   json_ids_.clear();
   if (!dfa->final(state)) {
-    auto entry = regex_cache_.find(dfa.get());
-    if (entry == regex_cache_.end()) {
-      for (auto it = regex_cache_.begin(); it != regex_cache_.end();) {
-        if (it->second.dfa.use_count() == 1) {
-          regex_cache_ids_ -= it->second.ids;
-          regex_cache_.erase(it++);
-        } else {
-          ++it;
-        }
-      }
-      entry = regex_cache_.try_emplace(dfa.get()).first;
-      entry->second.dfa = dfa;
-    }
-    RegexCache& cache = entry->second;
-    auto [it, added] = cache.allowed.try_emplace(state);
-    std::vector<int32_t>& allowed = it->second;
-    if (added) {
-      // A token can only go on with a byte the state takes: most are passed over on that.
-      std::array<bool, 256> first{};
-      for (int b = 0; b < 256; ++b) {
-        first[b] = dfa->Next(state, static_cast<uint8_t>(b)) != RegexDfa::kDead;
-      }
-      const TokenBytesTable& table = *options_.token_bytes;
-      for (int32_t t = 0; t < vocab_; ++t) {
-        const std::string& b = table.bytes(t);
-        // Special tokens (no bytes) are not text: only EOS / stop ids, below.
-        if (b.empty() || !first[static_cast<uint8_t>(b[0])]) continue;
-        if (dfa->Walk(state, b) != RegexDfa::kDead) allowed.push_back(t);
-      }
-      cache.ids += allowed.size() + 1;
-      regex_cache_ids_ += allowed.size() + 1;
-    }
-    json_ids_.assign(allowed.begin(), allowed.end());
-    if (regex_cache_ids_ > kRegexCacheIds) {
-      regex_cache_.clear();
-      regex_cache_ids_ = 0;
-    }
+    regex_cache_.Get(
+        dfa, state, /*key_words=*/0,
+        [&](std::vector<int32_t>* allowed) {
+          // A token can only go on with a byte the state takes: most are passed over on that.
+          std::array<bool, 256> first{};
+          for (int b = 0; b < 256; ++b) {
+            first[b] = dfa->Next(state, static_cast<uint8_t>(b)) != RegexDfa::kDead;
+          }
+          const TokenBytesTable& table = *options_.token_bytes;
+          for (int32_t t = 0; t < vocab_; ++t) {
+            const std::string& b = table.bytes(t);
+            // Special tokens (no bytes) are not text: only EOS / stop ids, below.
+            if (b.empty() || !first[static_cast<uint8_t>(b[0])]) continue;
+            if (dfa->Walk(state, b) != RegexDfa::kDead) allowed->push_back(t);
+          }
+        },
+        &json_ids_);
   }
   if (dfa->accepting(state) && !suppress_stop) AllowStopIds(seq.request.sampling);
   return KeepAllowedIds(logits);
 }
 
 bool EngineCore::MaskToGrammar(const Sequence& seq, bool suppress_stop, std::span<float> logits) {
-  const std::shared_ptr<const Grammar>& grammar = seq.request.sampling.grammar;
   const GrammarState& state = seq.grammar_state;
   json_ids_.clear();
   if (!state.final()) {
-    auto entry = grammar_cache_.find(grammar.get());
-    if (entry == grammar_cache_.end()) {
-      // A new grammar: the entries of those no request holds any more go.
-      for (auto it = grammar_cache_.begin(); it != grammar_cache_.end();) {
-        if (it->second.grammar.use_count() == 1) {
-          grammar_cache_ids_ -= it->second.ids;
-          grammar_cache_.erase(it++);
-        } else {
-          ++it;
-        }
-      }
-      entry = grammar_cache_.try_emplace(grammar.get()).first;
-      entry->second.grammar = grammar;
-    }
-    GrammarCache& cache = entry->second;
-    auto [it, added] = cache.allowed.try_emplace(state);
-    std::vector<int32_t>& allowed = it->second;
-    if (added) {
-      AllowedGrammarTokens(state, *options_.token_bytes, &allowed);
-      // The state kept as the key counts too (a deep one holds many positions).
-      const size_t words = allowed.size() + 1 + state.size_words();
-      cache.ids += words;
-      grammar_cache_ids_ += words;
-    }
-    json_ids_.assign(allowed.begin(), allowed.end());
-    if (grammar_cache_ids_ > kRegexCacheIds) {
-      grammar_cache_.clear();
-      grammar_cache_ids_ = 0;
-    }
+    // The state kept as the key counts too (a deep one holds many positions).
+    grammar_cache_.Get(
+        seq.request.sampling.grammar, state, state.size_words(),
+        [&](std::vector<int32_t>* allowed) {
+          AllowedGrammarTokens(state, *options_.token_bytes, allowed);
+        },
+        &json_ids_);
   }
   if (state.accepting() && !suppress_stop) AllowStopIds(seq.request.sampling);
   return KeepAllowedIds(logits);
@@ -617,10 +574,9 @@ void EngineCore::SampleNext(Sequence* seq, float* row) {
     const bool stop_id = Contains(info_.eos_token_ids, token) ||
                          Contains(std::span<const int32_t>(params.stop_token_ids), token);
     if (!(seq->grammar_state.accepting() && stop_id)) {
+      // Fed in place: a state Feed refuses is never used again, the output ends.
       const std::string& b = options_.token_bytes->bytes(token);
-      GrammarState next = seq->grammar_state;
-      if (b.empty() || !next.Feed(b)) return end_json();
-      seq->grammar_state = std::move(next);
+      if (b.empty() || !seq->grammar_state.Feed(b)) return end_json();
     }
   }
   if (seq->json_mode() && !seq->json.complete()) {

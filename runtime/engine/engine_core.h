@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/hash/hash.h"
 #include "absl/status/statusor.h"
 #include "runtime/engine/block_manager.h"
 #include "runtime/engine/engine.h"
@@ -21,6 +22,57 @@
 #include "runtime/model/model.h"
 
 namespace spanserve::engine {
+
+// The text tokens each state of a compiled constraint (a regex's DFA, a grammar) allows, kept
+// per constraint (which the entry holds, so that its address is not reused) while the ids
+// held stay under kMaxIds (past that it starts again empty). A constraint's entry goes when
+// a new one comes and no request holds it any more.
+template <typename Constraint, typename State, typename StateHash = absl::Hash<State>>
+class AllowedTokensCache {
+ public:
+  static constexpr size_t kMaxIds = size_t{4} << 20;
+
+  // Sets *out to the ids `state` of `constraint` allows: `fill(&ids)` computes them the first
+  // time. `key_words` is what the state kept as the key costs, in ids.
+  template <typename Fill>
+  void Get(const std::shared_ptr<const Constraint>& constraint, const State& state,
+           size_t key_words, Fill fill, std::vector<int32_t>* out) {
+    auto entry = entries_.find(constraint.get());
+    if (entry == entries_.end()) {
+      for (auto it = entries_.begin(); it != entries_.end();) {
+        if (it->second.constraint.use_count() == 1) {
+          ids_ -= it->second.ids;
+          entries_.erase(it++);
+        } else {
+          ++it;
+        }
+      }
+      entry = entries_.try_emplace(constraint.get()).first;
+      entry->second.constraint = constraint;
+    }
+    Entry& e = entry->second;
+    auto [it, added] = e.allowed.try_emplace(state);
+    if (added) {
+      fill(&it->second);
+      e.ids += it->second.size() + 1 + key_words;
+      ids_ += it->second.size() + 1 + key_words;
+    }
+    out->assign(it->second.begin(), it->second.end());
+    if (ids_ > kMaxIds) {
+      entries_.clear();
+      ids_ = 0;
+    }
+  }
+
+ private:
+  struct Entry {
+    std::shared_ptr<const Constraint> constraint;
+    absl::flat_hash_map<State, std::vector<int32_t>, StateHash> allowed;
+    size_t ids = 0;
+  };
+  absl::flat_hash_map<const Constraint*, Entry> entries_;
+  size_t ids_ = 0;
+};
 
 // Sees every row of logits the model produces, before sampling touches it: `position` is
 // the position of the token whose logits these are (the next token is position + 1).
@@ -130,30 +182,12 @@ class EngineCore {
   // JSON mode: the tokens allowed at this step.
   std::vector<int32_t> json_ids_;
   std::vector<std::string_view> choice_live_;  // MaskToChoice: the choices' remaining bytes
-  // MaskToRegex: the text tokens each DFA state allows, kept per compiled pattern (which the
-  // entry holds, so that its address is not reused) while the ids held stay under
-  // kRegexCacheIds (past that it starts again empty). A pattern's entry goes when a new
-  // pattern comes and no request holds it any more.
-  static constexpr size_t kRegexCacheIds = size_t{4} << 20;
-  struct RegexCache {
-    std::shared_ptr<const RegexDfa> dfa;
-    absl::flat_hash_map<uint32_t, std::vector<int32_t>> allowed;
-    size_t ids = 0;
-  };
-  absl::flat_hash_map<const RegexDfa*, RegexCache> regex_cache_;
-  size_t regex_cache_ids_ = 0;
-  // MaskToGrammar: the same, per recognizer state of each grammar, within kRegexCacheIds too
-  // (a state's own words counted with its ids).
+  // MaskToRegex / MaskToGrammar: the text tokens each state allows.
   struct GrammarStateHash {
     size_t operator()(const GrammarState& s) const { return s.Hash(); }
   };
-  struct GrammarCache {
-    std::shared_ptr<const Grammar> grammar;
-    absl::flat_hash_map<GrammarState, std::vector<int32_t>, GrammarStateHash> allowed;
-    size_t ids = 0;
-  };
-  absl::flat_hash_map<const Grammar*, GrammarCache> grammar_cache_;
-  size_t grammar_cache_ids_ = 0;
+  AllowedTokensCache<RegexDfa, uint32_t> regex_cache_;
+  AllowedTokensCache<Grammar, GrammarState, GrammarStateHash> grammar_cache_;
   std::vector<Sequence*> finishing_;
   std::string text_;
 

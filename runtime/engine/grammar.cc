@@ -78,6 +78,11 @@ class GrammarCompiler {
     return absl::InvalidArgumentError(absl::StrCat("too large: ", Sv(what)));
   }
   char Peek(size_t k = 0) const { return pos_ + k < text_.size() ? text_[pos_ + k] : '\0'; }
+  // Where the name that begins at `from` ends.
+  size_t NameEnd(size_t from) const {
+    while (from < text_.size() && IsNameChar(text_[from])) ++from;
+    return from;
+  }
   bool AtEnd() const { return pos_ >= text_.size(); }
   void Blanks(bool newlines);
   absl::Status Alternatives(bool nested, std::vector<Seq>* alts, int depth);
@@ -397,8 +402,7 @@ absl::Status GrammarCompiler::Primary(bool nested, Seq* seq, int depth) {
     seq->push_back(Elem{true, *g});
     if (auto s = CountElements(1); !s.ok()) return s;
   } else if (IsNameChar(c)) {
-    size_t end = pos_;
-    while (end < text_.size() && IsNameChar(text_[end])) ++end;
+    const size_t end = NameEnd(pos_);
     const std::string_view name = text_.substr(pos_, end - pos_);
     pos_ = end;
     auto r = RuleNamed(name, at);
@@ -424,8 +428,7 @@ absl::Status GrammarCompiler::Sequence(bool nested, Seq* seq, int depth) {
     }
     if (IsNameChar(c)) {
       // A name followed by ::= begins a rule: the previous one lacks its line break.
-      size_t end = pos_;
-      while (end < text_.size() && IsNameChar(text_[end])) ++end;
+      size_t end = NameEnd(pos_);
       while (end < text_.size() && (text_[end] == ' ' || text_[end] == '\t')) ++end;
       if (text_.substr(end).starts_with("::=")) {
         return Error(pos_, "expected a line break before the next rule");
@@ -588,8 +591,7 @@ absl::StatusOr<std::shared_ptr<const Grammar>> GrammarCompiler::Run() {
   while (!AtEnd()) {
     const size_t at = pos_;
     if (!IsNameChar(Peek())) return Error(pos_, "expected a rule name");
-    size_t end = pos_;
-    while (end < text_.size() && IsNameChar(text_[end])) ++end;
+    const size_t end = NameEnd(pos_);
     const std::string_view name = text_.substr(pos_, end - pos_);
     pos_ = end;
     auto r = RuleNamed(name, at);
