@@ -523,20 +523,25 @@ void EngineCore::SampleNext(Sequence* seq, float* row) {
       .eos_ids = info_.eos_token_ids,
       .suppress_stop = seq->num_generated() < params.min_tokens,
   };
-  // JSON mode: the output ends here when no token may follow (or, should the sampler ever
-  // pick one, when the token would break the object).
-  const auto end_json = [&] {
+  // The output ends here, with no token: in JSON mode when no token may follow (or, should
+  // the sampler ever pick one, when the token would break the object), and likewise for the
+  // other constraints below.
+  const auto end_output = [&] {
     out.final.emplace().reason = FinishReason::kStop;
     FlushText(seq, seq->tokens);
     finishing_.push_back(seq);
   };
-  if (seq->json_mode() && !MaskToJson(*seq, ctx.suppress_stop, logits)) return end_json();
+  if (seq->json_mode() && !MaskToJson(*seq, ctx.suppress_stop, logits)) return end_output();
   // A choice: likewise, the output ends when no token may follow (a whole choice that
   // nothing longer goes on from, under ignore_eos or min_tokens).
-  if (seq->choice_mode() && !MaskToChoice(*seq, ctx.suppress_stop, logits)) return end_json();
-  if (seq->regex_mode() && !MaskToRegex(*seq, ctx.suppress_stop, logits)) return end_json();
-  if (seq->grammar_mode() && !MaskToGrammar(*seq, ctx.suppress_stop, logits)) return end_json();
+  if (seq->choice_mode() && !MaskToChoice(*seq, ctx.suppress_stop, logits)) return end_output();
+  if (seq->regex_mode() && !MaskToRegex(*seq, ctx.suppress_stop, logits)) return end_output();
+  if (seq->grammar_mode() && !MaskToGrammar(*seq, ctx.suppress_stop, logits)) return end_output();
   const int32_t token = SampleToken(ctx, logits, seq->rng, scratch_);
+  // Masks that leave no token (allowed_token_ids of only EOS while min_tokens holds EOS back,
+  // say): the argmax of an all -inf row is a token no mask allowed, so the output ends here
+  // instead, as when a structured output admits nothing more.
+  if (logits[token] == -std::numeric_limits<float>::infinity()) return end_output();
   if (seq->choice_mode()) {
     // An allowed token: after a whole choice, EOS or a stop id (handled below as for any
     // output); else a choice's next bytes. Anything else (a NaN row's argmax) ends the output.
@@ -551,7 +556,7 @@ void EngineCore::SampleNext(Sequence* seq, float* row) {
         return c.size() >= out.size() + b.size() && c.compare(0, out.size(), out) == 0 &&
                c.compare(out.size(), b.size(), b) == 0;
       });
-      if (b.empty() || !goes_on) return end_json();
+      if (b.empty() || !goes_on) return end_output();
       seq->choice_out += b;  // within the capacity MakeSequence reserved
     }
   }
@@ -564,7 +569,7 @@ void EngineCore::SampleNext(Sequence* seq, float* row) {
     if (!(dfa.accepting(seq->regex_state) && stop_id)) {
       const std::string& b = options_.token_bytes->bytes(token);
       const uint32_t next = dfa.Walk(seq->regex_state, b);
-      if (b.empty() || next == RegexDfa::kDead) return end_json();
+      if (b.empty() || next == RegexDfa::kDead) return end_output();
       seq->regex_state = next;
     }
   }
@@ -576,14 +581,14 @@ void EngineCore::SampleNext(Sequence* seq, float* row) {
     if (!(seq->grammar_state.accepting() && stop_id)) {
       // Fed in place: a state Feed refuses is never used again, the output ends.
       const std::string& b = options_.token_bytes->bytes(token);
-      if (b.empty() || !seq->grammar_state.Feed(b)) return end_json();
+      if (b.empty() || !seq->grammar_state.Feed(b)) return end_output();
     }
   }
   if (seq->json_mode() && !seq->json.complete()) {
     // An allowed token: MaskToJson left at least one, and a NaN row's argmax is one of them
     // only if the model gave it a number.
     JsonState next = seq->json;
-    if (!next.Feed(options_.token_bytes->bytes(token))) return end_json();
+    if (!next.Feed(options_.token_bytes->bytes(token))) return end_output();
     seq->json = next;
   }
   seq->tokens.push_back(token);

@@ -641,6 +641,18 @@ TEST_F(EngineCoreTest, AllowedTokenIdsAndBadWordsHoldAloneAndBatched) {
   for (size_t i = 1; i < b.size(); ++i) {
     EXPECT_FALSE(b[i - 1] == base[2] && b[i] == base[3]) << i;
   }
+  // Masks that leave nothing (only EOS allowed while min_tokens holds it back): the output
+  // ends with no token, never with the argmax of an all -inf row (token 0).
+  for (const float temperature : {0.0f, 1.0f}) {
+    Request none = r;
+    none.sampling.temperature = temperature;
+    none.sampling.ignore_eos = false;
+    none.sampling.min_tokens = 3;
+    none.sampling.allowed_token_ids = {2};  // the tiny model's EOS
+    const Run run = RunWaves(Options(), {none}, Alone(1));
+    EXPECT_TRUE(run.out[0].tokens.empty()) << ::testing::PrintToString(run.out[0].tokens);
+    EXPECT_EQ(run.out[0].final.reason, FinishReason::kStop);
+  }
   // Sampled requests with a token set and bad words: alone and together alike.
   std::vector<Request> reqs;
   const std::vector<int32_t> allowed = {4, 9, 16, 25, 36, 49, 64, 81};
