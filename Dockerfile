@@ -34,7 +34,9 @@ ARG cuda_runtime_image=nvidia/cuda:13.0.0-runtime-ubuntu24.04
 # ---- build (CPU): setup, build and test exactly as CI does -------------------------------
 FROM debian:12 AS build
 WORKDIR /src
-ENV CCACHE_DIR=/ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache
+# pch_defines,time_macros: ccache caches the test programs' precompiled header and what
+# includes it (it hashes the header itself; tests/CMakeLists.txt, spanserve_test_pch).
+ENV CCACHE_DIR=/ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache CCACHE_SLOPPINESS=pch_defines,time_macros
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ccache \
  && rm -rf /var/lib/apt/lists/*
@@ -73,7 +75,7 @@ CMD ["--model=/opt/spanserve/models/spanserve-span-12l"]
 # package names, which Ubuntu 24.04 also carries.
 FROM ${cuda_devel_image} AS build-cuda
 WORKDIR /src
-ENV CCACHE_DIR=/ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache
+ENV CCACHE_DIR=/ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache CCACHE_SLOPPINESS=pch_defines,time_macros
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ccache \
  && rm -rf /var/lib/apt/lists/*
