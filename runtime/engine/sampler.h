@@ -47,7 +47,9 @@ struct SampleContext {
   bool suppress_stop = false;
 };
 
-// Chooses the next token. `logits`: [vocab], overwritten (penalties, temperature).
+// Chooses the next token. `logits`: [vocab], overwritten (penalties, temperature). Where the
+// masks leave no token (every logit -inf), it returns the argmax with logits[token] -inf, which
+// the engine takes as the end of the output.
 int32_t SampleToken(const SampleContext& ctx, std::span<float> logits, Rng& rng,
                     SamplerScratch& scratch);
 
