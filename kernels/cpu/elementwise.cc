@@ -64,7 +64,7 @@ float ExpShifted(const float* x, int64_t n, float max, float* e) {
 }
 
 // Rows are independent; spread them over threads only when there is enough of them.
-constexpr int64_t kParallelElements = 1 << 16;
+constexpr int64_t kElementwiseParallelElements = 1 << 16;
 
 }  // namespace
 
@@ -104,7 +104,7 @@ void Add(const float* x, float* y, int64_t n) {
 }
 
 void Softmax(float* x, int64_t rows, int64_t cols) {
-  ParallelRows(rows, cols, kParallelElements, [&](int64_t begin, int64_t end) {
+  ParallelRows(rows, cols, kElementwiseParallelElements, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       float* row = x + r * cols;
       const float sum = ExpShifted(row, cols, RowMax(row, cols), row);
@@ -115,7 +115,7 @@ void Softmax(float* x, int64_t rows, int64_t cols) {
 
 void LogSoftmax(float* x, int64_t rows, int64_t cols) {
   // The exponentials are summed, not stored: x must survive until the shift is known.
-  ParallelRows(rows, cols, kParallelElements, [&](int64_t begin, int64_t end) {
+  ParallelRows(rows, cols, kElementwiseParallelElements, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       float* row = x + r * cols;
       const float max = RowMax(row, cols);

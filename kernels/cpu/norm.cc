@@ -12,7 +12,7 @@ namespace spanserve::kernels::cpu {
 namespace {
 
 // Parallelise over tokens only when there is enough work to pay for waking the team.
-constexpr int64_t kParallelElements = 1 << 15;
+constexpr int64_t kNormParallelElements = 1 << 15;
 
 // Sum of x[0, n), one 8-lane accumulator in order, fixed HSum, then the tail.
 float Sum(const float* x, int64_t n) {
@@ -91,7 +91,7 @@ void RmsNorm(const float* x, int64_t tokens, int64_t dim, const WeightVector& ga
              float* out) {
   SPANSERVE_CHECK_EQ(gain.size, dim);
   const NormalizeFn normalize = PickNormalize(gain.dtype, DType::kF32);
-  ParallelRows(tokens, dim, kParallelElements, [&](int64_t begin, int64_t end) {
+  ParallelRows(tokens, dim, kNormParallelElements, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const float* xt = x + t * dim;
       const float mean_square = SumSquaredDeviation(xt, dim, 0.0f) / static_cast<float>(dim);
@@ -108,7 +108,7 @@ void LayerNorm(const float* x, int64_t tokens, int64_t dim, const WeightVector& 
   const NormalizeFn normalize =
       PickNormalize(gain.dtype, bias != nullptr ? bias->dtype : DType::kF32);
   const void* bias_data = bias != nullptr ? bias->data : nullptr;
-  ParallelRows(tokens, dim, kParallelElements, [&](int64_t begin, int64_t end) {
+  ParallelRows(tokens, dim, kNormParallelElements, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const float* xt = x + t * dim;
       const float mean = Sum(xt, dim) / static_cast<float>(dim);

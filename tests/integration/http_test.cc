@@ -1510,7 +1510,9 @@ TEST(HttpTest, AKeptAliveConnectionStreamsWithoutAckStalls) {
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
   }
-  EXPECT_LT(best(http_s), best(grpc_s) + 0.03)
+  // A stall costs up to 40 ms per event, about a second for 32 tokens; the bound leaves room
+  // for a loaded host (the sanitizer builds run beside other tests on two cores).
+  EXPECT_LT(best(http_s), 1.5 * best(grpc_s) + 0.25)
       << "kept-alive HTTP " << best(http_s) << " s, gRPC " << best(grpc_s) << " s";
 }
 

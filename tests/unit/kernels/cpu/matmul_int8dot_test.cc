@@ -25,6 +25,7 @@ namespace spanserve::kernels::cpu {
 namespace {
 
 using testing::BitIdentical;
+using testing::Dequantized;
 using testing::RandomFloats;
 using testing::ScopedIsa;
 
@@ -65,19 +66,6 @@ std::vector<uint8_t> RandomBlocks(QuantType q, int64_t n, int64_t k, uint32_t se
     }
   }
   return bytes;
-}
-
-std::vector<float> Dequantized(QuantType q, const std::vector<uint8_t>& bytes, int64_t numel) {
-  std::vector<float> out(numel);
-  if (q == QuantType::kQ8_0) DequantizeQ8_0(bytes.data(), numel, out.data());
-  if (q == QuantType::kQ4_0) DequantizeQ4_0(bytes.data(), numel, out.data());
-  if (q == QuantType::kQ4_1) DequantizeQ4_1(bytes.data(), numel, out.data());
-  if (q == QuantType::kQ5_0) kernels::DequantizeQ5_0(bytes.data(), numel, out.data());
-  if (q == QuantType::kQ5_1) kernels::DequantizeQ5_1(bytes.data(), numel, out.data());
-  if (q == QuantType::kQ4_K) kernels::DequantizeQ4_K(bytes.data(), numel, out.data());
-  if (q == QuantType::kQ5_K) kernels::DequantizeQ5_K(bytes.data(), numel, out.data());
-  if (q == QuantType::kQ6_K) kernels::DequantizeQ6_K(bytes.data(), numel, out.data());
-  return out;
 }
 
 // One row of activations quantized as matmul_int8dot.h specifies, in scalar code.

@@ -21,6 +21,7 @@ namespace {
 
 using testing::BitIdentical;
 using testing::CpuHasAvx512ForTest;
+using testing::Dequantized;
 using testing::RandomFloats;
 using testing::ScopedIsa;
 
@@ -77,45 +78,6 @@ std::vector<uint8_t> RandomRows(QuantType q, int64_t n, int64_t k, uint32_t seed
     }
   }
   return bytes;
-}
-
-std::vector<float> Dequantized(QuantType q, const std::vector<uint8_t>& bytes, int64_t numel) {
-  std::vector<float> out(numel);
-  switch (q) {
-    case QuantType::kQ5_0:
-      DequantizeQ5_0(bytes.data(), numel, out.data());
-      break;
-    case QuantType::kQ5_1:
-      DequantizeQ5_1(bytes.data(), numel, out.data());
-      break;
-    case QuantType::kQ4_K:
-      DequantizeQ4_K(bytes.data(), numel, out.data());
-      break;
-    case QuantType::kQ5_K:
-      DequantizeQ5_K(bytes.data(), numel, out.data());
-      break;
-    case QuantType::kQ6_K:
-      DequantizeQ6_K(bytes.data(), numel, out.data());
-      break;
-    case QuantType::kQ2_K:
-      DequantizeQ2_K(bytes.data(), numel, out.data());
-      break;
-    case QuantType::kQ3_K:
-      DequantizeQ3_K(bytes.data(), numel, out.data());
-      break;
-    case QuantType::kIQ4_NL:
-      DequantizeIQ4_NL(bytes.data(), numel, out.data());
-      break;
-    case QuantType::kIQ4_XS:
-      DequantizeIQ4_XS(bytes.data(), numel, out.data());
-      break;
-    case QuantType::kQ8_0:
-      DequantizeQ8_0(bytes.data(), numel, out.data());
-      break;
-    default:
-      ADD_FAILURE() << "no dequantizer for this format";
-  }
-  return out;
 }
 
 // Row lengths: whole blocks, several of them, and (for the 32-blocks) SmolLM2's 576.

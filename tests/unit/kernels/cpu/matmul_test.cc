@@ -19,6 +19,7 @@ namespace {
 
 using testing::BitIdentical;
 using testing::CpuHasAvx512ForTest;
+using testing::Dequantized;
 using testing::RandomFloats;
 using testing::ScopedIsa;
 using testing::StoredWeights;
@@ -209,14 +210,6 @@ std::vector<uint8_t> RandomQuantRows(QuantType q, int64_t n, int64_t k, uint32_t
     }
   }
   return bytes;
-}
-
-std::vector<float> Dequantized(QuantType q, const std::vector<uint8_t>& bytes, int64_t numel) {
-  std::vector<float> out(numel);
-  if (q == QuantType::kQ8_0) DequantizeQ8_0(bytes.data(), numel, out.data());
-  if (q == QuantType::kQ4_0) DequantizeQ4_0(bytes.data(), numel, out.data());
-  if (q == QuantType::kQ4_1) DequantizeQ4_1(bytes.data(), numel, out.data());
-  return out;
 }
 
 // Quantized weights stay in their blocks; every product equals, bit for bit, MatMul on the
