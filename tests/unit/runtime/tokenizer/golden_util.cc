@@ -3,6 +3,9 @@
 #include <zlib.h>
 
 #include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 
@@ -104,6 +107,28 @@ bool IsWellFormedUtf8(const std::string& s) {
     i += len;
   }
   return true;
+}
+
+absl::StatusOr<const Tokenizer*> SharedTokenizer(const std::string& name) {
+  static std::mutex mu;
+  static auto* loaded = new std::map<std::string, std::unique_ptr<Tokenizer>>();
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = loaded->find(name);
+  if (it == loaded->end()) {
+    auto tok = Tokenizer::FromFile(TokenizerDataPath(name + "/tokenizer.json"));
+    if (!tok.ok()) return tok.status();
+    it = loaded->emplace(name, std::move(*tok)).first;
+  }
+  return it->second.get();
+}
+
+const Golden& SharedGolden(const std::string& name) {
+  static std::mutex mu;
+  static auto* read = new std::map<std::string, Golden>();
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = read->find(name);
+  if (it == read->end()) it = read->emplace(name, ReadGolden(name)).first;
+  return it->second;
 }
 
 }  // namespace spanserve::tokenizer::testing

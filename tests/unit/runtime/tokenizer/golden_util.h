@@ -7,6 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "runtime/tokenizer/tokenizer.h"
+
 namespace spanserve::tokenizer::testing {
 
 // The lines of a gzip-compressed text file.
@@ -35,6 +38,12 @@ struct Golden {
 };
 
 Golden ReadGolden(const std::string& name);
+
+// tests/data/tokenizers/<name>/tokenizer.json and its goldens, each read once per process and
+// shared (a Tokenizer is immutable after loading). tokenizer_test runs its cases in one
+// process (CMakeLists.txt), so the suites of one tokenizer load it once.
+absl::StatusOr<const Tokenizer*> SharedTokenizer(const std::string& name);
+const Golden& SharedGolden(const std::string& name);
 
 // Whether `s` is well-formed UTF-8.
 bool IsWellFormedUtf8(const std::string& s);

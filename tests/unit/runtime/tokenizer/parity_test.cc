@@ -14,7 +14,8 @@ namespace {
 
 using testing::Golden;
 using testing::GoldenInputs;
-using testing::ReadGolden;
+using testing::SharedGolden;
+using testing::SharedTokenizer;
 using testing::TokenizerDataPath;
 
 std::string Escape(const std::string& s, size_t max = 120) {
@@ -54,15 +55,14 @@ std::string Mismatch(const Tokenizer& tok, size_t index, const std::string& inpu
 class ParityTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    auto tok = Tokenizer::FromFile(TokenizerDataPath(GetParam() + "/tokenizer.json"));
+    auto tok = SharedTokenizer(GetParam());
     ASSERT_TRUE(tok.ok()) << tok.status();
-    tok_ = std::move(*tok);
-    golden_ = ReadGolden(GetParam());
+    tok_ = *tok;
     ASSERT_EQ(golden_.records.size(), GoldenInputs().size());
   }
 
-  std::unique_ptr<Tokenizer> tok_;
-  Golden golden_;
+  const Tokenizer* tok_ = nullptr;
+  const Golden& golden_ = SharedGolden(GetParam());
 };
 
 TEST_P(ParityTest, EncodeMatchesReferenceOnEveryInput) {

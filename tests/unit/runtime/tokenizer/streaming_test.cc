@@ -14,7 +14,6 @@ namespace spanserve::tokenizer {
 namespace {
 
 using testing::IsWellFormedUtf8;
-using testing::ReadGolden;
 using testing::TokenizerDataPath;
 
 // Streams `ids`; returns the number of failures reported (at most a few).
@@ -47,15 +46,15 @@ int CheckStream(const Tokenizer& tok, const std::vector<int32_t>& ids, bool skip
 class StreamingTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    auto tok = Tokenizer::FromFile(TokenizerDataPath(GetParam() + "/tokenizer.json"));
+    auto tok = testing::SharedTokenizer(GetParam());
     ASSERT_TRUE(tok.ok()) << tok.status();
-    tok_ = std::move(*tok);
+    tok_ = *tok;
   }
-  std::unique_ptr<Tokenizer> tok_;
+  const Tokenizer* tok_ = nullptr;
 };
 
 TEST_P(StreamingTest, ConcatenationEqualsDecodeOnGoldens) {
-  const testing::Golden golden = ReadGolden(GetParam());
+  const testing::Golden& golden = testing::SharedGolden(GetParam());
   int failures = 0;
   for (size_t i = 0; i < golden.records.size() && failures < 5; ++i) {
     const auto& r = golden.records[i];
@@ -102,7 +101,7 @@ TEST_P(StreamingTest, EmitsTextBeforeTheEnd) {
 TEST(StreamingDetokenizer, HoldsSplitCharactersUntilComplete) {
   // Byte-level BPE: an emoji the vocabulary lacks is several byte tokens; nothing of it
   // comes out until its last byte.
-  auto tok = Tokenizer::FromFile(TokenizerDataPath("bpe_llama3/tokenizer.json"));
+  auto tok = testing::SharedTokenizer("bpe_llama3");
   ASSERT_TRUE(tok.ok());
   auto ids = (*tok)->Encode("a😀", false);
   ASSERT_TRUE(ids.ok());
@@ -118,7 +117,7 @@ TEST(StreamingDetokenizer, HoldsSplitCharactersUntilComplete) {
 
 TEST(StreamingDetokenizer, ByteFallbackRunsDecodeAsAUnit) {
   // SentencePiece byte fallback: "你" is three <0xXX> tokens, final only once the run ends.
-  auto tok = Tokenizer::FromFile(TokenizerDataPath("sp_llama2/tokenizer.json"));
+  auto tok = testing::SharedTokenizer("sp_llama2");
   ASSERT_TRUE(tok.ok());
   auto ids = (*tok)->Encode("I 你 x", false);
   ASSERT_TRUE(ids.ok());
@@ -143,7 +142,7 @@ TEST(StreamingDetokenizer, ByteFallbackRunsDecodeAsAUnit) {
 TEST(StreamingDetokenizer, TrailingStripIsResolvedAtFlush) {
   // A Strip decoder that removes a trailing space of the whole text: the space is held
   // until more text follows, and dropped by Flush.
-  auto base = Tokenizer::FromFile(TokenizerDataPath("sp_llama2/tokenizer.json"));
+  auto base = testing::SharedTokenizer("sp_llama2");
   ASSERT_TRUE(base.ok());
   std::string json = testing::ReadFile(TokenizerDataPath("sp_llama2/tokenizer.json"));
   const std::string from = R"({"type":"Strip","content":" ","start":1,"stop":0})";

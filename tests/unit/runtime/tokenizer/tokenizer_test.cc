@@ -17,10 +17,10 @@ using testing::GoldenInputs;
 using testing::ReadFile;
 using testing::TokenizerDataPath;
 
-std::unique_ptr<Tokenizer> Load(const std::string& name) {
-  auto tok = Tokenizer::FromFile(TokenizerDataPath(name + "/tokenizer.json"));
+const Tokenizer* Load(const std::string& name) {
+  auto tok = testing::SharedTokenizer(name);
   EXPECT_TRUE(tok.ok()) << tok.status();
-  return tok.ok() ? std::move(*tok) : nullptr;
+  return tok.ok() ? *tok : nullptr;
 }
 
 // A small byte-level tokenizer.json with one component replaced.
