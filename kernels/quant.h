@@ -46,6 +46,7 @@
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "kernels/types.h"
 
 namespace spanserve::kernels {
 
@@ -74,6 +75,11 @@ void DequantizeQ8_K(const void* blocks, int64_t n, float* out);
 void DequantizeIQ4_XS(const void* blocks, int64_t n, float* out);
 // As the 32-element formats above.
 void DequantizeIQ4_NL(const void* blocks, int64_t n, float* out);
+
+// `n` elements of format `q` (a multiple of its block, QuantBlockElems) from consecutive
+// blocks at `blocks` into out[0, n): the function above for `q`. kNone writes nothing and
+// returns false; every block format returns true.
+bool Dequantize(QuantType q, const void* blocks, int64_t n, float* out);
 
 // Exact re-encodings for the integer dot products (kernels/types.h, Int8DotFormat): `n`
 // elements of `blocks` written to `out` in another format whose dequantization gives the same

@@ -246,6 +246,50 @@ void DequantizeIQ4_XS(const void* blocks, int64_t n, float* out) {
   }
 }
 
+bool Dequantize(QuantType q, const void* blocks, int64_t n, float* out) {
+  switch (q) {
+    case QuantType::kNone:
+      return false;
+    case QuantType::kQ8_0:
+      DequantizeQ8_0(blocks, n, out);
+      return true;
+    case QuantType::kQ4_0:
+      DequantizeQ4_0(blocks, n, out);
+      return true;
+    case QuantType::kQ4_1:
+      DequantizeQ4_1(blocks, n, out);
+      return true;
+    case QuantType::kQ5_0:
+      DequantizeQ5_0(blocks, n, out);
+      return true;
+    case QuantType::kQ5_1:
+      DequantizeQ5_1(blocks, n, out);
+      return true;
+    case QuantType::kQ4_K:
+      DequantizeQ4_K(blocks, n, out);
+      return true;
+    case QuantType::kQ5_K:
+      DequantizeQ5_K(blocks, n, out);
+      return true;
+    case QuantType::kQ6_K:
+      DequantizeQ6_K(blocks, n, out);
+      return true;
+    case QuantType::kQ2_K:
+      DequantizeQ2_K(blocks, n, out);
+      return true;
+    case QuantType::kQ3_K:
+      DequantizeQ3_K(blocks, n, out);
+      return true;
+    case QuantType::kIQ4_NL:
+      DequantizeIQ4_NL(blocks, n, out);
+      return true;
+    case QuantType::kIQ4_XS:
+      DequantizeIQ4_XS(blocks, n, out);
+      return true;
+  }
+  return false;
+}
+
 void ConvertIQ4_NLToQ8_0(const void* blocks, int64_t n, void* out) {
   const uint8_t* b = static_cast<const uint8_t*>(blocks);
   uint8_t* o = static_cast<uint8_t*>(out);

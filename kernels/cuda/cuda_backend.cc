@@ -151,52 +151,7 @@ class CudaBackend final : public Backend {
       // Block-quantized weights are dequantized once, to the exact f32 values the CPU
       // kernels compute with.
       widened.resize(static_cast<size_t>(n));
-      for (int64_t r = 0; r < host.rows; ++r) {
-        const char* row =
-            static_cast<const char*>(host.data) +
-            r * (host.cols / QuantBlockElems(host.quant)) * QuantBlockBytes(host.quant);
-        float* out = widened.data() + r * host.cols;
-        switch (host.quant) {
-          case QuantType::kQ8_0:
-            DequantizeQ8_0(row, host.cols, out);
-            break;
-          case QuantType::kQ4_0:
-            DequantizeQ4_0(row, host.cols, out);
-            break;
-          case QuantType::kQ4_1:
-            DequantizeQ4_1(row, host.cols, out);
-            break;
-          case QuantType::kQ5_0:
-            DequantizeQ5_0(row, host.cols, out);
-            break;
-          case QuantType::kQ5_1:
-            DequantizeQ5_1(row, host.cols, out);
-            break;
-          case QuantType::kQ4_K:
-            DequantizeQ4_K(row, host.cols, out);
-            break;
-          case QuantType::kQ5_K:
-            DequantizeQ5_K(row, host.cols, out);
-            break;
-          case QuantType::kQ6_K:
-            DequantizeQ6_K(row, host.cols, out);
-            break;
-          case QuantType::kQ2_K:
-            DequantizeQ2_K(row, host.cols, out);
-            break;
-          case QuantType::kQ3_K:
-            DequantizeQ3_K(row, host.cols, out);
-            break;
-          case QuantType::kIQ4_NL:
-            DequantizeIQ4_NL(row, host.cols, out);
-            break;
-          case QuantType::kIQ4_XS:
-            DequantizeIQ4_XS(row, host.cols, out);
-            break;
-          case QuantType::kNone:
-            break;
-        }
-      }
+      Dequantize(host.quant, host.data, n, widened.data());  // rows are consecutive
       src = widened.data();
       dev.dtype = DType::kF32;
       dev.quant = QuantType::kNone;

@@ -55,53 +55,9 @@ inline std::vector<float> RandomFloats(int64_t n, uint32_t seed, float lo = -1.0
 // `numel` elements of quantized blocks of format `q`, dequantized to f32 by kernels/quant.h.
 inline std::vector<float> Dequantized(QuantType q, const std::vector<uint8_t>& bytes,
                                       int64_t numel) {
-  using DequantizeFn = void (*)(const void*, int64_t, float*);
-  DequantizeFn fn = nullptr;
-  switch (q) {
-    case QuantType::kQ8_0:
-      fn = kernels::DequantizeQ8_0;
-      break;
-    case QuantType::kQ4_0:
-      fn = kernels::DequantizeQ4_0;
-      break;
-    case QuantType::kQ4_1:
-      fn = kernels::DequantizeQ4_1;
-      break;
-    case QuantType::kQ5_0:
-      fn = kernels::DequantizeQ5_0;
-      break;
-    case QuantType::kQ5_1:
-      fn = kernels::DequantizeQ5_1;
-      break;
-    case QuantType::kQ2_K:
-      fn = kernels::DequantizeQ2_K;
-      break;
-    case QuantType::kQ3_K:
-      fn = kernels::DequantizeQ3_K;
-      break;
-    case QuantType::kQ4_K:
-      fn = kernels::DequantizeQ4_K;
-      break;
-    case QuantType::kQ5_K:
-      fn = kernels::DequantizeQ5_K;
-      break;
-    case QuantType::kQ6_K:
-      fn = kernels::DequantizeQ6_K;
-      break;
-    case QuantType::kIQ4_NL:
-      fn = kernels::DequantizeIQ4_NL;
-      break;
-    case QuantType::kIQ4_XS:
-      fn = kernels::DequantizeIQ4_XS;
-      break;
-    default:
-      break;
-  }
   std::vector<float> out(numel);
-  if (fn == nullptr) {
+  if (!kernels::Dequantize(q, bytes.data(), numel, out.data())) {
     ADD_FAILURE() << "no dequantizer for this format";
-  } else {
-    fn(bytes.data(), numel, out.data());
   }
   return out;
 }

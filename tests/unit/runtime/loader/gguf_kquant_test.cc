@@ -114,37 +114,7 @@ std::vector<uint8_t> RandomBlocks(QuantType q, int64_t rows, int64_t cols, std::
 
 std::vector<float> Dequantized(QuantType q, const std::vector<uint8_t>& bytes, int64_t n) {
   std::vector<float> out(n);
-  switch (q) {
-    case QuantType::kQ5_0:
-      kernels::DequantizeQ5_0(bytes.data(), n, out.data());
-      break;
-    case QuantType::kQ5_1:
-      kernels::DequantizeQ5_1(bytes.data(), n, out.data());
-      break;
-    case QuantType::kQ4_K:
-      kernels::DequantizeQ4_K(bytes.data(), n, out.data());
-      break;
-    case QuantType::kQ5_K:
-      kernels::DequantizeQ5_K(bytes.data(), n, out.data());
-      break;
-    case QuantType::kQ6_K:
-      kernels::DequantizeQ6_K(bytes.data(), n, out.data());
-      break;
-    case QuantType::kQ2_K:
-      kernels::DequantizeQ2_K(bytes.data(), n, out.data());
-      break;
-    case QuantType::kQ3_K:
-      kernels::DequantizeQ3_K(bytes.data(), n, out.data());
-      break;
-    case QuantType::kIQ4_NL:
-      kernels::DequantizeIQ4_NL(bytes.data(), n, out.data());
-      break;
-    case QuantType::kIQ4_XS:
-      kernels::DequantizeIQ4_XS(bytes.data(), n, out.data());
-      break;
-    default:
-      ADD_FAILURE();
-  }
+  if (!kernels::Dequantize(q, bytes.data(), n, out.data())) ADD_FAILURE();
   return out;
 }
 
