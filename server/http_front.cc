@@ -993,8 +993,11 @@ void HttpFront::Done(const std::string& peer) {
 
 void HttpFront::Watch() {
   const auto timeout = std::chrono::seconds(header_timeout_s_);
+  const auto pressed_timeout = std::min<std::chrono::seconds>(timeout, kPressedHeaderTimeout);
   std::unique_lock<std::mutex> lock(watch_mu_);
-  while (!watch_cv_.wait_for(lock, std::chrono::seconds(1), [this] { return watch_stop_; })) {
+  // Every second; four times a second while connections outnumber the threads.
+  std::chrono::milliseconds period(1000);
+  while (!watch_cv_.wait_for(lock, period, [this] { return watch_stop_; })) {
     lock.unlock();
     // The HTTP port's connected sockets and their peers (scanned without the lock).
     std::vector<std::pair<int, std::string>> sockets;
@@ -1016,6 +1019,12 @@ void HttpFront::Watch() {
       return false;  // every one
     });
     const auto now = std::chrono::steady_clock::now();
+    // More connections than threads: some wait for one, so the idle go sooner.
+    const bool pressed = sockets.size() > static_cast<size_t>(threads_);
+    const auto limit = pressed ? pressed_timeout : timeout;
+    period = std::chrono::milliseconds(pressed ? 250 : 1000);
+    int closed = 0;
+    std::string first_closed;
     lock.lock();
     std::map<std::string, Connection> alive;
     for (const auto& [fd, peer] : sockets) {
@@ -1023,15 +1032,20 @@ void HttpFront::Watch() {
       Connection c = it != connections_.end() ? it->second : Connection{false, now};
       // A connection whose bytes wait unread waits for a thread (all busy), not on its
       // client: it stays.
-      if (!c.busy && now - c.since > timeout && !BytesWaiting(fd)) {
+      if (!c.busy && now - c.since > limit && !BytesWaiting(fd)) {
         shutdown(fd, SHUT_RDWR);
-        std::fprintf(stderr,
-                     "spanserve-server: closed the HTTP connection of %s: no request headers "
-                     "within %d s\n",
-                     peer.c_str(), header_timeout_s_);
+        if (closed++ == 0) first_closed = peer;
         continue;
       }
       alive.emplace(peer, c);
+    }
+    if (closed > 0) {  // one line a scan, however many (a flood of connections)
+      std::fprintf(stderr,
+                   "spanserve-server: closed %d HTTP connection%s (%s%s): no request headers "
+                   "within %d s%s\n",
+                   closed, closed > 1 ? "s" : "", first_closed.c_str(), closed > 1 ? ", ..." : "",
+                   static_cast<int>(limit.count()),
+                   pressed ? ", while more connections are open than --http_threads" : "");
     }
     // A busy connection the scan missed (accepted after it) stays; one busy for an hour
     // without a response written is forgotten (its entry would otherwise stay for good).
@@ -1081,6 +1095,7 @@ absl::StatusOr<std::unique_ptr<HttpFront>> HttpFront::Start(SpanServeService* se
   std::unique_ptr<HttpFront> front(new HttpFront(service, std::move(server)));
   front->max_body_bytes_ = options.max_body_bytes;
   front->header_timeout_s_ = std::max(1, options.header_timeout_s);
+  front->threads_ = threads;
   front->allowed_origins_ = options.allowed_origins;
   front->max_response_logprobs_ = std::max<int64_t>(1, options.max_response_logprobs);
   front->Routes();

@@ -88,9 +88,13 @@ class HttpFront {
 
   // Slow senders: every second the watcher closes the connections whose request headers are
   // not in header_timeout_s after the connection opened or its last response was written
-  // (but not those whose bytes wait unread: they wait for a thread).
+  // (but not those whose bytes wait unread: they wait for a thread). While more connections
+  // are open than there are threads (idle ones hold threads others wait for: a flood of
+  // connections that send nothing, or that trickle headers), that limit is
+  // kPressedHeaderTimeout instead.
   // HeadersIn (the headers of a request are in) and Done (its response is written) keep the
   // connections' states, by peer ("address:port").
+  static constexpr std::chrono::seconds kPressedHeaderTimeout{1};
   void Watch();
   void HeadersIn(const std::string& peer);
   void Done(const std::string& peer);
@@ -101,6 +105,7 @@ class HttpFront {
   int port_ = 0;
   int64_t max_body_bytes_ = 0;                // HttpFrontOptions::max_body_bytes
   int header_timeout_s_ = 10;                 // HttpFrontOptions::header_timeout_s
+  int threads_ = 256;                         // HttpFrontOptions::threads
   std::vector<std::string> allowed_origins_;  // HttpFrontOptions::allowed_origins
   int64_t max_response_logprobs_ = kDefaultMaxResponseLogprobs;  // HttpFrontOptions
   bool stopped_ = false;

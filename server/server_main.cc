@@ -12,6 +12,7 @@
 // --drain_grace_s to finish, the rest are cancelled, exit 0.
 #include <malloc.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -536,6 +537,14 @@ int main(int argc, char** argv) {
   // exchanges (malloc_trim). MALLOC_ARENA_MAX, when set, wins.
   if (std::getenv("MALLOC_ARENA_MAX") == nullptr) {
     mallopt(M_ARENA_MAX, std::clamp(spanserve::AvailableCpus(), 2, 8));
+  }
+  // Every connection is a file descriptor. The soft limit is often 1,024 (systemd's default),
+  // which about a thousand clients with idle keep-alive connections would exhaust, and
+  // connections past it wait unaccepted; the hard limit is what the operator allows, so
+  // the soft one is raised to it (as nginx's worker_rlimit_nofile and Go's runtime do).
+  if (rlimit files{}; getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
   }
   const sigset_t signals = spanserve::server::BlockShutdownSignals();
   // --help lists this file's flags (absl matches by program name, which has a dash).

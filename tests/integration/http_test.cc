@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1756,6 +1757,67 @@ TEST(HttpTest, SlowHeadersAreCutOffAndTheQueuedRequestServed) {
     EXPECT_LE(recv(slow_fd, buf, sizeof(buf), 0), 0);
     close(slow_fd);
   }
+}
+
+// Connections that send nothing, more of them than there are HTTP threads (a flood, or
+// clients holding many idle connections), hold every thread and queue the others. While
+// connections outnumber the threads, the watcher gives the idle ones 1 s instead of
+// --http_header_timeout_s (10 s), so a request waits about that long, not ten (before this,
+// with 3,000 idle connections against the default 256 threads, a request waited 12.9 s).
+TEST(HttpTest, AFloodOfIdleConnectionsDelaysARequestBriefly) {
+  HttpServer s({"--http_threads=4"});
+  std::vector<int> idle;
+  for (int i = 0; i < 64; ++i) {
+    const int fd = Connect(s.http_port);
+    ASSERT_GE(fd, 0);
+    if (i % 2 == 0) SendAll(fd, "POST /v1/completions HTTP/1.1\r\nHost: x\r\n");  // and no more
+    idle.push_back(fd);
+  }
+  const int fd = Connect(s.http_port);
+  ASSERT_GE(fd, 0);
+  timeval tv{.tv_sec = 30, .tv_usec = 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  const auto t0 = std::chrono::steady_clock::now();
+  SendAll(fd, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  std::string got;
+  char buf[1024];
+  for (ssize_t n; (n = recv(fd, buf, sizeof(buf), 0)) > 0;) got.append(buf, n);
+  close(fd);
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(got.substr(0, 12), "HTTP/1.1 200") << got;
+  EXPECT_LT(waited, 6.0);
+  for (int idle_fd : idle) {
+    // Cut off by then, or soon after.
+    timeval short_tv{.tv_sec = 5, .tv_usec = 0};
+    setsockopt(idle_fd, SOL_SOCKET, SO_RCVTIMEO, &short_tv, sizeof(short_tv));
+    EXPECT_LE(recv(idle_fd, buf, sizeof(buf), 0), 0);
+    close(idle_fd);
+  }
+}
+
+// Each connection is a file descriptor: the server raises its soft limit on them (often
+// 1,024) to the hard one, so a thousand idle connections do not stop it accepting (HTTP or
+// gRPC) or opening files.
+TEST(HttpTest, TheServerRaisesItsOpenFilesLimitToTheHardOne) {
+  rlimit ours{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &ours), 0);
+  if (ours.rlim_max <= 256) GTEST_SKIP() << "hard limit " << ours.rlim_max;
+  rlimit low = ours;
+  low.rlim_cur = 256;  // inherited by the server
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  HttpServer s;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &ours), 0);
+  std::ifstream limits("/proc/" + std::to_string(s.server.pid()) + "/limits");
+  std::string line;
+  std::string found;
+  while (std::getline(limits, line)) {
+    if (line.starts_with("Max open files")) found = line;
+  }
+  const std::string hard =
+      ours.rlim_max == RLIM_INFINITY ? "unlimited" : std::to_string(ours.rlim_max);
+  EXPECT_TRUE(std::regex_search(found, std::regex("Max open files +" + hard + " +" + hard + " ")))
+      << found;
 }
 
 // Scoring generates nothing, so a prompt may fill the whole context: echo with max_tokens 0 over
