@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -1341,6 +1342,20 @@ void HttpFront::Routes() {
       return httplib::Server::HandlerResponse::Handled;
     };
     const size_t count = req.get_header_value_count("Content-Length");
+    // A Transfer-Encoding frames the body only as cpp-httplib reads it: exactly "chunked".
+    // Another coding ("gzip, chunked") would have the body read to the end of the connection,
+    // and a Content-Length beside it frames the body twice, which a proxy in front might
+    // read the other way (request smuggling; RFC 9112 6.3 lets a server refuse it).
+    if (const size_t codings = req.get_header_value_count("Transfer-Encoding"); codings > 0) {
+      const std::string coding = req.get_header_value("Transfer-Encoding", 0);
+      if (codings > 1 || !absl::EqualsIgnoreCase(absl::StripAsciiWhitespace(coding), "chunked")) {
+        return refuse(501, absl::StrCat("the request's Transfer-Encoding '", coding,
+                                        "' is not served (only chunked)"));
+      }
+      if (count > 0) {
+        return refuse(400, "the request has both a Content-Length and a Transfer-Encoding");
+      }
+    }
     if (count == 0) {
       if (req.method == "POST" && !req.has_header("Transfer-Encoding")) {
         return refuse(411, "a POST needs a Content-Length (or a chunked Transfer-Encoding)");

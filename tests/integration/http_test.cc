@@ -29,6 +29,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_format.h"
 #include "http_client.h"
 #include "nlohmann/json.hpp"
 #include "server_process.h"
@@ -1677,7 +1678,8 @@ TEST(HttpTest, AResponsesLogprobsAreBounded) {
 
 // Request framing is checked once the headers are in, without waiting for a body: a
 // Content-Length over --max_message_bytes is a 413, a malformed or twice-given one a 400, a POST
-// with no length a 411, each answered at once, and the connection closed after.
+// with no length a 411, one with both a length and a Transfer-Encoding a 400, a coding other
+// than chunked a 501, each answered at once, and the connection closed after.
 TEST(HttpTest, BadFramingIsAnsweredAtOnce) {
   HttpServer s({"--max_message_bytes=65536"});
   const std::string head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\n";
@@ -1693,6 +1695,14 @@ TEST(HttpTest, BadFramingIsAnsweredAtOnce) {
            body,
        "400"},
       {head + "\r\n" + body, "411"},
+      // Framed twice (a proxy might take the length, this server the chunks: smuggling).
+      {head + "Content-Length: " + std::to_string(body.size()) +
+           "\r\nTransfer-Encoding: chunked\r\n\r\n" + absl::StrFormat("%x\r\n", body.size()) +
+           body + "\r\n0\r\n\r\n",
+       "400"},
+      // A coding other than chunked would have the body read to the connection's end.
+      {head + "Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "501"},
+      {head + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "501"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.request);
