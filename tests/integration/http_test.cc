@@ -211,6 +211,32 @@ void SendAll(int fd, const std::string& data) {
   }
 }
 
+// GET /health on a new connection, read to the connection's end: the answer and the seconds
+// it took from the request.
+std::pair<std::string, double> TimedHealth(int port, int timeout_s) {
+  const int fd = Connect(port);
+  if (fd < 0) return {"", 0};
+  timeval tv{.tv_sec = timeout_s, .tv_usec = 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  const auto t0 = std::chrono::steady_clock::now();
+  SendAll(fd, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  std::string got;
+  char buf[1024];
+  for (ssize_t n; (n = recv(fd, buf, sizeof(buf), 0)) > 0;) got.append(buf, n);
+  close(fd);
+  return {got, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
+}
+
+// Expects the server to have closed `fd` (or to close it within `timeout_s`) with no answer,
+// then closes it here.
+void ExpectCutOff(int fd, int timeout_s) {
+  timeval tv{.tv_sec = timeout_s, .tv_usec = 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  char buf[256];
+  EXPECT_LE(recv(fd, buf, sizeof(buf), 0), 0);
+  close(fd);
+}
+
 std::string HttpRequestText(int port, const std::string& body) {
   return "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port) +
          "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
@@ -1744,29 +1770,12 @@ TEST(HttpTest, SlowHeadersAreCutOffAndTheQueuedRequestServed) {
     }
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the slow ones hold both threads
-  const int fd = Connect(s.http_port);
-  ASSERT_GE(fd, 0);
-  timeval tv{.tv_sec = 15, .tv_usec = 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  const auto t0 = std::chrono::steady_clock::now();
-  SendAll(fd, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-  std::string got;
-  char buf[1024];
-  for (ssize_t n; (n = recv(fd, buf, sizeof(buf), 0)) > 0;) got.append(buf, n);
-  close(fd);
-  const double waited =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto [got, waited] = TimedHealth(s.http_port, 15);
   EXPECT_EQ(got.substr(0, 12), "HTTP/1.1 200") << got;
   EXPECT_LT(waited, 8.0);
   trickling = false;
   trickle.join();
-  for (int slow_fd : slow) {
-    // Cut off: the server closed them (no response was ever due).
-    timeval short_tv{.tv_sec = 2, .tv_usec = 0};
-    setsockopt(slow_fd, SOL_SOCKET, SO_RCVTIMEO, &short_tv, sizeof(short_tv));
-    EXPECT_LE(recv(slow_fd, buf, sizeof(buf), 0), 0);
-    close(slow_fd);
-  }
+  for (int slow_fd : slow) ExpectCutOff(slow_fd, 2);  // no response was ever due
 }
 
 // Connections that send nothing, more of them than there are HTTP threads (a flood, or
@@ -1783,27 +1792,10 @@ TEST(HttpTest, AFloodOfIdleConnectionsDelaysARequestBriefly) {
     if (i % 2 == 0) SendAll(fd, "POST /v1/completions HTTP/1.1\r\nHost: x\r\n");  // and no more
     idle.push_back(fd);
   }
-  const int fd = Connect(s.http_port);
-  ASSERT_GE(fd, 0);
-  timeval tv{.tv_sec = 30, .tv_usec = 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  const auto t0 = std::chrono::steady_clock::now();
-  SendAll(fd, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-  std::string got;
-  char buf[1024];
-  for (ssize_t n; (n = recv(fd, buf, sizeof(buf), 0)) > 0;) got.append(buf, n);
-  close(fd);
-  const double waited =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto [got, waited] = TimedHealth(s.http_port, 30);
   EXPECT_EQ(got.substr(0, 12), "HTTP/1.1 200") << got;
   EXPECT_LT(waited, 6.0);
-  for (int idle_fd : idle) {
-    // Cut off by then, or soon after.
-    timeval short_tv{.tv_sec = 5, .tv_usec = 0};
-    setsockopt(idle_fd, SOL_SOCKET, SO_RCVTIMEO, &short_tv, sizeof(short_tv));
-    EXPECT_LE(recv(idle_fd, buf, sizeof(buf), 0), 0);
-    close(idle_fd);
-  }
+  for (int idle_fd : idle) ExpectCutOff(idle_fd, 5);  // by then, or soon after
 }
 
 // Each connection is a file descriptor: the server raises its soft limit on them (often
