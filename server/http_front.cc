@@ -897,6 +897,20 @@ void WidenListenBacklog(int port) {
 // logger, which runs once it is written, shuts the connection down).
 thread_local bool close_after_response = false;
 
+// The peer of a connected socket ("address:port"), or nothing.
+std::optional<std::string> PeerOf(int fd) {
+  sockaddr_storage peer{};
+  socklen_t peer_len = sizeof(peer);
+  char host[NI_MAXHOST];
+  char port[NI_MAXSERV];
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0 ||
+      getnameinfo(reinterpret_cast<sockaddr*>(&peer), peer_len, host, sizeof(host), port,
+                  sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+    return std::nullopt;
+  }
+  return absl::StrCat(host, ":", port);
+}
+
 // Whether bytes the client sent wait unread in the socket: no thread reads the connection yet
 // (one that does takes each byte as it comes, a slow client's included). Also right for TLS,
 // whose bytes cannot be looked into.
@@ -989,6 +1003,7 @@ void HttpFront::Done(const std::string& peer) {
   std::lock_guard<std::mutex> lock(watch_mu_);
   Connection& c = connections_[peer];
   c.busy = false;
+  c.served = true;
   c.since = std::chrono::steady_clock::now();
 }
 
@@ -1008,15 +1023,7 @@ void HttpFront::Watch() {
       if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || listening) {
         return false;
       }
-      sockaddr_storage peer{};
-      socklen_t peer_len = sizeof(peer);
-      char host[NI_MAXHOST];
-      char port[NI_MAXSERV];
-      if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0 &&
-          getnameinfo(reinterpret_cast<sockaddr*>(&peer), peer_len, host, sizeof(host), port,
-                      sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
-        sockets.emplace_back(fd, absl::StrCat(host, ":", port));
-      }
+      if (std::optional<std::string> peer = PeerOf(fd)) sockets.emplace_back(fd, *peer);
       return false;  // every one
     });
     const auto now = std::chrono::steady_clock::now();
@@ -1024,29 +1031,54 @@ void HttpFront::Watch() {
     const bool pressed = sockets.size() > static_cast<size_t>(threads_);
     const auto limit = pressed ? pressed_timeout : timeout;
     period = std::chrono::milliseconds(pressed ? 250 : 1000);
-    int closed = 0;
-    std::string first_closed;
     lock.lock();
     std::map<std::string, Connection> alive;
+    std::vector<std::pair<int, std::string>> overdue;
     for (const auto& [fd, peer] : sockets) {
       auto it = connections_.find(peer);
-      Connection c = it != connections_.end() ? it->second : Connection{false, now};
+      const Connection c = it != connections_.end() ? it->second : Connection{false, false, now};
       // A connection whose bytes wait unread waits for a thread (all busy), not on its
-      // client: it stays.
-      if (!c.busy && now - c.since > limit && !BytesWaiting(fd)) {
-        shutdown(fd, SHUT_RDWR);
-        if (closed++ == 0) first_closed = peer;
-        continue;
+      // client: it stays. Kept-alive connections (a client's pool reuses them) keep the
+      // header timeout.
+      if (!c.busy && now - c.since > (c.served ? timeout : limit) && !BytesWaiting(fd)) {
+        overdue.emplace_back(fd, peer);
       }
       alive.emplace(peer, c);
     }
-    if (closed > 0) {  // one line a scan, however many (a flood of connections)
-      std::fprintf(stderr,
-                   "spanserve-server: closed %d HTTP connection%s (%s%s): no request headers "
-                   "within %d s%s\n",
-                   closed, closed > 1 ? "s" : "", first_closed.c_str(), closed > 1 ? ", ..." : "",
-                   static_cast<int>(limit.count()),
-                   pressed ? ", while more connections are open than --http_threads" : "");
+    int closed = 0;
+    if (!overdue.empty()) {
+      // A thread may have taken a waiting connection's bytes just before the scan and not yet
+      // read its headers through: after a moment, those whose headers came in are spared.
+      lock.unlock();
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      lock.lock();
+      // What HeadersIn and Done recorded meanwhile is the state now.
+      for (auto& [peer, c] : alive) {
+        if (auto it = connections_.find(peer); it != connections_.end()) c = it->second;
+      }
+      for (const auto& [fd, peer] : overdue) {
+        const Connection& c = alive[peer];
+        if (c.busy || now - c.since <= (c.served ? timeout : limit)) continue;
+        // The descriptor still holds that connection (not closed and reused meanwhile).
+        if (PeerOf(fd) != peer) continue;
+        shutdown(fd, SHUT_RDWR);
+        alive.erase(peer);
+        if (closed++ == 0) {
+          std::fprintf(stderr,
+                       "spanserve-server: closing HTTP connections without request headers "
+                       "within %d s%s: %s",
+                       static_cast<int>(limit.count()),
+                       pressed ? " (more connections are open than --http_threads)" : "",
+                       peer.c_str());
+        }
+      }
+      if (closed > 0) {  // one line a scan, however many (a flood of connections)
+        if (closed > 1) {
+          std::fprintf(stderr, " and %d more\n", closed - 1);
+        } else {
+          std::fputc('\n', stderr);
+        }
+      }
     }
     // A busy connection the scan missed (accepted after it) stays; one busy for an hour
     // without a response written is forgotten (its entry would otherwise stay for good).

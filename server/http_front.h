@@ -91,7 +91,8 @@ class HttpFront {
   // (but not those whose bytes wait unread: they wait for a thread). While more connections
   // are open than there are threads (idle ones hold threads others wait for: a flood of
   // connections that send nothing, or that trickle headers), that limit is
-  // kPressedHeaderTimeout instead.
+  // kPressedHeaderTimeout instead for connections not yet served a response (kept-alive ones,
+  // which a client's pool reuses, keep theirs).
   // HeadersIn (the headers of a request are in) and Done (its response is written) keep the
   // connections' states, by peer ("address:port").
   static constexpr std::chrono::seconds kPressedHeaderTimeout{1};
@@ -110,7 +111,8 @@ class HttpFront {
   int64_t max_response_logprobs_ = kDefaultMaxResponseLogprobs;  // HttpFrontOptions
   bool stopped_ = false;
   struct Connection {
-    bool busy = false;  // between a request's headers and its response written
+    bool busy = false;    // between a request's headers and its response written
+    bool served = false;  // a response was written on it (kept alive since)
     // Busy since (its headers), or idle since (opened, or its last response written).
     std::chrono::steady_clock::time_point since;
   };
