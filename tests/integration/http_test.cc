@@ -1497,7 +1497,8 @@ TEST(HttpTest, StreamingIsServerSentEventsEndingInDoneWithUsage) {
 // on, the server would hold every small event behind the unacknowledged one before it, so
 // the events after the first would arrive together about 40 ms later (measured with
 // TCP_NODELAY off: two reads a request, a 40-41 ms gap, against 0.3-0.5 ms gaps with it on).
-// The fastest of five requests is judged: a stall is in every request, noise is not.
+// The best of the five kept-alive requests is judged: a stall is in every request, noise is
+// not.
 TEST(HttpTest, AKeptAliveConnectionStreamsWithoutAckStalls) {
   HttpServer s;
   const int fd = Connect(s.http_port);
@@ -1780,9 +1781,10 @@ TEST(HttpTest, SlowHeadersAreCutOffAndTheQueuedRequestServed) {
 
 // Connections that send nothing, more of them than there are HTTP threads (a flood, or
 // clients holding many idle connections), hold every thread and queue the others. While
-// connections outnumber the threads, the watcher gives the idle ones 1 s instead of
-// --http_header_timeout_s (10 s), so a request waits about that long, not ten (before this,
-// with 3,000 idle connections against the default 256 threads, a request waited 12.9 s).
+// connections outnumber the threads, the watcher gives those not yet served a response 1 s
+// instead of --http_header_timeout_s (10 s), so a request waits about that long, not ten
+// (before this, with 3,000 idle connections against the default 256 threads, a request
+// waited 12.9 s).
 TEST(HttpTest, AFloodOfIdleConnectionsDelaysARequestBriefly) {
   HttpServer s({"--http_threads=4"});
   std::vector<int> idle;
