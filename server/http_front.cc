@@ -19,6 +19,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -1031,54 +1032,49 @@ void HttpFront::Watch() {
     const bool pressed = sockets.size() > static_cast<size_t>(threads_);
     const auto limit = pressed ? pressed_timeout : timeout;
     period = std::chrono::milliseconds(pressed ? 250 : 1000);
-    lock.lock();
-    std::map<std::string, Connection> alive;
-    std::vector<std::pair<int, std::string>> overdue;
-    for (const auto& [fd, peer] : sockets) {
+    // Under the lock: a connection's state (one first seen now is idle since now), and
+    // whether it is to be closed. A connection whose bytes wait unread waits for a thread (all
+    // busy), not on its client: it stays. Kept-alive connections (a client's pool reuses them)
+    // keep the header timeout.
+    const auto state = [&](const std::string& peer) {
       auto it = connections_.find(peer);
-      const Connection c = it != connections_.end() ? it->second : Connection{false, false, now};
-      // A connection whose bytes wait unread waits for a thread (all busy), not on its
-      // client: it stays. Kept-alive connections (a client's pool reuses them) keep the
-      // header timeout.
-      if (!c.busy && now - c.since > (c.served ? timeout : limit) && !BytesWaiting(fd)) {
-        overdue.emplace_back(fd, peer);
-      }
-      alive.emplace(peer, c);
+      return it != connections_.end() ? it->second : Connection{false, false, now};
+    };
+    const auto overdue = [&](int fd, const std::string& peer) {
+      const Connection c = state(peer);
+      return !c.busy && now - c.since > (c.served ? timeout : limit) && !BytesWaiting(fd);
+    };
+    lock.lock();
+    std::vector<std::pair<int, std::string>> candidates;
+    for (const auto& [fd, peer] : sockets) {
+      if (overdue(fd, peer)) candidates.emplace_back(fd, peer);
     }
-    int closed = 0;
-    if (!overdue.empty()) {
+    std::set<std::string> closed;
+    if (!candidates.empty()) {
       // A thread may have taken a waiting connection's bytes just before the scan and not yet
       // read its headers through: after a moment, those whose headers came in are spared.
       lock.unlock();
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
       lock.lock();
-      // What HeadersIn and Done recorded meanwhile is the state now.
-      for (auto& [peer, c] : alive) {
-        if (auto it = connections_.find(peer); it != connections_.end()) c = it->second;
-      }
-      for (const auto& [fd, peer] : overdue) {
-        const Connection& c = alive[peer];
-        if (c.busy || now - c.since <= (c.served ? timeout : limit)) continue;
-        // The descriptor still holds that connection (not closed and reused meanwhile).
-        if (PeerOf(fd) != peer) continue;
+      for (const auto& [fd, peer] : candidates) {
+        // Still overdue, and the descriptor still holds that connection (not closed and its
+        // number reused meanwhile).
+        if (!overdue(fd, peer) || PeerOf(fd) != peer) continue;
         shutdown(fd, SHUT_RDWR);
-        alive.erase(peer);
-        if (closed++ == 0) {
-          std::fprintf(stderr,
-                       "spanserve-server: closing HTTP connections without request headers "
-                       "within %d s%s: %s",
-                       static_cast<int>(limit.count()),
-                       pressed ? " (more connections are open than --http_threads)" : "",
-                       peer.c_str());
-        }
+        closed.insert(peer);
       }
-      if (closed > 0) {  // one line a scan, however many (a flood of connections)
-        if (closed > 1) {
-          std::fprintf(stderr, " and %d more\n", closed - 1);
-        } else {
-          std::fputc('\n', stderr);
-        }
+      if (!closed.empty()) {  // one line a scan, however many (a flood of connections)
+        std::fprintf(stderr,
+                     "spanserve-server: closed %zu HTTP connection%s without request headers "
+                     "within %d s%s (%s%s)\n",
+                     closed.size(), closed.size() > 1 ? "s" : "", static_cast<int>(limit.count()),
+                     pressed ? ", more connections being open than --http_threads" : "",
+                     closed.begin()->c_str(), closed.size() > 1 ? ", ..." : "");
       }
+    }
+    std::map<std::string, Connection> alive;
+    for (const auto& [fd, peer] : sockets) {
+      if (!closed.contains(peer)) alive.emplace(peer, state(peer));
     }
     // A busy connection the scan missed (accepted after it) stays; one busy for an hour
     // without a response written is forgotten (its entry would otherwise stay for good).
