@@ -68,7 +68,7 @@ absl::StatusOr<std::optional<int64_t>> Integer(const json& body, absl::string_vi
   if (v == nullptr) return std::optional<int64_t>();
   if (v->is_number_unsigned()) {
     if (v->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      return ParamError(key, "is too large");
+      return ParamError(key, "is out of range");
     }
     return std::optional<int64_t>(static_cast<int64_t>(v->get<uint64_t>()));
   }
@@ -76,7 +76,9 @@ absl::StatusOr<std::optional<int64_t>> Integer(const json& body, absl::string_vi
   // 16.0 is an integer too (some clients send every number as a float).
   if (v->is_number_float()) {
     const double d = v->get<double>();
-    if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.0e15) {
+    if (std::isfinite(d) && d == std::floor(d)) {
+      // Past 2^53 a float no longer holds every integer; 2^64 and up arrive here as floats.
+      if (std::fabs(d) >= 9.0e15) return ParamError(key, "is out of range");
       return std::optional<int64_t>(static_cast<int64_t>(d));
     }
   }

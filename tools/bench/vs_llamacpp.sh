@@ -86,7 +86,13 @@ for round in $(seq "$rounds"); do
       --steps 16 --json "$out/model_${t}_$round.json" >/dev/null
     case "$t" in
       Q*) opt=--int8_dot ;;
-      BF16) opt=--compute_dtype=bf16 ;;
+      # bf16 dot products need AVX512_BF16; elsewhere the engine refuses the flag.
+      BF16) if grep -qw avx512_bf16 /proc/cpuinfo && [ "${SPANSERVE_MAX_ISA:-}" != avx2 ]; then
+        opt=--compute_dtype=bf16
+      else
+        echo "vs_llamacpp: no AVX512_BF16 here, so BF16 has no opt-in rows" >&2
+        opt=
+      fi ;;
       *) opt= ;;
     esac
     if [ -n "$opt" ]; then

@@ -93,6 +93,40 @@ TEST(OpenAIApiTest, StructuredOutputsRefusalsNameTheField) {
   }
 }
 
+// Integer fields: any JSON spelling of an integer in range is read exactly; past int64 (2^63
+// and up arrive as unsigned, 2^64 and up as floats) the error says out of range, not "must be
+// an integer".
+TEST(OpenAIApiTest, IntegerFieldsSayWhenAValueIsOutOfRange) {
+  const std::vector<std::pair<std::string, uint64_t>> ok = {
+      {"7", 7},
+      {"7.0", 7},
+      {"-1", ~uint64_t{0}},
+      {"9223372036854775807", 9223372036854775807ull},
+  };
+  for (const auto& [seed, want] : ok) {
+    SCOPED_TRACE(seed);
+    auto r = Parse(R"({"prompt": "p", "seed": )" + seed + "}");
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->prompts.at(0).sampling().seed(), want);
+  }
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"9223372036854775808", "seed: is out of range"},
+      {"18446744073709551616", "seed: is out of range"},
+      {"-9223372036854775809", "seed: is out of range"},
+      {"1e300", "seed: is out of range"},
+      {"7.5", "seed: must be an integer"},
+      {"\"7\"", "seed: must be an integer"},
+  };
+  for (const auto& [seed, message] : bad) {
+    SCOPED_TRACE(seed);
+    auto r = Parse(R"({"prompt": "p", "seed": )" + seed + "}");
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(r.status().message(), message);
+    EXPECT_EQ(OpenAIParam(r.status()), "seed");
+  }
+}
+
 // vLLM's chat_template_kwargs travel in the chat prompt as a JSON object's text.
 TEST(OpenAIApiTest, ChatTemplateKwargsTravelAsJson) {
   auto r = ParseOpenAIRequest(json::parse(R"({"messages": [{"role": "user", "content": "Hi"}],
