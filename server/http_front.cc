@@ -1369,6 +1369,21 @@ void HttpFront::Routes() {
       SendJson(res, status, body);
       return httplib::Server::HandlerResponse::Handled;
     };
+    // A control character in a header (a NUL, a bare CR or LF: RFC 9110 5.5 has a recipient
+    // refuse them, as they are a way to split or smuggle headers past a proxy); HTAB is a
+    // value's whitespace.
+    for (const auto& [name, value] : req.headers) {
+      const auto control = [](absl::string_view text, bool tab_ok) {
+        return std::any_of(text.begin(), text.end(), [tab_ok](char c) {
+          const auto u = static_cast<unsigned char>(c);
+          return (u < 0x20 && !(tab_ok && c == '\t')) || u == 0x7f;
+        });
+      };
+      if (control(name, false) || control(value, true)) {
+        return refuse(400, absl::StrCat("the request's header ", EchoValue(name),
+                                        " holds a control character"));
+      }
+    }
     const size_t count = req.get_header_value_count("Content-Length");
     // A Transfer-Encoding frames the body only as cpp-httplib reads it: exactly "chunked".
     // Another coding ("gzip, chunked") would have the body read to the end of the connection,

@@ -1730,6 +1730,12 @@ TEST(HttpTest, BadFramingIsAnsweredAtOnce) {
       // A coding other than chunked would have the body read to the connection's end.
       {head + "Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "501"},
       {head + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "501"},
+      // Control characters in a header (RFC 9110 5.5: a NUL or a bare CR is refused).
+      {head + "X-A: a" + '\0' + "b\r\nContent-Length: 2\r\n\r\n{}", "400"},
+      {head + "X-A: a\rb\r\nContent-Length: 2\r\n\r\n{}", "400"},
+      {head + "X-A: a\x01"
+              "b\r\nContent-Length: 2\r\n\r\n{}",
+       "400"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.request);
