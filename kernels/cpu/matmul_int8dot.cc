@@ -17,8 +17,12 @@ namespace spanserve::kernels::cpu::internal {
 namespace {
 
 struct KernelAvx2 {
-  static constexpr int kMaxMr = 2;
-  // Within 16 ymm registers: per dot product two accumulators and (Q4_1 / Q5_1) a min sum.
+  // Per dot product two accumulators and (formats with mins) a min sum. Four x rows share each
+  // unpacked weight quad: at 4 × 1, the formats with mins hold 12 accumulators and spill a
+  // little of the 16 ymm registers, and are still faster than 2 × 1 (Zen 3, one thread,
+  // 576 × 1536, m = 16: Q4_1 480 → 352 µs, Q4_K 707 → 516, Q8_0 548 → 464); 6 × 1 is
+  // slower again (Q4_1 600 µs).
+  static constexpr int kMaxMr = 4;
   static constexpr int Nr(int mr) { return mr == 1 ? 3 : 1; }
 
   // Lane l: Σ u[p]·s[p] over bytes 4l .. 4l + 3. A pair's sum never saturates 16 bits: u is
