@@ -36,6 +36,7 @@
 #include "server/convert.h"
 #include "server/openai_api.h"
 #include "server/responses_api.h"
+#include "server/tcp_bytes.h"
 
 namespace spanserve::server {
 namespace {
@@ -1016,15 +1017,23 @@ void HttpFront::Watch() {
   std::chrono::milliseconds period(1000);
   while (!watch_cv_.wait_for(lock, period, [this] { return watch_stop_; })) {
     lock.unlock();
-    // The HTTP port's connected sockets and their peers (scanned without the lock).
-    std::vector<std::pair<int, std::string>> sockets;
+    // The HTTP port's connected sockets, their peers and the bytes read from each (scanned
+    // without the lock).
+    struct Socket {
+      int fd;
+      std::string peer;
+      std::optional<uint64_t> read;
+    };
+    std::vector<Socket> sockets;
     FindSocket(port_, [&sockets](int fd) {
       int listening = 0;
       socklen_t len = sizeof(listening);
       if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || listening) {
         return false;
       }
-      if (std::optional<std::string> peer = PeerOf(fd)) sockets.emplace_back(fd, *peer);
+      if (std::optional<std::string> peer = PeerOf(fd)) {
+        sockets.push_back({fd, *peer, TcpBytesRead(fd)});
+      }
       return false;  // every one
     });
     const auto now = std::chrono::steady_clock::now();
@@ -1032,22 +1041,44 @@ void HttpFront::Watch() {
     const bool pressed = sockets.size() > static_cast<size_t>(threads_);
     const auto limit = pressed ? pressed_timeout : timeout;
     period = std::chrono::milliseconds(pressed ? 250 : 1000);
-    // Under the lock: a connection's state (one first seen now is idle since now), and
-    // whether it is to be closed. A connection whose bytes wait unread waits for a thread (all
-    // busy), not on its client: it stays. Kept-alive connections (a client's pool reuses them)
-    // keep the header timeout.
-    const auto state = [&](const std::string& peer) {
-      auto it = connections_.find(peer);
-      return it != connections_.end() ? it->second : Connection{false, false, now};
-    };
-    const auto overdue = [&](int fd, const std::string& peer) {
-      const Connection c = state(peer);
-      return !c.busy && now - c.since > (c.served ? timeout : limit) && !BytesWaiting(fd);
-    };
     lock.lock();
-    std::vector<std::pair<int, std::string>> candidates;
-    for (const auto& [fd, peer] : sockets) {
-      if (overdue(fd, peer)) candidates.emplace_back(fd, peer);
+    // Each connection's state (one first seen now is idle since now), with the bytes read in
+    // its idle period: those of the next request's headers.
+    std::map<std::string, Connection> seen;
+    for (const Socket& s : sockets) {
+      auto it = connections_.find(s.peer);
+      Connection c;
+      if (it != connections_.end()) {
+        c = it->second;
+      } else {
+        c.since = now;
+      }
+      if (!c.busy && (!c.read_base || c.base_since != c.since)) {
+        c.read_base = s.read;
+        c.base_since = c.since;
+      }
+      seen[s.peer] = c;
+    }
+    // Why a connection is to be closed, if it is: its headers are late, or too long. One whose
+    // bytes wait unread while no thread has read any since the last scan waits for a thread
+    // (all busy), not on its client: it is not late. Kept-alive connections (a client's pool
+    // reuses them) keep the header timeout.
+    enum class Cut { kNo, kLate, kLong };
+    const auto overdue = [&](const Socket& s) {
+      auto live = connections_.find(s.peer);
+      const Connection& c = seen[s.peer];
+      if (c.busy || (live != connections_.end() && live->second.busy)) return Cut::kNo;
+      if (live != connections_.end() && live->second.since != c.since) return Cut::kNo;
+      if (s.read && c.read_base && *s.read > *c.read_base + kMaxHeaderBytes) return Cut::kLong;
+      const bool reading = s.read && c.read_last && *s.read > *c.read_last;
+      if (now - c.since > (c.served ? timeout : limit) && (reading || !BytesWaiting(s.fd))) {
+        return Cut::kLate;
+      }
+      return Cut::kNo;
+    };
+    std::vector<std::pair<const Socket*, Cut>> candidates;
+    for (const Socket& s : sockets) {
+      if (const Cut cut = overdue(s); cut != Cut::kNo) candidates.emplace_back(&s, cut);
     }
     std::set<std::string> closed;
     if (!candidates.empty()) {
@@ -1056,25 +1087,56 @@ void HttpFront::Watch() {
       lock.unlock();
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
       lock.lock();
-      for (const auto& [fd, peer] : candidates) {
-        // Still overdue, and the descriptor still holds that connection (not closed and its
-        // number reused meanwhile).
-        if (!overdue(fd, peer) || PeerOf(fd) != peer) continue;
-        shutdown(fd, SHUT_RDWR);
-        closed.insert(peer);
+      int late = 0, long_headers = 0;
+      std::string late_peer, long_peer;  // the first of each
+      for (const auto& [s, cut] : candidates) {
+        // Still overdue (its headers did not come in meanwhile: overdue reads the live state),
+        // and the descriptor still holds that connection (not closed and its number reused).
+        if (overdue(*s) == Cut::kNo || PeerOf(s->fd) != s->peer) continue;
+        if (cut == Cut::kLong) {
+          // Reset once its thread closes it, rather than leave the kernel holding what the
+          // client still sends (a closed socket with a full window) until FIN_WAIT2 times out.
+          const linger reset{.l_onoff = 1, .l_linger = 0};
+          setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+        }
+        shutdown(s->fd, SHUT_RDWR);
+        closed.insert(s->peer);
+        int& count = cut == Cut::kLong ? long_headers : late;
+        if (count++ == 0) (cut == Cut::kLong ? long_peer : late_peer) = s->peer;
       }
-      if (!closed.empty()) {  // one line a scan, however many (a flood of connections)
+      // One line a scan, however many (a flood of connections).
+      if (late > 0) {
         std::fprintf(stderr,
-                     "spanserve-server: closed %zu HTTP connection%s without request headers "
+                     "spanserve-server: closed %d HTTP connection%s without request headers "
                      "within %d s%s (%s%s)\n",
-                     closed.size(), closed.size() > 1 ? "s" : "", static_cast<int>(limit.count()),
+                     late, late > 1 ? "s" : "", static_cast<int>(limit.count()),
                      pressed ? ", more connections being open than --http_threads" : "",
-                     closed.begin()->c_str(), closed.size() > 1 ? ", ..." : "");
+                     late_peer.c_str(), late > 1 ? ", ..." : "");
+      }
+      if (long_headers > 0) {
+        std::fprintf(stderr,
+                     "spanserve-server: closed %d HTTP connection%s sending more than %d KiB of "
+                     "request headers (%s%s)\n",
+                     long_headers, long_headers > 1 ? "s" : "",
+                     static_cast<int>(kMaxHeaderBytes >> 10), long_peer.c_str(),
+                     long_headers > 1 ? ", ..." : "");
+        // Their headers' memory goes back to the system, not only to the threads' arenas.
+        Trimmer::Get().Request();
       }
     }
     std::map<std::string, Connection> alive;
-    for (const auto& [fd, peer] : sockets) {
-      if (!closed.contains(peer)) alive.emplace(peer, state(peer));
+    for (const Socket& s : sockets) {
+      if (closed.contains(s.peer)) continue;
+      // The live state (HeadersIn / Done may have run since), with the watcher's byte counts.
+      const Connection& scanned = seen[s.peer];
+      auto live = connections_.find(s.peer);
+      Connection c = live != connections_.end() ? live->second : scanned;
+      if (c.since == scanned.since) {
+        c.read_base = scanned.read_base;
+        c.base_since = scanned.base_since;
+      }
+      c.read_last = s.read;
+      alive.emplace(s.peer, c);
     }
     // A busy connection the scan missed (accepted after it) stays; one busy for an hour
     // without a response written is forgotten (its entry would otherwise stay for good).

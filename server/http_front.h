@@ -23,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -88,7 +89,10 @@ class HttpFront {
 
   // Slow senders: every second the watcher closes the connections whose request headers are
   // not in header_timeout_s after the connection opened or its last response was written
-  // (but not those whose bytes wait unread: they wait for a thread). While more connections
+  // (but not those whose bytes wait unread while no thread reads them: they wait for a
+  // thread), and those that have sent more than kMaxHeaderBytes of a request's headers (a
+  // client sending header lines without end, fast enough that some always wait unread, would
+  // otherwise grow the server's memory without bound). While more connections
   // are open than there are threads (idle ones hold threads others wait for: a flood of
   // connections that send nothing, or that trickle headers), that limit is
   // kPressedHeaderTimeout instead for connections not yet served a response (kept-alive ones,
@@ -96,6 +100,10 @@ class HttpFront {
   // HeadersIn (the headers of a request are in) and Done (its response is written) keep the
   // connections' states, by peer ("address:port").
   static constexpr std::chrono::seconds kPressedHeaderTimeout{1};
+  // A connection that has sent more than this of a request's headers (a request line and
+  // header lines of up to 8 KiB each, which cpp-httplib keeps without a total bound) is closed
+  // at the watcher's next scan.
+  static constexpr uint64_t kMaxHeaderBytes = 64 << 10;
   void Watch();
   void HeadersIn(const std::string& peer);
   void Done(const std::string& peer);
@@ -115,6 +123,11 @@ class HttpFront {
     bool served = false;  // a response was written on it (kept alive since)
     // Busy since (its headers), or idle since (opened, or its last response written).
     std::chrono::steady_clock::time_point since;
+    // The watcher's: bytes read from the socket (TcpBytesRead) when it first saw this idle
+    // period (`base_since` is the `since` they belong to), and at its last scan.
+    std::optional<uint64_t> read_base;
+    std::chrono::steady_clock::time_point base_since;
+    std::optional<uint64_t> read_last;
   };
   std::mutex watch_mu_;
   std::condition_variable watch_cv_;

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -1755,6 +1756,43 @@ TEST(HttpTest, BadFramingIsAnsweredAtOnce) {
   }
   auto client = s.Client();
   EXPECT_EQ(Post(client, "/v1/completions", {{"prompt", "Hi"}, {"max_tokens", 1}}).status, 200);
+}
+
+// A client that sends header lines without end, faster than they are read, is cut off once it
+// has sent more than 64 KiB of them. cpp-httplib keeps every header line it reads (each up to
+// 8 KiB, with no bound on their number), and bytes waiting unread used to spare a connection
+// from the header timeout: one such client grew the server by 900 MB in 15 s, never cut off.
+TEST(HttpTest, EndlessHeaderLinesAreCutOff) {
+  HttpServer s;
+  const int fd = Connect(s.http_port);
+  ASSERT_GE(fd, 0);
+  timeval tv{.tv_sec = 0, .tv_usec = 200000};
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  std::string lines;
+  for (int i = 0; i < 1000; ++i) {
+    lines += "X-" + std::to_string(i) + ": " + std::string(100, 'a') + "\r\n";
+  }
+  SendAll(fd, "POST /v1/completions HTTP/1.1\r\nHost: x\r\n");
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto elapsed = [&t0] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  bool cut = false;
+  size_t sent = 0;  // of `lines`, so that every line goes whole
+  while (!cut && elapsed() < 10.0) {
+    const ssize_t n = send(fd, lines.data() + sent, lines.size() - sent, MSG_NOSIGNAL);
+    if (n > 0) {
+      sent = (sent + static_cast<size_t>(n)) % lines.size();
+    } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      cut = true;  // reset by the server
+    }
+  }
+  const double waited = elapsed();
+  close(fd);
+  EXPECT_TRUE(cut) << "still sending headers after " << waited << " s";
+  EXPECT_LT(waited, 6.0);
+  const auto [got, health_s] = TimedHealth(s.http_port, 10);
+  EXPECT_EQ(got.substr(0, 12), "HTTP/1.1 200") << got;
 }
 
 // Clients that trickle header lines to hold the HTTP threads (slowloris) are cut off once their
