@@ -1051,7 +1051,11 @@ void HttpFront::Watch() {
       if (it != connections_.end()) {
         c = it->second;
       } else {
+        // New since the last scan, and no request's headers came in on it: all it has sent
+        // is headers.
         c.since = now;
+        c.base_since = now;
+        c.read_base = s.read ? std::optional<uint64_t>(0) : std::nullopt;
       }
       if (!c.busy && (!c.read_base || c.base_since != c.since)) {
         c.read_base = s.read;
