@@ -1055,7 +1055,7 @@ void HttpFront::Watch() {
         // is headers.
         c.since = now;
         c.base_since = now;
-        c.read_base = s.read ? std::optional<uint64_t>(0) : std::nullopt;
+        if (s.read) c.read_base = 0;
       }
       if (!c.busy && (!c.read_base || c.base_since != c.since)) {
         c.read_base = s.read;

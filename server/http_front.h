@@ -101,7 +101,7 @@ class HttpFront {
   // connections' states, by peer ("address:port").
   static constexpr std::chrono::seconds kPressedHeaderTimeout{1};
   // A connection that has sent more than this of a request's headers (a request line and
-  // header lines of up to 8 KiB each, which cpp-httplib keeps without a total bound) is closed
+  // header lines of up to 8 KiB each, which cpp-httplib keeps without a total bound) is reset
   // at the watcher's next scan.
   static constexpr uint64_t kMaxHeaderBytes = 64 << 10;
   void Watch();
